@@ -1,0 +1,302 @@
+"""Typed, frozen settings built from environment variables.
+
+Every limit of the service lives here with a sensible default. `Settings.from_env` takes the
+environment as a parameter (tests pass a dict) and fails at start-up naming the bad variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+PREFIX = "IMGSVC_"
+Mode = Literal["embedded", "aws"]
+
+#: Formats the pipeline accepts, named as `pipeline.imaging.detect_format` names them.
+KNOWN_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "tiff", "heif", "avif"})
+OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+#: The five user ids of the original system, kept as demo users.
+SEED_USER_IDS = (
+    "eb2128f2-5c0a-4dd1-90a5-2f0e39db7aa3",
+    "ebe7b1c9-951b-4f92-aa42-9d65c19a8fc5",
+    "ab11ed09-03da-4d77-9b8d-6d07b5db1e5e",
+    "b92a45f3-147d-4829-a362-d798282a041e",
+    "6edc5e55-2c2a-4e3e-8d1c-5044f6c68d09",
+)
+_RENDITION_RE = re.compile(r"^(?P<side>[1-9][0-9]{0,4})(?::(?P<fmt>[a-z]+))?(?::(?P<q>[1-9][0-9]?|100))?$")
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message starts with the variable's name."""
+
+
+@dataclass(frozen=True)
+class RenditionSpec:
+    """One output of the pipeline: longest side in pixels, format and quality."""
+
+    max_side: int
+    format: str = "jpeg"
+    quality: int = 85
+
+    @property
+    def name(self) -> str:
+        """Stable name used in URLs (`?size=256`) and keys (`256.jpg`)."""
+        return str(self.max_side) if self.format == "jpeg" else f"{self.max_side}-{self.format}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.max_side}.{OUTPUT_FORMATS[self.format]}"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.format}"
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """Where the AWS resources are and what they are called."""
+
+    mode: Mode = "embedded"
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    embedded_host: str = "127.0.0.1"
+    embedded_port: int = 4566
+    source_bucket: str = "image-service-source"
+    dest_bucket: str = "image-service-thumbnails"
+    queue_name: str = "image-service-events"
+    dlq_name: str = "image-service-dlq"
+    max_pool_connections: int = 32
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    @property
+    def effective_endpoint(self) -> str | None:
+        """The endpoint clients use: the configured one, else the embedded server's, else AWS's."""
+        if self.endpoint_url:
+            return self.endpoint_url
+        if self.mode == "embedded":
+            return f"http://{self.embedded_host}:{self.embedded_port}"
+        return None
+
+
+@dataclass(frozen=True)
+class ImagingSettings:
+    """What the pipeline accepts and what it makes."""
+
+    renditions: tuple[RenditionSpec, ...] = (RenditionSpec(256),)
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 100_000_000
+    vips_threshold_pixels: int = 4_000_000
+    allowed_formats: frozenset[str] = KNOWN_FORMATS
+
+    def rendition(self, name: str) -> RenditionSpec | None:
+        return next((r for r in self.renditions if r.name == name), None)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """Concurrency, retries and timeouts of the SQS consumer pool."""
+
+    receivers: int = 2
+    batch_size: int = 10
+    max_in_flight: int = 20
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    wait_time_seconds: int = 20
+    visibility_timeout: int = 60
+    max_attempts: int = 5
+    backoff_base: float = 2.0
+    backoff_max: float = 300.0
+    job_timeout: float = 120.0
+    drain_timeout: float = 30.0
+    delete_flush_seconds: float = 0.05
+
+    @property
+    def redrive_max_receive_count(self) -> int:
+        """Safety net above our own attempts, for consumers that die mid-message."""
+        return self.max_attempts + 2
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """The HTTP API."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    part_size: int = 8 * 1024 * 1024
+    cache_control: str = "private, max-age=3600"
+    retry_after: int = 2
+    input_dir: Path = Path("input")
+    run_consumer: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one process."""
+
+    aws: AwsSettings = AwsSettings()
+    imaging: ImagingSettings = ImagingSettings()
+    consumer: ConsumerSettings = ConsumerSettings()
+    web: WebSettings = WebSettings()
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from `environ` (default: `os.environ`), validating every value."""
+        env = _Env(os.environ if environ is None else environ)
+        aws_configured = any(env.raw(n) for n in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE"))
+        mode_raw = env.choice("MODE", "auto", ("auto", "embedded", "aws"))
+        mode: Mode = ("aws" if aws_configured else "embedded") if mode_raw == "auto" else mode_raw  # type: ignore[assignment]
+        d_aws, d_img, d_con, d_web = AwsSettings(), ImagingSettings(), ConsumerSettings(), WebSettings()
+        aws = AwsSettings(
+            mode=mode,
+            endpoint_url=env.raw("AWS_ENDPOINT_URL") or None,
+            region=env.raw("AWS_REGION") or env.raw("AWS_DEFAULT_REGION") or d_aws.region,
+            embedded_host=env.str("EMBEDDED_HOST", d_aws.embedded_host),
+            embedded_port=env.int("EMBEDDED_PORT", d_aws.embedded_port, 0, 65535),
+            source_bucket=env.bucket("SOURCE_BUCKET", d_aws.source_bucket),
+            dest_bucket=env.bucket("DEST_BUCKET", d_aws.dest_bucket),
+            queue_name=env.queue("QUEUE_NAME", d_aws.queue_name),
+            dlq_name=env.queue("DLQ_NAME", d_aws.dlq_name),
+            max_pool_connections=env.int("MAX_POOL_CONNECTIONS", d_aws.max_pool_connections, 1, 1000),
+            connect_timeout=env.float("AWS_CONNECT_TIMEOUT", d_aws.connect_timeout, 0.1, 300),
+            read_timeout=env.float("AWS_READ_TIMEOUT", d_aws.read_timeout, 0.1, 900),
+        )
+        if aws.source_bucket == aws.dest_bucket:
+            raise ConfigError(f"{PREFIX}DEST_BUCKET: must differ from the source bucket, or thumbnails loop")
+        if aws.queue_name == aws.dlq_name:
+            raise ConfigError(f"{PREFIX}DLQ_NAME: must differ from {PREFIX}QUEUE_NAME")
+        imaging = ImagingSettings(
+            renditions=env.renditions("RENDITIONS", d_img.renditions),
+            max_bytes=env.int("MAX_BYTES", d_img.max_bytes, 1, 5 * 1024**3),
+            max_pixels=env.int("MAX_PIXELS", d_img.max_pixels, 1, 2**31),
+            vips_threshold_pixels=env.int("VIPS_THRESHOLD_PIXELS", d_img.vips_threshold_pixels, 0, 2**31),
+            allowed_formats=env.formats("ALLOWED_FORMATS", d_img.allowed_formats),
+        )
+        consumer = ConsumerSettings(
+            receivers=env.int("CONSUMER_RECEIVERS", d_con.receivers, 1, 64),
+            batch_size=env.int("CONSUMER_BATCH_SIZE", d_con.batch_size, 1, 10),
+            max_in_flight=env.int("CONSUMER_MAX_IN_FLIGHT", d_con.max_in_flight, 1, 10_000),
+            workers=env.int("CONSUMER_WORKERS", d_con.workers, 1, 256),
+            wait_time_seconds=env.int("CONSUMER_WAIT_TIME_SECONDS", d_con.wait_time_seconds, 0, 20),
+            visibility_timeout=env.int("CONSUMER_VISIBILITY_TIMEOUT", d_con.visibility_timeout, 1, 43_200),
+            max_attempts=env.int("CONSUMER_MAX_ATTEMPTS", d_con.max_attempts, 1, 100),
+            backoff_base=env.float("CONSUMER_BACKOFF_BASE", d_con.backoff_base, 0, 3600),
+            backoff_max=env.float("CONSUMER_BACKOFF_MAX", d_con.backoff_max, 0, 43_200),
+            job_timeout=env.float("CONSUMER_JOB_TIMEOUT", d_con.job_timeout, 0.1, 43_200),
+            drain_timeout=env.float("CONSUMER_DRAIN_TIMEOUT", d_con.drain_timeout, 0, 3600),
+            delete_flush_seconds=env.float("CONSUMER_DELETE_FLUSH_SECONDS", d_con.delete_flush_seconds, 0, 10),
+        )
+        web = WebSettings(
+            host=env.str("HOST", d_web.host),
+            port=env.int("PORT", d_web.port, 0, 65535),
+            part_size=env.int("UPLOAD_PART_SIZE", d_web.part_size, 5 * 1024 * 1024, 5 * 1024**3),
+            cache_control=env.str("CACHE_CONTROL", d_web.cache_control),
+            retry_after=env.int("RETRY_AFTER", d_web.retry_after, 1, 3600),
+            input_dir=Path(env.str("INPUT_DIR", str(d_web.input_dir))),
+            run_consumer=env.bool("RUN_CONSUMER", mode == "embedded"),
+        )
+        log_level = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+        return cls(aws=aws, imaging=imaging, consumer=consumer, web=web, log_level=log_level)
+
+
+class _Env:
+    """Reads prefixed variables and raises `ConfigError` naming the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def raw(self, full_name: str) -> str:
+        return self._environ.get(full_name, "").strip()
+
+    def _get(self, name: str) -> str | None:
+        value = self._environ.get(PREFIX + name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+    def _fail(self, name: str, why: str, value: str) -> ConfigError:
+        return ConfigError(f"{PREFIX}{name}: {why} (got {value!r})")
+
+    def str(self, name: str, default: str) -> str:
+        return self._get(name) or default
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self._get(name) or default
+        if value not in choices:
+            raise self._fail(name, f"must be one of {', '.join(choices)}", value)
+        return value
+
+    def int(self, name: str, default: int, lo: int, hi: int) -> int:
+        value = self._get(name)
+        if value is None:
+            return default
+        try:
+            number = int(value.replace("_", ""))
+        except ValueError:
+            raise self._fail(name, "must be an integer", value) from None
+        if not lo <= number <= hi:
+            raise self._fail(name, f"must be between {lo} and {hi}", value)
+        return number
+
+    def float(self, name: str, default: float, lo: float, hi: float) -> float:
+        value = self._get(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise self._fail(name, "must be a number", value) from None
+        if not lo <= number <= hi:
+            raise self._fail(name, f"must be between {lo} and {hi}", value)
+        return number
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self._get(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise self._fail(name, "must be true or false", value)
+
+    def bucket(self, name: str, default: str) -> str:
+        value = self.str(name, default)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+            raise self._fail(name, "is not a valid S3 bucket name", value)
+        return value
+
+    def queue(self, name: str, default: str) -> str:
+        value = self.str(name, default)
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,80}", value):
+            raise self._fail(name, "is not a valid SQS queue name", value)
+        return value
+
+    def formats(self, name: str, default: frozenset[str]) -> frozenset[str]:
+        value = self._get(name)
+        if value is None:
+            return default
+        chosen = frozenset(f.strip().lower() for f in value.split(",") if f.strip())
+        unknown = chosen - KNOWN_FORMATS
+        if not chosen or unknown:
+            raise self._fail(name, f"must be a comma list of {', '.join(sorted(KNOWN_FORMATS))}", value)
+        return chosen
+
+    def renditions(self, name: str, default: tuple[RenditionSpec, ...]) -> tuple[RenditionSpec, ...]:
+        """Parse `256,1024:webp:80`: longest side, optional output format and quality."""
+        value = self._get(name)
+        if value is None:
+            return default
+        specs: list[RenditionSpec] = []
+        for item in value.split(","):
+            match = _RENDITION_RE.fullmatch(item.strip())
+            fmt = (match.group("fmt") or "jpeg") if match else ""
+            if match is None or fmt not in OUTPUT_FORMATS:
+                raise self._fail(name, "must look like 256,1024:webp:80 (side[:jpeg|png|webp[:quality]])", value)
+            specs.append(RenditionSpec(int(match.group("side")), fmt, int(match.group("q") or 85)))
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise self._fail(name, "names a rendition twice", value)
+        return tuple(specs)

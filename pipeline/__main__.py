@@ -1,0 +1,110 @@
+"""`python -m pipeline`: run the consumer pool, provision resources, operate the DLQ."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from config.settings import ConfigError, Settings
+from pipeline.aws import open_clients
+from pipeline.dlq import list_dead_letters, redrive
+from pipeline.errors import ServiceError
+from pipeline.logs import configure_logging
+from pipeline.provision import provision
+from pipeline.service import open_consumer, open_queues
+
+log = logging.getLogger("pipeline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description=(
+            "Image pipeline tools. They use the configured AWS (AWS_* variables) or, when none is "
+            "configured, the embedded endpoint of a running `python -m web` (IMGSVC_EMBEDDED_PORT)."
+        ),
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    consumer = commands.add_parser("consumer", help="run the consumer pool until SIGINT/SIGTERM")
+    consumer.add_argument("--burst", action="store_true", help="exit once the queue is drained")
+    commands.add_parser("provision", help="create buckets, queues, DLQ and notifications (idempotent)")
+    dlq = commands.add_parser("dlq", help="operate the dead-letter queue")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    listing = dlq_commands.add_parser("list", help="show dead-lettered messages with their reasons")
+    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    moving = dlq_commands.add_parser("redrive", help="move messages back to the main queue")
+    moving.add_argument("--limit", type=int, default=None, help="at most this many (default all)")
+    purge = dlq_commands.add_parser("purge", help="delete every message in the DLQ")
+    purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
+    return parser
+
+
+async def run_consumer(settings: Settings, burst: bool) -> int:
+    async with open_clients(settings.aws) as clients, open_consumer(clients, settings, burst=burst) as consumer:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, consumer.stop)
+        stats = await consumer.run()
+    print(json.dumps({"received": stats.received, "outcomes": dict(stats.outcomes)}))
+    return 0
+
+
+async def run_provision(settings: Settings) -> int:
+    async with open_clients(settings.aws) as clients:
+        result = await provision(clients, settings)
+    print(json.dumps(result.__dict__))
+    return 0
+
+
+async def run_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_clients(settings.aws) as clients:
+        queues = await open_queues(clients, settings)
+        if args.dlq_command == "list":
+            letters = await list_dead_letters(queues.dlq, limit=args.limit)
+            for letter in letters:
+                if args.json:
+                    print(json.dumps(letter.as_dict()))
+                else:
+                    keys = ",".join(letter.keys) or "-"
+                    print(f"{letter.message_id}  {letter.error_code}  attempts={letter.attempts}  keys={keys}")
+                    print(f"    {letter.error_message}")
+            if not args.json:
+                print(f"{len(letters)} message(s) in the DLQ")
+        elif args.dlq_command == "redrive":
+            moved = await redrive(queues.dlq, queues.main, limit=args.limit)
+            print(f"moved {moved} message(s) back to {settings.aws.queue_name}")
+        else:
+            if not args.yes:
+                print("refusing to purge without --yes", file=sys.stderr)
+                return 2
+            await queues.dlq.purge()
+            print(f"purged {settings.aws.dlq_name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        if args.command == "consumer":
+            return asyncio.run(run_consumer(settings, args.burst))
+        if args.command == "provision":
+            return asyncio.run(run_provision(settings))
+        return asyncio.run(run_dlq(settings, args))
+    except ServiceError as exc:
+        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

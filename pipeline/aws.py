@@ -1,0 +1,98 @@
+"""The one place that opens AWS clients and turns botocore errors into ours.
+
+Clients are created once per process inside an `AsyncExitStack` and shared; nothing outside this
+module (and `storage`/`queue`, which call through `aws_errors`) sees a botocore exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from config.settings import AwsSettings
+from pipeline.errors import LeaseLost, RangeNotSatisfiable, ServiceError, TransientError
+
+#: Credentials the embedded moto server accepts; never used against real AWS.
+EMBEDDED_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_LEASE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"}
+
+
+@dataclass(frozen=True)
+class AwsClients:
+    """The process's S3 and SQS clients (aiobotocore, typed loosely: botocore is dynamic)."""
+
+    s3: Any
+    sqs: Any
+
+
+def client_kwargs(settings: AwsSettings) -> dict[str, Any]:
+    """Arguments for `create_client`, shared by the app, the consumer and the CLI."""
+    endpoint = settings.effective_endpoint
+    kwargs: dict[str, Any] = {
+        "region_name": settings.region,
+        "config": AioConfig(
+            max_pool_connections=settings.max_pool_connections,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            retries={"max_attempts": 3, "mode": "standard"},
+            # Path-style works with any endpoint, including 127.0.0.1 where virtual hosts cannot.
+            s3={"addressing_style": "path"} if endpoint else None,
+        ),
+    }
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    if settings.mode == "embedded":
+        kwargs.update(EMBEDDED_CREDENTIALS)
+    return kwargs
+
+
+@asynccontextmanager
+async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
+    """Open one S3 and one SQS client for the life of the block."""
+    session = get_session()
+    kwargs = client_kwargs(settings)
+    async with AsyncExitStack() as stack:
+        s3 = await stack.enter_async_context(session.create_client("s3", **kwargs))
+        sqs = await stack.enter_async_context(session.create_client("sqs", **kwargs))
+        yield AwsClients(s3=s3, sqs=sqs)
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def aws_errors(
+    transient: type[TransientError],
+    not_found: type[ServiceError] | None = None,
+    *,
+    lease: bool = False,
+) -> Iterator[None]:
+    """Translate botocore and transport errors raised inside the block into service errors.
+
+    `lease=True` marks calls on a receipt handle, where an invalid handle means another consumer
+    owns the message now (`LeaseLost`), not that SQS is down.
+    """
+    try:
+        yield
+    except ClientError as exc:
+        code = error_code(exc)
+        if not_found is not None and code in _NOT_FOUND_CODES:
+            raise not_found() from exc
+        if code == "InvalidRange":
+            raise RangeNotSatisfiable() from exc
+        if lease and code in _LEASE_CODES:
+            raise LeaseLost(f"{code}: {exc}") from exc
+        # NoSuchBucket, AccessDenied, throttling, 5xx: the operator can fix them, so they are retried.
+        raise transient(f"{code or 'error'}: {exc}") from exc
+    except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+        raise transient(f"{type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,342 @@
+"""The SQS consumer pool: long-polling receivers feeding a bounded set of in-flight jobs.
+
+Semantics (see DESIGN.md): a message is deleted only after all its records succeeded; permanent
+failures go to the DLQ at once; transient ones are retried with exponential backoff through the
+message's visibility until `max_attempts`, then dead-lettered by us (send first, then delete).
+A heartbeat keeps long jobs invisible; shutdown drains, then releases what it could not finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from config.settings import Settings
+from pipeline.errors import (
+    LeaseLost,
+    PermanentError,
+    ServiceError,
+    SourceMissing,
+    TransientError,
+)
+from pipeline.events import parse_message
+from pipeline.jobs import JobRunner
+from pipeline.queue import Message, Queue
+
+log = logging.getLogger(__name__)
+_DELETE_BATCH = 10
+_DELETE_RETRIES = 3
+
+
+def backoff_seconds(receive_count: int, base: float, cap: float, rng: random.Random | None = None) -> int:
+    """Equal-jitter exponential backoff: half the delay fixed, half random, whole seconds for SQS."""
+    delay = min(cap, base * 2 ** max(0, receive_count - 1))
+    jitter = (rng or random).uniform(0, delay / 2)
+    return min(43_200, math.ceil(delay / 2 + jitter))
+
+
+@dataclass
+class ConsumerStats:
+    """Counts of outcomes since start; `outcomes` keys are stable names used in logs and tests."""
+
+    received: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+class Consumer:
+    """Runs until `stop()` is called or, in burst mode, until the queue is drained."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        dlq: Queue,
+        jobs: JobRunner,
+        settings: Settings,
+        *,
+        burst: bool = False,
+    ) -> None:
+        self._queue = queue
+        self._dlq = dlq
+        self._jobs = jobs
+        self._cfg = settings.consumer
+        self._burst = burst
+        self._stopping = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._in_flight: dict[asyncio.Task[None], Message] = {}
+        self._deletes: asyncio.Queue[_Ack | None] = asyncio.Queue()
+        self.stats = ConsumerStats()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def stop(self) -> None:
+        """Stop receiving; `run` then drains in-flight work and returns."""
+        self._stopping.set()
+
+    async def run(self) -> ConsumerStats:
+        """Receive and process until stopped; nothing received is left unaccounted for."""
+        log.info(
+            "consumer starting receivers=%d max_in_flight=%d max_attempts=%d burst=%s",
+            self._cfg.receivers,
+            self._cfg.max_in_flight,
+            self._cfg.max_attempts,
+            self._burst,
+        )
+        deleter = asyncio.create_task(self._delete_loop(), name="sqs-deleter")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for i in range(self._cfg.receivers):
+                    group.create_task(self._receive_loop(), name=f"sqs-receiver-{i}")
+            await self._drain()
+        finally:
+            self._deletes.put_nowait(None)  # flush what is queued, then exit
+            await deleter
+        log.info("consumer stopped outcomes=%s", dict(self.stats.outcomes))
+        return self.stats
+
+    # Receiving -----------------------------------------------------------------------------------
+
+    async def _receive_loop(self) -> None:
+        stop_wait = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                free = self._cfg.max_in_flight - len(self._in_flight)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    await asyncio.wait({stop_wait, asyncio.ensure_future(self._slot_freed.wait())},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                receive = asyncio.ensure_future(
+                    self._queue.receive(min(free, self._cfg.batch_size), self._cfg.wait_time_seconds,
+                                        self._cfg.visibility_timeout)
+                )
+                # A long poll must not hold up shutdown; a cancelled receive's messages reappear
+                # after their visibility timeout, so nothing is lost.
+                await asyncio.wait({stop_wait, receive}, return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():
+                    receive.cancel()
+                    break
+                try:
+                    messages = receive.result()
+                except TransientError as exc:
+                    log.warning("receive failed error=%s", exc)
+                    await self._sleep_unless_stopping(1.0)
+                    continue
+                for message in messages:
+                    self._start(message)
+                if not messages and self._burst and await self._queue_drained():
+                    self.stop()
+        finally:
+            stop_wait.cancel()
+
+    async def _queue_drained(self) -> bool:
+        if self._in_flight:
+            return False
+        try:
+            depth = await self._queue.depth()
+        except TransientError:
+            return False
+        return depth["visible"] == 0 and depth["in_flight"] == 0
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _start(self, message: Message) -> None:
+        self.stats.received += 1
+        task = asyncio.create_task(self._run_job(message), name=f"job-{message.id}")
+        self._in_flight[task] = message
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        self._slot_freed.set()
+
+    # One message -----------------------------------------------------------------------------------
+
+    async def _run_job(self, message: Message) -> None:
+        """Process one message under a visibility heartbeat and log one line with its outcome."""
+        started = time.perf_counter()
+        work = asyncio.ensure_future(self._handle(message))
+        interval = max(1.0, self._cfg.visibility_timeout / 3)
+        outcome = "unknown"
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=interval)
+                if done:
+                    outcome = work.result()
+                    break
+                try:
+                    await self._queue.change_visibility(message.receipt_handle, self._cfg.visibility_timeout)
+                except LeaseLost:
+                    # Another consumer owns it now: stop, and never delete with a stale handle.
+                    work.cancel()
+                    outcome = "lease_lost"
+                    break
+                except TransientError as exc:
+                    log.warning("heartbeat failed message_id=%s error=%s", message.id, exc)
+        except asyncio.CancelledError:
+            work.cancel()
+            outcome = "released"
+            await self._release(message)
+            raise
+        finally:
+            self.stats.outcomes[outcome] += 1
+            log.info(
+                "message processed message_id=%s outcome=%s attempt=%d duration_ms=%.1f",
+                message.id,
+                outcome,
+                message.receive_count,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _handle(self, message: Message) -> str:
+        """Returns the outcome name; never raises except on cancellation."""
+        try:
+            parsed = parse_message(message.body)
+            if parsed.test_event:
+                self._ack(message)
+                return "test_event"
+            for name in parsed.ignored:
+                log.info("ignoring event message_id=%s event=%s", message.id, name)
+            outcomes = []
+            for record in parsed.created:
+                result = await self._jobs.process(record)
+                outcomes.append(result.outcome)
+                if result.outcome == "source_missing":
+                    log.info("original gone before processing key=%s, acknowledged", result.key)
+            self._ack(message)
+            return ",".join(outcomes) or "ignored"
+        except SourceMissing as exc:
+            log.info("acknowledged without processing message_id=%s reason=%s", message.id, exc.message)
+            self._ack(message)
+            return "source_missing"
+        except PermanentError as exc:
+            return await self._dead_letter(message, exc)
+        except TransientError as exc:
+            return await self._retry_or_dead_letter(message, exc)
+        except Exception as exc:  # a bug must not lose the message: treat it as transient
+            log.exception("unexpected error message_id=%s", message.id)
+            return await self._retry_or_dead_letter(message, _Unexpected(f"{type(exc).__name__}: {exc}"))
+
+    async def _retry_or_dead_letter(self, message: Message, error: TransientError) -> str:
+        if message.receive_count >= self._cfg.max_attempts:
+            return await self._dead_letter(message, error)
+        log.warning(
+            "transient failure message_id=%s attempt=%d/%d code=%s error=%s",
+            message.id,
+            message.receive_count,
+            self._cfg.max_attempts,
+            error.code,
+            error.message,
+        )
+        await self._schedule_retry(message)
+        return "retry"
+
+    async def _schedule_retry(self, message: Message) -> None:
+        """Hide the message for the backoff delay; SQS then delivers it again with a higher count."""
+        delay = backoff_seconds(message.receive_count, self._cfg.backoff_base, self._cfg.backoff_max)
+        try:
+            await self._queue.change_visibility(message.receipt_handle, delay)
+        except ServiceError as exc:  # it reappears after its visibility timeout anyway
+            log.warning("could not schedule retry message_id=%s error=%s", message.id, exc)
+
+    async def _dead_letter(self, message: Message, error: ServiceError) -> str:
+        """Send to the DLQ with the reason, then delete: a crash in between duplicates, never loses."""
+        attributes = {
+            "error_code": error.code,
+            "error_message": error.message[:1000],
+            "source_message_id": message.id,
+            "attempts": str(message.receive_count),
+            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        try:
+            await self._dlq.send(message.body, attributes)
+        except ServiceError as exc:
+            log.error("dead-letter send failed message_id=%s error=%s", message.id, exc)
+            await self._schedule_retry(message)
+            return "retry"
+        log.warning("dead-lettered message_id=%s code=%s reason=%s", message.id, error.code, error.message)
+        self._ack(message)
+        return "dead_lettered"
+
+    async def _release(self, message: Message) -> None:
+        """Make an unfinished message visible again at once, so a restart picks it up."""
+        try:
+            await asyncio.shield(self._queue.change_visibility(message.receipt_handle, 0))
+        except (ServiceError, asyncio.CancelledError) as exc:
+            log.warning("release failed message_id=%s error=%r", message.id, exc)
+
+    # Deleting ----------------------------------------------------------------------------------------
+
+    def _ack(self, message: Message) -> None:
+        self._deletes.put_nowait(_Ack(message.id, message.receipt_handle))
+
+    async def _delete_loop(self) -> None:
+        """Batch deletes (up to ten per call); exits on the `None` sentinel once all are done."""
+        closing = False
+        while not (closing and self._deletes.empty()):
+            item = await self._deletes.get()
+            if item is None:
+                closing = True
+                continue
+            if not closing:
+                await asyncio.sleep(self._cfg.delete_flush_seconds)  # let a fuller batch gather
+            batch = [item]
+            while len(batch) < _DELETE_BATCH and not self._deletes.empty():
+                more = self._deletes.get_nowait()
+                if more is None:
+                    closing = True
+                else:
+                    batch.append(more)
+            await self._delete_batch(batch)
+
+    async def _delete_batch(self, batch: list[_Ack]) -> None:
+        """Delete a batch; entries it reports as failed are retried, the others are done."""
+        try:
+            failed = await self._queue.delete_batch([(a.message_id, a.receipt_handle) for a in batch])
+        except TransientError as exc:
+            failed = {a.message_id: exc.code for a in batch}
+        for ack in batch:
+            code = failed.get(ack.message_id)
+            if code is None:
+                continue
+            if code == "ReceiptHandleIsInvalid" or ack.tries + 1 >= _DELETE_RETRIES:
+                # The message will be delivered again and processed idempotently: a duplicate, not a loss.
+                log.warning("delete failed message_id=%s code=%s, it will be redelivered", ack.message_id, code)
+            else:
+                await asyncio.sleep(0.2 * (ack.tries + 1))
+                self._deletes.put_nowait(_Ack(ack.message_id, ack.receipt_handle, ack.tries + 1))
+
+    async def _drain(self) -> None:
+        """Wait for in-flight jobs up to the drain timeout, then release the rest."""
+        pending = set(self._in_flight)
+        if pending:
+            log.info("draining in_flight=%d timeout=%.1fs", len(pending), self._cfg.drain_timeout)
+            _, pending = await asyncio.wait(pending, timeout=self._cfg.drain_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            log.info("released unfinished messages count=%d", len(pending))
+
+
+@dataclass(frozen=True)
+class _Ack:
+    """A message to delete; `tries` counts failed delete attempts."""
+
+    message_id: str
+    receipt_handle: str
+    tries: int = 0
+
+
+class _Unexpected(TransientError):
+    code = "unexpected_error"

@@ -1,0 +1,82 @@
+"""Operate the dead-letter queue: list messages with their reasons, redrive them, purge.
+
+Redrive is receive -> send to the main queue -> delete, one message at a time per batch entry,
+so each message is put back exactly once even where `StartMessageMoveTask` is missing (moto).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pipeline.errors import ServiceError
+from pipeline.events import parse_message
+from pipeline.queue import Message, Queue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One DLQ message as the operator sees it."""
+
+    message_id: str
+    error_code: str
+    error_message: str
+    attempts: str
+    failed_at: str
+    keys: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "message_id": self.message_id,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "attempts": self.attempts,
+            "failed_at": self.failed_at,
+            "keys": list(self.keys),
+        }
+
+
+def describe(message: Message) -> DeadLetter:
+    try:
+        keys = tuple(r.key for r in parse_message(message.body).created)
+    except ServiceError:
+        keys = ()
+    attrs = message.attributes
+    return DeadLetter(
+        message_id=message.id,
+        error_code=attrs.get("error_code", "redrive_policy"),
+        error_message=attrs.get("error_message", "moved by the queue's redrive policy"),
+        attempts=attrs.get("attempts", str(message.receive_count)),
+        failed_at=attrs.get("failed_at", ""),
+        keys=keys,
+    )
+
+
+async def list_dead_letters(dlq: Queue, limit: int = 100, peek_seconds: int = 5) -> list[DeadLetter]:
+    """Peek at up to `limit` messages; they become visible again after `peek_seconds`."""
+    seen: dict[str, DeadLetter] = {}
+    while len(seen) < limit:
+        batch = await dlq.receive(min(10, limit - len(seen)), wait_seconds=0, visibility_timeout=peek_seconds)
+        if not batch:
+            break
+        for message in batch:
+            seen.setdefault(message.id, describe(message))
+    return list(seen.values())
+
+
+async def redrive(dlq: Queue, target: Queue, limit: int | None = None) -> int:
+    """Move messages back to `target` (send, then delete); returns how many were moved."""
+    moved = 0
+    while limit is None or moved < limit:
+        want = 10 if limit is None else min(10, limit - moved)
+        batch = await dlq.receive(want, wait_seconds=0, visibility_timeout=60)
+        if not batch:
+            break
+        for message in batch:
+            await target.send(message.body)
+            await dlq.delete(message.receipt_handle)
+            moved += 1
+    log.info("redrove messages count=%d", moved)
+    return moved

@@ -1,0 +1,164 @@
+"""The service's exception hierarchy.
+
+Every failure the service knows about is one of these, with a stable `code` for clients and
+the DLQ, and an HTTP status for the web tier. The consumer decides retry or DLQ from the branch
+(`TransientError` or `PermanentError`) alone; the web middleware maps `http_status` to a response.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    code = "internal_error"
+    http_status = 500
+    default_message = "internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class PermanentError(ServiceError):
+    """Retrying cannot help: bad input or a missing thing. The consumer dead-letters at once."""
+
+    code = "permanent_error"
+    http_status = 400
+
+
+class TransientError(ServiceError):
+    """May succeed later: the consumer retries with backoff, the web tier answers 503."""
+
+    code = "transient_error"
+    http_status = 503
+    default_message = "a dependency is unavailable, try again"
+
+
+# Imaging (permanent) -------------------------------------------------------------------------
+
+
+class NotAnImage(PermanentError):
+    code = "not_an_image"
+    http_status = 415
+    default_message = "the data is not an image of an accepted type"
+
+
+class FormatNotAllowed(PermanentError):
+    code = "format_not_allowed"
+    http_status = 415
+    default_message = "this image format is not accepted"
+
+
+class CorruptImage(PermanentError):
+    code = "corrupt_image"
+    http_status = 422
+    default_message = "the image is truncated or corrupt"
+
+
+class TooManyPixels(PermanentError):
+    code = "too_many_pixels"
+    http_status = 413
+    default_message = "the image has more pixels than allowed"
+
+
+class TooLarge(PermanentError):
+    code = "too_large"
+    http_status = 413
+    default_message = "the upload is larger than allowed"
+
+
+class PoisonMessage(PermanentError):
+    code = "poison_message"
+    default_message = "the message is not a valid S3 event notification"
+
+
+# Requests (permanent, web-facing) --------------------------------------------------------------
+
+
+class BadRequest(PermanentError):
+    code = "bad_request"
+    http_status = 400
+
+
+class InvalidJson(BadRequest):
+    code = "invalid_json"
+    default_message = "the request body is not valid JSON"
+
+
+class InvalidField(BadRequest):
+    code = "invalid_field"
+
+
+class MissingField(BadRequest):
+    code = "missing_field"
+
+
+class EmptyUpload(BadRequest):
+    code = "empty_upload"
+    default_message = "the upload has no data"
+
+
+class UnsupportedMediaType(PermanentError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class UnknownUser(PermanentError):
+    code = "unknown_user"
+    http_status = 403
+    default_message = "this user is not known"
+
+
+class NotFound(PermanentError):
+    code = "not_found"
+    http_status = 404
+    default_message = "not found"
+
+
+class ImageNotFound(NotFound):
+    code = "image_not_found"
+    default_message = "no such image"
+
+
+class SourceMissing(NotFound):
+    """The original was deleted before the consumer got to it: acknowledged, not retried."""
+
+    code = "source_missing"
+    default_message = "the original image no longer exists"
+
+
+class RangeNotSatisfiable(PermanentError):
+    code = "range_not_satisfiable"
+    http_status = 416
+    default_message = "the requested range is not satisfiable"
+
+
+# Dependencies (transient) -----------------------------------------------------------------------
+
+
+class StorageUnavailable(TransientError):
+    code = "storage_unavailable"
+    default_message = "object storage is unavailable"
+
+
+class QueueUnavailable(TransientError):
+    code = "queue_unavailable"
+    default_message = "the queue is unavailable"
+
+
+class LeaseLost(TransientError):
+    """Our receipt handle is no longer valid: another consumer owns the message now."""
+
+    code = "lease_lost"
+    default_message = "the message's receipt handle is no longer valid"
+
+
+class WorkerCrashed(TransientError):
+    code = "worker_crashed"
+    default_message = "the image worker process died"
+
+
+class JobTimeout(TransientError):
+    code = "job_timeout"
+    default_message = "processing took longer than allowed"

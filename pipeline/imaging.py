@@ -1,0 +1,267 @@
+"""Pure imaging: bytes in, renditions out.
+
+Nothing here knows about asyncio or AWS, so it runs unchanged in a process-pool worker, in a
+benchmark or in a unit test. Type is decided by magic bytes, dimensions are checked from the
+header before any pixel is decoded, and renditions carry no metadata (EXIF, GPS, XMP, ICC).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from PIL import Image, ImageOps
+
+from config.settings import RenditionSpec
+from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["pyvips", "pillow"]
+#: How many leading bytes `detect_format` needs.
+MAGIC_BYTES_NEEDED = 32
+CONTENT_TYPES = {
+    "jpeg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "tiff": "image/tiff",
+    "heif": "image/heif",
+    "avif": "image/avif",
+}
+_PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "tiff": "TIFF"}
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_WHITE = (255, 255, 255)
+
+try:  # pyvips is the fast path; without a usable libvips the Pillow path does everything.
+    import pyvips
+
+    pyvips.cache_set_max(0)  # each job decodes different bytes: caching only costs memory
+    HAVE_VIPS = True
+except (ImportError, OSError):  # pragma: no cover - depends on the installation
+    HAVE_VIPS = False
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says, read without decoding pixels."""
+
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """One encoded output image."""
+
+    spec: RenditionSpec
+    data: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class RenditionResult:
+    """Everything a worker sends back to the consumer."""
+
+    info: ImageInfo
+    engine: Engine
+    renditions: tuple[Rendition, ...]
+    seconds: float
+
+
+def detect_format(head: bytes) -> str | None:
+    """Name the image format from its leading bytes, or None; never trusts names or headers."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _AVIF_BRANDS:
+            return "avif"
+        if brand in _HEIF_BRANDS:
+            return "heif"
+    return None
+
+
+def check_format(head: bytes, allowed: Iterable[str]) -> str:
+    """Return the detected format or raise the permanent error a client or the DLQ should see."""
+    fmt = detect_format(head)
+    if fmt is None:
+        raise NotAnImage()
+    if fmt not in allowed:
+        raise FormatNotAllowed(f"{fmt} images are not accepted")
+    return fmt
+
+
+def make_renditions(
+    data: bytes,
+    specs: tuple[RenditionSpec, ...],
+    *,
+    max_pixels: int,
+    vips_threshold_pixels: int,
+    allowed_formats: frozenset[str],
+) -> RenditionResult:
+    """Decode once and encode every rendition; raises only `PermanentError` subclasses."""
+    started = time.perf_counter()
+    fmt = check_format(data[:MAGIC_BYTES_NEEDED], allowed_formats)
+    engine = choose_engine(fmt, data, vips_threshold_pixels)
+    if engine == "pyvips":
+        info, outputs = _vips_renditions(data, fmt, specs, max_pixels)
+    else:
+        info, outputs = _pillow_renditions(data, fmt, specs, max_pixels)
+    return RenditionResult(info, engine, outputs, time.perf_counter() - started)
+
+
+def choose_engine(fmt: str, data: bytes, vips_threshold_pixels: int) -> Engine:
+    """pyvips for large images and for what Pillow cannot read; Pillow (with draft) otherwise."""
+    if not HAVE_VIPS:
+        return "pillow"
+    if fmt not in _PILLOW_FORMATS:
+        return "pyvips"
+    try:
+        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]]) as im:
+            pixels = im.width * im.height
+    except Exception:  # an unreadable header is judged by pyvips, which reports it precisely
+        return "pyvips"
+    return "pyvips" if pixels >= vips_threshold_pixels else "pillow"
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise CorruptImage("the image has no pixels")
+    if width * height > max_pixels:
+        raise TooManyPixels(f"{width}x{height} is more than the {max_pixels} pixels allowed")
+
+
+# pyvips ------------------------------------------------------------------------------------------
+
+
+def _vips_renditions(
+    data: bytes, fmt: str, specs: tuple[RenditionSpec, ...], max_pixels: int
+) -> tuple[ImageInfo, tuple[Rendition, ...]]:
+    try:
+        header = pyvips.Image.new_from_buffer(data, "", access="sequential")
+        _check_pixels(header.width, header.height, max_pixels)
+        info = ImageInfo(fmt, header.width, header.height)
+        largest = max(specs, key=lambda s: s.max_side)
+        # thumbnail_buffer shrinks on load, applies EXIF orientation, and takes the first frame.
+        base = pyvips.Image.thumbnail_buffer(
+            data, largest.max_side, height=largest.max_side, size="down", option_string="fail_on=error"
+        ).copy_memory()  # small, and every rendition reads it again
+        outputs = []
+        for spec in sorted(specs, key=lambda s: -s.max_side):
+            image = base if spec is largest else base.thumbnail_image(spec.max_side, height=spec.max_side, size="down")
+            image = _vips_to_display(image, spec.format)
+            outputs.append(Rendition(spec, _vips_encode(image, spec), image.width, image.height))
+    except pyvips.Error as exc:
+        raise CorruptImage(_short(str(exc))) from None
+    return info, _in_spec_order(outputs, specs)
+
+
+def _vips_to_display(image: Any, out_format: str) -> Any:
+    """8-bit sRGB (or grey), alpha flattened for JPEG: what browsers show the same everywhere."""
+    if image.interpretation not in ("srgb", "b-w") or image.format != "uchar":
+        grey = image.interpretation in ("b-w", "grey16")
+        image = image.colourspace("b-w" if grey else "srgb")
+        if image.format != "uchar":
+            image = image.cast("uchar")
+    if image.hasalpha() and out_format == "jpeg":
+        image = image.flatten(background=255 if image.bands == 2 else list(_WHITE))
+    return image
+
+
+def _vips_encode(image: Any, spec: RenditionSpec) -> bytes:
+    if spec.format == "jpeg":
+        return bytes(image.jpegsave_buffer(Q=spec.quality, optimize_coding=True, keep="none"))
+    if spec.format == "webp":
+        return bytes(image.webpsave_buffer(Q=spec.quality, keep="none"))
+    return bytes(image.pngsave_buffer(keep="none"))
+
+
+# Pillow ------------------------------------------------------------------------------------------
+
+
+def _pillow_renditions(
+    data: bytes, fmt: str, specs: tuple[RenditionSpec, ...], max_pixels: int
+) -> tuple[ImageInfo, tuple[Rendition, ...]]:
+    if fmt not in _PILLOW_FORMATS:
+        raise FormatNotAllowed(f"{fmt} images cannot be decoded here")
+    largest = max(specs, key=lambda s: s.max_side)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]]) as im:
+                _check_pixels(im.width, im.height, max_pixels)
+                info = ImageInfo(fmt, im.width, im.height)
+                if im.format == "JPEG":
+                    # Decode at the smallest 1/2^n scale still at least as large as the output.
+                    im.draft("RGB", (largest.max_side, largest.max_side))
+                upright = ImageOps.exif_transpose(im)
+                upright.load()
+                base = _pillow_to_display(upright)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise TooManyPixels(_short(str(exc))) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise CorruptImage(_short(str(exc))) from None
+    outputs = []
+    current = base
+    for spec in sorted(specs, key=lambda s: -s.max_side):
+        current = current.copy()
+        # thumbnail() keeps the aspect ratio and never upscales.
+        current.thumbnail((spec.max_side, spec.max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        outputs.append(Rendition(spec, _pillow_encode(current, spec), current.width, current.height))
+    return info, _in_spec_order(outputs, specs)
+
+
+def _pillow_to_display(im: Image.Image) -> Image.Image:
+    """Normalise any mode to L, LA, RGB or RGBA with 8 bits per channel."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # Scale 16-bit grey down instead of clipping it to white.
+        return im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
+    if im.mode == "P" or im.mode == "PA":
+        return im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
+    if im.mode == "1":
+        return im.convert("L")
+    if im.mode in ("L", "LA", "RGB", "RGBA"):
+        return im
+    return im.convert("RGBA" if "A" in im.mode else "RGB")
+
+
+def _pillow_encode(im: Image.Image, spec: RenditionSpec) -> bytes:
+    out = io.BytesIO()
+    if spec.format == "jpeg":
+        if im.mode in ("RGBA", "LA"):
+            background = Image.new("RGB" if im.mode == "RGBA" else "L", im.size, _WHITE[: len(im.mode) - 1])
+            background.paste(im, mask=im.getchannel("A"))
+            im = background
+        # No exif= and no icc_profile= arguments: nothing of the original's metadata is written.
+        im.save(out, "JPEG", quality=spec.quality, optimize=True)
+    else:
+        im.save(out, spec.format.upper(), quality=spec.quality)
+    return out.getvalue()
+
+
+def _in_spec_order(outputs: list[Rendition], specs: tuple[RenditionSpec, ...]) -> tuple[Rendition, ...]:
+    by_spec = {r.spec: r for r in outputs}
+    return tuple(by_spec[s] for s in specs)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """Library messages can be long and multi-line; DLQ attributes and JSON want one short line."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

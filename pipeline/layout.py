@@ -1,0 +1,43 @@
+"""Where things live in the buckets, and the strict patterns ids must match to get there.
+
+Nothing a client sends becomes part of a key without passing these patterns.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from config.settings import RenditionSpec
+
+USER_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+IMAGE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+STATUS_NAME = "status.json"
+
+
+def valid_user_id(value: str) -> bool:
+    return USER_ID_RE.fullmatch(value) is not None
+
+
+def valid_image_id(value: str) -> bool:
+    return IMAGE_ID_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One original in the source bucket and everything derived from it in the destination."""
+
+    source_key: str
+
+    @classmethod
+    def of(cls, user_id: str, image_id: str) -> ImageRef:
+        """The key of an API upload; callers validate both ids first."""
+        return cls(f"{user_id}/{image_id}")
+
+    @property
+    def status_key(self) -> str:
+        return f"{self.source_key}/{STATUS_NAME}"
+
+    def rendition_key(self, spec: RenditionSpec) -> str:
+        """Deterministic, so reprocessing overwrites instead of duplicating."""
+        return f"{self.source_key}/{spec.filename}"

@@ -1,0 +1,43 @@
+"""Wire the pipeline's parts together for one process: clients, queues, worker pool, consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from config.settings import Settings
+from pipeline.aws import AwsClients
+from pipeline.consumer import Consumer
+from pipeline.jobs import JobRunner
+from pipeline.queue import Queue
+from pipeline.status import StatusStore
+from pipeline.storage import Storage
+from pipeline.workers import WorkerPool
+
+
+@dataclass(frozen=True)
+class Queues:
+    main: Queue
+    dlq: Queue
+
+
+async def open_queues(clients: AwsClients, settings: Settings) -> Queues:
+    """Resolve both queue URLs once; they never change for a process's life."""
+    main = await Queue.named(clients.sqs, settings.aws.queue_name)
+    dlq = await Queue.named(clients.sqs, settings.aws.dlq_name)
+    return Queues(main, dlq)
+
+
+@asynccontextmanager
+async def open_consumer(clients: AwsClients, settings: Settings, *, burst: bool = False) -> AsyncIterator[Consumer]:
+    """A ready consumer with its own worker pool, shut down (pool included) when the block ends."""
+    queues = await open_queues(clients, settings)
+    storage = Storage(clients.s3)
+    pool = WorkerPool(settings.consumer.workers)
+    try:
+        jobs = JobRunner(storage, StatusStore(storage, settings), pool, settings)
+        yield Consumer(queues.main, queues.dlq, jobs, settings, burst=burst)
+    finally:
+        await asyncio.to_thread(pool.close)

@@ -1,0 +1,99 @@
+"""`python -m web`: serve the API; with no AWS configured, run the whole stack in this process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+from contextlib import ExitStack
+
+from aiohttp import web
+
+from config.settings import ConfigError, Settings
+from pipeline.embedded import embedded_aws
+from pipeline.logs import configure_logging
+from web.app import create_app
+
+log = logging.getLogger("web")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m web",
+        description=(
+            "Serve the image API. With no AWS endpoint or credentials configured, also start an "
+            "embedded AWS endpoint (moto) and the consumer pool in this process. Every setting is "
+            "an IMGSVC_* environment variable (see README)."
+        ),
+    )
+    parser.add_argument("--host", help="address to listen on (IMGSVC_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (IMGSVC_PORT, default 8080; 0 picks one)")
+    parser.add_argument("--embedded-port", type=int, help="embedded AWS port (IMGSVC_EMBEDDED_PORT, default 4566)")
+    return parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    web_settings = settings.web
+    if args.host is not None:
+        web_settings = dataclasses.replace(web_settings, host=args.host)
+    if args.port is not None:
+        web_settings = dataclasses.replace(web_settings, port=args.port)
+    aws = settings.aws
+    if args.embedded_port is not None:
+        aws = dataclasses.replace(aws, embedded_port=args.embedded_port)
+    return dataclasses.replace(settings, web=web_settings, aws=aws)
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully (the consumer drains first)."""
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.web.host, settings.web.port)
+        await site.start()
+        for address in runner.addresses:
+            log.info("API listening url=http://%s:%s", *address[:2])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    with ExitStack() as stack:
+        if settings.aws.mode == "embedded" and not settings.aws.endpoint_url:
+            try:
+                endpoint = stack.enter_context(embedded_aws(settings.aws.embedded_host, settings.aws.embedded_port))
+            except OSError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            settings = dataclasses.replace(settings, aws=dataclasses.replace(settings.aws, endpoint_url=endpoint))
+            log.info(
+                "embedded AWS endpoint url=%s (S3 and SQS; point any AWS client at it with "
+                "AWS_ENDPOINT_URL=%s and any credentials); data is in memory only and is lost on exit",
+                endpoint,
+                endpoint,
+            )
+        else:
+            log.info("using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region)
+        asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

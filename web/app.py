@@ -1,0 +1,57 @@
+"""The app factory: `create_app(settings)` is what `python -m web` serves and what tests drive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from config.settings import Settings
+from pipeline.aws import open_clients
+from pipeline.provision import provision
+from pipeline.service import open_consumer
+from pipeline.status import StatusStore
+from pipeline.storage import Storage
+from web.keys import CLIENTS, CONSUMER, SETTINGS, STATUS, STORAGE
+from web.middlewares import error_middleware
+from web.routes import setup_routes
+
+log = logging.getLogger(__name__)
+#: JSON bodies are tiny; image bodies are streamed and never pass through this limit.
+JSON_BODY_LIMIT = 64 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_aws)
+    if settings.web.run_consumer:
+        app.cleanup_ctx.append(_consumer)
+    setup_routes(app)
+    return app
+
+
+async def _aws(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with open_clients(settings.aws) as clients:
+        if settings.aws.mode == "embedded":
+            await provision(clients, settings)  # embedded only: against AWS this is an explicit command
+        storage = Storage(clients.s3)
+        app[CLIENTS] = clients
+        app[STORAGE] = storage
+        app[STATUS] = StatusStore(storage, settings)
+        yield
+
+
+async def _consumer(app: web.Application) -> AsyncIterator[None]:
+    """Run the consumer pool in this process (embedded mode); drain it on shutdown."""
+    async with open_consumer(app[CLIENTS], app[SETTINGS]) as consumer:
+        app[CONSUMER] = consumer
+        task = asyncio.create_task(consumer.run(), name="consumer")
+        try:
+            yield
+        finally:
+            consumer.stop()
+            await task

@@ -1,0 +1,168 @@
+"""Downloads of originals and renditions, streamed from S3.
+
+Conditional GET (ETag / If-None-Match, If-Modified-Since) and single byte ranges are answered
+from HEAD before any body is fetched; the body is then streamed chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from pipeline.errors import (
+    ImageNotFound,
+    InvalidField,
+    MissingField,
+    NotFound,
+    RangeNotSatisfiable,
+    ServiceError,
+)
+from pipeline.layout import ImageRef, valid_image_id
+from pipeline.status import ImageStatus
+from web import urls
+from web.identity import resolve_user
+from web.keys import SETTINGS, STATUS, STORAGE
+from web.middlewares import error_response
+
+log = logging.getLogger(__name__)
+
+
+def image_ref(request: web.Request, image_id: str | None = None) -> tuple[str, str, ImageRef]:
+    """Validate the caller and the image id (query or path) and build the image's keys."""
+    user_id = resolve_user(request)
+    image_id = image_id if image_id is not None else request.query.get("image_id", "")
+    if not image_id:
+        raise MissingField("image_id is required")
+    if not valid_image_id(image_id):
+        raise InvalidField("image_id must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+    return user_id, image_id, ImageRef.of(user_id, image_id)
+
+
+async def download_image(request: web.Request) -> web.StreamResponse:
+    """`GET /download/image?user_id=&image_id=`: the original as uploaded."""
+    _, _, ref = image_ref(request)
+    settings = request.app[SETTINGS]
+    try:
+        return await serve_object(request, settings.aws.source_bucket, ref.source_key)
+    except NotFound:
+        raise ImageNotFound() from None
+
+
+async def download_thumbnail(request: web.Request) -> web.StreamResponse:
+    """`GET /download/thumbnail?user_id=&image_id=[&size=]`: a rendition, once it is ready."""
+    user_id, image_id, ref = image_ref(request)
+    settings = request.app[SETTINGS]
+    specs = settings.imaging.renditions
+    size = request.query.get("size") or specs[0].name
+    if settings.imaging.rendition(size) is None:
+        raise InvalidField(f"size must be one of {', '.join(s.name for s in specs)}")
+    try:
+        status = await request.app[STATUS].read(ref)
+    except NotFound:
+        raise ImageNotFound() from None
+    if status.state != "ready":
+        return _not_ready(status, user_id, image_id, settings.web.retry_after)
+    rendition = status.renditions.get(size)
+    if rendition is None:
+        raise NotFound(f"rendition {size} was not made for this image; upload it again to make it")
+    return await serve_object(request, settings.aws.dest_bucket, str(rendition["key"]))
+
+
+def _not_ready(status: ImageStatus, user_id: str, image_id: str, retry_after: int) -> web.Response:
+    if status.state == "failed":
+        error = status.error or {}
+        return error_response(
+            422,
+            "thumbnail_failed",
+            f"the image could not be processed: {error.get('message', 'unknown reason')}",
+            status="failed",
+            reason=error,
+        )
+    response = error_response(
+        404,
+        "thumbnail_pending",
+        "the thumbnail is not ready yet; retry later",
+        status="pending",
+        status_url=urls.status_url(user_id, image_id),
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def serve_object(request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+    """Stream one S3 object with caching headers, conditional GET and byte ranges."""
+    settings = request.app[SETTINGS]
+    storage = request.app[STORAGE]
+    meta = await storage.head(bucket, key)
+    headers = {
+        "ETag": meta.etag,
+        "Last-Modified": meta.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Cache-Control": settings.web.cache_control,
+        "X-Content-Type-Options": "nosniff",
+        "Accept-Ranges": "bytes",
+    }
+    if _not_modified(request, meta.etag, meta.last_modified.timestamp()):
+        return web.Response(status=304, headers=headers)
+    try:
+        byte_range = _byte_range(request, meta.size, meta.etag)
+    except RangeNotSatisfiable as exc:
+        response = error_response(exc.http_status, exc.code, exc.message)
+        response.headers["Content-Range"] = f"bytes */{meta.size}"
+        return response
+    response = web.StreamResponse(status=200 if byte_range is None else 206, headers=headers)
+    response.content_type = meta.content_type
+    if byte_range is None:
+        response.content_length = meta.size
+    else:
+        start, end = byte_range
+        response.content_length = end - start + 1
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{meta.size}"
+    if request.method == "HEAD" or meta.size == 0:
+        await response.prepare(request)
+        return response
+    _, chunks = await storage.stream(bucket, key, byte_range, if_match=meta.etag)
+    await response.prepare(request)
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except ServiceError as exc:
+        # Headers are sent: the only honest signal left is to cut the connection short.
+        log.warning("download interrupted key=%s error=%s", key, exc)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+def _not_modified(request: web.Request, etag: str, modified: float) -> bool:
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+        return "*" in tags or etag in tags
+    since = request.if_modified_since
+    return since is not None and int(modified) <= int(since.timestamp())
+
+
+def _byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
+    """One inclusive (start, end) range, or None for the whole object; raises 416 when unsatisfiable."""
+    if "Range" not in request.headers:
+        return None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and if_range.strip() != etag:
+        return None  # the client's copy is stale: send it the whole, current object
+    try:
+        requested = request.http_range
+    except ValueError:
+        return None  # RFC 9110: an unparseable Range header is ignored
+    start, stop = requested.start, requested.stop
+    if start is None and stop is None:
+        return None
+    if start is not None and start < 0:  # suffix range: the last -start bytes
+        start, stop = max(0, size + start), size
+    start = start or 0
+    stop = size if stop is None else min(stop, size)
+    if start >= size or stop <= start:
+        raise RangeNotSatisfiable(f"the object has {size} bytes")
+    return start, stop - 1

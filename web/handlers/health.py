@@ -1,0 +1,44 @@
+"""Liveness (cheap, no dependencies) and readiness (S3 and SQS reachable)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from pipeline.errors import ServiceError
+from pipeline.queue import Queue
+from web.keys import CLIENTS, SETTINGS, STORAGE
+from web.middlewares import error_response
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """200 when both buckets and the queue answer; 503 naming what did not."""
+    settings = request.app[SETTINGS]
+    storage = request.app[STORAGE]
+    checks = {
+        "source_bucket": storage.check_bucket(settings.aws.source_bucket),
+        "dest_bucket": storage.check_bucket(settings.aws.dest_bucket),
+        "queue": _queue_depth(request, settings.aws.queue_name),
+    }
+    results = await asyncio.gather(*checks.values(), return_exceptions=True)
+    report = {
+        name: _describe(r) if isinstance(r, BaseException) else "ok"
+        for name, r in zip(checks, results, strict=True)
+    }
+    if all(v == "ok" for v in report.values()):
+        return web.json_response({"status": "ready", "checks": report})
+    return error_response(503, "not_ready", "a dependency is unreachable", checks=report)
+
+
+async def _queue_depth(request: web.Request, name: str) -> dict[str, int]:
+    queue = await Queue.named(request.app[CLIENTS].sqs, name)
+    return await queue.depth()
+
+
+def _describe(error: BaseException) -> str:
+    return error.code if isinstance(error, ServiceError) else type(error).__name__

@@ -1,0 +1,164 @@
+"""Uploads: the original system's JSON route and the native streaming routes.
+
+Bodies are streamed chunk by chunk into S3 (`Storage.upload_stream`); the handler answers 202 as
+soon as the original is durably stored and never waits for thumbnails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import BodyPartReader, web
+
+from pipeline.errors import (
+    BadRequest,
+    InvalidField,
+    InvalidJson,
+    MissingField,
+    NotFound,
+    TooLarge,
+    UnsupportedMediaType,
+)
+from pipeline.layout import ImageRef, valid_image_id
+from pipeline.storage import StoredUpload
+from web import urls
+from web.identity import resolve_user
+from web.keys import SETTINGS, STORAGE
+
+CHUNK = 256 * 1024
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class FileNotInInput(NotFound):
+    code = "file_not_found"
+    default_message = "no such file in the input folder"
+
+
+async def compat_upload(request: web.Request) -> web.Response:
+    """`POST /upload` `{"file_name": "cat.jpg", "user_id": ...}`: store `input/<file_name>` as `cat`."""
+    body = await _json_object(request)
+    user_id = resolve_user(request, body.get("user_id", ""))
+    file_name = body.get("file_name")
+    if file_name is None or file_name == "":
+        raise MissingField("file_name is required")
+    if not isinstance(file_name, str) or not _FILE_NAME_RE.fullmatch(file_name) or ".." in file_name:
+        raise InvalidField("file_name must be a plain file name from the input folder, without a path")
+    image_id = file_name.rsplit(".", 1)[0] if "." in file_name else file_name
+    if not valid_image_id(image_id):
+        raise InvalidField("the file name (without extension) is not a valid image id")
+    settings = request.app[SETTINGS]
+    path = _input_file(settings.web.input_dir, file_name)
+    stored = await _store(request, user_id, image_id, _file_chunks(path), file_name)
+    return _accepted(user_id, image_id, stored)
+
+
+async def put_image(request: web.Request) -> web.Response:
+    """`PUT /images/{image_id}?user_id=`: the body (raw, or multipart with one file) is the image."""
+    user_id = resolve_user(request)
+    image_id = request.match_info["image_id"]
+    if not valid_image_id(image_id):
+        raise InvalidField("image_id must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+    return await _stream_upload(request, user_id, image_id)
+
+
+async def post_image(request: web.Request) -> web.Response:
+    """`POST /images?user_id=`: like PUT, with a server-generated, unguessable image id."""
+    user_id = resolve_user(request)
+    return await _stream_upload(request, user_id, secrets.token_hex(12))
+
+
+async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> web.Response:
+    settings = request.app[SETTINGS]
+    if request.content_length is not None and request.content_length > settings.imaging.max_bytes:
+        raise TooLarge(f"the upload is larger than the {settings.imaging.max_bytes} bytes allowed")
+    file_name = request.query.get("file_name") or request.headers.get("X-File-Name") or ""
+    if request.content_type.startswith("multipart/"):
+        part = await _single_file_part(request)
+        file_name = part.filename or file_name
+        stored = await _store(request, user_id, image_id, _part_chunks(part), file_name)
+    else:
+        stored = await _store(request, user_id, image_id, request.content.iter_chunked(CHUNK), file_name)
+    return _accepted(user_id, image_id, stored)
+
+
+async def _store(
+    request: web.Request, user_id: str, image_id: str, chunks: AsyncIterator[bytes], file_name: str
+) -> StoredUpload:
+    settings = request.app[SETTINGS]
+    return await request.app[STORAGE].upload_stream(
+        settings.aws.source_bucket,
+        ImageRef.of(user_id, image_id).source_key,
+        chunks,
+        max_bytes=settings.imaging.max_bytes,
+        part_size=settings.web.part_size,
+        allowed_formats=settings.imaging.allowed_formats,
+        # S3 metadata travels as HTTP headers: keep it ASCII whatever the client sent.
+        metadata={"original-filename": quote(file_name[:255], safe=" ._-"), "user-id": user_id},
+    )
+
+
+def _accepted(user_id: str, image_id: str, stored: StoredUpload) -> web.Response:
+    status_url = urls.status_url(user_id, image_id)
+    response = web.json_response(
+        {
+            "user_id": user_id,
+            "image_id": image_id,
+            "status": "pending",
+            "format": stored.format,
+            "bytes": stored.size,
+            "status_url": status_url,
+            "original_url": urls.original_url(user_id, image_id),
+        },
+        status=202,
+    )
+    response.headers["Location"] = status_url
+    return response
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("send the request body as application/json")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidJson() from None
+    if not isinstance(body, dict):
+        raise InvalidJson("the request body must be a JSON object")
+    return body
+
+
+def _input_file(input_dir: Path, file_name: str) -> Path:
+    root = input_dir.resolve()
+    path = (root / file_name).resolve()
+    if path.parent != root or not path.is_file():
+        raise FileNotInInput(f"{file_name} is not in the input folder")
+    return path
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as handle:  # noqa: ASYNC230 - each read below runs in a thread
+        while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            yield chunk
+
+
+async def _single_file_part(request: web.Request) -> BodyPartReader:
+    reader = await request.multipart()
+    while True:
+        part = await reader.next()
+        if part is None:
+            raise BadRequest("the multipart body has no file part")
+        if isinstance(part, BodyPartReader) and part.filename is not None:
+            return part
+        if isinstance(part, BodyPartReader):
+            await part.release()  # ignore plain form fields
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(CHUNK):
+        yield chunk

@@ -1,0 +1,55 @@
+"""Turn every error into a JSON body with a stable code; never a stack trace to the client."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from pipeline.errors import ServiceError, TransientError
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    422: "unprocessable",
+    429: "too_many_requests",
+}
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    """The one shape of every error the API returns."""
+    return web.json_response({"error": code, "message": message, **extra}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        if isinstance(exc, TransientError):
+            log.warning("dependency error path=%s code=%s error=%s", request.path, exc.code, exc.message)
+            response = error_response(exc.http_status, exc.code, exc.message)
+            response.headers["Retry-After"] = "1"
+            return response
+        return error_response(exc.http_status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects and 304s pass through untouched
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = error_response(exc.status, code, exc.reason or code.replace("_", " "))
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("unhandled error method=%s path=%s", request.method, request.path)
+        return error_response(500, "internal_error", "an internal error occurred; it has been logged")

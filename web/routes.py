@@ -1,0 +1,18 @@
+"""The route table, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from web.handlers import download, health, images, upload
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_post("/upload", upload.compat_upload)
+    app.router.add_get("/download/image", download.download_image)
+    app.router.add_get("/download/thumbnail", download.download_thumbnail)
+    app.router.add_post("/images", upload.post_image)
+    app.router.add_put("/images/{image_id}", upload.put_image)
+    app.router.add_get("/images/{image_id}", images.image_status)
+    app.router.add_get("/health/live", health.live)
+    app.router.add_get("/health/ready", health.ready)
