@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +37,10 @@ _PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 _WHITE = (255, 255, 255)
+
+# Our own limit (`max_pixels`) is checked from the header before any decode; Pillow's global
+# guess would otherwise warn or refuse on its own terms.
+Image.MAX_IMAGE_PIXELS = None
 
 try:  # pyvips is the fast path; without a usable libvips the Pillow path does everything.
     import pyvips
@@ -203,19 +206,15 @@ def _pillow_renditions(
         raise FormatNotAllowed(f"{fmt} images cannot be decoded here")
     largest = max(specs, key=lambda s: s.max_side)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]]) as im:
-                _check_pixels(im.width, im.height, max_pixels)
-                info = ImageInfo(fmt, im.width, im.height)
-                if im.format == "JPEG":
-                    # Decode at the smallest 1/2^n scale still at least as large as the output.
-                    im.draft("RGB", (largest.max_side, largest.max_side))
-                upright = ImageOps.exif_transpose(im)
-                upright.load()
-                base = _pillow_to_display(upright)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise TooManyPixels(_short(str(exc))) from None
+        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]]) as im:
+            _check_pixels(im.width, im.height, max_pixels)
+            info = ImageInfo(fmt, im.width, im.height)
+            if im.format == "JPEG":
+                # Decode at the smallest 1/2^n scale still at least as large as the output.
+                im.draft("RGB", (largest.max_side, largest.max_side))
+            upright = ImageOps.exif_transpose(im)
+            upright.load()
+            base = _pillow_to_display(upright)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptImage(_short(str(exc))) from None
     outputs = []

@@ -1,0 +1,165 @@
+"""Shared fixtures: one real moto server per session, unique resources per test, real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from moto.server import ThreadedMotoServer
+from PIL import Image
+
+from config.settings import SEED_USER_IDS, Settings
+from pipeline.aws import AwsClients, open_clients
+from pipeline.provision import provision
+from pipeline.queue import Message, Queue
+from pipeline.service import open_consumer
+from web.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+USER = SEED_USER_IDS[2]
+OTHER_USER = SEED_USER_IDS[0]
+#: Fast consumer settings for tests; every test can override any of them.
+FAST = {
+    "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
+    "IMGSVC_CONSUMER_VISIBILITY_TIMEOUT": "20",
+    "IMGSVC_CONSUMER_MAX_ATTEMPTS": "3",
+    "IMGSVC_CONSUMER_BACKOFF_BASE": "1",
+    "IMGSVC_CONSUMER_BACKOFF_MAX": "2",
+    "IMGSVC_CONSUMER_WORKERS": "1",
+    "IMGSVC_CONSUMER_DRAIN_TIMEOUT": "5",
+    "IMGSVC_RUN_CONSUMER": "false",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_aws_env() -> Iterator[None]:
+    """Nobody's ~/.aws or AWS_* variables may change what the tests see."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "IMGSVC_"))}
+    for key in saved:
+        del os.environ[key]
+    os.environ["AWS_CONFIG_FILE"] = os.devnull
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+    yield
+    os.environ.pop("AWS_CONFIG_FILE")
+    os.environ.pop("AWS_SHARED_CREDENTIALS_FILE")
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def env_for(endpoint: str, **overrides: str) -> dict[str, str]:
+    """An environment with unique bucket and queue names, so tests never see each other's data."""
+    tag = uuid.uuid4().hex[:10]
+    env = {
+        "IMGSVC_MODE": "embedded",
+        "AWS_ENDPOINT_URL": endpoint,
+        "IMGSVC_SOURCE_BUCKET": f"src-{tag}",
+        "IMGSVC_DEST_BUCKET": f"dst-{tag}",
+        "IMGSVC_QUEUE_NAME": f"events-{tag}",
+        "IMGSVC_DLQ_NAME": f"dlq-{tag}",
+        "IMGSVC_INPUT_DIR": str(ROOT / "input"),
+        **FAST,
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def make_settings(moto_endpoint: str) -> Callable[..., Settings]:
+    def make(**overrides: str) -> Settings:
+        return Settings.from_env(env_for(moto_endpoint, **overrides))
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def clients(settings: Settings) -> AsyncIterator[AwsClients]:
+    """Clients for the test's own resources, provisioned."""
+    async with open_clients(settings.aws) as opened:
+        await provision(opened, settings)
+        yield opened
+
+
+ClientFactory = Callable[[Settings], Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[ClientFactory]:
+    """Start the real app on a real localhost port and return an HTTP client for it."""
+    started: list[TestClient[Any, Any]] = []
+
+    async def make(app_settings: Settings) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(app_settings), host="127.0.0.1"))
+        await client.start_server()
+        started.append(client)
+        return client
+
+    yield make
+    for client in reversed(started):
+        await client.close()
+
+
+@pytest.fixture
+async def api(settings: Settings, make_client: ClientFactory) -> TestClient[Any, Any]:
+    """The API without an in-process consumer (tests drive the consumer themselves)."""
+    return await make_client(settings)
+
+
+async def run_consumer_until_drained(clients: AwsClients, settings: Settings, timeout: float = 30) -> dict[str, int]:
+    """Run a burst consumer: returns once the queue is empty and nothing is in flight."""
+    async with open_consumer(clients, settings, burst=True) as consumer:
+        async with asyncio.timeout(timeout):
+            stats = await consumer.run()
+    return dict(stats.outcomes)
+
+
+async def dlq_messages(clients: AwsClients, settings: Settings) -> list[Message]:
+    """Everything in the DLQ (peeked with a short visibility timeout)."""
+    dlq = await Queue.named(clients.sqs, settings.aws.dlq_name)
+    seen: dict[str, Message] = {}
+    for _ in range(5):
+        for message in await dlq.receive(10, wait_seconds=0, visibility_timeout=1):
+            seen[message.id] = message
+    return list(seen.values())
+
+
+def jpeg_bytes(width: int, height: int, **save: Any) -> bytes:
+    """A JPEG with a gradient, so resizing has something to average."""
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=90, **save)
+    return out.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_libraries() -> None:
+    """moto's request log drowns the service's own lines in failure reports."""
+    import logging
+
+    for name in ("werkzeug", "botocore", "aiobotocore", "moto"):
+        logging.getLogger(name).setLevel(logging.WARNING)

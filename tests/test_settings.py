@@ -1,0 +1,79 @@
+"""Settings come from the environment, are frozen, and name the variable in every error."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from config.settings import ConfigError, RenditionSpec, Settings
+
+
+def test_defaults_without_aws_run_embedded_with_in_process_consumer() -> None:
+    settings = Settings.from_env({})
+    assert settings.aws.mode == "embedded"
+    assert settings.web.run_consumer is True
+    assert settings.aws.effective_endpoint == "http://127.0.0.1:4566"
+    assert settings.imaging.renditions == (RenditionSpec(256),)
+    assert settings.consumer.redrive_max_receive_count > settings.consumer.max_attempts
+
+
+def test_aws_credentials_switch_to_aws_mode_serving_only_the_api() -> None:
+    settings = Settings.from_env({"AWS_ACCESS_KEY_ID": "AKIA", "AWS_REGION": "eu-west-1"})
+    assert settings.aws.mode == "aws"
+    assert settings.aws.region == "eu-west-1"
+    assert settings.web.run_consumer is False
+    assert settings.aws.effective_endpoint is None
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.web.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("IMGSVC_PORT", "eighty"),
+        ("IMGSVC_PORT", "70000"),
+        ("IMGSVC_MAX_BYTES", "0"),
+        ("IMGSVC_CONSUMER_BATCH_SIZE", "11"),
+        ("IMGSVC_CONSUMER_BACKOFF_BASE", "fast"),
+        ("IMGSVC_RUN_CONSUMER", "maybe"),
+        ("IMGSVC_MODE", "cloud"),
+        ("IMGSVC_SOURCE_BUCKET", "Not_A_Bucket"),
+        ("IMGSVC_QUEUE_NAME", "bad name"),
+        ("IMGSVC_RENDITIONS", "256,abc"),
+        ("IMGSVC_RENDITIONS", "256:gif"),
+        ("IMGSVC_RENDITIONS", "256,256"),
+        ("IMGSVC_ALLOWED_FORMATS", "jpeg,svg"),
+        ("IMGSVC_UPLOAD_PART_SIZE", "1024"),
+        ("IMGSVC_LOG_LEVEL", "LOUD"),
+    ],
+)
+def test_invalid_values_fail_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        Settings.from_env({name: value})
+
+
+def test_source_and_destination_must_differ() -> None:
+    with pytest.raises(ConfigError, match="IMGSVC_DEST_BUCKET"):
+        Settings.from_env({"IMGSVC_SOURCE_BUCKET": "same", "IMGSVC_DEST_BUCKET": "same"})
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 99_999), st.sampled_from(["jpeg", "png", "webp"]), st.integers(1, 100)),
+        min_size=1,
+        max_size=5,
+        unique_by=lambda t: (t[0], t[1]),
+    )
+)
+def test_rendition_lists_round_trip(specs: list[tuple[int, str, int]]) -> None:
+    text = ",".join(f"{side}:{fmt}:{quality}" for side, fmt, quality in specs)
+    parsed = Settings.from_env({"IMGSVC_RENDITIONS": text}).imaging.renditions
+    assert parsed == tuple(RenditionSpec(side, fmt, quality) for side, fmt, quality in specs)
+    assert len({r.filename for r in parsed}) == len(parsed)
