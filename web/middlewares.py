@@ -26,9 +26,9 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    """The one shape of every error the API returns."""
-    return web.json_response({"error": code, "message": message, **extra}, status=status)
+def error_response(http_status: int, code: str, message: str, /, **extra: Any) -> web.Response:
+    """The one shape of every error the API returns; `extra` adds fields such as `status`."""
+    return web.json_response({"error": code, "message": message, **extra}, status=http_status)
 
 
 @web.middleware

@@ -1,0 +1,114 @@
+"""Downloads: caching headers, conditional GET, byte ranges, pending and missing images."""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import OTHER_USER, ROOT, USER
+
+Client = TestClient[Any, Any]
+CAT = (ROOT / "input" / "cat.jpg").read_bytes()
+ORIGINAL = f"/download/image?user_id={USER}&image_id=cat"
+
+
+@pytest.fixture
+async def uploaded(api: Client) -> Client:
+    response = await api.post("/upload", json={"file_name": "cat.jpg", "user_id": USER})
+    assert response.status == 202
+    return api
+
+
+async def test_full_download_headers(uploaded: Client) -> None:
+    response = await uploaded.get(ORIGINAL)
+    assert response.status == 200
+    assert await response.read() == CAT
+    headers = response.headers
+    assert headers["Content-Type"] == "image/jpeg"
+    assert int(headers["Content-Length"]) == len(CAT)
+    assert headers["ETag"].startswith('"') and headers["Last-Modified"].endswith("GMT")
+    assert headers["Cache-Control"] == "private, max-age=3600"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Accept-Ranges"] == "bytes"
+
+
+async def test_head_has_headers_and_no_body(uploaded: Client) -> None:
+    response = await uploaded.head(ORIGINAL)
+    assert response.status == 200
+    assert int(response.headers["Content-Length"]) == len(CAT)
+    assert await response.read() == b""
+
+
+async def test_if_none_match_gives_304(uploaded: Client) -> None:
+    etag = (await uploaded.get(ORIGINAL)).headers["ETag"]
+    response = await uploaded.get(ORIGINAL, headers={"If-None-Match": etag})
+    assert response.status == 304
+    assert response.headers["ETag"] == etag
+    assert await response.read() == b""
+    changed = await uploaded.get(ORIGINAL, headers={"If-None-Match": '"something-else"'})
+    assert changed.status == 200
+
+
+async def test_if_modified_since(uploaded: Client) -> None:
+    last_modified = (await uploaded.get(ORIGINAL)).headers["Last-Modified"]
+    assert (await uploaded.get(ORIGINAL, headers={"If-Modified-Since": last_modified})).status == 304
+    long_ago = formatdate(0, usegmt=True)
+    assert (await uploaded.get(ORIGINAL, headers={"If-Modified-Since": long_ago})).status == 200
+
+
+@pytest.mark.parametrize(
+    ("header", "start", "end"),
+    [("bytes=0-99", 0, 99), ("bytes=100-", 100, len(CAT) - 1), ("bytes=-50", len(CAT) - 50, len(CAT) - 1),
+     (f"bytes=10-{len(CAT) + 500}", 10, len(CAT) - 1)],
+)
+async def test_byte_ranges(uploaded: Client, header: str, start: int, end: int) -> None:
+    response = await uploaded.get(ORIGINAL, headers={"Range": header})
+    assert response.status == 206
+    assert response.headers["Content-Range"] == f"bytes {start}-{end}/{len(CAT)}"
+    assert int(response.headers["Content-Length"]) == end - start + 1
+    assert await response.read() == CAT[start : end + 1]
+
+
+async def test_unsatisfiable_range_is_416(uploaded: Client) -> None:
+    response = await uploaded.get(ORIGINAL, headers={"Range": f"bytes={len(CAT)}-"})
+    assert response.status == 416
+    assert response.headers["Content-Range"] == f"bytes */{len(CAT)}"
+    assert (await response.json())["error"] == "range_not_satisfiable"
+
+
+async def test_stale_if_range_gets_whole_object(uploaded: Client) -> None:
+    response = await uploaded.get(ORIGINAL, headers={"Range": "bytes=0-9", "If-Range": '"old"'})
+    assert response.status == 200 and await response.read() == CAT
+
+
+async def test_thumbnail_pending_until_processed(uploaded: Client) -> None:
+    response = await uploaded.get(f"/download/thumbnail?user_id={USER}&image_id=cat")
+    assert response.status == 404
+    assert int(response.headers["Retry-After"]) >= 1
+    body = await response.json()
+    assert body["error"] == "thumbnail_pending" and body["status"] == "pending"
+    status = await uploaded.get(f"/images/cat?user_id={USER}")
+    assert (await status.json())["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        (f"/download/image?user_id={USER}&image_id=dog", 404, "image_not_found"),
+        (f"/download/image?user_id={OTHER_USER}&image_id=cat", 404, "image_not_found"),
+        (f"/download/thumbnail?user_id={USER}&image_id=dog", 404, "image_not_found"),
+        (f"/images/dog?user_id={USER}", 404, "image_not_found"),
+        (f"/download/image?user_id={USER}", 400, "missing_field"),
+        (f"/download/image?user_id={USER}&image_id=../../etc", 400, "invalid_field"),
+        ("/download/image?image_id=cat", 400, "missing_field"),
+        (f"/download/thumbnail?user_id={USER}&image_id=cat&size=999", 400, "invalid_field"),
+        ("/download/thumbnail?user_id=00000000-0000-0000-0000-000000000000&image_id=cat", 403, "unknown_user"),
+    ],
+)
+async def test_download_errors(uploaded: Client, path: str, status: int, code: str) -> None:
+    response = await uploaded.get(path)
+    assert response.status == status
+    assert (await response.json())["error"] == code

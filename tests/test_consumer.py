@@ -1,0 +1,183 @@
+"""The consumer against real S3 events in moto: outcomes, retries, the DLQ, and stopping safely."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from typing import Any
+
+from PIL import Image
+
+from config.settings import Settings
+from pipeline.aws import AwsClients
+from pipeline.consumer import backoff_seconds
+from pipeline.dlq import list_dead_letters, redrive
+from pipeline.provision import provision
+from pipeline.queue import Queue
+from pipeline.service import open_consumer, open_queues
+from tests.conftest import ROOT, USER, decode, dlq_messages, run_consumer_until_drained
+
+DOG = (ROOT / "input" / "dog.jpg").read_bytes()
+
+
+async def put(clients: AwsClients, settings: Settings, key: str, data: bytes) -> None:
+    await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=key, Body=data)
+
+
+async def status_of(clients: AwsClients, settings: Settings, key: str) -> dict[str, Any]:
+    response = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{key}/status.json")
+    document: dict[str, Any] = json.loads(await response["Body"].read())
+    return document
+
+
+async def queue_depth(clients: AwsClients, settings: Settings) -> dict[str, int]:
+    return await (await Queue.named(clients.sqs, settings.aws.queue_name)).depth()
+
+
+async def test_good_images_become_renditions_and_messages_are_deleted(clients: AwsClients, settings: Settings) -> None:
+    for i in range(5):
+        await put(clients, settings, f"{USER}/dog{i}", DOG)
+    outcomes = await run_consumer_until_drained(clients, settings)
+    assert outcomes["ready"] == 5
+    assert outcomes["test_event"] == 1  # moto, like S3, announces a new notification configuration
+    for i in range(5):
+        assert (await status_of(clients, settings, f"{USER}/dog{i}"))["state"] == "ready"
+        thumb = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{USER}/dog{i}/256.jpg")
+        assert decode(await thumb["Body"].read()).size == (256, 192)
+    assert await queue_depth(clients, settings) == {"visible": 0, "in_flight": 0}
+    assert await dlq_messages(clients, settings) == []
+
+
+async def test_corrupt_and_fake_images_go_to_dlq_at_once_with_reason(clients: AwsClients, settings: Settings) -> None:
+    await put(clients, settings, f"{USER}/corrupt", DOG[: len(DOG) // 3])
+    await put(clients, settings, f"{USER}/fake", b"I am a text file renamed to cat.jpg\n" * 10)
+    outcomes = await run_consumer_until_drained(clients, settings)
+    assert outcomes["dead_lettered"] == 2 and "retry" not in outcomes
+    letters = {m.attributes["error_code"]: m for m in await dlq_messages(clients, settings)}
+    assert set(letters) == {"corrupt_image", "not_an_image"}
+    for message in letters.values():
+        assert message.attributes["attempts"] == "1"  # permanent: no retries
+        assert message.attributes["error_message"]
+        assert json.loads(message.body)["Records"][0]["eventName"].startswith("ObjectCreated:")
+    for key, code in ((f"{USER}/corrupt", "corrupt_image"), (f"{USER}/fake", "not_an_image")):
+        status = await status_of(clients, settings, key)
+        assert status["state"] == "failed" and status["error"]["code"] == code
+
+
+async def test_poison_and_other_events(clients: AwsClients, settings: Settings) -> None:
+    queues = await open_queues(clients, settings)
+    await queues.main.send("this is not json")
+    await queues.main.send(json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete"}]}))
+    await queues.main.send(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
+    outcomes = await run_consumer_until_drained(clients, settings)
+    assert outcomes == {"dead_lettered": 1, "ignored": 1, "test_event": 2}
+    (letter,) = await dlq_messages(clients, settings)
+    assert letter.body == "this is not json"
+    assert letter.attributes["error_code"] == "poison_message"
+
+
+async def test_source_deleted_before_processing_is_acknowledged(clients: AwsClients, settings: Settings) -> None:
+    await put(clients, settings, f"{USER}/gone", DOG)
+    await clients.s3.delete_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/gone")
+    outcomes = await run_consumer_until_drained(clients, settings)
+    assert outcomes["source_missing"] == 1
+    assert await dlq_messages(clients, settings) == []
+
+
+async def test_transient_failure_is_retried_then_succeeds(clients: AwsClients, settings: Settings) -> None:
+    await clients.s3.delete_bucket(Bucket=settings.aws.dest_bucket)  # every write now fails
+    await put(clients, settings, f"{USER}/later", DOG)
+    async with open_consumer(clients, settings) as consumer:
+        task = asyncio.create_task(consumer.run())
+        async with asyncio.timeout(20):
+            while consumer.stats.outcomes["retry"] < 1:
+                await asyncio.sleep(0.1)
+        await clients.s3.create_bucket(Bucket=settings.aws.dest_bucket)  # the operator fixes it
+        async with asyncio.timeout(20):
+            while consumer.stats.outcomes["ready"] < 1:
+                await asyncio.sleep(0.1)
+        consumer.stop()
+        await task
+    assert (await status_of(clients, settings, f"{USER}/later"))["state"] == "ready"
+    assert await dlq_messages(clients, settings) == []
+
+
+async def test_always_failing_message_reaches_dlq_after_exactly_max_attempts(
+    clients: AwsClients, settings: Settings
+) -> None:
+    assert settings.consumer.max_attempts == 3
+    await clients.s3.delete_bucket(Bucket=settings.aws.dest_bucket)
+    await put(clients, settings, f"{USER}/never", DOG)
+    outcomes = await run_consumer_until_drained(clients, settings, timeout=40)
+    assert outcomes["retry"] == 2 and outcomes["dead_lettered"] == 1
+    (letter,) = await dlq_messages(clients, settings)
+    assert letter.attributes["error_code"] == "storage_unavailable"
+    assert letter.attributes["attempts"] == "3"
+    assert "NoSuchBucket" in letter.attributes["error_message"]
+    # The original is untouched, ready to be redriven once the bucket is back.
+    head = await clients.s3.head_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/never")
+    assert head["ContentLength"] == len(DOG)
+
+
+async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any, clients: AwsClients) -> None:
+    settings: Settings = make_settings(IMGSVC_CONSUMER_DRAIN_TIMEOUT="0", IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="30")
+    await provision(clients, settings)
+    big = io.BytesIO()
+    Image.frombytes("RGB", (2400, 1800), os.urandom(2400 * 1800 * 3)).save(big, "JPEG", quality=95)
+    keys = [f"{USER}/batch{i}" for i in range(8)]
+    for key in keys:
+        await put(clients, settings, key, big.getvalue())
+
+    async with open_consumer(clients, settings) as consumer:
+        task = asyncio.create_task(consumer.run())
+        async with asyncio.timeout(20):
+            while consumer.stats.received < len(keys) + 1 or consumer.stats.outcomes["ready"] < 1:
+                await asyncio.sleep(0.05)
+        consumer.stop()  # drain timeout 0: whatever is in flight is released at once
+        first = await task
+    assert first.outcomes["released"] >= 1, first.outcomes
+    done_first = first.outcomes["ready"]
+
+    # Released messages are visible again at once, not after the 30 s visibility timeout.
+    outcomes = await run_consumer_until_drained(clients, settings, timeout=60)
+    assert done_first + outcomes.get("ready", 0) >= len(keys)
+    for key in keys:
+        assert (await status_of(clients, settings, key))["state"] == "ready"
+    assert await dlq_messages(clients, settings) == []
+
+
+async def test_dlq_list_redrive_purge(clients: AwsClients, settings: Settings) -> None:
+    await put(clients, settings, f"{USER}/bad1", b"not an image at all, no magic" * 3)
+    await put(clients, settings, f"{USER}/bad2", b"GIF89a but nothing else")
+    await run_consumer_until_drained(clients, settings)
+    queues = await open_queues(clients, settings)
+
+    letters = await list_dead_letters(queues.dlq, peek_seconds=1)
+    assert sorted(k for letter in letters for k in letter.keys) == [f"{USER}/bad1", f"{USER}/bad2"]
+    assert {letter.error_code for letter in letters} == {"not_an_image", "corrupt_image"}
+    await asyncio.sleep(1.1)  # let the peeked messages become visible again
+
+    moved = await redrive(queues.dlq, queues.main)
+    assert moved == 2
+    assert await queue_depth(clients, settings) == {"visible": 2, "in_flight": 0}
+    assert await dlq_messages(clients, settings) == []
+
+    # They fail again (still not images) and come back to the DLQ exactly once each.
+    await run_consumer_until_drained(clients, settings)
+    assert len(await dlq_messages(clients, settings)) == 2
+    await asyncio.sleep(1.1)
+    await queues.dlq.purge()
+    assert await dlq_messages(clients, settings) == []
+
+
+def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
+    import random
+
+    rng = random.Random(7)
+    delays = [backoff_seconds(n, base=2, cap=60, rng=rng) for n in range(1, 10)]
+    for attempt, delay in enumerate(delays, start=1):
+        full = min(60, 2 * 2 ** (attempt - 1))
+        assert full / 2 <= delay <= full + 1
+    assert backoff_seconds(50, base=2, cap=60) <= 60

@@ -1,0 +1,127 @@
+"""End to end through the real app with its in-process consumer: upload, wait, download, decode."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from PIL import Image
+
+from config.settings import Settings
+from pipeline.aws import AwsClients
+from tests.conftest import ROOT, USER, ClientFactory, decode
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+def live_settings(make_settings: Any) -> Settings:
+    return make_settings(IMGSVC_RUN_CONSUMER="true", IMGSVC_RENDITIONS="256,64:webp")
+
+
+@pytest.fixture
+async def live(live_settings: Settings, make_client: ClientFactory) -> Client:
+    """The whole stack: API and consumer pool in one process, as `python -m web` runs it."""
+    return await make_client(live_settings)
+
+
+async def wait_until_done(api: Client, user_id: str, image_id: str, timeout: float = 30) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            response = await api.get(f"/images/{image_id}?user_id={user_id}")
+            assert response.status == 200, await response.text()
+            body: dict[str, Any] = await response.json()
+            if body["status"] != "pending":
+                return body
+            assert response.headers["Retry-After"]
+            await asyncio.sleep(0.2)
+
+
+async def test_compat_upload_then_thumbnail(live: Client) -> None:
+    response = await live.post("/upload", json={"file_name": "cat.jpg", "user_id": USER})
+    assert response.status == 202
+    status = await wait_until_done(live, USER, "cat")
+    assert status["status"] == "ready"
+    assert status["width"] == 451 and status["height"] == 300 and status["format"] == "jpeg"
+    assert set(status["renditions"]) == {"256", "64-webp"}
+
+    thumb = await live.get(f"/download/thumbnail?user_id={USER}&image_id=cat")
+    assert thumb.status == 200 and thumb.content_type == "image/jpeg"
+    image = decode(await thumb.read())
+    assert image.format == "JPEG" and image.size == (256, 170)
+
+    small = await live.get(status["renditions"]["64-webp"]["url"])
+    assert decode(await small.read()).format == "WEBP"
+
+    original = await live.get(f"/download/image?user_id={USER}&image_id=cat")
+    assert original.status == 200 and decode(await original.read()).size == (451, 300)
+
+
+async def test_orientation_survives_the_pipeline(live: Client) -> None:
+    image = Image.new("RGB", (600, 300), (220, 20, 20))
+    exif = image.getexif()
+    exif[0x0112] = 8  # rotate 90° counter-clockwise to display
+    out = io.BytesIO()
+    image.save(out, "JPEG", exif=exif)
+    assert (await live.put(f"/images/rotated?user_id={USER}", data=out.getvalue())).status == 202
+    status = await wait_until_done(live, USER, "rotated")
+    assert status["renditions"]["256"]["width"] == 128 and status["renditions"]["256"]["height"] == 256
+    thumb = decode(await (await live.get(f"/download/thumbnail?user_id={USER}&image_id=rotated")).read())
+    assert thumb.size == (128, 256)
+    assert not thumb.getexif()
+
+
+@pytest.mark.parametrize("key_name", ["plain", "with space+plus%percent", "ünïcødé 猫"])
+async def test_object_put_straight_into_the_bucket_gets_thumbnails(
+    live: Client, live_settings: Settings, clients: AwsClients, key_name: str
+) -> None:
+    """Anything that writes the source bucket (aws s3 cp, boto3, another service) gets renditions."""
+    key = f"imports/{key_name}.jpg"
+    data = (ROOT / "input" / "dog.jpg").read_bytes()
+    await clients.s3.put_object(Bucket=live_settings.aws.source_bucket, Key=key, Body=data)
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                head = await clients.s3.get_object(Bucket=live_settings.aws.dest_bucket, Key=f"{key}/status.json")
+                break
+            except clients.s3.exceptions.NoSuchKey:
+                await asyncio.sleep(0.2)
+    assert b'"ready"' in await head["Body"].read()
+    rendition = await clients.s3.get_object(Bucket=live_settings.aws.dest_bucket, Key=f"{key}/256.jpg")
+    assert rendition["Metadata"]["source-etag"]
+    assert decode(await rendition["Body"].read()).size == (256, 192)
+
+
+async def test_failed_image_reports_reason_through_the_api(live: Client, live_settings: Settings, clients: AwsClients) -> None:
+    data = (ROOT / "input" / "cat.jpg").read_bytes()
+    await clients.s3.put_object(Bucket=live_settings.aws.source_bucket, Key=f"{USER}/broken", Body=data[:5000])
+    status = await wait_until_done(live, USER, "broken")
+    assert status["status"] == "failed"
+    assert status["error"]["code"] == "corrupt_image"
+    thumb = await live.get(f"/download/thumbnail?user_id={USER}&image_id=broken")
+    assert thumb.status == 422
+    body = await thumb.json()
+    assert body["error"] == "thumbnail_failed" and body["status"] == "failed"
+    assert body["reason"]["code"] == "corrupt_image"
+
+
+async def test_reupload_replaces_renditions(live: Client) -> None:
+    for colour in ((255, 0, 0), (0, 0, 255)):
+        out = io.BytesIO()
+        Image.new("RGB", (500, 500), colour).save(out, "PNG")
+        assert (await live.put(f"/images/swap?user_id={USER}", data=out.getvalue())).status == 202
+        status = await wait_until_done(live, USER, "swap")
+        assert status["status"] == "ready"
+        thumb = decode(await (await live.get(f"/download/thumbnail?user_id={USER}&image_id=swap")).read())
+        pixel = thumb.convert("RGB").getpixel((5, 5))
+        assert (pixel[0] > 200) == (colour[0] == 255) and (pixel[2] > 200) == (colour[2] == 255)
+
+
+async def test_health(live: Client) -> None:
+    assert (await (await live.get("/health/live")).json()) == {"status": "alive"}
+    ready = await live.get("/health/ready")
+    assert ready.status == 200
+    assert (await ready.json())["checks"] == {"source_bucket": "ok", "dest_bucket": "ok", "queue": "ok"}
