@@ -149,21 +149,23 @@ class Settings:
         env = _Env(os.environ if environ is None else environ)
         aws_configured = any(env.raw(n) for n in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE"))
         mode_raw = env.choice("MODE", "auto", ("auto", "embedded", "aws"))
-        mode: Mode = ("aws" if aws_configured else "embedded") if mode_raw == "auto" else mode_raw  # type: ignore[assignment]
+        mode: Mode = "embedded" if mode_raw == "embedded" else "aws"
+        if mode_raw == "auto":
+            mode = "aws" if aws_configured else "embedded"
         d_aws, d_img, d_con, d_web = AwsSettings(), ImagingSettings(), ConsumerSettings(), WebSettings()
         aws = AwsSettings(
             mode=mode,
             endpoint_url=env.raw("AWS_ENDPOINT_URL") or None,
             region=env.raw("AWS_REGION") or env.raw("AWS_DEFAULT_REGION") or d_aws.region,
-            embedded_host=env.str("EMBEDDED_HOST", d_aws.embedded_host),
-            embedded_port=env.int("EMBEDDED_PORT", d_aws.embedded_port, 0, 65535),
+            embedded_host=env.text("EMBEDDED_HOST", d_aws.embedded_host),
+            embedded_port=env.integer("EMBEDDED_PORT", d_aws.embedded_port, 0, 65535),
             source_bucket=env.bucket("SOURCE_BUCKET", d_aws.source_bucket),
             dest_bucket=env.bucket("DEST_BUCKET", d_aws.dest_bucket),
             queue_name=env.queue("QUEUE_NAME", d_aws.queue_name),
             dlq_name=env.queue("DLQ_NAME", d_aws.dlq_name),
-            max_pool_connections=env.int("MAX_POOL_CONNECTIONS", d_aws.max_pool_connections, 1, 1000),
-            connect_timeout=env.float("AWS_CONNECT_TIMEOUT", d_aws.connect_timeout, 0.1, 300),
-            read_timeout=env.float("AWS_READ_TIMEOUT", d_aws.read_timeout, 0.1, 900),
+            max_pool_connections=env.integer("MAX_POOL_CONNECTIONS", d_aws.max_pool_connections, 1, 1000),
+            connect_timeout=env.number("AWS_CONNECT_TIMEOUT", d_aws.connect_timeout, 0.1, 300),
+            read_timeout=env.number("AWS_READ_TIMEOUT", d_aws.read_timeout, 0.1, 900),
         )
         if aws.source_bucket == aws.dest_bucket:
             raise ConfigError(f"{PREFIX}DEST_BUCKET: must differ from the source bucket, or thumbnails loop")
@@ -171,33 +173,37 @@ class Settings:
             raise ConfigError(f"{PREFIX}DLQ_NAME: must differ from {PREFIX}QUEUE_NAME")
         imaging = ImagingSettings(
             renditions=env.renditions("RENDITIONS", d_img.renditions),
-            max_bytes=env.int("MAX_BYTES", d_img.max_bytes, 1, 5 * 1024**3),
-            max_pixels=env.int("MAX_PIXELS", d_img.max_pixels, 1, 2**31),
-            vips_threshold_pixels=env.int("VIPS_THRESHOLD_PIXELS", d_img.vips_threshold_pixels, 0, 2**31),
+            max_bytes=env.integer("MAX_BYTES", d_img.max_bytes, 1, 5 * 1024**3),
+            max_pixels=env.integer("MAX_PIXELS", d_img.max_pixels, 1, 2**31),
+            vips_threshold_pixels=env.integer("VIPS_THRESHOLD_PIXELS", d_img.vips_threshold_pixels, 0, 2**31),
             allowed_formats=env.formats("ALLOWED_FORMATS", d_img.allowed_formats),
         )
         consumer = ConsumerSettings(
-            receivers=env.int("CONSUMER_RECEIVERS", d_con.receivers, 1, 64),
-            batch_size=env.int("CONSUMER_BATCH_SIZE", d_con.batch_size, 1, 10),
-            max_in_flight=env.int("CONSUMER_MAX_IN_FLIGHT", d_con.max_in_flight, 1, 10_000),
-            workers=env.int("CONSUMER_WORKERS", d_con.workers, 1, 256),
-            wait_time_seconds=env.int("CONSUMER_WAIT_TIME_SECONDS", d_con.wait_time_seconds, 0, 20),
-            visibility_timeout=env.int("CONSUMER_VISIBILITY_TIMEOUT", d_con.visibility_timeout, 1, 43_200),
-            max_attempts=env.int("CONSUMER_MAX_ATTEMPTS", d_con.max_attempts, 1, 100),
-            backoff_base=env.float("CONSUMER_BACKOFF_BASE", d_con.backoff_base, 0, 3600),
-            backoff_max=env.float("CONSUMER_BACKOFF_MAX", d_con.backoff_max, 0, 43_200),
-            job_timeout=env.float("CONSUMER_JOB_TIMEOUT", d_con.job_timeout, 0.1, 43_200),
-            drain_timeout=env.float("CONSUMER_DRAIN_TIMEOUT", d_con.drain_timeout, 0, 3600),
-            delete_flush_seconds=env.float("CONSUMER_DELETE_FLUSH_SECONDS", d_con.delete_flush_seconds, 0, 10),
+            receivers=env.integer("CONSUMER_RECEIVERS", d_con.receivers, 1, 64),
+            batch_size=env.integer("CONSUMER_BATCH_SIZE", d_con.batch_size, 1, 10),
+            max_in_flight=env.integer("CONSUMER_MAX_IN_FLIGHT", d_con.max_in_flight, 1, 10_000),
+            workers=env.integer("CONSUMER_WORKERS", d_con.workers, 1, 256),
+            wait_time_seconds=env.integer("CONSUMER_WAIT_TIME_SECONDS", d_con.wait_time_seconds, 0, 20),
+            visibility_timeout=env.integer(
+                "CONSUMER_VISIBILITY_TIMEOUT", d_con.visibility_timeout, 1, 43_200
+            ),
+            max_attempts=env.integer("CONSUMER_MAX_ATTEMPTS", d_con.max_attempts, 1, 100),
+            backoff_base=env.number("CONSUMER_BACKOFF_BASE", d_con.backoff_base, 0, 3600),
+            backoff_max=env.number("CONSUMER_BACKOFF_MAX", d_con.backoff_max, 0, 43_200),
+            job_timeout=env.number("CONSUMER_JOB_TIMEOUT", d_con.job_timeout, 0.1, 43_200),
+            drain_timeout=env.number("CONSUMER_DRAIN_TIMEOUT", d_con.drain_timeout, 0, 3600),
+            delete_flush_seconds=env.number(
+                "CONSUMER_DELETE_FLUSH_SECONDS", d_con.delete_flush_seconds, 0, 10
+            ),
         )
         web = WebSettings(
-            host=env.str("HOST", d_web.host),
-            port=env.int("PORT", d_web.port, 0, 65535),
-            part_size=env.int("UPLOAD_PART_SIZE", d_web.part_size, 5 * 1024 * 1024, 5 * 1024**3),
-            cache_control=env.str("CACHE_CONTROL", d_web.cache_control),
-            retry_after=env.int("RETRY_AFTER", d_web.retry_after, 1, 3600),
-            input_dir=Path(env.str("INPUT_DIR", str(d_web.input_dir))),
-            run_consumer=env.bool("RUN_CONSUMER", mode == "embedded"),
+            host=env.text("HOST", d_web.host),
+            port=env.integer("PORT", d_web.port, 0, 65535),
+            part_size=env.integer("UPLOAD_PART_SIZE", d_web.part_size, 5 * 1024 * 1024, 5 * 1024**3),
+            cache_control=env.text("CACHE_CONTROL", d_web.cache_control),
+            retry_after=env.integer("RETRY_AFTER", d_web.retry_after, 1, 3600),
+            input_dir=Path(env.text("INPUT_DIR", str(d_web.input_dir))),
+            run_consumer=env.flag("RUN_CONSUMER", mode == "embedded"),
         )
         log_level = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
         return cls(aws=aws, imaging=imaging, consumer=consumer, web=web, log_level=log_level)
@@ -219,7 +225,7 @@ class _Env:
     def _fail(self, name: str, why: str, value: str) -> ConfigError:
         return ConfigError(f"{PREFIX}{name}: {why} (got {value!r})")
 
-    def str(self, name: str, default: str) -> str:
+    def text(self, name: str, default: str) -> str:
         return self._get(name) or default
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -228,7 +234,7 @@ class _Env:
             raise self._fail(name, f"must be one of {', '.join(choices)}", value)
         return value
 
-    def int(self, name: str, default: int, lo: int, hi: int) -> int:
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
         value = self._get(name)
         if value is None:
             return default
@@ -240,7 +246,7 @@ class _Env:
             raise self._fail(name, f"must be between {lo} and {hi}", value)
         return number
 
-    def float(self, name: str, default: float, lo: float, hi: float) -> float:
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
         value = self._get(name)
         if value is None:
             return default
@@ -252,7 +258,7 @@ class _Env:
             raise self._fail(name, f"must be between {lo} and {hi}", value)
         return number
 
-    def bool(self, name: str, default: bool) -> bool:
+    def flag(self, name: str, default: bool) -> bool:
         value = self._get(name)
         if value is None:
             return default
@@ -263,13 +269,13 @@ class _Env:
         raise self._fail(name, "must be true or false", value)
 
     def bucket(self, name: str, default: str) -> str:
-        value = self.str(name, default)
+        value = self.text(name, default)
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
             raise self._fail(name, "is not a valid S3 bucket name", value)
         return value
 
     def queue(self, name: str, default: str) -> str:
-        value = self.str(name, default)
+        value = self.text(name, default)
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,80}", value):
             raise self._fail(name, "is not a valid SQS queue name", value)
         return value
@@ -294,7 +300,9 @@ class _Env:
             match = _RENDITION_RE.fullmatch(item.strip())
             fmt = (match.group("fmt") or "jpeg") if match else ""
             if match is None or fmt not in OUTPUT_FORMATS:
-                raise self._fail(name, "must look like 256,1024:webp:80 (side[:jpeg|png|webp[:quality]])", value)
+                raise self._fail(
+                    name, "must look like 256,1024:webp:80 (side[:jpeg|png|webp[:quality]])", value
+                )
             specs.append(RenditionSpec(int(match.group("side")), fmt, int(match.group("q") or 85)))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):

@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def run_consumer(settings: Settings, burst: bool) -> int:
-    async with open_clients(settings.aws) as clients, open_consumer(clients, settings, burst=burst) as consumer:
+    async with (
+        open_clients(settings.aws) as clients,
+        open_consumer(clients, settings, burst=burst) as consumer,
+    ):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, consumer.stop)
@@ -71,7 +74,9 @@ async def run_dlq(settings: Settings, args: argparse.Namespace) -> int:
                     print(json.dumps(letter.as_dict()))
                 else:
                     keys = ",".join(letter.keys) or "-"
-                    print(f"{letter.message_id}  {letter.error_code}  attempts={letter.attempts}  keys={keys}")
+                    print(
+                        f"{letter.message_id}  {letter.error_code}  attempts={letter.attempts}  keys={keys}"
+                    )
                     print(f"    {letter.error_message}")
             if not args.json:
                 print(f"{len(letters)} message(s) in the DLQ")

@@ -6,7 +6,6 @@ module (and `storage`/`queue`, which call through `aws_errors`) sees a botocore 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -94,5 +93,5 @@ def aws_errors(
             raise LeaseLost(f"{code}: {exc}") from exc
         # NoSuchBucket, AccessDenied, throttling, 5xx: the operator can fix them, so they are retried.
         raise transient(f"{code or 'error'}: {exc}") from exc
-    except (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
+    except (TimeoutError, BotoCoreError, aiohttp.ClientError, ConnectionError) as exc:
         raise transient(f"{type(exc).__name__}: {exc}") from exc

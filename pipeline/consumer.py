@@ -9,6 +9,7 @@ A heartbeat keeps long jobs invisible; shutdown drains, then releases what it co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -37,7 +38,7 @@ def backoff_seconds(receive_count: int, base: float, cap: float, rng: random.Ran
     """Equal-jitter exponential backoff: half the delay fixed, half random, whole seconds for SQS."""
     delay = min(cap, base * 2 ** max(0, receive_count - 1))
     jitter = (rng or random).uniform(0, delay / 2)
-    return min(43_200, math.ceil(delay / 2 + jitter))
+    return int(min(43_200, math.ceil(delay / 2 + jitter)))
 
 
 @dataclass
@@ -109,12 +110,17 @@ class Consumer:
                 free = self._cfg.max_in_flight - len(self._in_flight)
                 if free <= 0:
                     self._slot_freed.clear()
-                    await asyncio.wait({stop_wait, asyncio.ensure_future(self._slot_freed.wait())},
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        {stop_wait, asyncio.ensure_future(self._slot_freed.wait())},
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                     continue
                 receive = asyncio.ensure_future(
-                    self._queue.receive(min(free, self._cfg.batch_size), self._cfg.wait_time_seconds,
-                                        self._cfg.visibility_timeout)
+                    self._queue.receive(
+                        min(free, self._cfg.batch_size),
+                        self._cfg.wait_time_seconds,
+                        self._cfg.visibility_timeout,
+                    )
                 )
                 # A long poll must not hold up shutdown; a cancelled receive's messages reappear
                 # after their visibility timeout, so nothing is lost.
@@ -145,10 +151,8 @@ class Consumer:
         return depth["visible"] == 0 and depth["in_flight"] == 0
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def _start(self, message: Message) -> None:
         self.stats.received += 1
@@ -311,7 +315,9 @@ class Consumer:
                 continue
             if code == "ReceiptHandleIsInvalid" or ack.tries + 1 >= _DELETE_RETRIES:
                 # The message will be delivered again and processed idempotently: a duplicate, not a loss.
-                log.warning("delete failed message_id=%s code=%s, it will be redelivered", ack.message_id, code)
+                log.warning(
+                    "delete failed message_id=%s code=%s, it will be redelivered", ack.message_id, code
+                )
             else:
                 await asyncio.sleep(0.2 * (ack.tries + 1))
                 self._deletes.put_nowait(_Ack(ack.message_id, ack.receipt_handle, ack.tries + 1))

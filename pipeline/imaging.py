@@ -168,7 +168,11 @@ def _vips_renditions(
         ).copy_memory()  # small, and every rendition reads it again
         outputs = []
         for spec in sorted(specs, key=lambda s: -s.max_side):
-            image = base if spec is largest else base.thumbnail_image(spec.max_side, height=spec.max_side, size="down")
+            image = (
+                base
+                if spec is largest
+                else base.thumbnail_image(spec.max_side, height=spec.max_side, size="down")
+            )
             image = _vips_to_display(image, spec.format)
             outputs.append(Rendition(spec, _vips_encode(image, spec), image.width, image.height))
     except pyvips.Error as exc:
@@ -232,7 +236,7 @@ def _pillow_to_display(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # Scale 16-bit grey down instead of clipping it to white.
         return im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-    if im.mode == "P" or im.mode == "PA":
+    if im.mode in {"P", "PA"}:
         return im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
     if im.mode == "1":
         return im.convert("L")

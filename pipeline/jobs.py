@@ -50,7 +50,9 @@ class JobRunner:
         ref = ImageRef(record.key)
         for _ in range(MAX_SOURCE_CHANGES):
             try:
-                meta, data = await self._storage.read(aws.source_bucket, ref.source_key, self._settings.imaging.max_bytes)
+                meta, data = await self._storage.read(
+                    aws.source_bucket, ref.source_key, self._settings.imaging.max_bytes
+                )
             except NotFound:
                 return JobResult("source_missing", ref.source_key)
             except OversizeObject as exc:  # nothing to decode, but the user must learn why

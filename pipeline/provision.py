@@ -66,7 +66,11 @@ async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
             },
         )
     log.info(
-        "provisioned source=%s dest=%s queue=%s dlq=%s", aws.source_bucket, aws.dest_bucket, queue_url, dlq_url
+        "provisioned source=%s dest=%s queue=%s dlq=%s",
+        aws.source_bucket,
+        aws.dest_bucket,
+        queue_url,
+        dlq_url,
     )
     return Provisioned(aws.source_bucket, aws.dest_bucket, queue_url, dlq_url)
 

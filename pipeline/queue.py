@@ -38,7 +38,9 @@ class Queue:
             response = await sqs.get_queue_url(QueueName=name)
         return cls(sqs, str(response["QueueUrl"]))
 
-    async def receive(self, max_messages: int, wait_seconds: int, visibility_timeout: int | None = None) -> list[Message]:
+    async def receive(
+        self, max_messages: int, wait_seconds: int, visibility_timeout: int | None = None
+    ) -> list[Message]:
         kwargs: dict[str, Any] = {
             "QueueUrl": self.url,
             "MaxNumberOfMessages": max_messages,

@@ -31,7 +31,9 @@ async def open_queues(clients: AwsClients, settings: Settings) -> Queues:
 
 
 @asynccontextmanager
-async def open_consumer(clients: AwsClients, settings: Settings, *, burst: bool = False) -> AsyncIterator[Consumer]:
+async def open_consumer(
+    clients: AwsClients, settings: Settings, *, burst: bool = False
+) -> AsyncIterator[Consumer]:
     """A ready consumer with its own worker pool, shut down (pool included) when the block ends."""
     queues = await open_queues(clients, settings)
     storage = Storage(clients.s3)

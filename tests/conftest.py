@@ -124,7 +124,9 @@ async def api(settings: Settings, make_client: ClientFactory) -> TestClient[Any,
     return await make_client(settings)
 
 
-async def run_consumer_until_drained(clients: AwsClients, settings: Settings, timeout: float = 30) -> dict[str, int]:
+async def run_consumer_until_drained(
+    clients: AwsClients, settings: Settings, timeout: float = 30
+) -> dict[str, int]:
     """Run a burst consumer: returns once the queue is empty and nothing is in flight."""
     async with open_consumer(clients, settings, burst=True) as consumer:
         async with asyncio.timeout(timeout):

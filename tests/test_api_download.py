@@ -61,8 +61,12 @@ async def test_if_modified_since(uploaded: Client) -> None:
 
 @pytest.mark.parametrize(
     ("header", "start", "end"),
-    [("bytes=0-99", 0, 99), ("bytes=100-", 100, len(CAT) - 1), ("bytes=-50", len(CAT) - 50, len(CAT) - 1),
-     (f"bytes=10-{len(CAT) + 500}", 10, len(CAT) - 1)],
+    [
+        ("bytes=0-99", 0, 99),
+        ("bytes=100-", 100, len(CAT) - 1),
+        ("bytes=-50", len(CAT) - 50, len(CAT) - 1),
+        (f"bytes=10-{len(CAT) + 500}", 10, len(CAT) - 1),
+    ],
 )
 async def test_byte_ranges(uploaded: Client, header: str, start: int, end: int) -> None:
     response = await uploaded.get(ORIGINAL, headers={"Range": header})
@@ -105,7 +109,11 @@ async def test_thumbnail_pending_until_processed(uploaded: Client) -> None:
         (f"/download/image?user_id={USER}&image_id=../../etc", 400, "invalid_field"),
         ("/download/image?image_id=cat", 400, "missing_field"),
         (f"/download/thumbnail?user_id={USER}&image_id=cat&size=999", 400, "invalid_field"),
-        ("/download/thumbnail?user_id=00000000-0000-0000-0000-000000000000&image_id=cat", 403, "unknown_user"),
+        (
+            "/download/thumbnail?user_id=00000000-0000-0000-0000-000000000000&image_id=cat",
+            403,
+            "unknown_user",
+        ),
     ],
 )
 async def test_download_errors(uploaded: Client, path: str, status: int, code: str) -> None:

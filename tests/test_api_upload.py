@@ -23,7 +23,9 @@ async def source_keys(clients: AwsClients, settings: Settings) -> list[str]:
     return [o["Key"] for o in listed.get("Contents", [])]
 
 
-async def test_compat_upload_stores_input_file_as_image(api: Client, clients: AwsClients, settings: Settings) -> None:
+async def test_compat_upload_stores_input_file_as_image(
+    api: Client, clients: AwsClients, settings: Settings
+) -> None:
     response = await api.post("/upload", json={"file_name": "cat.jpg", "user_id": USER})
     assert response.status == 202
     body = await response.json()
@@ -37,7 +39,9 @@ async def test_compat_upload_stores_input_file_as_image(api: Client, clients: Aw
 
 async def test_put_streams_raw_body(api: Client, clients: AwsClients, settings: Settings) -> None:
     data = jpeg_bytes(640, 480)
-    response = await api.put(f"/images/holiday-1?user_id={USER}", data=data, headers={"X-File-Name": "beach.jpg"})
+    response = await api.put(
+        f"/images/holiday-1?user_id={USER}", data=data, headers={"X-File-Name": "beach.jpg"}
+    )
     assert response.status == 202, await response.text()
     stored = await clients.s3.get_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/holiday-1")
     assert await stored["Body"].read() == data
@@ -91,7 +95,9 @@ async def test_large_upload_goes_through_multipart_in_parts(
 async def test_over_the_cap_is_413_and_leaves_nothing(
     make_settings: Any, make_client: ClientFactory, clients: AwsClients
 ) -> None:
-    settings = make_settings(IMGSVC_MAX_BYTES=str(6 * 1024 * 1024), IMGSVC_UPLOAD_PART_SIZE=str(5 * 1024 * 1024))
+    settings = make_settings(
+        IMGSVC_MAX_BYTES=str(6 * 1024 * 1024), IMGSVC_UPLOAD_PART_SIZE=str(5 * 1024 * 1024)
+    )
     api = await make_client(settings)
     head = jpeg_bytes(20, 20)
 
@@ -108,7 +114,9 @@ async def test_over_the_cap_is_413_and_leaves_nothing(
     assert uploads.get("Uploads", []) == []
 
 
-async def test_declared_content_length_over_cap_is_refused_before_reading(make_settings: Any, make_client: ClientFactory) -> None:
+async def test_declared_content_length_over_cap_is_refused_before_reading(
+    make_settings: Any, make_client: ClientFactory
+) -> None:
     api = await make_client(make_settings(IMGSVC_MAX_BYTES="1000"))
     response = await api.put(f"/images/x?user_id={USER}", data=jpeg_bytes(200, 200))
     assert response.status == 413
@@ -121,14 +129,26 @@ GOOD = {"file_name": "cat.jpg", "user_id": USER}
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status", "code"),
     [
-        ("POST", "/upload", {"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400, "invalid_json"),
+        (
+            "POST",
+            "/upload",
+            {"data": "{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "invalid_json",
+        ),
         ("POST", "/upload", {"json": ["cat.jpg"]}, 400, "invalid_json"),
         ("POST", "/upload", {"data": "file_name=cat.jpg"}, 415, "unsupported_media_type"),
         ("POST", "/upload", {"json": {"user_id": USER}}, 400, "missing_field"),
         ("POST", "/upload", {"json": {"file_name": "cat.jpg"}}, 400, "missing_field"),
         ("POST", "/upload", {"json": {**GOOD, "user_id": "not-a-uuid"}}, 400, "invalid_field"),
         ("POST", "/upload", {"json": {**GOOD, "user_id": 42}}, 400, "invalid_field"),
-        ("POST", "/upload", {"json": {**GOOD, "user_id": "00000000-0000-0000-0000-000000000000"}}, 403, "unknown_user"),
+        (
+            "POST",
+            "/upload",
+            {"json": {**GOOD, "user_id": "00000000-0000-0000-0000-000000000000"}},
+            403,
+            "unknown_user",
+        ),
         ("POST", "/upload", {"json": {**GOOD, "file_name": "../pyproject.toml"}}, 400, "invalid_field"),
         ("POST", "/upload", {"json": {**GOOD, "file_name": "/etc/passwd"}}, 400, "invalid_field"),
         ("POST", "/upload", {"json": {**GOOD, "file_name": "sub\\cat.jpg"}}, 400, "invalid_field"),
@@ -136,15 +156,33 @@ GOOD = {"file_name": "cat.jpg", "user_id": USER}
         ("POST", "/upload", {"json": {**GOOD, "file_name": "cow.jpg"}}, 404, "file_not_found"),
         ("POST", "/upload", {"json": {**GOOD, "file_name": "README.md"}}, 415, "not_an_image"),
         ("POST", "/upload", {"json": {**GOOD, "pad": "x" * 70_000}}, 413, "too_large"),
-        ("PUT", f"/images/ok?user_id={USER}", {"data": b"just some text, named cat.jpg"}, 415, "not_an_image"),
-        ("PUT", f"/images/ok?user_id={USER}", {"data": b"<svg xmlns='http://www.w3.org/2000/svg'/>" * 3}, 415, "not_an_image"),
+        (
+            "PUT",
+            f"/images/ok?user_id={USER}",
+            {"data": b"just some text, named cat.jpg"},
+            415,
+            "not_an_image",
+        ),
+        (
+            "PUT",
+            f"/images/ok?user_id={USER}",
+            {"data": b"<svg xmlns='http://www.w3.org/2000/svg'/>" * 3},
+            415,
+            "not_an_image",
+        ),
         ("PUT", f"/images/ok?user_id={USER}", {"data": b"%PDF-1.7\n" + b"0" * 64}, 415, "not_an_image"),
         ("PUT", f"/images/ok?user_id={USER}", {"data": b""}, 400, "empty_upload"),
         ("PUT", f"/images/ok?user_id={USER}", {"data": b"\x89PNG"}, 415, "not_an_image"),
         ("PUT", f"/images/-bad?user_id={USER}", {"data": b"x"}, 400, "invalid_field"),
         ("PUT", f"/images/{'a' * 65}?user_id={USER}", {"data": b"x"}, 400, "invalid_field"),
         ("PUT", "/images/ok", {"data": b"x"}, 400, "missing_field"),
-        ("PUT", f"/images/ok?user_id={USER}", {"data": b"--x--", "headers": {"Content-Type": "multipart/form-data; boundary=x"}}, 400, "bad_request"),
+        (
+            "PUT",
+            f"/images/ok?user_id={USER}",
+            {"data": b"--x--", "headers": {"Content-Type": "multipart/form-data; boundary=x"}},
+            400,
+            "bad_request",
+        ),
         ("GET", "/upload", {}, 405, "method_not_allowed"),
         ("GET", "/nope", {}, 404, "not_found"),
         ("DELETE", f"/images/cat?user_id={USER}", {}, 405, "method_not_allowed"),
@@ -164,6 +202,8 @@ async def test_bad_input_gets_documented_json_error(
 
 async def test_users_are_isolated_by_key(api: Client, clients: AwsClients, settings: Settings) -> None:
     for user in (USER, OTHER_USER):
-        response = await api.put(f"/images/same?user_id={user}", data=jpeg_bytes(30 if user == USER else 40, 30))
+        response = await api.put(
+            f"/images/same?user_id={user}", data=jpeg_bytes(30 if user == USER else 40, 30)
+        )
         assert response.status == 202
     assert sorted(await source_keys(clients, settings)) == sorted([f"{USER}/same", f"{OTHER_USER}/same"])

@@ -36,7 +36,9 @@ async def queue_depth(clients: AwsClients, settings: Settings) -> dict[str, int]
     return await (await Queue.named(clients.sqs, settings.aws.queue_name)).depth()
 
 
-async def test_good_images_become_renditions_and_messages_are_deleted(clients: AwsClients, settings: Settings) -> None:
+async def test_good_images_become_renditions_and_messages_are_deleted(
+    clients: AwsClients, settings: Settings
+) -> None:
     for i in range(5):
         await put(clients, settings, f"{USER}/dog{i}", DOG)
     outcomes = await run_consumer_until_drained(clients, settings)
@@ -50,7 +52,9 @@ async def test_good_images_become_renditions_and_messages_are_deleted(clients: A
     assert await dlq_messages(clients, settings) == []
 
 
-async def test_corrupt_and_fake_images_go_to_dlq_at_once_with_reason(clients: AwsClients, settings: Settings) -> None:
+async def test_corrupt_and_fake_images_go_to_dlq_at_once_with_reason(
+    clients: AwsClients, settings: Settings
+) -> None:
     await put(clients, settings, f"{USER}/corrupt", DOG[: len(DOG) // 3])
     await put(clients, settings, f"{USER}/fake", b"I am a text file renamed to cat.jpg\n" * 10)
     outcomes = await run_consumer_until_drained(clients, settings)
@@ -69,7 +73,9 @@ async def test_corrupt_and_fake_images_go_to_dlq_at_once_with_reason(clients: Aw
 async def test_poison_and_other_events(clients: AwsClients, settings: Settings) -> None:
     queues = await open_queues(clients, settings)
     await queues.main.send("this is not json")
-    await queues.main.send(json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete"}]}))
+    await queues.main.send(
+        json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete"}]})
+    )
     await queues.main.send(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
     outcomes = await run_consumer_until_drained(clients, settings)
     assert outcomes == {"dead_lettered": 1, "ignored": 1, "test_event": 2}
@@ -78,7 +84,9 @@ async def test_poison_and_other_events(clients: AwsClients, settings: Settings) 
     assert letter.attributes["error_code"] == "poison_message"
 
 
-async def test_source_deleted_before_processing_is_acknowledged(clients: AwsClients, settings: Settings) -> None:
+async def test_source_deleted_before_processing_is_acknowledged(
+    clients: AwsClients, settings: Settings
+) -> None:
     await put(clients, settings, f"{USER}/gone", DOG)
     await clients.s3.delete_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/gone")
     outcomes = await run_consumer_until_drained(clients, settings)
@@ -122,7 +130,9 @@ async def test_always_failing_message_reaches_dlq_after_exactly_max_attempts(
 
 
 async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any, clients: AwsClients) -> None:
-    settings: Settings = make_settings(IMGSVC_CONSUMER_DRAIN_TIMEOUT="0", IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="30")
+    settings: Settings = make_settings(
+        IMGSVC_CONSUMER_DRAIN_TIMEOUT="0", IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="30"
+    )
     await provision(clients, settings)
     big = io.BytesIO()
     Image.frombytes("RGB", (2400, 1800), os.urandom(2400 * 1800 * 3)).save(big, "JPEG", quality=95)

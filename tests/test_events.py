@@ -69,7 +69,13 @@ def test_sns_wrapped_notification() -> None:
         '{"Records": [{"eventSource": "aws:sqs", "eventName": "x"}]}',
         '{"Records": [{"eventSource": "aws:s3"}]}',
         '{"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put"}]}',
-        '{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": ""}}}]}',
+        json.dumps(
+            {
+                "Records": [
+                    {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": ""}}}
+                ]
+            }
+        ),
     ],
 )
 def test_poison(body: str) -> None:

@@ -20,9 +20,15 @@ ENGINES = {"pillow": 10**12, "pyvips": 0}  # vips threshold that forces each eng
 SPEC = (RenditionSpec(256),)
 
 
-def render(data: bytes, engine: str, specs: tuple[RenditionSpec, ...] = SPEC, max_pixels: int = 10**8) -> RenditionResult:
+def render(
+    data: bytes, engine: str, specs: tuple[RenditionSpec, ...] = SPEC, max_pixels: int = 10**8
+) -> RenditionResult:
     result = make_renditions(
-        data, specs, max_pixels=max_pixels, vips_threshold_pixels=ENGINES[engine], allowed_formats=KNOWN_FORMATS
+        data,
+        specs,
+        max_pixels=max_pixels,
+        vips_threshold_pixels=ENGINES[engine],
+        allowed_formats=KNOWN_FORMATS,
     )
     assert result.engine == engine
     return result
@@ -138,12 +144,17 @@ def test_text_is_not_an_image() -> None:
 
 def test_format_outside_allow_list() -> None:
     with pytest.raises(FormatNotAllowed):
-        make_renditions(jpeg_bytes(10, 10), SPEC, max_pixels=10**6, vips_threshold_pixels=0, allowed_formats=frozenset({"png"}))
+        make_renditions(
+            jpeg_bytes(10, 10),
+            SPEC,
+            max_pixels=10**6,
+            vips_threshold_pixels=0,
+            allowed_formats=frozenset({"png"}),
+        )
 
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims huge dimensions but has no pixel data: a decompression bomb's header."""
-
 
     def chunk(kind: bytes, payload: bytes) -> bytes:
         body = kind + payload
@@ -178,7 +189,9 @@ def test_several_renditions_from_one_decode(engine: str) -> None:
     engine=st.sampled_from(sorted(ENGINES)),
 )
 def test_size_and_aspect_for_any_dimensions(width: int, height: int, side: int, engine: str) -> None:
-    result = render(encode(Image.new("RGB", (width, height), (9, 99, 199)), "PNG"), engine, (RenditionSpec(side),))
+    result = render(
+        encode(Image.new("RGB", (width, height), (9, 99, 199)), "PNG"), engine, (RenditionSpec(side),)
+    )
     out = result.renditions[0]
     assert max(out.width, out.height) == min(side, max(width, height))
     assert decode(out.data).size == (out.width, out.height)

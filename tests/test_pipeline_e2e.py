@@ -85,7 +85,9 @@ async def test_object_put_straight_into_the_bucket_gets_thumbnails(
     async with asyncio.timeout(30):
         while True:
             try:
-                head = await clients.s3.get_object(Bucket=live_settings.aws.dest_bucket, Key=f"{key}/status.json")
+                head = await clients.s3.get_object(
+                    Bucket=live_settings.aws.dest_bucket, Key=f"{key}/status.json"
+                )
                 break
             except clients.s3.exceptions.NoSuchKey:
                 await asyncio.sleep(0.2)
@@ -95,9 +97,13 @@ async def test_object_put_straight_into_the_bucket_gets_thumbnails(
     assert decode(await rendition["Body"].read()).size == (256, 192)
 
 
-async def test_failed_image_reports_reason_through_the_api(live: Client, live_settings: Settings, clients: AwsClients) -> None:
+async def test_failed_image_reports_reason_through_the_api(
+    live: Client, live_settings: Settings, clients: AwsClients
+) -> None:
     data = (ROOT / "input" / "cat.jpg").read_bytes()
-    await clients.s3.put_object(Bucket=live_settings.aws.source_bucket, Key=f"{USER}/broken", Body=data[:5000])
+    await clients.s3.put_object(
+        Bucket=live_settings.aws.source_bucket, Key=f"{USER}/broken", Body=data[:5000]
+    )
     status = await wait_until_done(live, USER, "broken")
     assert status["status"] == "failed"
     assert status["error"]["code"] == "corrupt_image"

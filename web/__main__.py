@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="address to listen on (IMGSVC_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (IMGSVC_PORT, default 8080; 0 picks one)")
-    parser.add_argument("--embedded-port", type=int, help="embedded AWS port (IMGSVC_EMBEDDED_PORT, default 4566)")
+    parser.add_argument(
+        "--embedded-port", type=int, help="embedded AWS port (IMGSVC_EMBEDDED_PORT, default 4566)"
+    )
     return parser.parse_args(argv)
 
 
@@ -78,11 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         if settings.aws.mode == "embedded" and not settings.aws.endpoint_url:
             try:
-                endpoint = stack.enter_context(embedded_aws(settings.aws.embedded_host, settings.aws.embedded_port))
+                endpoint = stack.enter_context(
+                    embedded_aws(settings.aws.embedded_host, settings.aws.embedded_port)
+                )
             except OSError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
-            settings = dataclasses.replace(settings, aws=dataclasses.replace(settings.aws, endpoint_url=endpoint))
+            settings = dataclasses.replace(
+                settings, aws=dataclasses.replace(settings.aws, endpoint_url=endpoint)
+            )
             log.info(
                 "embedded AWS endpoint url=%s (S3 and SQS; point any AWS client at it with "
                 "AWS_ENDPOINT_URL=%s and any credentials); data is in memory only and is lost on exit",
@@ -90,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 endpoint,
             )
         else:
-            log.info("using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region)
+            log.info(
+                "using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region
+            )
         asyncio.run(serve(settings))
     return 0
 

@@ -35,7 +35,9 @@ def image_ref(request: web.Request, image_id: str | None = None) -> tuple[str, s
     if not image_id:
         raise MissingField("image_id is required")
     if not valid_image_id(image_id):
-        raise InvalidField("image_id must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+        raise InvalidField(
+            "image_id must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+        )
     return user_id, image_id, ImageRef.of(user_id, image_id)
 
 
@@ -107,9 +109,9 @@ async def serve_object(request: web.Request, bucket: str, key: str) -> web.Strea
     try:
         byte_range = _byte_range(request, meta.size, meta.etag)
     except RangeNotSatisfiable as exc:
-        response = error_response(exc.http_status, exc.code, exc.message)
-        response.headers["Content-Range"] = f"bytes */{meta.size}"
-        return response
+        refusal = error_response(exc.http_status, exc.code, exc.message)
+        refusal.headers["Content-Range"] = f"bytes */{meta.size}"
+        return refusal
     response = web.StreamResponse(status=200 if byte_range is None else 206, headers=headers)
     response.content_type = meta.content_type
     if byte_range is None:

@@ -63,7 +63,9 @@ async def put_image(request: web.Request) -> web.Response:
     user_id = resolve_user(request)
     image_id = request.match_info["image_id"]
     if not valid_image_id(image_id):
-        raise InvalidField("image_id must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+        raise InvalidField(
+            "image_id must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+        )
     return await _stream_upload(request, user_id, image_id)
 
 
@@ -142,7 +144,7 @@ def _input_file(input_dir: Path, file_name: str) -> Path:
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
-    with path.open("rb") as handle:  # noqa: ASYNC230 - each read below runs in a thread
+    with path.open("rb") as handle:
         while chunk := await asyncio.to_thread(handle.read, CHUNK):
             yield chunk
 

@@ -1,0 +1,202 @@
+"""The entry points as a user runs them: `python -m web` and `python -m pipeline ...`, as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+
+from config.settings import Settings
+from pipeline.aws import AwsClients
+from tests.conftest import ROOT, USER, decode, env_for
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        "PATH": os.environ["PATH"],
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, *args],
+        env=full_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "web", "--help"],
+        ["-m", "pipeline", "--help"],
+        ["-m", "pipeline", "consumer", "--help"],
+        ["-m", "pipeline", "provision", "--help"],
+        ["-m", "pipeline", "dlq", "--help"],
+        ["-m", "pipeline", "dlq", "redrive", "--help"],
+    ],
+)
+def test_help(args: list[str]) -> None:
+    result = run(args, {})
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["-m", "web"], ["-m", "pipeline", "provision"]])
+def test_bad_setting_fails_at_start_naming_the_variable(args: list[str]) -> None:
+    result = run(args, {"IMGSVC_CONSUMER_MAX_ATTEMPTS": "lots"})
+    assert result.returncode == 2
+    assert "IMGSVC_CONSUMER_MAX_ATTEMPTS" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_provision_consumer_and_dlq_commands(moto_endpoint: str) -> None:
+    env = env_for(
+        moto_endpoint, IMGSVC_MODE="aws", AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"
+    )
+    for _ in range(2):  # idempotent
+        result = run(["-m", "pipeline", "provision"], env)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["source_bucket"] == env["IMGSVC_SOURCE_BUCKET"]
+
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    s3.put_object(
+        Bucket=env["IMGSVC_SOURCE_BUCKET"], Key=f"{USER}/cat", Body=(ROOT / "input" / "cat.jpg").read_bytes()
+    )
+    s3.put_object(Bucket=env["IMGSVC_SOURCE_BUCKET"], Key=f"{USER}/notes", Body=b"plain text, not a picture")
+
+    result = run(["-m", "pipeline", "consumer", "--burst"], env)
+    assert result.returncode == 0, result.stderr
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])["outcomes"]
+    assert outcomes["ready"] == 1 and outcomes["dead_lettered"] == 1
+    assert "outcome=ready" in result.stderr  # one log line per message
+
+    listed = run(["-m", "pipeline", "dlq", "list", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    (letter,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert letter["error_code"] == "not_an_image" and letter["keys"] == [f"{USER}/notes"]
+
+    refused = run(["-m", "pipeline", "dlq", "purge"], env)
+    assert refused.returncode == 2
+    purged = run(["-m", "pipeline", "dlq", "purge", "--yes"], env)
+    assert purged.returncode == 0, purged.stderr
+
+
+async def test_python_m_web_runs_everything_in_one_command(tmp_path: Any) -> None:
+    """No AWS configured: the embedded endpoint, provisioning, API and consumer all start."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
+        "IMGSVC_CONSUMER_WORKERS": "1",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "web",
+        "--port",
+        "0",
+        "--embedded-port",
+        "0",
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    api_url = None
+    try:
+        async with asyncio.timeout(30):
+            while api_url is None:
+                line = (await process.stderr.readline()).decode()
+                assert line, "web exited early:\n" + "".join(lines)
+                lines.append(line)
+                if match := re.search(r"API listening url=(\S+)", line):
+                    api_url = match.group(1)
+        log = "".join(lines)
+        assert "embedded AWS endpoint url=http://127.0.0.1:" in log and "in memory only" in log
+        async with aiohttp.ClientSession(api_url) as session:
+            response = await session.post("/upload", json={"file_name": "dog.jpg", "user_id": USER})
+            assert response.status == 202
+            async with asyncio.timeout(30):
+                while True:
+                    thumb = await session.get(f"/download/thumbnail?user_id={USER}&image_id=dog")
+                    if thumb.status == 200:
+                        break
+                    assert thumb.status == 404
+                    await asyncio.sleep(0.2)
+            assert decode(await thumb.read()).size == (256, 192)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_consumer_cli_against_running_embedded_endpoint(
+    clients: AwsClients, settings: Settings
+) -> None:
+    """`python -m pipeline consumer` scales out against the same endpoint as separate processes."""
+    assert settings.aws.endpoint_url is not None
+    env = {
+        "PATH": os.environ["PATH"],
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_ENDPOINT_URL": settings.aws.endpoint_url,
+        "IMGSVC_MODE": "embedded",
+        "IMGSVC_SOURCE_BUCKET": settings.aws.source_bucket,
+        "IMGSVC_DEST_BUCKET": settings.aws.dest_bucket,
+        "IMGSVC_QUEUE_NAME": settings.aws.queue_name,
+        "IMGSVC_DLQ_NAME": settings.aws.dlq_name,
+        "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
+        "IMGSVC_CONSUMER_WORKERS": "1",
+    }
+    await clients.s3.put_object(
+        Bucket=settings.aws.source_bucket, Key=f"{USER}/cat", Body=(ROOT / "input" / "cat.jpg").read_bytes()
+    )
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "pipeline",
+            "consumer",
+            "--burst",
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = []
+    async with asyncio.timeout(60):
+        for process in processes:
+            out, err = await process.communicate()
+            assert process.returncode == 0, err.decode()
+            outputs.append(json.loads(out.decode().strip().splitlines()[-1]))
+    assert sum(o["outcomes"].get("ready", 0) for o in outputs) == 1
+    thumb = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{USER}/cat/256.jpg")
+    assert decode(await thumb["Body"].read()).size == (256, 170)
