@@ -16,6 +16,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from config.settings import Settings
 from pipeline.errors import (
@@ -46,6 +47,7 @@ class ConsumerStats:
     """Counts of outcomes since start; `outcomes` keys are stable names used in logs and tests."""
 
     received: int = 0
+    heartbeats: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
@@ -94,8 +96,8 @@ class Consumer:
             async with asyncio.TaskGroup() as group:
                 for i in range(self._cfg.receivers):
                     group.create_task(self._receive_loop(), name=f"sqs-receiver-{i}")
-            await self._drain()
         finally:
+            await self._drain()
             self._deletes.put_nowait(None)  # flush what is queued, then exit
             await deleter
         log.info("consumer stopped outcomes=%s", dict(self.stats.outcomes))
@@ -108,12 +110,11 @@ class Consumer:
         try:
             while not self._stopping.is_set():
                 free = self._cfg.max_in_flight - len(self._in_flight)
-                if free <= 0:
+                if free <= 0:  # back-pressure: no polling while the pool is full
                     self._slot_freed.clear()
-                    await asyncio.wait(
-                        {stop_wait, asyncio.ensure_future(self._slot_freed.wait())},
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
+                    slot_wait = asyncio.ensure_future(self._slot_freed.wait())
+                    await asyncio.wait({stop_wait, slot_wait}, return_when=asyncio.FIRST_COMPLETED)
+                    slot_wait.cancel()
                     continue
                 receive = asyncio.ensure_future(
                     self._queue.receive(
@@ -169,8 +170,9 @@ class Consumer:
     async def _run_job(self, message: Message) -> None:
         """Process one message under a visibility heartbeat and log one line with its outcome."""
         started = time.perf_counter()
-        work = asyncio.ensure_future(self._handle(message))
-        interval = max(1.0, self._cfg.visibility_timeout / 3)
+        keys: list[str] = []
+        work = asyncio.ensure_future(self._handle(message, keys))
+        interval = max(0.2, self._cfg.visibility_timeout / 3)
         outcome = "unknown"
         try:
             while True:
@@ -180,6 +182,7 @@ class Consumer:
                     break
                 try:
                     await self._queue.change_visibility(message.receipt_handle, self._cfg.visibility_timeout)
+                    self.stats.heartbeats += 1
                 except LeaseLost:
                     # Another consumer owns it now: stop, and never delete with a stale handle.
                     work.cancel()
@@ -195,17 +198,19 @@ class Consumer:
         finally:
             self.stats.outcomes[outcome] += 1
             log.info(
-                "message processed message_id=%s outcome=%s attempt=%d duration_ms=%.1f",
+                "message processed message_id=%s keys=%s outcome=%s attempt=%d duration_ms=%.1f",
                 message.id,
+                ",".join(keys) or "-",
                 outcome,
                 message.receive_count,
                 (time.perf_counter() - started) * 1000,
             )
 
-    async def _handle(self, message: Message) -> str:
-        """Returns the outcome name; never raises except on cancellation."""
+    async def _handle(self, message: Message, keys: list[str]) -> str:
+        """Returns the outcome name and fills `keys` for the log; raises only on cancellation."""
         try:
             parsed = parse_message(message.body)
+            keys.extend(quote(r.key, safe="/") for r in parsed.created)
             if parsed.test_event:
                 self._ack(message)
                 return "test_event"

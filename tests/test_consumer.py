@@ -191,3 +191,29 @@ def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
         full = min(60, 2 * 2 ** (attempt - 1))
         assert full / 2 <= delay <= full + 1
     assert backoff_seconds(50, base=2, cap=60) <= 60
+
+
+async def test_heartbeat_keeps_waiting_jobs_invisible(make_settings: Any, clients: AwsClients) -> None:
+    """With one worker, the last jobs wait far longer than the 1 s visibility timeout; the
+    heartbeat must keep their messages hidden, so nothing is delivered (or processed) twice."""
+    settings: Settings = make_settings(
+        IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="1",
+        IMGSVC_CONSUMER_WORKERS="1",
+        IMGSVC_CONSUMER_MAX_IN_FLIGHT="20",
+    )
+    await provision(clients, settings)
+    out = io.BytesIO()  # tiny to store, slow to decode: PNG has no shrink-on-load
+    Image.new("RGB", (6000, 6000), (10, 120, 200)).save(out, "PNG")
+    count = 20
+    for i in range(count):
+        await put(clients, settings, f"{USER}/slow{i}", out.getvalue())
+    started = asyncio.get_running_loop().time()
+    async with open_consumer(clients, settings, burst=True) as consumer:
+        async with asyncio.timeout(90):
+            stats = await consumer.run()
+    elapsed = asyncio.get_running_loop().time() - started
+    assert elapsed > 2 * settings.consumer.visibility_timeout, "jobs were too fast to need a heartbeat"
+    assert stats.heartbeats > 0
+    assert stats.outcomes["ready"] == count
+    assert stats.received == count + 1  # + moto's test event; no redelivery
+    assert await dlq_messages(clients, settings) == []
