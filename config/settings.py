@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 PREFIX = "IMGSVC_"
 Mode = Literal["embedded", "aws"]
+N = TypeVar("N", int, float)
 
 #: Formats the pipeline accepts, named as `pipeline.imaging.detect_format` names them.
 KNOWN_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "tiff", "heif", "avif"})
@@ -235,25 +236,19 @@ class _Env:
         return value
 
     def integer(self, name: str, default: int, lo: int, hi: int) -> int:
-        value = self._get(name)
-        if value is None:
-            return default
-        try:
-            number = int(value.replace("_", ""))
-        except ValueError:
-            raise self._fail(name, "must be an integer", value) from None
-        if not lo <= number <= hi:
-            raise self._fail(name, f"must be between {lo} and {hi}", value)
-        return number
+        return self._bounded(name, default, lo, hi, lambda v: int(v.replace("_", "")), "an integer")
 
     def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        return self._bounded(name, default, lo, hi, float, "a number")
+
+    def _bounded(self, name: str, default: N, lo: N, hi: N, parse: Callable[[str], N], kind: str) -> N:
         value = self._get(name)
         if value is None:
             return default
         try:
-            number = float(value)
+            number = parse(value)
         except ValueError:
-            raise self._fail(name, "must be a number", value) from None
+            raise self._fail(name, f"must be {kind}", value) from None
         if not lo <= number <= hi:
             raise self._fail(name, f"must be between {lo} and {hi}", value)
         return number

@@ -19,16 +19,28 @@ from pipeline.aws import AwsClients
 from tests.conftest import ROOT, USER, decode, env_for
 
 
-def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    full_env = {
+def process_env(**extra: str) -> dict[str, str]:
+    """A clean environment for a child process: no AWS profile of the machine, fast polling."""
+    return {
         "PATH": os.environ["PATH"],
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
+        "IMGSVC_CONSUMER_WORKERS": "1",
+        **extra,
     }
-    full_env.update(env)
+
+
+async def start(*args: str, env: dict[str, str], stdout: int = subprocess.PIPE) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE
+    )
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args],
-        env=full_env,
+        env=process_env(**env),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -103,25 +115,8 @@ def test_provision_consumer_and_dlq_commands(moto_endpoint: str) -> None:
 
 async def test_python_m_web_runs_everything_in_one_command(tmp_path: Any) -> None:
     """No AWS configured: the embedded endpoint, provisioning, API and consumer all start."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
-        "IMGSVC_CONSUMER_WORKERS": "1",
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "web",
-        "--port",
-        "0",
-        "--embedded-port",
-        "0",
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    process = await start(
+        "-m", "web", "--port", "0", "--embedded-port", "0", env=process_env(), stdout=subprocess.DEVNULL
     )
     assert process.stderr is not None
     lines: list[str] = []
@@ -161,36 +156,18 @@ async def test_consumer_cli_against_running_embedded_endpoint(
 ) -> None:
     """`python -m pipeline consumer` scales out against the same endpoint as separate processes."""
     assert settings.aws.endpoint_url is not None
-    env = {
-        "PATH": os.environ["PATH"],
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "AWS_ENDPOINT_URL": settings.aws.endpoint_url,
-        "IMGSVC_MODE": "embedded",
-        "IMGSVC_SOURCE_BUCKET": settings.aws.source_bucket,
-        "IMGSVC_DEST_BUCKET": settings.aws.dest_bucket,
-        "IMGSVC_QUEUE_NAME": settings.aws.queue_name,
-        "IMGSVC_DLQ_NAME": settings.aws.dlq_name,
-        "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
-        "IMGSVC_CONSUMER_WORKERS": "1",
-    }
+    env = process_env(
+        AWS_ENDPOINT_URL=settings.aws.endpoint_url,
+        IMGSVC_MODE="embedded",
+        IMGSVC_SOURCE_BUCKET=settings.aws.source_bucket,
+        IMGSVC_DEST_BUCKET=settings.aws.dest_bucket,
+        IMGSVC_QUEUE_NAME=settings.aws.queue_name,
+        IMGSVC_DLQ_NAME=settings.aws.dlq_name,
+    )
     await clients.s3.put_object(
         Bucket=settings.aws.source_bucket, Key=f"{USER}/cat", Body=(ROOT / "input" / "cat.jpg").read_bytes()
     )
-    processes = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "pipeline",
-            "consumer",
-            "--burst",
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(2)
-    ]
+    processes = [await start("-m", "pipeline", "consumer", "--burst", env=env) for _ in range(2)]
     outputs = []
     async with asyncio.timeout(60):
         for process in processes:
