@@ -91,6 +91,7 @@ class ImagingSettings:
     renditions: tuple[RenditionSpec, ...] = (RenditionSpec(256),)
     max_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 100_000_000
+    max_frames: int = 1000
     vips_threshold_pixels: int = 4_000_000
     allowed_formats: frozenset[str] = KNOWN_FORMATS
 
@@ -176,6 +177,7 @@ class Settings:
             renditions=env.renditions("RENDITIONS", d_img.renditions),
             max_bytes=env.integer("MAX_BYTES", d_img.max_bytes, 1, 5 * 1024**3),
             max_pixels=env.integer("MAX_PIXELS", d_img.max_pixels, 1, 2**31),
+            max_frames=env.integer("MAX_FRAMES", d_img.max_frames, 1, 100_000),
             vips_threshold_pixels=env.integer("VIPS_THRESHOLD_PIXELS", d_img.vips_threshold_pixels, 0, 2**31),
             allowed_formats=env.formats("ALLOWED_FORMATS", d_img.allowed_formats),
         )

@@ -62,6 +62,12 @@ class TooManyPixels(PermanentError):
     default_message = "the image has more pixels than allowed"
 
 
+class TooManyFrames(PermanentError):
+    code = "too_many_frames"
+    http_status = 413
+    default_message = "the animation has more frames than allowed"
+
+
 class TooLarge(PermanentError):
     code = "too_large"
     http_status = 413

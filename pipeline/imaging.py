@@ -10,14 +10,15 @@ from __future__ import annotations
 import io
 import logging
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
-from config.settings import RenditionSpec
-from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
+from config.settings import ImagingSettings, RenditionSpec
+from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyFrames, TooManyPixels
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,39 @@ _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b
 _AVIF_BRANDS = {b"avif", b"avis"}
 _WHITE = (255, 255, 255)
 
-# Our own limit (`max_pixels`) is checked from the header before any decode; Pillow's global
-# guess would otherwise warn or refuse on its own terms.
-Image.MAX_IMAGE_PIXELS = None
+# Our own limits are checked from the header before any decode; Pillow's global guess is set per
+# call to the same limit, and its bomb warning is raised as an error (defence in depth).
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+#: The libvips loader each accepted format must be read by; any other loader means the bytes are
+#: not what their magic says (a polyglot, or a format we do not accept).
+_VIPS_LOADERS = {
+    "jpeg": ("jpegload_buffer", "VipsForeignLoadJpeg"),
+    "png": ("pngload_buffer", "VipsForeignLoadPng"),
+    "webp": ("webpload_buffer", "VipsForeignLoadWebp"),
+    "gif": ("gifload_buffer", "VipsForeignLoadNsgif"),
+    "tiff": ("tiffload_buffer", "VipsForeignLoadTiff"),
+    "heif": ("heifload_buffer", "VipsForeignLoadHeif"),
+    "avif": ("heifload_buffer", "VipsForeignLoadHeif"),
+}
 
 try:  # pyvips is the fast path; without a usable libvips the Pillow path does everything.
     import pyvips
 
     pyvips.cache_set_max(0)  # each job decodes different bytes: caching only costs memory
+    pyvips.block_untrusted_set(True)  # no loaders libvips itself marks as unfuzzed
+    pyvips.operation_block_set("VipsForeignLoad", True)  # then allow exactly the accepted formats
+    for _, _loader_class in _VIPS_LOADERS.values():
+        pyvips.operation_block_set(_loader_class, False)
     HAVE_VIPS = True
 except (ImportError, OSError):  # pragma: no cover - depends on the installation
     HAVE_VIPS = False
+
+
+def configure_worker(vips_threads: int) -> None:
+    """Process-pool initializer: bound libvips' own threads so workers do not oversubscribe cores."""
+    if HAVE_VIPS:
+        pyvips.concurrency_set(max(1, vips_threads))
 
 
 @dataclass(frozen=True)
@@ -58,6 +81,7 @@ class ImageInfo:
     format: str
     width: int
     height: int
+    frames: int = 1
 
 
 @dataclass(frozen=True)
@@ -111,56 +135,70 @@ def check_format(head: bytes, allowed: Iterable[str]) -> str:
     return fmt
 
 
-def make_renditions(
-    data: bytes,
-    specs: tuple[RenditionSpec, ...],
-    *,
-    max_pixels: int,
-    vips_threshold_pixels: int,
-    allowed_formats: frozenset[str],
-) -> RenditionResult:
-    """Decode once and encode every rendition; raises only `PermanentError` subclasses."""
+def make_renditions(data: bytes, imaging: ImagingSettings) -> RenditionResult:
+    """Check type and limits from the header, then decode once and encode every rendition.
+
+    Raises only `PermanentError` subclasses: whatever is wrong with these bytes stays wrong.
+    """
     started = time.perf_counter()
-    fmt = check_format(data[:MAGIC_BYTES_NEEDED], allowed_formats)
-    engine = choose_engine(fmt, data, vips_threshold_pixels)
+    fmt = check_format(data[:MAGIC_BYTES_NEEDED], imaging.allowed_formats)
+    info = read_header(data, fmt)
+    if info.width * info.height > imaging.max_pixels:
+        raise TooManyPixels(
+            f"{info.width}x{info.height} is more than the {imaging.max_pixels} pixels allowed"
+        )
+    if info.frames > imaging.max_frames:
+        raise TooManyFrames(f"{info.frames} frames is more than the {imaging.max_frames} allowed")
+    engine = choose_engine(info, imaging.vips_threshold_pixels)
+    specs = imaging.renditions
     if engine == "pyvips":
-        info, outputs = _vips_renditions(data, fmt, specs, max_pixels)
+        outputs = _vips_renditions(data, specs)
     else:
-        info, outputs = _pillow_renditions(data, fmt, specs, max_pixels)
+        outputs = _pillow_renditions(data, fmt, specs, imaging.max_pixels)
     return RenditionResult(info, engine, outputs, time.perf_counter() - started)
 
 
-def choose_engine(fmt: str, data: bytes, vips_threshold_pixels: int) -> Engine:
+def read_header(data: bytes, fmt: str) -> ImageInfo:
+    """Dimensions and frame count from the header alone, read by the loader `fmt` must use."""
+    if not HAVE_VIPS:  # pragma: no cover - pyvips-binary is a dependency
+        return _pillow_header(data, fmt)
+    try:
+        header = pyvips.Image.new_from_buffer(data, "", access="sequential")
+        loader = header.get("vips-loader")
+        frames = header.get("n-pages") if header.get_typeof("n-pages") else 1
+    except pyvips.Error as exc:
+        raise CorruptImage(_short(str(exc))) from None
+    if loader != _VIPS_LOADERS[fmt][0]:
+        raise NotAnImage(f"the data starts like {fmt} but reads as something else ({loader})")
+    if header.width <= 0 or header.height <= 0:
+        raise CorruptImage("the image has no pixels")
+    return ImageInfo(fmt, header.width, header.height, max(1, int(frames)))
+
+
+def _pillow_header(data: bytes, fmt: str) -> ImageInfo:
+    if fmt not in _PILLOW_FORMATS:
+        raise FormatNotAllowed(f"{fmt} images cannot be decoded here")
+    try:
+        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]]) as im:
+            return ImageInfo(fmt, im.width, im.height)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise CorruptImage(_short(str(exc))) from None
+
+
+def choose_engine(info: ImageInfo, vips_threshold_pixels: int) -> Engine:
     """pyvips for large images and for what Pillow cannot read; Pillow (with draft) otherwise."""
     if not HAVE_VIPS:
         return "pillow"
-    if fmt not in _PILLOW_FORMATS:
+    if info.format not in _PILLOW_FORMATS:
         return "pyvips"
-    try:
-        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]]) as im:
-            pixels = im.width * im.height
-    except Exception:  # an unreadable header is judged by pyvips, which reports it precisely
-        return "pyvips"
-    return "pyvips" if pixels >= vips_threshold_pixels else "pillow"
-
-
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
-    if width <= 0 or height <= 0:
-        raise CorruptImage("the image has no pixels")
-    if width * height > max_pixels:
-        raise TooManyPixels(f"{width}x{height} is more than the {max_pixels} pixels allowed")
+    return "pyvips" if info.width * info.height >= vips_threshold_pixels else "pillow"
 
 
 # pyvips ------------------------------------------------------------------------------------------
 
 
-def _vips_renditions(
-    data: bytes, fmt: str, specs: tuple[RenditionSpec, ...], max_pixels: int
-) -> tuple[ImageInfo, tuple[Rendition, ...]]:
+def _vips_renditions(data: bytes, specs: tuple[RenditionSpec, ...]) -> tuple[Rendition, ...]:
     try:
-        header = pyvips.Image.new_from_buffer(data, "", access="sequential")
-        _check_pixels(header.width, header.height, max_pixels)
-        info = ImageInfo(fmt, header.width, header.height)
         largest = max(specs, key=lambda s: s.max_side)
         # thumbnail_buffer shrinks on load, applies EXIF orientation, and takes the first frame.
         base = pyvips.Image.thumbnail_buffer(
@@ -177,7 +215,7 @@ def _vips_renditions(
             outputs.append(Rendition(spec, _vips_encode(image, spec), image.width, image.height))
     except pyvips.Error as exc:
         raise CorruptImage(_short(str(exc))) from None
-    return info, _in_spec_order(outputs, specs)
+    return _in_spec_order(outputs, specs)
 
 
 def _vips_to_display(image: Any, out_format: str) -> Any:
@@ -205,20 +243,24 @@ def _vips_encode(image: Any, spec: RenditionSpec) -> bytes:
 
 def _pillow_renditions(
     data: bytes, fmt: str, specs: tuple[RenditionSpec, ...], max_pixels: int
-) -> tuple[ImageInfo, tuple[Rendition, ...]]:
-    if fmt not in _PILLOW_FORMATS:
-        raise FormatNotAllowed(f"{fmt} images cannot be decoded here")
+) -> tuple[Rendition, ...]:
     largest = max(specs, key=lambda s: s.max_side)
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]]) as im:
-            _check_pixels(im.width, im.height, max_pixels)
-            info = ImageInfo(fmt, im.width, im.height)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]])
+        with im:
+            if im.width * im.height > max_pixels:  # checked before load, whatever the header path said
+                raise TooManyPixels(f"{im.width}x{im.height} is more than the {max_pixels} pixels allowed")
             if im.format == "JPEG":
                 # Decode at the smallest 1/2^n scale still at least as large as the output.
                 im.draft("RGB", (largest.max_side, largest.max_side))
             upright = ImageOps.exif_transpose(im)
             upright.load()
             base = _pillow_to_display(upright)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise TooManyPixels(_short(str(exc))) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptImage(_short(str(exc))) from None
     outputs = []
@@ -228,7 +270,7 @@ def _pillow_renditions(
         # thumbnail() keeps the aspect ratio and never upscales.
         current.thumbnail((spec.max_side, spec.max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
         outputs.append(Rendition(spec, _pillow_encode(current, spec), current.width, current.height))
-    return info, _in_spec_order(outputs, specs)
+    return _in_spec_order(outputs, specs)
 
 
 def _pillow_to_display(im: Image.Image) -> Image.Image:

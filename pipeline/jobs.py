@@ -73,15 +73,8 @@ class JobRunner:
         raise SourceMissing("the original keeps changing; the latest upload's own event will process it")
 
     async def _resize(self, data: bytes) -> RenditionResult:
-        imaging = self._settings.imaging
         return await self._pool.run(
-            self._settings.consumer.job_timeout,
-            make_renditions,
-            data,
-            imaging.renditions,
-            max_pixels=imaging.max_pixels,
-            vips_threshold_pixels=imaging.vips_threshold_pixels,
-            allowed_formats=imaging.allowed_formats,
+            self._settings.consumer.job_timeout, make_renditions, data, self._settings.imaging
         )
 
     async def _write(self, ref: ImageRef, etag: str, result: RenditionResult) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -12,6 +13,7 @@ from functools import partial
 from typing import ParamSpec, TypeVar
 
 from pipeline.errors import JobTimeout, WorkerCrashed
+from pipeline.imaging import configure_worker
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -27,6 +29,8 @@ class WorkerPool:
 
     def __init__(self, workers: int) -> None:
         self._workers = workers
+        # libvips threads per worker: together the workers use the cores, not cores² threads.
+        self._vips_threads = max(1, (os.cpu_count() or 1) // workers)
         # forkserver: children never inherit the event loop's or moto's threads; imaging is preloaded.
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(["pipeline.imaging"])
@@ -34,7 +38,12 @@ class WorkerPool:
         self.restarts = 0
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self._workers, mp_context=self._context)
+        return ProcessPoolExecutor(
+            max_workers=self._workers,
+            mp_context=self._context,
+            initializer=configure_worker,
+            initargs=(self._vips_threads,),
+        )
 
     async def run(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run `fn(*args, **kwargs)` in a worker process, raising transient errors on crash or timeout."""
@@ -44,17 +53,30 @@ class WorkerPool:
             async with asyncio.timeout(timeout):
                 return await loop.run_in_executor(executor, partial(fn, *args, **kwargs))
         except TimeoutError:
+            # CPU work cannot be cancelled: the worker still grinds on, so its process is killed.
+            # Jobs sharing that executor fail as WorkerCrashed and are retried.
+            self._replace(executor, kill=True)
             raise JobTimeout(f"processing took longer than {timeout:g}s") from None
         except BrokenProcessPool:
             self._replace(executor)
             raise WorkerCrashed() from None
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        if broken is self._executor:  # several jobs see the same crash; replace once
-            log.warning("worker pool broken, replacing it restarts=%d", self.restarts + 1)
-            self.restarts += 1
-            self._executor = self._new_executor()
-            broken.shutdown(wait=False, cancel_futures=True)
+    def pids(self) -> list[int]:
+        """Process ids of the live workers (for operators and fault tests)."""
+        processes = getattr(self._executor, "_processes", None) or {}
+        return [p.pid for p in processes.values() if p.is_alive()]
+
+    def _replace(self, broken: ProcessPoolExecutor, *, kill: bool = False) -> None:
+        if broken is not self._executor:  # several jobs see the same failure; replace once
+            return
+        log.warning("replacing the worker pool restarts=%d killed=%s", self.restarts + 1, kill)
+        self.restarts += 1
+        self._executor = self._new_executor()
+        if kill:
+            # No public API stops a running worker; the executor's process table is the way in.
+            for process in list((getattr(broken, "_processes", None) or {}).values()):
+                process.kill()
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

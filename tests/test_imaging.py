@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from config.settings import KNOWN_FORMATS, RenditionSpec
+from config.settings import ImagingSettings, RenditionSpec
 from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
 from pipeline.imaging import RenditionResult, detect_format, make_renditions
 from tests.conftest import ROOT, decode, jpeg_bytes
@@ -21,15 +22,10 @@ SPEC = (RenditionSpec(256),)
 
 
 def render(
-    data: bytes, engine: str, specs: tuple[RenditionSpec, ...] = SPEC, max_pixels: int = 10**8
+    data: bytes, engine: str, specs: tuple[RenditionSpec, ...] = SPEC, **limits: Any
 ) -> RenditionResult:
-    result = make_renditions(
-        data,
-        specs,
-        max_pixels=max_pixels,
-        vips_threshold_pixels=ENGINES[engine],
-        allowed_formats=KNOWN_FORMATS,
-    )
+    imaging = ImagingSettings(renditions=specs, vips_threshold_pixels=ENGINES[engine], **limits)
+    result = make_renditions(data, imaging)
     assert result.engine == engine
     return result
 
@@ -144,13 +140,7 @@ def test_text_is_not_an_image() -> None:
 
 def test_format_outside_allow_list() -> None:
     with pytest.raises(FormatNotAllowed):
-        make_renditions(
-            jpeg_bytes(10, 10),
-            SPEC,
-            max_pixels=10**6,
-            vips_threshold_pixels=0,
-            allowed_formats=frozenset({"png"}),
-        )
+        make_renditions(jpeg_bytes(10, 10), ImagingSettings(allowed_formats=frozenset({"png"})))
 
 
 def _png_header_only(width: int, height: int) -> bytes:
