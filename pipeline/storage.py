@@ -48,13 +48,16 @@ class StoredUpload:
 
 
 def _meta(response: Mapping[str, Any]) -> ObjectMeta:
-    return ObjectMeta(
-        size=int(response["ContentLength"]),
-        etag=str(response["ETag"]),
-        last_modified=response["LastModified"],
-        content_type=str(response.get("ContentType") or "application/octet-stream"),
-        metadata=dict(response.get("Metadata") or {}),
-    )
+    try:
+        return ObjectMeta(
+            size=int(response["ContentLength"]),
+            etag=str(response["ETag"]),
+            last_modified=response["LastModified"],
+            content_type=str(response.get("ContentType") or "application/octet-stream"),
+            metadata=dict(response.get("Metadata") or {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:  # a proxy or a faulty service cut the headers
+        raise StorageUnavailable(f"incomplete answer from object storage: {exc!r}") from None
 
 
 class OversizeObject(TooLarge):
