@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -16,6 +19,7 @@ from pipeline.errors import JobTimeout, WorkerCrashed
 from pipeline.imaging import configure_worker
 
 log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -31,9 +35,9 @@ class WorkerPool:
         self._workers = workers
         # libvips threads per worker: together the workers use the cores, not cores² threads.
         self._vips_threads = max(1, (os.cpu_count() or 1) // workers)
-        # forkserver: children never inherit the event loop's or moto's threads; imaging is preloaded.
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["pipeline.imaging"])
+        # spawn: children never inherit the event loop's (or moto's) threads, and they are our
+        # direct children, so they can be tied to our life (see `_init_worker`).
+        self._context = multiprocessing.get_context("spawn")
         self._executor = self._new_executor()
         self.restarts = 0
 
@@ -41,7 +45,7 @@ class WorkerPool:
         return ProcessPoolExecutor(
             max_workers=self._workers,
             mp_context=self._context,
-            initializer=configure_worker,
+            initializer=_init_worker,
             initargs=(self._vips_threads,),
         )
 
@@ -80,3 +84,27 @@ class WorkerPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _init_worker(vips_threads: int) -> None:
+    """Runs first in every worker: die with the parent, then set up the imaging libraries."""
+    _die_with_parent()
+    configure_worker(vips_threads)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent dies, even by SIGKILL.
+
+    Without it a killed consumer leaves its workers blocked forever on the task queue, holding
+    memory and the parent's stdout/stderr. Other systems keep the default behaviour.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        log.warning("cannot tie worker %d to its parent's life", os.getpid())
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -142,6 +144,40 @@ async def dlq_messages(clients: AwsClients, settings: Settings) -> list[Message]
         for message in await dlq.receive(10, wait_seconds=0, visibility_timeout=1):
             seen[message.id] = message
     return list(seen.values())
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """A clean environment for a child process: no AWS profile of the machine, fast polling."""
+    return {
+        "PATH": os.environ["PATH"],
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
+        "IMGSVC_CONSUMER_WORKERS": "1",
+        **extra,
+    }
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a child process use `settings`' endpoint and resources."""
+    aws = settings.aws
+    assert aws.endpoint_url is not None
+    return process_env(
+        AWS_ENDPOINT_URL=aws.endpoint_url,
+        IMGSVC_MODE="embedded",
+        IMGSVC_SOURCE_BUCKET=aws.source_bucket,
+        IMGSVC_DEST_BUCKET=aws.dest_bucket,
+        IMGSVC_QUEUE_NAME=aws.queue_name,
+        IMGSVC_DLQ_NAME=aws.dlq_name,
+        IMGSVC_CONSUMER_VISIBILITY_TIMEOUT=str(settings.consumer.visibility_timeout),
+        **extra,
+    )
+
+
+async def start(*args: str, env: dict[str, str], stdout: int = subprocess.PIPE) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE
+    )
 
 
 def jpeg_bytes(width: int, height: int, **save: Any) -> bytes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -16,25 +15,7 @@ import pytest
 
 from config.settings import Settings
 from pipeline.aws import AwsClients
-from tests.conftest import ROOT, USER, decode, env_for
-
-
-def process_env(**extra: str) -> dict[str, str]:
-    """A clean environment for a child process: no AWS profile of the machine, fast polling."""
-    return {
-        "PATH": os.environ["PATH"],
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
-        "IMGSVC_CONSUMER_WORKERS": "1",
-        **extra,
-    }
-
-
-async def start(*args: str, env: dict[str, str], stdout: int = subprocess.PIPE) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE
-    )
+from tests.conftest import ROOT, USER, decode, env_for, process_env, settings_env, start
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -155,15 +136,7 @@ async def test_consumer_cli_against_running_embedded_endpoint(
     clients: AwsClients, settings: Settings
 ) -> None:
     """`python -m pipeline consumer` scales out against the same endpoint as separate processes."""
-    assert settings.aws.endpoint_url is not None
-    env = process_env(
-        AWS_ENDPOINT_URL=settings.aws.endpoint_url,
-        IMGSVC_MODE="embedded",
-        IMGSVC_SOURCE_BUCKET=settings.aws.source_bucket,
-        IMGSVC_DEST_BUCKET=settings.aws.dest_bucket,
-        IMGSVC_QUEUE_NAME=settings.aws.queue_name,
-        IMGSVC_DLQ_NAME=settings.aws.dlq_name,
-    )
+    env = settings_env(settings)
     await clients.s3.put_object(
         Bucket=settings.aws.source_bucket, Key=f"{USER}/cat", Body=(ROOT / "input" / "cat.jpg").read_bytes()
     )
