@@ -129,6 +129,7 @@ class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     part_size: int = 8 * 1024 * 1024
+    upload_idle_timeout: float = 30.0
     cache_control: str = "private, max-age=3600"
     retry_after: int = 2
     input_dir: Path = Path("input")
@@ -203,6 +204,7 @@ class Settings:
             host=env.text("HOST", d_web.host),
             port=env.integer("PORT", d_web.port, 0, 65535),
             part_size=env.integer("UPLOAD_PART_SIZE", d_web.part_size, 5 * 1024 * 1024, 5 * 1024**3),
+            upload_idle_timeout=env.number("UPLOAD_IDLE_TIMEOUT", d_web.upload_idle_timeout, 0.1, 3600),
             cache_control=env.text("CACHE_CONTROL", d_web.cache_control),
             retry_after=env.integer("RETRY_AFTER", d_web.retry_after, 1, 3600),
             input_dir=Path(env.text("INPUT_DIR", str(d_web.input_dir))),

@@ -105,6 +105,12 @@ class EmptyUpload(BadRequest):
     default_message = "the upload has no data"
 
 
+class UploadTimeout(PermanentError):
+    code = "upload_timeout"
+    http_status = 408
+    default_message = "the upload stalled: no data arrived for too long"
+
+
 class UnsupportedMediaType(PermanentError):
     code = "unsupported_media_type"
     http_status = 415

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from pipeline.errors import ServiceError, TransientError
@@ -42,6 +43,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Retry-After"] = "1"
             return response
         return error_response(exc.http_status, exc.code, exc.message)
+    except HttpProcessingError as exc:  # a malformed request noticed while reading the body
+        return error_response(400, "bad_request", f"malformed request: {exc.message}")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and 304s pass through untouched

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from pipeline.errors import (
     BadRequest,
@@ -24,6 +25,7 @@ from pipeline.errors import (
     NotFound,
     TooLarge,
     UnsupportedMediaType,
+    UploadTimeout,
 )
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.storage import StoredUpload
@@ -96,7 +98,7 @@ async def _store(
     return await request.app[STORAGE].upload_stream(
         settings.aws.source_bucket,
         ImageRef.of(user_id, image_id).source_key,
-        chunks,
+        _idle_timeout(chunks, settings.web.upload_idle_timeout),
         max_bytes=settings.imaging.max_bytes,
         part_size=settings.web.part_size,
         allowed_formats=settings.imaging.allowed_formats,
@@ -143,6 +145,20 @@ def _input_file(input_dir: Path, file_name: str) -> Path:
     return path
 
 
+async def _idle_timeout(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
+    """Refuse a body that stops arriving (slow-loris): each chunk must come within `seconds`."""
+    iterator = aiter(chunks)
+    while True:
+        try:
+            async with asyncio.timeout(seconds):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UploadTimeout(f"no data arrived for {seconds:g}s") from None
+        yield chunk
+
+
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
     with path.open("rb") as handle:
         while chunk := await asyncio.to_thread(handle.read, CHUNK):
@@ -152,7 +168,10 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 async def _single_file_part(request: web.Request) -> BodyPartReader:
     reader = await request.multipart()
     while True:
-        part = await reader.next()
+        try:
+            part = await reader.next()
+        except (HttpProcessingError, ValueError) as exc:
+            raise BadRequest(f"the multipart body is malformed: {exc.__class__.__name__}") from None
         if part is None:
             raise BadRequest("the multipart body has no file part")
         if isinstance(part, BodyPartReader) and part.filename is not None:
