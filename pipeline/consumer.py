@@ -274,7 +274,12 @@ class Consumer:
             await self._schedule_retry(message)
             return "retry"
         log.warning("dead-lettered message_id=%s code=%s reason=%s", message.id, error.code, error.message)
-        self._ack(message)
+        # Deleted at once, not batched: the window in which a crash leaves a copy in both queues
+        # (a duplicate in the DLQ, never a loss) is one request long.
+        try:
+            await self._queue.delete(message.receipt_handle)
+        except ServiceError:
+            self._ack(message)  # let the batch deleter retry it
         return "dead_lettered"
 
     async def _release(self, message: Message) -> None:
