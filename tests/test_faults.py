@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
+from pipeline.aws import AwsClients, open_clients
 from pipeline.consumer import Consumer, ConsumerStats
 from pipeline.provision import provision
 from pipeline.service import open_consumer
-from tests.conftest import ROOT, USER, decode, dlq_messages
+from tests.conftest import ROOT, USER, decode, dlq_messages, run_consumer_until_drained
 from tests.faultproxy import FaultProxy, Rule
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
@@ -58,8 +58,6 @@ async def consume_until(
     on_start: Callable[[Consumer], Awaitable[None]] | None = None,
 ) -> ConsumerStats:
     """Run a consumer (through the proxy) until `done(consumer)`, then stop it cleanly."""
-    from pipeline.aws import open_clients
-
     async with open_clients(settings.aws) as proxied, open_consumer(proxied, settings) as consumer:
         task = asyncio.create_task(consumer.run())
         try:
@@ -204,8 +202,6 @@ async def test_duplicate_and_stale_events_leave_one_set_matching_the_latest_obje
         ]
     }
     await clients.sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(event))  # a duplicate
-
-    from tests.conftest import run_consumer_until_drained
 
     outcomes = await run_consumer_until_drained(clients, settings)
     assert outcomes["ready"] == 4
