@@ -298,6 +298,8 @@ DLQ_CASES: dict[str, tuple[bytes, str]] = {
     "svg-direct": (SVG_XXE, "not_an_image"),
     "text-direct": (b"hello\n" * 20, "not_an_image"),
     "pdf-direct": (b"%PDF-1.4\n" + b"0" * 100, "not_an_image"),
+    "psd-direct": (b"8BPS\x00\x01" + b"\x00" * 100, "not_an_image"),
+    "fits-direct": (b"SIMPLE  =                    T" + b" " * 100, "not_an_image"),
 }
 
 

@@ -16,6 +16,7 @@ from config.settings import Settings
 from pipeline.aws import AwsClients
 from pipeline.provision import provision
 from pipeline.queue import Queue
+from pipeline.service import open_consumer
 from tests.conftest import USER, dlq_messages, run_consumer_until_drained, settings_env, start
 
 
@@ -104,5 +105,46 @@ async def test_sigterm_with_no_drain_time_releases_at_once(
     # Released messages are visible again now, not in 120 s: a restart picks them up at once.
     async with asyncio.timeout(20):
         await run_consumer_until_drained(clients, settings, timeout=20)
+    await all_ready(clients, settings, keys)
+    assert await dlq_messages(clients, settings) == []
+
+
+def worker_pids() -> list[int]:
+    """Our imaging workers: spawned children of this test process."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                is_worker = b"spawn_main" in cmdline.read()
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() and is_worker:
+            found.append(int(entry))
+    return found
+
+
+async def test_killed_worker_is_replaced_and_its_job_retried(
+    make_settings: Callable[..., Settings], clients: AwsClients
+) -> None:
+    settings = make_settings(IMGSVC_CONSUMER_BACKOFF_BASE="0")
+    await provision(clients, settings)
+    keys = await fill(clients, settings, 6)
+    async with open_consumer(clients, settings) as consumer:
+        task = asyncio.create_task(consumer.run())
+        async with asyncio.timeout(30):
+            while consumer.stats.outcomes["ready"] < 1 or not worker_pids():
+                await asyncio.sleep(0.02)
+        for pid in worker_pids():
+            os.kill(pid, signal.SIGKILL)  # what the OOM killer does
+        async with asyncio.timeout(60):
+            while consumer.stats.outcomes["ready"] < len(keys):
+                await asyncio.sleep(0.05)
+        consumer.stop()
+        stats = await task
+    assert stats.outcomes["retry"] >= 1  # the jobs on the killed worker failed as transient
     await all_ready(clients, settings, keys)
     assert await dlq_messages(clients, settings) == []
