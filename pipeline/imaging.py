@@ -135,9 +135,10 @@ def check_format(head: bytes, allowed: Iterable[str]) -> str:
     return fmt
 
 
-def make_renditions(data: bytes, imaging: ImagingSettings) -> RenditionResult:
+def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None = None) -> RenditionResult:
     """Check type and limits from the header, then decode once and encode every rendition.
 
+    `engine` overrides the choice (benchmarks and tests compare engines on the same input).
     Raises only `PermanentError` subclasses: whatever is wrong with these bytes stays wrong.
     """
     started = time.perf_counter()
@@ -149,7 +150,7 @@ def make_renditions(data: bytes, imaging: ImagingSettings) -> RenditionResult:
         )
     if info.frames > imaging.max_frames:
         raise TooManyFrames(f"{info.frames} frames is more than the {imaging.max_frames} allowed")
-    engine = choose_engine(info, imaging.vips_threshold_pixels)
+    engine = engine or choose_engine(info, imaging.vips_threshold_pixels)
     specs = imaging.renditions
     if engine == "pyvips":
         outputs = _vips_renditions(data, specs)
