@@ -92,7 +92,9 @@ class ImagingSettings:
     max_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 100_000_000
     max_frames: int = 1000
-    vips_threshold_pixels: int = 4_000_000
+    #: JPEG renditions up to this many pixels on the longest side are made by Pillow with draft
+    #: (measured faster there); larger ones by pyvips. See BENCHMARKS.md.
+    pillow_max_side: int = 256
     allowed_formats: frozenset[str] = KNOWN_FORMATS
 
     def rendition(self, name: str) -> RenditionSpec | None:
@@ -179,7 +181,7 @@ class Settings:
             max_bytes=env.integer("MAX_BYTES", d_img.max_bytes, 1, 5 * 1024**3),
             max_pixels=env.integer("MAX_PIXELS", d_img.max_pixels, 1, 2**31),
             max_frames=env.integer("MAX_FRAMES", d_img.max_frames, 1, 100_000),
-            vips_threshold_pixels=env.integer("VIPS_THRESHOLD_PIXELS", d_img.vips_threshold_pixels, 0, 2**31),
+            pillow_max_side=env.integer("PILLOW_MAX_SIDE", d_img.pillow_max_side, 0, 100_000),
             allowed_formats=env.formats("ALLOWED_FORMATS", d_img.allowed_formats),
         )
         consumer = ConsumerSettings(

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, features
 
 from config.settings import ImagingSettings, RenditionSpec
 from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyFrames, TooManyPixels
@@ -35,6 +35,8 @@ CONTENT_TYPES = {
     "avif": "image/avif",
 }
 _PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "tiff": "TIFF"}
+if features.check("avif"):  # Pillow 11.3+ wheels decode AVIF, faster than libvips' libheif
+    _PILLOW_FORMATS["avif"] = "AVIF"
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 _WHITE = (255, 255, 255)
@@ -82,6 +84,7 @@ class ImageInfo:
     width: int
     height: int
     frames: int = 1
+    cmyk: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,8 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
         )
     if info.frames > imaging.max_frames:
         raise TooManyFrames(f"{info.frames} frames is more than the {imaging.max_frames} allowed")
-    engine = engine or choose_engine(info, imaging.vips_threshold_pixels)
     specs = imaging.renditions
+    engine = engine or choose_engine(info, max(s.max_side for s in specs), imaging.pillow_max_side)
     if engine == "pyvips":
         outputs = _vips_renditions(data, specs)
     else:
@@ -173,7 +176,8 @@ def read_header(data: bytes, fmt: str) -> ImageInfo:
         raise NotAnImage(f"the data starts like {fmt} but reads as something else ({loader})")
     if header.width <= 0 or header.height <= 0:
         raise CorruptImage("the image has no pixels")
-    return ImageInfo(fmt, header.width, header.height, max(1, int(frames)))
+    cmyk = header.interpretation == "cmyk"
+    return ImageInfo(fmt, header.width, header.height, max(1, int(frames)), cmyk)
 
 
 def _pillow_header(data: bytes, fmt: str) -> ImageInfo:
@@ -186,13 +190,22 @@ def _pillow_header(data: bytes, fmt: str) -> ImageInfo:
         raise CorruptImage(_short(str(exc))) from None
 
 
-def choose_engine(info: ImageInfo, vips_threshold_pixels: int) -> Engine:
-    """pyvips for large images and for what Pillow cannot read; Pillow (with draft) otherwise."""
+def choose_engine(info: ImageInfo, largest_side: int, pillow_max_side: int) -> Engine:
+    """The engine measured faster for this format and output size (BENCHMARKS.md, `bench_imaging`).
+
+    - JPEG to small outputs: Pillow's draft (DCT scaling) plus a short Lanczos beats libvips'
+      shrink-on-load pipeline; for larger outputs libvips is 1.2-2x faster.
+    - CMYK JPEG: Pillow at every size (libvips' ICC transform costs ~2x).
+    - GIF and AVIF: Pillow's decoders are faster (AVIF ~1.6x).
+    - PNG, WebP, TIFF, 16-bit, HEIF: libvips (1.2-3x faster, WebP with a third of the memory).
+    """
     if not HAVE_VIPS:
         return "pillow"
     if info.format not in _PILLOW_FORMATS:
         return "pyvips"
-    return "pyvips" if info.width * info.height >= vips_threshold_pixels else "pillow"
+    if info.format == "jpeg":
+        return "pillow" if info.cmyk or largest_side <= pillow_max_side else "pyvips"
+    return "pillow" if info.format in ("gif", "avif") else "pyvips"
 
 
 # pyvips ------------------------------------------------------------------------------------------

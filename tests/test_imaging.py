@@ -17,15 +17,15 @@ from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyP
 from pipeline.imaging import RenditionResult, detect_format, make_renditions
 from tests.conftest import ROOT, decode, jpeg_bytes
 
-ENGINES = {"pillow": 10**12, "pyvips": 0}  # vips threshold that forces each engine
+ENGINES = ("pillow", "pyvips")
 SPEC = (RenditionSpec(256),)
 
 
 def render(
     data: bytes, engine: str, specs: tuple[RenditionSpec, ...] = SPEC, **limits: Any
 ) -> RenditionResult:
-    imaging = ImagingSettings(renditions=specs, vips_threshold_pixels=ENGINES[engine], **limits)
-    result = make_renditions(data, imaging)
+    imaging = ImagingSettings(renditions=specs, **limits)
+    result = make_renditions(data, imaging, engine=engine)  # type: ignore[arg-type]
     assert result.engine == engine
     return result
 
@@ -187,3 +187,27 @@ def test_size_and_aspect_for_any_dimensions(width: int, height: int, side: int, 
     assert decode(out.data).size == (out.width, out.height)
     if min(width, height) * side >= 50 * max(width, height):  # skip slivers, where rounding dominates
         assert abs(out.width / out.height - width / height) / (width / height) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("make", "side", "expected"),
+    [
+        (lambda: jpeg_bytes(1600, 1200), 256, "pillow"),
+        (lambda: jpeg_bytes(1600, 1200), 1024, "pyvips"),
+        (lambda: encode(Image.new("CMYK", (800, 600)), "JPEG"), 1024, "pillow"),
+        (lambda: encode(Image.new("RGB", (800, 600)), "PNG"), 256, "pyvips"),
+        (lambda: encode(Image.new("RGB", (800, 600)), "WEBP"), 256, "pyvips"),
+        (lambda: encode(Image.new("RGB", (800, 600)), "GIF"), 1024, "pillow"),
+    ],
+)
+def test_engine_choice_follows_the_measured_rule(make: Any, side: int, expected: str) -> None:
+    result = make_renditions(make(), ImagingSettings(renditions=(RenditionSpec(side),)))
+    assert result.engine == expected
+
+
+def test_avif_decodes_through_the_pipeline() -> None:
+    import pyvips
+
+    avif = bytes(pyvips.Image.black(640, 480).heifsave_buffer(compression="av1", effort=0))
+    result = make_renditions(avif, ImagingSettings())
+    assert result.info.format == "avif" and result.renditions[0].width == 256
