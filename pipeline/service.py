@@ -39,6 +39,7 @@ async def open_consumer(
     storage = Storage(clients.s3)
     pool = WorkerPool(settings.consumer.workers)
     try:
+        await pool.warm_up()
         jobs = JobRunner(storage, StatusStore(storage, settings), pool, settings)
         yield Consumer(queues.main, queues.dlq, jobs, settings, burst=burst)
     finally:

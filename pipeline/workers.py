@@ -65,6 +65,12 @@ class WorkerPool:
             self._replace(executor)
             raise WorkerCrashed() from None
 
+    async def warm_up(self) -> None:
+        """Start every worker now (imports included), so the first jobs do not pay for it."""
+        loop = asyncio.get_running_loop()
+        executor = self._executor
+        await asyncio.gather(*(loop.run_in_executor(executor, os.getpid) for _ in range(self._workers)))
+
     def pids(self) -> list[int]:
         """Process ids of the live workers (for operators and fault tests)."""
         processes = getattr(self._executor, "_processes", None) or {}

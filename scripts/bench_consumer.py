@@ -1,0 +1,227 @@
+"""Consumer throughput against the embedded stack, beside the raw process pool and a naive consumer.
+
+1. raw pool: `make_renditions` on the same images in a process pool, no S3 or SQS at all;
+2. consumer: the source bucket is filled with N images (their events queue up), then the real
+   consumer pool runs at its default settings until every image is ready;
+3. naive: one message at a time, naive Pillow (full decode + resize) on the event loop, as the
+   original Lambda-style code would.
+
+Moto runs in a process of its own, as a real endpoint would.
+
+    .venv/bin/python scripts/bench_consumer.py --images 120 --megapixels 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import multiprocessing
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps
+
+from config.settings import Settings
+from pipeline.aws import AwsClients, open_clients
+from pipeline.imaging import make_renditions
+from pipeline.provision import provision
+from pipeline.queue import Queue
+from pipeline.service import open_consumer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def photo_jpeg(megapixels: float, seed: int) -> bytes:
+    width = int((megapixels * 1e6 * 3 / 2) ** 0.5)
+    height = int(width * 2 / 3)
+    base = (
+        Image.open(ROOT / "input" / "dog.jpg")
+        .convert("RGB")
+        .resize((width, height), Image.Resampling.BICUBIC)
+    )
+    noise = Image.effect_noise((width, height), 20 + seed % 7).convert("RGB")
+    out = io.BytesIO()
+    Image.blend(base, noise, 0.12).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_moto(port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("moto did not start")
+
+
+def settings_for(endpoint: str) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return Settings.from_env(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "IMGSVC_MODE": "embedded",
+            "IMGSVC_SOURCE_BUCKET": f"bench-src-{tag}",
+            "IMGSVC_DEST_BUCKET": f"bench-dst-{tag}",
+            "IMGSVC_QUEUE_NAME": f"bench-q-{tag}",
+            "IMGSVC_DLQ_NAME": f"bench-dlq-{tag}",
+        }
+    )
+
+
+async def fill(clients: AwsClients, settings: Settings, images: list[bytes], count: int) -> None:
+    semaphore = asyncio.Semaphore(8)
+
+    async def put(i: int) -> None:
+        async with semaphore:
+            await clients.s3.put_object(
+                Bucket=settings.aws.source_bucket, Key=f"bench/{i:05d}", Body=images[i % len(images)]
+            )
+
+    await asyncio.gather(*(put(i) for i in range(count)))
+    queue = await Queue.named(clients.sqs, settings.aws.queue_name)
+    while (await queue.depth())["visible"] < count:  # notifications are asynchronous in moto
+        await asyncio.sleep(0.1)
+
+
+def raw_pool(images: list[bytes], count: int, workers: int) -> float:
+    imaging = Settings.from_env({}).imaging
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(make_renditions, images[:workers], [imaging] * workers))  # warm up
+        started = time.perf_counter()
+        list(pool.map(make_renditions, [images[i % len(images)] for i in range(count)], [imaging] * count))
+        return count / (time.perf_counter() - started)
+
+
+async def consumer_rate(
+    endpoint: str, images: list[bytes], count: int, moto_pid: int
+) -> tuple[float, dict[str, float]]:
+    """Images per second, and where the CPU went while the consumer worked."""
+    settings = settings_for(endpoint)
+    async with open_clients(settings.aws) as clients:
+        await provision(clients, settings)
+        await fill(clients, settings, images, count)
+        async with open_consumer(clients, settings) as consumer:
+            task = asyncio.create_task(consumer.run())
+            while consumer.stats.outcomes["test_event"] < 1:  # the pool is up and receiving
+                await asyncio.sleep(0.01)
+            started = time.perf_counter()
+            cpu_before = _cpu(moto_pid)
+            while consumer.stats.outcomes["ready"] < count:
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            cpu_during = _cpu(moto_pid)
+            consumer.stop()
+            await task
+    cpu_after_pool = _cpu(moto_pid)  # workers are reaped now: their CPU shows under children
+    cpu = {
+        "moto": cpu_during["moto"] - cpu_before["moto"],
+        "consumer_event_loop": cpu_during["self"] - cpu_before["self"],
+        "imaging_workers": cpu_after_pool["children"] - cpu_before["children"],
+        "wall": elapsed,
+    }
+    return count / elapsed, {k: round(v, 2) for k, v in cpu.items()}
+
+
+def _cpu(moto_pid: int) -> dict[str, float]:
+    with open(f"/proc/{moto_pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "moto": (int(fields[11]) + int(fields[12])) / ticks,
+        "self": own.ru_utime + own.ru_stime,
+        "children": children.ru_utime + children.ru_stime,
+    }
+
+
+def naive_thumbnail(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    image = image.resize((256, round(256 * image.height / image.width)), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
+async def naive_rate(endpoint: str, images: list[bytes], count: int) -> float:
+    """One message at a time, resizing on the event loop: the per-message Lambda shape."""
+    settings = settings_for(endpoint)
+    async with open_clients(settings.aws) as clients:
+        await provision(clients, settings)
+        await fill(clients, settings, images, count)
+        queue = await Queue.named(clients.sqs, settings.aws.queue_name)
+        done = 0
+        started = time.perf_counter()
+        while done < count:
+            for message in await queue.receive(1, wait_seconds=1):
+                records = json.loads(message.body).get("Records", [])
+                for record in records:
+                    key = record["s3"]["object"]["key"].replace("%2F", "/")
+                    got = await clients.s3.get_object(Bucket=settings.aws.source_bucket, Key=key)
+                    thumbnail = naive_thumbnail(await got["Body"].read())
+                    await clients.s3.put_object(
+                        Bucket=settings.aws.dest_bucket, Key=f"{key}/256.jpg", Body=thumbnail
+                    )
+                    done += 1
+                await queue.delete(message.receipt_handle)
+        return count / (time.perf_counter() - started)
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    images = [photo_jpeg(args.megapixels, seed) for seed in range(4)]
+    workers = os.cpu_count() or 1
+    port = free_port()
+    moto = start_moto(port)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        raw = raw_pool(images, args.images, workers)
+        consumer, cpu = await consumer_rate(endpoint, images, args.images, moto.pid)
+        naive = await naive_rate(endpoint, images, max(4, args.images // 4))
+    finally:
+        moto.terminate()
+        moto.wait()
+    return {
+        "images": args.images,
+        "megapixels": args.megapixels,
+        "image_bytes": len(images[0]),
+        "workers": workers,
+        "raw_pool_images_per_s": round(raw, 2),
+        "consumer_images_per_s": round(consumer, 2),
+        "naive_images_per_s": round(naive, 2),
+        "consumer_vs_raw_pool": round(consumer / raw, 3),
+        "consumer_vs_naive": round(consumer / naive, 2),
+        "consumer_phase_cpu_seconds": cpu,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--megapixels", type=float, default=12)
+    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
