@@ -8,6 +8,7 @@ document, so several web and consumer processes always agree.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -58,7 +59,30 @@ class StatusStore:
 
     async def _write(self, ref: ImageRef, source_etag: str, state: State, **fields: Any) -> None:
         document = {"state": state, "source_etag": source_etag, "updated_at": time.time(), **fields}
-        await self._storage.put_json(self._settings.aws.dest_bucket, ref.status_key, document)
+        # The ETag also travels as metadata, so a waiting client's HEAD can tell when it is written.
+        metadata = {"source-etag": source_etag.strip('"')}
+        await self._storage.put_json(self._settings.aws.dest_bucket, ref.status_key, document, metadata)
+
+    async def wait(self, ref: ImageRef, seconds: float) -> ImageStatus:
+        """The status, waiting up to `seconds` for a pending one to change (long polling).
+
+        Between reads it only HEADs the status document, backing off from 50 to 250 ms, so a
+        waiting client costs a few cheap requests per second whichever process serves it.
+        """
+        status = await self.read(ref)
+        deadline = time.monotonic() + seconds
+        delay = 0.05
+        wanted = status.source.etag.strip('"')
+        while status.state == "pending" and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.25)
+            try:
+                head = await self._storage.head(self._settings.aws.dest_bucket, ref.status_key)
+            except NotFound:
+                continue
+            if head.metadata.get("source-etag") == wanted:
+                status = await self.read(ref)
+        return status
 
     async def read(self, ref: ImageRef) -> ImageStatus:
         """The current status, raising `NotFound` when there is no such original."""

@@ -136,8 +136,12 @@ class Storage:
                 Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=dict(metadata or {})
             )
 
-    async def put_json(self, bucket: str, key: str, document: Mapping[str, Any]) -> None:
-        await self.put(bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json")
+    async def put_json(
+        self, bucket: str, key: str, document: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        await self.put(
+            bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json", metadata
+        )
 
     async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
         """A small JSON document, or None where there is none."""

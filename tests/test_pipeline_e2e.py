@@ -131,3 +131,19 @@ async def test_health(live: Client) -> None:
     ready = await live.get("/health/ready")
     assert ready.status == 200
     assert (await ready.json())["checks"] == {"source_bucket": "ok", "dest_bucket": "ok", "queue": "ok"}
+
+
+async def test_long_poll_returns_as_soon_as_ready(live: Client) -> None:
+    assert (await live.post("/upload", json={"file_name": "dog.jpg", "user_id": USER})).status == 202
+    started = asyncio.get_running_loop().time()
+    response = await live.get(f"/images/dog?user_id={USER}&wait=20")
+    assert (await response.json())["status"] == "ready"  # one call, no client-side polling
+    assert asyncio.get_running_loop().time() - started < 15
+
+
+@pytest.mark.parametrize("wait", ["-1", "21", "soon", "nan"])
+async def test_bad_wait_is_400(live: Client, wait: str) -> None:
+    assert (await live.post("/upload", json={"file_name": "cat.jpg", "user_id": USER})).status == 202
+    response = await live.get(f"/images/cat?user_id={USER}&wait={wait}")
+    assert response.status == 400
+    assert (await response.json())["error"] == "invalid_field"

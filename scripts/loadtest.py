@@ -1,0 +1,343 @@
+"""Concurrent load test of the HTTP API, with direct S3 as the baseline measured in the same run.
+
+By default it starts its own stack on 127.0.0.1 (`python -m web` with its embedded AWS endpoint,
+and a `python -m pipeline consumer` process when thumbnails are wanted), then for each image
+size in the mix:
+
+1. direct S3 (aiobotocore) put and get of the same bytes, same concurrency: the baseline;
+2. API uploads (`PUT /images/{id}`) and API downloads (`GET /download/image`);
+3. with the consumer running: time-to-thumbnail (upload → ready) under load and, one at a time,
+   when idle, and thumbnail downloads.
+
+It reports throughput, p50/p95/p99 latencies and error counts by status; `--json` for machines.
+
+    .venv/bin/python scripts/loadtest.py --count 200 --concurrency 16 --mix 100k,4m
+    .venv/bin/python scripts/loadtest.py --url http://127.0.0.1:8080 --s3-endpoint http://127.0.0.1:4566
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiobotocore.session import get_session
+from PIL import Image
+from tqdm import tqdm
+
+from config.settings import SEED_USER_IDS, ImagingSettings
+from pipeline.imaging import make_renditions
+
+ROOT = Path(__file__).resolve().parent.parent
+USER = SEED_USER_IDS[2]
+SIZES = {"100k": 100_000, "1m": 1_000_000, "4m": 4_000_000}
+
+
+def image_of_size(target: int) -> bytes:
+    """A photo-like JPEG close to `target` bytes (noise makes JPEG size predictable)."""
+    width = 320
+    while True:
+        height = width * 2 // 3
+        base = Image.open(ROOT / "input" / "dog.jpg").convert("RGB").resize((width, height))
+        data = io.BytesIO()
+        Image.blend(base, Image.effect_noise((width, height), 40).convert("RGB"), 0.3).save(
+            data, "JPEG", quality=92
+        )
+        if data.tell() >= target * 0.9:
+            return data.getvalue()
+        width = int(width * max(1.1, (target / data.tell()) ** 0.5))
+
+
+@dataclass
+class Phase:
+    """Latencies and outcomes of one kind of request."""
+
+    name: str
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        ok = len(self.latencies)
+        out: dict[str, Any] = {"requests": ok + sum(v for k, v in self.statuses.items() if k != "ok")}
+        if self.seconds:
+            out["per_s"] = round(ok / self.seconds, 1)
+            out["mb_per_s"] = round(self.bytes / self.seconds / 1e6, 1)
+        if ok:
+            ordered = sorted(self.latencies)
+            for p in (50, 95, 99):
+                out[f"p{p}_ms"] = round(ordered[min(ok - 1, int(ok * p / 100))] * 1000, 1)
+        errors = {k: v for k, v in self.statuses.items() if k != "ok"}
+        if errors:
+            out["errors"] = errors
+        return out
+
+
+async def run_phase(
+    phase: Phase, count: int, concurrency: int, one: Callable[[int], Awaitable[int]], quiet: bool
+) -> Phase:
+    """Run `one(i)` for i < count with `concurrency` in flight; `one` returns the bytes moved."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+    bar = tqdm(total=count, desc=phase.name, disable=quiet, leave=False, file=sys.stderr)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            started = time.perf_counter()
+            try:
+                phase.bytes += await one(i)
+                phase.latencies.append(time.perf_counter() - started)
+                phase.statuses["ok"] += 1
+            except _Status as exc:
+                phase.statuses[str(exc.status)] += 1
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                phase.statuses[type(exc).__name__] += 1
+            bar.update()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    phase.seconds = time.perf_counter() - started
+    bar.close()
+    return phase
+
+
+class _Status(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _check(status: int, *ok: int) -> None:
+    if status not in ok:
+        raise _Status(status)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def child_env(embedded_port: int) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "IMGSVC_MODE": "embedded",
+        "IMGSVC_EMBEDDED_PORT": str(embedded_port),
+        "IMGSVC_RUN_CONSUMER": "false",
+        "IMGSVC_LOG_LEVEL": "WARNING",
+        "IMGSVC_MAX_BYTES": str(200 * 1024 * 1024),
+    }
+
+
+async def start_stack() -> tuple[str, str, asyncio.subprocess.Process]:
+    port, embedded = free_port(), free_port()
+    env = {**child_env(embedded), "IMGSVC_LOG_LEVEL": "INFO"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "web", "--port", str(port), "--embedded-port", str(embedded),
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stderr is not None
+    async with asyncio.timeout(60):
+        while not re.search(rb"API listening", line := await process.stderr.readline()):
+            if not line:
+                raise RuntimeError("web exited before listening")
+    asyncio.create_task(_drain(process.stderr))  # noqa: RUF006 - lives as long as the process
+    return f"http://127.0.0.1:{port}", f"http://127.0.0.1:{embedded}", process
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+async def start_consumer(s3_endpoint: str) -> asyncio.subprocess.Process:
+    port = s3_endpoint.rsplit(":", 1)[1]
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "pipeline", "consumer", cwd=ROOT, env=child_env(int(port)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def measure_size(
+    label: str, data: bytes, args: argparse.Namespace, api: str, s3_endpoint: str
+) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    quiet = args.json
+    connector = aiohttp.TCPConnector(limit=args.concurrency)
+    kwargs: dict[str, Any] = {
+        "endpoint_url": s3_endpoint,
+        "region_name": "us-east-1",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+    from aiobotocore.config import AioConfig
+
+    config = AioConfig(max_pool_connections=args.concurrency, s3={"addressing_style": "path"})
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        get_session().create_client("s3", config=config, **kwargs) as s3,
+    ):
+        bucket = f"loadtest-{tag}"
+        await s3.create_bucket(Bucket=bucket)
+
+        async def s3_put(i: int) -> int:
+            await s3.put_object(Bucket=bucket, Key=f"o/{i}", Body=data)
+            return len(data)
+
+        async def s3_get(i: int) -> int:
+            got = await s3.get_object(Bucket=bucket, Key=f"o/{i}")
+            return len(await got["Body"].read())
+
+        async def api_put(i: int) -> int:
+            async with http.put(f"{api}/images/lt{tag}{i}?user_id={USER}", data=data) as response:
+                await response.read()
+                _check(response.status, 202)
+            return len(data)
+
+        async def api_get(i: int) -> int:
+            async with http.get(f"{api}/download/image?user_id={USER}&image_id=lt{tag}{i}") as response:
+                body = await response.read()
+                _check(response.status, 200)
+            return len(body)
+
+        n, c = args.count, args.concurrency
+        direct_put = await run_phase(Phase(f"{label} s3 put"), n, c, s3_put, quiet)
+        upload = await run_phase(Phase(f"{label} api upload"), n, c, api_put, quiet)
+        direct_get = await run_phase(Phase(f"{label} s3 get"), n, c, s3_get, quiet)
+        download = await run_phase(Phase(f"{label} api download"), n, c, api_get, quiet)
+    return {
+        "bytes": len(data),
+        "s3_put": direct_put.summary(),
+        "api_upload": upload.summary(),
+        "s3_get": direct_get.summary(),
+        "api_download": download.summary(),
+        "upload_vs_s3_put": round(upload.seconds and direct_put.seconds / upload.seconds, 3),
+        "download_vs_s3_get": round(download.seconds and direct_get.seconds / download.seconds, 3),
+    }
+
+
+async def time_to_thumbnail(
+    api: str, data: bytes, count: int, concurrency: int, quiet: bool
+) -> dict[str, Any]:
+    """Upload, then long-poll the status until ready, then download the thumbnail."""
+    tag = uuid.uuid4().hex[:6]
+    ttt = Phase("time to thumbnail")
+    thumbs = Phase("thumbnail download")
+    async with aiohttp.ClientSession() as http:
+
+        async def one(i: int) -> int:
+            image = f"tt{tag}{i}"
+            started = time.perf_counter()
+            async with http.put(f"{api}/images/{image}?user_id={USER}", data=data) as response:
+                _check(response.status, 202)
+            while True:
+                async with http.get(f"{api}/images/{image}?user_id={USER}&wait=20") as response:
+                    status = (await response.json())["status"]
+                if status != "pending":
+                    break
+            _check(200 if status == "ready" else 422, 200)
+            ttt.latencies.append(time.perf_counter() - started)
+            fetched = time.perf_counter()
+            async with http.get(f"{api}/download/thumbnail?user_id={USER}&image_id={image}") as response:
+                body = await response.read()
+                _check(response.status, 200)
+            thumbs.latencies.append(time.perf_counter() - fetched)
+            return len(body)
+
+        phase = await run_phase(Phase("time to thumbnail"), count, concurrency, one, quiet)
+    ttt.seconds = thumbs.seconds = phase.seconds
+    return {
+        "time_to_thumbnail": ttt.summary(),
+        "thumbnail_download": thumbs.summary(),
+        "errors": dict(phase.statuses - Counter({"ok": phase.statuses["ok"]})),
+    }
+
+
+def processing_ms(data: bytes, runs: int = 7) -> float:
+    """Median time of the imaging work alone for this image, in this process."""
+    imaging = ImagingSettings()
+    make_renditions(data, imaging)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        make_renditions(data, imaging)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    web = None
+    api, s3_endpoint = args.url, args.s3_endpoint
+    if api is None:
+        api, s3_endpoint, web = await start_stack()
+    assert s3_endpoint, "--s3-endpoint is required with --url"
+    report: dict[str, Any] = {"concurrency": args.concurrency, "count": args.count, "sizes": {}}
+    consumer = None
+    try:
+        images = {label: image_of_size(SIZES[label]) for label in args.mix}
+        for label, data in images.items():
+            report["sizes"][label] = await measure_size(label, data, args, api, s3_endpoint)
+        if not args.no_thumbnails:
+            if web is not None:
+                consumer = await start_consumer(s3_endpoint)
+            small = images[args.mix[0]]
+            await time_to_thumbnail(
+                api, small, 4, 1, True
+            )  # warm up, and drain what the upload phases queued
+            report["thumbnails_under_load"] = await time_to_thumbnail(
+                api, small, args.count, args.concurrency, args.json
+            )
+            report["idle"] = {
+                **await time_to_thumbnail(api, small, args.idle_count, 1, args.json),
+                "processing_ms": round(processing_ms(small), 1),
+                "bytes": len(small),
+            }
+            idle = report["idle"]
+            idle["p50_minus_processing_ms"] = round(
+                idle["time_to_thumbnail"]["p50_ms"] - idle["processing_ms"], 1
+            )
+    finally:
+        for process in (consumer, web):
+            if process is not None and process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                await process.wait()
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", help="API to test (default: start a stack on 127.0.0.1)")
+    parser.add_argument("--s3-endpoint", help="S3 endpoint for the baseline (default: the started stack's)")
+    parser.add_argument("--count", type=int, default=100, help="requests per phase and size")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--mix", type=lambda s: s.split(","), default=["100k", "4m"], help="sizes: 100k,1m,4m"
+    )
+    parser.add_argument("--idle-count", type=int, default=15, help="one-at-a-time uploads for idle latency")
+    parser.add_argument("--no-thumbnails", action="store_true", help="skip the time-to-thumbnail phases")
+    parser.add_argument("--json", action="store_true", help="JSON only, no progress bars")
+    result = asyncio.run(main(parser.parse_args()))
+    print(json.dumps(result, indent=2))
