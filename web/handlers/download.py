@@ -7,6 +7,7 @@ from HEAD before any body is fetched; the body is then streamed chunk by chunk.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -20,6 +21,7 @@ from pipeline.errors import (
 )
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.status import ImageStatus
+from pipeline.storage import ObjectMeta
 from web import urls
 from web.identity import resolve_user
 from web.keys import SETTINGS, STATUS, STORAGE
@@ -93,26 +95,49 @@ def _not_ready(status: ImageStatus, user_id: str, image_id: str, retry_after: in
 
 
 async def serve_object(request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-    """Stream one S3 object with caching headers, conditional GET and byte ranges."""
-    settings = request.app[SETTINGS]
+    """Stream one S3 object with caching headers, conditional GET and byte ranges.
+
+    A plain GET is one S3 request; conditional, ranged and HEAD requests first HEAD the object.
+    """
     storage = request.app[STORAGE]
+    if request.method == "GET" and not any(h in request.headers for h in _NEEDS_HEAD):
+        meta, chunks = await storage.stream(bucket, key)
+        return await _send(request, meta, None, chunks)
     meta = await storage.head(bucket, key)
-    headers = {
-        "ETag": meta.etag,
-        "Last-Modified": meta.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
-        "Cache-Control": settings.web.cache_control,
-        "X-Content-Type-Options": "nosniff",
-        "Accept-Ranges": "bytes",
-    }
     if _not_modified(request, meta.etag, meta.last_modified.timestamp()):
-        return web.Response(status=304, headers=headers)
+        return web.Response(status=304, headers=_headers(request, meta))
     try:
         byte_range = _byte_range(request, meta.size, meta.etag)
     except RangeNotSatisfiable as exc:
         refusal = error_response(exc.http_status, exc.code, exc.message)
         refusal.headers["Content-Range"] = f"bytes */{meta.size}"
         return refusal
-    response = web.StreamResponse(status=200 if byte_range is None else 206, headers=headers)
+    if request.method == "HEAD" or meta.size == 0:
+        return await _send(request, meta, byte_range, None)
+    _, chunks = await storage.stream(bucket, key, byte_range, if_match=meta.etag)
+    return await _send(request, meta, byte_range, chunks)
+
+
+_NEEDS_HEAD = ("Range", "If-None-Match", "If-Modified-Since")
+
+
+def _headers(request: web.Request, meta: ObjectMeta) -> dict[str, str]:
+    return {
+        "ETag": meta.etag,
+        "Last-Modified": meta.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Cache-Control": request.app[SETTINGS].web.cache_control,
+        "X-Content-Type-Options": "nosniff",
+        "Accept-Ranges": "bytes",
+    }
+
+
+async def _send(
+    request: web.Request,
+    meta: ObjectMeta,
+    byte_range: tuple[int, int] | None,
+    chunks: AsyncIterator[bytes] | None,
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=200 if byte_range is None else 206, headers=_headers(request, meta))
     response.content_type = meta.content_type
     if byte_range is None:
         response.content_length = meta.size
@@ -120,17 +145,15 @@ async def serve_object(request: web.Request, bucket: str, key: str) -> web.Strea
         start, end = byte_range
         response.content_length = end - start + 1
         response.headers["Content-Range"] = f"bytes {start}-{end}/{meta.size}"
-    if request.method == "HEAD" or meta.size == 0:
-        await response.prepare(request)
-        return response
-    _, chunks = await storage.stream(bucket, key, byte_range, if_match=meta.etag)
     await response.prepare(request)
+    if chunks is None:
+        return response
     try:
         async for chunk in chunks:
             await response.write(chunk)
     except ServiceError as exc:
         # Headers are sent: the only honest signal left is to cut the connection short.
-        log.warning("download interrupted key=%s error=%s", key, exc)
+        log.warning("download interrupted key=%s error=%s", request.path, exc)
         if request.transport is not None:
             request.transport.close()
         return response
