@@ -137,33 +137,44 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def child_env(embedded_port: int) -> dict[str, str]:
-    return {
+def child_env(endpoint: str | None = None) -> dict[str, str]:
+    env = {
         "PATH": os.environ.get("PATH", ""),
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "IMGSVC_MODE": "embedded",
-        "IMGSVC_EMBEDDED_PORT": str(embedded_port),
         "IMGSVC_RUN_CONSUMER": "false",
-        "IMGSVC_LOG_LEVEL": "WARNING",
+        "IMGSVC_LOG_LEVEL": "INFO",
         "IMGSVC_MAX_BYTES": str(200 * 1024 * 1024),
     }
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return env
 
 
-async def start_stack() -> tuple[str, str, asyncio.subprocess.Process]:
-    port, embedded = free_port(), free_port()
-    env = {**child_env(embedded), "IMGSVC_LOG_LEVEL": "INFO"}
+async def start(args: list[str], env: dict[str, str], ready: bytes) -> asyncio.subprocess.Process:
+    """Start `python -m ...` and return once its log says `ready`."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "web", "--port", str(port), "--embedded-port", str(embedded),
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable, *args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     assert process.stderr is not None
     async with asyncio.timeout(60):
-        while not re.search(rb"API listening", line := await process.stderr.readline()):
+        while not re.search(ready, line := await process.stderr.readline()):
             if not line:
-                raise RuntimeError("web exited before listening")
+                raise RuntimeError(f"{args} exited before it was ready")
     asyncio.create_task(_drain(process.stderr))  # noqa: RUF006 - lives as long as the process
-    return f"http://127.0.0.1:{port}", f"http://127.0.0.1:{embedded}", process
+    return process
+
+
+async def start_stack() -> tuple[str, str, list[asyncio.subprocess.Process]]:
+    """The embedded AWS endpoint and the API in processes of their own, as in a deployment."""
+    port, embedded = free_port(), free_port()
+    endpoint = f"http://127.0.0.1:{embedded}"
+    aws = await start(
+        ["-m", "web", "--embedded-only", "--embedded-port", str(embedded)], child_env(), rb"only"
+    )
+    api = await start(["-m", "web", "--port", str(port)], child_env(endpoint), rb"API listening")
+    return f"http://127.0.0.1:{port}", endpoint, [api, aws]
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:
@@ -172,11 +183,7 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 
 async def start_consumer(s3_endpoint: str) -> asyncio.subprocess.Process:
-    port = s3_endpoint.rsplit(":", 1)[1]
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pipeline", "consumer", cwd=ROOT, env=child_env(int(port)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    return await start(["-m", "pipeline", "consumer"], child_env(s3_endpoint), rb"consumer starting")
 
 
 async def measure_size(
@@ -287,20 +294,19 @@ def processing_ms(data: bytes, runs: int = 7) -> float:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    web = None
+    started: list[asyncio.subprocess.Process] = []
     api, s3_endpoint = args.url, args.s3_endpoint
     if api is None:
-        api, s3_endpoint, web = await start_stack()
+        api, s3_endpoint, started = await start_stack()
     assert s3_endpoint, "--s3-endpoint is required with --url"
     report: dict[str, Any] = {"concurrency": args.concurrency, "count": args.count, "sizes": {}}
-    consumer = None
     try:
         images = {label: image_of_size(SIZES[label]) for label in args.mix}
         for label, data in images.items():
             report["sizes"][label] = await measure_size(label, data, args, api, s3_endpoint)
         if not args.no_thumbnails:
-            if web is not None:
-                consumer = await start_consumer(s3_endpoint)
+            if started:
+                started.insert(0, await start_consumer(s3_endpoint))
             small = images[args.mix[0]]
             await time_to_thumbnail(
                 api, small, 4, 1, True
@@ -318,8 +324,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 idle["time_to_thumbnail"]["p50_ms"] - idle["processing_ms"], 1
             )
     finally:
-        for process in (consumer, web):
-            if process is not None and process.returncode is None:
+        for process in started:
+            if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
                 await process.wait()
     return report

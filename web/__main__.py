@@ -13,8 +13,10 @@ from contextlib import ExitStack
 from aiohttp import web
 
 from config.settings import ConfigError, Settings
+from pipeline.aws import open_clients
 from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
+from pipeline.provision import provision
 from web.app import create_app
 
 log = logging.getLogger("web")
@@ -33,6 +35,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port to listen on (IMGSVC_PORT, default 8080; 0 picks one)")
     parser.add_argument(
         "--embedded-port", type=int, help="embedded AWS port (IMGSVC_EMBEDDED_PORT, default 4566)"
+    )
+    parser.add_argument(
+        "--embedded-only",
+        action="store_true",
+        help="run only the embedded AWS endpoint (provisioned), for API and consumer processes to share",
     )
     return parser.parse_args(argv)
 
@@ -59,14 +66,30 @@ async def serve(settings: Settings) -> None:
         await site.start()
         for address in runner.addresses:
             log.info("API listening url=http://%s:%s", *address[:2])
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down")
+        await _until_signalled()
     finally:
         await runner.cleanup()
+
+
+async def serve_embedded_only(settings: Settings) -> None:
+    """Provision the embedded endpoint and keep it up until SIGINT or SIGTERM; no API, no consumer."""
+    async with open_clients(settings.aws) as clients:
+        await provision(clients, settings)
+    log.info(
+        "embedded AWS endpoint only: start API processes with IMGSVC_MODE=embedded "
+        "AWS_ENDPOINT_URL=%s and consumers with `python -m pipeline consumer` and the same variables",
+        settings.aws.endpoint_url,
+    )
+    await _until_signalled()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,11 +118,14 @@ def main(argv: list[str] | None = None) -> int:
                 endpoint,
                 endpoint,
             )
+        elif args.embedded_only:
+            print("error: --embedded-only needs the embedded mode (no AWS configured)", file=sys.stderr)
+            return 2
         else:
             log.info(
                 "using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region
             )
-        asyncio.run(serve(settings))
+        asyncio.run(serve_embedded_only(settings) if args.embedded_only else serve(settings))
     return 0
 
 
