@@ -174,7 +174,9 @@ class Storage:
         Nothing is written before the type is known; a multipart upload that fails or crosses
         `max_bytes` is aborted, so a refused upload never leaves a partial object behind.
         """
-        buffer = bytearray()
+        # Chunks are kept as a list and joined once per part: one copy of the data, not several.
+        pending: list[bytes] = []
+        pending_bytes = 0
         total = 0
         fmt: str | None = None
         upload_id: str | None = None
@@ -188,9 +190,11 @@ class Storage:
                         Bucket=bucket, Key=key, ContentType=CONTENT_TYPES[fmt or ""], Metadata=dict(metadata)
                     )
                 upload_id = str(created["UploadId"])
+            nonlocal pending, pending_bytes
             number = len(parts) + 1
-            body = bytes(buffer[:part_size])
-            del buffer[:part_size]
+            joined = b"".join(pending)
+            body, rest = joined[:part_size], joined[part_size:]
+            pending, pending_bytes = ([rest] if rest else []), len(rest)
             with aws_errors(StorageUnavailable):
                 part = await self._s3.upload_part(
                     Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
@@ -202,26 +206,28 @@ class Storage:
                 total += len(chunk)
                 if total > max_bytes:
                     raise TooLarge(f"the upload is larger than the {max_bytes} bytes allowed")
-                buffer += chunk
-                if fmt is None and len(buffer) >= MAGIC_BYTES_NEEDED:
-                    fmt = check_format(bytes(buffer[:MAGIC_BYTES_NEEDED]), allowed_formats)
-                while len(buffer) >= part_size + 1:  # keep the last bytes for the final part
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if fmt is None and total >= MAGIC_BYTES_NEEDED:
+                    fmt = check_format(b"".join(pending)[:MAGIC_BYTES_NEEDED], allowed_formats)
+                while pending_bytes >= part_size + 1:  # keep the last bytes for the final part
                     await flush_part()
             if total == 0:
                 raise EmptyUpload()
+            body = b"".join(pending)
             if fmt is None:
-                fmt = check_format(bytes(buffer), allowed_formats)
+                fmt = check_format(body, allowed_formats)
             if upload_id is None:
                 with aws_errors(StorageUnavailable):
                     response = await self._s3.put_object(
                         Bucket=bucket,
                         Key=key,
-                        Body=bytes(buffer),
+                        Body=body,
                         ContentType=CONTENT_TYPES[fmt],
                         Metadata=dict(metadata),
                     )
                 return StoredUpload(key, total, fmt, str(response["ETag"]))
-            if buffer:
+            if pending_bytes:
                 await flush_part()
             with aws_errors(StorageUnavailable):
                 response = await self._s3.complete_multipart_upload(

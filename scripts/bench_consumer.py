@@ -26,10 +26,10 @@ import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps
+from stack import ROOT, free_port
 
 from config.settings import Settings
 from pipeline.aws import AwsClients, open_clients
@@ -37,8 +37,6 @@ from pipeline.imaging import make_renditions
 from pipeline.provision import provision
 from pipeline.queue import Queue
 from pipeline.service import open_consumer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def photo_jpeg(megapixels: float, seed: int) -> bytes:
@@ -53,12 +51,6 @@ def photo_jpeg(megapixels: float, seed: int) -> bytes:
     out = io.BytesIO()
     Image.blend(base, noise, 0.12).save(out, "JPEG", quality=90)
     return out.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_moto(port: int) -> subprocess.Popen[bytes]:

@@ -21,30 +21,24 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiobotocore.session import get_session
 from PIL import Image
+from stack import ROOT, start_consumer, start_stack
 from tqdm import tqdm
 
 from config.settings import SEED_USER_IDS, ImagingSettings
 from pipeline.imaging import make_renditions
 
-ROOT = Path(__file__).resolve().parent.parent
 USER = SEED_USER_IDS[2]
 SIZES = {"100k": 100_000, "1m": 1_000_000, "4m": 4_000_000}
 
@@ -129,61 +123,6 @@ class _Status(Exception):
 def _check(status: int, *ok: int) -> None:
     if status not in ok:
         raise _Status(status)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def child_env(endpoint: str | None = None) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "IMGSVC_MODE": "embedded",
-        "IMGSVC_RUN_CONSUMER": "false",
-        "IMGSVC_LOG_LEVEL": "INFO",
-        "IMGSVC_MAX_BYTES": str(200 * 1024 * 1024),
-    }
-    if endpoint:
-        env["AWS_ENDPOINT_URL"] = endpoint
-    return env
-
-
-async def start(args: list[str], env: dict[str, str], ready: bytes) -> asyncio.subprocess.Process:
-    """Start `python -m ...` and return once its log says `ready`."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    assert process.stderr is not None
-    async with asyncio.timeout(60):
-        while not re.search(ready, line := await process.stderr.readline()):
-            if not line:
-                raise RuntimeError(f"{args} exited before it was ready")
-    asyncio.create_task(_drain(process.stderr))  # noqa: RUF006 - lives as long as the process
-    return process
-
-
-async def start_stack() -> tuple[str, str, list[asyncio.subprocess.Process]]:
-    """The embedded AWS endpoint and the API in processes of their own, as in a deployment."""
-    port, embedded = free_port(), free_port()
-    endpoint = f"http://127.0.0.1:{embedded}"
-    aws = await start(
-        ["-m", "web", "--embedded-only", "--embedded-port", str(embedded)], child_env(), rb"only"
-    )
-    api = await start(["-m", "web", "--port", str(port)], child_env(endpoint), rb"API listening")
-    return f"http://127.0.0.1:{port}", endpoint, [api, aws]
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
-
-
-async def start_consumer(s3_endpoint: str) -> asyncio.subprocess.Process:
-    return await start(["-m", "pipeline", "consumer"], child_env(s3_endpoint), rb"consumer starting")
 
 
 async def measure_size(
@@ -294,10 +233,11 @@ def processing_ms(data: bytes, runs: int = 7) -> float:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    started: list[asyncio.subprocess.Process] = []
+    stack = None
     api, s3_endpoint = args.url, args.s3_endpoint
     if api is None:
-        api, s3_endpoint, started = await start_stack()
+        stack = await start_stack(IMGSVC_MAX_BYTES=str(200 * 1024 * 1024))
+        api, s3_endpoint = stack.api, stack.endpoint
     assert s3_endpoint, "--s3-endpoint is required with --url"
     report: dict[str, Any] = {"concurrency": args.concurrency, "count": args.count, "sizes": {}}
     try:
@@ -305,8 +245,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for label, data in images.items():
             report["sizes"][label] = await measure_size(label, data, args, api, s3_endpoint)
         if not args.no_thumbnails:
-            if started:
-                started.insert(0, await start_consumer(s3_endpoint))
+            if stack is not None:
+                stack.processes.append(await start_consumer(s3_endpoint))
             small = images[args.mix[0]]
             await time_to_thumbnail(
                 api, small, 4, 1, True
@@ -324,10 +264,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 idle["time_to_thumbnail"]["p50_ms"] - idle["processing_ms"], 1
             )
     finally:
-        for process in started:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-                await process.wait()
+        if stack is not None:
+            await stack.stop()
     return report
 
 

@@ -15,25 +15,20 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import random
-import re
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
 import aiohttp
 from aiobotocore.session import get_session
 from PIL import Image
+from stack import ROOT, start_consumer, start_stack
 
-ROOT = Path(__file__).resolve().parent.parent
 USERS = [
     "eb2128f2-5c0a-4dd1-90a5-2f0e39db7aa3",
     "ebe7b1c9-951b-4f92-aa42-9d65c19a8fc5",
@@ -97,55 +92,6 @@ class Report:
     consumer_restarts: Counter[str] = field(default_factory=Counter)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def child_env(embedded_port: int, **extra: str) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "IMGSVC_MODE": "embedded",
-        "IMGSVC_EMBEDDED_PORT": str(embedded_port),
-        "IMGSVC_RUN_CONSUMER": "false",
-        "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "2",
-        "IMGSVC_CONSUMER_VISIBILITY_TIMEOUT": "10",
-        "IMGSVC_CONSUMER_BACKOFF_BASE": "1",
-        "IMGSVC_LOG_LEVEL": "WARNING",
-        **extra,
-    }
-
-
-async def start_web(port: int, embedded_port: int) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "web", "--port", str(port), "--embedded-port", str(embedded_port),
-        cwd=ROOT, env=child_env(embedded_port, IMGSVC_LOG_LEVEL="INFO"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stderr is not None
-    async with asyncio.timeout(60):
-        while not re.search(rb"API listening", line := await process.stderr.readline()):
-            if not line:
-                raise RuntimeError("web exited before listening")
-    asyncio.create_task(_drain(process.stderr))  # noqa: RUF006 - lives as long as the process
-    return process
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
-
-
-async def start_consumer(embedded_port: int, burst: bool = False) -> asyncio.subprocess.Process:
-    args = [sys.executable, "-m", "pipeline", "consumer", *(["--burst"] if burst else [])]
-    return await asyncio.create_subprocess_exec(
-        *args, cwd=ROOT, env=child_env(embedded_port), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-
-
 async def upload_all(
     api: str,
     corpus: list[tuple[str, bytes, str]],
@@ -185,27 +131,32 @@ async def upload_all(
     return uploads
 
 
-async def chaos(
-    embedded_port: int, restarts: int, interval: float, report: Report, stop: asyncio.Event
-) -> None:
+#: Soak consumers: short polls and leases, so killed consumers' messages come back quickly.
+CONSUMER_ENV = {
+    "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "2",
+    "IMGSVC_CONSUMER_VISIBILITY_TIMEOUT": "10",
+    "IMGSVC_CONSUMER_BACKOFF_BASE": "1",
+}
+
+
+async def chaos(endpoint: str, restarts: int, interval: float, report: Report, stop: asyncio.Event) -> None:
     """Keep one consumer running; `restarts` times, `interval` seconds apart, kill it (SIGKILL and
     SIGTERM in turn) and start a new one; stop the last one once `stop` is set."""
-    consumer = await start_consumer(embedded_port)
+    consumer = await start_consumer(endpoint, **CONSUMER_ENV)
     for done in range(restarts):
         await asyncio.sleep(interval)
         how = "SIGKILL" if done % 2 == 0 else "SIGTERM"
         consumer.send_signal(signal.SIGKILL if how == "SIGKILL" else signal.SIGTERM)
         await consumer.wait()
         report.consumer_restarts[how] += 1
-        consumer = await start_consumer(embedded_port)
+        consumer = await start_consumer(endpoint, **CONSUMER_ENV)
     await stop.wait()
     consumer.send_signal(signal.SIGTERM)
     await consumer.wait()
 
 
-async def reconcile(embedded_port: int, uploads: list[Upload], renditions: set[str], report: Report) -> None:
+async def reconcile(endpoint: str, uploads: list[Upload], renditions: set[str], report: Report) -> None:
     """Every accepted upload: its renditions and status exactly, or a DLQ entry with a reason."""
-    endpoint = f"http://127.0.0.1:{embedded_port}"
     kwargs: dict[str, Any] = {
         "endpoint_url": endpoint,
         "region_name": "us-east-1",
@@ -271,26 +222,22 @@ async def reconcile(embedded_port: int, uploads: list[Upload], renditions: set[s
 async def main(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     corpus = make_corpus(rng)
-    port, embedded_port = free_port(), free_port()
     report = Report()
-    web = await start_web(port, embedded_port)
+    stack = await start_stack()
     stop = asyncio.Event()
     try:
         chaos_task = asyncio.create_task(
-            chaos(embedded_port, args.restarts, args.restart_every, report, stop)
+            chaos(stack.endpoint, args.restarts, args.restart_every, report, stop)
         )
-        uploads = await upload_all(
-            f"http://127.0.0.1:{port}", corpus, args.uploads, args.concurrency, rng, report
-        )
+        uploads = await upload_all(stack.api, corpus, args.uploads, args.concurrency, rng, report)
         upload_seconds = time.monotonic() - report.started
         stop.set()
         await chaos_task  # the restarts all happen, some while the backlog is worked off
-        final = await start_consumer(embedded_port, burst=True)
-        await asyncio.wait_for(final.communicate(), args.drain_timeout)
-        await reconcile(embedded_port, uploads, {"256.jpg"}, report)
+        final = await start_consumer(stack.endpoint, burst=True, **CONSUMER_ENV)
+        await asyncio.wait_for(final.wait(), args.drain_timeout)
+        await reconcile(stack.endpoint, uploads, {"256.jpg"}, report)
     finally:
-        web.send_signal(signal.SIGTERM)
-        await web.wait()
+        await stack.stop()
     result = {
         "uploads_attempted": report.attempted,
         "accepted": report.accepted,

@@ -1,0 +1,93 @@
+"""Start the service's own processes on 127.0.0.1 for the scripts: endpoint, API, consumers.
+
+The embedded AWS endpoint (`python -m web --embedded-only`), the API and each consumer run in
+processes of their own, as they would in a deployment, so a script measures or exercises the
+real entry points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def child_env(endpoint: str | None = None, **extra: str) -> dict[str, str]:
+    """A clean environment: embedded mode, no in-process consumer, no machine AWS profile."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "IMGSVC_MODE": "embedded",
+        "IMGSVC_RUN_CONSUMER": "false",
+        "IMGSVC_LOG_LEVEL": "INFO",
+        **extra,
+    }
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return env
+
+
+async def start(
+    args: list[str], env: dict[str, str], ready: bytes, *, stdout: int = subprocess.DEVNULL
+) -> asyncio.subprocess.Process:
+    """Start `python ARGS` and return once its log says `ready`; its log is drained from then on."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE
+    )
+    assert process.stderr is not None
+    async with asyncio.timeout(60):
+        while not re.search(ready, line := await process.stderr.readline()):
+            if not line:
+                raise RuntimeError(f"{' '.join(args)} exited before it was ready")
+    asyncio.create_task(_drain(process.stderr))  # noqa: RUF006 - lives as long as the process
+    return process
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+@dataclass
+class Stack:
+    api: str
+    endpoint: str
+    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        """SIGTERM everything, newest first (consumers and API before the endpoint they use)."""
+        for process in reversed(self.processes):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+                await process.wait()
+
+
+async def start_stack(**api_env: str) -> Stack:
+    """The embedded AWS endpoint, provisioned, and one API process using it."""
+    port, embedded = free_port(), free_port()
+    endpoint = f"http://127.0.0.1:{embedded}"
+    aws = await start(
+        ["-m", "web", "--embedded-only", "--embedded-port", str(embedded)], child_env(), rb"only"
+    )
+    api = await start(["-m", "web", "--port", str(port)], child_env(endpoint, **api_env), rb"API listening")
+    return Stack(f"http://127.0.0.1:{port}", endpoint, [aws, api])
+
+
+async def start_consumer(endpoint: str, *, burst: bool = False, **extra: str) -> asyncio.subprocess.Process:
+    args = ["-m", "pipeline", "consumer", *(["--burst"] if burst else [])]
+    return await start(args, child_env(endpoint, **extra), rb"consumer starting", stdout=subprocess.PIPE)
