@@ -98,7 +98,8 @@ async def run_phase(
             i = queue.get_nowait()
             started = time.perf_counter()
             try:
-                phase.bytes += await one(i)
+                moved = await one(i)
+                phase.bytes += moved
                 phase.latencies.append(time.perf_counter() - started)
                 phase.statuses["ok"] += 1
             except _Status as exc:
