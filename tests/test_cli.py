@@ -150,3 +150,37 @@ async def test_consumer_cli_against_running_embedded_endpoint(
     assert sum(o["outcomes"].get("ready", 0) for o in outputs) == 1
     thumb = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{USER}/cat/256.jpg")
     assert decode(await thumb["Body"].read()).size == (256, 170)
+
+
+async def test_embedded_only_runs_a_provisioned_endpoint_and_nothing_else() -> None:
+    import boto3
+
+    process = await start("-m", "web", "--embedded-only", "--embedded-port", "0", env=process_env())
+    assert process.stderr is not None
+    try:
+        endpoint = None
+        async with asyncio.timeout(30):
+            while True:
+                line = (await process.stderr.readline()).decode()
+                assert line, "exited early"
+                if match := re.search(r"embedded AWS endpoint url=(\S+)", line):
+                    endpoint = match.group(1)
+                if "endpoint only" in line:
+                    break
+                assert "API listening" not in line
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+        )
+        names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+        assert {"image-service-source", "image-service-thumbnails"} <= names
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
