@@ -147,6 +147,7 @@ class Settings:
     consumer: ConsumerSettings = ConsumerSettings()
     web: WebSettings = WebSettings()
     log_level: str = "INFO"
+    use_uvloop: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -213,7 +214,10 @@ class Settings:
             run_consumer=env.flag("RUN_CONSUMER", mode == "embedded"),
         )
         log_level = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
-        return cls(aws=aws, imaging=imaging, consumer=consumer, web=web, log_level=log_level)
+        use_uvloop = env.flag("UVLOOP", True)
+        return cls(
+            aws=aws, imaging=imaging, consumer=consumer, web=web, log_level=log_level, use_uvloop=use_uvloop
+        )
 
 
 class _Env:

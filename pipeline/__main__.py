@@ -10,6 +10,7 @@ import signal
 import sys
 
 from config.settings import ConfigError, Settings
+from pipeline import runtime
 from pipeline.aws import open_clients
 from pipeline.dlq import list_dead_letters, redrive
 from pipeline.errors import ServiceError
@@ -102,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         if args.command == "consumer":
-            return asyncio.run(run_consumer(settings, args.burst))
-        if args.command == "provision":
-            return asyncio.run(run_provision(settings))
-        return asyncio.run(run_dlq(settings, args))
+            main_coroutine = run_consumer(settings, args.burst)
+        elif args.command == "provision":
+            main_coroutine = run_provision(settings)
+        else:
+            main_coroutine = run_dlq(settings, args)
+        return runtime.run(main_coroutine, use_uvloop=settings.use_uvloop)
     except ServiceError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1

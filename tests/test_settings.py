@@ -77,3 +77,16 @@ def test_rendition_lists_round_trip(specs: list[tuple[int, str, int]]) -> None:
     parsed = Settings.from_env({"IMGSVC_RENDITIONS": text}).imaging.renditions
     assert parsed == tuple(RenditionSpec(side, fmt, quality) for side, fmt, quality in specs)
     assert len({r.filename for r in parsed}) == len(parsed)
+
+
+def test_entry_points_run_on_uvloop_unless_switched_off() -> None:
+    import asyncio
+
+    from pipeline import runtime
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert runtime.run(loop_module()).startswith("uvloop")
+    assert runtime.run(loop_module(), use_uvloop=False).startswith("asyncio")
+    assert Settings.from_env({"IMGSVC_UVLOOP": "false"}).use_uvloop is False

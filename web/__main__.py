@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from aiohttp import web
 
 from config.settings import ConfigError, Settings
+from pipeline import runtime
 from pipeline.aws import open_clients
 from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info(
                 "using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region
             )
-        asyncio.run(serve_embedded_only(settings) if args.embedded_only else serve(settings))
+        main_coroutine = serve_embedded_only(settings) if args.embedded_only else serve(settings)
+        runtime.run(main_coroutine, use_uvloop=settings.use_uvloop)
     return 0
 
 

@@ -1,0 +1,25 @@
+"""Run an entry point's main coroutine, on uvloop when it is installed and not switched off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
+    """`asyncio.run` with uvloop's faster event loop where available (Linux and macOS wheels)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if use_uvloop:
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:  # optional: the standard loop is correct, only slower
+            log.debug("uvloop not installed, using the standard event loop")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
