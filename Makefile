@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format install lock clean bench-install
+.PHONY: run test lint format install lock clean bench-install bench-peers-install
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ format: $(STAMP)
 
 bench-install: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
+
+# thumbor, for scripts/bench_peers.py, in a virtualenv of its own (its pins are not ours).
+bench-peers-install:
+	$(PYTHON) -m venv .venv-thumbor
+	.venv-thumbor/bin/python -m pip install --quiet --disable-pip-version-check "thumbor==7.8.0"
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable --exclude image-service > constraints.txt

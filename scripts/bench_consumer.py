@@ -32,6 +32,7 @@ from PIL import Image, ImageOps
 from stack import ROOT, free_port
 
 from config.settings import Settings
+from pipeline import runtime
 from pipeline.aws import AwsClients, open_clients
 from pipeline.imaging import make_renditions
 from pipeline.provision import provision
@@ -216,4 +217,4 @@ if __name__ == "__main__":
     )
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--megapixels", type=float, default=12)
-    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
+    print(json.dumps(runtime.run(main(parser.parse_args())), indent=2))

@@ -1,0 +1,162 @@
+"""Side by side with thumbor 7.8, on 127.0.0.1, on the same images.
+
+(a) rendition time per image: thumbor's on-the-fly 256 px `fit-in` (one request at a time, median)
+    against our `make_renditions` to 256 px (median, same images);
+(b) thumbnail GET throughput at the same concurrency: ours (pre-generated, streamed from S3 by
+    `GET /download/thumbnail`) against thumbor's (made on every request, result storage off).
+
+thumbor lives in a virtualenv of its own (`make bench-peers-install` creates `.venv-thumbor`).
+
+    .venv/bin/python scripts/bench_peers.py --requests 200 --concurrency 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from bench_imaging import build_set
+from stack import ROOT, free_port, start_consumer, start_stack
+
+from config.settings import SEED_USER_IDS, ImagingSettings
+from pipeline import runtime
+from pipeline.imaging import make_renditions
+
+USER = SEED_USER_IDS[2]
+IMAGES = ("jpeg-2mp", "jpeg-12mp", "png-12mp", "webp-12mp")
+
+
+def our_ms(data: bytes, runs: int) -> float:
+    imaging = ImagingSettings()
+    make_renditions(data, imaging)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        make_renditions(data, imaging)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+async def start_thumbor(binary: Path, root: Path) -> tuple[str, asyncio.subprocess.Process]:
+    port = free_port()
+    config = root / "thumbor.conf"
+    config.write_text(
+        f"LOADER = 'thumbor.loaders.file_loader'\nFILE_LOADER_ROOT_PATH = '{root}'\n"
+        "STORAGE = 'thumbor.storages.no_storage'\nRESULT_STORAGE = None\nQUALITY = 85\n"
+        "ALLOW_UNSAFE_URL = True\nMAX_AGE = 0\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        str(binary), "-p", str(port), "-i", "127.0.0.1", "-c", str(config), "-l", "warning",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http, asyncio.timeout(60):
+        while True:
+            try:
+                async with http.get(f"{url}/healthcheck") as response:
+                    if response.status == 200:
+                        return url, process
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.2)
+
+
+async def timed_gets(url_of: Any, count: int, concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    failures = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+    async with aiohttp.ClientSession() as http:
+
+        async def worker() -> None:
+            nonlocal failures
+            while not queue.empty():
+                i = queue.get_nowait()
+                started = time.perf_counter()
+                async with http.get(url_of(i)) as response:
+                    await response.read()
+                    if response.status != 200:
+                        failures += 1
+                        continue
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    return {
+        "per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "failures": failures,
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    images = {name: data for name, data in build_set().items() if name in IMAGES}
+    root = Path(tempfile.mkdtemp(prefix="thumbor-"))
+    for name, data in images.items():
+        (root / name).write_bytes(data)
+    thumbor_url, thumbor = await start_thumbor(args.thumbor, root)
+    stack = await start_stack()
+    report: dict[str, Any] = {"rendition_ms": {}, "get_throughput": {}}
+    try:
+        # (a) one rendition at a time.
+        for name, data in images.items():
+            thumbor_side = await timed_gets(
+                lambda _i, n=name: f"{thumbor_url}/unsafe/fit-in/256x256/{n}", args.runs, 1
+            )
+            ours = our_ms(data, args.runs)
+            report["rendition_ms"][name] = {
+                "thumbor_request_p50": thumbor_side["p50_ms"],
+                "ours": round(ours, 1),
+                "thumbor_over_ours": round(thumbor_side["p50_ms"] / ours, 2),
+            }
+        # (b) GET throughput: ours pre-generated, thumbor on the fly.
+        stack.processes.append(await start_consumer(stack.endpoint))
+        async with aiohttp.ClientSession() as http:
+            for name, data in images.items():
+                async with http.put(f"{stack.api}/images/{name}?user_id={USER}", data=data) as response:
+                    assert response.status == 202, await response.text()
+                async with http.get(f"{stack.api}/images/{name}?user_id={USER}&wait=20") as response:
+                    assert (await response.json())["status"] == "ready"
+        names = list(images)
+        ours_get = await timed_gets(
+            lambda i: f"{stack.api}/download/thumbnail?user_id={USER}&image_id={names[i % len(names)]}",
+            args.requests,
+            args.concurrency,
+        )
+        thumbor_get = await timed_gets(
+            lambda i: f"{thumbor_url}/unsafe/fit-in/256x256/{names[i % len(names)]}",
+            args.requests,
+            args.concurrency,
+        )
+        report["get_throughput"] = {
+            "ours_pregenerated": ours_get,
+            "thumbor_on_the_fly": thumbor_get,
+            "ours_over_thumbor": round(ours_get["per_s"] / thumbor_get["per_s"], 1),
+        }
+    finally:
+        await stack.stop()
+        thumbor.terminate()
+        await thumbor.wait()
+        shutil.rmtree(root, ignore_errors=True)
+    return report
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--thumbor", type=Path, default=ROOT / ".venv-thumbor" / "bin" / "thumbor")
+    parser.add_argument("--runs", type=int, default=7, help="sequential renditions per image (median)")
+    parser.add_argument("--requests", type=int, default=200, help="GETs for the throughput comparison")
+    parser.add_argument("--concurrency", type=int, default=8)
+    print(json.dumps(runtime.run(main(parser.parse_args())), indent=2))
