@@ -201,3 +201,18 @@ def _quiet_libraries() -> None:
 
     for name in ("werkzeug", "botocore", "aiobotocore", "moto"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _event_loop_debug() -> AsyncIterator[None]:
+    """With IMGSVC_TEST_LOOP_DEBUG=1, run the session loop in asyncio debug mode and log every
+    callback that holds the loop for more than 100 ms (`Executing ... took ...`).
+
+    The loop is switched to debug mode directly, not through PYTHONASYNCIODEBUG, because that
+    variable also makes aiohttp's HTTP parser strict, and moto's error responses repeat `Server`.
+    """
+    if os.environ.get("IMGSVC_TEST_LOOP_DEBUG") == "1":
+        loop = asyncio.get_running_loop()
+        loop.set_debug(True)
+        loop.slow_callback_duration = 0.1
+    yield
