@@ -148,6 +148,7 @@ class Settings:
     web: WebSettings = WebSettings()
     log_level: str = "INFO"
     use_uvloop: bool = True
+    loop_debug: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -214,9 +215,14 @@ class Settings:
             run_consumer=env.flag("RUN_CONSUMER", mode == "embedded"),
         )
         log_level = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
-        use_uvloop = env.flag("UVLOOP", True)
         return cls(
-            aws=aws, imaging=imaging, consumer=consumer, web=web, log_level=log_level, use_uvloop=use_uvloop
+            aws=aws,
+            imaging=imaging,
+            consumer=consumer,
+            web=web,
+            log_level=log_level,
+            use_uvloop=env.flag("UVLOOP", True),
+            loop_debug=env.flag("LOOP_DEBUG", False),
         )
 
 

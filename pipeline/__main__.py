@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             main_coroutine = run_provision(settings)
         else:
             main_coroutine = run_dlq(settings, args)
-        return runtime.run(main_coroutine, use_uvloop=settings.use_uvloop)
+        return runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)
     except ServiceError as exc:
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1

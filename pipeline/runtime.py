@@ -11,8 +11,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
-    """`asyncio.run` with uvloop's faster event loop where available (Linux and macOS wheels)."""
+def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True, debug: bool = False) -> T:
+    """`asyncio.run` with uvloop's faster event loop where available (Linux and macOS wheels).
+
+    `debug` turns on asyncio's debug mode with a 100 ms slow-callback threshold: every callback
+    that holds the loop longer is logged (`Executing ... took ...`), to find blocking calls.
+    """
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:
         try:
@@ -21,5 +25,7 @@ def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
             factory = uvloop.new_event_loop
         except ImportError:  # optional: the standard loop is correct, only slower
             log.debug("uvloop not installed, using the standard event loop")
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=factory, debug=debug or None) as runner:
+        if debug:
+            runner.get_loop().slow_callback_duration = 0.1
         return runner.run(main)

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 "using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region
             )
         main_coroutine = serve_embedded_only(settings) if args.embedded_only else serve(settings)
-        runtime.run(main_coroutine, use_uvloop=settings.use_uvloop)
+        runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)
     return 0
 
 
