@@ -25,25 +25,14 @@ from typing import Any
 
 import aiohttp
 from bench_imaging import build_set
+from loadtest import processing_ms
 from stack import ROOT, free_port, start_consumer, start_stack
 
-from config.settings import SEED_USER_IDS, ImagingSettings
+from config.settings import SEED_USER_IDS
 from pipeline import runtime
-from pipeline.imaging import make_renditions
 
 USER = SEED_USER_IDS[2]
 IMAGES = ("jpeg-2mp", "jpeg-12mp", "png-12mp", "webp-12mp")
-
-
-def our_ms(data: bytes, runs: int) -> float:
-    imaging = ImagingSettings()
-    make_renditions(data, imaging)
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        make_renditions(data, imaging)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
 
 
 async def start_thumbor(binary: Path, root: Path) -> tuple[str, asyncio.subprocess.Process]:
@@ -113,7 +102,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             thumbor_side = await timed_gets(
                 lambda _i, n=name: f"{thumbor_url}/unsafe/fit-in/256x256/{n}", args.runs, 1
             )
-            ours = our_ms(data, args.runs)
+            ours = processing_ms(data, args.runs)
             report["rendition_ms"][name] = {
                 "thumbor_request_p50": thumbor_side["p50_ms"],
                 "ours": round(ours, 1),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import signal
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +180,27 @@ async def start(*args: str, env: dict[str, str], stdout: int = subprocess.PIPE) 
     return await asyncio.create_subprocess_exec(
         sys.executable, *args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE
     )
+
+
+@asynccontextmanager
+async def running(
+    *args: str, env: dict[str, str], stdout: int = subprocess.PIPE
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child process that is killed if the test leaves it running."""
+    process = await start(*args, env=env, stdout=stdout)
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def stops_cleanly(process: asyncio.subprocess.Process, timeout: float = 30) -> bool:
+    """SIGTERM the process; True when it exits 0 within `timeout`."""
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(timeout):
+        return await process.wait() == 0
 
 
 def jpeg_bytes(width: int, height: int, **save: Any) -> bytes:

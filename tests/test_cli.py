@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import subprocess
 import sys
-from typing import Any
 
 import aiohttp
 import pytest
 
 from config.settings import Settings
 from pipeline.aws import AwsClients
-from tests.conftest import ROOT, USER, decode, env_for, process_env, settings_env, start
+from tests.conftest import (
+    ROOT,
+    USER,
+    decode,
+    env_for,
+    process_env,
+    running,
+    settings_env,
+    start,
+    stops_cleanly,
+)
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -94,15 +102,13 @@ def test_provision_consumer_and_dlq_commands(moto_endpoint: str) -> None:
     assert purged.returncode == 0, purged.stderr
 
 
-async def test_python_m_web_runs_everything_in_one_command(tmp_path: Any) -> None:
+async def test_python_m_web_runs_everything_in_one_command() -> None:
     """No AWS configured: the embedded endpoint, provisioning, API and consumer all start."""
-    process = await start(
-        "-m", "web", "--port", "0", "--embedded-port", "0", env=process_env(), stdout=subprocess.DEVNULL
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
-    api_url = None
-    try:
+    web = ("-m", "web", "--port", "0", "--embedded-port", "0")
+    async with running(*web, env=process_env(), stdout=subprocess.DEVNULL) as process:
+        assert process.stderr is not None
+        lines: list[str] = []
+        api_url = None
         async with asyncio.timeout(30):
             while api_url is None:
                 line = (await process.stderr.readline()).decode()
@@ -123,13 +129,7 @@ async def test_python_m_web_runs_everything_in_one_command(tmp_path: Any) -> Non
                     assert thumb.status == 404
                     await asyncio.sleep(0.2)
             assert decode(await thumb.read()).size == (256, 192)
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await stops_cleanly(process)
 
 
 async def test_consumer_cli_against_running_embedded_endpoint(
@@ -155,9 +155,9 @@ async def test_consumer_cli_against_running_embedded_endpoint(
 async def test_embedded_only_runs_a_provisioned_endpoint_and_nothing_else() -> None:
     import boto3
 
-    process = await start("-m", "web", "--embedded-only", "--embedded-port", "0", env=process_env())
-    assert process.stderr is not None
-    try:
+    args = ("-m", "web", "--embedded-only", "--embedded-port", "0")
+    async with running(*args, env=process_env()) as process:
+        assert process.stderr is not None
         endpoint = None
         async with asyncio.timeout(30):
             while True:
@@ -177,10 +177,4 @@ async def test_embedded_only_runs_a_provisioned_endpoint_and_nothing_else() -> N
         )
         names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
         assert {"image-service-source", "image-service-thumbnails"} <= names
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await stops_cleanly(process, timeout=15)
