@@ -16,6 +16,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from config.settings import Settings
@@ -71,6 +72,7 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], Message] = {}
+        self._reserved = 0
         self._deletes: asyncio.Queue[_Ack | None] = asyncio.Queue()
         self.stats = ConsumerStats()
 
@@ -109,38 +111,47 @@ class Consumer:
         stop_wait = asyncio.ensure_future(self._stopping.wait())
         try:
             while not self._stopping.is_set():
-                free = self._cfg.max_in_flight - len(self._in_flight)
+                # Slots other receivers asked SQS for count as taken: the bound holds across receivers.
+                free = self._cfg.max_in_flight - len(self._in_flight) - self._reserved
                 if free <= 0:  # back-pressure: no polling while the pool is full
                     self._slot_freed.clear()
                     slot_wait = asyncio.ensure_future(self._slot_freed.wait())
                     await asyncio.wait({stop_wait, slot_wait}, return_when=asyncio.FIRST_COMPLETED)
                     slot_wait.cancel()
                     continue
-                receive = asyncio.ensure_future(
-                    self._queue.receive(
-                        min(free, self._cfg.batch_size),
-                        self._cfg.wait_time_seconds,
-                        self._cfg.visibility_timeout,
-                    )
-                )
-                # A long poll must not hold up shutdown; a cancelled receive's messages reappear
-                # after their visibility timeout, so nothing is lost.
-                await asyncio.wait({stop_wait, receive}, return_when=asyncio.FIRST_COMPLETED)
-                if not receive.done():
-                    receive.cancel()
-                    break
+                want = min(free, self._cfg.batch_size)
+                self._reserved += want
                 try:
-                    messages = receive.result()
-                except TransientError as exc:
-                    log.warning("receive failed error=%s", exc)
-                    await self._sleep_unless_stopping(1.0)
-                    continue
-                for message in messages:
-                    self._start(message)
+                    messages = await self._receive(want, stop_wait)
+                    for message in messages or ():
+                        self._start(message)
+                finally:
+                    self._reserved -= want
+                    self._slot_freed.set()  # unused reservations are free slots for the others
+                if messages is None:
+                    break
                 if not messages and self._burst and await self._queue_drained():
                     self.stop()
         finally:
             stop_wait.cancel()
+
+    async def _receive(self, count: int, stop_wait: asyncio.Future[Any]) -> list[Message] | None:
+        """One long poll; None when stopping interrupted it, [] after a logged failure."""
+        receive = asyncio.ensure_future(
+            self._queue.receive(count, self._cfg.wait_time_seconds, self._cfg.visibility_timeout)
+        )
+        # A long poll must not hold up shutdown; a cancelled receive's messages reappear after
+        # their visibility timeout, so nothing is lost.
+        await asyncio.wait({stop_wait, receive}, return_when=asyncio.FIRST_COMPLETED)
+        if not receive.done():
+            receive.cancel()
+            return None
+        try:
+            return receive.result()
+        except TransientError as exc:
+            log.warning("receive failed error=%s", exc)
+            await self._sleep_unless_stopping(1.0)
+            return []
 
     async def _queue_drained(self) -> bool:
         if self._in_flight:

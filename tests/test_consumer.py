@@ -217,3 +217,22 @@ async def test_heartbeat_keeps_waiting_jobs_invisible(make_settings: Any, client
     assert stats.outcomes["ready"] == count
     assert stats.received == count + 1  # + moto's test event; no redelivery
     assert await dlq_messages(clients, settings) == []
+
+
+async def test_in_flight_bound_holds_across_receivers(make_settings: Any, clients: AwsClients) -> None:
+    settings: Settings = make_settings(
+        IMGSVC_CONSUMER_MAX_IN_FLIGHT="3", IMGSVC_CONSUMER_RECEIVERS="3", IMGSVC_CONSUMER_BATCH_SIZE="10"
+    )
+    await provision(clients, settings)
+    for i in range(12):
+        await put(clients, settings, f"{USER}/bound{i}", DOG)
+    peak = 0
+    async with open_consumer(clients, settings) as consumer:
+        task = asyncio.create_task(consumer.run())
+        async with asyncio.timeout(60):
+            while consumer.stats.outcomes["ready"] < 12:
+                peak = max(peak, consumer.in_flight)
+                await asyncio.sleep(0.005)
+        consumer.stop()
+        await task
+    assert 1 <= peak <= 3
