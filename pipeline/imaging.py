@@ -18,7 +18,14 @@ from typing import Any, Literal
 from PIL import Image, ImageFile, ImageOps, features
 
 from config.settings import ImagingSettings, RenditionSpec
-from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyFrames, TooManyPixels
+from pipeline.errors import (
+    CorruptImage,
+    FormatNotAllowed,
+    NotAnImage,
+    PermanentError,
+    TooManyFrames,
+    TooManyPixels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +154,7 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     started = time.perf_counter()
     fmt = check_format(data[:MAGIC_BYTES_NEEDED], imaging.allowed_formats)
     info = read_header(data, fmt)
-    if info.width * info.height > imaging.max_pixels:
-        raise TooManyPixels(
-            f"{info.width}x{info.height} is more than the {imaging.max_pixels} pixels allowed"
-        )
-    if info.frames > imaging.max_frames:
-        raise TooManyFrames(f"{info.frames} frames is more than the {imaging.max_frames} allowed")
+    check_limits(info, imaging)
     specs = imaging.renditions
     engine = engine or choose_engine(info, max(s.max_side for s in specs), imaging.pillow_max_side)
     if engine == "pyvips":
@@ -160,6 +162,32 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     else:
         outputs = _pillow_renditions(data, fmt, specs, imaging.max_pixels)
     return RenditionResult(info, engine, outputs, time.perf_counter() - started)
+
+
+def check_limits(info: ImageInfo, imaging: ImagingSettings) -> None:
+    """Refuse decompression bombs: too many pixels or frames, judged from the header."""
+    if info.width * info.height > imaging.max_pixels:
+        raise TooManyPixels(
+            f"{info.width}x{info.height} is more than the {imaging.max_pixels} pixels allowed"
+        )
+    if info.frames > imaging.max_frames:
+        raise TooManyFrames(f"{info.frames} frames is more than the {imaging.max_frames} allowed")
+
+
+def screen_prefix(prefix: bytes, imaging: ImagingSettings) -> None:
+    """Refuse a bomb at upload time from the first bytes, when they hold a readable header.
+
+    A header that cannot be read from the prefix alone (a JPEG with large metadata before its
+    frame header, a partial GIF) is not judged here: the consumer reads the whole image anyway.
+    """
+    fmt = detect_format(prefix[:MAGIC_BYTES_NEEDED])
+    if fmt is None or fmt not in imaging.allowed_formats:
+        return  # refused by the type check, with its own error
+    try:
+        info = read_header(prefix, fmt)
+    except PermanentError:
+        return
+    check_limits(info, imaging)
 
 
 def read_header(data: bytes, fmt: str) -> ImageInfo:

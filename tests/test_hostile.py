@@ -281,6 +281,26 @@ async def test_client_disconnect_mid_upload_stores_nothing(
     await nothing_stored(clients, settings)
 
 
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (png_bomb, "too_many_pixels"),
+        (lambda: patched(gradient("JPEG"), b"\xff\xc0", 5, b"\xff\xdc\xff\xdc"), "too_many_pixels"),
+        (gif_bomb, "too_many_pixels"),
+        (lambda: many_frames(30), "too_many_frames"),
+    ],
+)
+async def test_bombs_are_refused_at_upload_before_storing(
+    make_settings: Any, make_client: ClientFactory, clients: AwsClients, make: Any, code: str
+) -> None:
+    settings = make_settings(IMGSVC_MAX_FRAMES="10")
+    api = await make_client(settings)
+    response = await api.put(f"/images/bomb?user_id={USER}", data=make())
+    assert response.status == 413
+    assert (await response.json())["error"] == code
+    await nothing_stored(clients, settings)
+
+
 # --- Accepted bytes that the consumer must refuse: DLQ with the reason -------------------------
 
 DLQ_CASES: dict[str, tuple[bytes, str]] = {

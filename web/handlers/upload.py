@@ -17,6 +17,7 @@ from urllib.parse import quote
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from config.settings import ImagingSettings
 from pipeline.errors import (
     BadRequest,
     InvalidField,
@@ -27,6 +28,7 @@ from pipeline.errors import (
     UnsupportedMediaType,
     UploadTimeout,
 )
+from pipeline.imaging import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.storage import StoredUpload
 from web import urls
@@ -34,6 +36,8 @@ from web.identity import resolve_user
 from web.keys import SETTINGS, STORAGE
 
 CHUNK = 256 * 1024
+#: How much of an upload is kept to read its header (bombs are refused before being stored).
+SCREEN_BYTES = 64 * 1024
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -98,7 +102,7 @@ async def _store(
     return await request.app[STORAGE].upload_stream(
         settings.aws.source_bucket,
         ImageRef.of(user_id, image_id).source_key,
-        _idle_timeout(chunks, settings.web.upload_idle_timeout),
+        _screened(_idle_timeout(chunks, settings.web.upload_idle_timeout), settings.imaging),
         max_bytes=settings.imaging.max_bytes,
         part_size=settings.web.part_size,
         allowed_formats=settings.imaging.allowed_formats,
@@ -157,6 +161,21 @@ async def _idle_timeout(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIt
         except TimeoutError:
             raise UploadTimeout(f"no data arrived for {seconds:g}s") from None
         yield chunk
+
+
+async def _screened(chunks: AsyncIterator[bytes], imaging: ImagingSettings) -> AsyncIterator[bytes]:
+    """Pass chunks through, refusing a decompression bomb as soon as its header has arrived."""
+    prefix = bytearray()
+    screened = False
+    async for chunk in chunks:
+        if not screened:
+            prefix += chunk
+            if len(prefix) >= SCREEN_BYTES:
+                screen_prefix(bytes(prefix), imaging)
+                screened = True
+        yield chunk
+    if not screened:
+        screen_prefix(bytes(prefix), imaging)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
