@@ -70,10 +70,11 @@ def start_moto(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("moto did not start")
 
 
-def settings_for(endpoint: str) -> Settings:
+def settings_for(endpoint: str, overrides: dict[str, str] | None = None) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return Settings.from_env(
         {
+            **(overrides or {}),
             "AWS_ENDPOINT_URL": endpoint,
             "IMGSVC_MODE": "embedded",
             "IMGSVC_SOURCE_BUCKET": f"bench-src-{tag}",
@@ -109,10 +110,10 @@ def raw_pool(images: list[bytes], count: int, workers: int) -> float:
 
 
 async def consumer_rate(
-    endpoint: str, images: list[bytes], count: int, moto_pid: int
+    endpoint: str, images: list[bytes], count: int, moto_pid: int, overrides: dict[str, str] | None = None
 ) -> tuple[float, dict[str, float]]:
     """Images per second, and where the CPU went while the consumer worked."""
-    settings = settings_for(endpoint)
+    settings = settings_for(endpoint, overrides)
     async with open_clients(settings.aws) as clients:
         await provision(clients, settings)
         await fill(clients, settings, images, count)
@@ -191,8 +192,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     moto = start_moto(port)
     endpoint = f"http://127.0.0.1:{port}"
     try:
+        overrides = dict(item.split("=", 1) for item in args.set)
+        if args.consumer_only:
+            consumer, cpu = await consumer_rate(endpoint, images, args.images, moto.pid, overrides)
+            return {"settings": overrides, "consumer_images_per_s": round(consumer, 2), "cpu_seconds": cpu}
         raw = raw_pool(images, args.images, workers)
-        consumer, cpu = await consumer_rate(endpoint, images, args.images, moto.pid)
+        consumer, cpu = await consumer_rate(endpoint, images, args.images, moto.pid, overrides)
         naive = await naive_rate(endpoint, images, max(4, args.images // 4))
     finally:
         moto.terminate()
@@ -217,4 +222,6 @@ if __name__ == "__main__":
     )
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--megapixels", type=float, default=12)
+    parser.add_argument("--set", action="append", default=[], metavar="IMGSVC_X=V", help="a consumer setting")
+    parser.add_argument("--consumer-only", action="store_true", help="only the consumer run (for tuning)")
     print(json.dumps(runtime.run(main(parser.parse_args())), indent=2))
