@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -151,12 +151,6 @@ class Storage:
             return None
         document = json.loads(data)
         return document if isinstance(document, dict) else None
-
-    async def delete_many(self, bucket: str, keys: Iterable[str]) -> None:
-        objects = [{"Key": k} for k in keys]
-        if objects:
-            with aws_errors(StorageUnavailable):
-                await self._s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
 
     async def upload_stream(
         self,

@@ -6,9 +6,11 @@ import asyncio
 import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -203,12 +205,37 @@ async def stops_cleanly(process: asyncio.subprocess.Process, timeout: float = 30
         return await process.wait() == 0
 
 
+def sync_s3(endpoint: str) -> Any:
+    """A plain boto3 S3 client on `endpoint`, as any other tool would use the service's buckets."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
 def jpeg_bytes(width: int, height: int, **save: Any) -> bytes:
     """A JPEG with a gradient, so resizing has something to average."""
     image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
     out = io.BytesIO()
     image.save(out, "JPEG", quality=90, **save)
     return out.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims huge dimensions but has no pixel data: a decompression bomb's header."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def decode(data: bytes) -> Image.Image:

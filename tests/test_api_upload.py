@@ -92,28 +92,6 @@ async def test_large_upload_goes_through_multipart_in_parts(
     assert "-" in stored["ETag"]  # a multipart ETag: the body went up in parts
 
 
-async def test_over_the_cap_is_413_and_leaves_nothing(
-    make_settings: Any, make_client: ClientFactory, clients: AwsClients
-) -> None:
-    settings = make_settings(
-        IMGSVC_MAX_BYTES=str(6 * 1024 * 1024), IMGSVC_UPLOAD_PART_SIZE=str(5 * 1024 * 1024)
-    )
-    api = await make_client(settings)
-    head = jpeg_bytes(20, 20)
-
-    async def chunks() -> Any:  # valid magic bytes, then more than the cap, with no Content-Length
-        yield head
-        for _ in range(8):
-            yield b"\0" * (1 << 20)
-
-    response = await api.put(f"/images/big?user_id={USER}", data=chunks())
-    assert response.status == 413
-    assert (await response.json())["error"] == "too_large"
-    assert await source_keys(clients, settings) == []
-    uploads = await clients.s3.list_multipart_uploads(Bucket=settings.aws.source_bucket)
-    assert uploads.get("Uploads", []) == []
-
-
 async def test_declared_content_length_over_cap_is_refused_before_reading(
     make_settings: Any, make_client: ClientFactory
 ) -> None:

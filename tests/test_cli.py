@@ -23,6 +23,7 @@ from tests.conftest import (
     settings_env,
     start,
     stops_cleanly,
+    sync_s3,
 )
 
 
@@ -71,15 +72,7 @@ def test_provision_consumer_and_dlq_commands(moto_endpoint: str) -> None:
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["source_bucket"] == env["IMGSVC_SOURCE_BUCKET"]
 
-    import boto3
-
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    s3 = sync_s3(moto_endpoint)
     s3.put_object(
         Bucket=env["IMGSVC_SOURCE_BUCKET"], Key=f"{USER}/cat", Body=(ROOT / "input" / "cat.jpg").read_bytes()
     )
@@ -153,8 +146,6 @@ async def test_consumer_cli_against_running_embedded_endpoint(
 
 
 async def test_embedded_only_runs_a_provisioned_endpoint_and_nothing_else() -> None:
-    import boto3
-
     args = ("-m", "web", "--embedded-only", "--embedded-port", "0")
     async with running(*args, env=process_env()) as process:
         assert process.stderr is not None
@@ -168,13 +159,8 @@ async def test_embedded_only_runs_a_provisioned_endpoint_and_nothing_else() -> N
                 if "endpoint only" in line:
                     break
                 assert "API listening" not in line
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-        )
+        assert endpoint is not None
+        s3 = sync_s3(endpoint)
         names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
         assert {"image-service-source", "image-service-thumbnails"} <= names
         assert await stops_cleanly(process, timeout=15)

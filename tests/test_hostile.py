@@ -22,7 +22,15 @@ from pipeline.aws import AwsClients, open_clients
 from pipeline.errors import PoisonMessage
 from pipeline.events import parse_message
 from pipeline.provision import provision
-from tests.conftest import USER, ClientFactory, decode, dlq_messages, env_for, run_consumer_until_drained
+from tests.conftest import (
+    USER,
+    ClientFactory,
+    decode,
+    dlq_messages,
+    env_for,
+    png_header_only,
+    run_consumer_until_drained,
+)
 
 Client = TestClient[Any, Any]
 
@@ -53,21 +61,7 @@ def gif_bomb() -> bytes:
 
 
 def png_bomb() -> bytes:
-    """A PNG header claiming 50000x50000, almost no data: a decompression bomb's shape."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        body = kind + payload
-        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
+    return png_header_only(50_000, 50_000)
 
 
 def many_frames(count: int) -> bytes:
@@ -236,6 +230,7 @@ async def test_over_the_cap_mid_stream_leaves_no_object_no_upload_no_event(
 
     response = await api.put(f"/images/big?user_id={USER}", data=body())
     assert response.status == 413
+    assert (await response.json())["error"] == "too_large"
     await nothing_stored(clients, settings)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ from PIL import Image
 from config.settings import ImagingSettings, RenditionSpec
 from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
 from pipeline.imaging import RenditionResult, detect_format, make_renditions
-from tests.conftest import ROOT, decode, jpeg_bytes
+from tests.conftest import ROOT, decode, jpeg_bytes, png_header_only
 
 ENGINES = ("pillow", "pyvips")
 SPEC = (RenditionSpec(256),)
@@ -143,22 +141,10 @@ def test_format_outside_allow_list() -> None:
         make_renditions(jpeg_bytes(10, 10), ImagingSettings(allowed_formats=frozenset({"png"})))
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims huge dimensions but has no pixel data: a decompression bomb's header."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        body = kind + payload
-        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 @pytest.mark.parametrize("engine", ENGINES)
 def test_pixel_limit_checked_from_header_before_decoding(engine: str) -> None:
     with pytest.raises(TooManyPixels, match="50000x50000"):
-        render(_png_header_only(50_000, 50_000), engine)
+        render(png_header_only(50_000, 50_000), engine)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
