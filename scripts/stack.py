@@ -65,9 +65,13 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 @dataclass
 class Stack:
-    api: str
+    apis: list[str]
     endpoint: str
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return self.apis[0]
 
     async def stop(self) -> None:
         """SIGTERM everything, newest first (consumers and API before the endpoint they use)."""
@@ -77,15 +81,21 @@ class Stack:
                 await process.wait()
 
 
-async def start_stack(**api_env: str) -> Stack:
-    """The embedded AWS endpoint, provisioned, and one API process using it."""
-    port, embedded = free_port(), free_port()
+async def start_stack(webs: int = 1, **api_env: str) -> Stack:
+    """The embedded AWS endpoint, provisioned, and `webs` API processes sharing it."""
+    embedded = free_port()
     endpoint = f"http://127.0.0.1:{embedded}"
     aws = await start(
         ["-m", "web", "--embedded-only", "--embedded-port", str(embedded)], child_env(), rb"only"
     )
-    api = await start(["-m", "web", "--port", str(port)], child_env(endpoint, **api_env), rb"API listening")
-    return Stack(f"http://127.0.0.1:{port}", endpoint, [aws, api])
+    stack = Stack([], endpoint, [aws])
+    for _ in range(webs):
+        port = free_port()
+        stack.processes.append(
+            await start(["-m", "web", "--port", str(port)], child_env(endpoint, **api_env), rb"API listening")
+        )
+        stack.apis.append(f"http://127.0.0.1:{port}")
+    return stack
 
 
 async def start_consumer(endpoint: str, *, burst: bool = False, **extra: str) -> asyncio.subprocess.Process:
