@@ -89,5 +89,11 @@ class JobRunner:
         await self._status.write_ready(ref, etag, result)
 
     async def _fail(self, ref: ImageRef, etag: str, error: ServiceError) -> NoReturn:
+        """Record the failure, then drop renditions an earlier upload of this id left behind:
+        they are never served once the status says `failed`, and would only cost storage."""
         await self._status.write_failed(ref, etag, error)
+        await self._storage.delete_many(
+            self._settings.aws.dest_bucket,
+            [ref.rendition_key(spec) for spec in self._settings.imaging.renditions],
+        )
         raise error

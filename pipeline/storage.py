@@ -143,6 +143,17 @@ class Storage:
             bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json", metadata
         )
 
+    async def delete_many(self, bucket: str, keys: list[str]) -> None:
+        """Idempotent: keys that do not exist are not an error (S3 semantics)."""
+        if not keys:
+            return
+        with aws_errors(StorageUnavailable):
+            response = await self._s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
+            )
+        if errors := response.get("Errors"):
+            raise StorageUnavailable(f"could not delete {len(errors)} objects: {errors[0].get('Message')}")
+
     async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
         """A small JSON document, or None where there is none."""
         try:

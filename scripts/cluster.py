@@ -331,6 +331,7 @@ async def main(args: argparse.Namespace) -> int:
         + report.disagreeing
         + report.failed_without_dlq
         + report.unexpected
+        + report.stale_renditions_after_failure
     )
     return 1 if bad or report.accepted == 0 else 0
 

@@ -126,6 +126,22 @@ async def test_reupload_replaces_renditions(live: Client) -> None:
         assert (pixel[0] > 200) == (colour[0] == 255) and (pixel[2] > 200) == (colour[2] == 255)
 
 
+async def test_replacement_that_fails_leaves_no_old_renditions(
+    live: Client, live_settings: Settings, clients: AwsClients
+) -> None:
+    good = (ROOT / "input" / "dog.jpg").read_bytes()
+    assert (await live.put(f"/images/turns-bad?user_id={USER}", data=good)).status == 202
+    assert (await wait_until_done(live, USER, "turns-bad"))["status"] == "ready"
+    assert (await live.put(f"/images/turns-bad?user_id={USER}", data=good[:4000])).status == 202
+    status = await wait_until_done(live, USER, "turns-bad")
+    assert status["status"] == "failed" and status["error"]["code"] == "corrupt_image"
+    listed = await clients.s3.list_objects_v2(
+        Bucket=live_settings.aws.dest_bucket, Prefix=f"{USER}/turns-bad/"
+    )
+    assert [item["Key"] for item in listed["Contents"]] == [f"{USER}/turns-bad/status.json"]
+    assert (await live.get(f"/download/thumbnail?user_id={USER}&image_id=turns-bad")).status == 422
+
+
 async def test_health(live: Client) -> None:
     assert (await (await live.get("/health/live")).json()) == {"status": "alive"}
     ready = await live.get("/health/ready")
