@@ -109,6 +109,9 @@ class ConsumerSettings:
     batch_size: int = 10
     max_in_flight: int = 20
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: Decoder threads per worker (libvips, AVIF); 0: the cores shared out among the workers.
+    #: Several consumer processes on one machine each set it so they do not oversubscribe.
+    worker_threads: int = 0
     wait_time_seconds: int = 20
     visibility_timeout: int = 60
     max_attempts: int = 5
@@ -191,6 +194,7 @@ class Settings:
             batch_size=env.integer("CONSUMER_BATCH_SIZE", d_con.batch_size, 1, 10),
             max_in_flight=env.integer("CONSUMER_MAX_IN_FLIGHT", d_con.max_in_flight, 1, 10_000),
             workers=env.integer("CONSUMER_WORKERS", d_con.workers, 1, 256),
+            worker_threads=env.integer("CONSUMER_WORKER_THREADS", d_con.worker_threads, 0, 256),
             wait_time_seconds=env.integer("CONSUMER_WAIT_TIME_SECONDS", d_con.wait_time_seconds, 0, 20),
             visibility_timeout=env.integer(
                 "CONSUMER_VISIBILITY_TIMEOUT", d_con.visibility_timeout, 1, 43_200

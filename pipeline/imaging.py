@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from PIL import Image, ImageFile, ImageOps, features
+from PIL import AvifImagePlugin, Image, ImageFile, ImageOps, features
 
 from config.settings import ImagingSettings, RenditionSpec
 from pipeline.errors import (
@@ -77,10 +77,12 @@ except (ImportError, OSError):  # pragma: no cover - depends on the installation
     HAVE_VIPS = False
 
 
-def configure_worker(vips_threads: int) -> None:
-    """Process-pool initializer: bound libvips' own threads so workers do not oversubscribe cores."""
+def configure_worker(threads: int) -> None:
+    """Process-pool initializer: bound the decoders' own threads (libvips, and libavif through
+    Pillow, which otherwise takes every core) so workers do not oversubscribe the machine."""
+    AvifImagePlugin.DEFAULT_MAX_THREADS = max(1, threads)
     if HAVE_VIPS:
-        pyvips.concurrency_set(max(1, vips_threads))
+        pyvips.concurrency_set(max(1, threads))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ async def open_consumer(
     """A ready consumer with its own worker pool, shut down (pool included) when the block ends."""
     queues = await open_queues(clients, settings)
     storage = Storage(clients.s3)
-    pool = WorkerPool(settings.consumer.workers)
+    pool = WorkerPool(settings.consumer.workers, settings.consumer.worker_threads)
     try:
         await pool.warm_up()
         jobs = JobRunner(storage, StatusStore(storage, settings), pool, settings)

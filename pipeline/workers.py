@@ -31,10 +31,10 @@ class WorkerPool:
     as `WorkerCrashed` (transient, so retried) and later jobs get a fresh pool.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, threads: int = 0) -> None:
         self._workers = workers
-        # libvips threads per worker: together the workers use the cores, not cores² threads.
-        self._vips_threads = max(1, (os.cpu_count() or 1) // workers)
+        # Decoder threads per worker: together the workers use the cores, not cores² threads.
+        self._threads = threads or max(1, (os.cpu_count() or 1) // workers)
         # spawn: children never inherit the event loop's (or moto's) threads, and they are our
         # direct children, so they can be tied to our life (see `_init_worker`).
         self._context = multiprocessing.get_context("spawn")
@@ -46,7 +46,7 @@ class WorkerPool:
             max_workers=self._workers,
             mp_context=self._context,
             initializer=_init_worker,
-            initargs=(self._vips_threads,),
+            initargs=(self._threads,),
         )
 
     async def run(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -92,10 +92,10 @@ class WorkerPool:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _init_worker(vips_threads: int) -> None:
+def _init_worker(threads: int) -> None:
     """Runs first in every worker: die with the parent, then set up the imaging libraries."""
     _die_with_parent()
-    configure_worker(vips_threads)
+    configure_worker(threads)
 
 
 def _die_with_parent() -> None:

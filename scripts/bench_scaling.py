@@ -2,17 +2,20 @@
 
 Each round provisions fresh buckets and queues on one embedded endpoint (moto in a process of its
 own, as a real endpoint would be), fills the source bucket with N images and waits until all N
-events are queued, then starts K consumer processes (one imaging worker each, `--burst`: they exit
-once the queue is drained) and times them until the last exits. The same K processes are also
-timed on an empty queue, so start-up and drain detection are subtracted:
+events are queued, then starts K consumer processes (one imaging worker of one thread each,
+`--burst`: they exit once the queue is drained) and times them until the last exits. The same K
+processes are also timed on an empty queue, so start-up and drain detection are subtracted:
 
     throughput(K) = N / (time with N queued - time with an empty queue)
 
 Every process reports its outcomes when it stops; images processed more than once (visibility
-timeouts expiring under contention) show up as `duplicates`. CPU seconds of moto and of the
-consumer processes (with their workers) are read from /proc and rusage around each round.
+timeouts expiring under contention) show up as `duplicates`. CPU per image is split into the
+imaging worker, the consumer's event loop and the endpoint (sampled from /proc, the empty run
+subtracted). Where all three share the machine's cores, the best K processes can do over one is
+`min(K / worker, cores / total) / min(1 / worker, cores / total)`: the script prints that ceiling
+(from the first one-process round) beside the measured speedup.
 
-    .venv/bin/python scripts/bench_scaling.py --images 150 --megapixels 12
+    .venv/bin/python scripts/bench_scaling.py --images 60 --megapixels 12 --format avif
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import io
 import json
 import os
 import re
-import resource
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from bench_consumer import fill, photo_jpeg, settings_for, start_moto
+from PIL import Image
+from proccpu import CpuSampler, cpu_of
 from stack import ROOT, child_env, free_port
 
 from config.settings import Settings
@@ -39,7 +46,16 @@ from pipeline.provision import provision
 OUTCOMES = re.compile(rb"consumer stopped outcomes=(\{.*\})")
 
 
-def round_env(endpoint: str, settings: Settings, extra: dict[str, str]) -> dict[str, str]:
+def reencode(jpeg: bytes, fmt: str) -> bytes:
+    """The same photo in another format: how much CPU an image costs depends mostly on it."""
+    if fmt == "jpeg":
+        return jpeg
+    out = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).save(out, fmt.upper(), quality=80)
+    return out.getvalue()
+
+
+def consumer_env(endpoint: str, settings: Settings, extra: dict[str, str]) -> dict[str, str]:
     aws = settings.aws
     return child_env(
         endpoint,
@@ -48,22 +64,48 @@ def round_env(endpoint: str, settings: Settings, extra: dict[str, str]) -> dict[
         IMGSVC_QUEUE_NAME=aws.queue_name,
         IMGSVC_DLQ_NAME=aws.dlq_name,
         IMGSVC_CONSUMER_WORKERS="1",
+        IMGSVC_CONSUMER_WORKER_THREADS="1",  # one core per process: the unit being scaled
         IMGSVC_CONSUMER_WAIT_TIME_SECONDS="1",
-        IMGSVC_LOG_LEVEL="INFO",
         **extra,
     )
 
 
-async def run_consumers(processes: int, env: dict[str, str]) -> tuple[float, int]:
-    """Seconds until `processes` burst consumers have all exited, and the images they made."""
+@dataclass
+class Run:
+    """One timed run of K burst consumers, and where its CPU went (seconds)."""
+
+    seconds: float
+    made: int
+    worker_cpu: float
+    loop_cpu: float
+    endpoint_cpu: float
+
+    def minus(self, idle: Run) -> Run:
+        return Run(
+            self.seconds - idle.seconds,
+            self.made,
+            self.worker_cpu - idle.worker_cpu,
+            self.loop_cpu - idle.loop_cpu,
+            self.endpoint_cpu - idle.endpoint_cpu,
+        )
+
+    def cpu_ms_per_image(self, images: int) -> dict[str, float]:
+        return {
+            "worker": round(self.worker_cpu / images * 1000, 1),
+            "consumer_loop": round(self.loop_cpu / images * 1000, 1),
+            "endpoint": round(self.endpoint_cpu / images * 1000, 1),
+        }
+
+
+async def run_consumers(processes: int, env: dict[str, str], endpoint_pid: int) -> Run:
+    """K burst consumers until they have all exited: time, images made, CPU by part."""
+    endpoint_before = cpu_of(endpoint_pid) or 0.0
+    sampler = CpuSampler(interval=0.1)
     started = time.perf_counter()
     children = [
         await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "pipeline",
-            "consumer",
-            "--burst",
+            *("-m", "pipeline", "consumer", "--burst"),
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -71,82 +113,92 @@ async def run_consumers(processes: int, env: dict[str, str]) -> tuple[float, int
         )
         for _ in range(processes)
     ]
+    sampler.watch(child.pid for child in children)
     logs = await asyncio.gather(*(child.communicate() for child in children))
     elapsed = time.perf_counter() - started
+    await sampler.stop()
     made = 0
     for child, (_, err) in zip(children, logs, strict=True):
         if child.returncode != 0 or not (found := OUTCOMES.search(err)):
             raise RuntimeError(f"consumer failed ({child.returncode}): {err.decode()[-2000:]}")
         made += ast.literal_eval(found.group(1).decode()).get("ready", 0)
-    return elapsed, made
-
-
-def cpu_seconds(moto_pid: int) -> dict[str, float]:
-    with open(f"/proc/{moto_pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "moto": (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
-        "consumers": children.ru_utime + children.ru_stime,
-    }
+    endpoint_cpu = (cpu_of(endpoint_pid) or 0.0) - endpoint_before
+    return Run(elapsed, made, sampler.children, sampler.roots, endpoint_cpu)
 
 
 async def one_round(
-    endpoint: str, moto_pid: int, processes: int, images: list[bytes], count: int, extra: dict[str, str]
+    endpoint: str, endpoint_pid: int, processes: int, images: list[bytes], count: int, extra: dict[str, str]
 ) -> dict[str, Any]:
     empty, full = settings_for(endpoint), settings_for(endpoint)
     async with open_clients(full.aws) as clients:
         await provision(clients, empty)
         await provision(clients, full)
         await fill(clients, full, images, count)
-    idle_seconds, _ = await run_consumers(processes, round_env(endpoint, empty, extra))
-    before = cpu_seconds(moto_pid)
-    busy_seconds, made = await run_consumers(processes, round_env(endpoint, full, extra))
-    after = cpu_seconds(moto_pid)
-    if made < count:
-        raise RuntimeError(f"{processes} consumers made {made} of {count} images")
-    work = busy_seconds - idle_seconds
+    idle = await run_consumers(processes, consumer_env(endpoint, empty, extra), endpoint_pid)
+    busy = await run_consumers(processes, consumer_env(endpoint, full, extra), endpoint_pid)
+    if busy.made < count:
+        raise RuntimeError(f"{processes} consumers made {busy.made} of {count} images")
+    work = busy.minus(idle)
     return {
         "processes": processes,
-        "images_per_s": round(count / work, 2),
-        "seconds_with_queue": round(busy_seconds, 2),
-        "seconds_empty_queue": round(idle_seconds, 2),
-        "duplicates": made - count,
-        "cpu_seconds": {k: round(after[k] - before[k], 2) for k in after},
+        "images_per_s": round(count / work.seconds, 2),
+        "seconds_with_queue": round(busy.seconds, 2),
+        "seconds_empty_queue": round(idle.seconds, 2),
+        "duplicates": busy.made - count,
+        "cpu_ms_per_image": work.cpu_ms_per_image(count),
     }
 
 
+def ceiling(cpu_ms: dict[str, float], processes: int, cores: int) -> float:
+    """Best speedup over one process when everything shares `cores`: one process is bound by its
+    serial worker, K processes by the cores over all the CPU an image costs."""
+    worker, total = cpu_ms["worker"], sum(cpu_ms.values())
+    return min(processes / worker, cores / total) / min(1 / worker, cores / total)
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    images = [photo_jpeg(args.megapixels, seed) for seed in range(4)]
+    images = [reencode(photo_jpeg(args.megapixels, seed), args.format) for seed in range(4)]
     extra = dict(item.split("=", 1) for item in args.set)
     port = free_port()
     moto = start_moto(port)
     try:
-        rounds = [
+        rounds = [  # interleaved (1, 2, 3, 1, 2, 3...) so drift in the machine hits every K alike
             await one_round(f"http://127.0.0.1:{port}", moto.pid, k, images, args.images, extra)
+            for _ in range(args.repeat)
             for k in args.processes
         ]
     finally:
         moto.terminate()
         moto.wait()
-    rate = {r["processes"]: r["images_per_s"] for r in rounds}
-    base = rate.get(1)
-    return {
+    rate = {
+        k: statistics.median(r["images_per_s"] for r in rounds if r["processes"] == k) for k in args.processes
+    }
+    cores = os.cpu_count() or 1
+    out: dict[str, Any] = {
         "images": args.images,
         "megapixels": args.megapixels,
+        "format": args.format,
         "image_bytes": len(images[0]),
         "settings": extra,
+        "cores": cores,
         "rounds": rounds,
-        "speedup_vs_one": {str(k): round(v / base, 2) for k, v in rate.items()} if base else {},
+        "median_images_per_s": {str(k): v for k, v in rate.items()},
     }
+    if 1 in rate:
+        one = next(r for r in rounds if r["processes"] == 1)
+        out["speedup_vs_one"] = {str(k): round(v / rate[1], 2) for k, v in rate.items()}
+        out["speedup_ceiling"] = {str(k): round(ceiling(one["cpu_ms_per_image"], k, cores), 2) for k in rate}
+    return out
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, default=150)
+    parser.add_argument("--images", type=int, default=60)
     parser.add_argument("--megapixels", type=float, default=12)
+    parser.add_argument("--format", choices=["jpeg", "webp", "avif", "png"], default="avif")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per process count (median taken)")
     parser.add_argument("--set", action="append", default=[], metavar="IMGSVC_X=V", help="a consumer setting")
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
