@@ -171,7 +171,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         moto.terminate()
         moto.wait()
     rate = {
-        k: statistics.median(r["images_per_s"] for r in rounds if r["processes"] == k) for k in args.processes
+        k: round(statistics.median(r["images_per_s"] for r in rounds if r["processes"] == k), 2)
+        for k in args.processes
     }
     cores = os.cpu_count() or 1
     out: dict[str, Any] = {

@@ -25,6 +25,18 @@ def cpu_of(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's resident-memory high-water mark (VmHWM), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def children_of(pid: int) -> list[int]:
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -42,11 +54,13 @@ def children_of(pid: int) -> list[int]:
 
 @dataclass
 class CpuSampler:
-    """Samples `roots` and their children; `roots` and `children` give the CPU seen so far."""
+    """Samples `roots` and their children; `roots` and `children` give the CPU seen so far,
+    `children_peak_rss_mb` the largest memory high-water mark of any child."""
 
     interval: float = 0.2
     _roots: dict[int, float] = field(default_factory=dict)
     _children: dict[int, float] = field(default_factory=dict)
+    children_peak_rss_mb: float = 0.0
     _task: asyncio.Task[None] | None = None
 
     def watch(self, pids: Iterable[int]) -> None:
@@ -62,6 +76,7 @@ class CpuSampler:
             for child in children_of(pid):
                 if (seconds := cpu_of(child)) is not None:
                     self._children[child] = seconds
+                self.children_peak_rss_mb = max(self.children_peak_rss_mb, peak_rss_mb(child) or 0.0)
 
     async def stop(self) -> None:
         if self._task is not None:

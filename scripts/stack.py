@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,9 +44,15 @@ def child_env(endpoint: str | None = None, **extra: str) -> dict[str, str]:
 
 
 async def start(
-    args: list[str], env: dict[str, str], ready: bytes, *, stdout: int = subprocess.DEVNULL
+    args: list[str],
+    env: dict[str, str],
+    ready: bytes,
+    *,
+    stdout: int = subprocess.DEVNULL,
+    log: Callable[[bytes], None] | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start `python ARGS` and return once its log says `ready`; its log is drained from then on."""
+    """Start `python ARGS` and return once its log says `ready`; its log is drained from then on
+    (each line handed to `log`, when given)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, *args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE
     )
@@ -54,13 +61,14 @@ async def start(
         while not re.search(ready, line := await process.stderr.readline()):
             if not line:
                 raise RuntimeError(f"{' '.join(args)} exited before it was ready")
-    asyncio.create_task(_drain(process.stderr))  # noqa: RUF006 - lives as long as the process
+    asyncio.create_task(_drain(process.stderr, log))  # noqa: RUF006 - lives as long as the process
     return process
 
 
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
+async def _drain(stream: asyncio.StreamReader, log: Callable[[bytes], None] | None) -> None:
+    while line := await stream.readline():
+        if log is not None:
+            log(line)
 
 
 @dataclass
@@ -98,6 +106,10 @@ async def start_stack(webs: int = 1, **api_env: str) -> Stack:
     return stack
 
 
-async def start_consumer(endpoint: str, *, burst: bool = False, **extra: str) -> asyncio.subprocess.Process:
+async def start_consumer(
+    endpoint: str, *, burst: bool = False, log: Callable[[bytes], None] | None = None, **extra: str
+) -> asyncio.subprocess.Process:
     args = ["-m", "pipeline", "consumer", *(["--burst"] if burst else [])]
-    return await start(args, child_env(endpoint, **extra), rb"consumer starting", stdout=subprocess.PIPE)
+    return await start(
+        args, child_env(endpoint, **extra), rb"consumer starting", stdout=subprocess.PIPE, log=log
+    )

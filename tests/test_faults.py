@@ -19,8 +19,8 @@ from pipeline.aws import AwsClients, open_clients
 from pipeline.consumer import Consumer, ConsumerStats
 from pipeline.provision import provision
 from pipeline.service import open_consumer
+from scripts.awsproxy import FaultProxy, Rule
 from tests.conftest import ROOT, USER, decode, dlq_messages, run_consumer_until_drained
-from tests.faultproxy import FaultProxy, Rule
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
 

@@ -1,8 +1,10 @@
-"""A fault-injecting HTTP proxy for AWS clients, in front of the real moto server.
+"""A counting, fault-injecting HTTP proxy for AWS clients, in front of the real moto server.
 
 Point a client's `endpoint_url` at it; every request is forwarded to moto unless a `Rule`
 matches its operation, in which case the proxy answers an AWS-shaped error, waits, drops the
 connection, returns a malformed body, or (for `DeleteMessageBatch`) deletes only part of a batch.
+It counts requests and body bytes by operation (`seen`, `received`, `sent`): the fault tests
+check what a client did, `capacity.py` measures what an image costs in requests and bytes.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class FaultProxy:
     upstream: str
     rules: list[Rule] = field(default_factory=list)
     seen: Counter[str] = field(default_factory=Counter)
+    received: Counter[str] = field(default_factory=Counter)  # request body bytes by operation
+    sent: Counter[str] = field(default_factory=Counter)  # response body bytes by operation
     url: str = ""
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
@@ -78,6 +82,7 @@ class FaultProxy:
         body = await request.read()
         operation, bucket = operation_of(request)
         self.seen[operation] += 1
+        self.received[operation] += len(body)
         rule = next((r for r in self.rules if r.matches(operation, bucket)), None)
         if rule is not None:
             rule.hits += 1
@@ -95,7 +100,9 @@ class FaultProxy:
                 return aws_error(request, rule.status, rule.code)
             elif rule.action == "partial_batch":
                 return await self._partial_delete(request, body)
-        return await self._forward(request, body)
+        response = await self._forward(request, body)
+        self.sent[operation] += len(response.body or b"")  # type: ignore[arg-type]
+        return response
 
     async def _forward(self, request: web.Request, body: bytes) -> web.Response:
         assert self._session is not None
