@@ -68,7 +68,11 @@ class FaultProxy:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         host, port = self._runner.addresses[0][:2]
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+        # A fresh upstream connection per request: moto (werkzeug) closes idle ones, and a reused
+        # one closing under a request would show as an error (and a client retry) nobody caused.
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, connector=aiohttp.TCPConnector(force_close=True)
+        )
         self.url = f"http://{host}:{port}"
         return self.url
 
@@ -100,7 +104,10 @@ class FaultProxy:
                 return aws_error(request, rule.status, rule.code)
             elif rule.action == "partial_batch":
                 return await self._partial_delete(request, body)
-        response = await self._forward(request, body)
+        try:
+            response = await self._forward(request, body)
+        except aiohttp.ClientError:  # the endpoint went away (it is stopping): a gateway error
+            return aws_error(request, 503, "ServiceUnavailable")
         self.sent[operation] += len(response.body or b"")  # type: ignore[arg-type]
         return response
 
