@@ -32,6 +32,8 @@ from pipeline.jobs import JobRunner
 from pipeline.queue import Message, Queue
 
 log = logging.getLogger(__name__)
+#: Empty polls in a row, each with the queue reading empty, before a burst consumer stops.
+DRAINED_CHECKS = 2
 _DELETE_BATCH = 10
 _DELETE_RETRIES = 3
 
@@ -69,6 +71,7 @@ class Consumer:
         self._jobs = jobs
         self._cfg = settings.consumer
         self._burst = burst
+        self._drained_checks = 0
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], Message] = {}
@@ -130,8 +133,12 @@ class Consumer:
                     self._slot_freed.set()  # unused reservations are free slots for the others
                 if messages is None:
                     break
-                if not messages and self._burst and await self._queue_drained():
-                    self.stop()
+                if messages:
+                    self._drained_checks = 0
+                elif self._burst and await self._queue_drained():
+                    self._drained_checks += 1
+                    if self._drained_checks >= DRAINED_CHECKS:
+                        self.stop()
         finally:
             stop_wait.cancel()
 
@@ -154,6 +161,8 @@ class Consumer:
             return []
 
     async def _queue_drained(self) -> bool:
+        """SQS's counts are approximate (and eventually consistent): one empty reading is not
+        enough to stop on, so burst mode wants `DRAINED_CHECKS` in a row, each after an empty poll."""
         if self._in_flight:
             return False
         try:
