@@ -70,9 +70,14 @@ class AwsSettings:
     dest_bucket: str = "image-service-thumbnails"
     queue_name: str = "image-service-events"
     dlq_name: str = "image-service-dlq"
+    #: DynamoDB tables are `{prefix}-users`, `-keys`, `-images` and `-throttle`.
+    table_prefix: str = "image-service"
     max_pool_connections: int = 32
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+
+    def table(self, name: str) -> str:
+        return f"{self.table_prefix}-{name}"
 
     @property
     def effective_endpoint(self) -> str | None:
@@ -142,6 +147,25 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class AccountSettings:
+    """Who may call, how much they may store, and how long shared links live."""
+
+    #: Failed authentications per client address and window before 429 (shared through DynamoDB).
+    auth_failures_allowed: int = 20
+    auth_failure_window: int = 60
+    #: Per-user quotas; 0 means unlimited.
+    quota_bytes: int = 0
+    quota_images: int = 0
+    #: HMAC secret for signed links; empty: one generated once and shared through DynamoDB.
+    signing_secret: str = ""
+    link_max_seconds: int = 7 * 24 * 3600
+    #: `hmac`: links served by the API; `s3`: S3 presigned URLs (downloads offloaded to S3/CDN).
+    links: str = "hmac"
+    #: Where the embedded stack writes the demo users' API keys (secrets: mode 0600).
+    demo_keys_file: Path = Path("demo-keys.json")
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of one process."""
 
@@ -149,6 +173,7 @@ class Settings:
     imaging: ImagingSettings = ImagingSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     web: WebSettings = WebSettings()
+    accounts: AccountSettings = AccountSettings()
     log_level: str = "INFO"
     use_uvloop: bool = True
     loop_debug: bool = False
@@ -163,6 +188,7 @@ class Settings:
         if mode_raw == "auto":
             mode = "aws" if aws_configured else "embedded"
         d_aws, d_img, d_con, d_web = AwsSettings(), ImagingSettings(), ConsumerSettings(), WebSettings()
+        d_acc = AccountSettings()
         aws = AwsSettings(
             mode=mode,
             endpoint_url=env.raw("AWS_ENDPOINT_URL") or None,
@@ -173,6 +199,7 @@ class Settings:
             dest_bucket=env.bucket("DEST_BUCKET", d_aws.dest_bucket),
             queue_name=env.queue("QUEUE_NAME", d_aws.queue_name),
             dlq_name=env.queue("DLQ_NAME", d_aws.dlq_name),
+            table_prefix=env.table_prefix("TABLE_PREFIX", d_aws.table_prefix),
             max_pool_connections=env.integer("MAX_POOL_CONNECTIONS", d_aws.max_pool_connections, 1, 1000),
             connect_timeout=env.number("AWS_CONNECT_TIMEOUT", d_aws.connect_timeout, 0.1, 300),
             read_timeout=env.number("AWS_READ_TIMEOUT", d_aws.read_timeout, 0.1, 900),
@@ -218,12 +245,23 @@ class Settings:
             input_dir=Path(env.text("INPUT_DIR", str(d_web.input_dir))),
             run_consumer=env.flag("RUN_CONSUMER", mode == "embedded"),
         )
+        accounts = AccountSettings(
+            auth_failures_allowed=env.integer("AUTH_FAILURES_ALLOWED", d_acc.auth_failures_allowed, 1, 100_000),
+            auth_failure_window=env.integer("AUTH_FAILURE_WINDOW", d_acc.auth_failure_window, 1, 86_400),
+            quota_bytes=env.integer("QUOTA_BYTES", d_acc.quota_bytes, 0, 2**62),
+            quota_images=env.integer("QUOTA_IMAGES", d_acc.quota_images, 0, 2**62),
+            signing_secret=env.text("SIGNING_SECRET", d_acc.signing_secret),
+            link_max_seconds=env.integer("LINK_MAX_SECONDS", d_acc.link_max_seconds, 1, 7 * 24 * 3600),
+            links=env.choice("LINKS", d_acc.links, ("hmac", "s3")),
+            demo_keys_file=Path(env.text("DEMO_KEYS_FILE", str(d_acc.demo_keys_file))),
+        )
         log_level = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
         return cls(
             aws=aws,
             imaging=imaging,
             consumer=consumer,
             web=web,
+            accounts=accounts,
             log_level=log_level,
             use_uvloop=env.flag("UVLOOP", True),
             loop_debug=env.flag("LOOP_DEBUG", False),
@@ -293,6 +331,12 @@ class _Env:
         value = self.text(name, default)
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,80}", value):
             raise self._fail(name, "is not a valid SQS queue name", value)
+        return value
+
+    def table_prefix(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{3,200}", value):
+            raise self._fail(name, "is not a valid DynamoDB table name prefix", value)
         return value
 
     def formats(self, name: str, default: frozenset[str]) -> frozenset[str]:

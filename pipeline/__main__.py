@@ -11,12 +11,14 @@ import sys
 
 from config.settings import ConfigError, Settings
 from pipeline import runtime
+from pipeline.accounts import Accounts, NewKey
 from pipeline.aws import open_clients
 from pipeline.dlq import list_dead_letters, redrive
 from pipeline.errors import ServiceError
 from pipeline.logs import configure_logging
 from pipeline.provision import provision
 from pipeline.service import open_consumer, open_queues
+from pipeline.tables import Tables
 
 log = logging.getLogger("pipeline")
 
@@ -42,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     moving.add_argument("--limit", type=int, default=None, help="at most this many (default all)")
     purge = dlq_commands.add_parser("purge", help="delete every message in the DLQ")
     purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
+    users = commands.add_parser("users", help="manage users and their API keys")
+    user_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    create = user_commands.add_parser("create", help="create a user (or use an existing one) and issue a key")
+    create.add_argument("--user-id", help="a lowercase UUID (default: a new one)")
+    create.add_argument("--name", default="", help="a label for people")
+    user_commands.add_parser("list", help="users and their keys (ids and prefixes, never secrets)")
+    revoke = user_commands.add_parser("revoke", help="revoke a key at once, in every process")
+    revoke.add_argument("key_id")
+    rotate = user_commands.add_parser("rotate", help="issue a new key for the key's user, revoke the old one")
+    rotate.add_argument("key_id")
     return parser
 
 
@@ -93,6 +105,33 @@ async def run_dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_users(settings: Settings, args: argparse.Namespace) -> int:
+    """Keys are printed once, here, and stored only as hashes."""
+    async with open_clients(settings.aws) as clients:
+        accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+        if args.users_command == "create":
+            try:
+                user_id = await accounts.create_user(args.user_id, args.name)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            print(json.dumps(_new_key(await accounts.issue_key(user_id))))
+        elif args.users_command == "list":
+            for user in await accounts.users():
+                keys = await accounts.keys(str(user["user_id"]))
+                print(json.dumps({**user, "keys": keys}))
+        elif args.users_command == "revoke":
+            revoked = await accounts.revoke(args.key_id)
+            print(json.dumps({"key_id": args.key_id, "revoked_at": revoked["revoked_at"]}))
+        else:
+            print(json.dumps(_new_key(await accounts.rotate(args.key_id)) | {"revoked": args.key_id}))
+    return 0
+
+
+def _new_key(new: NewKey) -> dict[str, str]:
+    return {"user_id": new.user_id, "key_id": new.key_id, "key": new.key, "note": "shown once; store it now"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -106,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             main_coroutine = run_consumer(settings, args.burst)
         elif args.command == "provision":
             main_coroutine = run_provision(settings)
+        elif args.command == "users":
+            main_coroutine = run_users(settings, args)
         else:
             main_coroutine = run_dlq(settings, args)
         return runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)

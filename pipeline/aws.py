@@ -27,10 +27,11 @@ _LEASE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotIn
 
 @dataclass(frozen=True)
 class AwsClients:
-    """The process's S3 and SQS clients (aiobotocore, typed loosely: botocore is dynamic)."""
+    """The process's S3, SQS and DynamoDB clients (aiobotocore, typed loosely: botocore is dynamic)."""
 
     s3: Any
     sqs: Any
+    dynamodb: Any
 
 
 def client_kwargs(settings: AwsSettings) -> dict[str, Any]:
@@ -56,13 +57,14 @@ def client_kwargs(settings: AwsSettings) -> dict[str, Any]:
 
 @asynccontextmanager
 async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
-    """Open one S3 and one SQS client for the life of the block."""
+    """Open one client per service for the life of the block."""
     session = get_session()
     kwargs = client_kwargs(settings)
     async with AsyncExitStack() as stack:
         s3 = await stack.enter_async_context(session.create_client("s3", **kwargs))
         sqs = await stack.enter_async_context(session.create_client("sqs", **kwargs))
-        yield AwsClients(s3=s3, sqs=sqs)
+        dynamodb = await stack.enter_async_context(session.create_client("dynamodb", **kwargs))
+        yield AwsClients(s3=s3, sqs=sqs, dynamodb=dynamodb)
 
 
 def error_code(exc: ClientError) -> str:

@@ -15,8 +15,10 @@ class ServiceError(Exception):
     http_status = 500
     default_message = "internal error"
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
         self.message = message or self.default_message
+        #: HTTP headers the web tier adds to the error response (WWW-Authenticate, Retry-After).
+        self.headers = headers or {}
         super().__init__(self.message)
 
 
@@ -122,10 +124,74 @@ class UnknownUser(PermanentError):
     default_message = "this user is not known"
 
 
+# Accounts ------------------------------------------------------------------------------------
+
+
+class Unauthenticated(PermanentError):
+    """401: the caller must present a valid API key (the response says how: WWW-Authenticate)."""
+
+    code = "unauthenticated"
+    http_status = 401
+
+
+class MissingCredentials(Unauthenticated):
+    code = "missing_credentials"
+    default_message = "send an API key: Authorization: Bearer <key>"
+
+
+class InvalidCredentials(Unauthenticated):
+    code = "invalid_credentials"
+    default_message = "the API key is not valid (unknown, malformed or revoked)"
+
+
+class TooManyFailedAttempts(PermanentError):
+    code = "too_many_failed_attempts"
+    http_status = 429
+    default_message = "too many failed authentication attempts from this address; wait and retry"
+
+
+class Forbidden(PermanentError):
+    code = "forbidden"
+    http_status = 403
+    default_message = "this key may not act for that user"
+
+
+class QuotaExceeded(PermanentError):
+    code = "quota_exceeded"
+    http_status = 403
+
+
+class ImageQuotaExceeded(QuotaExceeded):
+    code = "quota_images_exceeded"
+    default_message = "the image count quota of this user is reached; delete images to upload more"
+
+
+class ByteQuotaExceeded(QuotaExceeded):
+    code = "quota_bytes_exceeded"
+    http_status = 413
+    default_message = "this upload would exceed the storage quota of this user"
+
+
+class InvalidLink(PermanentError):
+    code = "invalid_link"
+    http_status = 403
+    default_message = "the link is not valid (tampered or malformed)"
+
+
+class LinkExpired(InvalidLink):
+    code = "link_expired"
+    default_message = "the link has expired; ask for a new one"
+
+
 class NotFound(PermanentError):
     code = "not_found"
     http_status = 404
     default_message = "not found"
+
+
+class KeyNotFound(NotFound):
+    code = "key_not_found"
+    default_message = "no such API key"
 
 
 class ImageNotFound(NotFound):
@@ -152,6 +218,11 @@ class RangeNotSatisfiable(PermanentError):
 class StorageUnavailable(TransientError):
     code = "storage_unavailable"
     default_message = "object storage is unavailable"
+
+
+class DatabaseUnavailable(TransientError):
+    code = "database_unavailable"
+    default_message = "the database is unavailable; try again shortly"
 
 
 class QueueUnavailable(TransientError):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from config.settings import Settings
 from pipeline.aws import AwsClients, aws_errors
 from pipeline.errors import NotFound, QueueUnavailable, StorageUnavailable
+from pipeline.tables import provision_tables
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,10 @@ class Provisioned:
 
 
 async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
-    """Buckets, DLQ, queue with redrive policy and S3 policy, and the ObjectCreated notification."""
+    """Buckets, DLQ, queue with redrive policy and S3 policy, the ObjectCreated notification,
+    and the DynamoDB tables."""
     aws = settings.aws
+    await provision_tables(clients.dynamodb, aws)
     for bucket in (aws.source_bucket, aws.dest_bucket):
         await _bucket(clients, bucket, aws.region)
     dlq_url, dlq_arn = await _queue(clients, aws.dlq_name, {"MessageRetentionPeriod": "1209600"})

@@ -144,10 +144,13 @@ class FaultProxy:
 
 
 def operation_of(request: web.Request) -> tuple[str, str | None]:
-    """Name the AWS operation of a request (SQS JSON protocol, or S3 REST) and its bucket."""
+    """Name the AWS operation of a request (SQS JSON protocol, DynamoDB as `dynamodb:<op>`, or
+    S3 REST) and its bucket."""
     target = request.headers.get("X-Amz-Target", "")
     if target.startswith("AmazonSQS."):
         return target.removeprefix("AmazonSQS."), None
+    if target.startswith("DynamoDB_"):
+        return f"dynamodb:{target.partition('.')[2]}", None
     parts = request.path.lstrip("/").split("/", 1)
     bucket = parts[0] or None
     has_key = len(parts) == 2 and parts[1] != ""

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from loadtest import USER, image_of_size
-from stack import child_env, free_port, start
+from stack import bearer, child_env, free_port, start, start_endpoint
 
 CHUNK = 1 << 20
 
@@ -40,14 +40,14 @@ async def main(mib: int) -> dict[str, float]:
     port, embedded = free_port(), free_port()
     endpoint = f"http://127.0.0.1:{embedded}"
     env = {**child_env(endpoint), "IMGSVC_MAX_BYTES": str((mib + 64) * 1024 * 1024)}
-    aws = await start(
-        ["-m", "web", "--embedded-only", "--embedded-port", str(embedded)], child_env(), rb"only"
-    )
+    aws, keys = await start_endpoint(embedded)
     api = await start(["-m", "web", "--port", str(port)], env, rb"API listening")
     url = f"http://127.0.0.1:{port}"
     head = image_of_size(100_000)  # real JPEG magic bytes, then filler
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None), headers=bearer(keys[USER])
+        ) as http:
             # Warm the API process up with a small round trip so the baseline is its working size.
             async with http.put(f"{url}/images/warm?user_id={USER}", data=head) as response:
                 assert response.status == 202, await response.text()

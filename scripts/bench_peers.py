@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 from bench_imaging import build_set
 from loadtest import processing_ms
-from stack import ROOT, free_port, start_consumer, start_stack
+from stack import ROOT, bearer, free_port, start_consumer, start_stack
 
 from config.settings import SEED_USER_IDS
 from pipeline import runtime
@@ -110,7 +110,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             }
         # (b) GET throughput: ours pre-generated, thumbor on the fly.
         stack.processes.append(await start_consumer(stack.endpoint))
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(headers=bearer(stack.keys[USER])) as http:
             for name, data in images.items():
                 async with http.put(f"{stack.api}/images/{name}?user_id={USER}", data=data) as response:
                     assert response.status == 202, await response.text()

@@ -36,7 +36,7 @@ from urllib.parse import unquote_plus
 import aiohttp
 from aiobotocore.session import get_session
 from PIL import Image
-from stack import ROOT, start_consumer, start_stack
+from stack import ROOT, Stack, bearer, start_consumer, start_stack
 
 from config.settings import AwsSettings
 
@@ -112,7 +112,7 @@ class Report:
 
 
 async def send_all(
-    apis: list[str], data: dict[str, bytes], uploads: list[Upload], concurrency: int, report: Report
+    stack: Stack, data: dict[str, bytes], uploads: list[Upload], concurrency: int, report: Report
 ) -> None:
     """PUT every upload through the web server it names, `concurrency` at a time."""
     queue: asyncio.Queue[Upload] = asyncio.Queue()
@@ -123,9 +123,10 @@ async def send_all(
         while not queue.empty():
             upload = queue.get_nowait()
             report.attempted += 1
-            url = f"{apis[upload.web]}/images/{upload.image_id}?user_id={upload.user_id}"
+            url = f"{stack.apis[upload.web]}/images/{upload.image_id}"
+            headers = bearer(stack.keys[upload.user_id])  # the key names the user
             for attempt in range(5):  # a 503 means "try again": a real client would
-                async with session.put(url, data=data[upload.label]) as response:
+                async with session.put(url, data=data[upload.label], headers=headers) as response:
                     upload.status = response.status
                     await response.read()
                 if response.status != 503:
@@ -142,7 +143,7 @@ async def send_all(
 
 
 async def upload_all(
-    apis: list[str],
+    stack: Stack,
     corpus: list[tuple[str, bytes, str]],
     count: int,
     replace: float,
@@ -154,16 +155,18 @@ async def upload_all(
     them with different content through another web server. Returns the latest upload per image."""
     data = {label: blob for label, blob, _ in corpus}
     first = [
-        Upload(rng.choice(USERS), f"img{i:05d}", label, expected, i % len(apis))
+        Upload(rng.choice(USERS), f"img{i:05d}", label, expected, i % len(stack.apis))
         for i, (label, _, expected) in enumerate(rng.choice(corpus) for _ in range(count))
     ]
-    await send_all(apis, data, first, concurrency, report)
+    await send_all(stack, data, first, concurrency, report)
     latest = {(u.user_id, u.image_id): u for u in first if u.status == 202}
     second = []
     for upload in rng.sample(list(latest.values()), int(len(latest) * replace)):
         label, _, expected = rng.choice([c for c in corpus if c[0] != upload.label])
-        second.append(Upload(upload.user_id, upload.image_id, label, expected, (upload.web + 1) % len(apis)))
-    await send_all(apis, data, second, concurrency, report)
+        second.append(
+            Upload(upload.user_id, upload.image_id, label, expected, (upload.web + 1) % len(stack.apis))
+        )
+    await send_all(stack, data, second, concurrency, report)
     for upload in second:
         if upload.status == 202:
             latest[upload.user_id, upload.image_id] = upload
@@ -289,9 +292,7 @@ async def main(args: argparse.Namespace) -> int:
         chaos_task = asyncio.create_task(
             chaos(stack.endpoint, args.consumers, args.restarts, args.restart_every, report, stop)
         )
-        latest = await upload_all(
-            stack.apis, corpus, args.uploads, args.replace, args.concurrency, rng, report
-        )
+        latest = await upload_all(stack, corpus, args.uploads, args.replace, args.concurrency, rng, report)
         upload_seconds = time.monotonic() - report.started
         stop.set()
         await chaos_task  # the restarts all happen, some while the backlog is worked off

@@ -28,15 +28,17 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiobotocore.session import get_session
 from PIL import Image
-from stack import ROOT, start_consumer, start_stack
+from stack import ROOT, bearer, start_consumer, start_stack
 from tqdm import tqdm
 
 from config.settings import SEED_USER_IDS, ImagingSettings
+from pipeline.demo import read_demo_keys
 from pipeline.imaging import make_renditions
 
 USER = SEED_USER_IDS[2]
@@ -142,7 +144,7 @@ async def measure_size(
 
     config = AioConfig(max_pool_connections=args.concurrency, s3={"addressing_style": "path"})
     async with (
-        aiohttp.ClientSession(connector=connector) as http,
+        aiohttp.ClientSession(connector=connector, headers=bearer(args.key)) as http,
         get_session().create_client("s3", config=config, **kwargs) as s3,
     ):
         bucket = f"loadtest-{tag}"
@@ -185,13 +187,13 @@ async def measure_size(
 
 
 async def time_to_thumbnail(
-    api: str, data: bytes, count: int, concurrency: int, quiet: bool
+    api: str, key: str, data: bytes, count: int, concurrency: int, quiet: bool
 ) -> dict[str, Any]:
     """Upload, then long-poll the status until ready, then download the thumbnail."""
     tag = uuid.uuid4().hex[:6]
     ttt = Phase("time to thumbnail")
     thumbs = Phase("thumbnail download")
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=bearer(key)) as http:
 
         async def one(i: int) -> int:
             image = f"tt{tag}{i}"
@@ -239,6 +241,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if api is None:
         stack = await start_stack(IMGSVC_MAX_BYTES=str(200 * 1024 * 1024))
         api, s3_endpoint = stack.api, stack.endpoint
+        args.key = stack.keys[USER]
+    elif args.key is None:
+        args.key = read_demo_keys(args.keys_file)[USER]
     assert s3_endpoint, "--s3-endpoint is required with --url"
     report: dict[str, Any] = {"concurrency": args.concurrency, "count": args.count, "sizes": {}}
     try:
@@ -250,13 +255,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 stack.processes.append(await start_consumer(s3_endpoint))
             small = images[args.mix[0]]
             await time_to_thumbnail(
-                api, small, 4, 1, True
+                api, args.key, small, 4, 1, True
             )  # warm up, and drain what the upload phases queued
             report["thumbnails_under_load"] = await time_to_thumbnail(
-                api, small, args.count, args.concurrency, args.json
+                api, args.key, small, args.count, args.concurrency, args.json
             )
             report["idle"] = {
-                **await time_to_thumbnail(api, small, args.idle_count, 1, args.json),
+                **await time_to_thumbnail(api, args.key, small, args.idle_count, 1, args.json),
                 "processing_ms": round(processing_ms(small), 1),
                 "bytes": len(small),
             }
@@ -276,6 +281,10 @@ if __name__ == "__main__":
     )
     parser.add_argument("--url", help="API to test (default: start a stack on 127.0.0.1)")
     parser.add_argument("--s3-endpoint", help="S3 endpoint for the baseline (default: the started stack's)")
+    parser.add_argument("--key", help="API key of the demo user (with --url; default: from --keys-file)")
+    parser.add_argument(
+        "--keys-file", type=Path, default=Path("demo-keys.json"), help="the demo keys a running stack wrote"
+    )
     parser.add_argument("--count", type=int, default=100, help="requests per phase and size")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument(

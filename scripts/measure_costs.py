@@ -38,7 +38,7 @@ from awsproxy import FaultProxy
 from bench_consumer import photo_jpeg
 from bench_scaling import reencode
 from proccpu import CpuSampler, cpu_of
-from stack import child_env, free_port, start, start_consumer
+from stack import bearer, child_env, free_port, start, start_consumer, start_endpoint
 
 from config.settings import SEED_USER_IDS, Settings
 
@@ -66,6 +66,8 @@ PROCESSED = re.compile(rb"message processed .* outcome=ready .* duration_ms=([0-
 
 
 def service_of(operation: str) -> str:
+    if operation.startswith("dynamodb:"):
+        return operation
     return f"sqs:{operation}" if operation in SQS_OPERATIONS else f"s3:{operation}"
 
 
@@ -103,6 +105,7 @@ class Services:
     consumer_pid: int
     api_proxy: FaultProxy
     consumer_proxy: FaultProxy
+    key: str
     held_ms: list[float] = field(default_factory=list)  # per message the consumer finished
 
 
@@ -110,7 +113,7 @@ class Services:
 async def services() -> AsyncIterator[Services]:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    aws = await start(["-m", "web", "--embedded-only", "--embedded-port", str(port)], child_env(), rb"only")
+    aws, keys = await start_endpoint(port)
     api_proxy, consumer_proxy = FaultProxy(endpoint), FaultProxy(endpoint)
     await api_proxy.start()
     await consumer_proxy.start()
@@ -131,7 +134,9 @@ async def services() -> AsyncIterator[Services]:
     )
     try:
         await asyncio.sleep(1.0)  # the consumer's start-up requests are not an image's
-        yield Services(f"http://127.0.0.1:{api_port}", api.pid, consumer.pid, api_proxy, consumer_proxy, held)
+        yield Services(
+            f"http://127.0.0.1:{api_port}", api.pid, consumer.pid, api_proxy, consumer_proxy, keys[USER], held
+        )
     finally:
         for process in (consumer, api):
             process.terminate()
@@ -146,7 +151,7 @@ async def measure(label: str, count: int) -> dict[str, Any]:
     fmt, megapixels = WORKLOADS[label]
     images = [reencode(photo_jpeg(megapixels, seed), fmt) for seed in range(4)]
     sampler = CpuSampler(interval=0.1)
-    async with services() as svc, aiohttp.ClientSession() as http:
+    async with services() as svc, aiohttp.ClientSession(headers=bearer(svc.key)) as http:
         sampler.watch([svc.consumer_pid])
         api_meter, consumer_meter = Meter(svc.api_proxy), Meter(svc.consumer_proxy)
         sampler.sample()

@@ -14,9 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pipeline.demo import read_demo_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,11 +74,27 @@ async def _drain(stream: asyncio.StreamReader, log: Callable[[bytes], None] | No
             log(line)
 
 
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def start_endpoint(port: int) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    """`python -m web --embedded-only` on `port`, and the demo users' API keys it issued."""
+    keys_file = Path(tempfile.mkdtemp(prefix="imgsvc-")) / "demo-keys.json"
+    process = await start(
+        ["-m", "web", "--embedded-only", "--embedded-port", str(port)],
+        child_env(IMGSVC_DEMO_KEYS_FILE=str(keys_file)),
+        rb"embedded AWS endpoint only",  # logged once provisioned and seeded
+    )
+    return process, read_demo_keys(keys_file)
+
+
 @dataclass
 class Stack:
     apis: list[str]
     endpoint: str
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)  # demo user id -> API key
 
     @property
     def api(self) -> str:
@@ -93,10 +112,8 @@ async def start_stack(webs: int = 1, **api_env: str) -> Stack:
     """The embedded AWS endpoint, provisioned, and `webs` API processes sharing it."""
     embedded = free_port()
     endpoint = f"http://127.0.0.1:{embedded}"
-    aws = await start(
-        ["-m", "web", "--embedded-only", "--embedded-port", str(embedded)], child_env(), rb"only"
-    )
-    stack = Stack([], endpoint, [aws])
+    aws, keys = await start_endpoint(embedded)
+    stack = Stack([], endpoint, [aws], keys)
     for _ in range(webs):
         port = free_port()
         stack.processes.append(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from moto.server import ThreadedMotoServer
 from PIL import Image
@@ -27,6 +28,7 @@ from pipeline.provision import provision
 from pipeline.queue import Message, Queue
 from pipeline.service import open_consumer
 from web.app import create_app
+from web.keys import ACCOUNTS
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = SEED_USER_IDS[2]
@@ -77,6 +79,7 @@ def env_for(endpoint: str, **overrides: str) -> dict[str, str]:
         "IMGSVC_DEST_BUCKET": f"dst-{tag}",
         "IMGSVC_QUEUE_NAME": f"events-{tag}",
         "IMGSVC_DLQ_NAME": f"dlq-{tag}",
+        "IMGSVC_TABLE_PREFIX": f"t-{tag}",
         "IMGSVC_INPUT_DIR": str(ROOT / "input"),
         **FAST,
     }
@@ -105,16 +108,31 @@ async def clients(settings: Settings) -> AsyncIterator[AwsClients]:
         yield opened
 
 
-ClientFactory = Callable[[Settings], Awaitable[TestClient[Any, Any]]]
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+async def issue_key(app: web.Application, user_id: str) -> str:
+    """A fresh API key for `user_id` (created if need be), through the app's own account store."""
+    accounts = app[ACCOUNTS]
+    await accounts.create_user(user_id)
+    return (await accounts.issue_key(user_id)).key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture
 async def make_client() -> AsyncIterator[ClientFactory]:
-    """Start the real app on a real localhost port and return an HTTP client for it."""
+    """Start the real app on a real localhost port and return an HTTP client for it, sending an
+    API key of `user` (default `USER`; None: no key) with every request."""
     started: list[TestClient[Any, Any]] = []
 
-    async def make(app_settings: Settings) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(app_settings), host="127.0.0.1"))
+    async def make(app_settings: Settings, user: str | None = USER) -> TestClient[Any, Any]:
+        server = TestServer(create_app(app_settings), host="127.0.0.1")
+        await server.start_server()  # provisions (embedded mode), so keys can be issued
+        headers = bearer(await issue_key(server.app, user)) if user else {}
+        client: TestClient[Any, Any] = TestClient(server, headers=headers)
         await client.start_server()
         started.append(client)
         return client
@@ -173,6 +191,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         IMGSVC_DEST_BUCKET=aws.dest_bucket,
         IMGSVC_QUEUE_NAME=aws.queue_name,
         IMGSVC_DLQ_NAME=aws.dlq_name,
+        IMGSVC_TABLE_PREFIX=aws.table_prefix,
         IMGSVC_CONSUMER_VISIBILITY_TIMEOUT=str(settings.consumer.visibility_timeout),
         **extra,
     )

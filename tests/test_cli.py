@@ -7,15 +7,18 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 
-from config.settings import Settings
+from config.settings import SEED_USER_IDS, Settings
 from pipeline.aws import AwsClients
+from pipeline.demo import read_demo_keys
 from tests.conftest import (
     ROOT,
     USER,
+    bearer,
     decode,
     env_for,
     process_env,
@@ -95,10 +98,12 @@ def test_provision_consumer_and_dlq_commands(moto_endpoint: str) -> None:
     assert purged.returncode == 0, purged.stderr
 
 
-async def test_python_m_web_runs_everything_in_one_command() -> None:
-    """No AWS configured: the embedded endpoint, provisioning, API and consumer all start."""
+async def test_python_m_web_runs_everything_in_one_command(tmp_path: Path) -> None:
+    """No AWS configured: the embedded endpoint, provisioning, demo users, API and consumer all start."""
     web = ("-m", "web", "--port", "0", "--embedded-port", "0")
-    async with running(*web, env=process_env(), stdout=subprocess.DEVNULL) as process:
+    keys_file = tmp_path / "keys.json"
+    env = process_env(IMGSVC_DEMO_KEYS_FILE=str(keys_file))
+    async with running(*web, env=env, stdout=subprocess.DEVNULL) as process:
         assert process.stderr is not None
         lines: list[str] = []
         api_url = None
@@ -111,7 +116,11 @@ async def test_python_m_web_runs_everything_in_one_command() -> None:
                     api_url = match.group(1)
         log = "".join(lines)
         assert "embedded AWS endpoint url=http://127.0.0.1:" in log and "in memory only" in log
-        async with aiohttp.ClientSession(api_url) as session:
+        # A key for each of the five demo users, printed and written to a file only its owner reads.
+        printed = dict(re.findall(r"demo user user_id=(\S+) key=(\S+)", log))
+        assert printed == read_demo_keys(keys_file) and set(printed) == set(SEED_USER_IDS)
+        assert keys_file.stat().st_mode & 0o777 == 0o600
+        async with aiohttp.ClientSession(api_url, headers=bearer(printed[USER])) as session:
             response = await session.post("/upload", json={"file_name": "dog.jpg", "user_id": USER})
             assert response.status == 202
             async with asyncio.timeout(30):

@@ -15,6 +15,7 @@ from aiohttp import web
 from config.settings import ConfigError, Settings
 from pipeline import runtime
 from pipeline.aws import open_clients
+from pipeline.demo import seed_demo_users
 from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
 from pipeline.provision import provision
@@ -58,8 +59,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, web=web_settings, aws=aws)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, *, seed_demo: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully (the consumer drains first)."""
+    if seed_demo:
+        async with open_clients(settings.aws) as clients:
+            await provision(clients, settings)
+            await seed_demo_users(clients, settings)
     runner = web.AppRunner(create_app(settings))
     await runner.setup()
     try:
@@ -76,6 +81,7 @@ async def serve_embedded_only(settings: Settings) -> None:
     """Provision the embedded endpoint and keep it up until SIGINT or SIGTERM; no API, no consumer."""
     async with open_clients(settings.aws) as clients:
         await provision(clients, settings)
+        await seed_demo_users(clients, settings)
     log.info(
         "embedded AWS endpoint only: start API processes with IMGSVC_MODE=embedded "
         "AWS_ENDPOINT_URL=%s and consumers with `python -m pipeline consumer` and the same variables",
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    endpoint_started = False
     with ExitStack() as stack:
         if settings.aws.mode == "embedded" and not settings.aws.endpoint_url:
             try:
@@ -113,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = dataclasses.replace(
                 settings, aws=dataclasses.replace(settings.aws, endpoint_url=endpoint)
             )
+            endpoint_started = True
             log.info(
                 "embedded AWS endpoint url=%s (S3 and SQS; point any AWS client at it with "
                 "AWS_ENDPOINT_URL=%s and any credentials); data is in memory only and is lost on exit",
@@ -126,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
             log.info(
                 "using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region
             )
-        main_coroutine = serve_embedded_only(settings) if args.embedded_only else serve(settings)
+        # The process that started the embedded endpoint owns its demo users.
+        started_endpoint = settings.aws.mode == "embedded" and endpoint_started
+        main_coroutine = (
+            serve_embedded_only(settings)
+            if args.embedded_only
+            else serve(settings, seed_demo=started_endpoint)
+        )
         runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)
     return 0
 

@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from config.settings import Settings
+from pipeline.accounts import Accounts
 from pipeline.aws import open_clients
 from pipeline.provision import provision
 from pipeline.service import open_consumer
 from pipeline.status import StatusStore
 from pipeline.storage import Storage
-from web.keys import CLIENTS, CONSUMER, SETTINGS, STATUS, STORAGE
+from pipeline.tables import Tables
+from pipeline.throttle import FailureLimiter
+from web.keys import ACCOUNTS, CLIENTS, CONSUMER, LIMITER, SETTINGS, STATUS, STORAGE, TABLES
 from web.middlewares import error_middleware
 from web.routes import setup_routes
 
@@ -39,6 +42,13 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
         if settings.aws.mode == "embedded":
             await provision(clients, settings)  # embedded only: against AWS this is an explicit command
         storage = Storage(clients.s3)
+        tables = Tables(clients.dynamodb, settings.aws)
+        accounts = settings.accounts
+        app[TABLES] = tables
+        app[ACCOUNTS] = Accounts(tables)
+        app[LIMITER] = FailureLimiter(
+            tables.throttle, accounts.auth_failures_allowed, accounts.auth_failure_window
+        )
         app[CLIENTS] = clients
         app[STORAGE] = storage
         app[STATUS] = StatusStore(storage, settings)

@@ -1,25 +1,54 @@
-"""Who is calling. The one place the caller's identity is resolved.
+"""Who is calling: the one place a request's identity is established.
 
-For now the caller names a user id (query or JSON body) and it must be one of the five seed
-users of the original system; API keys replace this later without touching any handler.
+Every API call presents `Authorization: Bearer <key>`; the key names the user. A `user_id` in the
+query or body (the original routes carry one) must be the caller's own, or the answer is 403.
+Failed attempts count against the client address (shared limit, see `pipeline.throttle`).
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from config.settings import SEED_USER_IDS
-from pipeline.errors import InvalidField, MissingField, UnknownUser
+from pipeline.errors import Forbidden, InvalidCredentials, InvalidField, MissingCredentials
 from pipeline.layout import valid_user_id
+from web.keys import ACCOUNTS, LIMITER
+
+CHALLENGE = 'Bearer realm="image-service"'
+_CALLER = web.RequestKey("caller", str)
 
 
-def resolve_user(request: web.Request, claimed: object = None) -> str:
-    """Return the caller's user id; `claimed` is a user id from a JSON body, if any."""
+async def authenticate(request: web.Request) -> str:
+    """The caller's user id (memoised per request)."""
+    if (known := request.get(_CALLER)) is not None:
+        return str(known)
+    header = request.headers.get("Authorization", "")
+    if not header.strip():
+        raise MissingCredentials(headers={"WWW-Authenticate": CHALLENGE})
+    address = request.remote or "unknown"
+    limiter = request.app[LIMITER]
+    await limiter.check(address)
+    scheme, _, token = header.strip().partition(" ")
+    try:
+        if scheme.lower() != "bearer" or not token.strip():
+            raise InvalidCredentials("use the Bearer scheme: Authorization: Bearer <key>")
+        user_id = await request.app[ACCOUNTS].authenticate(token.strip())
+    except InvalidCredentials as exc:
+        await limiter.record_failure(address)
+        raise InvalidCredentials(
+            exc.message, headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'}
+        ) from None
+    request[_CALLER] = user_id
+    return user_id
+
+
+async def resolve_user(request: web.Request, claimed: object = None) -> str:
+    """The caller's user id; `claimed` (a body field) or `?user_id=`, if given, must equal it."""
+    user_id = await authenticate(request)
     value = claimed if claimed is not None else request.query.get("user_id")
     if value is None or value == "":
-        raise MissingField("user_id is required")
+        return user_id
     if not isinstance(value, str) or not valid_user_id(value):
         raise InvalidField("user_id must be a lowercase UUID")
-    if value not in SEED_USER_IDS:
-        raise UnknownUser()
-    return value
+    if value != user_id:
+        raise Forbidden("this key belongs to another user than the user_id given")
+    return user_id

@@ -5,13 +5,19 @@ from __future__ import annotations
 from aiohttp import web
 
 from config.settings import Settings
+from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients
 from pipeline.consumer import Consumer
 from pipeline.status import StatusStore
 from pipeline.storage import Storage
+from pipeline.tables import Tables
+from pipeline.throttle import FailureLimiter
 
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", AwsClients)
 STORAGE = web.AppKey("storage", Storage)
 STATUS = web.AppKey("status", StatusStore)
 CONSUMER = web.AppKey("consumer", Consumer)
+TABLES = web.AppKey("tables", Tables)
+ACCOUNTS = web.AppKey("accounts", Accounts)
+LIMITER = web.AppKey("limiter", FailureLimiter)

@@ -42,7 +42,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response = error_response(exc.http_status, exc.code, exc.message)
             response.headers["Retry-After"] = "1"
             return response
-        return error_response(exc.http_status, exc.code, exc.message)
+        response = error_response(exc.http_status, exc.code, exc.message)
+        response.headers.update(exc.headers)
+        return response
     except HttpProcessingError as exc:  # a malformed request noticed while reading the body
         return error_response(400, "bad_request", f"malformed request: {exc.message}")
     except web.HTTPException as exc:

@@ -30,9 +30,9 @@ from web.middlewares import error_response
 log = logging.getLogger(__name__)
 
 
-def image_ref(request: web.Request, image_id: str | None = None) -> tuple[str, str, ImageRef]:
+async def image_ref(request: web.Request, image_id: str | None = None) -> tuple[str, str, ImageRef]:
     """Validate the caller and the image id (query or path) and build the image's keys."""
-    user_id = resolve_user(request)
+    user_id = await resolve_user(request)
     image_id = image_id if image_id is not None else request.query.get("image_id", "")
     if not image_id:
         raise MissingField("image_id is required")
@@ -45,7 +45,7 @@ def image_ref(request: web.Request, image_id: str | None = None) -> tuple[str, s
 
 async def download_image(request: web.Request) -> web.StreamResponse:
     """`GET /download/image?user_id=&image_id=`: the original as uploaded."""
-    _, _, ref = image_ref(request)
+    _, _, ref = await image_ref(request)
     settings = request.app[SETTINGS]
     try:
         return await serve_object(request, settings.aws.source_bucket, ref.source_key)
@@ -55,7 +55,7 @@ async def download_image(request: web.Request) -> web.StreamResponse:
 
 async def download_thumbnail(request: web.Request) -> web.StreamResponse:
     """`GET /download/thumbnail?user_id=&image_id=[&size=]`: a rendition, once it is ready."""
-    user_id, image_id, ref = image_ref(request)
+    user_id, image_id, ref = await image_ref(request)
     settings = request.app[SETTINGS]
     specs = settings.imaging.renditions
     size = request.query.get("size") or specs[0].name

@@ -15,7 +15,7 @@ async def image_status(request: web.Request) -> web.Response:
 
     With `wait`, a pending image is long-polled for up to that many seconds (at most 20).
     """
-    user_id, image_id, ref = image_ref(request, request.match_info["image_id"])
+    user_id, image_id, ref = await image_ref(request, request.match_info["image_id"])
     wait = _wait_seconds(request)
     try:
         status = await request.app[STATUS].wait(ref, wait)

@@ -48,8 +48,9 @@ class FileNotInInput(NotFound):
 
 async def compat_upload(request: web.Request) -> web.Response:
     """`POST /upload` `{"file_name": "cat.jpg", "user_id": ...}`: store `input/<file_name>` as `cat`."""
+    await resolve_user(request)  # 401 before anything about the body
     body = await _json_object(request)
-    user_id = resolve_user(request, body.get("user_id", ""))
+    user_id = await resolve_user(request, body.get("user_id", ""))
     file_name = body.get("file_name")
     if file_name is None or file_name == "":
         raise MissingField("file_name is required")
@@ -66,7 +67,7 @@ async def compat_upload(request: web.Request) -> web.Response:
 
 async def put_image(request: web.Request) -> web.Response:
     """`PUT /images/{image_id}?user_id=`: the body (raw, or multipart with one file) is the image."""
-    user_id = resolve_user(request)
+    user_id = await resolve_user(request)
     image_id = request.match_info["image_id"]
     if not valid_image_id(image_id):
         raise InvalidField(
@@ -77,7 +78,7 @@ async def put_image(request: web.Request) -> web.Response:
 
 async def post_image(request: web.Request) -> web.Response:
     """`POST /images?user_id=`: like PUT, with a server-generated, unguessable image id."""
-    user_id = resolve_user(request)
+    user_id = await resolve_user(request)
     return await _stream_upload(request, user_id, secrets.token_hex(12))
 
 

@@ -1,0 +1,126 @@
+"""Users and their API keys, in DynamoDB.
+
+A key is `isk_<key id>_<secret>`: the key id (public, shown in listings) finds the record in one
+read; the secret is 256 random bits, stored only as its SHA-256 (a fast hash is right for
+random secrets: there is nothing to brute-force) and compared in constant time. The whole key
+is shown once, when it is created. Nothing is cached: a revoked key stops working on the next
+request, in every process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.errors import InvalidCredentials, KeyNotFound, UnknownUser
+from pipeline.layout import valid_user_id
+from pipeline.tables import ConditionFailed, Tables
+
+KEY_RE = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key as created: the only time its secret exists outside the caller's hands."""
+
+    key_id: str
+    user_id: str
+    key: str
+
+    @property
+    def prefix(self) -> str:
+        return f"isk_{self.key_id}"
+
+
+class Accounts:
+    """Create users, issue, list, revoke and rotate keys, and authenticate a presented key."""
+
+    def __init__(self, tables: Tables) -> None:
+        self._tables = tables
+
+    async def create_user(self, user_id: str | None = None, name: str = "") -> str:
+        """Idempotent for a given id (the demo users are created at every embedded start)."""
+        user_id = user_id or str(uuid.uuid4())
+        if not valid_user_id(user_id):
+            raise ValueError("a user id is a lowercase UUID")
+        with contextlib.suppress(ConditionFailed):
+            await self._tables.users.put(
+                {"user_id": user_id, "name": name, "created_at": now(), "bytes_used": 0, "image_count": 0},
+                "attribute_not_exists(user_id)",
+            )
+        return user_id
+
+    async def user(self, user_id: str) -> dict[str, Any]:
+        found = await self._tables.users.get({"user_id": user_id})
+        if found is None:
+            raise UnknownUser()
+        return found
+
+    async def users(self) -> list[dict[str, Any]]:
+        return sorted(await self._tables.users.scan_all(), key=lambda u: str(u["created_at"]))
+
+    async def issue_key(self, user_id: str) -> NewKey:
+        await self.user(user_id)
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        await self._tables.keys.put(
+            {"key_id": key_id, "user_id": user_id, "secret_sha256": _digest(secret), "created_at": now()},
+            "attribute_not_exists(key_id)",
+        )
+        return NewKey(key_id, user_id, f"isk_{key_id}_{secret}")
+
+    async def keys(self, user_id: str) -> list[dict[str, Any]]:
+        """A user's keys, oldest first, without any secret material."""
+        items, _ = await self._tables.keys.query("user_id = :u", index="by_user", values={":u": user_id})
+        return [
+            {k: item.get(k) for k in ("key_id", "user_id", "created_at", "revoked_at")}
+            | {"prefix": f"isk_{item['key_id']}"}
+            for item in items
+        ]
+
+    async def revoke(self, key_id: str) -> dict[str, Any]:
+        try:
+            return await self._tables.keys.update(
+                {"key_id": key_id},
+                "SET revoked_at = if_not_exists(revoked_at, :now)",
+                "attribute_exists(key_id)",
+                values={":now": now()},
+            )
+        except ConditionFailed:
+            raise KeyNotFound() from None
+
+    async def rotate(self, key_id: str) -> NewKey:
+        """A new key for the same user; the old one is revoked once the new one exists."""
+        item = await self._tables.keys.get({"key_id": key_id})
+        if item is None:
+            raise KeyNotFound()
+        new = await self.issue_key(str(item["user_id"]))
+        await self.revoke(key_id)
+        return new
+
+    async def authenticate(self, presented: str) -> str:
+        """The user id the key belongs to, or `InvalidCredentials`."""
+        match = KEY_RE.fullmatch(presented)
+        if match is None:
+            raise InvalidCredentials()
+        key_id, secret = match.groups()
+        item = await self._tables.keys.get({"key_id": key_id})
+        expected = str(item["secret_sha256"]) if item else _digest("")
+        # Compare even for unknown ids, so timing does not tell which key ids exist.
+        if not hmac.compare_digest(_digest(secret), expected) or item is None or item.get("revoked_at"):
+            raise InvalidCredentials()
+        return str(item["user_id"])

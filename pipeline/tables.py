@@ -1,0 +1,241 @@
+"""DynamoDB tables: their schema, provisioning, and a thin typed layer over the low-level client.
+
+Items go in and out as plain Python values (boto3's attribute-value serializer does the typing);
+botocore errors become `DatabaseUnavailable`, a failed condition becomes `ConditionFailed`, so
+callers express optimistic concurrency without seeing botocore.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from config.settings import AwsSettings
+from pipeline.aws import aws_errors, error_code
+from pipeline.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+Item = dict[str, Any]
+
+
+class ConditionFailed(Exception):
+    """A conditional write found the item in another state than it required."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str  # suffix after the configured prefix
+    key: tuple[str, ...]  # hash key, then range key if any
+    indexes: Mapping[str, tuple[str, ...]]  # global secondary indexes: name -> key
+    ttl_attribute: str | None = None
+
+
+#: Every table the service uses. String keys throughout.
+SPECS = (
+    TableSpec("users", ("user_id",), {}),
+    TableSpec("keys", ("key_id",), {"by_user": ("user_id", "created_at")}),
+    TableSpec("images", ("user_id", "image_id"), {"by_created": ("user_id", "created_key")}),
+    TableSpec("throttle", ("id",), {}, ttl_attribute="expires_at"),
+    TableSpec("config", ("name",), {}),
+)
+
+
+def to_item(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _serializer.serialize(_plain(v)) for k, v in values.items() if v is not None}
+
+
+def from_item(item: Mapping[str, Any]) -> Item:
+    return {k: _python(_deserializer.deserialize(v)) for k, v in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers are Decimals; floats are converted through their repr (no binary noise)."""
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _python(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _python(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_python(v) for v in value]
+    return value
+
+
+class Table:
+    """One table: get, put, update, delete and query with conditions, in plain values."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None:
+        with aws_errors(DatabaseUnavailable):
+            got = await self._client.get_item(
+                TableName=self.name, Key=to_item(key), ConsistentRead=consistent
+            )
+        return from_item(got["Item"]) if "Item" in got else None
+
+    async def put(self, item: Mapping[str, Any], condition: str | None = None, **expression: Any) -> None:
+        kwargs = self._expression(condition, expression)
+        await self._write(self._client.put_item(TableName=self.name, Item=to_item(item), **kwargs))
+
+    async def update(
+        self, key: Mapping[str, Any], update: str, condition: str | None = None, **expression: Any
+    ) -> Item:
+        """Apply `update` (an UpdateExpression) and return the item as it is afterwards."""
+        kwargs = self._expression(condition, expression)
+        response = await self._write(
+            self._client.update_item(
+                TableName=self.name,
+                Key=to_item(key),
+                UpdateExpression=update,
+                ReturnValues="ALL_NEW",
+                **kwargs,
+            )
+        )
+        return from_item(response.get("Attributes", {}))
+
+    async def delete(
+        self, key: Mapping[str, Any], condition: str | None = None, **expression: Any
+    ) -> Item | None:
+        """Delete and return the item as it was (None if there was none)."""
+        kwargs = self._expression(condition, expression)
+        response = await self._write(
+            self._client.delete_item(TableName=self.name, Key=to_item(key), ReturnValues="ALL_OLD", **kwargs)
+        )
+        return from_item(response["Attributes"]) if response.get("Attributes") else None
+
+    async def query(
+        self,
+        key_condition: str,
+        *,
+        index: str | None = None,
+        forward: bool = True,
+        limit: int | None = None,
+        start: Mapping[str, Any] | None = None,
+        **expression: Any,
+    ) -> tuple[list[Item], Item | None]:
+        """One page of a query and the key to continue from (None at the end)."""
+        kwargs: dict[str, Any] = self._expression(None, expression)
+        kwargs.update(TableName=self.name, KeyConditionExpression=key_condition, ScanIndexForward=forward)
+        if index:
+            kwargs["IndexName"] = index
+        if limit:
+            kwargs["Limit"] = limit
+        if start:
+            kwargs["ExclusiveStartKey"] = to_item(start)
+        with aws_errors(DatabaseUnavailable):
+            response = await self._client.query(**kwargs)
+        last = response.get("LastEvaluatedKey")
+        return [from_item(i) for i in response.get("Items", [])], from_item(last) if last else None
+
+    async def scan_all(self) -> list[Item]:
+        """Every item (small administrative tables only: users, keys)."""
+        items: list[Item] = []
+        kwargs: dict[str, Any] = {"TableName": self.name}
+        while True:
+            with aws_errors(DatabaseUnavailable):
+                response = await self._client.scan(**kwargs)
+            items.extend(from_item(i) for i in response.get("Items", []))
+            if not response.get("LastEvaluatedKey"):
+                return items
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    @staticmethod
+    def _expression(condition: str | None, expression: Mapping[str, Any]) -> dict[str, Any]:
+        """`names={"#s": "status"}, values={":v": 1}` become the expression attribute maps."""
+        kwargs: dict[str, Any] = {}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        if names := expression.get("names"):
+            kwargs["ExpressionAttributeNames"] = dict(names)
+        if values := expression.get("values"):
+            kwargs["ExpressionAttributeValues"] = to_item(values)
+        return kwargs
+
+    async def _write(self, call: Any) -> dict[str, Any]:
+        with aws_errors(DatabaseUnavailable):
+            try:
+                response: dict[str, Any] = await call
+            except ClientError as exc:
+                if error_code(exc) == "ConditionalCheckFailedException":
+                    raise ConditionFailed() from None
+                raise
+        return response
+
+
+class Tables:
+    """The service's tables, by role."""
+
+    def __init__(self, client: Any, aws: AwsSettings) -> None:
+        self.users = Table(client, aws.table("users"))
+        self.keys = Table(client, aws.table("keys"))
+        self.images = Table(client, aws.table("images"))
+        self.throttle = Table(client, aws.table("throttle"))
+        self.config = Table(client, aws.table("config"))
+
+
+async def provision_tables(client: Any, aws: AwsSettings) -> list[str]:
+    """Create the tables that do not exist yet (on-demand capacity), wait until they are active."""
+    created = []
+    for spec in SPECS:
+        name = aws.table(spec.name)
+        with aws_errors(DatabaseUnavailable):
+            try:
+                await client.describe_table(TableName=name)
+                continue
+            except ClientError as exc:
+                if error_code(exc) != "ResourceNotFoundException":
+                    raise
+            await client.create_table(**_create_args(name, spec))
+            await client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
+            if spec.ttl_attribute:
+                await client.update_time_to_live(
+                    TableName=name,
+                    TimeToLiveSpecification={"Enabled": True, "AttributeName": spec.ttl_attribute},
+                )
+        created.append(name)
+    if created:
+        log.info("created tables %s", ", ".join(created))
+    return created
+
+
+def _create_args(name: str, spec: TableSpec) -> dict[str, Any]:
+    def schema(key: tuple[str, ...]) -> list[dict[str, str]]:
+        return [
+            {"AttributeName": attribute, "KeyType": kind}
+            for attribute, kind in zip(key, ("HASH", "RANGE"), strict=False)
+        ]
+
+    attributes = {a for key in (spec.key, *spec.indexes.values()) for a in key}
+    args: dict[str, Any] = {
+        "TableName": name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "KeySchema": schema(spec.key),
+        "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+        # Tables hold users, key hashes and image records: encrypted at rest with AWS's key.
+        "SSESpecification": {"Enabled": True},
+    }
+    if spec.indexes:
+        args["GlobalSecondaryIndexes"] = [
+            {"IndexName": index, "KeySchema": schema(key), "Projection": {"ProjectionType": "ALL"}}
+            for index, key in spec.indexes.items()
+        ]
+    return args

@@ -1,0 +1,42 @@
+"""Failed-authentication limits per client address, shared by every web process through DynamoDB.
+
+A fixed window per address: one counter item per (address, window), incremented atomically on
+each failure and expiring by TTL after its window. Before a key is checked the counter is read;
+at the limit the caller gets 429 with `Retry-After` until the window ends, whatever the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from pipeline.errors import TooManyFailedAttempts
+from pipeline.tables import Table
+
+
+class FailureLimiter:
+    def __init__(self, table: Table, allowed: int, window_seconds: int) -> None:
+        self._table = table
+        self._allowed = allowed
+        self._window = window_seconds
+
+    def _slot(self, address: str) -> tuple[str, int]:
+        window = int(time.time()) // self._window
+        # Hashed: the table holds no client addresses in the clear.
+        digest = hashlib.sha256(address.encode()).hexdigest()[:32]
+        return f"auth-failures#{digest}#{window}", (window + 1) * self._window
+
+    async def check(self, address: str) -> None:
+        slot, ends = self._slot(address)
+        item = await self._table.get({"id": slot}, consistent=True)
+        if item is not None and int(item.get("failures", 0)) >= self._allowed:
+            wait = max(1, ends - int(time.time()))
+            raise TooManyFailedAttempts(headers={"Retry-After": str(wait)})
+
+    async def record_failure(self, address: str) -> None:
+        slot, ends = self._slot(address)
+        await self._table.update(
+            {"id": slot},
+            "ADD failures :one SET expires_at = if_not_exists(expires_at, :expires)",
+            values={":one": 1, ":expires": ends + self._window},
+        )

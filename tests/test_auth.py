@@ -1,0 +1,140 @@
+"""API keys: every route needs one, the key names the user, revocation and limits hold across processes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from config.settings import Settings
+from pipeline.accounts import Accounts
+from pipeline.aws import open_clients
+from pipeline.tables import Tables
+from tests.conftest import OTHER_USER, USER, ClientFactory, bearer, issue_key, jpeg_bytes, settings_env
+from tests.test_cli import run
+
+Client = TestClient[Any, Any]
+ROUTES = [
+    ("POST", "/upload", {"json": {"file_name": "cat.jpg"}}),
+    ("GET", "/download/image?image_id=cat", {}),
+    ("GET", "/download/thumbnail?image_id=cat", {}),
+    ("POST", "/images", {"data": b"\xff\xd8\xff"}),
+    ("PUT", "/images/cat", {"data": b"\xff\xd8\xff"}),
+    ("GET", "/images/cat", {}),
+]
+FORGED = "isk_0123456789abcdef_" + "A" * 43
+
+
+@pytest.fixture
+async def anonymous(settings: Settings, make_client: ClientFactory) -> Client:
+    return await make_client(settings, user=None)
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs"), ROUTES)
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({}, "missing_credentials"),
+        (bearer(FORGED), "invalid_credentials"),
+        (bearer("not-a-key"), "invalid_credentials"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "invalid_credentials"),
+    ],
+)
+async def test_every_route_needs_a_valid_key(
+    anonymous: Client, method: str, path: str, kwargs: dict[str, Any], headers: dict[str, str], code: str
+) -> None:
+    response = await anonymous.request(method, path, headers=headers, **kwargs)
+    assert response.status == 401
+    assert (await response.json())["error"] == code
+    assert response.headers["WWW-Authenticate"].startswith('Bearer realm="image-service"')
+
+
+async def test_health_needs_no_key(anonymous: Client) -> None:
+    assert (await anonymous.get("/health/live")).status == 200
+
+
+async def test_user_id_must_be_the_callers_own(api: Client) -> None:
+    assert (await api.post("/upload", json={"file_name": "cat.jpg", "user_id": USER})).status == 202
+    assert (await api.post("/upload", json={"file_name": "cat.jpg"})).status == 202  # implied
+    for path in (f"/images/cat?user_id={OTHER_USER}", f"/download/image?user_id={OTHER_USER}&image_id=cat"):
+        response = await api.get(path)
+        assert response.status == 403 and (await response.json())["error"] == "forbidden"
+
+
+async def test_another_users_image_is_not_found_under_their_own_key(
+    api: Client, settings: Settings, make_client: ClientFactory
+) -> None:
+    """Same image id, two users: each key sees only its own image."""
+    other = await make_client(settings, user=OTHER_USER)
+    assert (await api.put("/images/shared-id", data=jpeg_bytes(40, 20))).status == 202
+    assert (await other.get("/images/shared-id")).status == 404
+    assert (await other.put("/images/shared-id", data=jpeg_bytes(20, 40))).status == 202
+    mine = await (await api.get("/download/image?image_id=shared-id")).read()
+    theirs = await (await other.get("/download/image?image_id=shared-id")).read()
+    assert mine == jpeg_bytes(40, 20) and theirs == jpeg_bytes(20, 40)
+
+
+async def test_revocation_takes_effect_at_once_in_every_process(
+    settings: Settings, make_client: ClientFactory
+) -> None:
+    """Two app instances (two web processes) share the tables; a key revoked elsewhere fails in both."""
+    first = await make_client(settings, user=None)
+    second = await make_client(settings, user=None)
+    key = await issue_key(first.server.app, USER)
+    for app in (first, second):
+        assert (await app.get("/images/none", headers=bearer(key))).status == 404  # authenticated
+    async with open_clients(settings.aws) as clients:  # a third party: the operator's CLI
+        accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+        (listed,) = await accounts.keys(USER)
+        assert listed["prefix"] == key[: len(listed["prefix"])] and "secret_sha256" not in listed
+        await accounts.revoke(listed["key_id"])
+    for app in (first, second):
+        response = await app.get("/images/none", headers=bearer(key))
+        assert response.status == 401 and (await response.json())["error"] == "invalid_credentials"
+
+
+async def test_rotation_issues_a_new_key_and_retires_the_old(api: Client, settings: Settings) -> None:
+    async with open_clients(settings.aws) as clients:
+        accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+        old = await accounts.issue_key(USER)
+        new = await accounts.rotate(old.key_id)
+    assert new.user_id == USER and new.key != old.key
+    assert (await api.get("/images/none", headers=bearer(new.key))).status == 404
+    assert (await api.get("/images/none", headers=bearer(old.key))).status == 401
+
+
+async def test_failed_attempts_are_limited_per_address_across_processes(
+    make_settings: Any, make_client: ClientFactory
+) -> None:
+    settings = make_settings(IMGSVC_AUTH_FAILURES_ALLOWED="3", IMGSVC_AUTH_FAILURE_WINDOW="60")
+    first = await make_client(settings)
+    second = await make_client(settings, user=None)
+    for app in (first, second, first):
+        assert (await app.get("/images/x", headers=bearer(FORGED))).status == 401
+    # The limit is shared: both processes refuse now, the forged key and even a good one.
+    for app, headers in ((second, bearer(FORGED)), (first, {})):
+        response = await app.get("/images/x", headers=headers)
+        assert response.status == 429
+        assert (await response.json())["error"] == "too_many_failed_attempts"
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None:
+    env = settings_env(settings)
+    assert run(["-m", "pipeline", "provision"], env).returncode == 0
+    created = run(["-m", "pipeline", "users", "create", "--name", "ci"], env)
+    assert created.returncode == 0, created.stderr
+    first = json.loads(created.stdout)
+    assert first["key"].startswith(f"isk_{first['key_id']}_")
+    listed = [json.loads(line) for line in run(["-m", "pipeline", "users", "list"], env).stdout.splitlines()]
+    (mine,) = [u for u in listed if u["user_id"] == first["user_id"]]
+    assert mine["name"] == "ci" and [k["key_id"] for k in mine["keys"]] == [first["key_id"]]
+    assert first["key"] not in json.dumps(listed)  # never the secret
+    rotated = json.loads(run(["-m", "pipeline", "users", "rotate", first["key_id"]], env).stdout)
+    assert rotated["user_id"] == first["user_id"] and rotated["revoked"] == first["key_id"]
+    revoked = run(["-m", "pipeline", "users", "revoke", rotated["key_id"]], env)
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked_at"]
+    missing = run(["-m", "pipeline", "users", "revoke", "0000000000000000"], env)
+    assert missing.returncode == 1 and "key_not_found" in missing.stderr
