@@ -239,6 +239,8 @@ class Consumer:
             outcomes = []
             for record in parsed.created:
                 result = await self._jobs.process(record)
+                if result.error is not None:  # recorded as failed; the DLQ keeps the message and why
+                    return await self._dead_letter(message, result.error)
                 outcomes.append(result.outcome)
                 if result.outcome == "source_missing":
                     log.info("original gone before processing key=%s, acknowledged", result.key)

@@ -1,26 +1,29 @@
-"""Turn one ObjectCreated record into renditions and a status document.
+"""Turn one ObjectCreated record into renditions and the image record's result.
 
-Idempotent: keys are deterministic and the work always reads the *current* original, so a
-duplicate or stale event rewrites the same result instead of adding or reverting one.
+Idempotent: rendition keys are deterministic and the work always reads the *current* original,
+so a duplicate or stale event rewrites the same result instead of adding or reverting one.
+Before writing a result the job asks S3 whether the original it processed is still the current
+one: if a newer one arrived it processes that instead; if the image was deleted meanwhile it
+removes what it wrote and acknowledges (nothing to dead-letter for an image that is gone).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, NoReturn
+from typing import Literal
 
 from config.settings import Settings
 from pipeline.errors import NotFound, PermanentError, PoisonMessage, ServiceError, SourceMissing
 from pipeline.events import ObjectCreated
 from pipeline.imaging import RenditionResult, make_renditions
 from pipeline.layout import ImageRef
-from pipeline.status import StatusStore
+from pipeline.records import RecordStore
 from pipeline.storage import OversizeObject, Storage
 from pipeline.workers import WorkerPool
 
 log = logging.getLogger(__name__)
-Outcome = Literal["ready", "source_missing"]
+Outcome = Literal["ready", "failed", "source_missing"]
 #: How often a job re-does its work when the original changes under it before giving way.
 MAX_SOURCE_CHANGES = 3
 
@@ -31,24 +34,27 @@ class JobResult:
     key: str
     engine: str | None = None
     renditions: int = 0
+    error: ServiceError | None = None
 
 
 class JobRunner:
-    """Reads the original, resizes it in the worker pool, writes renditions and status."""
+    """Reads the original, resizes it in the worker pool, writes renditions and the record."""
 
-    def __init__(self, storage: Storage, status: StatusStore, pool: WorkerPool, settings: Settings) -> None:
+    def __init__(self, storage: Storage, records: RecordStore, pool: WorkerPool, settings: Settings) -> None:
         self._storage = storage
-        self._status = status
+        self._records = records
         self._pool = pool
         self._settings = settings
 
     async def process(self, record: ObjectCreated) -> JobResult:
-        """Raises `PermanentError` (after recording `failed`) or `TransientError`."""
+        """Returns `failed` (with the permanent error, already recorded) or raises `TransientError`."""
         aws = self._settings.aws
         if record.bucket != aws.source_bucket:
             raise PoisonMessage(f"event for bucket {record.bucket!r}, expected {aws.source_bucket!r}")
         ref = ImageRef(record.key)
         for _ in range(MAX_SOURCE_CHANGES):
+            result: RenditionResult | None = None
+            error: PermanentError | None = None
             try:
                 meta, data = await self._storage.read(
                     aws.source_bucket, ref.source_key, self._settings.imaging.max_bytes
@@ -56,20 +62,33 @@ class JobRunner:
             except NotFound:
                 return JobResult("source_missing", ref.source_key)
             except OversizeObject as exc:  # nothing to decode, but the user must learn why
-                await self._fail(ref, exc.meta.etag, exc)
-            try:
-                result = await self._resize(data)
-            except PermanentError as exc:
-                await self._fail(ref, meta.etag, exc)
-            await self._write(ref, meta.etag, result)
-            # A newer original may have been processed while we worked; if so, ours overwrote it.
-            try:
-                current = await self._storage.head(aws.source_bucket, ref.source_key)
-            except NotFound:
+                meta, error = exc.meta, exc
+            if error is None:
+                try:
+                    result = await self._resize(data)
+                except PermanentError as exc:
+                    error = exc
+            if result is not None:
+                await self._write_renditions(ref, meta.etag, result)
+            else:  # renditions an earlier upload of this id left are never valid again
+                await self._drop_renditions(ref)
+            current = await self._current_etag(ref)
+            if current is None:  # deleted while we worked: leave nothing behind
+                await self._drop_renditions(ref)
                 return JobResult("source_missing", ref.source_key)
-            if current.etag == meta.etag:
-                return JobResult("ready", ref.source_key, result.engine, len(result.renditions))
-            log.info("original changed during processing key=%s, processing it again", ref.source_key)
+            if current != meta.etag:
+                log.info("original changed during processing key=%s, processing it again", ref.source_key)
+                continue
+            written = await self._records.record_result(ref, meta.etag, result, error)
+            if written.item.get("revision") == 1 and await self._current_etag(ref) is None:
+                # We created the record of an image deleted just now: undo, unless someone wrote since.
+                await self._records.delete_if(ref, 1)
+                await self._drop_renditions(ref)
+                return JobResult("source_missing", ref.source_key)
+            if error is not None:
+                return JobResult("failed", ref.source_key, error=error)
+            assert result is not None
+            return JobResult("ready", ref.source_key, result.engine, len(result.renditions))
         raise SourceMissing("the original keeps changing; the latest upload's own event will process it")
 
     async def _resize(self, data: bytes) -> RenditionResult:
@@ -77,7 +96,13 @@ class JobRunner:
             self._settings.consumer.job_timeout, make_renditions, data, self._settings.imaging
         )
 
-    async def _write(self, ref: ImageRef, etag: str, result: RenditionResult) -> None:
+    async def _current_etag(self, ref: ImageRef) -> str | None:
+        try:
+            return (await self._storage.head(self._settings.aws.source_bucket, ref.source_key)).etag
+        except NotFound:
+            return None
+
+    async def _write_renditions(self, ref: ImageRef, etag: str, result: RenditionResult) -> None:
         for rendition in result.renditions:
             await self._storage.put(
                 self._settings.aws.dest_bucket,
@@ -86,14 +111,9 @@ class JobRunner:
                 rendition.spec.content_type,
                 {"source-etag": etag.strip('"')},
             )
-        await self._status.write_ready(ref, etag, result)
 
-    async def _fail(self, ref: ImageRef, etag: str, error: ServiceError) -> NoReturn:
-        """Record the failure, then drop renditions an earlier upload of this id left behind:
-        they are never served once the status says `failed`, and would only cost storage."""
-        await self._status.write_failed(ref, etag, error)
+    async def _drop_renditions(self, ref: ImageRef) -> None:
         await self._storage.delete_many(
             self._settings.aws.dest_bucket,
             [ref.rendition_key(spec) for spec in self._settings.imaging.renditions],
         )
-        raise error

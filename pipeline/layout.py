@@ -12,7 +12,6 @@ from config.settings import RenditionSpec
 
 USER_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 IMAGE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-STATUS_NAME = "status.json"
 
 
 def valid_user_id(value: str) -> bool:
@@ -35,8 +34,11 @@ class ImageRef:
         return cls(f"{user_id}/{image_id}")
 
     @property
-    def status_key(self) -> str:
-        return f"{self.source_key}/{STATUS_NAME}"
+    def owner_and_id(self) -> tuple[str, str]:
+        """The record's key: the first path segment owns the image (a user id for API uploads;
+        any prefix for objects written to the bucket by other means)."""
+        owner, _, image_id = self.source_key.partition("/")
+        return (owner, image_id) if image_id else ("-", owner)
 
     def rendition_key(self, spec: RenditionSpec) -> str:
         """Deterministic, so reprocessing overwrites instead of duplicating."""

@@ -12,8 +12,9 @@ from pipeline.aws import AwsClients
 from pipeline.consumer import Consumer
 from pipeline.jobs import JobRunner
 from pipeline.queue import Queue
-from pipeline.status import StatusStore
+from pipeline.records import RecordStore
 from pipeline.storage import Storage
+from pipeline.tables import Tables
 from pipeline.workers import WorkerPool
 
 
@@ -40,7 +41,8 @@ async def open_consumer(
     pool = WorkerPool(settings.consumer.workers, settings.consumer.worker_threads)
     try:
         await pool.warm_up()
-        jobs = JobRunner(storage, StatusStore(storage, settings), pool, settings)
+        records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+        jobs = JobRunner(storage, records, pool, settings)
         yield Consumer(queues.main, queues.dlq, jobs, settings, burst=burst)
     finally:
         await asyncio.to_thread(pool.close)

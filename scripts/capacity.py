@@ -40,6 +40,8 @@ S3_TIER1 = {
 }
 S3_FREE = {"DeleteObject", "DeleteObjects", "AbortMultipartUpload"}
 S3_WRITES = S3_TIER1 - {"ListObjects"} | S3_FREE
+#: DynamoDB reads (every item here is under 4 KB: one read request unit; writes under 1 KB: one).
+DYNAMODB_READS = {"GetItem", "Query", "Scan", "BatchGetItem"}
 S3_PREFIX_WRITES_PER_S = 3500
 S3_PREFIX_READS_PER_S = 5500
 SQS_IN_FLIGHT_LIMIT = 120_000
@@ -55,6 +57,8 @@ class Prices:
     s3_tier2_per_1000: float = 0.0004  # GET, HEAD and the rest
     s3_gb_month: float = 0.023
     sqs_per_million: float = 0.40
+    dynamodb_read_per_million: float = 0.125  # on-demand read request units
+    dynamodb_write_per_million: float = 0.625  # on-demand write request units
     lambda_gb_s: float = 0.0000166667
     lambda_per_million: float = 0.20
     vcpu_hour: float = 0.0446  # c7i.large on demand, per vCPU
@@ -111,15 +115,18 @@ def plan(costs: dict[str, Any], work: Workload, prices: Prices) -> dict[str, Any
         for operation, count in requests_per_image(measured[label], views).items():
             operations[operation] = operations.get(operation, 0.0) + share * count
     s3 = {op.removeprefix("s3:"): n for op, n in operations.items() if op.startswith("s3:")}
+    dynamo = {op.removeprefix("dynamodb:"): n for op, n in operations.items() if op.startswith("dynamodb:")}
+    dynamo_reads = sum(n for op, n in dynamo.items() if op in DYNAMODB_READS)
+    dynamo_writes = sum(n for op, n in dynamo.items() if op not in DYNAMODB_READS)
     sqs = sum(n for op, n in operations.items() if op.startswith("sqs:"))
     s3_writes = sum(n for op, n in s3.items() if op in S3_WRITES)
     s3_reads = sum(n for op, n in s3.items() if op not in S3_WRITES)
     tier1 = sum(n for op, n in s3.items() if op in S3_TIER1)
     tier2 = sum(n for op, n in s3.items() if op not in S3_TIER1 | S3_FREE)
-    process_s3_calls = weighted(
+    process_s3_calls = weighted(  # sequential calls inside a job: S3 and DynamoDB
         measured,
         work.mix,
-        lambda c: sum(n for op, n in c["process"]["requests"].items() if op.startswith("s3:")),
+        lambda c: sum(n for op, n in c["process"]["requests"].items() if not op.startswith("sqs:")),
     )
     hold_p95_s = max(measured[label]["hold_ms"]["p95"] for label in work.mix) / 1000
     peak_rss = max(measured[label]["worker_peak_rss_mb"] for label in work.mix)
@@ -136,6 +143,9 @@ def plan(costs: dict[str, Any], work: Workload, prices: Prices) -> dict[str, Any
     million = 1_000_000
     s3_usd = million * (tier1 * prices.s3_tier1_per_1000 + tier2 * prices.s3_tier2_per_1000) / 1000
     sqs_usd = million * sqs * prices.sqs_per_million / million
+    dynamo_usd = (
+        dynamo_reads * prices.dynamodb_read_per_million + dynamo_writes * prices.dynamodb_write_per_million
+    )
     fleet_usd = million * consumer_ms / 1000 / 3600 / util * prices.vcpu_hour
     api_usd = million * api_ms / 1000 / 3600 / util * prices.vcpu_hour
     lambda_usd = million * (
@@ -153,6 +163,7 @@ def plan(costs: dict[str, Any], work: Workload, prices: Prices) -> dict[str, Any
             "cpu_ms": {"consumer": round(consumer_ms, 1), "api": round(api_ms, 1)},
             "s3_requests": {op: round(n, 3) for op, n in sorted(s3.items())},
             "sqs_requests": round(sqs, 3),
+            "dynamodb_requests": {op: round(n, 3) for op, n in sorted(dynamo.items())},
             "bytes": {
                 "upload": round(upload_bytes),
                 "stored": round(stored_bytes),
@@ -172,6 +183,10 @@ def plan(costs: dict[str, Any], work: Workload, prices: Prices) -> dict[str, Any
                 min(S3_PREFIX_WRITES_PER_S / s3_writes, S3_PREFIX_READS_PER_S / s3_reads), 1
             ),
         },
+        "dynamodb": {
+            "reads_per_s": round(rate * dynamo_reads, 1),
+            "writes_per_s": round(rate * dynamo_writes, 1),
+        },
         "sqs": {
             "requests_per_s": round(rate * sqs, 1),
             "in_flight": math.ceil(rate * hold_p95_s),
@@ -189,13 +204,14 @@ def plan(costs: dict[str, Any], work: Workload, prices: Prices) -> dict[str, Any
         "usd_per_million_images": {
             "s3_requests": round(s3_usd, 2),
             "sqs_requests": round(sqs_usd, 2),
+            "dynamodb_requests": round(dynamo_usd, 2),
             "consumer_fleet": round(fleet_usd, 2),
             "consumer_lambda": round(lambda_usd, 2),
             "api_fleet": round(api_usd, 2),
             "egress": round(egress_usd, 2),
             "storage_per_month": round(million * stored_bytes / 1e9 * prices.s3_gb_month, 2),
-            "total_with_fleet": round(s3_usd + sqs_usd + fleet_usd + api_usd + egress_usd, 2),
-            "total_with_lambda": round(s3_usd + sqs_usd + lambda_usd + api_usd + egress_usd, 2),
+            "total_with_fleet": round(s3_usd + sqs_usd + dynamo_usd + fleet_usd + api_usd + egress_usd, 2),
+            "total_with_lambda": round(s3_usd + sqs_usd + dynamo_usd + lambda_usd + api_usd + egress_usd, 2),
         },
     }
 

@@ -8,9 +8,9 @@ different upload through a *different* web server. Along the way consumers are k
 and SIGTERM in turn) and restarted. A final burst consumer drains the queue, then everything is
 reconciled against the buckets and the DLQ:
 
-- every accepted upload has exactly one set of renditions and a `ready` status, or a `failed`
-  status and a DLQ entry with a reason, and the outcome its latest upload calls for;
-- the renditions, the status and the original agree (same source ETag): duplicates processed by
+- every accepted upload has exactly one set of renditions and a `ready` record, or a `failed`
+  record and a DLQ entry with a reason, and the outcome its latest upload calls for;
+- the renditions, the record and the original agree (same source ETag): duplicates processed by
   two consumers or stale events never leave a result that disagrees with the current original.
 
 Exits 1 if anything is missing, duplicated or disagrees.
@@ -39,6 +39,9 @@ from PIL import Image
 from stack import ROOT, Stack, bearer, start_consumer, start_stack
 
 from config.settings import AwsSettings
+from pipeline.layout import ImageRef
+from pipeline.records import RecordStore
+from pipeline.tables import Tables
 
 AWS = AwsSettings()
 
@@ -241,7 +244,9 @@ async def reconcile(
     async with (
         get_session().create_client("s3", **kwargs) as s3,
         get_session().create_client("sqs", **kwargs) as sqs,
+        get_session().create_client("dynamodb", **kwargs) as dynamodb,
     ):
+        records = RecordStore(Tables(dynamodb, AWS).images)
         objects: dict[str, list[str]] = {}
         async for page in s3.get_paginator("list_objects_v2").paginate(Bucket=dest):
             for item in page.get("Contents", []):
@@ -253,18 +258,15 @@ async def reconcile(
             key = f"{upload.user_id}/{upload.image_id}"
             etag = (await s3.head_object(Bucket=AWS.source_bucket, Key=key))["ETag"].strip('"')
             names = objects.get(key, [])
-            document = None
-            if "status.json" in names:
-                got = await s3.get_object(Bucket=dest, Key=f"{key}/status.json")
-                document = json.loads(await got["Body"].read())
-            current = document is not None and document["source_etag"].strip('"') == etag
-            state = document["state"] if current and document else None
+            record = await records.read(ImageRef(key))
+            current = record is not None and record.source_etag.strip('"') == etag
+            state = record.state if current and record and record.state != "pending" else None
             if len(names) != len(set(names)):
                 report.duplicate_renditions += 1
             if state == "ready":
                 report.ready += 1
                 report.ready_with_dlq_entry += bool(dead[key, etag])
-                if set(names) != renditions | {"status.json"}:
+                if set(names) != renditions:
                     report.duplicate_renditions += 1
                 for name in renditions:  # each rendition was made from the current original
                     head = await s3.head_object(Bucket=dest, Key=f"{key}/{name}")
@@ -275,7 +277,7 @@ async def reconcile(
                     report.failed_with_reason += 1
                 else:
                     report.failed_without_dlq += 1
-                report.stale_renditions_after_failure += bool(set(names) - {"status.json"})
+                report.stale_renditions_after_failure += bool(names)
             else:
                 report.missing += 1
             if state is not None and state != upload.expected:

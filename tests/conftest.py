@@ -24,9 +24,12 @@ from PIL import Image
 
 from config.settings import SEED_USER_IDS, Settings
 from pipeline.aws import AwsClients, open_clients
+from pipeline.layout import ImageRef
 from pipeline.provision import provision
 from pipeline.queue import Message, Queue
+from pipeline.records import ImageRecord, RecordStore
 from pipeline.service import open_consumer
+from pipeline.tables import Tables
 from web.app import create_app
 from web.keys import ACCOUNTS
 
@@ -156,6 +159,24 @@ async def run_consumer_until_drained(
         async with asyncio.timeout(timeout):
             stats = await consumer.run()
     return dict(stats.outcomes)
+
+
+async def record_of(clients: AwsClients, settings: Settings, key: str) -> ImageRecord | None:
+    """The image record of a source key, as every process sees it."""
+    return await RecordStore(Tables(clients.dynamodb, settings.aws).images).read(ImageRef(key))
+
+
+async def status_of(clients: AwsClients, settings: Settings, key: str) -> dict[str, Any]:
+    """The record of a source key as a plain dict: `state`, `source_etag`, `error`, `renditions`."""
+    record = await record_of(clients, settings, key)
+    assert record is not None, f"no record for {key}"
+    return {
+        "state": record.state,
+        "source_etag": record.source_etag,
+        "error": record.error,
+        "renditions": record.renditions,
+        "info": record.item.get("info"),
+    }
 
 
 async def dlq_messages(clients: AwsClients, settings: Settings) -> list[Message]:

@@ -162,7 +162,7 @@ GOOD = {"file_name": "cat.jpg", "user_id": USER}
         ),
         ("GET", "/upload", {}, 405, "method_not_allowed"),
         ("GET", "/nope", {}, 404, "not_found"),
-        ("DELETE", f"/images/cat?user_id={USER}", {}, 405, "method_not_allowed"),
+        ("PATCH", f"/images/cat?user_id={USER}", {}, 405, "method_not_allowed"),
     ],
 )
 async def test_bad_input_gets_documented_json_error(

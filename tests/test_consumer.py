@@ -17,19 +17,13 @@ from pipeline.dlq import list_dead_letters, redrive
 from pipeline.provision import provision
 from pipeline.queue import Queue
 from pipeline.service import open_consumer, open_queues
-from tests.conftest import ROOT, USER, decode, dlq_messages, run_consumer_until_drained
+from tests.conftest import ROOT, USER, decode, dlq_messages, run_consumer_until_drained, status_of
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
 
 
 async def put(clients: AwsClients, settings: Settings, key: str, data: bytes) -> None:
     await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=key, Body=data)
-
-
-async def status_of(clients: AwsClients, settings: Settings, key: str) -> dict[str, Any]:
-    response = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{key}/status.json")
-    document: dict[str, Any] = json.loads(await response["Body"].read())
-    return document
 
 
 async def queue_depth(clients: AwsClients, settings: Settings) -> dict[str, int]:

@@ -9,7 +9,6 @@ import asyncio
 import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import pytest
 from PIL import Image
@@ -20,7 +19,7 @@ from pipeline.consumer import Consumer, ConsumerStats
 from pipeline.provision import provision
 from pipeline.service import open_consumer
 from scripts.awsproxy import FaultProxy, Rule
-from tests.conftest import ROOT, USER, decode, dlq_messages, run_consumer_until_drained
+from tests.conftest import ROOT, USER, decode, dlq_messages, run_consumer_until_drained, status_of
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
 
@@ -43,12 +42,6 @@ async def faulty(make_settings: Callable[..., Settings], proxy: FaultProxy, clie
 
 async def put(clients: AwsClients, settings: Settings, key: str, data: bytes = DOG) -> None:
     await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=key, Body=data)
-
-
-async def state_of(clients: AwsClients, settings: Settings, key: str) -> dict[str, Any]:
-    response = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{key}/status.json")
-    document: dict[str, Any] = json.loads(await response["Body"].read())
-    return document
 
 
 async def consume_until(
@@ -87,7 +80,7 @@ async def test_transient_s3_errors_are_retried_then_succeed(
     await put(clients, faulty, f"{USER}/flaky")
     stats = await consume_until(faulty, ready(1))
     assert stats.outcomes["retry"] >= 1
-    assert (await state_of(clients, faulty, f"{USER}/flaky"))["state"] == "ready"
+    assert (await status_of(clients, faulty, f"{USER}/flaky"))["state"] == "ready"
     assert await dlq_messages(clients, faulty) == []
 
 
@@ -119,7 +112,7 @@ async def test_endpoint_down_for_a_while_loses_and_duplicates_nothing(
 
     stats = await consume_until(faulty, ready(len(keys)), timeout=60, on_start=outage)
     for key in keys:
-        assert (await state_of(clients, faulty, key))["state"] == "ready"
+        assert (await status_of(clients, faulty, key))["state"] == "ready"
     assert stats.outcomes["ready"] == len(keys)
     assert "dead_lettered" not in stats.outcomes
     assert await dlq_messages(clients, faulty) == []
@@ -166,7 +159,7 @@ async def test_lost_lease_stops_the_job_without_a_stale_delete(
     assert stats.outcomes["lease_lost"] == 1
     # Test event + the lost delivery + the redelivery: the job with the lost lease deleted nothing.
     assert stats.received == 3 and stats.outcomes["ready"] == 1
-    assert (await state_of(clients, settings, f"{USER}/lease"))["state"] == "ready"
+    assert (await status_of(clients, settings, f"{USER}/lease"))["state"] == "ready"
 
 
 async def test_access_denied_on_destination_dead_letters_after_max_attempts(
@@ -206,9 +199,9 @@ async def test_duplicate_and_stale_events_leave_one_set_matching_the_latest_obje
     outcomes = await run_consumer_until_drained(clients, settings)
     assert outcomes["ready"] == 4
     listed = await clients.s3.list_objects_v2(Bucket=settings.aws.dest_bucket)
-    assert sorted(o["Key"] for o in listed["Contents"]) == [f"{key}/256.jpg", f"{key}/status.json"]
+    assert sorted(o["Key"] for o in listed["Contents"]) == [f"{key}/256.jpg"]
     head = await clients.s3.head_object(Bucket=settings.aws.source_bucket, Key=key)
-    assert (await state_of(clients, settings, key))["source_etag"] == head["ETag"]
+    assert (await status_of(clients, settings, key))["source_etag"] == head["ETag"]
     thumb = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{key}/256.jpg")
     red, green, blue = decode(await thumb["Body"].read()).getpixel((10, 10))
     assert blue > 200 and red < 60 and green < 60

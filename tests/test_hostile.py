@@ -30,6 +30,7 @@ from tests.conftest import (
     env_for,
     png_header_only,
     run_consumer_until_drained,
+    status_of,
 )
 
 Client = TestClient[Any, Any]
@@ -331,10 +332,9 @@ async def dead_letters(moto_endpoint: str) -> dict[str, dict[str, str]]:
         letters = {}
         for message in await dlq_messages(clients, settings):
             key = parse_message(message.body).created[0].key
-            status = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{key}/status.json")
             letters[key.split("/", 1)[1]] = {
                 **message.attributes,
-                "status": json.loads(await status["Body"].read())["state"],
+                "status": (await status_of(clients, settings, key))["state"],
             }
     return letters
 

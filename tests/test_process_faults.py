@@ -18,7 +18,7 @@ from pipeline.aws import AwsClients
 from pipeline.provision import provision
 from pipeline.queue import Queue
 from pipeline.service import open_consumer
-from tests.conftest import USER, dlq_messages, run_consumer_until_drained, settings_env, start
+from tests.conftest import USER, dlq_messages, run_consumer_until_drained, settings_env, start, status_of
 
 
 async def fill(clients: AwsClients, settings: Settings, count: int) -> list[str]:
@@ -43,8 +43,7 @@ async def wait_for_line(process: asyncio.subprocess.Process, pattern: str, timeo
 
 async def all_ready(clients: AwsClients, settings: Settings, keys: list[str]) -> None:
     for key in keys:
-        response = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{key}/status.json")
-        assert json.loads(await response["Body"].read())["state"] == "ready", key
+        assert (await status_of(clients, settings, key))["state"] == "ready", key
 
 
 async def test_sigkill_mid_batch_then_restart_loses_nothing(

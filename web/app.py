@@ -12,12 +12,13 @@ from config.settings import Settings
 from pipeline.accounts import Accounts
 from pipeline.aws import open_clients
 from pipeline.provision import provision
+from pipeline.quotas import Usage
+from pipeline.records import RecordStore
 from pipeline.service import open_consumer
-from pipeline.status import StatusStore
 from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
-from web.keys import ACCOUNTS, CLIENTS, CONSUMER, LIMITER, SETTINGS, STATUS, STORAGE, TABLES
+from web.keys import ACCOUNTS, CLIENTS, CONSUMER, LIMITER, RECORDS, SETTINGS, STORAGE, TABLES, USAGE
 from web.middlewares import error_middleware
 from web.routes import setup_routes
 
@@ -51,7 +52,8 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
         )
         app[CLIENTS] = clients
         app[STORAGE] = storage
-        app[STATUS] = StatusStore(storage, settings)
+        app[RECORDS] = RecordStore(tables.images)
+        app[USAGE] = Usage(tables.users, settings.accounts)
         yield
 
 

@@ -8,7 +8,8 @@ from config.settings import Settings
 from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients
 from pipeline.consumer import Consumer
-from pipeline.status import StatusStore
+from pipeline.quotas import Usage
+from pipeline.records import RecordStore
 from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
@@ -16,7 +17,8 @@ from pipeline.throttle import FailureLimiter
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", AwsClients)
 STORAGE = web.AppKey("storage", Storage)
-STATUS = web.AppKey("status", StatusStore)
+RECORDS = web.AppKey("records", RecordStore)
+USAGE = web.AppKey("usage", Usage)
 CONSUMER = web.AppKey("consumer", Consumer)
 TABLES = web.AppKey("tables", Tables)
 ACCOUNTS = web.AppKey("accounts", Accounts)

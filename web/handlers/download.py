@@ -20,11 +20,11 @@ from pipeline.errors import (
     ServiceError,
 )
 from pipeline.layout import ImageRef, valid_image_id
-from pipeline.status import ImageStatus
+from pipeline.records import ImageRecord
 from pipeline.storage import ObjectMeta
 from web import urls
 from web.identity import resolve_user
-from web.keys import SETTINGS, STATUS, STORAGE
+from web.keys import RECORDS, SETTINGS, STORAGE
 from web.middlewares import error_response
 
 log = logging.getLogger(__name__)
@@ -61,21 +61,20 @@ async def download_thumbnail(request: web.Request) -> web.StreamResponse:
     size = request.query.get("size") or specs[0].name
     if settings.imaging.rendition(size) is None:
         raise InvalidField(f"size must be one of {', '.join(s.name for s in specs)}")
-    try:
-        status = await request.app[STATUS].read(ref)
-    except NotFound:
-        raise ImageNotFound() from None
-    if status.state != "ready":
-        return _not_ready(status, user_id, image_id, settings.web.retry_after)
-    rendition = status.renditions.get(size)
+    record = await request.app[RECORDS].read(ref)
+    if record is None:
+        raise ImageNotFound()
+    if record.state != "ready":
+        return _not_ready(record, user_id, image_id, settings.web.retry_after)
+    rendition = record.renditions.get(size)
     if rendition is None:
         raise NotFound(f"rendition {size} was not made for this image; upload it again to make it")
     return await serve_object(request, settings.aws.dest_bucket, str(rendition["key"]))
 
 
-def _not_ready(status: ImageStatus, user_id: str, image_id: str, retry_after: int) -> web.Response:
-    if status.state == "failed":
-        error = status.error or {}
+def _not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int) -> web.Response:
+    if record.state == "failed":
+        error = record.error or {}
         return error_response(
             422,
             "thumbnail_failed",

@@ -7,6 +7,7 @@ soon as the original is durably stored and never waits for thumbnails.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -24,16 +25,16 @@ from pipeline.errors import (
     InvalidJson,
     MissingField,
     NotFound,
+    QuotaExceeded,
     TooLarge,
     UnsupportedMediaType,
     UploadTimeout,
 )
 from pipeline.imaging import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
-from pipeline.storage import StoredUpload
-from web import urls
+from web.handlers.images import describe
 from web.identity import resolve_user
-from web.keys import SETTINGS, STORAGE
+from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
 
 CHUNK = 256 * 1024
 #: How much of an upload is kept to read its header (bombs are refused before being stored).
@@ -61,8 +62,7 @@ async def compat_upload(request: web.Request) -> web.Response:
         raise InvalidField("the file name (without extension) is not a valid image id")
     settings = request.app[SETTINGS]
     path = _input_file(settings.web.input_dir, file_name)
-    stored = await _store(request, user_id, image_id, _file_chunks(path), file_name)
-    return _accepted(user_id, image_id, stored)
+    return await _store(request, user_id, image_id, _file_chunks(path), file_name, path.stat().st_size)
 
 
 async def put_image(request: web.Request) -> web.Response:
@@ -90,44 +90,77 @@ async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> w
     if request.content_type.startswith("multipart/"):
         part = await _single_file_part(request)
         file_name = part.filename or file_name
-        stored = await _store(request, user_id, image_id, _part_chunks(part), file_name)
-    else:
-        stored = await _store(request, user_id, image_id, request.content.iter_chunked(CHUNK), file_name)
-    return _accepted(user_id, image_id, stored)
+        return await _store(request, user_id, image_id, _part_chunks(part), file_name, None)
+    return await _store(
+        request, user_id, image_id, request.content.iter_chunked(CHUNK), file_name, request.content_length
+    )
 
 
 async def _store(
-    request: web.Request, user_id: str, image_id: str, chunks: AsyncIterator[bytes], file_name: str
-) -> StoredUpload:
+    request: web.Request,
+    user_id: str,
+    image_id: str,
+    chunks: AsyncIterator[bytes],
+    file_name: str,
+    declared: int | None,
+) -> web.Response:
+    """Check quotas, stream the original into S3, charge the user, record the upload: 202."""
     settings = request.app[SETTINGS]
-    return await request.app[STORAGE].upload_stream(
+    ref = ImageRef.of(user_id, image_id)
+    records, usage = request.app[RECORDS], request.app[USAGE]
+    previous = await records.read(ref)
+    replaced = previous.bytes if previous else 0
+    await usage.check(user_id, new_image=previous is None, incoming=declared, replaced_bytes=replaced)
+    digest = hashlib.sha256()
+    stored = await request.app[STORAGE].upload_stream(
         settings.aws.source_bucket,
-        ImageRef.of(user_id, image_id).source_key,
-        _screened(_idle_timeout(chunks, settings.web.upload_idle_timeout), settings.imaging),
+        ref.source_key,
+        _hashed(_screened(_idle_timeout(chunks, settings.web.upload_idle_timeout), settings.imaging), digest),
         max_bytes=settings.imaging.max_bytes,
         part_size=settings.web.part_size,
         allowed_formats=settings.imaging.allowed_formats,
         # S3 metadata travels as HTTP headers: keep it ASCII whatever the client sent.
         metadata={"original-filename": quote(file_name[:255], safe=" ._-"), "user-id": user_id},
     )
-
-
-def _accepted(user_id: str, image_id: str, stored: StoredUpload) -> web.Response:
-    status_url = urls.status_url(user_id, image_id)
-    response = web.json_response(
+    await _charge(request, ref, user_id, stored.size - replaced, previous is None)
+    record = await records.record_upload(
+        ref,
+        stored.etag,
         {
-            "user_id": user_id,
-            "image_id": image_id,
-            "status": "pending",
+            "file_name": file_name[:255],
+            "content_type": f"image/{stored.format}",
             "format": stored.format,
             "bytes": stored.size,
-            "status_url": status_url,
-            "original_url": urls.original_url(user_id, image_id),
+            "sha256": digest.hexdigest(),
         },
-        status=202,
     )
-    response.headers["Location"] = status_url
+    body = describe(user_id, record)
+    response = web.json_response(body, status=202)
+    response.headers["Location"] = body["status_url"]
     return response
+
+
+async def _charge(request: web.Request, ref: ImageRef, user_id: str, delta: int, new_image: bool) -> None:
+    """Count the stored bytes against the user's quota, atomically across processes.
+
+    A new image that crosses a quota is removed again (its event then finds nothing to do). A
+    replacement has already overwritten its predecessor in S3, so it is kept and counted even
+    past the quota; only uploads without Content-Length can get there, the others are refused
+    before a byte is stored.
+    """
+    usage = request.app[USAGE]
+    try:
+        await usage.charge(user_id, delta, 1 if new_image else 0, enforce=new_image)
+    except QuotaExceeded:
+        await request.app[STORAGE].delete_many(request.app[SETTINGS].aws.source_bucket, [ref.source_key])
+        raise
+
+
+async def _hashed(chunks: AsyncIterator[bytes], digest: Any) -> AsyncIterator[bytes]:
+    """Pass chunks through, hashing them: the record keeps the original's SHA-256."""
+    async for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -1,0 +1,71 @@
+"""Per-user usage counters and quotas, on the user's item in DynamoDB.
+
+Counters change only by atomic `ADD` with a condition that carries the quota, so concurrent
+uploads through any number of web processes cannot together cross it. A quota of 0 is no limit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from config.settings import AccountSettings
+from pipeline.errors import ByteQuotaExceeded, ImageQuotaExceeded, UnknownUser
+from pipeline.tables import ConditionFailed, Table
+
+log = logging.getLogger(__name__)
+
+
+class Usage:
+    def __init__(self, users: Table, accounts: AccountSettings) -> None:
+        self._users = users
+        self._max_bytes = accounts.quota_bytes
+        self._max_images = accounts.quota_images
+
+    async def check(
+        self, user_id: str, *, new_image: bool, incoming: int | None, replaced_bytes: int
+    ) -> None:
+        """Refuse early, before any byte is stored, what would certainly cross a quota."""
+        if not (self._max_bytes or self._max_images):
+            return
+        user = await self._users.get({"user_id": user_id})
+        if user is None:
+            raise UnknownUser()
+        if new_image and self._max_images and int(user.get("image_count", 0)) >= self._max_images:
+            raise ImageQuotaExceeded()
+        used_after = int(user.get("bytes_used", 0)) - replaced_bytes + (incoming or 0)
+        if self._max_bytes and incoming is not None and used_after > self._max_bytes:
+            raise ByteQuotaExceeded()
+
+    async def charge(
+        self, user_id: str, delta_bytes: int, delta_images: int, *, enforce: bool = True
+    ) -> None:
+        """Add to the counters, atomically refusing a change that would cross a quota."""
+        conditions = ["attribute_exists(user_id)"]
+        values: dict[str, int] = {":b": delta_bytes, ":n": delta_images}
+        if enforce and self._max_images and delta_images > 0:
+            conditions.append("(attribute_not_exists(image_count) OR image_count <= :max_before_n)")
+            values[":max_before_n"] = self._max_images - delta_images
+        if enforce and self._max_bytes and delta_bytes > 0:
+            conditions.append("(attribute_not_exists(bytes_used) OR bytes_used <= :max_before_b)")
+            values[":max_before_b"] = self._max_bytes - delta_bytes
+        try:
+            await self._users.update(
+                {"user_id": user_id},
+                "ADD bytes_used :b, image_count :n",
+                " AND ".join(conditions),
+                values=values,
+            )
+        except ConditionFailed:
+            user = await self._users.get({"user_id": user_id})
+            if user is None:
+                raise UnknownUser() from None
+            if (
+                self._max_images
+                and delta_images > 0
+                and int(user.get("image_count", 0)) + delta_images > self._max_images
+            ):
+                raise ImageQuotaExceeded() from None
+            raise ByteQuotaExceeded() from None
+
+    async def release(self, user_id: str, freed_bytes: int, images: int) -> None:
+        await self.charge(user_id, -freed_bytes, -images, enforce=False)

@@ -1,0 +1,241 @@
+"""Image records in DynamoDB: what each image is, and what the pipeline has made of it.
+
+One item per (owner, image id). The API writes the upload's facts (file name, type, bytes,
+SHA-256, the original's ETag); the consumer writes the result (renditions, dimensions, or the
+failure) for the ETag it processed. The status is derived, so neither overwrites the other's
+half: `ready`/`failed` when the result names the current original's ETag, `pending` otherwise.
+
+S3 holds the truth about which original is current; records follow it. Every write is
+optimistic (`revision` must be what the writer read), and the consumer writes only after S3
+confirmed that the original it processed is still the current one, so a stale or duplicate
+event cannot overwrite a newer result: it either finds the record moved on (and re-reads) or
+rewrites the same result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pipeline.errors import InvalidField, ServiceError, TransientError
+from pipeline.imaging import RenditionResult
+from pipeline.layout import ImageRef
+from pipeline.tables import ConditionFailed, Item, Table
+
+State = Literal["pending", "ready", "failed"]
+#: Optimistic writes that lose a race re-read and try again this often before giving up.
+WRITE_ATTEMPTS = 5
+
+
+class RecordConflict(TransientError):
+    """The record kept changing under a writer: retried later like any transient failure."""
+
+    code = "record_conflict"
+    default_message = "the image record kept changing; try again"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    owner: str
+    image_id: str
+    item: Item = field(repr=False)
+
+    @property
+    def state(self) -> State:
+        if self.item.get("result_etag") and self.item.get("result_etag") == self.item.get("source_etag"):
+            return "ready" if self.item.get("result_state") == "ready" else "failed"
+        return "pending"
+
+    @property
+    def source_etag(self) -> str:
+        return str(self.item.get("source_etag", ""))
+
+    @property
+    def bytes(self) -> int:
+        return int(self.item.get("bytes", 0))
+
+    @property
+    def renditions(self) -> dict[str, dict[str, Any]]:
+        renditions: dict[str, dict[str, Any]] = (
+            self.item.get("renditions", {}) if self.state == "ready" else {}
+        )
+        return renditions
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        return self.item.get("error") if self.state == "failed" else None
+
+    def public(self) -> dict[str, Any]:
+        """The fields a client sees (URLs are added by the web tier)."""
+        item = self.item
+        body: dict[str, Any] = {
+            "image_id": self.image_id,
+            "status": self.state,
+            "file_name": item.get("file_name") or None,
+            "format": item.get("format"),  # detected from the bytes at upload
+            "content_type": item.get("content_type"),
+            "bytes": item.get("bytes"),
+            "sha256": item.get("sha256"),
+            "etag": self.source_etag or None,
+            "created_at": item.get("created_at"),
+            "updated_at": item.get("updated_at"),
+        }
+        if self.state == "ready":
+            info = item.get("info", {})
+            body.update({k: info[k] for k in ("format", "width", "height") if k in info})
+        if self.state == "failed":
+            body["error"] = self.error
+        return {k: v for k, v in body.items() if v is not None}
+
+
+class RecordStore:
+    def __init__(self, table: Table) -> None:
+        self._table = table
+
+    async def read(self, ref: ImageRef) -> ImageRecord | None:
+        owner, image_id = ref.owner_and_id
+        item = await self._table.get({"user_id": owner, "image_id": image_id})
+        return ImageRecord(owner, image_id, item) if item else None
+
+    async def wait(self, ref: ImageRef, seconds: float) -> ImageRecord | None:
+        """The record, waiting up to `seconds` for a pending one to settle (long polling):
+        one consistent read every 50-250 ms, whichever process serves the caller."""
+        record = await self.read(ref)
+        deadline = time.monotonic() + seconds
+        delay = 0.05
+        while record is not None and record.state == "pending":
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.25)
+            record = await self.read(ref)
+        return record
+
+    async def record_upload(self, ref: ImageRef, etag: str, facts: dict[str, Any]) -> ImageRecord:
+        """The API stored a new original: its facts and ETag become the record's current version."""
+        return await self._write(
+            ref,
+            lambda _old: {**facts, "source_etag": etag},
+        )
+
+    async def record_result(
+        self, ref: ImageRef, etag: str, result: RenditionResult | None, error: ServiceError | None
+    ) -> ImageRecord:
+        """The consumer made (or failed to make) renditions of the original with `etag`, which S3
+        has just confirmed is current: that ETag becomes the record's version if it was not."""
+
+        def fields(old: Item | None) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "source_etag": etag,
+                "result_etag": etag,
+                "processed_at": _now(),
+                "result_state": "ready" if error is None else "failed",
+                "error": None if error is None else {"code": error.code, "message": error.message},
+                "renditions": {},
+            }
+            if result is not None:
+                out["renditions"] = {
+                    r.spec.name: {
+                        "key": ref.rendition_key(r.spec),
+                        "width": r.width,
+                        "height": r.height,
+                        "bytes": len(r.data),
+                        "content_type": r.spec.content_type,
+                    }
+                    for r in result.renditions
+                }
+                out["info"] = {
+                    "format": result.info.format,
+                    "width": result.info.width,
+                    "height": result.info.height,
+                    "engine": result.engine,
+                }
+            return out
+
+        return await self._write(ref, fields)
+
+    async def delete(self, ref: ImageRef) -> ImageRecord | None:
+        owner, image_id = ref.owner_and_id
+        old = await self._table.delete({"user_id": owner, "image_id": image_id})
+        return ImageRecord(owner, image_id, old) if old else None
+
+    async def delete_if(self, ref: ImageRef, revision: int) -> None:
+        """Delete the record only if nobody wrote it since `revision` (undoing our own write)."""
+        owner, image_id = ref.owner_and_id
+        with contextlib.suppress(ConditionFailed):
+            await self._table.delete(
+                {"user_id": owner, "image_id": image_id}, "revision = :r", values={":r": revision}
+            )
+
+    async def page(self, owner: str, limit: int, cursor: str | None) -> tuple[list[ImageRecord], str | None]:
+        """One page of an owner's images, newest first, and the cursor of the next page.
+
+        Ordered by (creation time, id), which never changes for an image (a re-upload keeps its
+        place), so pages stay consistent while new images arrive: they sort before page one.
+        """
+        items, last = await self._table.query(
+            "user_id = :u",
+            index="by_created",
+            forward=False,
+            limit=limit,
+            start=_decode_cursor(cursor, owner) if cursor else None,
+            values={":u": owner},
+        )
+        records = [ImageRecord(owner, str(i["image_id"]), i) for i in items]
+        return records, _encode_cursor(last) if last else None
+
+    async def _write(self, ref: ImageRef, fields: Any) -> ImageRecord:
+        owner, image_id = ref.owner_and_id
+        key = {"user_id": owner, "image_id": image_id}
+        for _ in range(WRITE_ATTEMPTS):
+            old = await self._table.get(key)
+            revision = int(old.get("revision", 0)) if old else 0
+            now = _now()
+            created = old.get("created_at", now) if old else now
+            new: dict[str, Any] = {
+                **(old or {}),
+                **key,
+                **fields(old),
+                "revision": revision + 1,
+                "updated_at": now,
+                "created_at": created,
+                "created_key": f"{created}#{image_id}",
+            }
+            new = {k: v for k, v in new.items() if v is not None}
+            try:
+                if old is None:
+                    await self._table.put(new, "attribute_not_exists(user_id)")
+                else:
+                    await self._table.put(new, "revision = :r", values={":r": revision})
+            except ConditionFailed:
+                continue
+            return ImageRecord(owner, image_id, new)
+        raise RecordConflict(f"record {owner}/{image_id} kept changing")
+
+
+def _encode_cursor(last: Item) -> str:
+    raw = json.dumps([last["user_id"], last["image_id"], last["created_key"]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, owner: str) -> Item:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        user_id, image_id, created_key = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise InvalidField("cursor is not one this API returned") from None
+    if user_id != owner or not all(isinstance(v, str) for v in (image_id, created_key)):
+        raise InvalidField("cursor is not one this API returned")
+    return {"user_id": user_id, "image_id": image_id, "created_key": created_key}

@@ -1,0 +1,192 @@
+"""Image records: fields, listing page by page, deletion, ids, quotas, and the consumer's writes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from config.settings import Settings
+from pipeline.aws import AwsClients
+from tests.conftest import (
+    OTHER_USER,
+    USER,
+    ClientFactory,
+    decode,
+    dlq_messages,
+    jpeg_bytes,
+    record_of,
+    run_consumer_until_drained,
+)
+
+Client = TestClient[Any, Any]
+
+
+async def listing(client: Client, **query: str) -> dict[str, Any]:
+    response = await client.get("/images", params=query)
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def usage_of(clients: AwsClients, settings: Settings, user_id: str) -> tuple[int, int]:
+    got = await clients.dynamodb.get_item(
+        TableName=settings.aws.table("users"), Key={"user_id": {"S": user_id}}, ConsistentRead=True
+    )
+    item = got["Item"]
+    return int(item["bytes_used"]["N"]), int(item["image_count"]["N"])
+
+
+async def test_record_has_the_uploads_facts_then_the_results(
+    api: Client, clients: AwsClients, settings: Settings
+) -> None:
+    data = jpeg_bytes(640, 480)
+    response = await api.put("/images/facts", data=data, headers={"X-File-Name": "holiday.jpg"})
+    assert response.status == 202
+    body = await response.json()
+    assert body["status"] == "pending" and body["file_name"] == "holiday.jpg"
+    assert body["bytes"] == len(data) and body["sha256"] == hashlib.sha256(data).hexdigest()
+    assert body["content_type"] == "image/jpeg" and body["created_at"]
+    await run_consumer_until_drained(clients, settings)
+    ready = await (await api.get("/images/facts")).json()
+    assert ready["status"] == "ready" and (ready["width"], ready["height"]) == (640, 480)
+    assert ready["created_at"] == body["created_at"] and ready["sha256"] == body["sha256"]
+    thumb = await api.get(ready["renditions"]["256"]["url"])
+    assert decode(await thumb.read()).size == (256, 192)
+
+
+async def test_server_generated_ids_are_unguessable_and_url_safe(api: Client) -> None:
+    ids = set()
+    for _ in range(3):
+        response = await api.post("/images", data=jpeg_bytes(20, 20))
+        assert response.status == 202
+        ids.add((await response.json())["image_id"])
+    assert len(ids) == 3
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{23,63}", i) for i in ids)
+
+
+async def test_listing_is_newest_first_and_pages_hold_under_concurrent_inserts(
+    api: Client, settings: Settings, make_client: ClientFactory
+) -> None:
+    for i in range(7):
+        assert (await api.put(f"/images/a{i}", data=jpeg_bytes(16 + i, 16))).status == 202
+    other = await make_client(settings, user=OTHER_USER)
+    assert (await other.put("/images/theirs", data=jpeg_bytes(16, 16))).status == 202
+
+    first = await listing(api, limit="3")
+    assert [i["image_id"] for i in first["images"]] == ["a6", "a5", "a4"]
+    # New images arrive between pages: they sort before page one, never into later pages.
+    await asyncio.gather(*(api.put(f"/images/b{i}", data=jpeg_bytes(30, 30 + i)) for i in range(2)))
+    second = await listing(api, limit="3", cursor=first["next_cursor"])
+    third = await listing(api, limit="3", cursor=second["next_cursor"])
+    assert [i["image_id"] for i in second["images"]] == ["a3", "a2", "a1"]
+    assert [i["image_id"] for i in third["images"]] == ["a0"] and third["next_cursor"] is None
+    fresh = await listing(api, limit="100")
+    assert {i["image_id"] for i in fresh["images"]} == {f"a{i}" for i in range(7)} | {"b0", "b1"}
+    assert "theirs" not in {i["image_id"] for i in fresh["images"]}
+    # A re-upload keeps its place (creation time), so pagination never sees it twice.
+    assert (await api.put("/images/a3", data=jpeg_bytes(50, 50))).status == 202
+    again = await listing(api, limit="100")
+    assert [i["image_id"] for i in again["images"]] == [i["image_id"] for i in fresh["images"]]
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ({"limit": "0"}, "invalid_field"),
+        ({"limit": "101"}, "invalid_field"),
+        ({"limit": "ten"}, "invalid_field"),
+        ({"cursor": "not a cursor"}, "invalid_field"),
+        ({"cursor": "WyJ4IiwgInkiLCAieiJd"}, "invalid_field"),  # another user's key, base64
+    ],
+)
+async def test_bad_listing_parameters(api: Client, query: dict[str, str], code: str) -> None:
+    response = await api.get("/images", params=query)
+    assert response.status == 400 and (await response.json())["error"] == code
+
+
+async def test_delete_removes_everything_and_is_idempotent(
+    api: Client, clients: AwsClients, settings: Settings
+) -> None:
+    data = jpeg_bytes(300, 200)
+    assert (await api.put("/images/doomed", data=data)).status == 202
+    await run_consumer_until_drained(clients, settings)
+    assert await usage_of(clients, settings, USER) == (len(data), 1)
+    for _ in range(2):
+        assert (await api.delete("/images/doomed")).status == 204
+    for bucket in (settings.aws.source_bucket, settings.aws.dest_bucket):
+        assert "Contents" not in await clients.s3.list_objects_v2(Bucket=bucket)
+    assert await record_of(clients, settings, f"{USER}/doomed") is None
+    assert (await api.get("/images/doomed")).status == 404
+    assert (await api.get("/download/thumbnail?image_id=doomed")).status == 404
+    assert await usage_of(clients, settings, USER) == (0, 0)
+
+
+async def test_delete_during_processing_is_acknowledged_not_dead_lettered(
+    api: Client, clients: AwsClients, settings: Settings
+) -> None:
+    assert (await api.put("/images/gone-soon", data=jpeg_bytes(300, 200))).status == 202
+    assert (await api.delete("/images/gone-soon")).status == 204  # its event is still queued
+    outcomes = await run_consumer_until_drained(clients, settings)
+    assert outcomes.get("source_missing") == 1 and "dead_lettered" not in outcomes
+    assert await dlq_messages(clients, settings) == []
+    assert "Contents" not in await clients.s3.list_objects_v2(Bucket=settings.aws.dest_bucket)
+    assert await record_of(clients, settings, f"{USER}/gone-soon") is None
+
+
+async def test_reupload_replaces_and_the_record_follows_the_newest(
+    api: Client, clients: AwsClients, settings: Settings
+) -> None:
+    """Both uploads' events are queued before any is processed: the older event must not win."""
+    for width in (400, 200):
+        assert (await api.put("/images/twice", data=jpeg_bytes(width, 100))).status == 202
+    await run_consumer_until_drained(clients, settings)
+    record = await record_of(clients, settings, f"{USER}/twice")
+    assert record is not None and record.state == "ready"
+    head = await clients.s3.head_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/twice")
+    assert record.source_etag == head["ETag"] and record.item["info"]["width"] == 200
+    assert await usage_of(clients, settings, USER) == (len(jpeg_bytes(200, 100)), 1)
+
+
+@pytest.fixture
+async def quota_api(make_settings: Any, make_client: ClientFactory) -> AsyncIterator[tuple[Client, Settings]]:
+    size = len(jpeg_bytes(64, 64))
+    settings = make_settings(IMGSVC_QUOTA_IMAGES="3", IMGSVC_QUOTA_BYTES=str(int(size * 2.5)))
+    yield await make_client(settings), settings
+
+
+async def test_image_count_quota(make_settings: Any, make_client: ClientFactory) -> None:
+    api = await make_client(make_settings(IMGSVC_QUOTA_IMAGES="2"))
+    for name in ("q1", "q2"):
+        assert (await api.put(f"/images/{name}", data=jpeg_bytes(20, 20))).status == 202
+    refused = await api.put("/images/q3", data=jpeg_bytes(20, 20))
+    assert refused.status == 403 and (await refused.json())["error"] == "quota_images_exceeded"
+    assert (await api.put("/images/q1", data=jpeg_bytes(30, 30))).status == 202  # a replacement
+    assert (await api.delete("/images/q2")).status == 204
+    assert (await api.put("/images/q3", data=jpeg_bytes(20, 20))).status == 202
+
+
+async def test_byte_quota_refuses_before_storing_and_after_a_chunked_upload(
+    quota_api: tuple[Client, Settings], clients: AwsClients
+) -> None:
+    api, settings = quota_api
+    data = jpeg_bytes(64, 64)
+    for name in ("b1", "b2"):
+        assert (await api.put(f"/images/{name}", data=data)).status == 202
+    refused = await api.put("/images/b3", data=data)  # Content-Length known: refused up front
+    assert refused.status == 413 and (await refused.json())["error"] == "quota_bytes_exceeded"
+
+    async def chunked() -> AsyncIterator[bytes]:
+        yield data[:1000]
+        yield data[1000:]
+
+    late = await api.put("/images/b4", data=chunked())  # no length: counted after streaming
+    assert late.status == 413 and (await late.json())["error"] == "quota_bytes_exceeded"
+    keys = [o["Key"] for o in (await clients.s3.list_objects_v2(Bucket=settings.aws.source_bucket))["Contents"]]
+    assert sorted(keys) == [f"{USER}/b1", f"{USER}/b2"]  # nothing of the refused uploads is kept
+    assert await usage_of(clients, settings, USER) == (2 * len(data), 2)
