@@ -246,7 +246,9 @@ class Settings:
             run_consumer=env.flag("RUN_CONSUMER", mode == "embedded"),
         )
         accounts = AccountSettings(
-            auth_failures_allowed=env.integer("AUTH_FAILURES_ALLOWED", d_acc.auth_failures_allowed, 1, 100_000),
+            auth_failures_allowed=env.integer(
+                "AUTH_FAILURES_ALLOWED", d_acc.auth_failures_allowed, 1, 100_000
+            ),
             auth_failure_window=env.integer("AUTH_FAILURE_WINDOW", d_acc.auth_failure_window, 1, 86_400),
             quota_bytes=env.integer("QUOTA_BYTES", d_acc.quota_bytes, 0, 2**62),
             quota_images=env.integer("QUOTA_IMAGES", d_acc.quota_images, 0, 2**62),

@@ -187,6 +187,8 @@ async def test_byte_quota_refuses_before_storing_and_after_a_chunked_upload(
 
     late = await api.put("/images/b4", data=chunked())  # no length: counted after streaming
     assert late.status == 413 and (await late.json())["error"] == "quota_bytes_exceeded"
-    keys = [o["Key"] for o in (await clients.s3.list_objects_v2(Bucket=settings.aws.source_bucket))["Contents"]]
+    keys = [
+        o["Key"] for o in (await clients.s3.list_objects_v2(Bucket=settings.aws.source_bucket))["Contents"]
+    ]
     assert sorted(keys) == [f"{USER}/b1", f"{USER}/b2"]  # nothing of the refused uploads is kept
     assert await usage_of(clients, settings, USER) == (2 * len(data), 2)
