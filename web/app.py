@@ -11,6 +11,7 @@ from aiohttp import web
 from config.settings import Settings
 from pipeline.accounts import Accounts
 from pipeline.aws import open_clients
+from pipeline.links import LinkSigner, shared_secret
 from pipeline.provision import provision
 from pipeline.quotas import Usage
 from pipeline.records import RecordStore
@@ -18,7 +19,7 @@ from pipeline.service import open_consumer
 from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
-from web.keys import ACCOUNTS, CLIENTS, CONSUMER, LIMITER, RECORDS, SETTINGS, STORAGE, TABLES, USAGE
+from web.keys import ACCOUNTS, CLIENTS, CONSUMER, LIMITER, LINKS, RECORDS, SETTINGS, STORAGE, TABLES, USAGE
 from web.middlewares import error_middleware
 from web.routes import setup_routes
 
@@ -54,6 +55,7 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
         app[STORAGE] = storage
         app[RECORDS] = RecordStore(tables.images)
         app[USAGE] = Usage(tables.users, settings.accounts)
+        app[LINKS] = LinkSigner(await shared_secret(tables.config, accounts.signing_secret))
         yield
 
 

@@ -8,6 +8,7 @@ from config.settings import Settings
 from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients
 from pipeline.consumer import Consumer
+from pipeline.links import LinkSigner
 from pipeline.quotas import Usage
 from pipeline.records import RecordStore
 from pipeline.storage import Storage
@@ -19,6 +20,7 @@ CLIENTS = web.AppKey("clients", AwsClients)
 STORAGE = web.AppKey("storage", Storage)
 RECORDS = web.AppKey("records", RecordStore)
 USAGE = web.AppKey("usage", Usage)
+LINKS = web.AppKey("links", LinkSigner)
 CONSUMER = web.AppKey("consumer", Consumer)
 TABLES = web.AppKey("tables", Tables)
 ACCOUNTS = web.AppKey("accounts", Accounts)

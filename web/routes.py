@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from web.handlers import download, health, images, upload
+from web.handlers import download, health, images, links, upload
 
 
 def setup_routes(app: web.Application) -> None:
@@ -16,5 +16,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_put("/images/{image_id}", upload.put_image)
     app.router.add_get("/images/{image_id}", images.image_status)
     app.router.add_delete("/images/{image_id}", images.delete_image)
+    app.router.add_get("/images/{image_id}/url", links.create_link)
+    app.router.add_get("/links/{user_id}/{image_id}/{rendition}", links.follow_link)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)

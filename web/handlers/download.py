@@ -65,14 +65,14 @@ async def download_thumbnail(request: web.Request) -> web.StreamResponse:
     if record is None:
         raise ImageNotFound()
     if record.state != "ready":
-        return _not_ready(record, user_id, image_id, settings.web.retry_after)
+        return not_ready(record, user_id, image_id, settings.web.retry_after)
     rendition = record.renditions.get(size)
     if rendition is None:
         raise NotFound(f"rendition {size} was not made for this image; upload it again to make it")
     return await serve_object(request, settings.aws.dest_bucket, str(rendition["key"]))
 
 
-def _not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int) -> web.Response:
+def not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int) -> web.Response:
     if record.state == "failed":
         error = record.error or {}
         return error_response(

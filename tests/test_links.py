@@ -1,0 +1,114 @@
+"""Signed links: work without a key until they expire; tampering or expiry is 403; S3 presigning."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from config.settings import Settings
+from pipeline.aws import AwsClients
+from tests.conftest import ClientFactory, decode, jpeg_bytes, run_consumer_until_drained
+
+Client = TestClient[Any, Any]
+DATA = jpeg_bytes(400, 300)
+
+
+@pytest.fixture
+async def ready(api: Client, clients: AwsClients, settings: Settings) -> Client:
+    assert (await api.put("/images/shared", data=DATA)).status == 202
+    await run_consumer_until_drained(clients, settings)
+    return api
+
+
+async def link(api: Client, **query: str) -> dict[str, Any]:
+    response = await api.get("/images/shared/url", params=query)
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def test_links_work_without_a_key_from_any_process(
+    ready: Client, settings: Settings, make_client: ClientFactory
+) -> None:
+    anonymous = await make_client(settings, user=None)  # another web process, no key
+    thumb = await link(ready, rendition="256", expires_in="60")
+    original = await link(ready, rendition="original")
+    got = await anonymous.get(thumb["url"])
+    assert got.status == 200 and decode(await got.read()).size == (256, 192)
+    assert await (await anonymous.get(original["url"])).read() == DATA
+    assert thumb["expires_at"] and thumb["rendition"] == "256"
+
+
+def tampered(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()} | changes
+    return f"{parts.path}?{'&'.join(f'{k}={v}' for k, v in query.items())}"
+
+
+async def test_tampered_links_are_refused(
+    ready: Client, settings: Settings, make_client: ClientFactory
+) -> None:
+    anonymous = await make_client(settings, user=None)
+    url = (await link(ready, rendition="256"))["url"]
+    expires = parse_qs(urlsplit(url).query)["expires"][0]
+    for bad in (
+        tampered(url, expires=str(int(expires) + 3600)),  # a longer life
+        tampered(url, sig="0" * 64),
+        url.replace("/256?", "/original?"),  # another rendition
+        url.replace("/shared/", "/other/"),  # another image
+        tampered(url, expires="soon"),
+        urlsplit(url).path,  # no signature at all
+    ):
+        response = await anonymous.get(bad)
+        assert response.status == 403, bad
+        assert (await response.json())["error"] == "invalid_link"
+
+
+async def test_expired_links_are_refused(
+    ready: Client, settings: Settings, make_client: ClientFactory
+) -> None:
+    anonymous = await make_client(settings, user=None)
+    url = (await link(ready, rendition="256", expires_in="1"))["url"]
+    assert (await anonymous.get(url)).status == 200
+    await asyncio.sleep(2.1)
+    response = await anonymous.get(url)
+    assert response.status == 403 and (await response.json())["error"] == "link_expired"
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        ({"rendition": "9999"}, 400, "invalid_field"),
+        ({"expires_in": "0"}, 400, "invalid_field"),
+        ({"expires_in": "604801"}, 400, "invalid_field"),
+        ({"expires_in": "-5"}, 400, "invalid_field"),
+    ],
+)
+async def test_bad_link_requests(ready: Client, query: dict[str, str], status: int, code: str) -> None:
+    response = await ready.get("/images/shared/url", params=query)
+    assert response.status == status and (await response.json())["error"] == code
+
+
+async def test_no_link_for_a_missing_or_pending_image(api: Client) -> None:
+    assert (await api.get("/images/nothing/url")).status == 404
+    assert (await api.put("/images/later", data=DATA)).status == 202
+    pending = await api.get("/images/later/url")
+    assert pending.status == 404 and (await pending.json())["error"] == "thumbnail_pending"
+    assert (await api.get("/images/later/url?rendition=original")).status == 200
+
+
+async def test_s3_presigned_links(
+    make_settings: Any, make_client: ClientFactory, clients: AwsClients
+) -> None:
+    settings = make_settings(IMGSVC_LINKS="s3")
+    api = await make_client(settings)
+    assert (await api.put("/images/shared", data=DATA)).status == 202
+    url = (await link(api, rendition="original", expires_in="60"))["url"]
+    assert url.startswith(settings.aws.endpoint_url) and "Signature" in url
+    async with aiohttp.ClientSession() as session, session.get(url) as response:  # straight from S3
+        assert response.status == 200 and await response.read() == DATA
