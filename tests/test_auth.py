@@ -23,6 +23,9 @@ ROUTES = [
     ("POST", "/images", {"data": b"\xff\xd8\xff"}),
     ("PUT", "/images/cat", {"data": b"\xff\xd8\xff"}),
     ("GET", "/images/cat", {}),
+    ("GET", "/images", {}),
+    ("DELETE", "/images/cat", {}),
+    ("GET", "/images/cat/url", {}),
 ]
 FORGED = "isk_0123456789abcdef_" + "A" * 43
 

@@ -143,7 +143,12 @@ async def test_health(live: Client) -> None:
     assert (await (await live.get("/health/live")).json()) == {"status": "alive"}
     ready = await live.get("/health/ready")
     assert ready.status == 200
-    assert (await ready.json())["checks"] == {"source_bucket": "ok", "dest_bucket": "ok", "queue": "ok"}
+    assert (await ready.json())["checks"] == {
+        "source_bucket": "ok",
+        "dest_bucket": "ok",
+        "queue": "ok",
+        "database": "ok",
+    }
 
 
 async def test_long_poll_returns_as_soon_as_ready(live: Client) -> None:

@@ -1,4 +1,4 @@
-"""Liveness (cheap, no dependencies) and readiness (S3 and SQS reachable)."""
+"""Liveness (cheap, no dependencies) and readiness (S3, SQS and DynamoDB reachable)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from aiohttp import web
 
 from pipeline.errors import ServiceError
 from pipeline.queue import Queue
-from web.keys import CLIENTS, SETTINGS, STORAGE
+from web.keys import CLIENTS, SETTINGS, STORAGE, TABLES
 from web.middlewares import error_response
 
 
@@ -17,13 +17,14 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 when both buckets and the queue answer; 503 naming what did not."""
+    """200 when both buckets, the queue and the images table answer; 503 naming what did not."""
     settings = request.app[SETTINGS]
     storage = request.app[STORAGE]
     checks = {
         "source_bucket": storage.check_bucket(settings.aws.source_bucket),
         "dest_bucket": storage.check_bucket(settings.aws.dest_bucket),
         "queue": _queue_depth(request, settings.aws.queue_name),
+        "database": request.app[TABLES].images.get({"user_id": "-", "image_id": "-"}, consistent=False),
     }
     results = await asyncio.gather(*checks.values(), return_exceptions=True)
     report = {
