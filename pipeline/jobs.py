@@ -18,7 +18,7 @@ from pipeline.errors import NotFound, PermanentError, PoisonMessage, ServiceErro
 from pipeline.events import ObjectCreated
 from pipeline.imaging import RenditionResult, make_renditions
 from pipeline.layout import ImageRef
-from pipeline.records import RecordStore
+from pipeline.records import RecordStore, Superseded
 from pipeline.storage import OversizeObject, Storage
 from pipeline.workers import WorkerPool
 
@@ -72,14 +72,16 @@ class JobRunner:
                 await self._write_renditions(ref, meta.etag, result)
             else:  # renditions an earlier upload of this id left are never valid again
                 await self._drop_renditions(ref)
-            current = await self._current_etag(ref)
-            if current is None:  # deleted while we worked: leave nothing behind
-                await self._drop_renditions(ref)
-                return JobResult("source_missing", ref.source_key)
-            if current != meta.etag:
+            try:
+                written = await self._records.record_result(
+                    ref, meta.etag, result, error, lambda: self._current_etag(ref)
+                )
+            except Superseded as exc:
+                if exc.current is None:  # deleted while we worked: leave nothing behind
+                    await self._drop_renditions(ref)
+                    return JobResult("source_missing", ref.source_key)
                 log.info("original changed during processing key=%s, processing it again", ref.source_key)
                 continue
-            written = await self._records.record_result(ref, meta.etag, result, error)
             if written.item.get("revision") == 1 and await self._current_etag(ref) is None:
                 # We created the record of an image deleted just now: undo, unless someone wrote since.
                 await self._records.delete_if(ref, 1)

@@ -20,6 +20,7 @@ import binascii
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -32,6 +33,18 @@ from pipeline.tables import ConditionFailed, Item, Table
 State = Literal["pending", "ready", "failed"]
 #: Optimistic writes that lose a race re-read and try again this often before giving up.
 WRITE_ATTEMPTS = 5
+
+
+#: Asks S3 for the current original's ETag (None: it no longer exists).
+CurrentEtag = Callable[[], Awaitable[str | None]]
+
+
+class Superseded(Exception):
+    """The original a writer describes is no longer the current one (`current` is, or None)."""
+
+    def __init__(self, current: str | None) -> None:
+        super().__init__(current)
+        self.current = current
 
 
 class RecordConflict(TransientError):
@@ -123,18 +136,24 @@ class RecordStore:
             record = await self.read(ref)
         return record
 
-    async def record_upload(self, ref: ImageRef, etag: str, facts: dict[str, Any]) -> ImageRecord:
-        """The API stored a new original: its facts and ETag become the record's current version."""
-        return await self._write(
-            ref,
-            lambda _old: {**facts, "source_etag": etag},
-        )
+    async def record_upload(
+        self, ref: ImageRef, etag: str, facts: dict[str, Any], current: CurrentEtag
+    ) -> ImageRecord:
+        """The API stored a new original: its facts and ETag become the record's current version.
+        Raises `Superseded` if another upload of the same id replaced it first."""
+        return await self._write(ref, etag, current, lambda _old: {**facts, "source_etag": etag})
 
     async def record_result(
-        self, ref: ImageRef, etag: str, result: RenditionResult | None, error: ServiceError | None
+        self,
+        ref: ImageRef,
+        etag: str,
+        result: RenditionResult | None,
+        error: ServiceError | None,
+        current: CurrentEtag,
     ) -> ImageRecord:
-        """The consumer made (or failed to make) renditions of the original with `etag`, which S3
-        has just confirmed is current: that ETag becomes the record's version if it was not."""
+        """The consumer made (or failed to make) renditions of the original with `etag`: they
+        become the record's result, and that ETag its version. Raises `Superseded` if S3 holds
+        another original (or none) by the time the record is written."""
 
         def fields(old: Item | None) -> dict[str, Any]:
             out: dict[str, Any] = {
@@ -164,7 +183,7 @@ class RecordStore:
                 }
             return out
 
-        return await self._write(ref, fields)
+        return await self._write(ref, etag, current, fields)
 
     async def delete(self, ref: ImageRef) -> ImageRecord | None:
         owner, image_id = ref.owner_and_id
@@ -196,12 +215,18 @@ class RecordStore:
         records = [ImageRecord(owner, str(i["image_id"]), i) for i in items]
         return records, _encode_cursor(last) if last else None
 
-    async def _write(self, ref: ImageRef, fields: Any) -> ImageRecord:
+    async def _write(self, ref: ImageRef, etag: str, current: CurrentEtag, fields: Any) -> ImageRecord:
+        """Read, confirm with S3 that `etag` is still the current original, write if the record is
+        still at the revision read. Confirming *between* the read and the conditional write is
+        what makes it safe: any write that lands after our read (say, a newer upload's) changes
+        the revision, so ours fails, and the next round's confirmation sees the newer original."""
         owner, image_id = ref.owner_and_id
         key = {"user_id": owner, "image_id": image_id}
         for _ in range(WRITE_ATTEMPTS):
             old = await self._table.get(key)
             revision = int(old.get("revision", 0)) if old else 0
+            if (now_current := await current()) != etag:
+                raise Superseded(now_current)
             now = _now()
             created = old.get("created_at", now) if old else now
             new: dict[str, Any] = {

@@ -13,6 +13,10 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from pipeline.aws import AwsClients
+from pipeline.errors import CorruptImage
+from pipeline.layout import ImageRef
+from pipeline.records import RecordStore, Superseded
+from pipeline.tables import Tables
 from tests.conftest import (
     OTHER_USER,
     USER,
@@ -192,3 +196,33 @@ async def test_byte_quota_refuses_before_storing_and_after_a_chunked_upload(
     ]
     assert sorted(keys) == [f"{USER}/b1", f"{USER}/b2"]  # nothing of the refused uploads is kept
     assert await usage_of(clients, settings, USER) == (2 * len(data), 2)
+
+
+async def test_a_newer_upload_landing_mid_write_wins_over_an_older_result(
+    clients: AwsClients, settings: Settings
+) -> None:
+    """The consumer confirms its original between reading and writing the record: a newer
+    upload recorded in that gap changes the revision, the write fails, and the retry sees S3's
+    newer original and gives way instead of overwriting it with an older result."""
+    records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+    ref = ImageRef(f"{USER}/raced")
+    await records.record_upload(ref, '"e1"', {"file_name": "one.jpg"}, lambda: _etag('"e1"'))
+    s3_says = ['"e1"']
+
+    async def current() -> str | None:
+        if s3_says == ['"e1"']:  # the first confirmation: a newer upload lands right after it
+            s3_says[0] = '"e2"'
+            await records.record_upload(ref, '"e2"', {"file_name": "two.jpg"}, lambda: _etag('"e2"'))
+            return '"e1"'
+        return s3_says[0]
+
+    with pytest.raises(Superseded) as raised:
+        await records.record_result(ref, '"e1"', None, CorruptImage("old"), current)
+    assert raised.value.current == '"e2"'
+    record = await records.read(ref)
+    assert record is not None and record.source_etag == '"e2"' and record.state == "pending"
+    assert record.item["file_name"] == "two.jpg" and "result_etag" not in record.item
+
+
+async def _etag(value: str) -> str:
+    return value

@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from config.settings import ImagingSettings
 from pipeline.errors import (
     BadRequest,
+    ImageNotFound,
     InvalidField,
     InvalidJson,
     MissingField,
@@ -32,6 +33,7 @@ from pipeline.errors import (
 )
 from pipeline.imaging import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
+from pipeline.records import Superseded
 from web.handlers.images import describe
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
@@ -123,17 +125,28 @@ async def _store(
         metadata={"original-filename": quote(file_name[:255], safe=" ._-"), "user-id": user_id},
     )
     await _charge(request, ref, user_id, stored.size - replaced, previous is None)
-    record = await records.record_upload(
-        ref,
-        stored.etag,
-        {
-            "file_name": file_name[:255],
-            "content_type": f"image/{stored.format}",
-            "format": stored.format,
-            "bytes": stored.size,
-            "sha256": digest.hexdigest(),
-        },
-    )
+    facts = {
+        "file_name": file_name[:255],
+        "content_type": f"image/{stored.format}",
+        "format": stored.format,
+        "bytes": stored.size,
+        "sha256": digest.hexdigest(),
+    }
+    source_bucket = settings.aws.source_bucket
+
+    async def current() -> str | None:
+        try:
+            return (await request.app[STORAGE].head(source_bucket, ref.source_key)).etag
+        except NotFound:
+            return None
+
+    try:
+        record = await records.record_upload(ref, stored.etag, facts, current)
+    except Superseded:  # another upload of this id landed after ours: it is the image now
+        found = await records.read(ref)
+        if found is None:
+            raise ImageNotFound("the image was deleted while it was being uploaded") from None
+        record = found
     body = describe(user_id, record)
     response = web.json_response(body, status=202)
     response.headers["Location"] = body["status_url"]
