@@ -106,13 +106,19 @@ class ImagingSettings:
         return next((r for r in self.renditions if r.name == name), None)
 
 
+#: Default in-flight messages per imaging worker (`IMGSVC_CONSUMER_MAX_IN_FLIGHT=0`).
+IN_FLIGHT_PER_WORKER = 4
+
+
 @dataclass(frozen=True)
 class ConsumerSettings:
     """Concurrency, retries and timeouts of the SQS consumer pool."""
 
     receivers: int = 2
     batch_size: int = 10
-    max_in_flight: int = 20
+    #: 0: `IN_FLIGHT_PER_WORKER` x workers. More only hoards messages that other consumer
+    #: processes could be working on (measured: see BENCHMARKS.md, scaling across processes).
+    max_in_flight: int = 0
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     #: Decoder threads per worker (libvips, AVIF); 0: the cores shared out among the workers.
     #: Several consumer processes on one machine each set it so they do not oversubscribe.
@@ -125,6 +131,12 @@ class ConsumerSettings:
     job_timeout: float = 120.0
     drain_timeout: float = 30.0
     delete_flush_seconds: float = 0.05
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Messages one consumer process holds at once: enough to overlap S3 transfers with
+        resizing on every worker, few enough not to starve other consumer processes."""
+        return self.max_in_flight or IN_FLIGHT_PER_WORKER * self.workers
 
     @property
     def redrive_max_receive_count(self) -> int:
@@ -219,7 +231,7 @@ class Settings:
         consumer = ConsumerSettings(
             receivers=env.integer("CONSUMER_RECEIVERS", d_con.receivers, 1, 64),
             batch_size=env.integer("CONSUMER_BATCH_SIZE", d_con.batch_size, 1, 10),
-            max_in_flight=env.integer("CONSUMER_MAX_IN_FLIGHT", d_con.max_in_flight, 1, 10_000),
+            max_in_flight=env.integer("CONSUMER_MAX_IN_FLIGHT", d_con.max_in_flight, 0, 10_000),
             workers=env.integer("CONSUMER_WORKERS", d_con.workers, 1, 256),
             worker_threads=env.integer("CONSUMER_WORKER_THREADS", d_con.worker_threads, 0, 256),
             wait_time_seconds=env.integer("CONSUMER_WAIT_TIME_SECONDS", d_con.wait_time_seconds, 0, 20),

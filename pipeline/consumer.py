@@ -92,7 +92,7 @@ class Consumer:
         log.info(
             "consumer starting receivers=%d max_in_flight=%d max_attempts=%d burst=%s",
             self._cfg.receivers,
-            self._cfg.max_in_flight,
+            self._cfg.in_flight_limit,
             self._cfg.max_attempts,
             self._burst,
         )
@@ -115,7 +115,7 @@ class Consumer:
         try:
             while not self._stopping.is_set():
                 # Slots other receivers asked SQS for count as taken: the bound holds across receivers.
-                free = self._cfg.max_in_flight - len(self._in_flight) - self._reserved
+                free = self._cfg.in_flight_limit - len(self._in_flight) - self._reserved
                 if free <= 0:  # back-pressure: no polling while the pool is full
                     self._slot_freed.clear()
                     slot_wait = asyncio.ensure_future(self._slot_freed.wait())

@@ -90,3 +90,10 @@ def test_entry_points_run_on_uvloop_unless_switched_off() -> None:
     assert runtime.run(loop_module()).startswith("uvloop")
     assert runtime.run(loop_module(), use_uvloop=False).startswith("asyncio")
     assert Settings.from_env({"IMGSVC_UVLOOP": "false"}).use_uvloop is False
+
+
+def test_in_flight_follows_the_workers_unless_set() -> None:
+    assert Settings.from_env({"IMGSVC_CONSUMER_WORKERS": "3"}).consumer.in_flight_limit == 12
+    assert Settings.from_env({"IMGSVC_CONSUMER_WORKERS": "1"}).consumer.in_flight_limit == 4
+    explicit = {"IMGSVC_CONSUMER_WORKERS": "1", "IMGSVC_CONSUMER_MAX_IN_FLIGHT": "20"}
+    assert Settings.from_env(explicit).consumer.in_flight_limit == 20
