@@ -34,6 +34,8 @@ from pipeline.queue import Message, Queue
 log = logging.getLogger(__name__)
 #: Empty polls in a row, each with the queue reading empty, before a burst consumer stops.
 DRAINED_CHECKS = 2
+#: How long a receive that is under way when the consumer stops may take to bring its messages.
+STOP_GRACE_SECONDS = 1.0
 _DELETE_BATCH = 10
 _DELETE_RETRIES = 3
 
@@ -147,11 +149,20 @@ class Consumer:
         receive = asyncio.ensure_future(
             self._queue.receive(count, self._cfg.wait_time_seconds, self._cfg.visibility_timeout)
         )
-        # A long poll must not hold up shutdown; a cancelled receive's messages reappear after
-        # their visibility timeout, so nothing is lost.
+        # A long poll must not hold up shutdown. A receive that is already answering (messages
+        # were waiting) gets a moment to finish, and what it brought is released at once; one
+        # still waiting on an empty queue is cancelled (should SQS hand it messages in that very
+        # instant, they reappear after their visibility timeout: delayed, never lost).
         await asyncio.wait({stop_wait, receive}, return_when=asyncio.FIRST_COMPLETED)
         if not receive.done():
-            receive.cancel()
+            await asyncio.wait({receive}, timeout=STOP_GRACE_SECONDS)
+            if not receive.done():
+                receive.cancel()
+                return None
+            with contextlib.suppress(TransientError):
+                for message in receive.result():  # never started: hand back, not an outcome
+                    log.info("returned unstarted message at stop message_id=%s", message.id)
+                    await self._release(message)
             return None
         try:
             return receive.result()
