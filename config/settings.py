@@ -131,6 +131,9 @@ class ConsumerSettings:
     job_timeout: float = 120.0
     drain_timeout: float = 30.0
     delete_flush_seconds: float = 0.05
+    #: `python -m pipeline consumer` serves Prometheus metrics here (0: not at all).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
 
     @property
     def in_flight_limit(self) -> int:
@@ -246,6 +249,8 @@ class Settings:
             delete_flush_seconds=env.number(
                 "CONSUMER_DELETE_FLUSH_SECONDS", d_con.delete_flush_seconds, 0, 10
             ),
+            metrics_host=env.text("METRICS_HOST", d_con.metrics_host),
+            metrics_port=env.integer("METRICS_PORT", d_con.metrics_port, 0, 65535),
         )
         web = WebSettings(
             host=env.text("HOST", d_web.host),

@@ -9,6 +9,8 @@ import logging
 import signal
 import sys
 
+from prometheus_client import start_http_server
+
 from config.settings import ConfigError, Settings
 from pipeline import runtime
 from pipeline.accounts import Accounts, NewKey
@@ -57,7 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve_metrics(settings: Settings) -> None:
+    """The consumer's Prometheus endpoint, on a port of its own (a thread of prometheus-client)."""
+    port = settings.consumer.metrics_port
+    if not port:
+        return
+    try:
+        start_http_server(port, settings.consumer.metrics_host)
+    except OSError as exc:  # several consumers on one machine: each needs its own port
+        log.warning("metrics not served port=%d error=%s (set IMGSVC_METRICS_PORT per process)", port, exc)
+        return
+    log.info("metrics url=http://%s:%d/metrics", settings.consumer.metrics_host, port)
+
+
 async def run_consumer(settings: Settings, burst: bool) -> int:
+    serve_metrics(settings)
     async with (
         open_clients(settings.aws) as clients,
         open_consumer(clients, settings, burst=burst) as consumer,

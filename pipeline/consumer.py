@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from config.settings import Settings
+from pipeline import metrics
 from pipeline.errors import (
     LeaseLost,
     PermanentError,
@@ -72,6 +73,7 @@ class Consumer:
         self._dlq = dlq
         self._jobs = jobs
         self._cfg = settings.consumer
+        self._names = {"main": settings.aws.queue_name, "dlq": settings.aws.dlq_name}
         self._burst = burst
         self._drained_checks = 0
         self._stopping = asyncio.Event()
@@ -99,6 +101,10 @@ class Consumer:
             self._burst,
         )
         deleter = asyncio.create_task(self._delete_loop(), name="sqs-deleter")
+        sampler = asyncio.create_task(
+            metrics.sample_queues(self._queue.client, self._names),
+            name="queue-depth-sampler",
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 for i in range(self._cfg.receivers):
@@ -107,6 +113,9 @@ class Consumer:
             await self._drain()
             self._deletes.put_nowait(None)  # flush what is queued, then exit
             await deleter
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         log.info("consumer stopped outcomes=%s", dict(self.stats.outcomes))
         return self.stats
 
@@ -188,12 +197,15 @@ class Consumer:
 
     def _start(self, message: Message) -> None:
         self.stats.received += 1
+        metrics.RECEIVED.inc()
+        metrics.IN_FLIGHT.inc()
         task = asyncio.create_task(self._run_job(message), name=f"job-{message.id}")
         self._in_flight[task] = message
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        if self._in_flight.pop(task, None) is not None:
+            metrics.IN_FLIGHT.dec()
         self._slot_freed.set()
 
     # One message -----------------------------------------------------------------------------------
@@ -228,6 +240,8 @@ class Consumer:
             raise
         finally:
             self.stats.outcomes[outcome] += 1
+            for name in outcome.split(","):
+                metrics.MESSAGES.labels(name).inc()
             log.info(
                 "message processed message_id=%s keys=%s outcome=%s attempt=%d duration_ms=%.1f",
                 message.id,
@@ -307,6 +321,7 @@ class Consumer:
             await self._schedule_retry(message)
             return "retry"
         log.warning("dead-lettered message_id=%s code=%s reason=%s", message.id, error.code, error.message)
+        metrics.DEAD_LETTERS.labels(error.code).inc()
         # Deleted at once, not batched: the window in which a crash leaves a copy in both queues
         # (a duplicate in the DLQ, never a loss) is one request long.
         try:

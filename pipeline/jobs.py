@@ -10,10 +10,12 @@ removes what it wrote and acknowledges (nothing to dead-letter for an image that
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Literal
 
 from config.settings import Settings
+from pipeline import metrics
 from pipeline.errors import NotFound, PermanentError, PoisonMessage, ServiceError, SourceMissing
 from pipeline.events import ObjectCreated
 from pipeline.imaging import RenditionResult, make_renditions
@@ -94,9 +96,14 @@ class JobRunner:
         raise SourceMissing("the original keeps changing; the latest upload's own event will process it")
 
     async def _resize(self, data: bytes) -> RenditionResult:
-        return await self._pool.run(
+        started = time.perf_counter()
+        result = await self._pool.run(
             self._settings.consumer.job_timeout, make_renditions, data, self._settings.imaging
         )
+        metrics.PROCESSING_SECONDS.labels(result.engine, result.info.format).observe(
+            time.perf_counter() - started
+        )
+        return result
 
     async def _current_etag(self, ref: ImageRef) -> str | None:
         try:

@@ -30,6 +30,7 @@ class Queue:
 
     def __init__(self, sqs: Any, url: str) -> None:
         self._sqs = sqs
+        self.client = sqs
         self.url = url
 
     @classmethod

@@ -15,6 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import ParamSpec, TypeVar
 
+from pipeline import metrics
 from pipeline.errors import JobTimeout, WorkerCrashed
 from pipeline.imaging import configure_worker
 
@@ -81,6 +82,7 @@ class WorkerPool:
             return
         log.warning("replacing the worker pool restarts=%d killed=%s", self.restarts + 1, kill)
         self.restarts += 1
+        metrics.POOL_RESTARTS.inc()
         self._executor = self._new_executor()
         if kill:
             # No public API stops a running worker; the executor's process table is the way in.

@@ -197,6 +197,7 @@ def process_env(**extra: str) -> dict[str, str]:
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
         "IMGSVC_CONSUMER_WORKERS": "1",
+        "IMGSVC_METRICS_PORT": "0",
         **extra,
     }
 

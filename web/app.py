@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from config.settings import Settings
+from pipeline import metrics
 from pipeline.accounts import Accounts
 from pipeline.aws import open_clients
 from pipeline.links import LinkSigner, shared_secret
@@ -20,7 +22,7 @@ from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
 from web.keys import ACCOUNTS, CLIENTS, CONSUMER, LIMITER, LINKS, RECORDS, SETTINGS, STORAGE, TABLES, USAGE
-from web.middlewares import error_middleware
+from web.middlewares import error_middleware, metrics_middleware
 from web.routes import setup_routes
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ JSON_BODY_LIMIT = 64 * 1024
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=JSON_BODY_LIMIT)
+    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=JSON_BODY_LIMIT)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_aws)
     if settings.web.run_consumer:
@@ -52,11 +54,22 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
             tables.throttle, accounts.auth_failures_allowed, accounts.auth_failure_window
         )
         app[CLIENTS] = clients
+        sampler = asyncio.create_task(
+            metrics.sample_queues(
+                clients.sqs, {"main": settings.aws.queue_name, "dlq": settings.aws.dlq_name}
+            ),
+            name="queue-depth-sampler",
+        )
         app[STORAGE] = storage
         app[RECORDS] = RecordStore(tables.images)
         app[USAGE] = Usage(tables.users, settings.accounts)
         app[LINKS] = LinkSigner(await shared_secret(tables.config, accounts.signing_secret))
-        yield
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
 
 
 async def _consumer(app: web.Application) -> AsyncIterator[None]:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
+from pipeline import metrics
 from pipeline.errors import ServiceError, TransientError
 
 log = logging.getLogger(__name__)
@@ -58,3 +60,22 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return error_response(500, "internal_error", "an internal error occurred; it has been logged")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by route pattern (never by raw path: ids would explode labels)."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # 304s and redirects pass the error middleware as exceptions
+        status = exc.status
+        raise
+    finally:
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        metrics.HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)

@@ -20,3 +20,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/links/{user_id}/{image_id}/{rendition}", links.follow_link)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
+    app.router.add_get("/metrics", health.metrics)

@@ -5,11 +5,19 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.errors import ServiceError
 from pipeline.queue import Queue
 from web.keys import CLIENTS, SETTINGS, STORAGE, TABLES
 from web.middlewares import error_response
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format, no key: expose the port only where the scraper can reach it."""
+    response = web.Response(body=generate_latest())
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
 
 
 async def live(request: web.Request) -> web.Response:

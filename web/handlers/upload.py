@@ -19,6 +19,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from config.settings import ImagingSettings
+from pipeline import metrics
 from pipeline.errors import (
     BadRequest,
     ImageNotFound,
@@ -124,6 +125,7 @@ async def _store(
         # S3 metadata travels as HTTP headers: keep it ASCII whatever the client sent.
         metadata={"original-filename": quote(file_name[:255], safe=" ._-"), "user-id": user_id},
     )
+    metrics.UPLOAD_BYTES.inc(stored.size)
     await _charge(request, ref, user_id, stored.size - replaced, previous is None)
     facts = {
         "file_name": file_name[:255],

@@ -1,0 +1,67 @@
+"""Prometheus metrics of one process (prometheus-client's default registry).
+
+Every process exposes its own: the API under `/metrics` on its port, a consumer on a port of its
+own (`IMGSVC_METRICS_PORT`). Prometheus scrapes each process and sums across them, so nothing here
+needs to be shared between processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import suppress
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from pipeline.errors import ServiceError
+from pipeline.queue import Queue
+
+log = logging.getLogger(__name__)
+
+HTTP_REQUESTS = Counter(
+    "imgsvc_http_requests_total",
+    "HTTP requests answered, by route and status.",
+    ["method", "route", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "imgsvc_http_request_seconds",
+    "Time to answer an HTTP request (streaming bodies included), by route.",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UPLOAD_BYTES = Counter("imgsvc_upload_bytes_total", "Bytes of originals stored by uploads.")
+MESSAGES = Counter(
+    "imgsvc_messages_total",
+    "Queue messages the consumer finished, by outcome (ready, retry, dead_lettered, ...).",
+    ["outcome"],
+)
+DEAD_LETTERS = Counter("imgsvc_dead_letters_total", "Messages sent to the DLQ, by error code.", ["code"])
+RECEIVED = Counter("imgsvc_messages_received_total", "Queue messages received by the consumer.")
+PROCESSING_SECONDS = Histogram(
+    "imgsvc_processing_seconds",
+    "Time to make one image's renditions in a worker, by engine and source format.",
+    ["engine", "format"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+)
+IN_FLIGHT = Gauge("imgsvc_jobs_in_flight", "Messages the consumer is working on.")
+POOL_RESTARTS = Counter("imgsvc_worker_pool_restarts_total", "Imaging worker pools replaced after a crash.")
+QUEUE_MESSAGES = Gauge(
+    "imgsvc_queue_messages",
+    "Approximate messages in the queues, sampled from SQS attributes.",
+    ["queue", "state"],
+)
+
+
+async def sample_queues(sqs: Any, names: dict[str, str], every: float = 15.0) -> None:
+    """Keep `imgsvc_queue_messages` current until cancelled (queue and DLQ depth). A queue that
+    cannot be reached (not provisioned yet, SQS down) is skipped until the next round."""
+    queues: dict[str, Queue] = {}
+    while True:
+        for label, name in names.items():
+            with suppress(ServiceError):
+                queue = queues.get(label) or await Queue.named(sqs, name)
+                queues[label] = queue
+                for state, count in (await queue.depth()).items():
+                    QUEUE_MESSAGES.labels(label, state).set(count)
+        await asyncio.sleep(every)
