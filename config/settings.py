@@ -190,6 +190,7 @@ class Settings:
     web: WebSettings = WebSettings()
     accounts: AccountSettings = AccountSettings()
     log_level: str = "INFO"
+    log_format: str = "auto"
     use_uvloop: bool = True
     loop_debug: bool = False
 
@@ -275,6 +276,7 @@ class Settings:
             demo_keys_file=Path(env.text("DEMO_KEYS_FILE", str(d_acc.demo_keys_file))),
         )
         log_level = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
+        log_format = env.choice("LOG_FORMAT", "auto", ("auto", "json", "text"))
         return cls(
             aws=aws,
             imaging=imaging,
@@ -282,6 +284,7 @@ class Settings:
             web=web,
             accounts=accounts,
             log_level=log_level,
+            log_format=log_format,
             use_uvloop=env.flag("UVLOOP", True),
             loop_debug=env.flag("LOOP_DEBUG", False),
         )

@@ -30,6 +30,7 @@ from pipeline.errors import (
 )
 from pipeline.events import parse_message
 from pipeline.jobs import JobRunner
+from pipeline.logs import REQUEST_ID
 from pipeline.queue import Message, Queue
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,8 @@ class Consumer:
         """Process one message under a visibility heartbeat and log one line with its outcome."""
         started = time.perf_counter()
         keys: list[str] = []
-        work = asyncio.ensure_future(self._handle(message, keys))
+        request_ids: list[str] = []
+        work = asyncio.ensure_future(self._handle(message, keys, request_ids))
         interval = max(0.2, self._cfg.visibility_timeout / 3)
         outcome = "unknown"
         try:
@@ -242,6 +244,8 @@ class Consumer:
             self.stats.outcomes[outcome] += 1
             for name in outcome.split(","):
                 metrics.MESSAGES.labels(name).inc()
+            if request_ids:  # the job ran in a task of its own: bring its request id here
+                REQUEST_ID.set(request_ids[-1])
             log.info(
                 "message processed message_id=%s keys=%s outcome=%s attempt=%d duration_ms=%.1f",
                 message.id,
@@ -251,7 +255,7 @@ class Consumer:
                 (time.perf_counter() - started) * 1000,
             )
 
-    async def _handle(self, message: Message, keys: list[str]) -> str:
+    async def _handle(self, message: Message, keys: list[str], request_ids: list[str]) -> str:
         """Returns the outcome name and fills `keys` for the log; raises only on cancellation."""
         try:
             parsed = parse_message(message.body)
@@ -264,6 +268,7 @@ class Consumer:
             outcomes = []
             for record in parsed.created:
                 result = await self._jobs.process(record)
+                request_ids.append(result.request_id)
                 if result.error is not None:  # recorded as failed; the DLQ keeps the message and why
                     return await self._dead_letter(message, result.error)
                 outcomes.append(result.outcome)

@@ -20,6 +20,7 @@ from pipeline.errors import NotFound, PermanentError, PoisonMessage, ServiceErro
 from pipeline.events import ObjectCreated
 from pipeline.imaging import RenditionResult, make_renditions
 from pipeline.layout import ImageRef
+from pipeline.logs import REQUEST_ID
 from pipeline.records import RecordStore, Superseded
 from pipeline.storage import OversizeObject, Storage
 from pipeline.workers import WorkerPool
@@ -37,6 +38,7 @@ class JobResult:
     engine: str | None = None
     renditions: int = 0
     error: ServiceError | None = None
+    request_id: str = "-"  # of the upload that stored the original, from its S3 metadata
 
 
 class JobRunner:
@@ -54,6 +56,7 @@ class JobRunner:
         if record.bucket != aws.source_bucket:
             raise PoisonMessage(f"event for bucket {record.bucket!r}, expected {aws.source_bucket!r}")
         ref = ImageRef(record.key)
+        rid = REQUEST_ID.get()
         for _ in range(MAX_SOURCE_CHANGES):
             result: RenditionResult | None = None
             error: PermanentError | None = None
@@ -62,9 +65,11 @@ class JobRunner:
                     aws.source_bucket, ref.source_key, self._settings.imaging.max_bytes
                 )
             except NotFound:
-                return JobResult("source_missing", ref.source_key)
+                return JobResult("source_missing", ref.source_key, request_id=rid)
             except OversizeObject as exc:  # nothing to decode, but the user must learn why
                 meta, error = exc.meta, exc
+            rid = meta.metadata.get("request-id") or rid
+            REQUEST_ID.set(rid)  # this job's log lines carry the upload's request id
             if error is None:
                 try:
                     result = await self._resize(data)
@@ -81,18 +86,18 @@ class JobRunner:
             except Superseded as exc:
                 if exc.current is None:  # deleted while we worked: leave nothing behind
                     await self._drop_renditions(ref)
-                    return JobResult("source_missing", ref.source_key)
+                    return JobResult("source_missing", ref.source_key, request_id=rid)
                 log.info("original changed during processing key=%s, processing it again", ref.source_key)
                 continue
             if written.item.get("revision") == 1 and await self._current_etag(ref) is None:
                 # We created the record of an image deleted just now: undo, unless someone wrote since.
                 await self._records.delete_if(ref, 1)
                 await self._drop_renditions(ref)
-                return JobResult("source_missing", ref.source_key)
+                return JobResult("source_missing", ref.source_key, request_id=rid)
             if error is not None:
-                return JobResult("failed", ref.source_key, error=error)
+                return JobResult("failed", ref.source_key, error=error, request_id=rid)
             assert result is not None
-            return JobResult("ready", ref.source_key, result.engine, len(result.renditions))
+            return JobResult("ready", ref.source_key, result.engine, len(result.renditions), request_id=rid)
         raise SourceMissing("the original keeps changing; the latest upload's own event will process it")
 
     async def _resize(self, data: bytes) -> RenditionResult:

@@ -39,6 +39,7 @@ def child_env(endpoint: str | None = None, **extra: str) -> dict[str, str]:
         "IMGSVC_MODE": "embedded",
         "IMGSVC_RUN_CONSUMER": "false",
         "IMGSVC_LOG_LEVEL": "INFO",
+        "IMGSVC_LOG_FORMAT": "text",  # the scripts read readiness lines from it
         "IMGSVC_METRICS_PORT": "0",  # many consumers on one machine: no shared metrics port
         **extra,
     }

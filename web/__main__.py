@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     endpoint_started = False
     with ExitStack() as stack:
         if settings.aws.mode == "embedded" and not settings.aws.endpoint_url:

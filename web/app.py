@@ -22,7 +22,7 @@ from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
 from web.keys import ACCOUNTS, CLIENTS, CONSUMER, LIMITER, LINKS, RECORDS, SETTINGS, STORAGE, TABLES, USAGE
-from web.middlewares import error_middleware, metrics_middleware
+from web.middlewares import error_middleware, metrics_middleware, request_id_middleware, send_request_id
 from web.routes import setup_routes
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,12 @@ JSON_BODY_LIMIT = 64 * 1024
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=JSON_BODY_LIMIT)
+    app = web.Application(
+        middlewares=[request_id_middleware, metrics_middleware, error_middleware],
+        client_max_size=JSON_BODY_LIMIT,
+    )
     app[SETTINGS] = settings
+    app.on_response_prepare.append(send_request_id)
     app.cleanup_ctx.append(_aws)
     if settings.web.run_consumer:
         app.cleanup_ctx.append(_consumer)

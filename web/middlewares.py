@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 
 from pipeline import metrics
 from pipeline.errors import ServiceError, TransientError
+from pipeline.logs import REQUEST_ID, accept_request_id
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +80,15 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
         metrics.HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id (the caller's `X-Request-ID` if sane) for every log line it causes."""
+    REQUEST_ID.set(accept_request_id(request.headers.get("X-Request-ID")))
+    return await handler(request)
+
+
+async def send_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: every response, streamed ones too, names its request id."""
+    response.headers["X-Request-ID"] = REQUEST_ID.get()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -34,11 +35,13 @@ from pipeline.errors import (
 )
 from pipeline.imaging import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
+from pipeline.logs import REQUEST_ID
 from pipeline.records import Superseded
 from web.handlers.images import describe
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
 
+log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 #: How much of an upload is kept to read its header (bombs are refused before being stored).
 SCREEN_BYTES = 64 * 1024
@@ -123,7 +126,11 @@ async def _store(
         part_size=settings.web.part_size,
         allowed_formats=settings.imaging.allowed_formats,
         # S3 metadata travels as HTTP headers: keep it ASCII whatever the client sent.
-        metadata={"original-filename": quote(file_name[:255], safe=" ._-"), "user-id": user_id},
+        metadata={
+            "original-filename": quote(file_name[:255], safe=" ._-"),
+            "user-id": user_id,
+            "request-id": REQUEST_ID.get(),  # so the consumer's log lines for it carry the same id
+        },
     )
     metrics.UPLOAD_BYTES.inc(stored.size)
     await _charge(request, ref, user_id, stored.size - replaced, previous is None)
@@ -149,6 +156,7 @@ async def _store(
         if found is None:
             raise ImageNotFound("the image was deleted while it was being uploaded") from None
         record = found
+    log.info("upload stored key=%s bytes=%d format=%s", ref.source_key, stored.size, stored.format)
     body = describe(user_id, record)
     response = web.json_response(body, status=202)
     response.headers["Location"] = body["status_url"]

@@ -1,0 +1,66 @@
+"""Request ids and structured logs: one id follows an upload from its HTTP request to its thumbnail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+
+from config.settings import Settings
+from pipeline.aws import AwsClients
+from pipeline.demo import read_demo_keys
+from tests.conftest import USER, bearer, jpeg_bytes, process_env, running, stops_cleanly
+
+Client = TestClient[Any, Any]
+
+
+async def test_every_response_names_its_request_id(
+    api: Client, settings: Settings, clients: AwsClients
+) -> None:
+    mine = await api.put("/images/traced", data=jpeg_bytes(40, 30), headers={"X-Request-ID": "trace-42.a_b"})
+    assert mine.headers["X-Request-ID"] == "trace-42.a_b"
+    head = await clients.s3.head_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/traced")
+    assert head["Metadata"]["request-id"] == "trace-42.a_b"  # travels with the original
+    odd = await api.get("/images/traced", headers={"X-Request-ID": "no spaces or\tcontrols"})
+    made = await api.get("/download/image?image_id=traced")  # a streamed response too
+    errors = await api.get("/images/missing")
+    ids = {odd.headers["X-Request-ID"], made.headers["X-Request-ID"], errors.headers["X-Request-ID"]}
+    assert len(ids) == 3 and all(len(i) == 32 for i in ids)  # fresh ids where none (or a bad one) came
+
+
+async def test_json_logs_carry_the_upload_request_id_into_the_consumer(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+    env = process_env(IMGSVC_DEMO_KEYS_FILE=str(keys_file), IMGSVC_LOG_FORMAT="json")
+    web = ("-m", "web", "--port", "0", "--embedded-port", "0")
+    async with running(*web, env=env, stdout=subprocess.DEVNULL) as process:
+        assert process.stderr is not None
+        lines: list[dict[str, Any]] = []
+
+        async def read_until(predicate: Any) -> dict[str, Any]:
+            async with asyncio.timeout(30):
+                while True:
+                    raw = await process.stderr.readline()  # type: ignore[union-attr]
+                    assert raw, "web exited early"
+                    line = json.loads(raw)  # every line is one JSON object
+                    lines.append(line)
+                    if predicate(line):
+                        return line
+
+        listening = await read_until(lambda line: "API listening" in line["message"])
+        url = listening["message"].split("url=")[1]
+        assert {"time", "level", "logger", "message", "request_id"} <= set(listening)
+        key = read_demo_keys(keys_file)[USER]
+        async with aiohttp.ClientSession(url, headers=bearer(key)) as session:
+            response = await session.put(
+                "/images/followed", data=jpeg_bytes(80, 60), headers={"X-Request-ID": "follow-me-1"}
+            )
+            assert response.status == 202
+        done = await read_until(lambda line: "outcome=ready" in line["message"])
+        assert done["request_id"] == "follow-me-1" and "message processed" in done["message"]
+        assert done["logger"] == "pipeline.consumer"
+        assert await stops_cleanly(process)
