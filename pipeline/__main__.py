@@ -6,13 +6,15 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 from prometheus_client import start_http_server
 
 from config.settings import ConfigError, Settings
-from pipeline import runtime
+from pipeline import bulk, runtime
 from pipeline.accounts import Accounts, NewKey
 from pipeline.aws import open_clients
 from pipeline.dlq import list_dead_letters, redrive
@@ -56,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     rotate = user_commands.add_parser("rotate", help="issue a new key for the key's user, revoke the old one")
     rotate.add_argument("key_id")
+    up = commands.add_parser("upload", help="upload image files and folders through the HTTP API")
+    up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders (recursively)")
+    up.add_argument("--api", default="http://127.0.0.1:8080", help="the API's base URL")
+    up.add_argument("--key", help="API key (default: the IMGSVC_API_KEY variable)")
+    up.add_argument(
+        "--state",
+        type=Path,
+        default=Path(".imgsvc-upload-state.jsonl"),
+        help="what is done; a run started again skips it (default ./.imgsvc-upload-state.jsonl)",
+    )
+    up.add_argument("--concurrency", type=int, default=4)
+    up.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -148,6 +162,21 @@ def _new_key(new: NewKey) -> dict[str, str]:
     return {"user_id": new.user_id, "key_id": new.key_id, "key": new.key, "note": "shown once; store it now"}
 
 
+async def run_upload(args: argparse.Namespace) -> int:
+    key = args.key or os.environ.get("IMGSVC_API_KEY", "")
+    if not key:
+        print("error: an API key is needed: --key or IMGSVC_API_KEY", file=sys.stderr)
+        return 2
+    if missing := [str(p) for p in args.paths if not p.exists()]:
+        print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    summary = await bulk.upload(
+        args.api.rstrip("/"), key, args.paths, args.state, args.concurrency, progress=not args.no_progress
+    )
+    print(json.dumps(summary.as_dict(), indent=2))
+    return 1 if summary.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -163,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             main_coroutine = run_provision(settings)
         elif args.command == "users":
             main_coroutine = run_users(settings, args)
+        elif args.command == "upload":
+            main_coroutine = run_upload(args)
         else:
             main_coroutine = run_dlq(settings, args)
         return runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)
