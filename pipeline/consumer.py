@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 from config.settings import Settings
 from pipeline import metrics
+from pipeline.dlq import reason_attributes
 from pipeline.errors import (
     LeaseLost,
     PermanentError,
@@ -312,15 +313,8 @@ class Consumer:
 
     async def _dead_letter(self, message: Message, error: ServiceError) -> str:
         """Send to the DLQ with the reason, then delete: a crash in between duplicates, never loses."""
-        attributes = {
-            "error_code": error.code,
-            "error_message": error.message[:1000],
-            "source_message_id": message.id,
-            "attempts": str(message.receive_count),
-            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
         try:
-            await self._dlq.send(message.body, attributes)
+            await self._dlq.send(message.body, reason_attributes(message, error))
         except ServiceError as exc:
             log.error("dead-letter send failed message_id=%s error=%s", message.id, exc)
             await self._schedule_retry(message)

@@ -7,6 +7,7 @@ so each message is put back exactly once even where `StartMessageMoveTask` is mi
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from pipeline.errors import ServiceError
@@ -14,6 +15,17 @@ from pipeline.events import parse_message
 from pipeline.queue import Message, Queue
 
 log = logging.getLogger(__name__)
+
+
+def reason_attributes(message: Message, error: ServiceError) -> dict[str, str]:
+    """What a dead letter carries besides the original body: why, and after how many attempts."""
+    return {
+        "error_code": error.code,
+        "error_message": error.message[:1000],
+        "source_message_id": message.id,
+        "attempts": str(message.receive_count),
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 @dataclass(frozen=True)

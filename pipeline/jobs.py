@@ -23,7 +23,7 @@ from pipeline.layout import ImageRef
 from pipeline.logs import REQUEST_ID
 from pipeline.records import RecordStore, Superseded
 from pipeline.storage import OversizeObject, Storage
-from pipeline.workers import WorkerPool
+from pipeline.workers import InlineRunner, WorkerPool
 
 log = logging.getLogger(__name__)
 Outcome = Literal["ready", "failed", "source_missing"]
@@ -44,7 +44,9 @@ class JobResult:
 class JobRunner:
     """Reads the original, resizes it in the worker pool, writes renditions and the record."""
 
-    def __init__(self, storage: Storage, records: RecordStore, pool: WorkerPool, settings: Settings) -> None:
+    def __init__(
+        self, storage: Storage, records: RecordStore, pool: WorkerPool | InlineRunner, settings: Settings
+    ) -> None:
         self._storage = storage
         self._records = records
         self._pool = pool

@@ -116,3 +116,18 @@ def _die_with_parent() -> None:
         return
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
+
+
+class InlineRunner:
+    """Runs imaging in a thread of this process, for AWS Lambda, where process pools cannot run
+    (no /dev/shm) and one invocation is one container anyway. Lambda's own timeout bounds it."""
+
+    def __init__(self, threads: int = 1) -> None:
+        configure_worker(threads)
+
+    async def run(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.to_thread(fn, *args, **kwargs)
+        except TimeoutError:
+            raise JobTimeout(f"processing took longer than {timeout:g}s") from None

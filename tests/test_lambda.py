@@ -1,0 +1,87 @@
+"""The Lambda variant: an SQS event in, `batchItemFailures` out, with the consumer's rules."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from pipeline import lambda_handler
+from pipeline.aws import AwsClients
+from pipeline.queue import Queue
+from tests.conftest import USER, decode, dlq_messages, jpeg_bytes, record_of, settings_env
+
+GOOD = jpeg_bytes(320, 240)
+
+
+async def sqs_event(
+    clients: AwsClients, settings: Settings, count: int, receive_count: int | None = None
+) -> dict[str, Any]:
+    """What Lambda's SQS event source hands the function: the queue's real messages."""
+    queue = await Queue.named(clients.sqs, settings.aws.queue_name)
+    messages: dict[str, Any] = {}
+    async with asyncio.timeout(20):
+        while len(messages) < count:
+            for m in await queue.receive(10, wait_seconds=1, visibility_timeout=60):
+                if "TestEvent" not in m.body:
+                    messages[m.id] = m
+    return {
+        "Records": [
+            {
+                "messageId": m.id,
+                "receiptHandle": m.receipt_handle,
+                "body": m.body,
+                "attributes": {"ApproximateReceiveCount": str(receive_count or m.receive_count)},
+                "eventSource": "aws:sqs",
+            }
+            for m in messages.values()
+        ]
+    }
+
+
+async def test_lambda_makes_thumbnails_and_dead_letters_bad_images(
+    clients: AwsClients, settings: Settings
+) -> None:
+    for key, body in ((f"{USER}/good", GOOD), (f"{USER}/bad", GOOD[:400])):
+        await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=key, Body=body)
+    answer = await lambda_handler.handle_event(await sqs_event(clients, settings, 2), settings)
+    assert answer == {"batchItemFailures": []}  # both are done with: one made, one dead-lettered
+    good = await record_of(clients, settings, f"{USER}/good")
+    assert good is not None and good.state == "ready"
+    thumb = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{USER}/good/256.jpg")
+    assert decode(await thumb["Body"].read()).size == (256, 192)
+    (letter,) = await dlq_messages(clients, settings)
+    assert letter.attributes["error_code"] == "corrupt_image" and letter.attributes["attempts"] == "1"
+
+
+@pytest.mark.parametrize(("receive_count", "retried"), [(1, True), (3, False)])
+async def test_lambda_retries_transient_failures_until_max_attempts(
+    clients: AwsClients, settings: Settings, receive_count: int, retried: bool
+) -> None:
+    await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/later", Body=GOOD)
+    event = await sqs_event(clients, settings, 1, receive_count)
+    await clients.s3.delete_bucket(Bucket=settings.aws.dest_bucket)  # S3 fails the job
+    answer = await lambda_handler.handle_event(event, settings)
+    message_id = event["Records"][0]["messageId"]
+    if retried:  # only this record goes back to SQS (ReportBatchItemFailures)
+        assert answer == {"batchItemFailures": [{"itemIdentifier": message_id}]}
+        assert await dlq_messages(clients, settings) == []
+    else:  # max attempts (3 in the tests): dead-lettered with the reason, not retried
+        assert answer == {"batchItemFailures": []}
+        (letter,) = await dlq_messages(clients, settings)
+        assert letter.attributes["error_code"] == "storage_unavailable"
+
+
+async def test_handler_entry_point_reads_its_settings_from_the_environment(
+    clients: AwsClients, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/via-handler", Body=GOOD)
+    event = await sqs_event(clients, settings, 1)
+    answer = await asyncio.to_thread(lambda_handler.handler, event, None)  # Lambda calls it synchronously
+    assert answer == {"batchItemFailures": []}
+    record = await record_of(clients, settings, f"{USER}/via-handler")
+    assert record is not None and record.state == "ready"
