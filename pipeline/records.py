@@ -107,6 +107,7 @@ class ImageRecord:
         if self.state == "ready":
             info = item.get("info", {})
             body.update({k: info[k] for k in ("format", "width", "height") if k in info})
+            body["placeholder"] = item.get("placeholder")
         if self.state == "failed":
             body["error"] = self.error
         return {k: v for k, v in body.items() if v is not None}
@@ -181,6 +182,7 @@ class RecordStore:
                     "height": result.info.height,
                     "engine": result.engine,
                 }
+                out["placeholder"] = result.placeholder
             return out
 
         return await self._write(ref, etag, current, fields)

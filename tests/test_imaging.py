@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import blurhash
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -197,3 +198,15 @@ def test_avif_decodes_through_the_pipeline() -> None:
     avif = bytes(pyvips.Image.black(640, 480).heifsave_buffer(compression="av1", effort=0))
     result = make_renditions(avif, ImagingSettings())
     assert result.info.format == "avif" and result.renditions[0].width == 256
+
+
+def test_placeholder_is_a_blurhash_and_the_mean_colour() -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (400, 200), (200, 30, 40)).save(out, "PNG")
+    result = make_renditions(out.getvalue(), ImagingSettings())
+    assert result.placeholder is not None
+    assert len(result.placeholder["blurhash"]) == 4 + 2 * 4 * 3  # 4 x 3 components
+    red, green, blue = (int(result.placeholder["color"][i : i + 2], 16) for i in (1, 3, 5))
+    assert abs(red - 200) <= 4 and abs(green - 30) <= 4 and abs(blue - 40) <= 4
+    decoded = blurhash.decode(result.placeholder["blurhash"], 8, 4)
+    assert all(abs(channel - want) <= 12 for channel, want in zip(decoded[2][4], (200, 30, 40), strict=True))

@@ -60,6 +60,7 @@ async def test_record_has_the_uploads_facts_then_the_results(
     ready = await (await api.get("/images/facts")).json()
     assert ready["status"] == "ready" and (ready["width"], ready["height"]) == (640, 480)
     assert ready["created_at"] == body["created_at"] and ready["sha256"] == body["sha256"]
+    assert len(ready["placeholder"]["blurhash"]) == 28 and ready["placeholder"]["color"].startswith("#")
     thumb = await api.get(ready["renditions"]["256"]["url"])
     assert decode(await thumb.read()).size == (256, 192)
 
