@@ -19,7 +19,7 @@ N = TypeVar("N", int, float)
 
 #: Formats the pipeline accepts, named as `pipeline.imaging.detect_format` names them.
 KNOWN_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "tiff", "heif", "avif"})
-OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
 #: The five user ids of the original system, kept as demo users.
 SEED_USER_IDS = (
     "eb2128f2-5c0a-4dd1-90a5-2f0e39db7aa3",

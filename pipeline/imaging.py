@@ -305,6 +305,8 @@ def _vips_encode(image: Any, spec: RenditionSpec) -> bytes:
         return bytes(image.jpegsave_buffer(Q=spec.quality, optimize_coding=True, keep="none"))
     if spec.format == "webp":
         return bytes(image.webpsave_buffer(Q=spec.quality, keep="none"))
+    if spec.format == "avif":
+        return bytes(image.heifsave_buffer(compression="av1", Q=spec.quality, keep="none"))
     return bytes(image.pngsave_buffer(keep="none"))
 
 

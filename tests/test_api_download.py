@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import OTHER_USER, ROOT, USER
+from pipeline.aws import AwsClients
+from tests.conftest import (
+    OTHER_USER,
+    ROOT,
+    USER,
+    ClientFactory,
+    decode,
+    jpeg_bytes,
+    run_consumer_until_drained,
+)
 
 Client = TestClient[Any, Any]
 CAT = (ROOT / "input" / "cat.jpg").read_bytes()
@@ -120,3 +129,30 @@ async def test_download_errors(uploaded: Client, path: str, status: int, code: s
     response = await uploaded.get(path)
     assert response.status == status
     assert (await response.json())["error"] == code
+
+
+async def test_thumbnail_format_is_negotiated_with_accept(
+    make_settings: Any, make_client: ClientFactory, clients: AwsClients
+) -> None:
+    settings = make_settings(IMGSVC_RENDITIONS="256,256:webp,256:avif,64")
+    api = await make_client(settings)
+    assert (await api.put("/images/formats", data=jpeg_bytes(400, 300))).status == 202
+    await run_consumer_until_drained(clients, settings)
+    for accept, fmt in (
+        ("image/avif,image/webp,*/*;q=0.8", "AVIF"),
+        ("image/webp,image/*;q=0.8", "WEBP"),
+        ("image/*,*/*", "JPEG"),
+        ("", "JPEG"),
+    ):
+        response = await api.get(
+            "/download/thumbnail?image_id=formats&size=256&format=auto", headers={"Accept": accept}
+        )
+        assert response.status == 200 and response.headers["Vary"] == "Accept"
+        image = decode(await response.read())
+        assert image.format == fmt and image.size == (256, 192), accept
+    small = await api.get(
+        "/download/thumbnail?image_id=formats&size=64&format=auto", headers={"Accept": "image/avif"}
+    )
+    assert decode(await small.read()).size == (64, 48)  # only a JPEG at that size: that is the best
+    plain = await api.get("/download/thumbnail?image_id=formats&size=256-avif")
+    assert plain.content_type == "image/avif" and "Vary" not in plain.headers

@@ -210,3 +210,12 @@ def test_placeholder_is_a_blurhash_and_the_mean_colour() -> None:
     assert abs(red - 200) <= 4 and abs(green - 30) <= 4 and abs(blue - 40) <= 4
     decoded = blurhash.decode(result.placeholder["blurhash"], 8, 4)
     assert all(abs(channel - want) <= 12 for channel, want in zip(decoded[2][4], (200, 30, 40), strict=True))
+
+
+@pytest.mark.parametrize("engine", ["pillow", "pyvips"])
+def test_avif_renditions_from_either_engine(engine: Any) -> None:
+    imaging = ImagingSettings(renditions=(RenditionSpec(128, "avif"), RenditionSpec(64, "webp")))
+    result = make_renditions(jpeg_bytes(400, 300), imaging, engine=engine)
+    avif, webp = (decode(r.data) for r in result.renditions)
+    assert (avif.format, avif.size) == ("AVIF", (128, 96))
+    assert (webp.format, webp.size) == ("WEBP", (64, 48))

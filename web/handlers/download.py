@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from config.settings import RenditionSpec
 from pipeline.errors import (
     ImageNotFound,
     InvalidField,
@@ -59,8 +60,14 @@ async def download_thumbnail(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     specs = settings.imaging.renditions
     size = request.query.get("size") or specs[0].name
-    if settings.imaging.rendition(size) is None:
+    spec = settings.imaging.rendition(size)
+    if spec is None:
         raise InvalidField(f"size must be one of {', '.join(s.name for s in specs)}")
+    if request.query.get("format") == "auto":  # the best format this client accepts, same size
+        size = best_for(
+            request.headers.get("Accept", ""), [s for s in specs if s.max_side == spec.max_side]
+        ).name
+        request[VARY] = "Accept"
     record = await request.app[RECORDS].read(ref)
     if record is None:
         raise ImageNotFound()
@@ -70,6 +77,21 @@ async def download_thumbnail(request: web.Request) -> web.StreamResponse:
     if rendition is None:
         raise NotFound(f"rendition {size} was not made for this image; upload it again to make it")
     return await serve_object(request, settings.aws.dest_bucket, str(rendition["key"]))
+
+
+#: Output formats a client must name in `Accept` to get them, best first; JPEG/PNG otherwise.
+NEGOTIATED = ("avif", "webp")
+VARY = web.RequestKey("vary", str)
+
+
+def best_for(accept: str, candidates: list[RenditionSpec]) -> RenditionSpec:
+    """The smallest-file format the client explicitly accepts (`image/*` is no promise of AVIF)."""
+    accepted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    for fmt in NEGOTIATED:
+        for spec in candidates:
+            if spec.format == fmt and f"image/{fmt}" in accepted:
+                return spec
+    return next((s for s in candidates if s.format not in NEGOTIATED), candidates[0])
 
 
 def not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int) -> web.Response:
@@ -121,7 +143,8 @@ _NEEDS_HEAD = ("Range", "If-None-Match", "If-Modified-Since")
 
 
 def _headers(request: web.Request, meta: ObjectMeta) -> dict[str, str]:
-    return {
+    vary = {"Vary": request[VARY]} if VARY in request else {}
+    return vary | {
         "ETag": meta.etag,
         "Last-Modified": meta.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
         "Cache-Control": request.app[SETTINGS].web.cache_control,
