@@ -160,6 +160,13 @@ GOOD = {"file_name": "cat.jpg", "user_id": USER}
             400,
             "bad_request",
         ),
+        (  # found by schemathesis: was a 500
+            "PUT",
+            f"/images/ok?user_id={USER}",
+            {"data": b"x", "headers": {"Content-Type": "multipart/form-data"}},
+            400,
+            "bad_request",
+        ),
         ("GET", "/upload", {}, 405, "method_not_allowed"),
         ("GET", "/nope", {}, 404, "not_found"),
         ("PATCH", f"/images/cat?user_id={USER}", {}, 405, "method_not_allowed"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from web import openapi
 from web.handlers import download, health, images, links, upload
 
 
@@ -21,3 +22,5 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
     app.router.add_get("/metrics", health.metrics)
+    app.router.add_get("/openapi.json", openapi.openapi_json)
+    app.router.add_get("/docs", openapi.docs)

@@ -242,7 +242,10 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 
 
 async def _single_file_part(request: web.Request) -> BodyPartReader:
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except ValueError:  # found by schemathesis: multipart without a boundary was a 500
+        raise BadRequest("the multipart Content-Type has no boundary") from None
     while True:
         try:
             part = await reader.next()

@@ -1,0 +1,297 @@
+"""The OpenAPI 3.1 description of every route, served at `/openapi.json`, and a `/docs` page.
+
+Written by hand next to the routes (one module, so a new route and its description land together;
+`tests/test_openapi.py` fails when a route is missing here and runs schemathesis against the app).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from aiohttp import web
+
+ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}
+USER = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    """Every error is the same JSON shape; 401 and 429 on every authenticated route."""
+    out = {str(s): _json(_ref("Error"), "an error, with a stable code") for s in statuses}
+    return out
+
+
+AUTH_ERRORS = (400, 401, 403, 429, 503)
+BINARY = {
+    "description": "the image",
+    "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+}
+NOT_MODIFIED = {"description": "not modified (conditional GET)"}
+
+
+def _param(
+    name: str, where: str, schema: dict[str, Any], required: bool = False, text: str = ""
+) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "schema": schema, "description": text}
+
+
+USER_Q = _param("user_id", "query", USER, text="optional; must be the caller's own")
+IMAGE_P = _param("image_id", "path", ID, True)
+UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+        },
+    },
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error", "message"],
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+        "additionalProperties": True,
+    },
+    "Image": {
+        "type": "object",
+        "required": ["user_id", "image_id", "status", "status_url", "original_url"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "image_id": {"type": "string"},
+            "status": {"enum": ["pending", "ready", "failed"]},
+            "file_name": {"type": "string"},
+            "format": {"type": "string"},
+            "content_type": {"type": "string"},
+            "bytes": {"type": "integer"},
+            "sha256": {"type": "string"},
+            "etag": {"type": "string"},
+            "created_at": {"type": "string"},
+            "updated_at": {"type": "string"},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "placeholder": {"type": ["object", "null"]},
+            "error": {"type": ["object", "null"]},
+            "status_url": {"type": "string"},
+            "original_url": {"type": "string"},
+            "renditions": {"type": "object"},
+        },
+    },
+    "ImageList": {
+        "type": "object",
+        "required": ["images", "next_cursor"],
+        "properties": {
+            "images": {"type": "array", "items": _ref("Image")},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "Link": {
+        "type": "object",
+        "required": ["url", "rendition", "expires_at"],
+        "properties": {
+            "url": {"type": "string"},
+            "rendition": {"type": "string"},
+            "expires_at": {"type": "string"},
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    image = _json(_ref("Image"), "the image record")
+    accepted = _json(_ref("Image"), "stored; thumbnails follow")
+    paths: dict[str, Any] = {
+        "/upload": {
+            "post": {
+                "summary": "Store input/<file_name> as an image (the original system's route)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["file_name"],
+                                "properties": {"file_name": {"type": "string"}, "user_id": USER},
+                            }
+                        }
+                    },
+                },
+                "responses": {"202": accepted, **_errors(*AUTH_ERRORS, 404, 408, 413, 415)},
+            }
+        },
+        "/images": {
+            "get": {
+                "summary": "The caller's images, newest first",
+                "parameters": [
+                    _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100}),
+                    _param("cursor", "query", {"type": "string"}, text="next_cursor of the previous page"),
+                    USER_Q,
+                ],
+                "responses": {"200": _json(_ref("ImageList"), "one page"), **_errors(*AUTH_ERRORS)},
+            },
+            "post": {
+                "summary": "Upload an image under a server-generated id",
+                "parameters": [USER_Q, _param("file_name", "query", {"type": "string"})],
+                "requestBody": UPLOAD_BODY,
+                "responses": {"202": accepted, **_errors(*AUTH_ERRORS, 404, 408, 413, 415)},
+            },
+        },
+        "/images/{image_id}": {
+            "parameters": [IMAGE_P],
+            "get": {
+                "summary": "One image's record and status; `wait` long-polls a pending one",
+                "parameters": [
+                    USER_Q,
+                    _param("wait", "query", {"type": "number", "minimum": 0, "maximum": 20}),
+                ],
+                "responses": {"200": image, **_errors(*AUTH_ERRORS, 404)},
+            },
+            "put": {
+                "summary": "Upload (or replace) the image with this id",
+                "parameters": [USER_Q, _param("file_name", "query", {"type": "string"})],
+                "requestBody": UPLOAD_BODY,
+                "responses": {"202": accepted, **_errors(*AUTH_ERRORS, 404, 408, 413, 415)},
+            },
+            "delete": {
+                "summary": "Delete the original, its renditions and its record (idempotent)",
+                "parameters": [USER_Q],
+                "responses": {"204": {"description": "gone"}, **_errors(*AUTH_ERRORS)},
+            },
+        },
+        "/images/{image_id}/url": {
+            "parameters": [IMAGE_P],
+            "get": {
+                "summary": "A link that works without the key until it expires",
+                "parameters": [
+                    USER_Q,
+                    _param("rendition", "query", {"type": "string"}, text="a rendition name, or original"),
+                    _param("expires_in", "query", {"type": "integer", "minimum": 1}),
+                ],
+                "responses": {"200": _json(_ref("Link"), "the link"), **_errors(*AUTH_ERRORS, 404, 422)},
+            },
+        },
+        "/links/{user_id}/{image_id}/{rendition}": {
+            "get": {
+                "summary": "Follow a signed link (no key)",
+                "security": [],
+                "parameters": [
+                    _param("user_id", "path", {"type": "string"}, True),
+                    _param("image_id", "path", {"type": "string"}, True),
+                    _param("rendition", "path", {"type": "string"}, True),
+                    _param("expires", "query", {"type": "string"}),
+                    _param("sig", "query", {"type": "string"}),
+                ],
+                "responses": {
+                    "200": BINARY,
+                    "304": NOT_MODIFIED,
+                    "206": BINARY,
+                    **_errors(403, 404, 416, 422, 503),
+                },
+            }
+        },
+        "/download/image": {
+            "get": {
+                "summary": "The original",
+                "parameters": [_param("image_id", "query", ID, True), USER_Q],
+                "responses": {
+                    "200": BINARY,
+                    "206": BINARY,
+                    "304": NOT_MODIFIED,
+                    **_errors(*AUTH_ERRORS, 404, 416),
+                },
+            }
+        },
+        "/download/thumbnail": {
+            "get": {
+                "summary": "A rendition; format=auto picks the best the client accepts (Vary: Accept)",
+                "parameters": [
+                    _param("image_id", "query", ID, True),
+                    USER_Q,
+                    _param("size", "query", {"type": "string"}, text="a rendition name, e.g. 256"),
+                    _param("format", "query", {"enum": ["auto"]}),
+                ],
+                "responses": {
+                    "200": BINARY,
+                    "206": BINARY,
+                    "304": NOT_MODIFIED,
+                    **_errors(*AUTH_ERRORS, 404, 416, 422),
+                },
+            }
+        },
+        "/health/live": {
+            "get": {
+                "summary": "Liveness",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "alive")},
+            }
+        },
+        "/health/ready": {
+            "get": {
+                "summary": "Readiness: S3, SQS and DynamoDB answer",
+                "security": [],
+                "responses": {"200": _json({"type": "object"}, "ready"), **_errors(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics of this process",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "image-service", "version": "1", "description": "Image upload and thumbnail API."},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"key": {"type": "http", "scheme": "bearer", "description": "an API key"}},
+        },
+        "security": [{"key": []}],
+        "paths": paths,
+    }
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+async def docs(request: web.Request) -> web.Response:
+    """A plain page from the same document (no CDN, no build step)."""
+    rows = []
+    for path, item in document()["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            codes = ", ".join(operation["responses"])
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(operation['summary'])}</td><td>{codes}</td></tr>"
+            )
+    page = (
+        "<!doctype html><html><head><meta charset=utf-8><title>image-service API</title>"
+        "<style>body{font-family:sans-serif;margin:2em}"
+        "td{padding:.3em .8em;border-bottom:1px solid #ddd}</style>"
+        "</head><body><h1>image-service API</h1>"
+        "<p>Machine-readable: <a href=/openapi.json>/openapi.json</a>. "
+        "Authenticate with <code>Authorization: Bearer &lt;key&gt;</code>.</p><table>"
+        "<tr><th>method</th><th>path</th><th>what</th><th>statuses</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
+    return web.Response(text=page, content_type="text/html")
