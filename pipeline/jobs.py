@@ -113,10 +113,7 @@ class JobRunner:
         return result
 
     async def _current_etag(self, ref: ImageRef) -> str | None:
-        try:
-            return (await self._storage.head(self._settings.aws.source_bucket, ref.source_key)).etag
-        except NotFound:
-            return None
+        return await self._storage.etag_of(self._settings.aws.source_bucket, ref.source_key)
 
     async def _write_renditions(self, ref: ImageRef, etag: str, result: RenditionResult) -> None:
         for rendition in result.renditions:

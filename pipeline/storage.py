@@ -78,6 +78,13 @@ class Storage:
         with aws_errors(StorageUnavailable, NotFound):
             return _meta(await self._s3.head_object(Bucket=bucket, Key=key))
 
+    async def etag_of(self, bucket: str, key: str) -> str | None:
+        """The object's current ETag, or None when there is no such object."""
+        try:
+            return (await self.head(bucket, key)).etag
+        except NotFound:
+            return None
+
     async def check_bucket(self, bucket: str) -> None:
         with aws_errors(StorageUnavailable):
             await self._s3.head_bucket(Bucket=bucket)

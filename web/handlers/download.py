@@ -56,7 +56,7 @@ async def download_image(request: web.Request) -> web.StreamResponse:
 
 async def download_thumbnail(request: web.Request) -> web.StreamResponse:
     """`GET /download/thumbnail?user_id=&image_id=[&size=]`: a rendition, once it is ready."""
-    user_id, image_id, ref = await image_ref(request)
+    _, _, ref = await image_ref(request)
     settings = request.app[SETTINGS]
     specs = settings.imaging.renditions
     size = request.query.get("size") or specs[0].name
@@ -68,15 +68,32 @@ async def download_thumbnail(request: web.Request) -> web.StreamResponse:
             request.headers.get("Accept", ""), [s for s in specs if s.max_side == spec.max_side]
         ).name
         request[VARY] = "Accept"
+    found = await locate(request, ref, size)
+    if isinstance(found, web.Response):
+        return found
+    return await serve_object(request, *found)
+
+
+#: The rendition name that stands for the original upload (signed links can point at it).
+ORIGINAL = "original"
+
+
+async def locate(request: web.Request, ref: ImageRef, rendition: str) -> tuple[str, str] | web.Response:
+    """The bucket and key of the original or of a rendition, or the answer for a rendition that is
+    not made (yet): pending 404 or failed 422. Raises `ImageNotFound` without a record."""
+    settings = request.app[SETTINGS]
     record = await request.app[RECORDS].read(ref)
     if record is None:
         raise ImageNotFound()
+    if rendition == ORIGINAL:
+        return settings.aws.source_bucket, ref.source_key
     if record.state != "ready":
-        return not_ready(record, user_id, image_id, settings.web.retry_after)
-    rendition = record.renditions.get(size)
-    if rendition is None:
-        raise NotFound(f"rendition {size} was not made for this image; upload it again to make it")
-    return await serve_object(request, settings.aws.dest_bucket, str(rendition["key"]))
+        owner, image_id = ref.owner_and_id
+        return not_ready(record, owner, image_id, settings.web.retry_after)
+    made = record.renditions.get(rendition)
+    if made is None:
+        raise NotFound(f"rendition {rendition} was not made for this image; upload it again to make it")
+    return settings.aws.dest_bucket, str(made["key"])
 
 
 #: Output formats a client must name in `Accept` to get them, best first; JPEG/PNG otherwise.

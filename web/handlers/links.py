@@ -9,10 +9,9 @@ from aiohttp import web
 
 from pipeline.errors import ImageNotFound, InvalidField, InvalidLink, NotFound
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
-from web.handlers.download import image_ref, not_ready, serve_object
-from web.keys import CLIENTS, LINKS, RECORDS, SETTINGS
+from web.handlers.download import ORIGINAL, image_ref, locate, serve_object
+from web.keys import CLIENTS, LINKS, SETTINGS
 
-ORIGINAL = "original"
 DEFAULT_SECONDS = 3600
 
 
@@ -31,7 +30,7 @@ async def create_link(request: web.Request) -> web.Response:
     seconds = _seconds(
         request.query.get("expires_in", str(DEFAULT_SECONDS)), settings.accounts.link_max_seconds
     )
-    found = await _object_of(request, ref, rendition)
+    found = await locate(request, ref, rendition)
     if isinstance(found, web.Response):
         return found
     bucket, key = found
@@ -60,7 +59,7 @@ async def follow_link(request: web.Request) -> web.StreamResponse:
     request.app[LINKS].verify(
         user_id, image_id, rendition, request.query.get("expires", ""), request.query.get("sig", "")
     )
-    found = await _object_of(request, ImageRef.of(user_id, image_id), rendition)
+    found = await locate(request, ImageRef.of(user_id, image_id), rendition)
     if isinstance(found, web.Response):
         return found
     bucket, key = found
@@ -68,23 +67,6 @@ async def follow_link(request: web.Request) -> web.StreamResponse:
         return await serve_object(request, bucket, key)
     except NotFound:
         raise ImageNotFound() from None
-
-
-async def _object_of(request: web.Request, ref: ImageRef, rendition: str) -> tuple[str, str] | web.Response:
-    """Where the original or the rendition is, or the answer for a rendition not made (yet)."""
-    settings = request.app[SETTINGS]
-    record = await request.app[RECORDS].read(ref)
-    if record is None:
-        raise ImageNotFound()
-    if rendition == ORIGINAL:
-        return settings.aws.source_bucket, ref.source_key
-    if record.state != "ready":
-        owner, image_id = ref.owner_and_id
-        return not_ready(record, owner, image_id, settings.web.retry_after)
-    made = record.renditions.get(rendition)
-    if made is None:
-        raise NotFound(f"rendition {rendition} was not made for this image; upload it again to make it")
-    return settings.aws.dest_bucket, str(made["key"])
 
 
 def _seconds(raw: str, most: int) -> int:

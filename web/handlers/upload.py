@@ -141,16 +141,11 @@ async def _store(
         "bytes": stored.size,
         "sha256": digest.hexdigest(),
     }
-    source_bucket = settings.aws.source_bucket
-
-    async def current() -> str | None:
-        try:
-            return (await request.app[STORAGE].head(source_bucket, ref.source_key)).etag
-        except NotFound:
-            return None
-
+    storage, source_bucket = request.app[STORAGE], settings.aws.source_bucket
     try:
-        record = await records.record_upload(ref, stored.etag, facts, current)
+        record = await records.record_upload(
+            ref, stored.etag, facts, lambda: storage.etag_of(source_bucket, ref.source_key)
+        )
     except Superseded:  # another upload of this id landed after ours: it is the image now
         found = await records.read(ref)
         if found is None:
