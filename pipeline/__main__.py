@@ -14,7 +14,7 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from config.settings import ConfigError, Settings
-from pipeline import bulk, runtime
+from pipeline import bulk, metrics, runtime
 from pipeline.accounts import Accounts, NewKey
 from pipeline.aws import open_clients
 from pipeline.dlq import list_dead_letters, redrive
@@ -95,7 +95,8 @@ async def run_consumer(settings: Settings, burst: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, consumer.stop)
-        stats = await consumer.run()
+        async with metrics.queue_sampling(clients.sqs, settings.aws):
+            stats = await consumer.run()
     print(json.dumps({"received": stats.received, "outcomes": dict(stats.outcomes)}))
     return 0
 

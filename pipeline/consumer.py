@@ -75,7 +75,6 @@ class Consumer:
         self._dlq = dlq
         self._jobs = jobs
         self._cfg = settings.consumer
-        self._names = {"main": settings.aws.queue_name, "dlq": settings.aws.dlq_name}
         self._burst = burst
         self._drained_checks = 0
         self._stopping = asyncio.Event()
@@ -103,10 +102,6 @@ class Consumer:
             self._burst,
         )
         deleter = asyncio.create_task(self._delete_loop(), name="sqs-deleter")
-        sampler = asyncio.create_task(
-            metrics.sample_queues(self._queue.client, self._names),
-            name="queue-depth-sampler",
-        )
         try:
             async with asyncio.TaskGroup() as group:
                 for i in range(self._cfg.receivers):
@@ -115,9 +110,6 @@ class Consumer:
             await self._drain()
             self._deletes.put_nowait(None)  # flush what is queued, then exit
             await deleter
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
         log.info("consumer stopped outcomes=%s", dict(self.stats.outcomes))
         return self.stats
 

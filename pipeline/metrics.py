@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from config.settings import AwsSettings
 from pipeline.errors import ServiceError
 from pipeline.queue import Queue
 
@@ -51,6 +53,21 @@ QUEUE_MESSAGES = Gauge(
     "Approximate messages in the queues, sampled from SQS attributes.",
     ["queue", "state"],
 )
+
+
+@asynccontextmanager
+async def queue_sampling(sqs: Any, aws: AwsSettings) -> AsyncIterator[None]:
+    """Sample the queue and DLQ depth for the life of the block: once per process, by its entry
+    point (an API with the consumer in-process samples once, not twice)."""
+    task = asyncio.create_task(
+        sample_queues(sqs, {"main": aws.queue_name, "dlq": aws.dlq_name}), name="queue-depth-sampler"
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 async def sample_queues(sqs: Any, names: dict[str, str], every: float = 15.0) -> None:

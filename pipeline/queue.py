@@ -30,7 +30,6 @@ class Queue:
 
     def __init__(self, sqs: Any, url: str) -> None:
         self._sqs = sqs
-        self.client = sqs
         self.url = url
 
     @classmethod

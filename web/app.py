@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -58,22 +57,12 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
             tables.throttle, accounts.auth_failures_allowed, accounts.auth_failure_window
         )
         app[CLIENTS] = clients
-        sampler = asyncio.create_task(
-            metrics.sample_queues(
-                clients.sqs, {"main": settings.aws.queue_name, "dlq": settings.aws.dlq_name}
-            ),
-            name="queue-depth-sampler",
-        )
         app[STORAGE] = storage
         app[RECORDS] = RecordStore(tables.images)
         app[USAGE] = Usage(tables.users, settings.accounts)
         app[LINKS] = LinkSigner(await shared_secret(tables.config, accounts.signing_secret))
-        try:
+        async with metrics.queue_sampling(clients.sqs, settings.aws):
             yield
-        finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
 
 
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
