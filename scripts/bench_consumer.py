@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from PIL import Image, ImageOps
+from proccpu import cpu_of
 from stack import ROOT, free_port
 
 from config.settings import Settings
@@ -140,13 +141,10 @@ async def consumer_rate(
 
 
 def _cpu(moto_pid: int) -> dict[str, float]:
-    with open(f"/proc/{moto_pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
-        "moto": (int(fields[11]) + int(fields[12])) / ticks,
+        "moto": cpu_of(moto_pid) or 0.0,
         "self": own.ru_utime + own.ru_stime,
         "children": children.ru_utime + children.ru_stime,
     }
