@@ -181,6 +181,25 @@ class AccountSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Completion webhooks: how hard to try, and where a webhook may point."""
+
+    #: Delivery attempts per event (the first included), with exponential backoff between them.
+    attempts: int = 6
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    #: Seconds for one POST, connect to last byte of the answer.
+    timeout: float = 5.0
+    #: POSTs in progress at once per process; events beyond `max_pending` are dropped and counted.
+    concurrency: int = 8
+    max_pending: int = 10_000
+    #: Let webhooks point at loopback, private and link-local addresses (off: SSRF protection).
+    allow_private: bool = False
+    #: How long a stopping consumer keeps delivering what is still pending.
+    drain_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of one process."""
 
@@ -189,6 +208,7 @@ class Settings:
     consumer: ConsumerSettings = ConsumerSettings()
     web: WebSettings = WebSettings()
     accounts: AccountSettings = AccountSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     log_level: str = "INFO"
     log_format: str = "auto"
     use_uvloop: bool = True
@@ -204,7 +224,7 @@ class Settings:
         if mode_raw == "auto":
             mode = "aws" if aws_configured else "embedded"
         d_aws, d_img, d_con, d_web = AwsSettings(), ImagingSettings(), ConsumerSettings(), WebSettings()
-        d_acc = AccountSettings()
+        d_acc, d_hook = AccountSettings(), WebhookSettings()
         aws = AwsSettings(
             mode=mode,
             endpoint_url=env.raw("AWS_ENDPOINT_URL") or None,
@@ -275,6 +295,16 @@ class Settings:
             links=env.choice("LINKS", d_acc.links, ("hmac", "s3")),
             demo_keys_file=Path(env.text("DEMO_KEYS_FILE", str(d_acc.demo_keys_file))),
         )
+        webhooks = WebhookSettings(
+            attempts=env.integer("WEBHOOK_ATTEMPTS", d_hook.attempts, 1, 100),
+            backoff_base=env.number("WEBHOOK_BACKOFF_BASE", d_hook.backoff_base, 0, 3600),
+            backoff_max=env.number("WEBHOOK_BACKOFF_MAX", d_hook.backoff_max, 0, 86_400),
+            timeout=env.number("WEBHOOK_TIMEOUT", d_hook.timeout, 0.1, 300),
+            concurrency=env.integer("WEBHOOK_CONCURRENCY", d_hook.concurrency, 1, 1000),
+            max_pending=env.integer("WEBHOOK_MAX_PENDING", d_hook.max_pending, 1, 10_000_000),
+            allow_private=env.flag("WEBHOOK_ALLOW_PRIVATE", d_hook.allow_private),
+            drain_timeout=env.number("WEBHOOK_DRAIN_TIMEOUT", d_hook.drain_timeout, 0, 3600),
+        )
         log_level = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
         log_format = env.choice("LOG_FORMAT", "auto", ("auto", "json", "text"))
         return cls(
@@ -283,6 +313,7 @@ class Settings:
             consumer=consumer,
             web=web,
             accounts=accounts,
+            webhooks=webhooks,
             log_level=log_level,
             log_format=log_format,
             use_uvloop=env.flag("UVLOOP", True),

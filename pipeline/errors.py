@@ -189,6 +189,16 @@ class NotFound(PermanentError):
     default_message = "not found"
 
 
+class WebhookNotSet(NotFound):
+    code = "webhook_not_set"
+    default_message = "no webhook is set for this user"
+
+
+class InvalidWebhookUrl(PermanentError):
+    code = "invalid_webhook_url"
+    http_status = 422
+
+
 class KeyNotFound(NotFound):
     code = "key_not_found"
     default_message = "no such API key"

@@ -23,6 +23,7 @@ from pipeline.layout import ImageRef
 from pipeline.logs import REQUEST_ID
 from pipeline.records import RecordStore, Superseded
 from pipeline.storage import OversizeObject, Storage
+from pipeline.webhooks import Dispatcher
 from pipeline.workers import InlineRunner, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,18 @@ class JobRunner:
     """Reads the original, resizes it in the worker pool, writes renditions and the record."""
 
     def __init__(
-        self, storage: Storage, records: RecordStore, pool: WorkerPool | InlineRunner, settings: Settings
+        self,
+        storage: Storage,
+        records: RecordStore,
+        pool: WorkerPool | InlineRunner,
+        settings: Settings,
+        webhooks: Dispatcher | None = None,
     ) -> None:
         self._storage = storage
         self._records = records
         self._pool = pool
         self._settings = settings
+        self._webhooks = webhooks
 
     async def process(self, record: ObjectCreated) -> JobResult:
         """Returns `failed` (with the permanent error, already recorded) or raises `TransientError`."""
@@ -96,6 +103,8 @@ class JobRunner:
                 await self._records.delete_if(ref, 1)
                 await self._drop_renditions(ref)
                 return JobResult("source_missing", ref.source_key, request_id=rid)
+            if self._webhooks is not None:
+                self._webhooks.submit(written)  # delivered in the background, never awaited here
             if error is not None:
                 return JobResult("failed", ref.source_key, error=error, request_id=rid)
             assert result is not None

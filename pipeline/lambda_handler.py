@@ -27,6 +27,7 @@ from pipeline.queue import Message, Queue
 from pipeline.records import RecordStore
 from pipeline.storage import Storage
 from pipeline.tables import Tables
+from pipeline.webhooks import open_dispatcher
 from pipeline.workers import InlineRunner
 
 log = logging.getLogger(__name__)
@@ -42,17 +43,21 @@ async def handle_event(event: dict[str, Any], settings: Settings) -> dict[str, A
     failures = []
     async with open_clients(settings.aws) as clients:
         dlq = await Queue.named(clients.sqs, settings.aws.dlq_name)
-        records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
-        jobs = JobRunner(Storage(clients.s3), records, InlineRunner(), settings)
-        for record in event.get("Records", []):
-            message = Message(
-                id=str(record["messageId"]),
-                receipt_handle=str(record.get("receiptHandle", "")),
-                body=str(record.get("body", "")),
-                receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
+        tables = Tables(clients.dynamodb, settings.aws)
+        # A function is frozen once it returns: leaving this block delivers the batch's webhooks.
+        async with open_dispatcher(tables.users, settings.webhooks) as webhooks:
+            jobs = JobRunner(
+                Storage(clients.s3), RecordStore(tables.images), InlineRunner(), settings, webhooks
             )
-            if not await _handled(message, jobs, dlq, settings):
-                failures.append({"itemIdentifier": message.id})
+            for record in event.get("Records", []):
+                message = Message(
+                    id=str(record["messageId"]),
+                    receipt_handle=str(record.get("receiptHandle", "")),
+                    body=str(record.get("body", "")),
+                    receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
+                )
+                if not await _handled(message, jobs, dlq, settings):
+                    failures.append({"itemIdentifier": message.id})
     return {"batchItemFailures": failures}
 
 

@@ -46,6 +46,12 @@ PROCESSING_SECONDS = Histogram(
     ["engine", "format"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
 )
+WEBHOOK_DELIVERIES = Counter(
+    "imgsvc_webhook_deliveries_total",
+    "Webhook events by how they ended: delivered, failed (every attempt refused), dropped (backlog full"
+    " or shut down), and retried attempts.",
+    ["outcome"],
+)
 IN_FLIGHT = Gauge("imgsvc_jobs_in_flight", "Messages the consumer is working on.")
 POOL_RESTARTS = Counter("imgsvc_worker_pool_restarts_total", "Imaging worker pools replaced after a crash.")
 QUEUE_MESSAGES = Gauge(

@@ -15,6 +15,7 @@ from pipeline.queue import Queue
 from pipeline.records import RecordStore
 from pipeline.storage import Storage
 from pipeline.tables import Tables
+from pipeline.webhooks import open_dispatcher
 from pipeline.workers import WorkerPool
 
 
@@ -39,10 +40,11 @@ async def open_consumer(
     queues = await open_queues(clients, settings)
     storage = Storage(clients.s3)
     pool = WorkerPool(settings.consumer.workers, settings.consumer.worker_threads)
+    tables = Tables(clients.dynamodb, settings.aws)
     try:
         await pool.warm_up()
-        records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
-        jobs = JobRunner(storage, records, pool, settings)
-        yield Consumer(queues.main, queues.dlq, jobs, settings, burst=burst)
+        async with open_dispatcher(tables.users, settings.webhooks) as webhooks:
+            jobs = JobRunner(storage, RecordStore(tables.images), pool, settings, webhooks)
+            yield Consumer(queues.main, queues.dlq, jobs, settings, burst=burst)
     finally:
         await asyncio.to_thread(pool.close)

@@ -20,7 +20,20 @@ from pipeline.service import open_consumer
 from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
-from web.keys import ACCOUNTS, CLIENTS, CONSUMER, LIMITER, LINKS, RECORDS, SETTINGS, STORAGE, TABLES, USAGE
+from pipeline.webhooks import WebhookStore
+from web.keys import (
+    ACCOUNTS,
+    CLIENTS,
+    CONSUMER,
+    LIMITER,
+    LINKS,
+    RECORDS,
+    SETTINGS,
+    STORAGE,
+    TABLES,
+    USAGE,
+    WEBHOOKS,
+)
 from web.middlewares import error_middleware, metrics_middleware, request_id_middleware, send_request_id
 from web.routes import setup_routes
 
@@ -60,6 +73,7 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
         app[STORAGE] = storage
         app[RECORDS] = RecordStore(tables.images)
         app[USAGE] = Usage(tables.users, settings.accounts)
+        app[WEBHOOKS] = WebhookStore(tables.users)
         app[LINKS] = LinkSigner(await shared_secret(tables.config, accounts.signing_secret))
         async with metrics.queue_sampling(clients.sqs, settings.aws):
             yield

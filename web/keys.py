@@ -14,6 +14,7 @@ from pipeline.records import RecordStore
 from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
+from pipeline.webhooks import WebhookStore
 
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", AwsClients)
@@ -25,3 +26,4 @@ CONSUMER = web.AppKey("consumer", Consumer)
 TABLES = web.AppKey("tables", Tables)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 LIMITER = web.AppKey("limiter", FailureLimiter)
+WEBHOOKS = web.AppKey("webhooks", WebhookStore)

@@ -11,8 +11,16 @@ from typing import Any
 
 from aiohttp import web
 
+from config.settings import ImagingSettings
+from web.keys import SETTINGS
+
 ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}
 USER = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+#: As a query parameter an empty `user_id=` means "not given" (the caller's own id is used).
+USER_OR_EMPTY = {
+    "type": "string",
+    "pattern": "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -43,7 +51,7 @@ def _param(
     return {"name": name, "in": where, "required": required, "schema": schema, "description": text}
 
 
-USER_Q = _param("user_id", "query", USER, text="optional; must be the caller's own")
+USER_Q = _param("user_id", "query", USER_OR_EMPTY, text="optional; must be the caller's own")
 IMAGE_P = _param("image_id", "path", ID, True)
 UPLOAD_BODY = {
     "required": True,
@@ -104,10 +112,23 @@ SCHEMAS: dict[str, Any] = {
             "expires_at": {"type": "string"},
         },
     },
+    "Webhook": {
+        "type": "object",
+        "required": ["url", "secret", "updated_at"],
+        "description": "Events are POSTed as JSON with `Imgsvc-Event`, `Imgsvc-Event-Id` and "
+        "`Imgsvc-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of '<t>.' + body>`",
+        "properties": {
+            "url": {"type": "string"},
+            "secret": {"type": "string"},
+            "updated_at": {"type": "string"},
+        },
+    },
 }
 
 
-def document() -> dict[str, Any]:
+def document(imaging: ImagingSettings) -> dict[str, Any]:
+    """The document of this deployment: rendition names come from its settings."""
+    sizes = [spec.name for spec in imaging.renditions]
     image = _json(_ref("Image"), "the image record")
     accepted = _json(_ref("Image"), "stored; thumbnails follow")
     paths: dict[str, Any] = {
@@ -121,7 +142,10 @@ def document() -> dict[str, Any]:
                             "schema": {
                                 "type": "object",
                                 "required": ["file_name"],
-                                "properties": {"file_name": {"type": "string"}, "user_id": USER},
+                                "properties": {
+                                    "file_name": {"type": "string", "minLength": 1},
+                                    "user_id": USER,
+                                },
                             }
                         }
                     },
@@ -174,7 +198,9 @@ def document() -> dict[str, Any]:
                 "summary": "A link that works without the key until it expires",
                 "parameters": [
                     USER_Q,
-                    _param("rendition", "query", {"type": "string"}, text="a rendition name, or original"),
+                    _param(
+                        "rendition", "query", {"enum": ["original", *sizes]}, text="a rendition, or original"
+                    ),
                     _param("expires_in", "query", {"type": "integer", "minimum": 1}),
                 ],
                 "responses": {"200": _json(_ref("Link"), "the link"), **_errors(*AUTH_ERRORS, 404, 422)},
@@ -217,7 +243,7 @@ def document() -> dict[str, Any]:
                 "parameters": [
                     _param("image_id", "query", ID, True),
                     USER_Q,
-                    _param("size", "query", {"type": "string"}, text="a rendition name, e.g. 256"),
+                    _param("size", "query", {"enum": sizes}, text="a rendition name"),
                     _param("format", "query", {"enum": ["auto"]}),
                 ],
                 "responses": {
@@ -227,6 +253,38 @@ def document() -> dict[str, Any]:
                     **_errors(*AUTH_ERRORS, 404, 416, 422),
                 },
             }
+        },
+        "/webhook": {
+            "get": {
+                "summary": "The caller's completion webhook (URL and signing secret)",
+                "responses": {"200": _json(_ref("Webhook"), "the webhook"), **_errors(*AUTH_ERRORS, 404)},
+            },
+            "put": {
+                "summary": "Send image.ready / image.failed events, HMAC-signed, to this URL",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["url"],
+                                "properties": {
+                                    "url": {"type": "string", "format": "uri", "maxLength": 2048},
+                                    "rotate_secret": {"type": "boolean"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(_ref("Webhook"), "the webhook"),
+                    **_errors(*AUTH_ERRORS, 415, 422),
+                },
+            },
+            "delete": {
+                "summary": "Stop sending events (idempotent)",
+                "responses": {"204": {"description": "removed"}, **_errors(*AUTH_ERRORS)},
+            },
         },
         "/health/live": {
             "get": {
@@ -268,13 +326,13 @@ def document() -> dict[str, Any]:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    return web.json_response(document(request.app[SETTINGS].imaging))
 
 
 async def docs(request: web.Request) -> web.Response:
     """A plain page from the same document (no CDN, no build step)."""
     rows = []
-    for path, item in document()["paths"].items():
+    for path, item in document(request.app[SETTINGS].imaging)["paths"].items():
         for method, operation in item.items():
             if method == "parameters":
                 continue

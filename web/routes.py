@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from web import openapi
-from web.handlers import download, health, images, links, upload
+from web.handlers import download, health, images, links, ui, upload, webhook
 
 
 def setup_routes(app: web.Application) -> None:
@@ -19,8 +19,12 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete("/images/{image_id}", images.delete_image)
     app.router.add_get("/images/{image_id}/url", links.create_link)
     app.router.add_get("/links/{user_id}/{image_id}/{rendition}", links.follow_link)
+    app.router.add_get("/webhook", webhook.get_webhook)
+    app.router.add_put("/webhook", webhook.put_webhook)
+    app.router.add_delete("/webhook", webhook.delete_webhook)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
     app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/openapi.json", openapi.openapi_json)
     app.router.add_get("/docs", openapi.docs)
+    ui.setup(app)

@@ -25,18 +25,17 @@ from pipeline.errors import (
     BadRequest,
     ImageNotFound,
     InvalidField,
-    InvalidJson,
     MissingField,
     NotFound,
     QuotaExceeded,
     TooLarge,
-    UnsupportedMediaType,
     UploadTimeout,
 )
 from pipeline.imaging import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
 from pipeline.records import Superseded
+from web.bodies import json_object
 from web.handlers.images import describe
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
@@ -56,7 +55,7 @@ class FileNotInInput(NotFound):
 async def compat_upload(request: web.Request) -> web.Response:
     """`POST /upload` `{"file_name": "cat.jpg", "user_id": ...}`: store `input/<file_name>` as `cat`."""
     await resolve_user(request)  # 401 before anything about the body
-    body = await _json_object(request)
+    body = await json_object(request)
     user_id = await resolve_user(request, body.get("user_id", ""))
     file_name = body.get("file_name")
     if file_name is None or file_name == "":
@@ -179,18 +178,6 @@ async def _hashed(chunks: AsyncIterator[bytes], digest: Any) -> AsyncIterator[by
     async for chunk in chunks:
         digest.update(chunk)
         yield chunk
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("send the request body as application/json")
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidJson() from None
-    if not isinstance(body, dict):
-        raise InvalidJson("the request body must be a JSON object")
-    return body
 
 
 def _input_file(input_dir: Path, file_name: str) -> Path:

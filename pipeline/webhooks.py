@@ -1,0 +1,354 @@
+"""Completion webhooks: a user's URL is POSTed a signed JSON event when an image is ready or failed.
+
+Delivery never blocks the consumer: the job hands the finished record over (`submit` does not
+await) and acknowledges its message; each event is then delivered by a task of its own, retried
+with exponential backoff, with at most `concurrency` POSTs in progress per process. The events
+live in the consumer's memory, so a consumer that is *killed* loses the retries it still owed
+(a stopping one keeps delivering for `drain_timeout`); the image record stays the source of
+truth, and a receiver that missed something catches up with `GET /images`. The same result
+always has the same event id, so a receiver deduplicates a duplicate delivery by it.
+
+The signature follows the scheme Stripe and GitHub popularised, so receivers' helpers fit:
+`Imgsvc-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>` with the user's
+webhook secret; receivers check it with `verify` (or its ten lines in their own language).
+
+Webhook URLs are untrusted input pointing our servers at the network: unless
+`IMGSVC_WEBHOOK_ALLOW_PRIVATE` is set, loopback, private, link-local and other non-global
+addresses are refused when the URL is set *and* when each delivery resolves its host (so a name
+that later resolves inward is refused too), and redirects are never followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import random
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from config.settings import WebhookSettings
+from pipeline import metrics
+from pipeline.errors import InvalidWebhookUrl, UnknownUser
+from pipeline.records import ImageRecord
+from pipeline.tables import ConditionFailed, Table
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "Imgsvc-Signature"
+EVENT_HEADER = "Imgsvc-Event"
+EVENT_ID_HEADER = "Imgsvc-Event-Id"
+SECRET_PREFIX = "whsec_"
+MAX_URL_LENGTH = 2048
+USER_AGENT = "image-service-webhooks/1"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# Signing ---------------------------------------------------------------------------------------------
+
+
+def _mac(secret: str, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    """The `Imgsvc-Signature` header value for `body`, signed now (or at `timestamp`)."""
+    stamp = int(time.time()) if timestamp is None else timestamp
+    return f"t={stamp},v1={_mac(secret, stamp, body)}"
+
+
+def verify(
+    secret: str, header: str, body: bytes, *, tolerance: float = 300, now: float | None = None
+) -> bool:
+    """True when `header` signs exactly `body` with `secret`, no more than `tolerance` s ago."""
+    fields: dict[str, list[str]] = {}
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        fields.setdefault(name, []).append(value)
+    try:
+        stamp = int(fields["t"][0])
+    except (KeyError, ValueError):
+        return False
+    current = time.time() if now is None else now
+    if abs(current - stamp) > tolerance:
+        return False
+    expected = _mac(secret, stamp, body)
+    return any(hmac.compare_digest(expected, candidate) for candidate in fields.get("v1", []))
+
+
+# Where a webhook may point ----------------------------------------------------------------------------
+
+
+def _is_public(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_url(url: object, allow_private: bool) -> str:
+    """`url` if a webhook may point there, else `InvalidWebhookUrl` saying why."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL_LENGTH:
+        raise InvalidWebhookUrl(f"url must be a string of 1 to {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise InvalidWebhookUrl(f"url is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidWebhookUrl("url must be an absolute http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidWebhookUrl("url must not carry credentials; sign-check the body instead")
+    if parts.fragment:
+        raise InvalidWebhookUrl("url must not have a #fragment")
+    if not allow_private:
+        literal = _literal_ip(host)
+        if host == "localhost" or host.endswith(".localhost") or (literal and not _is_public(literal)):
+            raise InvalidWebhookUrl(
+                "url points at a loopback, private or link-local address "
+                "(allowed only with IMGSVC_WEBHOOK_ALLOW_PRIVATE=true)"
+            )
+    return url
+
+
+def _literal_ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """Resolves like aiohttp's default resolver, then keeps only global addresses.
+
+    Checked at every connection, so a host name that resolves inward (DNS rebinding, an internal
+    name) is refused even though its URL looked fine when it was set.
+    """
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = [r for r in await self._inner.resolve(host, port, family) if _is_public(r["host"])]
+        if not found:
+            raise OSError(f"{host} resolves to no public address; refusing to deliver a webhook there")
+        return found
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+# A user's webhook -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+    secret: str
+    updated_at: str
+
+    def public(self) -> dict[str, Any]:
+        """What its owner sees (the secret too: they need it to check signatures)."""
+        return {"url": self.url, "secret": self.secret, "updated_at": self.updated_at}
+
+
+class WebhookStore:
+    """The webhook lives on the user's item in the users table: one read per event to find it."""
+
+    def __init__(self, users: Table) -> None:
+        self._users = users
+
+    async def get(self, user_id: str) -> Webhook | None:
+        item = await self._users.get({"user_id": user_id})
+        if not item or not item.get("webhook_url"):
+            return None
+        return Webhook(str(item["webhook_url"]), str(item["webhook_secret"]), str(item["webhook_updated_at"]))
+
+    async def put(self, user_id: str, url: str, *, new_secret: bool = False) -> Webhook:
+        """Set the URL; the secret is kept across changes unless `new_secret` (rotation)."""
+        fresh = SECRET_PREFIX + secrets.token_urlsafe(32)
+        secret_expr = ":secret" if new_secret else "if_not_exists(webhook_secret, :secret)"
+        try:
+            item = await self._users.update(
+                {"user_id": user_id},
+                f"SET webhook_url = :url, webhook_secret = {secret_expr}, webhook_updated_at = :now",
+                "attribute_exists(user_id)",
+                values={":url": url, ":secret": fresh, ":now": _now()},
+            )
+        except ConditionFailed:
+            raise UnknownUser() from None
+        return Webhook(str(item["webhook_url"]), str(item["webhook_secret"]), str(item["webhook_updated_at"]))
+
+    async def delete(self, user_id: str) -> None:
+        """Remove URL and secret (idempotent): setting one again starts with a new secret."""
+        try:
+            await self._users.update(
+                {"user_id": user_id},
+                "REMOVE webhook_url, webhook_secret, webhook_updated_at",
+                "attribute_exists(user_id)",
+            )
+        except ConditionFailed:
+            raise UnknownUser() from None
+
+
+# Events and their delivery ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    owner: str
+    id: str
+    type: str
+    body: bytes
+
+
+def event_for(record: ImageRecord) -> Event:
+    """`image.ready` or `image.failed`, with the record as `GET /images/{id}` describes it."""
+    state = record.state
+    digest = hashlib.sha256(
+        f"{record.owner}/{record.image_id}/{record.source_etag}/{state}".encode()
+    ).hexdigest()
+    event_id = f"evt_{digest[:32]}"
+    kind = f"image.{state}"
+    payload = {
+        "id": event_id,
+        "type": kind,
+        "created_at": _now(),
+        "data": {"user_id": record.owner, **record.public()},
+    }
+    return Event(record.owner, event_id, kind, json.dumps(payload, separators=(",", ":")).encode())
+
+
+def backoff(attempt: int, settings: WebhookSettings, rng: random.Random | None = None) -> float:
+    """Seconds before attempt `attempt + 1`: exponential, capped, with ±20% jitter."""
+    delay = min(settings.backoff_max, settings.backoff_base * 2.0 ** (attempt - 1))
+    jitter = rng.uniform(0.8, 1.2) if rng else random.uniform(0.8, 1.2)
+    return delay * jitter
+
+
+class Dispatcher:
+    """Delivers events in the background; `submit` returns at once."""
+
+    def __init__(
+        self, store: WebhookStore, settings: WebhookSettings, session: aiohttp.ClientSession
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._session = session
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
+    def submit(self, record: ImageRecord) -> None:
+        """Queue the event of a finished record; never waits, drops (counted) if the backlog is full."""
+        if record.state == "pending":
+            return
+        if len(self._tasks) >= self._settings.max_pending:
+            log.warning("webhook backlog full, event dropped image_id=%s", record.image_id)
+            metrics.WEBHOOK_DELIVERIES.labels("dropped").inc()
+            return
+        task = asyncio.create_task(self._deliver(event_for(record)), name=f"webhook {record.image_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to `timeout` s for pending deliveries; cancel the rest. Returns how many were cut."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        cut = list(self._tasks)
+        for task in cut:
+            task.cancel()
+        if cut:
+            await asyncio.gather(*cut, return_exceptions=True)
+            log.warning("webhook deliveries cut short at shutdown count=%d", len(cut))
+            metrics.WEBHOOK_DELIVERIES.labels("dropped").inc(len(cut))
+        return len(cut)
+
+    async def _deliver(self, event: Event) -> None:
+        try:
+            hook = await self._store.get(event.owner)
+        except Exception as exc:  # the user table unreachable: the event cannot be addressed
+            log.warning("webhook lookup failed event_id=%s error=%r", event.id, exc)
+            metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
+            return
+        if hook is None:
+            return
+        try:
+            check_url(hook.url, self._settings.allow_private)  # the rules may have changed since
+        except InvalidWebhookUrl as exc:  # no retry can help: counted and logged, not attempted
+            metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
+            log.warning("webhook refused event_id=%s url=%s error=%s", event.id, hook.url, exc.message)
+            return
+        attempts = self._settings.attempts
+        for attempt in range(1, attempts + 1):
+            error = await self._post(hook, event)
+            if error is None:
+                metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
+                log.info("webhook delivered event_id=%s type=%s attempt=%d", event.id, event.type, attempt)
+                return
+            if attempt == attempts:
+                break
+            metrics.WEBHOOK_DELIVERIES.labels("retried").inc()
+            log.info("webhook attempt failed event_id=%s attempt=%d error=%s", event.id, attempt, error)
+            await asyncio.sleep(backoff(attempt, self._settings))
+        metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
+        log.warning("webhook failed event_id=%s attempts=%d error=%s", event.id, attempts, error)
+
+    async def _post(self, hook: Webhook, event: Event) -> str | None:
+        """None on a 2xx answer, else what went wrong."""
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            EVENT_HEADER: event.type,
+            EVENT_ID_HEADER: event.id,
+            SIGNATURE_HEADER: sign(hook.secret, event.body),
+        }
+        async with self._slots:
+            try:
+                async with self._session.post(
+                    hook.url, data=event.body, headers=headers, allow_redirects=False
+                ) as response:
+                    await response.read()
+                    return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                return f"{type(exc).__name__}: {exc}"
+
+
+@asynccontextmanager
+async def open_dispatcher(users: Table, settings: WebhookSettings) -> AsyncIterator[Dispatcher]:
+    """A dispatcher with its own HTTP session; on exit it delivers for up to `drain_timeout` s."""
+    resolver = None if settings.allow_private else PublicOnlyResolver()
+    connector = aiohttp.TCPConnector(limit=settings.concurrency, resolver=resolver)
+    timeout = aiohttp.ClientTimeout(total=settings.timeout)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        dispatcher = Dispatcher(WebhookStore(users), settings, session)
+        try:
+            yield dispatcher
+        finally:
+            await dispatcher.drain(settings.drain_timeout)

@@ -1,0 +1,305 @@
+"""Completion webhooks: the API to set one, signed deliveries with retries, and that a slow or
+refused receiver never holds up the consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
+
+from config.settings import Settings, WebhookSettings
+from pipeline import metrics
+from pipeline.aws import AwsClients, open_clients
+from pipeline.errors import InvalidWebhookUrl
+from pipeline.service import open_consumer
+from pipeline.tables import Tables
+from pipeline.webhooks import (
+    EVENT_HEADER,
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    PublicOnlyResolver,
+    WebhookStore,
+    backoff,
+    check_url,
+    sign,
+    verify,
+)
+from tests.conftest import ROOT, USER, ClientFactory, run_consumer_until_drained
+
+Client = TestClient[Any, Any]
+CAT = (ROOT / "input" / "cat.jpg").read_bytes()
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that answers with `statuses` in turn (200 when they run out)."""
+
+    url: str = ""
+    statuses: list[int] = field(default_factory=list)
+    hold: asyncio.Event | None = None  # when set, every request waits for it
+    calls: list[tuple[float, dict[str, str], bytes]] = field(default_factory=list)
+    waiting: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.calls.append((time.monotonic(), dict(request.headers), body))
+        if self.hold is not None:
+            self.waiting += 1
+            await self.hold.wait()
+            self.waiting -= 1
+        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", found.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    found.url = str(server.make_url("/hook"))
+    yield found
+    if found.hold is not None:
+        found.hold.set()
+    await server.close()
+
+
+@pytest.fixture
+def hook_settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings(
+        IMGSVC_WEBHOOK_ALLOW_PRIVATE="true",  # the receiver is on loopback
+        IMGSVC_WEBHOOK_BACKOFF_BASE="0.05",
+        IMGSVC_WEBHOOK_BACKOFF_MAX="0.2",
+    )
+
+
+async def set_hook(api: Client, url: str) -> dict[str, Any]:
+    response = await api.put("/webhook", json={"url": url})
+    assert response.status == 200, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def drain(clients: AwsClients, settings: Settings) -> dict[str, int]:
+    """The consumer's outcomes (without S3's test event), once every webhook is delivered."""
+    outcomes = await run_consumer_until_drained(clients, settings)
+    outcomes.pop("test_event", None)
+    return outcomes
+
+
+def delivered(receiver: Receiver) -> list[dict[str, Any]]:
+    return [json.loads(body) for _, _, body in receiver.calls]
+
+
+# The API --------------------------------------------------------------------------------------------
+
+
+async def test_set_read_rotate_and_remove(api: Client) -> None:
+    assert (await api.get("/webhook")).status == 404
+    first = await set_hook(api, "https://hooks.example.com/images")
+    assert first["url"] == "https://hooks.example.com/images" and first["secret"].startswith("whsec_")
+    assert await (await api.get("/webhook")).json() == first
+
+    moved = await set_hook(api, "https://hooks.example.com/v2")
+    assert moved["secret"] == first["secret"], "changing the URL keeps the secret"
+    rotated = await (await api.put("/webhook", json={"url": moved["url"], "rotate_secret": True})).json()
+    assert rotated["secret"] != first["secret"] and rotated["url"] == moved["url"]
+
+    assert (await api.delete("/webhook")).status == 204
+    gone = await api.get("/webhook")
+    assert gone.status == 404 and (await gone.json())["error"] == "webhook_not_set"
+    assert (await api.delete("/webhook")).status == 204
+    again = await set_hook(api, "https://hooks.example.com/images")
+    assert again["secret"] != rotated["secret"], "a removed webhook's secret is not reused"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"url": "ftp://hooks.example.com/x"}, 422, "invalid_webhook_url"),
+        ({"url": "hooks.example.com/x"}, 422, "invalid_webhook_url"),
+        ({"url": "https://user:pw@hooks.example.com/x"}, 422, "invalid_webhook_url"),
+        ({"url": "https://hooks.example.com:99999/x"}, 422, "invalid_webhook_url"),
+        ({"url": "https://hooks.example.com/" + "x" * 2048}, 422, "invalid_webhook_url"),
+        ({"url": 7}, 422, "invalid_webhook_url"),
+        ({}, 422, "invalid_webhook_url"),
+        ({"url": "http://127.0.0.1:9000/x"}, 422, "invalid_webhook_url"),
+        ({"url": "http://169.254.169.254/latest/meta-data"}, 422, "invalid_webhook_url"),
+        ({"url": "http://localhost/x"}, 422, "invalid_webhook_url"),
+        ({"url": "https://hooks.example.com/x", "rotate_secret": "yes"}, 400, "invalid_field"),
+    ],
+)
+async def test_bad_webhooks_are_refused(api: Client, body: dict[str, Any], status: int, code: str) -> None:
+    response = await api.put("/webhook", json=body)
+    assert response.status == status
+    assert (await response.json())["error"] == code
+    assert (await api.get("/webhook")).status == 404
+
+
+async def test_webhook_body_must_be_json(api: Client) -> None:
+    response = await api.put(
+        "/webhook", data=b"url=https://x.example", headers={"Content-Type": "text/plain"}
+    )
+    assert response.status == 415 and (await response.json())["error"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["10.1.2.3", "192.168.0.1", "172.16.5.4", "100.64.0.1", "0.0.0.0", "[::1]", "[fd00::1]",
+     "[fe80::1]", "[::ffff:127.0.0.1]", "224.0.0.1", "localhost", "printer.localhost"],
+)  # fmt: skip
+def test_inward_addresses_are_refused_unless_allowed(host: str) -> None:
+    url = f"http://{host}/hook"
+    with pytest.raises(InvalidWebhookUrl):
+        check_url(url, allow_private=False)
+    assert check_url(url, allow_private=True) == url
+
+
+@pytest.mark.parametrize("host", ["93.184.215.14", "[2606:4700::1111]", "hooks.example.com"])
+def test_public_addresses_are_accepted(host: str) -> None:
+    assert check_url(f"https://{host}/hook", allow_private=False)
+
+
+async def test_names_resolving_inward_are_refused_at_delivery() -> None:
+    resolver = PublicOnlyResolver()
+    try:
+        with pytest.raises(OSError, match="no public address"):
+            await resolver.resolve("localhost", 80)
+    finally:
+        await resolver.close()
+
+
+# Signatures -----------------------------------------------------------------------------------------
+
+secrets_ = st.text(min_size=1, max_size=64)
+
+
+@given(secret=secrets_, body=st.binary(max_size=512), stamp=st.integers(0, 2**40))
+def test_signature_round_trip(secret: str, body: bytes, stamp: int) -> None:
+    header = sign(secret, body, stamp)
+    assert verify(secret, header, body, now=stamp)
+    assert verify(secret, header, body, now=stamp + 299)
+    assert not verify(secret, header, body, now=stamp + 301), "an old signature is refused (replay)"
+    assert not verify(secret + "x", header, body, now=stamp)
+    assert not verify(secret, header, body + b"x", now=stamp)
+
+
+@given(header=st.text(max_size=120))
+def test_garbage_signature_headers_never_verify(header: str) -> None:
+    assert not verify("whsec_test", header, b"{}", now=0)
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    settings = WebhookSettings(backoff_base=1, backoff_max=10)
+    delays = [backoff(n, settings) for n in range(1, 8)]
+    assert 0.8 <= delays[0] <= 1.2 and 1.6 <= delays[1] <= 2.4
+    assert all(d <= 12 for d in delays) and delays[-1] >= 8
+
+
+# Delivery -------------------------------------------------------------------------------------------
+
+
+async def test_ready_event_is_signed_and_retried_until_accepted(
+    hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
+) -> None:
+    api = await make_client(hook_settings)
+    hook = await set_hook(api, receiver.url)
+    receiver.statuses = [500, 503]  # two refusals, then 200
+    assert (await api.put(f"/images/cat?user_id={USER}", data=CAT)).status == 202
+    before = metrics.WEBHOOK_DELIVERIES.labels("delivered")._value.get()
+
+    outcomes = await drain(clients, hook_settings)  # leaves once delivered
+
+    assert outcomes == {"ready": 1}
+    assert len(receiver.calls) == 3
+    ids = {headers[EVENT_ID_HEADER] for _, headers, _ in receiver.calls}
+    assert len(ids) == 1, "retries carry the same event id"
+    for _, headers, body in receiver.calls:
+        assert headers[EVENT_HEADER] == "image.ready"
+        assert headers["Content-Type"] == "application/json"
+        assert verify(hook["secret"], headers[SIGNATURE_HEADER], body)
+    event = delivered(receiver)[-1]
+    assert event["type"] == "image.ready" and event["id"] == ids.pop()
+    data = event["data"]
+    assert (data["user_id"], data["image_id"], data["status"]) == (USER, "cat", "ready")
+    assert (data["width"], data["height"], data["format"]) == (451, 300, "jpeg")
+    assert data["placeholder"]["blurhash"]
+    status = await (await api.get("/images/cat")).json()
+    assert data["etag"] == status["etag"] and data["sha256"] == status["sha256"]
+    gaps = [b[0] - a[0] for a, b in zip(receiver.calls, receiver.calls[1:], strict=False)]
+    assert all(gap >= 0.03 for gap in gaps), f"retries back off: {gaps}"
+    assert metrics.WEBHOOK_DELIVERIES.labels("delivered")._value.get() == before + 1
+
+
+async def test_failed_event_carries_the_reason(
+    hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
+) -> None:
+    api = await make_client(hook_settings)
+    await set_hook(api, receiver.url)
+    await clients.s3.put_object(Bucket=hook_settings.aws.source_bucket, Key=f"{USER}/broken", Body=CAT[:5000])
+
+    assert await drain(clients, hook_settings) == {"dead_lettered": 1}
+
+    [event] = delivered(receiver)
+    assert event["type"] == "image.failed"
+    assert event["data"]["status"] == "failed" and event["data"]["error"]["code"] == "corrupt_image"
+
+
+async def test_no_webhook_no_request_and_receiver_that_never_accepts_gives_up(
+    hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
+) -> None:
+    api = await make_client(hook_settings)
+    assert (await api.put("/images/quiet", data=CAT)).status == 202
+    assert await drain(clients, hook_settings) == {"ready": 1}
+    assert receiver.calls == []
+
+    await set_hook(api, receiver.url)
+    receiver.statuses = [500] * 50
+    failed = metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get()
+    assert (await api.put("/images/loud", data=CAT)).status == 202
+    assert await drain(clients, hook_settings) == {"ready": 1}
+    assert len(receiver.calls) == hook_settings.webhooks.attempts
+    assert metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get() == failed + 1
+
+
+async def test_a_receiver_that_hangs_never_holds_up_the_consumer(
+    make_settings: Callable[..., Settings], make_client: ClientFactory, receiver: Receiver
+) -> None:
+    settings = make_settings(IMGSVC_WEBHOOK_ALLOW_PRIVATE="true", IMGSVC_WEBHOOK_TIMEOUT="30")
+    api = await make_client(settings)
+    await set_hook(api, receiver.url)
+    receiver.hold = asyncio.Event()
+    for name in ("a", "b", "c"):
+        assert (await api.put(f"/images/{name}", data=CAT)).status == 202
+
+    async with open_clients(settings.aws) as own, open_consumer(own, settings, burst=True) as consumer:
+        stats = await asyncio.wait_for(consumer.run(), 30)
+        # Every message is done and acknowledged while all three POSTs are still unanswered.
+        assert stats.outcomes["ready"] == 3 and stats.outcomes.keys() <= {"ready", "test_event"}
+        assert receiver.waiting == 3
+        listed = await (await api.get("/images")).json()
+        assert {i["status"] for i in listed["images"]} == {"ready"}
+        receiver.hold.set()  # now the shutdown drain delivers them
+    assert receiver.waiting == 0 and len(receiver.calls) == 3
+
+
+async def test_delivery_to_an_inward_address_is_refused_when_not_allowed(
+    settings: Settings, clients: AwsClients, make_client: ClientFactory, receiver: Receiver
+) -> None:
+    """A URL stored before the rules changed (or written around the API) is still never called."""
+    api = await make_client(settings)
+    await WebhookStore(Tables(clients.dynamodb, settings.aws).users).put(USER, receiver.url)
+    failed = metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get()
+    assert (await api.put("/images/cat", data=CAT)).status == 202
+    assert await drain(clients, settings) == {"ready": 1}
+    assert receiver.calls == []
+    assert metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get() == failed + 1

@@ -1,0 +1,356 @@
+// The image-service web UI: plain modern JavaScript against the public API, no build step.
+// Everything a user supplies is put into the page with textContent, never as HTML.
+"use strict";
+
+const KEY_STORE = "imgsvc.key";
+const PAGE = 60;              // images per gallery page
+const POLL_MS = 1000;         // while anything is pending
+const PARALLEL_UPLOADS = 3;
+const LINK_SECONDS = 3600;
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  key: sessionStorage.getItem(KEY_STORE) || "",
+  cards: new Map(),           // image_id -> {li, record, thumbFor}
+  cursor: null,
+  pollTimer: null,
+  queue: [],                  // files waiting for an upload slot
+  active: 0,
+};
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || `HTTP ${status}`);
+    this.status = status;
+    this.code = body && body.error;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Authorization: `Bearer ${state.key}` }, options.headers || {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 204) return null;
+  let body = null;
+  try { body = await response.json(); } catch (_) { /* not JSON */ }
+  if (!response.ok) {
+    if (response.status === 401 && state.key) signOut("Your key was not accepted; sign in again.");
+    throw new ApiError(response.status, body);
+  }
+  return body;
+}
+
+function toast(text) {
+  const el = $("toast");
+  el.textContent = text;
+  el.classList.add("shown");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => el.classList.remove("shown"), 2500);
+}
+
+// Signing in --------------------------------------------------------------------------------------
+
+async function signIn(key) {
+  state.key = key.trim();
+  $("sign-in-error").hidden = true;
+  try {
+    await api("/images?limit=1");
+  } catch (error) {
+    state.key = "";
+    const message = error.status === 401 ? "That key was not accepted." : `Could not sign in: ${error.message}`;
+    showSignIn(message);
+    return;
+  }
+  sessionStorage.setItem(KEY_STORE, state.key);
+  $("sign-in").hidden = true;
+  $("app").hidden = false;
+  $("whoami").hidden = false;
+  $("user-label").textContent = `key ${state.key.split("_").slice(0, 2).join("_")}…`;
+  await loadGallery();
+}
+
+function signOut(message) {
+  state.key = "";
+  sessionStorage.removeItem(KEY_STORE);
+  clearTimeout(state.pollTimer);
+  state.cards.clear();
+  $("gallery").replaceChildren();
+  $("uploads").replaceChildren();
+  $("link-box").hidden = true;
+  showSignIn(message);
+}
+
+function showSignIn(message) {
+  $("app").hidden = true;
+  $("whoami").hidden = true;
+  $("sign-in").hidden = false;
+  const error = $("sign-in-error");
+  error.hidden = !message;
+  error.textContent = message || "";
+}
+
+// Uploading ---------------------------------------------------------------------------------------
+
+function enqueue(files) {
+  for (const file of files) {
+    const row = document.createElement("li");
+    const name = document.createElement("span");
+    name.className = "file";
+    name.textContent = file.name;
+    const bar = document.createElement("progress");
+    bar.max = 100;
+    bar.value = 0;
+    const label = document.createElement("span");
+    label.className = "state";
+    label.textContent = "waiting";
+    row.append(name, bar, label);
+    $("uploads").append(row);
+    state.queue.push({ file, bar, label, row });
+  }
+  pump();
+}
+
+function pump() {
+  while (state.active < PARALLEL_UPLOADS && state.queue.length) {
+    const item = state.queue.shift();
+    state.active += 1;
+    upload(item).finally(() => { state.active -= 1; pump(); });
+  }
+}
+
+// XMLHttpRequest, not fetch: only it reports upload progress.
+function upload({ file, bar, label, row }) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", `/images?file_name=${encodeURIComponent(file.name)}`);
+    xhr.setRequestHeader("Authorization", `Bearer ${state.key}`);
+    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+    label.textContent = "0%";
+    xhr.upload.onprogress = (event) => {
+      if (!event.lengthComputable) return;
+      const percent = Math.floor((event.loaded / event.total) * 100);
+      bar.value = percent;
+      label.textContent = `${percent}%`;
+    };
+    xhr.onload = () => {
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+      if (xhr.status === 202 && body) {
+        bar.value = 100;
+        label.textContent = "uploaded";
+        label.classList.add("done");
+        row.dataset.imageId = body.image_id;
+        upsert(body, true);
+        schedulePoll();
+      } else {
+        label.textContent = (body && body.message) || `failed (HTTP ${xhr.status})`;
+        label.classList.add("failed");
+        if (xhr.status === 401) signOut("Your key was not accepted; sign in again.");
+      }
+      resolve();
+    };
+    xhr.onerror = () => {
+      label.textContent = "network error";
+      label.classList.add("failed");
+      resolve();
+    };
+    xhr.send(file);
+  });
+}
+
+// The gallery -------------------------------------------------------------------------------------
+
+async function loadGallery() {
+  state.cursor = null;
+  const page = await api(`/images?limit=${PAGE}`);
+  for (const record of page.images) upsert(record);
+  $("empty").hidden = state.cards.size > 0;
+  setCursor(page.next_cursor);
+  schedulePoll();
+}
+
+async function loadMore() {
+  if (!state.cursor) return;
+  const page = await api(`/images?limit=${PAGE}&cursor=${encodeURIComponent(state.cursor)}`);
+  for (const record of page.images) upsert(record, false, true);
+  setCursor(page.next_cursor);
+}
+
+function setCursor(cursor) {
+  state.cursor = cursor;
+  $("more").hidden = !cursor;
+}
+
+function schedulePoll() {
+  clearTimeout(state.pollTimer);
+  const pending = [...state.cards.values()].filter((c) => c.record.status === "pending").length;
+  $("live").textContent = pending ? `${pending} processing…` : "";
+  if (pending && state.key) state.pollTimer = setTimeout(poll, POLL_MS);
+}
+
+// Pending images are re-read from the first page (uploads are newest, so they are on it).
+async function poll() {
+  try {
+    const page = await api(`/images?limit=${PAGE}`);
+    for (const record of page.images) upsert(record);
+  } catch (error) {
+    if (error.status === 401) return;
+  }
+  schedulePoll();
+}
+
+function upsert(record, prepend = true, append = false) {
+  let card = state.cards.get(record.image_id);
+  if (!card) {
+    card = buildCard(record.image_id);
+    state.cards.set(record.image_id, card);
+    if (append || !prepend) $("gallery").append(card.li);
+    else $("gallery").prepend(card.li);
+  }
+  card.record = record;
+  render(card);
+  $("empty").hidden = state.cards.size > 0;
+}
+
+function buildCard(imageId) {
+  const li = document.createElement("li");
+  li.className = "card";
+  li.dataset.imageId = imageId;
+  const thumb = document.createElement("div");
+  thumb.className = "thumb";
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const name = document.createElement("div");
+  name.className = "name";
+  const badge = document.createElement("span");
+  badge.className = "badge";
+  const details = document.createElement("div");
+  details.className = "details muted";
+  const reason = document.createElement("div");
+  reason.className = "reason";
+  meta.append(name, badge, details, reason);
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.className = "copy-link";
+  copy.textContent = "Copy link";
+  copy.addEventListener("click", () => copyLink(imageId));
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "delete";
+  remove.textContent = "Delete";
+  remove.addEventListener("click", () => removeImage(imageId));
+  actions.append(copy, remove);
+  li.append(thumb, meta, actions);
+  return { li, thumb, name, badge, details, reason, record: null, thumbFor: null };
+}
+
+function render(card) {
+  const r = card.record;
+  card.li.dataset.status = r.status;
+  card.name.textContent = r.file_name || r.image_id;
+  card.badge.textContent = r.status;
+  card.badge.className = `badge ${r.status}`;
+  const size = r.width && r.height ? `${r.width}×${r.height} · ` : "";
+  card.details.textContent = `${size}${formatBytes(r.bytes)}`;
+  card.reason.textContent = r.status === "failed" && r.error ? r.error.message : "";
+  if (r.placeholder && r.placeholder.color) card.thumb.style.background = r.placeholder.color;
+  if (r.status === "ready" && card.thumbFor !== r.etag) {
+    card.thumbFor = r.etag;
+    showThumbnail(card).catch(() => { card.thumbFor = null; });
+  }
+  if (r.status !== "ready") {
+    card.thumb.replaceChildren();
+    card.thumbFor = null;
+  }
+}
+
+// <img> cannot send the API key, so a thumbnail is shown through a signed link.
+async function showThumbnail(card) {
+  const r = card.record;
+  const rendition = Object.keys(r.renditions || {})[0];
+  if (!rendition) return;
+  const link = await api(`/images/${encodeURIComponent(r.image_id)}/url?rendition=${encodeURIComponent(rendition)}`);
+  const img = document.createElement("img");
+  img.alt = r.file_name || r.image_id;
+  img.src = link.url;
+  card.thumb.replaceChildren(img);
+}
+
+function formatBytes(n) {
+  if (n == null) return "";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+async function copyLink(imageId) {
+  let link;
+  try {
+    link = await api(`/images/${encodeURIComponent(imageId)}/url?rendition=original&expires_in=${LINK_SECONDS}`);
+  } catch (error) {
+    toast(`No link: ${error.message}`);
+    return;
+  }
+  const absolute = new URL(link.url, location.origin).href;
+  $("link-box").hidden = false;
+  $("link-output").value = absolute;
+  $("link-output").dataset.imageId = imageId;
+  $("link-note").textContent = `expires ${new Date(link.expires_at).toLocaleString()}`;
+  try {
+    await navigator.clipboard.writeText(absolute);
+    toast("Link copied");
+  } catch (_) {
+    $("link-output").select();
+    toast("Copy the selected link");
+  }
+}
+
+async function removeImage(imageId) {
+  const card = state.cards.get(imageId);
+  if (card) card.li.classList.add("deleting");
+  try {
+    await api(`/images/${encodeURIComponent(imageId)}`, { method: "DELETE" });
+  } catch (error) {
+    if (card) card.li.classList.remove("deleting");
+    toast(`Not deleted: ${error.message}`);
+    return;
+  }
+  if (card) card.li.remove();
+  state.cards.delete(imageId);
+  $("empty").hidden = state.cards.size > 0;
+  toast("Deleted");
+  schedulePoll();
+}
+
+// Wiring ------------------------------------------------------------------------------------------
+
+function wire() {
+  $("sign-in-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    signIn($("api-key").value);
+  });
+  $("sign-out").addEventListener("click", () => signOut(""));
+  $("more").addEventListener("click", () => loadMore());
+  $("file-input").addEventListener("change", (event) => {
+    enqueue([...event.target.files]);
+    event.target.value = "";
+  });
+  const zone = $("drop-zone");
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("over"); });
+  }
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    enqueue([...event.dataTransfer.files]);
+  });
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") $("file-input").click();
+  });
+  if (state.key) signIn(state.key);
+  else showSignIn("");
+}
+
+wire();
