@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import Settings, WebhookSettings
-from pipeline import metrics
+from pipeline import lambda_handler, metrics
 from pipeline.aws import AwsClients, open_clients
 from pipeline.errors import InvalidWebhookUrl
 from pipeline.service import open_consumer
@@ -34,6 +34,7 @@ from pipeline.webhooks import (
     verify,
 )
 from tests.conftest import ROOT, USER, ClientFactory, run_consumer_until_drained
+from tests.test_lambda import sqs_event
 
 Client = TestClient[Any, Any]
 CAT = (ROOT / "input" / "cat.jpg").read_bytes()
@@ -303,3 +304,19 @@ async def test_delivery_to_an_inward_address_is_refused_when_not_allowed(
     assert await drain(clients, settings) == {"ready": 1}
     assert receiver.calls == []
     assert metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get() == failed + 1
+
+
+async def test_the_lambda_variant_delivers_before_it_returns(
+    hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
+) -> None:
+    """A function is frozen once it returns, so its events must be out by then."""
+    api = await make_client(hook_settings)
+    hook = await set_hook(api, receiver.url)
+    receiver.statuses = [502]
+    assert (await api.put("/images/cat", data=CAT)).status == 202
+    answer = await lambda_handler.handle_event(await sqs_event(clients, hook_settings, 1), hook_settings)
+    assert answer == {"batchItemFailures": []}
+    assert len(receiver.calls) == 2
+    _, headers, body = receiver.calls[-1]
+    assert verify(hook["secret"], headers[SIGNATURE_HEADER], body)
+    assert json.loads(body)["data"]["status"] == "ready"
