@@ -18,6 +18,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import enum
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,14 @@ WRITE_ATTEMPTS = 5
 
 #: Asks S3 for the current original's ETag (None: it no longer exists).
 CurrentEtag = Callable[[], Awaitable[str | None]]
+
+
+class _Unread(enum.Enum):
+    UNREAD = 0
+
+
+#: "The caller has not read the record": `_write` reads it first.
+UNREAD = _Unread.UNREAD
 
 
 class Superseded(Exception):
@@ -138,11 +147,21 @@ class RecordStore:
         return record
 
     async def record_upload(
-        self, ref: ImageRef, etag: str, facts: dict[str, Any], current: CurrentEtag
+        self,
+        ref: ImageRef,
+        etag: str,
+        facts: dict[str, Any],
+        current: CurrentEtag,
+        *,
+        read: ImageRecord | _Unread | None = UNREAD,
     ) -> ImageRecord:
         """The API stored a new original: its facts and ETag become the record's current version.
-        Raises `Superseded` if another upload of the same id replaced it first."""
-        return await self._write(ref, etag, current, lambda _old: {**facts, "source_etag": etag})
+        Raises `Superseded` if another upload of the same id replaced it first.
+
+        `read`: the record as the caller read it earlier (None: there was none), which saves a
+        read; it is as safe as a fresh one, because the write is conditional on its revision."""
+        known = read if isinstance(read, _Unread) else (read.item if read else None)
+        return await self._write(ref, etag, current, lambda _old: {**facts, "source_etag": etag}, known)
 
     async def record_result(
         self,
@@ -217,7 +236,14 @@ class RecordStore:
         records = [ImageRecord(owner, str(i["image_id"]), i) for i in items]
         return records, _encode_cursor(last) if last else None
 
-    async def _write(self, ref: ImageRef, etag: str, current: CurrentEtag, fields: Any) -> ImageRecord:
+    async def _write(
+        self,
+        ref: ImageRef,
+        etag: str,
+        current: CurrentEtag,
+        fields: Any,
+        known: Item | _Unread | None = UNREAD,
+    ) -> ImageRecord:
         """Read, confirm with S3 that `etag` is still the current original, write if the record is
         still at the revision read. Confirming *between* the read and the conditional write is
         what makes it safe: any write that lands after our read (say, a newer upload's) changes
@@ -225,7 +251,8 @@ class RecordStore:
         owner, image_id = ref.owner_and_id
         key = {"user_id": owner, "image_id": image_id}
         for _ in range(WRITE_ATTEMPTS):
-            old = await self._table.get(key)
+            old = await self._table.get(key) if isinstance(known, _Unread) else known
+            known = UNREAD  # a conflict means it changed: later rounds read afresh
             revision = int(old.get("revision", 0)) if old else 0
             if (now_current := await current()) != etag:
                 raise Superseded(now_current)

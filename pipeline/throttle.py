@@ -1,8 +1,11 @@
 """Failed-authentication limits per client address, shared by every web process through DynamoDB.
 
 A fixed window per address: one counter item per (address, window), incremented atomically on
-each failure and expiring by TTL after its window. Before a key is checked the counter is read;
-at the limit the caller gets 429 with `Retry-After` until the window ends, whatever the key.
+each failure and expiring by TTL after its window. When a presented key fails, the counter is
+read: at the limit the caller gets 429 with `Retry-After` until the window ends, instead of 401.
+A valid key never reads the counter: keys carry 256 random bits, so the limit is there to bound
+the work probing costs and to stand out in metrics, not to make guessing harder, and it must not
+let a prober lock out the real users behind the same address.
 """
 
 from __future__ import annotations

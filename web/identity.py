@@ -2,7 +2,8 @@
 
 Every API call presents `Authorization: Bearer <key>`; the key names the user. A `user_id` in the
 query or body (the original routes carry one) must be the caller's own, or the answer is 403.
-Failed attempts count against the client address (shared limit, see `pipeline.throttle`).
+Failed attempts count against the client address (shared limit, see `pipeline.throttle`); above
+the limit a failing caller gets 429 instead of 401, while valid keys keep working.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ async def authenticate(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     if not header.strip():
         raise MissingCredentials(headers={"WWW-Authenticate": CHALLENGE})
-    address = request.remote or "unknown"
-    limiter = request.app[LIMITER]
-    await limiter.check(address)
     scheme, _, token = header.strip().partition(" ")
     try:
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidCredentials("use the Bearer scheme: Authorization: Bearer <key>")
         user_id = await request.app[ACCOUNTS].authenticate(token.strip())
     except InvalidCredentials as exc:
+        # Only failures consult the counter: a valid key costs one read, and a prober sharing
+        # an address (a NAT, a proxy) with real users cannot lock them out.
+        address = request.remote or "unknown"
+        limiter = request.app[LIMITER]
+        await limiter.check(address)
         await limiter.record_failure(address)
         raise InvalidCredentials(
             exc.message, headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'}

@@ -31,6 +31,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _json_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     """Every error is the same JSON shape; 401 and 429 on every authenticated route."""
     out = {str(s): _json(_ref("Error"), "an error, with a stable code") for s in statuses}
@@ -135,21 +140,9 @@ def document(imaging: ImagingSettings) -> dict[str, Any]:
         "/upload": {
             "post": {
                 "summary": "Store input/<file_name> as an image (the original system's route)",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["file_name"],
-                                "properties": {
-                                    "file_name": {"type": "string", "minLength": 1},
-                                    "user_id": USER,
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _json_body(
+                    {"file_name": {"type": "string", "minLength": 1}, "user_id": USER}, ["file_name"]
+                ),
                 "responses": {"202": accepted, **_errors(*AUTH_ERRORS, 404, 408, 413, 415)},
             }
         },
@@ -261,21 +254,13 @@ def document(imaging: ImagingSettings) -> dict[str, Any]:
             },
             "put": {
                 "summary": "Send image.ready / image.failed events, HMAC-signed, to this URL",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["url"],
-                                "properties": {
-                                    "url": {"type": "string", "format": "uri", "maxLength": 2048},
-                                    "rotate_secret": {"type": "boolean"},
-                                },
-                            }
-                        }
+                "requestBody": _json_body(
+                    {
+                        "url": {"type": "string", "format": "uri", "maxLength": 2048},
+                        "rotate_secret": {"type": "boolean"},
                     },
-                },
+                    ["url"],
+                ),
                 "responses": {
                     "200": _json(_ref("Webhook"), "the webhook"),
                     **_errors(*AUTH_ERRORS, 415, 422),

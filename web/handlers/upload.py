@@ -143,7 +143,7 @@ async def _store(
     storage, source_bucket = request.app[STORAGE], settings.aws.source_bucket
     try:
         record = await records.record_upload(
-            ref, stored.etag, facts, lambda: storage.etag_of(source_bucket, ref.source_key)
+            ref, stored.etag, facts, lambda: storage.etag_of(source_bucket, ref.source_key), read=previous
         )
     except Superseded:  # another upload of this id landed after ours: it is the image now
         found = await records.read(ref)

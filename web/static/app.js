@@ -230,19 +230,21 @@ function buildCard(imageId) {
   meta.append(name, badge, details, reason);
   const actions = document.createElement("div");
   actions.className = "actions";
-  const copy = document.createElement("button");
-  copy.type = "button";
-  copy.className = "copy-link";
-  copy.textContent = "Copy link";
-  copy.addEventListener("click", () => copyLink(imageId));
-  const remove = document.createElement("button");
-  remove.type = "button";
-  remove.className = "delete";
-  remove.textContent = "Delete";
-  remove.addEventListener("click", () => removeImage(imageId));
-  actions.append(copy, remove);
+  actions.append(
+    button("copy-link", "Copy link", () => copyLink(imageId)),
+    button("delete", "Delete", () => removeImage(imageId)),
+  );
   li.append(thumb, meta, actions);
   return { li, thumb, name, badge, details, reason, record: null, thumbFor: null };
+}
+
+function button(className, label, onClick) {
+  const element = document.createElement("button");
+  element.type = "button";
+  element.className = className;
+  element.textContent = label;
+  element.addEventListener("click", onClick);
+  return element;
 }
 
 function render(card) {
