@@ -103,7 +103,7 @@ class JobRunner:
                 await self._records.delete_if(ref, 1)
                 await self._drop_renditions(ref)
                 return JobResult("source_missing", ref.source_key, request_id=rid)
-            if self._webhooks is not None:
+            if self._webhooks is not None and written.item.get("notify"):
                 self._webhooks.submit(written)  # delivered in the background, never awaited here
             if error is not None:
                 return JobResult("failed", ref.source_key, error=error, request_id=rid)

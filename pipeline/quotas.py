@@ -10,7 +10,7 @@ import logging
 
 from config.settings import AccountSettings
 from pipeline.errors import ByteQuotaExceeded, ImageQuotaExceeded, UnknownUser
-from pipeline.tables import ConditionFailed, Table
+from pipeline.tables import ConditionFailed, Item, Table
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ class Usage:
 
     async def charge(
         self, user_id: str, delta_bytes: int, delta_images: int, *, enforce: bool = True
-    ) -> None:
-        """Add to the counters, atomically refusing a change that would cross a quota."""
+    ) -> Item:
+        """Add to the counters, atomically refusing a change that would cross a quota; returns the
+        user's item as it is afterwards (the upload learns from it whether to notify a webhook)."""
         conditions = ["attribute_exists(user_id)"]
         values: dict[str, int] = {":b": delta_bytes, ":n": delta_images}
         if enforce and self._max_images and delta_images > 0:
@@ -49,7 +50,7 @@ class Usage:
             conditions.append("(attribute_not_exists(bytes_used) OR bytes_used <= :max_before_b)")
             values[":max_before_b"] = self._max_bytes - delta_bytes
         try:
-            await self._users.update(
+            return await self._users.update(
                 {"user_id": user_id},
                 "ADD bytes_used :b, image_count :n",
                 " AND ".join(conditions),

@@ -10,6 +10,9 @@ size in the mix:
    when idle, and thumbnail downloads.
 
 It reports throughput, p50/p95/p99 latencies and error counts by status; `--json` for machines.
+When it started the stack itself it also reports the CPU each request cost each process (the
+endpoint, the API, this client), read from /proc around every phase: on one machine the
+endpoint's share decides the ratios, and this says how much of it the API's own calls caused.
 
     .venv/bin/python scripts/loadtest.py --count 200 --concurrency 16 --mix 100k,4m
     .venv/bin/python scripts/loadtest.py --url http://127.0.0.1:8080 --s3-endpoint http://127.0.0.1:4566
@@ -34,6 +37,7 @@ from typing import Any
 import aiohttp
 from aiobotocore.session import get_session
 from PIL import Image
+from proccpu import cpu_of
 from stack import ROOT, bearer, start_consumer, start_stack
 from tqdm import tqdm
 
@@ -69,6 +73,7 @@ class Phase:
     statuses: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     seconds: float = 0.0
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # process name -> CPU in the phase
 
     def summary(self) -> dict[str, Any]:
         ok = len(self.latencies)
@@ -83,7 +88,18 @@ class Phase:
         errors = {k: v for k, v in self.statuses.items() if k != "ok"}
         if errors:
             out["errors"] = errors
+        if self.cpu_seconds and ok:
+            out["cpu_ms_per_request"] = {k: round(v / ok * 1000, 2) for k, v in self.cpu_seconds.items()}
         return out
+
+
+#: Processes whose CPU each phase reads: name -> pid (filled when this script starts the stack).
+WATCHED: dict[str, int] = {}
+
+
+def _cpu_now() -> dict[str, float]:
+    found = {name: cpu_of(pid) for name, pid in WATCHED.items()}
+    return {"client": time.process_time(), **{k: v for k, v in found.items() if v is not None}}
 
 
 async def run_phase(
@@ -110,9 +126,12 @@ async def run_phase(
                 phase.statuses[type(exc).__name__] += 1
             bar.update()
 
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_now()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     phase.seconds = time.perf_counter() - started
+    if WATCHED:
+        cpu_after = _cpu_now()
+        phase.cpu_seconds = {k: cpu_after[k] - v for k, v in cpu_before.items() if k in cpu_after}
     bar.close()
     return phase
 
@@ -216,6 +235,7 @@ async def time_to_thumbnail(
 
         phase = await run_phase(Phase("time to thumbnail"), count, concurrency, one, quiet)
     ttt.seconds = thumbs.seconds = phase.seconds
+    ttt.cpu_seconds = phase.cpu_seconds  # upload, status polls and thumbnail GET together
     return {
         "time_to_thumbnail": ttt.summary(),
         "thumbnail_download": thumbs.summary(),
@@ -242,6 +262,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         stack = await start_stack(IMGSVC_MAX_BYTES=str(200 * 1024 * 1024))
         api, s3_endpoint = stack.api, stack.endpoint
         args.key = stack.keys[USER]
+        WATCHED.update(endpoint=stack.processes[0].pid, api=stack.processes[1].pid)
     elif args.key is None:
         args.key = read_demo_keys(args.keys_file)[USER]
     assert s3_endpoint, "--s3-endpoint is required with --url"

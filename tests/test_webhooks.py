@@ -246,7 +246,7 @@ async def test_failed_event_carries_the_reason(
 ) -> None:
     api = await make_client(hook_settings)
     await set_hook(api, receiver.url)
-    await clients.s3.put_object(Bucket=hook_settings.aws.source_bucket, Key=f"{USER}/broken", Body=CAT[:5000])
+    assert (await api.put("/images/broken", data=CAT[:5000])).status == 202  # a JPEG that fails to decode
 
     assert await drain(clients, hook_settings) == {"dead_lettered": 1}
 
@@ -255,15 +255,15 @@ async def test_failed_event_carries_the_reason(
     assert event["data"]["status"] == "failed" and event["data"]["error"]["code"] == "corrupt_image"
 
 
-async def test_no_webhook_no_request_and_receiver_that_never_accepts_gives_up(
+async def test_only_images_uploaded_with_a_webhook_notify_and_a_refusing_receiver_is_given_up(
     hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
 ) -> None:
     api = await make_client(hook_settings)
     assert (await api.put("/images/quiet", data=CAT)).status == 202
+    await set_hook(api, receiver.url)  # after the upload: its owner had no webhook then
     assert await drain(clients, hook_settings) == {"ready": 1}
     assert receiver.calls == []
 
-    await set_hook(api, receiver.url)
     receiver.statuses = [500] * 50
     failed = metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get()
     assert (await api.put("/images/loud", data=CAT)).status == 202

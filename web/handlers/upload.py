@@ -35,6 +35,7 @@ from pipeline.imaging import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
 from pipeline.records import Superseded
+from pipeline.tables import Item
 from web.bodies import json_object
 from web.handlers.images import describe
 from web.identity import resolve_user
@@ -132,13 +133,15 @@ async def _store(
         },
     )
     metrics.UPLOAD_BYTES.inc(stored.size)
-    await _charge(request, ref, user_id, stored.size - replaced, previous is None)
+    user = await _charge(request, ref, user_id, stored.size - replaced, previous is None)
     facts = {
         "file_name": file_name[:255],
         "content_type": f"image/{stored.format}",
         "format": stored.format,
         "bytes": stored.size,
         "sha256": digest.hexdigest(),
+        # The consumer looks the webhook up only for images whose owner had one at upload time.
+        "notify": bool(user.get("webhook_url")),
     }
     storage, source_bucket = request.app[STORAGE], settings.aws.source_bucket
     try:
@@ -157,7 +160,7 @@ async def _store(
     return response
 
 
-async def _charge(request: web.Request, ref: ImageRef, user_id: str, delta: int, new_image: bool) -> None:
+async def _charge(request: web.Request, ref: ImageRef, user_id: str, delta: int, new_image: bool) -> Item:
     """Count the stored bytes against the user's quota, atomically across processes.
 
     A new image that crosses a quota is removed again (its event then finds nothing to do). A
@@ -167,7 +170,7 @@ async def _charge(request: web.Request, ref: ImageRef, user_id: str, delta: int,
     """
     usage = request.app[USAGE]
     try:
-        await usage.charge(user_id, delta, 1 if new_image else 0, enforce=new_image)
+        return await usage.charge(user_id, delta, 1 if new_image else 0, enforce=new_image)
     except QuotaExceeded:
         await request.app[STORAGE].delete_many(request.app[SETTINGS].aws.source_bucket, [ref.source_key])
         raise
