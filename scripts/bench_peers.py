@@ -58,13 +58,15 @@ async def start_thumbor(binary: Path, root: Path) -> tuple[str, asyncio.subproce
                 await asyncio.sleep(0.2)
 
 
-async def timed_gets(url_of: Any, count: int, concurrency: int) -> dict[str, float]:
+async def timed_gets(
+    url_of: Any, count: int, concurrency: int, headers: dict[str, str] | None = None
+) -> dict[str, float]:
     latencies: list[float] = []
     failures = 0
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(count):
         queue.put_nowait(i)
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=headers) as http:
 
         async def worker() -> None:
             nonlocal failures
@@ -121,6 +123,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             lambda i: f"{stack.api}/download/thumbnail?user_id={USER}&image_id={names[i % len(names)]}",
             args.requests,
             args.concurrency,
+            bearer(stack.keys[USER]),
         )
         thumbor_get = await timed_gets(
             lambda i: f"{thumbor_url}/unsafe/fit-in/256x256/{names[i % len(names)]}",
