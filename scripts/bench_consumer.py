@@ -23,14 +23,16 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps
 from proccpu import cpu_of
-from stack import ROOT, free_port
+from stack import ROOT, child_env, free_port
 
 from config.settings import Settings
 from pipeline import runtime
@@ -56,8 +58,11 @@ def photo_jpeg(megapixels: float, seed: int) -> bytes:
 
 
 def start_moto(port: int) -> subprocess.Popen[bytes]:
+    """The service's own embedded endpoint (`python -m web --embedded-only`), as `make run` runs it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "web", "--embedded-only", "--embedded-port", str(port)],
+        cwd=ROOT,
+        env=child_env(IMGSVC_DEMO_KEYS_FILE=str(Path(tempfile.mkdtemp()) / "keys.json")),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
