@@ -93,14 +93,12 @@ function showSignIn(message) {
 function enqueue(files) {
   for (const file of files) {
     const row = document.createElement("li");
-    const name = document.createElement("span");
-    name.className = "file";
+    const name = element("span", "file");
     name.textContent = file.name;
     const bar = document.createElement("progress");
     bar.max = 100;
     bar.value = 0;
-    const label = document.createElement("span");
-    label.className = "state";
+    const label = element("span", "state");
     label.textContent = "waiting";
     row.append(name, bar, label);
     $("uploads").append(row);
@@ -211,25 +209,23 @@ function upsert(record, prepend = true, append = false) {
   $("empty").hidden = state.cards.size > 0;
 }
 
+function element(tag, className) {
+  const created = document.createElement(tag);
+  created.className = className;
+  return created;
+}
+
 function buildCard(imageId) {
-  const li = document.createElement("li");
-  li.className = "card";
+  const li = element("li", "card");
   li.dataset.imageId = imageId;
-  const thumb = document.createElement("div");
-  thumb.className = "thumb";
-  const meta = document.createElement("div");
-  meta.className = "meta";
-  const name = document.createElement("div");
-  name.className = "name";
-  const badge = document.createElement("span");
-  badge.className = "badge";
-  const details = document.createElement("div");
-  details.className = "details muted";
-  const reason = document.createElement("div");
-  reason.className = "reason";
+  const thumb = element("div", "thumb");
+  const meta = element("div", "meta");
+  const name = element("div", "name");
+  const badge = element("span", "badge");
+  const details = element("div", "details muted");
+  const reason = element("div", "reason");
   meta.append(name, badge, details, reason);
-  const actions = document.createElement("div");
-  actions.className = "actions";
+  const actions = element("div", "actions");
   actions.append(
     button("copy-link", "Copy link", () => copyLink(imageId)),
     button("delete", "Delete", () => removeImage(imageId)),
@@ -239,12 +235,11 @@ function buildCard(imageId) {
 }
 
 function button(className, label, onClick) {
-  const element = document.createElement("button");
-  element.type = "button";
-  element.className = className;
-  element.textContent = label;
-  element.addEventListener("click", onClick);
-  return element;
+  const created = element("button", className);
+  created.type = "button";
+  created.textContent = label;
+  created.addEventListener("click", onClick);
+  return created;
 }
 
 function render(card) {
