@@ -17,22 +17,15 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
 
 from config.settings import Settings
 from pipeline import metrics
 from pipeline.dlq import reason_attributes
-from pipeline.errors import (
-    LeaseLost,
-    PermanentError,
-    ServiceError,
-    SourceMissing,
-    TransientError,
-)
-from pipeline.events import parse_message
+from pipeline.errors import LeaseLost, ServiceError, TransientError
 from pipeline.jobs import JobRunner
 from pipeline.logs import REQUEST_ID
 from pipeline.queue import Message, Queue
+from pipeline.verdicts import judge
 
 log = logging.getLogger(__name__)
 #: Empty polls in a row, each with the queue reading empty, before a burst consumer stops.
@@ -249,49 +242,14 @@ class Consumer:
             )
 
     async def _handle(self, message: Message, keys: list[str], request_ids: list[str]) -> str:
-        """Returns the outcome name and fills `keys` for the log; raises only on cancellation."""
-        try:
-            parsed = parse_message(message.body)
-            keys.extend(quote(r.key, safe="/") for r in parsed.created)
-            if parsed.test_event:
-                self._ack(message)
-                return "test_event"
-            for name in parsed.ignored:
-                log.info("ignoring event message_id=%s event=%s", message.id, name)
-            outcomes = []
-            for record in parsed.created:
-                result = await self._jobs.process(record)
-                request_ids.append(result.request_id)
-                if result.error is not None:  # recorded as failed; the DLQ keeps the message and why
-                    return await self._dead_letter(message, result.error)
-                outcomes.append(result.outcome)
-                if result.outcome == "source_missing":
-                    log.info("original gone before processing key=%s, acknowledged", result.key)
+        """Carry out the message's verdict; returns the outcome name. Raises only on cancellation."""
+        verdict = await judge(message, self._jobs, self._cfg.max_attempts, keys, request_ids)
+        if verdict.action == "ack":
             self._ack(message)
-            return ",".join(outcomes) or "ignored"
-        except SourceMissing as exc:
-            log.info("acknowledged without processing message_id=%s reason=%s", message.id, exc.message)
-            self._ack(message)
-            return "source_missing"
-        except PermanentError as exc:
-            return await self._dead_letter(message, exc)
-        except TransientError as exc:
-            return await self._retry_or_dead_letter(message, exc)
-        except Exception as exc:  # a bug must not lose the message: treat it as transient
-            log.exception("unexpected error message_id=%s", message.id)
-            return await self._retry_or_dead_letter(message, _Unexpected(f"{type(exc).__name__}: {exc}"))
-
-    async def _retry_or_dead_letter(self, message: Message, error: TransientError) -> str:
-        if message.receive_count >= self._cfg.max_attempts:
-            return await self._dead_letter(message, error)
-        log.warning(
-            "transient failure message_id=%s attempt=%d/%d code=%s error=%s",
-            message.id,
-            message.receive_count,
-            self._cfg.max_attempts,
-            error.code,
-            error.message,
-        )
+            return verdict.outcome
+        assert verdict.error is not None
+        if verdict.action == "dead_letter":
+            return await self._dead_letter(message, verdict.error)
         await self._schedule_retry(message)
         return "retry"
 
@@ -391,7 +349,3 @@ class _Ack:
     message_id: str
     receipt_handle: str
     tries: int = 0
-
-
-class _Unexpected(TransientError):
-    code = "unexpected_error"

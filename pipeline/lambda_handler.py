@@ -19,14 +19,14 @@ from typing import Any
 from config.settings import Settings
 from pipeline.aws import open_clients
 from pipeline.dlq import reason_attributes
-from pipeline.errors import PermanentError, ServiceError, SourceMissing, TransientError
-from pipeline.events import parse_message
+from pipeline.errors import ServiceError
 from pipeline.jobs import JobRunner
 from pipeline.logs import configure_logging
 from pipeline.queue import Message, Queue
 from pipeline.records import RecordStore
 from pipeline.storage import Storage
 from pipeline.tables import Tables
+from pipeline.verdicts import judge
 from pipeline.webhooks import open_dispatcher
 from pipeline.workers import InlineRunner
 
@@ -63,27 +63,11 @@ async def handle_event(event: dict[str, Any], settings: Settings) -> dict[str, A
 
 async def _handled(message: Message, jobs: JobRunner, dlq: Queue, settings: Settings) -> bool:
     """True when the record is done with (processed, ignored or dead-lettered); False to retry."""
-    try:
-        parsed = parse_message(message.body)
-        for created in parsed.created:
-            result = await jobs.process(created)
-            if result.error is not None:
-                return await _dead_letter(message, result.error, dlq)
-        return True
-    except SourceMissing:
-        return True
-    except PermanentError as exc:
-        return await _dead_letter(message, exc, dlq)
-    except Exception as exc:  # transient, or a bug: neither may lose the message
-        if not isinstance(exc, TransientError):
-            log.exception("unexpected error message_id=%s", message.id)
-            exc = TransientError(f"{type(exc).__name__}: {exc}")
-        if message.receive_count >= settings.consumer.max_attempts:
-            return await _dead_letter(message, exc, dlq)
-        log.warning(
-            "transient failure message_id=%s attempt=%d error=%s", message.id, message.receive_count, exc
-        )
-        return False
+    verdict = await judge(message, jobs, settings.consumer.max_attempts, [], [])
+    if verdict.action == "dead_letter":
+        assert verdict.error is not None
+        return await _dead_letter(message, verdict.error, dlq)
+    return verdict.action == "ack"
 
 
 async def _dead_letter(message: Message, error: ServiceError, dlq: Queue) -> bool:
