@@ -45,7 +45,7 @@ from config.settings import WebhookSettings
 from pipeline import metrics
 from pipeline.errors import InvalidWebhookUrl, UnknownUser
 from pipeline.records import ImageRecord
-from pipeline.tables import ConditionFailed, Table
+from pipeline.tables import ConditionFailed, Item, Table
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,11 @@ class Webhook:
     secret: str
     updated_at: str
 
+    @classmethod
+    def of(cls, item: Item) -> Webhook:
+        """The webhook fields of a user's item."""
+        return cls(str(item["webhook_url"]), str(item["webhook_secret"]), str(item["webhook_updated_at"]))
+
     def public(self) -> dict[str, Any]:
         """What its owner sees (the secret too: they need it to check signatures)."""
         return {"url": self.url, "secret": self.secret, "updated_at": self.updated_at}
@@ -185,7 +190,7 @@ class WebhookStore:
         item = await self._users.get({"user_id": user_id})
         if not item or not item.get("webhook_url"):
             return None
-        return Webhook(str(item["webhook_url"]), str(item["webhook_secret"]), str(item["webhook_updated_at"]))
+        return Webhook.of(item)
 
     async def put(self, user_id: str, url: str, *, new_secret: bool = False) -> Webhook:
         """Set the URL; the secret is kept across changes unless `new_secret` (rotation)."""
@@ -200,7 +205,7 @@ class WebhookStore:
             )
         except ConditionFailed:
             raise UnknownUser() from None
-        return Webhook(str(item["webhook_url"]), str(item["webhook_secret"]), str(item["webhook_updated_at"]))
+        return Webhook.of(item)
 
     async def delete(self, user_id: str) -> None:
         """Remove URL and secret (idempotent): setting one again starts with a new secret."""
