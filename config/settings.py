@@ -154,11 +154,35 @@ class WebSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     part_size: int = 8 * 1024 * 1024
-    upload_idle_timeout: float = 30.0
+    #: Connections this process holds at once. Past it, an idle or half-sent connection is
+    #: closed to make room, else the new one is refused with 503: file descriptors stay free
+    #: for the AWS clients, the embedded endpoint and health checks.
+    max_connections: int = 1000
+    #: Seconds a client has to send a request's headers (from its first byte, or from accept).
+    header_timeout: float = 20.0
+    #: Seconds an idle keep-alive connection stays open (longer than a load balancer's idle
+    #: timeout, so the balancer closes first; idle connections are also the first evicted).
+    keepalive_timeout: float = 75.0
+    #: Seconds a body may take to start, and the longest pause between its bytes.
+    body_timeout: float = 20.0
+    #: Bytes per second a body must average once started (mod_reqtimeout's MinRate): every
+    #: `body_min_rate` bytes received buy one more second of waiting.
+    body_min_rate: int = 500
+    #: Seconds a response may wait for the client to read what was already sent.
+    send_timeout: float = 60.0
+    #: Bytes of upload buffers (S3 parts in the making) this process holds at once.
+    upload_buffer_bytes: int = 256 * 1024 * 1024
+    #: Seconds an upload waits for buffer space before it is answered 503 with Retry-After.
+    upload_buffer_wait: float = 10.0
+    #: Uploads one user may have in progress at once in this process (0: no limit).
+    user_max_uploads: int = 8
     cache_control: str = "private, max-age=3600"
     retry_after: int = 2
     input_dir: Path = Path("input")
     run_consumer: bool = True
+    #: Scheme and host clients reach the API at (behind a proxy or CDN), for the absolute URLs
+    #: the API hands out; empty: taken from each request.
+    public_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -277,12 +301,28 @@ class Settings:
             host=env.text("HOST", d_web.host),
             port=env.integer("PORT", d_web.port, 0, 65535),
             part_size=env.integer("UPLOAD_PART_SIZE", d_web.part_size, 5 * 1024 * 1024, 5 * 1024**3),
-            upload_idle_timeout=env.number("UPLOAD_IDLE_TIMEOUT", d_web.upload_idle_timeout, 0.1, 3600),
+            max_connections=env.integer("MAX_CONNECTIONS", d_web.max_connections, 8, 1_000_000),
+            header_timeout=env.number("HEADER_TIMEOUT", d_web.header_timeout, 0.1, 3600),
+            keepalive_timeout=env.number("KEEPALIVE_TIMEOUT", d_web.keepalive_timeout, 0.1, 3600),
+            body_timeout=env.number("BODY_TIMEOUT", d_web.body_timeout, 0.1, 3600),
+            body_min_rate=env.integer("BODY_MIN_RATE", d_web.body_min_rate, 0, 1024**3),
+            send_timeout=env.number("SEND_TIMEOUT", d_web.send_timeout, 0.1, 3600),
+            upload_buffer_bytes=env.integer(
+                "UPLOAD_BUFFER_BYTES", d_web.upload_buffer_bytes, 5 * 1024 * 1024, 1024**4
+            ),
+            upload_buffer_wait=env.number("UPLOAD_BUFFER_WAIT", d_web.upload_buffer_wait, 0, 3600),
+            user_max_uploads=env.integer("USER_MAX_UPLOADS", d_web.user_max_uploads, 0, 100_000),
             cache_control=env.text("CACHE_CONTROL", d_web.cache_control),
             retry_after=env.integer("RETRY_AFTER", d_web.retry_after, 1, 3600),
             input_dir=Path(env.text("INPUT_DIR", str(d_web.input_dir))),
             run_consumer=env.flag("RUN_CONSUMER", mode == "embedded"),
+            public_url=env.public_url("PUBLIC_URL"),
         )
+        if web.part_size > web.upload_buffer_bytes:
+            raise ConfigError(
+                f"{PREFIX}UPLOAD_BUFFER_BYTES: must hold at least one part of {PREFIX}UPLOAD_PART_SIZE "
+                f"({web.part_size} bytes)"
+            )
         accounts = AccountSettings(
             auth_failures_allowed=env.integer(
                 "AUTH_FAILURES_ALLOWED", d_acc.auth_failures_allowed, 1, 100_000
@@ -339,6 +379,14 @@ class _Env:
 
     def text(self, name: str, default: str) -> str:
         return self._get(name) or default
+
+    def public_url(self, name: str) -> str:
+        value = self._get(name)
+        if value is None:
+            return ""
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", value):
+            raise self._fail(name, "must be an http(s) URL such as https://images.example.com", value)
+        return value.rstrip("/")
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
         value = self._get(name) or default

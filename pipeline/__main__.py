@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     listing = dlq_commands.add_parser("list", help="show dead-lettered messages with their reasons")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
-    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument("--json", action="store_true", help="a JSON array of the messages")
     moving = dlq_commands.add_parser("redrive", help="move messages back to the main queue")
     moving.add_argument("--limit", type=int, default=None, help="at most this many (default all)")
     purge = dlq_commands.add_parser("purge", help="delete every message in the DLQ")
@@ -113,17 +114,16 @@ async def run_dlq(settings: Settings, args: argparse.Namespace) -> int:
         queues = await open_queues(clients, settings)
         if args.dlq_command == "list":
             letters = await list_dead_letters(queues.dlq, limit=args.limit)
+            if args.json:
+                print(json.dumps([letter.as_dict() for letter in letters], indent=2))
+                return 0
             for letter in letters:
-                if args.json:
-                    print(json.dumps(letter.as_dict()))
-                else:
-                    keys = ",".join(letter.keys) or "-"
-                    print(
-                        f"{letter.message_id}  {letter.error_code}  attempts={letter.attempts}  keys={keys}"
-                    )
-                    print(f"    {letter.error_message}")
-            if not args.json:
-                print(f"{len(letters)} message(s) in the DLQ")
+                keys = ",".join(letter.keys) or "-"
+                print(f"{letter.message_id}  {letter.error_code}  attempts={letter.attempts}  keys={keys}")
+                print(f"    {letter.error_message}")
+                if letter.body:
+                    print(f"    body: {letter.body}")
+            print(f"{len(letters)} message(s) in the DLQ")
         elif args.dlq_command == "redrive":
             moved = await redrive(queues.dlq, queues.main, limit=args.limit)
             print(f"moved {moved} message(s) back to {settings.aws.queue_name}")
@@ -178,6 +178,23 @@ async def run_upload(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _unreachable_embedded(settings: Settings) -> str | None:
+    """Without AWS configured the tools talk to a running `python -m web`'s embedded endpoint;
+    when nothing answers there, say so and which variables point elsewhere (not a retry storm)."""
+    if settings.aws.mode != "embedded" or settings.aws.endpoint_url:
+        return None
+    host, port = settings.aws.embedded_host, settings.aws.embedded_port
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:
+        return (
+            f"no embedded AWS endpoint answers at {host}:{port} ({exc.strerror or exc}). Start "
+            "`python -m web` (it runs one), or set IMGSVC_EMBEDDED_PORT to the port it uses, or "
+            "AWS_ENDPOINT_URL (or AWS credentials, AWS_PROFILE) to use another AWS."
+        )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -186,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if args.command != "upload" and (problem := _unreachable_embedded(settings)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     try:
         if args.command == "consumer":
             main_coroutine = run_consumer(settings, args.burst)

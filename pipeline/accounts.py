@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.errors import InvalidCredentials, KeyNotFound, UnknownUser
+from pipeline.errors import InvalidCredentials, KeyNotFound, KeyRevoked, UnknownUser
 from pipeline.layout import valid_user_id
 from pipeline.tables import ConditionFailed, Tables
 
@@ -108,6 +108,8 @@ class Accounts:
         item = await self._tables.keys.get({"key_id": key_id})
         if item is None:
             raise KeyNotFound()
+        if item.get("revoked_at"):  # rotating would hand a revoked key's holder a working one
+            raise KeyRevoked(f"key {key_id} was revoked at {item['revoked_at']}; create a new key instead")
         new = await self.issue_key(str(item["user_id"]))
         await self.revoke(key_id)
         return new

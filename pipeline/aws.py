@@ -17,7 +17,14 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import AwsSettings
-from pipeline.errors import LeaseLost, RangeNotSatisfiable, ServiceError, TransientError
+from pipeline.errors import (
+    ImageChanged,
+    InvalidRecord,
+    LeaseLost,
+    RangeNotSatisfiable,
+    ServiceError,
+    TransientError,
+)
 
 #: Credentials the embedded moto server accepts; never used against real AWS.
 EMBEDDED_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -89,6 +96,10 @@ def aws_errors(
         code = error_code(exc)
         if not_found is not None and code in _NOT_FOUND_CODES:
             raise not_found() from exc
+        if code == "ValidationException":  # DynamoDB refusing the request itself: retrying cannot help
+            raise InvalidRecord(f"the database refused the request: {exc}") from exc
+        if code in ("PreconditionFailed", "412"):  # an If-Match named a version that is gone
+            raise ImageChanged() from exc
         if code == "InvalidRange":
             raise RangeNotSatisfiable() from exc
         if lease and code in _LEASE_CODES:

@@ -6,6 +6,7 @@ so each message is put back exactly once even where `StartMessageMoveTask` is mi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ class DeadLetter:
     attempts: str
     failed_at: str
     keys: tuple[str, ...]
+    #: The start of the body, for messages that name no object (poison, foreign events).
+    body: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -47,34 +50,58 @@ class DeadLetter:
             "attempts": self.attempts,
             "failed_at": self.failed_at,
             "keys": list(self.keys),
+            "body": self.body,
         }
 
 
 def describe(message: Message) -> DeadLetter:
+    """What an operator needs to see of any message, however malformed: it never raises."""
     try:
-        keys = tuple(r.key for r in parse_message(message.body).created)
+        keys = tuple(_short(r.key, 300) for r in parse_message(message.body).created)
     except ServiceError:
         keys = ()
     attrs = message.attributes
     return DeadLetter(
         message_id=message.id,
-        error_code=attrs.get("error_code", "redrive_policy"),
-        error_message=attrs.get("error_message", "moved by the queue's redrive policy"),
-        attempts=attrs.get("attempts", str(message.receive_count)),
-        failed_at=attrs.get("failed_at", ""),
+        error_code=_short(attrs.get("error_code", "redrive_policy"), 100),
+        error_message=_short(attrs.get("error_message", "moved by the queue's redrive policy"), 1000),
+        attempts=_short(attrs.get("attempts", str(message.receive_count)), 20),
+        failed_at=_short(attrs.get("failed_at", ""), 40),
         keys=keys,
+        body="" if keys else _short(message.body, BODY_PREVIEW),
     )
 
 
+#: Characters of a body shown for a message that names no object.
+BODY_PREVIEW = 200
+
+
+def _short(text: str, limit: int) -> str:
+    """One printable line of at most `limit` characters."""
+    line = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 async def list_dead_letters(dlq: Queue, limit: int = 100, peek_seconds: int = 5) -> list[DeadLetter]:
-    """Peek at up to `limit` messages; they become visible again after `peek_seconds`."""
+    """Peek at up to `limit` messages. Each is hidden while the listing runs (so it is counted
+    once) and made visible again as soon as it is listed: a redrive or another listing started
+    right after sees them all."""
     seen: dict[str, DeadLetter] = {}
-    while len(seen) < limit:
-        batch = await dlq.receive(min(10, limit - len(seen)), wait_seconds=0, visibility_timeout=peek_seconds)
-        if not batch:
-            break
-        for message in batch:
-            seen.setdefault(message.id, describe(message))
+    handles: list[str] = []
+    try:
+        while len(seen) < limit:
+            batch = await dlq.receive(
+                min(10, limit - len(seen)), wait_seconds=0, visibility_timeout=peek_seconds
+            )
+            if not batch:
+                break
+            for message in batch:
+                handles.append(message.receipt_handle)
+                seen.setdefault(message.id, describe(message))
+    finally:
+        for handle in handles:
+            with contextlib.suppress(ServiceError):
+                await dlq.change_visibility(handle, 0)
     return list(seen.values())
 
 

@@ -76,6 +76,28 @@ class TooLarge(PermanentError):
     default_message = "the upload is larger than allowed"
 
 
+class InvalidRecord(PermanentError):
+    """The database refused a request as invalid (an item too large, a key it cannot hold)."""
+
+    code = "invalid_record"
+    default_message = "the database refused this record"
+
+
+class InvalidKey(PermanentError):
+    """An object under a key the API cannot address (nested path, bad id, unknown owner): its
+    record could be neither downloaded nor deleted by anyone, so it is never made."""
+
+    code = "invalid_key"
+    default_message = "the object's key is not {user_id}/{image_id} of a known user"
+
+
+class ProcessingTimeout(PermanentError):
+    """The same original ran out of time twice: it is the image, not the machine."""
+
+    code = "processing_timeout"
+    default_message = "the image took too long to process, twice"
+
+
 class PoisonMessage(PermanentError):
     code = "poison_message"
     default_message = "the message is not a valid S3 event notification"
@@ -204,9 +226,22 @@ class KeyNotFound(NotFound):
     default_message = "no such API key"
 
 
+class KeyRevoked(PermanentError):
+    code = "key_revoked"
+    http_status = 409
+    default_message = "the key is revoked"
+
+
 class ImageNotFound(NotFound):
     code = "image_not_found"
     default_message = "no such image"
+
+
+class ImageChanged(ImageNotFound):
+    """What a link or a ranged read was made for is gone: the image was replaced or deleted since."""
+
+    code = "image_changed"
+    default_message = "the image was replaced or deleted since this was asked for; ask again"
 
 
 class SourceMissing(NotFound):

@@ -5,12 +5,15 @@ Pure functions: a message body in, the ObjectCreated records out, or `PoisonMess
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
+from pipeline import untrusted
 from pipeline.errors import PoisonMessage
+
+#: SQS's own limit (1 MiB since 2025); an S3 notification is a few KiB.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,9 @@ def parse_message(body: str) -> ParsedMessage:
 
 def _load(text: str) -> dict[str, Any]:
     try:
-        document = json.loads(text)
-    except (ValueError, TypeError):
-        raise PoisonMessage("the message body is not JSON") from None
+        document = untrusted.loads(text, max_bytes=MAX_BODY_BYTES)
+    except untrusted.Malformed as exc:
+        raise PoisonMessage(f"the message body is not acceptable: {exc}") from None
     if not isinstance(document, dict):
         raise PoisonMessage("the message body is not a JSON object")
     return document

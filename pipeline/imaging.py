@@ -3,6 +3,8 @@
 Nothing here knows about asyncio or AWS, so it runs unchanged in a process-pool worker, in a
 benchmark or in a unit test. Type is decided by magic bytes, dimensions are checked from the
 header before any pixel is decoded, and renditions carry no metadata (EXIF, GPS, XMP, ICC).
+Importing this module loads libvips: only worker processes (through `pipeline.tasks`), the
+Lambda handler and tools do; the web tier and the consumer's parent use `pipeline.formats`.
 """
 
 from __future__ import annotations
@@ -11,43 +13,25 @@ import io
 import logging
 import time
 import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import blurhash
 from PIL import AvifImagePlugin, Image, ImageFile, ImageOps, features
 
 from config.settings import ImagingSettings, RenditionSpec
-from pipeline.errors import (
-    CorruptImage,
-    FormatNotAllowed,
-    NotAnImage,
-    PermanentError,
-    TooManyFrames,
-    TooManyPixels,
-)
+from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
+from pipeline.formats import MAGIC_BYTES_NEEDED, ImageInfo, check_format, check_limits
+from pipeline.results import Engine, Rendition, RenditionResult
 
 log = logging.getLogger(__name__)
 
-Engine = Literal["pyvips", "pillow"]
-#: How many leading bytes `detect_format` needs.
-MAGIC_BYTES_NEEDED = 32
-CONTENT_TYPES = {
-    "jpeg": "image/jpeg",
-    "png": "image/png",
-    "webp": "image/webp",
-    "gif": "image/gif",
-    "tiff": "image/tiff",
-    "heif": "image/heif",
-    "avif": "image/avif",
-}
 _PILLOW_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "gif": "GIF", "tiff": "TIFF"}
 if features.check("avif"):  # Pillow 11.3+ wheels decode AVIF, faster than libvips' libheif
     _PILLOW_FORMATS["avif"] = "AVIF"
-_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
-_AVIF_BRANDS = {b"avif", b"avis"}
 _WHITE = (255, 255, 255)
+#: EXIF orientations that turn the stored image a quarter turn, so displayed it is the other way up.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
 
 # Our own limits are checked from the header before any decode; Pillow's global guess is set per
 # call to the same limit, and its bomb warning is raised as an error (defence in depth).
@@ -84,70 +68,6 @@ def configure_worker(threads: int) -> None:
     AvifImagePlugin.DEFAULT_MAX_THREADS = max(1, threads)
     if HAVE_VIPS:
         pyvips.concurrency_set(max(1, threads))
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What the header says, read without decoding pixels."""
-
-    format: str
-    width: int
-    height: int
-    frames: int = 1
-    cmyk: bool = False
-
-
-@dataclass(frozen=True)
-class Rendition:
-    """One encoded output image."""
-
-    spec: RenditionSpec
-    data: bytes
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class RenditionResult:
-    """Everything a worker sends back to the consumer."""
-
-    info: ImageInfo
-    engine: Engine
-    renditions: tuple[Rendition, ...]
-    seconds: float
-    #: What a client shows before a thumbnail loads: {"blurhash": ..., "color": "#rrggbb"}.
-    placeholder: dict[str, str] | None = None
-
-
-def detect_format(head: bytes) -> str | None:
-    """Name the image format from its leading bytes, or None; never trusts names or headers."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in _AVIF_BRANDS:
-            return "avif"
-        if brand in _HEIF_BRANDS:
-            return "heif"
-    return None
-
-
-def check_format(head: bytes, allowed: Iterable[str]) -> str:
-    """Return the detected format or raise the permanent error a client or the DLQ should see."""
-    fmt = detect_format(head)
-    if fmt is None:
-        raise NotAnImage()
-    if fmt not in allowed:
-        raise FormatNotAllowed(f"{fmt} images are not accepted")
-    return fmt
 
 
 def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None = None) -> RenditionResult:
@@ -192,40 +112,19 @@ def placeholder(rendition: bytes) -> dict[str, str] | None:
     }
 
 
-def check_limits(info: ImageInfo, imaging: ImagingSettings) -> None:
-    """Refuse decompression bombs: too many pixels or frames, judged from the header."""
-    if info.width * info.height > imaging.max_pixels:
-        raise TooManyPixels(
-            f"{info.width}x{info.height} is more than the {imaging.max_pixels} pixels allowed"
-        )
-    if info.frames > imaging.max_frames:
-        raise TooManyFrames(f"{info.frames} frames is more than the {imaging.max_frames} allowed")
-
-
-def screen_prefix(prefix: bytes, imaging: ImagingSettings) -> None:
-    """Refuse a bomb at upload time from the first bytes, when they hold a readable header.
-
-    A header that cannot be read from the prefix alone (a JPEG with large metadata before its
-    frame header, a partial GIF) is not judged here: the consumer reads the whole image anyway.
-    """
-    fmt = detect_format(prefix[:MAGIC_BYTES_NEEDED])
-    if fmt is None or fmt not in imaging.allowed_formats:
-        return  # refused by the type check, with its own error
-    try:
-        info = read_header(prefix, fmt)
-    except PermanentError:
-        return
-    check_limits(info, imaging)
-
-
 def read_header(data: bytes, fmt: str) -> ImageInfo:
-    """Dimensions and frame count from the header alone, read by the loader `fmt` must use."""
+    """Dimensions and frame count from the header alone, read by the loader `fmt` must use.
+
+    Width and height are as displayed: the renditions apply the EXIF orientation, so the
+    image record must describe the upright image too (a 600x300 photo taken upright is 300x600).
+    """
     if not HAVE_VIPS:  # pragma: no cover - pyvips-binary is a dependency
         return _pillow_header(data, fmt)
     try:
         header = pyvips.Image.new_from_buffer(data, "", access="sequential")
         loader = header.get("vips-loader")
         frames = header.get("n-pages") if header.get_typeof("n-pages") else 1
+        orientation = header.get("orientation") if header.get_typeof("orientation") else 1
     except pyvips.Error as exc:
         raise CorruptImage(_short(str(exc))) from None
     if loader != _VIPS_LOADERS[fmt][0]:
@@ -233,7 +132,7 @@ def read_header(data: bytes, fmt: str) -> ImageInfo:
     if header.width <= 0 or header.height <= 0:
         raise CorruptImage("the image has no pixels")
     cmyk = header.interpretation == "cmyk"
-    return ImageInfo(fmt, header.width, header.height, max(1, int(frames)), cmyk)
+    return _displayed(ImageInfo(fmt, header.width, header.height, max(1, int(frames)), cmyk), orientation)
 
 
 def _pillow_header(data: bytes, fmt: str) -> ImageInfo:
@@ -241,9 +140,16 @@ def _pillow_header(data: bytes, fmt: str) -> ImageInfo:
         raise FormatNotAllowed(f"{fmt} images cannot be decoded here")
     try:
         with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]]) as im:
-            return ImageInfo(fmt, im.width, im.height)
+            return _displayed(ImageInfo(fmt, im.width, im.height), im.getexif().get(0x0112))
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptImage(_short(str(exc))) from None
+
+
+def _displayed(info: ImageInfo, orientation: object) -> ImageInfo:
+    """Swap width and height when the EXIF orientation turns the image a quarter turn."""
+    if isinstance(orientation, int) and orientation in _QUARTER_TURNS:
+        return replace(info, width=info.height, height=info.width)
+    return info
 
 
 def choose_engine(info: ImageInfo, largest_side: int, pillow_max_side: int) -> Engine:

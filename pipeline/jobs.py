@@ -18,11 +18,12 @@ from config.settings import Settings
 from pipeline import metrics
 from pipeline.errors import NotFound, PermanentError, PoisonMessage, ServiceError, SourceMissing
 from pipeline.events import ObjectCreated
-from pipeline.imaging import RenditionResult, make_renditions
 from pipeline.layout import ImageRef
 from pipeline.logs import REQUEST_ID
 from pipeline.records import RecordStore, Superseded
+from pipeline.results import RenditionResult
 from pipeline.storage import OversizeObject, Storage
+from pipeline.tasks import make_renditions
 from pipeline.webhooks import Dispatcher
 from pipeline.workers import InlineRunner, WorkerPool
 

@@ -16,6 +16,9 @@ import asyncio
 import logging
 from typing import Any
 
+# Imaging runs in this process (`InlineRunner`); loading libvips now puts its cost in Lambda's
+# init phase rather than in the first invocation's time.
+import pipeline.imaging  # noqa: F401
 from config.settings import Settings
 from pipeline.aws import open_clients
 from pipeline.dlq import reason_attributes

@@ -32,6 +32,20 @@ HTTP_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+HTTP_CONNECTIONS = Gauge("imgsvc_http_connections", "HTTP connections this process holds open.")
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "imgsvc_http_connections_closed_total",
+    "HTTP connections the server cut: header_timeout, body_timeout, send_timeout, evicted (idle or"
+    " half-sent, to admit a new one at the cap), refused (at the cap, every connection busy).",
+    ["reason"],
+)
+UPLOAD_BUFFER_BYTES = Gauge("imgsvc_upload_buffer_bytes", "Bytes of upload buffer space reserved now.")
+UPLOADS_REFUSED = Counter(
+    "imgsvc_uploads_refused_total",
+    "Uploads refused before storing for want of room: buffer (no buffer space in time, 503) or"
+    " user (too many of the user's uploads in progress, 429).",
+    ["reason"],
+)
 UPLOAD_BYTES = Counter("imgsvc_upload_bytes_total", "Bytes of originals stored by uploads.")
 MESSAGES = Counter(
     "imgsvc_messages_total",

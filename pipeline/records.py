@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from pipeline import untrusted
 from pipeline.errors import InvalidField, ServiceError, TransientError
-from pipeline.imaging import RenditionResult
 from pipeline.layout import ImageRef
+from pipeline.results import RenditionResult
 from pipeline.tables import ConditionFailed, Item, Table
 
 State = Literal["pending", "ready", "failed"]
@@ -38,6 +39,8 @@ WRITE_ATTEMPTS = 5
 
 #: Asks S3 for the current original's ETag (None: it no longer exists).
 CurrentEtag = Callable[[], Awaitable[str | None]]
+#: Our cursors are under 300 characters; anything much longer was not made here.
+MAX_CURSOR_LENGTH = 1024
 
 
 class _Unread(enum.Enum):
@@ -286,9 +289,11 @@ def _encode_cursor(last: Item) -> str:
 
 def _decode_cursor(cursor: str, owner: str) -> Item:
     try:
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError("too long")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        user_id, image_id, created_key = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
+        user_id, image_id, created_key = untrusted.loads(raw, max_bytes=MAX_CURSOR_LENGTH, max_depth=1)
+    except (binascii.Error, ValueError, TypeError):  # untrusted.Malformed is a ValueError
         raise InvalidField("cursor is not one this API returned") from None
     if user_id != owner or not all(isinstance(v, str) for v in (image_id, created_key)):
         raise InvalidField("cursor is not one this API returned")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +21,7 @@ from pipeline.errors import (
     StorageUnavailable,
     TooLarge,
 )
-from pipeline.imaging import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
+from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Storage:
         *,
         if_match: str | None = None,
         chunk_size: int = 256 * 1024,
-    ) -> tuple[ObjectMeta, AsyncIterator[bytes]]:
+    ) -> tuple[ObjectMeta, AsyncGenerator[bytes, None]]:
         """Open an object (or an inclusive byte range of it) and return its chunks lazily.
 
         `if_match` pins the version a caller already described in its headers (412 otherwise).
@@ -122,7 +122,7 @@ class Storage:
             response = await self._s3.get_object(**kwargs)
         body = response["Body"]
 
-        async def chunks() -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncGenerator[bytes, None]:
             async with body:
                 with aws_errors(StorageUnavailable):
                     async for chunk in body.iter_chunks(chunk_size):

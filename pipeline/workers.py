@@ -15,9 +15,8 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import ParamSpec, TypeVar
 
-from pipeline import metrics
+from pipeline import metrics, tasks
 from pipeline.errors import JobTimeout, WorkerCrashed
-from pipeline.imaging import configure_worker
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -97,7 +96,7 @@ class WorkerPool:
 def _init_worker(threads: int) -> None:
     """Runs first in every worker: die with the parent, then set up the imaging libraries."""
     _die_with_parent()
-    configure_worker(threads)
+    tasks.configure_worker(threads)
 
 
 def _die_with_parent() -> None:
@@ -123,7 +122,7 @@ class InlineRunner:
     (no /dev/shm) and one invocation is one container anyway. Lambda's own timeout bounds it."""
 
     def __init__(self, threads: int = 1) -> None:
-        configure_worker(threads)
+        tasks.configure_worker(threads)  # imports imaging into this process: here, by design
 
     async def run(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:

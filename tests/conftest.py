@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
@@ -32,6 +32,7 @@ from pipeline.service import open_consumer
 from pipeline.tables import Tables
 from web.app import create_app
 from web.keys import ACCOUNTS
+from web.server import GuardedTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 USER = SEED_USER_IDS[2]
@@ -132,7 +133,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
     started: list[TestClient[Any, Any]] = []
 
     async def make(app_settings: Settings, user: str | None = USER) -> TestClient[Any, Any]:
-        server = TestServer(create_app(app_settings), host="127.0.0.1")
+        server = GuardedTestServer(create_app(app_settings), app_settings.web, host="127.0.0.1")
         await server.start_server()  # provisions (embedded mode), so keys can be issued
         headers = bearer(await issue_key(server.app, user)) if user else {}
         client: TestClient[Any, Any] = TestClient(server, headers=headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -126,6 +127,24 @@ async def test_failed_attempts_are_limited_per_address_across_processes(
     assert (await first.get("/images/x")).status == 404
 
 
+async def test_the_failure_limit_holds_under_a_concurrent_burst(
+    make_settings: Any, make_client: ClientFactory
+) -> None:
+    """300 wrong keys at once, in a fresh window, through two processes: at most the limit of them
+    are answered 401 (one atomic count decides each), the rest 429."""
+    settings = make_settings(IMGSVC_AUTH_FAILURES_ALLOWED="20", IMGSVC_AUTH_FAILURE_WINDOW="3600")
+    apps = [await make_client(settings, user=None) for _ in range(2)]
+
+    async def attempt(i: int) -> int:
+        response = await apps[i % 2].get("/images/x", headers=bearer(FORGED))
+        await response.read()
+        return response.status
+
+    statuses = await asyncio.gather(*(attempt(i) for i in range(300)))
+    assert set(statuses) == {401, 429}
+    assert 1 <= statuses.count(401) <= 20
+
+
 def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None:
     env = settings_env(settings)
     assert run(["-m", "pipeline", "provision"], env).returncode == 0
@@ -143,3 +162,6 @@ def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked_at"]
     missing = run(["-m", "pipeline", "users", "revoke", "0000000000000000"], env)
     assert missing.returncode == 1 and "key_not_found" in missing.stderr
+    # A revoked key cannot be rotated back into a working one.
+    dead = run(["-m", "pipeline", "users", "rotate", rotated["key_id"]], env)
+    assert dead.returncode == 1 and "key_revoked" in dead.stderr and "Traceback" not in dead.stderr

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import boto3
 import pytest
 
 from config.settings import SEED_USER_IDS, Settings
@@ -87,15 +88,45 @@ def test_provision_consumer_and_dlq_commands(moto_endpoint: str) -> None:
     assert outcomes["ready"] == 1 and outcomes["dead_lettered"] == 1
     assert "outcome=ready" in result.stderr  # one log line per message
 
-    listed = run(["-m", "pipeline", "dlq", "list", "--json"], env)
-    assert listed.returncode == 0, listed.stderr
-    (letter,) = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert letter["error_code"] == "not_an_image" and letter["keys"] == [f"{USER}/notes"]
+    for _ in range(2):  # listing hands every message back at once: a second listing sees it too
+        listed = run(["-m", "pipeline", "dlq", "list", "--json"], env)
+        assert listed.returncode == 0, listed.stderr
+        (letter,) = json.loads(listed.stdout)
+        assert letter["error_code"] == "not_an_image" and letter["keys"] == [f"{USER}/notes"]
+
+    # Whatever lands in the DLQ can be listed: deeply nested, huge, not JSON, control characters.
+    sqs = boto3.client("sqs", **_boto_args(env))
+    dlq_url = sqs.get_queue_url(QueueName=env["IMGSVC_DLQ_NAME"])["QueueUrl"]
+    for body in ("[" * 50_000 + "]" * 50_000, "x" * 200_000, "\x1b[31mred\r\n", '{"Records": 5}'):
+        sqs.send_message(QueueUrl=dlq_url, MessageBody=body)
+    listed = run(["-m", "pipeline", "dlq", "list"], env)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert "5 message(s) in the DLQ" in listed.stdout
+    assert max(len(line) for line in listed.stdout.splitlines()) < 400  # bodies shown truncated
+    assert "\x1b" not in listed.stdout
 
     refused = run(["-m", "pipeline", "dlq", "purge"], env)
     assert refused.returncode == 2
     purged = run(["-m", "pipeline", "dlq", "purge", "--yes"], env)
     assert purged.returncode == 0, purged.stderr
+    assert json.loads(run(["-m", "pipeline", "dlq", "list", "--json"], env).stdout) == []
+
+
+def _boto_args(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "endpoint_url": env["AWS_ENDPOINT_URL"],
+        "region_name": "us-east-1",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+    }
+
+
+@pytest.mark.parametrize("args", [["dlq", "list"], ["users", "list"], ["provision"]])
+def test_tools_without_an_endpoint_say_which_variable_to_set(args: list[str]) -> None:
+    result = run(["-m", "pipeline", *args], {"IMGSVC_EMBEDDED_PORT": "9"}, timeout=20)
+    assert result.returncode == 1
+    assert "IMGSVC_EMBEDDED_PORT" in result.stderr and "AWS_ENDPOINT_URL" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def test_python_m_web_runs_everything_in_one_command(tmp_path: Path) -> None:

@@ -238,7 +238,7 @@ async def test_over_the_cap_mid_stream_leaves_no_object_no_upload_no_event(
 async def test_slow_loris_upload_times_out(
     make_settings: Any, make_client: ClientFactory, clients: AwsClients
 ) -> None:
-    settings = make_settings(IMGSVC_UPLOAD_IDLE_TIMEOUT="0.5")
+    settings = make_settings(IMGSVC_BODY_TIMEOUT="0.5")
     api = await make_client(settings)
 
     async def trickle() -> AsyncIterator[bytes]:
@@ -248,7 +248,7 @@ async def test_slow_loris_upload_times_out(
 
     response = await api.put(f"/images/slow?user_id={USER}", data=trickle())
     assert response.status == 408
-    assert (await response.json())["error"] == "upload_timeout"
+    assert (await response.json())["error"] == "request_timeout"
     await nothing_stored(clients, settings)
 
 

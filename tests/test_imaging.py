@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from config.settings import ImagingSettings, RenditionSpec
+from pipeline import imaging
 from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
-from pipeline.imaging import RenditionResult, detect_format, make_renditions
+from pipeline.formats import detect_format
+from pipeline.imaging import make_renditions
+from pipeline.results import RenditionResult
 from tests.conftest import ROOT, decode, jpeg_bytes, png_header_only
 
 ENGINES = ("pillow", "pyvips")
@@ -82,6 +85,22 @@ def test_exif_orientation_applied_and_metadata_stripped(engine: str) -> None:
     # Rotated clockwise, the blue left half becomes the top half.
     assert thumb.getpixel((25, 10))[2] > 150 and thumb.getpixel((25, 90))[0] > 150
     assert not thumb.getexif() and "icc_profile" not in thumb.info and "exif" not in thumb.info
+
+
+@pytest.mark.parametrize("decoder", ["pyvips", "pillow"])
+@pytest.mark.parametrize("engine", ENGINES)
+def test_dimensions_are_reported_as_displayed(
+    engine: str, decoder: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Stored 600x300, EXIF "rotate 90° clockwise": the record must describe the upright image.
+    if decoder == "pillow":  # the header as read without libvips
+        monkeypatch.setattr(imaging, "HAVE_VIPS", False)
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6
+    result = render(jpeg_bytes(600, 300, exif=exif), engine, (RenditionSpec(200),))
+    assert (result.info.width, result.info.height) == (300, 600)
+    thumb = result.renditions[0]
+    assert (thumb.width, thumb.height) == decode(thumb.data).size == (100, 200)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

@@ -4,7 +4,9 @@ refused receiver never holds up the consumer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -71,6 +73,60 @@ async def receiver() -> AsyncIterator[Receiver]:
     yield found
     if found.hold is not None:
         found.hold.set()
+    await server.close()
+
+
+@dataclass
+class Streamer:
+    """A receiver on 127.0.0.1 that accepts with a 200 and then streams a body: the first answer's is
+    `size` bytes long (None: endless, trickled), later answers have none."""
+
+    size: int | None
+    url: str = ""
+    sent: int = 0  # bytes of the first answer's body handed to the kernel
+    finished: bool = False  # the whole first body was sent
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # the first answer's handler is done
+    took: float = 0.0  # from the first answer's headers to its end
+    peers: list[int] = field(default_factory=list)  # the client port of every request
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.peers.append(request.transport.get_extra_info("peername")[1])  # type: ignore[union-attr]
+        if len(self.peers) > 1:
+            return web.Response()
+        # Small kernel buffers, so what is sent is close to what the client takes in.
+        request.transport.get_extra_info("socket").setsockopt(  # type: ignore[union-attr]
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10
+        )
+        answer = web.StreamResponse()
+        answer.content_length = self.size
+        await answer.prepare(request)
+        started = time.monotonic()
+        chunk = b"x" * (64 << 10)
+        try:
+            with contextlib.suppress(ConnectionError):  # the client hung up mid-body
+                while self.size is None or self.sent < self.size:
+                    await answer.write(chunk)
+                    self.sent += len(chunk)
+                    if self.size is None:
+                        await asyncio.sleep(0.01)
+                await answer.write_eof()
+                self.finished = True
+        finally:  # also when TestServer cancels the handler because its connection was closed
+            self.took = time.monotonic() - started
+            self.ended.set()
+        return answer
+
+
+@pytest.fixture
+async def streamer(request: pytest.FixtureRequest) -> AsyncIterator[Streamer]:
+    found = Streamer(request.param)
+    app = web.Application()
+    app.router.add_post("/hook", found.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    found.url = str(server.make_url("/hook"))
+    yield found
     await server.close()
 
 
@@ -199,6 +255,111 @@ def test_garbage_signature_headers_never_verify(header: str) -> None:
     assert not verify("whsec_test", header, b"{}", now=0)
 
 
+SECRET = "whsec_test"
+SIGNED = sign(SECRET, b"{}", 1000)
+MAC = SIGNED.removeprefix("t=1000,v1=")
+ARABIC_1000 = "\u0661\u0660\u0660\u0660"  # int() reads these digits as 1000, and so did verify
+FULLWIDTH_1000 = "\uff11\uff10\uff10\uff10"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"t=1000,v1={MAC[:-1]}é",  # hmac.compare_digest raises TypeError on non-ASCII text
+        "t=1000,v1=\u0660\u0661",
+        f"t={ARABIC_1000},v1={MAC}",
+        f"t={FULLWIDTH_1000},v1={MAC}",
+        f"t=+1000,v1={MAC}",
+        f"t= 1000,v1={MAC}",
+        f"t=1_000,v1={MAC}",
+        f"t=1000,t=5,v1={MAC}",  # which timestamp was signed?
+        f"t=5,t=1000,v1={MAC}",
+        f"t={'9' * 400},v1={MAC}",  # overflows a float
+        f"t={'9' * 5000},v1={MAC}",  # more digits than int() parses
+        "t=1e3,v1=x",
+        "t=-1000,v1=x",
+        "t=1000",
+        f"v1={MAC}",
+        f"{MAC}",
+        f"t=1000,,v1={MAC}",
+        f"t=1000,v1={MAC},",
+        f"t=1000,=x,v1={MAC}",
+        "t=,v1=",
+        "",
+        ",",
+        "=",
+        f"t=1000,v1={MAC}," + "v1=0" * 2000,  # absurdly long
+        None,
+        b"t=1000,v1=\xff",
+        b"\x80",
+        bytearray(SIGNED.encode()),
+        1000,
+    ],
+)
+def test_malformed_signature_headers_are_false_not_errors(header: Any) -> None:
+    assert verify(SECRET, header, b"{}", now=1000) is False
+
+
+@pytest.mark.parametrize(
+    "header",
+    [SIGNED, SIGNED.encode(), f"t=1000, v1={MAC}", f"t=1000,v1=00,v1={MAC}", f"v0=x,t=1000,v1={MAC}"],
+)
+def test_well_formed_signature_headers_verify(header: str | bytes) -> None:
+    assert verify(SECRET, header, b"{}", now=1000) is True
+
+
+def test_an_empty_secret_verifies_nothing() -> None:
+    """A receiver whose secret is unset must not accept headers anyone can make."""
+    assert not verify("", sign("", b"{}", 1000), b"{}", now=1000)
+    assert not verify("\ud800", f"t=1000,v1={MAC}", b"{}", now=1000)  # a secret UTF-8 cannot encode
+
+
+any_text = st.text(st.characters(exclude_categories=()))  # every code point, lone surrogates too
+
+
+@st.composite
+def near_miss_headers(draw: st.DrawFn) -> str:
+    """Headers built from `t=` and `v1=` parts, most of them almost right."""
+    keys = st.sampled_from(["t", "v1", "v0", "T", " t", "t ", "", "v1 "]) | any_text
+    values = (
+        st.sampled_from(
+            ["1000", MAC, "", "+1000", " 1000", "1_000", ARABIC_1000, "9" * 400, "-1", "1e3", "0x3e8"]
+        )
+        | st.integers().map(str)
+        | st.text(st.characters(categories=["Nd"]), min_size=1, max_size=20)  # digits of any script
+        | st.builds(lambda at, c: MAC[:at] + c + MAC[at + 1 :], st.integers(0, 63), any_text.filter(bool))
+        | any_text
+    )
+    part = st.tuples(keys, st.sampled_from(["=", "", "=="]), values).map("".join)
+    parts = draw(st.lists(part, max_size=6))
+    return draw(st.sampled_from([",", ", ", ",,", ";"])).join(parts)
+
+
+@given(
+    header=any_text | near_miss_headers() | st.binary() | st.none(),
+    body=st.binary(max_size=256),
+    secret=any_text,
+    now=st.floats(allow_nan=True) | st.integers(-(2**70), 2**70) | st.just(1000),
+)
+def test_verify_is_a_bool_for_any_header_body_and_secret(
+    header: str | bytes | None, body: bytes, secret: str, now: float
+) -> None:
+    assert verify(secret, header, body, now=now) in (True, False)
+    assert verify(SECRET, header, b"{}", now=1000) in (True, False)
+
+
+@given(
+    secret=st.text(min_size=1),
+    body=st.binary(max_size=512),
+    stamp=st.integers(0, 10**12),
+    skew=st.floats(-300, 300),
+)
+def test_verify_accepts_what_sign_made_within_tolerance(
+    secret: str, body: bytes, stamp: int, skew: float
+) -> None:
+    assert verify(secret, sign(secret, body, stamp), body, now=stamp + skew) is True
+
+
 def test_backoff_grows_and_is_capped() -> None:
     settings = WebhookSettings(backoff_base=1, backoff_max=10)
     delays = [backoff(n, settings) for n in range(1, 8)]
@@ -293,12 +454,64 @@ async def test_a_receiver_that_hangs_never_holds_up_the_consumer(
     assert receiver.waiting == 0 and len(receiver.calls) == 3
 
 
+@pytest.mark.parametrize("streamer", [50 << 20, None], ids=["50MiB", "endless"], indirect=True)
+async def test_a_huge_or_endless_answer_is_not_read(
+    make_settings: Callable[..., Settings],
+    make_client: ClientFactory,
+    clients: AwsClients,
+    streamer: Streamer,
+) -> None:
+    """Only the status counts: the body of a 2xx answer is neither awaited nor taken in."""
+    settings = make_settings(
+        IMGSVC_WEBHOOK_ALLOW_PRIVATE="true", IMGSVC_WEBHOOK_ATTEMPTS="1", IMGSVC_WEBHOOK_TIMEOUT="3"
+    )
+    api = await make_client(settings)
+    await set_hook(api, streamer.url)
+    delivered_before = metrics.WEBHOOK_DELIVERIES.labels("delivered")._value.get()
+    assert (await api.put("/images/cat", data=CAT)).status == 202
+
+    assert await drain(clients, settings) == {"ready": 1}
+
+    assert metrics.WEBHOOK_DELIVERIES.labels("delivered")._value.get() == delivered_before + 1
+    await asyncio.wait_for(streamer.ended.wait(), 10)
+    assert not streamer.finished
+    assert streamer.took < 2, "the connection is closed as soon as the status is in"
+    assert streamer.sent <= 4 << 20, f"{streamer.sent} bytes went out, far more than buffers hold"
+
+
+@pytest.mark.parametrize("streamer", [50 << 20], indirect=True)
+async def test_a_connection_with_an_unread_answer_is_not_reused(
+    make_settings: Callable[..., Settings],
+    make_client: ClientFactory,
+    clients: AwsClients,
+    streamer: Streamer,
+) -> None:
+    """After an answer left unread the next POST opens a new connection; after a read one it reuses it."""
+    settings = make_settings(IMGSVC_WEBHOOK_ALLOW_PRIVATE="true", IMGSVC_WEBHOOK_CONCURRENCY="1")
+    api = await make_client(settings)
+    await set_hook(api, streamer.url)
+    for name in ("a", "b", "c"):
+        assert (await api.put(f"/images/{name}", data=CAT)).status == 202
+
+    assert await drain(clients, settings) == {"ready": 3}
+
+    first, second, third = streamer.peers  # no retries: every answer was a clean 200
+    assert first != second == third
+
+
+# 127.0.0.1 in fullwidth digits and ideographic full stops: aiohttp's IDNA mapping makes it 127.0.0.1
+# and, as an IP address, connects to it without asking the resolver.
+FULLWIDTH_LOOPBACK = "\uff11\uff12\uff17\u3002\uff10\u3002\uff10\u3002\uff11"
+
+
+@pytest.mark.parametrize("fullwidth", [False, True], ids=["literal", "idna-mapped"])
 async def test_delivery_to_an_inward_address_is_refused_when_not_allowed(
-    settings: Settings, clients: AwsClients, make_client: ClientFactory, receiver: Receiver
+    settings: Settings, clients: AwsClients, make_client: ClientFactory, receiver: Receiver, fullwidth: bool
 ) -> None:
     """A URL stored before the rules changed (or written around the API) is still never called."""
     api = await make_client(settings)
-    await WebhookStore(Tables(clients.dynamodb, settings.aws).users).put(USER, receiver.url)
+    url = receiver.url.replace("127.0.0.1", FULLWIDTH_LOOPBACK) if fullwidth else receiver.url
+    await WebhookStore(Tables(clients.dynamodb, settings.aws).users).put(USER, url)
     failed = metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get()
     assert (await api.put("/images/cat", data=CAT)).status == 202
     assert await drain(clients, settings) == {"ready": 1}

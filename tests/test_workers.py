@@ -11,7 +11,7 @@ import pytest
 
 from config.settings import ImagingSettings
 from pipeline.errors import JobTimeout, WorkerCrashed
-from pipeline.imaging import make_renditions
+from pipeline.tasks import make_renditions
 from pipeline.workers import WorkerPool
 from tests.conftest import jpeg_bytes
 

@@ -20,6 +20,7 @@ from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
 from pipeline.provision import provision
 from web.app import create_app
+from web.server import GuardedRunner
 
 log = logging.getLogger("web")
 
@@ -65,7 +66,7 @@ async def serve(settings: Settings, *, seed_demo: bool = False) -> None:
         async with open_clients(settings.aws) as clients:
             await provision(clients, settings)
             await seed_demo_users(clients, settings)
-    runner = web.AppRunner(create_app(settings))
+    runner = GuardedRunner(create_app(settings), settings.web)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.web.host, settings.web.port)

@@ -36,6 +36,7 @@ from web.keys import (
 )
 from web.middlewares import error_middleware, metrics_middleware, request_id_middleware, send_request_id
 from web.routes import setup_routes
+from web.server import deadline_middleware
 
 log = logging.getLogger(__name__)
 #: JSON bodies are tiny; image bodies are streamed and never pass through this limit.
@@ -44,7 +45,7 @@ JSON_BODY_LIMIT = 64 * 1024
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_middleware, metrics_middleware, error_middleware],
+        middlewares=[deadline_middleware, request_id_middleware, metrics_middleware, error_middleware],
         client_max_size=JSON_BODY_LIMIT,
     )
     app[SETTINGS] = settings

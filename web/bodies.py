@@ -7,16 +7,19 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.errors import InvalidJson, UnsupportedMediaType
+from pipeline.untrusted import Malformed, loads
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object; bodies over the app's `client_max_size` are 413 before this."""
+    """The body as a JSON object; bodies over the app's `client_max_size` are 413 before this,
+    nesting deeper than `untrusted.MAX_JSON_DEPTH` is 400."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("send the request body as application/json")
+    raw = await request.read()
     try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidJson() from None
+        body = loads(raw, max_bytes=request.client_max_size)
+    except Malformed as exc:
+        raise InvalidJson(f"the request body is not acceptable JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidJson("the request body must be a JSON object")
     return body

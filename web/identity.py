@@ -31,12 +31,9 @@ async def authenticate(request: web.Request) -> str:
             raise InvalidCredentials("use the Bearer scheme: Authorization: Bearer <key>")
         user_id = await request.app[ACCOUNTS].authenticate(token.strip())
     except InvalidCredentials as exc:
-        # Only failures consult the counter: a valid key costs one read, and a prober sharing
-        # an address (a NAT, a proxy) with real users cannot lock them out.
-        address = request.remote or "unknown"
-        limiter = request.app[LIMITER]
-        await limiter.check(address)
-        await limiter.record_failure(address)
+        # Only failures count: a valid key costs one read, and a prober sharing an address (a
+        # NAT, a proxy) with real users cannot lock them out.
+        await request.app[LIMITER].fail(request.remote or "unknown")
         raise InvalidCredentials(
             exc.message, headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'}
         ) from None

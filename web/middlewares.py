@@ -15,6 +15,8 @@ from pipeline.errors import ServiceError, TransientError
 from pipeline.logs import REQUEST_ID, accept_request_id
 
 log = logging.getLogger(__name__)
+#: The status (nginx's) under which a request whose client went away is counted; never sent.
+CLIENT_CLOSED = 499
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -58,6 +60,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except ConnectionError:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # The client went away mid-request: its business, not a server error. The answer below
+            # is never written (aiohttp notices the closed transport and drops it quietly).
+            log.info("client disconnected method=%s path=%s", request.method, request.path)
+            return web.Response(status=CLIENT_CLOSED)
+        log.exception("unhandled error method=%s path=%s", request.method, request.path)
+        return error_response(500, "internal_error", "an internal error occurred; it has been logged")
     except Exception:
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return error_response(500, "internal_error", "an internal error occurred; it has been logged")
@@ -78,7 +89,8 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        label = "client_closed" if status == CLIENT_CLOSED else str(status)
+        metrics.HTTP_REQUESTS.labels(request.method, route, label).inc()
         metrics.HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
 
 

@@ -7,12 +7,14 @@ from HEAD before any body is fetched; the body is then streamed chunk by chunk.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from config.settings import RenditionSpec
+from config.settings import OUTPUT_FORMATS, RenditionSpec
 from pipeline.errors import (
+    ImageChanged,
     ImageNotFound,
     InvalidField,
     MissingField,
@@ -27,6 +29,7 @@ from web import urls
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE
 from web.middlewares import error_response
+from web.ranges import parse_range
 
 log = logging.getLogger(__name__)
 
@@ -63,37 +66,64 @@ async def download_thumbnail(request: web.Request) -> web.StreamResponse:
     spec = settings.imaging.rendition(size)
     if spec is None:
         raise InvalidField(f"size must be one of {', '.join(s.name for s in specs)}")
-    if request.query.get("format") == "auto":  # the best format this client accepts, same size
-        size = best_for(
-            request.headers.get("Accept", ""), [s for s in specs if s.max_side == spec.max_side]
-        ).name
+    fmt = request.query.get("format")
+    if fmt is not None and fmt != "auto" and fmt not in OUTPUT_FORMATS:
+        raise InvalidField(f"format must be one of auto, {', '.join(OUTPUT_FORMATS)}")
+    same_size = [s for s in specs if s.max_side == spec.max_side]
+    if fmt == "auto":  # the best format this client accepts, same size
+        spec = best_for(request.headers.get("Accept", ""), same_size)
         request[VARY] = "Accept"
-    found = await locate(request, ref, size)
+    elif fmt is not None and fmt != spec.format:
+        match = next((s for s in same_size if s.format == fmt), None)
+        if match is None:
+            raise RenditionNotFound(
+                f"no {fmt} rendition of size {spec.max_side} is made; the renditions are "
+                + ", ".join(s.name for s in specs)
+            )
+        spec = match
+    found = await locate(request, ref, spec.name)
     if isinstance(found, web.Response):
         return found
-    return await serve_object(request, *found)
+    return await serve_object(request, found.bucket, found.key, source_etag=found.source_etag)
 
 
 #: The rendition name that stands for the original upload (signed links can point at it).
 ORIGINAL = "original"
 
 
-async def locate(request: web.Request, ref: ImageRef, rendition: str) -> tuple[str, str] | web.Response:
-    """The bucket and key of the original or of a rendition, or the answer for a rendition that is
-    not made (yet): pending 404 or failed 422. Raises `ImageNotFound` without a record."""
+class RenditionNotFound(NotFound):
+    code = "rendition_not_found"
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where an image's original or rendition is, and which original it must come from."""
+
+    bucket: str
+    key: str
+    source_etag: str
+    record: ImageRecord
+
+
+async def locate(request: web.Request, ref: ImageRef, rendition: str) -> Located | web.Response:
+    """The object of the original or of a rendition, or the answer for a rendition that is not
+    made (yet): pending 404 or failed 422. Raises `ImageNotFound` without a record."""
     settings = request.app[SETTINGS]
     record = await request.app[RECORDS].read(ref)
     if record is None:
         raise ImageNotFound()
     if rendition == ORIGINAL:
-        return settings.aws.source_bucket, ref.source_key
+        return Located(settings.aws.source_bucket, ref.source_key, record.source_etag, record)
     if record.state != "ready":
         owner, image_id = ref.owner_and_id
         return not_ready(record, owner, image_id, settings.web.retry_after)
     made = record.renditions.get(rendition)
     if made is None:
-        raise NotFound(f"rendition {rendition} was not made for this image; upload it again to make it")
-    return settings.aws.dest_bucket, str(made["key"])
+        raise RenditionNotFound(
+            f"rendition {rendition} was not made for this image; it has "
+            + (", ".join(sorted(record.renditions)) or "none")
+        )
+    return Located(settings.aws.dest_bucket, str(made["key"]), record.source_etag, record)
 
 
 #: Output formats a client must name in `Accept` to get them, best first; JPEG/PNG otherwise.
@@ -132,20 +162,34 @@ def not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int
     return response
 
 
-async def serve_object(request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+async def serve_object(
+    request: web.Request,
+    bucket: str,
+    key: str,
+    *,
+    if_match: str | None = None,
+    source_etag: str | None = None,
+) -> web.StreamResponse:
     """Stream one S3 object with caching headers, conditional GET and byte ranges.
 
     A plain GET is one S3 request; conditional, ranged and HEAD requests first HEAD the object.
+    `if_match` pins an original to the ETag the caller expects, `source_etag` a rendition to the
+    original it must have been made from: a link made for one upload never serves another's bytes.
     """
     storage = request.app[STORAGE]
     if request.method == "GET" and not any(h in request.headers for h in _NEEDS_HEAD):
-        meta, chunks = await storage.stream(bucket, key)
+        meta, chunks = await storage.stream(bucket, key, if_match=if_match)
+        if not _made_from(meta, source_etag):
+            await chunks.aclose()
+            raise ImageChanged()
         return await _send(request, meta, None, chunks)
     meta = await storage.head(bucket, key)
+    if (if_match is not None and meta.etag != if_match) or not _made_from(meta, source_etag):
+        raise ImageChanged()
     if _not_modified(request, meta.etag, meta.last_modified.timestamp()):
         return web.Response(status=304, headers=_headers(request, meta))
     try:
-        byte_range = _byte_range(request, meta.size, meta.etag)
+        byte_range = parse_range(request.headers, meta.size, meta.etag)
     except RangeNotSatisfiable as exc:
         refusal = error_response(exc.http_status, exc.code, exc.message)
         refusal.headers["Content-Range"] = f"bytes */{meta.size}"
@@ -154,6 +198,10 @@ async def serve_object(request: web.Request, bucket: str, key: str) -> web.Strea
         return await _send(request, meta, byte_range, None)
     _, chunks = await storage.stream(bucket, key, byte_range, if_match=meta.etag)
     return await _send(request, meta, byte_range, chunks)
+
+
+def _made_from(meta: ObjectMeta, source_etag: str | None) -> bool:
+    return source_etag is None or meta.metadata.get("source-etag") == source_etag.strip('"')
 
 
 _NEEDS_HEAD = ("Range", "If-None-Match", "If-Modified-Since")
@@ -174,7 +222,7 @@ async def _send(
     request: web.Request,
     meta: ObjectMeta,
     byte_range: tuple[int, int] | None,
-    chunks: AsyncIterator[bytes] | None,
+    chunks: AsyncGenerator[bytes, None] | None,
 ) -> web.StreamResponse:
     response = web.StreamResponse(status=200 if byte_range is None else 206, headers=_headers(request, meta))
     response.content_type = meta.content_type
@@ -196,6 +244,8 @@ async def _send(
         if request.transport is not None:
             request.transport.close()
         return response
+    finally:  # a client that went away leaves the S3 body unread: give its connection back now
+        await chunks.aclose()
     await response.write_eof()
     return response
 
@@ -207,26 +257,3 @@ def _not_modified(request: web.Request, etag: str, modified: float) -> bool:
         return "*" in tags or etag in tags
     since = request.if_modified_since
     return since is not None and int(modified) <= int(since.timestamp())
-
-
-def _byte_range(request: web.Request, size: int, etag: str) -> tuple[int, int] | None:
-    """One inclusive (start, end) range, or None for the whole object; raises 416 when unsatisfiable."""
-    if "Range" not in request.headers:
-        return None
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and if_range.strip() != etag:
-        return None  # the client's copy is stale: send it the whole, current object
-    try:
-        requested = request.http_range
-    except ValueError:
-        return None  # RFC 9110: an unparseable Range header is ignored
-    start, stop = requested.start, requested.stop
-    if start is None and stop is None:
-        return None
-    if start is not None and start < 0:  # suffix range: the last -start bytes
-        start, stop = max(0, size + start), size
-    start = start or 0
-    stop = size if stop is None else min(stop, size)
-    if start >= size or stop <= start:
-        raise RangeNotSatisfiable(f"the object has {size} bytes")
-    return start, stop - 1

@@ -7,8 +7,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from pipeline.errors import ImageNotFound, InvalidField, InvalidLink, NotFound
+from pipeline.errors import ImageChanged, ImageNotFound, InvalidField, InvalidLink, NotFound
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
+from pipeline.links import version_of
+from pipeline.untrusted import ascii_int
 from web.handlers.download import ORIGINAL, image_ref, locate, serve_object
 from web.keys import CLIENTS, LINKS, SETTINGS
 
@@ -19,7 +21,8 @@ async def create_link(request: web.Request) -> web.Response:
     """`GET /images/{image_id}/url?rendition=256|original&expires_in=s`: a link that needs no key.
 
     With `IMGSVC_LINKS=s3` it is an S3 presigned URL (downloads leave the API for S3 or a CDN);
-    otherwise an HMAC-signed `/links/...` URL served by any web process.
+    otherwise an HMAC-signed `/links/...` URL served by any web process, valid for the upload it
+    was made for only (a replaced or re-created image does not answer old links).
     """
     user_id, image_id, ref = await image_ref(request, request.match_info["image_id"])
     settings = request.app[SETTINGS]
@@ -27,21 +30,23 @@ async def create_link(request: web.Request) -> web.Response:
     if rendition != ORIGINAL and settings.imaging.rendition(rendition) is None:
         names = [ORIGINAL, *(s.name for s in settings.imaging.renditions)]
         raise InvalidField(f"rendition must be one of {', '.join(names)}")
-    seconds = _seconds(
-        request.query.get("expires_in", str(DEFAULT_SECONDS)), settings.accounts.link_max_seconds
-    )
+    most = settings.accounts.link_max_seconds
+    seconds = ascii_int(request.query.get("expires_in", str(DEFAULT_SECONDS)), 1, most)
+    if seconds is None:
+        raise InvalidField(f"expires_in must be a whole number of seconds from 1 to {most}")
     found = await locate(request, ref, rendition)
     if isinstance(found, web.Response):
         return found
-    bucket, key = found
     if settings.accounts.links == "s3":
         url = await request.app[CLIENTS].s3.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+            "get_object", Params={"Bucket": found.bucket, "Key": found.key}, ExpiresIn=seconds
         )
         expires = int(datetime.now(UTC).timestamp()) + seconds
     else:
-        signature, expires = request.app[LINKS].sign(user_id, image_id, rendition, seconds)
-        url = f"/links/{user_id}/{image_id}/{rendition}?{urlencode({'expires': expires, 'sig': signature})}"
+        version = version_of(found.source_etag)
+        signature, expires = request.app[LINKS].sign(user_id, image_id, rendition, version, seconds)
+        query = urlencode({"v": version, "expires": expires, "sig": signature})
+        url = f"{public_base(request)}/links/{user_id}/{image_id}/{rendition}?{query}"
     return web.json_response(
         {
             "url": url,
@@ -51,25 +56,34 @@ async def create_link(request: web.Request) -> web.Response:
     )
 
 
+def public_base(request: web.Request) -> str:
+    """Where clients reach this API: `IMGSVC_PUBLIC_URL`, else the scheme and host they used."""
+    configured = request.app[SETTINGS].web.public_url
+    return configured or f"{request.scheme}://{request.host}"
+
+
 async def follow_link(request: web.Request) -> web.StreamResponse:
-    """`GET /links/{user_id}/{image_id}/{rendition}?expires=&sig=`: no key; 403 if tampered or expired."""
+    """`GET /links/{user_id}/{image_id}/{rendition}?v=&expires=&sig=`: no key; 403 if tampered or
+    expired, 404 `image_changed` once the image was replaced or deleted since the link was made."""
     user_id, image_id, rendition = (request.match_info[k] for k in ("user_id", "image_id", "rendition"))
     if not (valid_user_id(user_id) and valid_image_id(image_id)):
         raise InvalidLink()
+    version = request.query.get("v", "")
     request.app[LINKS].verify(
-        user_id, image_id, rendition, request.query.get("expires", ""), request.query.get("sig", "")
+        user_id, image_id, rendition, version, request.query.get("expires", ""), request.query.get("sig", "")
     )
-    found = await locate(request, ImageRef.of(user_id, image_id), rendition)
+    try:
+        found = await locate(request, ImageRef.of(user_id, image_id), rendition)
+    except ImageNotFound:
+        raise ImageChanged() from None
     if isinstance(found, web.Response):
         return found
-    bucket, key = found
+    if version_of(found.source_etag) != version:
+        raise ImageChanged()
+    pin = found.source_etag
     try:
-        return await serve_object(request, bucket, key)
+        if rendition == ORIGINAL:
+            return await serve_object(request, found.bucket, found.key, if_match=pin)
+        return await serve_object(request, found.bucket, found.key, source_etag=pin)
     except NotFound:
-        raise ImageNotFound() from None
-
-
-def _seconds(raw: str, most: int) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= most:
-        raise InvalidField(f"expires_in must be a whole number of seconds from 1 to {most}")
-    return int(raw)
+        raise ImageChanged() from None

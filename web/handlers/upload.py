@@ -29,9 +29,8 @@ from pipeline.errors import (
     NotFound,
     QuotaExceeded,
     TooLarge,
-    UploadTimeout,
 )
-from pipeline.imaging import screen_prefix
+from pipeline.formats import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
 from pipeline.records import Superseded
@@ -121,7 +120,7 @@ async def _store(
     stored = await request.app[STORAGE].upload_stream(
         settings.aws.source_bucket,
         ref.source_key,
-        _hashed(_screened(_idle_timeout(chunks, settings.web.upload_idle_timeout), settings.imaging), digest),
+        _hashed(_screened(chunks, settings.imaging), digest),
         max_bytes=settings.imaging.max_bytes,
         part_size=settings.web.part_size,
         allowed_formats=settings.imaging.allowed_formats,
@@ -189,20 +188,6 @@ def _input_file(input_dir: Path, file_name: str) -> Path:
     if path.parent != root or not path.is_file():
         raise FileNotInInput(f"{file_name} is not in the input folder")
     return path
-
-
-async def _idle_timeout(chunks: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
-    """Refuse a body that stops arriving (slow-loris): each chunk must come within `seconds`."""
-    iterator = aiter(chunks)
-    while True:
-        try:
-            async with asyncio.timeout(seconds):
-                chunk = await anext(iterator)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise UploadTimeout(f"no data arrived for {seconds:g}s") from None
-        yield chunk
 
 
 async def _screened(chunks: AsyncIterator[bytes], imaging: ImagingSettings) -> AsyncIterator[bytes]:

@@ -1,0 +1,38 @@
+"""What an imaging worker sends back: plain dataclasses, importable without any image library.
+
+The consumer, the records and the web tier handle results but never decode anything, so these
+types live apart from `pipeline.imaging` (which loads libvips) and the parent process can
+unpickle a worker's answer without importing a decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from config.settings import RenditionSpec
+from pipeline.formats import ImageInfo
+
+Engine = Literal["pyvips", "pillow"]
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """One encoded output image."""
+
+    spec: RenditionSpec
+    data: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class RenditionResult:
+    """Everything a worker sends back to the consumer."""
+
+    info: ImageInfo
+    engine: Engine
+    renditions: tuple[Rendition, ...]
+    seconds: float
+    #: What a client shows before a thumbnail loads: {"blurhash": ..., "color": "#rrggbb"}.
+    placeholder: dict[str, str] | None = None

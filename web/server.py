@@ -1,0 +1,493 @@
+"""The HTTP server under the app: deadlines on every read from a client, and a connection cap.
+
+aiohttp bounds header sizes but not time: a client may trickle its headers, start a body and
+stall, or send one byte every few seconds, each holding a connection (a file descriptor, a
+parser, buffers) for as long as it likes. Every connection here runs through `GuardedHandler`,
+which keeps the deadlines Apache's mod_reqtimeout and nginx keep:
+
+- headers: complete within `header_timeout` of the first byte (of accept, for a new connection);
+- body: its first byte within `body_timeout`, no pause longer than that, and on average at
+  least `body_min_rate` bytes per second (each `body_min_rate` bytes buy one more second).
+  Only time in which this side wants data counts: while a handler is busy and the buffer is
+  full, reading is paused and the client is not to blame;
+- idle keep-alive: closed after `keepalive_timeout`;
+- sending: a client that stops reading a response for `send_timeout` is cut off.
+
+A cut-off request is answered 408 with a JSON body where one can still be written (a body
+timeout surfaces in the handler's next read as `RequestTimeout`). The cap (`max_connections`)
+keeps file descriptors for the AWS clients, the embedded endpoint and health checks: at the cap
+a new connection closes the connection that has idled or dawdled over its headers longest, and
+is refused with 503 only when every connection is busy with a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import json
+import logging
+import resource
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.test_utils import TestServer
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from config.settings import WebSettings
+from pipeline import metrics
+from pipeline.errors import UploadTimeout
+
+log = logging.getLogger(__name__)
+#: How often a connection sending a body checks its clock (body deadlines are this coarse).
+TICK_SECONDS = 0.5
+#: Bytes of request body buffered per connection before reading pauses (aiohttp's default is 256 KiB).
+READ_BUFFER = 64 * 1024
+#: Seconds aiohttp keeps reading (and discarding) a body its handler did not read.
+LINGERING_SECONDS = 5.0
+#: aiohttp's own idle timer, far beyond ours: it must not act first.
+AIOHTTP_KEEPALIVE = 86_400.0
+#: Seconds a connection cut off with a 408 keeps discarding what the client still sends, so the
+#: client reads the answer instead of a reset (closing a socket with unread input sends RST).
+LINGER_SECONDS = 2.0
+#: File descriptors kept out of the connection cap: AWS client pools, the embedded endpoint's own
+#: sockets, worker pipes, logs.
+RESERVED_DESCRIPTORS = 512
+
+
+class RequestTimeout(UploadTimeout):
+    """The client was too slow sending a request body; raised from the handler's next read."""
+
+    code = "request_timeout"
+    default_message = "the request body arrived too slowly"
+
+
+class Phase(enum.Enum):
+    IDLE = "idle"  # between requests (or writing the last response)
+    HEADERS = "headers"  # a request has begun and its headers are not complete
+    BODY = "body"  # a handler runs and its body is still arriving
+    BUSY = "busy"  # a handler runs on a complete body: our time, not the client's
+    LINGER = "linger"  # answered and half-closed: discarding input until the client has read it
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int
+    keepalive_timeout: float
+    header_timeout: float
+    body_timeout: float
+    body_min_rate: int
+    send_timeout: float
+
+    @classmethod
+    def of(cls, web_settings: WebSettings) -> Limits:
+        return cls(
+            max_connections=descriptor_budget(web_settings.max_connections),
+            keepalive_timeout=web_settings.keepalive_timeout,
+            header_timeout=web_settings.header_timeout,
+            body_timeout=web_settings.body_timeout,
+            body_min_rate=web_settings.body_min_rate,
+            send_timeout=web_settings.send_timeout,
+        )
+
+
+def descriptor_budget(wanted: int) -> int:
+    """Raise the soft file-descriptor limit to the hard one and fit the cap under it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    room = max(8, soft - RESERVED_DESCRIPTORS)
+    if wanted > room:
+        log.warning(
+            "IMGSVC_MAX_CONNECTIONS=%d does not fit in %d file descriptors; capped at %d", wanted, soft, room
+        )
+        return room
+    return wanted
+
+
+class Tracker:
+    """The connections of one server, and which of them may be closed to admit a new one."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.live: set[GuardedHandler] = set()
+        #: Idle or half-sent connections, longest waiting first.
+        self._evictable: OrderedDict[GuardedHandler, None] = OrderedDict()
+
+    def admit(self, handler: GuardedHandler) -> bool:
+        """Count a new connection in; False when it must be refused (every slot is busy)."""
+        while len(self.live) >= self.limits.max_connections:
+            if not self._evict_one():
+                return False
+        self.live.add(handler)
+        metrics.HTTP_CONNECTIONS.set(len(self.live))
+        return True
+
+    def _evict_one(self) -> bool:
+        for victim in list(itertools.islice(self._evictable, 64)):  # a bounded look
+            if victim.evict():
+                self.forget(victim)
+                return True
+        return False
+
+    def evictable(self, handler: GuardedHandler, yes: bool) -> None:
+        if yes:
+            self._evictable[handler] = None
+            self._evictable.move_to_end(handler)
+        else:
+            self._evictable.pop(handler, None)
+
+    def forget(self, handler: GuardedHandler) -> None:
+        self.live.discard(handler)
+        self._evictable.pop(handler, None)
+        metrics.HTTP_CONNECTIONS.set(len(self.live))
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's connection handler, with the deadlines and the cap of this module."""
+
+    __slots__ = (
+        "_gap",
+        "_last_tick",
+        "_lingered",
+        "_payload",
+        "_phase",
+        "_received",
+        "_send_timer",
+        "_timed_out",
+        "_timer",
+        "_tracker",
+        "_waited",
+    )
+
+    def __init__(self, manager: GuardedServer, *, tracker: Tracker, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._tracker = tracker
+        self._phase = Phase.IDLE
+        self._timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._payload: StreamReader | None = None
+        self._waited = self._gap = self._last_tick = 0.0
+        self._received = 0
+        self._timed_out = False
+        self._lingered: asyncio.Future[None] | None = None
+
+    @property
+    def timed_out(self) -> bool:
+        """The current request's body was cut off (its handler saw `RequestTimeout`)."""
+        return self._timed_out
+
+    # Transport events ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if not self._tracker.admit(self):
+            metrics.HTTP_CONNECTIONS_CLOSED.labels("refused").inc()
+            self._answer_and_close(
+                503, "too_many_connections", "the server is at its connection limit; retry shortly", 1
+            )
+            return
+        # A new connection's headers are due within the header timeout of accept.
+        self._enter(Phase.HEADERS)
+
+    def data_received(self, data: bytes) -> None:
+        if self._phase is Phase.LINGER:
+            return  # answered already: read only so that closing sends FIN, not RST
+        if self._phase is Phase.IDLE and data:
+            self._enter(Phase.HEADERS)
+        elif self._phase is Phase.BODY:
+            self._received += len(data)
+            self._gap = 0.0
+        super().data_received(data)
+
+    def eof_received(self) -> None:
+        self._end_linger()
+        super().eof_received()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._end_linger()
+        self._cancel_timers()
+        self._tracker.forget(self)
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._tracker.limits.send_timeout, self._send_expired)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    # Request events (from `deadline_middleware`) --------------------------------------------------
+
+    def request_started(self, payload: StreamReader) -> None:
+        self._payload = payload
+        self._timed_out = False
+        if payload.is_eof():
+            self._enter(Phase.BUSY)
+            return
+        self._waited = self._gap = 0.0
+        self._received = 0
+        self._last_tick = self._loop.time()
+        self._enter(Phase.BODY)
+
+    async def linger(self) -> None:
+        """After answering a cut-off request: half-close, and discard input until the client
+        closes too or `LINGER_SECONDS` pass (Apache's and nginx's lingering close)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._enter(Phase.LINGER)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._lingered = self._loop.create_future()
+        self._timer = self._loop.call_later(LINGER_SECONDS, self._end_linger)
+        await self._lingered
+
+    def _end_linger(self) -> None:
+        if self._lingered is not None and not self._lingered.done():
+            self._lingered.set_result(None)
+
+    def request_finished(self) -> None:
+        payload, self._payload = self._payload, None
+        if self._timed_out and payload is not None and not payload.is_eof():
+            # aiohttp reads what its handler left unread for a while ("lingering"); a plain
+            # TimeoutError ends that at once, quietly, and the connection closes after the answer.
+            payload.set_exception(TimeoutError())
+        self._enter(Phase.IDLE)
+
+    # Deadlines --------------------------------------------------------------------------------
+
+    def _enter(self, phase: Phase) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._phase = phase
+        self._tracker.evictable(self, phase in (Phase.IDLE, Phase.HEADERS))
+        limits = self._tracker.limits
+        if phase is Phase.IDLE:
+            self._timer = self._loop.call_later(limits.keepalive_timeout, self._idle_expired)
+        elif phase is Phase.HEADERS:
+            self._timer = self._loop.call_later(limits.header_timeout, self._headers_expired)
+        elif phase is Phase.BODY:
+            self._timer = self._loop.call_later(TICK_SECONDS, self._body_tick)
+
+    def _awaiting_request(self) -> bool:
+        """aiohttp is waiting for the next request (not still answering the last one)."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done()
+
+    def _idle_expired(self) -> None:
+        self._timer = None
+        if not self._awaiting_request():  # still writing the last answer: the send timeout bounds that
+            self._timer = self._loop.call_later(self._tracker.limits.keepalive_timeout, self._idle_expired)
+            return
+        self.force_close()
+
+    def _headers_expired(self) -> None:
+        self._timer = None
+        if not self._awaiting_request():  # still answering a previous request: that has its own bound
+            self._timer = self._loop.call_later(self._tracker.limits.header_timeout, self._headers_expired)
+            return
+        metrics.HTTP_CONNECTIONS_CLOSED.labels("header_timeout").inc()
+        timeout = self._tracker.limits.header_timeout
+        self._answer(408, "request_timeout", f"the request headers did not arrive within {timeout:g}s")
+        self.close()  # aiohttp stops waiting for this request; the transport lingers, then closes
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+        self._enter(Phase.LINGER)
+        self._timer = self._loop.call_later(LINGER_SECONDS, self.force_close)
+
+    def _body_tick(self) -> None:
+        self._timer = None
+        payload = self._payload
+        if payload is None or payload.is_eof() or payload.exception() is not None:
+            self._enter(Phase.BUSY)
+            return
+        now = self._loop.time()
+        elapsed, self._last_tick = now - self._last_tick, now
+        transport = self.transport
+        # Time counts against the client only while we want its bytes (reading is not paused).
+        if transport is not None and transport.is_reading():
+            self._waited += elapsed
+            self._gap += elapsed
+        limits = self._tracker.limits
+        allowed = limits.body_timeout + (
+            self._received / limits.body_min_rate if limits.body_min_rate else 1e18
+        )
+        if self._gap > limits.body_timeout:
+            why = f"no request body data arrived for {limits.body_timeout:g}s"
+        elif self._waited > allowed:
+            why = f"the request body arrived slower than {limits.body_min_rate} bytes/s"
+        else:
+            self._timer = self._loop.call_later(TICK_SECONDS, self._body_tick)
+            return
+        metrics.HTTP_CONNECTIONS_CLOSED.labels("body_timeout").inc()
+        self._timed_out = True
+        self._phase = Phase.BUSY
+        payload.set_exception(RequestTimeout(why))  # the handler's next read raises it: 408
+
+    def _send_expired(self) -> None:
+        self._send_timer = None
+        metrics.HTTP_CONNECTIONS_CLOSED.labels("send_timeout").inc()
+        if self.transport is not None:
+            self.transport.abort()  # the buffered response is never going to be read
+
+    def evict(self) -> bool:
+        """Close this connection to admit a newer one, if it is idle or has not sent its headers."""
+        if not self._awaiting_request():
+            return False
+        metrics.HTTP_CONNECTIONS_CLOSED.labels("evicted").inc()
+        if self._phase is Phase.HEADERS:
+            self._answer_and_close(503, "too_many_connections", "the server is at its connection limit", 1)
+        else:
+            self.force_close()
+        return True
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._send_timer = None
+
+    def _answer_and_close(self, status: int, code: str, message: str, retry_after: int = 0) -> None:
+        """Answer and close at once (flushing the answer first): the descriptor is needed now."""
+        self._answer(status, code, message, retry_after)
+        self.force_close()
+
+    def _answer(self, status: int, code: str, message: str, retry_after: int = 0) -> None:
+        """Write a whole JSON error answer straight to the socket, outside aiohttp (no request
+        reached a handler); the connection leaves the tracker's count."""
+        self._cancel_timers()
+        self._tracker.forget(self)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            body = json.dumps({"error": code, "message": message}).encode()
+            reason = {408: "Request Timeout", 503: "Service Unavailable"}[status]
+            head = (
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+                + (f"Retry-After: {retry_after}\r\n" if retry_after else "")
+                + "\r\n"
+            )
+            transport.write(head.encode() + body)
+
+    # Errors aiohttp answers itself (unparseable requests) ------------------------------------------
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp answers requests it cannot parse in text/plain and logs them as errors with a
+        traceback; here they are a JSON 4xx and one log line (a malformed request is the client's)."""
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        reason = " ".join(str(message or exc or "unparseable").split())[:200]
+        log.info("unparseable request status=%d error=%s", status, reason)
+        response = web.json_response(
+            {"error": "bad_request", "message": f"malformed request: {reason}"}, status=status
+        )
+        response.force_close()
+        return response
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server, making `GuardedHandler`s."""
+
+    def __init__(self, handler: Any, *, limits: Limits, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.tracker = Tracker(limits)
+
+    def __call__(self) -> GuardedHandler:
+        return GuardedHandler(self, tracker=self.tracker, loop=self._loop, **self._kwargs)
+
+
+def server_options(web_settings: WebSettings) -> dict[str, Any]:
+    """aiohttp handler options that go with the deadlines."""
+    return {
+        # The idle deadline is kept by `GuardedHandler` (aiohttp's own would also cut a request
+        # whose headers are under way, silently); aiohttp needs a positive value to keep alive.
+        "keepalive_timeout": AIOHTTP_KEEPALIVE,
+        "read_bufsize": READ_BUFFER,
+        "lingering_time": LINGERING_SECONDS,
+        # Bodies are images and small JSON: a Content-Encoding would only let a small body
+        # expand without bound before the byte caps see it.
+        "auto_decompress": False,
+        "access_log": None,
+    }
+
+
+class GuardedRunner(web.AppRunner):
+    """An `AppRunner` whose connections are `GuardedHandler`s."""
+
+    def __init__(self, app: web.Application, web_settings: WebSettings, **kwargs: Any) -> None:
+        self._options = server_options(web_settings) | kwargs
+        self._limits = Limits.of(web_settings)
+        super().__init__(app, **self._options)
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # runs the app's startup
+        return GuardedServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            limits=self._limits,
+            loop=asyncio.get_running_loop(),
+            **self._options,
+        )
+
+
+class GuardedTestServer(TestServer):
+    """aiohttp's `TestServer` serving through `GuardedRunner`, as production does."""
+
+    def __init__(self, app: web.Application, web_settings: WebSettings, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._web_settings = web_settings
+
+    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
+        kwargs.pop("handler_cancellation", None)  # production does not cancel handlers either
+        return GuardedRunner(self.app, self._web_settings, **kwargs)
+
+
+def guard_of(request: web.Request) -> GuardedHandler | None:
+    protocol = request.protocol
+    return protocol if isinstance(protocol, GuardedHandler) else None
+
+
+@web.middleware
+async def deadline_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Tell the connection when its handler runs, so body deadlines apply to exactly that time."""
+    guard = guard_of(request)
+    if guard is None:
+        return await handler(request)
+    guard.request_started(request.content)
+    try:
+        response = await handler(request)
+        if guard.timed_out and not response.prepared:
+            # Answer the 408 now and linger, so a client still sending reads it rather than a reset.
+            response.force_close()
+            await response.prepare(request)
+            await response.write_eof()
+            await guard.linger()
+        return response
+    finally:
+        guard.request_finished()
