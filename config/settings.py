@@ -17,7 +17,7 @@ PREFIX = "IMGSVC_"
 Mode = Literal["embedded", "aws"]
 N = TypeVar("N", int, float)
 
-#: Formats the pipeline accepts, named as `pipeline.imaging.detect_format` names them.
+#: Formats the pipeline accepts, named as `pipeline.formats.detect_format` names them.
 KNOWN_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "tiff", "heif", "avif"})
 OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
 #: The five user ids of the original system, kept as demo users.
@@ -212,7 +212,7 @@ class WebhookSettings:
     attempts: int = 6
     backoff_base: float = 1.0
     backoff_max: float = 60.0
-    #: Seconds for one POST, connect to last byte of the answer.
+    #: Seconds for one POST, from connecting to the answer's status and headers (never its body).
     timeout: float = 5.0
     #: POSTs in progress at once per process; events beyond `max_pending` are dropped and counted.
     concurrency: int = 8

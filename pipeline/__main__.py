@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("key_id")
     up = commands.add_parser("upload", help="upload image files and folders through the HTTP API")
     up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders (recursively)")
-    up.add_argument("--api", default="http://127.0.0.1:8080", help="the API's base URL")
+    up.add_argument(
+        "--api",
+        help="the API's base URL (default: http://127.0.0.1:$IMGSVC_PORT, port 8080 if unset)",
+    )
     up.add_argument("--key", help="API key (default: the IMGSVC_API_KEY variable)")
     up.add_argument(
         "--state",
@@ -171,9 +174,13 @@ async def run_upload(args: argparse.Namespace) -> int:
     if missing := [str(p) for p in args.paths if not p.exists()]:
         print(f"error: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
+    web_settings = Settings.from_env().web  # main() has checked the environment already
+    api = args.api or bulk.default_api(web_settings.host, web_settings.port)
     summary = await bulk.upload(
-        args.api.rstrip("/"), key, args.paths, args.state, args.concurrency, progress=not args.no_progress
+        api.rstrip("/"), key, args.paths, args.state, args.concurrency, progress=not args.no_progress
     )
+    for line in summary.report():
+        print(line, file=sys.stderr)
     print(json.dumps(summary.as_dict(), indent=2))
     return 1 if summary.failed else 0
 

@@ -83,6 +83,27 @@ class Accounts:
         )
         return NewKey(key_id, user_id, f"isk_{key_id}_{secret}")
 
+    async def restore_key(self, user_id: str, key: str) -> NewKey:
+        """Make a key issued before work again (the embedded stack's demo keys survive a restart).
+
+        Idempotent for the same user and secret; a malformed key, or a key id that already names
+        another user's or another secret's key, is a `ValueError`.
+        """
+        match = KEY_RE.fullmatch(key)
+        if match is None:
+            raise ValueError("a key is isk_<16 hex>_<43 url-safe characters>")
+        key_id, secret = match.groups()
+        await self.user(user_id)
+        item = {"key_id": key_id, "user_id": user_id, "secret_sha256": _digest(secret), "created_at": now()}
+        try:
+            await self._tables.keys.put(item, "attribute_not_exists(key_id)")
+        except ConditionFailed:
+            found = await self._tables.keys.get({"key_id": key_id}) or {}
+            same = found.get("user_id") == user_id and found.get("secret_sha256") == item["secret_sha256"]
+            if not same or found.get("revoked_at"):
+                raise ValueError(f"key id {key_id} is taken by another key") from None
+        return NewKey(key_id, user_id, key)
+
     async def keys(self, user_id: str) -> list[dict[str, Any]]:
         """A user's keys, oldest first, without any secret material."""
         items, _ = await self._tables.keys.query("user_id = :u", index="by_user", values={":u": user_id})

@@ -25,7 +25,7 @@ from pipeline.errors import LeaseLost, ServiceError, TransientError
 from pipeline.jobs import JobRunner
 from pipeline.logs import REQUEST_ID
 from pipeline.queue import Message, Queue
-from pipeline.verdicts import judge
+from pipeline.verdicts import Verdict, judge
 
 log = logging.getLogger(__name__)
 #: Empty polls in a row, each with the queue reading empty, before a burst consumer stops.
@@ -94,15 +94,17 @@ class Consumer:
             self._cfg.max_attempts,
             self._burst,
         )
-        deleter = asyncio.create_task(self._delete_loop(), name="sqs-deleter")
-        try:
-            async with asyncio.TaskGroup() as group:
-                for i in range(self._cfg.receivers):
-                    group.create_task(self._receive_loop(), name=f"sqs-receiver-{i}")
-        finally:
-            await self._drain()
-            self._deletes.put_nowait(None)  # flush what is queued, then exit
-            await deleter
+        # One group: a receiver or the deleter dying (a bug) stops the others and ends `run` with
+        # the error, after in-flight work is drained: the caller (readiness) learns of it.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._delete_loop(), name="sqs-deleter")
+            try:
+                async with asyncio.TaskGroup() as receivers:
+                    for i in range(self._cfg.receivers):
+                        receivers.create_task(self._receive_loop(), name=f"sqs-receiver-{i}")
+            finally:
+                await self._drain()
+                self._deletes.put_nowait(None)  # flush what is queued, then exit
         log.info("consumer stopped outcomes=%s", dict(self.stats.outcomes))
         return self.stats
 
@@ -198,31 +200,27 @@ class Consumer:
     # One message -----------------------------------------------------------------------------------
 
     async def _run_job(self, message: Message) -> None:
-        """Process one message under a visibility heartbeat and log one line with its outcome."""
+        """Judge one message under a visibility heartbeat, stop the heartbeat, then carry the
+        verdict out (so no heartbeat can overwrite a retry's backoff or touch a message being
+        dead-lettered), and log one line with its outcome."""
         started = time.perf_counter()
         keys: list[str] = []
         request_ids: list[str] = []
-        work = asyncio.ensure_future(self._handle(message, keys, request_ids))
-        interval = max(0.2, self._cfg.visibility_timeout / 3)
         outcome = "unknown"
         try:
-            while True:
-                done, _ = await asyncio.wait({work}, timeout=interval)
-                if done:
-                    outcome = work.result()
-                    break
-                try:
-                    await self._queue.change_visibility(message.receipt_handle, self._cfg.visibility_timeout)
-                    self.stats.heartbeats += 1
-                except LeaseLost:
-                    # Another consumer owns it now: stop, and never delete with a stale handle.
-                    work.cancel()
-                    outcome = "lease_lost"
-                    break
-                except TransientError as exc:
-                    log.warning("heartbeat failed message_id=%s error=%s", message.id, exc)
+            try:
+                async with asyncio.TaskGroup() as group:
+                    judging = group.create_task(
+                        judge(message, self._jobs, self._cfg.max_attempts, keys, request_ids)
+                    )
+                    group.create_task(self._heartbeat(message, judging))
+            except* LeaseLost:
+                # Another consumer owns it now: the work was stopped, and nothing is deleted
+                # with a stale handle.
+                outcome = "lease_lost"
+            else:
+                outcome = await self._carry_out(message, judging.result())
         except asyncio.CancelledError:
-            work.cancel()
             outcome = "released"
             await self._release(message)
             raise
@@ -241,9 +239,23 @@ class Consumer:
                 (time.perf_counter() - started) * 1000,
             )
 
-    async def _handle(self, message: Message, keys: list[str], request_ids: list[str]) -> str:
-        """Carry out the message's verdict; returns the outcome name. Raises only on cancellation."""
-        verdict = await judge(message, self._jobs, self._cfg.max_attempts, keys, request_ids)
+    async def _heartbeat(self, message: Message, work: asyncio.Task[Verdict]) -> None:
+        """Keep the message invisible while `work` runs; raises `LeaseLost` if it is no longer ours."""
+        interval = max(0.2, self._cfg.visibility_timeout / 3)
+        while True:
+            await asyncio.wait({work}, timeout=interval)
+            if work.done():
+                return
+            try:
+                await self._queue.change_visibility(message.receipt_handle, self._cfg.visibility_timeout)
+                self.stats.heartbeats += 1
+            except TransientError as exc:
+                if isinstance(exc, LeaseLost):
+                    raise
+                log.warning("heartbeat failed message_id=%s error=%s", message.id, exc)
+
+    async def _carry_out(self, message: Message, verdict: Verdict) -> str:
+        """Carry out the message's verdict; returns the outcome name."""
         if verdict.action == "ack":
             self._ack(message)
             return verdict.outcome

@@ -78,11 +78,14 @@ def _record(record: Any) -> ObjectCreated | None:
     try:
         bucket = record["s3"]["bucket"]["name"]
         obj = record["s3"]["object"]
-        key = unquote_plus(obj["key"])
-    except (KeyError, TypeError):
+        raw_key = obj["key"]
+    except (KeyError, TypeError, IndexError):
         raise PoisonMessage("a record has no bucket name or object key") from None
-    if not isinstance(bucket, str) or not bucket or not key:
-        raise PoisonMessage("a record has an empty bucket name or object key")
+    if not (isinstance(bucket, str) and bucket and isinstance(raw_key, str) and raw_key):
+        raise PoisonMessage("a record has an empty or non-text bucket name or object key")
+    key = unquote_plus(raw_key)
+    if not key:
+        raise PoisonMessage("a record has an empty object key")
     size = obj.get("size")
     return ObjectCreated(
         bucket=bucket,

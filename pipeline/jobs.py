@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from config.settings import Settings
 from pipeline import metrics
-from pipeline.errors import NotFound, PermanentError, PoisonMessage, ServiceError, SourceMissing
+from pipeline.errors import (
+    InvalidKey,
+    JobTimeout,
+    NotFound,
+    PermanentError,
+    PoisonMessage,
+    ProcessingTimeout,
+    ServiceError,
+    SourceMissing,
+)
 from pipeline.events import ObjectCreated
-from pipeline.layout import ImageRef
+from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
 from pipeline.records import RecordStore, Superseded
 from pipeline.results import RenditionResult
 from pipeline.storage import OversizeObject, Storage
+from pipeline.tables import Table
 from pipeline.tasks import make_renditions
 from pipeline.webhooks import Dispatcher
 from pipeline.workers import InlineRunner, WorkerPool
@@ -53,7 +64,9 @@ class JobRunner:
         pool: WorkerPool | InlineRunner,
         settings: Settings,
         webhooks: Dispatcher | None = None,
+        users: Table | None = None,
     ) -> None:
+        self._users = users
         self._storage = storage
         self._records = records
         self._pool = pool
@@ -66,6 +79,10 @@ class JobRunner:
         if record.bucket != aws.source_bucket:
             raise PoisonMessage(f"event for bucket {record.bucket!r}, expected {aws.source_bucket!r}")
         ref = ImageRef(record.key)
+        owner, image_id = ref.owner_and_id
+        if not (valid_user_id(owner) and valid_image_id(image_id)):
+            # No API route could download or delete what it would become: never make it a record.
+            raise InvalidKey(f"the key {_short(record.key)!r} is not {{user_id}}/{{image_id}}")
         rid = REQUEST_ID.get()
         for _ in range(MAX_SOURCE_CHANGES):
             result: RenditionResult | None = None
@@ -80,9 +97,10 @@ class JobRunner:
                 meta, error = exc.meta, exc
             rid = meta.metadata.get("request-id") or rid
             REQUEST_ID.set(rid)  # this job's log lines carry the upload's request id
+            await self._check_owner(owner, meta.metadata)
             if error is None:
                 try:
-                    result = await self._resize(data)
+                    result = await self._resize(ref, meta.etag, data)
                 except PermanentError as exc:
                     error = exc
             if result is not None:
@@ -112,11 +130,27 @@ class JobRunner:
             return JobResult("ready", ref.source_key, result.engine, len(result.renditions), request_id=rid)
         raise SourceMissing("the original keeps changing; the latest upload's own event will process it")
 
-    async def _resize(self, data: bytes) -> RenditionResult:
+    async def _check_owner(self, owner: str, metadata: Mapping[str, str]) -> None:
+        """API uploads name their (authenticated) owner in the object's metadata; anything else
+        put into the bucket is checked against the users table (one read, only for those)."""
+        if metadata.get("user-id") == owner or self._users is None:
+            return
+        if await self._users.get({"user_id": owner}) is None:
+            raise InvalidKey(f"no user {owner} exists to own this object")
+
+    async def _resize(self, ref: ImageRef, etag: str, data: bytes) -> RenditionResult:
         started = time.perf_counter()
-        result = await self._pool.run(
-            self._settings.consumer.job_timeout, make_renditions, data, self._settings.imaging
-        )
+        timeout = self._settings.consumer.job_timeout
+        try:
+            result = await self._pool.run(timeout, make_renditions, data, self._settings.imaging)
+        except JobTimeout:
+            # A timeout now starts with the job and touches only its own worker: a second one
+            # for the same original says the image is too costly, not that the machine was busy.
+            if await self._records.count_timeout(ref, etag) >= 2:
+                raise ProcessingTimeout(
+                    f"processing took longer than {timeout:g}s on two attempts; the image is too costly"
+                ) from None
+            raise
         metrics.PROCESSING_SECONDS.labels(result.engine, result.info.format).observe(
             time.perf_counter() - started
         )
@@ -140,3 +174,7 @@ class JobRunner:
             self._settings.aws.dest_bucket,
             [ref.rendition_key(spec) for spec in self._settings.imaging.renditions],
         )
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -50,7 +50,12 @@ async def handle_event(event: dict[str, Any], settings: Settings) -> dict[str, A
         # A function is frozen once it returns: leaving this block delivers the batch's webhooks.
         async with open_dispatcher(tables.users, settings.webhooks) as webhooks:
             jobs = JobRunner(
-                Storage(clients.s3), RecordStore(tables.images), InlineRunner(), settings, webhooks
+                Storage(clients.s3),
+                RecordStore(tables.images),
+                InlineRunner(),
+                settings,
+                webhooks,
+                tables.users,
             )
             for record in event.get("Records", []):
                 message = Message(

@@ -35,7 +35,8 @@ HTTP_SECONDS = Histogram(
 HTTP_CONNECTIONS = Gauge("imgsvc_http_connections", "HTTP connections this process holds open.")
 HTTP_CONNECTIONS_CLOSED = Counter(
     "imgsvc_http_connections_closed_total",
-    "HTTP connections the server cut: header_timeout, body_timeout, send_timeout, evicted (idle or"
+    "HTTP connections the server cut: header_timeout, body_timeout, too_large (body past its cap),"
+    " send_timeout, evicted (idle or"
     " half-sent, to admit a new one at the cap), refused (at the cap, every connection busy).",
     ["reason"],
 )
@@ -79,9 +80,7 @@ QUEUE_MESSAGES = Gauge(
 async def queue_sampling(sqs: Any, aws: AwsSettings) -> AsyncIterator[None]:
     """Sample the queue and DLQ depth for the life of the block: once per process, by its entry
     point (an API with the consumer in-process samples once, not twice)."""
-    task = asyncio.create_task(
-        sample_queues(sqs, {"main": aws.queue_name, "dlq": aws.dlq_name}), name="queue-depth-sampler"
-    )
+    task = asyncio.create_task(sample_queues(sqs, aws), name="queue-depth-sampler")
     try:
         yield
     finally:
@@ -90,9 +89,10 @@ async def queue_sampling(sqs: Any, aws: AwsSettings) -> AsyncIterator[None]:
             await task
 
 
-async def sample_queues(sqs: Any, names: dict[str, str], every: float = 15.0) -> None:
+async def sample_queues(sqs: Any, aws: AwsSettings, every: float = 15.0) -> None:
     """Keep `imgsvc_queue_messages` current until cancelled (queue and DLQ depth). A queue that
     cannot be reached (not provisioned yet, SQS down) is skipped until the next round."""
+    names = {"main": aws.queue_name, "dlq": aws.dlq_name}
     queues: dict[str, Queue] = {}
     while True:
         for label, name in names.items():

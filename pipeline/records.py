@@ -209,6 +209,30 @@ class RecordStore:
 
         return await self._write(ref, etag, current, fields)
 
+    async def count_timeout(self, ref: ImageRef, etag: str) -> int:
+        """Count one timed-out attempt at processing the original `etag`; returns how many it has
+        had (1 for a first, and for an image without a record yet, whose count cannot be kept).
+
+        Kept on the record, beside its revision (no revision change: it is no result), so every
+        consumer process sees the same count and a repeat is known for what it is: the image."""
+        owner, image_id = ref.owner_and_id
+        key = {"user_id": owner, "image_id": image_id}
+        try:
+            item = await self._table.update(
+                key, "SET timeouts = timeouts + :one", "timeout_etag = :e", values={":one": 1, ":e": etag}
+            )
+        except ConditionFailed:
+            try:
+                item = await self._table.update(
+                    key,
+                    "SET timeouts = :one, timeout_etag = :e",
+                    "attribute_exists(user_id)",
+                    values={":one": 1, ":e": etag},
+                )
+            except ConditionFailed:
+                return 1
+        return int(item.get("timeouts", 1))
+
     async def delete(self, ref: ImageRef) -> ImageRecord | None:
         owner, image_id = ref.owner_and_id
         old = await self._table.delete({"user_id": owner, "image_id": image_id})

@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from pipeline import memory
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -17,6 +19,7 @@ def run(main: Coroutine[Any, Any, T], *, use_uvloop: bool = True, debug: bool = 
     `debug` turns on asyncio's debug mode with a 100 ms slow-callback threshold: every callback
     that holds the loop longer is logged (`Executing ... took ...`), to find blocking calls.
     """
+    memory.keep_big_blocks_mapped()
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     if use_uvloop:
         try:

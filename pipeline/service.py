@@ -44,7 +44,7 @@ async def open_consumer(
     try:
         await pool.warm_up()
         async with open_dispatcher(tables.users, settings.webhooks) as webhooks:
-            jobs = JobRunner(storage, RecordStore(tables.images), pool, settings, webhooks)
+            jobs = JobRunner(storage, RecordStore(tables.images), pool, settings, webhooks, tables.users)
             yield Consumer(queues.main, queues.dlq, jobs, settings, burst=burst)
     finally:
         await asyncio.to_thread(pool.close)

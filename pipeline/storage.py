@@ -6,6 +6,7 @@ magic bytes and the byte cap are checked, so no request body is ever held whole 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -180,76 +181,32 @@ class Storage:
         part_size: int,
         allowed_formats: frozenset[str],
         metadata: Mapping[str, str],
+        buffer_bytes: int | None = None,
     ) -> StoredUpload:
         """Stream `chunks` to `key`, checking type from the first bytes and the size as it goes.
 
         Nothing is written before the type is known; a multipart upload that fails or crosses
-        `max_bytes` is aborted, so a refused upload never leaves a partial object behind.
+        `max_bytes` is aborted, so a refused upload never leaves a partial object behind. One
+        buffer of `buffer_bytes` (default `part_size`; the caller reserved that much) is used.
         """
-        # Chunks are kept as a list and joined once per part: one copy of the data, not several.
-        pending: list[bytes] = []
-        pending_bytes = 0
-        total = 0
-        fmt: str | None = None
-        upload_id: str | None = None
-        parts: list[dict[str, Any]] = []
-
-        async def flush_part() -> None:
-            nonlocal upload_id
-            if upload_id is None:
-                with aws_errors(StorageUnavailable):
-                    created = await self._s3.create_multipart_upload(
-                        Bucket=bucket, Key=key, ContentType=CONTENT_TYPES[fmt or ""], Metadata=dict(metadata)
-                    )
-                upload_id = str(created["UploadId"])
-            nonlocal pending, pending_bytes
-            number = len(parts) + 1
-            joined = b"".join(pending)
-            body, rest = joined[:part_size], joined[part_size:]
-            pending, pending_bytes = ([rest] if rest else []), len(rest)
-            with aws_errors(StorageUnavailable):
-                part = await self._s3.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-                )
-            parts.append({"ETag": part["ETag"], "PartNumber": number})
-
+        upload = _StreamedUpload(
+            self._s3,
+            bucket,
+            key,
+            metadata,
+            min(buffer_bytes or part_size, part_size),
+            part_size,
+            allowed_formats,
+        )
         try:
             async for chunk in chunks:
-                total += len(chunk)
-                if total > max_bytes:
+                if upload.total + len(chunk) > max_bytes:
                     raise TooLarge(f"the upload is larger than the {max_bytes} bytes allowed")
-                pending.append(chunk)
-                pending_bytes += len(chunk)
-                if fmt is None and total >= MAGIC_BYTES_NEEDED:
-                    fmt = check_format(b"".join(pending)[:MAGIC_BYTES_NEEDED], allowed_formats)
-                while pending_bytes >= part_size + 1:  # keep the last bytes for the final part
-                    await flush_part()
-            if total == 0:
-                raise EmptyUpload()
-            body = b"".join(pending)
-            if fmt is None:
-                fmt = check_format(body, allowed_formats)
-            if upload_id is None:
-                with aws_errors(StorageUnavailable):
-                    response = await self._s3.put_object(
-                        Bucket=bucket,
-                        Key=key,
-                        Body=body,
-                        ContentType=CONTENT_TYPES[fmt],
-                        Metadata=dict(metadata),
-                    )
-                return StoredUpload(key, total, fmt, str(response["ETag"]))
-            if pending_bytes:
-                await flush_part()
-            with aws_errors(StorageUnavailable):
-                response = await self._s3.complete_multipart_upload(
-                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                )
-            upload_id = None
-            return StoredUpload(key, total, fmt, str(response["ETag"]))
+                await upload.feed(chunk)
+            return await upload.finish()
         except BaseException:
-            if upload_id is not None:
-                await self._abort(bucket, key, upload_id)
+            if upload.upload_id is not None:
+                await self._abort(bucket, key, upload.upload_id)
             raise
 
     async def _abort(self, bucket: str, key: str, upload_id: str) -> None:
@@ -258,3 +215,149 @@ class Storage:
                 await self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         except ServiceError as exc:  # the bucket's lifecycle rule for stale uploads is the backstop
             log.warning("multipart abort failed key=%s upload_id=%s error=%s", key, upload_id, exc)
+
+
+class _StreamedUpload:
+    """The buffer and the S3 multipart state of one streamed upload.
+
+    The buffer is filled in place and handed to S3 as it is, part after part: each byte is
+    copied once, from the request into the buffer, never joined or sliced again. A full buffer
+    is sent only when more data follows, so the last part is never empty and a body of at most
+    one part is a single `put_object`.
+    """
+
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        key: str,
+        metadata: Mapping[str, str],
+        buffer_bytes: int,
+        part_size: int,
+        allowed_formats: frozenset[str],
+    ) -> None:
+        self._s3, self._bucket, self._key, self._metadata = s3, bucket, key, dict(metadata)
+        self._buffer = bytearray(buffer_bytes)
+        self._filled = 0
+        self._part_size = part_size
+        self._allowed = allowed_formats
+        self._parts: list[dict[str, Any]] = []
+        self.total = 0
+        self.format: str | None = None
+        self.upload_id: str | None = None
+
+    async def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        view = memoryview(chunk)
+        while view:
+            if self._filled == len(self._buffer):
+                if len(self._buffer) < self._part_size:  # more than was declared: grow to a part
+                    self._buffer.extend(bytes(self._part_size - len(self._buffer)))
+                else:
+                    await self._send_part()
+            take = min(len(view), len(self._buffer) - self._filled)
+            self._buffer[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+        if self.format is None and self.total >= MAGIC_BYTES_NEEDED:
+            self._check_format()
+
+    def _check_format(self) -> None:
+        """Called while the buffer still starts with the body's first bytes."""
+        self.format = check_format(bytes(self._buffer[:MAGIC_BYTES_NEEDED]), self._allowed)
+
+    async def finish(self) -> StoredUpload:
+        if self.total == 0:
+            raise EmptyUpload()
+        if self.format is None:
+            self.format = check_format(bytes(self._buffer[: self._filled]), self._allowed)
+        del self._buffer[self._filled :]  # in place: the last body is exactly what arrived
+        if self.upload_id is None:
+            # Closed (its view of the buffer released) when the call returns: the buffer can be
+            # resized again only once no view of it is left.
+            with aws_errors(StorageUnavailable), _BufferReader(self._buffer) as body:
+                response = await self._s3.put_object(
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    Body=body,
+                    ContentType=CONTENT_TYPES[self.format],
+                    Metadata=self._metadata,
+                )
+            return StoredUpload(self._key, self.total, self.format, str(response["ETag"]))
+        if self._filled:
+            await self._send_part()
+        with aws_errors(StorageUnavailable):
+            response = await self._s3.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=self._key,
+                UploadId=self.upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        self.upload_id = None
+        return StoredUpload(self._key, self.total, self.format, str(response["ETag"]))
+
+    async def _send_part(self) -> None:
+        if self.format is None:
+            self._check_format()
+        if self.upload_id is None:
+            with aws_errors(StorageUnavailable):
+                created = await self._s3.create_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    ContentType=CONTENT_TYPES[self.format or ""],
+                    Metadata=self._metadata,
+                )
+            self.upload_id = str(created["UploadId"])
+        number = len(self._parts) + 1
+        with aws_errors(StorageUnavailable), _BufferReader(self._buffer) as body:
+            part = await self._s3.upload_part(
+                Bucket=self._bucket, Key=self._key, UploadId=self.upload_id, PartNumber=number, Body=body
+            )
+        self._parts.append({"ETag": part["ETag"], "PartNumber": number})
+        self._filled = 0
+
+
+class _BufferReader(io.RawIOBase):
+    """A seekable file over a bytearray, without copying it: botocore sends (and checksums,
+    and on a retry re-reads) a file in small reads, while a bytearray body would be handed to
+    the HTTP client whole (aiohttp warns that this can block the loop)."""
+
+    def __init__(self, data: bytearray) -> None:
+        super().__init__()
+        self._view = memoryview(data)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Whole slices in one C-level copy (RawIOBase's default would go through `readinto` in
+        8 KiB steps for `read()` without a size)."""
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._position + size)
+        chunk = self._view[self._position : end].tobytes()
+        self._position = max(self._position, end)
+        return chunk
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def readinto(self, target: Any) -> int:
+        size = min(len(target), len(self._view) - self._position)
+        target[:size] = self._view[self._position : self._position + size]
+        self._position += size
+        return size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        self._view.release()
+        super().close()

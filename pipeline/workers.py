@@ -1,8 +1,16 @@
-"""The process pool that runs imaging off the event loop, and the typed helper to call it."""
+"""The process pool that runs imaging off the event loop, and the typed helper to call it.
+
+Built on pebble's `ProcessPool`, because a job's timeout must start when the job starts (not
+when it was queued behind others) and must kill only the worker running it: with
+`concurrent.futures`, a stuck job can only be stopped by killing the whole pool, which fails
+every job running beside it and cancels the queued ones, so one bad image hurts innocent ones.
+Here a crashed or timed-out worker is replaced alone and only its own job fails.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import logging
 import multiprocessing
@@ -10,10 +18,9 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from functools import partial
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
+
+from pebble import ProcessExpired, ProcessPool
 
 from pipeline import metrics, tasks
 from pipeline.errors import JobTimeout, WorkerCrashed
@@ -25,72 +32,61 @@ R = TypeVar("R")
 
 
 class WorkerPool:
-    """A `ProcessPoolExecutor` that replaces itself when a worker dies.
-
-    A crashed worker (segfault, OOM kill) breaks the whole executor; the job that saw it fails
-    as `WorkerCrashed` (transient, so retried) and later jobs get a fresh pool.
-    """
+    """Worker processes for imaging; each job has its own timeout and its own failure."""
 
     def __init__(self, workers: int, threads: int = 0) -> None:
         self._workers = workers
         # Decoder threads per worker: together the workers use the cores, not cores² threads.
-        self._threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        # spawn: children never inherit the event loop's (or moto's) threads, and they are our
-        # direct children, so they can be tied to our life (see `_init_worker`).
-        self._context = multiprocessing.get_context("spawn")
-        self._executor = self._new_executor()
+        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        # spawn: children never inherit the event loop's (or moto's) threads.
+        self._pool = ProcessPool(
+            max_workers=workers,
+            initializer=_init_worker,
+            initargs=(threads,),
+            context=multiprocessing.get_context("spawn"),
+        )
+        #: Workers replaced because their job crashed them or ran out of time.
         self.restarts = 0
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self._workers,
-            mp_context=self._context,
-            initializer=_init_worker,
-            initargs=(self._threads,),
-        )
-
     async def run(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run `fn(*args, **kwargs)` in a worker process, raising transient errors on crash or timeout."""
-        executor = self._executor
-        loop = asyncio.get_running_loop()
+        """Run `fn(*args, **kwargs)` in a worker process within `timeout` seconds of its start.
+
+        Raises `JobTimeout` (the worker is killed) or `WorkerCrashed` (it died), both transient;
+        cancelling the caller stops the job's worker too, so cancelled work does not grind on.
+        """
+        future: concurrent.futures.Future[R] = self._pool.schedule(
+            fn, args=args, kwargs=kwargs, timeout=timeout
+        )
         try:
-            async with asyncio.timeout(timeout):
-                return await loop.run_in_executor(executor, partial(fn, *args, **kwargs))
+            return await asyncio.wrap_future(future)
         except TimeoutError:
-            # CPU work cannot be cancelled: the worker still grinds on, so its process is killed.
-            # Jobs sharing that executor fail as WorkerCrashed and are retried.
-            self._replace(executor, kill=True)
+            self._replaced("timeout")
             raise JobTimeout(f"processing took longer than {timeout:g}s") from None
-        except BrokenProcessPool:
-            self._replace(executor)
-            raise WorkerCrashed() from None
+        except ProcessExpired as exc:
+            self._replaced("crash")
+            raise WorkerCrashed(f"the image worker process died (exit code {exc.exitcode})") from None
+        except asyncio.CancelledError:
+            future.cancel()  # pebble stops the worker if the job is running
+            raise
+
+    def _replaced(self, why: str) -> None:
+        self.restarts += 1
+        metrics.POOL_RESTARTS.inc()
+        log.warning("imaging worker replaced reason=%s replacements=%d", why, self.restarts)
 
     async def warm_up(self) -> None:
         """Start every worker now (imports included), so the first jobs do not pay for it."""
-        loop = asyncio.get_running_loop()
-        executor = self._executor
-        await asyncio.gather(*(loop.run_in_executor(executor, os.getpid) for _ in range(self._workers)))
+        await asyncio.gather(*(self.run(120, os.getpid) for _ in range(self._workers)))
 
     def pids(self) -> list[int]:
         """Process ids of the live workers (for operators and fault tests)."""
-        processes = getattr(self._executor, "_processes", None) or {}
-        return [p.pid for p in processes.values() if p.is_alive()]
-
-    def _replace(self, broken: ProcessPoolExecutor, *, kill: bool = False) -> None:
-        if broken is not self._executor:  # several jobs see the same failure; replace once
-            return
-        log.warning("replacing the worker pool restarts=%d killed=%s", self.restarts + 1, kill)
-        self.restarts += 1
-        metrics.POOL_RESTARTS.inc()
-        self._executor = self._new_executor()
-        if kill:
-            # No public API stops a running worker; the executor's process table is the way in.
-            for process in list((getattr(broken, "_processes", None) or {}).values()):
-                process.kill()
-        broken.shutdown(wait=False, cancel_futures=True)
+        workers: dict[int, Any] = self._pool._pool_manager.worker_manager.workers  # no public API
+        return [pid for pid, process in list(workers.items()) if process.is_alive()]
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the workers; jobs still running are killed (callers drain before closing)."""
+        self._pool.stop()  # type: ignore[no-untyped-call]
+        self._pool.join(timeout=10)
 
 
 def _init_worker(threads: int) -> None:

@@ -34,13 +34,16 @@ from PIL import Image, ImageOps
 from proccpu import cpu_of
 from stack import ROOT, child_env, free_port
 
-from config.settings import Settings
+from config.settings import SEED_USER_IDS, Settings
 from pipeline import runtime
 from pipeline.aws import AwsClients, open_clients
 from pipeline.imaging import make_renditions
 from pipeline.provision import provision
 from pipeline.queue import Queue
 from pipeline.service import open_consumer
+
+#: The owner of the benchmark's images (a demo user: the endpoint `stack.py` starts seeds them).
+BENCH_USER = SEED_USER_IDS[0]
 
 
 def photo_jpeg(megapixels: float, seed: int) -> bytes:
@@ -96,8 +99,12 @@ async def fill(clients: AwsClients, settings: Settings, images: list[bytes], cou
 
     async def put(i: int) -> None:
         async with semaphore:
+            # As an API upload stores it: under a demo user, naming its owner in the metadata.
             await clients.s3.put_object(
-                Bucket=settings.aws.source_bucket, Key=f"bench/{i:05d}", Body=images[i % len(images)]
+                Bucket=settings.aws.source_bucket,
+                Key=f"{BENCH_USER}/bench-{i:05d}",
+                Body=images[i % len(images)],
+                Metadata={"user-id": BENCH_USER},
             )
 
     await asyncio.gather(*(put(i) for i in range(count)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import os
 import signal
@@ -23,6 +24,7 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from config.settings import SEED_USER_IDS, Settings
+from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients, open_clients
 from pipeline.layout import ImageRef
 from pipeline.provision import provision
@@ -35,6 +37,10 @@ from web.keys import ACCOUNTS
 from web.server import GuardedTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
+# moto keeps every test's buckets, queues and tables in this process: with the default thresholds
+# the collector re-scans that growing heap so often that it took a fifth of the suite's time
+# (45 s of 212 s in a measured subset; 19 s with these).
+gc.set_threshold(100_000, 50, 1000)
 USER = SEED_USER_IDS[2]
 OTHER_USER = SEED_USER_IDS[0]
 #: Fast consumer settings for tests; every test can override any of them.
@@ -104,11 +110,20 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
+async def provision_with_users(clients: AwsClients, settings: Settings) -> None:
+    """Provision, and create the demo users as the embedded stack does: an object put straight
+    into the source bucket is processed only under a known user's id."""
+    await provision(clients, settings)
+    accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+    for user_id in SEED_USER_IDS:
+        await accounts.create_user(user_id)
+
+
 @pytest.fixture
 async def clients(settings: Settings) -> AsyncIterator[AwsClients]:
-    """Clients for the test's own resources, provisioned."""
+    """Clients for the test's own resources, provisioned, with the demo users."""
     async with open_clients(settings.aws) as opened:
-        await provision(opened, settings)
+        await provision_with_users(opened, settings)
         yield opened
 
 

@@ -156,3 +156,45 @@ async def test_thumbnail_format_is_negotiated_with_accept(
     assert decode(await small.read()).size == (64, 48)  # only a JPEG at that size: that is the best
     plain = await api.get("/download/thumbnail?image_id=formats&size=256-avif")
     assert plain.content_type == "image/avif" and "Vary" not in plain.headers
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=-0", "bytes=999999999-", "bytes = -0"],
+    ids=["empty-suffix", "past-the-end", "empty-suffix-spaced"],
+)
+async def test_ranges_that_select_nothing_are_416(uploaded: Client, header: str) -> None:
+    """RFC 9110: a suffix of zero bytes selects nothing (aiohttp's parser made it the whole file)."""
+    response = await uploaded.get(ORIGINAL, headers={"Range": header})
+    assert response.status == 416, header
+    assert response.headers["Content-Range"] == f"bytes */{len(CAT)}"
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=²-5", "bytes=٣-9", "bytes=0-1,4-5", "items=0-5", "bytes=5-2", "bytes=" + "9" * 40]
+)
+async def test_malformed_or_multiple_ranges_get_the_whole_object(uploaded: Client, header: str) -> None:
+    response = await uploaded.get(ORIGINAL, headers={"Range": header})
+    assert response.status == 200 and await response.read() == CAT
+
+
+async def test_thumbnail_formats_are_checked(
+    make_settings: Any, make_client: ClientFactory, clients: AwsClients
+) -> None:
+    """An unknown format is a 400 naming the allowed ones; a known format without such a rendition
+    is a 404 naming the renditions there are (it used to answer the JPEG with 200)."""
+    settings = make_settings(IMGSVC_RENDITIONS="256,256:webp,64")
+    api = await make_client(settings)
+    assert (await api.put("/images/formats", data=jpeg_bytes(400, 300))).status == 202
+    await run_consumer_until_drained(clients, settings)
+    bogus = await api.get("/download/thumbnail?image_id=formats&format=bogus")
+    assert bogus.status == 400
+    assert "auto, jpeg, png, webp, avif" in (await bogus.json())["message"]
+    missing = await api.get("/download/thumbnail?image_id=formats&size=64&format=webp")
+    assert missing.status == 404
+    body = await missing.json()
+    assert body["error"] == "rendition_not_found" and "256, 256-webp, 64" in body["message"]
+    webp = await api.get("/download/thumbnail?image_id=formats&format=webp")
+    assert webp.status == 200 and decode(await webp.read()).format == "WEBP"
+    jpeg = await api.get("/download/thumbnail?image_id=formats&size=256-webp&format=jpeg")
+    assert jpeg.status == 200 and decode(await jpeg.read()).format == "JPEG"

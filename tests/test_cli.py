@@ -75,6 +75,8 @@ def test_provision_consumer_and_dlq_commands(moto_endpoint: str) -> None:
         result = run(["-m", "pipeline", "provision"], env)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["source_bucket"] == env["IMGSVC_SOURCE_BUCKET"]
+    # Objects put straight into the bucket are processed under a known user's id only.
+    assert run(["-m", "pipeline", "users", "create", "--user-id", USER], env).returncode == 0
 
     s3 = sync_s3(moto_endpoint)
     s3.put_object(
@@ -147,6 +149,8 @@ async def test_python_m_web_runs_everything_in_one_command(tmp_path: Path) -> No
                     api_url = match.group(1)
         log = "".join(lines)
         assert "embedded AWS endpoint url=http://127.0.0.1:" in log and "in memory only" in log
+        assert "(S3, SQS and DynamoDB;" in log
+        assert len(re.findall(r"provisioned source=", log)) == 1  # once, not by the app again
         # A key for each of the five demo users, printed and written to a file only its owner reads.
         printed = dict(re.findall(r"demo user user_id=(\S+) key=(\S+)", log))
         assert printed == read_demo_keys(keys_file) and set(printed) == set(SEED_USER_IDS)

@@ -6,18 +6,33 @@ import asyncio
 import io
 import json
 import os
+import struct
+import zlib
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws import AwsClients
 from pipeline.consumer import backoff_seconds
 from pipeline.dlq import list_dead_letters, redrive
-from pipeline.provision import provision
+from pipeline.errors import InvalidRecord, PermanentError
+from pipeline.layout import ImageRef
 from pipeline.queue import Queue
+from pipeline.records import RecordStore
 from pipeline.service import open_consumer, open_queues
-from tests.conftest import ROOT, USER, decode, dlq_messages, run_consumer_until_drained, status_of
+from pipeline.tables import Tables
+from tests.conftest import (
+    ROOT,
+    USER,
+    ClientFactory,
+    decode,
+    dlq_messages,
+    provision_with_users,
+    run_consumer_until_drained,
+    status_of,
+)
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
 
@@ -127,7 +142,7 @@ async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any, clie
     settings: Settings = make_settings(
         IMGSVC_CONSUMER_DRAIN_TIMEOUT="0", IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="30"
     )
-    await provision(clients, settings)
+    await provision_with_users(clients, settings)
     big = io.BytesIO()
     Image.frombytes("RGB", (2400, 1800), os.urandom(2400 * 1800 * 3)).save(big, "JPEG", quality=95)
     keys = [f"{USER}/batch{i}" for i in range(8)]
@@ -137,8 +152,9 @@ async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any, clie
     async with open_consumer(clients, settings) as consumer:
         task = asyncio.create_task(consumer.run())
         async with asyncio.timeout(20):
-            while consumer.stats.received < len(keys) + 1 or consumer.stats.outcomes["ready"] < 1:
-                await asyncio.sleep(0.05)
+            # Some done, some still in flight: stopping must release those, not lose them.
+            while consumer.stats.outcomes["ready"] < 1 or consumer.in_flight < 2:
+                await asyncio.sleep(0.01)
         consumer.stop()  # drain timeout 0: whatever is in flight is released at once
         first = await task
     assert first.outcomes["released"] >= 1, first.outcomes
@@ -195,7 +211,7 @@ async def test_heartbeat_keeps_waiting_jobs_invisible(make_settings: Any, client
         IMGSVC_CONSUMER_WORKERS="1",
         IMGSVC_CONSUMER_MAX_IN_FLIGHT="20",
     )
-    await provision(clients, settings)
+    await provision_with_users(clients, settings)
     out = io.BytesIO()  # tiny to store, slow to decode: PNG has no shrink-on-load
     Image.new("RGB", (6000, 6000), (10, 120, 200)).save(out, "PNG")
     count = 20
@@ -214,7 +230,7 @@ async def test_in_flight_bound_holds_across_receivers(make_settings: Any, client
     settings: Settings = make_settings(
         IMGSVC_CONSUMER_MAX_IN_FLIGHT="3", IMGSVC_CONSUMER_RECEIVERS="3", IMGSVC_CONSUMER_BATCH_SIZE="10"
     )
-    await provision(clients, settings)
+    await provision_with_users(clients, settings)
     for i in range(12):
         await put(clients, settings, f"{USER}/bound{i}", DOG)
     peak = 0
@@ -227,3 +243,74 @@ async def test_in_flight_bound_holds_across_receivers(make_settings: Any, client
         consumer.stop()
         await task
     assert 1 <= peak <= 3
+
+
+def slow_png(side: int) -> bytes:
+    """A 16-bit RGB PNG of noise under Paeth filters: little to store, ~1 s to decode at 8960²."""
+    row = b"\x04" + os.urandom(64) * (side * 6 // 64)
+    raw = zlib.compress(row * side, 1)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", side, side, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+async def test_one_slow_image_never_hurts_the_others(
+    make_settings: Any, make_client: ClientFactory, clients: AwsClients
+) -> None:
+    """One image that takes longer than the job timeout among eight that do not, on two workers:
+    the timeout starts when each job starts and kills only the slow job's worker, so all eight are
+    ready on their first attempt; the slow one times out twice and is dead-lettered with
+    `processing_timeout` (a repeat timeout of the same original is the image, not the machine)."""
+    settings: Settings = make_settings(
+        IMGSVC_CONSUMER_WORKERS="2",
+        IMGSVC_CONSUMER_JOB_TIMEOUT="0.6",
+        IMGSVC_CONSUMER_BACKOFF_BASE="0",
+        IMGSVC_CONSUMER_MAX_ATTEMPTS="5",
+    )
+    api = await make_client(settings)
+    assert (await api.put("/images/slow", data=io.BytesIO(slow_png(8960)))).status == 202
+    for i in range(8):  # ~0.1 s each: the other worker works through them while the slow one runs
+        assert (await api.put(f"/images/normal{i}", data=slow_png(2496))).status == 202
+    outcomes = await run_consumer_until_drained(clients, settings, timeout=60)
+    outcomes.pop("test_event", None)  # S3's notification set-up message
+    assert outcomes == {"ready": 8, "retry": 1, "dead_lettered": 1}, outcomes
+    for i in range(8):
+        status = await status_of(clients, settings, f"{USER}/normal{i}")
+        assert status["state"] == "ready" and status["info"]["width"] == 2496
+    (letter,) = await dlq_messages(clients, settings)
+    assert letter.attributes["error_code"] == "processing_timeout"
+    assert letter.attributes["attempts"] == "2"
+    failed = await (await api.get("/images/slow")).json()
+    assert failed["status"] == "failed" and failed["error"]["code"] == "processing_timeout"
+
+
+async def test_nested_or_malformed_bodies_are_poison_at_once(clients: AwsClients, settings: Settings) -> None:
+    """`json.loads` of a deeply nested body raises RecursionError, `unquote_plus` of a key that is
+    not text AttributeError: both used to be retried as unexpected errors, max_attempts times.
+    They are poison at once (oversized bodies too: `tests/test_events.py`)."""
+    queues = await open_queues(clients, settings)
+    await queues.main.send("[" * 100_000 + "]" * 100_000)
+    key_not_text = {
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "b"}, "object": {"key": ["k"]}},
+    }
+    await queues.main.send(json.dumps({"Records": [key_not_text]}))
+    await queues.main.send('{"Records": [' + '{"a":' * 40 + "1" + "}" * 40 + "]}")
+    outcomes = await run_consumer_until_drained(clients, settings)
+    outcomes.pop("test_event", None)
+    assert outcomes == {"dead_lettered": 3}
+    letters = await dlq_messages(clients, settings)
+    assert {m.attributes["error_code"] for m in letters} == {"poison_message"}
+    assert {m.attributes["attempts"] for m in letters} == {"1"}
+
+
+async def test_a_request_the_database_refuses_is_permanent(clients: AwsClients, settings: Settings) -> None:
+    """A DynamoDB ValidationException (an empty key, an item too large) cannot succeed on retry."""
+    records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+    with pytest.raises(InvalidRecord) as refused:
+        await records.read(ImageRef("/no-owner"))
+    assert isinstance(refused.value, PermanentError) and refused.value.code == "invalid_record"

@@ -76,8 +76,22 @@ def test_sns_wrapped_notification() -> None:
                 ]
             }
         ),
+        *(
+            json.dumps(
+                {
+                    "Records": [
+                        {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": obj}}
+                    ]
+                }
+            )
+            for obj in ({"key": ["k"]}, {"key": 5}, {"key": {"a": 1}}, ["key"], "key", {"key": "%"[:0]})
+        ),
+        "[" * 100_000 + "]" * 100_000,
+        '{"Records": [' + '{"a":' * 40 + "1" + "}" * 40 + "]}",
+        json.dumps({"Records": ["x" * 1024] * 1100}),  # over the 1 MiB an SQS body can be
     ],
 )
 def test_poison(body: str) -> None:
+    """Also keys that are not text (unquote_plus of a list raised AttributeError: retried as a bug)."""
     with pytest.raises(PoisonMessage):
         parse_message(body)

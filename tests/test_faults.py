@@ -16,10 +16,17 @@ from PIL import Image
 from config.settings import Settings
 from pipeline.aws import AwsClients, open_clients
 from pipeline.consumer import Consumer, ConsumerStats
-from pipeline.provision import provision
 from pipeline.service import open_consumer
 from scripts.awsproxy import FaultProxy, Rule
-from tests.conftest import ROOT, USER, decode, dlq_messages, run_consumer_until_drained, status_of
+from tests.conftest import (
+    ROOT,
+    USER,
+    decode,
+    dlq_messages,
+    provision_with_users,
+    run_consumer_until_drained,
+    status_of,
+)
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
 
@@ -36,7 +43,7 @@ async def proxy(moto_endpoint: str) -> AsyncIterator[FaultProxy]:
 async def faulty(make_settings: Callable[..., Settings], proxy: FaultProxy, clients: AwsClients) -> Settings:
     """Settings whose AWS traffic goes through the proxy; resources provisioned directly."""
     settings = make_settings(AWS_ENDPOINT_URL=proxy.url)
-    await provision(clients, settings)
+    await provision_with_users(clients, settings)
     return settings
 
 
@@ -127,7 +134,7 @@ async def test_partial_delete_batch_failures_are_retried_not_reprocessed(
         IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="2",
         IMGSVC_CONSUMER_DELETE_FLUSH_SECONDS="0.5",
     )
-    await provision(clients, settings)
+    await provision_with_users(clients, settings)
     proxy.add(Rule("DeleteMessageBatch", action="partial_batch", times=1))
     keys = [f"{USER}/del{i}" for i in range(6)]
     for key in keys:
@@ -150,7 +157,7 @@ async def test_lost_lease_stops_the_job_without_a_stale_delete(
     make_settings: Callable[..., Settings], proxy: FaultProxy, clients: AwsClients
 ) -> None:
     settings = make_settings(AWS_ENDPOINT_URL=proxy.url, IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="1")
-    await provision(clients, settings)
+    await provision_with_users(clients, settings)
     # A slow read makes the job outlive its 1 s lease; the first heartbeat finds the lease gone.
     proxy.add(Rule("GetObject", action="delay", delay=1.5, bucket=settings.aws.source_bucket, times=1))
     proxy.add(Rule("ChangeMessageVisibility", status=400, code="ReceiptHandleIsInvalid", times=1))

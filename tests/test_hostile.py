@@ -21,7 +21,6 @@ from config.settings import Settings
 from pipeline.aws import AwsClients, open_clients
 from pipeline.errors import PoisonMessage
 from pipeline.events import parse_message
-from pipeline.provision import provision
 from tests.conftest import (
     USER,
     ClientFactory,
@@ -29,6 +28,7 @@ from tests.conftest import (
     dlq_messages,
     env_for,
     png_header_only,
+    provision_with_users,
     run_consumer_until_drained,
     status_of,
 )
@@ -324,7 +324,7 @@ async def dead_letters(moto_endpoint: str) -> dict[str, dict[str, str]]:
     """Put every hostile object straight into a bucket, run the consumer once, collect the DLQ."""
     settings = Settings.from_env(env_for(moto_endpoint, IMGSVC_MAX_FRAMES="10"))
     async with open_clients(settings.aws) as clients:
-        await provision(clients, settings)
+        await provision_with_users(clients, settings)
         for name, (data, _) in DLQ_CASES.items():
             await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/{name}", Body=data)
         outcomes = await run_consumer_until_drained(clients, settings, timeout=60)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws import AwsClients
-from tests.conftest import ROOT, USER, ClientFactory, decode, record_of
+from tests.conftest import ROOT, USER, ClientFactory, decode, dlq_messages, record_of
 
 Client = TestClient[Any, Any]
 
@@ -77,21 +77,54 @@ async def test_orientation_survives_the_pipeline(live: Client) -> None:
     assert not thumb.getexif()
 
 
-@pytest.mark.parametrize("key_name", ["plain", "with space+plus%percent", "ünïcødé 猫"])
 async def test_object_put_straight_into_the_bucket_gets_thumbnails(
-    live: Client, live_settings: Settings, clients: AwsClients, key_name: str
+    live: Client, live_settings: Settings, clients: AwsClients
 ) -> None:
-    """Anything that writes the source bucket (aws s3 cp, boto3, another service) gets renditions."""
-    key = f"imports/{key_name}.jpg"
+    """Anything that writes the source bucket (aws s3 cp, boto3, another service) under a key the
+    API can address, `{user_id}/{image_id}` of a known user, gets renditions."""
+    key = f"{USER}/imported-dog"
     data = (ROOT / "input" / "dog.jpg").read_bytes()
     await clients.s3.put_object(Bucket=live_settings.aws.source_bucket, Key=key, Body=data)
     async with asyncio.timeout(30):
         while (record := await record_of(clients, live_settings, key)) is None or record.state == "pending":
             await asyncio.sleep(0.2)
-    assert record.state == "ready" and record.owner == "imports"  # the first path segment owns it
+    assert record.state == "ready" and record.owner == USER
     rendition = await clients.s3.get_object(Bucket=live_settings.aws.dest_bucket, Key=f"{key}/256.jpg")
     assert rendition["Metadata"]["source-etag"]
     assert decode(await rendition["Body"].read()).size == (256, 192)
+    assert (await live.get("/download/thumbnail?image_id=imported-dog")).status == 200
+
+
+UNADDRESSABLE = {
+    "nested path": f"{USER}/a/b.jpg",
+    "leading dot": f"{USER}/.hidden",
+    "space, plus, percent": f"{USER}/with space+plus%percent",
+    "non-ASCII": f"{USER}/ünïcødé 猫",
+    "empty owner": "/orphan",
+    "no owner at all": "lonely.jpg",
+    "owner not a user id": "imports/dog",
+    "unknown user": "00000000-0000-4000-8000-000000000000/dog",
+}
+
+
+async def test_objects_under_keys_the_api_cannot_address_are_dead_lettered(
+    live: Client, live_settings: Settings, clients: AwsClients
+) -> None:
+    """They would be records nobody could download or delete: none is made, each message goes to
+    the DLQ at once with `invalid_key`."""
+    data = (ROOT / "input" / "dog.jpg").read_bytes()
+    for key in UNADDRESSABLE.values():
+        await clients.s3.put_object(Bucket=live_settings.aws.source_bucket, Key=key, Body=data)
+    async with asyncio.timeout(30):
+        while len(letters := await dlq_messages(clients, live_settings)) < len(UNADDRESSABLE):
+            await asyncio.sleep(0.2)
+    assert {m.attributes["error_code"] for m in letters} == {"invalid_key"}
+    assert {m.attributes["attempts"] for m in letters} == {"1"}
+    for key in UNADDRESSABLE.values():
+        if not key.startswith("/"):  # an empty owner could not even be a record's key
+            assert await record_of(clients, live_settings, key) is None, key
+    listed = await clients.s3.list_objects_v2(Bucket=live_settings.aws.dest_bucket)
+    assert listed.get("KeyCount", 0) == 0  # no renditions either
 
 
 async def test_failed_image_reports_reason_through_the_api(

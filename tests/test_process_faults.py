@@ -15,10 +15,17 @@ from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws import AwsClients
-from pipeline.provision import provision
 from pipeline.queue import Queue
 from pipeline.service import open_consumer
-from tests.conftest import USER, dlq_messages, run_consumer_until_drained, settings_env, start, status_of
+from tests.conftest import (
+    USER,
+    dlq_messages,
+    provision_with_users,
+    run_consumer_until_drained,
+    settings_env,
+    start,
+    status_of,
+)
 
 
 async def fill(clients: AwsClients, settings: Settings, count: int) -> list[str]:
@@ -50,7 +57,7 @@ async def test_sigkill_mid_batch_then_restart_loses_nothing(
     make_settings: Callable[..., Settings], clients: AwsClients
 ) -> None:
     settings = make_settings(IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="3")
-    await provision(clients, settings)
+    await provision_with_users(clients, settings)
     keys = await fill(clients, settings, 10)
     process = await start("-m", "pipeline", "consumer", env=settings_env(settings))
     await wait_for_line(process, r"outcome=ready")
@@ -73,7 +80,7 @@ async def test_sigterm_drains_or_releases_in_flight_work(
 ) -> None:
     # A visibility timeout far longer than the test: anything not released would stay hidden.
     settings = make_settings(IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="120")
-    await provision(clients, settings)
+    await provision_with_users(clients, settings)
     keys = await fill(clients, settings, count)
     env = settings_env(settings, IMGSVC_CONSUMER_DRAIN_TIMEOUT=drain_timeout)
     process = await start("-m", "pipeline", "consumer", env=env)
@@ -114,7 +121,7 @@ async def test_killed_worker_is_replaced_and_its_job_retried(
     make_settings: Callable[..., Settings], clients: AwsClients
 ) -> None:
     settings = make_settings(IMGSVC_CONSUMER_BACKOFF_BASE="0")
-    await provision(clients, settings)
+    await provision_with_users(clients, settings)
     keys = await fill(clients, settings, 6)
     async with open_consumer(clients, settings) as consumer:
         task = asyncio.create_task(consumer.run())

@@ -3,26 +3,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+import re
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from config.settings import Settings
-from tests.conftest import ROOT, USER, ClientFactory, decode, issue_key
+from tests.conftest import ROOT, USER, ClientFactory, decode, issue_key, jpeg_bytes
 
 Client = TestClient[Any, Any]
 ARTIFACTS = ROOT / "test-artifacts"
 CAT = ROOT / "input" / "cat.jpg"
 DOG = ROOT / "input" / "dog.jpg"
 TIMEOUT_MS = 30_000
+#: The per-image link request the gallery used to make; the listing's links replace it.
+LINK_REQUEST = re.compile(r"/images/[^/?]+/url")
+#: How many lines of text an element's contents take up on screen.
+LINES = """el => {
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+}"""
 
 
 def chromium_path() -> str:
@@ -51,8 +61,17 @@ class Session:
         self.key = key
         self.page = page
         self.errors: list[str] = []
+        self.requests: list[str] = []
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("request", lambda r: self.requests.append(r.url))
+
+    def script_errors(self) -> list[str]:
+        """Console errors, but for the browser's own notice of each refused request (a 4xx upload)."""
+        return [e for e in self.errors if not e.startswith("Failed to load resource")]
+
+    def link_requests(self) -> list[str]:
+        return [url for url in self.requests if LINK_REQUEST.search(url)]
 
     def url(self, path: str) -> str:
         return str(self.api.make_url(path))
@@ -70,34 +89,68 @@ class Session:
         ARTIFACTS.mkdir(exist_ok=True)
         await self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
+    async def gallery_ids(self) -> list[str]:
+        ids: list[str] = await self.page.locator("#gallery li.card").evaluate_all(
+            "cards => cards.map(c => c.dataset.imageId)"
+        )
+        return ids
+
+    async def listed_ids(self) -> list[str]:
+        body = await (await self.api.get("/images")).json()
+        return [image["image_id"] for image in body["images"]]
+
+    async def thumbnail_loaded(self, image_id: str) -> None:
+        img = self.card(image_id).locator(".thumb img")
+        await expect(img).to_be_visible()
+        await self.page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=await img.element_handle()
+        )
+
+
+SessionFactory = Callable[..., Awaitable[Session]]
+
 
 @pytest.fixture
-async def session(
+async def make_session(
     make_settings: Callable[..., Settings], make_client: ClientFactory, browser: Browser
-) -> AsyncIterator[Session]:
-    settings = make_settings(IMGSVC_RUN_CONSUMER="true")
-    api = await make_client(settings)
-    key = await issue_key(api.server.app, USER)
-    context = await browser.new_context(viewport={"width": 1100, "height": 800})
-    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=str(api.make_url("/"))[:-1])
-    context.set_default_timeout(TIMEOUT_MS)
-    page = await context.new_page()
-    # Every status a card shows, in order, so "pending, then ready" is checked, not assumed.
-    await page.add_init_script(
-        """
-        window.__statuses = {};
-        new MutationObserver((changes) => {
-          for (const c of changes) {
-            const li = c.target;
-            if (!li.dataset || !li.dataset.imageId || !li.dataset.status) continue;
-            const seen = (window.__statuses[li.dataset.imageId] ||= []);
-            if (seen[seen.length - 1] !== li.dataset.status) seen.push(li.dataset.status);
-          }
-        }).observe(document, {attributes: true, subtree: true, attributeFilter: ["data-status"]});
-        """
-    )
-    yield Session(api, key, page)
-    await context.close()
+) -> AsyncIterator[SessionFactory]:
+    """A session on an app with these settings (on top of an in-process consumer) and viewport."""
+    contexts = []
+
+    async def make(width: int = 1100, height: int = 800, **env: str) -> Session:
+        settings = make_settings(IMGSVC_RUN_CONSUMER="true", **env)
+        api = await make_client(settings)
+        key = await issue_key(api.server.app, USER)
+        context = await browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        origin = str(api.make_url("/"))[:-1]
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
+        context.set_default_timeout(TIMEOUT_MS)
+        page = await context.new_page()
+        # Every status a card shows, in order, so "pending, then ready" is checked, not assumed.
+        await page.add_init_script(
+            """
+            window.__statuses = {};
+            new MutationObserver((changes) => {
+              for (const c of changes) {
+                const li = c.target;
+                if (!li.dataset || !li.dataset.imageId || !li.dataset.status) continue;
+                const seen = (window.__statuses[li.dataset.imageId] ||= []);
+                if (seen[seen.length - 1] !== li.dataset.status) seen.push(li.dataset.status);
+              }
+            }).observe(document, {attributes: true, subtree: true, attributeFilter: ["data-status"]});
+            """
+        )
+        return Session(api, key, page)
+
+    yield make
+    for context in contexts:
+        await context.close()
+
+
+@pytest.fixture
+async def session(make_session: SessionFactory) -> Session:
+    return await make_session()
 
 
 async def test_root_leads_to_the_page_with_a_strict_policy(session: Session) -> None:
@@ -150,13 +203,8 @@ async def test_several_files_upload_with_progress_and_turn_ready_or_failed_live(
     cat_id, dog_id, broken_id = ids
 
     for image_id in (cat_id, dog_id):
-        card = session.card(image_id)
-        await expect(card).to_have_attribute("data-status", "ready")
-        img = card.locator(".thumb img")
-        await expect(img).to_be_visible()
-        await page.wait_for_function(
-            "img => img.complete && img.naturalWidth > 0", arg=await img.element_handle()
-        )
+        await expect(session.card(image_id)).to_have_attribute("data-status", "ready")
+        await session.thumbnail_loaded(image_id)
     await expect(session.card(cat_id).locator(".details")).to_contain_text("451\u00d7300")
     await expect(session.card(cat_id).locator(".name")).to_have_text("cat.jpg")
     failed = session.card(broken_id)
@@ -172,8 +220,126 @@ async def test_several_files_upload_with_progress_and_turn_ready_or_failed_live(
         dog_id: "ready",
         broken_id: "failed",
     }
+    assert await session.gallery_ids() == [i["image_id"] for i in listed["images"]]
+    assert session.link_requests() == []  # thumbnails come with the listing, not one request each
     await session.screenshot("ui-gallery")
     assert session.errors == []
+
+
+async def test_the_gallery_is_newest_first_after_a_reload_too(session: Session) -> None:
+    for name in ("oldest", "middle", "newest"):
+        assert (await session.api.put(f"/images/{name}", data=CAT.read_bytes())).status == 202
+    await session.sign_in()
+    page = session.page
+    for name in ("oldest", "middle", "newest"):
+        await expect(session.card(name)).to_have_attribute("data-status", "ready")
+    assert await session.listed_ids() == ["newest", "middle", "oldest"]
+    assert await session.gallery_ids() == ["newest", "middle", "oldest"]
+
+    await page.set_input_files("#file-input", [str(DOG)])  # a new upload goes on top, live
+    await expect(page.locator("#gallery li.card")).to_have_count(4)
+    uploaded = await page.locator("#uploads li").get_attribute("data-image-id")
+    assert (await session.gallery_ids())[0] == uploaded
+    await expect(session.card(str(uploaded))).to_have_attribute("data-status", "ready")
+    await page.reload()  # and stays there, in the listing's order
+    await expect(page.locator("#gallery li.card")).to_have_count(4)
+    assert (
+        await session.gallery_ids() == await session.listed_ids() == [uploaded, "newest", "middle", "oldest"]
+    )
+    for image_id in await session.gallery_ids():
+        await session.thumbnail_loaded(image_id)
+    assert session.link_requests() == []
+    assert session.errors == []
+
+
+async def test_a_refused_upload_shows_a_short_reason_and_no_finished_bar(
+    make_session: SessionFactory, tmp_path: Path
+) -> None:
+    limit = 30_000  # the cat (38 KB) is too large, a small JPEG is not
+    session = await make_session(IMGSVC_MAX_BYTES=str(limit))
+    text = tmp_path / "notes.jpg"
+    text.write_text("these are notes, not a photo\n" * 20)
+    small = tmp_path / "small.jpg"
+    small.write_bytes(jpeg_bytes(120, 80))
+    refusals = {}
+    for path, status in ((text, 415), (CAT, 413)):
+        refused = await session.api.post("/images", data=path.read_bytes())
+        assert refused.status == status
+        refusals[path.name] = (await refused.json())["message"]
+    await session.sign_in()
+    page = session.page
+    await page.set_input_files("#file-input", [str(text), str(CAT), str(small)])
+
+    rows = page.locator("#uploads li")
+    await expect(rows.locator(".state.done")).to_have_count(1)
+    await expect(rows.locator(".state.failed")).to_have_count(2)
+    for index, name in enumerate(("notes.jpg", "cat.jpg")):
+        row, reason = rows.nth(index), refusals[name]
+        label = row.locator(".state")
+        await expect(label).to_have_text(reason)
+        await expect(label).to_have_attribute("title", reason)  # the whole reason, on hover
+        assert await label.evaluate(LINES) == 1
+        await expect(row.locator("progress")).to_be_hidden()  # no bar that looks finished
+    long_reason = rows.nth(1).locator(".state")  # "the upload is larger than the 30000 bytes allowed"
+    assert await long_reason.evaluate("el => getComputedStyle(el).textOverflow") == "ellipsis"
+    await expect(rows.nth(2).locator("progress")).to_be_visible()
+    assert await rows.nth(2).locator("progress").evaluate("bar => bar.value") == 100
+    await session.screenshot("ui-refused")
+    assert session.script_errors() == []
+
+
+async def test_letterbox_is_neutral_once_the_thumbnail_has_loaded(session: Session) -> None:
+    assert (await session.api.put("/images/dog", data=DOG.read_bytes())).status == 202  # 4:3 in a wider tile
+    record = await (await session.api.get("/images/dog", params={"wait": "20"})).json()
+    assert record["status"] == "ready"
+    tint = record["placeholder"]["color"]
+    tint_rgb = f"rgb({int(tint[1:3], 16)}, {int(tint[3:5], 16)}, {int(tint[5:7], 16)})"
+    page = session.page
+    released = asyncio.Event()
+
+    async def hold(route: Route) -> None:  # the thumbnail arrives when the test says so
+        await released.wait()
+        await route.continue_()
+
+    await page.route("**/links/**", hold)
+    await session.sign_in()
+    tile = session.card("dog").locator(".thumb")
+    background = "el => getComputedStyle(el).backgroundColor"
+    await expect(tile.locator("img")).to_have_count(1)
+    assert await tile.evaluate(background) == tint_rgb  # tinted while loading
+    released.set()
+    await session.thumbnail_loaded("dog")
+    await page.wait_for_function(
+        "([el, tint]) => getComputedStyle(el).backgroundColor !== tint",
+        arg=[await tile.element_handle(), tint_rgb],
+        timeout=5000,
+    )
+    red, green, blue = map(int, re.findall(r"\d+", await tile.evaluate(background))[:3])
+    assert max(red, green, blue) - min(red, green, blue) <= 4, "the letterbox is not neutral"
+    box, img = await tile.bounding_box(), await tile.locator("img").bounding_box()
+    assert box and img and img["width"] < box["width"] - 20  # there is a letterbox to see
+    await session.screenshot("ui-letterbox")
+    assert session.errors == []
+
+
+async def test_the_title_fits_on_one_line_on_a_phone(make_session: SessionFactory, tmp_path: Path) -> None:
+    session = await make_session(width=390, height=844)
+    text = tmp_path / "a-rather-long-file-name-for-a-phone.jpg"
+    text.write_text("not a photo")
+    await session.sign_in()
+    page = session.page
+    title = page.locator("header h1")
+    assert await title.evaluate(LINES) == 1
+    assert await title.evaluate("el => el.scrollWidth <= el.clientWidth")  # not clipped either
+    sign_out = await page.locator("#sign-out").bounding_box()
+    assert sign_out and sign_out["x"] + sign_out["width"] <= 390  # still on screen
+    await page.set_input_files("#file-input", [str(DOG), str(text)])
+    await expect(page.locator("#uploads .state.failed")).to_have_count(1)
+    assert await page.locator("#uploads .state.failed").evaluate(LINES) == 1
+    await expect(page.locator("#gallery li.card")).to_have_attribute("data-status", "ready")
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+    await session.screenshot("ui-phone")
+    assert session.script_errors() == []
 
 
 async def test_drag_and_drop_uploads(session: Session) -> None:

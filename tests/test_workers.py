@@ -57,3 +57,33 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_a_timeout_kills_only_the_worker_of_its_own_job() -> None:
+    """A stuck job and a slow-but-fine job side by side: the stuck one times out and its worker
+    is killed; the other, on the other worker, finishes unharmed."""
+    pool = WorkerPool(2)
+    try:
+        await pool.warm_up()
+        stuck = asyncio.ensure_future(pool.run(1, time.sleep, 60))
+        fine = asyncio.ensure_future(pool.run(30, _slow_square, 7, 2.5))
+        with pytest.raises(JobTimeout):
+            await stuck
+        assert await fine == 49
+        assert pool.restarts == 1
+    finally:
+        pool.close()
+
+
+async def test_a_job_timeout_starts_when_the_job_starts(pool: WorkerPool) -> None:
+    """One worker, three jobs of 0.8 s each queued at once, each with a 1.5 s timeout: the last
+    one waits 1.6 s for the worker before it starts, and still must not time out."""
+    await pool.warm_up()
+    results = await asyncio.gather(*(pool.run(1.5, _slow_square, n, 0.8) for n in range(3)))
+    assert results == [0, 1, 4]
+    assert pool.restarts == 0
+
+
+def _slow_square(n: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return n * n

@@ -20,6 +20,8 @@ from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
 from pipeline.provision import provision
 from web.app import create_app
+from web.keys import PROVISIONED
+from web.multipart import ignore_parser_warnings
 from web.server import GuardedRunner
 
 log = logging.getLogger("web")
@@ -66,7 +68,9 @@ async def serve(settings: Settings, *, seed_demo: bool = False) -> None:
         async with open_clients(settings.aws) as clients:
             await provision(clients, settings)
             await seed_demo_users(clients, settings)
-    runner = GuardedRunner(create_app(settings), settings.web)
+    app = create_app(settings)
+    app[PROVISIONED] = seed_demo  # done just above: the app need not provision (and log it) again
+    runner = GuardedRunner(app, settings.web)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.web.host, settings.web.port)
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    ignore_parser_warnings()
     endpoint_started = False
     with ExitStack() as stack:
         if settings.aws.mode == "embedded" and not settings.aws.endpoint_url:
@@ -123,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             endpoint_started = True
             log.info(
-                "embedded AWS endpoint url=%s (S3 and SQS; point any AWS client at it with "
+                "embedded AWS endpoint url=%s (S3, SQS and DynamoDB; point any AWS client at it with "
                 "AWS_ENDPOINT_URL=%s and any credentials); data is in memory only and is lost on exit",
                 endpoint,
                 endpoint,

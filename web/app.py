@@ -18,19 +18,24 @@ from pipeline.quotas import Usage
 from pipeline.records import RecordStore
 from pipeline.service import open_consumer
 from pipeline.storage import Storage
+from pipeline.supervision import Supervisor
 from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
 from pipeline.webhooks import WebhookStore
+from web.admission import UploadGate
 from web.keys import (
     ACCOUNTS,
+    BACKGROUND,
     CLIENTS,
     CONSUMER,
     LIMITER,
     LINKS,
+    PROVISIONED,
     RECORDS,
     SETTINGS,
     STORAGE,
     TABLES,
+    UPLOADS,
     USAGE,
     WEBHOOKS,
 )
@@ -49,6 +54,13 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=JSON_BODY_LIMIT,
     )
     app[SETTINGS] = settings
+    web_settings = settings.web
+    app[UPLOADS] = UploadGate(
+        web_settings.upload_buffer_bytes,
+        web_settings.user_max_uploads,
+        web_settings.upload_buffer_wait,
+        web_settings.retry_after,
+    )
     app.on_response_prepare.append(send_request_id)
     app.cleanup_ctx.append(_aws)
     if settings.web.run_consumer:
@@ -60,7 +72,7 @@ def create_app(settings: Settings) -> web.Application:
 async def _aws(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with open_clients(settings.aws) as clients:
-        if settings.aws.mode == "embedded":
+        if settings.aws.mode == "embedded" and not app.get(PROVISIONED, False):
             await provision(clients, settings)  # embedded only: against AWS this is an explicit command
         storage = Storage(clients.s3)
         tables = Tables(clients.dynamodb, settings.aws)
@@ -76,17 +88,25 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
         app[USAGE] = Usage(tables.users, settings.accounts)
         app[WEBHOOKS] = WebhookStore(tables.users)
         app[LINKS] = LinkSigner(await shared_secret(tables.config, accounts.signing_secret))
-        async with metrics.queue_sampling(clients.sqs, settings.aws):
+        background = app[BACKGROUND] = Supervisor()
+        await background.start()
+        background.spawn(
+            "queue-depth-sampler", metrics.sample_queues(clients.sqs, settings.aws), endless=True
+        )
+        try:
             yield
+        finally:
+            await background.stop()
 
 
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
-    """Run the consumer pool in this process (embedded mode); drain it on shutdown."""
+    """Run the consumer pool in this process (embedded mode), supervised: if it dies, readiness
+    fails and says why. On shutdown it drains before its pool closes."""
     async with open_consumer(app[CLIENTS], app[SETTINGS]) as consumer:
         app[CONSUMER] = consumer
-        task = asyncio.create_task(consumer.run(), name="consumer")
+        task = app[BACKGROUND].spawn("consumer", consumer.run())
         try:
             yield
         finally:
             consumer.stop()
-            await task
+            await asyncio.wait({task})

@@ -12,9 +12,11 @@ from pipeline.links import LinkSigner
 from pipeline.quotas import Usage
 from pipeline.records import RecordStore
 from pipeline.storage import Storage
+from pipeline.supervision import Supervisor
 from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
 from pipeline.webhooks import WebhookStore
+from web.admission import UploadGate
 
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", AwsClients)
@@ -27,3 +29,7 @@ TABLES = web.AppKey("tables", Tables)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 LIMITER = web.AppKey("limiter", FailureLimiter)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
+BACKGROUND = web.AppKey("background", Supervisor)
+UPLOADS = web.AppKey("uploads", UploadGate)
+#: Set by an entry point that provisioned the embedded endpoint itself before starting the app.
+PROVISIONED = web.AppKey("provisioned", bool)

@@ -46,6 +46,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             log.warning("dependency error path=%s code=%s error=%s", request.path, exc.code, exc.message)
             response = error_response(exc.http_status, exc.code, exc.message)
             response.headers["Retry-After"] = "1"
+            response.headers.update(exc.headers)
             return response
         response = error_response(exc.http_status, exc.code, exc.message)
         response.headers.update(exc.headers)

@@ -104,7 +104,25 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["images", "next_cursor"],
         "properties": {
-            "images": {"type": "array", "items": _ref("Image")},
+            "images": {
+                "type": "array",
+                "items": {
+                    "allOf": [
+                        _ref("Image"),
+                        {
+                            "type": "object",
+                            "properties": {
+                                "thumbnail_url": {
+                                    "type": "string",
+                                    "description": "ready images only: an absolute link to the first "
+                                    "rendition that needs no key, as `/images/{image_id}/url` makes it "
+                                    "(valid for an hour at most)",
+                                }
+                            },
+                        },
+                    ]
+                },
+            },
             "next_cursor": {"type": ["string", "null"]},
         },
     },

@@ -41,7 +41,7 @@ from aiohttp.web_request import BaseRequest
 
 from config.settings import WebSettings
 from pipeline import metrics
-from pipeline.errors import UploadTimeout
+from pipeline.errors import ServiceError, TooLarge, UploadTimeout
 
 log = logging.getLogger(__name__)
 #: How often a connection sending a body checks its clock (body deadlines are this coarse).
@@ -158,6 +158,8 @@ class GuardedHandler(RequestHandler):
     """aiohttp's connection handler, with the deadlines and the cap of this module."""
 
     __slots__ = (
+        "_body_limit",
+        "_cut",
         "_gap",
         "_last_tick",
         "_lingered",
@@ -165,7 +167,6 @@ class GuardedHandler(RequestHandler):
         "_phase",
         "_received",
         "_send_timer",
-        "_timed_out",
         "_timer",
         "_tracker",
         "_waited",
@@ -180,13 +181,20 @@ class GuardedHandler(RequestHandler):
         self._payload: StreamReader | None = None
         self._waited = self._gap = self._last_tick = 0.0
         self._received = 0
-        self._timed_out = False
+        self._cut = False
         self._lingered: asyncio.Future[None] | None = None
+        self._body_limit: int | None = None
 
     @property
-    def timed_out(self) -> bool:
-        """The current request's body was cut off (its handler saw `RequestTimeout`)."""
-        return self._timed_out
+    def cut_off(self) -> bool:
+        """The current request's body was cut off (its handler saw `RequestTimeout` or, past
+        `limit_body`, `TooLarge`)."""
+        return self._cut
+
+    def limit_body(self, max_bytes: int) -> None:
+        """Cut the current request's body off once more than `max_bytes` of it have arrived,
+        however the handler reads it (a multipart reader skipping a preamble reads it all)."""
+        self._body_limit = max_bytes
 
     # Transport events ---------------------------------------------------------------------------
 
@@ -210,6 +218,9 @@ class GuardedHandler(RequestHandler):
             self._received += len(data)
             self._gap = 0.0
         super().data_received(data)
+        payload, limit = self._payload, self._body_limit
+        if limit is not None and payload is not None and payload.total_bytes > limit and not self._cut:
+            self._cut_off(TooLarge(f"the request body is larger than the {limit} bytes allowed"), "too_large")
 
     def eof_received(self) -> None:
         self._end_linger()
@@ -236,7 +247,8 @@ class GuardedHandler(RequestHandler):
 
     def request_started(self, payload: StreamReader) -> None:
         self._payload = payload
-        self._timed_out = False
+        self._cut = False
+        self._body_limit = None
         if payload.is_eof():
             self._enter(Phase.BUSY)
             return
@@ -249,14 +261,17 @@ class GuardedHandler(RequestHandler):
         """After answering a cut-off request: half-close, and discard input until the client
         closes too or `LINGER_SECONDS` pass (Apache's and nginx's lingering close)."""
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
+        if transport is not None and not transport.is_closing():
+            await self._begin_linger()
+
+    def _begin_linger(self) -> asyncio.Future[None]:
         self._enter(Phase.LINGER)
-        if transport.can_write_eof():
+        transport = self.transport
+        if transport is not None and transport.can_write_eof():
             transport.write_eof()
         self._lingered = self._loop.create_future()
         self._timer = self._loop.call_later(LINGER_SECONDS, self._end_linger)
-        await self._lingered
+        return self._lingered
 
     def _end_linger(self) -> None:
         if self._lingered is not None and not self._lingered.done():
@@ -264,7 +279,7 @@ class GuardedHandler(RequestHandler):
 
     def request_finished(self) -> None:
         payload, self._payload = self._payload, None
-        if self._timed_out and payload is not None and not payload.is_eof():
+        if self._cut and payload is not None and not payload.is_eof():
             # aiohttp reads what its handler left unread for a while ("lingering"); a plain
             # TimeoutError ends that at once, quietly, and the connection closes after the answer.
             payload.set_exception(TimeoutError())
@@ -307,11 +322,7 @@ class GuardedHandler(RequestHandler):
         timeout = self._tracker.limits.header_timeout
         self._answer(408, "request_timeout", f"the request headers did not arrive within {timeout:g}s")
         self.close()  # aiohttp stops waiting for this request; the transport lingers, then closes
-        transport = self.transport
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
-        self._enter(Phase.LINGER)
-        self._timer = self._loop.call_later(LINGER_SECONDS, self.force_close)
+        self._begin_linger().add_done_callback(lambda _: self.force_close())
 
     def _body_tick(self) -> None:
         self._timer = None
@@ -337,10 +348,15 @@ class GuardedHandler(RequestHandler):
         else:
             self._timer = self._loop.call_later(TICK_SECONDS, self._body_tick)
             return
-        metrics.HTTP_CONNECTIONS_CLOSED.labels("body_timeout").inc()
-        self._timed_out = True
-        self._phase = Phase.BUSY
-        payload.set_exception(RequestTimeout(why))  # the handler's next read raises it: 408
+        self._cut_off(RequestTimeout(why), "body_timeout")
+
+    def _cut_off(self, error: ServiceError, reason: str) -> None:
+        """End the current request's body with `error`: the handler's next read raises it."""
+        metrics.HTTP_CONNECTIONS_CLOSED.labels(reason).inc()
+        self._cut = True
+        self._enter(Phase.BUSY)
+        if self._payload is not None:
+            self._payload.set_exception(error)
 
     def _send_expired(self) -> None:
         self._send_timer = None
@@ -482,7 +498,7 @@ async def deadline_middleware(
     guard.request_started(request.content)
     try:
         response = await handler(request)
-        if guard.timed_out and not response.prepared:
+        if guard.cut_off and not response.prepared:
             # Answer the 408 now and linger, so a client still sending reads it rather than a reset.
             response.force_close()
             await response.prepare(request)

@@ -26,6 +26,7 @@ from pipeline.layout import ImageRef, valid_image_id
 from pipeline.records import ImageRecord
 from pipeline.storage import ObjectMeta
 from web import urls
+from web.conditional import not_modified
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE
 from web.middlewares import error_response
@@ -186,7 +187,7 @@ async def serve_object(
     meta = await storage.head(bucket, key)
     if (if_match is not None and meta.etag != if_match) or not _made_from(meta, source_etag):
         raise ImageChanged()
-    if _not_modified(request, meta.etag, meta.last_modified.timestamp()):
+    if not_modified(request.headers, meta.etag, meta.last_modified.timestamp()):
         return web.Response(status=304, headers=_headers(request, meta))
     try:
         byte_range = parse_range(request.headers, meta.size, meta.etag)
@@ -248,12 +249,3 @@ async def _send(
         await chunks.aclose()
     await response.write_eof()
     return response
-
-
-def _not_modified(request: web.Request, etag: str, modified: float) -> bool:
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match is not None:
-        tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-        return "*" in tags or etag in tags
-    since = request.if_modified_since
-    return since is not None and int(modified) <= int(since.timestamp())

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.errors import ServiceError
 from pipeline.queue import Queue
-from web.keys import CLIENTS, SETTINGS, STORAGE, TABLES
+from web.keys import BACKGROUND, CLIENTS, SETTINGS, STORAGE, TABLES
 from web.middlewares import error_response
 
 
@@ -25,7 +25,16 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 when both buckets, the queue and the images table answer; 503 naming what did not."""
+    """200 when both buckets, the queue and the images table answer and every background task of
+    this process (the in-process consumer, the samplers) runs; 503 naming what did not."""
+    failure = request.app[BACKGROUND].failure
+    if failure is not None:
+        return error_response(
+            503,
+            "not_ready",
+            f"a background task of this process stopped: {failure}",
+            checks={"background": failure},
+        )
     settings = request.app[SETTINGS]
     storage = request.app[STORAGE]
     checks = {

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from pipeline.errors import ImageNotFound, InvalidField
+from pipeline.links import version_of
 from pipeline.records import ImageRecord
+from pipeline.untrusted import ascii_int, ascii_number
 from web import urls
 from web.handlers.download import image_ref
+from web.handlers.links import public_base
 from web.identity import resolve_user
-from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
+from web.keys import CLIENTS, LINKS, RECORDS, SETTINGS, STORAGE, USAGE
 
 MAX_WAIT = 20.0
 MAX_PAGE = 100
+#: How long a listing's thumbnail links work (capped by the link maximum): a gallery shows a
+#: thumbnail once, so the link only has to outlive the page load, with room for a slow network.
+THUMBNAIL_LINK_SECONDS = 3600
 
 
 def describe(user_id: str, record: ImageRecord) -> dict[str, Any]:
@@ -53,7 +60,39 @@ async def list_images(request: web.Request) -> web.Response:
     user_id = await resolve_user(request)
     limit = _limit(request.query.get("limit", "20"))
     records, cursor = await request.app[RECORDS].page(user_id, limit, request.query.get("cursor") or None)
-    return web.json_response({"images": [describe(user_id, r) for r in records], "next_cursor": cursor})
+    images = []
+    for record in records:
+        body = describe(user_id, record)
+        if (link := await thumbnail_link(request, user_id, record)) is not None:
+            body["thumbnail_url"] = link
+        images.append(body)
+    return web.json_response({"images": images, "next_cursor": cursor})
+
+
+async def thumbnail_link(request: web.Request, user_id: str, record: ImageRecord) -> str | None:
+    """A link to the image's first rendition that needs no key, or None before it is made.
+
+    `<img>` cannot send the key; with this in the listing a gallery needs no request per image.
+    The link is the one `GET /images/{id}/url` makes: pinned to this upload (HMAC), or presigned
+    by S3 with `IMGSVC_LINKS=s3`. Signing is local computation in both cases.
+    """
+    settings = request.app[SETTINGS]
+    rendition = settings.imaging.renditions[0].name
+    made = record.renditions.get(rendition)  # empty unless ready
+    if made is None:
+        return None
+    seconds = min(THUMBNAIL_LINK_SECONDS, settings.accounts.link_max_seconds)
+    if settings.accounts.links == "s3":
+        url: str = await request.app[CLIENTS].s3.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": settings.aws.dest_bucket, "Key": str(made["key"])},
+            ExpiresIn=seconds,
+        )
+        return url
+    version = version_of(record.source_etag)
+    signature, expires = request.app[LINKS].sign(user_id, record.image_id, rendition, version, seconds)
+    query = urlencode({"v": version, "expires": expires, "sig": signature})
+    return f"{public_base(request)}/links/{user_id}/{record.image_id}/{rendition}?{query}"
 
 
 async def delete_image(request: web.Request) -> web.Response:
@@ -76,21 +115,14 @@ async def delete_image(request: web.Request) -> web.Response:
 
 
 def _limit(raw: str) -> int:
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise InvalidField("limit must be a whole number") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise InvalidField(f"limit must be between 1 and {MAX_PAGE}")
+    limit = ascii_int(raw, 1, MAX_PAGE)
+    if limit is None:
+        raise InvalidField(f"limit must be a whole number from 1 to {MAX_PAGE}")
     return limit
 
 
 def _wait_seconds(request: web.Request) -> float:
-    raw = request.query.get("wait", "0")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise InvalidField("wait must be a number of seconds") from None
-    if not 0 <= seconds <= MAX_WAIT:  # also refuses nan and inf
-        raise InvalidField(f"wait must be between 0 and {MAX_WAIT:g} seconds")
+    seconds = ascii_number(request.query.get("wait", "0"), 0, MAX_WAIT)
+    if seconds is None:
+        raise InvalidField(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}")
     return seconds

@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
 
 from config.settings import ImagingSettings
 from pipeline import metrics
 from pipeline.errors import (
-    BadRequest,
     ImageNotFound,
     InvalidField,
     MissingField,
@@ -35,10 +33,12 @@ from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
 from pipeline.records import Superseded
 from pipeline.tables import Item
+from pipeline.untrusted import utf8_text
 from web.bodies import json_object
 from web.handlers.images import describe
 from web.identity import resolve_user
-from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
+from web.keys import RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
+from web.multipart import MultipartUpload
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
@@ -93,9 +93,10 @@ async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> w
         raise TooLarge(f"the upload is larger than the {settings.imaging.max_bytes} bytes allowed")
     file_name = request.query.get("file_name") or request.headers.get("X-File-Name") or ""
     if request.content_type.startswith("multipart/"):
-        part = await _single_file_part(request)
+        body = await MultipartUpload.open(request, settings.imaging.max_bytes)
+        part = await body.file_part()
         file_name = part.filename or file_name
-        return await _store(request, user_id, image_id, _part_chunks(part), file_name, None)
+        return await _store(request, user_id, image_id, body.chunks(part), file_name, None)
     return await _store(
         request, user_id, image_id, request.content.iter_chunked(CHUNK), file_name, request.content_length
     )
@@ -111,26 +112,32 @@ async def _store(
 ) -> web.Response:
     """Check quotas, stream the original into S3, charge the user, record the upload: 202."""
     settings = request.app[SETTINGS]
+    # From a header or a multipart part header: bytes that were not UTF-8 are lone surrogates.
+    file_name = utf8_text(file_name)
     ref = ImageRef.of(user_id, image_id)
     records, usage = request.app[RECORDS], request.app[USAGE]
-    previous = await records.read(ref)
-    replaced = previous.bytes if previous else 0
-    await usage.check(user_id, new_image=previous is None, incoming=declared, replaced_bytes=replaced)
-    digest = hashlib.sha256()
-    stored = await request.app[STORAGE].upload_stream(
-        settings.aws.source_bucket,
-        ref.source_key,
-        _hashed(_screened(chunks, settings.imaging), digest),
-        max_bytes=settings.imaging.max_bytes,
-        part_size=settings.web.part_size,
-        allowed_formats=settings.imaging.allowed_formats,
-        # S3 metadata travels as HTTP headers: keep it ASCII whatever the client sent.
-        metadata={
-            "original-filename": quote(file_name[:255], safe=" ._-"),
-            "user-id": user_id,
-            "request-id": REQUEST_ID.get(),  # so the consumer's log lines for it carry the same id
-        },
-    )
+    # The buffer this upload needs: its declared length, or one S3 part.
+    buffer_bytes = max(1, min(settings.web.part_size, declared or settings.web.part_size))
+    async with request.app[UPLOADS].admit(user_id, buffer_bytes):
+        previous = await records.read(ref)
+        replaced = previous.bytes if previous else 0
+        await usage.check(user_id, new_image=previous is None, incoming=declared, replaced_bytes=replaced)
+        digest = hashlib.sha256()
+        stored = await request.app[STORAGE].upload_stream(
+            settings.aws.source_bucket,
+            ref.source_key,
+            _hashed(_screened(chunks, settings.imaging), digest),
+            max_bytes=settings.imaging.max_bytes,
+            part_size=settings.web.part_size,
+            allowed_formats=settings.imaging.allowed_formats,
+            # S3 metadata travels as HTTP headers: keep it ASCII whatever the client sent.
+            metadata={
+                "original-filename": quote(file_name[:255], safe=" ._-"),
+                "user-id": user_id,
+                "request-id": REQUEST_ID.get(),  # so the consumer's log lines for it carry the same id
+            },
+            buffer_bytes=buffer_bytes,
+        )
     metrics.UPLOAD_BYTES.inc(stored.size)
     user = await _charge(request, ref, user_id, stored.size - replaced, previous is None)
     facts = {
@@ -209,26 +216,3 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
     with path.open("rb") as handle:
         while chunk := await asyncio.to_thread(handle.read, CHUNK):
             yield chunk
-
-
-async def _single_file_part(request: web.Request) -> BodyPartReader:
-    try:
-        reader = await request.multipart()
-    except ValueError:  # found by schemathesis: multipart without a boundary was a 500
-        raise BadRequest("the multipart Content-Type has no boundary") from None
-    while True:
-        try:
-            part = await reader.next()
-        except (HttpProcessingError, ValueError) as exc:
-            raise BadRequest(f"the multipart body is malformed: {exc.__class__.__name__}") from None
-        if part is None:
-            raise BadRequest("the multipart body has no file part")
-        if isinstance(part, BodyPartReader) and part.filename is not None:
-            return part
-        if isinstance(part, BodyPartReader):
-            await part.release()  # ignore plain form fields
-
-
-async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(CHUNK):
-        yield chunk

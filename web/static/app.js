@@ -11,7 +11,7 @@ const LINK_SECONDS = 3600;
 const $ = (id) => document.getElementById(id);
 const state = {
   key: sessionStorage.getItem(KEY_STORE) || "",
-  cards: new Map(),           // image_id -> {li, record, thumbFor}
+  cards: new Map(),           // image_id -> {li, record, thumbFor}; li.dataset.order sorts them
   cursor: null,
   pollTimer: null,
   queue: [],                  // files waiting for an upload slot
@@ -95,6 +95,7 @@ function enqueue(files) {
     const row = document.createElement("li");
     const name = element("span", "file");
     name.textContent = file.name;
+    name.title = file.name;
     const bar = document.createElement("progress");
     bar.max = 100;
     bar.value = 0;
@@ -137,22 +138,29 @@ function upload({ file, bar, label, row }) {
         label.textContent = "uploaded";
         label.classList.add("done");
         row.dataset.imageId = body.image_id;
-        upsert(body, true);
+        upsert(body);
         schedulePoll();
       } else {
-        label.textContent = (body && body.message) || `failed (HTTP ${xhr.status})`;
-        label.classList.add("failed");
+        uploadFailed(row, label, (body && body.message) || `failed (HTTP ${xhr.status})`);
         if (xhr.status === 401) signOut("Your key was not accepted; sign in again.");
       }
       resolve();
     };
     xhr.onerror = () => {
-      label.textContent = "network error";
-      label.classList.add("failed");
+      uploadFailed(row, label, "network error");
       resolve();
     };
     xhr.send(file);
   });
+}
+
+// A refused upload: its bar goes (the bytes were sent, but nothing was stored) and the API's reason
+// takes its place on one line, in full in the tooltip.
+function uploadFailed(row, label, reason) {
+  row.classList.add("failed");
+  label.textContent = reason;
+  label.title = reason;
+  label.classList.add("failed");
 }
 
 // The gallery -------------------------------------------------------------------------------------
@@ -169,7 +177,7 @@ async function loadGallery() {
 async function loadMore() {
   if (!state.cursor) return;
   const page = await api(`/images?limit=${PAGE}&cursor=${encodeURIComponent(state.cursor)}`);
-  for (const record of page.images) upsert(record, false, true);
+  for (const record of page.images) upsert(record);
   setCursor(page.next_cursor);
 }
 
@@ -196,17 +204,29 @@ async function poll() {
   schedulePoll();
 }
 
-function upsert(record, prepend = true, append = false) {
+function upsert(record) {
   let card = state.cards.get(record.image_id);
   if (!card) {
     card = buildCard(record.image_id);
+    card.li.dataset.order = orderOf(record);
     state.cards.set(record.image_id, card);
-    if (append || !prepend) $("gallery").append(card.li);
-    else $("gallery").prepend(card.li);
+    place(card.li);
   }
   card.record = record;
   render(card);
   $("empty").hidden = state.cards.size > 0;
+}
+
+// The listing's own order, newest first: (creation time, id), which a re-upload keeps. Sorting
+// each card into place keeps the gallery in that order however it arrives (pages, polls, uploads).
+function orderOf(record) {
+  return `${record.created_at || "~"}#${record.image_id}`;  // "~": not known yet, so newest
+}
+
+function place(li) {
+  const gallery = $("gallery");
+  const older = [...gallery.children].find((other) => other.dataset.order < li.dataset.order);
+  gallery.insertBefore(li, older || null);
 }
 
 function element(tag, className) {
@@ -251,26 +271,28 @@ function render(card) {
   const size = r.width && r.height ? `${r.width}×${r.height} · ` : "";
   card.details.textContent = `${size}${formatBytes(r.bytes)}`;
   card.reason.textContent = r.status === "failed" && r.error ? r.error.message : "";
-  if (r.placeholder && r.placeholder.color) card.thumb.style.background = r.placeholder.color;
-  if (r.status === "ready" && card.thumbFor !== r.etag) {
+  // The mean colour tints the tile while the thumbnail loads (the stylesheet drops it after).
+  card.thumb.style.setProperty("--placeholder", (r.placeholder && r.placeholder.color) || "");
+  if (r.status === "ready" && r.thumbnail_url && card.thumbFor !== r.etag) {
     card.thumbFor = r.etag;
-    showThumbnail(card).catch(() => { card.thumbFor = null; });
+    showThumbnail(card, r.thumbnail_url);
   }
   if (r.status !== "ready") {
     card.thumb.replaceChildren();
+    card.thumb.classList.remove("loaded");
     card.thumbFor = null;
   }
 }
 
-// <img> cannot send the API key, so a thumbnail is shown through a signed link.
-async function showThumbnail(card) {
-  const r = card.record;
-  const rendition = Object.keys(r.renditions || {})[0];
-  if (!rendition) return;
-  const link = await api(`/images/${encodeURIComponent(r.image_id)}/url?rendition=${encodeURIComponent(rendition)}`);
+// <img> cannot send the API key: the listing gives each ready image a signed thumbnail link, so
+// the gallery makes no request per image. A link that fails is retried with the next listing's.
+function showThumbnail(card, url) {
   const img = document.createElement("img");
-  img.alt = r.file_name || r.image_id;
-  img.src = link.url;
+  img.alt = card.record.file_name || card.record.image_id;
+  img.addEventListener("load", () => card.thumb.classList.add("loaded"));
+  img.addEventListener("error", () => { card.thumbFor = null; });
+  img.src = url;
+  card.thumb.classList.remove("loaded");
   card.thumb.replaceChildren(img);
 }
 

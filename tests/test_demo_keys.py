@@ -1,0 +1,157 @@
+"""The embedded stack's demo keys survive a restart; a demo keys file that is not ours never stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from config.settings import SEED_USER_IDS, Settings
+from pipeline.accounts import Accounts
+from pipeline.aws import open_clients
+from pipeline.demo import read_demo_keys, seed_demo_users
+from pipeline.provision import provision
+from pipeline.tables import Tables
+from tests.conftest import USER, bearer, process_env, running, stops_cleanly
+
+KEY = "isk_0123456789abcdef_" + "K" * 43
+
+
+async def seed(settings: Settings) -> dict[str, str]:
+    """A fresh start of the embedded stack's seeding: new, empty tables every time."""
+    async with open_clients(settings.aws) as clients:
+        await provision(clients, settings)
+        return await seed_demo_users(clients, settings)
+
+
+async def authenticates(settings: Settings, key: str) -> str:
+    async with open_clients(settings.aws) as clients:
+        return await Accounts(Tables(clients.dynamodb, settings.aws)).authenticate(key)
+
+
+async def test_restore_key_stores_the_same_key_id_and_secret(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    async with open_clients(settings.aws) as clients:
+        await provision(clients, settings)
+        accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+        await accounts.create_user(USER)
+        restored = await accounts.restore_key(USER, KEY)
+        assert (restored.key_id, restored.user_id, restored.key) == ("0123456789abcdef", USER, KEY)
+        assert await accounts.authenticate(KEY) == USER
+        assert (await accounts.restore_key(USER, KEY)).key == KEY  # idempotent
+        assert [k["prefix"] for k in await accounts.keys(USER)] == ["isk_0123456789abcdef"]
+        with pytest.raises(ValueError, match="taken"):  # same id, another secret
+            await accounts.restore_key(USER, KEY[:-1] + "L")
+        other = SEED_USER_IDS[0]
+        await accounts.create_user(other)
+        with pytest.raises(ValueError, match="taken"):  # same key, another user
+            await accounts.restore_key(other, KEY)
+        for malformed in ("", "isk_x", KEY + "x", KEY.replace("isk_", "key_")):
+            with pytest.raises(ValueError, match="isk_"):
+                await accounts.restore_key(USER, malformed)
+        await accounts.revoke("0123456789abcdef")
+        with pytest.raises(ValueError):  # a revoked key is not brought back
+            await accounts.restore_key(USER, KEY)
+
+
+async def test_seeding_again_keeps_the_keys_in_the_file(
+    tmp_path: Path, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    first = make_settings(IMGSVC_DEMO_KEYS_FILE=str(keys_file))
+    keys = await seed(first)
+    second = make_settings(IMGSVC_DEMO_KEYS_FILE=str(keys_file))  # a restart: empty tables
+    with caplog.at_level("INFO", logger="pipeline.demo"):
+        assert await seed(second) == keys
+    assert "kept from the previous start for 5 of 5 users" in caplog.text
+    assert read_demo_keys(keys_file) == keys and keys_file.stat().st_mode & 0o777 == 0o600
+    assert await authenticates(second, keys[USER]) == USER
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"\xff\xfe binary",
+        b"[1, 2]",
+        b'{"keys": 5}',
+        b'{"keys": {"%s": 7}}' % USER.encode(),
+        b'{"keys": {"%s": "isk_nope"}}' % USER.encode(),
+        json.dumps({"keys": {"0d7f9b7c-54d2-4a3b-9c52-6d6f1d1b2a3c": KEY}}).encode(),  # another user's
+        json.dumps({"keys": dict.fromkeys(SEED_USER_IDS, KEY)}).encode(),  # one key for everyone
+    ],
+)
+async def test_a_demo_keys_file_that_is_not_ours_gives_new_keys(
+    tmp_path: Path, make_settings: Callable[..., Settings], content: bytes
+) -> None:
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_bytes(content)
+    settings = make_settings(IMGSVC_DEMO_KEYS_FILE=str(keys_file))
+    keys = await seed(settings)
+    assert set(keys) == set(SEED_USER_IDS) and len(set(keys.values())) == 5
+    assert read_demo_keys(keys_file) == keys and keys_file.stat().st_mode & 0o777 == 0o600
+    for user_id, key in keys.items():
+        assert await authenticates(settings, key) == user_id
+
+
+WEB = ("-m", "web", "--port", "0", "--embedded-port", "0")
+
+
+async def listening(process: asyncio.subprocess.Process) -> tuple[str, str]:
+    """The API URL a starting `python -m web` logs, and its log up to that line."""
+    assert process.stderr is not None
+    lines: list[str] = []
+    async with asyncio.timeout(30):
+        while True:
+            line = (await process.stderr.readline()).decode()
+            assert line, "web exited early:\n" + "".join(lines)
+            lines.append(line)
+            if match := re.search(r"API listening url=(\S+)", line):
+                return match.group(1), "".join(lines)
+
+
+def printed_keys(log: str) -> dict[str, str]:
+    return dict(re.findall(r"demo user user_id=(\S+) key=(\S+)", log))
+
+
+async def images_status(api_url: str, key: str) -> int:
+    async with (
+        aiohttp.ClientSession(api_url, headers=bearer(key)) as session,
+        session.get("/images") as response,
+    ):
+        return response.status
+
+
+async def test_python_m_web_restarted_accepts_the_same_demo_keys(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+    env = process_env(IMGSVC_DEMO_KEYS_FILE=str(keys_file))
+    async with running(*WEB, env=env, stdout=subprocess.DEVNULL) as process:
+        api_url, log = await listening(process)
+        first = printed_keys(log)
+        assert first == read_demo_keys(keys_file) and "kept" not in log
+        assert await images_status(api_url, first[USER]) == 200
+        assert await stops_cleanly(process)
+
+    async with running(*WEB, env=env, stdout=subprocess.DEVNULL) as process:  # a new, empty stack
+        api_url, log = await listening(process)
+        assert printed_keys(log) == first
+        assert "demo API keys kept from the previous start for 5 of 5 users" in log
+        assert await images_status(api_url, first[USER]) == 200
+        assert await stops_cleanly(process)
+
+    keys_file.write_text('{"keys": ')  # cut short: the next start issues new keys and rewrites it
+    async with running(*WEB, env=env, stdout=subprocess.DEVNULL) as process:
+        api_url, log = await listening(process)
+        fresh = printed_keys(log)
+        assert set(fresh) == set(SEED_USER_IDS) and not set(fresh.values()) & set(first.values())
+        assert fresh == read_demo_keys(keys_file) and keys_file.stat().st_mode & 0o777 == 0o600
+        assert "demo keys file not used" in log and "kept" not in log
+        assert await images_status(api_url, fresh[USER]) == 200
+        assert await images_status(api_url, first[USER]) == 401
+        assert await stops_cleanly(process)
