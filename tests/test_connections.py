@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -252,3 +254,30 @@ async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
     except ConnectionError:
         pass
     return True
+
+
+async def test_a_client_that_stops_reading_a_download_is_cut_off(
+    make_settings: Any, make_client: ClientFactory
+) -> None:
+    """A download nobody reads fills the socket buffers; after `IMGSVC_SEND_TIMEOUT` with the
+    server's buffer full the connection is aborted, and its S3 stream closed."""
+    api = await make_client(make_settings(IMGSVC_SEND_TIMEOUT="1"))
+    original = jpeg_bytes(300, 200) + b"\0" * (24 << 20)  # far more than the socket buffers hold
+    assert (await api.put("/images/big", data=io.BytesIO(original))).status == 202
+    before = _closed("send_timeout")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (api.host, api.port))
+    request = f"GET /download/image?image_id=big HTTP/1.1\r\nHost: x\r\n{auth(api)}\r\n"
+    await asyncio.get_running_loop().sock_sendall(sock, request.encode())
+    try:
+        async with asyncio.timeout(15):
+            while _closed("send_timeout") == before:  # we never read a byte
+                await asyncio.sleep(0.1)
+    finally:
+        sock.close()
+
+
+def _closed(reason: str) -> float:
+    return REGISTRY.get_sample_value("imgsvc_http_connections_closed_total", {"reason": reason}) or 0.0

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from config.settings import Settings
 from pipeline.errors import InvalidWebhookUrl
-from pipeline.webhooks import check_url
+from pipeline.webhook_urls import check_url
 from tests.conftest import ClientFactory
 
 Client = TestClient[Any, Any]

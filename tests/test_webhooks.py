@@ -24,14 +24,13 @@ from pipeline.aws import AwsClients, open_clients
 from pipeline.errors import InvalidWebhookUrl
 from pipeline.service import open_consumer
 from pipeline.tables import Tables
+from pipeline.webhook_urls import PublicOnlyResolver, check_url
 from pipeline.webhooks import (
     EVENT_HEADER,
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
-    PublicOnlyResolver,
     WebhookStore,
     backoff,
-    check_url,
     sign,
     verify,
 )
