@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ParamSpec, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
@@ -37,16 +38,20 @@ class WorkerPool:
     def __init__(self, workers: int, threads: int = 0) -> None:
         self._workers = workers
         # Decoder threads per worker: together the workers use the cores, not cores² threads.
-        threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        # spawn: children never inherit the event loop's (or moto's) threads.
-        self._pool = ProcessPool(
-            max_workers=workers,
-            initializer=_init_worker,
-            initargs=(threads,),
-            context=multiprocessing.get_context("spawn"),
-        )
+        self._threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self._pool = self._new_pool()
+        self._retired: set[asyncio.Task[None]] = set()
         #: Workers replaced because their job crashed them or ran out of time.
         self.restarts = 0
+
+    def _new_pool(self) -> ProcessPool:
+        # spawn: children never inherit the event loop's (or moto's) threads.
+        return ProcessPool(
+            max_workers=self._workers,
+            initializer=_init_worker,
+            initargs=(self._threads,),
+            context=multiprocessing.get_context("spawn"),
+        )
 
     async def run(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run `fn(*args, **kwargs)` in a worker process within `timeout` seconds of its start.
@@ -54,9 +59,14 @@ class WorkerPool:
         Raises `JobTimeout` (the worker is killed) or `WorkerCrashed` (it died), both transient;
         cancelling the caller stops the job's worker too, so cancelled work does not grind on.
         """
-        future: concurrent.futures.Future[R] = self._pool.schedule(
-            fn, args=args, kwargs=kwargs, timeout=timeout
-        )
+        pool = self._pool
+        try:
+            future: concurrent.futures.Future[R] = pool.schedule(
+                fn, args=args, kwargs=kwargs, timeout=timeout
+            )
+        except RuntimeError:  # pebble's "Unexpected error within the Pool": it broke (see below)
+            self._replace_broken(pool)
+            raise WorkerCrashed("the image worker pool broke; a new one takes the next jobs") from None
         try:
             return await asyncio.wrap_future(future)
         except TimeoutError:
@@ -65,6 +75,11 @@ class WorkerPool:
         except ProcessExpired as exc:
             self._replaced("crash")
             raise WorkerCrashed(f"the image worker process died (exit code {exc.exitcode})") from None
+        except BrokenProcessPool:
+            # pebble gives up on the whole pool when every worker dies at once with no job to
+            # blame (the OOM killer taking them all while idle): a new pool replaces it.
+            self._replace_broken(pool)
+            raise WorkerCrashed("every image worker process died at once") from None
         except asyncio.CancelledError:
             future.cancel()  # pebble stops the worker if the job is running
             raise
@@ -73,6 +88,16 @@ class WorkerPool:
         self.restarts += 1
         metrics.POOL_RESTARTS.inc()
         log.warning("imaging worker replaced reason=%s replacements=%d", why, self.restarts)
+
+    def _replace_broken(self, broken: ProcessPool) -> None:
+        if broken is not self._pool:  # several jobs see the same failure; replace once
+            return
+        self._replaced("pool broken")
+        self._pool = self._new_pool()
+        broken.stop()  # type: ignore[no-untyped-call]
+        retiring = asyncio.get_running_loop().create_task(asyncio.to_thread(broken.join))
+        self._retired.add(retiring)  # joined off the loop; kept referenced until done
+        retiring.add_done_callback(self._retired.discard)
 
     async def warm_up(self) -> None:
         """Start every worker now (imports included), so the first jobs do not pay for it."""

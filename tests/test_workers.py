@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -87,3 +88,24 @@ async def test_a_job_timeout_starts_when_the_job_starts(pool: WorkerPool) -> Non
 def _slow_square(n: int, seconds: float) -> int:
     time.sleep(seconds)
     return n * n
+
+
+async def test_a_pool_whose_workers_all_die_while_idle_is_replaced() -> None:
+    """pebble declares its whole pool broken when every worker dies with no job to blame (the OOM
+    killer taking them all at once): at most one job sees that (transient), the next get a new pool."""
+    pool = WorkerPool(2)
+    try:
+        await pool.warm_up()
+        for pid in pool.pids():
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)  # pebble notices
+        outcomes: list[int | None] = []
+        for _ in range(3):
+            try:
+                result = await pool.run(30, make_renditions, jpeg_bytes(300, 200), ImagingSettings())
+                outcomes.append(result.renditions[0].width)
+            except WorkerCrashed:
+                outcomes.append(None)
+        assert outcomes[1:] == [256, 256] and outcomes.count(None) <= 1
+    finally:
+        pool.close()

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 from aiohttp import web
 
 from pipeline.errors import ImageNotFound, InvalidField
-from pipeline.links import version_of
 from pipeline.records import ImageRecord
 from pipeline.untrusted import ascii_int, ascii_number
 from web import urls
 from web.handlers.download import image_ref
-from web.handlers.links import public_base
+from web.handlers.links import link_to
 from web.identity import resolve_user
-from web.keys import CLIENTS, LINKS, RECORDS, SETTINGS, STORAGE, USAGE
+from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
 
 MAX_WAIT = 20.0
 MAX_PAGE = 100
@@ -73,8 +71,7 @@ async def thumbnail_link(request: web.Request, user_id: str, record: ImageRecord
     """A link to the image's first rendition that needs no key, or None before it is made.
 
     `<img>` cannot send the key; with this in the listing a gallery needs no request per image.
-    The link is the one `GET /images/{id}/url` makes: pinned to this upload (HMAC), or presigned
-    by S3 with `IMGSVC_LINKS=s3`. Signing is local computation in both cases.
+    The link is the one `GET /images/{id}/url` makes (`link_to`).
     """
     settings = request.app[SETTINGS]
     rendition = settings.imaging.renditions[0].name
@@ -82,17 +79,17 @@ async def thumbnail_link(request: web.Request, user_id: str, record: ImageRecord
     if made is None:
         return None
     seconds = min(THUMBNAIL_LINK_SECONDS, settings.accounts.link_max_seconds)
-    if settings.accounts.links == "s3":
-        url: str = await request.app[CLIENTS].s3.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": settings.aws.dest_bucket, "Key": str(made["key"])},
-            ExpiresIn=seconds,
-        )
-        return url
-    version = version_of(record.source_etag)
-    signature, expires = request.app[LINKS].sign(user_id, record.image_id, rendition, version, seconds)
-    query = urlencode({"v": version, "expires": expires, "sig": signature})
-    return f"{public_base(request)}/links/{user_id}/{record.image_id}/{rendition}?{query}"
+    url, _ = await link_to(
+        request,
+        user_id,
+        record.image_id,
+        rendition,
+        settings.aws.dest_bucket,
+        str(made["key"]),
+        record.source_etag,
+        seconds,
+    )
+    return url
 
 
 async def delete_image(request: web.Request) -> web.Response:

@@ -37,16 +37,9 @@ async def create_link(request: web.Request) -> web.Response:
     found = await locate(request, ref, rendition)
     if isinstance(found, web.Response):
         return found
-    if settings.accounts.links == "s3":
-        url = await request.app[CLIENTS].s3.generate_presigned_url(
-            "get_object", Params={"Bucket": found.bucket, "Key": found.key}, ExpiresIn=seconds
-        )
-        expires = int(datetime.now(UTC).timestamp()) + seconds
-    else:
-        version = version_of(found.source_etag)
-        signature, expires = request.app[LINKS].sign(user_id, image_id, rendition, version, seconds)
-        query = urlencode({"v": version, "expires": expires, "sig": signature})
-        url = f"{public_base(request)}/links/{user_id}/{image_id}/{rendition}?{query}"
+    url, expires = await link_to(
+        request, user_id, image_id, rendition, found.bucket, found.key, found.source_etag, seconds
+    )
     return web.json_response(
         {
             "url": url,
@@ -54,6 +47,30 @@ async def create_link(request: web.Request) -> web.Response:
             "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(timespec="seconds"),
         }
     )
+
+
+async def link_to(
+    request: web.Request,
+    user_id: str,
+    image_id: str,
+    rendition: str,
+    bucket: str,
+    key: str,
+    source_etag: str,
+    seconds: int,
+) -> tuple[str, int]:
+    """A URL that serves `rendition` without a key for `seconds`, and when it expires: HMAC-signed
+    and pinned to the upload whose original has `source_etag`, or presigned by S3 with
+    `IMGSVC_LINKS=s3`. Local computation either way: no request leaves the process."""
+    if request.app[SETTINGS].accounts.links == "s3":
+        url: str = await request.app[CLIENTS].s3.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+        )
+        return url, int(datetime.now(UTC).timestamp()) + seconds
+    version = version_of(source_etag)
+    signature, expires = request.app[LINKS].sign(user_id, image_id, rendition, version, seconds)
+    query = urlencode({"v": version, "expires": expires, "sig": signature})
+    return f"{public_base(request)}/links/{user_id}/{image_id}/{rendition}?{query}", expires
 
 
 def public_base(request: web.Request) -> str:
