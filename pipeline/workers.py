@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -22,12 +23,14 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ParamSpec, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
+from pebble.pool.base_pool import PoolStatus
 
 from pipeline import metrics, tasks
 from pipeline.errors import JobTimeout, WorkerCrashed
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
+_BROKEN_POOL_POLL = 1.0  # seconds between looks at a job's pool while it is not done
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -68,7 +71,7 @@ class WorkerPool:
             self._replace_broken(pool)
             raise WorkerCrashed("the image worker pool broke; a new one takes the next jobs") from None
         try:
-            return await asyncio.wrap_future(future)
+            return await self._outcome(pool, future)
         except TimeoutError:
             self._replaced("timeout")
             raise JobTimeout(f"processing took longer than {timeout:g}s") from None
@@ -83,6 +86,23 @@ class WorkerPool:
         except asyncio.CancelledError:
             future.cancel()  # pebble stops the worker if the job is running
             raise
+
+    @staticmethod
+    async def _outcome(pool: ProcessPool, future: concurrent.futures.Future[R]) -> R:
+        """The job's result, or `BrokenProcessPool` if its pool broke before resolving it.
+
+        A broken pebble pool aborts the jobs it had registered but forgets the ones still in its
+        scheduling queue: their futures would never resolve, so the pool is looked at while
+        waiting and a forgotten job fails like the aborted ones (then is retried elsewhere).
+        """
+        wrapped = asyncio.wrap_future(future)
+        while not wrapped.done():
+            await asyncio.wait({wrapped}, timeout=_BROKEN_POOL_POLL)
+            if not wrapped.done() and pool._context.status == PoolStatus.ERROR:  # no public API
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(BrokenProcessPool("the pool broke before running it"))
+                await asyncio.wait({wrapped})
+        return wrapped.result()
 
     def _replaced(self, why: str) -> None:
         self.restarts += 1

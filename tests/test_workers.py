@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import time
 from collections.abc import Iterator
@@ -107,5 +108,42 @@ async def test_a_pool_whose_workers_all_die_while_idle_is_replaced() -> None:
             except WorkerCrashed:
                 outcomes.append(None)
         assert outcomes[1:] == [256, 256] and outcomes.count(None) <= 1
+    finally:
+        pool.close()
+
+
+async def _width_or_crash(pool: WorkerPool) -> int | None:
+    try:
+        return (
+            (await pool.run(30, make_renditions, jpeg_bytes(300, 200), ImagingSettings())).renditions[0].width
+        )
+    except WorkerCrashed:
+        return None
+
+
+async def test_jobs_queued_when_the_whole_pool_dies_all_resolve() -> None:
+    """A broken pebble pool aborts only the jobs it had registered; the ones still in its queue
+    must fail too (and so be retried), not hang their messages until the visibility timeout.
+
+    A race, so tried in rounds: jobs arrive at random moments around the kill of every worker
+    (before the fix, about one round in twelve left a job hanging forever)."""
+    pool = WorkerPool(2)
+    rng = random.Random(12)
+
+    async def later(delay: float) -> int | None:
+        await asyncio.sleep(delay)
+        return await _width_or_crash(pool)
+
+    try:
+        await pool.warm_up()
+        for _ in range(16):
+            jobs = [asyncio.create_task(later(rng.random() * 0.3)) for _ in range(8)]
+            await asyncio.sleep(rng.random() * 0.3)
+            for pid in pool.pids():
+                os.kill(pid, signal.SIGKILL)
+            async with asyncio.timeout(20):
+                outcomes = await asyncio.gather(*jobs)
+            assert set(outcomes) <= {256, None}
+        assert await _width_or_crash(pool) == 256  # and the pool serves again
     finally:
         pool.close()
