@@ -125,7 +125,7 @@ class Consumer:
                 want = min(free, self._cfg.batch_size)
                 self._reserved += want
                 try:
-                    messages = await self._receive(want, stop_wait)
+                    messages = await self._receive(want, stop_wait, self._poll_seconds())
                     for message in messages or ():
                         self._start(message)
                 finally:
@@ -142,10 +142,17 @@ class Consumer:
         finally:
             stop_wait.cancel()
 
-    async def _receive(self, count: int, stop_wait: asyncio.Future[Any]) -> list[Message] | None:
+    def _poll_seconds(self) -> int:
+        """A long poll, except a burst consumer that has read the queue drained once confirms with
+        a short one: waiting the whole poll again only delayed its exit."""
+        return 0 if self._burst and self._drained_checks else self._cfg.wait_time_seconds
+
+    async def _receive(
+        self, count: int, stop_wait: asyncio.Future[Any], wait_seconds: int
+    ) -> list[Message] | None:
         """One long poll; None when stopping interrupted it, [] after a logged failure."""
         receive = asyncio.ensure_future(
-            self._queue.receive(count, self._cfg.wait_time_seconds, self._cfg.visibility_timeout)
+            self._queue.receive(count, wait_seconds, self._cfg.visibility_timeout)
         )
         # A long poll must not hold up shutdown. A receive that is already answering (messages
         # were waiting) gets a moment to finish, and what it brought is released at once; one

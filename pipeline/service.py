@@ -34,17 +34,25 @@ async def open_queues(clients: AwsClients, settings: Settings) -> Queues:
 
 @asynccontextmanager
 async def open_consumer(
-    clients: AwsClients, settings: Settings, *, burst: bool = False
+    clients: AwsClients, settings: Settings, *, burst: bool = False, pool: WorkerPool | None = None
 ) -> AsyncIterator[Consumer]:
-    """A ready consumer with its own worker pool, shut down (pool included) when the block ends."""
+    """A ready consumer with its own worker pool, shut down (pool included) when the block ends.
+
+    A `pool` passed in is used and left running: tests run many short consumers on one pool
+    instead of starting worker processes for each.
+    """
     queues = await open_queues(clients, settings)
     storage = Storage(clients.s3)
-    pool = WorkerPool(settings.consumer.workers, settings.consumer.worker_threads)
+    owned = pool is None
+    if pool is None:
+        pool = WorkerPool(settings.consumer.workers, settings.consumer.worker_threads)
     tables = Tables(clients.dynamodb, settings.aws)
     try:
-        await pool.warm_up()
+        if owned:
+            await pool.warm_up()
         async with open_dispatcher(tables.users, settings.webhooks) as webhooks:
             jobs = JobRunner(storage, RecordStore(tables.images), pool, settings, webhooks, tables.users)
             yield Consumer(queues.main, queues.dlq, jobs, settings, burst=burst)
     finally:
-        await asyncio.to_thread(pool.close)
+        if owned:
+            await asyncio.to_thread(pool.close)

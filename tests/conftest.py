@@ -26,12 +26,14 @@ from PIL import Image
 from config.settings import SEED_USER_IDS, Settings
 from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients, open_clients
+from pipeline.consumer import Consumer
 from pipeline.layout import ImageRef
 from pipeline.provision import provision
 from pipeline.queue import Message, Queue
 from pipeline.records import ImageRecord, RecordStore
 from pipeline.service import open_consumer
 from pipeline.tables import Tables
+from pipeline.workers import WorkerPool
 from web.app import create_app
 from web.keys import ACCOUNTS
 from web.server import GuardedTestServer
@@ -167,11 +169,33 @@ async def api(settings: Settings, make_client: ClientFactory) -> TestClient[Any,
     return await make_client(settings)
 
 
+_POOLS: dict[tuple[int, int], WorkerPool] = {}
+
+
+async def shared_pool(settings: Settings) -> WorkerPool:
+    """One worker pool per shape for the whole session: starting worker processes (imports of
+    pyvips and Pillow included) for every short consumer cost seconds per test."""
+    shape = (settings.consumer.workers, settings.consumer.worker_threads)
+    if shape not in _POOLS:
+        _POOLS[shape] = WorkerPool(*shape)
+        await _POOLS[shape].warm_up()
+    return _POOLS[shape]
+
+
+@asynccontextmanager
+async def shared_consumer(
+    clients: AwsClients, settings: Settings, *, burst: bool = False
+) -> AsyncIterator[Consumer]:
+    """A consumer on the session's shared worker pool (tests that kill workers open their own)."""
+    async with open_consumer(clients, settings, burst=burst, pool=await shared_pool(settings)) as consumer:
+        yield consumer
+
+
 async def run_consumer_until_drained(
     clients: AwsClients, settings: Settings, timeout: float = 30
 ) -> dict[str, int]:
     """Run a burst consumer: returns once the queue is empty and nothing is in flight."""
-    async with open_consumer(clients, settings, burst=True) as consumer:
+    async with shared_consumer(clients, settings, burst=True) as consumer:
         async with asyncio.timeout(timeout):
             stats = await consumer.run()
     return dict(stats.outcomes)
@@ -331,6 +355,8 @@ _EXIT_STATUS: list[int] = [0]
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     _EXIT_STATUS[0] = int(exitstatus)
+    for pool in _POOLS.values():
+        pool.close()
 
 
 @pytest.hookimpl(trylast=True)

@@ -21,7 +21,7 @@ from pipeline.errors import InvalidRecord, PermanentError
 from pipeline.layout import ImageRef
 from pipeline.queue import Queue
 from pipeline.records import RecordStore
-from pipeline.service import open_consumer, open_queues
+from pipeline.service import open_queues
 from pipeline.tables import Tables
 from tests.conftest import (
     ROOT,
@@ -31,6 +31,7 @@ from tests.conftest import (
     dlq_messages,
     provision_with_users,
     run_consumer_until_drained,
+    shared_consumer,
     status_of,
 )
 
@@ -106,7 +107,7 @@ async def test_source_deleted_before_processing_is_acknowledged(
 async def test_transient_failure_is_retried_then_succeeds(clients: AwsClients, settings: Settings) -> None:
     await clients.s3.delete_bucket(Bucket=settings.aws.dest_bucket)  # every write now fails
     await put(clients, settings, f"{USER}/later", DOG)
-    async with open_consumer(clients, settings) as consumer:
+    async with shared_consumer(clients, settings) as consumer:
         task = asyncio.create_task(consumer.run())
         async with asyncio.timeout(20):
             while consumer.stats.outcomes["retry"] < 1:
@@ -149,7 +150,7 @@ async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any, clie
     for key in keys:
         await put(clients, settings, key, big.getvalue())
 
-    async with open_consumer(clients, settings) as consumer:
+    async with shared_consumer(clients, settings) as consumer:
         task = asyncio.create_task(consumer.run())
         async with asyncio.timeout(20):
             # Some done, some still in flight: stopping must release those, not lose them.
@@ -217,7 +218,7 @@ async def test_heartbeat_keeps_waiting_jobs_invisible(make_settings: Any, client
     count = 20
     for i in range(count):
         await put(clients, settings, f"{USER}/slow{i}", out.getvalue())
-    async with open_consumer(clients, settings, burst=True) as consumer:
+    async with shared_consumer(clients, settings, burst=True) as consumer:
         async with asyncio.timeout(90):
             stats = await consumer.run()
     assert stats.heartbeats > 0  # the jobs did outlive their lease
@@ -234,7 +235,7 @@ async def test_in_flight_bound_holds_across_receivers(make_settings: Any, client
     for i in range(12):
         await put(clients, settings, f"{USER}/bound{i}", DOG)
     peak = 0
-    async with open_consumer(clients, settings) as consumer:
+    async with shared_consumer(clients, settings) as consumer:
         task = asyncio.create_task(consumer.run())
         async with asyncio.timeout(60):
             while consumer.stats.outcomes["ready"] < 12:

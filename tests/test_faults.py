@@ -16,7 +16,6 @@ from PIL import Image
 from config.settings import Settings
 from pipeline.aws import AwsClients, open_clients
 from pipeline.consumer import Consumer, ConsumerStats
-from pipeline.service import open_consumer
 from scripts.awsproxy import FaultProxy, Rule
 from tests.conftest import (
     ROOT,
@@ -25,6 +24,7 @@ from tests.conftest import (
     dlq_messages,
     provision_with_users,
     run_consumer_until_drained,
+    shared_consumer,
     status_of,
 )
 
@@ -58,7 +58,7 @@ async def consume_until(
     on_start: Callable[[Consumer], Awaitable[None]] | None = None,
 ) -> ConsumerStats:
     """Run a consumer (through the proxy) until `done(consumer)`, then stop it cleanly."""
-    async with open_clients(settings.aws) as proxied, open_consumer(proxied, settings) as consumer:
+    async with open_clients(settings.aws) as proxied, shared_consumer(proxied, settings) as consumer:
         task = asyncio.create_task(consumer.run())
         try:
             if on_start is not None:

@@ -22,7 +22,6 @@ from config.settings import Settings, WebhookSettings
 from pipeline import lambda_handler, metrics
 from pipeline.aws import AwsClients, open_clients
 from pipeline.errors import InvalidWebhookUrl
-from pipeline.service import open_consumer
 from pipeline.tables import Tables
 from pipeline.webhook_urls import PublicOnlyResolver, check_url
 from pipeline.webhooks import (
@@ -34,7 +33,7 @@ from pipeline.webhooks import (
     sign,
     verify,
 )
-from tests.conftest import ROOT, USER, ClientFactory, run_consumer_until_drained
+from tests.conftest import ROOT, USER, ClientFactory, run_consumer_until_drained, shared_consumer
 from tests.test_lambda import sqs_event
 
 Client = TestClient[Any, Any]
@@ -442,7 +441,7 @@ async def test_a_receiver_that_hangs_never_holds_up_the_consumer(
     for name in ("a", "b", "c"):
         assert (await api.put(f"/images/{name}", data=CAT)).status == 202
 
-    async with open_clients(settings.aws) as own, open_consumer(own, settings, burst=True) as consumer:
+    async with open_clients(settings.aws) as own, shared_consumer(own, settings, burst=True) as consumer:
         stats = await asyncio.wait_for(consumer.run(), 30)
         # Every message is done and acknowledged while all three POSTs are still unanswered.
         assert stats.outcomes["ready"] == 3 and stats.outcomes.keys() <= {"ready", "test_event"}
