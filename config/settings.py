@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 PREFIX = "IMGSVC_"
-Mode = Literal["embedded", "aws"]
+Mode = Literal["embedded", "aws", "local"]
 N = TypeVar("N", int, float)
 
 #: Formats the pipeline accepts, named as `pipeline.formats.detect_format` names them.
@@ -59,10 +59,13 @@ class RenditionSpec:
 
 @dataclass(frozen=True)
 class AwsSettings:
-    """Where the AWS resources are and what they are called."""
+    """Where the service's resources are (AWS, the embedded endpoint, or a local data directory)
+    and what they are called (the local backend uses the same names)."""
 
     mode: Mode = "embedded"
     endpoint_url: str | None = None
+    #: The local backend's directory (`IMGSVC_DATA_DIR`, `--data-dir`): set means mode "local".
+    data_dir: Path | None = None
     region: str = "us-east-1"
     embedded_host: str = "127.0.0.1"
     embedded_port: int = 4566
@@ -243,15 +246,21 @@ class Settings:
         """Build settings from `environ` (default: `os.environ`), validating every value."""
         env = _Env(os.environ if environ is None else environ)
         aws_configured = any(env.raw(n) for n in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE"))
-        mode_raw = env.choice("MODE", "auto", ("auto", "embedded", "aws"))
-        mode: Mode = "embedded" if mode_raw == "embedded" else "aws"
+        mode_raw = env.choice("MODE", "auto", ("auto", "embedded", "aws", "local"))
+        data_dir_raw = env.raw(f"{PREFIX}DATA_DIR")
+        mode: Mode = "embedded" if mode_raw == "embedded" else "local" if mode_raw == "local" else "aws"
         if mode_raw == "auto":
-            mode = "aws" if aws_configured else "embedded"
+            mode = "local" if data_dir_raw else "aws" if aws_configured else "embedded"
+        if (mode == "local") != bool(data_dir_raw):
+            raise ConfigError(
+                f"{PREFIX}DATA_DIR: the local mode needs a data directory, and only the local mode uses one"
+            )
         d_aws, d_img, d_con, d_web = AwsSettings(), ImagingSettings(), ConsumerSettings(), WebSettings()
         d_acc, d_hook = AccountSettings(), WebhookSettings()
         aws = AwsSettings(
             mode=mode,
             endpoint_url=env.raw("AWS_ENDPOINT_URL") or None,
+            data_dir=Path(data_dir_raw).expanduser().resolve() if data_dir_raw else None,
             region=env.raw("AWS_REGION") or env.raw("AWS_DEFAULT_REGION") or d_aws.region,
             embedded_host=env.text("EMBEDDED_HOST", d_aws.embedded_host),
             embedded_port=env.integer("EMBEDDED_PORT", d_aws.embedded_port, 0, 65535),
@@ -315,7 +324,7 @@ class Settings:
             cache_control=env.text("CACHE_CONTROL", d_web.cache_control),
             retry_after=env.integer("RETRY_AFTER", d_web.retry_after, 1, 3600),
             input_dir=Path(env.text("INPUT_DIR", str(d_web.input_dir))),
-            run_consumer=env.flag("RUN_CONSUMER", mode == "embedded"),
+            run_consumer=env.flag("RUN_CONSUMER", mode in ("embedded", "local")),
             public_url=env.public_url("PUBLIC_URL"),
         )
         if web.part_size > web.upload_buffer_bytes:

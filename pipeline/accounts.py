@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import InvalidCredentials, KeyNotFound, KeyRevoked, UnknownUser
+from pipeline.items import Missing, Present, SetDefault
 from pipeline.layout import valid_user_id
 from pipeline.tables import ConditionFailed, Tables
 
@@ -61,7 +62,7 @@ class Accounts:
         with contextlib.suppress(ConditionFailed):
             await self._tables.users.put(
                 {"user_id": user_id, "name": name, "created_at": now(), "bytes_used": 0, "image_count": 0},
-                "attribute_not_exists(user_id)",
+                Missing("user_id"),
             )
         return user_id
 
@@ -79,7 +80,7 @@ class Accounts:
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         await self._tables.keys.put(
             {"key_id": key_id, "user_id": user_id, "secret_sha256": _digest(secret), "created_at": now()},
-            "attribute_not_exists(key_id)",
+            Missing("key_id"),
         )
         return NewKey(key_id, user_id, f"isk_{key_id}_{secret}")
 
@@ -96,7 +97,7 @@ class Accounts:
         await self.user(user_id)
         item = {"key_id": key_id, "user_id": user_id, "secret_sha256": _digest(secret), "created_at": now()}
         try:
-            await self._tables.keys.put(item, "attribute_not_exists(key_id)")
+            await self._tables.keys.put(item, Missing("key_id"))
         except ConditionFailed:
             found = await self._tables.keys.get({"key_id": key_id}) or {}
             same = found.get("user_id") == user_id and found.get("secret_sha256") == item["secret_sha256"]
@@ -106,7 +107,7 @@ class Accounts:
 
     async def keys(self, user_id: str) -> list[dict[str, Any]]:
         """A user's keys, oldest first, without any secret material."""
-        items, _ = await self._tables.keys.query("user_id = :u", index="by_user", values={":u": user_id})
+        items, _ = await self._tables.keys.query(user_id, index="by_user")
         return [
             {k: item.get(k) for k in ("key_id", "user_id", "created_at", "revoked_at")}
             | {"prefix": f"isk_{item['key_id']}"}
@@ -116,10 +117,7 @@ class Accounts:
     async def revoke(self, key_id: str) -> dict[str, Any]:
         try:
             return await self._tables.keys.update(
-                {"key_id": key_id},
-                "SET revoked_at = if_not_exists(revoked_at, :now)",
-                "attribute_exists(key_id)",
-                values={":now": now()},
+                {"key_id": key_id}, [SetDefault("revoked_at", now())], Present("key_id")
             )
         except ConditionFailed:
             raise KeyNotFound() from None

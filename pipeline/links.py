@@ -17,6 +17,7 @@ import secrets
 import time
 
 from pipeline.errors import InvalidLink, LinkExpired
+from pipeline.items import Missing
 from pipeline.tables import ConditionFailed, Table
 from pipeline.untrusted import ascii_int
 
@@ -29,11 +30,7 @@ async def shared_secret(config: Table, configured: str) -> bytes:
     if configured:
         return configured.encode()
     with contextlib.suppress(ConditionFailed):  # another process created it first: use theirs
-        await config.put(
-            {"name": SECRET_NAME, "value": secrets.token_urlsafe(32)},
-            "attribute_not_exists(#n)",
-            names={"#n": "name"},
-        )
+        await config.put({"name": SECRET_NAME, "value": secrets.token_urlsafe(32)}, Missing("name"))
     item = await config.get({"name": SECRET_NAME})
     assert item is not None
     return str(item["value"]).encode()

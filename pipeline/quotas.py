@@ -10,6 +10,7 @@ import logging
 
 from config.settings import AccountSettings
 from pipeline.errors import ByteQuotaExceeded, ImageQuotaExceeded, UnknownUser
+from pipeline.items import Add, AllOf, AnyOf, AtMost, Condition, Missing, Present
 from pipeline.tables import ConditionFailed, Item, Table
 
 log = logging.getLogger(__name__)
@@ -41,20 +42,18 @@ class Usage:
     ) -> Item:
         """Add to the counters, atomically refusing a change that would cross a quota; returns the
         user's item as it is afterwards (the upload learns from it whether to notify a webhook)."""
-        conditions = ["attribute_exists(user_id)"]
-        values: dict[str, int] = {":b": delta_bytes, ":n": delta_images}
+        conditions: list[Condition] = [Present("user_id")]
         if enforce and self._max_images and delta_images > 0:
-            conditions.append("(attribute_not_exists(image_count) OR image_count <= :max_before_n)")
-            values[":max_before_n"] = self._max_images - delta_images
+            room = self._max_images - delta_images
+            conditions.append(AnyOf((Missing("image_count"), AtMost("image_count", room))))
         if enforce and self._max_bytes and delta_bytes > 0:
-            conditions.append("(attribute_not_exists(bytes_used) OR bytes_used <= :max_before_b)")
-            values[":max_before_b"] = self._max_bytes - delta_bytes
+            room = self._max_bytes - delta_bytes
+            conditions.append(AnyOf((Missing("bytes_used"), AtMost("bytes_used", room))))
         try:
             return await self._users.update(
                 {"user_id": user_id},
-                "ADD bytes_used :b, image_count :n",
-                " AND ".join(conditions),
-                values=values,
+                [Add("bytes_used", delta_bytes), Add("image_count", delta_images)],
+                AllOf(tuple(conditions)),
             )
         except ConditionFailed:
             user = await self._users.get({"user_id": user_id})

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pipeline import untrusted
 from pipeline.errors import InvalidField, ServiceError, TransientError
+from pipeline.items import Add, Equals, Missing, Present, Set
 from pipeline.layout import ImageRef
 from pipeline.results import RenditionResult
 from pipeline.tables import ConditionFailed, Item, Table
@@ -219,15 +220,12 @@ class RecordStore:
         key = {"user_id": owner, "image_id": image_id}
         try:
             item = await self._table.update(
-                key, "SET timeouts = timeouts + :one", "timeout_etag = :e", values={":one": 1, ":e": etag}
+                key, [Add("timeouts", 1), Set("timeout_etag", etag)], Equals("timeout_etag", etag)
             )
         except ConditionFailed:
             try:
                 item = await self._table.update(
-                    key,
-                    "SET timeouts = :one, timeout_etag = :e",
-                    "attribute_exists(user_id)",
-                    values={":one": 1, ":e": etag},
+                    key, [Set("timeouts", 1), Set("timeout_etag", etag)], Present("user_id")
                 )
             except ConditionFailed:
                 return 1
@@ -242,9 +240,7 @@ class RecordStore:
         """Delete the record only if nobody wrote it since `revision` (undoing our own write)."""
         owner, image_id = ref.owner_and_id
         with contextlib.suppress(ConditionFailed):
-            await self._table.delete(
-                {"user_id": owner, "image_id": image_id}, "revision = :r", values={":r": revision}
-            )
+            await self._table.delete({"user_id": owner, "image_id": image_id}, Equals("revision", revision))
 
     async def page(self, owner: str, limit: int, cursor: str | None) -> tuple[list[ImageRecord], str | None]:
         """One page of an owner's images, newest first, and the cursor of the next page.
@@ -253,12 +249,11 @@ class RecordStore:
         place), so pages stay consistent while new images arrive: they sort before page one.
         """
         items, last = await self._table.query(
-            "user_id = :u",
+            owner,
             index="by_created",
             forward=False,
             limit=limit,
             start=_decode_cursor(cursor, owner) if cursor else None,
-            values={":u": owner},
         )
         records = [ImageRecord(owner, str(i["image_id"]), i) for i in items]
         return records, _encode_cursor(last) if last else None
@@ -297,9 +292,9 @@ class RecordStore:
             new = {k: v for k, v in new.items() if v is not None}
             try:
                 if old is None:
-                    await self._table.put(new, "attribute_not_exists(user_id)")
+                    await self._table.put(new, Missing("user_id"))
                 else:
-                    await self._table.put(new, "revision = :r", values={":r": revision})
+                    await self._table.put(new, Equals("revision", revision))
             except ConditionFailed:
                 continue
             return ImageRecord(owner, image_id, new)

@@ -8,7 +8,7 @@ callers express optimistic concurrency without seeing botocore.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -19,16 +19,28 @@ from botocore.exceptions import ClientError
 from config.settings import AwsSettings
 from pipeline.aws import aws_errors, error_code
 from pipeline.errors import DatabaseUnavailable
+from pipeline.items import (
+    Add,
+    AllOf,
+    AnyOf,
+    AtMost,
+    Change,
+    Condition,
+    ConditionFailed,
+    Equals,
+    Item,
+    Missing,
+    Present,
+    Remove,
+    Set,
+    SetDefault,
+)
 
 log = logging.getLogger(__name__)
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
-Item = dict[str, Any]
-
-
-class ConditionFailed(Exception):
-    """A conditional write found the item in another state than it required."""
+__all__ = ["ConditionFailed", "Item", "Table", "Tables"]
 
 
 @dataclass(frozen=True)
@@ -79,11 +91,13 @@ def _python(value: Any) -> Any:
 
 
 class Table:
-    """One table: get, put, update, delete and query with conditions, in plain values."""
+    """One table: get, put, update, delete and query, with `pipeline.items` conditions and changes
+    compiled to DynamoDB expressions, so each write is one atomic request."""
 
-    def __init__(self, client: Any, name: str) -> None:
+    def __init__(self, client: Any, name: str, spec: TableSpec) -> None:
         self._client = client
         self.name = name
+        self._spec = spec
 
     async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None:
         with aws_errors(DatabaseUnavailable):
@@ -92,15 +106,18 @@ class Table:
             )
         return from_item(got["Item"]) if "Item" in got else None
 
-    async def put(self, item: Mapping[str, Any], condition: str | None = None, **expression: Any) -> None:
-        kwargs = self._expression(condition, expression)
+    async def put(self, item: Mapping[str, Any], condition: Condition | None = None) -> None:
+        expression = _Expression()
+        kwargs = expression.condition_kwargs(condition)
         await self._write(self._client.put_item(TableName=self.name, Item=to_item(item), **kwargs))
 
     async def update(
-        self, key: Mapping[str, Any], update: str, condition: str | None = None, **expression: Any
+        self, key: Mapping[str, Any], changes: Sequence[Change], condition: Condition | None = None
     ) -> Item:
-        """Apply `update` (an UpdateExpression) and return the item as it is afterwards."""
-        kwargs = self._expression(condition, expression)
+        """Apply `changes` (creating the item if there is none) and return it as it is afterwards."""
+        expression = _Expression()
+        update = expression.update(changes)
+        kwargs = expression.condition_kwargs(condition)
         response = await self._write(
             self._client.update_item(
                 TableName=self.name,
@@ -112,11 +129,9 @@ class Table:
         )
         return from_item(response.get("Attributes", {}))
 
-    async def delete(
-        self, key: Mapping[str, Any], condition: str | None = None, **expression: Any
-    ) -> Item | None:
+    async def delete(self, key: Mapping[str, Any], condition: Condition | None = None) -> Item | None:
         """Delete and return the item as it was (None if there was none)."""
-        kwargs = self._expression(condition, expression)
+        kwargs = _Expression().condition_kwargs(condition)
         response = await self._write(
             self._client.delete_item(TableName=self.name, Key=to_item(key), ReturnValues="ALL_OLD", **kwargs)
         )
@@ -124,17 +139,20 @@ class Table:
 
     async def query(
         self,
-        key_condition: str,
+        hash_value: str,
         *,
         index: str | None = None,
         forward: bool = True,
         limit: int | None = None,
         start: Mapping[str, Any] | None = None,
-        **expression: Any,
     ) -> tuple[list[Item], Item | None]:
-        """One page of a query and the key to continue from (None at the end)."""
-        kwargs: dict[str, Any] = self._expression(None, expression)
-        kwargs.update(TableName=self.name, KeyConditionExpression=key_condition, ScanIndexForward=forward)
+        """One page of the items under `hash_value` (of the table, or of `index`), in range
+        order, and the key to continue from (None at the end)."""
+        attribute = (self._spec.indexes[index] if index else self._spec.key)[0]
+        expression = _Expression()
+        condition = f"{expression.name(attribute)} = {expression.value(hash_value)}"
+        kwargs: dict[str, Any] = expression.kwargs()
+        kwargs.update(TableName=self.name, KeyConditionExpression=condition, ScanIndexForward=forward)
         if index:
             kwargs["IndexName"] = index
         if limit:
@@ -158,18 +176,6 @@ class Table:
                 return items
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    @staticmethod
-    def _expression(condition: str | None, expression: Mapping[str, Any]) -> dict[str, Any]:
-        """`names={"#s": "status"}, values={":v": 1}` become the expression attribute maps."""
-        kwargs: dict[str, Any] = {}
-        if condition:
-            kwargs["ConditionExpression"] = condition
-        if names := expression.get("names"):
-            kwargs["ExpressionAttributeNames"] = dict(names)
-        if values := expression.get("values"):
-            kwargs["ExpressionAttributeValues"] = to_item(values)
-        return kwargs
-
     async def _write(self, call: Any) -> dict[str, Any]:
         with aws_errors(DatabaseUnavailable):
             try:
@@ -181,15 +187,86 @@ class Table:
         return response
 
 
+class _Expression:
+    """Compiles conditions and changes to DynamoDB expressions; every name and value becomes a
+    placeholder, so no attribute name can collide with a reserved word."""
+
+    def __init__(self) -> None:
+        self._names: dict[str, str] = {}
+        self._values: dict[str, Any] = {}
+
+    def name(self, attribute: str) -> str:
+        for placeholder, known in self._names.items():
+            if known == attribute:
+                return placeholder
+        placeholder = f"#n{len(self._names)}"
+        self._names[placeholder] = attribute
+        return placeholder
+
+    def value(self, value: Any) -> str:
+        placeholder = f":v{len(self._values)}"
+        self._values[placeholder] = value
+        return placeholder
+
+    def condition(self, condition: Condition) -> str:
+        match condition:
+            case Present(name):
+                return f"attribute_exists({self.name(name)})"
+            case Missing(name):
+                return f"attribute_not_exists({self.name(name)})"
+            case Equals(name, value):
+                return f"{self.name(name)} = {self.value(value)}"
+            case AtMost(name, value):
+                return f"{self.name(name)} <= {self.value(value)}"
+            case AllOf(conditions):
+                return "(" + " AND ".join(self.condition(c) for c in conditions) + ")"
+            case AnyOf(conditions):
+                return "(" + " OR ".join(self.condition(c) for c in conditions) + ")"
+        raise TypeError(f"not a condition: {condition!r}")
+
+    def update(self, changes: Sequence[Change]) -> str:
+        sets: list[str] = []
+        adds: list[str] = []
+        removes: list[str] = []
+        for change in changes:
+            match change:
+                case Set(name, value):
+                    sets.append(f"{self.name(name)} = {self.value(value)}")
+                case SetDefault(name, value):
+                    placeholder = self.name(name)
+                    sets.append(f"{placeholder} = if_not_exists({placeholder}, {self.value(value)})")
+                case Add(name, amount):
+                    adds.append(f"{self.name(name)} {self.value(amount)}")
+                case Remove(name):
+                    removes.append(self.name(name))
+        clauses = [("SET", sets), ("ADD", adds), ("REMOVE", removes)]
+        return " ".join(f"{verb} {', '.join(parts)}" for verb, parts in clauses if parts)
+
+    def condition_kwargs(self, condition: Condition | None) -> dict[str, Any]:
+        if condition is None:
+            return self.kwargs()
+        text = self.condition(condition)
+        return {"ConditionExpression": text, **self.kwargs()}
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self._names:
+            out["ExpressionAttributeNames"] = dict(self._names)
+        if self._values:
+            out["ExpressionAttributeValues"] = to_item(self._values)
+        return out
+
+
 class Tables:
     """The service's tables, by role."""
 
     def __init__(self, client: Any, aws: AwsSettings) -> None:
-        self.users = Table(client, aws.table("users"))
-        self.keys = Table(client, aws.table("keys"))
-        self.images = Table(client, aws.table("images"))
-        self.throttle = Table(client, aws.table("throttle"))
-        self.config = Table(client, aws.table("config"))
+        tables = {spec.name: Table(client, aws.table(spec.name), spec) for spec in SPECS}
+        self.users = tables["users"]
+        self.keys = tables["keys"]
+        self.images = tables["images"]
+        self.throttle = tables["throttle"]
+        self.config = tables["config"]
 
 
 async def provision_tables(client: Any, aws: AwsSettings) -> list[str]:

@@ -16,6 +16,7 @@ import hashlib
 import time
 
 from pipeline.errors import TooManyFailedAttempts
+from pipeline.items import Add, SetDefault
 from pipeline.tables import Table
 
 
@@ -35,9 +36,7 @@ class FailureLimiter:
         """Count one failed attempt; raises `TooManyFailedAttempts` when it is past the limit."""
         slot, ends = self._slot(address)
         item = await self._table.update(
-            {"id": slot},
-            "ADD failures :one SET expires_at = if_not_exists(expires_at, :expires)",
-            values={":one": 1, ":expires": ends + self._window},
+            {"id": slot}, [Add("failures", 1), SetDefault("expires_at", ends + self._window)]
         )
         if int(item.get("failures", 0)) > self._allowed:
             wait = max(1, ends - int(time.time()))

@@ -39,6 +39,7 @@ import aiohttp
 from config.settings import WebhookSettings
 from pipeline import metrics
 from pipeline.errors import InvalidWebhookUrl, UnknownUser
+from pipeline.items import Present, Remove, Set, SetDefault
 from pipeline.records import ImageRecord
 from pipeline.tables import ConditionFailed, Item, Table
 from pipeline.webhook_urls import PublicOnlyResolver, check_url
@@ -160,13 +161,12 @@ class WebhookStore:
     async def put(self, user_id: str, url: str, *, new_secret: bool = False) -> Webhook:
         """Set the URL; the secret is kept across changes unless `new_secret` (rotation)."""
         fresh = SECRET_PREFIX + secrets.token_urlsafe(32)
-        secret_expr = ":secret" if new_secret else "if_not_exists(webhook_secret, :secret)"
+        secret = Set("webhook_secret", fresh) if new_secret else SetDefault("webhook_secret", fresh)
         try:
             item = await self._users.update(
                 {"user_id": user_id},
-                f"SET webhook_url = :url, webhook_secret = {secret_expr}, webhook_updated_at = :now",
-                "attribute_exists(user_id)",
-                values={":url": url, ":secret": fresh, ":now": _now()},
+                [Set("webhook_url", url), secret, Set("webhook_updated_at", _now())],
+                Present("user_id"),
             )
         except ConditionFailed:
             raise UnknownUser() from None
@@ -177,8 +177,8 @@ class WebhookStore:
         try:
             await self._users.update(
                 {"user_id": user_id},
-                "REMOVE webhook_url, webhook_secret, webhook_updated_at",
-                "attribute_exists(user_id)",
+                [Remove("webhook_url"), Remove("webhook_secret"), Remove("webhook_updated_at")],
+                Present("user_id"),
             )
         except ConditionFailed:
             raise UnknownUser() from None

@@ -14,6 +14,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,11 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from config.settings import SEED_USER_IDS, Settings
+from local.database import Database
+from local.provision import provision_local
+from local.queue import LocalQueue
+from local.storage import LocalStorage
+from local.tables import LocalTables
 from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients, open_clients
 from pipeline.consumer import Consumer
@@ -31,7 +37,8 @@ from pipeline.layout import ImageRef
 from pipeline.provision import provision
 from pipeline.queue import Message, Queue
 from pipeline.records import ImageRecord, RecordStore
-from pipeline.service import open_consumer
+from pipeline.service import open_consumer, open_queues
+from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.workers import WorkerPool
 from web.app import create_app
@@ -130,6 +137,47 @@ async def clients(settings: Settings) -> AsyncIterator[AwsClients]:
 
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@dataclass
+class Backend:
+    """The storage and queues of one backend, provisioned with a test's unique names."""
+
+    name: str
+    settings: Settings
+    storage: Any  # Storage | LocalStorage: the same methods
+    main: Any  # Queue | LocalQueue
+    dlq: Any
+    tables: Any  # Tables | LocalTables
+
+
+@pytest.fixture(params=["aws", "local"])
+async def backend(
+    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
+) -> AsyncIterator[Backend]:
+    """Each contract test runs once against the AWS backend (moto) and once against the local one."""
+    if request.param == "aws":
+        async with open_clients(settings.aws) as clients:
+            await provision(clients, settings)
+            queues = await open_queues(clients, settings)
+            for message in await queues.main.receive(10, 0):  # S3's test event for the notification
+                await queues.main.delete(message.receipt_handle)
+            tables = Tables(clients.dynamodb, settings.aws)
+            yield Backend("aws", settings, Storage(clients.s3), queues.main, queues.dlq, tables)
+        return
+    db = await Database(tmp_path / "state.db").open()
+    try:
+        await provision_local(db, settings)
+        yield Backend(
+            "local",
+            settings,
+            LocalStorage(db, tmp_path),
+            await LocalQueue.named(db, settings.aws.queue_name),
+            await LocalQueue.named(db, settings.aws.dlq_name),
+            LocalTables(db),
+        )
+    finally:
+        await db.close()
 
 
 async def issue_key(app: web.Application, user_id: str) -> str:

@@ -1,0 +1,42 @@
+"""Open the local backend on a data directory: the database, the object store, the queues."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from config.settings import Settings
+from local.database import Database
+from local.provision import provision_local
+from local.queue import LocalQueue
+from local.storage import LocalStorage
+from local.tables import LocalTables
+from pipeline.backends import Backend
+
+log = logging.getLogger(__name__)
+DATABASE_NAME = "state.db"
+
+
+@asynccontextmanager
+async def open_local(settings: Settings) -> AsyncIterator[Backend]:
+    """Every piece of state under `settings.aws.data_dir`; provisioned (idempotently) on open,
+    and blobs a crash left unnamed are swept."""
+    root = settings.aws.data_dir
+    assert root is not None
+    db = await Database(root / DATABASE_NAME).open()
+    try:
+        await provision_local(db, settings)
+        storage = LocalStorage(db, root / "objects")
+        swept = await storage.sweep_orphans()
+        if swept:
+            log.info("removed %d unnamed blobs left by an interrupted write", swept)
+        yield Backend(
+            "local",
+            storage,
+            await LocalQueue.named(db, settings.aws.queue_name),
+            await LocalQueue.named(db, settings.aws.dlq_name),
+            LocalTables(db),
+        )
+    finally:
+        await db.close()

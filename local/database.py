@@ -1,0 +1,155 @@
+"""The local backend's SQLite database: one file under the data directory, in WAL mode.
+
+Every call runs a function on the connection's own thread, inside one transaction, so a
+transaction is a plain Python function that no other coroutine's statements can interleave
+with (an async driver that exposes single statements would need a lock around each
+transaction anyway). Writes take the write lock up front (`BEGIN IMMEDIATE`), so two processes
+sharing the directory wait for each other (`busy_timeout`) instead of failing on upgrade.
+
+`synchronous=FULL` makes a commit durable across power loss, not only across `kill -9`
+(which WAL's `NORMAL` already survives): an upload answered 202 is never rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from pipeline.errors import DatabaseUnavailable
+
+T = TypeVar("T")
+#: How long a statement waits for another process's write lock before giving up (transient).
+BUSY_TIMEOUT_MS = 10_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queues (
+    name TEXT PRIMARY KEY,
+    dead_letter TEXT,
+    max_receive_count INTEGER,
+    visibility_timeout INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    visible_at REAL NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT UNIQUE
+);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (queue, visible_at, sent_at);
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    last_modified REAL NOT NULL,
+    content_type TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)
+);
+CREATE TABLE IF NOT EXISTS items (
+    tbl TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    range TEXT NOT NULL,
+    ix_hash TEXT,
+    ix_range TEXT,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (tbl, hash, range)
+);
+CREATE INDEX IF NOT EXISTS items_by_index ON items (tbl, ix_hash, ix_range);
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT PRIMARY KEY,
+    notify_queue TEXT
+);
+"""
+
+
+class Database:
+    """One SQLite connection, used from one thread; every call is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
+        self._conn: sqlite3.Connection | None = None
+        #: Wake-ups for long polls of this process (other processes are seen by polling).
+        self.changes = Changes()
+
+    async def open(self) -> Database:
+        await self._call(self._connect)
+        return self
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN ourselves, so the module never opens one implicitly.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a write transaction: committed when it returns, rolled back if it raises."""
+        return await self._call(self._transaction, fn, "BEGIN IMMEDIATE")
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on one consistent snapshot."""
+        return await self._call(self._transaction, fn, "BEGIN")
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], begin: str) -> T:
+        conn = self._conn
+        if conn is None:
+            raise DatabaseUnavailable("the local database is closed")
+        conn.execute(begin)
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._thread, fn, *args)
+        except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, I/O error
+            raise DatabaseUnavailable(f"local database: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._thread, conn.close)
+        self._thread.shutdown(wait=True)
+
+
+class Changes:
+    """Wake-ups for long polls in this process when a message is sent to a queue."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def notify(self, queue: str) -> None:
+        if event := self._events.get(queue):
+            event.set()
+
+    def notify_all(self) -> None:
+        """After a write that may have enqueued to any queue (an object put into a bucket)."""
+        for event in self._events.values():
+            event.set()
+
+    async def wait(self, queue: str, seconds: float) -> None:
+        event = self._events.setdefault(queue, asyncio.Event())
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            return
+        event.clear()

@@ -1,0 +1,371 @@
+"""Object storage of the local backend: blobs as files, their index in SQLite.
+
+An object is a row (bucket, key → blob file, size, ETag, type, metadata); the blob is written
+to a temporary file, fsynced and renamed into `blobs/` before the row that names it is
+committed, so a reader sees either the old object or the whole new one, and a crash leaves at
+worst an unnamed blob (swept by `sweep_orphans`). Putting into a bucket that notifies a queue
+inserts the S3-shaped event in the same transaction as the row: the original is stored and
+its job enqueued together, or neither is.
+
+Readers open the blob file once and keep the descriptor, so an object replaced or deleted
+while it is being streamed still streams whole (POSIX unlink semantics). ETags are the MD5 of
+the bytes, quoted, as S3 gives for a single PUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote_plus
+
+from local.database import Database
+from local.queue import enqueue
+from pipeline.errors import (
+    EmptyUpload,
+    ImageChanged,
+    NotFound,
+    RangeNotSatisfiable,
+    StorageUnavailable,
+    TooLarge,
+)
+from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
+from pipeline.storage import ObjectMeta, OversizeObject, StoredUpload
+
+_COLUMNS = "blob, size, etag, last_modified, content_type, metadata"
+#: Blobs younger than this are never swept: another process may be about to commit its row.
+ORPHAN_AGE_SECONDS = 3600
+
+
+async def create_bucket(db: Database, name: str, notify_queue: str | None = None) -> None:
+    """Create a bucket (idempotent); puts into it send an ObjectCreated event to `notify_queue`."""
+    await db.write(
+        lambda conn: conn.execute(
+            "INSERT INTO buckets (name, notify_queue) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET notify_queue = excluded.notify_queue",
+            (name, notify_queue),
+        )
+    )
+
+
+def _meta(row: tuple[Any, ...]) -> ObjectMeta:
+    _, size, etag, modified, content_type, metadata = row
+    return ObjectMeta(
+        size=int(size),
+        etag=str(etag),
+        last_modified=datetime.fromtimestamp(float(modified), UTC).replace(microsecond=0),
+        content_type=str(content_type),
+        metadata=json.loads(metadata),
+    )
+
+
+def s3_event(bucket: str, key: str, size: int, etag: str) -> str:
+    """The notification S3 sends for a PUT, as the consumer parses it (keys are URL-encoded)."""
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": bucket},
+            "object": {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag.strip('"')},
+        },
+    }
+    return json.dumps({"Records": [record]})
+
+
+class LocalStorage:
+    """The same methods as `pipeline.storage.Storage`, over a directory and the database."""
+
+    def __init__(self, db: Database, root: Path) -> None:
+        self._db = db
+        self._blobs = root / "blobs"
+        self._tmp = root / "tmp"
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def _row(self, bucket: str, key: str) -> tuple[Any, ...]:
+        def find(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            if conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is None:
+                raise NotFound(f"no bucket {bucket!r}")
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+            ).fetchone()
+            return None if row is None else tuple(row)
+
+        row = await self._db.read(find)
+        if row is None:
+            raise NotFound()
+        return row
+
+    async def _open(self, bucket: str, key: str) -> tuple[ObjectMeta, IO[bytes]]:
+        """The object's metadata and an open file of its bytes (a replace cannot tear them apart)."""
+        for _ in range(3):
+            row = await self._row(bucket, key)
+            try:
+                return _meta(row), await asyncio.to_thread(open, self._blobs / row[0], "rb")
+            except FileNotFoundError:  # replaced (and its old blob removed) between the two steps
+                continue
+        raise NotFound()
+
+    async def head(self, bucket: str, key: str) -> ObjectMeta:
+        return _meta(await self._row(bucket, key))
+
+    async def etag_of(self, bucket: str, key: str) -> str | None:
+        try:
+            return (await self.head(bucket, key)).etag
+        except NotFound:
+            return None
+
+    async def check_bucket(self, bucket: str) -> None:
+        def exists(conn: sqlite3.Connection) -> bool:
+            return conn.execute("SELECT 1 FROM buckets WHERE name = ?", (bucket,)).fetchone() is not None
+
+        if not await self._db.read(exists):
+            raise StorageUnavailable(f"no bucket {bucket!r} in {self._db.path} (not provisioned)")
+
+    async def read(self, bucket: str, key: str, max_bytes: int) -> tuple[ObjectMeta, bytes]:
+        meta, file = await self._open(bucket, key)
+        with file:
+            if meta.size > max_bytes:
+                raise OversizeObject(meta, max_bytes)
+            return meta, await asyncio.to_thread(file.read)
+
+    async def stream(
+        self,
+        bucket: str,
+        key: str,
+        byte_range: tuple[int, int] | None = None,
+        *,
+        if_match: str | None = None,
+        chunk_size: int = 256 * 1024,
+    ) -> tuple[ObjectMeta, AsyncGenerator[bytes, None]]:
+        meta, file = await self._open(bucket, key)
+        if if_match is not None and if_match != meta.etag:
+            file.close()
+            raise ImageChanged()
+        start, end = 0, meta.size - 1
+        if byte_range is not None:
+            start, end = byte_range[0], min(byte_range[1], meta.size - 1)
+            if start >= meta.size:
+                file.close()
+                raise RangeNotSatisfiable()
+
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            with file:
+                await asyncio.to_thread(file.seek, start)
+                left = end - start + 1
+                while left > 0:
+                    chunk = await asyncio.to_thread(file.read, min(chunk_size, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                    yield chunk
+
+        return meta, chunks()
+
+    async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
+        try:
+            _, data = await self.read(bucket, key, max_bytes=1024 * 1024)
+        except NotFound:
+            return None
+        document = json.loads(data)
+        return document if isinstance(document, dict) else None
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        blob = _Blob(self._tmp)
+        try:
+            await blob.write(data)
+            await self._commit(bucket, key, blob, content_type, metadata or {})
+        finally:
+            blob.discard()
+
+    async def put_json(
+        self, bucket: str, key: str, document: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        await self.put(
+            bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json", metadata
+        )
+
+    async def upload_stream(
+        self,
+        bucket: str,
+        key: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        max_bytes: int,
+        part_size: int,
+        allowed_formats: frozenset[str],
+        metadata: Mapping[str, str],
+        buffer_bytes: int | None = None,
+    ) -> StoredUpload:
+        """Stream `chunks` into a temporary file, checking type and size as they come; nothing
+        is visible (or enqueued) unless the whole body arrived and passed."""
+        blob = _Blob(self._tmp)
+        head = bytearray()
+        fmt: str | None = None
+        try:
+            async for chunk in chunks:
+                if blob.size + len(chunk) > max_bytes:
+                    raise TooLarge(f"the upload is larger than the {max_bytes} bytes allowed")
+                if fmt is None:
+                    head += chunk[: MAGIC_BYTES_NEEDED - len(head)]
+                    if len(head) >= MAGIC_BYTES_NEEDED:
+                        fmt = check_format(bytes(head), allowed_formats)
+                await blob.write(chunk)
+            if blob.size == 0:
+                raise EmptyUpload()
+            if fmt is None:
+                fmt = check_format(bytes(head), allowed_formats)
+            etag = await self._commit(bucket, key, blob, CONTENT_TYPES[fmt], metadata)
+            return StoredUpload(key, blob.size, fmt, etag)
+        finally:
+            blob.discard()
+
+    async def _commit(
+        self, bucket: str, key: str, blob: _Blob, content_type: str, metadata: Mapping[str, str]
+    ) -> str:
+        name = await blob.seal(self._blobs)
+        etag = f'"{blob.md5.hexdigest()}"'
+
+        def commit(conn: sqlite3.Connection) -> str | None:
+            found = conn.execute("SELECT notify_queue FROM buckets WHERE name = ?", (bucket,)).fetchone()
+            if found is None:
+                raise NotFound(f"no bucket {bucket!r}")
+            old = conn.execute(
+                "SELECT blob FROM objects WHERE bucket = ? AND key = ?", (bucket, key)
+            ).fetchone()
+            conn.execute(
+                f"INSERT OR REPLACE INTO objects (bucket, key, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (bucket, key, name, blob.size, etag, time.time(), content_type, json.dumps(dict(metadata))),
+            )
+            if found[0]:
+                enqueue(conn, found[0], s3_event(bucket, key, blob.size, etag), {})
+            return None if old is None else str(old[0])
+
+        try:
+            replaced = await self._db.write(commit)
+        except BaseException:
+            await asyncio.to_thread(_unlink, self._blobs / name)
+            raise
+        if replaced is not None:
+            await asyncio.to_thread(_unlink, self._blobs / replaced)
+        self._db.changes.notify_all()
+        return etag
+
+    async def delete_many(self, bucket: str, keys: list[str]) -> None:
+        """Idempotent: keys that do not exist are not an error (S3 semantics)."""
+        if not keys:
+            return
+
+        def delete(conn: sqlite3.Connection) -> list[str]:
+            blobs = []
+            for key in keys:
+                row = conn.execute(
+                    "DELETE FROM objects WHERE bucket = ? AND key = ? RETURNING blob", (bucket, key)
+                ).fetchone()
+                if row is not None:
+                    blobs.append(str(row[0]))
+            return blobs
+
+        for name in await self._db.write(delete):
+            await asyncio.to_thread(_unlink, self._blobs / name)
+
+    async def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every key in `bucket` under `prefix` (for reconciliation and tests)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = await self._db.read(
+            lambda conn: conn.execute(
+                "SELECT key FROM objects WHERE bucket = ? AND key LIKE ? ESCAPE '\\' ORDER BY key",
+                (bucket, pattern),
+            ).fetchall()
+        )
+        return [str(row[0]) for row in rows]
+
+    async def sweep_orphans(self, min_age: float = ORPHAN_AGE_SECONDS) -> int:
+        """Remove blobs no row names (a crash between writing a blob and committing its row) and
+        stale temporary files; returns how many were removed."""
+        named = {
+            str(row[0])
+            for row in await self._db.read(lambda c: c.execute("SELECT blob FROM objects").fetchall())
+        }
+        return await asyncio.to_thread(self._sweep, named, time.time() - min_age)
+
+    def _sweep(self, named: set[str], older_than: float) -> int:
+        removed = 0
+        for directory, relative in ((self._tmp, False), (self._blobs, True)):
+            for path in directory.rglob("*"):
+                if not path.is_file():
+                    continue
+                name = str(path.relative_to(self._blobs)) if relative else None
+                if (name is None or name not in named) and path.stat().st_mtime < older_than:
+                    _unlink(path)
+                    removed += 1
+        return removed
+
+
+class _Blob:
+    """One object's bytes on their way to disk: a temporary file, hashed as it is written."""
+
+    def __init__(self, tmp: Path) -> None:
+        self._path = tmp / uuid.uuid4().hex
+        self._file: IO[bytes] | None = None
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.size = 0
+
+    async def write(self, data: bytes) -> None:
+        if self._file is None:
+            self._file = await asyncio.to_thread(open, self._path, "xb")
+        self.md5.update(data)
+        self.size += len(data)
+        await asyncio.to_thread(self._file.write, data)
+
+    async def seal(self, blobs: Path) -> str:
+        """fsync, then move under `blobs`; returns the blob's name there."""
+        if self._file is None:
+            await self.write(b"")
+        name = f"{self._path.name[:2]}/{self._path.name}"
+        await asyncio.to_thread(self._seal, blobs / name)
+        return name
+
+    def _seal(self, target: Path) -> None:
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        target.parent.mkdir(exist_ok=True)
+        os.rename(self._path, target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power cut
+        finally:
+            os.close(directory)
+
+    def discard(self) -> None:
+        """Drop what was not sealed (a refused or failed upload leaves nothing behind)."""
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        _unlink(self._path)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)

@@ -1,0 +1,72 @@
+"""Open the backend a process runs on: AWS (real, or the embedded moto) or local (a data dir).
+
+Everything above this module (consumer, jobs, handlers, CLIs) receives a `Backend` and talks
+to its ports; only this module knows which clients or files are behind them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from config.settings import Settings
+from pipeline.aws import AwsClients, aws_errors, open_clients
+from pipeline.errors import StorageUnavailable
+from pipeline.ports import MessageQueue, ObjectStore, TableSet
+from pipeline.provision import provision
+from pipeline.queue import Queue
+from pipeline.storage import Storage
+from pipeline.tables import Tables
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The ports of one backend, opened for this process."""
+
+    kind: Literal["aws", "local"]
+    storage: ObjectStore
+    main: MessageQueue
+    dlq: MessageQueue
+    tables: TableSet
+    #: The AWS clients behind the ports (None on the local backend): only for what has no port,
+    #: presigned S3 links and the operator tools that speak to AWS itself.
+    clients: AwsClients | None = field(default=None, repr=False)
+
+    async def presign_get(self, bucket: str, key: str, expires: int, **params: Any) -> str | None:
+        """A presigned S3 GET URL, or None where objects are only served by the API (local)."""
+        if self.clients is None:
+            return None
+        with aws_errors(StorageUnavailable):
+            url: str = await self.clients.s3.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key, **params}, ExpiresIn=expires
+            )
+        return url
+
+
+async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
+    """The AWS ports over already open clients (queue URLs resolved once, here)."""
+    main = await Queue.named(clients.sqs, settings.aws.queue_name)
+    dlq = await Queue.named(clients.sqs, settings.aws.dlq_name)
+    tables = Tables(clients.dynamodb, settings.aws)
+    return Backend("aws", Storage(clients.s3), main, dlq, tables, clients)
+
+
+@asynccontextmanager
+async def open_backend(settings: Settings, *, provision_first: bool = False) -> AsyncIterator[Backend]:
+    """The backend `settings` name, open for the block. `provision_first` creates its resources
+    (embedded and local only: against AWS, provisioning is an explicit command)."""
+    if settings.aws.data_dir is not None:
+        from local.backend import open_local  # the local backend is not imported on AWS
+
+        async with open_local(settings) as backend:
+            yield backend
+        return
+    async with open_clients(settings.aws) as clients:
+        if provision_first and settings.aws.mode == "embedded":
+            await provision(clients, settings)
+        yield await aws_backend(clients, settings)

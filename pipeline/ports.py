@@ -1,0 +1,136 @@
+"""The few interfaces the pipeline and the web tier talk to, whichever backend is behind them.
+
+Two backends implement them: AWS (`pipeline.storage.Storage` over S3, `pipeline.queue.Queue`
+over SQS, `pipeline.tables.Table` over DynamoDB; moto in embedded mode and tests) and local
+(`local.storage.LocalStorage`, `local.queue.LocalQueue`, `local.tables.LocalTable`: files and
+SQLite). The contract tests (`tests/test_contract_*.py`) run the same cases against both, so
+what is written against these protocols behaves alike on either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
+
+from pipeline.items import Change, Condition, Item
+from pipeline.queue import Message
+from pipeline.storage import ObjectMeta, StoredUpload
+
+
+class ObjectStore(Protocol):
+    """Buckets of objects: originals in the source bucket, renditions in the destination."""
+
+    async def head(self, bucket: str, key: str) -> ObjectMeta: ...
+
+    async def etag_of(self, bucket: str, key: str) -> str | None: ...
+
+    async def check_bucket(self, bucket: str) -> None: ...
+
+    async def read(self, bucket: str, key: str, max_bytes: int) -> tuple[ObjectMeta, bytes]: ...
+
+    async def stream(
+        self,
+        bucket: str,
+        key: str,
+        byte_range: tuple[int, int] | None = None,
+        *,
+        if_match: str | None = None,
+        chunk_size: int = 256 * 1024,
+    ) -> tuple[ObjectMeta, AsyncGenerator[bytes, None]]: ...
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+    async def put_json(
+        self, bucket: str, key: str, document: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+    ) -> None: ...
+
+    async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None: ...
+
+    async def delete_many(self, bucket: str, keys: list[str]) -> None: ...
+
+    async def upload_stream(
+        self,
+        bucket: str,
+        key: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        max_bytes: int,
+        part_size: int,
+        allowed_formats: frozenset[str],
+        metadata: Mapping[str, str],
+        buffer_bytes: int | None = None,
+    ) -> StoredUpload: ...
+
+
+class MessageQueue(Protocol):
+    """A queue with SQS's semantics: leases (visibility timeouts), receive counts, redrive."""
+
+    async def receive(
+        self, max_messages: int, wait_seconds: int, visibility_timeout: int | None = None
+    ) -> list[Message]: ...
+
+    async def delete_batch(self, handles: Sequence[tuple[str, str]]) -> dict[str, str]: ...
+
+    async def delete(self, receipt_handle: str) -> None: ...
+
+    async def change_visibility(self, receipt_handle: str, seconds: int) -> None: ...
+
+    async def send(self, body: str, attributes: Mapping[str, str] | None = None) -> str: ...
+
+    async def depth(self) -> dict[str, int]: ...
+
+    async def purge(self) -> None: ...
+
+
+class ItemTable(Protocol):
+    """Items under a key, with conditional writes and one secondary index."""
+
+    name: str
+
+    async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None: ...
+
+    async def put(self, item: Mapping[str, Any], condition: Condition | None = None) -> None: ...
+
+    async def update(
+        self, key: Mapping[str, Any], changes: Sequence[Change], condition: Condition | None = None
+    ) -> Item: ...
+
+    async def delete(self, key: Mapping[str, Any], condition: Condition | None = None) -> Item | None: ...
+
+    async def query(
+        self,
+        hash_value: str,
+        *,
+        index: str | None = None,
+        forward: bool = True,
+        limit: int | None = None,
+        start: Mapping[str, Any] | None = None,
+    ) -> tuple[list[Item], Item | None]: ...
+
+    async def scan_all(self) -> list[Item]: ...
+
+
+class TableSet(Protocol):
+    """The service's tables, by role."""
+
+    @property
+    def users(self) -> ItemTable: ...
+
+    @property
+    def keys(self) -> ItemTable: ...
+
+    @property
+    def images(self) -> ItemTable: ...
+
+    @property
+    def throttle(self) -> ItemTable: ...
+
+    @property
+    def config(self) -> ItemTable: ...

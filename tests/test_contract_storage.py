@@ -1,0 +1,142 @@
+"""The storage contract: what uploads, downloads and jobs rely on, held by S3 (moto) and the local
+object store alike, including the event a stored original sends to the queue."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import (
+    EmptyUpload,
+    FormatNotAllowed,
+    ImageChanged,
+    NotAnImage,
+    NotFound,
+    StorageUnavailable,
+    TooLarge,
+)
+from pipeline.events import parse_message
+from pipeline.storage import OversizeObject
+from tests.conftest import USER, Backend, jpeg_bytes
+
+IMAGE = jpeg_bytes(64, 48)
+FORMATS = frozenset({"jpeg", "png"})
+
+
+async def chunks_of(data: bytes, size: int) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def upload(backend: Backend, key: str, data: bytes, *, max_bytes: int = 10_000_000) -> str:
+    stored = await backend.storage.upload_stream(
+        backend.settings.aws.source_bucket,
+        key,
+        chunks_of(data, 1000),
+        max_bytes=max_bytes,
+        part_size=5 * 1024 * 1024,
+        allowed_formats=FORMATS,
+        metadata={"file-name": "cat.jpg"},
+    )
+    assert (stored.key, stored.size, stored.format) == (key, len(data), "jpeg")
+    return str(stored.etag)
+
+
+async def test_an_upload_is_stored_whole_and_announced_once(backend: Backend) -> None:
+    key = f"{USER}/cat"
+    etag = await upload(backend, key, IMAGE)
+    assert etag == f'"{hashlib.md5(IMAGE).hexdigest()}"'  # a single PUT's ETag, as S3 gives
+    meta, data = await backend.storage.read(backend.settings.aws.source_bucket, key, 10_000_000)
+    assert data == IMAGE
+    assert (meta.size, meta.etag, meta.content_type) == (len(IMAGE), etag, "image/jpeg")
+    assert meta.metadata == {"file-name": "cat.jpg"}
+    bodies = []
+    while messages := await backend.main.receive(10, 1, visibility_timeout=30):
+        bodies += [m.body for m in messages]
+    created = [event for body in bodies for event in parse_message(body).created]
+    assert [(e.bucket, e.key, e.size, e.etag) for e in created] == [
+        (backend.settings.aws.source_bucket, key, len(IMAGE), etag.strip('"'))
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", EmptyUpload),
+        (b"not an image at all, just text" * 10, NotAnImage),
+        (b"GIF89a" + bytes(100), FormatNotAllowed),
+    ],
+)
+async def test_a_refused_upload_leaves_nothing(backend: Backend, data: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        await upload(backend, f"{USER}/refused", data)
+    await _nothing_at(backend, f"{USER}/refused")
+
+
+async def test_an_upload_over_the_cap_leaves_nothing(backend: Backend) -> None:
+    with pytest.raises(TooLarge):
+        await upload(backend, f"{USER}/big", IMAGE, max_bytes=len(IMAGE) - 1)
+    await _nothing_at(backend, f"{USER}/big")
+
+
+async def _nothing_at(backend: Backend, key: str) -> None:
+    with pytest.raises(NotFound):
+        await backend.storage.head(backend.settings.aws.source_bucket, key)
+    assert await backend.main.receive(10, 0) == []
+
+
+async def test_streams_ranges_and_pinned_versions(backend: Backend) -> None:
+    bucket = backend.settings.aws.dest_bucket
+    data = bytes(range(256)) * 4000
+    await backend.storage.put(bucket, "a/b", data, "application/octet-stream", {"k": "v"})
+    meta, chunks = await backend.storage.stream(bucket, "a/b", chunk_size=65536)
+    assert b"".join([c async for c in chunks]) == data
+    _, chunks = await backend.storage.stream(bucket, "a/b", (10, 19), if_match=meta.etag)
+    assert b"".join([c async for c in chunks]) == data[10:20]
+    _, chunks = await backend.storage.stream(bucket, "a/b", (len(data) - 5, len(data) + 100))
+    assert b"".join([c async for c in chunks]) == data[-5:]  # an end past the object is clamped
+    with pytest.raises(ImageChanged):
+        await backend.storage.stream(bucket, "a/b", if_match='"0123"')
+    with pytest.raises(OversizeObject):
+        await backend.storage.read(bucket, "a/b", max_bytes=100)
+
+
+async def test_a_replaced_object_streams_whole_to_a_reader_that_opened_it(backend: Backend) -> None:
+    bucket = backend.settings.aws.dest_bucket
+    old, new = b"o" * 600_000, b"n" * 10
+    await backend.storage.put(bucket, "x", old, "text/plain")
+    _, chunks = await backend.storage.stream(bucket, "x", chunk_size=1024)
+    first = await anext(chunks)
+    await backend.storage.put(bucket, "x", new, "text/plain")
+    assert first + b"".join([c async for c in chunks]) == old
+    assert (await backend.storage.read(bucket, "x", 100))[1] == new
+
+
+async def test_deleting_is_idempotent_and_json_documents_round_trip(backend: Backend) -> None:
+    bucket = backend.settings.aws.dest_bucket
+    await backend.storage.put_json(bucket, "doc", {"b": [1, 2], "a": "é"})
+    assert await backend.storage.get_json(bucket, "doc") == {"a": "é", "b": [1, 2]}
+    await backend.storage.delete_many(bucket, ["doc", "never-was"])
+    await backend.storage.delete_many(bucket, ["doc"])
+    assert await backend.storage.get_json(bucket, "doc") is None
+    assert await backend.storage.etag_of(bucket, "doc") is None
+    await backend.storage.check_bucket(bucket)
+    with pytest.raises(StorageUnavailable):
+        await backend.storage.check_bucket("no-such-bucket-here")
+
+
+@given(key=st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=60))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+async def test_any_key_round_trips_through_the_event(backend: Backend, key: str) -> None:
+    """Keys are URL-encoded in S3 events; whatever a key holds, the consumer reads it back."""
+    etag = await upload(backend, key, IMAGE)
+    created = []
+    while messages := await backend.main.receive(10, 0, visibility_timeout=30):
+        for message in messages:
+            created += parse_message(message.body).created
+            await backend.main.delete(message.receipt_handle)
+    assert (created[-1].key, created[-1].etag) == (key, etag.strip('"'))

@@ -1,0 +1,127 @@
+"""The tables contract: conditional writes, atomic counters and index pages behave the same on
+DynamoDB (moto) and on the local SQLite tables, so records, accounts and quotas are written once."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.items import (
+    Add,
+    AllOf,
+    AnyOf,
+    AtMost,
+    ConditionFailed,
+    Equals,
+    Missing,
+    Present,
+    Remove,
+    Set,
+    SetDefault,
+)
+from tests.conftest import Backend
+
+
+async def test_conditional_puts_and_deletes(backend: Backend) -> None:
+    users = backend.tables.users
+    user = {
+        "user_id": str(uuid.uuid4()),
+        "name": "ann",
+        "score": 2.5,
+        "count": 3,
+        "tags": ["a"],
+        "d": {"x": 1},
+    }
+    await users.put(user, Missing("user_id"))
+    with pytest.raises(ConditionFailed):
+        await users.put({**user, "name": "bob"}, Missing("user_id"))
+    assert await users.get({"user_id": user["user_id"]}) == user  # numbers and nesting round-trip
+    with pytest.raises(ConditionFailed):
+        await users.delete({"user_id": user["user_id"]}, Equals("name", "bob"))
+    assert await users.delete({"user_id": user["user_id"]}, Equals("name", "ann")) == user
+    assert await users.get({"user_id": user["user_id"]}) is None
+    assert await users.delete({"user_id": user["user_id"]}) is None
+
+
+async def test_updates_create_add_default_and_remove(backend: Backend) -> None:
+    throttle = backend.tables.throttle
+    key = {"id": f"slot-{uuid.uuid4()}"}
+    first = await throttle.update(key, [Add("failures", 1), SetDefault("expires_at", 100)])
+    assert first == {**key, "failures": 1, "expires_at": 100}  # created, a missing counter is 0
+    second = await throttle.update(key, [Add("failures", 1), SetDefault("expires_at", 200), Set("note", "x")])
+    assert second == {**key, "failures": 2, "expires_at": 100, "note": "x"}
+    third = await throttle.update(key, [Remove("note"), Remove("never")], Present("id"))
+    assert third == {**key, "failures": 2, "expires_at": 100}
+    with pytest.raises(ConditionFailed):
+        await throttle.update({"id": "absent"}, [Set("a", 1)], Present("id"))
+    assert await throttle.get({"id": "absent"}) is None  # a failed condition writes nothing
+
+
+@given(charges=st.lists(st.tuples(st.integers(-3, 5), st.integers(-1, 2)), max_size=12))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+async def test_quota_conditions_decide_like_a_model(backend: Backend, charges: list[tuple[int, int]]) -> None:
+    """The quota's shape: ADD both counters only if each stays within its limit (or is absent)."""
+    users, limit_b, limit_n = backend.tables.users, 10, 3
+    key = {"user_id": str(uuid.uuid4())}
+    await users.put({**key, "name": ""}, Missing("user_id"))
+    model = {"bytes_used": None, "image_count": None}
+    for delta_b, delta_n in charges:
+        condition = AllOf(
+            (
+                Present("user_id"),
+                AnyOf((Missing("bytes_used"), AtMost("bytes_used", limit_b - delta_b))),
+                AnyOf((Missing("image_count"), AtMost("image_count", limit_n - delta_n))),
+            )
+        )
+        allowed = all(
+            model[name] is None or model[name] <= limit - delta  # type: ignore[operator]
+            for name, limit, delta in (("bytes_used", limit_b, delta_b), ("image_count", limit_n, delta_n))
+        )
+        try:
+            item = await users.update(
+                key, [Add("bytes_used", delta_b), Add("image_count", delta_n)], condition
+            )
+        except ConditionFailed:
+            assert not allowed
+            continue
+        assert allowed
+        model = {
+            "bytes_used": (model["bytes_used"] or 0) + delta_b,
+            "image_count": (model["image_count"] or 0) + delta_n,
+        }
+        assert (item["bytes_used"], item["image_count"]) == (model["bytes_used"], model["image_count"])
+
+
+async def test_index_pages_cover_everything_once_in_order(backend: Backend) -> None:
+    images, owner, other = backend.tables.images, str(uuid.uuid4()), str(uuid.uuid4())
+    made = []
+    for i in range(7):
+        created = f"2026-12-0{i % 3 + 1}T00:00:00Z"  # ties in time, broken by id
+        item = {"user_id": owner, "image_id": f"img{i}", "created_key": f"{created}#img{i}"}
+        made.append(item)
+        await images.put(item)
+    await images.put({"user_id": other, "image_id": "x", "created_key": "2026-12-09T00:00:00Z#x"})
+    for forward in (True, False):
+        seen, start = [], None
+        while True:
+            page, start = await images.query(owner, index="by_created", forward=forward, limit=3, start=start)
+            assert len(page) <= 3
+            seen += [item["image_id"] for item in page]
+            if start is None:
+                break
+        expected = [i["image_id"] for i in sorted(made, key=lambda i: i["created_key"], reverse=not forward)]
+        assert seen == expected
+    everything, last = await images.query(owner)
+    assert last is None and sorted(i["image_id"] for i in everything) == [f"img{i}" for i in range(7)]
+
+
+async def test_keys_by_user_and_scans(backend: Backend) -> None:
+    keys, user = backend.tables.keys, str(uuid.uuid4())
+    for i in range(3):
+        await keys.put({"key_id": f"{user[:8]}{i}", "user_id": user, "created_at": f"2026-01-0{3 - i}"})
+    found, _ = await keys.query(user, index="by_user")
+    assert [k["key_id"] for k in found] == [f"{user[:8]}{i}" for i in (2, 1, 0)]  # oldest first
+    assert {k["key_id"] for k in await keys.scan_all()} >= {k["key_id"] for k in found}
