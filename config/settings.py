@@ -342,8 +342,18 @@ class Settings:
             signing_secret=env.text("SIGNING_SECRET", d_acc.signing_secret),
             link_max_seconds=env.integer("LINK_MAX_SECONDS", d_acc.link_max_seconds, 1, 7 * 24 * 3600),
             links=env.choice("LINKS", d_acc.links, ("hmac", "s3")),
-            demo_keys_file=Path(env.text("DEMO_KEYS_FILE", str(d_acc.demo_keys_file))),
+            # With a data directory the demo keys live beside the data they open.
+            demo_keys_file=Path(
+                env.text(
+                    "DEMO_KEYS_FILE",
+                    str(aws.data_dir / d_acc.demo_keys_file if aws.data_dir else d_acc.demo_keys_file),
+                )
+            ),
         )
+        if accounts.links == "s3" and aws.data_dir is not None:
+            raise ConfigError(
+                f"{PREFIX}LINKS: s3 presigned links need S3; the local backend serves hmac links"
+            )
         webhooks = WebhookSettings(
             attempts=env.integer("WEBHOOK_ATTEMPTS", d_hook.attempts, 1, 100),
             backoff_base=env.number("WEBHOOK_BACKOFF_BASE", d_hook.backoff_base, 0, 3600),

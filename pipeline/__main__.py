@@ -18,12 +18,12 @@ from config.settings import ConfigError, Settings
 from pipeline import bulk, metrics, runtime
 from pipeline.accounts import Accounts, NewKey
 from pipeline.aws import open_clients
+from pipeline.backends import open_backend
 from pipeline.dlq import list_dead_letters, redrive
 from pipeline.errors import ServiceError
 from pipeline.logs import configure_logging
 from pipeline.provision import provision
-from pipeline.service import open_consumer, open_queues
-from pipeline.tables import Tables
+from pipeline.service import open_consumer
 
 log = logging.getLogger("pipeline")
 
@@ -32,9 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description=(
-            "Image pipeline tools. They use the configured AWS (AWS_* variables) or, when none is "
-            "configured, the embedded endpoint of a running `python -m web` (IMGSVC_EMBEDDED_PORT)."
+            "Image pipeline tools. They use a data directory (--data-dir, IMGSVC_DATA_DIR), the "
+            "configured AWS (AWS_* variables) or, when neither is given, the embedded endpoint of a "
+            "running `python -m web` (IMGSVC_EMBEDDED_PORT)."
         ),
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, help="the local backend's directory, shared with `python -m web --data-dir`"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     consumer = commands.add_parser("consumer", help="run the consumer pool until SIGINT/SIGTERM")
@@ -93,19 +97,23 @@ def serve_metrics(settings: Settings) -> None:
 async def run_consumer(settings: Settings, burst: bool) -> int:
     serve_metrics(settings)
     async with (
-        open_clients(settings.aws) as clients,
-        open_consumer(clients, settings, burst=burst) as consumer,
+        open_backend(settings) as backend,
+        open_consumer(backend, settings, burst=burst) as consumer,
     ):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, consumer.stop)
-        async with metrics.queue_sampling(clients.sqs, settings.aws):
+        async with metrics.queue_sampling(backend.main, backend.dlq):
             stats = await consumer.run()
     print(json.dumps({"received": stats.received, "outcomes": dict(stats.outcomes)}))
     return 0
 
 
 async def run_provision(settings: Settings) -> int:
+    if settings.aws.data_dir is not None:  # opening a data directory provisions it
+        async with open_backend(settings):
+            print(json.dumps({"data_dir": str(settings.aws.data_dir)}))
+        return 0
     async with open_clients(settings.aws) as clients:
         result = await provision(clients, settings)
     print(json.dumps(result.__dict__))
@@ -113,8 +121,7 @@ async def run_provision(settings: Settings) -> int:
 
 
 async def run_dlq(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_clients(settings.aws) as clients:
-        queues = await open_queues(clients, settings)
+    async with open_backend(settings) as queues:
         if args.dlq_command == "list":
             letters = await list_dead_letters(queues.dlq, limit=args.limit)
             if args.json:
@@ -141,8 +148,8 @@ async def run_dlq(settings: Settings, args: argparse.Namespace) -> int:
 
 async def run_users(settings: Settings, args: argparse.Namespace) -> int:
     """Keys are printed once, here, and stored only as hashes."""
-    async with open_clients(settings.aws) as clients:
-        accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+    async with open_backend(settings) as backend:
+        accounts = Accounts(backend.tables)
         if args.users_command == "create":
             try:
                 user_id = await accounts.create_user(args.user_id, args.name)
@@ -204,8 +211,11 @@ def _unreachable_embedded(settings: Settings) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    environ = dict(os.environ)
+    if args.data_dir is not None:
+        environ["IMGSVC_DATA_DIR"] = str(args.data_dir)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(environ)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -20,9 +20,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import InvalidCredentials, KeyNotFound, KeyRevoked, UnknownUser
-from pipeline.items import Missing, Present, SetDefault
+from pipeline.items import ConditionFailed, Missing, Present, SetDefault
 from pipeline.layout import valid_user_id
-from pipeline.tables import ConditionFailed, Tables
+from pipeline.ports import TableSet
 
 KEY_RE = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 
@@ -51,7 +51,7 @@ class NewKey:
 class Accounts:
     """Create users, issue, list, revoke and rotate keys, and authenticate a presented key."""
 
-    def __init__(self, tables: Tables) -> None:
+    def __init__(self, tables: TableSet) -> None:
         self._tables = tables
 
     async def create_user(self, user_id: str | None = None, name: str = "") -> str:

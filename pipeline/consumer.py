@@ -24,7 +24,8 @@ from pipeline.dlq import reason_attributes
 from pipeline.errors import LeaseLost, ServiceError, TransientError
 from pipeline.jobs import JobRunner
 from pipeline.logs import REQUEST_ID
-from pipeline.queue import Message, Queue
+from pipeline.ports import MessageQueue
+from pipeline.queue import Message
 from pipeline.verdicts import Verdict, judge
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ class Consumer:
 
     def __init__(
         self,
-        queue: Queue,
-        dlq: Queue,
+        queue: MessageQueue,
+        dlq: MessageQueue,
         jobs: JobRunner,
         settings: Settings,
         *,

@@ -1,10 +1,13 @@
-"""The embedded stack's demo users: the original system's five user ids, each with a key.
+"""The demo users: the original system's five user ids, each with a key.
 
 The embedded endpoint keeps everything in memory, so every start creates the users again. Their
 keys are logged and written (mode 0600) to a file for scripts and people; when that file already
 holds a well-formed key for a demo user, the same key is issued again, so browser tabs and
 scripts keep working across restarts. Anything else in the file (unreadable, malformed, keys of
 other users) is ignored: such users get new keys and the file is rewritten.
+
+A data directory (the local backend) keeps its users and keys: the demo users are created on
+its first start only (`seed_demo_once`), and later starts leave accounts as they are.
 """
 
 from __future__ import annotations
@@ -16,15 +19,14 @@ from pathlib import Path
 
 from config.settings import SEED_USER_IDS, Settings
 from pipeline.accounts import Accounts
-from pipeline.aws import AwsClients
-from pipeline.tables import Tables
+from pipeline.ports import TableSet
 
 log = logging.getLogger(__name__)
 
 
-async def seed_demo_users(clients: AwsClients, settings: Settings) -> dict[str, str]:
+async def seed_demo_users(tables: TableSet, settings: Settings) -> dict[str, str]:
     """Create the demo users, keep or issue one key each, write them to the demo keys file."""
-    accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+    accounts = Accounts(tables)
     path = settings.accounts.demo_keys_file
     previous = _previous_keys(path)
     keys, kept = {}, []
@@ -50,6 +52,15 @@ async def seed_demo_users(clients: AwsClients, settings: Settings) -> dict[str, 
         )
     log.info("demo API keys written to %s (use: Authorization: Bearer <key>)", path.resolve())
     return keys
+
+
+async def seed_demo_once(tables: TableSet, settings: Settings) -> None:
+    """Seed the demo users into a durable backend that has no users yet; leave one that has."""
+    users = await Accounts(tables).users()
+    if users:
+        log.info("keeping the %d users and their keys of %s", len(users), settings.aws.data_dir)
+        return
+    await seed_demo_users(tables, settings)
 
 
 def _previous_keys(path: Path) -> dict[str, str]:

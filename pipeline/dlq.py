@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from pipeline.errors import ServiceError
 from pipeline.events import parse_message
-from pipeline.queue import Message, Queue
+from pipeline.ports import MessageQueue
+from pipeline.queue import Message
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _short(text: str, limit: int) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-async def list_dead_letters(dlq: Queue, limit: int = 100, peek_seconds: int = 5) -> list[DeadLetter]:
+async def list_dead_letters(dlq: MessageQueue, limit: int = 100, peek_seconds: int = 5) -> list[DeadLetter]:
     """Peek at up to `limit` messages. Each is hidden while the listing runs (so it is counted
     once) and made visible again as soon as it is listed: a redrive or another listing started
     right after sees them all."""
@@ -105,7 +106,7 @@ async def list_dead_letters(dlq: Queue, limit: int = 100, peek_seconds: int = 5)
     return list(seen.values())
 
 
-async def redrive(dlq: Queue, target: Queue, limit: int | None = None) -> int:
+async def redrive(dlq: MessageQueue, target: MessageQueue, limit: int | None = None) -> int:
     """Move messages back to `target` (send, then delete); returns how many were moved."""
     moved = 0
     while limit is None or moved < limit:

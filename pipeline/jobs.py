@@ -30,10 +30,10 @@ from pipeline.errors import (
 from pipeline.events import ObjectCreated
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
+from pipeline.ports import ItemTable, ObjectStore
 from pipeline.records import RecordStore, Superseded
 from pipeline.results import RenditionResult
-from pipeline.storage import OversizeObject, Storage
-from pipeline.tables import Table
+from pipeline.storage import OversizeObject
 from pipeline.tasks import make_renditions
 from pipeline.webhooks import Dispatcher
 from pipeline.workers import InlineRunner, WorkerPool
@@ -59,12 +59,12 @@ class JobRunner:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: ObjectStore,
         records: RecordStore,
         pool: WorkerPool | InlineRunner,
         settings: Settings,
         webhooks: Dispatcher | None = None,
-        users: Table | None = None,
+        users: ItemTable | None = None,
     ) -> None:
         self._users = users
         self._storage = storage

@@ -17,15 +17,15 @@ import secrets
 import time
 
 from pipeline.errors import InvalidLink, LinkExpired
-from pipeline.items import Missing
-from pipeline.tables import ConditionFailed, Table
+from pipeline.items import ConditionFailed, Missing
+from pipeline.ports import ItemTable
 from pipeline.untrusted import ascii_int
 
 SECRET_NAME = "link-signing-secret"
 _HEX = re.compile(r"[0-9a-f]{1,64}")
 
 
-async def shared_secret(config: Table, configured: str) -> bytes:
+async def shared_secret(config: ItemTable, configured: str) -> bytes:
     """The configured secret, or the one every process shares through the config table."""
     if configured:
         return configured.encode()

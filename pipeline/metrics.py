@@ -11,13 +11,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from config.settings import AwsSettings
 from pipeline.errors import ServiceError
-from pipeline.queue import Queue
+
+if TYPE_CHECKING:
+    from pipeline.ports import MessageQueue
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,10 @@ QUEUE_MESSAGES = Gauge(
 
 
 @asynccontextmanager
-async def queue_sampling(sqs: Any, aws: AwsSettings) -> AsyncIterator[None]:
+async def queue_sampling(main: MessageQueue, dlq: MessageQueue) -> AsyncIterator[None]:
     """Sample the queue and DLQ depth for the life of the block: once per process, by its entry
     point (an API with the consumer in-process samples once, not twice)."""
-    task = asyncio.create_task(sample_queues(sqs, aws), name="queue-depth-sampler")
+    task = asyncio.create_task(sample_queues(main, dlq), name="queue-depth-sampler")
     try:
         yield
     finally:
@@ -89,16 +90,12 @@ async def queue_sampling(sqs: Any, aws: AwsSettings) -> AsyncIterator[None]:
             await task
 
 
-async def sample_queues(sqs: Any, aws: AwsSettings, every: float = 15.0) -> None:
+async def sample_queues(main: MessageQueue, dlq: MessageQueue, every: float = 15.0) -> None:
     """Keep `imgsvc_queue_messages` current until cancelled (queue and DLQ depth). A queue that
-    cannot be reached (not provisioned yet, SQS down) is skipped until the next round."""
-    names = {"main": aws.queue_name, "dlq": aws.dlq_name}
-    queues: dict[str, Queue] = {}
+    cannot be reached (SQS down, the database busy) is skipped until the next round."""
     while True:
-        for label, name in names.items():
+        for label, queue in (("main", main), ("dlq", dlq)):
             with suppress(ServiceError):
-                queue = queues.get(label) or await Queue.named(sqs, name)
-                queues[label] = queue
                 for state, count in (await queue.depth()).items():
                     QUEUE_MESSAGES.labels(label, state).set(count)
         await asyncio.sleep(every)

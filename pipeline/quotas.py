@@ -10,14 +10,14 @@ import logging
 
 from config.settings import AccountSettings
 from pipeline.errors import ByteQuotaExceeded, ImageQuotaExceeded, UnknownUser
-from pipeline.items import Add, AllOf, AnyOf, AtMost, Condition, Missing, Present
-from pipeline.tables import ConditionFailed, Item, Table
+from pipeline.items import Add, AllOf, AnyOf, AtMost, Condition, ConditionFailed, Item, Missing, Present
+from pipeline.ports import ItemTable
 
 log = logging.getLogger(__name__)
 
 
 class Usage:
-    def __init__(self, users: Table, accounts: AccountSettings) -> None:
+    def __init__(self, users: ItemTable, accounts: AccountSettings) -> None:
         self._users = users
         self._max_bytes = accounts.quota_bytes
         self._max_images = accounts.quota_images

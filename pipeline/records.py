@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 from pipeline import untrusted
 from pipeline.errors import InvalidField, ServiceError, TransientError
-from pipeline.items import Add, Equals, Missing, Present, Set
+from pipeline.items import Add, ConditionFailed, Equals, Item, Missing, Present, Set
 from pipeline.layout import ImageRef
+from pipeline.ports import ItemTable
 from pipeline.results import RenditionResult
-from pipeline.tables import ConditionFailed, Item, Table
 
 State = Literal["pending", "ready", "failed"]
 #: Optimistic writes that lose a race re-read and try again this often before giving up.
@@ -127,7 +127,7 @@ class ImageRecord:
 
 
 class RecordStore:
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: ItemTable) -> None:
         self._table = table
 
     async def read(self, ref: ImageRef) -> ImageRecord | None:

@@ -17,11 +17,11 @@ import time
 
 from pipeline.errors import TooManyFailedAttempts
 from pipeline.items import Add, SetDefault
-from pipeline.tables import Table
+from pipeline.ports import ItemTable
 
 
 class FailureLimiter:
-    def __init__(self, table: Table, allowed: int, window_seconds: int) -> None:
+    def __init__(self, table: ItemTable, allowed: int, window_seconds: int) -> None:
         self._table = table
         self._allowed = allowed
         self._window = window_seconds

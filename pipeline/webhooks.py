@@ -39,9 +39,9 @@ import aiohttp
 from config.settings import WebhookSettings
 from pipeline import metrics
 from pipeline.errors import InvalidWebhookUrl, UnknownUser
-from pipeline.items import Present, Remove, Set, SetDefault
+from pipeline.items import ConditionFailed, Item, Present, Remove, Set, SetDefault
+from pipeline.ports import ItemTable
 from pipeline.records import ImageRecord
-from pipeline.tables import ConditionFailed, Item, Table
 from pipeline.webhook_urls import PublicOnlyResolver, check_url
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class Webhook:
 class WebhookStore:
     """The webhook lives on the user's item in the users table: one read per event to find it."""
 
-    def __init__(self, users: Table) -> None:
+    def __init__(self, users: ItemTable) -> None:
         self._users = users
 
     async def get(self, user_id: str) -> Webhook | None:
@@ -316,7 +316,7 @@ class Dispatcher:
 
 
 @asynccontextmanager
-async def open_dispatcher(users: Table, settings: WebhookSettings) -> AsyncIterator[Dispatcher]:
+async def open_dispatcher(users: ItemTable, settings: WebhookSettings) -> AsyncIterator[Dispatcher]:
     """A dispatcher with its own HTTP session; on exit it delivers for up to `drain_timeout` s."""
     resolver = None if settings.allow_private else PublicOnlyResolver()
     connector = aiohttp.TCPConnector(limit=settings.concurrency, resolver=resolver)

@@ -37,6 +37,7 @@ from stack import ROOT, child_env, free_port
 from config.settings import SEED_USER_IDS, Settings
 from pipeline import runtime
 from pipeline.aws import AwsClients, open_clients
+from pipeline.backends import aws_backend
 from pipeline.imaging import make_renditions
 from pipeline.provision import provision
 from pipeline.queue import Queue
@@ -130,7 +131,7 @@ async def consumer_rate(
     async with open_clients(settings.aws) as clients:
         await provision(clients, settings)
         await fill(clients, settings, images, count)
-        async with open_consumer(clients, settings) as consumer:
+        async with open_consumer(await aws_backend(clients, settings), settings) as consumer:
             task = asyncio.create_task(consumer.run())
             while consumer.stats.outcomes["test_event"] < 1:  # the pool is up and receiving
                 await asyncio.sleep(0.01)

@@ -32,13 +32,13 @@ from local.storage import LocalStorage
 from local.tables import LocalTables
 from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients, open_clients
+from pipeline.backends import aws_backend
 from pipeline.consumer import Consumer
 from pipeline.layout import ImageRef
 from pipeline.provision import provision
 from pipeline.queue import Message, Queue
 from pipeline.records import ImageRecord, RecordStore
-from pipeline.service import open_consumer, open_queues
-from pipeline.storage import Storage
+from pipeline.service import open_consumer
 from pipeline.tables import Tables
 from pipeline.workers import WorkerPool
 from web.app import create_app
@@ -159,11 +159,10 @@ async def backend(
     if request.param == "aws":
         async with open_clients(settings.aws) as clients:
             await provision(clients, settings)
-            queues = await open_queues(clients, settings)
-            for message in await queues.main.receive(10, 0):  # S3's test event for the notification
-                await queues.main.delete(message.receipt_handle)
-            tables = Tables(clients.dynamodb, settings.aws)
-            yield Backend("aws", settings, Storage(clients.s3), queues.main, queues.dlq, tables)
+            ports = await aws_backend(clients, settings)
+            for message in await ports.main.receive(10, 0):  # S3's test event for the notification
+                await ports.main.delete(message.receipt_handle)
+            yield Backend("aws", settings, ports.storage, ports.main, ports.dlq, ports.tables)
         return
     db = await Database(tmp_path / "state.db").open()
     try:
@@ -235,7 +234,8 @@ async def shared_consumer(
     clients: AwsClients, settings: Settings, *, burst: bool = False
 ) -> AsyncIterator[Consumer]:
     """A consumer on the session's shared worker pool (tests that kill workers open their own)."""
-    async with open_consumer(clients, settings, burst=burst, pool=await shared_pool(settings)) as consumer:
+    backend = await aws_backend(clients, settings)
+    async with open_consumer(backend, settings, burst=burst, pool=await shared_pool(settings)) as consumer:
         yield consumer
 
 

@@ -15,13 +15,13 @@ from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws import AwsClients
+from pipeline.backends import aws_backend
 from pipeline.consumer import backoff_seconds
 from pipeline.dlq import list_dead_letters, redrive
 from pipeline.errors import InvalidRecord, PermanentError
 from pipeline.layout import ImageRef
 from pipeline.queue import Queue
 from pipeline.records import RecordStore
-from pipeline.service import open_queues
 from pipeline.tables import Tables
 from tests.conftest import (
     ROOT,
@@ -81,7 +81,7 @@ async def test_corrupt_and_fake_images_go_to_dlq_at_once_with_reason(
 
 
 async def test_poison_and_other_events(clients: AwsClients, settings: Settings) -> None:
-    queues = await open_queues(clients, settings)
+    queues = await aws_backend(clients, settings)
     await queues.main.send("this is not json")
     await queues.main.send(
         json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete"}]})
@@ -173,7 +173,7 @@ async def test_dlq_list_redrive_purge(clients: AwsClients, settings: Settings) -
     await put(clients, settings, f"{USER}/bad1", b"not an image at all, no magic" * 3)
     await put(clients, settings, f"{USER}/bad2", b"GIF89a but nothing else")
     await run_consumer_until_drained(clients, settings)
-    queues = await open_queues(clients, settings)
+    queues = await aws_backend(clients, settings)
 
     letters = await list_dead_letters(queues.dlq, peek_seconds=1)
     assert sorted(k for letter in letters for k in letter.keys) == [f"{USER}/bad1", f"{USER}/bad2"]
@@ -293,7 +293,7 @@ async def test_nested_or_malformed_bodies_are_poison_at_once(clients: AwsClients
     """`json.loads` of a deeply nested body raises RecursionError, `unquote_plus` of a key that is
     not text AttributeError: both used to be retried as unexpected errors, max_attempts times.
     They are poison at once (oversized bodies too: `tests/test_events.py`)."""
-    queues = await open_queues(clients, settings)
+    queues = await aws_backend(clients, settings)
     await queues.main.send("[" * 100_000 + "]" * 100_000)
     key_not_text = {
         "eventName": "ObjectCreated:Put",

@@ -27,7 +27,7 @@ async def seed(settings: Settings) -> dict[str, str]:
     """A fresh start of the embedded stack's seeding: new, empty tables every time."""
     async with open_clients(settings.aws) as clients:
         await provision(clients, settings)
-        return await seed_demo_users(clients, settings)
+        return await seed_demo_users(Tables(clients.dynamodb, settings.aws), settings)
 
 
 async def authenticates(settings: Settings, key: str) -> str:

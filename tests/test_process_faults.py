@@ -15,6 +15,7 @@ from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws import AwsClients
+from pipeline.backends import aws_backend
 from pipeline.queue import Queue
 from pipeline.service import open_consumer
 from tests.conftest import (
@@ -123,7 +124,7 @@ async def test_killed_worker_is_replaced_and_its_job_retried(
     settings = make_settings(IMGSVC_CONSUMER_BACKOFF_BASE="0")
     await provision_with_users(clients, settings)
     keys = await fill(clients, settings, 6)
-    async with open_consumer(clients, settings) as consumer:
+    async with open_consumer(await aws_backend(clients, settings), settings) as consumer:
         task = asyncio.create_task(consumer.run())
         async with asyncio.timeout(30):
             while consumer.stats.outcomes["ready"] < 1 or not worker_pids():

@@ -6,19 +6,20 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 
 from aiohttp import web
 
 from config.settings import ConfigError, Settings
 from pipeline import runtime
-from pipeline.aws import open_clients
-from pipeline.demo import seed_demo_users
+from pipeline.backends import open_backend
+from pipeline.demo import seed_demo_once, seed_demo_users
 from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
-from pipeline.provision import provision
 from web.app import create_app
 from web.keys import PROVISIONED
 from web.multipart import ignore_parser_warnings
@@ -42,6 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--embedded-port", type=int, help="embedded AWS port (IMGSVC_EMBEDDED_PORT, default 4566)"
     )
     parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep every piece of state under this directory, durably, with no AWS at all "
+        "(IMGSVC_DATA_DIR; created if missing)",
+    )
+    parser.add_argument(
         "--embedded-only",
         action="store_true",
         help="run only the embedded AWS endpoint (provisioned), for API and consumer processes to share",
@@ -50,7 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
+    environ = dict(os.environ)
+    if args.data_dir is not None:  # validated with the rest, as if it were the variable
+        environ["IMGSVC_DATA_DIR"] = str(args.data_dir)
+    settings = Settings.from_env(environ)
     web_settings = settings.web
     if args.host is not None:
         web_settings = dataclasses.replace(web_settings, host=args.host)
@@ -65,9 +75,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 async def serve(settings: Settings, *, seed_demo: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully (the consumer drains first)."""
     if seed_demo:
-        async with open_clients(settings.aws) as clients:
-            await provision(clients, settings)
-            await seed_demo_users(clients, settings)
+        async with open_backend(settings, provision_first=True) as backend:
+            if settings.aws.mode == "local":
+                await seed_demo_once(backend.tables, settings)
+            else:
+                await seed_demo_users(backend.tables, settings)
     app = create_app(settings)
     app[PROVISIONED] = seed_demo  # done just above: the app need not provision (and log it) again
     runner = GuardedRunner(app, settings.web)
@@ -84,9 +96,8 @@ async def serve(settings: Settings, *, seed_demo: bool = False) -> None:
 
 async def serve_embedded_only(settings: Settings) -> None:
     """Provision the embedded endpoint and keep it up until SIGINT or SIGTERM; no API, no consumer."""
-    async with open_clients(settings.aws) as clients:
-        await provision(clients, settings)
-        await seed_demo_users(clients, settings)
+    async with open_backend(settings, provision_first=True) as backend:
+        await seed_demo_users(backend.tables, settings)
     log.info(
         "embedded AWS endpoint only: start API processes with IMGSVC_MODE=embedded "
         "AWS_ENDPOINT_URL=%s and consumers with `python -m pipeline consumer` and the same variables",
@@ -136,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.embedded_only:
             print("error: --embedded-only needs the embedded mode (no AWS configured)", file=sys.stderr)
             return 2
+        elif settings.aws.mode == "local":
+            log.info(
+                "local backend data_dir=%s: originals, renditions, records, users, keys and the "
+                "queues are kept there and survive restarts",
+                settings.aws.data_dir,
+            )
         else:
             log.info(
                 "using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region
@@ -145,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         main_coroutine = (
             serve_embedded_only(settings)
             if args.embedded_only
-            else serve(settings, seed_demo=started_endpoint)
+            else serve(settings, seed_demo=started_endpoint or settings.aws.mode == "local")
         )
         runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)
     return 0

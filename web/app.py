@@ -11,22 +11,19 @@ from aiohttp import web
 from config.settings import Settings
 from pipeline import metrics
 from pipeline.accounts import Accounts
-from pipeline.aws import open_clients
+from pipeline.backends import open_backend
 from pipeline.links import LinkSigner, shared_secret
-from pipeline.provision import provision
 from pipeline.quotas import Usage
 from pipeline.records import RecordStore
 from pipeline.service import open_consumer
-from pipeline.storage import Storage
 from pipeline.supervision import Supervisor
-from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
 from pipeline.webhooks import WebhookStore
 from web.admission import UploadGate
 from web.keys import (
     ACCOUNTS,
+    BACKEND,
     BACKGROUND,
-    CLIENTS,
     CONSUMER,
     LIMITER,
     LINKS,
@@ -62,28 +59,27 @@ def create_app(settings: Settings) -> web.Application:
         web_settings.retry_after,
     )
     app.on_response_prepare.append(send_request_id)
-    app.cleanup_ctx.append(_aws)
+    app.cleanup_ctx.append(_backend)
     if settings.web.run_consumer:
         app.cleanup_ctx.append(_consumer)
     setup_routes(app)
     return app
 
 
-async def _aws(app: web.Application) -> AsyncIterator[None]:
+async def _backend(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    async with open_clients(settings.aws) as clients:
-        if settings.aws.mode == "embedded" and not app.get(PROVISIONED, False):
-            await provision(clients, settings)  # embedded only: against AWS this is an explicit command
-        storage = Storage(clients.s3)
-        tables = Tables(clients.dynamodb, settings.aws)
+    # Provisioned here in embedded mode unless the entry point did it; the local backend always
+    # provisions on open (idempotent); against AWS it is an explicit command.
+    async with open_backend(settings, provision_first=not app.get(PROVISIONED, False)) as backend:
+        tables = backend.tables
         accounts = settings.accounts
         app[TABLES] = tables
         app[ACCOUNTS] = Accounts(tables)
         app[LIMITER] = FailureLimiter(
             tables.throttle, accounts.auth_failures_allowed, accounts.auth_failure_window
         )
-        app[CLIENTS] = clients
-        app[STORAGE] = storage
+        app[BACKEND] = backend
+        app[STORAGE] = backend.storage
         app[RECORDS] = RecordStore(tables.images)
         app[USAGE] = Usage(tables.users, settings.accounts)
         app[WEBHOOKS] = WebhookStore(tables.users)
@@ -91,7 +87,7 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
         background = app[BACKGROUND] = Supervisor()
         await background.start()
         background.spawn(
-            "queue-depth-sampler", metrics.sample_queues(clients.sqs, settings.aws), endless=True
+            "queue-depth-sampler", metrics.sample_queues(backend.main, backend.dlq), endless=True
         )
         try:
             yield
@@ -102,7 +98,7 @@ async def _aws(app: web.Application) -> AsyncIterator[None]:
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
     """Run the consumer pool in this process (embedded mode), supervised: if it dies, readiness
     fails and says why. On shutdown it drains before its pool closes."""
-    async with open_consumer(app[CLIENTS], app[SETTINGS]) as consumer:
+    async with open_consumer(app[BACKEND], app[SETTINGS]) as consumer:
         app[CONSUMER] = consumer
         task = app[BACKGROUND].spawn("consumer", consumer.run())
         try:

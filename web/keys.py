@@ -6,26 +6,25 @@ from aiohttp import web
 
 from config.settings import Settings
 from pipeline.accounts import Accounts
-from pipeline.aws import AwsClients
+from pipeline.backends import Backend
 from pipeline.consumer import Consumer
 from pipeline.links import LinkSigner
+from pipeline.ports import ObjectStore, TableSet
 from pipeline.quotas import Usage
 from pipeline.records import RecordStore
-from pipeline.storage import Storage
 from pipeline.supervision import Supervisor
-from pipeline.tables import Tables
 from pipeline.throttle import FailureLimiter
 from pipeline.webhooks import WebhookStore
 from web.admission import UploadGate
 
 SETTINGS = web.AppKey("settings", Settings)
-CLIENTS = web.AppKey("clients", AwsClients)
-STORAGE = web.AppKey("storage", Storage)
+BACKEND = web.AppKey("backend", Backend)
+STORAGE = web.AppKey("storage", ObjectStore)
 RECORDS = web.AppKey("records", RecordStore)
 USAGE = web.AppKey("usage", Usage)
 LINKS = web.AppKey("links", LinkSigner)
 CONSUMER = web.AppKey("consumer", Consumer)
-TABLES = web.AppKey("tables", Tables)
+TABLES = web.AppKey("tables", TableSet)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 LIMITER = web.AppKey("limiter", FailureLimiter)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)

@@ -1,4 +1,4 @@
-"""Liveness (cheap, no dependencies) and readiness (S3, SQS and DynamoDB reachable)."""
+"""Liveness (cheap, no dependencies) and readiness (storage, queue and tables reachable)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.errors import ServiceError
-from pipeline.queue import Queue
-from web.keys import BACKGROUND, CLIENTS, SETTINGS, STORAGE, TABLES
+from web.keys import BACKEND, BACKGROUND, SETTINGS, STORAGE, TABLES
 from web.middlewares import error_response
 
 
@@ -40,7 +39,7 @@ async def ready(request: web.Request) -> web.Response:
     checks = {
         "source_bucket": storage.check_bucket(settings.aws.source_bucket),
         "dest_bucket": storage.check_bucket(settings.aws.dest_bucket),
-        "queue": _queue_depth(request, settings.aws.queue_name),
+        "queue": request.app[BACKEND].main.depth(),
         "database": request.app[TABLES].images.get({"user_id": "-", "image_id": "-"}, consistent=False),
     }
     results = await asyncio.gather(*checks.values(), return_exceptions=True)
@@ -51,11 +50,6 @@ async def ready(request: web.Request) -> web.Response:
     if all(v == "ok" for v in report.values()):
         return web.json_response({"status": "ready", "checks": report})
     return error_response(503, "not_ready", "a dependency is unreachable", checks=report)
-
-
-async def _queue_depth(request: web.Request, name: str) -> dict[str, int]:
-    queue = await Queue.named(request.app[CLIENTS].sqs, name)
-    return await queue.depth()
 
 
 def _describe(error: BaseException) -> str:

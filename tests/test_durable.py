@@ -1,0 +1,48 @@
+"""`python -m web --data-dir`: every piece of state survives `kill -9` (the local backend)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import aiohttp
+
+from scripts.durability import USER, Web, demo_key, image_for, run
+from tests.conftest import process_env
+
+
+async def test_an_image_and_its_key_survive_kill_9(tmp_path: Path) -> None:
+    data_dir, log = tmp_path / "data", tmp_path / "web.log"
+    web = Web(data_dir, log, process_env())
+    data, _, _ = image_for(7)
+    try:
+        await web.start()
+        key = demo_key(data_dir)
+        async with aiohttp.ClientSession(web.url, headers={"Authorization": f"Bearer {key}"}) as api:
+            async with api.put("/images/kept", data=data) as response:
+                assert response.status == 202
+            async with api.get("/images/kept", params={"wait": "10"}) as response:
+                assert (await response.json())["status"] == "ready"
+            async with api.get("/download/thumbnail", params={"user_id": USER, "image_id": "kept"}) as got:
+                thumbnail = await got.read()
+        await web.kill()
+        await web.start()
+        assert "keeping the 5 users and their keys" in log.read_text()
+        assert demo_key(data_dir) == key  # the file is not rewritten, and the key still works
+        async with aiohttp.ClientSession(web.url, headers={"Authorization": f"Bearer {key}"}) as api:
+            async with api.get("/images") as response:
+                assert [i["image_id"] for i in (await response.json())["images"]] == ["kept"]
+            async with api.get("/download/image", params={"user_id": USER, "image_id": "kept"}) as got:
+                assert hashlib.sha256(await got.read()).digest() == hashlib.sha256(data).digest()
+            async with api.get("/download/thumbnail", params={"user_id": USER, "image_id": "kept"}) as got:
+                assert await got.read() == thumbnail
+    finally:
+        await web.stop()
+
+
+async def test_concurrent_uploads_cut_by_kill_9_are_all_accounted_for(tmp_path: Path) -> None:
+    """The small version of `scripts/durability.py` (300 uploads there)."""
+    report = await run(tmp_path / "data", tmp_path / "web.log", uploads=40, kill_after=0.5, timeout=60)
+    assert report.accepted >= 10
+    assert report.missing == [] and report.disagreeing == [] and report.left_pending == []
+    assert report.ready + len(report.failed) == report.accepted
