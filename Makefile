@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test browser lint format install lock clean bench-install bench-peers-install
+.PHONY: run test test-fast browser lint format install lock clean bench-install bench-peers-install
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest
+
+# Unit and contract tests on the local backend: no moto, no service processes, no browser (< 1 min).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not (moto or e2e or browser or cluster or schemathesis)"
 
 # The browser tests drive Debian's Chromium through Playwright; install it when it is missing.
 browser:

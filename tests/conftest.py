@@ -25,11 +25,7 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from config.settings import SEED_USER_IDS, Settings
-from local.database import Database
-from local.provision import provision_local
-from local.queue import LocalQueue
-from local.storage import LocalStorage
-from local.tables import LocalTables
+from local.backend import open_local
 from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients, open_clients
 from pipeline.backends import aws_backend
@@ -151,12 +147,18 @@ class Backend:
     tables: Any  # Tables | LocalTables
 
 
-@pytest.fixture(params=["aws", "local"])
-async def backend(
-    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
-) -> AsyncIterator[Backend]:
+def local_settings(data_dir: Path, **overrides: str) -> Settings:
+    """Settings for the local backend on `data_dir` (no moto), with the tests' fast consumer."""
+    return Settings.from_env(
+        {"IMGSVC_DATA_DIR": str(data_dir), "IMGSVC_INPUT_DIR": str(ROOT / "input"), **FAST, **overrides}
+    )
+
+
+@pytest.fixture(params=[pytest.param("aws", marks=pytest.mark.moto), "local"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Each contract test runs once against the AWS backend (moto) and once against the local one."""
     if request.param == "aws":
+        settings: Settings = request.getfixturevalue("settings")
         async with open_clients(settings.aws) as clients:
             await provision(clients, settings)
             ports = await aws_backend(clients, settings)
@@ -164,19 +166,16 @@ async def backend(
                 await ports.main.delete(message.receipt_handle)
             yield Backend("aws", settings, ports.storage, ports.main, ports.dlq, ports.tables)
         return
-    db = await Database(tmp_path / "state.db").open()
-    try:
-        await provision_local(db, settings)
-        yield Backend(
-            "local",
-            settings,
-            LocalStorage(db, tmp_path),
-            await LocalQueue.named(db, settings.aws.queue_name),
-            await LocalQueue.named(db, settings.aws.dlq_name),
-            LocalTables(db),
-        )
-    finally:
-        await db.close()
+    settings = local_settings(tmp_path / "data")
+    async with open_local(settings) as ports:
+        yield Backend("local", settings, ports.storage, ports.main, ports.dlq, ports.tables)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need the session's moto server are marked `moto` (`make test-fast` leaves them out)."""
+    for item in items:
+        if "moto_endpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.moto)
 
 
 async def issue_key(app: web.Application, user_id: str) -> str:

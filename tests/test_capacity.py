@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import ROOT, process_env
 
+pytestmark = pytest.mark.e2e
+
 
 def script(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

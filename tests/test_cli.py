@@ -30,6 +30,8 @@ from tests.conftest import (
     sync_s3,
 )
 
+pytestmark = pytest.mark.e2e
+
 
 def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

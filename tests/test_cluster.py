@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import ROOT, process_env
 
+pytestmark = pytest.mark.cluster
+
 
 @pytest.mark.timeout(300)
 def test_small_cluster_loses_duplicates_and_disagrees_on_nothing() -> None:

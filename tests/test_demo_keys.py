@@ -20,6 +20,8 @@ from pipeline.provision import provision
 from pipeline.tables import Tables
 from tests.conftest import USER, bearer, process_env, running, stops_cleanly
 
+pytestmark = pytest.mark.e2e
+
 KEY = "isk_0123456789abcdef_" + "K" * 43
 
 

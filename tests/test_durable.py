@@ -6,9 +6,12 @@ import hashlib
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from scripts.durability import USER, Web, demo_key, image_for, run
 from tests.conftest import process_env
+
+pytestmark = pytest.mark.e2e
 
 
 async def test_an_image_and_its_key_survive_kill_9(tmp_path: Path) -> None:

@@ -16,10 +16,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from config.settings import SEED_USER_IDS
 from pipeline.demo import read_demo_keys
 from tests.conftest import ROOT, bearer, decode, process_env, stops_cleanly
+
+pytestmark = pytest.mark.e2e
 
 HOSTILE = 3000
 CAP = 400

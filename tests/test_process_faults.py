@@ -28,6 +28,8 @@ from tests.conftest import (
     status_of,
 )
 
+pytestmark = pytest.mark.e2e
+
 
 async def fill(clients: AwsClients, settings: Settings, count: int) -> list[str]:
     """Queue `count` images that take a noticeable moment each (noise defeats JPEG shrink-on-load)."""

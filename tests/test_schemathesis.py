@@ -28,6 +28,8 @@ import pytest
 from pipeline.demo import read_demo_keys
 from tests.conftest import ROOT, USER, process_env
 
+pytestmark = pytest.mark.schemathesis
+
 MAX_EXAMPLES = 40
 SEED = 20261127  # fixed, so a CI failure can be reproduced; change it to explore further
 MAX_SECONDS = 300

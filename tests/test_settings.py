@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -97,3 +98,25 @@ def test_in_flight_follows_the_workers_unless_set() -> None:
     assert Settings.from_env({"IMGSVC_CONSUMER_WORKERS": "1"}).consumer.in_flight_limit == 4
     explicit = {"IMGSVC_CONSUMER_WORKERS": "1", "IMGSVC_CONSUMER_MAX_IN_FLIGHT": "20"}
     assert Settings.from_env(explicit).consumer.in_flight_limit == 20
+
+
+def test_a_data_directory_means_the_local_mode_with_its_consumer_and_keys_inside(tmp_path: Path) -> None:
+    settings = Settings.from_env({"IMGSVC_DATA_DIR": str(tmp_path / "d")})
+    assert settings.aws.mode == "local" and settings.aws.data_dir == tmp_path / "d"
+    assert settings.web.run_consumer
+    assert settings.accounts.demo_keys_file == tmp_path / "d" / "demo-keys.json"
+    # AWS variables do not override an explicit data directory.
+    assert Settings.from_env({"IMGSVC_DATA_DIR": str(tmp_path), "AWS_PROFILE": "x"}).aws.mode == "local"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"IMGSVC_MODE": "local"}, "IMGSVC_DATA_DIR"),
+        ({"IMGSVC_MODE": "embedded", "IMGSVC_DATA_DIR": "/tmp/x"}, "IMGSVC_DATA_DIR"),
+        ({"IMGSVC_DATA_DIR": "/tmp/x", "IMGSVC_LINKS": "s3"}, "IMGSVC_LINKS"),
+    ],
+)
+def test_local_mode_misconfigurations_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)

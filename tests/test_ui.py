@@ -20,6 +20,8 @@ from playwright.async_api import Browser, Page, Route, async_playwright, expect
 from config.settings import Settings
 from tests.conftest import ROOT, USER, ClientFactory, decode, issue_key, jpeg_bytes
 
+pytestmark = pytest.mark.browser
+
 Client = TestClient[Any, Any]
 ARTIFACTS = ROOT / "test-artifacts"
 CAT = ROOT / "input" / "cat.jpg"

@@ -17,6 +17,8 @@ from pipeline.tasks import make_renditions
 from pipeline.workers import WorkerPool
 from tests.conftest import jpeg_bytes
 
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture
 def pool() -> Iterator[WorkerPool]:
