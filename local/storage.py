@@ -25,7 +25,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote_plus
 
 from local.database import Database
 from local.queue import enqueue
@@ -37,12 +36,14 @@ from pipeline.errors import (
     StorageUnavailable,
     TooLarge,
 )
+from pipeline.events import object_created
 from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
-from pipeline.storage import ObjectMeta, OversizeObject, StoredUpload
+from pipeline.storage import ListedObject, ObjectMeta, OversizeObject, StoredUpload
 
 _COLUMNS = "blob, size, etag, last_modified, content_type, metadata"
 #: Blobs younger than this are never swept: another process may be about to commit its row.
 ORPHAN_AGE_SECONDS = 3600
+LIST_PAGE = 1000
 
 
 async def create_bucket(db: Database, name: str, notify_queue: str | None = None) -> None:
@@ -65,21 +66,6 @@ def _meta(row: tuple[Any, ...]) -> ObjectMeta:
         content_type=str(content_type),
         metadata=json.loads(metadata),
     )
-
-
-def s3_event(bucket: str, key: str, size: int, etag: str) -> str:
-    """The notification S3 sends for a PUT, as the consumer parses it (keys are URL-encoded)."""
-    record = {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "bucket": {"name": bucket},
-            "object": {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag.strip('"')},
-        },
-    }
-    return json.dumps({"Records": [record]})
 
 
 class LocalStorage:
@@ -259,7 +245,7 @@ class LocalStorage:
                 (bucket, key, name, blob.size, etag, time.time(), content_type, json.dumps(dict(metadata))),
             )
             if found[0]:
-                enqueue(conn, found[0], s3_event(bucket, key, blob.size, etag), {})
+                enqueue(conn, found[0], object_created(bucket, key, blob.size, etag), {})
             return None if old is None else str(old[0])
 
         try:
@@ -290,16 +276,24 @@ class LocalStorage:
         for name in await self._db.write(delete):
             await asyncio.to_thread(_unlink, self._blobs / name)
 
-    async def keys(self, bucket: str, prefix: str = "") -> list[str]:
-        """Every key in `bucket` under `prefix` (for reconciliation and tests)."""
-        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = await self._db.read(
-            lambda conn: conn.execute(
-                "SELECT key FROM objects WHERE bucket = ? AND key LIKE ? ESCAPE '\\' ORDER BY key",
-                (bucket, pattern),
-            ).fetchall()
-        )
-        return [str(row[0]) for row in rows]
+    async def list_objects(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ListedObject]]:
+        """Every object under `prefix`, a page (at most `LIST_PAGE`) at a time, in key order."""
+        after = ""
+        while True:
+            rows = await self._db.read(
+                lambda conn, after=after: conn.execute(  # type: ignore[misc]
+                    "SELECT key, size, etag, last_modified FROM objects"
+                    " WHERE bucket = ? AND key > ? AND substr(key, 1, ?) = ? ORDER BY key LIMIT ?",
+                    (bucket, after, len(prefix), prefix, LIST_PAGE),
+                ).fetchall()
+            )
+            if not rows:
+                return
+            yield [
+                ListedObject(str(k), int(size), str(etag), datetime.fromtimestamp(float(m), UTC))
+                for k, size, etag, m in rows
+            ]
+            after = str(rows[-1][0])
 
     async def sweep_orphans(self, min_age: float = ORPHAN_AGE_SECONDS) -> int:
         """Remove blobs no row names (a crash between writing a blob and committing its row) and

@@ -23,6 +23,7 @@ from pipeline.dlq import list_dead_letters, redrive
 from pipeline.errors import ServiceError
 from pipeline.logs import configure_logging
 from pipeline.provision import provision
+from pipeline.reconcile import reconcile
 from pipeline.service import open_consumer
 
 log = logging.getLogger("pipeline")
@@ -63,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     rotate = user_commands.add_parser("rotate", help="issue a new key for the key's user, revoke the old one")
     rotate.add_argument("key_id")
+    rebuild = commands.add_parser(
+        "reconcile",
+        help="send lost events again, delete renditions whose original is gone (from the originals)",
+    )
+    rebuild.add_argument("--dry-run", action="store_true", help="only report what would be done")
+    rebuild.add_argument(
+        "--min-age",
+        type=float,
+        default=300.0,
+        help="leave originals and renditions younger than this many seconds alone (default 300)",
+    )
     up = commands.add_parser("upload", help="upload image files and folders through the HTTP API")
     up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders (recursively)")
     up.add_argument(
@@ -169,6 +181,13 @@ async def run_users(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_reconcile(settings: Settings, dry_run: bool, min_age: float) -> int:
+    async with open_backend(settings) as backend:
+        report = await reconcile(backend, settings, dry_run=dry_run, min_age=min_age)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
 def _new_key(new: NewKey) -> dict[str, str]:
     return {"user_id": new.user_id, "key_id": new.key_id, "key": new.key, "note": "shown once; store it now"}
 
@@ -232,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             main_coroutine = run_users(settings, args)
         elif args.command == "upload":
             main_coroutine = run_upload(args)
+        elif args.command == "reconcile":
+            main_coroutine = run_reconcile(settings, args.dry_run, args.min_age)
         else:
             main_coroutine = run_dlq(settings, args)
         return runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)

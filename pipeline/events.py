@@ -1,13 +1,16 @@
 """Parse S3 event notifications as SQS delivers them (directly or wrapped by SNS).
 
-Pure functions: a message body in, the ObjectCreated records out, or `PoisonMessage`.
+Pure functions: a message body in, the ObjectCreated records out, or `PoisonMessage`; and the
+body S3 would send for a stored object.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 from pipeline import untrusted
 from pipeline.errors import PoisonMessage
@@ -94,3 +97,19 @@ def _record(record: Any) -> ObjectCreated | None:
         size=size if isinstance(size, int) else None,
         etag=obj.get("eTag") if isinstance(obj.get("eTag"), str) else None,
     )
+
+
+def object_created(bucket: str, key: str, size: int, etag: str) -> str:
+    """The notification S3 sends for a PUT, as `parse_message` reads it (keys URL-encoded): what
+    the local backend enqueues with every stored original, and reconciliation for a lost one."""
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": bucket},
+            "object": {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag.strip('"')},
+        },
+    }
+    return json.dumps({"Records": [record]})

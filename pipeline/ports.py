@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from pipeline.items import Change, Condition, Item
 from pipeline.queue import Message
-from pipeline.storage import ObjectMeta, StoredUpload
+from pipeline.storage import ListedObject, ObjectMeta, StoredUpload
 
 
 class ObjectStore(Protocol):
@@ -52,6 +52,8 @@ class ObjectStore(Protocol):
     ) -> None: ...
 
     async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None: ...
+
+    def list_objects(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ListedObject]]: ...
 
     async def delete_many(self, bucket: str, keys: list[str]) -> None: ...
 

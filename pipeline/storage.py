@@ -39,6 +39,16 @@ class ObjectMeta:
 
 
 @dataclass(frozen=True)
+class ListedObject:
+    """One object as a bucket listing gives it."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+@dataclass(frozen=True)
 class StoredUpload:
     """The result of a completed upload."""
 
@@ -161,6 +171,16 @@ class Storage:
             )
         if errors := response.get("Errors"):
             raise StorageUnavailable(f"could not delete {len(errors)} objects: {errors[0].get('Message')}")
+
+    async def list_objects(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ListedObject]]:
+        """Every object under `prefix`, a page (at most 1,000) at a time, in key order."""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        with aws_errors(StorageUnavailable):
+            async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                yield [
+                    ListedObject(str(o["Key"]), int(o["Size"]), str(o["ETag"]), o["LastModified"])
+                    for o in page.get("Contents", [])
+                ]
 
     async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
         """A small JSON document, or None where there is none."""

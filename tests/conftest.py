@@ -145,6 +145,7 @@ class Backend:
     main: Any  # Queue | LocalQueue
     dlq: Any
     tables: Any  # Tables | LocalTables
+    ports: Any  # the pipeline.backends.Backend the others come from
 
 
 def local_settings(data_dir: Path, **overrides: str) -> Settings:
@@ -164,11 +165,11 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             ports = await aws_backend(clients, settings)
             for message in await ports.main.receive(10, 0):  # S3's test event for the notification
                 await ports.main.delete(message.receipt_handle)
-            yield Backend("aws", settings, ports.storage, ports.main, ports.dlq, ports.tables)
+            yield Backend("aws", settings, ports.storage, ports.main, ports.dlq, ports.tables, ports)
         return
     settings = local_settings(tmp_path / "data")
     async with open_local(settings) as ports:
-        yield Backend("local", settings, ports.storage, ports.main, ports.dlq, ports.tables)
+        yield Backend("local", settings, ports.storage, ports.main, ports.dlq, ports.tables, ports)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -140,3 +140,14 @@ async def test_any_key_round_trips_through_the_event(backend: Backend, key: str)
             created += parse_message(message.body).created
             await backend.main.delete(message.receipt_handle)
     assert (created[-1].key, created[-1].etag) == (key, etag.strip('"'))
+
+
+async def test_listing_gives_every_object_under_a_prefix_in_key_order(backend: Backend) -> None:
+    bucket = backend.settings.aws.dest_bucket
+    for key in ("b/2", "a/1", "b/1", "b_/x", "c"):
+        await backend.storage.put(bucket, key, key.encode(), "text/plain")
+    listed = [o async for page in backend.storage.list_objects(bucket, "b/") for o in page]
+    assert [o.key for o in listed] == ["b/1", "b/2"]  # "_" is no wildcard
+    assert [o.size for o in listed] == [3, 3] and all(o.etag.startswith('"') for o in listed)
+    everything = [o.key async for page in backend.storage.list_objects(bucket) for o in page]
+    assert everything == ["a/1", "b/1", "b/2", "b_/x", "c"]
