@@ -16,19 +16,15 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.errors import InvalidCredentials, KeyNotFound, KeyRevoked, UnknownUser
 from pipeline.items import ConditionFailed, Missing, Present, SetDefault
 from pipeline.layout import valid_user_id
 from pipeline.ports import TableSet
+from pipeline.timing import now_iso
 
 KEY_RE = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _digest(secret: str) -> str:
@@ -61,7 +57,13 @@ class Accounts:
             raise ValueError("a user id is a lowercase UUID")
         with contextlib.suppress(ConditionFailed):
             await self._tables.users.put(
-                {"user_id": user_id, "name": name, "created_at": now(), "bytes_used": 0, "image_count": 0},
+                {
+                    "user_id": user_id,
+                    "name": name,
+                    "created_at": now_iso(),
+                    "bytes_used": 0,
+                    "image_count": 0,
+                },
                 Missing("user_id"),
             )
         return user_id
@@ -79,7 +81,7 @@ class Accounts:
         await self.user(user_id)
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         await self._tables.keys.put(
-            {"key_id": key_id, "user_id": user_id, "secret_sha256": _digest(secret), "created_at": now()},
+            {"key_id": key_id, "user_id": user_id, "secret_sha256": _digest(secret), "created_at": now_iso()},
             Missing("key_id"),
         )
         return NewKey(key_id, user_id, f"isk_{key_id}_{secret}")
@@ -95,7 +97,12 @@ class Accounts:
             raise ValueError("a key is isk_<16 hex>_<43 url-safe characters>")
         key_id, secret = match.groups()
         await self.user(user_id)
-        item = {"key_id": key_id, "user_id": user_id, "secret_sha256": _digest(secret), "created_at": now()}
+        item = {
+            "key_id": key_id,
+            "user_id": user_id,
+            "secret_sha256": _digest(secret),
+            "created_at": now_iso(),
+        }
         try:
             await self._tables.keys.put(item, Missing("key_id"))
         except ConditionFailed:
@@ -117,7 +124,7 @@ class Accounts:
     async def revoke(self, key_id: str) -> dict[str, Any]:
         try:
             return await self._tables.keys.update(
-                {"key_id": key_id}, [SetDefault("revoked_at", now())], Present("key_id")
+                {"key_id": key_id}, [SetDefault("revoked_at", now_iso())], Present("key_id")
             )
         except ConditionFailed:
             raise KeyNotFound() from None

@@ -26,6 +26,7 @@ from pipeline.jobs import JobRunner
 from pipeline.logs import REQUEST_ID
 from pipeline.ports import MessageQueue
 from pipeline.queue import Message
+from pipeline.timing import exponential
 from pipeline.verdicts import Verdict, judge
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ _DELETE_RETRIES = 3
 
 def backoff_seconds(receive_count: int, base: float, cap: float, rng: random.Random | None = None) -> int:
     """Equal-jitter exponential backoff: half the delay fixed, half random, whole seconds for SQS."""
-    delay = min(cap, base * 2 ** max(0, receive_count - 1))
+    delay = exponential(receive_count, base, cap)
     jitter = (rng or random).uniform(0, delay / 2)
     return int(min(43_200, math.ceil(delay / 2 + jitter)))
 

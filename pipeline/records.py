@@ -23,7 +23,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pipeline import untrusted
@@ -32,6 +31,7 @@ from pipeline.items import Add, ConditionFailed, Equals, Item, Missing, Present,
 from pipeline.layout import ImageRef
 from pipeline.ports import ItemTable
 from pipeline.results import RenditionResult
+from pipeline.timing import now_iso
 
 State = Literal["pending", "ready", "failed"]
 #: Optimistic writes that lose a race re-read and try again this often before giving up.
@@ -65,10 +65,6 @@ class RecordConflict(TransientError):
 
     code = "record_conflict"
     default_message = "the image record kept changing; try again"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -183,7 +179,7 @@ class RecordStore:
             out: dict[str, Any] = {
                 "source_etag": etag,
                 "result_etag": etag,
-                "processed_at": _now(),
+                "processed_at": now_iso(),
                 "result_state": "ready" if error is None else "failed",
                 "error": None if error is None else {"code": error.code, "message": error.message},
                 "renditions": {},
@@ -278,7 +274,7 @@ class RecordStore:
             revision = int(old.get("revision", 0)) if old else 0
             if (now_current := await current()) != etag:
                 raise Superseded(now_current)
-            now = _now()
+            now = now_iso()
             created = old.get("created_at", now) if old else now
             new: dict[str, Any] = {
                 **(old or {}),

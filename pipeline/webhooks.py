@@ -31,7 +31,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -42,6 +41,7 @@ from pipeline.errors import InvalidWebhookUrl, UnknownUser
 from pipeline.items import ConditionFailed, Item, Present, Remove, Set, SetDefault
 from pipeline.ports import ItemTable
 from pipeline.records import ImageRecord
+from pipeline.timing import exponential, now_iso
 from pipeline.webhook_urls import PublicOnlyResolver, check_url
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ EVENT_HEADER = "Imgsvc-Event"
 EVENT_ID_HEADER = "Imgsvc-Event-Id"
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "image-service-webhooks/1"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 # Signing ---------------------------------------------------------------------------------------------
@@ -165,7 +161,7 @@ class WebhookStore:
         try:
             item = await self._users.update(
                 {"user_id": user_id},
-                [Set("webhook_url", url), secret, Set("webhook_updated_at", _now())],
+                [Set("webhook_url", url), secret, Set("webhook_updated_at", now_iso())],
                 Present("user_id"),
             )
         except ConditionFailed:
@@ -206,7 +202,7 @@ def event_for(record: ImageRecord) -> Event:
     payload = {
         "id": event_id,
         "type": kind,
-        "created_at": _now(),
+        "created_at": now_iso(),
         "data": {"user_id": record.owner, **record.public()},
     }
     return Event(record.owner, event_id, kind, json.dumps(payload, separators=(",", ":")).encode())
@@ -214,7 +210,7 @@ def event_for(record: ImageRecord) -> Event:
 
 def backoff(attempt: int, settings: WebhookSettings, rng: random.Random | None = None) -> float:
     """Seconds before attempt `attempt + 1`: exponential, capped, with ±20% jitter."""
-    delay = min(settings.backoff_max, settings.backoff_base * 2.0 ** (attempt - 1))
+    delay = exponential(attempt, settings.backoff_base, settings.backoff_max)
     jitter = rng.uniform(0.8, 1.2) if rng else random.uniform(0.8, 1.2)
     return delay * jitter
 

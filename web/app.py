@@ -12,12 +12,9 @@ from config.settings import Settings
 from pipeline import metrics
 from pipeline.accounts import Accounts
 from pipeline.backends import open_backend
-from pipeline.links import LinkSigner, shared_secret
-from pipeline.quotas import Usage
 from pipeline.records import RecordStore
 from pipeline.service import open_consumer
 from pipeline.supervision import Supervisor
-from pipeline.throttle import FailureLimiter
 from pipeline.webhooks import WebhookStore
 from web.admission import UploadGate
 from web.keys import (
@@ -36,9 +33,12 @@ from web.keys import (
     USAGE,
     WEBHOOKS,
 )
+from web.links import LinkSigner, shared_secret
 from web.middlewares import error_middleware, metrics_middleware, request_id_middleware, send_request_id
+from web.quotas import Usage
 from web.routes import setup_routes
 from web.server import deadline_middleware
+from web.throttle import FailureLimiter
 
 log = logging.getLogger(__name__)
 #: JSON bodies are tiny; image bodies are streamed and never pass through this limit.

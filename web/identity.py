@@ -2,7 +2,7 @@
 
 Every API call presents `Authorization: Bearer <key>`; the key names the user. A `user_id` in the
 query or body (the original routes carry one) must be the caller's own, or the answer is 403.
-Failed attempts count against the client address (shared limit, see `pipeline.throttle`); above
+Failed attempts count against the client address (shared limit, see `web.throttle`); above
 the limit a failing caller gets 429 instead of 401, while valid keys keep working.
 """
 

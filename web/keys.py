@@ -8,14 +8,14 @@ from config.settings import Settings
 from pipeline.accounts import Accounts
 from pipeline.backends import Backend
 from pipeline.consumer import Consumer
-from pipeline.links import LinkSigner
 from pipeline.ports import ObjectStore, TableSet
-from pipeline.quotas import Usage
 from pipeline.records import RecordStore
 from pipeline.supervision import Supervisor
-from pipeline.throttle import FailureLimiter
 from pipeline.webhooks import WebhookStore
 from web.admission import UploadGate
+from web.links import LinkSigner
+from web.quotas import Usage
+from web.throttle import FailureLimiter
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND = web.AppKey("backend", Backend)

@@ -12,14 +12,16 @@ from typing import Any
 from aiohttp import web
 
 from config.settings import ImagingSettings
+from pipeline.layout import IMAGE_ID_RE, USER_ID_RE
 from web.keys import SETTINGS
 
-ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}
-USER = {"type": "string", "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"}
+# The same patterns the handlers enforce (pipeline.layout), so the document cannot drift from them.
+ID = {"type": "string", "pattern": f"^{IMAGE_ID_RE.pattern}$"}
+USER = {"type": "string", "pattern": f"^{USER_ID_RE.pattern}$"}
 #: As a query parameter an empty `user_id=` means "not given" (the caller's own id is used).
 USER_OR_EMPTY = {
     "type": "string",
-    "pattern": "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$",
+    "pattern": f"^({USER_ID_RE.pattern})?$",
 }
 
 

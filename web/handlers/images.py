@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from pipeline.errors import ImageNotFound, InvalidField
-from pipeline.records import ImageRecord
 from pipeline.untrusted import ascii_int, ascii_number
-from web import urls
-from web.handlers.download import image_ref
-from web.handlers.links import link_to
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
+from web.serving import image_ref
+from web.views import describe, thumbnail_link
 
 MAX_WAIT = 20.0
 MAX_PAGE = 100
-#: How long a listing's thumbnail links work (capped by the link maximum): a gallery shows a
-#: thumbnail once, so the link only has to outlive the page load, with room for a slow network.
-THUMBNAIL_LINK_SECONDS = 3600
-
-
-def describe(user_id: str, record: ImageRecord) -> dict[str, Any]:
-    """An image as clients see it: the record's public fields and where to fetch things."""
-    body: dict[str, Any] = {"user_id": user_id, **record.public()}
-    body["status_url"] = urls.status_url(user_id, record.image_id)
-    body["original_url"] = urls.original_url(user_id, record.image_id)
-    if record.state == "ready":
-        body["renditions"] = {
-            name: {
-                "url": urls.thumbnail_url(user_id, record.image_id, name),
-                **{k: r.get(k) for k in ("width", "height", "bytes", "content_type")},
-            }
-            for name, r in record.renditions.items()
-        }
-    return body
 
 
 async def image_status(request: web.Request) -> web.Response:
@@ -65,31 +42,6 @@ async def list_images(request: web.Request) -> web.Response:
             body["thumbnail_url"] = link
         images.append(body)
     return web.json_response({"images": images, "next_cursor": cursor})
-
-
-async def thumbnail_link(request: web.Request, user_id: str, record: ImageRecord) -> str | None:
-    """A link to the image's first rendition that needs no key, or None before it is made.
-
-    `<img>` cannot send the key; with this in the listing a gallery needs no request per image.
-    The link is the one `GET /images/{id}/url` makes (`link_to`).
-    """
-    settings = request.app[SETTINGS]
-    rendition = settings.imaging.renditions[0].name
-    made = record.renditions.get(rendition)  # empty unless ready
-    if made is None:
-        return None
-    seconds = min(THUMBNAIL_LINK_SECONDS, settings.accounts.link_max_seconds)
-    url, _ = await link_to(
-        request,
-        user_id,
-        record.image_id,
-        rendition,
-        settings.aws.dest_bucket,
-        str(made["key"]),
-        record.source_etag,
-        seconds,
-    )
-    return url
 
 
 async def delete_image(request: web.Request) -> web.Response:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from urllib.parse import urlencode
 
 from aiohttp import web
 
 from pipeline.errors import ImageChanged, ImageNotFound, InvalidField, InvalidLink, NotFound
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
-from pipeline.links import version_of
 from pipeline.untrusted import ascii_int
-from web.handlers.download import ORIGINAL, image_ref, locate, serve_object
-from web.keys import BACKEND, LINKS, SETTINGS
+from web.keys import LINKS, SETTINGS
+from web.links import version_of
+from web.serving import ORIGINAL, image_ref, locate, serve_object
+from web.views import link_to
 
 DEFAULT_SECONDS = 3600
 
@@ -47,35 +47,6 @@ async def create_link(request: web.Request) -> web.Response:
             "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(timespec="seconds"),
         }
     )
-
-
-async def link_to(
-    request: web.Request,
-    user_id: str,
-    image_id: str,
-    rendition: str,
-    bucket: str,
-    key: str,
-    source_etag: str,
-    seconds: int,
-) -> tuple[str, int]:
-    """A URL that serves `rendition` without a key for `seconds`, and when it expires: HMAC-signed
-    and pinned to the upload whose original has `source_etag`, or presigned by S3 with
-    `IMGSVC_LINKS=s3`. Local computation either way: no request leaves the process."""
-    if request.app[SETTINGS].accounts.links == "s3":
-        url = await request.app[BACKEND].presign_get(bucket, key, seconds)
-        if url is not None:  # None on the local backend: settings refuse that combination
-            return url, int(datetime.now(UTC).timestamp()) + seconds
-    version = version_of(source_etag)
-    signature, expires = request.app[LINKS].sign(user_id, image_id, rendition, version, seconds)
-    query = urlencode({"v": version, "expires": expires, "sig": signature})
-    return f"{public_base(request)}/links/{user_id}/{image_id}/{rendition}?{query}", expires
-
-
-def public_base(request: web.Request) -> str:
-    """Where clients reach this API: `IMGSVC_PUBLIC_URL`, else the scheme and host they used."""
-    configured = request.app[SETTINGS].web.public_url
-    return configured or f"{request.scheme}://{request.host}"
 
 
 async def follow_link(request: web.Request) -> web.StreamResponse:

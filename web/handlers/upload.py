@@ -35,10 +35,10 @@ from pipeline.records import Superseded
 from pipeline.tables import Item
 from pipeline.untrusted import utf8_text
 from web.bodies import json_object
-from web.handlers.images import describe
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
 from web.multipart import MultipartUpload
+from web.views import describe
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024

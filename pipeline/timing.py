@@ -1,0 +1,15 @@
+"""Time as the service records it, and the exponential delay every retry policy starts from."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def now_iso() -> str:
+    """UTC, millisecond precision, ISO 8601: sorts as text, the way records and keys store it."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def exponential(attempt: int, base: float, cap: float) -> float:
+    """`base` doubled for every attempt after the first, at most `cap` (jitter is the caller's)."""
+    return min(cap, base * 2.0 ** max(0, attempt - 1))

@@ -1,0 +1,212 @@
+"""Serving an image's objects: find the original or a rendition for a caller, then stream it.
+
+Shared by every handler that sends image bytes (downloads, signed links). Conditional GET (ETag /
+If-None-Match, If-Modified-Since) and single byte ranges are answered from the object's metadata
+before any body is fetched; the body is then streamed chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from config.settings import RenditionSpec
+from pipeline.errors import (
+    ImageChanged,
+    ImageNotFound,
+    InvalidField,
+    MissingField,
+    NotFound,
+    RangeNotSatisfiable,
+    ServiceError,
+)
+from pipeline.layout import ImageRef, valid_image_id
+from pipeline.records import ImageRecord
+from pipeline.storage import ObjectMeta
+from web import urls
+from web.conditional import not_modified
+from web.identity import resolve_user
+from web.keys import RECORDS, SETTINGS, STORAGE
+from web.middlewares import error_response
+from web.ranges import parse_range
+
+log = logging.getLogger(__name__)
+
+
+async def image_ref(request: web.Request, image_id: str | None = None) -> tuple[str, str, ImageRef]:
+    """Validate the caller and the image id (query or path) and build the image's keys."""
+    user_id = await resolve_user(request)
+    image_id = image_id if image_id is not None else request.query.get("image_id", "")
+    if not image_id:
+        raise MissingField("image_id is required")
+    if not valid_image_id(image_id):
+        raise InvalidField(
+            "image_id must be 1-64 letters, digits, '-' or '_', starting with a letter or digit"
+        )
+    return user_id, image_id, ImageRef.of(user_id, image_id)
+
+
+#: The rendition name that stands for the original upload (signed links can point at it).
+ORIGINAL = "original"
+
+
+class RenditionNotFound(NotFound):
+    code = "rendition_not_found"
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where an image's original or rendition is, and which original it must come from."""
+
+    bucket: str
+    key: str
+    source_etag: str
+    record: ImageRecord
+
+
+async def locate(request: web.Request, ref: ImageRef, rendition: str) -> Located | web.Response:
+    """The object of the original or of a rendition, or the answer for a rendition that is not
+    made (yet): pending 404 or failed 422. Raises `ImageNotFound` without a record."""
+    settings = request.app[SETTINGS]
+    record = await request.app[RECORDS].read(ref)
+    if record is None:
+        raise ImageNotFound()
+    if rendition == ORIGINAL:
+        return Located(settings.aws.source_bucket, ref.source_key, record.source_etag, record)
+    if record.state != "ready":
+        owner, image_id = ref.owner_and_id
+        return not_ready(record, owner, image_id, settings.web.retry_after)
+    made = record.renditions.get(rendition)
+    if made is None:
+        raise RenditionNotFound(
+            f"rendition {rendition} was not made for this image; it has "
+            + (", ".join(sorted(record.renditions)) or "none")
+        )
+    return Located(settings.aws.dest_bucket, str(made["key"]), record.source_etag, record)
+
+
+#: Output formats a client must name in `Accept` to get them, best first; JPEG/PNG otherwise.
+NEGOTIATED = ("avif", "webp")
+VARY = web.RequestKey("vary", str)
+
+
+def best_for(accept: str, candidates: list[RenditionSpec]) -> RenditionSpec:
+    """The smallest-file format the client explicitly accepts (`image/*` is no promise of AVIF)."""
+    accepted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    for fmt in NEGOTIATED:
+        for spec in candidates:
+            if spec.format == fmt and f"image/{fmt}" in accepted:
+                return spec
+    return next((s for s in candidates if s.format not in NEGOTIATED), candidates[0])
+
+
+def not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int) -> web.Response:
+    if record.state == "failed":
+        error = record.error or {}
+        return error_response(
+            422,
+            "thumbnail_failed",
+            f"the image could not be processed: {error.get('message', 'unknown reason')}",
+            status="failed",
+            reason=error,
+        )
+    response = error_response(
+        404,
+        "thumbnail_pending",
+        "the thumbnail is not ready yet; retry later",
+        status="pending",
+        status_url=urls.status_url(user_id, image_id),
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def serve_object(
+    request: web.Request,
+    bucket: str,
+    key: str,
+    *,
+    if_match: str | None = None,
+    source_etag: str | None = None,
+) -> web.StreamResponse:
+    """Stream one S3 object with caching headers, conditional GET and byte ranges.
+
+    A plain GET is one S3 request; conditional, ranged and HEAD requests first HEAD the object.
+    `if_match` pins an original to the ETag the caller expects, `source_etag` a rendition to the
+    original it must have been made from: a link made for one upload never serves another's bytes.
+    """
+    storage = request.app[STORAGE]
+    if request.method == "GET" and not any(h in request.headers for h in _NEEDS_HEAD):
+        meta, chunks = await storage.stream(bucket, key, if_match=if_match)
+        if not _made_from(meta, source_etag):
+            await chunks.aclose()
+            raise ImageChanged()
+        return await _send(request, meta, None, chunks)
+    meta = await storage.head(bucket, key)
+    if (if_match is not None and meta.etag != if_match) or not _made_from(meta, source_etag):
+        raise ImageChanged()
+    if not_modified(request.headers, meta.etag, meta.last_modified.timestamp()):
+        return web.Response(status=304, headers=_headers(request, meta))
+    try:
+        byte_range = parse_range(request.headers, meta.size, meta.etag)
+    except RangeNotSatisfiable as exc:
+        refusal = error_response(exc.http_status, exc.code, exc.message)
+        refusal.headers["Content-Range"] = f"bytes */{meta.size}"
+        return refusal
+    if request.method == "HEAD" or meta.size == 0:
+        return await _send(request, meta, byte_range, None)
+    _, chunks = await storage.stream(bucket, key, byte_range, if_match=meta.etag)
+    return await _send(request, meta, byte_range, chunks)
+
+
+def _made_from(meta: ObjectMeta, source_etag: str | None) -> bool:
+    return source_etag is None or meta.metadata.get("source-etag") == source_etag.strip('"')
+
+
+_NEEDS_HEAD = ("Range", "If-None-Match", "If-Modified-Since")
+
+
+def _headers(request: web.Request, meta: ObjectMeta) -> dict[str, str]:
+    vary = {"Vary": request[VARY]} if VARY in request else {}
+    return vary | {
+        "ETag": meta.etag,
+        "Last-Modified": meta.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
+        "Cache-Control": request.app[SETTINGS].web.cache_control,
+        "X-Content-Type-Options": "nosniff",
+        "Accept-Ranges": "bytes",
+    }
+
+
+async def _send(
+    request: web.Request,
+    meta: ObjectMeta,
+    byte_range: tuple[int, int] | None,
+    chunks: AsyncGenerator[bytes, None] | None,
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=200 if byte_range is None else 206, headers=_headers(request, meta))
+    response.content_type = meta.content_type
+    if byte_range is None:
+        response.content_length = meta.size
+    else:
+        start, end = byte_range
+        response.content_length = end - start + 1
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{meta.size}"
+    await response.prepare(request)
+    if chunks is None:
+        return response
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except ServiceError as exc:
+        # Headers are sent: the only honest signal left is to cut the connection short.
+        log.warning("download interrupted key=%s error=%s", request.path, exc)
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    finally:  # a client that went away leaves the S3 body unread: give its connection back now
+        await chunks.aclose()
+    await response.write_eof()
+    return response

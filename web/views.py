@@ -1,0 +1,91 @@
+"""How an image is shown to clients: its description, and links that work without a key.
+
+Shared by the handlers that answer with image descriptions (status, listing, uploads) or links.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from pipeline.records import ImageRecord
+from web import urls
+from web.keys import BACKEND, LINKS, SETTINGS
+from web.links import version_of
+
+#: How long a listing's thumbnail links work (capped by the link maximum): a gallery shows a
+#: thumbnail once, so the link only has to outlive the page load, with room for a slow network.
+THUMBNAIL_LINK_SECONDS = 3600
+
+
+def describe(user_id: str, record: ImageRecord) -> dict[str, Any]:
+    """An image as clients see it: the record's public fields and where to fetch things."""
+    body: dict[str, Any] = {"user_id": user_id, **record.public()}
+    body["status_url"] = urls.status_url(user_id, record.image_id)
+    body["original_url"] = urls.original_url(user_id, record.image_id)
+    if record.state == "ready":
+        body["renditions"] = {
+            name: {
+                "url": urls.thumbnail_url(user_id, record.image_id, name),
+                **{k: r.get(k) for k in ("width", "height", "bytes", "content_type")},
+            }
+            for name, r in record.renditions.items()
+        }
+    return body
+
+
+async def thumbnail_link(request: web.Request, user_id: str, record: ImageRecord) -> str | None:
+    """A link to the image's first rendition that needs no key, or None before it is made.
+
+    `<img>` cannot send the key; with this in the listing a gallery needs no request per image.
+    The link is the one `GET /images/{id}/url` makes (`link_to`).
+    """
+    settings = request.app[SETTINGS]
+    rendition = settings.imaging.renditions[0].name
+    made = record.renditions.get(rendition)  # empty unless ready
+    if made is None:
+        return None
+    seconds = min(THUMBNAIL_LINK_SECONDS, settings.accounts.link_max_seconds)
+    url, _ = await link_to(
+        request,
+        user_id,
+        record.image_id,
+        rendition,
+        settings.aws.dest_bucket,
+        str(made["key"]),
+        record.source_etag,
+        seconds,
+    )
+    return url
+
+
+async def link_to(
+    request: web.Request,
+    user_id: str,
+    image_id: str,
+    rendition: str,
+    bucket: str,
+    key: str,
+    source_etag: str,
+    seconds: int,
+) -> tuple[str, int]:
+    """A URL that serves `rendition` without a key for `seconds`, and when it expires: HMAC-signed
+    and pinned to the upload whose original has `source_etag`, or presigned by S3 with
+    `IMGSVC_LINKS=s3`. Local computation either way: no request leaves the process."""
+    if request.app[SETTINGS].accounts.links == "s3":
+        url = await request.app[BACKEND].presign_get(bucket, key, seconds)
+        if url is not None:  # None on the local backend: settings refuse that combination
+            return url, int(datetime.now(UTC).timestamp()) + seconds
+    version = version_of(source_etag)
+    signature, expires = request.app[LINKS].sign(user_id, image_id, rendition, version, seconds)
+    query = urlencode({"v": version, "expires": expires, "sig": signature})
+    return f"{public_base(request)}/links/{user_id}/{image_id}/{rendition}?{query}", expires
+
+
+def public_base(request: web.Request) -> str:
+    """Where clients reach this API: `IMGSVC_PUBLIC_URL`, else the scheme and host they used."""
+    configured = request.app[SETTINGS].web.public_url
+    return configured or f"{request.scheme}://{request.host}"
