@@ -215,7 +215,7 @@ class Consumer:
         started = time.perf_counter()
         keys: list[str] = []
         request_ids: list[str] = []
-        outcome = "unknown"
+        outcomes: tuple[str, ...] = ("unknown",)
         try:
             try:
                 async with asyncio.TaskGroup() as group:
@@ -226,16 +226,16 @@ class Consumer:
             except* LeaseLost:
                 # Another consumer owns it now: the work was stopped, and nothing is deleted
                 # with a stale handle.
-                outcome = "lease_lost"
+                outcomes = ("lease_lost",)
             else:
-                outcome = await self._carry_out(message, judging.result())
+                outcomes = await self._carry_out(message, judging.result())
         except asyncio.CancelledError:
-            outcome = "released"
+            outcomes = ("released",)
             await self._release(message)
             raise
         finally:
-            self.stats.outcomes[outcome] += 1
-            for name in outcome.split(","):
+            for name in outcomes:
+                self.stats.outcomes[name] += 1
                 metrics.MESSAGES.labels(name).inc()
             if request_ids:  # the job ran in a task of its own: bring its request id here
                 REQUEST_ID.set(request_ids[-1])
@@ -243,7 +243,7 @@ class Consumer:
                 "message processed message_id=%s keys=%s outcome=%s attempt=%d duration_ms=%.1f",
                 message.id,
                 ",".join(keys) or "-",
-                outcome,
+                ",".join(outcomes),
                 message.receive_count,
                 (time.perf_counter() - started) * 1000,
             )
@@ -263,16 +263,16 @@ class Consumer:
                     raise
                 log.warning("heartbeat failed message_id=%s error=%s", message.id, exc)
 
-    async def _carry_out(self, message: Message, verdict: Verdict) -> str:
-        """Carry out the message's verdict; returns the outcome name."""
+    async def _carry_out(self, message: Message, verdict: Verdict) -> tuple[str, ...]:
+        """Carry out the message's verdict; returns its outcome names."""
         if verdict.action == "ack":
             self._ack(message)
-            return verdict.outcome
+            return verdict.outcomes
         assert verdict.error is not None
         if verdict.action == "dead_letter":
-            return await self._dead_letter(message, verdict.error)
+            return (await self._dead_letter(message, verdict.error),)
         await self._schedule_retry(message)
-        return "retry"
+        return ("retry",)
 
     async def _schedule_retry(self, message: Message) -> None:
         """Hide the message for the backoff delay; SQS then delivers it again with a higher count."""

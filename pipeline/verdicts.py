@@ -31,7 +31,9 @@ class UnexpectedError(TransientError):
 @dataclass(frozen=True)
 class Verdict:
     action: Action
-    outcome: str  # for logs and metrics: ready, source_missing, test_event, ignored, failed, retry
+    #: One name per record (a message may carry several), for logs and metrics: ready,
+    #: source_missing, test_event, ignored, failed, retry.
+    outcomes: tuple[str, ...]
     error: ServiceError | None = None
 
 
@@ -45,7 +47,7 @@ async def judge(
         parsed = parse_message(message.body)
         keys.extend(quote(r.key, safe="/") for r in parsed.created)
         if parsed.test_event:
-            return Verdict("ack", "test_event")
+            return Verdict("ack", ("test_event",))
         for name in parsed.ignored:
             log.info("ignoring event message_id=%s event=%s", message.id, name)
         outcomes = []
@@ -53,22 +55,22 @@ async def judge(
             result = await jobs.process(record)
             request_ids.append(result.request_id)
             if result.error is not None:  # recorded as failed; the DLQ keeps the message and why
-                return Verdict("dead_letter", "failed", result.error)
+                return Verdict("dead_letter", ("failed",), result.error)
             outcomes.append(result.outcome)
             if result.outcome == "source_missing":
                 log.info("original gone before processing key=%s, acknowledged", result.key)
-        return Verdict("ack", ",".join(outcomes) or "ignored")
+        return Verdict("ack", tuple(outcomes) or ("ignored",))
     except SourceMissing as exc:
         log.info("acknowledged without processing message_id=%s reason=%s", message.id, exc.message)
-        return Verdict("ack", "source_missing")
+        return Verdict("ack", ("source_missing",))
     except PermanentError as exc:
-        return Verdict("dead_letter", "failed", exc)
+        return Verdict("dead_letter", ("failed",), exc)
     except Exception as exc:  # transient, or a bug: neither may lose the message
         if not isinstance(exc, TransientError):
             log.exception("unexpected error message_id=%s", message.id)
             exc = UnexpectedError(f"{type(exc).__name__}: {exc}")
         if message.receive_count >= max_attempts:
-            return Verdict("dead_letter", "failed", exc)
+            return Verdict("dead_letter", ("failed",), exc)
         log.warning(
             "transient failure message_id=%s attempt=%d/%d code=%s error=%s",
             message.id,
@@ -77,4 +79,4 @@ async def judge(
             exc.code,
             exc.message,
         )
-        return Verdict("retry", "retry", exc)
+        return Verdict("retry", ("retry",), exc)
