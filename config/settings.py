@@ -480,7 +480,7 @@ class _Env:
             fmt = (match.group("fmt") or "jpeg") if match else ""
             if match is None or fmt not in OUTPUT_FORMATS:
                 raise self._fail(
-                    name, "must look like 256,1024:webp:80 (side[:jpeg|png|webp[:quality]])", value
+                    name, f"must look like 256,1024:webp:80 (side[:{'|'.join(OUTPUT_FORMATS)}[:quality]])", value
                 )
             specs.append(RenditionSpec(int(match.group("side")), fmt, int(match.group("q") or 85)))
         names = [s.name for s in specs]

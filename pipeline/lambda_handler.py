@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import AsyncExitStack
 from typing import Any
 
 # Imaging runs in this process (`InlineRunner`); loading libvips now puts its cost in Lambda's
@@ -30,43 +31,93 @@ from pipeline.records import RecordStore
 from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.verdicts import judge
-from pipeline.webhooks import open_dispatcher
+from pipeline.webhooks import Dispatcher, open_dispatcher
 from pipeline.workers import InlineRunner
 
 log = logging.getLogger(__name__)
 
 
+class Function:
+    """What a warm container keeps between invocations: its event loop, the AWS clients (and
+    their connection pools), the DLQ's URL, the job runner and the webhook session. Opened once,
+    at the first invocation; Lambda freezes the container between invocations, so nothing runs
+    in the background meanwhile: every invocation delivers its webhooks before it returns."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stack = AsyncExitStack()
+        self._jobs: JobRunner | None = None
+        self._dlq: Queue | None = None
+        self._webhooks: Dispatcher | None = None
+
+    async def open(self) -> Function:
+        clients = await self._stack.enter_async_context(open_clients(self.settings.aws))
+        self._dlq = await Queue.named(clients.sqs, self.settings.aws.dlq_name)
+        tables = Tables(clients.dynamodb, self.settings.aws)
+        self._webhooks = await self._stack.enter_async_context(
+            open_dispatcher(tables.users, self.settings.webhooks)
+        )
+        self._jobs = JobRunner(
+            Storage(clients.s3),
+            RecordStore(tables.images),
+            InlineRunner(),
+            self.settings,
+            self._webhooks,
+            tables.users,
+        )
+        return self
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def handle(self, event: dict[str, Any]) -> dict[str, Any]:
+        assert self._jobs is not None and self._dlq is not None and self._webhooks is not None
+        failures = []
+        for record in event.get("Records", []):
+            message = Message(
+                id=str(record["messageId"]),
+                receipt_handle=str(record.get("receiptHandle", "")),
+                body=str(record.get("body", "")),
+                receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
+            )
+            if not await _handled(message, self._jobs, self._dlq, self.settings):
+                failures.append({"itemIdentifier": message.id})
+        # The container is frozen once this returns: deliver this batch's webhooks now.
+        await self._webhooks.drain(self.settings.webhooks.drain_timeout)
+        return {"batchItemFailures": failures}
+
+
+class _Warm:
+    """The module-level state of a warm container: one loop and one open `Function`."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    function: Function | None = None
+
+
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    settings = Settings.from_env()
-    configure_logging(settings.log_level, "json")
-    return asyncio.run(handle_event(event, settings))
+    if _Warm.function is None or _Warm.loop is None:  # a cold start
+        settings = Settings.from_env()
+        configure_logging(settings.log_level, "json")
+        _Warm.loop = asyncio.new_event_loop()
+        _Warm.function = _Warm.loop.run_until_complete(Function(settings).open())
+    return _Warm.loop.run_until_complete(_Warm.function.handle(event))
+
+
+def shutdown() -> None:
+    """Close what a warm container holds (Lambda never calls this; tests and tools do)."""
+    if _Warm.function is not None and _Warm.loop is not None:
+        _Warm.loop.run_until_complete(_Warm.function.close())
+        _Warm.loop.close()
+    _Warm.loop = _Warm.function = None
 
 
 async def handle_event(event: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    failures = []
-    async with open_clients(settings.aws) as clients:
-        dlq = await Queue.named(clients.sqs, settings.aws.dlq_name)
-        tables = Tables(clients.dynamodb, settings.aws)
-        # A function is frozen once it returns: leaving this block delivers the batch's webhooks.
-        async with open_dispatcher(tables.users, settings.webhooks) as webhooks:
-            jobs = JobRunner(
-                Storage(clients.s3),
-                RecordStore(tables.images),
-                InlineRunner(),
-                settings,
-                webhooks,
-                tables.users,
-            )
-            for record in event.get("Records", []):
-                message = Message(
-                    id=str(record["messageId"]),
-                    receipt_handle=str(record.get("receiptHandle", "")),
-                    body=str(record.get("body", "")),
-                    receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
-                )
-                if not await _handled(message, jobs, dlq, settings):
-                    failures.append({"itemIdentifier": message.id})
-    return {"batchItemFailures": failures}
+    """One event with everything opened for it and closed after (tests, one-off tools)."""
+    function = await Function(settings).open()
+    try:
+        return await function.handle(event)
+    finally:
+        await function.close()
 
 
 async def _handled(message: Message, jobs: JobRunner, dlq: Queue, settings: Settings) -> bool:

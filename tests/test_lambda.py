@@ -81,7 +81,17 @@ async def test_handler_entry_point_reads_its_settings_from_the_environment(
         monkeypatch.setenv(name, value)
     await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/via-handler", Body=GOOD)
     event = await sqs_event(clients, settings, 1)
-    answer = await asyncio.to_thread(lambda_handler.handler, event, None)  # Lambda calls it synchronously
-    assert answer == {"batchItemFailures": []}
-    record = await record_of(clients, settings, f"{USER}/via-handler")
-    assert record is not None and record.state == "ready"
+    try:
+        answer = await asyncio.to_thread(lambda_handler.handler, event, None)  # called synchronously
+        assert answer == {"batchItemFailures": []}
+        record = await record_of(clients, settings, f"{USER}/via-handler")
+        assert record is not None and record.state == "ready"
+        warm = lambda_handler._Warm.function
+        await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/warm", Body=GOOD)
+        answer = await asyncio.to_thread(lambda_handler.handler, await sqs_event(clients, settings, 1), None)
+        assert answer == {"batchItemFailures": []}
+        assert lambda_handler._Warm.function is warm  # a warm container reuses loop, clients, runner
+        record = await record_of(clients, settings, f"{USER}/warm")
+        assert record is not None and record.state == "ready"
+    finally:
+        await asyncio.to_thread(lambda_handler.shutdown)
