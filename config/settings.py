@@ -479,9 +479,8 @@ class _Env:
             match = _RENDITION_RE.fullmatch(item.strip())
             fmt = (match.group("fmt") or "jpeg") if match else ""
             if match is None or fmt not in OUTPUT_FORMATS:
-                raise self._fail(
-                    name, f"must look like 256,1024:webp:80 (side[:{'|'.join(OUTPUT_FORMATS)}[:quality]])", value
-                )
+                shape = f"side[:{'|'.join(OUTPUT_FORMATS)}[:quality]]"
+                raise self._fail(name, f"must look like 256,1024:webp:80 ({shape})", value)
             specs.append(RenditionSpec(int(match.group("side")), fmt, int(match.group("q") or 85)))
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
