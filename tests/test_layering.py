@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,3 +66,16 @@ def test_config_needs_nothing_but_the_standard_library() -> None:
         if name not in sys.stdlib_module_names and name != "config"
     }
     assert outside == set()
+
+
+@pytest.mark.e2e
+def test_no_process_but_a_worker_loads_a_decoder() -> None:
+    """Statically clean is not enough: what these modules import at run time must not pull
+    pyvips or Pillow in either (the API, the consumer's parent, the local backend)."""
+    probe = (
+        "import sys, web.app, web.__main__, pipeline.consumer, pipeline.service, pipeline.reconcile, "
+        "pipeline.__main__, local.backend; "
+        "print(sorted(m for m in ('pyvips', 'PIL') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
