@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,12 +32,14 @@ async def open_local(settings: Settings) -> AsyncIterator[Backend]:
         swept = await storage.sweep_orphans()
         if swept:
             log.info("removed %d unnamed blobs left by an interrupted write", swept)
+        tables = LocalTables(db)
+        await tables.expire(time.time())  # what DynamoDB's TTL would have removed meanwhile
         yield Backend(
             "local",
             storage,
             await LocalQueue.named(db, settings.aws.queue_name),
             await LocalQueue.named(db, settings.aws.dlq_name),
-            LocalTables(db),
+            tables,
         )
     finally:
         await db.close()

@@ -134,6 +134,21 @@ class LocalTable:
         attributes = list(self._spec.key) + (list(self._index[1]) if by_index and self._index else [])
         return {attribute: item[attribute] for attribute in attributes if attribute in item}
 
+    async def expire(self, now: float) -> int:
+        """Delete items whose TTL attribute is past `now` (DynamoDB's TTL does this by itself);
+        returns how many. A no-op for tables without one."""
+        attribute = self._spec.ttl_attribute
+        if attribute is None:
+            return 0
+        return await self._db.write(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM items WHERE tbl = ? AND json_extract(doc, ?) < ?",
+                    (self.name, f"$.{attribute}", now),
+                ).rowcount
+            )
+        )
+
     async def scan_all(self) -> list[Item]:
         rows = await self._db.read(
             lambda conn: conn.execute("SELECT doc FROM items WHERE tbl = ?", (self.name,)).fetchall()
@@ -151,3 +166,8 @@ class LocalTables:
         self.images = tables["images"]
         self.throttle = tables["throttle"]
         self.config = tables["config"]
+        self._all = list(tables.values())
+
+    async def expire(self, now: float) -> int:
+        """Drop expired items of every table with a TTL (the auth throttle's counters)."""
+        return sum([await table.expire(now) for table in self._all])

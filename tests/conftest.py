@@ -30,6 +30,7 @@ from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients, open_clients
 from pipeline.backends import aws_backend
 from pipeline.consumer import Consumer
+from pipeline.events import parse_message
 from pipeline.layout import ImageRef
 from pipeline.provision import provision
 from pipeline.queue import Message, Queue
@@ -333,6 +334,62 @@ async def stops_cleanly(process: asyncio.subprocess.Process, timeout: float = 30
     process.send_signal(signal.SIGTERM)
     async with asyncio.timeout(timeout):
         return await process.wait() == 0
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        env=process_env(**env),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def sqs_event(
+    clients: AwsClients, settings: Settings, count: int, receive_count: int | None = None
+) -> dict[str, Any]:
+    """What Lambda's SQS event source hands the function: the queue's real messages."""
+    queue = await Queue.named(clients.sqs, settings.aws.queue_name)
+    messages: dict[str, Any] = {}
+    async with asyncio.timeout(20):
+        while len(messages) < count:
+            for m in await queue.receive(10, wait_seconds=1, visibility_timeout=60):
+                if "TestEvent" not in m.body:
+                    messages[m.id] = m
+    return {
+        "Records": [
+            {
+                "messageId": m.id,
+                "receiptHandle": m.receipt_handle,
+                "body": m.body,
+                "attributes": {"ApproximateReceiveCount": str(receive_count or m.receive_count)},
+                "eventSource": "aws:sqs",
+            }
+            for m in messages.values()
+        ]
+    }
+
+
+async def queued_events(clients: AwsClients, settings: Settings) -> list[str]:
+    """Event names of everything now in the queue (peeked)."""
+    url = (await clients.sqs.get_queue_url(QueueName=settings.aws.queue_name))["QueueUrl"]
+    found = await clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+    names = []
+    for message in found.get("Messages", []):
+        parsed = parse_message(message["Body"])
+        names += ["TestEvent"] if parsed.test_event else [r.event_name for r in parsed.created]
+    return names
+
+
+async def nothing_stored(clients: AwsClients, settings: Settings) -> None:
+    listed = await clients.s3.list_objects_v2(Bucket=settings.aws.source_bucket)
+    assert listed.get("KeyCount", 0) == 0
+    uploads = await clients.s3.list_multipart_uploads(Bucket=settings.aws.source_bucket)
+    assert uploads.get("Uploads", []) == []
+    assert all(name == "TestEvent" for name in await queued_events(clients, settings))
 
 
 def sync_s3(endpoint: str) -> Any:

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from config.settings import Settings
 from pipeline.aws import AwsClients
-from tests.conftest import OTHER_USER, ClientFactory, bearer, issue_key, jpeg_bytes
-from tests.test_hostile import nothing_stored
+from tests.conftest import OTHER_USER, ClientFactory, bearer, issue_key, jpeg_bytes, nothing_stored
 from web.admission import ByteBudget, UploadsBusy
 
 MIB = 1024 * 1024

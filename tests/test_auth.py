@@ -13,8 +13,7 @@ from config.settings import Settings
 from pipeline.accounts import Accounts
 from pipeline.aws import open_clients
 from pipeline.tables import Tables
-from tests.conftest import OTHER_USER, USER, ClientFactory, bearer, issue_key, jpeg_bytes, settings_env
-from tests.test_cli import run
+from tests.conftest import OTHER_USER, USER, ClientFactory, bearer, issue_key, jpeg_bytes, run, settings_env
 
 Client = TestClient[Any, Any]
 ROUTES = [

@@ -6,7 +6,6 @@ import asyncio
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -23,6 +22,7 @@ from tests.conftest import (
     decode,
     env_for,
     process_env,
+    run,
     running,
     settings_env,
     start,
@@ -31,18 +31,6 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args],
-        env=process_env(**env),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(

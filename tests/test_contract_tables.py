@@ -4,11 +4,14 @@ DynamoDB (moto) and on the local SQLite tables, so records, accounts and quotas 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from local.database import Database
+from local.tables import LocalTables
 from pipeline.items import (
     Add,
     AllOf,
@@ -125,3 +128,17 @@ async def test_keys_by_user_and_scans(backend: Backend) -> None:
     found, _ = await keys.query(user, index="by_user")
     assert [k["key_id"] for k in found] == [f"{user[:8]}{i}" for i in (2, 1, 0)]  # oldest first
     assert {k["key_id"] for k in await keys.scan_all()} >= {k["key_id"] for k in found}
+
+
+async def test_local_tables_drop_expired_throttle_counters(tmp_path: Path) -> None:
+    """DynamoDB's TTL removes expired throttle items by itself; the local tables on open."""
+    db = await Database(tmp_path / "state.db").open()
+    try:
+        tables = LocalTables(db)
+        await tables.throttle.update({"id": "old"}, [Add("failures", 1), SetDefault("expires_at", 100)])
+        await tables.throttle.update({"id": "new"}, [Add("failures", 1), SetDefault("expires_at", 10**10)])
+        assert await tables.expire(1000) == 1
+        assert await tables.throttle.get({"id": "old"}) is None
+        assert await tables.throttle.get({"id": "new"}) is not None
+    finally:
+        await db.close()

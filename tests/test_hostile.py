@@ -27,6 +27,7 @@ from tests.conftest import (
     decode,
     dlq_messages,
     env_for,
+    nothing_stored,
     png_header_only,
     provision_with_users,
     run_consumer_until_drained,
@@ -195,25 +196,6 @@ async def test_format_outside_the_allow_list_is_refused(
     response = await api.put(f"/images/png?user_id={USER}", data=gradient("PNG"))
     assert response.status == 415
     assert (await response.json())["error"] == "format_not_allowed"
-
-
-async def queued_events(clients: AwsClients, settings: Settings) -> list[str]:
-    """Event names of everything now in the queue (peeked)."""
-    url = (await clients.sqs.get_queue_url(QueueName=settings.aws.queue_name))["QueueUrl"]
-    found = await clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
-    names = []
-    for message in found.get("Messages", []):
-        parsed = parse_message(message["Body"])
-        names += ["TestEvent"] if parsed.test_event else [r.event_name for r in parsed.created]
-    return names
-
-
-async def nothing_stored(clients: AwsClients, settings: Settings) -> None:
-    listed = await clients.s3.list_objects_v2(Bucket=settings.aws.source_bucket)
-    assert listed.get("KeyCount", 0) == 0
-    uploads = await clients.s3.list_multipart_uploads(Bucket=settings.aws.source_bucket)
-    assert uploads.get("Uploads", []) == []
-    assert all(name == "TestEvent" for name in await queued_events(clients, settings))
 
 
 async def test_over_the_cap_mid_stream_leaves_no_object_no_upload_no_event(

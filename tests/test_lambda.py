@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from config.settings import Settings
 from pipeline import lambda_handler
 from pipeline.aws import AwsClients
-from pipeline.queue import Queue
-from tests.conftest import USER, decode, dlq_messages, jpeg_bytes, record_of, settings_env
+from tests.conftest import USER, decode, dlq_messages, jpeg_bytes, record_of, settings_env, sqs_event
 
 GOOD = jpeg_bytes(320, 240)
-
-
-async def sqs_event(
-    clients: AwsClients, settings: Settings, count: int, receive_count: int | None = None
-) -> dict[str, Any]:
-    """What Lambda's SQS event source hands the function: the queue's real messages."""
-    queue = await Queue.named(clients.sqs, settings.aws.queue_name)
-    messages: dict[str, Any] = {}
-    async with asyncio.timeout(20):
-        while len(messages) < count:
-            for m in await queue.receive(10, wait_seconds=1, visibility_timeout=60):
-                if "TestEvent" not in m.body:
-                    messages[m.id] = m
-    return {
-        "Records": [
-            {
-                "messageId": m.id,
-                "receiptHandle": m.receipt_handle,
-                "body": m.body,
-                "attributes": {"ApproximateReceiveCount": str(receive_count or m.receive_count)},
-                "eventSource": "aws:sqs",
-            }
-            for m in messages.values()
-        ]
-    }
 
 
 async def test_lambda_makes_thumbnails_and_dead_letters_bad_images(

@@ -33,8 +33,7 @@ from pipeline.webhooks import (
     sign,
     verify,
 )
-from tests.conftest import ROOT, USER, ClientFactory, run_consumer_until_drained, shared_consumer
-from tests.test_lambda import sqs_event
+from tests.conftest import ROOT, USER, ClientFactory, run_consumer_until_drained, shared_consumer, sqs_event
 
 Client = TestClient[Any, Any]
 CAT = (ROOT / "input" / "cat.jpg").read_bytes()
