@@ -38,7 +38,7 @@ from pipeline.errors import (
 )
 from pipeline.events import object_created
 from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
-from pipeline.storage import ListedObject, ObjectMeta, OversizeObject, StoredUpload
+from pipeline.storage import JsonDocuments, ListedObject, ObjectMeta, OversizeObject, StoredUpload
 
 _COLUMNS = "blob, size, etag, last_modified, content_type, metadata"
 #: Blobs younger than this are never swept: another process may be about to commit its row.
@@ -68,7 +68,7 @@ def _meta(row: tuple[Any, ...]) -> ObjectMeta:
     )
 
 
-class LocalStorage:
+class LocalStorage(JsonDocuments):
     """The same methods as `pipeline.storage.Storage`, over a directory and the database."""
 
     def __init__(self, db: Database, root: Path) -> None:
@@ -160,14 +160,6 @@ class LocalStorage:
 
         return meta, chunks()
 
-    async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
-        try:
-            _, data = await self.read(bucket, key, max_bytes=1024 * 1024)
-        except NotFound:
-            return None
-        document = json.loads(data)
-        return document if isinstance(document, dict) else None
-
     # -- writing -------------------------------------------------------------------------------
 
     async def put(
@@ -184,13 +176,6 @@ class LocalStorage:
             await self._commit(bucket, key, blob, content_type, metadata or {})
         finally:
             blob.discard()
-
-    async def put_json(
-        self, bucket: str, key: str, document: Mapping[str, Any], metadata: Mapping[str, str] | None = None
-    ) -> None:
-        await self.put(
-            bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json", metadata
-        )
 
     async def upload_stream(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -79,7 +80,40 @@ class OversizeObject(TooLarge):
         self.meta = meta
 
 
-class Storage:
+class JsonDocuments(ABC):
+    """Small JSON documents on top of `put` and `read`, alike on every object store."""
+
+    @abstractmethod
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+    @abstractmethod
+    async def read(self, bucket: str, key: str, max_bytes: int) -> tuple[ObjectMeta, bytes]: ...
+
+    async def put_json(
+        self, bucket: str, key: str, document: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+    ) -> None:
+        await self.put(
+            bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json", metadata
+        )
+
+    async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """A small JSON document, or None where there is none."""
+        try:
+            _, data = await self.read(bucket, key, max_bytes=1024 * 1024)
+        except NotFound:
+            return None
+        document = json.loads(data)
+        return document if isinstance(document, dict) else None
+
+
+class Storage(JsonDocuments):
     """Thin async facade over one S3 client."""
 
     def __init__(self, s3: Any) -> None:
@@ -154,13 +188,6 @@ class Storage:
                 Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=dict(metadata or {})
             )
 
-    async def put_json(
-        self, bucket: str, key: str, document: Mapping[str, Any], metadata: Mapping[str, str] | None = None
-    ) -> None:
-        await self.put(
-            bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json", metadata
-        )
-
     async def delete_many(self, bucket: str, keys: list[str]) -> None:
         """Idempotent: keys that do not exist are not an error (S3 semantics)."""
         if not keys:
@@ -181,15 +208,6 @@ class Storage:
                     ListedObject(str(o["Key"]), int(o["Size"]), str(o["ETag"]), o["LastModified"])
                     for o in page.get("Contents", [])
                 ]
-
-    async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
-        """A small JSON document, or None where there is none."""
-        try:
-            _, data = await self.read(bucket, key, max_bytes=1024 * 1024)
-        except NotFound:
-            return None
-        document = json.loads(data)
-        return document if isinstance(document, dict) else None
 
     async def upload_stream(
         self,
