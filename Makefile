@@ -17,8 +17,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m web
 
+# Two workers (pytest-xdist): the suite mostly waits on moto and child processes; TEST_WORKERS=0 runs it serially.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # Unit and contract tests on the local backend: no moto, no service processes, no browser (< 1 min).
 test-fast: $(STAMP)

@@ -39,7 +39,7 @@ from pipeline.service import open_consumer
 from pipeline.tables import Tables
 from pipeline.workers import WorkerPool
 from web.app import create_app
-from web.keys import ACCOUNTS
+from web.keys import ACCOUNTS, PROVISIONED
 from web.server import GuardedTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,10 +116,15 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
     return make_settings()
 
 
+#: The resources (by source bucket name) this session has provisioned already.
+_PROVISIONED: set[str] = set()
+
+
 async def provision_with_users(clients: AwsClients, settings: Settings) -> None:
     """Provision, and create the demo users as the embedded stack does: an object put straight
     into the source bucket is processed only under a known user's id."""
     await provision(clients, settings)
+    _PROVISIONED.add(settings.aws.source_bucket)
     accounts = Accounts(Tables(clients.dynamodb, settings.aws))
     for user_id in SEED_USER_IDS:
         await accounts.create_user(user_id)
@@ -198,8 +203,11 @@ async def make_client() -> AsyncIterator[ClientFactory]:
     started: list[TestClient[Any, Any]] = []
 
     async def make(app_settings: Settings, user: str | None = USER) -> TestClient[Any, Any]:
-        server = GuardedTestServer(create_app(app_settings), app_settings.web, host="127.0.0.1")
-        await server.start_server()  # provisions (embedded mode), so keys can be issued
+        app = create_app(app_settings)
+        # Provisioning again what a fixture just provisioned costs ~20 requests to moto per test.
+        app[PROVISIONED] = app_settings.aws.source_bucket in _PROVISIONED
+        server = GuardedTestServer(app, app_settings.web, host="127.0.0.1")
+        await server.start_server()  # provisions (embedded mode) if need be, so keys can be issued
         headers = bearer(await issue_key(server.app, user)) if user else {}
         client: TestClient[Any, Any] = TestClient(server, headers=headers)
         await client.start_server()
