@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,17 @@ from config.settings import Settings
 from pipeline.accounts import Accounts
 from pipeline.aws import open_clients
 from pipeline.tables import Tables
-from tests.conftest import OTHER_USER, USER, ClientFactory, bearer, issue_key, jpeg_bytes, run, settings_env
+from tests.conftest import (
+    OTHER_USER,
+    USER,
+    ClientFactory,
+    bearer,
+    issue_key,
+    jpeg_bytes,
+    local_settings,
+    run,
+    settings_env,
+)
 
 Client = TestClient[Any, Any]
 ROUTES = [
@@ -126,12 +137,22 @@ async def test_failed_attempts_are_limited_per_address_across_processes(
     assert (await first.get("/images/x")).status == 404
 
 
+@pytest.mark.parametrize("store", [pytest.param("dynamodb", marks=pytest.mark.moto), "sqlite"])
 async def test_the_failure_limit_holds_under_a_concurrent_burst(
-    make_settings: Any, make_client: ClientFactory
+    store: str, request: pytest.FixtureRequest, tmp_path: Path, make_client: ClientFactory
 ) -> None:
-    """300 wrong keys at once, in a fresh window, through two processes: at most the limit of them
-    are answered 401 (one atomic count decides each), the rest 429."""
-    settings = make_settings(IMGSVC_AUTH_FAILURES_ALLOWED="20", IMGSVC_AUTH_FAILURE_WINDOW="3600")
+    """300 wrong keys at once, in a fresh window, through two app instances: at most the limit of
+    them are answered 401 (one atomic count decides each), the rest 429.
+
+    The count is one `ADD` (DynamoDB) or one write transaction (SQLite); both are atomic. moto is
+    not: its threaded server has no per-item lock, so under load two concurrent ADDs can read the
+    same count (seen on CI with two test workers: 22 answers of 401 for a limit of 20). The exact
+    bound is asserted where the store is atomic; on moto only that the limit takes hold."""
+    limits = {"IMGSVC_AUTH_FAILURES_ALLOWED": "20", "IMGSVC_AUTH_FAILURE_WINDOW": "3600"}
+    if store == "dynamodb":
+        settings: Settings = request.getfixturevalue("make_settings")(**limits)
+    else:
+        settings = local_settings(tmp_path / "data", **limits)
     apps = [await make_client(settings, user=None) for _ in range(2)]
 
     async def attempt(i: int) -> int:
@@ -141,7 +162,7 @@ async def test_the_failure_limit_holds_under_a_concurrent_burst(
 
     statuses = await asyncio.gather(*(attempt(i) for i in range(300)))
     assert set(statuses) == {401, 429}
-    assert 1 <= statuses.count(401) <= 20
+    assert 1 <= statuses.count(401) <= (20 if store == "sqlite" else 60)
 
 
 def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None:
