@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from scripts.durability import USER, Web, demo_key, image_for, run
-from tests.conftest import process_env
+from tests.conftest import ROOT, process_env
 
 pytestmark = pytest.mark.e2e
 
@@ -49,3 +52,32 @@ async def test_concurrent_uploads_cut_by_kill_9_are_all_accounted_for(tmp_path: 
     assert report.accepted >= 10
     assert report.missing == [] and report.disagreeing == [] and report.left_pending == []
     assert report.ready + len(report.failed) == report.accepted
+
+
+async def test_an_api_process_and_a_consumer_process_share_one_data_directory(tmp_path: Path) -> None:
+    """More consumers on one machine: `python -m pipeline --data-dir` beside an API-only process."""
+    data_dir = tmp_path / "data"
+    web = Web(data_dir, tmp_path / "web.log", process_env(IMGSVC_RUN_CONSUMER="false"))
+    consumer = None
+    try:
+        await web.start()
+        key = demo_key(data_dir)
+        consumer = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), "consumer",
+            cwd=ROOT, env=process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        async with aiohttp.ClientSession(web.url, headers={"Authorization": f"Bearer {key}"}) as api:
+            for number in range(3):
+                data = image_for(number)[0]
+                async with api.put(f"/images/p{number}", data=data) as response:
+                    assert response.status == 202
+            for number in range(3):
+                async with api.get(f"/images/p{number}", params={"wait": "15"}) as response:
+                    body = await response.json()
+                assert body["status"] == "ready", body
+                assert (body["width"], body["height"]) == image_for(number)[1]
+    finally:
+        if consumer is not None and consumer.returncode is None:
+            consumer.terminate()
+            await consumer.wait()
+        await web.stop()
