@@ -229,7 +229,7 @@ ranges = st.one_of(
     st.builds(lambda a, b: f"bytes={a}-{b}", st.integers(0, 20_000), st.integers(0, 20_000) | st.just("")),
     st.integers(0, 20_000).map(lambda n: f"bytes=-{n}"),
     header_value,
-)
+).map(lambda s: CLIENT_REFUSES.sub("", s))  # `numbers` may hold control characters
 HUGE_YEAR = "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"
 http_dates = st.one_of(
     st.datetimes().map(lambda d: format_datetime(d) + " GMT"),
