@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from aiohttp import web
 
 from config.settings import OUTPUT_FORMATS
@@ -14,8 +12,6 @@ from pipeline.errors import (
 )
 from web.keys import SETTINGS
 from web.serving import VARY, RenditionNotFound, best_for, image_ref, locate, serve_object
-
-log = logging.getLogger(__name__)
 
 
 async def download_image(request: web.Request) -> web.StreamResponse:
