@@ -5,32 +5,38 @@ when it was queued behind others) and must kill only the worker running it: with
 `concurrent.futures`, a stuck job can only be stopped by killing the whole pool, which fails
 every job running beside it and cancels the queued ones, so one bad image hurts innocent ones.
 Here a crashed or timed-out worker is replaced alone and only its own job fails.
+
+pebble is not safe against every SIGKILL, though: a worker killed between taking a job off the
+shared pipe and acknowledging it loses the job, and one killed while holding the pipe's lock
+stalls the other workers. So jobs are handed to pebble only when a worker is free (never queued
+inside it), and a job no worker picks up within `pickup_timeout` means the pool is wedged: it is
+replaced and the job fails as transient, to be retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import sys
+import weakref
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ParamSpec, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
-from pebble.pool.base_pool import PoolStatus
 
 from pipeline import metrics, tasks
 from pipeline.errors import JobTimeout, WorkerCrashed
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
-_BROKEN_POOL_POLL = 1.0  # seconds between looks at a job's pool while it is not done
+_POOL_POLL = 0.5  # seconds between looks at a job's pool while it is not done
+_PICKUP_TIMEOUT = 30.0  # seconds a free worker may take to start a job (spawn + imports included)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -38,8 +44,13 @@ R = TypeVar("R")
 class WorkerPool:
     """Worker processes for imaging; each job has its own timeout and its own failure."""
 
-    def __init__(self, workers: int, threads: int = 0) -> None:
+    def __init__(self, workers: int, threads: int = 0, pickup_timeout: float = _PICKUP_TIMEOUT) -> None:
         self._workers = workers
+        self._pickup_timeout = pickup_timeout
+        # One slot per worker and per event loop (tests run one pool under many loops).
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
         # Decoder threads per worker: together the workers use the cores, not cores² threads.
         self._threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self._pool = self._new_pool()
@@ -62,6 +73,12 @@ class WorkerPool:
         Raises `JobTimeout` (the worker is killed) or `WorkerCrashed` (it died), both transient;
         cancelling the caller stops the job's worker too, so cancelled work does not grind on.
         """
+        loop = asyncio.get_running_loop()
+        slots = self._slots.setdefault(loop, asyncio.Semaphore(self._workers))
+        async with slots:
+            return await self._run_now(timeout, fn, *args, **kwargs)
+
+    async def _run_now(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         pool = self._pool
         try:
             future: concurrent.futures.Future[R] = pool.schedule(
@@ -78,30 +95,43 @@ class WorkerPool:
         except ProcessExpired as exc:
             self._replaced("crash")
             raise WorkerCrashed(f"the image worker process died (exit code {exc.exitcode})") from None
-        except BrokenProcessPool:
+        except BrokenProcessPool as exc:
             # pebble gives up on the whole pool when every worker dies at once with no job to
-            # blame (the OOM killer taking them all while idle): a new pool replaces it.
+            # blame (the OOM killer taking them all while idle), and a job lost or stalled by a
+            # killed worker never starts: a new pool replaces it.
             self._replace_broken(pool)
-            raise WorkerCrashed("every image worker process died at once") from None
+            raise WorkerCrashed(
+                f"the image worker pool failed: {str(exc) or 'every worker died at once'}"
+            ) from None
         except asyncio.CancelledError:
             future.cancel()  # pebble stops the worker if the job is running
             raise
 
-    @staticmethod
-    async def _outcome(pool: ProcessPool, future: concurrent.futures.Future[R]) -> R:
-        """The job's result, or `BrokenProcessPool` if its pool broke before resolving it.
+    async def _outcome(self, pool: ProcessPool, future: concurrent.futures.Future[R]) -> R:
+        """The job's result, or `BrokenProcessPool` if its pool broke or wedged before resolving it.
 
-        A broken pebble pool aborts the jobs it had registered but forgets the ones still in its
-        scheduling queue: their futures would never resolve, so the pool is looked at while
-        waiting and a forgotten job fails like the aborted ones (then is retried elsewhere).
+        A broken pebble pool aborts the jobs it had registered but forgets the ones it had not
+        handed out, and a wedged one never starts them: their futures would never resolve, so the
+        pool is looked at while waiting and such a job fails like the aborted ones.
         """
         wrapped = asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        pickup_deadline = loop.time() + self._pickup_timeout
         while not wrapped.done():
-            await asyncio.wait({wrapped}, timeout=_BROKEN_POOL_POLL)
-            if not wrapped.done() and pool._context.status == PoolStatus.ERROR:  # no public API
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    future.set_exception(BrokenProcessPool("the pool broke before running it"))
-                await asyncio.wait({wrapped})
+            await asyncio.wait({wrapped}, timeout=_POOL_POLL)
+            if wrapped.done():
+                break
+            if not pool._context.alive:  # broken or stopped (no public API)
+                why = "the pool broke before running it"
+            elif not future.running() and loop.time() > pickup_deadline:
+                why = f"no worker started it within {self._pickup_timeout:g}s"
+            else:
+                continue
+            # Cancelled, not failed here: pebble's own threads may still resolve it, and a
+            # future resolved twice raises in them; a cancelled one they expect.
+            future.cancel()
+            wrapped.add_done_callback(_retrieve)  # a late outcome is nobody's to log
+            raise BrokenProcessPool(why)
         return wrapped.result()
 
     def _replaced(self, why: str) -> None:
@@ -132,6 +162,11 @@ class WorkerPool:
         """Stop the workers; jobs still running are killed (callers drain before closing)."""
         self._pool.stop()  # type: ignore[no-untyped-call]
         self._pool.join(timeout=10)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _init_worker(threads: int) -> None:
