@@ -6,12 +6,14 @@ environment as a parameter (tests pass a dict) and fails at start-up naming the 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 PREFIX = "IMGSVC_"
 Mode = Literal["embedded", "aws", "local"]
@@ -58,26 +60,45 @@ class RenditionSpec:
 
 
 @dataclass(frozen=True)
+class Var:
+    """How one setting is read from the environment (in a field's `Annotated` type).
+
+    The variable is `IMGSVC_` + the section's `ENV_PREFIX` + the field's name in capitals,
+    unless `name` says otherwise; numbers need their bounds; `read` names an `_Env` method for
+    values with a shape of their own; `choices` limits a text to a few words. Fields without a
+    `Var` are not read from the environment (they are worked out from other settings).
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    name: str | None = None
+    read: str | None = None
+    choices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AwsSettings:
     """Where the service's resources are (AWS, the embedded endpoint, or a local data directory)
     and what they are called (the local backend uses the same names)."""
+
+    ENV_PREFIX: ClassVar[str] = ""
 
     mode: Mode = "embedded"
     endpoint_url: str | None = None
     #: The local backend's directory (`IMGSVC_DATA_DIR`, `--data-dir`): set means mode "local".
     data_dir: Path | None = None
     region: str = "us-east-1"
-    embedded_host: str = "127.0.0.1"
-    embedded_port: int = 4566
-    source_bucket: str = "image-service-source"
-    dest_bucket: str = "image-service-thumbnails"
-    queue_name: str = "image-service-events"
-    dlq_name: str = "image-service-dlq"
+    embedded_host: Annotated[str, Var()] = "127.0.0.1"
+    embedded_port: Annotated[int, Var(0, 65535)] = 4566
+    source_bucket: Annotated[str, Var(read="bucket")] = "image-service-source"
+    dest_bucket: Annotated[str, Var(read="bucket")] = "image-service-thumbnails"
+    queue_name: Annotated[str, Var(read="queue")] = "image-service-events"
+    dlq_name: Annotated[str, Var(read="queue")] = "image-service-dlq"
     #: DynamoDB tables are `{prefix}-users`, `-keys`, `-images` and `-throttle`.
-    table_prefix: str = "image-service"
-    max_pool_connections: int = 32
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    table_prefix: Annotated[str, Var(read="table_prefix")] = "image-service"
+    max_pool_connections: Annotated[int, Var(1, 1000)] = 32
+    connect_timeout: Annotated[float, Var(0.1, 300, name="AWS_CONNECT_TIMEOUT")] = 5.0
+    read_timeout: Annotated[float, Var(0.1, 900, name="AWS_READ_TIMEOUT")] = 30.0
 
     def table(self, name: str) -> str:
         return f"{self.table_prefix}-{name}"
@@ -96,14 +117,16 @@ class AwsSettings:
 class ImagingSettings:
     """What the pipeline accepts and what it makes."""
 
-    renditions: tuple[RenditionSpec, ...] = (RenditionSpec(256),)
-    max_bytes: int = 50 * 1024 * 1024
-    max_pixels: int = 100_000_000
-    max_frames: int = 1000
+    ENV_PREFIX: ClassVar[str] = ""
+
+    renditions: Annotated[tuple[RenditionSpec, ...], Var(read="renditions")] = (RenditionSpec(256),)
+    max_bytes: Annotated[int, Var(1, 5 * 1024**3)] = 50 * 1024 * 1024
+    max_pixels: Annotated[int, Var(1, 2**31)] = 100_000_000
+    max_frames: Annotated[int, Var(1, 100_000)] = 1000
     #: JPEG renditions up to this many pixels on the longest side are made by Pillow with draft
     #: (measured faster there); larger ones by pyvips. See BENCHMARKS.md.
-    pillow_max_side: int = 256
-    allowed_formats: frozenset[str] = KNOWN_FORMATS
+    pillow_max_side: Annotated[int, Var(0, 100_000)] = 256
+    allowed_formats: Annotated[frozenset[str], Var(read="formats")] = KNOWN_FORMATS
 
     def rendition(self, name: str) -> RenditionSpec | None:
         return next((r for r in self.renditions if r.name == name), None)
@@ -117,26 +140,28 @@ IN_FLIGHT_PER_WORKER = 4
 class ConsumerSettings:
     """Concurrency, retries and timeouts of the SQS consumer pool."""
 
-    receivers: int = 2
-    batch_size: int = 10
+    ENV_PREFIX: ClassVar[str] = "CONSUMER_"
+
+    receivers: Annotated[int, Var(1, 64)] = 2
+    batch_size: Annotated[int, Var(1, 10)] = 10
     #: 0: `IN_FLIGHT_PER_WORKER` x workers. More only hoards messages that other consumer
     #: processes could be working on (measured: see BENCHMARKS.md, scaling across processes).
-    max_in_flight: int = 0
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_in_flight: Annotated[int, Var(0, 10_000)] = 0
+    workers: Annotated[int, Var(1, 256)] = field(default_factory=lambda: os.cpu_count() or 1)
     #: Decoder threads per worker (libvips, AVIF); 0: the cores shared out among the workers.
     #: Several consumer processes on one machine each set it so they do not oversubscribe.
-    worker_threads: int = 0
-    wait_time_seconds: int = 20
-    visibility_timeout: int = 60
-    max_attempts: int = 5
-    backoff_base: float = 2.0
-    backoff_max: float = 300.0
-    job_timeout: float = 120.0
-    drain_timeout: float = 30.0
-    delete_flush_seconds: float = 0.05
+    worker_threads: Annotated[int, Var(0, 256)] = 0
+    wait_time_seconds: Annotated[int, Var(0, 20)] = 20
+    visibility_timeout: Annotated[int, Var(1, 43_200)] = 60
+    max_attempts: Annotated[int, Var(1, 100)] = 5
+    backoff_base: Annotated[float, Var(0, 3600)] = 2.0
+    backoff_max: Annotated[float, Var(0, 43_200)] = 300.0
+    job_timeout: Annotated[float, Var(0.1, 43_200)] = 120.0
+    drain_timeout: Annotated[float, Var(0, 3600)] = 30.0
+    delete_flush_seconds: Annotated[float, Var(0, 10)] = 0.05
     #: `python -m pipeline consumer` serves Prometheus metrics here (0: not at all).
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9464
+    metrics_host: Annotated[str, Var(name="METRICS_HOST")] = "127.0.0.1"
+    metrics_port: Annotated[int, Var(0, 65535, name="METRICS_PORT")] = 9464
 
     @property
     def in_flight_limit(self) -> int:
@@ -154,81 +179,93 @@ class ConsumerSettings:
 class WebSettings:
     """The HTTP API."""
 
-    host: str = "127.0.0.1"
-    port: int = 8080
-    part_size: int = 8 * 1024 * 1024
+    ENV_PREFIX: ClassVar[str] = ""
+
+    host: Annotated[str, Var()] = "127.0.0.1"
+    port: Annotated[int, Var(0, 65535)] = 8080
+    part_size: Annotated[int, Var(5 * 1024 * 1024, 5 * 1024**3, name="UPLOAD_PART_SIZE")] = 8 * 1024 * 1024
     #: Connections this process holds at once. Past it, an idle or half-sent connection is
     #: closed to make room, else the new one is refused with 503: file descriptors stay free
     #: for the AWS clients, the embedded endpoint and health checks.
-    max_connections: int = 1000
+    max_connections: Annotated[int, Var(8, 1_000_000)] = 1000
     #: Seconds a client has to send a request's headers (from its first byte, or from accept).
-    header_timeout: float = 20.0
+    header_timeout: Annotated[float, Var(0.1, 3600)] = 20.0
     #: Seconds an idle keep-alive connection stays open (longer than a load balancer's idle
     #: timeout, so the balancer closes first; idle connections are also the first evicted).
-    keepalive_timeout: float = 75.0
+    keepalive_timeout: Annotated[float, Var(0.1, 3600)] = 75.0
     #: Seconds a body may take to start, and the longest pause between its bytes.
-    body_timeout: float = 20.0
+    body_timeout: Annotated[float, Var(0.1, 3600)] = 20.0
     #: Bytes per second a body must average once started (mod_reqtimeout's MinRate): every
     #: `body_min_rate` bytes received buy one more second of waiting.
-    body_min_rate: int = 500
+    body_min_rate: Annotated[int, Var(0, 1024**3)] = 500
     #: Seconds a response may wait for the client to read what was already sent.
-    send_timeout: float = 60.0
+    send_timeout: Annotated[float, Var(0.1, 3600)] = 60.0
     #: Bytes of upload buffers (S3 parts in the making) this process holds at once.
-    upload_buffer_bytes: int = 256 * 1024 * 1024
+    upload_buffer_bytes: Annotated[int, Var(5 * 1024 * 1024, 1024**4)] = 256 * 1024 * 1024
     #: Seconds an upload waits for buffer space before it is answered 503 with Retry-After.
-    upload_buffer_wait: float = 10.0
+    upload_buffer_wait: Annotated[float, Var(0, 3600)] = 10.0
     #: Uploads one user may have in progress at once in this process (0: no limit).
-    user_max_uploads: int = 8
-    cache_control: str = "private, max-age=3600"
-    retry_after: int = 2
-    input_dir: Path = Path("input")
-    run_consumer: bool = True
+    user_max_uploads: Annotated[int, Var(0, 100_000)] = 8
+    cache_control: Annotated[str, Var()] = "private, max-age=3600"
+    #: Seconds a client is told to wait (`Retry-After`) when the service is busy.
+    retry_after: Annotated[int, Var(1, 3600)] = 2
+    #: Where the original API's `file_name` uploads are read from.
+    input_dir: Annotated[Path, Var()] = Path("input")
+    #: Default: on in the embedded and local modes (one command runs everything), off on AWS.
+    run_consumer: Annotated[bool, Var()] = True
     #: Scheme and host clients reach the API at (behind a proxy or CDN), for the absolute URLs
     #: the API hands out; empty: taken from each request.
-    public_url: str = ""
+    public_url: Annotated[str, Var(read="public_url")] = ""
 
 
 @dataclass(frozen=True)
 class AccountSettings:
     """Who may call, how much they may store, and how long shared links live."""
 
+    ENV_PREFIX: ClassVar[str] = ""
+
     #: Failed authentications per client address and window before 429 (shared through DynamoDB).
-    auth_failures_allowed: int = 20
-    auth_failure_window: int = 60
+    auth_failures_allowed: Annotated[int, Var(1, 100_000)] = 20
+    auth_failure_window: Annotated[int, Var(1, 86_400)] = 60
     #: Per-user quotas; 0 means unlimited.
-    quota_bytes: int = 0
-    quota_images: int = 0
+    quota_bytes: Annotated[int, Var(0, 2**62)] = 0
+    quota_images: Annotated[int, Var(0, 2**62)] = 0
     #: HMAC secret for signed links; empty: one generated once and shared through DynamoDB.
-    signing_secret: str = ""
-    link_max_seconds: int = 7 * 24 * 3600
+    signing_secret: Annotated[str, Var()] = ""
+    link_max_seconds: Annotated[int, Var(1, 7 * 24 * 3600)] = 7 * 24 * 3600
     #: `hmac`: links served by the API; `s3`: S3 presigned URLs (downloads offloaded to S3/CDN).
-    links: str = "hmac"
-    #: Where the embedded stack writes the demo users' API keys (secrets: mode 0600).
-    demo_keys_file: Path = Path("demo-keys.json")
+    links: Annotated[str, Var(choices=("hmac", "s3"))] = "hmac"
+    #: Where the embedded stack writes the demo users' API keys (secrets: mode 0600); with a
+    #: data directory, inside it by default.
+    demo_keys_file: Annotated[Path, Var()] = Path("demo-keys.json")
 
 
 @dataclass(frozen=True)
 class WebhookSettings:
     """Completion webhooks: how hard to try, and where a webhook may point."""
 
+    ENV_PREFIX: ClassVar[str] = "WEBHOOK_"
+
     #: Delivery attempts per event (the first included), with exponential backoff between them.
-    attempts: int = 6
-    backoff_base: float = 1.0
-    backoff_max: float = 60.0
+    attempts: Annotated[int, Var(1, 100)] = 6
+    backoff_base: Annotated[float, Var(0, 3600)] = 1.0
+    backoff_max: Annotated[float, Var(0, 86_400)] = 60.0
     #: Seconds for one POST, from connecting to the answer's status and headers (never its body).
-    timeout: float = 5.0
+    timeout: Annotated[float, Var(0.1, 300)] = 5.0
     #: POSTs in progress at once per process; events beyond `max_pending` are dropped and counted.
-    concurrency: int = 8
-    max_pending: int = 10_000
+    concurrency: Annotated[int, Var(1, 1000)] = 8
+    max_pending: Annotated[int, Var(1, 10_000_000)] = 10_000
     #: Let webhooks point at loopback, private and link-local addresses (off: SSRF protection).
-    allow_private: bool = False
+    allow_private: Annotated[bool, Var()] = False
     #: How long a stopping consumer keeps delivering what is still pending.
-    drain_timeout: float = 10.0
+    drain_timeout: Annotated[float, Var(0, 3600)] = 10.0
 
 
 @dataclass(frozen=True)
 class Settings:
     """All settings of one process."""
+
+    ENV_PREFIX: ClassVar[str] = ""
 
     aws: AwsSettings = AwsSettings()
     imaging: ImagingSettings = ImagingSettings()
@@ -236,10 +273,10 @@ class Settings:
     web: WebSettings = WebSettings()
     accounts: AccountSettings = AccountSettings()
     webhooks: WebhookSettings = WebhookSettings()
-    log_level: str = "INFO"
-    log_format: str = "auto"
-    use_uvloop: bool = True
-    loop_debug: bool = False
+    log_level: Annotated[str, Var(choices=("DEBUG", "INFO", "WARNING", "ERROR"))] = "INFO"
+    log_format: Annotated[str, Var(choices=("auto", "json", "text"))] = "auto"
+    use_uvloop: Annotated[bool, Var(name="UVLOOP")] = True
+    loop_debug: Annotated[bool, Var()] = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -255,129 +292,63 @@ class Settings:
             raise ConfigError(
                 f"{PREFIX}DATA_DIR: the local mode needs a data directory, and only the local mode uses one"
             )
-        d_aws, d_img, d_con, d_web = AwsSettings(), ImagingSettings(), ConsumerSettings(), WebSettings()
-        d_acc, d_hook = AccountSettings(), WebhookSettings()
-        aws = AwsSettings(
+        data_dir = Path(data_dir_raw).expanduser().resolve() if data_dir_raw else None
+        aws = env.section(
+            AwsSettings,
             mode=mode,
             endpoint_url=env.raw("AWS_ENDPOINT_URL") or None,
-            data_dir=Path(data_dir_raw).expanduser().resolve() if data_dir_raw else None,
-            region=env.raw("AWS_REGION") or env.raw("AWS_DEFAULT_REGION") or d_aws.region,
-            embedded_host=env.text("EMBEDDED_HOST", d_aws.embedded_host),
-            embedded_port=env.integer("EMBEDDED_PORT", d_aws.embedded_port, 0, 65535),
-            source_bucket=env.bucket("SOURCE_BUCKET", d_aws.source_bucket),
-            dest_bucket=env.bucket("DEST_BUCKET", d_aws.dest_bucket),
-            queue_name=env.queue("QUEUE_NAME", d_aws.queue_name),
-            dlq_name=env.queue("DLQ_NAME", d_aws.dlq_name),
-            table_prefix=env.table_prefix("TABLE_PREFIX", d_aws.table_prefix),
-            max_pool_connections=env.integer("MAX_POOL_CONNECTIONS", d_aws.max_pool_connections, 1, 1000),
-            connect_timeout=env.number("AWS_CONNECT_TIMEOUT", d_aws.connect_timeout, 0.1, 300),
-            read_timeout=env.number("AWS_READ_TIMEOUT", d_aws.read_timeout, 0.1, 900),
+            data_dir=data_dir,
+            region=env.raw("AWS_REGION") or env.raw("AWS_DEFAULT_REGION") or AwsSettings.region,
         )
         if aws.source_bucket == aws.dest_bucket:
             raise ConfigError(f"{PREFIX}DEST_BUCKET: must differ from the source bucket, or thumbnails loop")
         if aws.queue_name == aws.dlq_name:
             raise ConfigError(f"{PREFIX}DLQ_NAME: must differ from {PREFIX}QUEUE_NAME")
-        imaging = ImagingSettings(
-            renditions=env.renditions("RENDITIONS", d_img.renditions),
-            max_bytes=env.integer("MAX_BYTES", d_img.max_bytes, 1, 5 * 1024**3),
-            max_pixels=env.integer("MAX_PIXELS", d_img.max_pixels, 1, 2**31),
-            max_frames=env.integer("MAX_FRAMES", d_img.max_frames, 1, 100_000),
-            pillow_max_side=env.integer("PILLOW_MAX_SIDE", d_img.pillow_max_side, 0, 100_000),
-            allowed_formats=env.formats("ALLOWED_FORMATS", d_img.allowed_formats),
-        )
-        consumer = ConsumerSettings(
-            receivers=env.integer("CONSUMER_RECEIVERS", d_con.receivers, 1, 64),
-            batch_size=env.integer("CONSUMER_BATCH_SIZE", d_con.batch_size, 1, 10),
-            max_in_flight=env.integer("CONSUMER_MAX_IN_FLIGHT", d_con.max_in_flight, 0, 10_000),
-            workers=env.integer("CONSUMER_WORKERS", d_con.workers, 1, 256),
-            worker_threads=env.integer("CONSUMER_WORKER_THREADS", d_con.worker_threads, 0, 256),
-            wait_time_seconds=env.integer("CONSUMER_WAIT_TIME_SECONDS", d_con.wait_time_seconds, 0, 20),
-            visibility_timeout=env.integer(
-                "CONSUMER_VISIBILITY_TIMEOUT", d_con.visibility_timeout, 1, 43_200
-            ),
-            max_attempts=env.integer("CONSUMER_MAX_ATTEMPTS", d_con.max_attempts, 1, 100),
-            backoff_base=env.number("CONSUMER_BACKOFF_BASE", d_con.backoff_base, 0, 3600),
-            backoff_max=env.number("CONSUMER_BACKOFF_MAX", d_con.backoff_max, 0, 43_200),
-            job_timeout=env.number("CONSUMER_JOB_TIMEOUT", d_con.job_timeout, 0.1, 43_200),
-            drain_timeout=env.number("CONSUMER_DRAIN_TIMEOUT", d_con.drain_timeout, 0, 3600),
-            delete_flush_seconds=env.number(
-                "CONSUMER_DELETE_FLUSH_SECONDS", d_con.delete_flush_seconds, 0, 10
-            ),
-            metrics_host=env.text("METRICS_HOST", d_con.metrics_host),
-            metrics_port=env.integer("METRICS_PORT", d_con.metrics_port, 0, 65535),
-        )
-        web = WebSettings(
-            host=env.text("HOST", d_web.host),
-            port=env.integer("PORT", d_web.port, 0, 65535),
-            part_size=env.integer("UPLOAD_PART_SIZE", d_web.part_size, 5 * 1024 * 1024, 5 * 1024**3),
-            max_connections=env.integer("MAX_CONNECTIONS", d_web.max_connections, 8, 1_000_000),
-            header_timeout=env.number("HEADER_TIMEOUT", d_web.header_timeout, 0.1, 3600),
-            keepalive_timeout=env.number("KEEPALIVE_TIMEOUT", d_web.keepalive_timeout, 0.1, 3600),
-            body_timeout=env.number("BODY_TIMEOUT", d_web.body_timeout, 0.1, 3600),
-            body_min_rate=env.integer("BODY_MIN_RATE", d_web.body_min_rate, 0, 1024**3),
-            send_timeout=env.number("SEND_TIMEOUT", d_web.send_timeout, 0.1, 3600),
-            upload_buffer_bytes=env.integer(
-                "UPLOAD_BUFFER_BYTES", d_web.upload_buffer_bytes, 5 * 1024 * 1024, 1024**4
-            ),
-            upload_buffer_wait=env.number("UPLOAD_BUFFER_WAIT", d_web.upload_buffer_wait, 0, 3600),
-            user_max_uploads=env.integer("USER_MAX_UPLOADS", d_web.user_max_uploads, 0, 100_000),
-            cache_control=env.text("CACHE_CONTROL", d_web.cache_control),
-            retry_after=env.integer("RETRY_AFTER", d_web.retry_after, 1, 3600),
-            input_dir=Path(env.text("INPUT_DIR", str(d_web.input_dir))),
-            run_consumer=env.flag("RUN_CONSUMER", mode in ("embedded", "local")),
-            public_url=env.public_url("PUBLIC_URL"),
-        )
+        web = env.section(WebSettings, defaults={"run_consumer": mode in ("embedded", "local")})
         if web.part_size > web.upload_buffer_bytes:
             raise ConfigError(
                 f"{PREFIX}UPLOAD_BUFFER_BYTES: must hold at least one part of {PREFIX}UPLOAD_PART_SIZE "
                 f"({web.part_size} bytes)"
             )
-        accounts = AccountSettings(
-            auth_failures_allowed=env.integer(
-                "AUTH_FAILURES_ALLOWED", d_acc.auth_failures_allowed, 1, 100_000
-            ),
-            auth_failure_window=env.integer("AUTH_FAILURE_WINDOW", d_acc.auth_failure_window, 1, 86_400),
-            quota_bytes=env.integer("QUOTA_BYTES", d_acc.quota_bytes, 0, 2**62),
-            quota_images=env.integer("QUOTA_IMAGES", d_acc.quota_images, 0, 2**62),
-            signing_secret=env.text("SIGNING_SECRET", d_acc.signing_secret),
-            link_max_seconds=env.integer("LINK_MAX_SECONDS", d_acc.link_max_seconds, 1, 7 * 24 * 3600),
-            links=env.choice("LINKS", d_acc.links, ("hmac", "s3")),
-            # With a data directory the demo keys live beside the data they open.
-            demo_keys_file=Path(
-                env.text(
-                    "DEMO_KEYS_FILE",
-                    str(aws.data_dir / d_acc.demo_keys_file if aws.data_dir else d_acc.demo_keys_file),
-                )
-            ),
-        )
-        if accounts.links == "s3" and aws.data_dir is not None:
+        # With a data directory the demo keys live beside the data they open.
+        keys_default = {"demo_keys_file": data_dir / "demo-keys.json"} if data_dir else {}
+        accounts = env.section(AccountSettings, defaults=keys_default)
+        if accounts.links == "s3" and data_dir is not None:
             raise ConfigError(
                 f"{PREFIX}LINKS: s3 presigned links need S3; the local backend serves hmac links"
             )
-        webhooks = WebhookSettings(
-            attempts=env.integer("WEBHOOK_ATTEMPTS", d_hook.attempts, 1, 100),
-            backoff_base=env.number("WEBHOOK_BACKOFF_BASE", d_hook.backoff_base, 0, 3600),
-            backoff_max=env.number("WEBHOOK_BACKOFF_MAX", d_hook.backoff_max, 0, 86_400),
-            timeout=env.number("WEBHOOK_TIMEOUT", d_hook.timeout, 0.1, 300),
-            concurrency=env.integer("WEBHOOK_CONCURRENCY", d_hook.concurrency, 1, 1000),
-            max_pending=env.integer("WEBHOOK_MAX_PENDING", d_hook.max_pending, 1, 10_000_000),
-            allow_private=env.flag("WEBHOOK_ALLOW_PRIVATE", d_hook.allow_private),
-            drain_timeout=env.number("WEBHOOK_DRAIN_TIMEOUT", d_hook.drain_timeout, 0, 3600),
-        )
-        log_level = env.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR"))
-        log_format = env.choice("LOG_FORMAT", "auto", ("auto", "json", "text"))
-        return cls(
+        return env.section(
+            cls,
             aws=aws,
-            imaging=imaging,
-            consumer=consumer,
+            imaging=env.section(ImagingSettings),
+            consumer=env.section(ConsumerSettings),
             web=web,
             accounts=accounts,
-            webhooks=webhooks,
-            log_level=log_level,
-            log_format=log_format,
-            use_uvloop=env.flag("UVLOOP", True),
-            loop_debug=env.flag("LOOP_DEBUG", False),
+            webhooks=env.section(WebhookSettings),
         )
+
+    @classmethod
+    def variables(cls) -> list[str]:
+        """Every `IMGSVC_` variable the settings read (for the documentation and its test)."""
+        sections = (AwsSettings, ImagingSettings, ConsumerSettings, WebSettings, AccountSettings)
+        read = [name for section in (*sections, WebhookSettings, cls) for name, *_ in _vars(section)]
+        return [f"{PREFIX}MODE", f"{PREFIX}DATA_DIR", *read]
+
+
+T = TypeVar("T")
+
+
+def _vars(section: type) -> list[tuple[str, dataclasses.Field[Any], Var, type]]:
+    """(variable, field, how it is read, its type) for each field of `section` the environment sets."""
+    hints = typing.get_type_hints(section, include_extras=True)
+    found = []
+    for f in dataclasses.fields(section):
+        hint = hints[f.name]
+        spec = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Var)), None)
+        if spec is not None:
+            name = PREFIX + (spec.name or section.ENV_PREFIX + f.name.upper())  # type: ignore[attr-defined]
+            found.append((name, f, spec, typing.get_args(hint)[0]))
+    return found
 
 
 class _Env:
@@ -389,6 +360,39 @@ class _Env:
     def raw(self, full_name: str) -> str:
         return self._environ.get(full_name, "").strip()
 
+    def section(self, cls: type[T], defaults: Mapping[str, Any] = {}, **given: Any) -> T:
+        """An instance of the settings dataclass `cls`: `given` values as they are, every field
+        with a `Var` read from its variable (its default from `defaults`, else the field's)."""
+        values = dict(given)
+        for variable, f, spec, kind in _vars(cls):
+            if f.name in values:
+                continue
+            if f.name in defaults:
+                default = defaults[f.name]
+            elif f.default is not dataclasses.MISSING:
+                default = f.default
+            else:
+                default = f.default_factory()  # type: ignore[operator]
+            values[f.name] = self._read(variable.removeprefix(PREFIX), spec, kind, default)
+        return cls(**values)
+
+    def _read(self, name: str, spec: Var, kind: type, default: Any) -> Any:
+        if spec.read is not None:
+            return getattr(self, spec.read)(name, default)
+        if spec.choices:
+            return self.choice(name, default, spec.choices)
+        if kind is int:
+            assert spec.lo is not None and spec.hi is not None, name
+            return self.integer(name, default, int(spec.lo), int(spec.hi))
+        if kind is float:
+            assert spec.lo is not None and spec.hi is not None, name
+            return self.number(name, default, spec.lo, spec.hi)
+        if kind is bool:
+            return self.flag(name, default)
+        if kind is Path:
+            return Path(self.text(name, str(default)))
+        return self.text(name, default)
+
     def _get(self, name: str) -> str | None:
         value = self._environ.get(PREFIX + name)
         return None if value is None or value.strip() == "" else value.strip()
@@ -399,10 +403,10 @@ class _Env:
     def text(self, name: str, default: str) -> str:
         return self._get(name) or default
 
-    def public_url(self, name: str) -> str:
+    def public_url(self, name: str, default: str) -> str:
         value = self._get(name)
         if value is None:
-            return ""
+            return default
         if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", value):
             raise self._fail(name, "must be an http(s) URL such as https://images.example.com", value)
         return value.rstrip("/")

@@ -20,17 +20,19 @@ DATABASE_NAME = "state.db"
 
 
 @asynccontextmanager
-async def open_local(settings: Settings) -> AsyncIterator[Backend]:
-    """Every piece of state under `settings.aws.data_dir`; provisioned (idempotently) on open,
-    and blobs a crash left unnamed are swept."""
+async def open_local(settings: Settings, *, sweep: bool = False) -> AsyncIterator[Backend]:
+    """Every piece of state under `settings.aws.data_dir`, provisioned (idempotently) on open.
+
+    `sweep` also removes blobs a crash left unnamed: a walk of every stored file, so only the
+    serving process and `reconcile` ask for it, not every short command.
+    """
     root = settings.aws.data_dir
     assert root is not None
     db = await Database(root / DATABASE_NAME).open()
     try:
         await provision_local(db, settings)
         storage = LocalStorage(db, root / "objects")
-        swept = await storage.sweep_orphans()
-        if swept:
+        if sweep and (swept := await storage.sweep_orphans()):
             log.info("removed %d unnamed blobs left by an interrupted write", swept)
         tables = LocalTables(db)
         await tables.expire(time.time())  # what DynamoDB's TTL would have removed meanwhile

@@ -182,7 +182,7 @@ async def run_users(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def run_reconcile(settings: Settings, dry_run: bool, min_age: float) -> int:
-    async with open_backend(settings) as backend:
+    async with open_backend(settings, maintain=not dry_run) as backend:
         report = await reconcile(backend, settings, dry_run=dry_run, min_age=min_age)
     print(json.dumps(report.as_dict(), indent=2))
     return 0

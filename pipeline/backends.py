@@ -57,13 +57,16 @@ async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
 
 
 @asynccontextmanager
-async def open_backend(settings: Settings, *, provision_first: bool = False) -> AsyncIterator[Backend]:
+async def open_backend(
+    settings: Settings, *, provision_first: bool = False, maintain: bool = False
+) -> AsyncIterator[Backend]:
     """The backend `settings` name, open for the block. `provision_first` creates its resources
-    (embedded and local only: against AWS, provisioning is an explicit command)."""
+    (embedded and local only: against AWS, provisioning is an explicit command); `maintain`
+    clears what an interrupted write left on the local backend (the serving process does it)."""
     if settings.aws.data_dir is not None:
         from local.backend import open_local  # the local backend is not imported on AWS
 
-        async with open_local(settings) as backend:
+        async with open_local(settings, sweep=maintain) as backend:
             yield backend
         return
     async with open_clients(settings.aws) as clients:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import ConfigError, RenditionSpec, Settings
+from tests.conftest import ROOT
 
 
 def test_defaults_without_aws_run_embedded_with_in_process_consumer() -> None:
@@ -120,3 +121,10 @@ def test_a_data_directory_means_the_local_mode_with_its_consumer_and_keys_inside
 def test_local_mode_misconfigurations_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         Settings.from_env(env)
+
+
+def test_every_variable_is_read_once_and_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    variables = Settings.variables()
+    assert len(variables) == len(set(variables))
+    assert [name for name in variables if f"`{name}`" not in readme] == []

@@ -70,7 +70,9 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # Provisioned here in embedded mode unless the entry point did it; the local backend always
     # provisions on open (idempotent); against AWS it is an explicit command.
-    async with open_backend(settings, provision_first=not app.get(PROVISIONED, False)) as backend:
+    async with open_backend(
+        settings, provision_first=not app.get(PROVISIONED, False), maintain=True
+    ) as backend:
         tables = backend.tables
         accounts = settings.accounts
         app[TABLES] = tables
