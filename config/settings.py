@@ -262,6 +262,29 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class VariantSettings:
+    """On-demand variants (`GET /images/{id}/variant`): what may be asked, and how much work."""
+
+    ENV_PREFIX: ClassVar[str] = "VARIANT_"
+
+    #: Longest side a variant may ask for, and most pixels of its box.
+    max_side: Annotated[int, Var(16, 16_384)] = 4096
+    max_pixels: Annotated[int, Var(256, 268_435_456)] = 16_777_216
+    #: Distinct variants stored per image (of its current original); more are refused (422).
+    per_image: Annotated[int, Var(1, 10_000)] = 50
+    #: New variants one user may have made per minute in one process; past it, 429.
+    per_user_per_minute: Annotated[int, Var(1, 1_000_000)] = 120
+    #: Worker processes of the API process that make variants (never the event loop).
+    workers: Annotated[int, Var(1, 64)] = 1
+    #: Variants waiting for a worker per process beyond which new ones are refused (503).
+    max_waiting: Annotated[int, Var(0, 100_000)] = 16
+    #: Seconds one variant may take once its worker started it.
+    timeout: Annotated[float, Var(0.1, 3600)] = 30.0
+    #: Quality when a request names none.
+    quality: Annotated[int, Var(1, 100)] = 80
+
+
+@dataclass(frozen=True)
 class Settings:
     """All settings of one process."""
 
@@ -273,6 +296,7 @@ class Settings:
     web: WebSettings = WebSettings()
     accounts: AccountSettings = AccountSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    variants: VariantSettings = VariantSettings()
     log_level: Annotated[str, Var(choices=("DEBUG", "INFO", "WARNING", "ERROR"))] = "INFO"
     log_format: Annotated[str, Var(choices=("auto", "json", "text"))] = "auto"
     use_uvloop: Annotated[bool, Var(name="UVLOOP")] = True
@@ -325,13 +349,18 @@ class Settings:
             web=web,
             accounts=accounts,
             webhooks=env.section(WebhookSettings),
+            variants=env.section(VariantSettings),
         )
 
     @classmethod
     def variables(cls) -> list[str]:
         """Every `IMGSVC_` variable the settings read (for the documentation and its test)."""
         sections = (AwsSettings, ImagingSettings, ConsumerSettings, WebSettings, AccountSettings)
-        read = [name for section in (*sections, WebhookSettings, cls) for name, *_ in _vars(section)]
+        read = [
+            name
+            for section in (*sections, WebhookSettings, VariantSettings, cls)
+            for name, *_ in _vars(section)
+        ]
         return [f"{PREFIX}MODE", f"{PREFIX}DATA_DIR", *read]
 
 

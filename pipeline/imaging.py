@@ -22,7 +22,8 @@ from PIL import AvifImagePlugin, Image, ImageFile, ImageOps, features
 from config.settings import ImagingSettings, RenditionSpec
 from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
 from pipeline.formats import MAGIC_BYTES_NEEDED, ImageInfo, check_format, check_limits
-from pipeline.results import Engine, Rendition, RenditionResult
+from pipeline.results import Engine, Rendition, RenditionResult, VariantImage
+from pipeline.variants import VariantSpec
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,60 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     else:
         outputs = _pillow_renditions(data, fmt, specs, imaging.max_pixels)
     return RenditionResult(info, engine, outputs, time.perf_counter() - started, placeholder(outputs[0].data))
+
+
+def make_variant(data: bytes, spec: VariantSpec, imaging: ImagingSettings) -> VariantImage:
+    """One variant of an original, under the consumer's checks (type from magic bytes, limits
+    from the header before any decode). Animated originals stay animated in WebP, the only
+    output format here that holds animation; other formats get the first frame.
+
+    Always libvips: its `thumbnail` shrinks on load, and has the smart crops (`attention`,
+    `entropy`) that Pillow lacks. Raises only `PermanentError` subclasses.
+    """
+    if not HAVE_VIPS:  # pragma: no cover - pyvips-binary is a dependency
+        raise FormatNotAllowed("variants need libvips, which this installation lacks")
+    started = time.perf_counter()
+    fmt = check_format(data[:MAGIC_BYTES_NEEDED], imaging.allowed_formats)
+    info = read_header(data, fmt)
+    check_limits(info, imaging)
+    width, height = spec.box(info.width, info.height)
+    animated = info.frames > 1 and spec.format == "webp" and spec.fit != "cover"
+    load = "fail_on=error" + (",n=-1" if animated else "")
+    try:
+        if spec.fit == "fill":
+            image = pyvips.Image.thumbnail_buffer(
+                data, width, height=height, size="force", option_string=load
+            )
+        elif spec.fit == "cover" and spec.crop == "focal":
+            focal = (spec.focal[0] / 1000, spec.focal[1] / 1000)
+            image = _focal_crop(data, info.width, info.height, width, height, focal, load)
+        elif spec.fit == "cover":
+            image = pyvips.Image.thumbnail_buffer(
+                data, width, height=height, crop=spec.crop, option_string=load
+            )
+        else:
+            image = pyvips.Image.thumbnail_buffer(data, width, height=height, option_string=load)
+        image = _vips_to_display(image, spec.format)
+        encoded = _vips_encode(image, RenditionSpec(max(width, height), spec.format, spec.quality))
+        frames = int(image.get("n-pages")) if animated and image.get_typeof("n-pages") else 1
+        page_height = image.get("page-height") if animated and image.get_typeof("page-height") else 0
+    except pyvips.Error as exc:
+        raise CorruptImage(_short(str(exc))) from None
+    shown_height = page_height or image.height
+    return VariantImage(encoded, image.width, shown_height, frames, time.perf_counter() - started)
+
+
+def _focal_crop(
+    data: bytes, width: int, height: int, box_w: int, box_h: int, focal: tuple[float, float], load: str
+) -> Any:
+    """Scale to cover the box, then cut the box out around the focal point (kept inside)."""
+    scale = max(box_w / width, box_h / height)
+    cover_w, cover_h = max(box_w, round(width * scale)), max(box_h, round(height * scale))
+    image = pyvips.Image.thumbnail_buffer(data, cover_w, height=cover_h, size="force", option_string=load)
+    fx, fy = (min(max(v, 0.0), 1.0) for v in focal)
+    left = min(max(round(fx * image.width - box_w / 2), 0), image.width - box_w)
+    top = min(max(round(fy * image.height - box_h / 2), 0), image.height - box_h)
+    return image.crop(left, top, box_w, box_h)
 
 
 def placeholder(rendition: bytes) -> dict[str, str] | None:

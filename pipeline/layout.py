@@ -43,3 +43,24 @@ class ImageRef:
     def rendition_key(self, spec: RenditionSpec) -> str:
         """Deterministic, so reprocessing overwrites instead of duplicating."""
         return f"{self.source_key}/{spec.filename}"
+
+    def variants_prefix(self, etag: str | None = None) -> str:
+        """Where the on-demand variants of this image are: of one original (`etag`) or of any."""
+        return f"{self.source_key}/{VARIANTS}/" + (f"{etag.strip(chr(34))}/" if etag else "")
+
+    def variant_key(self, etag: str, name: str) -> str:
+        """Keyed by the original's ETag: a replaced original's variants are never served again."""
+        return self.variants_prefix(etag) + name
+
+
+#: The folder of an image's variants, beside its renditions (no rendition file is named so).
+VARIANTS = "variants"
+
+
+def source_key_of(dest_key: str) -> str:
+    """The original a rendition (`{source}/{file}`) or a variant (`{source}/variants/{etag}/{name}`)
+    in the destination bucket was made from."""
+    head, _, _ = dest_key.rpartition("/")
+    parent = head.rpartition("/")[0]  # drops the ETag folder
+    original, _, marker = parent.rpartition("/")
+    return original if marker == VARIANTS and original.count("/") == 1 else head

@@ -62,6 +62,17 @@ PROCESSING_SECONDS = Histogram(
     ["engine", "format"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
 )
+VARIANT_REQUESTS = Counter(
+    "imgsvc_variant_requests_total",
+    "Variant requests by outcome: hit (streamed from storage) or miss (made first).",
+    ["outcome"],
+)
+VARIANT_SECONDS = Histogram(
+    "imgsvc_variant_seconds",
+    "Time to make one variant (the original read, the worker's decode and encode), by output format.",
+    ["format"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+)
 WEBHOOK_DELIVERIES = Counter(
     "imgsvc_webhook_deliveries_total",
     "Webhook events by how they ended: delivered, failed (every attempt refused), dropped (backlog full"

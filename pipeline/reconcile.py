@@ -6,7 +6,8 @@ reconciliation walks the source bucket and:
 - sends the event again for an original that has no record, or whose record holds no result
   for it (its event was lost: the rare S3 notification that never arrives, a queue purged by
   mistake); the consumer then processes it as any upload, idempotently;
-- deletes renditions whose original is gone (a deletion interrupted half-way);
+- deletes renditions and variants whose original is gone (a deletion interrupted half-way),
+  and variants of an original since replaced;
 - reports records whose original is gone (left to the operator: deleting data is not guessed).
 
 Originals younger than `min_age` are left alone: their own event may simply not be processed
@@ -25,7 +26,7 @@ from config.settings import Settings
 from pipeline.accounts import Accounts
 from pipeline.backends import Backend
 from pipeline.events import object_created
-from pipeline.layout import ImageRef, valid_image_id, valid_user_id
+from pipeline.layout import ImageRef, source_key_of, valid_image_id, valid_user_id
 from pipeline.records import RecordStore
 from pipeline.storage import ListedObject
 
@@ -57,10 +58,10 @@ async def reconcile(
     report = Reconciliation(dry_run)
     records = RecordStore(backend.tables.images)
     cutoff = datetime.now(UTC) - timedelta(seconds=min_age)
-    originals: set[str] = set()
+    originals: dict[str, str] = {}  # key -> ETag
     async for page in backend.storage.list_objects(aws.source_bucket):
         for original in page:
-            originals.add(original.key)
+            originals[original.key] = original.etag
             report.originals += 1
             if original.last_modified > cutoff:
                 report.too_recent += 1
@@ -108,16 +109,24 @@ async def _check_original(
 
 
 async def _orphaned_renditions(
-    backend: Backend, bucket: str, originals: set[str], cutoff: datetime, report: Reconciliation
+    backend: Backend, bucket: str, originals: dict[str, str], cutoff: datetime, report: Reconciliation
 ) -> None:
-    """Renditions (at `{source key}/{file}`) whose original is gone; recent ones are spared, as
-    their original may have been stored after the source bucket was listed."""
+    """Renditions (at `{source key}/{file}`) and variants whose original is gone, and variants
+    of an earlier original; recent ones are spared, as their original may have been stored after
+    the source bucket was listed."""
     doomed: list[str] = []
     async for page in backend.storage.list_objects(bucket):
-        doomed += [
-            r.key for r in page if r.key.rpartition("/")[0] not in originals and r.last_modified < cutoff
-        ]
+        doomed += [r.key for r in page if r.last_modified < cutoff and _orphaned(r.key, originals)]
     report.orphaned_renditions = doomed
     if not report.dry_run:
         for start in range(0, len(doomed), _DELETE_BATCH):
             await backend.storage.delete_many(bucket, doomed[start : start + _DELETE_BATCH])
+
+
+def _orphaned(key: str, originals: dict[str, str]) -> bool:
+    source = source_key_of(key)
+    etag = originals.get(source)
+    if etag is None:
+        return True
+    ref = ImageRef(source)
+    return key.startswith(ref.variants_prefix()) and not key.startswith(ref.variants_prefix(etag))

@@ -112,6 +112,7 @@ class ImageRecord:
             "etag": self.source_etag or None,
             "created_at": item.get("created_at"),
             "updated_at": item.get("updated_at"),
+            "focal_point": item.get("focal_point"),
         }
         if self.state == "ready":
             info = item.get("info", {})
@@ -161,7 +162,9 @@ class RecordStore:
         `read`: the record as the caller read it earlier (None: there was none), which saves a
         read; it is as safe as a fresh one, because the write is conditional on its revision."""
         known = read if isinstance(read, _Unread) else (read.item if read else None)
-        return await self._write(ref, etag, current, lambda _old: {**facts, "source_etag": etag}, known)
+        # Another picture under the same id: where its predecessor's subject was means nothing.
+        fields = {**facts, "source_etag": etag, "focal_point": None}
+        return await self._write(ref, etag, current, lambda _old: fields, known)
 
     async def record_result(
         self,
@@ -226,6 +229,20 @@ class RecordStore:
             except ConditionFailed:
                 return 1
         return int(item.get("timeouts", 1))
+
+    async def set_focal_point(self, ref: ImageRef, point: dict[str, float]) -> ImageRecord | None:
+        """Store where the image's subject is (for `crop=focal`); None if there is no record.
+        The revision moves too, so a concurrent whole-record write retries instead of undoing it."""
+        owner, image_id = ref.owner_and_id
+        try:
+            item = await self._table.update(
+                {"user_id": owner, "image_id": image_id},
+                [Set("focal_point", point), Add("revision", 1), Set("updated_at", now_iso())],
+                Present("user_id"),
+            )
+        except ConditionFailed:
+            return None
+        return ImageRecord(owner, image_id, item)
 
     async def delete(self, ref: ImageRef) -> ImageRecord | None:
         owner, image_id = ref.owner_and_id

@@ -36,3 +36,14 @@ class RenditionResult:
     seconds: float
     #: What a client shows before a thumbnail loads: {"blurhash": ..., "color": "#rrggbb"}.
     placeholder: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class VariantImage:
+    """One on-demand variant, encoded, and what it cost."""
+
+    data: bytes
+    width: int
+    height: int
+    frames: int
+    seconds: float

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from config.settings import ImagingSettings
-    from pipeline.results import Engine, RenditionResult
+    from pipeline.results import Engine, RenditionResult, VariantImage
+    from pipeline.variants import VariantSpec
 
 
 def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None = None) -> RenditionResult:
@@ -20,6 +21,13 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     from pipeline.imaging import make_renditions as run
 
     return run(data, imaging, engine)
+
+
+def make_variant(data: bytes, spec: VariantSpec, imaging: ImagingSettings) -> VariantImage:
+    """`pipeline.imaging.make_variant`, imported in the process that runs it."""
+    from pipeline.imaging import make_variant as run
+
+    return run(data, spec, imaging)
 
 
 def configure_worker(threads: int) -> None:

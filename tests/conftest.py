@@ -238,6 +238,13 @@ async def shared_pool(settings: Settings) -> WorkerPool:
     return _POOLS[shape]
 
 
+async def consume(backend: Backend) -> dict[str, int]:
+    """Run a short consumer on `backend` until its queue is drained; the outcomes it counted."""
+    pool = await shared_pool(backend.settings)
+    async with open_consumer(backend.ports, backend.settings, burst=True, pool=pool) as consumer:
+        return dict((await consumer.run()).outcomes)
+
+
 @asynccontextmanager
 async def shared_consumer(
     clients: AwsClients, settings: Settings, *, burst: bool = False

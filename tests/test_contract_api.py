@@ -8,16 +8,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from pipeline.service import open_consumer
-from tests.conftest import ROOT, USER, Backend, ClientFactory, decode, jpeg_bytes, shared_pool
+from tests.conftest import ROOT, USER, Backend, ClientFactory, consume, decode, jpeg_bytes
 
 Client = TestClient[Any, Any]
-
-
-async def consume(backend: Backend) -> dict[str, int]:
-    pool = await shared_pool(backend.settings)
-    async with open_consumer(backend.ports, backend.settings, burst=True, pool=pool) as consumer:
-        return dict((await consumer.run()).outcomes)
 
 
 async def test_upload_process_list_download_and_delete(backend: Backend, make_client: ClientFactory) -> None:

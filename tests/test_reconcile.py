@@ -66,3 +66,21 @@ async def test_recent_originals_are_left_to_their_own_events(backend: Backend) -
 async def _event_for(backend: Backend, key: str) -> str:
     meta = await backend.storage.head(backend.settings.aws.source_bucket, key)
     return object_created(backend.settings.aws.source_bucket, key, meta.size, meta.etag)
+
+
+async def test_variants_of_the_current_original_stay_and_others_go(backend: Backend) -> None:
+    aws = backend.settings.aws
+    await backend.storage.put(aws.source_bucket, f"{USER}/kept", jpeg_bytes(30, 20), "image/jpeg")
+    await drain(backend)
+    ref = ImageRef(f"{USER}/kept")
+    etag = await backend.storage.etag_of(aws.source_bucket, ref.source_key)
+    assert etag is not None
+    current = ref.variant_key(etag, "w10-contain-q80.jpg")
+    stale = ref.variant_key('"0123456789abcdef"', "w10-contain-q80.jpg")  # of a replaced original
+    gone = ImageRef(f"{USER}/gone").variant_key(etag, "w10-contain-q80.jpg")  # of a deleted one
+    for key in (current, stale, gone):
+        await backend.storage.put(aws.dest_bucket, key, b"x", "image/jpeg")
+    report = await reconcile(backend.ports, backend.settings, min_age=0)
+    assert sorted(report.orphaned_renditions) == sorted([stale, gone])
+    assert await backend.storage.etag_of(aws.dest_bucket, current) is not None
+    assert await backend.storage.etag_of(aws.dest_bucket, stale) is None

@@ -31,6 +31,7 @@ from web.keys import (
     TABLES,
     UPLOADS,
     USAGE,
+    VARIANTS,
     WEBHOOKS,
 )
 from web.links import LinkSigner, shared_secret
@@ -39,6 +40,7 @@ from web.quotas import Usage
 from web.routes import setup_routes
 from web.server import deadline_middleware
 from web.throttle import FailureLimiter
+from web.variants import VariantMaker
 
 log = logging.getLogger(__name__)
 #: JSON bodies are tiny; image bodies are streamed and never pass through this limit.
@@ -91,9 +93,11 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         background.spawn(
             "queue-depth-sampler", metrics.sample_queues(backend.main, backend.dlq), endless=True
         )
+        variants = app[VARIANTS] = VariantMaker(backend.storage, app[USAGE], settings)
         try:
             yield
         finally:
+            await variants.close()
             await background.stop()
 
 

@@ -16,6 +16,7 @@ from web.admission import UploadGate
 from web.links import LinkSigner
 from web.quotas import Usage
 from web.throttle import FailureLimiter
+from web.variants import VariantMaker
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND = web.AppKey("backend", Backend)
@@ -30,5 +31,6 @@ LIMITER = web.AppKey("limiter", FailureLimiter)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 BACKGROUND = web.AppKey("background", Supervisor)
 UPLOADS = web.AppKey("uploads", UploadGate)
+VARIANTS = web.AppKey("variants", VariantMaker)
 #: Set by an entry point that provisioned the embedded endpoint itself before starting the app.
 PROVISIONED = web.AppKey("provisioned", bool)

@@ -11,8 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from config.settings import ImagingSettings
+from config.settings import ImagingSettings, VariantSettings
 from pipeline.layout import IMAGE_ID_RE, USER_ID_RE
+from pipeline.variants import CROPS, FITS, FORMATS
 from web.keys import SETTINGS
 
 # The same patterns the handlers enforce (pipeline.layout), so the document cannot drift from them.
@@ -56,6 +57,28 @@ def _param(
     name: str, where: str, schema: dict[str, Any], required: bool = False, text: str = ""
 ) -> dict[str, Any]:
     return {"name": name, "in": where, "required": required, "schema": schema, "description": text}
+
+
+def _variant_params(limits: VariantSettings) -> list[dict[str, Any]]:
+    side = {"type": "integer", "minimum": 1, "maximum": limits.max_side}
+    return [
+        _param("w", "query", side, text="width in pixels (w or h or both; one alone keeps the aspect ratio)"),
+        _param("h", "query", side, text="height in pixels"),
+        _param(
+            "fit", "query", {"enum": list(FITS)}, text="contain (default), cover (crops), fill (stretches)"
+        ),
+        _param(
+            "crop",
+            "query",
+            {"enum": list(CROPS)},
+            text="with fit=cover: centre (default), smart, or the focal point",
+        ),
+        _param("format", "query", {"enum": [*FORMATS, "auto"]}, text="jpeg (default); auto picks by Accept"),
+        _param("q", "query", {"type": "integer", "minimum": 1, "maximum": 100}),
+        _param(
+            "upscale", "query", {"enum": ["true", "false", "1", "0"]}, text="allow larger than the original"
+        ),
+    ]
 
 
 USER_Q = _param("user_id", "query", USER_OR_EMPTY, text="optional; must be the caller's own")
@@ -151,8 +174,8 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-def document(imaging: ImagingSettings) -> dict[str, Any]:
-    """The document of this deployment: rendition names come from its settings."""
+def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, Any]:
+    """The document of this deployment: rendition names and variant limits come from its settings."""
     sizes = [spec.name for spec in imaging.renditions]
     image = _json(_ref("Image"), "the image record")
     accepted = _json(_ref("Image"), "stored; thumbnails follow")
@@ -217,6 +240,33 @@ def document(imaging: ImagingSettings) -> dict[str, Any]:
                     _param("expires_in", "query", {"type": "integer", "minimum": 1}),
                 ],
                 "responses": {"200": _json(_ref("Link"), "the link"), **_errors(*AUTH_ERRORS, 404, 422)},
+            },
+        },
+        "/images/{image_id}/variant": {
+            "parameters": [IMAGE_P],
+            "get": {
+                "summary": "The image at any size, crop and format: made on the first request, then stored",
+                "parameters": _variant_params(variants),
+                "responses": {
+                    "200": BINARY,
+                    "206": BINARY,
+                    "304": NOT_MODIFIED,
+                    **_errors(*AUTH_ERRORS, 404, 413, 416, 422),
+                },
+            },
+        },
+        "/images/{image_id}/focal-point": {
+            "parameters": [IMAGE_P],
+            "put": {
+                "summary": "Where the image's subject is, for crop=focal (fractions of the displayed image)",
+                "requestBody": _json_body(
+                    {
+                        "x": {"type": "number", "minimum": 0, "maximum": 1},
+                        "y": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                    ["x", "y"],
+                ),
+                "responses": {"200": _json(_ref("Image"), "the image"), **_errors(*AUTH_ERRORS, 404, 415)},
             },
         },
         "/links/{user_id}/{image_id}/{rendition}": {
@@ -331,13 +381,15 @@ def document(imaging: ImagingSettings) -> dict[str, Any]:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(document(request.app[SETTINGS].imaging))
+    return web.json_response(document(request.app[SETTINGS].imaging, request.app[SETTINGS].variants))
 
 
 async def docs(request: web.Request) -> web.Response:
     """A plain page from the same document (no CDN, no build step)."""
     rows = []
-    for path, item in document(request.app[SETTINGS].imaging)["paths"].items():
+    for path, item in document(request.app[SETTINGS].imaging, request.app[SETTINGS].variants)[
+        "paths"
+    ].items():
         for method, operation in item.items():
             if method == "parameters":
                 continue

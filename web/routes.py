@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from web import openapi
-from web.handlers import download, health, images, links, ui, upload, webhook
+from web.handlers import download, health, images, links, ui, upload, variants, webhook
 
 
 def setup_routes(app: web.Application) -> None:
@@ -18,6 +18,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/images/{image_id}", images.image_status)
     app.router.add_delete("/images/{image_id}", images.delete_image)
     app.router.add_get("/images/{image_id}/url", links.create_link)
+    app.router.add_get("/images/{image_id}/variant", variants.get_variant)
+    app.router.add_put("/images/{image_id}/focal-point", variants.put_focal_point)
     app.router.add_get("/links/{user_id}/{image_id}/{rendition}", links.follow_link)
     app.router.add_get("/webhook", webhook.get_webhook)
     app.router.add_put("/webhook", webhook.put_webhook)

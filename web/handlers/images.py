@@ -9,6 +9,7 @@ from pipeline.untrusted import ascii_int, ascii_number
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
 from web.serving import image_ref
+from web.variants import drop_variants
 from web.views import describe, thumbnail_link
 
 MAX_WAIT = 20.0
@@ -45,7 +46,8 @@ async def list_images(request: web.Request) -> web.Response:
 
 
 async def delete_image(request: web.Request) -> web.Response:
-    """`DELETE /images/{image_id}`: the original, every rendition and the record. Idempotent (204).
+    """`DELETE /images/{image_id}`: the original, every rendition and variant, and the record.
+    Idempotent (204).
 
     The original goes first, so a message already in flight for the image finds nothing to
     process and is acknowledged; the record goes last, so a retried delete still finds its parts.
@@ -57,6 +59,7 @@ async def delete_image(request: web.Request) -> web.Response:
     await storage.delete_many(
         settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
     )
+    await drop_variants(storage, request.app[USAGE], settings, ref)
     old = await request.app[RECORDS].delete(ref)
     if old is not None:
         await request.app[USAGE].release(user_id, old.bytes, 1)

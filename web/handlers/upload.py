@@ -38,6 +38,7 @@ from web.bodies import json_object
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
 from web.multipart import MultipartUpload
+from web.variants import drop_variants
 from web.views import describe
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,8 @@ async def _store(
         if found is None:
             raise ImageNotFound("the image was deleted while it was being uploaded") from None
         record = found
+    if previous is not None:  # the replaced original's variants are never served again: free them
+        await drop_variants(storage, usage, settings, ref, keep_etag=stored.etag)
     log.info("upload stored key=%s bytes=%d format=%s", ref.source_key, stored.size, stored.format)
     body = describe(user_id, record)
     response = web.json_response(body, status=202)

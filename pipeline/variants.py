@@ -1,0 +1,159 @@
+"""On-demand variants: what a request may ask for, in one canonical form.
+
+A variant is an original resized to a box (`w`, `h`), fitted (`contain`, `cover`, `fill`),
+cropped (`centre`, `attention`, `entropy`, `focal`) and encoded (`jpeg`, `webp`, `avif`, `png`)
+at a quality. The parameters a client sends are parsed strictly here (an unknown name or value
+is a 400 naming the allowed ones) and brought to one canonical form, so that every spelling of
+the same request finds the same stored object. Pure: the web tier imports it, no decoder does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from config.settings import VariantSettings
+from pipeline.errors import InvalidField, PermanentError
+from pipeline.untrusted import ascii_int
+
+FITS = ("contain", "cover", "fill")
+CROPS = ("centre", "attention", "entropy", "focal")
+FORMATS = ("jpeg", "webp", "avif", "png")
+#: Formats a client gets from `format=auto` only by naming them in `Accept`, best first.
+NEGOTIATED = ("avif", "webp")
+PARAMETERS = ("w", "h", "fit", "crop", "format", "q", "upscale")
+_SPELLINGS = {"center": "centre", "jpg": "jpeg"}
+
+
+class TooManyVariants(PermanentError):
+    code = "too_many_variants"
+    http_status = 422
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One variant, canonical: a box of at most `width` x `height` (either may be None: keep the
+    aspect ratio), and how the image is fitted in it and encoded."""
+
+    width: int | None
+    height: int | None
+    fit: str = "contain"
+    crop: str = "centre"
+    format: str = "jpeg"
+    quality: int = 80
+    upscale: bool = False
+    #: With `crop=focal`: the image's focal point, in thousandths of its width and height (from
+    #: its record, not the query); part of the name, so moving the point makes new variants.
+    focal: tuple[int, int] = (500, 500)
+
+    def at_focal_point(self, point: object) -> VariantSpec:
+        """This spec with the record's focal point (`{"x": 0.3, "y": 0.6}`) where it uses one."""
+        if self.crop != "focal" or not isinstance(point, dict):
+            return self
+        x, y = (min(max(float(point.get(axis, 0.5)), 0.0), 1.0) for axis in ("x", "y"))
+        return replace(self, focal=(round(x * 1000), round(y * 1000)))
+
+    @property
+    def name(self) -> str:
+        """The canonical name, also the stored object's file name: every spelling of one request
+        gives the same name (a crop only where it changes the pixels, sides only when given)."""
+        parts = [f"w{self.width}" if self.width else "", f"h{self.height}" if self.height else ""]
+        parts.append(self.fit)
+        if self.fit == "cover" and self.width and self.height:
+            parts.append(self.crop)
+            if self.crop == "focal":
+                parts.append(f"x{self.focal[0]}y{self.focal[1]}")
+        parts.append(f"q{self.quality}")
+        if self.upscale:
+            parts.append("up")
+        extension = "jpg" if self.format == "jpeg" else self.format
+        return "-".join(p for p in parts if p) + "." + extension
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.format}"
+
+    def box(self, width: int, height: int) -> tuple[int, int]:
+        """The output size for an original of `width` x `height` (as displayed), before any
+        crop: never larger than the original unless `upscale`, never a side under one pixel."""
+        if self.width and self.height and self.fit == "fill":
+            w, h = self.width, self.height
+            if not self.upscale:
+                w, h = min(w, width), min(h, height)
+            return w, h
+        scale_w = self.width / width if self.width else None
+        scale_h = self.height / height if self.height else None
+        scales = [s for s in (scale_w, scale_h) if s is not None]
+        scale = max(scales) if self.fit == "cover" and len(scales) == 2 else min(scales)
+        if not self.upscale:
+            scale = min(scale, 1.0)
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        if self.fit == "cover" and self.width and self.height:
+            w, h = min(w, self.width), min(h, self.height)
+        return w, h
+
+
+def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool]:
+    """The canonical spec of a request's query, and whether it depends on `Accept` (`format=auto`).
+
+    Raises `InvalidField` (400) for anything unknown, repeated or out of range, naming what is
+    allowed: a hostile query costs a dictionary lookup, never a decode.
+    """
+    counts = Counter(name for name, _ in query.items())  # a multidict gives a repeat twice
+    if repeated := sorted(n for n, times in counts.items() if times > 1):
+        raise InvalidField(f"{repeated[0]} must be given once")
+    unknown = sorted(set(query) - set(PARAMETERS))
+    if unknown:
+        raise InvalidField(f"unknown parameter {unknown[0]!r}; variants take {', '.join(PARAMETERS)}")
+    width = _side(query, "w", limits.max_side)
+    height = _side(query, "h", limits.max_side)
+    if width is None and height is None:
+        raise InvalidField("a variant needs w or h (or both), in pixels")
+    if width and height and width * height > limits.max_pixels:
+        raise InvalidField(f"w x h may be at most {limits.max_pixels} pixels")
+    fit = _word(query, "fit", "contain", FITS)
+    crop = _word(query, "crop", "centre", CROPS)
+    if "crop" in query and fit != "cover":
+        raise InvalidField("crop applies to fit=cover only")
+    negotiated = query.get("format", "").lower() == "auto"
+    fmt = _best(accept) if negotiated else _word(query, "format", "jpeg", FORMATS)
+    quality = _number(query, "q", limits.quality, 1, 100)
+    upscale = _word(query, "upscale", "false", ("true", "false", "1", "0")) in ("true", "1")
+    if not (width and height):
+        fit, crop = "contain", "centre"  # one side given: every fit is the same scaling
+    return VariantSpec(width, height, fit, crop, fmt, quality, upscale), negotiated
+
+
+def _side(query: Mapping[str, str], name: str, most: int) -> int | None:
+    if name not in query:
+        return None
+    return _number(query, name, 0, 1, most)
+
+
+def _number(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    value = ascii_int(raw, lo, hi)
+    if value is None:
+        raise InvalidField(f"{name} must be a whole number from {lo} to {hi}")
+    return value
+
+
+def _word(query: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    value = raw.lower() if raw.isascii() else raw
+    value = _SPELLINGS.get(value, value)
+    if value not in allowed:
+        extra = ", auto" if name == "format" else ""
+        raise InvalidField(f"{name} must be one of {', '.join(allowed)}{extra}")
+    return value
+
+
+def _best(accept: str) -> str:
+    """The smallest-file format the client explicitly accepts (`image/*` is no promise of AVIF)."""
+    accepted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return next((fmt for fmt in NEGOTIATED if f"image/{fmt}" in accepted), "jpeg")

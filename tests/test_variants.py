@@ -1,0 +1,197 @@
+"""On-demand variants through the real app, on both backends: made once from the original,
+stored under the image, streamed with the download's caching and ranges, gone with the image."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from PIL import ImageStat
+from prometheus_client import REGISTRY
+
+from config.settings import Settings
+from pipeline.layout import ImageRef
+from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes
+
+Client = TestClient[Any, Any]
+
+
+async def ready_image(api: Client, backend: Backend, image_id: str, width: int, height: int) -> None:
+    assert (await api.put(f"/images/{image_id}", data=jpeg_bytes(width, height))).status == 202
+    assert (await consume(backend)).get("ready") == 1
+
+
+async def stored_variants(backend: Backend, image_id: str) -> list[str]:
+    prefix = ImageRef.of(USER, image_id).variants_prefix()
+    keys: list[str] = []
+    async for page in backend.storage.list_objects(backend.settings.aws.dest_bucket, prefix):
+        keys += [listed.key for listed in page]
+    return keys
+
+
+def made(fmt: str) -> float:
+    return REGISTRY.get_sample_value("imgsvc_variant_seconds_count", {"format": fmt}) or 0.0
+
+
+def with_variants(settings: Settings, **limits: Any) -> Settings:
+    return dataclasses.replace(settings, variants=dataclasses.replace(settings.variants, **limits))
+
+
+async def test_a_variant_is_made_once_then_streamed_like_a_download(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(backend.settings)
+    await ready_image(api, backend, "photo", 640, 480)
+    before = made("jpeg")
+    first = await api.get("/images/photo/variant", params={"w": "200"})
+    assert first.status == 200, await first.text()
+    body = await first.read()
+    assert first.content_type == "image/jpeg" and decode(body).size == (200, 150)
+    assert first.headers["ETag"] and "max-age" in first.headers["Cache-Control"]
+    assert int(first.headers["Content-Length"]) == len(body)
+    again = await api.get("/images/photo/variant", params={"w": "200", "q": "80", "fit": "contain"})
+    assert await again.read() == body and again.headers["ETag"] == first.headers["ETag"]
+    assert made("jpeg") == before + 1  # the second spelling found the first one's object
+    cached = await api.get(
+        "/images/photo/variant", params={"w": "200"}, headers={"If-None-Match": first.headers["ETag"]}
+    )
+    assert cached.status == 304
+    part = await api.get("/images/photo/variant", params={"w": "200"}, headers={"Range": "bytes=0-9"})
+    assert part.status == 206 and await part.read() == body[:10]
+    assert len(await stored_variants(backend, "photo")) == 1
+
+
+async def test_fits_crops_formats_and_no_upscaling(backend: Backend, make_client: ClientFactory) -> None:
+    api = await make_client(backend.settings)
+    await ready_image(api, backend, "photo", 640, 480)
+    cases = [
+        ({"w": "100", "h": "100", "fit": "cover", "crop": "attention", "format": "webp"}, (100, 100), "WEBP"),
+        ({"w": "60", "h": "90", "fit": "fill", "format": "png"}, (60, 90), "PNG"),
+        ({"w": "300", "h": "300"}, (300, 225), "JPEG"),
+        ({"h": "120"}, (160, 120), "JPEG"),
+        ({"w": "2000"}, (640, 480), "JPEG"),  # never larger than the original unless asked
+        ({"w": "1280", "upscale": "true"}, (1280, 960), "JPEG"),
+    ]
+    for params, size, fmt in cases:
+        response = await api.get("/images/photo/variant", params=params)
+        assert response.status == 200, (params, await response.text())
+        image = decode(await response.read())
+        assert (image.size, image.format) == (size, fmt), params
+    negotiated = await api.get(
+        "/images/photo/variant", params={"w": "64", "format": "auto"}, headers={"Accept": "image/avif,*/*"}
+    )
+    assert negotiated.content_type == "image/avif" and negotiated.headers["Vary"] == "Accept"
+    plain = await api.get("/images/photo/variant", params={"w": "64", "format": "auto"})
+    assert plain.content_type == "image/jpeg"
+
+
+async def test_focal_crops_follow_the_stored_focal_point(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """The test image is a vertical gradient (dark top, light bottom): a wide strip cut around a
+    focal point near the bottom is lighter than one cut near the top."""
+    api = await make_client(backend.settings)
+    await ready_image(api, backend, "photo", 640, 480)
+    strip = {"w": "320", "h": "40", "fit": "cover", "crop": "focal"}
+    brightness = []
+    for y in (0.1, 0.9):
+        put = await api.put("/images/photo/focal-point", json={"x": 0.5, "y": y})
+        assert put.status == 200 and (await put.json())["focal_point"] == {"x": 0.5, "y": y}
+        response = await api.get("/images/photo/variant", params=strip)
+        image = decode(await response.read())
+        assert image.size == (320, 40)
+        brightness.append(ImageStat.Stat(image.convert("L")).mean[0])
+    assert brightness[1] > brightness[0] + 100
+    for bad in ({"x": 2, "y": 0.5}, {"x": "0.5", "y": 0.5}, {"y": 0.5}, {"x": True, "y": 0}):
+        refused = await api.put("/images/photo/focal-point", json=bad)
+        assert refused.status == 400 and (await refused.json())["error"] == "invalid_field"
+    missing = await api.put("/images/nothing/focal-point", json={"x": 0.5, "y": 0.5})
+    assert missing.status == 404
+
+
+async def test_replacing_or_deleting_an_image_removes_its_variants_and_their_bytes(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(backend.settings)
+    users = backend.tables.users
+    await ready_image(api, backend, "photo", 640, 480)
+    used = int((await users.get({"user_id": USER}))["bytes_used"])
+    old = await api.get("/images/photo/variant", params={"w": "100"})
+    assert decode(await old.read()).size == (100, 75)
+    assert int((await users.get({"user_id": USER}))["bytes_used"]) > used
+    await ready_image(api, backend, "photo", 400, 400)  # replaced: a square now
+    new = await api.get("/images/photo/variant", params={"w": "100"})
+    assert decode(await new.read()).size == (100, 100)
+    [key] = await stored_variants(backend, "photo")  # only the new original's
+    etag = (await (await api.get("/images/photo")).json())["etag"]
+    assert key.startswith(ImageRef.of(USER, "photo").variants_prefix(etag))
+    assert new.headers["ETag"] != old.headers["ETag"]
+    assert (await api.delete("/images/photo")).status == 204
+    assert await stored_variants(backend, "photo") == []
+    assert int((await users.get({"user_id": USER})).get("bytes_used", 0)) == used - len(jpeg_bytes(640, 480))
+
+
+async def test_bad_parameters_are_refused_naming_what_is_allowed(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(with_variants(backend.settings, max_pixels=1_000_000))
+    await ready_image(api, backend, "photo", 64, 48)
+    refusals = {
+        "w=0": "w must be a whole number from 1 to 4096",
+        "w=99999": "from 1 to 4096",
+        "w=10&fit=squash": "contain, cover, fill",
+        "w=10&format=gif": "jpeg, webp, avif, png, auto",
+        "w=10&q=101": "q must be a whole number from 1 to 100",
+        "w=10&width=3": "unknown parameter 'width'",
+        "w=10&crop=attention": "crop applies to fit=cover only",
+        "w=10&h=10&fit=cover&crop=middle": "centre, attention, entropy, focal",
+        "fit=cover": "needs w or h",
+        "w=2000&h=1000": "at most 1000000 pixels",
+        "w=1e3": "whole number",
+        "w=10&w=20": "given once",
+    }
+    for query, message in refusals.items():
+        response = await api.get(f"/images/photo/variant?{query}")
+        body = await response.json()
+        assert response.status == 400 and body["error"] == "invalid_field", (query, body)
+        assert message in body["message"], (query, body)
+    assert (await api.get("/images/missing/variant?w=10")).status == 404
+
+
+async def test_limits_per_image_and_per_user(backend: Backend, make_client: ClientFactory) -> None:
+    api = await make_client(with_variants(backend.settings, per_image=2, per_user_per_minute=3))
+    await ready_image(api, backend, "photo", 64, 48)
+    for width in (10, 20):
+        assert (await api.get("/images/photo/variant", params={"w": str(width)})).status == 200
+    full = await api.get("/images/photo/variant", params={"w": "30"})
+    assert full.status == 422 and (await full.json())["error"] == "too_many_variants"
+    assert (await api.get("/images/photo/variant", params={"w": "20"})).status == 200  # stored: fine
+    await ready_image(api, backend, "other", 64, 48)
+    assert (await api.get("/images/other/variant", params={"w": "10"})).status == 200
+    limited = await api.get("/images/other/variant", params={"w": "20"})
+    assert limited.status == 429 and (await limited.json())["error"] == "too_many_new_variants"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+
+
+async def test_concurrent_first_requests_share_one_generation(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(backend.settings)
+    await ready_image(api, backend, "photo", 640, 480)
+    before = made("webp")
+    responses = await asyncio.gather(
+        *(api.get("/images/photo/variant", params={"w": "320", "format": "webp"}) for _ in range(6))
+    )
+    bodies = {await r.read() for r in responses}
+    assert [r.status for r in responses] == [200] * 6 and len(bodies) == 1
+    assert made("webp") == before + 1
+
+
+async def test_a_pending_image_has_no_variants_yet(backend: Backend, make_client: ClientFactory) -> None:
+    api = await make_client(backend.settings)
+    assert (await api.put("/images/later", data=jpeg_bytes(64, 48))).status == 202
+    response = await api.get("/images/later/variant", params={"w": "10"})
+    assert response.status == 404 and (await response.json())["error"] == "thumbnail_pending"
+    assert response.headers["Retry-After"]

@@ -1,0 +1,177 @@
+"""Making on-demand variants: once per variant, off the event loop, within bounds.
+
+A variant is generated on its first request and stored in the destination bucket under the
+image's prefix, keyed by its canonical name and the original's ETag; later requests stream it
+from storage like any rendition. In this process, concurrent first requests for one variant
+share one generation; across processes a duplicate is harmless (same key, same bytes).
+
+Generation decodes untrusted bytes, so it runs in worker processes of its own (never on the
+event loop, never in this process), with the consumer's decoding limits, a timeout per variant,
+a bounded number waiting for a worker (503 beyond), at most `per_image` variants per original
+(422 beyond) and a per-user rate of new variants (429 with `Retry-After` beyond).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from config.settings import Settings
+from pipeline import metrics
+from pipeline.errors import ImageChanged, JobTimeout, PermanentError, TransientError, WorkerCrashed
+from pipeline.layout import ImageRef
+from pipeline.ports import ObjectStore
+from pipeline.records import ImageRecord
+from pipeline.tasks import make_variant
+from pipeline.variants import TooManyVariants, VariantSpec
+from pipeline.workers import WorkerPool
+from web.quotas import Usage
+
+log = logging.getLogger(__name__)
+_WINDOW = 60.0  # seconds of the per-user rate
+
+
+class VariantsBusy(TransientError):
+    code = "variants_busy"
+    http_status = 503
+    default_message = "too many variants are being made right now; retry shortly"
+
+
+class VariantTimeout(TransientError):
+    code = "variant_timeout"
+    http_status = 503
+
+
+class TooManyNewVariants(PermanentError):
+    code = "too_many_new_variants"
+    http_status = 429
+    default_message = "too many new variants asked for in the last minute; retry later"
+
+
+@dataclass
+class _Window:
+    started: float
+    count: int = 0
+
+
+class VariantMaker:
+    """One per API process: its worker pool (started on first use), its flights and its rates."""
+
+    def __init__(self, storage: ObjectStore, usage: Usage, settings: Settings) -> None:
+        self._storage = storage
+        self._usage = usage
+        self._settings = settings
+        self._limits = settings.variants
+        self._pool: WorkerPool | None = None
+        self._flights: dict[str, asyncio.Future[None]] = {}
+        self._waiting = 0
+        self._rates: dict[str, _Window] = {}
+
+    async def ensure(self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str) -> None:
+        """Make the variant at `key` unless a generation of it is already under way here; either
+        way return once it is stored. A caller that goes away does not cancel it for the others."""
+        if key not in self._flights:
+            await self._check_room(ref, record.source_etag)
+        flight = self._flights.get(key)  # looked at again: the check above waited
+        if flight is None:
+            self._admit(record.owner)
+            flight = asyncio.ensure_future(self._make(ref, record, spec, key))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done: self._settle(key, done))
+        await asyncio.shield(flight)
+
+    async def _check_room(self, ref: ImageRef, etag: str) -> None:
+        """At most `per_image` variants of one original: one listing, only on a miss."""
+        stored = 0
+        bucket = self._settings.aws.dest_bucket
+        async for page in self._storage.list_objects(bucket, ref.variants_prefix(etag)):
+            stored += len(page)
+        if stored >= self._limits.per_image:
+            raise TooManyVariants(
+                f"this image has its {self._limits.per_image} variants already; use one of them"
+            )
+
+    def _settle(self, key: str, flight: asyncio.Future[None]) -> None:
+        self._flights.pop(key, None)
+        if not flight.cancelled():
+            flight.exception()  # retrieved here: every waiter that is left gets it too
+
+    def _admit(self, user_id: str) -> None:
+        """Bound new work before any is started: the queue for workers, then the user's rate."""
+        if self._waiting >= self._limits.max_waiting + self._limits.workers:
+            raise VariantsBusy(headers={"Retry-After": str(self._settings.web.retry_after)})
+        now = time.monotonic()
+        window = self._rates.get(user_id)
+        if window is None or now - window.started >= _WINDOW:
+            if len(self._rates) > 10_000:  # forget finished windows; the map stays bounded
+                self._rates = {u: w for u, w in self._rates.items() if now - w.started < _WINDOW}
+            window = self._rates[user_id] = _Window(now)
+        if window.count >= self._limits.per_user_per_minute:
+            wait = max(1, round(_WINDOW - (now - window.started)))
+            raise TooManyNewVariants(headers={"Retry-After": str(wait)})
+        window.count += 1
+
+    async def _make(self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str) -> None:
+        aws, imaging = self._settings.aws, self._settings.imaging
+        etag = record.source_etag
+        self._waiting += 1
+        try:
+            meta, data = await self._storage.read(aws.source_bucket, ref.source_key, imaging.max_bytes)
+            if meta.etag != etag:
+                raise ImageChanged()
+            started = time.perf_counter()
+            try:
+                variant = await self._workers().run(self._limits.timeout, make_variant, data, spec, imaging)
+            except JobTimeout:
+                raise VariantTimeout(f"the variant took longer than {self._limits.timeout:g}s") from None
+            except WorkerCrashed as exc:
+                raise VariantsBusy(exc.message) from None
+            del data
+        finally:
+            self._waiting -= 1
+        metrics.VARIANT_SECONDS.labels(spec.format).observe(time.perf_counter() - started)
+        # Counted in the owner's stored bytes (a quota may refuse it); freed with the image.
+        await self._usage.charge(record.owner, len(variant.data), 0)
+        try:
+            await self._storage.put(
+                aws.dest_bucket, key, variant.data, spec.content_type, {"source-etag": etag.strip('"')}
+            )
+        except BaseException:
+            await self._usage.release(record.owner, len(variant.data), 0)
+            raise
+        log.info("variant made key=%s bytes=%d seconds=%.3f", key, len(variant.data), variant.seconds)
+
+    def _workers(self) -> WorkerPool:
+        if self._pool is None:  # pebble starts the processes on the first job, not before
+            self._pool = WorkerPool(self._limits.workers, threads=1)
+        return self._pool
+
+    async def close(self) -> None:
+        pending = list(self._flights.values())
+        if pending:
+            await asyncio.wait(pending, timeout=self._limits.timeout)
+        if self._pool is not None:
+            await asyncio.to_thread(self._pool.close)
+
+
+async def drop_variants(
+    storage: ObjectStore, usage: Usage, settings: Settings, ref: ImageRef, *, keep_etag: str | None = None
+) -> int:
+    """Delete an image's variants (all, or all but those of the original `keep_etag`) and free
+    their bytes from the owner's usage; returns how many went. One listing: a replaced or deleted
+    image with no variants costs one request."""
+    keep = ref.variants_prefix(keep_etag) if keep_etag else None
+    doomed: list[str] = []
+    freed = 0
+    async for page in storage.list_objects(settings.aws.dest_bucket, ref.variants_prefix()):
+        for listed in page:
+            if keep is None or not listed.key.startswith(keep):
+                doomed.append(listed.key)
+                freed += listed.size
+    for start in range(0, len(doomed), 1000):
+        await storage.delete_many(settings.aws.dest_bucket, doomed[start : start + 1000])
+    if freed:
+        await usage.release(ref.owner_and_id[0], freed, 0)
+    return len(doomed)
