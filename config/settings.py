@@ -22,6 +22,11 @@ N = TypeVar("N", int, float)
 #: Formats the pipeline accepts, named as `pipeline.formats.detect_format` names them.
 KNOWN_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "tiff", "heif", "avif"})
 OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
+#: How an on-demand variant fits its box, and how `cover` chooses what to keep.
+VARIANT_FITS = ("contain", "cover", "fill")
+VARIANT_CROPS = ("centre", "attention", "entropy", "focal")
+_PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_PRESET_BOX = re.compile(r"(?P<w>[1-9][0-9]{0,4})?(?:x(?P<h>[1-9][0-9]{0,4}))?")
 #: The five user ids of the original system, kept as demo users.
 SEED_USER_IDS = (
     "eb2128f2-5c0a-4dd1-90a5-2f0e39db7aa3",
@@ -282,6 +287,13 @@ class VariantSettings:
     timeout: Annotated[float, Var(0.1, 3600)] = 30.0
     #: Quality when a request names none.
     quality: Annotated[int, Var(1, 100)] = 80
+    #: Named variants (`?preset=card`), each as the query it stands for: `card=400x300:cover:webp`.
+    presets: Annotated[tuple[tuple[str, tuple[tuple[str, str], ...]], ...], Var(read="presets")] = ()
+    #: Serve presets only (the safe choice when links are public): any other variant is a 400.
+    presets_only: Annotated[bool, Var()] = False
+
+    def preset(self, name: str) -> dict[str, str] | None:
+        return next((dict(query) for named, query in self.presets if named == name), None)
 
 
 @dataclass(frozen=True)
@@ -341,6 +353,18 @@ class Settings:
             raise ConfigError(
                 f"{PREFIX}LINKS: s3 presigned links need S3; the local backend serves hmac links"
             )
+        variants = env.section(VariantSettings)
+        if variants.presets_only and not variants.presets:
+            raise ConfigError(f"{PREFIX}VARIANT_PRESETS_ONLY: needs presets in {PREFIX}VARIANT_PRESETS")
+        for name, query in variants.presets:
+            sides = [int(v) for k, v in query if k in ("w", "h")]
+            if max(sides) > variants.max_side or (
+                len(sides) == 2 and sides[0] * sides[1] > variants.max_pixels
+            ):
+                raise ConfigError(
+                    f"{PREFIX}VARIANT_PRESETS: {name} is larger than {PREFIX}VARIANT_MAX_SIDE "
+                    f"({variants.max_side}) or {PREFIX}VARIANT_MAX_PIXELS ({variants.max_pixels}) allow"
+                )
         return env.section(
             cls,
             aws=aws,
@@ -349,7 +373,7 @@ class Settings:
             web=web,
             accounts=accounts,
             webhooks=env.section(WebhookSettings),
-            variants=env.section(VariantSettings),
+            variants=variants,
         )
 
     @classmethod
@@ -501,6 +525,48 @@ class _Env:
         if not chosen or unknown:
             raise self._fail(name, f"must be a comma list of {', '.join(sorted(KNOWN_FORMATS))}", value)
         return chosen
+
+    def presets(
+        self, name: str, default: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+    ) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+        """Parse `card=400x300:cover:webp,hero=1600:contain:auto`: a name, a box (`WxH`, `W` or
+        `xH`), then in any order a fit, a crop, a format (or `auto`) and a quality."""
+        value = self._get(name)
+        if value is None:
+            return default
+        shape = "name=WxH[:fit][:crop][:format][:quality], e.g. card=400x300:cover:webp"
+        presets: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+        for item in value.split(","):
+            preset, _, spec = item.strip().partition("=")
+            box, *options = spec.split(":")
+            size = _PRESET_BOX.fullmatch(box)
+            if not _PRESET_NAME.fullmatch(preset) or size is None or not (size["w"] or size["h"]):
+                raise self._fail(name, f"each preset must look like {shape}", value)
+            query = {k: size[k] for k in ("w", "h") if size[k]}
+            for option in options:
+                key = (
+                    "fit"
+                    if option in VARIANT_FITS
+                    else "crop"
+                    if option in VARIANT_CROPS
+                    else "format"
+                    if option in (*OUTPUT_FORMATS, "auto")
+                    else "q"
+                    if option.isdigit() and 1 <= int(option) <= 100
+                    else None
+                )
+                if key is None or key in query:
+                    raise self._fail(
+                        name, f"{preset}: {option!r} is not a fit, crop, format or quality ({shape})", value
+                    )
+                query[key] = option
+            if "crop" in query and query.get("fit") != "cover":
+                raise self._fail(name, f"{preset}: a crop goes with the cover fit", value)
+            presets.append((preset, tuple(sorted(query.items()))))
+        names = [p for p, _ in presets]
+        if len(set(names)) != len(names):
+            raise self._fail(name, "names a preset twice", value)
+        return tuple(presets)
 
     def renditions(self, name: str, default: tuple[RenditionSpec, ...]) -> tuple[RenditionSpec, ...]:
         """Parse `256,1024:webp:80`: longest side, optional output format and quality."""

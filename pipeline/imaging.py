@@ -19,7 +19,7 @@ from typing import Any
 import blurhash
 from PIL import AvifImagePlugin, Image, ImageFile, ImageOps, features
 
-from config.settings import ImagingSettings, RenditionSpec
+from config.settings import ImagingSettings, RenditionSpec, VariantSettings
 from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
 from pipeline.formats import MAGIC_BYTES_NEEDED, ImageInfo, check_format, check_limits
 from pipeline.results import Engine, Rendition, RenditionResult, VariantImage
@@ -90,7 +90,9 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     return RenditionResult(info, engine, outputs, time.perf_counter() - started, placeholder(outputs[0].data))
 
 
-def make_variant(data: bytes, spec: VariantSpec, imaging: ImagingSettings) -> VariantImage:
+def make_variant(
+    data: bytes, spec: VariantSpec, imaging: ImagingSettings, limits: VariantSettings
+) -> VariantImage:
     """One variant of an original, under the consumer's checks (type from magic bytes, limits
     from the header before any decode). Animated originals stay animated in WebP, the only
     output format here that holds animation; other formats get the first frame.
@@ -104,8 +106,15 @@ def make_variant(data: bytes, spec: VariantSpec, imaging: ImagingSettings) -> Va
     fmt = check_format(data[:MAGIC_BYTES_NEEDED], imaging.allowed_formats)
     info = read_header(data, fmt)
     check_limits(info, imaging)
-    width, height = spec.box(info.width, info.height)
-    animated = info.frames > 1 and spec.format == "webp" and spec.fit != "cover"
+    width, height = spec.box(info.width, info.height, limits.max_side, limits.max_pixels)
+    # Every frame is a picture to make: an animation whose frames together would pass the pixel
+    # bound gives its first frame only (like any other output format).
+    animated = (
+        info.frames > 1
+        and spec.format == "webp"
+        and spec.fit != "cover"
+        and width * height * info.frames <= limits.max_pixels
+    )
     load = "fail_on=error" + (",n=-1" if animated else "")
     try:
         if spec.fit == "fill":

@@ -72,6 +72,16 @@ class ImageRecord:
     owner: str
     image_id: str
     item: Item = field(repr=False)
+    #: For a record just written: the item it replaced (None: it created the record).
+    replaced: Item | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def freed_variant_bytes(self) -> int:
+        """Variant bytes this write gave up: those of the original it replaced, if another."""
+        old = self.replaced
+        if old is None or old.get("source_etag") == self.item.get("source_etag"):
+            return 0
+        return int(old.get("variant_bytes", 0))
 
     @property
     def state(self) -> State:
@@ -86,6 +96,11 @@ class ImageRecord:
     @property
     def bytes(self) -> int:
         return int(self.item.get("bytes", 0))
+
+    @property
+    def variant_bytes(self) -> int:
+        """Bytes of the variants stored for the current original (counted in the owner's usage)."""
+        return int(self.item.get("variant_bytes", 0))
 
     @property
     def renditions(self) -> dict[str, dict[str, Any]]:
@@ -162,9 +177,15 @@ class RecordStore:
         `read`: the record as the caller read it earlier (None: there was none), which saves a
         read; it is as safe as a fresh one, because the write is conditional on its revision."""
         known = read if isinstance(read, _Unread) else (read.item if read else None)
-        # Another picture under the same id: where its predecessor's subject was means nothing.
-        fields = {**facts, "source_etag": etag, "focal_point": None}
-        return await self._write(ref, etag, current, lambda _old: fields, known)
+
+        # Another picture under the same id: where its predecessor's subject was means nothing,
+        # and its variants are deleted (their bytes are the replaced record's `variant_bytes`).
+        def fields(old: Item | None) -> dict[str, Any]:
+            same = old is not None and old.get("source_etag") == etag  # the same bytes again
+            kept = {} if same else {"focal_point": None, "variant_bytes": None}
+            return {**facts, "source_etag": etag, **kept}
+
+        return await self._write(ref, etag, current, fields, known)
 
     async def record_result(
         self,
@@ -244,6 +265,21 @@ class RecordStore:
             return None
         return ImageRecord(owner, image_id, item)
 
+    async def add_variant_bytes(self, ref: ImageRef, etag: str, delta: int) -> bool:
+        """Count a stored variant of the original `etag` on its record (or uncount one); False if
+        the record is of another original by now (replaced, or deleted). The revision moves too, so
+        a whole-record write that read the record before this retries instead of losing it."""
+        owner, image_id = ref.owner_and_id
+        try:
+            await self._table.update(
+                {"user_id": owner, "image_id": image_id},
+                [Add("variant_bytes", delta), Add("revision", 1)],
+                Equals("source_etag", etag),
+            )
+        except ConditionFailed:
+            return False
+        return True
+
     async def delete(self, ref: ImageRef) -> ImageRecord | None:
         owner, image_id = ref.owner_and_id
         old = await self._table.delete({"user_id": owner, "image_id": image_id})
@@ -310,7 +346,7 @@ class RecordStore:
                     await self._table.put(new, Equals("revision", revision))
             except ConditionFailed:
                 continue
-            return ImageRecord(owner, image_id, new)
+            return ImageRecord(owner, image_id, new, replaced=old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
 
 

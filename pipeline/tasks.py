@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from config.settings import ImagingSettings
+    from config.settings import ImagingSettings, VariantSettings
     from pipeline.results import Engine, RenditionResult, VariantImage
     from pipeline.variants import VariantSpec
 
@@ -23,11 +23,13 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     return run(data, imaging, engine)
 
 
-def make_variant(data: bytes, spec: VariantSpec, imaging: ImagingSettings) -> VariantImage:
+def make_variant(
+    data: bytes, spec: VariantSpec, imaging: ImagingSettings, limits: VariantSettings
+) -> VariantImage:
     """`pipeline.imaging.make_variant`, imported in the process that runs it."""
     from pipeline.imaging import make_variant as run
 
-    return run(data, spec, imaging)
+    return run(data, spec, imaging, limits)
 
 
 def configure_worker(threads: int) -> None:

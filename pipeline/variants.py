@@ -9,20 +9,28 @@ the same request finds the same stored object. Pure: the web tier imports it, no
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from config.settings import VariantSettings
+from config.settings import VARIANT_CROPS, VARIANT_FITS, VariantSettings
 from pipeline.errors import InvalidField, PermanentError
 from pipeline.untrusted import ascii_int
 
-FITS = ("contain", "cover", "fill")
-CROPS = ("centre", "attention", "entropy", "focal")
+FITS = VARIANT_FITS
+CROPS = VARIANT_CROPS
 FORMATS = ("jpeg", "webp", "avif", "png")
 #: Formats a client gets from `format=auto` only by naming them in `Accept`, best first.
 NEGOTIATED = ("avif", "webp")
-PARAMETERS = ("w", "h", "fit", "crop", "format", "q", "upscale")
+PARAMETERS = ("w", "h", "fit", "crop", "format", "q", "upscale", "preset")
+#: A variant's name in a signed link: its canonical name, `auto` for a negotiated format, and no
+#: focal point (the image's own applies when the link is followed).
+_LINK_NAME = re.compile(
+    r"(?:w(?P<w>[1-9][0-9]{0,4}))?-?(?:h(?P<h>[1-9][0-9]{0,4}))?-(?P<fit>[a-z]+)(?:-(?P<crop>[a-z]+))?"
+    r"(?:-q(?P<q>[1-9][0-9]?|100))?(?P<up>-up)?\.(?P<ext>[a-z]+)"
+)
+_EXTENSIONS = {"jpg": "jpeg", "webp": "webp", "avif": "avif", "png": "png", "auto": "auto"}
 _SPELLINGS = {"center": "centre", "jpg": "jpeg"}
 
 
@@ -64,19 +72,36 @@ class VariantSpec:
             parts.append(self.crop)
             if self.crop == "focal":
                 parts.append(f"x{self.focal[0]}y{self.focal[1]}")
-        parts.append(f"q{self.quality}")
+        if self.format != "png":  # lossless: every quality gives the same pixels
+            parts.append(f"q{self.quality}")
         if self.upscale:
             parts.append("up")
         extension = "jpg" if self.format == "jpeg" else self.format
         return "-".join(p for p in parts if p) + "." + extension
 
+    def link_name(self, negotiated: bool) -> str:
+        """The name a signed link carries (`parse_link_name` reads it back): the format `auto` if
+        it was negotiated (each follower's `Accept` decides), and no focal point."""
+        name = replace(self, focal=(500, 500)).name.replace("-x500y500", "")
+        return name.rpartition(".")[0] + ".auto" if negotiated else name
+
     @property
     def content_type(self) -> str:
         return f"image/{self.format}"
 
-    def box(self, width: int, height: int) -> tuple[int, int]:
-        """The output size for an original of `width` x `height` (as displayed), before any
-        crop: never larger than the original unless `upscale`, never a side under one pixel."""
+    def box(
+        self, width: int, height: int, max_side: int = 1 << 30, max_pixels: int = 1 << 62
+    ) -> tuple[int, int]:
+        """The output size for an original of `width` x `height` (as displayed): never larger
+        than the original unless `upscale`, never a side under one pixel, and never more than
+        `max_side` or `max_pixels` however long the side the request left to the aspect ratio."""
+        w, h = self._box(width, height)
+        shrink = min(1.0, max_side / max(w, h), (max_pixels / (w * h)) ** 0.5)
+        if shrink < 1.0:
+            w, h = max(1, int(w * shrink)), max(1, int(h * shrink))
+        return w, h
+
+    def _box(self, width: int, height: int) -> tuple[int, int]:
         if self.width and self.height and self.fit == "fill":
             w, h = self.width, self.height
             if not self.upscale:
@@ -104,6 +129,10 @@ def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings
     if repeated := sorted(n for n, times in counts.items() if times > 1):
         raise InvalidField(f"{repeated[0]} must be given once")
     unknown = sorted(set(query) - set(PARAMETERS))
+    if "preset" in query:
+        return parse_preset(query, accept, limits)
+    if limits.presets_only:
+        raise InvalidField(f"this deployment serves presets only: ?preset={'|'.join(_names(limits))}")
     if unknown:
         raise InvalidField(f"unknown parameter {unknown[0]!r}; variants take {', '.join(PARAMETERS)}")
     width = _side(query, "w", limits.max_side)
@@ -123,6 +152,39 @@ def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings
     if not (width and height):
         fit, crop = "contain", "centre"  # one side given: every fit is the same scaling
     return VariantSpec(width, height, fit, crop, fmt, quality, upscale), negotiated
+
+
+def parse_preset(query: Mapping[str, str], accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool]:
+    """`?preset=card`, alone: the query the deployment's preset stands for."""
+    if len(query) > 1:
+        raise InvalidField("preset takes no other parameter")
+    preset = limits.preset(query["preset"])
+    if preset is None:
+        raise InvalidField(f"preset must be one of {', '.join(_names(limits)) or '(none configured)'}")
+    return parse_variant(preset, accept, replace(limits, presets_only=False))
+
+
+def parse_link_name(name: str, accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool] | None:
+    """The variant a signed link's name stands for, or None if it names no variant."""
+    found = _LINK_NAME.fullmatch(name)
+    if found is None or found["ext"] not in _EXTENSIONS:
+        return None
+    query = {"fit": found["fit"], "format": _EXTENSIONS[found["ext"]]}
+    if found["q"]:
+        query["q"] = found["q"]
+    query |= {k: found[k] for k in ("w", "h") if found[k]}
+    if found["crop"]:
+        query["crop"] = found["crop"]
+    if found["up"]:
+        query["upscale"] = "true"
+    try:  # signed by us, so valid when made; limits may have changed since
+        return parse_variant(query, accept, replace(limits, presets_only=False))
+    except InvalidField:
+        return None
+
+
+def _names(limits: VariantSettings) -> list[str]:
+    return [name for name, _ in limits.presets]
 
 
 def _side(query: Mapping[str, str], name: str, most: int) -> int | None:

@@ -39,7 +39,7 @@ from pipeline.service import open_consumer
 from pipeline.tables import Tables
 from pipeline.workers import WorkerPool
 from web.app import create_app
-from web.keys import ACCOUNTS, PROVISIONED
+from web.keys import ACCOUNTS, PROVISIONED, VARIANT_POOL
 from web.server import GuardedTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,6 +206,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
         app = create_app(app_settings)
         # Provisioning again what a fixture just provisioned costs ~20 requests to moto per test.
         app[PROVISIONED] = app_settings.aws.source_bucket in _PROVISIONED
+        app[VARIANT_POOL] = await shared_pool(app_settings, variants=True)
         server = GuardedTestServer(app, app_settings.web, host="127.0.0.1")
         await server.start_server()  # provisions (embedded mode) if need be, so keys can be issued
         headers = bearer(await issue_key(server.app, user)) if user else {}
@@ -228,10 +229,12 @@ async def api(settings: Settings, make_client: ClientFactory) -> TestClient[Any,
 _POOLS: dict[tuple[int, int], WorkerPool] = {}
 
 
-async def shared_pool(settings: Settings) -> WorkerPool:
+async def shared_pool(settings: Settings, *, variants: bool = False) -> WorkerPool:
     """One worker pool per shape for the whole session: starting worker processes (imports of
-    pyvips and Pillow included) for every short consumer cost seconds per test."""
-    shape = (settings.consumer.workers, settings.consumer.worker_threads)
+    pyvips and Pillow included) for every short consumer, or every app's variants, cost seconds
+    per test. `variants`: the shape of the app's variant pool rather than the consumer's."""
+    consumer = settings.consumer
+    shape = (settings.variants.workers, 1) if variants else (consumer.workers, consumer.worker_threads)
     if shape not in _POOLS:
         _POOLS[shape] = WorkerPool(*shape)
         await _POOLS[shape].warm_up()

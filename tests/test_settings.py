@@ -128,3 +128,26 @@ def test_every_variable_is_read_once_and_documented_in_the_readme() -> None:
     variables = Settings.variables()
     assert len(variables) == len(set(variables))
     assert [name for name in variables if f"`{name}`" not in readme] == []
+
+
+def test_variant_presets_parse_or_fail_naming_the_variable() -> None:
+    variants = Settings.from_env(
+        {"IMGSVC_VARIANT_PRESETS": "card=400x300:cover:webp,hero=1600:auto:70,tall=x900:entropy:cover"}
+    ).variants
+    assert variants.preset("card") == {"w": "400", "h": "300", "fit": "cover", "format": "webp"}
+    assert variants.preset("hero") == {"w": "1600", "format": "auto", "q": "70"}
+    assert variants.preset("tall") == {"h": "900", "crop": "entropy", "fit": "cover"}
+    for bad in (
+        "card",
+        "card=",
+        "Card=10",
+        "a=10:gif",
+        "a=10:cover:fill",
+        "a=10:entropy",
+        "a=10,a=20",
+        "a=5000",
+    ):
+        with pytest.raises(ConfigError, match=r"^IMGSVC_VARIANT_PRESETS: "):
+            Settings.from_env({"IMGSVC_VARIANT_PRESETS": bad})
+    with pytest.raises(ConfigError, match=r"^IMGSVC_VARIANT_PRESETS_ONLY: "):
+        Settings.from_env({"IMGSVC_VARIANT_PRESETS_ONLY": "true"})

@@ -10,7 +10,15 @@ from multidict import MultiDict
 from config.settings import VariantSettings
 from pipeline.errors import InvalidField
 from pipeline.layout import ImageRef, source_key_of
-from pipeline.variants import CROPS, FITS, FORMATS, PARAMETERS, VariantSpec, parse_variant
+from pipeline.variants import (
+    CROPS,
+    FITS,
+    FORMATS,
+    PARAMETERS,
+    VariantSpec,
+    parse_link_name,
+    parse_variant,
+)
 
 LIMITS = VariantSettings()
 values = st.one_of(
@@ -40,6 +48,9 @@ def test_any_query_parses_within_limits_or_is_refused_as_invalid(
     # The canonical name is a safe key segment, and names only what changes the pixels.
     assert spec.name.replace("-", "").replace(".", "").isalnum()
     assert parse_variant(_query_of(spec), "", LIMITS)[0] == spec
+    # A signed link's name gives the same variant back (`auto` decided by the follower's Accept).
+    linked = parse_link_name(spec.link_name(negotiated), accept, LIMITS)
+    assert linked is not None and linked[0].name == spec.name and linked[1] == negotiated
 
 
 def _query_of(spec: VariantSpec) -> dict[str, str]:
@@ -63,6 +74,7 @@ def _query_of(spec: VariantSpec) -> dict[str, str]:
         ({"w": "200", "h": "100", "fit": "cover", "crop": "center"}, "w200-h100-cover-centre-q80.jpg"),
         ({"h": "50", "format": "JPG", "q": "90", "upscale": "true"}, "h50-contain-q90-up.jpg"),
         ({"w": "10", "h": "10", "fit": "fill", "format": "webp"}, "w10-h10-fill-q80.webp"),
+        ({"w": "10", "format": "png", "q": "5"}, "w10-contain.png"),  # lossless: no quality
     ],
 )
 def test_spellings_of_one_variant_share_one_name(query: dict[str, str], name: str) -> None:
@@ -70,8 +82,8 @@ def test_spellings_of_one_variant_share_one_name(query: dict[str, str], name: st
 
 
 @given(
-    st.integers(1, 5000),
-    st.integers(1, 5000),
+    st.integers(1, 60_000),
+    st.integers(1, 60_000),
     st.one_of(st.none(), st.integers(1, 4096)),
     st.one_of(st.none(), st.integers(1, 4096)),
     st.sampled_from(FITS),
@@ -83,11 +95,13 @@ def test_the_box_never_upscales_unless_asked_and_never_exceeds_the_request(
     if w is None and h is None:
         w = 100
     spec = VariantSpec(w, h, fit if (w and h) else "contain", upscale=upscale)
-    out_w, out_h = spec.box(width, height)
+    out_w, out_h = spec.box(width, height, LIMITS.max_side, LIMITS.max_pixels)
     assert out_w >= 1 and out_h >= 1
     if not upscale:
         assert out_w <= width and out_h <= height
     assert (w is None or out_w <= w) and (h is None or out_h <= h)
+    # However long the side left to the aspect ratio (w=4096 of a 1x5000 strip, upscaled).
+    assert max(out_w, out_h) <= LIMITS.max_side and out_w * out_h <= LIMITS.max_pixels
 
 
 def test_variant_keys_belong_to_their_original_and_its_etag() -> None:

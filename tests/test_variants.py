@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from typing import Any
+from urllib.parse import urlsplit
 
+import pytest
 from aiohttp.test_utils import TestClient
 from PIL import ImageStat
 from prometheus_client import REGISTRY
 
 from config.settings import Settings
+from pipeline.errors import ImageChanged
 from pipeline.layout import ImageRef
+from pipeline.variants import parse_variant
 from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes
+from web.keys import RECORDS, VARIANTS
 
 Client = TestClient[Any, Any]
 
@@ -195,3 +200,134 @@ async def test_a_pending_image_has_no_variants_yet(backend: Backend, make_client
     response = await api.get("/images/later/variant", params={"w": "10"})
     assert response.status == 404 and (await response.json())["error"] == "thumbnail_pending"
     assert response.headers["Retry-After"]
+
+
+PRESETS = "card=120x90:cover:attention:webp,hero=300:contain:auto:70"
+
+
+async def test_presets_stand_for_their_parameters(backend: Backend, make_client: ClientFactory) -> None:
+    settings = Settings.from_env({"IMGSVC_VARIANT_PRESETS": PRESETS})
+    api = await make_client(with_variants(backend.settings, presets=settings.variants.presets))
+    await ready_image(api, backend, "photo", 640, 480)
+    card = await api.get("/images/photo/variant", params={"preset": "card"})
+    image = decode(await card.read())
+    assert (image.size, image.format) == ((120, 90), "WEBP")
+    hero = await api.get("/images/photo/variant?preset=hero", headers={"Accept": "image/webp"})
+    assert hero.content_type == "image/webp" and decode(await hero.read()).size == (300, 225)
+    assert hero.headers["Vary"] == "Accept"
+    for query, message in {
+        "preset=card&w=10": "preset takes no other parameter",
+        "preset=poster": "preset must be one of card, hero",
+    }.items():
+        refused = await api.get(f"/images/photo/variant?{query}")
+        assert refused.status == 400 and message in (await refused.json())["message"]
+
+
+async def test_a_deployment_can_serve_presets_only(backend: Backend, make_client: ClientFactory) -> None:
+    settings = Settings.from_env({"IMGSVC_VARIANT_PRESETS": PRESETS, "IMGSVC_VARIANT_PRESETS_ONLY": "1"})
+    api = await make_client(dataclasses.replace(backend.settings, variants=settings.variants))
+    await ready_image(api, backend, "photo", 640, 480)
+    refused = await api.get("/images/photo/variant", params={"w": "100"})
+    assert refused.status == 400 and "presets only: ?preset=card|hero" in (await refused.json())["message"]
+    assert (await api.get("/images/photo/url", params={"w": "100"})).status == 400
+    assert (await api.get("/images/photo/variant", params={"preset": "card"})).status == 200
+
+
+async def test_signed_variant_links_work_without_a_key_and_only_as_made(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(backend.settings)
+    anonymous = await make_client(backend.settings, user=None)
+    await ready_image(api, backend, "photo", 640, 480)
+    made_link = await (await api.get("/images/photo/url", params={"w": "100", "format": "auto"})).json()
+    assert made_link["variant"] == "w100-contain-q80.auto" and made_link["expires_at"]
+    url = urlsplit(made_link["url"])
+    path = f"{url.path}?{url.query}"
+    plain = await anonymous.get(path)
+    assert plain.status == 200 and plain.content_type == "image/jpeg" and plain.headers["Vary"] == "Accept"
+    assert decode(await plain.read()).size == (100, 75)
+    webp = await anonymous.get(path, headers={"Accept": "image/webp"})
+    assert webp.content_type == "image/webp"
+    for tampered in (path.replace("w100", "w101"), path.replace("q80", "q81"), path[:-2] + "00"):
+        refused = await anonymous.get(tampered)
+        assert refused.status == 403 and (await refused.json())["error"] == "invalid_link", tampered
+    both = await api.get("/images/photo/url", params={"w": "100", "rendition": "256"})
+    assert both.status == 400
+    await ready_image(api, backend, "photo", 400, 400)  # replaced: the link was for the old upload
+    gone = await anonymous.get(path)
+    assert gone.status == 404 and (await gone.json())["error"] == "image_changed"
+
+
+async def test_the_listing_offers_the_gallery_a_srcset_of_signed_variants(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(backend.settings)
+    anonymous = await make_client(backend.settings, user=None)
+    await ready_image(api, backend, "photo", 640, 480)
+    [listed] = (await (await api.get("/images")).json())["images"]
+    candidates = [part.strip().rsplit(" ", 1) for part in listed["thumbnail_srcset"].split(",")]
+    assert [density for _, density in candidates] == ["1x", "2x"]
+    for (url, _), height in zip(candidates, (160, 320), strict=True):
+        got = await anonymous.get(
+            url.removeprefix(f"http://127.0.0.1:{api.port}"), headers={"Accept": "image/webp"}
+        )
+        image = decode(await got.read())
+        assert (image.height, image.format) == (height, "WEBP")
+
+
+async def test_racing_deletes_give_the_bytes_back_once(backend: Backend, make_client: ClientFactory) -> None:
+    api = await make_client(backend.settings)
+    users = backend.tables.users
+    before = int(((await users.get({"user_id": USER})) or {}).get("bytes_used", 0))
+    await ready_image(api, backend, "photo", 640, 480)
+    for width in (100, 200):
+        assert (await api.get("/images/photo/variant", params={"w": str(width)})).status == 200
+    answers = await asyncio.gather(*(api.delete("/images/photo") for _ in range(4)))
+    assert [a.status for a in answers] == [204] * 4
+    assert int((await users.get({"user_id": USER})).get("bytes_used", 0)) == before
+
+
+async def test_a_variant_of_a_replaced_original_is_neither_kept_nor_counted(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(backend.settings)
+    app, users = api.server.app, backend.tables.users
+    await ready_image(api, backend, "photo", 640, 480)
+    ref = ImageRef.of(USER, "photo")
+    old = await app[RECORDS].read(ref)
+    assert old is not None
+    await ready_image(api, backend, "photo", 300, 300)
+    used = int((await users.get({"user_id": USER}))["bytes_used"])
+    spec, _ = parse_variant({"w": "50"}, "", backend.settings.variants)
+    key = ref.variant_key(old.source_etag, spec.name)
+    with pytest.raises(ImageChanged):  # asked for with the record read before the replacement
+        await app[VARIANTS].ensure(ref, old, spec, key)
+    with pytest.raises(ImageChanged):  # made while the image was being replaced
+        await app[VARIANTS]._store(ref, old.source_etag, USER, key, spec, b"made from the old original")
+    assert await stored_variants(backend, "photo") == []
+    assert int((await users.get({"user_id": USER}))["bytes_used"]) == used
+
+
+async def test_busy_slow_and_over_quota_variants_are_refused(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    busy = await make_client(with_variants(backend.settings, max_waiting=0, workers=1))
+    await ready_image(busy, backend, "photo", 640, 480)
+    answers = await asyncio.gather(*(busy.get(f"/images/photo/variant?w={w}") for w in (100, 101, 102)))
+    assert sorted(a.status for a in answers)[0] == 200 and 503 in {a.status for a in answers}
+    refused = next(a for a in answers if a.status == 503)
+    assert (await refused.json())["error"] == "variants_busy" and refused.headers["Retry-After"]
+
+    slow = await make_client(with_variants(backend.settings, timeout=0.1))
+    await ready_image(slow, backend, "big", 3000, 2000)
+    late = await slow.get("/images/big/variant", params={"w": "3000", "format": "avif"})  # seconds
+    assert late.status == 503 and (await late.json())["error"] == "variant_timeout"
+
+    users = backend.tables.users
+    used = int((await users.get({"user_id": USER}))["bytes_used"])
+    accounts = dataclasses.replace(backend.settings.accounts, quota_bytes=used + 100)
+    full = await make_client(dataclasses.replace(backend.settings, accounts=accounts))
+    over = await full.get("/images/photo/variant", params={"w": "300"})
+    assert over.status == 413 and (await over.json())["error"] == "quota_bytes_exceeded"
+    assert not [k for k in await stored_variants(backend, "photo") if "w300" in k]
+    assert int((await users.get({"user_id": USER}))["bytes_used"]) == used

@@ -31,6 +31,7 @@ from web.keys import (
     TABLES,
     UPLOADS,
     USAGE,
+    VARIANT_POOL,
     VARIANTS,
     WEBHOOKS,
 )
@@ -93,7 +94,9 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         background.spawn(
             "queue-depth-sampler", metrics.sample_queues(backend.main, backend.dlq), endless=True
         )
-        variants = app[VARIANTS] = VariantMaker(backend.storage, app[USAGE], settings)
+        variants = app[VARIANTS] = VariantMaker(
+            backend.storage, app[RECORDS], app[USAGE], settings, pool=app.get(VARIANT_POOL)
+        )
         try:
             yield
         finally:

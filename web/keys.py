@@ -12,6 +12,7 @@ from pipeline.ports import ObjectStore, TableSet
 from pipeline.records import RecordStore
 from pipeline.supervision import Supervisor
 from pipeline.webhooks import WebhookStore
+from pipeline.workers import WorkerPool
 from web.admission import UploadGate
 from web.links import LinkSigner
 from web.quotas import Usage
@@ -32,5 +33,7 @@ WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 BACKGROUND = web.AppKey("background", Supervisor)
 UPLOADS = web.AppKey("uploads", UploadGate)
 VARIANTS = web.AppKey("variants", VariantMaker)
+#: A worker pool for variants that the app uses but does not own (tests share one per session).
+VARIANT_POOL = web.AppKey("variant_pool", WorkerPool)
 #: Set by an entry point that provisioned the embedded endpoint itself before starting the app.
 PROVISIONED = web.AppKey("provisioned", bool)

@@ -78,6 +78,12 @@ def _variant_params(limits: VariantSettings) -> list[dict[str, Any]]:
         _param(
             "upscale", "query", {"enum": ["true", "false", "1", "0"]}, text="allow larger than the original"
         ),
+        _param(
+            "preset",
+            "query",
+            {"enum": [name for name, _ in limits.presets]} if limits.presets else {"type": "string"},
+            text="a named variant of this deployment, alone (IMGSVC_VARIANT_PRESETS)",
+        ),
     ]
 
 
@@ -153,10 +159,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "Link": {
         "type": "object",
-        "required": ["url", "rendition", "expires_at"],
+        "required": ["url", "expires_at"],
         "properties": {
             "url": {"type": "string"},
             "rendition": {"type": "string"},
+            "variant": {"type": "string", "description": "a variant's name, for a link to a variant"},
             "expires_at": {"type": "string"},
         },
     },
@@ -238,6 +245,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                         "rendition", "query", {"enum": ["original", *sizes]}, text="a rendition, or original"
                     ),
                     _param("expires_in", "query", {"type": "integer", "minimum": 1}),
+                    *_variant_params(variants),
                 ],
                 "responses": {"200": _json(_ref("Link"), "the link"), **_errors(*AUTH_ERRORS, 404, 422)},
             },

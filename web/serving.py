@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from config.settings import RenditionSpec
+from pipeline import metrics
 from pipeline.errors import (
     ImageChanged,
     ImageNotFound,
@@ -26,10 +27,11 @@ from pipeline.errors import (
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.records import ImageRecord
 from pipeline.storage import ObjectMeta
+from pipeline.variants import VariantSpec
 from web import urls
 from web.conditional import not_modified
 from web.identity import resolve_user
-from web.keys import RECORDS, SETTINGS, STORAGE
+from web.keys import RECORDS, SETTINGS, STORAGE, VARIANTS
 from web.middlewares import error_response
 from web.ranges import parse_range
 
@@ -101,6 +103,27 @@ def best_for(accept: str, candidates: list[RenditionSpec]) -> RenditionSpec:
             if spec.format == fmt and f"image/{fmt}" in accepted:
                 return spec
     return next((s for s in candidates if s.format not in NEGOTIATED), candidates[0])
+
+
+async def serve_variant(
+    request: web.Request, ref: ImageRef, record: ImageRecord, spec: VariantSpec, negotiated: bool
+) -> web.StreamResponse:
+    """Stream a variant of a ready image, made first if it is not stored yet."""
+    if negotiated:
+        request[VARY] = "Accept"
+    spec = spec.at_focal_point(record.item.get("focal_point"))
+    bucket = request.app[SETTINGS].aws.dest_bucket
+    key = ref.variant_key(record.source_etag, spec.name)
+    try:
+        response = await serve_object(request, bucket, key, source_etag=record.source_etag)
+    except NotFound:
+        pass
+    else:
+        metrics.VARIANT_REQUESTS.labels("hit").inc()
+        return response
+    metrics.VARIANT_REQUESTS.labels("miss").inc()
+    await request.app[VARIANTS].ensure(ref, record, spec, key)
+    return await serve_object(request, bucket, key, source_etag=record.source_etag)
 
 
 def not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int) -> web.Response:

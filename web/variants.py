@@ -23,7 +23,7 @@ from pipeline import metrics
 from pipeline.errors import ImageChanged, JobTimeout, PermanentError, TransientError, WorkerCrashed
 from pipeline.layout import ImageRef
 from pipeline.ports import ObjectStore
-from pipeline.records import ImageRecord
+from pipeline.records import ImageRecord, RecordStore
 from pipeline.tasks import make_variant
 from pipeline.variants import TooManyVariants, VariantSpec
 from pipeline.workers import WorkerPool
@@ -31,6 +31,7 @@ from web.quotas import Usage
 
 log = logging.getLogger(__name__)
 _WINDOW = 60.0  # seconds of the per-user rate
+_MAX_USERS = 10_000  # users whose rate windows one process keeps at once
 
 
 class VariantsBusy(TransientError):
@@ -59,12 +60,24 @@ class _Window:
 class VariantMaker:
     """One per API process: its worker pool (started on first use), its flights and its rates."""
 
-    def __init__(self, storage: ObjectStore, usage: Usage, settings: Settings) -> None:
+    def __init__(
+        self,
+        storage: ObjectStore,
+        records: RecordStore,
+        usage: Usage,
+        settings: Settings,
+        *,
+        pool: WorkerPool | None = None,
+    ) -> None:
         self._storage = storage
+        self._records = records
         self._usage = usage
         self._settings = settings
         self._limits = settings.variants
-        self._pool: WorkerPool | None = None
+        #: Started here on first use, and closed with the maker, unless one was lent.
+        self._pool = pool
+        self._owns_pool = pool is None
+        self._slots: asyncio.Semaphore | None = None
         self._flights: dict[str, asyncio.Future[None]] = {}
         self._waiting = 0
         self._rates: dict[str, _Window] = {}
@@ -83,65 +96,89 @@ class VariantMaker:
         await asyncio.shield(flight)
 
     async def _check_room(self, ref: ImageRef, etag: str) -> None:
-        """At most `per_image` variants of one original: one listing, only on a miss."""
-        stored = 0
-        bucket = self._settings.aws.dest_bucket
-        async for page in self._storage.list_objects(bucket, ref.variants_prefix(etag)):
-            stored += len(page)
-        if stored >= self._limits.per_image:
+        """At most `per_image` variants of one original, counting those being made here: one
+        listing, only on a miss."""
+        prefix = ref.variants_prefix(etag)
+        count = sum(1 for key in self._flights if key.startswith(prefix))
+        async for page in self._storage.list_objects(self._settings.aws.dest_bucket, prefix):
+            count += len(page)
+        if count >= self._limits.per_image:
             raise TooManyVariants(
                 f"this image has its {self._limits.per_image} variants already; use one of them"
             )
 
     def _settle(self, key: str, flight: asyncio.Future[None]) -> None:
         self._flights.pop(key, None)
+        self._waiting -= 1
         if not flight.cancelled():
             flight.exception()  # retrieved here: every waiter that is left gets it too
 
     def _admit(self, user_id: str) -> None:
-        """Bound new work before any is started: the queue for workers, then the user's rate."""
+        """Bound new work before any is started: the queue for workers, then the user's rate.
+        Counted here, synchronously, so a burst in one loop turn cannot slip past the bound."""
         if self._waiting >= self._limits.max_waiting + self._limits.workers:
             raise VariantsBusy(headers={"Retry-After": str(self._settings.web.retry_after)})
         now = time.monotonic()
         window = self._rates.get(user_id)
         if window is None or now - window.started >= _WINDOW:
-            if len(self._rates) > 10_000:  # forget finished windows; the map stays bounded
+            if window is None and len(self._rates) >= _MAX_USERS:
+                # Forget finished windows: the map stays bounded, and is rebuilt once a minute at
+                # most (past the bound only until the oldest windows end: each is a minute long).
                 self._rates = {u: w for u, w in self._rates.items() if now - w.started < _WINDOW}
+                if len(self._rates) >= _MAX_USERS:
+                    raise VariantsBusy(headers={"Retry-After": str(self._settings.web.retry_after)})
             window = self._rates[user_id] = _Window(now)
         if window.count >= self._limits.per_user_per_minute:
             wait = max(1, round(_WINDOW - (now - window.started)))
             raise TooManyNewVariants(headers={"Retry-After": str(wait)})
         window.count += 1
+        self._waiting += 1
 
     async def _make(self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str) -> None:
         aws, imaging = self._settings.aws, self._settings.imaging
         etag = record.source_etag
-        self._waiting += 1
-        try:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._limits.workers)
+        # The original is read only once a worker is free: at most `workers` of them in memory.
+        async with self._slots:
+            if await self._storage.etag_of(aws.dest_bucket, key) is not None:
+                return  # made meanwhile (a flight that ended just before this one began)
             meta, data = await self._storage.read(aws.source_bucket, ref.source_key, imaging.max_bytes)
             if meta.etag != etag:
                 raise ImageChanged()
             started = time.perf_counter()
             try:
-                variant = await self._workers().run(self._limits.timeout, make_variant, data, spec, imaging)
+                variant = await self._workers().run(
+                    self._limits.timeout, make_variant, data, spec, imaging, self._limits
+                )
             except JobTimeout:
                 raise VariantTimeout(f"the variant took longer than {self._limits.timeout:g}s") from None
             except WorkerCrashed as exc:
                 raise VariantsBusy(exc.message) from None
             del data
-        finally:
-            self._waiting -= 1
         metrics.VARIANT_SECONDS.labels(spec.format).observe(time.perf_counter() - started)
-        # Counted in the owner's stored bytes (a quota may refuse it); freed with the image.
-        await self._usage.charge(record.owner, len(variant.data), 0)
-        try:
-            await self._storage.put(
-                aws.dest_bucket, key, variant.data, spec.content_type, {"source-etag": etag.strip('"')}
-            )
-        except BaseException:
-            await self._usage.release(record.owner, len(variant.data), 0)
-            raise
+        await self._store(ref, etag, record.owner, key, spec, variant.data)
         log.info("variant made key=%s bytes=%d seconds=%.3f", key, len(variant.data), variant.seconds)
+
+    async def _store(
+        self, ref: ImageRef, etag: str, owner: str, key: str, spec: VariantSpec, data: bytes
+    ) -> None:
+        """Store the variant, then count it: on the image's record (only if the record is still
+        of this original: a replaced or deleted image takes none), then in the owner's usage (a
+        byte quota may refuse it). Whatever is undone is undone in reverse."""
+        bucket = self._settings.aws.dest_bucket
+        await self._storage.put(bucket, key, data, spec.content_type, {"source-etag": etag.strip('"')})
+        try:
+            if not await self._records.add_variant_bytes(ref, etag, len(data)):
+                raise ImageChanged()
+            try:
+                await self._usage.charge(owner, len(data), 0)
+            except BaseException:
+                await self._records.add_variant_bytes(ref, etag, -len(data))
+                raise
+        except BaseException:
+            await self._storage.delete_many(bucket, [key])
+            raise
 
     def _workers(self) -> WorkerPool:
         if self._pool is None:  # pebble starts the processes on the first job, not before
@@ -152,26 +189,20 @@ class VariantMaker:
         pending = list(self._flights.values())
         if pending:
             await asyncio.wait(pending, timeout=self._limits.timeout)
-        if self._pool is not None:
+        if self._pool is not None and self._owns_pool:
             await asyncio.to_thread(self._pool.close)
 
 
 async def drop_variants(
-    storage: ObjectStore, usage: Usage, settings: Settings, ref: ImageRef, *, keep_etag: str | None = None
+    storage: ObjectStore, settings: Settings, ref: ImageRef, *, keep_etag: str | None = None
 ) -> int:
-    """Delete an image's variants (all, or all but those of the original `keep_etag`) and free
-    their bytes from the owner's usage; returns how many went. One listing: a replaced or deleted
-    image with no variants costs one request."""
+    """Delete an image's variants (all, or all but those of the original `keep_etag`); returns
+    how many went. Their bytes are given back by the caller, from the record it replaced or
+    deleted (once, however many callers race). One listing when there are none."""
     keep = ref.variants_prefix(keep_etag) if keep_etag else None
     doomed: list[str] = []
-    freed = 0
     async for page in storage.list_objects(settings.aws.dest_bucket, ref.variants_prefix()):
-        for listed in page:
-            if keep is None or not listed.key.startswith(keep):
-                doomed.append(listed.key)
-                freed += listed.size
+        doomed += [listed.key for listed in page if keep is None or not listed.key.startswith(keep)]
     for start in range(0, len(doomed), 1000):
         await storage.delete_many(settings.aws.dest_bucket, doomed[start : start + 1000])
-    if freed:
-        await usage.release(ref.owner_and_id[0], freed, 0)
     return len(doomed)

@@ -11,7 +11,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from pipeline.errors import InvalidField
 from pipeline.records import ImageRecord
+from pipeline.variants import parse_variant
 from web import urls
 from web.keys import BACKEND, LINKS, SETTINGS
 from web.links import version_of
@@ -62,6 +64,30 @@ async def thumbnail_link(request: web.Request, user_id: str, record: ImageRecord
     return url
 
 
+#: The gallery's tiles are this many CSS pixels high; its srcset offers 1x and 2x variants.
+GALLERY_TILE_HEIGHT = 160
+
+
+def thumbnail_srcset(request: web.Request, user_id: str, record: ImageRecord) -> str | None:
+    """Signed links to variants exactly as high as a gallery tile at 1x and 2x (`format=auto`),
+    as an `<img srcset>`; None before the image is ready or where only presets are served."""
+    settings = request.app[SETTINGS]
+    if record.state != "ready" or settings.variants.presets_only:
+        return None
+    seconds = min(THUMBNAIL_LINK_SECONDS, settings.accounts.link_max_seconds)
+    candidates = []
+    for density in (1, 2):
+        query = {"h": str(GALLERY_TILE_HEIGHT * density), "format": "auto"}
+        try:
+            spec, negotiated = parse_variant(query, "", settings.variants)
+        except InvalidField:  # a deployment whose variants are smaller than a tile
+            return None
+        name = spec.link_name(negotiated)
+        url, _ = signed_link(request, user_id, record.image_id, name, record.source_etag, seconds)
+        candidates.append(f"{url} {density}x")
+    return ", ".join(candidates)
+
+
 async def link_to(
     request: web.Request,
     user_id: str,
@@ -79,10 +105,18 @@ async def link_to(
         url = await request.app[BACKEND].presign_get(bucket, key, seconds)
         if url is not None:  # None on the local backend: settings refuse that combination
             return url, int(datetime.now(UTC).timestamp()) + seconds
+    return signed_link(request, user_id, image_id, rendition, source_etag, seconds)
+
+
+def signed_link(
+    request: web.Request, user_id: str, image_id: str, name: str, source_etag: str, seconds: int
+) -> tuple[str, int]:
+    """An HMAC-signed `/links/...` URL for `name` (a rendition, `original` or a variant's link
+    name) of the upload whose original has `source_etag`, and when it expires."""
     version = version_of(source_etag)
-    signature, expires = request.app[LINKS].sign(user_id, image_id, rendition, version, seconds)
+    signature, expires = request.app[LINKS].sign(user_id, image_id, name, version, seconds)
     query = urlencode({"v": version, "expires": expires, "sig": signature})
-    return f"{public_base(request)}/links/{user_id}/{image_id}/{rendition}?{query}", expires
+    return f"{public_base(request)}/links/{user_id}/{image_id}/{name}?{query}", expires
 
 
 def public_base(request: web.Request) -> str:

@@ -10,7 +10,7 @@ from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
 from web.serving import image_ref
 from web.variants import drop_variants
-from web.views import describe, thumbnail_link
+from web.views import describe, thumbnail_link, thumbnail_srcset
 
 MAX_WAIT = 20.0
 MAX_PAGE = 100
@@ -41,6 +41,8 @@ async def list_images(request: web.Request) -> web.Response:
         body = describe(user_id, record)
         if (link := await thumbnail_link(request, user_id, record)) is not None:
             body["thumbnail_url"] = link
+        if (srcset := thumbnail_srcset(request, user_id, record)) is not None:
+            body["thumbnail_srcset"] = srcset
         images.append(body)
     return web.json_response({"images": images, "next_cursor": cursor})
 
@@ -59,10 +61,10 @@ async def delete_image(request: web.Request) -> web.Response:
     await storage.delete_many(
         settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
     )
-    await drop_variants(storage, request.app[USAGE], settings, ref)
+    await drop_variants(storage, settings, ref)
     old = await request.app[RECORDS].delete(ref)
-    if old is not None:
-        await request.app[USAGE].release(user_id, old.bytes, 1)
+    if old is not None:  # the record's delete is atomic: only one racing delete releases
+        await request.app[USAGE].release(user_id, old.bytes + old.variant_bytes, 1)
     return web.Response(status=204)
 
 

@@ -9,10 +9,12 @@ from aiohttp import web
 from pipeline.errors import ImageChanged, ImageNotFound, InvalidField, InvalidLink, NotFound
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.untrusted import ascii_int
-from web.keys import LINKS, SETTINGS
+from pipeline.variants import PARAMETERS as VARIANT_PARAMETERS
+from pipeline.variants import parse_link_name, parse_variant
+from web.keys import LINKS, RECORDS, SETTINGS
 from web.links import version_of
-from web.serving import ORIGINAL, image_ref, locate, serve_object
-from web.views import link_to
+from web.serving import ORIGINAL, image_ref, locate, not_ready, serve_object, serve_variant
+from web.views import link_to, signed_link
 
 DEFAULT_SECONDS = 3600
 
@@ -26,26 +28,49 @@ async def create_link(request: web.Request) -> web.Response:
     """
     user_id, image_id, ref = await image_ref(request, request.match_info["image_id"])
     settings = request.app[SETTINGS]
-    rendition = request.query.get("rendition") or settings.imaging.renditions[0].name
-    if rendition != ORIGINAL and settings.imaging.rendition(rendition) is None:
-        names = [ORIGINAL, *(s.name for s in settings.imaging.renditions)]
-        raise InvalidField(f"rendition must be one of {', '.join(names)}")
     most = settings.accounts.link_max_seconds
     seconds = ascii_int(request.query.get("expires_in", str(DEFAULT_SECONDS)), 1, most)
     if seconds is None:
         raise InvalidField(f"expires_in must be a whole number of seconds from 1 to {most}")
+    variant = {name: value for name, value in request.query.items() if name in VARIANT_PARAMETERS}
+    if variant:
+        return await _variant_link(request, user_id, image_id, ref, variant, seconds)
+    rendition = request.query.get("rendition") or settings.imaging.renditions[0].name
+    if rendition != ORIGINAL and settings.imaging.rendition(rendition) is None:
+        names = [ORIGINAL, *(s.name for s in settings.imaging.renditions)]
+        raise InvalidField(f"rendition must be one of {', '.join(names)}")
     found = await locate(request, ref, rendition)
     if isinstance(found, web.Response):
         return found
     url, expires = await link_to(
         request, user_id, image_id, rendition, found.bucket, found.key, found.source_etag, seconds
     )
+    return _link_answer(url, expires, rendition=rendition)
+
+
+async def _variant_link(
+    request: web.Request, user_id: str, image_id: str, ref: ImageRef, query: dict[str, str], seconds: int
+) -> web.Response:
+    """A signed link to a variant (with the same parameters, or a preset): always served by the
+    API (not S3-presigned), since the variant may not be made until the link is first followed."""
+    if "rendition" in request.query:
+        raise InvalidField("give a rendition or variant parameters, not both")
+    settings = request.app[SETTINGS]
+    # `format=auto` stays auto in the link: each browser following it gets what it accepts.
+    spec, negotiated = parse_variant(query, "", settings.variants)
+    record = await request.app[RECORDS].read(ref)
+    if record is None:
+        raise ImageNotFound()
+    if record.state != "ready":
+        return not_ready(record, user_id, image_id, settings.web.retry_after)
+    name = spec.link_name(negotiated)
+    url, expires = signed_link(request, user_id, image_id, name, record.source_etag, seconds)
+    return _link_answer(url, expires, variant=name)
+
+
+def _link_answer(url: str, expires: int, **what: str) -> web.Response:
     return web.json_response(
-        {
-            "url": url,
-            "rendition": rendition,
-            "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(timespec="seconds"),
-        }
+        {"url": url, **what, "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(timespec="seconds")}
     )
 
 
@@ -59,6 +84,9 @@ async def follow_link(request: web.Request) -> web.StreamResponse:
     request.app[LINKS].verify(
         user_id, image_id, rendition, version, request.query.get("expires", ""), request.query.get("sig", "")
     )
+    settings = request.app[SETTINGS]
+    if rendition != ORIGINAL and settings.imaging.rendition(rendition) is None:
+        return await _follow_variant(request, user_id, image_id, rendition, version)
     try:
         found = await locate(request, ImageRef.of(user_id, image_id), rendition)
     except ImageNotFound:
@@ -74,3 +102,21 @@ async def follow_link(request: web.Request) -> web.StreamResponse:
         return await serve_object(request, found.bucket, found.key, source_etag=pin)
     except NotFound:
         raise ImageChanged() from None
+
+
+async def _follow_variant(
+    request: web.Request, user_id: str, image_id: str, name: str, version: str
+) -> web.StreamResponse:
+    """A signed variant link: the variant of the upload it was made for, made if need be."""
+    settings = request.app[SETTINGS]
+    parsed = parse_link_name(name, request.headers.get("Accept", ""), settings.variants)
+    if parsed is None:
+        raise ImageChanged("this link names a variant this deployment no longer makes")
+    ref = ImageRef.of(user_id, image_id)
+    record = await request.app[RECORDS].read(ref)
+    if record is None or version_of(record.source_etag) != version:
+        raise ImageChanged()
+    if record.state != "ready":
+        return not_ready(record, user_id, image_id, settings.web.retry_after)
+    spec, negotiated = parsed
+    return await serve_variant(request, ref, record, spec, negotiated)

@@ -160,8 +160,11 @@ async def _store(
         if found is None:
             raise ImageNotFound("the image was deleted while it was being uploaded") from None
         record = found
-    if previous is not None:  # the replaced original's variants are never served again: free them
-        await drop_variants(storage, usage, settings, ref, keep_etag=stored.etag)
+    else:
+        if record.replaced is not None:  # the replaced original's variants are never served again
+            await drop_variants(storage, settings, ref, keep_etag=record.source_etag)
+            if freed := record.freed_variant_bytes:  # from the item this write replaced: once
+                await usage.release(user_id, freed, 0)
     log.info("upload stored key=%s bytes=%d format=%s", ref.source_key, stored.size, stored.format)
     body = describe(user_id, record)
     response = web.json_response(body, status=202)

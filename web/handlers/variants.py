@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipeline import metrics
-from pipeline.errors import ImageNotFound, InvalidField, NotFound
+from pipeline.errors import ImageNotFound, InvalidField
 from pipeline.variants import parse_variant
 from web.bodies import json_object
-from web.keys import RECORDS, SETTINGS, VARIANTS
-from web.serving import VARY, image_ref, not_ready, serve_object
+from web.keys import RECORDS, SETTINGS
+from web.serving import image_ref, not_ready, serve_variant
 from web.views import describe
 
 
@@ -18,25 +17,12 @@ async def get_variant(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     user_id, image_id, ref = await image_ref(request, request.match_info["image_id"])
     spec, negotiated = parse_variant(request.query, request.headers.get("Accept", ""), settings.variants)
-    if negotiated:
-        request[VARY] = "Accept"
     record = await request.app[RECORDS].read(ref)
     if record is None:
         raise ImageNotFound()
     if record.state != "ready":
         return not_ready(record, user_id, image_id, settings.web.retry_after)
-    spec = spec.at_focal_point(record.item.get("focal_point"))
-    key = ref.variant_key(record.source_etag, spec.name)
-    try:
-        response = await serve_object(request, settings.aws.dest_bucket, key, source_etag=record.source_etag)
-    except NotFound:
-        pass
-    else:
-        metrics.VARIANT_REQUESTS.labels("hit").inc()
-        return response
-    metrics.VARIANT_REQUESTS.labels("miss").inc()
-    await request.app[VARIANTS].ensure(ref, record, spec, key)
-    return await serve_object(request, settings.aws.dest_bucket, key, source_etag=record.source_etag)
+    return await serve_variant(request, ref, record, spec, negotiated)
 
 
 async def put_focal_point(request: web.Request) -> web.Response:

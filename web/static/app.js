@@ -275,7 +275,7 @@ function render(card) {
   card.thumb.style.setProperty("--placeholder", (r.placeholder && r.placeholder.color) || "");
   if (r.status === "ready" && r.thumbnail_url && card.thumbFor !== r.etag) {
     card.thumbFor = r.etag;
-    showThumbnail(card, r.thumbnail_url);
+    showThumbnail(card, r.thumbnail_url, r.thumbnail_srcset);
   }
   if (r.status !== "ready") {
     card.thumb.replaceChildren();
@@ -285,12 +285,18 @@ function render(card) {
 }
 
 // <img> cannot send the API key: the listing gives each ready image a signed thumbnail link, so
-// the gallery makes no request per image. A link that fails is retried with the next listing's.
-function showThumbnail(card, url) {
+// the gallery makes no request per image, and signed variant links exactly as high as the tile at
+// 1x and 2x (srcset: the browser picks by its pixel ratio). A variant that cannot be had (a rate
+// limit, say) falls back to the rendition; a link that fails is retried with the next listing's.
+function showThumbnail(card, url, srcset) {
   const img = document.createElement("img");
   img.alt = card.record.file_name || card.record.image_id;
   img.addEventListener("load", () => card.thumb.classList.add("loaded"));
-  img.addEventListener("error", () => { card.thumbFor = null; });
+  img.addEventListener("error", () => {
+    if (img.srcset) { img.removeAttribute("srcset"); return; }  // the plain src is tried next
+    card.thumbFor = null;
+  });
+  if (srcset) img.srcset = srcset;
   img.src = url;
   card.thumb.classList.remove("loaded");
   card.thumb.replaceChildren(img);
