@@ -3,11 +3,18 @@
 (a) rendition time per image: thumbor's on-the-fly 256 px `fit-in` (one request at a time, median)
     against our `make_renditions` to 256 px (median, same images);
 (b) thumbnail GET throughput at the same concurrency: ours (pre-generated, streamed from S3 by
-    `GET /download/thumbnail`) against thumbor's (made on every request, result storage off).
+    `GET /download/thumbnail`) against thumbor's (made on every request, result storage off);
+(c) on-demand variants, the same transforms in both (fit inside 512x512; 300x300 cover with a
+    smart crop; 800 px wide WebP): the first request's latency (ours makes and stores it, thumbor
+    makes it; each run a new quality, so every request is a first one), repeated requests'
+    throughput (ours streamed from storage, thumbor made again), and the SSIM of both against a
+    full decode resized with Lanczos (the smart crops choose their own regions: no reference).
 
 thumbor lives in a virtualenv of its own (`make bench-peers-install` creates `.venv-thumbor`).
 
     .venv/bin/python scripts/bench_peers.py --requests 200 --concurrency 8
+
+SSIM needs the bench extra (`make bench-install`: scikit-image).
 """
 
 from __future__ import annotations
@@ -33,6 +40,87 @@ from pipeline import runtime
 
 USER = SEED_USER_IDS[2]
 IMAGES = ("jpeg-2mp", "jpeg-12mp", "png-12mp", "webp-12mp")
+#: name: (our variant query, thumbor's path before its filters, thumbor's filters, SSIM reference?)
+TRANSFORMS: dict[str, tuple[dict[str, str], str, list[str], bool]] = {
+    "fit-512": ({"w": "512", "h": "512"}, "fit-in/512x512", [], True),
+    "cover-300-smart": (
+        {"w": "300", "h": "300", "fit": "cover", "crop": "attention"},
+        "300x300/smart",
+        [],
+        False,
+    ),
+    "webp-800w": ({"w": "800", "format": "webp"}, "800x0", ["format(webp)"], True),
+}
+
+
+def ours_url(api: str, name: str, transform: str, quality: int) -> str:
+    query = TRANSFORMS[transform][0] | {"q": str(quality)}
+    return f"{api}/images/{name}/variant?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+
+def thumbor_url_of(thumbor: str, name: str, transform: str, quality: int) -> str:
+    _, path, filters, _ = TRANSFORMS[transform]
+    return f"{thumbor}/unsafe/{path}/filters:{':'.join([*filters, f'quality({quality})'])}/{name}"
+
+
+async def variants(
+    api: str, key: str, thumbor: str, images: dict[str, bytes], args: argparse.Namespace
+) -> dict[str, Any]:
+    """(c): first requests one at a time, then repeated ones at the throughput concurrency."""
+    out: dict[str, Any] = {"first_request_ms": {}, "repeated_throughput": {}, "ssim": {}}
+    names = list(images)
+    for transform in TRANSFORMS:
+        rows = {}
+        for name in images:
+            runs = range(80, 80 + args.variant_runs)  # a new quality each run: always a first request
+            ours = await timed_gets(
+                lambda i, n=name, t=transform: ours_url(api, n, t, 80 + i), len(runs), 1, bearer(key)
+            )
+            theirs = await timed_gets(
+                lambda i, n=name, t=transform: thumbor_url_of(thumbor, n, t, 80 + i), len(runs), 1
+            )
+            rows[name] = {
+                "ours_p50": ours["p50_ms"],
+                "thumbor_p50": theirs["p50_ms"],
+                "thumbor_over_ours": round(theirs["p50_ms"] / ours["p50_ms"], 2),
+                "failures": ours["failures"] + theirs["failures"],
+            }
+        out["first_request_ms"][transform] = rows
+        ours_get = await timed_gets(
+            lambda i, t=transform: ours_url(api, names[i % len(names)], t, 80),
+            args.requests,
+            args.concurrency,
+            bearer(key),
+        )
+        thumbor_get = await timed_gets(
+            lambda i, t=transform: thumbor_url_of(thumbor, names[i % len(names)], t, 80),
+            args.requests,
+            args.concurrency,
+        )
+        out["repeated_throughput"][transform] = {
+            "ours_stored": ours_get,
+            "thumbor_on_the_fly": thumbor_get,
+            "ours_over_thumbor": round(ours_get["per_s"] / thumbor_get["per_s"], 1),
+        }
+        if TRANSFORMS[transform][3]:
+            out["ssim"][transform] = await _ssim(api, key, thumbor, images, transform)
+    return out
+
+
+async def _ssim(api: str, key: str, thumbor: str, images: dict[str, bytes], transform: str) -> dict[str, Any]:
+    try:
+        from bench_imaging import ssim
+    except ImportError:  # scikit-image is in the bench extra
+        return {"skipped": "make bench-install for scikit-image"}
+    rows = {}
+    async with aiohttp.ClientSession() as http:
+        for name, data in images.items():
+            async with http.get(ours_url(api, name, transform, 80), headers=bearer(key)) as response:
+                ours = await response.read()
+            async with http.get(thumbor_url_of(thumbor, name, transform, 80)) as response:
+                theirs = await response.read()
+            rows[name] = {"ours": round(ssim(data, ours), 4), "thumbor": round(ssim(data, theirs), 4)}
+    return rows
 
 
 async def start_thumbor(binary: Path, root: Path) -> tuple[str, asyncio.subprocess.Process]:
@@ -135,6 +223,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "thumbor_on_the_fly": thumbor_get,
             "ours_over_thumbor": round(ours_get["per_s"] / thumbor_get["per_s"], 1),
         }
+        # (c) on-demand variants.
+        report["variants"] = await variants(stack.api, stack.keys[USER], thumbor_url, images, args)
     finally:
         await stack.stop()
         thumbor.terminate()
@@ -151,4 +241,5 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=7, help="sequential renditions per image (median)")
     parser.add_argument("--requests", type=int, default=200, help="GETs for the throughput comparison")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--variant-runs", type=int, default=5, help="first requests per image and transform")
     print(json.dumps(runtime.run(main(parser.parse_args())), indent=2))
