@@ -169,11 +169,11 @@ class LocalStorage(JsonDocuments):
         data: bytes,
         content_type: str,
         metadata: Mapping[str, str] | None = None,
-    ) -> None:
+    ) -> str:
         blob = _Blob(self._tmp)
         try:
             await blob.write(data)
-            await self._commit(bucket, key, blob, content_type, metadata or {})
+            return await self._commit(bucket, key, blob, content_type, metadata or {})
         finally:
             blob.discard()
 

@@ -45,7 +45,7 @@ class ObjectStore(Protocol):
         data: bytes,
         content_type: str,
         metadata: Mapping[str, str] | None = None,
-    ) -> None: ...
+    ) -> str: ...
 
     async def put_json(
         self, bucket: str, key: str, document: Mapping[str, Any], metadata: Mapping[str, str] | None = None

@@ -103,6 +103,10 @@ class ImageRecord:
         return int(self.item.get("variant_bytes", 0))
 
     @property
+    def variant_count(self) -> int:
+        return int(self.item.get("variant_count", 0))
+
+    @property
     def renditions(self) -> dict[str, dict[str, Any]]:
         renditions: dict[str, dict[str, Any]] = (
             self.item.get("renditions", {}) if self.state == "ready" else {}
@@ -182,7 +186,7 @@ class RecordStore:
         # and its variants are deleted (their bytes are the replaced record's `variant_bytes`).
         def fields(old: Item | None) -> dict[str, Any]:
             same = old is not None and old.get("source_etag") == etag  # the same bytes again
-            kept = {} if same else {"focal_point": None, "variant_bytes": None}
+            kept = {} if same else {"focal_point": None, "variant_bytes": None, "variant_count": None}
             return {**facts, "source_etag": etag, **kept}
 
         return await self._write(ref, etag, current, fields, known)
@@ -265,15 +269,20 @@ class RecordStore:
             return None
         return ImageRecord(owner, image_id, item)
 
-    async def add_variant_bytes(self, ref: ImageRef, etag: str, delta: int) -> bool:
-        """Count a stored variant of the original `etag` on its record (or uncount one); False if
-        the record is of another original by now (replaced, or deleted). The revision moves too, so
-        a whole-record write that read the record before this retries instead of losing it."""
+    async def add_variant(self, ref: ImageRef, etag: str, size: int) -> bool:
+        """Count a stored variant of the original `etag` on its record (a negative `size`
+        uncounts one); False if the record is of another original by now (replaced, or deleted).
+        The revision moves too, so a whole-record write that read the record before this retries
+        instead of losing it."""
         owner, image_id = ref.owner_and_id
         try:
             await self._table.update(
                 {"user_id": owner, "image_id": image_id},
-                [Add("variant_bytes", delta), Add("revision", 1)],
+                [
+                    Add("variant_bytes", size),
+                    Add("variant_count", 1 if size >= 0 else -1),
+                    Add("revision", 1),
+                ],
                 Equals("source_etag", etag),
             )
         except ConditionFailed:

@@ -91,7 +91,7 @@ class JsonDocuments(ABC):
         data: bytes,
         content_type: str,
         metadata: Mapping[str, str] | None = None,
-    ) -> None: ...
+    ) -> str: ...
 
     @abstractmethod
     async def read(self, bucket: str, key: str, max_bytes: int) -> tuple[ObjectMeta, bytes]: ...
@@ -182,11 +182,13 @@ class Storage(JsonDocuments):
         data: bytes,
         content_type: str,
         metadata: Mapping[str, str] | None = None,
-    ) -> None:
+    ) -> str:
+        """Store one small object whole; returns its ETag (what GET and HEAD will say)."""
         with aws_errors(StorageUnavailable):
-            await self._s3.put_object(
+            response = await self._s3.put_object(
                 Bucket=bucket, Key=key, Body=data, ContentType=content_type, Metadata=dict(metadata or {})
             )
+        return str(response["ETag"])
 
     async def delete_many(self, bucket: str, keys: list[str]) -> None:
         """Idempotent: keys that do not exist are not an error (S3 semantics)."""

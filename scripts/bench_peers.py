@@ -12,7 +12,7 @@
 
 thumbor lives in a virtualenv of its own (`make bench-peers-install` creates `.venv-thumbor`).
 
-    .venv/bin/python scripts/bench_peers.py --requests 200 --concurrency 8
+    .venv/bin/python scripts/bench_peers.py --requests 200 --concurrency 8 [--backend local]
 
 SSIM needs the bench extra (`make bench-install`: scikit-image).
 """
@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 from bench_imaging import build_set
 from loadtest import processing_ms
-from stack import ROOT, bearer, free_port, start_consumer, start_stack
+from stack import ROOT, bearer, free_port, start_consumer, start_local, start_stack
 
 from config.settings import SEED_USER_IDS
 from pipeline import runtime
@@ -184,7 +184,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     for name, data in images.items():
         (root / name).write_bytes(data)
     thumbor_url, thumbor = await start_thumbor(args.thumbor, root)
-    stack = await start_stack()
+    local = args.backend == "local"
+    stack = await start_local(root / "data") if local else await start_stack()
     report: dict[str, Any] = {"rendition_ms": {}, "get_throughput": {}}
     try:
         # (a) one rendition at a time.
@@ -199,7 +200,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "thumbor_over_ours": round(thumbor_side["p50_ms"] / ours, 2),
             }
         # (b) GET throughput: ours pre-generated, thumbor on the fly.
-        stack.processes.append(await start_consumer(stack.endpoint))
+        if not local:  # the local backend's API runs its consumer in-process
+            stack.processes.append(await start_consumer(stack.endpoint))
         async with aiohttp.ClientSession(headers=bearer(stack.keys[USER])) as http:
             for name, data in images.items():
                 async with http.put(f"{stack.api}/images/{name}?user_id={USER}", data=data) as response:
@@ -242,4 +244,11 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=200, help="GETs for the throughput comparison")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--variant-runs", type=int, default=5, help="first requests per image and transform")
+    parser.add_argument(
+        "--backend",
+        choices=("embedded", "local"),
+        default="embedded",
+        help="ours on the embedded AWS endpoint (moto), or on the local backend (files and SQLite,"
+        " as thumbor's file loader reads files)",
+    )
     print(json.dumps(runtime.run(main(parser.parse_args())), indent=2))

@@ -132,3 +132,14 @@ async def start_consumer(
     return await start(
         args, child_env(endpoint, **extra), rb"consumer starting", stdout=subprocess.PIPE, log=log
     )
+
+
+async def start_local(data_dir: Path) -> Stack:
+    """`python -m web --data-dir DIR`: the API and its consumer on the local backend (files and
+    SQLite, no AWS endpoint), one process, and the demo users' keys it wrote into DIR."""
+    port = free_port()
+    env = child_env(IMGSVC_MODE="local", IMGSVC_RUN_CONSUMER="true")
+    process = await start(
+        ["-m", "web", "--data-dir", str(data_dir), "--port", str(port)], env, rb"API listening"
+    )
+    return Stack([f"http://127.0.0.1:{port}"], "", [process], read_demo_keys(data_dir / "demo-keys.json"))

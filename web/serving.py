@@ -122,8 +122,16 @@ async def serve_variant(
         metrics.VARIANT_REQUESTS.labels("hit").inc()
         return response
     metrics.VARIANT_REQUESTS.labels("miss").inc()
-    await request.app[VARIANTS].ensure(ref, record, spec, key)
-    return await serve_object(request, bucket, key, source_etag=record.source_etag)
+    made = await request.app[VARIANTS].ensure(ref, record, spec, key)
+    if made is None or request.method != "GET" or any(h in request.headers for h in _NEEDS_HEAD):
+        return await serve_object(request, bucket, key, source_etag=record.source_etag)
+    # Just made: answered from memory, with what a later GET of the stored object will say.
+    meta = ObjectMeta(len(made.data), made.etag, made.last_modified, made.content_type, made.metadata)
+    return await _send(request, meta, None, _once(made.data))
+
+
+async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
 
 
 def not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int) -> web.Response:
