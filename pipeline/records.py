@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pipeline import untrusted
 from pipeline.errors import InvalidField, ServiceError, TransientError
-from pipeline.items import Add, ConditionFailed, Equals, Item, Missing, Present, Set
+from pipeline.items import Add, AllOf, AnyOf, ConditionFailed, Equals, Item, Missing, Present, Set
 from pipeline.layout import ImageRef
 from pipeline.ports import ItemTable
 from pipeline.results import RenditionResult
@@ -77,9 +77,12 @@ class ImageRecord:
 
     @property
     def freed_variant_bytes(self) -> int:
-        """Variant bytes this write gave up: those of the original it replaced, if another."""
+        """Variant bytes this write gave up: those its record counted for another original.
+        Whichever write first records a new original (the upload's or the consumer's, in either
+        order) sees them, exactly once: each write is conditional on the revision it read."""
         old = self.replaced
-        if old is None or old.get("source_etag") == self.item.get("source_etag"):
+        etag = str(self.item.get("source_etag", ""))
+        if old is None or not _counted_for_another(old, etag):
             return 0
         return int(old.get("variant_bytes", 0))
 
@@ -185,9 +188,8 @@ class RecordStore:
         # Another picture under the same id: where its predecessor's subject was means nothing,
         # and its variants are deleted (their bytes are the replaced record's `variant_bytes`).
         def fields(old: Item | None) -> dict[str, Any]:
-            same = old is not None and old.get("source_etag") == etag  # the same bytes again
-            kept = {} if same else {"focal_point": None, "variant_bytes": None, "variant_count": None}
-            return {**facts, "source_etag": etag, **kept}
+            same = old is not None and old.get("sha256") == facts.get("sha256")  # the same bytes again
+            return {**facts, "source_etag": etag, **({} if same else {"focal_point": None})}
 
         return await self._write(ref, etag, current, fields, known)
 
@@ -281,9 +283,15 @@ class RecordStore:
                 [
                     Add("variant_bytes", size),
                     Add("variant_count", 1 if size >= 0 else -1),
+                    Set("variant_etag", etag),
                     Add("revision", 1),
                 ],
-                Equals("source_etag", etag),
+                AllOf(
+                    (
+                        Equals("source_etag", etag),
+                        AnyOf((Missing("variant_etag"), Equals("variant_etag", etag))),
+                    )
+                ),
             )
         except ConditionFailed:
             return False
@@ -347,6 +355,8 @@ class RecordStore:
                 "created_at": created,
                 "created_key": f"{created}#{image_id}",
             }
+            if _counted_for_another(old, etag):  # its variants are gone: so are their counters
+                new.update(variant_bytes=None, variant_count=None, variant_etag=None)
             new = {k: v for k, v in new.items() if v is not None}
             try:
                 if old is None:
@@ -357,6 +367,12 @@ class RecordStore:
                 continue
             return ImageRecord(owner, image_id, new, replaced=old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
+
+
+def _counted_for_another(old: Item | None, etag: str) -> bool:
+    """Whether `old` counts variants of an original other than `etag` (`variant_etag` names the
+    original its variant counters are for)."""
+    return old is not None and old.get("variant_etag") not in (None, etag)
 
 
 def _encode_cursor(last: Item) -> str:

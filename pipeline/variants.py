@@ -27,7 +27,8 @@ PARAMETERS = ("w", "h", "fit", "crop", "format", "q", "upscale", "preset")
 #: A variant's name in a signed link: its canonical name, `auto` for a negotiated format, and no
 #: focal point (the image's own applies when the link is followed).
 _LINK_NAME = re.compile(
-    r"(?:w(?P<w>[1-9][0-9]{0,4}))?-?(?:h(?P<h>[1-9][0-9]{0,4}))?-(?P<fit>[a-z]+)(?:-(?P<crop>[a-z]+))?"
+    r"(?:w(?P<w>[1-9][0-9]{0,4}))?-?(?:h(?P<h>[1-9][0-9]{0,4}))?-(?P<fit>[a-z]+)"
+    r"(?:-(?P<crop>centre|attention|entropy|focal))?"
     r"(?:-q(?P<q>[1-9][0-9]?|100))?(?P<up>-up)?\.(?P<ext>[a-z]+)"
 )
 _EXTENSIONS = {"jpg": "jpeg", "webp": "webp", "avif": "avif", "png": "png", "auto": "auto"}

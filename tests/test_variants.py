@@ -14,9 +14,10 @@ from PIL import ImageStat
 from prometheus_client import REGISTRY
 
 from config.settings import Settings
-from pipeline.errors import ImageChanged
+from pipeline.errors import CorruptImage, ImageChanged
 from pipeline.layout import ImageRef
-from pipeline.variants import parse_variant
+from pipeline.records import RecordStore
+from pipeline.variants import parse_link_name, parse_variant
 from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes
 from web.keys import RECORDS, VARIANTS
 
@@ -254,6 +255,8 @@ async def test_signed_variant_links_work_without_a_key_and_only_as_made(
         assert refused.status == 403 and (await refused.json())["error"] == "invalid_link", tampered
     both = await api.get("/images/photo/url", params={"w": "100", "rendition": "256"})
     assert both.status == 400
+    twice = await api.get("/images/photo/url?w=100&w=4000")
+    assert twice.status == 400 and "given once" in (await twice.json())["message"]
     await ready_image(api, backend, "photo", 400, 400)  # replaced: the link was for the old upload
     gone = await anonymous.get(path)
     assert gone.status == 404 and (await gone.json())["error"] == "image_changed"
@@ -332,3 +335,54 @@ async def test_busy_slow_and_over_quota_variants_are_refused(
     assert over.status == 413 and (await over.json())["error"] == "quota_bytes_exceeded"
     assert not [k for k in await stored_variants(backend, "photo") if "w300" in k]
     assert int((await users.get({"user_id": USER}))["bytes_used"]) == used
+
+
+async def test_variant_counters_are_freed_once_whichever_write_records_the_new_original_first(
+    backend: Backend,
+) -> None:
+    """The consumer can record a new original's result before its upload records the upload:
+    the first of the two writes to see counters of the old original frees them, the other none."""
+    records = RecordStore(backend.tables.images)
+    ref = ImageRef.of(USER, "raced")
+
+    async def current(etag: str) -> str:
+        return etag
+
+    for consumer_first in (True, False):
+        first = await records.record_upload(ref, '"e0"', {"sha256": "0"}, lambda: current('"e0"'))
+        assert first.freed_variant_bytes == 0
+        assert await records.add_variant(ref, '"e0"', 1000)
+        assert not await records.add_variant(ref, '"e9"', 5)  # not of the record's original
+        writes = [
+            lambda: records.record_result(ref, '"e1"', None, CorruptImage("x"), lambda: current('"e1"')),
+            lambda: records.record_upload(ref, '"e1"', {"sha256": "1"}, lambda: current('"e1"')),
+        ]
+        freed = [
+            (await write()).freed_variant_bytes for write in (writes if consumer_first else writes[::-1])
+        ]
+        assert freed == [1000, 0]
+        record = await records.read(ref)
+        assert record is not None and record.variant_bytes == 0 and record.variant_count == 0
+        assert await records.add_variant(ref, '"e1"', 10)  # the new original's count starts afresh
+        await records.delete(ref)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "avif", "png", "auto"])
+@pytest.mark.parametrize("upscale", [False, True])
+@pytest.mark.parametrize(
+    "box", [{"w": "100"}, {"h": "100"}, {"w": "100", "h": "80"}, {"w": "100", "h": "80", "fit": "fill"}]
+)
+def test_every_signed_name_reads_back_as_the_variant_it_was_made_for(
+    fmt: str, upscale: bool, box: dict[str, str]
+) -> None:
+    limits = Settings.from_env({}).variants
+    crops = (
+        [{"fit": "cover", "crop": c} for c in ("centre", "attention", "entropy", "focal")]
+        if "h" in box
+        else [{}]
+    )
+    for crop in crops if "fit" not in box else [{}]:
+        query = {**box, **crop, "format": fmt, **({"upscale": "true"} if upscale else {})}
+        spec, negotiated = parse_variant(query, "", limits)
+        back = parse_link_name(spec.link_name(negotiated), "", limits)
+        assert back is not None and back[0].name == spec.name and back[1] == negotiated, query

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from config.settings import Settings
 from pipeline import metrics
@@ -134,8 +136,8 @@ class VariantMaker:
         window = self._rates.get(user_id)
         if window is None or now - window.started >= _WINDOW:
             if window is None and len(self._rates) >= _MAX_USERS:
-                # Forget finished windows: the map stays bounded, and is rebuilt once a minute at
-                # most (past the bound only until the oldest windows end: each is a minute long).
+                # Forget finished windows: the map stays bounded. While it is full of live ones,
+                # each new user costs one pass over it (and gets 503 until windows end).
                 self._rates = {u: w for u, w in self._rates.items() if now - w.started < _WINDOW}
                 if len(self._rates) >= _MAX_USERS:
                     raise VariantsBusy(headers={"Retry-After": str(self._settings.web.retry_after)})
@@ -153,12 +155,18 @@ class VariantMaker:
             self._slots = asyncio.Semaphore(self._limits.workers)
         # The original is read only once a worker is free: at most `workers` of them in memory.
         async with self._slots:
-            made_meanwhile, (meta, data) = await asyncio.gather(
+            made_meanwhile, original = await asyncio.gather(
                 self._storage.etag_of(aws.dest_bucket, key),
                 self._storage.read(aws.source_bucket, ref.source_key, imaging.max_bytes),
+                return_exceptions=True,  # both finish here: no read outlives the slot
             )
+            for outcome in (made_meanwhile, original):
+                if isinstance(outcome, BaseException):
+                    raise outcome
             if made_meanwhile is not None:  # by a flight that ended just before this one began
                 return None
+            assert isinstance(original, tuple)
+            meta, data = original
             if meta.etag != etag:
                 raise ImageChanged()
             started = time.perf_counter()
@@ -172,37 +180,45 @@ class VariantMaker:
                 raise VariantsBusy(exc.message) from None
             del data
         metrics.VARIANT_SECONDS.labels(spec.format).observe(time.perf_counter() - started)
+        stored_at = datetime.now(UTC).replace(microsecond=0)  # what the store will say, to the second
         stored_etag = await self._store(ref, etag, record.owner, key, spec, variant.data)
         log.info("variant made key=%s bytes=%d seconds=%.3f", key, len(variant.data), variant.seconds)
-        return Made(variant.data, stored_etag, spec.content_type, datetime.now(UTC), {"source-etag": etag})
+        return Made(variant.data, stored_etag, spec.content_type, stored_at, {"source-etag": etag})
 
     async def _store(
         self, ref: ImageRef, etag: str, owner: str, key: str, spec: VariantSpec, data: bytes
     ) -> str:
-        """Store the variant and count it, all three at once (each is a round trip): the object,
-        its bytes on the image's record (only if the record is still of this original: a replaced
-        or deleted image takes none), and in the owner's usage (a byte quota may refuse it). If
-        any fails, what the others did is undone. Returns the stored object's ETag."""
+        """Store the variant, then count it: its bytes on the image's record (only while the record
+        counts variants of this original: a replaced or deleted image takes none) and in the
+        owner's usage (a byte quota may refuse it), those two at once. Stored first, so whoever
+        deletes the image's variants after it is counted finds it. If a step fails, what the
+        others did is undone. Returns the stored object's ETag."""
         bucket = self._settings.aws.dest_bucket
-        put, counted, charged = await asyncio.gather(
-            self._storage.put(bucket, key, data, spec.content_type, {"source-etag": etag.strip('"')}),
+        stored = await self._storage.put(
+            bucket, key, data, spec.content_type, {"source-etag": etag.strip('"')}
+        )
+        counted, charged = await asyncio.gather(
             self._records.add_variant(ref, etag, len(data)),
             self._usage.charge(owner, len(data), 0),
             return_exceptions=True,
         )
-        failures = [r for r in (put, counted, charged) if isinstance(r, BaseException)]
+        failures = [r for r in (counted, charged) if isinstance(r, BaseException)]
         if counted is False:
             failures.append(ImageChanged())
         if not failures:
-            assert isinstance(put, str)
-            return put
-        if not isinstance(put, BaseException):
-            await self._storage.delete_many(bucket, [key])
+            return stored
+        undo: list[Coroutine[Any, Any, object]] = [self._storage.delete_many(bucket, [key])]
         if counted is True:
-            await self._records.add_variant(ref, etag, -len(data))
+            undo.append(self._records.add_variant(ref, etag, -len(data)))
         if not isinstance(charged, BaseException):
-            await self._usage.release(owner, len(data), 0)
-        raise failures[0]
+            undo.append(self._usage.release(owner, len(data), 0))
+        for undone in await asyncio.gather(*undo, return_exceptions=True):
+            if isinstance(undone, BaseException):  # reconcile removes what is left
+                log.warning("variant not fully undone key=%s error=%r", key, undone)
+        failure = failures[0]
+        if isinstance(failure, asyncio.CancelledError):
+            raise VariantsBusy("the variant was interrupted; ask again")
+        raise failure
 
     def _workers(self) -> WorkerPool:
         if self._pool is None:  # pebble starts the processes on the first job, not before

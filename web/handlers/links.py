@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from aiohttp import web
+from multidict import MultiDict
 
 from pipeline.errors import ImageChanged, ImageNotFound, InvalidField, InvalidLink, NotFound
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
@@ -32,7 +33,8 @@ async def create_link(request: web.Request) -> web.Response:
     seconds = ascii_int(request.query.get("expires_in", str(DEFAULT_SECONDS)), 1, most)
     if seconds is None:
         raise InvalidField(f"expires_in must be a whole number of seconds from 1 to {most}")
-    variant = {name: value for name, value in request.query.items() if name in VARIANT_PARAMETERS}
+    # A multidict: a repeated parameter is refused (400), never signed with one of its values.
+    variant = MultiDict((name, value) for name, value in request.query.items() if name in VARIANT_PARAMETERS)
     if variant:
         return await _variant_link(request, user_id, image_id, ref, variant, seconds)
     rendition = request.query.get("rendition") or settings.imaging.renditions[0].name
@@ -49,7 +51,7 @@ async def create_link(request: web.Request) -> web.Response:
 
 
 async def _variant_link(
-    request: web.Request, user_id: str, image_id: str, ref: ImageRef, query: dict[str, str], seconds: int
+    request: web.Request, user_id: str, image_id: str, ref: ImageRef, query: MultiDict[str], seconds: int
 ) -> web.Response:
     """A signed link to a variant (with the same parameters, or a preset): always served by the
     API (not S3-presigned), since the variant may not be made until the link is first followed."""
