@@ -41,6 +41,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class PoolBroke(WorkerCrashed):
+    """The whole pool failed, not the job's own worker: the job may run again on a new pool."""
+
+
 class WorkerPool:
     """Worker processes for imaging; each job has its own timeout and its own failure."""
 
@@ -76,7 +80,13 @@ class WorkerPool:
         loop = asyncio.get_running_loop()
         slots = self._slots.setdefault(loop, asyncio.Semaphore(self._workers))
         async with slots:
-            return await self._run_now(timeout, fn, *args, **kwargs)
+            try:
+                return await self._run_now(timeout, fn, *args, **kwargs)
+            except PoolBroke:
+                # Not this job's doing (a job that kills its worker is `ProcessExpired`): pebble
+                # also declares its pool broken when a worker it killed for another job's timeout
+                # leaves no acknowledged job behind. The job runs once more, on the new pool.
+                return await self._run_now(timeout, fn, *args, **kwargs)
 
     async def _run_now(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         pool = self._pool
@@ -86,7 +96,7 @@ class WorkerPool:
             )
         except RuntimeError:  # pebble's "Unexpected error within the Pool": it broke (see below)
             self._replace_broken(pool)
-            raise WorkerCrashed("the image worker pool broke; a new one takes the next jobs") from None
+            raise PoolBroke("the image worker pool broke; a new one takes the next jobs") from None
         try:
             return await self._outcome(pool, future)
         except TimeoutError:
@@ -100,7 +110,7 @@ class WorkerPool:
             # blame (the OOM killer taking them all while idle), and a job lost or stalled by a
             # killed worker never starts: a new pool replaces it.
             self._replace_broken(pool)
-            raise WorkerCrashed(
+            raise PoolBroke(
                 f"the image worker pool failed: {str(exc) or 'every worker died at once'}"
             ) from None
         except asyncio.CancelledError:

@@ -247,6 +247,9 @@ async def test_signed_variant_links_work_without_a_key_and_only_as_made(
     plain = await anonymous.get(path)
     assert plain.status == 200 and plain.content_type == "image/jpeg" and plain.headers["Vary"] == "Accept"
     assert decode(await plain.read()).size == (100, 75)
+    cache = plain.headers["Cache-Control"]  # one upload's bytes for the link's life: kept unasked
+    assert cache.startswith("private, max-age=") and cache.endswith(", immutable")
+    assert 3500 <= int(cache.split("max-age=")[1].split(",")[0]) <= 3600
     webp = await anonymous.get(path, headers={"Accept": "image/webp"})
     assert webp.content_type == "image/webp"
     other_last = "0" if path[-1] != "0" else "1"  # a signature that differs in its last digit

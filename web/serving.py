@@ -93,6 +93,8 @@ async def locate(request: web.Request, ref: ImageRef, rendition: str) -> Located
 #: Output formats a client must name in `Accept` to get them, best first; JPEG/PNG otherwise.
 NEGOTIATED = ("avif", "webp")
 VARY = web.RequestKey("vary", str)
+#: Overrides the configured `Cache-Control` for one response (signed links: immutable).
+CACHE_CONTROL = web.RequestKey("cache_control", str)
 
 
 def best_for(accept: str, candidates: list[RenditionSpec]) -> RenditionSpec:
@@ -205,7 +207,7 @@ def _headers(request: web.Request, meta: ObjectMeta) -> dict[str, str]:
     return vary | {
         "ETag": meta.etag,
         "Last-Modified": meta.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),
-        "Cache-Control": request.app[SETTINGS].web.cache_control,
+        "Cache-Control": request.get(CACHE_CONTROL) or request.app[SETTINGS].web.cache_control,
         "X-Content-Type-Options": "nosniff",
         "Accept-Ranges": "bytes",
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -14,7 +15,7 @@ from pipeline.variants import PARAMETERS as VARIANT_PARAMETERS
 from pipeline.variants import parse_link_name, parse_variant
 from web.keys import LINKS, RECORDS, SETTINGS
 from web.links import version_of
-from web.serving import ORIGINAL, image_ref, locate, not_ready, serve_object, serve_variant
+from web.serving import CACHE_CONTROL, ORIGINAL, image_ref, locate, not_ready, serve_object, serve_variant
 from web.views import link_to, signed_link
 
 DEFAULT_SECONDS = 3600
@@ -86,6 +87,10 @@ async def follow_link(request: web.Request) -> web.StreamResponse:
     request.app[LINKS].verify(
         user_id, image_id, rendition, version, request.query.get("expires", ""), request.query.get("sig", "")
     )
+    # A signed link names one upload's bytes, and never others: a browser may keep them, unasked,
+    # for as long as the link lives.
+    expires = ascii_int(request.query.get("expires", ""), 0, 10**12) or 0
+    request[CACHE_CONTROL] = f"private, max-age={max(0, expires - int(time.time()))}, immutable"
     settings = request.app[SETTINGS]
     if rendition != ORIGINAL and settings.imaging.rendition(rendition) is None:
         return await _follow_variant(request, user_id, image_id, rendition, version)
