@@ -25,6 +25,7 @@ from pipeline.logs import configure_logging
 from pipeline.provision import provision
 from pipeline.reconcile import reconcile
 from pipeline.service import open_consumer
+from pipeline.usage import reconcile_usage
 
 log = logging.getLogger("pipeline")
 
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     rotate = user_commands.add_parser("rotate", help="issue a new key for the key's user, revoke the old one")
     rotate.add_argument("key_id")
+    recount = user_commands.add_parser(
+        "reconcile", help="recompute every user's stored bytes and image count from their image records"
+    )
+    recount.add_argument("--dry-run", action="store_true", help="only report the drift")
     rebuild = commands.add_parser(
         "reconcile",
         help="send lost events again, delete renditions whose original is gone (from the originals)",
@@ -173,6 +178,9 @@ async def run_users(settings: Settings, args: argparse.Namespace) -> int:
             for user in await accounts.users():
                 keys = await accounts.keys(str(user["user_id"]))
                 print(json.dumps({**user, "keys": keys}))
+        elif args.users_command == "reconcile":
+            report = await reconcile_usage(backend.tables, dry_run=args.dry_run)
+            print(json.dumps(report.as_dict(), indent=2))
         elif args.users_command == "revoke":
             revoked = await accounts.revoke(args.key_id)
             print(json.dumps({"key_id": args.key_id, "revoked_at": revoked["revoked_at"]}))

@@ -1,0 +1,66 @@
+"""`python -m pipeline users reconcile`: usage counters recomputed from the image records, on
+either backend; a dry run only reports the drift."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.items import Add
+from pipeline.usage import reconcile_usage
+from tests.conftest import ROOT, USER, Backend, ClientFactory, consume, jpeg_bytes
+
+
+async def test_drifted_counters_are_recomputed_from_the_records(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(backend.settings)
+    users = backend.tables.users
+    for image_id, size in (("one", (640, 480)), ("two", (300, 200))):
+        assert (await api.put(f"/images/{image_id}", data=jpeg_bytes(*size))).status == 202
+    await consume(backend)
+    assert (await api.get("/images/one/variant", params={"w": "100"})).status == 200
+    clean = await reconcile_usage(backend.tables, dry_run=True)
+    assert clean.users >= 1 and [d.user_id for d in clean.drifted] == []  # the API kept them true
+    truth = await users.get({"user_id": USER})
+    assert truth is not None
+
+    # A crash between storing and counting, say: the counters are off from the records.
+    await users.update({"user_id": USER}, [Add("bytes_used", 12_345), Add("image_count", -1)])
+    dry = await reconcile_usage(backend.tables, dry_run=True)
+    [drift] = dry.drifted
+    assert (drift.counted_bytes - drift.actual_bytes, drift.counted_images - drift.actual_images) == (
+        12_345,
+        -1,
+    )
+    assert drift.actual_bytes == truth["bytes_used"] and drift.actual_images == truth["image_count"] == 2
+    assert (await users.get({"user_id": USER}))["bytes_used"] == truth["bytes_used"] + 12_345  # untouched
+
+    fixed = await reconcile_usage(backend.tables)
+    assert [d.user_id for d in fixed.drifted] == [USER]
+    after = await users.get({"user_id": USER})
+    assert after is not None and (after["bytes_used"], after["image_count"]) == (truth["bytes_used"], 2)
+    assert (await reconcile_usage(backend.tables)).drifted == []
+
+
+@pytest.mark.e2e
+def test_the_command_reports_json(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "IMGSVC_LOG_LEVEL": "WARNING"}
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "--data-dir",
+        str(tmp_path),
+        "users",
+        "reconcile",
+        "--dry-run",
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True)
+    report = json.loads(done.stdout)
+    assert report == {"dry_run": True, "users": report["users"], "drifted": []}
