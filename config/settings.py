@@ -281,8 +281,9 @@ class VariantSettings:
     per_user_per_minute: Annotated[int, Var(1, 1_000_000)] = 120
     #: Worker processes of the API process that make variants (never the event loop).
     workers: Annotated[int, Var(1, 64)] = 1
-    #: Variants waiting for a worker per process beyond which new ones are refused (503).
-    max_waiting: Annotated[int, Var(0, 100_000)] = 16
+    #: Variants waiting for a worker per process beyond which new ones are refused (503): a
+    #: gallery page (20) at first sight fits, and a waiting variant holds no original yet.
+    max_waiting: Annotated[int, Var(0, 100_000)] = 64
     #: Seconds one variant may take once its worker started it.
     timeout: Annotated[float, Var(0.1, 3600)] = 30.0
     #: Quality when a request names none.
