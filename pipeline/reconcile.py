@@ -31,8 +31,6 @@ from pipeline.records import RecordStore
 from pipeline.storage import ListedObject
 
 log = logging.getLogger(__name__)
-#: Renditions deleted per request (S3's DeleteObjects takes 1,000).
-_DELETE_BATCH = 1000
 
 
 @dataclass
@@ -119,8 +117,7 @@ async def _orphaned_renditions(
         doomed += [r.key for r in page if r.last_modified < cutoff and _orphaned(r.key, originals)]
     report.orphaned_renditions = doomed
     if not report.dry_run:
-        for start in range(0, len(doomed), _DELETE_BATCH):
-            await backend.storage.delete_many(bucket, doomed[start : start + _DELETE_BATCH])
+        await backend.storage.delete_many(bucket, doomed)
 
 
 def _orphaned(key: str, originals: dict[str, str]) -> bool:

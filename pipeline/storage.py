@@ -26,6 +26,8 @@ from pipeline.errors import (
 from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
 
 log = logging.getLogger(__name__)
+#: Keys per DeleteObjects request (S3 takes at most 1,000).
+_DELETE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -191,15 +193,18 @@ class Storage(JsonDocuments):
         return str(response["ETag"])
 
     async def delete_many(self, bucket: str, keys: list[str]) -> None:
-        """Idempotent: keys that do not exist are not an error (S3 semantics)."""
-        if not keys:
-            return
-        with aws_errors(StorageUnavailable):
-            response = await self._s3.delete_objects(
-                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True}
-            )
-        if errors := response.get("Errors"):
-            raise StorageUnavailable(f"could not delete {len(errors)} objects: {errors[0].get('Message')}")
+        """Idempotent: keys that do not exist are not an error (S3 semantics). Any number of
+        keys: sent 1,000 at a time, DeleteObjects' limit."""
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[start : start + _DELETE_BATCH]
+            with aws_errors(StorageUnavailable):
+                response = await self._s3.delete_objects(
+                    Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                )
+            if errors := response.get("Errors"):
+                raise StorageUnavailable(
+                    f"could not delete {len(errors)} objects: {errors[0].get('Message')}"
+                )
 
     async def list_objects(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ListedObject]]:
         """Every object under `prefix`, a page (at most 1,000) at a time, in key order."""

@@ -216,7 +216,12 @@ def _word(query: Mapping[str, str], name: str, default: str, allowed: tuple[str,
     return value
 
 
+def accepted_types(accept: str) -> set[str]:
+    """The media types an `Accept` header names (parameters such as `q` dropped)."""
+    return {part.split(";")[0].strip().lower() for part in accept.split(",")}
+
+
 def _best(accept: str) -> str:
     """The smallest-file format the client explicitly accepts (`image/*` is no promise of AVIF)."""
-    accepted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    accepted = accepted_types(accept)
     return next((fmt for fmt in NEGOTIATED if f"image/{fmt}" in accepted), "jpeg")

@@ -3,6 +3,7 @@ object store alike, including the event a stored original sends to the queue."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -127,6 +128,19 @@ async def test_deleting_is_idempotent_and_json_documents_round_trip(backend: Bac
     await backend.storage.check_bucket(bucket)
     with pytest.raises(StorageUnavailable):
         await backend.storage.check_bucket("no-such-bucket-here")
+
+
+async def test_one_delete_takes_more_keys_than_one_s3_request_can(backend: Backend) -> None:
+    """S3's DeleteObjects takes 1,000 keys: the store splits a longer list, so no caller must."""
+    bucket = backend.settings.aws.dest_bucket
+    keys = [f"many/{i:04d}" for i in range(1001)]
+    for start in range(0, len(keys), 50):
+        await asyncio.gather(
+            *(backend.storage.put(bucket, k, b"x", "image/jpeg") for k in keys[start : start + 50])
+        )
+    await backend.storage.delete_many(bucket, [*keys, "never-was"])
+    left = [o.key async for page in backend.storage.list_objects(bucket, "many/") for o in page]
+    assert left == []
 
 
 @given(key=st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=60))

@@ -27,7 +27,7 @@ from pipeline.errors import (
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.records import ImageRecord
 from pipeline.storage import ObjectMeta
-from pipeline.variants import VariantSpec
+from pipeline.variants import NEGOTIATED, VariantSpec, accepted_types
 from web import urls
 from web.conditional import not_modified
 from web.identity import resolve_user
@@ -90,8 +90,6 @@ async def locate(request: web.Request, ref: ImageRef, rendition: str) -> Located
     return Located(settings.aws.dest_bucket, str(made["key"]), record.source_etag, record)
 
 
-#: Output formats a client must name in `Accept` to get them, best first; JPEG/PNG otherwise.
-NEGOTIATED = ("avif", "webp")
 VARY = web.RequestKey("vary", str)
 #: Overrides the configured `Cache-Control` for one response (signed links: immutable).
 CACHE_CONTROL = web.RequestKey("cache_control", str)
@@ -99,7 +97,7 @@ CACHE_CONTROL = web.RequestKey("cache_control", str)
 
 def best_for(accept: str, candidates: list[RenditionSpec]) -> RenditionSpec:
     """The smallest-file format the client explicitly accepts (`image/*` is no promise of AVIF)."""
-    accepted = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    accepted = accepted_types(accept)
     for fmt in NEGOTIATED:
         for spec in candidates:
             if spec.format == fmt and f"image/{fmt}" in accepted:

@@ -243,6 +243,5 @@ async def drop_variants(
     doomed: list[str] = []
     async for page in storage.list_objects(settings.aws.dest_bucket, ref.variants_prefix()):
         doomed += [listed.key for listed in page if keep is None or not listed.key.startswith(keep)]
-    for start in range(0, len(doomed), 1000):
-        await storage.delete_many(settings.aws.dest_bucket, doomed[start : start + 1000])
+    await storage.delete_many(settings.aws.dest_bucket, doomed)
     return len(doomed)
