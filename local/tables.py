@@ -19,6 +19,13 @@ from pipeline.items import Change, Condition, ConditionFailed, Item, applied, ho
 from pipeline.tables import SPECS, TableSpec
 
 
+def _sorted_set(value: object) -> list[object]:
+    """A string set (as a whole-record write passes one back) is kept as a sorted list."""
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
 class LocalTable:
     """The same methods as `pipeline.tables.Table`."""
 
@@ -49,7 +56,13 @@ class LocalTable:
         conn.execute(
             "INSERT OR REPLACE INTO items (tbl, hash, range, ix_hash, ix_range, doc)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (self.name, *self._key(item), ix_hash, ix_range, json.dumps(item, sort_keys=True)),
+            (
+                self.name,
+                *self._key(item),
+                ix_hash,
+                ix_range,
+                json.dumps(item, sort_keys=True, default=_sorted_set),
+            ),
         )
 
     async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None:

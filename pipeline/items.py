@@ -56,7 +56,23 @@ class AnyOf:
     conditions: tuple[Condition, ...]
 
 
-Condition = Present | Missing | Equals | AtMost | AllOf | AnyOf
+@dataclass(frozen=True)
+class Lacks:
+    """`NOT contains(name, element)`: the set `name` (missing counts as empty) lacks `element`."""
+
+    name: str
+    element: str
+
+
+@dataclass(frozen=True)
+class Contains:
+    """`contains(name, element)`: the set `name` holds `element`."""
+
+    name: str
+    element: str
+
+
+Condition = Present | Missing | Equals | AtMost | Lacks | Contains | AllOf | AnyOf
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,23 @@ class Remove:
     name: str
 
 
-Change = Set | SetDefault | Add | Remove
+@dataclass(frozen=True)
+class Include:
+    """Put `element` in the string set `name`, made if missing (DynamoDB's `ADD` on a set)."""
+
+    name: str
+    element: str
+
+
+@dataclass(frozen=True)
+class Exclude:
+    """Take `element` out of the string set `name`; an emptied set goes (DynamoDB's `DELETE`)."""
+
+    name: str
+    element: str
+
+
+Change = Set | SetDefault | Add | Remove | Include | Exclude
 
 
 def holds(condition: Condition | None, item: Mapping[str, Any] | None) -> bool:
@@ -104,6 +136,10 @@ def holds(condition: Condition | None, item: Mapping[str, Any] | None) -> bool:
         case AtMost(name, value):
             current = found.get(name)
             return isinstance(current, int | float) and not isinstance(current, bool) and current <= value
+        case Lacks(name, element):
+            return element not in found.get(name, ())
+        case Contains(name, element):
+            return element in found.get(name, ())
         case AllOf(conditions):
             return all(holds(c, item) for c in conditions)
         case AnyOf(conditions):
@@ -124,4 +160,8 @@ def applied(changes: Sequence[Change], item: Mapping[str, Any]) -> Item:
                 out[name] = out.get(name, 0) + amount
             case Remove(name):
                 out.pop(name, None)
+            case Include(name, element):
+                out[name] = sorted({*out.get(name, ()), element})
+            case Exclude(name, element):
+                out[name] = sorted(set(out.get(name, ())) - {element}) or None
     return {k: v for k, v in out.items() if v is not None}

@@ -27,7 +27,22 @@ from typing import Any, Literal
 
 from pipeline import untrusted
 from pipeline.errors import InvalidField, ServiceError, TransientError
-from pipeline.items import Add, AllOf, AnyOf, ConditionFailed, Equals, Item, Missing, Present, Set
+from pipeline.items import (
+    Add,
+    AllOf,
+    AnyOf,
+    Condition,
+    ConditionFailed,
+    Contains,
+    Equals,
+    Exclude,
+    Include,
+    Item,
+    Lacks,
+    Missing,
+    Present,
+    Set,
+)
 from pipeline.layout import ImageRef
 from pipeline.ports import ItemTable
 from pipeline.results import RenditionResult
@@ -58,6 +73,14 @@ class Superseded(Exception):
     def __init__(self, current: str | None) -> None:
         super().__init__(current)
         self.current = current
+
+
+class Counted(enum.Enum):
+    """What counting a stored variant did."""
+
+    COUNTED = "counted"
+    PRESENT = "present"  # counted before (a duplicate made elsewhere): not counted again
+    CHANGED = "changed"  # the record is of another original by now (replaced, or deleted)
 
 
 class RecordConflict(TransientError):
@@ -108,6 +131,15 @@ class ImageRecord:
     @property
     def variant_count(self) -> int:
         return int(self.item.get("variant_count", 0))
+
+    @property
+    def variant_names(self) -> frozenset[str] | None:
+        """Names of the variants counted for the current original; None when the record counts
+        variants without naming them (written before names were kept): then only storage knows."""
+        names = self.item.get("variant_names")
+        if names is None:
+            return frozenset() if self.variant_count == 0 else None
+        return frozenset(names)
 
     @property
     def renditions(self) -> dict[str, dict[str, Any]]:
@@ -271,27 +303,46 @@ class RecordStore:
             return None
         return ImageRecord(owner, image_id, item)
 
-    async def add_variant(self, ref: ImageRef, etag: str, size: int) -> bool:
-        """Count a stored variant of the original `etag` on its record (a negative `size`
-        uncounts one); False if the record is of another original by now (replaced, or deleted).
-        The revision moves too, so a whole-record write that read the record before this retries
-        instead of losing it."""
+    async def add_variant(self, ref: ImageRef, etag: str, name: str, size: int) -> Counted:
+        """Count a stored variant of the original `etag` on its record, once: its name joins the
+        record's `variant_names`, and its bytes are counted only if the name was not there (a
+        duplicate made in another process is counted once). The revision moves too, so a
+        whole-record write that read the record before this retries instead of losing it."""
+        owner, image_id = ref.owner_and_id
+        key = {"user_id": owner, "image_id": image_id}
+        try:
+            await self._table.update(
+                key,
+                [
+                    Add("variant_bytes", size),
+                    Add("variant_count", 1),
+                    Include("variant_names", name),
+                    Set("variant_etag", etag),
+                    Add("revision", 1),
+                ],
+                AllOf((*_variants_of(etag), Lacks("variant_names", name))),
+            )
+        except ConditionFailed:  # rare: which condition failed is read afresh
+            now = await self.read(ref)
+            if now is not None and now.source_etag == etag and name in (now.variant_names or ()):
+                return Counted.PRESENT
+            return Counted.CHANGED
+        return Counted.COUNTED
+
+    async def remove_variant(self, ref: ImageRef, etag: str, name: str, size: int) -> bool:
+        """Uncount a variant `add_variant` counted (its store failed after); False if the record
+        no longer counts it."""
         owner, image_id = ref.owner_and_id
         try:
             await self._table.update(
                 {"user_id": owner, "image_id": image_id},
                 [
-                    Add("variant_bytes", size),
-                    Add("variant_count", 1 if size >= 0 else -1),
-                    Set("variant_etag", etag),
+                    Add("variant_bytes", -size),
+                    Add("variant_count", -1),
+                    Exclude("variant_names", name),
                     Add("revision", 1),
                 ],
-                AllOf(
-                    (
-                        Equals("source_etag", etag),
-                        AnyOf((Missing("variant_etag"), Equals("variant_etag", etag))),
-                    )
-                ),
+                AllOf((*_variants_of(etag), Contains("variant_names", name))),
             )
         except ConditionFailed:
             return False
@@ -356,7 +407,7 @@ class RecordStore:
                 "created_key": f"{created}#{image_id}",
             }
             if _counted_for_another(old, etag):  # its variants are gone: so are their counters
-                new.update(variant_bytes=None, variant_count=None, variant_etag=None)
+                new.update(variant_bytes=None, variant_count=None, variant_etag=None, variant_names=None)
             new = {k: v for k, v in new.items() if v is not None}
             try:
                 if old is None:
@@ -367,6 +418,14 @@ class RecordStore:
                 continue
             return ImageRecord(owner, image_id, new, replaced=old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
+
+
+def _variants_of(etag: str) -> tuple[Condition, ...]:
+    """The record is of the original `etag`, and its variant counters are for it too."""
+    return (
+        Equals("source_etag", etag),
+        AnyOf((Missing("variant_etag"), Equals("variant_etag", etag))),
+    )
 
 
 def _counted_for_another(old: Item | None, etag: str) -> bool:

@@ -27,8 +27,12 @@ from pipeline.items import (
     Change,
     Condition,
     ConditionFailed,
+    Contains,
     Equals,
+    Exclude,
+    Include,
     Item,
+    Lacks,
     Missing,
     Present,
     Remove,
@@ -218,6 +222,10 @@ class _Expression:
                 return f"{self.name(name)} = {self.value(value)}"
             case AtMost(name, value):
                 return f"{self.name(name)} <= {self.value(value)}"
+            case Lacks(name, element):
+                return f"NOT contains({self.name(name)}, {self.value(element)})"
+            case Contains(name, element):
+                return f"contains({self.name(name)}, {self.value(element)})"
             case AllOf(conditions):
                 return "(" + " AND ".join(self.condition(c) for c in conditions) + ")"
             case AnyOf(conditions):
@@ -228,6 +236,7 @@ class _Expression:
         sets: list[str] = []
         adds: list[str] = []
         removes: list[str] = []
+        deletes: list[str] = []
         for change in changes:
             match change:
                 case Set(name, value):
@@ -239,7 +248,11 @@ class _Expression:
                     adds.append(f"{self.name(name)} {self.value(amount)}")
                 case Remove(name):
                     removes.append(self.name(name))
-        clauses = [("SET", sets), ("ADD", adds), ("REMOVE", removes)]
+                case Include(name, element):
+                    adds.append(f"{self.name(name)} {self.value({element})}")
+                case Exclude(name, element):
+                    deletes.append(f"{self.name(name)} {self.value({element})}")
+        clauses = [("SET", sets), ("ADD", adds), ("REMOVE", removes), ("DELETE", deletes)]
         return " ".join(f"{verb} {', '.join(parts)}" for verb, parts in clauses if parts)
 
     def condition_kwargs(self, condition: Condition | None) -> dict[str, Any]:

@@ -18,7 +18,11 @@ from pipeline.items import (
     AnyOf,
     AtMost,
     ConditionFailed,
+    Contains,
     Equals,
+    Exclude,
+    Include,
+    Lacks,
     Missing,
     Present,
     Remove,
@@ -61,6 +65,26 @@ async def test_updates_create_add_default_and_remove(backend: Backend) -> None:
     with pytest.raises(ConditionFailed):
         await throttle.update({"id": "absent"}, [Set("a", 1)], Present("id"))
     assert await throttle.get({"id": "absent"}) is None  # a failed condition writes nothing
+
+
+async def test_string_sets_include_exclude_and_condition_on_membership(backend: Backend) -> None:
+    """Variant names live in a string set: added once (a condition refuses a second), taken out,
+    gone when emptied, and a whole-item write of what was read keeps it a set."""
+    images = backend.tables.images
+    key = {"user_id": f"u-{uuid.uuid4()}", "image_id": "i"}
+    await images.update(key, [Include("names", "a"), Add("n", 1)], Lacks("names", "a"))
+    with pytest.raises(ConditionFailed):
+        await images.update(key, [Include("names", "a"), Add("n", 1)], Lacks("names", "a"))
+    await images.update(key, [Include("names", "b")], Lacks("names", "b"))
+    item = await images.get(key)
+    assert item is not None and sorted(item["names"]) == ["a", "b"] and item["n"] == 1
+    await images.put({**item, "created_key": "x"})  # a whole-record write passes the set back
+    await images.update(key, [Include("names", "c")], AllOf((Contains("names", "a"), Lacks("names", "c"))))
+    with pytest.raises(ConditionFailed):
+        await images.update(key, [Exclude("names", "z")], Contains("names", "z"))
+    for name in ("a", "b", "c"):
+        await images.update(key, [Exclude("names", name)], Contains("names", name))
+    assert "names" not in (await images.get(key) or {"names": 1})
 
 
 @given(charges=st.lists(st.tuples(st.integers(-3, 5), st.integers(-1, 2)), max_size=12))

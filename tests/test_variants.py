@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from config.settings import Settings
 from pipeline.errors import CorruptImage, ImageChanged
 from pipeline.layout import ImageRef
-from pipeline.records import RecordStore
+from pipeline.records import Counted, RecordStore
 from pipeline.variants import parse_link_name, parse_variant
 from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes
 from web.keys import RECORDS, VARIANTS
@@ -66,6 +66,7 @@ async def test_a_variant_is_made_once_then_streamed_like_a_download(
     assert cached.status == 304
     part = await api.get("/images/photo/variant", params={"w": "200"}, headers={"Range": "bytes=0-9"})
     assert part.status == 206 and await part.read() == body[:10]
+    await api.server.app[VARIANTS].idle()  # stored after the first answer went out
     assert len(await stored_variants(backend, "photo")) == 1
 
 
@@ -126,10 +127,12 @@ async def test_replacing_or_deleting_an_image_removes_its_variants_and_their_byt
     used = int((await users.get({"user_id": USER}))["bytes_used"])
     old = await api.get("/images/photo/variant", params={"w": "100"})
     assert decode(await old.read()).size == (100, 75)
+    await api.server.app[VARIANTS].idle()  # stored after the answer went out
     assert int((await users.get({"user_id": USER}))["bytes_used"]) > used
     await ready_image(api, backend, "photo", 400, 400)  # replaced: a square now
     new = await api.get("/images/photo/variant", params={"w": "100"})
     assert decode(await new.read()).size == (100, 100)
+    await api.server.app[VARIANTS].idle()
     [key] = await stored_variants(backend, "photo")  # only the new original's
     etag = (await (await api.get("/images/photo")).json())["etag"]
     assert key.startswith(ImageRef.of(USER, "photo").variants_prefix(etag))
@@ -193,6 +196,32 @@ async def test_concurrent_first_requests_share_one_generation(
     bodies = {await r.read() for r in responses}
     assert [r.status for r in responses] == [200] * 6 and len(bodies) == 1
     assert made("webp") == before + 1
+
+
+async def test_a_variant_made_in_two_processes_is_counted_once(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """Two API processes (two apps, each its own maker) both miss and both make the variant: it is
+    stored under one key, counted once on the record and charged once to the owner."""
+    first, second = await make_client(backend.settings), await make_client(backend.settings)
+    await ready_image(first, backend, "photo", 640, 480)
+    users = backend.tables.users
+    used = int((await users.get({"user_id": USER}))["bytes_used"])
+    answers = await asyncio.gather(
+        *(api.get("/images/photo/variant", params={"w": "240"}) for api in (first, second))
+    )
+    bodies = [await answer.read() for answer in answers]
+    assert [a.status for a in answers] == [200, 200] and bodies[0] == bodies[1]
+    for api in (first, second):
+        await api.server.app[VARIANTS].idle()
+    record = await first.server.app[RECORDS].read(ImageRef.of(USER, "photo"))
+    assert record is not None and record.variant_count == 1 and record.variant_bytes == len(bodies[0])
+    assert record.variant_names is not None and len(record.variant_names) == 1
+    assert int((await users.get({"user_id": USER}))["bytes_used"]) == used + len(bodies[0])
+    assert len(await stored_variants(backend, "photo")) == 1
+    # Named on the record: the next request is answered from storage, by either process.
+    stored = await second.get("/images/photo/variant", params={"w": "240"})
+    assert await stored.read() == bodies[0] and stored.headers["ETag"] == answers[0].headers["ETag"]
 
 
 async def test_a_pending_image_has_no_variants_yet(backend: Backend, make_client: ClientFactory) -> None:
@@ -291,6 +320,8 @@ async def test_racing_deletes_give_the_bytes_back_once(backend: Backend, make_cl
         assert (await api.get("/images/photo/variant", params={"w": str(width)})).status == 200
     answers = await asyncio.gather(*(api.delete("/images/photo") for _ in range(4)))
     assert [a.status for a in answers] == [204] * 4
+    await api.server.app[VARIANTS].idle()  # a variant still being stored gives its bytes back too
+    assert await stored_variants(backend, "photo") == []
     assert int((await users.get({"user_id": USER})).get("bytes_used", 0)) == before
 
 
@@ -310,7 +341,7 @@ async def test_a_variant_of_a_replaced_original_is_neither_kept_nor_counted(
     with pytest.raises(ImageChanged):  # asked for with the record read before the replacement
         await app[VARIANTS].ensure(ref, old, spec, key)
     with pytest.raises(ImageChanged):  # made while the image was being replaced
-        await app[VARIANTS]._store(ref, old.source_etag, USER, key, spec, b"made from the old original")
+        await app[VARIANTS]._store(ref, old.source_etag, key, spec, b"made from the old original", {})
     assert await stored_variants(backend, "photo") == []
     assert int((await users.get({"user_id": USER}))["bytes_used"]) == used
 
@@ -354,8 +385,9 @@ async def test_variant_counters_are_freed_once_whichever_write_records_the_new_o
     for consumer_first in (True, False):
         first = await records.record_upload(ref, '"e0"', {"sha256": "0"}, lambda: current('"e0"'))
         assert first.freed_variant_bytes == 0
-        assert await records.add_variant(ref, '"e0"', 1000)
-        assert not await records.add_variant(ref, '"e9"', 5)  # not of the record's original
+        assert await records.add_variant(ref, '"e0"', "v1", 1000) is Counted.COUNTED
+        # not of the record's original
+        assert await records.add_variant(ref, '"e9"', "v1", 5) is Counted.CHANGED
         writes = [
             lambda: records.record_result(ref, '"e1"', None, CorruptImage("x"), lambda: current('"e1"')),
             lambda: records.record_upload(ref, '"e1"', {"sha256": "1"}, lambda: current('"e1"')),
@@ -366,7 +398,8 @@ async def test_variant_counters_are_freed_once_whichever_write_records_the_new_o
         assert freed == [1000, 0]
         record = await records.read(ref)
         assert record is not None and record.variant_bytes == 0 and record.variant_count == 0
-        assert await records.add_variant(ref, '"e1"', 10)  # the new original's count starts afresh
+        # the new original's count starts afresh
+        assert await records.add_variant(ref, '"e1"', "v1", 10) is Counted.COUNTED
         await records.delete(ref)
 
 

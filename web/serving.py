@@ -114,16 +114,19 @@ async def serve_variant(
     spec = spec.at_focal_point(record.item.get("focal_point"))
     bucket = request.app[SETTINGS].aws.dest_bucket
     key = ref.variant_key(record.source_etag, spec.name)
-    try:
-        response = await serve_object(request, bucket, key, source_etag=record.source_etag)
-    except NotFound:
-        pass
-    else:
-        metrics.VARIANT_REQUESTS.labels("hit").inc()
-        return response
+    known = record.variant_names
+    if known is None or spec.name in known:  # stored, or maybe (a record from before names)
+        try:
+            response = await serve_object(request, bucket, key, source_etag=record.source_etag)
+        except NotFound:
+            pass
+        else:
+            metrics.VARIANT_REQUESTS.labels("hit").inc()
+            return response
     metrics.VARIANT_REQUESTS.labels("miss").inc()
-    made = await request.app[VARIANTS].ensure(ref, record, spec, key)
-    if made is None or request.method != "GET" or any(h in request.headers for h in _NEEDS_HEAD):
+    from_storage = request.method != "GET" or any(h in request.headers for h in _NEEDS_HEAD)
+    made = await request.app[VARIANTS].ensure(ref, record, spec, key, stored=from_storage)
+    if made is None:
         return await serve_object(request, bucket, key, source_etag=record.source_etag)
     # Just made: answered from memory, with what a later GET of the stored object will say.
     meta = ObjectMeta(len(made.data), made.etag, made.last_modified, made.content_type, made.metadata)

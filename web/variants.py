@@ -14,6 +14,7 @@ a bounded number waiting for a worker (503 beyond), at most `per_image` variants
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -26,7 +27,7 @@ from pipeline import metrics
 from pipeline.errors import ImageChanged, JobTimeout, PermanentError, TransientError, WorkerCrashed
 from pipeline.layout import ImageRef
 from pipeline.ports import ObjectStore
-from pipeline.records import ImageRecord, RecordStore
+from pipeline.records import Counted, ImageRecord, RecordStore
 from pipeline.tasks import make_variant
 from pipeline.variants import TooManyVariants, VariantSpec
 from pipeline.workers import WorkerPool
@@ -56,11 +57,11 @@ class TooManyNewVariants(PermanentError):
 
 @dataclass(frozen=True)
 class Made:
-    """A variant just made and stored, for the requests that waited for it to be answered from
-    memory (one storage round trip less for every first request)."""
+    """A variant just made, for the requests that waited for it: answered from memory while it
+    is being stored (its first request pays no storage write)."""
 
     data: bytes
-    etag: str
+    etag: str  # what storage will say: the MD5 of the bytes, as S3 and the local store give it
     content_type: str
     last_modified: datetime
     metadata: dict[str, str]
@@ -70,6 +71,15 @@ class Made:
 class _Window:
     started: float
     count: int = 0
+
+
+@dataclass
+class _Flight:
+    """One variant being made here: `made` resolves once its bytes are ready (and charged),
+    `task` once they are stored and counted too."""
+
+    made: asyncio.Future[Made]
+    task: asyncio.Future[None]
 
 
 class VariantMaker:
@@ -93,23 +103,35 @@ class VariantMaker:
         self._pool = pool
         self._owns_pool = pool is None
         self._slots: asyncio.Semaphore | None = None
-        self._flights: dict[str, asyncio.Future[Made | None]] = {}
+        self._flights: dict[str, _Flight] = {}
         self._waiting = 0
         self._rates: dict[str, _Window] = {}
 
-    async def ensure(self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str) -> Made | None:
-        """Make the variant at `key` unless a generation of it is already under way here; either
-        way return once it is stored: with its bytes (None if another made it meanwhile: read it
-        from storage). A caller that goes away does not cancel it for the others."""
+    async def ensure(
+        self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str, *, stored: bool = False
+    ) -> Made | None:
+        """Make the variant at `key` unless a generation of it is already under way here, and
+        return its bytes as soon as they are made; with `stored`, return None once it is in
+        storage instead (for a request that storage must answer: HEAD, ranges, conditionals).
+        A caller that goes away does not cancel it for the others."""
         if key not in self._flights:
             self._check_room(ref, record)
         flight = self._flights.get(key)  # looked at again: the check above waited
         if flight is None:
             self._admit(record.owner)
-            flight = asyncio.ensure_future(self._make(ref, record, spec, key))
-            self._flights[key] = flight
-            flight.add_done_callback(lambda done: self._settle(key, done))
-        return await asyncio.shield(flight)
+            made: asyncio.Future[Made] = asyncio.get_running_loop().create_future()
+            making = asyncio.ensure_future(self._make(ref, record, spec, key, made))
+            flight = self._flights[key] = _Flight(made, making)
+            making.add_done_callback(lambda _: self._settle(key, made, making))
+        if stored:
+            try:
+                await asyncio.shield(flight.task)
+            except asyncio.CancelledError:
+                if flight.task.cancelled():  # the service is stopping, not this request
+                    raise _interrupted() from None
+                raise
+            return None
+        return await asyncio.shield(flight.made)
 
     def _check_room(self, ref: ImageRef, record: ImageRecord) -> None:
         """At most `per_image` variants of one original: those its record counts (as read for
@@ -121,11 +143,20 @@ class VariantMaker:
                 f"this image has its {self._limits.per_image} variants already; use one of them"
             )
 
-    def _settle(self, key: str, flight: asyncio.Future[Made | None]) -> None:
+    def _settle(self, key: str, made: asyncio.Future[Made], task: asyncio.Future[None]) -> None:
         self._flights.pop(key, None)
         self._waiting -= 1
-        if not flight.cancelled():
-            flight.exception()  # retrieved here: every waiter that is left gets it too
+        if task.cancelled():
+            if not made.done():
+                made.set_exception(_interrupted())
+            return
+        failure = task.exception()  # retrieved here: every waiter that is left gets it too
+        if not made.done():
+            made.set_exception(failure or VariantsBusy())
+        elif failure is not None and made.exception() is None:
+            log.warning("variant served but not stored key=%s error=%r", key, failure)
+        if made.done() and not made.cancelled():
+            made.exception()
 
     def _admit(self, user_id: str) -> None:
         """Bound new work before any is started: the queue for workers, then the user's rate.
@@ -148,25 +179,20 @@ class VariantMaker:
         window.count += 1
         self._waiting += 1
 
-    async def _make(self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str) -> Made | None:
+    async def _make(
+        self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str, made: asyncio.Future[Made]
+    ) -> None:
+        """Read the original, make the variant in a worker, charge its bytes to the owner (a byte
+        quota may refuse them), hand the bytes to the waiting requests, then store and count it.
+        A duplicate made meanwhile in another process is stored again (same key, same bytes)
+        and counted once."""
         aws, imaging = self._settings.aws, self._settings.imaging
         etag = record.source_etag
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._limits.workers)
         # The original is read only once a worker is free: at most `workers` of them in memory.
         async with self._slots:
-            made_meanwhile, original = await asyncio.gather(
-                self._storage.etag_of(aws.dest_bucket, key),
-                self._storage.read(aws.source_bucket, ref.source_key, imaging.max_bytes),
-                return_exceptions=True,  # both finish here: no read outlives the slot
-            )
-            for outcome in (made_meanwhile, original):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            if made_meanwhile is not None:  # by a flight that ended just before this one began
-                return None
-            assert isinstance(original, tuple)
-            meta, data = original
+            meta, data = await self._storage.read(aws.source_bucket, ref.source_key, imaging.max_bytes)
             if meta.etag != etag:
                 raise ImageChanged()
             started = time.perf_counter()
@@ -180,45 +206,50 @@ class VariantMaker:
                 raise VariantsBusy(exc.message) from None
             del data
         metrics.VARIANT_SECONDS.labels(spec.format).observe(time.perf_counter() - started)
-        stored_at = datetime.now(UTC).replace(microsecond=0)  # what the store will say, to the second
-        stored_etag = await self._store(ref, etag, record.owner, key, spec, variant.data)
-        log.info("variant made key=%s bytes=%d seconds=%.3f", key, len(variant.data), variant.seconds)
-        return Made(variant.data, stored_etag, spec.content_type, stored_at, {"source-etag": etag})
+        size = len(variant.data)
+        await self._usage.charge(record.owner, size, 0)
+        metadata = {"source-etag": etag.strip('"')}
+        made.set_result(
+            Made(
+                variant.data,
+                f'"{hashlib.md5(variant.data, usedforsecurity=False).hexdigest()}"',
+                spec.content_type,
+                datetime.now(UTC).replace(microsecond=0),  # what the store will say, to the second
+                metadata,
+            )
+        )
+        try:
+            counted = await self._store(ref, etag, key, spec, variant.data, metadata)
+        except BaseException:
+            await _undone(self._usage.release(record.owner, size, 0), key)
+            raise
+        if not counted:  # a duplicate, made elsewhere: stored twice, counted (and charged) once
+            await _undone(self._usage.release(record.owner, size, 0), key)
+        log.info("variant made key=%s bytes=%d seconds=%.3f", key, size, variant.seconds)
 
     async def _store(
-        self, ref: ImageRef, etag: str, owner: str, key: str, spec: VariantSpec, data: bytes
-    ) -> str:
-        """Store the variant, then count it: its bytes on the image's record (only while the record
-        counts variants of this original: a replaced or deleted image takes none) and in the
-        owner's usage (a byte quota may refuse it), those two at once. Stored first, so whoever
-        deletes the image's variants after it is counted finds it. If a step fails, what the
-        others did is undone. Returns the stored object's ETag."""
+        self, ref: ImageRef, etag: str, key: str, spec: VariantSpec, data: bytes, metadata: dict[str, str]
+    ) -> bool:
+        """Store the variant, then count it on the image's record (only while the record counts
+        variants of this original: a replaced or deleted image takes none). Stored first, so
+        whoever deletes the image's variants after it is counted finds it. False if it was
+        counted already; raises if it cannot be (the caller gives the owner's bytes back)."""
         bucket = self._settings.aws.dest_bucket
-        stored = await self._storage.put(
-            bucket, key, data, spec.content_type, {"source-etag": etag.strip('"')}
-        )
-        counted, charged = await asyncio.gather(
-            self._records.add_variant(ref, etag, len(data)),
-            self._usage.charge(owner, len(data), 0),
-            return_exceptions=True,
-        )
-        failures = [r for r in (counted, charged) if isinstance(r, BaseException)]
-        if counted is False:
-            failures.append(ImageChanged())
-        if not failures:
-            return stored
-        undo: list[Coroutine[Any, Any, object]] = [self._storage.delete_many(bucket, [key])]
-        if counted is True:
-            undo.append(self._records.add_variant(ref, etag, -len(data)))
-        if not isinstance(charged, BaseException):
-            undo.append(self._usage.release(owner, len(data), 0))
-        for undone in await asyncio.gather(*undo, return_exceptions=True):
-            if isinstance(undone, BaseException):  # reconcile removes what is left
-                log.warning("variant not fully undone key=%s error=%r", key, undone)
-        failure = failures[0]
-        if isinstance(failure, asyncio.CancelledError):
-            raise VariantsBusy("the variant was interrupted; ask again")
-        raise failure
+        await self._storage.put(bucket, key, data, spec.content_type, metadata)
+        try:
+            counted = await self._records.add_variant(ref, etag, spec.name, len(data))
+        except BaseException:
+            await _undone(self._storage.delete_many(bucket, [key]), key)  # reconcile removes it else
+            raise
+        if counted is Counted.CHANGED:
+            await _undone(self._storage.delete_many(bucket, [key]), key)
+            raise ImageChanged()
+        return counted is Counted.COUNTED
+
+    async def idle(self) -> None:
+        """Return once nothing is being made or stored here (what was under way has ended)."""
+        while self._flights:
+            await asyncio.wait([flight.task for flight in self._flights.values()])
 
     def _workers(self) -> WorkerPool:
         if self._pool is None:  # pebble starts the processes on the first job, not before
@@ -226,11 +257,23 @@ class VariantMaker:
         return self._pool
 
     async def close(self) -> None:
-        pending = list(self._flights.values())
+        pending = [flight.task for flight in self._flights.values()]
         if pending:
             await asyncio.wait(pending, timeout=self._limits.timeout)
         if self._pool is not None and self._owns_pool:
             await asyncio.to_thread(self._pool.close)
+
+
+def _interrupted() -> VariantsBusy:
+    return VariantsBusy("the variant was interrupted; ask again")
+
+
+async def _undone(step: Coroutine[Any, Any, object], key: str) -> None:
+    """Undo one step of a variant's storing; what cannot be undone is left to reconcile."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning("variant not fully undone key=%s error=%r", key, exc)
 
 
 async def drop_variants(
