@@ -205,10 +205,11 @@ def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
 
 
 async def test_heartbeat_keeps_waiting_jobs_invisible(make_settings: Any, clients: AwsClients) -> None:
-    """With one worker, the last jobs wait far longer than the 1 s visibility timeout; the
-    heartbeat must keep their messages hidden, so nothing is delivered (or processed) twice."""
+    """With one worker, the last jobs wait far longer than the 2 s visibility timeout; the
+    heartbeat must keep their messages hidden, so nothing is delivered (or processed) twice.
+    (At 1 s, a heartbeat delayed by a loaded machine let a lease lapse now and then.)"""
     settings: Settings = make_settings(
-        IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="1",
+        IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="2",
         IMGSVC_CONSUMER_WORKERS="1",
         IMGSVC_CONSUMER_MAX_IN_FLIGHT="20",
     )

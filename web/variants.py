@@ -135,9 +135,11 @@ class VariantMaker:
 
     def _check_room(self, ref: ImageRef, record: ImageRecord) -> None:
         """At most `per_image` variants of one original: those its record counts (as read for
-        this request), and those being made here."""
+        this request), and those being made here: one being stored may be on both lists."""
         prefix = ref.variants_prefix(record.source_etag)
-        count = record.variant_count + sum(1 for key in self._flights if key.startswith(prefix))
+        making = {key.removeprefix(prefix) for key in self._flights if key.startswith(prefix)}
+        known = record.variant_names
+        count = record.variant_count + len(making) if known is None else len(known | making)
         if count >= self._limits.per_image:
             raise TooManyVariants(
                 f"this image has its {self._limits.per_image} variants already; use one of them"
