@@ -232,6 +232,9 @@ class AccountSettings:
     #: Failed authentications per client address and window before 429 (shared through DynamoDB).
     auth_failures_allowed: Annotated[int, Var(1, 100_000)] = 20
     auth_failure_window: Annotated[int, Var(1, 86_400)] = 60
+    #: Seconds a web process trusts a key it verified without reading it again: a key revoked
+    #: elsewhere stops working within this long in every process; 0 reads it on every request.
+    key_cache_seconds: Annotated[float, Var(0, 300)] = 10
     #: Per-user quotas; 0 means unlimited.
     quota_bytes: Annotated[int, Var(0, 2**62)] = 0
     quota_images: Annotated[int, Var(0, 2**62)] = 0

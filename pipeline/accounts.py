@@ -3,8 +3,14 @@
 A key is `isk_<key id>_<secret>`: the key id (public, shown in listings) finds the record in one
 read; the secret is 256 random bits, stored only as its SHA-256 (a fast hash is right for
 random secrets: there is nothing to brute-force) and compared in constant time. The whole key
-is shown once, when it is created. Nothing is cached: a revoked key stops working on the next
-request, in every process.
+is shown once, when it is created.
+
+A web process remembers the keys it verified for `key_cache_seconds` (default 10; 0 remembers
+nothing), as API Gateway's authorizer cache does: most requests then cost no read of the keys
+table. A key revoked or rotated elsewhere stops working within that many seconds in every
+process; one revoked through the same `Accounts` stops at once. Only verified keys are
+remembered (a prober's guesses never fill the cache), at most `KEY_CACHE_ENTRIES` of them, and a
+remembered key id still needs its secret: the cache holds the secret's digest, not a verdict.
 """
 
 from __future__ import annotations
@@ -18,11 +24,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import TTLCache
+
 from pipeline.errors import InvalidCredentials, KeyNotFound, KeyRevoked, UnknownUser
 from pipeline.items import ConditionFailed, Missing, Present, SetDefault
 from pipeline.layout import valid_user_id
 from pipeline.ports import TableSet
 from pipeline.timing import now_iso
+
+#: Verified keys one process remembers at most (about 200 bytes each).
+KEY_CACHE_ENTRIES = 10_000
 
 KEY_RE = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 
@@ -47,8 +58,12 @@ class NewKey:
 class Accounts:
     """Create users, issue, list, revoke and rotate keys, and authenticate a presented key."""
 
-    def __init__(self, tables: TableSet) -> None:
+    def __init__(self, tables: TableSet, *, key_cache_seconds: float = 0) -> None:
         self._tables = tables
+        #: key id -> (secret digest, user id) of keys verified here lately.
+        self._verified: TTLCache[str, tuple[str, str]] | None = (
+            TTLCache(KEY_CACHE_ENTRIES, key_cache_seconds) if key_cache_seconds > 0 else None
+        )
 
     async def create_user(self, user_id: str | None = None, name: str = "") -> str:
         """Idempotent for a given id (the demo users are created at every embedded start)."""
@@ -122,6 +137,8 @@ class Accounts:
         ]
 
     async def revoke(self, key_id: str) -> dict[str, Any]:
+        if self._verified is not None:
+            self._verified.pop(key_id, None)
         try:
             return await self._tables.keys.update(
                 {"key_id": key_id}, [SetDefault("revoked_at", now_iso())], Present("key_id")
@@ -146,9 +163,19 @@ class Accounts:
         if match is None:
             raise InvalidCredentials()
         key_id, secret = match.groups()
+        digest = _digest(secret)
+        remembered = self._verified.get(key_id) if self._verified is not None else None
+        if remembered is not None:
+            expected, user_id = remembered
+            if not hmac.compare_digest(digest, expected):
+                raise InvalidCredentials()
+            return user_id
         item = await self._tables.keys.get({"key_id": key_id})
         expected = str(item["secret_sha256"]) if item else _digest("")
         # Compare even for unknown ids, so timing does not tell which key ids exist.
-        if not hmac.compare_digest(_digest(secret), expected) or item is None or item.get("revoked_at"):
+        if not hmac.compare_digest(digest, expected) or item is None or item.get("revoked_at"):
             raise InvalidCredentials()
-        return str(item["user_id"])
+        user_id = str(item["user_id"])
+        if self._verified is not None:
+            self._verified[key_id] = (expected, user_id)
+        return user_id

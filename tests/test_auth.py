@@ -11,12 +11,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
+from pipeline import accounts as accounts_module
 from pipeline.accounts import Accounts
 from pipeline.aws import open_clients
+from pipeline.errors import InvalidCredentials
 from pipeline.tables import Tables
 from tests.conftest import (
     OTHER_USER,
     USER,
+    Backend,
     ClientFactory,
     bearer,
     issue_key,
@@ -90,10 +93,13 @@ async def test_another_users_image_is_not_found_under_their_own_key(
     assert mine == jpeg_bytes(40, 20) and theirs == jpeg_bytes(20, 40)
 
 
-async def test_revocation_takes_effect_at_once_in_every_process(
-    settings: Settings, make_client: ClientFactory
+@pytest.mark.parametrize("cache_seconds", [0, 1])
+async def test_revocation_takes_effect_in_every_process_within_the_key_cache_time(
+    make_settings: Any, make_client: ClientFactory, cache_seconds: int
 ) -> None:
-    """Two app instances (two web processes) share the tables; a key revoked elsewhere fails in both."""
+    """Two app instances (two web processes) share the tables; a key revoked elsewhere fails in
+    both: at once without the key cache, within its time with it."""
+    settings = make_settings(IMGSVC_KEY_CACHE_SECONDS=str(cache_seconds))
     first = await make_client(settings, user=None)
     second = await make_client(settings, user=None)
     key = await issue_key(first.server.app, USER)
@@ -104,6 +110,7 @@ async def test_revocation_takes_effect_at_once_in_every_process(
         (listed,) = await accounts.keys(USER)
         assert listed["prefix"] == key[: len(listed["prefix"])] and "secret_sha256" not in listed
         await accounts.revoke(listed["key_id"])
+    await asyncio.sleep(cache_seconds * 1.1)
     for app in (first, second):
         response = await app.get("/images/none", headers=bearer(key))
         assert response.status == 401 and (await response.json())["error"] == "invalid_credentials"
@@ -185,3 +192,35 @@ def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None
     # A revoked key cannot be rotated back into a working one.
     dead = run(["-m", "pipeline", "users", "rotate", rotated["key_id"]], env)
     assert dead.returncode == 1 and "key_revoked" in dead.stderr and "Traceback" not in dead.stderr
+
+
+async def test_verified_keys_are_remembered_for_a_while_and_only_with_their_secret(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within the cache time a verified key needs no read of the keys table (shown by removing its
+    item underneath); a wrong secret for a remembered key id still fails; a key revoked through
+    the same process fails at once; and the cache holds at most `KEY_CACHE_ENTRIES` keys."""
+    monkeypatch.setattr(accounts_module, "KEY_CACHE_ENTRIES", 3)
+    accounts = Accounts(backend.tables, key_cache_seconds=0.5)
+    await accounts.create_user(USER)
+    key = await accounts.issue_key(USER)
+    assert await accounts.authenticate(key.key) == USER
+    await backend.tables.keys.delete({"key_id": key.key_id})
+    assert await accounts.authenticate(key.key) == USER  # remembered: the table was not read
+    forged = key.key[:-4] + ("AAAA" if not key.key.endswith("AAAA") else "BBBB")
+    with pytest.raises(InvalidCredentials):
+        await accounts.authenticate(forged)
+    await asyncio.sleep(0.6)
+    with pytest.raises(InvalidCredentials):  # forgotten, read again: gone
+        await accounts.authenticate(key.key)
+
+    revoked = await accounts.issue_key(USER)
+    assert await accounts.authenticate(revoked.key) == USER
+    await accounts.revoke(revoked.key_id)
+    with pytest.raises(InvalidCredentials):
+        await accounts.authenticate(revoked.key)
+
+    many = [await accounts.issue_key(USER) for _ in range(5)]
+    for issued in many:
+        assert await accounts.authenticate(issued.key) == USER
+    assert len(accounts._verified or {}) == 3

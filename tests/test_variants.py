@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
-from PIL import ImageStat
+from PIL import Image, ImageStat
 from prometheus_client import REGISTRY
 
 from config.settings import Settings
@@ -92,6 +93,37 @@ async def test_fits_crops_formats_and_no_upscaling(backend: Backend, make_client
     assert negotiated.content_type == "image/avif" and negotiated.headers["Vary"] == "Accept"
     plain = await api.get("/images/photo/variant", params={"w": "64", "format": "auto"})
     assert plain.content_type == "image/jpeg"
+
+
+async def test_a_jpeg_decoded_at_a_reduced_scale_is_upright_and_the_right_size(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """Small variants of a JPEG are decoded at 1/2, 1/4 or 1/8 scale: the EXIF orientation still
+    applies (stored sideways, shown upright: red on top, blue below) and every fit keeps its size."""
+    api = await make_client(backend.settings)
+    upright = Image.new("RGB", (480, 640), (220, 20, 20))
+    upright.paste((20, 20, 220), (0, 320, 480, 640))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    out = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", quality=90, exif=exif)
+    assert (await api.put("/images/sideways", data=out.getvalue())).status == 202
+    assert (await consume(backend)).get("ready") == 1
+    cases = [
+        ({"w": "60"}, (60, 80)),  # 1/8
+        ({"h": "200"}, (150, 200)),  # 1/2
+        ({"w": "100", "h": "100", "fit": "cover"}, (100, 100)),
+        ({"w": "100", "h": "100", "fit": "cover", "crop": "focal"}, (100, 100)),
+        ({"w": "50", "h": "150", "fit": "fill"}, (50, 150)),
+        ({"w": "480"}, (480, 640)),  # whole
+    ]
+    for params, size in cases:
+        response = await api.get("/images/sideways/variant", params=params)
+        assert response.status == 200, (params, await response.text())
+        image = decode(await response.read()).convert("RGB")
+        assert image.size == size, params
+        top, bottom = image.getpixel((size[0] // 2, 2)), image.getpixel((size[0] // 2, size[1] - 3))
+        assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0], (params, top, bottom)
 
 
 async def test_focal_crops_follow_the_stored_focal_point(

@@ -79,7 +79,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         tables = backend.tables
         accounts = settings.accounts
         app[TABLES] = tables
-        app[ACCOUNTS] = Accounts(tables)
+        app[ACCOUNTS] = Accounts(tables, key_cache_seconds=accounts.key_cache_seconds)
         app[LIMITER] = FailureLimiter(
             tables.throttle, accounts.auth_failures_allowed, accounts.auth_failure_window
         )
