@@ -22,6 +22,11 @@ class Usage:
         self._max_bytes = accounts.quota_bytes
         self._max_images = accounts.quota_images
 
+    @property
+    def limits_bytes(self) -> bool:
+        """Whether a charge of bytes can be refused (else it only keeps the count)."""
+        return self._max_bytes > 0
+
     async def check(
         self, user_id: str, *, new_image: bool, incoming: int | None, replaced_bytes: int
     ) -> None:

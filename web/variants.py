@@ -184,8 +184,9 @@ class VariantMaker:
     async def _make(
         self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str, made: asyncio.Future[Made]
     ) -> None:
-        """Read the original, make the variant in a worker, charge its bytes to the owner (a byte
-        quota may refuse them), hand the bytes to the waiting requests, then store and count it.
+        """Read the original, make the variant in a worker, charge its bytes to the owner (first,
+        if a byte quota may refuse them), hand the bytes to the waiting requests, then store and
+        count it.
         A duplicate made meanwhile in another process is stored again (same key, same bytes)
         and counted once."""
         aws, imaging = self._settings.aws, self._settings.imaging
@@ -209,17 +210,20 @@ class VariantMaker:
             del data
         metrics.VARIANT_SECONDS.labels(spec.format).observe(time.perf_counter() - started)
         size = len(variant.data)
-        await self._usage.charge(record.owner, size, 0)
         metadata = {"source-etag": etag.strip('"')}
-        made.set_result(
-            Made(
-                variant.data,
-                f'"{hashlib.md5(variant.data, usedforsecurity=False).hexdigest()}"',
-                spec.content_type,
-                datetime.now(UTC).replace(microsecond=0),  # what the store will say, to the second
-                metadata,
-            )
+        answer = Made(
+            variant.data,
+            f'"{hashlib.md5(variant.data, usedforsecurity=False).hexdigest()}"',
+            spec.content_type,
+            datetime.now(UTC).replace(microsecond=0),  # what the store will say, to the second
+            metadata,
         )
+        # Charged before the answer only where a byte quota may refuse it; else after, with storing.
+        if self._usage.limits_bytes:
+            await self._usage.charge(record.owner, size, 0)
+        made.set_result(answer)
+        if not self._usage.limits_bytes:
+            await self._usage.charge(record.owner, size, 0)
         try:
             counted = await self._store(ref, etag, key, spec, variant.data, metadata)
         except BaseException:
