@@ -99,7 +99,7 @@ class AwsSettings:
     dest_bucket: Annotated[str, Var(read="bucket")] = "image-service-thumbnails"
     queue_name: Annotated[str, Var(read="queue")] = "image-service-events"
     dlq_name: Annotated[str, Var(read="queue")] = "image-service-dlq"
-    #: DynamoDB tables are `{prefix}-users`, `-keys`, `-images` and `-throttle`.
+    #: DynamoDB tables are `{prefix}-users`, `-keys`, `-images`, `-throttle`, `-config` and `-requests`.
     table_prefix: Annotated[str, Var(read="table_prefix")] = "image-service"
     max_pool_connections: Annotated[int, Var(1, 1000)] = 32
     connect_timeout: Annotated[float, Var(0.1, 300, name="AWS_CONNECT_TIMEOUT")] = 5.0

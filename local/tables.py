@@ -1,4 +1,4 @@
-"""The service's tables (users, keys, images, throttle, config) in the local SQLite database.
+"""The service's tables (users, keys, images, throttle, config, requests) in the local SQLite database.
 
 Each item is a JSON document in one row, under its table's key; a table's secondary index
 (each has at most one) is two columns filled on every write, so a query by index is an index
@@ -179,8 +179,9 @@ class LocalTables:
         self.images = tables["images"]
         self.throttle = tables["throttle"]
         self.config = tables["config"]
+        self.requests = tables["requests"]
         self._all = list(tables.values())
 
     async def expire(self, now: float) -> int:
-        """Drop expired items of every table with a TTL (the auth throttle's counters)."""
+        """Drop expired items of every table with a TTL (the auth throttle's counters, idempotency keys)."""
         return sum([await table.expire(now) for table in self._all])

@@ -136,3 +136,6 @@ class TableSet(Protocol):
 
     @property
     def config(self) -> ItemTable: ...
+
+    @property
+    def requests(self) -> ItemTable: ...

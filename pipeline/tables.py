@@ -62,6 +62,7 @@ SPECS = (
     TableSpec("images", ("user_id", "image_id"), {"by_created": ("user_id", "created_key")}),
     TableSpec("throttle", ("id",), {}, ttl_attribute="expires_at"),
     TableSpec("config", ("name",), {}),
+    TableSpec("requests", ("id",), {}, ttl_attribute="expires_at"),  # idempotency keys, 24 h
 )
 
 
@@ -280,6 +281,7 @@ class Tables:
         self.images = tables["images"]
         self.throttle = tables["throttle"]
         self.config = tables["config"]
+        self.requests = tables["requests"]
 
 
 async def provision_tables(client: Any, aws: AwsSettings) -> list[str]:

@@ -17,11 +17,13 @@ from pipeline.service import open_consumer
 from pipeline.supervision import Supervisor
 from pipeline.webhooks import WebhookStore
 from web.admission import UploadGate
+from web.idempotency import IdempotencyStore
 from web.keys import (
     ACCOUNTS,
     BACKEND,
     BACKGROUND,
     CONSUMER,
+    IDEMPOTENCY,
     LIMITER,
     LINKS,
     PROVISIONED,
@@ -88,6 +90,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         app[RECORDS] = RecordStore(tables.images)
         app[USAGE] = Usage(tables.users, settings.accounts)
         app[WEBHOOKS] = WebhookStore(tables.users)
+        app[IDEMPOTENCY] = IdempotencyStore(tables.requests, retry_after=settings.web.retry_after)
         app[LINKS] = LinkSigner(await shared_secret(tables.config, accounts.signing_secret))
         background = app[BACKGROUND] = Supervisor()
         await background.start()

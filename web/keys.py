@@ -14,6 +14,7 @@ from pipeline.supervision import Supervisor
 from pipeline.webhooks import WebhookStore
 from pipeline.workers import WorkerPool
 from web.admission import UploadGate
+from web.idempotency import IdempotencyStore
 from web.links import LinkSigner
 from web.quotas import Usage
 from web.throttle import FailureLimiter
@@ -33,6 +34,7 @@ WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 BACKGROUND = web.AppKey("background", Supervisor)
 UPLOADS = web.AppKey("uploads", UploadGate)
 VARIANTS = web.AppKey("variants", VariantMaker)
+IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 #: A worker pool for variants that the app uses but does not own (tests share one per session).
 VARIANT_POOL = web.AppKey("variant_pool", WorkerPool)
 #: Set by an entry point that provisioned the embedded endpoint itself before starting the app.

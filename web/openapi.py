@@ -46,6 +46,17 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 
 AUTH_ERRORS = (400, 401, 403, 429, 503)
+#: Uploads: an `Idempotency-Key` in use (409) or reused for another request (422) add theirs.
+UPLOAD_ERRORS = (*AUTH_ERRORS, 404, 408, 409, 413, 415, 422)
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "the same key from the same user within 24 h gets the first answer again "
+    "(`Idempotent-Replayed: true`), storing and charging nothing; with another route or other "
+    "bytes it is a 422, while the first is in progress a 409",
+}
 BINARY = {
     "description": "the image",
     "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
@@ -193,7 +204,8 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 "requestBody": _json_body(
                     {"file_name": {"type": "string", "minLength": 1}, "user_id": USER}, ["file_name"]
                 ),
-                "responses": {"202": accepted, **_errors(*AUTH_ERRORS, 404, 408, 413, 415)},
+                "parameters": [IDEMPOTENCY_KEY],
+                "responses": {"202": accepted, **_errors(*UPLOAD_ERRORS)},
             }
         },
         "/images": {
@@ -208,9 +220,9 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
             },
             "post": {
                 "summary": "Upload an image under a server-generated id",
-                "parameters": [USER_Q, _param("file_name", "query", {"type": "string"})],
+                "parameters": [USER_Q, _param("file_name", "query", {"type": "string"}), IDEMPOTENCY_KEY],
                 "requestBody": UPLOAD_BODY,
-                "responses": {"202": accepted, **_errors(*AUTH_ERRORS, 404, 408, 413, 415)},
+                "responses": {"202": accepted, **_errors(*UPLOAD_ERRORS)},
             },
         },
         "/images/{image_id}": {
@@ -225,9 +237,9 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
             },
             "put": {
                 "summary": "Upload (or replace) the image with this id",
-                "parameters": [USER_Q, _param("file_name", "query", {"type": "string"})],
+                "parameters": [USER_Q, _param("file_name", "query", {"type": "string"}), IDEMPOTENCY_KEY],
                 "requestBody": UPLOAD_BODY,
-                "responses": {"202": accepted, **_errors(*AUTH_ERRORS, 404, 408, 413, 415)},
+                "responses": {"202": accepted, **_errors(*UPLOAD_ERRORS)},
             },
             "delete": {
                 "summary": "Delete the original, its renditions and its record (idempotent)",

@@ -35,8 +35,9 @@ from pipeline.records import Superseded
 from pipeline.tables import Item
 from pipeline.untrusted import utf8_text
 from web.bodies import json_object
+from web.idempotency import fingerprint, once
 from web.identity import resolve_user
-from web.keys import RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
+from web.keys import IDEMPOTENCY, RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
 from web.multipart import MultipartUpload
 from web.variants import drop_variants
 from web.views import describe
@@ -46,6 +47,8 @@ CHUNK = 256 * 1024
 #: How much of an upload is kept to read its header (bombs are refused before being stored).
 SCREEN_BYTES = 64 * 1024
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: The SHA-256 of the bytes an upload stored (an idempotent upload saves it with its answer).
+_SHA256 = web.RequestKey("uploaded_sha256", str)
 
 
 class FileNotInInput(NotFound):
@@ -68,7 +71,16 @@ async def compat_upload(request: web.Request) -> web.Response:
         raise InvalidField("the file name (without extension) is not a valid image id")
     settings = request.app[SETTINGS]
     path = _input_file(settings.web.input_dir, file_name)
-    return await _store(request, user_id, image_id, _file_chunks(path), file_name, path.stat().st_size)
+
+    async def upload() -> tuple[web.Response, str]:
+        size = path.stat().st_size
+        return await _store(request, user_id, image_id, _file_chunks(path), file_name, size), ""
+
+    async def nothing_more() -> str:
+        return ""  # the route's fingerprint holds the whole body
+
+    route = fingerprint(request.method, request.path, image_id, file_name)
+    return await once(request, request.app[IDEMPOTENCY], user_id, route, upload, nothing_more)
 
 
 async def put_image(request: web.Request) -> web.Response:
@@ -89,6 +101,29 @@ async def post_image(request: web.Request) -> web.Response:
 
 
 async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> web.Response:
+    async def upload() -> tuple[web.Response, str]:
+        chunks, file_name, declared = await _body(request)
+        response = await _store(request, user_id, image_id, chunks, file_name, declared)
+        return response, request[_SHA256]
+
+    async def body_sha256() -> str:
+        chunks, _, _ = await _body(request)
+        digest, size, limit = hashlib.sha256(), 0, request.app[SETTINGS].imaging.max_bytes
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"the upload is larger than the {limit} bytes allowed")
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    # A POST's image id is made here: its route is the same on every try.
+    route = fingerprint(request.method, request.path)
+    return await once(request, request.app[IDEMPOTENCY], user_id, route, upload, body_sha256)
+
+
+async def _body(request: web.Request) -> tuple[AsyncIterator[bytes], str, int | None]:
+    """An upload's image bytes (raw, or the one file of a multipart body), its file name, and
+    its declared length if it has one."""
     settings = request.app[SETTINGS]
     if request.content_length is not None and request.content_length > settings.imaging.max_bytes:
         raise TooLarge(f"the upload is larger than the {settings.imaging.max_bytes} bytes allowed")
@@ -96,11 +131,8 @@ async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> w
     if request.content_type.startswith("multipart/"):
         body = await MultipartUpload.open(request, settings.imaging.max_bytes)
         part = await body.file_part()
-        file_name = part.filename or file_name
-        return await _store(request, user_id, image_id, body.chunks(part), file_name, None)
-    return await _store(
-        request, user_id, image_id, request.content.iter_chunked(CHUNK), file_name, request.content_length
-    )
+        return body.chunks(part), part.filename or file_name, None
+    return request.content.iter_chunked(CHUNK), file_name, request.content_length
 
 
 async def _store(
@@ -139,6 +171,7 @@ async def _store(
             },
             buffer_bytes=buffer_bytes,
         )
+    request[_SHA256] = digest.hexdigest()
     metrics.UPLOAD_BYTES.inc(stored.size)
     user = await _charge(request, ref, user_id, stored.size - replaced, previous is None)
     facts = {
@@ -146,7 +179,7 @@ async def _store(
         "content_type": f"image/{stored.format}",
         "format": stored.format,
         "bytes": stored.size,
-        "sha256": digest.hexdigest(),
+        "sha256": request[_SHA256],
         # The consumer looks the webhook up only for images whose owner had one at upload time.
         "notify": bool(user.get("webhook_url")),
     }
