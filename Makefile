@@ -23,9 +23,9 @@ TEST_WORKERS ?= 2
 test: $(STAMP) browser
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
-# Unit and contract tests on the local backend: no moto, no service processes, no browser (< 1 min).
+# Unit and contract tests on the local backend: no moto, no service processes, no browser (< 1 min; on two workers too).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not (moto or e2e or browser or cluster or schemathesis)"
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not (moto or e2e or browser or cluster or schemathesis)"
 
 # The browser tests drive Debian's Chromium through Playwright; install it when it is missing.
 browser:

@@ -119,12 +119,12 @@ async def test_a_key_in_use_is_409_until_its_lease_runs_out(
     assert int(busy.headers["Retry-After"]) >= 1
 
     # A holder that died frees the key when its lease runs out; its late answer is not kept.
-    short = IdempotencyStore(backend.tables.requests, lease=1)
+    short = IdempotencyStore(backend.tables.requests, lease=0.5)
     dead = await short.begin(USER, "dies", "route")
     assert isinstance(dead, Claim)
     with pytest.raises(IdempotencyKeyInUse):
         await short.begin(USER, "dies", "route")
-    await asyncio.sleep(2.1)
+    await asyncio.sleep(0.6)
     taker = await short.begin(USER, "dies", "route")
     assert isinstance(taker, Claim) and taker.token != dead.token
     await short.finish(dead, 202, {"image_id": "late"}, "x")
@@ -134,11 +134,11 @@ async def test_a_key_in_use_is_409_until_its_lease_runs_out(
 
 
 async def test_a_claim_is_renewed_while_its_upload_runs(backend: Backend) -> None:
-    store = IdempotencyStore(backend.tables.requests, lease=1)
+    store = IdempotencyStore(backend.tables.requests, lease=0.5)
     claim = await store.begin(USER, "long", "route")
     assert isinstance(claim, Claim)
     async with store.held(claim):
-        await asyncio.sleep(2.5)  # two and a half leases
+        await asyncio.sleep(1.25)  # two and a half leases
         with pytest.raises(IdempotencyKeyInUse):
             await store.begin(USER, "long", "route")
         await store.finish(claim, 202, {"image_id": "long"}, "z")
