@@ -15,7 +15,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from local.database import Database
-from pipeline.items import Change, Condition, ConditionFailed, Item, applied, holds
+from pipeline.items import (
+    Change,
+    Condition,
+    ConditionFailed,
+    DeleteItem,
+    Item,
+    PutItem,
+    TransactionRefused,
+    UpdateItem,
+    Write,
+    applied,
+    holds,
+)
 from pipeline.tables import SPECS, TableSpec
 
 
@@ -68,42 +80,66 @@ class LocalTable:
     async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None:
         return await self._db.read(lambda conn: self._row(conn, key))
 
-    async def put(self, item: Mapping[str, Any], condition: Condition | None = None) -> None:
+    def _put(self, conn: sqlite3.Connection, item: Mapping[str, Any], condition: Condition | None) -> None:
         new = {k: v for k, v in item.items() if v is not None}
+        if not holds(condition, self._row(conn, new)):
+            raise ConditionFailed()
+        self._store(conn, new)
 
-        def put(conn: sqlite3.Connection) -> None:
-            if not holds(condition, self._row(conn, new)):
-                raise ConditionFailed()
-            self._store(conn, new)
+    def _update(
+        self,
+        conn: sqlite3.Connection,
+        key: Mapping[str, Any],
+        changes: Sequence[Change],
+        condition: Condition | None,
+    ) -> Item:
+        old = self._row(conn, key)
+        if not holds(condition, old):
+            raise ConditionFailed()
+        new = applied(changes, old or dict(key))
+        self._store(conn, new)
+        return new
 
-        await self._db.write(put)
+    def _delete(
+        self, conn: sqlite3.Connection, key: Mapping[str, Any], condition: Condition | None
+    ) -> Item | None:
+        old = self._row(conn, key)
+        if not holds(condition, old):
+            raise ConditionFailed()
+        conn.execute(
+            "DELETE FROM items WHERE tbl = ? AND hash = ? AND range = ?", (self.name, *self._key(key))
+        )
+        return old
+
+    async def put(self, item: Mapping[str, Any], condition: Condition | None = None) -> None:
+        await self._db.write(lambda conn: self._put(conn, item, condition))
 
     async def update(
         self, key: Mapping[str, Any], changes: Sequence[Change], condition: Condition | None = None
     ) -> Item:
         """Apply `changes` (creating the item if there is none, as DynamoDB does) and return it."""
-
-        def update(conn: sqlite3.Connection) -> Item:
-            old = self._row(conn, key)
-            if not holds(condition, old):
-                raise ConditionFailed()
-            new = applied(changes, old or dict(key))
-            self._store(conn, new)
-            return new
-
-        return await self._db.write(update)
+        return await self._db.write(lambda conn: self._update(conn, key, changes, condition))
 
     async def delete(self, key: Mapping[str, Any], condition: Condition | None = None) -> Item | None:
-        def delete(conn: sqlite3.Connection) -> Item | None:
-            old = self._row(conn, key)
-            if not holds(condition, old):
-                raise ConditionFailed()
-            conn.execute(
-                "DELETE FROM items WHERE tbl = ? AND hash = ? AND range = ?", (self.name, *self._key(key))
-            )
-            return old
+        return await self._db.write(lambda conn: self._delete(conn, key, condition))
 
-        return await self._db.write(delete)
+    async def transact(self, writes: Sequence[Write]) -> None:
+        """All of `writes` in one SQLite transaction: a failed condition rolls back the others."""
+
+        def transact(conn: sqlite3.Connection) -> None:
+            for index, write in enumerate(writes):
+                try:
+                    match write:
+                        case PutItem(table, item, condition):
+                            table._put(conn, item, condition)
+                        case UpdateItem(table, key, changes, condition):
+                            table._update(conn, key, changes, condition)
+                        case DeleteItem(table, key, condition):
+                            table._delete(conn, key, condition)
+                except ConditionFailed:
+                    raise TransactionRefused(index) from None
+
+        await self._db.write(transact)
 
     async def query(
         self,

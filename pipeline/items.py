@@ -20,6 +20,15 @@ class ConditionFailed(Exception):
     """A conditional write found the item in another state than it required."""
 
 
+class TransactionRefused(ConditionFailed):
+    """A write of a transaction found its item in another state than it required: nothing of
+    the transaction was written. `index` says which write (in the order given)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"write {index} of the transaction: condition failed")
+        self.index = index
+
+
 @dataclass(frozen=True)
 class Present:
     """`attribute_exists(name)`; on a key attribute: the item exists."""
@@ -119,6 +128,35 @@ class Exclude:
 
 
 Change = Set | SetDefault | Add | Remove | Include | Exclude
+
+
+# Writes of a transaction (`ItemTable.transact`): each names its table, which is any object of
+# the backend's table class (a `pipeline.tables.Table` or a `local.tables.LocalTable`).
+
+
+@dataclass(frozen=True)
+class PutItem:
+    table: Any
+    item: Mapping[str, Any]
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True)
+class UpdateItem:
+    table: Any
+    key: Mapping[str, Any]
+    changes: Sequence[Change]
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True)
+class DeleteItem:
+    table: Any
+    key: Mapping[str, Any]
+    condition: Condition | None = None
+
+
+Write = PutItem | UpdateItem | DeleteItem
 
 
 def holds(condition: Condition | None, item: Mapping[str, Any] | None) -> bool:

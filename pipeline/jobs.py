@@ -9,7 +9,6 @@ removes what it wrote and acknowledges (nothing to dead-letter for an image that
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -29,7 +28,6 @@ from pipeline.errors import (
     SourceMissing,
 )
 from pipeline.events import ObjectCreated
-from pipeline.items import Add, ConditionFailed, Present
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
 from pipeline.ports import ItemTable, ObjectStore
@@ -119,13 +117,6 @@ class JobRunner:
                     return JobResult("source_missing", ref.source_key, request_id=rid)
                 log.info("original changed during processing key=%s, processing it again", ref.source_key)
                 continue
-            if (freed := written.freed_variant_bytes) and self._users is not None:
-                # This write recorded a new original first: the old one's variants (deleted by
-                # its upload, or by reconcile) leave the owner's usage here, once.
-                with contextlib.suppress(ConditionFailed):
-                    await self._users.update(
-                        {"user_id": owner}, [Add("bytes_used", -freed)], Present("user_id")
-                    )
             if written.item.get("revision") == 1 and await self._current_etag(ref) is None:
                 # We created the record of an image deleted just now: undo, unless someone wrote since.
                 await self._records.delete_if(ref, 1)

@@ -59,7 +59,7 @@ class Function:
         )
         self._jobs = JobRunner(
             Storage(clients.s3),
-            RecordStore(tables.images),
+            RecordStore(tables.images, tables.users),
             InlineRunner(),
             self.settings,
             self._webhooks,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
-from pipeline.items import Change, Condition, Item
+from pipeline.items import Change, Condition, Item, Write
 from pipeline.queue import Message
 from pipeline.storage import ListedObject, ObjectMeta, StoredUpload
 
@@ -117,6 +117,11 @@ class ItemTable(Protocol):
     ) -> tuple[list[Item], Item | None]: ...
 
     async def scan_all(self) -> list[Item]: ...
+
+    async def transact(self, writes: Sequence[Write]) -> None:
+        """All of `writes` (on tables of this backend, this one or others, each item at most
+        once) or none: `TransactionRefused` names the first whose condition failed."""
+        ...
 
 
 class TableSet(Protocol):

@@ -20,8 +20,9 @@ import binascii
 import contextlib
 import enum
 import json
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,6 +35,7 @@ from pipeline.items import (
     Condition,
     ConditionFailed,
     Contains,
+    DeleteItem,
     Equals,
     Exclude,
     Include,
@@ -41,7 +43,11 @@ from pipeline.items import (
     Lacks,
     Missing,
     Present,
+    PutItem,
     Set,
+    TransactionRefused,
+    UpdateItem,
+    Write,
 )
 from pipeline.layout import ImageRef
 from pipeline.ports import ItemTable
@@ -57,6 +63,9 @@ WRITE_ATTEMPTS = 5
 CurrentEtag = Callable[[], Awaitable[str | None]]
 #: Our cursors are under 300 characters; anything much longer was not made here.
 MAX_CURSOR_LENGTH = 1024
+
+
+log = logging.getLogger(__name__)
 
 
 class _Unread(enum.Enum):
@@ -177,9 +186,24 @@ class ImageRecord:
         return {k: v for k, v in body.items() if v is not None}
 
 
+#: The quota conditions on the owner's counters for a change of (bytes, images), or None.
+Limit = Callable[[int, int], Condition | None]
+
+
+class UsageRefused(Exception):
+    """The owner's counters refused the change (a quota `Limit`, or no such user)."""
+
+
 class RecordStore:
-    def __init__(self, table: ItemTable) -> None:
+    """Image records. Given the users table, every write that changes what a record counts (its
+    existence, its original's bytes, its variants' bytes) changes the owner's `bytes_used` and
+    `image_count` in the same transaction, so the counters always equal what the records add up
+    to: there is no step between the two for a crash to fall into. Without it (tools, tests)
+    records are written alone."""
+
+    def __init__(self, table: ItemTable, users: ItemTable | None = None) -> None:
         self._table = table
+        self._users = users
 
     async def read(self, ref: ImageRef) -> ImageRecord | None:
         owner, image_id = ref.owner_and_id
@@ -209,9 +233,11 @@ class RecordStore:
         current: CurrentEtag,
         *,
         read: ImageRecord | _Unread | None = UNREAD,
+        limit: Limit | None = None,
     ) -> ImageRecord:
         """The API stored a new original: its facts and ETag become the record's current version.
-        Raises `Superseded` if another upload of the same id replaced it first.
+        Raises `Superseded` if another upload of the same id replaced it first, `UsageRefused` if
+        it is a new image that `limit` (the owner's quotas) refuses.
 
         `read`: the record as the caller read it earlier (None: there was none), which saves a
         read; it is as safe as a fresh one, because the write is conditional on its revision."""
@@ -223,7 +249,7 @@ class RecordStore:
             same = old is not None and old.get("sha256") == facts.get("sha256")  # the same bytes again
             return {**facts, "source_etag": etag, **({} if same else {"focal_point": None})}
 
-        return await self._write(ref, etag, current, fields, known)
+        return await self._write(ref, etag, current, fields, known, limit)
 
     async def record_result(
         self,
@@ -303,25 +329,30 @@ class RecordStore:
             return None
         return ImageRecord(owner, image_id, item)
 
-    async def add_variant(self, ref: ImageRef, etag: str, name: str, size: int) -> Counted:
+    async def add_variant(
+        self, ref: ImageRef, etag: str, name: str, size: int, limit: Limit | None = None
+    ) -> Counted:
         """Count a stored variant of the original `etag` on its record, once: its name joins the
         record's `variant_names`, and its bytes are counted only if the name was not there (a
         duplicate made in another process is counted once). The revision moves too, so a
-        whole-record write that read the record before this retries instead of losing it."""
+        whole-record write that read the record before this retries instead of losing it.
+        `UsageRefused` if `limit` (the owner's byte quota) refuses its bytes."""
         owner, image_id = ref.owner_and_id
         key = {"user_id": owner, "image_id": image_id}
+        count = UpdateItem(
+            self._table,
+            key,
+            [
+                Add("variant_bytes", size),
+                Add("variant_count", 1),
+                Include("variant_names", name),
+                Set("variant_etag", etag),
+                Add("revision", 1),
+            ],
+            AllOf((*_variants_of(etag), Lacks("variant_names", name))),
+        )
         try:
-            await self._table.update(
-                key,
-                [
-                    Add("variant_bytes", size),
-                    Add("variant_count", 1),
-                    Include("variant_names", name),
-                    Set("variant_etag", etag),
-                    Add("revision", 1),
-                ],
-                AllOf((*_variants_of(etag), Lacks("variant_names", name))),
-            )
+            await self._with_usage(count, owner, {"bytes": 0}, {"bytes": size}, limit)
         except ConditionFailed:  # rare: which condition failed is read afresh
             now = await self.read(ref)
             if now is not None and now.source_etag == etag and name in (now.variant_names or ()):
@@ -333,31 +364,49 @@ class RecordStore:
         """Uncount a variant `add_variant` counted (its store failed after); False if the record
         no longer counts it."""
         owner, image_id = ref.owner_and_id
+        uncount = UpdateItem(
+            self._table,
+            {"user_id": owner, "image_id": image_id},
+            [
+                Add("variant_bytes", -size),
+                Add("variant_count", -1),
+                Exclude("variant_names", name),
+                Add("revision", 1),
+            ],
+            AllOf((*_variants_of(etag), Contains("variant_names", name))),
+        )
         try:
-            await self._table.update(
-                {"user_id": owner, "image_id": image_id},
-                [
-                    Add("variant_bytes", -size),
-                    Add("variant_count", -1),
-                    Exclude("variant_names", name),
-                    Add("revision", 1),
-                ],
-                AllOf((*_variants_of(etag), Contains("variant_names", name))),
-            )
+            await self._with_usage(uncount, owner, {"bytes": size}, {"bytes": 0})
         except ConditionFailed:
             return False
         return True
 
     async def delete(self, ref: ImageRef) -> ImageRecord | None:
+        """Delete the record (and uncount it); the record as it was, None if there was none."""
         owner, image_id = ref.owner_and_id
-        old = await self._table.delete({"user_id": owner, "image_id": image_id})
-        return ImageRecord(owner, image_id, old) if old else None
+        key = {"user_id": owner, "image_id": image_id}
+        for _ in range(WRITE_ATTEMPTS):
+            old = await self._table.get(key)
+            if old is None:
+                return None
+            try:
+                await self._with_usage(DeleteItem(self._table, key, _at(old)), owner, old, None)
+            except ConditionFailed:  # written meanwhile: what it counts now is read again
+                continue
+            return ImageRecord(owner, image_id, old)
+        raise RecordConflict(f"record {owner}/{image_id} kept changing")
 
     async def delete_if(self, ref: ImageRef, revision: int) -> None:
         """Delete the record only if nobody wrote it since `revision` (undoing our own write)."""
         owner, image_id = ref.owner_and_id
+        key = {"user_id": owner, "image_id": image_id}
+        old = await self._table.get(key)
+        if old is None or old.get("revision") != revision:
+            return
         with contextlib.suppress(ConditionFailed):
-            await self._table.delete({"user_id": owner, "image_id": image_id}, Equals("revision", revision))
+            await self._with_usage(
+                DeleteItem(self._table, key, Equals("revision", revision)), owner, old, None
+            )
 
     async def page(self, owner: str, limit: int, cursor: str | None) -> tuple[list[ImageRecord], str | None]:
         """One page of an owner's images, newest first, and the cursor of the next page.
@@ -375,6 +424,39 @@ class RecordStore:
         records = [ImageRecord(owner, str(i["image_id"]), i) for i in items]
         return records, _encode_cursor(last) if last else None
 
+    async def _with_usage(
+        self,
+        write: Write,
+        owner: str,
+        old: Mapping[str, Any] | None,
+        new: Mapping[str, Any] | None,
+        limit: Limit | None = None,
+    ) -> None:
+        """Write the record, and with it (one transaction) the owner's counters by what it changes.
+        `ConditionFailed`: the record's condition failed; `UsageRefused`: the counters' did."""
+        (new_bytes, new_images), (old_bytes, old_images) = counted(new), counted(old)
+        change = new_bytes - old_bytes, new_images - old_images
+        if self._users is None or change == (0, 0):
+            await _single(write)
+            return
+        room = limit(*change) if limit is not None else None
+        usage = UpdateItem(
+            self._users,
+            {"user_id": owner},
+            [Add("bytes_used", change[0]), Add("image_count", change[1])],
+            AllOf((Present("user_id"), room)) if room is not None else Present("user_id"),
+        )
+        try:
+            await self._table.transact([write, usage])
+        except TransactionRefused as exc:
+            if exc.index == 0:
+                raise ConditionFailed() from None
+            if room is not None:
+                raise UsageRefused() from None
+            # No such user (removed under its images): the record is still the truth to keep.
+            log.warning("record written without usage: no user %s", owner)
+            await _single(write)
+
     async def _write(
         self,
         ref: ImageRef,
@@ -382,6 +464,7 @@ class RecordStore:
         current: CurrentEtag,
         fields: Any,
         known: Item | _Unread | None = UNREAD,
+        limit: Limit | None = None,
     ) -> ImageRecord:
         """Read, confirm with S3 that `etag` is still the current original, write if the record is
         still at the revision read. Confirming *between* the read and the conditional write is
@@ -409,15 +492,39 @@ class RecordStore:
             if _counted_for_another(old, etag):  # its variants are gone: so are their counters
                 new.update(variant_bytes=None, variant_count=None, variant_etag=None, variant_names=None)
             new = {k: v for k, v in new.items() if v is not None}
+            written = PutItem(
+                self._table, new, Missing("user_id") if old is None else Equals("revision", revision)
+            )
+            # Only a new image can be refused: a replacement's bytes are in S3 already.
             try:
-                if old is None:
-                    await self._table.put(new, Missing("user_id"))
-                else:
-                    await self._table.put(new, Equals("revision", revision))
+                await self._with_usage(written, owner, old, new, limit if old is None else None)
             except ConditionFailed:
                 continue
             return ImageRecord(owner, image_id, new, replaced=old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
+
+
+def counted(item: Mapping[str, Any] | None) -> tuple[int, int]:
+    """What a record adds to its owner's counters: (bytes, images)."""
+    if item is None:
+        return 0, 0
+    return int(item.get("bytes", 0)) + int(item.get("variant_bytes", 0)), 1
+
+
+def _at(item: Mapping[str, Any]) -> Condition:
+    """The record is still as read: at its revision (records without one are from before it)."""
+    revision = item.get("revision")
+    return Equals("revision", revision) if revision is not None else Missing("revision")
+
+
+async def _single(write: Write) -> None:
+    match write:
+        case PutItem(table, item, condition):
+            await table.put(item, condition)
+        case UpdateItem(table, key, changes, condition):
+            await table.update(key, changes, condition)
+        case DeleteItem(table, key, condition):
+            await table.delete(key, condition)
 
 
 def _variants_of(etag: str) -> tuple[Condition, ...]:

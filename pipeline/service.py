@@ -33,7 +33,12 @@ async def open_consumer(
             await pool.warm_up()
         async with open_dispatcher(tables.users, settings.webhooks) as webhooks:
             jobs = JobRunner(
-                backend.storage, RecordStore(tables.images), pool, settings, webhooks, tables.users
+                backend.storage,
+                RecordStore(tables.images, tables.users),
+                pool,
+                settings,
+                webhooks,
+                tables.users,
             )
             yield Consumer(backend.main, backend.dlq, jobs, settings, burst=burst)
     finally:

@@ -7,6 +7,7 @@ callers express optimistic concurrency without seeing botocore.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pipeline.items import (
     Condition,
     ConditionFailed,
     Contains,
+    DeleteItem,
     Equals,
     Exclude,
     Include,
@@ -35,13 +37,19 @@ from pipeline.items import (
     Lacks,
     Missing,
     Present,
+    PutItem,
     Remove,
     Set,
     SetDefault,
+    TransactionRefused,
+    UpdateItem,
+    Write,
 )
 
 log = logging.getLogger(__name__)
 _serializer = TypeSerializer()
+#: Tries of a transaction that lost a race with another one on the same item.
+TRANSACTION_ATTEMPTS = 3
 _deserializer = TypeDeserializer()
 
 __all__ = ["ConditionFailed", "Item", "Table", "Tables"]
@@ -181,6 +189,26 @@ class Table:
                 return items
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
+    async def transact(self, writes: Sequence[Write]) -> None:
+        """One TransactWriteItems: all of `writes` or none. A write that lost a race with another
+        transaction on its item (`TransactionConflict`) is tried again, twice, before the
+        database counts as unavailable: that is contention, not a condition that failed."""
+        request = [_transact_item(write) for write in writes]
+        for attempt in range(TRANSACTION_ATTEMPTS):
+            with aws_errors(DatabaseUnavailable):
+                try:
+                    await self._client.transact_write_items(TransactItems=request)
+                    return
+                except ClientError as exc:
+                    if error_code(exc) != "TransactionCanceledException":
+                        raise
+                    codes = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+                    if "ConditionalCheckFailed" in codes:
+                        raise TransactionRefused(codes.index("ConditionalCheckFailed")) from None
+                    if "TransactionConflict" not in codes or attempt == TRANSACTION_ATTEMPTS - 1:
+                        raise
+            await asyncio.sleep(0.05 * 2**attempt)
+
     async def _write(self, call: Any) -> dict[str, Any]:
         with aws_errors(DatabaseUnavailable):
             try:
@@ -190,6 +218,37 @@ class Table:
                     raise ConditionFailed() from None
                 raise
         return response
+
+
+def _transact_item(write: Write) -> dict[str, Any]:
+    """One write of a TransactWriteItems request, with its own placeholders."""
+    expression = _Expression()
+    match write:
+        case PutItem(table, item, condition):
+            kwargs = expression.condition_kwargs(condition)
+            return {"Put": {"TableName": table.name, "Item": to_item(item), **kwargs}}
+        case UpdateItem(table, key, changes, condition):
+            update = expression.update(changes)
+            kwargs = expression.condition_kwargs(condition)
+            return {
+                "Update": {"TableName": table.name, "Key": to_item(key), "UpdateExpression": update, **kwargs}
+            }
+        case DeleteItem(table, key, condition):
+            kwargs = expression.condition_kwargs(condition)
+            return {"Delete": {"TableName": table.name, "Key": to_item(key), **kwargs}}
+    raise TypeError(f"not a write: {write!r}")
+
+
+def _flattened(group: AllOf | AnyOf) -> list[Condition]:
+    """The members of `group`, with those of nested groups of its own kind in their place."""
+    out: list[Condition] = []
+    for member in group.conditions:
+        if type(member) is type(group):
+            assert isinstance(member, AllOf | AnyOf)
+            out.extend(_flattened(member))
+        else:
+            out.append(member)
+    return out
 
 
 class _Expression:
@@ -227,10 +286,14 @@ class _Expression:
                 return f"NOT contains({self.name(name)}, {self.value(element)})"
             case Contains(name, element):
                 return f"contains({self.name(name)}, {self.value(element)})"
-            case AllOf(conditions):
-                return "(" + " AND ".join(self.condition(c) for c in conditions) + ")"
-            case AnyOf(conditions):
-                return "(" + " OR ".join(self.condition(c) for c in conditions) + ")"
+            case AllOf() | AnyOf():
+                # DynamoDB refuses redundant parentheses: nested groups of one kind are flattened
+                # and a group of one is its member.
+                flat = _flattened(condition)
+                if len(flat) == 1:
+                    return self.condition(flat[0])
+                joiner = " AND " if isinstance(condition, AllOf) else " OR "
+                return "(" + joiner.join(self.condition(c) for c in flat) + ")"
         raise TypeError(f"not a condition: {condition!r}")
 
     def update(self, changes: Sequence[Change]) -> str:

@@ -42,6 +42,9 @@ S3_FREE = {"DeleteObject", "DeleteObjects", "AbortMultipartUpload"}
 S3_WRITES = S3_TIER1 - {"ListObjects"} | S3_FREE
 #: DynamoDB reads (every item here is under 4 KB: one read request unit; writes under 1 KB: one).
 DYNAMODB_READS = {"GetItem", "Query", "Scan", "BatchGetItem"}
+#: Write request units per write request where not one: our transactions write two items, and
+#: a transactional write costs two units per item.
+DYNAMODB_WRITE_UNITS = {"TransactWriteItems": 4}
 S3_PREFIX_WRITES_PER_S = 3500
 S3_PREFIX_READS_PER_S = 5500
 SQS_IN_FLIGHT_LIMIT = 120_000
@@ -118,6 +121,9 @@ def plan(costs: dict[str, Any], work: Workload, prices: Prices) -> dict[str, Any
     dynamo = {op.removeprefix("dynamodb:"): n for op, n in operations.items() if op.startswith("dynamodb:")}
     dynamo_reads = sum(n for op, n in dynamo.items() if op in DYNAMODB_READS)
     dynamo_writes = sum(n for op, n in dynamo.items() if op not in DYNAMODB_READS)
+    write_units = sum(
+        n * DYNAMODB_WRITE_UNITS.get(op, 1) for op, n in dynamo.items() if op not in DYNAMODB_READS
+    )
     sqs = sum(n for op, n in operations.items() if op.startswith("sqs:"))
     s3_writes = sum(n for op, n in s3.items() if op in S3_WRITES)
     s3_reads = sum(n for op, n in s3.items() if op not in S3_WRITES)
@@ -144,7 +150,7 @@ def plan(costs: dict[str, Any], work: Workload, prices: Prices) -> dict[str, Any
     s3_usd = million * (tier1 * prices.s3_tier1_per_1000 + tier2 * prices.s3_tier2_per_1000) / 1000
     sqs_usd = million * sqs * prices.sqs_per_million / million
     dynamo_usd = (
-        dynamo_reads * prices.dynamodb_read_per_million + dynamo_writes * prices.dynamodb_write_per_million
+        dynamo_reads * prices.dynamodb_read_per_million + write_units * prices.dynamodb_write_per_million
     )
     fleet_usd = million * consumer_ms / 1000 / 3600 / util * prices.vcpu_hour
     api_usd = million * api_ms / 1000 / 3600 / util * prices.vcpu_hour

@@ -120,7 +120,8 @@ async def services() -> AsyncIterator[Services]:
     api_port = free_port()
     api = await start(
         ["-m", "web", "--port", str(api_port)],
-        child_env(api_proxy.url, IMGSVC_MAX_BYTES=str(512 * 1024 * 1024)),
+        # Every request reads its key (no key cache): the worst case, and whole numbers to compare.
+        child_env(api_proxy.url, IMGSVC_MAX_BYTES=str(512 * 1024 * 1024), IMGSVC_KEY_CACHE_SECONDS="0"),
         rb"API listening",
     )
     held: list[float] = []

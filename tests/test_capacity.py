@@ -45,15 +45,15 @@ def test_measured_costs_are_the_requests_the_code_makes(tmp_path: Path) -> None:
     cost = json.loads(out.read_text())["workloads"]["jpeg-2mp"]
     # The job: GET the original, PUT the rendition, then the record: read, HEAD (still the current
     # original?), conditional put, once more when the API's own record write got in between.
-    # Every API call reads the key (the failed-attempts counter only when it fails); an upload
-    # also reads the previous record (quota; reused as the base of the record write), writes the
-    # usage, and the record (confirm the original is still current with a HEAD, conditional put).
+    # Every API call reads the key (measured without the key cache; the failed-attempts counter
+    # only when it fails); an upload also reads the previous record (quota; reused as the base of
+    # the record write) and the user (quotas, webhook), then writes the record and the usage in
+    # one transaction (after a HEAD confirms the original is still current).
     assert cost["upload"]["requests"] == {
         "s3:PutObject": 1.0,
         "s3:HeadObject": 1.0,
-        "dynamodb:GetItem": 2.0,
-        "dynamodb:PutItem": 1.0,
-        "dynamodb:UpdateItem": 1.0,
+        "dynamodb:GetItem": 3.0,
+        "dynamodb:TransactWriteItems": 1.0,
     }
     assert 0 <= cost["upload"]["bytes_to_aws"] - cost["source_bytes"] < 4000  # + the DynamoDB requests
     process = cost["process"]["requests"]
@@ -72,9 +72,9 @@ def test_measured_costs_are_the_requests_the_code_makes(tmp_path: Path) -> None:
     assert answer["s3"]["writes_per_s"] == 10 * 2  # the upload, the rendition
     # GET + the upload's HEAD + the job's HEADs, then 4 views of one GET each
     assert answer["s3"]["reads_per_s"] == pytest.approx(10 * (2 + attempts + 4 * 1), abs=0.1)
-    # the upload's 2 reads, the job's record reads, then 4 views of 2 reads each
-    assert answer["dynamodb"]["reads_per_s"] == pytest.approx(10 * (2 + attempts + 4 * 2), abs=0.1)
-    assert answer["dynamodb"]["writes_per_s"] == pytest.approx(10 * (2 + attempts), abs=0.1)
+    # the upload's 3 reads, the job's record reads, then 4 views of 2 reads each
+    assert answer["dynamodb"]["reads_per_s"] == pytest.approx(10 * (3 + attempts + 4 * 2), abs=0.1)
+    assert answer["dynamodb"]["writes_per_s"] == pytest.approx(10 * (1 + attempts), abs=0.1)
     assert answer["sqs"]["requests_per_s"] == pytest.approx(
         10 * (1 + sum(v for k, v in process.items() if k.startswith("sqs:"))), abs=0.1
     )

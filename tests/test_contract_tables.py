@@ -19,15 +19,19 @@ from pipeline.items import (
     AtMost,
     ConditionFailed,
     Contains,
+    DeleteItem,
     Equals,
     Exclude,
     Include,
     Lacks,
     Missing,
     Present,
+    PutItem,
     Remove,
     Set,
     SetDefault,
+    TransactionRefused,
+    UpdateItem,
 )
 from tests.conftest import Backend
 
@@ -65,6 +69,45 @@ async def test_updates_create_add_default_and_remove(backend: Backend) -> None:
     with pytest.raises(ConditionFailed):
         await throttle.update({"id": "absent"}, [Set("a", 1)], Present("id"))
     assert await throttle.get({"id": "absent"}) is None  # a failed condition writes nothing
+
+
+async def test_a_transaction_writes_all_or_nothing_across_tables(backend: Backend) -> None:
+    """Writes on two tables at once: committed together, or (one condition failing) none of
+    them, with the failing write named."""
+    users, images = backend.tables.users, backend.tables.images
+    user = {"user_id": f"tx-{uuid.uuid4()}"}
+    image = {"user_id": user["user_id"], "image_id": "one"}
+    await users.put({**user, "bytes_used": 10})
+    await backend.tables.images.transact(
+        [
+            PutItem(images, {**image, "revision": 1}, Missing("user_id")),
+            UpdateItem(users, user, [Add("bytes_used", 5), Add("image_count", 1)], Present("user_id")),
+        ]
+    )
+    assert (await images.get(image) or {}).get("revision") == 1
+    assert (await users.get(user) or {}).get("bytes_used") == 15
+
+    refused = [  # the second write's condition fails: the first is not kept either
+        UpdateItem(users, user, [Add("bytes_used", 100)]),
+        PutItem(images, {**image, "revision": 2}, Equals("revision", 7)),
+        DeleteItem(users, {"user_id": "nobody"}),
+    ]
+    with pytest.raises(TransactionRefused) as refusal:
+        await users.transact(refused)
+    assert refusal.value.index == 1
+    assert (await users.get(user) or {}).get("bytes_used") == 15
+    assert (await images.get(image) or {}).get("revision") == 1
+
+    await users.transact(
+        [
+            DeleteItem(images, image, Equals("revision", 1)),
+            UpdateItem(
+                users, user, [Add("bytes_used", -15), Add("image_count", -1)], AtMost("image_count", 1)
+            ),
+        ]
+    )
+    assert await images.get(image) is None
+    assert (await users.get(user) or {}).get("bytes_used") == 0
 
 
 async def test_string_sets_include_exclude_and_condition_on_membership(backend: Backend) -> None:

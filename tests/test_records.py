@@ -168,7 +168,8 @@ async def quota_api(make_settings: Any, make_client: ClientFactory) -> AsyncIter
 async def test_image_count_quota(make_settings: Any, make_client: ClientFactory) -> None:
     api = await make_client(make_settings(IMGSVC_QUOTA_IMAGES="2"))
     for name in ("q1", "q2"):
-        assert (await api.put(f"/images/{name}", data=jpeg_bytes(20, 20))).status == 202
+        first = await api.put(f"/images/{name}", data=jpeg_bytes(20, 20))
+        assert first.status == 202, await first.text()
     refused = await api.put("/images/q3", data=jpeg_bytes(20, 20))
     assert refused.status == 403 and (await refused.json())["error"] == "quota_images_exceeded"
     assert (await api.put("/images/q1", data=jpeg_bytes(30, 30))).status == 202  # a replacement

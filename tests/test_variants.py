@@ -402,6 +402,15 @@ async def test_busy_slow_and_over_quota_variants_are_refused(
     assert not [k for k in await stored_variants(backend, "photo") if "w300" in k]
     assert int((await users.get({"user_id": USER}))["bytes_used"]) == used
 
+    # Within the quota: stored, and counted with the record in one transaction.
+    accounts = dataclasses.replace(backend.settings.accounts, quota_bytes=used + 10**6)
+    roomy = await make_client(dataclasses.replace(backend.settings, accounts=accounts))
+    fits = await roomy.get("/images/photo/variant", params={"w": "40"})
+    assert fits.status == 200
+    await roomy.server.app[VARIANTS].idle()
+    assert [k for k in await stored_variants(backend, "photo") if "w40" in k]
+    assert int((await users.get({"user_id": USER}))["bytes_used"]) == used + len(await fits.read())
+
 
 async def test_variant_counters_are_freed_once_whichever_write_records_the_new_original_first(
     backend: Backend,

@@ -87,7 +87,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         )
         app[BACKEND] = backend
         app[STORAGE] = backend.storage
-        app[RECORDS] = RecordStore(tables.images)
+        app[RECORDS] = RecordStore(tables.images, tables.users)
         app[USAGE] = Usage(tables.users, settings.accounts)
         app[WEBHOOKS] = WebhookStore(tables.users)
         app[IDEMPOTENCY] = IdempotencyStore(tables.requests, retry_after=settings.web.retry_after)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from config.settings import AccountSettings
-from pipeline.errors import ByteQuotaExceeded, ImageQuotaExceeded, UnknownUser
+from pipeline.errors import ByteQuotaExceeded, ImageQuotaExceeded, PermanentError, UnknownUser
 from pipeline.items import Add, AllOf, AnyOf, AtMost, Condition, ConditionFailed, Item, Missing, Present
 from pipeline.ports import ItemTable
 
@@ -29,10 +29,9 @@ class Usage:
 
     async def check(
         self, user_id: str, *, new_image: bool, incoming: int | None, replaced_bytes: int
-    ) -> None:
-        """Refuse early, before any byte is stored, what would certainly cross a quota."""
-        if not (self._max_bytes or self._max_images):
-            return
+    ) -> Item:
+        """Refuse early, before any byte is stored, what would certainly cross a quota; returns
+        the user's item (the upload learns from it whether to notify a webhook)."""
         user = await self._users.get({"user_id": user_id})
         if user is None:
             raise UnknownUser()
@@ -41,36 +40,47 @@ class Usage:
         used_after = int(user.get("bytes_used", 0)) - replaced_bytes + (incoming or 0)
         if self._max_bytes and incoming is not None and used_after > self._max_bytes:
             raise ByteQuotaExceeded()
+        return user
 
     async def charge(
         self, user_id: str, delta_bytes: int, delta_images: int, *, enforce: bool = True
     ) -> Item:
         """Add to the counters, atomically refusing a change that would cross a quota; returns the
-        user's item as it is afterwards (the upload learns from it whether to notify a webhook)."""
-        conditions: list[Condition] = [Present("user_id")]
-        if enforce and self._max_images and delta_images > 0:
-            room = self._max_images - delta_images
-            conditions.append(AnyOf((Missing("image_count"), AtMost("image_count", room))))
-        if enforce and self._max_bytes and delta_bytes > 0:
-            room = self._max_bytes - delta_bytes
-            conditions.append(AnyOf((Missing("bytes_used"), AtMost("bytes_used", room))))
+        user's item as it is afterwards."""
+        room = self.limit(delta_bytes, delta_images) if enforce else None
         try:
             return await self._users.update(
                 {"user_id": user_id},
                 [Add("bytes_used", delta_bytes), Add("image_count", delta_images)],
-                AllOf(tuple(conditions)),
+                AllOf((Present("user_id"), room)) if room is not None else Present("user_id"),
             )
         except ConditionFailed:
-            user = await self._users.get({"user_id": user_id})
-            if user is None:
-                raise UnknownUser() from None
-            if (
-                self._max_images
-                and delta_images > 0
-                and int(user.get("image_count", 0)) + delta_images > self._max_images
-            ):
-                raise ImageQuotaExceeded() from None
-            raise ByteQuotaExceeded() from None
+            raise await self.refusal(user_id, delta_images) from None
+
+    def limit(self, delta_bytes: int, delta_images: int) -> Condition | None:
+        """The condition on the user's counters under which adding these deltas stays within the
+        quotas (None: nothing to hold); for a record write's transaction (`RecordStore`)."""
+        conditions: list[Condition] = []
+        if self._max_images and delta_images > 0:
+            room = self._max_images - delta_images
+            conditions.append(AnyOf((Missing("image_count"), AtMost("image_count", room))))
+        if self._max_bytes and delta_bytes > 0:
+            room = self._max_bytes - delta_bytes
+            conditions.append(AnyOf((Missing("bytes_used"), AtMost("bytes_used", room))))
+        return AllOf(tuple(conditions)) if conditions else None
+
+    async def refusal(self, user_id: str, delta_images: int) -> PermanentError:
+        """Which quota a refused change crossed (read afresh), or that the user is gone."""
+        user = await self._users.get({"user_id": user_id})
+        if user is None:
+            return UnknownUser()
+        if (
+            self._max_images
+            and delta_images > 0
+            and int(user.get("image_count", 0)) + delta_images > self._max_images
+        ):
+            return ImageQuotaExceeded()
+        return ByteQuotaExceeded()
 
     async def release(self, user_id: str, freed_bytes: int, images: int) -> None:
         await self.charge(user_id, -freed_bytes, -images, enforce=False)

@@ -27,7 +27,7 @@ from pipeline import metrics
 from pipeline.errors import ImageChanged, JobTimeout, PermanentError, TransientError, WorkerCrashed
 from pipeline.layout import ImageRef
 from pipeline.ports import ObjectStore
-from pipeline.records import Counted, ImageRecord, RecordStore
+from pipeline.records import Counted, ImageRecord, RecordStore, UsageRefused
 from pipeline.tasks import make_variant
 from pipeline.variants import TooManyVariants, VariantSpec
 from pipeline.workers import WorkerPool
@@ -218,32 +218,27 @@ class VariantMaker:
             datetime.now(UTC).replace(microsecond=0),  # what the store will say, to the second
             metadata,
         )
-        # Charged before the answer only where a byte quota may refuse it; else after, with storing.
-        if self._usage.limits_bytes:
-            await self._usage.charge(record.owner, size, 0)
+        if self._usage.limits_bytes:  # refused now, not after the answer, where it can be
+            await self._usage.check(record.owner, new_image=False, incoming=size, replaced_bytes=0)
         made.set_result(answer)
-        if not self._usage.limits_bytes:
-            await self._usage.charge(record.owner, size, 0)
-        try:
-            counted = await self._store(ref, etag, key, spec, variant.data, metadata)
-        except BaseException:
-            await _undone(self._usage.release(record.owner, size, 0), key)
-            raise
-        if not counted:  # a duplicate, made elsewhere: stored twice, counted (and charged) once
-            await _undone(self._usage.release(record.owner, size, 0), key)
+        await self._store(ref, etag, key, spec, variant.data, metadata)
         log.info("variant made key=%s bytes=%d seconds=%.3f", key, size, variant.seconds)
 
     async def _store(
         self, ref: ImageRef, etag: str, key: str, spec: VariantSpec, data: bytes, metadata: dict[str, str]
     ) -> bool:
-        """Store the variant, then count it on the image's record (only while the record counts
-        variants of this original: a replaced or deleted image takes none). Stored first, so
-        whoever deletes the image's variants after it is counted finds it. False if it was
-        counted already; raises if it cannot be (the caller gives the owner's bytes back)."""
+        """Store the variant, then count it on the image's record and in its owner's usage, in
+        one transaction (only while the record counts variants of this original: a replaced or
+        deleted image takes none; and within the byte quota, which the check before the answer
+        may have passed by a hair). Stored first, so whoever deletes the image's variants after
+        it is counted finds it. False if it was counted already (made in another process too)."""
         bucket = self._settings.aws.dest_bucket
         await self._storage.put(bucket, key, data, spec.content_type, metadata)
         try:
-            counted = await self._records.add_variant(ref, etag, spec.name, len(data))
+            counted = await self._records.add_variant(ref, etag, spec.name, len(data), self._usage.limit)
+        except UsageRefused:
+            await _undone(self._storage.delete_many(bucket, [key]), key)
+            raise await self._usage.refusal(ref.owner_and_id[0], 0) from None
         except BaseException:
             await _undone(self._storage.delete_many(bucket, [key]), key)  # reconcile removes it else
             raise

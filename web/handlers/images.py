@@ -7,7 +7,7 @@ from aiohttp import web
 from pipeline.errors import ImageNotFound, InvalidField
 from pipeline.untrusted import ascii_int, ascii_number
 from web.identity import resolve_user
-from web.keys import RECORDS, SETTINGS, STORAGE, USAGE
+from web.keys import RECORDS, SETTINGS, STORAGE
 from web.serving import image_ref
 from web.variants import drop_variants
 from web.views import describe, thumbnail_link, thumbnail_srcset
@@ -54,7 +54,7 @@ async def delete_image(request: web.Request) -> web.Response:
     The original goes first, so a message already in flight for the image finds nothing to
     process and is acknowledged; the record goes last, so a retried delete still finds its parts.
     """
-    user_id, _, ref = await image_ref(request, request.match_info["image_id"])
+    _, _, ref = await image_ref(request, request.match_info["image_id"])
     settings = request.app[SETTINGS]
     storage = request.app[STORAGE]
     await storage.delete_many(settings.aws.source_bucket, [ref.source_key])
@@ -62,9 +62,7 @@ async def delete_image(request: web.Request) -> web.Response:
         settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
     )
     await drop_variants(storage, settings, ref)
-    old = await request.app[RECORDS].delete(ref)
-    if old is not None:  # the record's delete is atomic: only one racing delete releases
-        await request.app[USAGE].release(user_id, old.bytes + old.variant_bytes, 1)
+    await request.app[RECORDS].delete(ref)  # and, in one transaction, uncounted from the owner's usage
     return web.Response(status=204)
 
 

@@ -25,14 +25,12 @@ from pipeline.errors import (
     InvalidField,
     MissingField,
     NotFound,
-    QuotaExceeded,
     TooLarge,
 )
 from pipeline.formats import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
-from pipeline.records import Superseded
-from pipeline.tables import Item
+from pipeline.records import Superseded, UsageRefused
 from pipeline.untrusted import utf8_text
 from web.bodies import json_object
 from web.idempotency import fingerprint, once
@@ -154,7 +152,9 @@ async def _store(
     async with request.app[UPLOADS].admit(user_id, buffer_bytes):
         previous = await records.read(ref)
         replaced = previous.bytes if previous else 0
-        await usage.check(user_id, new_image=previous is None, incoming=declared, replaced_bytes=replaced)
+        user = await usage.check(
+            user_id, new_image=previous is None, incoming=declared, replaced_bytes=replaced
+        )
         digest = hashlib.sha256()
         stored = await request.app[STORAGE].upload_stream(
             settings.aws.source_bucket,
@@ -173,7 +173,6 @@ async def _store(
         )
     request[_SHA256] = digest.hexdigest()
     metrics.UPLOAD_BYTES.inc(stored.size)
-    user = await _charge(request, ref, user_id, stored.size - replaced, previous is None)
     facts = {
         "file_name": file_name[:255],
         "content_type": f"image/{stored.format}",
@@ -185,40 +184,32 @@ async def _store(
     }
     storage, source_bucket = request.app[STORAGE], settings.aws.source_bucket
     try:
+        # The record and the owner's counters in one transaction; a new image is refused there
+        # if it crosses a quota (an upload without Content-Length can get that far).
         record = await records.record_upload(
-            ref, stored.etag, facts, lambda: storage.etag_of(source_bucket, ref.source_key), read=previous
+            ref,
+            stored.etag,
+            facts,
+            lambda: storage.etag_of(source_bucket, ref.source_key),
+            read=previous,
+            limit=usage.limit,
         )
     except Superseded:  # another upload of this id landed after ours: it is the image now
         found = await records.read(ref)
         if found is None:
             raise ImageNotFound("the image was deleted while it was being uploaded") from None
         record = found
+    except UsageRefused:  # nothing recorded: the new original goes again
+        await storage.delete_many(source_bucket, [ref.source_key])
+        raise await usage.refusal(user_id, 1) from None
     else:
         if record.replaced is not None:  # the replaced original's variants are never served again
             await drop_variants(storage, settings, ref, keep_etag=record.source_etag)
-            if freed := record.freed_variant_bytes:  # from the item this write replaced: once
-                await usage.release(user_id, freed, 0)
     log.info("upload stored key=%s bytes=%d format=%s", ref.source_key, stored.size, stored.format)
     body = describe(user_id, record)
     response = web.json_response(body, status=202)
     response.headers["Location"] = body["status_url"]
     return response
-
-
-async def _charge(request: web.Request, ref: ImageRef, user_id: str, delta: int, new_image: bool) -> Item:
-    """Count the stored bytes against the user's quota, atomically across processes.
-
-    A new image that crosses a quota is removed again (its event then finds nothing to do). A
-    replacement has already overwritten its predecessor in S3, so it is kept and counted even
-    past the quota; only uploads without Content-Length can get there, the others are refused
-    before a byte is stored.
-    """
-    usage = request.app[USAGE]
-    try:
-        return await usage.charge(user_id, delta, 1 if new_image else 0, enforce=new_image)
-    except QuotaExceeded:
-        await request.app[STORAGE].delete_many(request.app[SETTINGS].aws.source_bucket, [ref.source_key])
-        raise
 
 
 async def _hashed(chunks: AsyncIterator[bytes], digest: Any) -> AsyncIterator[bytes]:
