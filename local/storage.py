@@ -280,6 +280,22 @@ class LocalStorage(JsonDocuments):
             ]
             after = str(rows[-1][0])
 
+    async def abort_stale_uploads(self, bucket: str, older_than: datetime, *, dry_run: bool = False) -> int:
+        """Remove the temporary files of uploads begun before `older_than` and never finished
+        (a crash mid-upload); they belong to no bucket, so the source bucket's call does it."""
+        cutoff = older_than.timestamp()
+
+        def stale() -> int:
+            found = 0
+            for path in self._tmp.glob("*"):
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    found += 1
+                    if not dry_run:
+                        _unlink(path)
+            return found
+
+        return await asyncio.to_thread(stale)
+
     async def sweep_orphans(self, min_age: float = ORPHAN_AGE_SECONDS) -> int:
         """Remove blobs no row names (a crash between writing a blob and committing its row) and
         stale temporary files; returns how many were removed."""

@@ -21,6 +21,7 @@ from pipeline.aws import open_clients
 from pipeline.backends import open_backend
 from pipeline.dlq import list_dead_letters, redrive
 from pipeline.errors import ServiceError
+from pipeline.gc import GRACE_SECONDS, collect
 from pipeline.logs import configure_logging
 from pipeline.provision import provision
 from pipeline.reconcile import reconcile
@@ -79,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=300.0,
         help="leave originals and renditions younger than this many seconds alone (default 300)",
+    )
+    sweep = commands.add_parser(
+        "gc",
+        help="remove orphans: originals without a record, renditions and variants without their "
+        "original, records without an original, abandoned uploads",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    sweep.add_argument(
+        "--grace",
+        type=float,
+        default=GRACE_SECONDS,
+        help=f"leave anything younger than this many seconds alone (default {GRACE_SECONDS})",
+    )
+    sweep.add_argument(
+        "--stale-uploads-after",
+        type=float,
+        default=GRACE_SECONDS,
+        help=f"abort uploads begun this many seconds ago and never completed (default {GRACE_SECONDS})",
     )
     up = commands.add_parser("upload", help="upload image files and folders through the HTTP API")
     up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders (recursively)")
@@ -196,6 +215,19 @@ async def run_reconcile(settings: Settings, dry_run: bool, min_age: float) -> in
     return 0
 
 
+async def run_gc(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_backend(settings, maintain=not args.dry_run) as backend:
+        report = await collect(
+            backend,
+            settings,
+            dry_run=args.dry_run,
+            grace=args.grace,
+            stale_uploads_after=args.stale_uploads_after,
+        )
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
 def _new_key(new: NewKey) -> dict[str, str]:
     return {"user_id": new.user_id, "key_id": new.key_id, "key": new.key, "note": "shown once; store it now"}
 
@@ -261,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             main_coroutine = run_upload(args)
         elif args.command == "reconcile":
             main_coroutine = run_reconcile(settings, args.dry_run, args.min_age)
+        elif args.command == "gc":
+            main_coroutine = run_gc(settings, args)
         else:
             main_coroutine = run_dlq(settings, args)
         return runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)

@@ -10,6 +10,7 @@ what is written against these protocols behaves alike on either.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from pipeline.items import Change, Condition, Item, Write
@@ -54,6 +55,11 @@ class ObjectStore(Protocol):
     async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None: ...
 
     def list_objects(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ListedObject]]: ...
+
+    async def abort_stale_uploads(self, bucket: str, older_than: datetime, *, dry_run: bool = False) -> int:
+        """End uploads begun before `older_than` and never completed (S3 multipart uploads; the
+        local store's unfinished temporary files); how many there were."""
+        ...
 
     async def delete_many(self, bucket: str, keys: list[str]) -> None: ...
 

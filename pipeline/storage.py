@@ -206,6 +206,23 @@ class Storage(JsonDocuments):
                     f"could not delete {len(errors)} objects: {errors[0].get('Message')}"
                 )
 
+    async def abort_stale_uploads(self, bucket: str, older_than: datetime, *, dry_run: bool = False) -> int:
+        """Abort the multipart uploads begun before `older_than` (a crashed API's, say), a page
+        at a time; their parts are billed as storage until then."""
+        stale = 0
+        paginator = self._s3.get_paginator("list_multipart_uploads")
+        with aws_errors(StorageUnavailable):
+            async for page in paginator.paginate(Bucket=bucket):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] >= older_than:
+                        continue
+                    stale += 1
+                    if not dry_run:
+                        await self._s3.abort_multipart_upload(
+                            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+        return stale
+
     async def list_objects(self, bucket: str, prefix: str = "") -> AsyncIterator[list[ListedObject]]:
         """Every object under `prefix`, a page (at most 1,000) at a time, in key order."""
         paginator = self._s3.get_paginator("list_objects_v2")
