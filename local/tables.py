@@ -61,7 +61,8 @@ class LocalTable:
 
     def _store(self, conn: sqlite3.Connection, item: Item) -> None:
         ix_hash = ix_range = None
-        if self._index is not None:
+        # A sparse index, as DynamoDB's: an item lacking any of its attributes is not in it.
+        if self._index is not None and all(a in item for a in self._index[1]):
             attributes = self._index[1]
             ix_hash = item.get(attributes[0])
             ix_range = item.get(attributes[1]) if len(attributes) > 1 else ""

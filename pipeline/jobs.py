@@ -9,6 +9,8 @@ removes what it wrote and acknowledges (nothing to dead-letter for an image that
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -28,11 +30,12 @@ from pipeline.errors import (
     SourceMissing,
 )
 from pipeline.events import ObjectCreated
+from pipeline.formats import ImageInfo
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
 from pipeline.ports import ItemTable, ObjectStore
-from pipeline.records import RecordStore, Superseded
-from pipeline.results import RenditionResult
+from pipeline.records import ImageRecord, RecordStore, Superseded
+from pipeline.results import Rendition, RenditionResult
 from pipeline.storage import OversizeObject
 from pipeline.tasks import make_renditions
 from pipeline.webhooks import Dispatcher
@@ -98,18 +101,22 @@ class JobRunner:
             rid = meta.metadata.get("request-id") or rid
             REQUEST_ID.set(rid)  # this job's log lines carry the upload's request id
             await self._check_owner(owner, meta.metadata)
+            digest, duplicate = None, None
             if error is None:
-                try:
-                    result = await self._resize(ref, meta.etag, data)
-                except PermanentError as exc:
-                    error = exc
-            if result is not None:
+                digest = await _sha256(data)
+                result, duplicate, error = await self._make(ref, meta.etag, data, digest)
+            if result is not None and duplicate is None:
                 await self._write_renditions(ref, meta.etag, result)
-            else:  # renditions an earlier upload of this id left are never valid again
+            elif result is None:  # renditions an earlier upload of this id left are never valid again
                 await self._drop_renditions(ref)
             try:
                 written = await self._records.record_result(
-                    ref, meta.etag, result, error, lambda: self._current_etag(ref)
+                    ref,
+                    meta.etag,
+                    result,
+                    error,
+                    lambda: self._current_etag(ref),
+                    duplicate_of=duplicate.image_id if duplicate else None,
                 )
             except Superseded as exc:
                 if exc.current is None:  # deleted while we worked: leave nothing behind
@@ -122,6 +129,8 @@ class JobRunner:
                 await self._records.delete_if(ref, 1)
                 await self._drop_renditions(ref)
                 return JobResult("source_missing", ref.source_key, request_id=rid)
+            if digest is not None and result is not None and duplicate is None:
+                await self._records.remember_digest(ref, digest)
             if self._webhooks is not None and written.item.get("notify"):
                 self._webhooks.submit(written)  # delivered in the background, never awaited here
             if error is not None:
@@ -156,6 +165,56 @@ class JobRunner:
         )
         return result
 
+    async def _make(
+        self, ref: ImageRef, etag: str, data: bytes, digest: str
+    ) -> tuple[RenditionResult | None, ImageRecord | None, PermanentError | None]:
+        """The renditions, copied from the owner's image with the same bytes if there is one
+        (with it), else made in the worker pool; or the permanent error that prevents them."""
+        duplicate = await self._records.find_duplicate(ref, digest)
+        if duplicate is not None and (copied := await self._copy_from(duplicate, ref, etag)) is not None:
+            return copied, duplicate, None
+        try:
+            return await self._resize(ref, etag, data), None, None
+        except PermanentError as exc:
+            return None, None, exc
+
+    async def _copy_from(self, duplicate: ImageRecord, ref: ImageRef, etag: str) -> RenditionResult | None:
+        """The renditions of `duplicate` (the owner's image with the same bytes), copied to `ref`'s
+        keys in storage without decoding anything; None if they cannot be (made with other
+        settings, or replaced or deleted meanwhile): the caller makes them afresh."""
+        dest, max_bytes = self._settings.aws.dest_bucket, self._settings.imaging.max_bytes
+        copied = []
+        for spec in self._settings.imaging.renditions:
+            made = duplicate.renditions.get(spec.name)
+            if made is None:
+                return None
+            try:
+                await self._storage.copy(
+                    dest,
+                    str(made["key"]),
+                    ref.rendition_key(spec),
+                    spec.content_type,
+                    {"source-etag": etag.strip('"')},
+                    max_bytes,
+                )
+            except NotFound:
+                return None
+            copied.append(Rendition(spec, b"", int(made["width"]), int(made["height"]), int(made["bytes"])))
+        # Still the same original there? (A replacement's record names its new original before
+        # its renditions are made, so what was copied is of these bytes if this holds.)
+        now = await self._records.read(ImageRef.of(duplicate.owner, duplicate.image_id))
+        if now is None or now.source_etag != duplicate.source_etag:
+            return None
+        info = duplicate.item.get("info", {})
+        log.info("duplicate of %s: renditions copied key=%s", duplicate.image_id, ref.source_key)
+        return RenditionResult(
+            ImageInfo(str(info.get("format")), int(info.get("width", 0)), int(info.get("height", 0))),
+            info.get("engine", "vips"),
+            tuple(copied),
+            0.0,
+            duplicate.item.get("placeholder"),
+        )
+
     async def _current_etag(self, ref: ImageRef) -> str | None:
         return await self._storage.etag_of(self._settings.aws.source_bucket, ref.source_key)
 
@@ -174,6 +233,13 @@ class JobRunner:
             self._settings.aws.dest_bucket,
             [ref.rendition_key(spec) for spec in self._settings.imaging.renditions],
         )
+
+
+async def _sha256(data: bytes) -> str:
+    """The original's SHA-256 (the upload's own, recorded by the API); large ones off the loop."""
+    if len(data) < 1 << 20:
+        return hashlib.sha256(data).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
 def _short(text: str, limit: int = 200) -> str:

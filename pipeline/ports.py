@@ -61,6 +61,16 @@ class ObjectStore(Protocol):
         local store's unfinished temporary files); how many there were."""
         ...
 
+    async def copy(
+        self,
+        bucket: str,
+        source: str,
+        key: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        max_bytes: int,
+    ) -> None: ...
+
     async def delete_many(self, bucket: str, keys: list[str]) -> None: ...
 
     async def upload_stream(

@@ -176,6 +176,8 @@ class ImageRecord:
             "created_at": item.get("created_at"),
             "updated_at": item.get("updated_at"),
             "focal_point": item.get("focal_point"),
+            # Its renditions were copied from this image of the same owner, made from the same bytes.
+            "duplicate_of": item.get("duplicate_of"),
         }
         if self.state == "ready":
             info = item.get("info", {})
@@ -185,6 +187,10 @@ class ImageRecord:
             body["error"] = self.error
         return {k: v for k, v in body.items() if v is not None}
 
+
+#: Notes of which image is made from which bytes (`RecordStore.remember_digest`): no image id
+#: can start with `#`.
+DIGEST_PREFIX = "#sha256:"
 
 #: The quota conditions on the owner's counters for a change of (bytes, images), or None.
 Limit = Callable[[int, int], Condition | None]
@@ -258,6 +264,7 @@ class RecordStore:
         result: RenditionResult | None,
         error: ServiceError | None,
         current: CurrentEtag,
+        duplicate_of: str | None = None,
     ) -> ImageRecord:
         """The consumer made (or failed to make) renditions of the original with `etag`: they
         become the record's result, and that ETag its version. Raises `Superseded` if S3 holds
@@ -271,6 +278,7 @@ class RecordStore:
                 "result_state": "ready" if error is None else "failed",
                 "error": None if error is None else {"code": error.code, "message": error.message},
                 "renditions": {},
+                "duplicate_of": duplicate_of,  # None: made from these bytes here
             }
             if result is not None:
                 out["renditions"] = {
@@ -278,7 +286,7 @@ class RecordStore:
                         "key": ref.rendition_key(r.spec),
                         "width": r.width,
                         "height": r.height,
-                        "bytes": len(r.data),
+                        "bytes": r.size,
                         "content_type": r.spec.content_type,
                     }
                     for r in result.renditions
@@ -314,6 +322,33 @@ class RecordStore:
             except ConditionFailed:
                 return 1
         return int(item.get("timeouts", 1))
+
+    async def remember_digest(self, ref: ImageRef, digest: str) -> None:
+        """Note that the owner's image `ref` is made from the bytes with SHA-256 `digest`, for a
+        later upload of the same bytes by the same owner to reuse. The note is an item beside
+        the owner's records (its id is no valid image id) that no listing index holds."""
+        owner, image_id = ref.owner_and_id
+        await self._table.put({"user_id": owner, "image_id": DIGEST_PREFIX + digest, "of": image_id})
+
+    async def find_duplicate(self, ref: ImageRef, digest: str) -> ImageRecord | None:
+        """Another image of the same owner, ready, made from the same bytes; None if there is none
+        (never another owner's: one user must not learn what another uploaded)."""
+        owner, image_id = ref.owner_and_id
+        note = await self._table.get({"user_id": owner, "image_id": DIGEST_PREFIX + digest})
+        if note is None or note.get("of") == image_id:
+            return None
+        record = await self.read(ImageRef.of(owner, str(note["of"])))
+        if record is None or record.state != "ready" or record.item.get("sha256") != digest:
+            return None  # deleted or replaced since: the note is stale
+        return record
+
+    async def forget_digest(self, ref: ImageRef, digest: str) -> None:
+        """Drop the note of `digest` if it names `ref` (the image is deleted)."""
+        owner, image_id = ref.owner_and_id
+        with contextlib.suppress(ConditionFailed):
+            await self._table.delete(
+                {"user_id": owner, "image_id": DIGEST_PREFIX + digest}, Equals("of", image_id)
+            )
 
     async def set_focal_point(self, ref: ImageRef, point: dict[str, float]) -> ImageRecord | None:
         """Store where the image's subject is (for `crop=focal`); None if there is no record.
@@ -393,6 +428,8 @@ class RecordStore:
                 await self._with_usage(DeleteItem(self._table, key, _at(old)), owner, old, None)
             except ConditionFailed:  # written meanwhile: what it counts now is read again
                 continue
+            if digest := old.get("sha256"):
+                await self.forget_digest(ref, str(digest))
             return ImageRecord(owner, image_id, old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
 

@@ -24,6 +24,12 @@ class Rendition:
     data: bytes
     width: int
     height: int
+    #: The size of a rendition copied rather than made (its `data` is then empty).
+    copied_bytes: int | None = None
+
+    @property
+    def size(self) -> int:
+        return self.copied_bytes if self.copied_bytes is not None else len(self.data)
 
 
 @dataclass(frozen=True)

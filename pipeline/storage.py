@@ -105,6 +105,20 @@ class JsonDocuments(ABC):
             bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json", metadata
         )
 
+    async def copy(
+        self,
+        bucket: str,
+        source: str,
+        key: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        max_bytes: int,
+    ) -> None:
+        """Copy a small object within `bucket`, with new metadata (read and written again here;
+        S3 copies server-side). `NotFound` if `source` is gone."""
+        _, data = await self.read(bucket, source, max_bytes)
+        await self.put(bucket, key, data, content_type, metadata)
+
     async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
         """A small JSON document, or None where there is none."""
         try:
@@ -205,6 +219,26 @@ class Storage(JsonDocuments):
                 raise StorageUnavailable(
                     f"could not delete {len(errors)} objects: {errors[0].get('Message')}"
                 )
+
+    async def copy(
+        self,
+        bucket: str,
+        source: str,
+        key: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        max_bytes: int,
+    ) -> None:
+        """CopyObject: the bytes never leave S3 (objects up to 5 GB; ours are renditions)."""
+        with aws_errors(StorageUnavailable, not_found=NotFound):
+            await self._s3.copy_object(
+                Bucket=bucket,
+                Key=key,
+                CopySource={"Bucket": bucket, "Key": source},
+                MetadataDirective="REPLACE",
+                ContentType=content_type,
+                Metadata=dict(metadata),
+            )
 
     async def abort_stale_uploads(self, bucket: str, older_than: datetime, *, dry_run: bool = False) -> int:
         """Abort the multipart uploads begun before `older_than` (a crashed API's, say), a page

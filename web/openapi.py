@@ -140,6 +140,10 @@ SCHEMAS: dict[str, Any] = {
             "status_url": {"type": "string"},
             "original_url": {"type": "string"},
             "renditions": {"type": "object"},
+            "duplicate_of": {
+                "type": "string",
+                "description": "the caller's image made from the same bytes, whose renditions were copied",
+            },
         },
     },
     "ImageList": {
