@@ -212,11 +212,42 @@ class LocalStorage(JsonDocuments):
         finally:
             blob.discard()
 
+    async def copy(
+        self,
+        bucket: str,
+        source: str,
+        key: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        max_bytes: int,
+    ) -> None:
+        """A second name for the same bytes (a hard link: nothing is copied or written again but
+        the directory entry and the row); each name goes with its own object."""
+        row = await self._row(bucket, source)
+        meta, source_blob = _meta(row), str(row[0])
+        name = f"{uuid.uuid4().hex[:2]}/{uuid.uuid4().hex}"
+        await asyncio.to_thread(_link, self._blobs / source_blob, self._blobs / name)
+        await self._commit_row(bucket, key, name, meta.size, meta.etag, content_type, metadata)
+
     async def _commit(
         self, bucket: str, key: str, blob: _Blob, content_type: str, metadata: Mapping[str, str]
     ) -> str:
         name = await blob.seal(self._blobs)
         etag = f'"{blob.md5.hexdigest()}"'
+        await self._commit_row(bucket, key, name, blob.size, etag, content_type, metadata)
+        return etag
+
+    async def _commit_row(
+        self,
+        bucket: str,
+        key: str,
+        name: str,
+        size: int,
+        etag: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+    ) -> None:
+        """Name the blob `name` as the object `key` (the blob is on disk already)."""
 
         def commit(conn: sqlite3.Connection) -> str | None:
             found = conn.execute("SELECT notify_queue FROM buckets WHERE name = ?", (bucket,)).fetchone()
@@ -227,10 +258,10 @@ class LocalStorage(JsonDocuments):
             ).fetchone()
             conn.execute(
                 f"INSERT OR REPLACE INTO objects (bucket, key, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (bucket, key, name, blob.size, etag, time.time(), content_type, json.dumps(dict(metadata))),
+                (bucket, key, name, size, etag, time.time(), content_type, json.dumps(dict(metadata))),
             )
             if found[0]:
-                enqueue(conn, found[0], object_created(bucket, key, blob.size, etag), {})
+                enqueue(conn, found[0], object_created(bucket, key, size, etag), {})
             return None if old is None else str(old[0])
 
         try:
@@ -241,7 +272,6 @@ class LocalStorage(JsonDocuments):
         if replaced is not None:
             await asyncio.to_thread(_unlink, self._blobs / replaced)
         self._db.changes.notify_all()
-        return etag
 
     async def delete_many(self, bucket: str, keys: list[str]) -> None:
         """Idempotent: keys that do not exist are not an error (S3 semantics)."""
@@ -360,6 +390,16 @@ class _Blob:
         if self._file is not None and not self._file.closed:
             self._file.close()
         _unlink(self._path)
+
+
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(exist_ok=True)
+    os.link(source, target)
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the new name survives a power cut
+    finally:
+        os.close(directory)
 
 
 def _unlink(path: Path) -> None:

@@ -165,3 +165,18 @@ async def test_listing_gives_every_object_under_a_prefix_in_key_order(backend: B
     assert [o.size for o in listed] == [3, 3] and all(o.etag.startswith('"') for o in listed)
     everything = [o.key async for page in backend.storage.list_objects(bucket) for o in page]
     assert everything == ["a/1", "b/1", "b/2", "b_/x", "c"]
+
+
+async def test_a_copy_has_its_own_metadata_and_outlives_its_source(backend: Backend) -> None:
+    """S3 copies server-side; the local store gives the same bytes a second name (a hard link):
+    either way the copy stands alone."""
+    bucket, storage = backend.settings.aws.dest_bucket, backend.storage
+    data = jpeg_bytes(20, 20)
+    etag = await storage.put(bucket, "c/source", data, "image/jpeg", {"source-etag": "one"})
+    await storage.copy(bucket, "c/source", "c/copy", "image/jpeg", {"source-etag": "two"}, 10**6)
+    await storage.delete_many(bucket, ["c/source"])
+    meta, copied = await storage.read(bucket, "c/copy", 10**6)
+    assert copied == data and meta.etag == etag and meta.metadata == {"source-etag": "two"}
+    assert meta.content_type == "image/jpeg"
+    with pytest.raises(NotFound):
+        await storage.copy(bucket, "c/source", "c/again", "image/jpeg", {}, 10**6)
