@@ -235,6 +235,9 @@ class AccountSettings:
     #: Seconds a web process trusts a key it verified without reading it again: a key revoked
     #: elsewhere stops working within this long in every process; 0 reads it on every request.
     key_cache_seconds: Annotated[float, Var(0, 300)] = 10
+    #: Days an image is kept unless its upload says otherwise (`expires_in_days`); 0: for ever.
+    #: Expired images are removed by `python -m pipeline gc`.
+    retention_days: Annotated[int, Var(0, 36_500)] = 0
     #: Per-user quotas; 0 means unlimited.
     quota_bytes: Annotated[int, Var(0, 2**62)] = 0
     quota_images: Annotated[int, Var(0, 2**62)] = 0

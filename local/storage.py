@@ -318,7 +318,11 @@ class LocalStorage(JsonDocuments):
         def stale() -> int:
             found = 0
             for path in self._tmp.glob("*"):
-                if path.is_file() and path.stat().st_mtime < cutoff:
+                try:
+                    stale = path.is_file() and path.stat().st_mtime < cutoff
+                except FileNotFoundError:  # an upload that just finished
+                    continue
+                if stale:
                     found += 1
                     if not dry_run:
                         _unlink(path)

@@ -9,7 +9,9 @@ Garbage is what a crash, a lost event or an interrupted request leaves behind:
 - records without an original: the other half of an interrupted delete (removing one also
   uncounts it from its owner's usage, in one transaction);
 - uploads abandoned mid-way: S3 multipart uploads never completed (their parts are billed as
-  storage), the local store's unfinished temporary files.
+  storage), the local store's unfinished temporary files;
+- images past their expiry (`expires_in_days` on upload, or `IMGSVC_RETENTION_DAYS`): the
+  original, its renditions and variants, and the record, as a delete would.
 
 Nothing younger than `grace` is touched (default one day: an upload's original exists without
 its record for a moment, a new original's renditions for a moment without a finished record), and
@@ -32,6 +34,7 @@ from pipeline.accounts import Accounts
 from pipeline.backends import Backend
 from pipeline.layout import ImageRef, source_key_of
 from pipeline.records import RecordStore
+from pipeline.removal import remove_image
 from pipeline.storage import ListedObject
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class Collection:
     orphaned_derivatives: Swept = field(default_factory=Swept)
     records_without_original: int = 0
     stale_uploads: int = 0
+    #: Images past their `expires_at`, removed whole (original, renditions, variants, record).
+    expired: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,14 +77,16 @@ async def collect(
     dry_run: bool = False,
     grace: float = GRACE_SECONDS,
     stale_uploads_after: float = GRACE_SECONDS,
+    now: datetime | None = None,
 ) -> Collection:
+    """`now` (default: now) is when images' expiry is judged, and what the grace counts back from."""
     report = Collection(dry_run, grace)
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     cutoff = now - timedelta(seconds=grace)
     records = RecordStore(backend.tables.images, backend.tables.users)
     await _originals(backend, settings, records, cutoff, report)
     await _derivatives(backend, settings, cutoff, report)
-    await _records(backend, settings, records, cutoff, report)
+    await _records(backend, settings, records, cutoff, now, report)
     report.stale_uploads = await backend.storage.abort_stale_uploads(
         settings.aws.source_bucket, now - timedelta(seconds=stale_uploads_after), dry_run=dry_run
     )
@@ -141,8 +148,14 @@ async def _derivatives(backend: Backend, settings: Settings, cutoff: datetime, r
 
 
 async def _records(
-    backend: Backend, settings: Settings, records: RecordStore, cutoff: datetime, report: Collection
+    backend: Backend,
+    settings: Settings,
+    records: RecordStore,
+    cutoff: datetime,
+    now: datetime,
+    report: Collection,
 ) -> None:
+    """Records whose original is gone, and images past their expiry (removed whole)."""
     bucket = settings.aws.source_bucket
     for user in await Accounts(backend.tables).users():
         cursor = None
@@ -151,6 +164,12 @@ async def _records(
             for record in page:
                 updated = datetime.fromisoformat(str(record.item.get("updated_at")))
                 ref = ImageRef.of(record.owner, record.image_id)
+                expires = record.item.get("expires_at")
+                if isinstance(expires, int | float) and expires <= now.timestamp():
+                    report.expired += 1
+                    if not report.dry_run:
+                        await remove_image(backend.storage, records, settings, ref)
+                    continue
                 if updated >= cutoff or await backend.storage.etag_of(bucket, ref.source_key) is not None:
                     continue
                 report.records_without_original += 1

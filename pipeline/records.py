@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pipeline import untrusted
@@ -178,6 +179,7 @@ class ImageRecord:
             "focal_point": item.get("focal_point"),
             # Its renditions were copied from this image of the same owner, made from the same bytes.
             "duplicate_of": item.get("duplicate_of"),
+            "expires_at": _iso(item.get("expires_at")),
         }
         if self.state == "ready":
             info = item.get("info", {})
@@ -539,6 +541,12 @@ class RecordStore:
                 continue
             return ImageRecord(owner, image_id, new, replaced=old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
+
+
+def _iso(epoch: object) -> str | None:
+    if not isinstance(epoch, int | float) or isinstance(epoch, bool):
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def counted(item: Mapping[str, Any] | None) -> tuple[int, int]:

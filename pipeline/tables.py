@@ -67,7 +67,13 @@ class TableSpec:
 SPECS = (
     TableSpec("users", ("user_id",), {}),
     TableSpec("keys", ("key_id",), {"by_user": ("user_id", "created_at")}),
-    TableSpec("images", ("user_id", "image_id"), {"by_created": ("user_id", "created_key")}),
+    # `purge_at`: a week past an image's expiry, a backstop for a gc that did not run.
+    TableSpec(
+        "images",
+        ("user_id", "image_id"),
+        {"by_created": ("user_id", "created_key")},
+        ttl_attribute="purge_at",
+    ),
     TableSpec("throttle", ("id",), {}, ttl_attribute="expires_at"),
     TableSpec("config", ("name",), {}),
     TableSpec("requests", ("id",), {}, ttl_attribute="expires_at"),  # idempotency keys, 24 h

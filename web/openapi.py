@@ -48,6 +48,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
 AUTH_ERRORS = (400, 401, 403, 429, 503)
 #: Uploads: an `Idempotency-Key` in use (409) or reused for another request (422) add theirs.
 UPLOAD_ERRORS = (*AUTH_ERRORS, 404, 408, 409, 413, 415, 422)
+EXPIRES = {
+    "name": "expires_in_days",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 36500},
+    "description": "days until `python -m pipeline gc` removes the image whole "
+    "(default: the deployment's retention)",
+}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -140,6 +148,7 @@ SCHEMAS: dict[str, Any] = {
             "status_url": {"type": "string"},
             "original_url": {"type": "string"},
             "renditions": {"type": "object"},
+            "expires_at": {"type": "string", "description": "when gc removes it (ISO 8601, UTC)"},
             "duplicate_of": {
                 "type": "string",
                 "description": "the caller's image made from the same bytes, whose renditions were copied",
@@ -206,7 +215,12 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
             "post": {
                 "summary": "Store input/<file_name> as an image (the original system's route)",
                 "requestBody": _json_body(
-                    {"file_name": {"type": "string", "minLength": 1}, "user_id": USER}, ["file_name"]
+                    {
+                        "file_name": {"type": "string", "minLength": 1},
+                        "user_id": USER,
+                        "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 36500},
+                    },
+                    ["file_name"],
                 ),
                 "parameters": [IDEMPOTENCY_KEY],
                 "responses": {"202": accepted, **_errors(*UPLOAD_ERRORS)},
@@ -224,7 +238,12 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
             },
             "post": {
                 "summary": "Upload an image under a server-generated id",
-                "parameters": [USER_Q, _param("file_name", "query", {"type": "string"}), IDEMPOTENCY_KEY],
+                "parameters": [
+                    USER_Q,
+                    _param("file_name", "query", {"type": "string"}),
+                    EXPIRES,
+                    IDEMPOTENCY_KEY,
+                ],
                 "requestBody": UPLOAD_BODY,
                 "responses": {"202": accepted, **_errors(*UPLOAD_ERRORS)},
             },
@@ -241,7 +260,12 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
             },
             "put": {
                 "summary": "Upload (or replace) the image with this id",
-                "parameters": [USER_Q, _param("file_name", "query", {"type": "string"}), IDEMPOTENCY_KEY],
+                "parameters": [
+                    USER_Q,
+                    _param("file_name", "query", {"type": "string"}),
+                    EXPIRES,
+                    IDEMPOTENCY_KEY,
+                ],
                 "requestBody": UPLOAD_BODY,
                 "responses": {"202": accepted, **_errors(*UPLOAD_ERRORS)},
             },

@@ -275,17 +275,3 @@ async def _undone(step: Coroutine[Any, Any, object], key: str) -> None:
         await step
     except Exception as exc:
         log.warning("variant not fully undone key=%s error=%r", key, exc)
-
-
-async def drop_variants(
-    storage: ObjectStore, settings: Settings, ref: ImageRef, *, keep_etag: str | None = None
-) -> int:
-    """Delete an image's variants (all, or all but those of the original `keep_etag`); returns
-    how many went. Their bytes are given back by the caller, from the record it replaced or
-    deleted (once, however many callers race). One listing when there are none."""
-    keep = ref.variants_prefix(keep_etag) if keep_etag else None
-    doomed: list[str] = []
-    async for page in storage.list_objects(settings.aws.dest_bucket, ref.variants_prefix()):
-        doomed += [listed.key for listed in page if keep is None or not listed.key.startswith(keep)]
-    await storage.delete_many(settings.aws.dest_bucket, doomed)
-    return len(doomed)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from pipeline.errors import ImageNotFound, InvalidField
+from pipeline.removal import remove_image
 from pipeline.untrusted import ascii_int, ascii_number
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE
 from web.serving import image_ref
-from web.variants import drop_variants
 from web.views import describe, thumbnail_link, thumbnail_srcset
 
 MAX_WAIT = 20.0
@@ -49,20 +49,10 @@ async def list_images(request: web.Request) -> web.Response:
 
 async def delete_image(request: web.Request) -> web.Response:
     """`DELETE /images/{image_id}`: the original, every rendition and variant, and the record.
-    Idempotent (204).
-
-    The original goes first, so a message already in flight for the image finds nothing to
-    process and is acknowledged; the record goes last, so a retried delete still finds its parts.
-    """
+    Idempotent (204)."""
     _, _, ref = await image_ref(request, request.match_info["image_id"])
-    settings = request.app[SETTINGS]
-    storage = request.app[STORAGE]
-    await storage.delete_many(settings.aws.source_bucket, [ref.source_key])
-    await storage.delete_many(
-        settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
-    )
-    await drop_variants(storage, settings, ref)
-    await request.app[RECORDS].delete(ref)  # and, in one transaction, uncounted from the owner's usage
+    app = request.app
+    await remove_image(app[STORAGE], app[RECORDS], app[SETTINGS], ref)
     return web.Response(status=204)
 
 

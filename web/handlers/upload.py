@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,19 +32,21 @@ from pipeline.formats import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
 from pipeline.records import Superseded, UsageRefused
-from pipeline.untrusted import utf8_text
+from pipeline.removal import drop_variants
+from pipeline.untrusted import ascii_int, utf8_text
 from web.bodies import json_object
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
 from web.keys import IDEMPOTENCY, RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
 from web.multipart import MultipartUpload
-from web.variants import drop_variants
 from web.views import describe
 
 log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 #: How much of an upload is kept to read its header (bombs are refused before being stored).
 SCREEN_BYTES = 64 * 1024
+#: Seconds past its expiry before DynamoDB's TTL removes a record gc has not removed.
+PURGE_AFTER = 7 * 86_400
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: The SHA-256 of the bytes an upload stored (an idempotent upload saves it with its answer).
 _SHA256 = web.RequestKey("uploaded_sha256", str)
@@ -70,9 +73,12 @@ async def compat_upload(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     path = _input_file(settings.web.input_dir, file_name)
 
+    expires_at = _expiry(request, body.get("expires_in_days"))
+
     async def upload() -> tuple[web.Response, str]:
         size = path.stat().st_size
-        return await _store(request, user_id, image_id, _file_chunks(path), file_name, size), ""
+        chunks = _file_chunks(path)
+        return await _store(request, user_id, image_id, chunks, file_name, size, expires_at), ""
 
     async def nothing_more() -> str:
         return ""  # the route's fingerprint holds the whole body
@@ -99,9 +105,11 @@ async def post_image(request: web.Request) -> web.Response:
 
 
 async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> web.Response:
+    expires_at = _expiry(request, request.query.get("expires_in_days"))
+
     async def upload() -> tuple[web.Response, str]:
         chunks, file_name, declared = await _body(request)
-        response = await _store(request, user_id, image_id, chunks, file_name, declared)
+        response = await _store(request, user_id, image_id, chunks, file_name, declared, expires_at)
         return response, request[_SHA256]
 
     async def body_sha256() -> str:
@@ -140,6 +148,7 @@ async def _store(
     chunks: AsyncIterator[bytes],
     file_name: str,
     declared: int | None,
+    expires_at: int | None = None,
 ) -> web.Response:
     """Check quotas, stream the original into S3, charge the user, record the upload: 202."""
     settings = request.app[SETTINGS]
@@ -179,6 +188,8 @@ async def _store(
         "format": stored.format,
         "bytes": stored.size,
         "sha256": request[_SHA256],
+        "expires_at": expires_at,  # removed by `python -m pipeline gc` after this (epoch seconds)
+        "purge_at": expires_at + PURGE_AFTER if expires_at else None,  # DynamoDB TTL's backstop
         # The consumer looks the webhook up only for images whose owner had one at upload time.
         "notify": bool(user.get("webhook_url")),
     }
@@ -210,6 +221,18 @@ async def _store(
     response = web.json_response(body, status=202)
     response.headers["Location"] = body["status_url"]
     return response
+
+
+def _expiry(request: web.Request, days: object) -> int | None:
+    """When the image expires (epoch seconds): `expires_in_days` (a whole number from 1 to
+    36500, from the query or the JSON body), else the deployment's retention; None: never."""
+    if days is None or days == "":
+        default = request.app[SETTINGS].accounts.retention_days
+        return int(time.time()) + default * 86_400 if default else None
+    value = ascii_int(days, 1, 36_500) if isinstance(days, str) else days
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 36_500:
+        raise InvalidField("expires_in_days must be a whole number of days from 1 to 36500")
+    return int(time.time()) + value * 86_400
 
 
 async def _hashed(chunks: AsyncIterator[bytes], digest: Any) -> AsyncIterator[bytes]:

@@ -1,0 +1,43 @@
+"""Removing an image and everything made from it: the API's delete, and gc's expiry."""
+
+from __future__ import annotations
+
+from config.settings import Settings
+from pipeline.layout import ImageRef
+from pipeline.ports import ObjectStore
+from pipeline.records import ImageRecord, RecordStore
+
+
+async def drop_variants(
+    storage: ObjectStore, settings: Settings, ref: ImageRef, *, keep_etag: str | None = None
+) -> int:
+    """Delete an image's variants (all, or all but those of the original `keep_etag`); returns
+    how many went. Their bytes are given back with the record that counted them (the record
+    write that replaced or deleted it). One listing when there are none."""
+    keep = ref.variants_prefix(keep_etag) if keep_etag else None
+    doomed: list[str] = []
+    async for page in storage.list_objects(settings.aws.dest_bucket, ref.variants_prefix()):
+        doomed += [listed.key for listed in page if keep is None or not listed.key.startswith(keep)]
+    await storage.delete_many(settings.aws.dest_bucket, doomed)
+    return len(doomed)
+
+
+async def remove_image(
+    storage: ObjectStore, records: RecordStore, settings: Settings, ref: ImageRef
+) -> ImageRecord | None:
+    """The original, every rendition and variant, then the record (uncounted from the owner's
+    usage with it). Idempotent; the record as it was, None if there was none.
+
+    The original goes first, so a message already in flight for the image finds nothing to
+    process and is acknowledged; the record goes last, so a retried removal still finds its parts.
+    """
+    await storage.delete_many(settings.aws.source_bucket, [ref.source_key])
+    await storage.delete_many(
+        settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
+    )
+    await drop_variants(storage, settings, ref)
+    old = await records.delete(ref)
+    # A variant stored and counted while this ran was put after the listing above and before
+    # the record went; once it has gone no variant can be counted, so a second look is the last.
+    await drop_variants(storage, settings, ref)
+    return old
