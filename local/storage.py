@@ -226,7 +226,10 @@ class LocalStorage(JsonDocuments):
         row = await self._row(bucket, source)
         meta, source_blob = _meta(row), str(row[0])
         name = f"{uuid.uuid4().hex[:2]}/{uuid.uuid4().hex}"
-        await asyncio.to_thread(_link, self._blobs / source_blob, self._blobs / name)
+        try:
+            await asyncio.to_thread(_link, self._blobs / source_blob, self._blobs / name)
+        except FileNotFoundError:  # replaced or deleted since its row was read
+            raise NotFound() from None
         await self._commit_row(bucket, key, name, meta.size, meta.etag, content_type, metadata)
 
     async def _commit(
@@ -399,6 +402,9 @@ class _Blob:
 def _link(source: Path, target: Path) -> None:
     target.parent.mkdir(exist_ok=True)
     os.link(source, target)
+    # The new name shares its source's inode and so its age: made young, so that a sweep that
+    # listed the named blobs before this name's row committed does not take it for an orphan.
+    os.utime(target)
     directory = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(directory)  # the new name survives a power cut

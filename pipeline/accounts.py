@@ -137,14 +137,15 @@ class Accounts:
         ]
 
     async def revoke(self, key_id: str) -> dict[str, Any]:
-        if self._verified is not None:
-            self._verified.pop(key_id, None)
         try:
             return await self._tables.keys.update(
                 {"key_id": key_id}, [SetDefault("revoked_at", now_iso())], Present("key_id")
             )
         except ConditionFailed:
             raise KeyNotFound() from None
+        finally:  # after the write: a check that read the key before it cannot cache it again
+            if self._verified is not None:
+                self._verified.pop(key_id, None)
 
     async def rotate(self, key_id: str) -> NewKey:
         """A new key for the same user; the old one is revoked once the new one exists."""

@@ -15,11 +15,13 @@ Garbage is what a crash, a lost event or an interrupted request leaves behind:
 
 Nothing younger than `grace` is touched (default one day: an upload's original exists without
 its record for a moment, a new original's renditions for a moment without a finished record), and
-an original is looked at again just before it goes (its ETag and age as listed, and still no
-record), so a run racing live uploads deletes only what was garbage when it looked. Buckets are
-walked a page at a time, with nothing kept from one page to the next: memory stays bounded
-whatever their size. `dry_run` only counts. `python -m pipeline reconcile` is the other half: it
-rebuilds what can be rebuilt (lost events) and should run first.
+an original is looked at again just before it goes (its ETag and time as listed, and still no
+record; a re-upload of the same bytes changes the time), so a run racing live uploads deletes
+only what was garbage when it looked (but for the one request between that look and the
+delete). An expired image's record goes first, and only at the revision read, so a re-upload
+meanwhile keeps it. Buckets are walked a page at a time, with nothing kept from one page to the
+next: memory stays bounded whatever their size. `dry_run` only counts. `python -m pipeline
+reconcile` is the other half: it rebuilds what can be rebuilt (lost events) and should run first.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pipeline.accounts import Accounts
 from pipeline.backends import Backend
 from pipeline.layout import ImageRef, source_key_of
 from pipeline.records import RecordStore
-from pipeline.removal import remove_image
+from pipeline.removal import expire_image
 from pipeline.storage import ListedObject
 
 log = logging.getLogger(__name__)
@@ -115,7 +117,10 @@ async def _originals(
                 meta = await storage.head(bucket, original.key)
             except Exception:  # gone already, or unreadable: not ours to delete now
                 continue
-            if meta.etag == original.etag and await records.read(ImageRef(original.key)) is None:
+            # (A listing and a HEAD give the time to different precisions: compared to the second.)
+            same_time = int(meta.last_modified.timestamp()) == int(original.last_modified.timestamp())
+            unchanged = meta.etag == original.etag and same_time
+            if unchanged and await records.read(ImageRef(original.key)) is None:
                 still.append(original)
         report.orphaned_originals.add(still)
         if still and not report.dry_run:
@@ -166,9 +171,8 @@ async def _records(
                 ref = ImageRef.of(record.owner, record.image_id)
                 expires = record.item.get("expires_at")
                 if isinstance(expires, int | float) and expires <= now.timestamp():
-                    report.expired += 1
-                    if not report.dry_run:
-                        await remove_image(backend.storage, records, settings, ref)
+                    if report.dry_run or await expire_image(backend.storage, records, settings, record):
+                        report.expired += 1
                     continue
                 if updated >= cutoff or await backend.storage.etag_of(bucket, ref.source_key) is not None:
                     continue

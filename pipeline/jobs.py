@@ -186,9 +186,14 @@ class JobRunner:
         copied = []
         for spec in self._settings.imaging.renditions:
             made = duplicate.renditions.get(spec.name)
-            if made is None:
+            if made is None or made.get("content_type") != spec.content_type:
                 return None
             try:
+                # Made from that original? (A replacement's job writes renditions before its
+                # record; the record alone could still name the bytes these were not made from.)
+                source = await self._storage.head(dest, str(made["key"]))
+                if source.metadata.get("source-etag") != duplicate.source_etag.strip('"'):
+                    return None
                 await self._storage.copy(
                     dest,
                     str(made["key"]),

@@ -435,17 +435,21 @@ class RecordStore:
             return ImageRecord(owner, image_id, old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
 
-    async def delete_if(self, ref: ImageRef, revision: int) -> None:
-        """Delete the record only if nobody wrote it since `revision` (undoing our own write)."""
+    async def delete_if(self, ref: ImageRef, revision: int) -> bool:
+        """Delete the record only if nobody wrote it since `revision` (undoing our own write, or
+        expiring what was read); whether it was deleted."""
         owner, image_id = ref.owner_and_id
         key = {"user_id": owner, "image_id": image_id}
         old = await self._table.get(key)
         if old is None or old.get("revision") != revision:
-            return
-        with contextlib.suppress(ConditionFailed):
+            return False
+        try:
             await self._with_usage(
                 DeleteItem(self._table, key, Equals("revision", revision)), owner, old, None
             )
+        except ConditionFailed:
+            return False
+        return True
 
     async def page(self, owner: str, limit: int, cursor: str | None) -> tuple[list[ImageRecord], str | None]:
         """One page of an owner's images, newest first, and the cursor of the next page.
@@ -534,9 +538,11 @@ class RecordStore:
             written = PutItem(
                 self._table, new, Missing("user_id") if old is None else Equals("revision", revision)
             )
-            # Only a new image can be refused: a replacement's bytes are in S3 already.
+            # Only a new image can be refused (a replacement's bytes are in S3 already); one whose
+            # record the consumer made first is new too (that record has no upload's facts).
+            new_image = old is None or "sha256" not in old
             try:
-                await self._with_usage(written, owner, old, new, limit if old is None else None)
+                await self._with_usage(written, owner, old, new, limit if new_image else None)
             except ConditionFailed:
                 continue
             return ImageRecord(owner, image_id, new, replaced=old)

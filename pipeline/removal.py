@@ -41,3 +41,23 @@ async def remove_image(
     # the record went; once it has gone no variant can be counted, so a second look is the last.
     await drop_variants(storage, settings, ref)
     return old
+
+
+async def expire_image(
+    storage: ObjectStore, records: RecordStore, settings: Settings, record: ImageRecord
+) -> bool:
+    """Remove an image found past its expiry, only as it was read: its record goes first, at
+    the revision read (a re-upload meanwhile wrote another, and keeps the image); then its
+    original, renditions and variants, but only if the original is still the one the record
+    named (else they are a re-upload's, made or in the making). False if nothing was removed."""
+    ref = ImageRef.of(record.owner, record.image_id)
+    if not await records.delete_if(ref, int(record.item.get("revision", 0))):
+        return False
+    if await storage.etag_of(settings.aws.source_bucket, ref.source_key) != record.source_etag:
+        return True  # what is there is newer; the old original's variants are gc's next time
+    await storage.delete_many(settings.aws.source_bucket, [ref.source_key])
+    await storage.delete_many(
+        settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
+    )
+    await drop_variants(storage, settings, ref)
+    return True

@@ -1,9 +1,11 @@
 """Recompute each user's usage counters from their image records (`python -m pipeline users
 reconcile`).
 
-The counters (`bytes_used`, `image_count` on the user's item) are changed beside the records, not
-with them in one transaction, so a crash between the two steps, or an original replaced or a
-variant made outside the API, can leave them apart. The records are the truth: an image counts
+The counters (`bytes_used`, `image_count` on the user's item) change with the records, in one
+transaction (`RecordStore`), so no crash between steps leaves them apart; what still can is
+anything that bypasses the records' writes: a record removed by DynamoDB's TTL (`purge_at`, a
+backstop for an expired image gc did not remove), an item edited by hand, data from before the
+transactions. The records are the truth: an image counts
 its original's bytes and the variants its record counts. The difference is applied as an atomic
 increment, so uploads racing the run are not undone; a run racing them can still misjudge an
 image in flight, which the next quiet run corrects. `dry_run` only reports.

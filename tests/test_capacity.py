@@ -59,8 +59,13 @@ def test_measured_costs_are_the_requests_the_code_makes(tmp_path: Path) -> None:
     process = cost["process"]["requests"]
     assert process["s3:GetObject"] == process["s3:PutObject"] == 1.0
     attempts = process["s3:HeadObject"]
-    # A record read per attempt (the owner has no webhook: no users-table read).
-    assert 1.0 <= attempts <= 1.5 and process["dynamodb:GetItem"] == process["dynamodb:PutItem"] == attempts
+    # A record read and write per attempt (the owner has no webhook: no users-table read); the
+    # write is a transaction with the usage counters when the job creates the record. Then one
+    # read of the owner's note of these bytes (a duplicate?) and, afterwards, the note written.
+    writes = process["dynamodb:PutItem"] + process.get("dynamodb:TransactWriteItems", 0)
+    # (The workload repeats its 4 images: a repeat whose first is still being made is made too.)
+    assert 1.0 <= attempts <= 1.5 and attempts < writes <= attempts + 1.01
+    assert process["dynamodb:GetItem"] >= attempts + 1
     assert 0 < process["sqs:ReceiveMessage"] <= 1.5 and 0 < process["sqs:DeleteMessageBatch"] <= 1.0
     assert cost["process"]["bytes_from_aws"] >= cost["source_bytes"]
     assert cost["thumbnail_download"]["requests"] == {"s3:GetObject": 1.0, "dynamodb:GetItem": 2.0}
@@ -72,9 +77,10 @@ def test_measured_costs_are_the_requests_the_code_makes(tmp_path: Path) -> None:
     assert answer["s3"]["writes_per_s"] == 10 * 2  # the upload, the rendition
     # GET + the upload's HEAD + the job's HEADs, then 4 views of one GET each
     assert answer["s3"]["reads_per_s"] == pytest.approx(10 * (2 + attempts + 4 * 1), abs=0.1)
-    # the upload's 3 reads, the job's record reads, then 4 views of 2 reads each
-    assert answer["dynamodb"]["reads_per_s"] == pytest.approx(10 * (3 + attempts + 4 * 2), abs=0.1)
-    assert answer["dynamodb"]["writes_per_s"] == pytest.approx(10 * (1 + attempts), abs=0.1)
+    # the upload's 3 reads, the job's reads, then 4 views of 2 reads each
+    reads = process["dynamodb:GetItem"]
+    assert answer["dynamodb"]["reads_per_s"] == pytest.approx(10 * (3 + reads + 4 * 2), abs=0.1)
+    assert answer["dynamodb"]["writes_per_s"] == pytest.approx(10 * (1 + writes), abs=0.1)
     assert answer["sqs"]["requests_per_s"] == pytest.approx(
         10 * (1 + sum(v for k, v in process.items() if k.startswith("sqs:"))), abs=0.1
     )

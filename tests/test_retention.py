@@ -58,7 +58,9 @@ async def test_the_deployment_retention_applies_when_an_upload_names_none(
     answer = await (await api.put("/images/kept3", data=jpeg_bytes(16, 16))).json()
     expires = datetime.fromisoformat(answer["expires_at"].replace("Z", "+00:00")).timestamp()
     assert abs(expires - (time.time() + 3 * 86_400)) < 60
+    too_long = await api.put("/images/own", params={"expires_in_days": "10"}, data=jpeg_bytes(16, 16))
+    assert too_long.status == 400  # no longer than the deployment keeps anything
     own = await (
-        await api.put("/images/own", params={"expires_in_days": "10"}, data=jpeg_bytes(16, 16))
+        await api.put("/images/own", params={"expires_in_days": "2"}, data=jpeg_bytes(16, 16))
     ).json()
-    assert own["expires_at"] > answer["expires_at"]
+    assert own["expires_at"] < answer["expires_at"]

@@ -215,7 +215,12 @@ async def _store(
         raise await usage.refusal(user_id, 1) from None
     else:
         if record.replaced is not None:  # the replaced original's variants are never served again
-            await drop_variants(storage, settings, ref, keep_etag=record.source_etag)
+            try:
+                await drop_variants(storage, settings, ref, keep_etag=record.source_etag)
+            except Exception as exc:  # recorded already: the upload stands; gc removes them later
+                log.warning(
+                    "variants of a replaced original not dropped key=%s error=%r", ref.source_key, exc
+                )
     log.info("upload stored key=%s bytes=%d format=%s", ref.source_key, stored.size, stored.format)
     body = describe(user_id, record)
     response = web.json_response(body, status=202)
@@ -229,9 +234,13 @@ def _expiry(request: web.Request, days: object) -> int | None:
     if days is None or days == "":
         default = request.app[SETTINGS].accounts.retention_days
         return int(time.time()) + default * 86_400 if default else None
-    value = ascii_int(days, 1, 36_500) if isinstance(days, str) else days
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 36_500:
-        raise InvalidField("expires_in_days must be a whole number of days from 1 to 36500")
+    longest = request.app[SETTINGS].accounts.retention_days or 36_500
+    value = ascii_int(days, 1, longest) if isinstance(days, str) else days
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= longest:
+        raise InvalidField(
+            f"expires_in_days must be a whole number of days from 1 to {longest}"
+            + (" (this deployment keeps images no longer)" if longest < 36_500 else "")
+        )
     return int(time.time()) + value * 86_400
 
 
