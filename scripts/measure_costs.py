@@ -150,7 +150,9 @@ async def services() -> AsyncIterator[Services]:
 
 async def measure(label: str, count: int) -> dict[str, Any]:
     fmt, megapixels = WORKLOADS[label]
-    images = [reencode(photo_jpeg(megapixels, seed), fmt) for seed in range(4)]
+    # Every upload other bytes: the same bytes again by the same user are a duplicate, whose
+    # renditions are copied, not made (`scripts/bench_duplicates.py` measures those).
+    images = [reencode(photo_jpeg(megapixels, seed), fmt) for seed in range(count)]
     sampler = CpuSampler(interval=0.1)
     async with services() as svc, aiohttp.ClientSession(headers=bearer(svc.key)) as http:
         sampler.watch([svc.consumer_pid])
