@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cachetools import TTLCache
+
 from config.settings import Settings
 from pipeline import metrics
 from pipeline.errors import ImageChanged, JobTimeout, PermanentError, TransientError, WorkerCrashed
@@ -82,6 +84,10 @@ class _Flight:
     task: asyncio.Future[None]
 
 
+#: Keys of variants stored lately that one process remembers (see `VariantMaker._stored`).
+RECENTLY_STORED = 4096
+
+
 class VariantMaker:
     """One per API process: its worker pool (started on first use), its flights and its rates."""
 
@@ -104,6 +110,9 @@ class VariantMaker:
         self._owns_pool = pool is None
         self._slots: asyncio.Semaphore | None = None
         self._flights: dict[str, _Flight] = {}
+        #: Variants stored here lately: a request whose record was read before one of them was
+        #: counted still sees it (bounded: the per-image limit needs only the last moments).
+        self._stored: TTLCache[str, bool] = TTLCache(RECENTLY_STORED, 60)
         self._waiting = 0
         self._rates: dict[str, _Window] = {}
 
@@ -137,7 +146,8 @@ class VariantMaker:
         """At most `per_image` variants of one original: those its record counts (as read for
         this request), and those being made here: one being stored may be on both lists."""
         prefix = ref.variants_prefix(record.source_etag)
-        making = {key.removeprefix(prefix) for key in self._flights if key.startswith(prefix)}
+        here = [*self._flights, *self._stored]
+        making = {key.removeprefix(prefix) for key in here if key.startswith(prefix)}
         known = record.variant_names
         count = record.variant_count + len(making) if known is None else len(known | making)
         if count >= self._limits.per_image:
@@ -153,6 +163,8 @@ class VariantMaker:
                 made.set_exception(_interrupted())
             return
         failure = task.exception()  # retrieved here: every waiter that is left gets it too
+        if failure is None:
+            self._stored[key] = True
         if not made.done():
             made.set_exception(failure or VariantsBusy())
         elif failure is not None and made.exception() is None:
