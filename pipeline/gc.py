@@ -36,7 +36,7 @@ from pipeline.accounts import Accounts
 from pipeline.backends import Backend
 from pipeline.layout import ImageRef, source_key_of
 from pipeline.records import RecordStore
-from pipeline.removal import expire_image
+from pipeline.removal import expire_image, stale_derivative
 from pipeline.storage import ListedObject
 
 log = logging.getLogger(__name__)
@@ -140,12 +140,7 @@ async def _derivatives(backend: Backend, settings: Settings, cutoff: datetime, r
             source = source_key_of(derivative.key)
             if source not in current:
                 current[source] = await storage.etag_of(aws.source_bucket, source)
-            etag = current[source]
-            ref = ImageRef(source)
-            of_another = derivative.key.startswith(ref.variants_prefix()) and (
-                etag is None or not derivative.key.startswith(ref.variants_prefix(etag))
-            )
-            if etag is None or of_another:
+            if stale_derivative(derivative.key, current[source]):
                 doomed.append(derivative)
         report.orphaned_derivatives.add(doomed)
         if doomed and not report.dry_run:

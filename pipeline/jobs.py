@@ -35,6 +35,7 @@ from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
 from pipeline.ports import ItemTable, ObjectStore
 from pipeline.records import ImageRecord, RecordStore, Superseded
+from pipeline.removal import drop_renditions
 from pipeline.results import Rendition, RenditionResult
 from pipeline.storage import OversizeObject
 from pipeline.tasks import make_renditions
@@ -234,10 +235,7 @@ class JobRunner:
             )
 
     async def _drop_renditions(self, ref: ImageRef) -> None:
-        await self._storage.delete_many(
-            self._settings.aws.dest_bucket,
-            [ref.rendition_key(spec) for spec in self._settings.imaging.renditions],
-        )
+        await drop_renditions(self._storage, self._settings, ref)
 
 
 async def _sha256(data: bytes) -> str:

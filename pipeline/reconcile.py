@@ -28,6 +28,7 @@ from pipeline.backends import Backend
 from pipeline.events import object_created
 from pipeline.layout import ImageRef, source_key_of, valid_image_id, valid_user_id
 from pipeline.records import RecordStore
+from pipeline.removal import stale_derivative
 from pipeline.storage import ListedObject
 
 log = logging.getLogger(__name__)
@@ -114,16 +115,11 @@ async def _orphaned_renditions(
     the source bucket was listed."""
     doomed: list[str] = []
     async for page in backend.storage.list_objects(bucket):
-        doomed += [r.key for r in page if r.last_modified < cutoff and _orphaned(r.key, originals)]
+        doomed += [
+            r.key
+            for r in page
+            if r.last_modified < cutoff and stale_derivative(r.key, originals.get(source_key_of(r.key)))
+        ]
     report.orphaned_renditions = doomed
     if not report.dry_run:
         await backend.storage.delete_many(bucket, doomed)
-
-
-def _orphaned(key: str, originals: dict[str, str]) -> bool:
-    source = source_key_of(key)
-    etag = originals.get(source)
-    if etag is None:
-        return True
-    ref = ImageRef(source)
-    return key.startswith(ref.variants_prefix()) and not key.startswith(ref.variants_prefix(etag))

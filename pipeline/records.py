@@ -35,10 +35,8 @@ from pipeline.items import (
     AnyOf,
     Condition,
     ConditionFailed,
-    Contains,
     DeleteItem,
     Equals,
-    Exclude,
     Include,
     Item,
     Lacks,
@@ -396,27 +394,6 @@ class RecordStore:
                 return Counted.PRESENT
             return Counted.CHANGED
         return Counted.COUNTED
-
-    async def remove_variant(self, ref: ImageRef, etag: str, name: str, size: int) -> bool:
-        """Uncount a variant `add_variant` counted (its store failed after); False if the record
-        no longer counts it."""
-        owner, image_id = ref.owner_and_id
-        uncount = UpdateItem(
-            self._table,
-            {"user_id": owner, "image_id": image_id},
-            [
-                Add("variant_bytes", -size),
-                Add("variant_count", -1),
-                Exclude("variant_names", name),
-                Add("revision", 1),
-            ],
-            AllOf((*_variants_of(etag), Contains("variant_names", name))),
-        )
-        try:
-            await self._with_usage(uncount, owner, {"bytes": size}, {"bytes": 0})
-        except ConditionFailed:
-            return False
-        return True
 
     async def delete(self, ref: ImageRef) -> ImageRecord | None:
         """Delete the record (and uncount it); the record as it was, None if there was none."""

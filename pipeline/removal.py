@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 from config.settings import Settings
-from pipeline.layout import ImageRef
+from pipeline.layout import ImageRef, source_key_of
 from pipeline.ports import ObjectStore
 from pipeline.records import ImageRecord, RecordStore
+
+
+def stale_derivative(key: str, current_etag: str | None) -> bool:
+    """Whether the rendition or variant at `key` serves no current original: its original is gone
+    (`current_etag` None), or it is a variant of another original than the current one."""
+    if current_etag is None:
+        return True
+    ref = ImageRef(source_key_of(key))
+    return key.startswith(ref.variants_prefix()) and not key.startswith(ref.variants_prefix(current_etag))
+
+
+async def drop_renditions(storage: ObjectStore, settings: Settings, ref: ImageRef) -> None:
+    """Delete an image's renditions (whichever exist)."""
+    await storage.delete_many(
+        settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
+    )
 
 
 async def drop_variants(
@@ -32,9 +48,7 @@ async def remove_image(
     process and is acknowledged; the record goes last, so a retried removal still finds its parts.
     """
     await storage.delete_many(settings.aws.source_bucket, [ref.source_key])
-    await storage.delete_many(
-        settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
-    )
+    await drop_renditions(storage, settings, ref)
     await drop_variants(storage, settings, ref)
     old = await records.delete(ref)
     # A variant stored and counted while this ran was put after the listing above and before
@@ -56,8 +70,6 @@ async def expire_image(
     if await storage.etag_of(settings.aws.source_bucket, ref.source_key) != record.source_etag:
         return True  # what is there is newer; the old original's variants are gc's next time
     await storage.delete_many(settings.aws.source_bucket, [ref.source_key])
-    await storage.delete_many(
-        settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
-    )
+    await drop_renditions(storage, settings, ref)
     await drop_variants(storage, settings, ref)
     return True

@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.accounts import Accounts
 from pipeline.items import Add, ConditionFailed, Present
 from pipeline.ports import TableSet
-from pipeline.records import RecordStore
+from pipeline.records import RecordStore, counted
 
 _PAGE = 100
 
@@ -61,8 +61,9 @@ async def reconcile_usage(tables: TableSet, *, dry_run: bool = False) -> UsageRe
         cursor = None
         while True:
             page, cursor = await records.page(user_id, _PAGE, cursor)
-            actual_images += len(page)
-            actual_bytes += sum(r.bytes + r.variant_bytes for r in page)
+            for record in page:  # what the record writes add to the counters, added up
+                size, images = counted(record.item)
+                actual_bytes, actual_images = actual_bytes + size, actual_images + images
             if cursor is None:
                 break
         drift = UsageDrift(

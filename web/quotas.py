@@ -1,7 +1,10 @@
-"""Per-user usage counters and quotas, on the user's item in DynamoDB.
+"""Per-user quotas, on the usage counters of the user's item in DynamoDB.
 
-Counters change only by atomic `ADD` with a condition that carries the quota, so concurrent
-uploads through any number of web processes cannot together cross it. A quota of 0 is no limit.
+The counters change only with the image records (`RecordStore`), by atomic `ADD` in the record
+write's transaction; `limit` is the condition that transaction carries, so concurrent uploads
+through any number of web processes cannot together cross a quota. `check` refuses early what
+would certainly cross one, `refusal` says which one a refused write crossed. A quota of 0 is no
+limit.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import logging
 
 from config.settings import AccountSettings
 from pipeline.errors import ByteQuotaExceeded, ImageQuotaExceeded, PermanentError, UnknownUser
-from pipeline.items import Add, AllOf, AnyOf, AtMost, Condition, ConditionFailed, Item, Missing, Present
+from pipeline.items import AllOf, AnyOf, AtMost, Condition, Item, Missing
 from pipeline.ports import ItemTable
 
 log = logging.getLogger(__name__)
@@ -42,21 +45,6 @@ class Usage:
             raise ByteQuotaExceeded()
         return user
 
-    async def charge(
-        self, user_id: str, delta_bytes: int, delta_images: int, *, enforce: bool = True
-    ) -> Item:
-        """Add to the counters, atomically refusing a change that would cross a quota; returns the
-        user's item as it is afterwards."""
-        room = self.limit(delta_bytes, delta_images) if enforce else None
-        try:
-            return await self._users.update(
-                {"user_id": user_id},
-                [Add("bytes_used", delta_bytes), Add("image_count", delta_images)],
-                AllOf((Present("user_id"), room)) if room is not None else Present("user_id"),
-            )
-        except ConditionFailed:
-            raise await self.refusal(user_id, delta_images) from None
-
     def limit(self, delta_bytes: int, delta_images: int) -> Condition | None:
         """The condition on the user's counters under which adding these deltas stays within the
         quotas (None: nothing to hold); for a record write's transaction (`RecordStore`)."""
@@ -81,6 +69,3 @@ class Usage:
         ):
             return ImageQuotaExceeded()
         return ByteQuotaExceeded()
-
-    async def release(self, user_id: str, freed_bytes: int, images: int) -> None:
-        await self.charge(user_id, -freed_bytes, -images, enforce=False)

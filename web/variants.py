@@ -196,11 +196,10 @@ class VariantMaker:
     async def _make(
         self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str, made: asyncio.Future[Made]
     ) -> None:
-        """Read the original, make the variant in a worker, charge its bytes to the owner (first,
-        if a byte quota may refuse them), hand the bytes to the waiting requests, then store and
-        count it.
-        A duplicate made meanwhile in another process is stored again (same key, same bytes)
-        and counted once."""
+        """Read the original, make the variant in a worker, check the owner's byte quota (where one
+        may refuse it), hand the bytes to the waiting requests, then store and count it. A
+        duplicate made meanwhile in another process is stored again (same key, same bytes) and
+        counted once."""
         aws, imaging = self._settings.aws, self._settings.imaging
         etag = record.source_etag
         if self._slots is None:
@@ -238,12 +237,12 @@ class VariantMaker:
 
     async def _store(
         self, ref: ImageRef, etag: str, key: str, spec: VariantSpec, data: bytes, metadata: dict[str, str]
-    ) -> bool:
+    ) -> None:
         """Store the variant, then count it on the image's record and in its owner's usage, in
         one transaction (only while the record counts variants of this original: a replaced or
         deleted image takes none; and within the byte quota, which the check before the answer
         may have passed by a hair). Stored first, so whoever deletes the image's variants after
-        it is counted finds it. False if it was counted already (made in another process too)."""
+        it is counted finds it. One counted already (made in another process too) stays as it is."""
         bucket = self._settings.aws.dest_bucket
         await self._storage.put(bucket, key, data, spec.content_type, metadata)
         try:
@@ -257,7 +256,6 @@ class VariantMaker:
         if counted is Counted.CHANGED:
             await _undone(self._storage.delete_many(bucket, [key]), key)
             raise ImageChanged()
-        return counted is Counted.COUNTED
 
     async def idle(self) -> None:
         """Return once nothing is being made or stored here (what was under way has ended)."""

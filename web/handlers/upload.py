@@ -231,10 +231,10 @@ async def _store(
 def _expiry(request: web.Request, days: object) -> int | None:
     """When the image expires (epoch seconds): `expires_in_days` (a whole number from 1 to
     36500, from the query or the JSON body), else the deployment's retention; None: never."""
+    retention = request.app[SETTINGS].accounts.retention_days
     if days is None or days == "":
-        default = request.app[SETTINGS].accounts.retention_days
-        return int(time.time()) + default * 86_400 if default else None
-    longest = request.app[SETTINGS].accounts.retention_days or 36_500
+        return int(time.time()) + retention * 86_400 if retention else None
+    longest = retention or 36_500
     value = ascii_int(days, 1, longest) if isinstance(days, str) else days
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= longest:
         raise InvalidField(
