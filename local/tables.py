@@ -220,5 +220,7 @@ class LocalTables:
         self._all = list(tables.values())
 
     async def expire(self, now: float) -> int:
-        """Drop expired items of every table with a TTL (the auth throttle's counters, idempotency keys)."""
+        """Drop expired items of every table with a TTL: the auth throttle's counters, idempotency
+        keys, and image records a week past an expiry gc did not act on (`purge_at`, a backstop
+        that bypasses the usage counters: `users reconcile` repairs them)."""
         return sum([await table.expire(now) for table in self._all])
