@@ -230,6 +230,35 @@ async def test_concurrent_first_requests_share_one_generation(
     assert made("webp") == before + 1
 
 
+async def test_a_request_that_read_the_record_before_the_variant_was_counted_does_not_make_it_again(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """The first answer goes out before its variant is stored; a request that read the record in
+    between and asks once the store has settled is served from storage, not made again."""
+    api = await make_client(backend.settings)
+    await ready_image(api, backend, "photo", 640, 480)
+    ref = ImageRef.of(USER, "photo")
+    stale = await api.server.app[RECORDS].read(ref)
+    assert stale is not None and not stale.variant_names
+    first = await api.get("/images/photo/variant", params={"w": "200"})
+    body = await first.read()
+    maker = api.server.app[VARIANTS]
+    await maker.idle()
+    before = made("jpeg")
+    spec = parse_variant({"w": "200"}, "", backend.settings.variants)[0]
+    key = ref.variant_key(stale.source_etag, spec.name)
+    assert await maker.ensure(ref, stale, spec, key) is None  # storage has it
+    assert made("jpeg") == before
+    meta, data = await backend.storage.read(backend.settings.aws.dest_bucket, key, len(body) + 1)
+    assert data == body and meta.etag == first.headers["ETag"]
+    # Deleted, then the same bytes again (the same key): remembered, but made again, not a 404.
+    assert (await api.delete("/images/photo")).status == 204
+    await ready_image(api, backend, "photo", 640, 480)
+    again = await api.get("/images/photo/variant", params={"w": "200"})
+    assert again.status == 200 and await again.read() == body
+    assert made("jpeg") == before + 1
+
+
 async def test_a_variant_made_in_two_processes_is_counted_once(
     backend: Backend, make_client: ClientFactory
 ) -> None:

@@ -122,7 +122,12 @@ class VariantMaker:
         """Make the variant at `key` unless a generation of it is already under way here, and
         return its bytes as soon as they are made; with `stored`, return None once it is in
         storage instead (for a request that storage must answer: HEAD, ranges, conditionals).
-        A caller that goes away does not cancel it for the others."""
+        A caller that goes away does not cancel it for the others. One stored here lately is not
+        made again (its request read the record before it was counted): None, storage has it."""
+        if key not in self._flights and key in self._stored:
+            if await self._storage.etag_of(self._settings.aws.dest_bucket, key) is not None:
+                return None
+            self._stored.pop(key, None)  # removed since (deleted, then the same bytes again)
         if key not in self._flights:
             self._check_room(ref, record)
         flight = self._flights.get(key)  # looked at again: the check above waited
