@@ -99,6 +99,10 @@ class AwsSettings:
     dest_bucket: Annotated[str, Var(read="bucket")] = "image-service-thumbnails"
     queue_name: Annotated[str, Var(read="queue")] = "image-service-events"
     dlq_name: Annotated[str, Var(read="queue")] = "image-service-dlq"
+    #: The webhook outbox (events owed to users' webhooks) and where events go that exhausted
+    #: their delivery attempts.
+    outbox_name: Annotated[str, Var(read="queue")] = "image-service-webhooks"
+    outbox_dlq_name: Annotated[str, Var(read="queue")] = "image-service-webhooks-dlq"
     #: DynamoDB tables are `{prefix}-users`, `-keys`, `-images`, `-throttle`, `-config` and `-requests`.
     table_prefix: Annotated[str, Var(read="table_prefix")] = "image-service"
     max_pool_connections: Annotated[int, Var(1, 1000)] = 32
@@ -263,12 +267,14 @@ class WebhookSettings:
     backoff_max: Annotated[float, Var(0, 86_400)] = 60.0
     #: Seconds for one POST, from connecting to the answer's status and headers (never its body).
     timeout: Annotated[float, Var(0.1, 300)] = 5.0
-    #: POSTs in progress at once per process; events beyond `max_pending` are dropped and counted.
+    #: POSTs in progress at once per process, and at most `per_user` of them to one user's webhook
+    #: (a slow or dead receiver holds up its owner's events, not everyone's).
     concurrency: Annotated[int, Var(1, 1000)] = 8
-    max_pending: Annotated[int, Var(1, 10_000_000)] = 10_000
+    per_user: Annotated[int, Var(1, 1000)] = 2
     #: Let webhooks point at loopback, private and link-local addresses (off: SSRF protection).
     allow_private: Annotated[bool, Var()] = False
-    #: How long a stopping consumer keeps delivering what is still pending.
+    #: How long a stopping consumer lets the POSTs under way finish (what it does not finish stays
+    #: in the outbox for the next consumer).
     drain_timeout: Annotated[float, Var(0, 3600)] = 10.0
 
 
@@ -345,8 +351,12 @@ class Settings:
         )
         if aws.source_bucket == aws.dest_bucket:
             raise ConfigError(f"{PREFIX}DEST_BUCKET: must differ from the source bucket, or thumbnails loop")
-        if aws.queue_name == aws.dlq_name:
-            raise ConfigError(f"{PREFIX}DLQ_NAME: must differ from {PREFIX}QUEUE_NAME")
+        queues = [aws.queue_name, aws.dlq_name, aws.outbox_name, aws.outbox_dlq_name]
+        if len(set(queues)) < len(queues):
+            raise ConfigError(
+                f"{PREFIX}QUEUE_NAME, {PREFIX}DLQ_NAME, {PREFIX}OUTBOX_NAME and {PREFIX}OUTBOX_DLQ_NAME"
+                " must name four different queues"
+            )
         web = env.section(WebSettings, defaults={"run_consumer": mode in ("embedded", "local")})
         if web.part_size > web.upload_buffer_bytes:
             raise ConfigError(

@@ -42,6 +42,8 @@ async def open_local(settings: Settings, *, sweep: bool = False) -> AsyncIterato
             await LocalQueue.named(db, settings.aws.queue_name),
             await LocalQueue.named(db, settings.aws.dlq_name),
             tables,
+            await LocalQueue.named(db, settings.aws.outbox_name),
+            await LocalQueue.named(db, settings.aws.outbox_dlq_name),
         )
     finally:
         await db.close()

@@ -1,5 +1,5 @@
 """Create the local backend's buckets and queues, idempotently (the counterpart of
-`pipeline.provision` for AWS): the same names, the same redrive policy, the same notification."""
+`pipeline.provision` for AWS): the same names, the same redrive policies, the same notification."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from config.settings import Settings
 from local.database import Database
 from local.queue import QueueSpec, create_queue
 from local.storage import create_bucket
+from pipeline.outbox import MAX_RECEIVES, lease_seconds
 
 
 async def provision_local(db: Database, settings: Settings) -> None:
@@ -19,6 +20,16 @@ async def provision_local(db: Database, settings: Settings) -> None:
             visibility_timeout=consumer.visibility_timeout,
             dead_letter=aws.dlq_name,
             max_receive_count=consumer.redrive_max_receive_count,
+        ),
+    )
+    await create_queue(db, QueueSpec(aws.outbox_dlq_name))
+    await create_queue(
+        db,
+        QueueSpec(
+            aws.outbox_name,
+            visibility_timeout=lease_seconds(settings.webhooks),
+            dead_letter=aws.outbox_dlq_name,
+            max_receive_count=MAX_RECEIVES,
         ),
     )
     await create_bucket(db, aws.source_bucket, notify_queue=aws.queue_name)

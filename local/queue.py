@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from local.database import Database
 from pipeline.errors import LeaseLost, QueueUnavailable
-from pipeline.queue import Message
+from pipeline.queue import MAX_DELAY_SECONDS, Message
 
 #: How often a long poll looks for messages sent by another process.
 POLL_SECONDS = 0.2
@@ -53,14 +53,16 @@ async def create_queue(db: Database, spec: QueueSpec) -> None:
     await db.write(upsert)
 
 
-def enqueue(conn: sqlite3.Connection, queue: str, body: str, attributes: Mapping[str, str]) -> str:
+def enqueue(
+    conn: sqlite3.Connection, queue: str, body: str, attributes: Mapping[str, str], delay_seconds: int = 0
+) -> str:
     """Insert a message inside the caller's transaction (so storing an object and announcing it
-    commit together); returns its id."""
+    commit together); returns its id. A delayed one is received no sooner than `delay_seconds`."""
     message_id = str(uuid.uuid4())
     now = time.time()
     conn.execute(
         "INSERT INTO messages (id, queue, body, attributes, sent_at, visible_at) VALUES (?, ?, ?, ?, ?, ?)",
-        (message_id, queue, body, json.dumps(dict(attributes)), now, now),
+        (message_id, queue, body, json.dumps(dict(attributes)), now, now + delay_seconds),
     )
     return message_id
 
@@ -151,13 +153,18 @@ class LocalQueue:
         if not await self._db.write(change):
             raise LeaseLost("the message was deleted or received again under another handle")
 
-    async def send(self, body: str, attributes: Mapping[str, str] | None = None) -> str:
+    async def send(
+        self, body: str, attributes: Mapping[str, str] | None = None, *, delay_seconds: int = 0
+    ) -> str:
         kept = {k: v for k, v in (attributes or {}).items() if v}
-        message_id = await self._db.write(lambda conn: enqueue(conn, self._spec.name, body, kept))
+        delay = max(0, min(delay_seconds, MAX_DELAY_SECONDS))
+        message_id = await self._db.write(lambda conn: enqueue(conn, self._spec.name, body, kept, delay))
         self._db.changes.notify(self._spec.name)
         return message_id
 
     async def depth(self) -> dict[str, int]:
+        """Visible messages, and those not visible now (leased, backing off or delayed)."""
+
         def count(conn: sqlite3.Connection) -> dict[str, int]:
             now = time.time()
             visible, in_flight = conn.execute(

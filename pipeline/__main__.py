@@ -19,10 +19,11 @@ from pipeline import bulk, metrics, runtime
 from pipeline.accounts import Accounts, NewKey
 from pipeline.aws import open_clients
 from pipeline.backends import open_backend
-from pipeline.dlq import list_dead_letters, redrive
+from pipeline.dlq import list_dead_letters, peek, redrive
 from pipeline.errors import ServiceError
 from pipeline.gc import GRACE_SECONDS, collect
 from pipeline.logs import configure_logging
+from pipeline.outbox import describe_event, redeliver
 from pipeline.provision import provision
 from pipeline.reconcile import reconcile
 from pipeline.service import open_consumer
@@ -56,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     moving.add_argument("--limit", type=int, default=None, help="at most this many (default all)")
     purge = dlq_commands.add_parser("purge", help="delete every message in the DLQ")
     purge.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
+    hooks = commands.add_parser("webhooks", help="webhook events that exhausted their attempts")
+    hook_commands = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    undelivered = hook_commands.add_parser("list", help="show the events in the outbox's DLQ, with why")
+    undelivered.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    undelivered.add_argument("--json", action="store_true", help="a JSON array of the events")
+    again = hook_commands.add_parser("redeliver", help="send events back to the outbox, attempts renewed")
+    again.add_argument("--event-id", action="append", default=[], help="only this event (repeatable)")
+    again.add_argument("--limit", type=int, default=None, help="at most this many (default all)")
     users = commands.add_parser("users", help="manage users and their API keys")
     user_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     create = user_commands.add_parser("create", help="create a user (or use an existing one) and issue a key")
@@ -139,7 +148,7 @@ async def run_consumer(settings: Settings, burst: bool) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, consumer.stop)
-        async with metrics.queue_sampling(backend.main, backend.dlq):
+        async with metrics.queue_sampling(backend.queues()):
             stats = await consumer.run()
     print(json.dumps({"received": stats.received, "outcomes": dict(stats.outcomes)}))
     return 0
@@ -179,6 +188,30 @@ async def run_dlq(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
             await queues.dlq.purge()
             print(f"purged {settings.aws.dlq_name}")
+    return 0
+
+
+async def run_webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_backend(settings) as backend:
+        if args.webhooks_command == "list":
+            events = await peek(backend.outbox_dlq, describe_event, limit=args.limit)
+            if args.json:
+                print(json.dumps([event.as_dict() for event in events], indent=2))
+                return 0
+            for event in events:
+                print(
+                    f"{event.event_id or event.message_id}  {event.type or '-'}  owner={event.owner or '-'}"
+                    f"  image={event.image_id or '-'}  {event.error_code}  attempts={event.attempts}"
+                )
+                print(f"    {event.error_message}")
+                if event.body:
+                    print(f"    body: {event.body}")
+            print(f"{len(events)} event(s) not delivered")
+        else:
+            moved = await redeliver(
+                backend.outbox_dlq, backend.outbox, event_ids=frozenset(args.event_id), limit=args.limit
+            )
+            print(f"sent {moved} event(s) back to {settings.aws.outbox_name}")
     return 0
 
 
@@ -295,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             main_coroutine = run_reconcile(settings, args.dry_run, args.min_age)
         elif args.command == "gc":
             main_coroutine = run_gc(settings, args)
+        elif args.command == "webhooks":
+            main_coroutine = run_webhooks(settings, args)
         else:
             main_coroutine = run_dlq(settings, args)
         return runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)

@@ -33,9 +33,16 @@ class Backend:
     main: MessageQueue
     dlq: MessageQueue
     tables: TableSet
+    #: The webhook outbox and its DLQ (`pipeline.outbox`).
+    outbox: MessageQueue
+    outbox_dlq: MessageQueue
     #: The AWS clients behind the ports (None on the local backend): only for what has no port,
     #: presigned S3 links and the operator tools that speak to AWS itself.
     clients: AwsClients | None = field(default=None, repr=False)
+
+    def queues(self) -> dict[str, MessageQueue]:
+        """Every queue by the label its depth is sampled under."""
+        return {"main": self.main, "dlq": self.dlq, "webhooks": self.outbox, "webhooks_dlq": self.outbox_dlq}
 
     async def presign_get(self, bucket: str, key: str, expires: int, **params: Any) -> str | None:
         """A presigned S3 GET URL, or None where objects are only served by the API (local)."""
@@ -50,10 +57,13 @@ class Backend:
 
 async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
     """The AWS ports over already open clients (queue URLs resolved once, here)."""
-    main = await Queue.named(clients.sqs, settings.aws.queue_name)
-    dlq = await Queue.named(clients.sqs, settings.aws.dlq_name)
-    tables = Tables(clients.dynamodb, settings.aws)
-    return Backend("aws", Storage(clients.s3), main, dlq, tables, clients)
+    aws = settings.aws
+    main, dlq, outbox, outbox_dlq = [
+        await Queue.named(clients.sqs, name)
+        for name in (aws.queue_name, aws.dlq_name, aws.outbox_name, aws.outbox_dlq_name)
+    ]
+    tables = Tables(clients.dynamodb, aws)
+    return Backend("aws", Storage(clients.s3), main, dlq, tables, outbox, outbox_dlq, clients)
 
 
 @asynccontextmanager

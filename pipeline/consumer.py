@@ -24,6 +24,7 @@ from pipeline.dlq import reason_attributes
 from pipeline.errors import LeaseLost, ServiceError, TransientError
 from pipeline.jobs import JobRunner
 from pipeline.logs import REQUEST_ID
+from pipeline.polling import receive_unless_stopped, release
 from pipeline.ports import MessageQueue
 from pipeline.queue import Message
 from pipeline.timing import exponential
@@ -32,8 +33,6 @@ from pipeline.verdicts import Verdict, judge
 log = logging.getLogger(__name__)
 #: Empty polls in a row, each with the queue reading empty, before a burst consumer stops.
 DRAINED_CHECKS = 2
-#: How long a receive that is under way when the consumer stops may take to bring its messages.
-STOP_GRACE_SECONDS = 1.0
 _DELETE_BATCH = 10
 _DELETE_RETRIES = 3
 
@@ -153,26 +152,10 @@ class Consumer:
         self, count: int, stop_wait: asyncio.Future[Any], wait_seconds: int
     ) -> list[Message] | None:
         """One long poll; None when stopping interrupted it, [] after a logged failure."""
-        receive = asyncio.ensure_future(
-            self._queue.receive(count, wait_seconds, self._cfg.visibility_timeout)
-        )
-        # A long poll must not hold up shutdown. A receive that is already answering (messages
-        # were waiting) gets a moment to finish, and what it brought is released at once; one
-        # still waiting on an empty queue is cancelled (should SQS hand it messages in that very
-        # instant, they reappear after their visibility timeout: delayed, never lost).
-        await asyncio.wait({stop_wait, receive}, return_when=asyncio.FIRST_COMPLETED)
-        if not receive.done():
-            await asyncio.wait({receive}, timeout=STOP_GRACE_SECONDS)
-            if not receive.done():
-                receive.cancel()
-                return None
-            with contextlib.suppress(TransientError):
-                for message in receive.result():  # never started: hand back, not an outcome
-                    log.info("returned unstarted message at stop message_id=%s", message.id)
-                    await self._release(message)
-            return None
         try:
-            return receive.result()
+            return await receive_unless_stopped(
+                self._queue, count, wait_seconds, self._cfg.visibility_timeout, stop_wait
+            )
         except TransientError as exc:
             log.warning("receive failed error=%s", exc)
             await self._sleep_unless_stopping(1.0)
@@ -301,11 +284,7 @@ class Consumer:
         return "dead_lettered"
 
     async def _release(self, message: Message) -> None:
-        """Make an unfinished message visible again at once, so a restart picks it up."""
-        try:
-            await asyncio.shield(self._queue.change_visibility(message.receipt_handle, 0))
-        except (ServiceError, asyncio.CancelledError) as exc:
-            log.warning("release failed message_id=%s error=%r", message.id, exc)
+        await release(self._queue, message)
 
     # Deleting ----------------------------------------------------------------------------------------
 

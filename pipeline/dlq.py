@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pipeline.errors import ServiceError
 from pipeline.events import parse_message
@@ -17,15 +19,20 @@ from pipeline.ports import MessageQueue
 from pipeline.queue import Message
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def reason_attributes(message: Message, error: ServiceError) -> dict[str, str]:
     """What a dead letter carries besides the original body: why, and after how many attempts."""
+    return dead_letter_attributes(message.id, error.code, error.message, message.receive_count)
+
+
+def dead_letter_attributes(message_id: str, code: str, reason: str, attempts: int) -> dict[str, str]:
     return {
-        "error_code": error.code,
-        "error_message": error.message[:1000],
-        "source_message_id": message.id,
-        "attempts": str(message.receive_count),
+        "error_code": code,
+        "error_message": reason[:1000],
+        "source_message_id": message_id,
+        "attempts": str(attempts),
         "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -58,18 +65,18 @@ class DeadLetter:
 def describe(message: Message) -> DeadLetter:
     """What an operator needs to see of any message, however malformed: it never raises."""
     try:
-        keys = tuple(_short(r.key, 300) for r in parse_message(message.body).created)
+        keys = tuple(short(r.key, 300) for r in parse_message(message.body).created)
     except ServiceError:
         keys = ()
     attrs = message.attributes
     return DeadLetter(
         message_id=message.id,
-        error_code=_short(attrs.get("error_code", "redrive_policy"), 100),
-        error_message=_short(attrs.get("error_message", "moved by the queue's redrive policy"), 1000),
-        attempts=_short(attrs.get("attempts", str(message.receive_count)), 20),
-        failed_at=_short(attrs.get("failed_at", ""), 40),
+        error_code=short(attrs.get("error_code", "redrive_policy"), 100),
+        error_message=short(attrs.get("error_message", "moved by the queue's redrive policy"), 1000),
+        attempts=short(attrs.get("attempts", str(message.receive_count)), 20),
+        failed_at=short(attrs.get("failed_at", ""), 40),
         keys=keys,
-        body="" if keys else _short(message.body, BODY_PREVIEW),
+        body="" if keys else short(message.body, BODY_PREVIEW),
     )
 
 
@@ -77,7 +84,7 @@ def describe(message: Message) -> DeadLetter:
 BODY_PREVIEW = 200
 
 
-def _short(text: str, limit: int) -> str:
+def short(text: str, limit: int) -> str:
     """One printable line of at most `limit` characters."""
     line = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -87,7 +94,14 @@ async def list_dead_letters(dlq: MessageQueue, limit: int = 100, peek_seconds: i
     """Peek at up to `limit` messages. Each is hidden while the listing runs (so it is counted
     once) and made visible again as soon as it is listed: a redrive or another listing started
     right after sees them all."""
-    seen: dict[str, DeadLetter] = {}
+    return await peek(dlq, describe, limit, peek_seconds)
+
+
+async def peek(
+    dlq: MessageQueue, describe: Callable[[Message], T], limit: int = 100, peek_seconds: int = 5
+) -> list[T]:
+    """`list_dead_letters` with another way to `describe` each message."""
+    seen: dict[str, T] = {}
     handles: list[str] = []
     try:
         while len(seen) < limit:

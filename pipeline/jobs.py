@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from config.settings import Settings
 from pipeline import metrics
@@ -39,7 +39,6 @@ from pipeline.removal import drop_renditions
 from pipeline.results import Rendition, RenditionResult
 from pipeline.storage import OversizeObject
 from pipeline.tasks import make_renditions
-from pipeline.webhooks import Dispatcher
 from pipeline.workers import InlineRunner, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -58,6 +57,13 @@ class JobResult:
     request_id: str = "-"  # of the upload that stored the original, from its S3 metadata
 
 
+class Notifier(Protocol):
+    """Where a job hands the record it wrote, for its owner's webhook: the outbox (consumers) or
+    an inline dispatcher (the Lambda function)."""
+
+    async def notify(self, record: ImageRecord) -> None: ...
+
+
 class JobRunner:
     """Reads the original, resizes it in the worker pool, writes renditions and the record."""
 
@@ -67,7 +73,7 @@ class JobRunner:
         records: RecordStore,
         pool: WorkerPool | InlineRunner,
         settings: Settings,
-        webhooks: Dispatcher | None = None,
+        webhooks: Notifier | None = None,
         users: ItemTable | None = None,
     ) -> None:
         self._users = users
@@ -133,7 +139,8 @@ class JobRunner:
             if digest is not None and result is not None and duplicate is None:
                 await self._records.remember_digest(ref, digest)
             if self._webhooks is not None and written.item.get("notify"):
-                self._webhooks.submit(written)  # delivered in the background, never awaited here
+                # Before the message is acknowledged: a crash here redoes the job and the event.
+                await self._webhooks.notify(written)
             if error is not None:
                 return JobResult("failed", ref.source_key, error=error, request_id=rid)
             assert result is not None

@@ -1,11 +1,15 @@
-"""AWS Lambda entry point: the consumer's job code, run on an SQS event source.
+"""AWS Lambda entry point: the consumer's job code, and webhook delivery, run on SQS event sources.
 
-Configure the event source with `ReportBatchItemFailures`: the handler answers
-`{"batchItemFailures": [...]}` naming only the records to retry. The rules are the consumer's:
-a permanent failure goes to the DLQ at once with its reason (and counts as handled), a transient
-one is retried by SQS until `IMGSVC_CONSUMER_MAX_ATTEMPTS` receives, then dead-lettered likewise.
-Imaging runs in a thread of the function (`InlineRunner`): Lambda has no /dev/shm for a
-process pool, and its memory setting decides its CPU (see docs/capacity.md).
+Two queues feed the function: the S3 events (jobs) and the webhook outbox (deliveries); each
+record is handled by what its `eventSourceARN` names. Configure both event sources with
+`ReportBatchItemFailures`: the handler answers `{"batchItemFailures": [...]}` naming only the
+records SQS should keep. The rules are the consumer's: a permanent failure goes to the DLQ at once
+with its reason (and counts as handled), a transient one is retried by SQS until
+`IMGSVC_CONSUMER_MAX_ATTEMPTS` receives, then dead-lettered likewise. A job puts its webhook event
+in the outbox, as a consumer's does, so a function that times out or crashes owes nothing it can
+lose; one outbox record is one delivery attempt (`pipeline.outbox`). Imaging runs in a thread of
+the function (`InlineRunner`): Lambda has no /dev/shm for a process pool, and its memory setting
+decides its CPU (see docs/capacity.md).
 
 Handler: `pipeline.lambda_handler.handler`.
 """
@@ -26,12 +30,13 @@ from pipeline.dlq import reason_attributes
 from pipeline.errors import ServiceError
 from pipeline.jobs import JobRunner
 from pipeline.logs import configure_logging
+from pipeline.outbox import Deliverer, Outbox
 from pipeline.queue import Message, Queue
 from pipeline.records import RecordStore
 from pipeline.storage import Storage
 from pipeline.tables import Tables
 from pipeline.verdicts import judge
-from pipeline.webhooks import Dispatcher, open_dispatcher
+from pipeline.webhooks import WebhookStore, open_session
 from pipeline.workers import InlineRunner
 
 log = logging.getLogger(__name__)
@@ -39,30 +44,38 @@ log = logging.getLogger(__name__)
 
 class Function:
     """What a warm container keeps between invocations: its event loop, the AWS clients (and
-    their connection pools), the DLQ's URL, the job runner and the webhook session. Opened once,
-    at the first invocation; Lambda freezes the container between invocations, so nothing runs
-    in the background meanwhile: every invocation delivers its webhooks before it returns."""
+    their connection pools), the queues, the job runner and the webhook session. Opened once, at
+    the first invocation; Lambda freezes the container between invocations, so nothing runs in
+    the background: every invocation finishes its records before it returns."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._stack = AsyncExitStack()
         self._jobs: JobRunner | None = None
         self._dlq: Queue | None = None
-        self._webhooks: Dispatcher | None = None
+        self._deliverer: Deliverer | None = None
 
     async def open(self) -> Function:
-        clients = await self._stack.enter_async_context(open_clients(self.settings.aws))
-        self._dlq = await Queue.named(clients.sqs, self.settings.aws.dlq_name)
-        tables = Tables(clients.dynamodb, self.settings.aws)
-        self._webhooks = await self._stack.enter_async_context(
-            open_dispatcher(tables.users, self.settings.webhooks)
+        aws = self.settings.aws
+        clients = await self._stack.enter_async_context(open_clients(aws))
+        self._dlq = await Queue.named(clients.sqs, aws.dlq_name)
+        outbox = await Queue.named(clients.sqs, aws.outbox_name)
+        tables = Tables(clients.dynamodb, aws)
+        session = await self._stack.enter_async_context(open_session(self.settings.webhooks))
+        self._deliverer = Deliverer(
+            outbox,
+            await Queue.named(clients.sqs, aws.outbox_dlq_name),
+            WebhookStore(tables.users),
+            self.settings.webhooks,
+            session,
+            poll_seconds=0,
         )
         self._jobs = JobRunner(
             Storage(clients.s3),
             RecordStore(tables.images, tables.users),
             InlineRunner(),
             self.settings,
-            self._webhooks,
+            Outbox(outbox),
             tables.users,
         )
         return self
@@ -71,8 +84,9 @@ class Function:
         await self._stack.aclose()
 
     async def handle(self, event: dict[str, Any]) -> dict[str, Any]:
-        assert self._jobs is not None and self._dlq is not None and self._webhooks is not None
-        failures = []
+        assert self._jobs is not None and self._dlq is not None and self._deliverer is not None
+        jobs: list[Message] = []
+        deliveries: list[Message] = []
         for record in event.get("Records", []):
             message = Message(
                 id=str(record["messageId"]),
@@ -80,11 +94,13 @@ class Function:
                 body=str(record.get("body", "")),
                 receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
             )
-            if not await _handled(message, self._jobs, self._dlq, self.settings):
-                failures.append({"itemIdentifier": message.id})
-        # The container is frozen once this returns: deliver this batch's webhooks now.
-        await self._webhooks.drain(self.settings.webhooks.drain_timeout)
-        return {"batchItemFailures": failures}
+            source = str(record.get("eventSourceARN", "")).rsplit(":", 1)[-1]
+            (deliveries if source == self.settings.aws.outbox_name else jobs).append(message)
+        failures = [m.id for m in jobs if not await _handled(m, self._jobs, self._dlq, self.settings)]
+        # Deliveries at once (the session bounds the POSTs): a slow receiver costs one timeout.
+        delivered = await asyncio.gather(*(self._deliverer.deliver(m) for m in deliveries))
+        failures += [m.id for m, done in zip(deliveries, delivered, strict=True) if not done]
+        return {"batchItemFailures": [{"itemIdentifier": failed} for failed in failures]}
 
 
 class _Warm:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from typing import TYPE_CHECKING
 
@@ -75,8 +75,9 @@ VARIANT_SECONDS = Histogram(
 )
 WEBHOOK_DELIVERIES = Counter(
     "imgsvc_webhook_deliveries_total",
-    "Webhook events by how they ended: delivered, failed (every attempt refused), dropped (backlog full"
-    " or shut down), and retried attempts.",
+    "Webhook events by how they ended: delivered, failed (every attempt refused, or a URL the rules"
+    " refuse: in the outbox's DLQ); and attempts retried, and events deferred (their owner's"
+    " receiver had its share of POSTs).",
     ["outcome"],
 )
 IN_FLIGHT = Gauge("imgsvc_jobs_in_flight", "Messages the consumer is working on.")
@@ -89,10 +90,10 @@ QUEUE_MESSAGES = Gauge(
 
 
 @asynccontextmanager
-async def queue_sampling(main: MessageQueue, dlq: MessageQueue) -> AsyncIterator[None]:
-    """Sample the queue and DLQ depth for the life of the block: once per process, by its entry
-    point (an API with the consumer in-process samples once, not twice)."""
-    task = asyncio.create_task(sample_queues(main, dlq), name="queue-depth-sampler")
+async def queue_sampling(queues: Mapping[str, MessageQueue]) -> AsyncIterator[None]:
+    """Sample the queues' depth for the life of the block: once per process, by its entry point
+    (an API with the consumer in-process samples once, not twice)."""
+    task = asyncio.create_task(sample_queues(queues), name="queue-depth-sampler")
     try:
         yield
     finally:
@@ -101,11 +102,12 @@ async def queue_sampling(main: MessageQueue, dlq: MessageQueue) -> AsyncIterator
             await task
 
 
-async def sample_queues(main: MessageQueue, dlq: MessageQueue, every: float = 15.0) -> None:
-    """Keep `imgsvc_queue_messages` current until cancelled (queue and DLQ depth). A queue that
-    cannot be reached (SQS down, the database busy) is skipped until the next round."""
+async def sample_queues(queues: Mapping[str, MessageQueue], every: float = 15.0) -> None:
+    """Keep `imgsvc_queue_messages` current until cancelled (each queue by its label: the jobs'
+    queue and DLQ, the webhook outbox and its DLQ). A queue that cannot be reached (SQS down, the
+    database busy) is skipped until the next round."""
     while True:
-        for label, queue in (("main", main), ("dlq", dlq)):
+        for label, queue in queues.items():
             with suppress(ServiceError):
                 for state, count in (await queue.depth()).items():
                     QUEUE_MESSAGES.labels(label, state).set(count)

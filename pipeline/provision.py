@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from config.settings import Settings
 from pipeline.aws import AwsClients, aws_errors
 from pipeline.errors import NotFound, QueueUnavailable, StorageUnavailable
+from pipeline.outbox import MAX_RECEIVES, RETENTION_SECONDS, lease_seconds
 from pipeline.tables import provision_tables
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
     await provision_tables(clients.dynamodb, aws)
     for bucket in (aws.source_bucket, aws.dest_bucket):
         await _bucket(clients, bucket, aws.region)
-    dlq_url, dlq_arn = await _queue(clients, aws.dlq_name, {"MessageRetentionPeriod": "1209600"})
+    dlq_url, dlq_arn = await _queue(clients, aws.dlq_name, {"MessageRetentionPeriod": str(RETENTION_SECONDS)})
     source_arn = f"arn:aws:s3:::{aws.source_bucket}"
     queue_url, queue_arn = await _queue(clients, aws.queue_name, {})
     attributes = {
@@ -59,6 +60,7 @@ async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
     }
     with aws_errors(QueueUnavailable):
         await clients.sqs.set_queue_attributes(QueueUrl=queue_url, Attributes=attributes)
+    outbox_url = await _outbox(clients, settings)
     with aws_errors(StorageUnavailable):
         await clients.s3.put_bucket_notification_configuration(
             Bucket=aws.source_bucket,
@@ -69,13 +71,31 @@ async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
             },
         )
     log.info(
-        "provisioned source=%s dest=%s queue=%s dlq=%s",
+        "provisioned source=%s dest=%s queue=%s dlq=%s outbox=%s",
         aws.source_bucket,
         aws.dest_bucket,
         queue_url,
         dlq_url,
+        outbox_url,
     )
     return Provisioned(aws.source_bucket, aws.dest_bucket, queue_url, dlq_url)
+
+
+async def _outbox(clients: AwsClients, settings: Settings) -> str:
+    """The webhook outbox and its DLQ: both keep events as long as SQS can, and the outbox's
+    redrive policy is only a net (`pipeline.outbox` counts attempts itself)."""
+    aws = settings.aws
+    retention = {"MessageRetentionPeriod": str(RETENTION_SECONDS)}
+    _, dead_arn = await _queue(clients, aws.outbox_dlq_name, retention)
+    url, _ = await _queue(clients, aws.outbox_name, {})
+    attributes = {
+        **retention,
+        "VisibilityTimeout": str(lease_seconds(settings.webhooks)),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": MAX_RECEIVES}),
+    }
+    with aws_errors(QueueUnavailable):
+        await clients.sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return url
 
 
 async def _bucket(clients: AwsClients, bucket: str, region: str) -> None:

@@ -9,6 +9,9 @@ from typing import Any
 from pipeline.aws import aws_errors
 from pipeline.errors import QueueUnavailable
 
+#: SQS's longest DelaySeconds.
+MAX_DELAY_SECONDS = 900
+
 
 @dataclass(frozen=True)
 class Message:
@@ -80,27 +83,38 @@ class Queue:
                 QueueUrl=self.url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
             )
 
-    async def send(self, body: str, attributes: Mapping[str, str] | None = None) -> str:
+    async def send(
+        self, body: str, attributes: Mapping[str, str] | None = None, *, delay_seconds: int = 0
+    ) -> str:
         message_attributes = {
             k: {"DataType": "String", "StringValue": v} for k, v in (attributes or {}).items() if v
         }
         with aws_errors(QueueUnavailable):
             response = await self._sqs.send_message(
-                QueueUrl=self.url, MessageBody=body, MessageAttributes=message_attributes
+                QueueUrl=self.url,
+                MessageBody=body,
+                MessageAttributes=message_attributes,
+                DelaySeconds=max(0, min(delay_seconds, MAX_DELAY_SECONDS)),
             )
         return str(response["MessageId"])
 
     async def depth(self) -> dict[str, int]:
-        """Visible and in-flight message counts (approximate, as SQS reports them)."""
+        """Visible messages, and those not visible now: leased or delayed (approximate, as SQS
+        reports them)."""
         with aws_errors(QueueUnavailable):
             response = await self._sqs.get_queue_attributes(
                 QueueUrl=self.url,
-                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                    "ApproximateNumberOfMessagesDelayed",
+                ],
             )
         attrs = response.get("Attributes", {})
+        hidden = int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
         return {
             "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
-            "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            "in_flight": hidden + int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
         }
 
     async def purge(self) -> None:

@@ -1,20 +1,18 @@
 """Completion webhooks: a user's URL is POSTed a signed JSON event when an image is ready or failed.
 
-Delivery never blocks the consumer: the job hands the finished record over (`submit` does not
-await) and acknowledges its message; each event is then delivered by a task of its own, retried
-with exponential backoff, with at most `concurrency` POSTs in progress per process. The events
-live in the consumer's memory, so a consumer that is *killed* loses the retries it still owed
-(a stopping one keeps delivering for `drain_timeout`); the image record stays the source of
-truth, and a receiver that missed something catches up with `GET /images`. The same result
-always has the same event id, so a receiver deduplicates a duplicate delivery by it.
+This module is what every delivery shares: the signature, where a user's webhook is kept, the
+event of a finished record, the backoff and one POST. Consumers deliver durably from the webhook
+outbox (`pipeline.outbox`): an event survives a killed consumer and is delivered at least once.
+The same result always has the same event id, so a receiver deduplicates a repeated delivery by it.
 
 The signature follows the scheme Stripe and GitHub popularised, so receivers' helpers fit:
 `Imgsvc-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>` with the user's
 webhook secret; receivers check it with `verify` (or its ten lines in their own language).
 
 Webhook URLs are untrusted input pointing our servers at the network: where they may point is
-`pipeline.webhook_urls`; redirects are never followed. Receivers are untrusted too: only the
-status of their answer is looked at, its body is never read.
+`pipeline.webhook_urls` (checked again at every delivery: the rules may have changed since);
+redirects are never followed. Receivers are untrusted too: only the status of their answer is
+looked at, its body is never read.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import logging
 import random
 import re
 import secrets
@@ -36,15 +33,12 @@ from typing import Any
 import aiohttp
 
 from config.settings import WebhookSettings
-from pipeline import metrics
-from pipeline.errors import InvalidWebhookUrl, UnknownUser
+from pipeline.errors import UnknownUser
 from pipeline.items import ConditionFailed, Item, Present, Remove, Set, SetDefault
 from pipeline.ports import ItemTable
 from pipeline.records import ImageRecord
 from pipeline.timing import exponential, now_iso
 from pipeline.webhook_urls import PublicOnlyResolver, check_url
-
-log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Imgsvc-Signature"
 EVENT_HEADER = "Imgsvc-Event"
@@ -215,111 +209,49 @@ def backoff(attempt: int, settings: WebhookSettings, rng: random.Random | None =
     return delay * jitter
 
 
-class Dispatcher:
-    """Delivers events in the background; `submit` returns at once."""
-
-    def __init__(
-        self, store: WebhookStore, settings: WebhookSettings, session: aiohttp.ClientSession
-    ) -> None:
-        self._store = store
-        self._settings = settings
-        self._session = session
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def pending(self) -> int:
-        return len(self._tasks)
-
-    def submit(self, record: ImageRecord) -> None:
-        """Queue the event of a finished record; never waits, drops (counted) if the backlog is full."""
-        if record.state == "pending":
-            return
-        if len(self._tasks) >= self._settings.max_pending:
-            log.warning("webhook backlog full, event dropped image_id=%s", record.image_id)
-            metrics.WEBHOOK_DELIVERIES.labels("dropped").inc()
-            return
-        task = asyncio.create_task(self._deliver(event_for(record)), name=f"webhook {record.image_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def drain(self, timeout: float) -> int:
-        """Wait up to `timeout` s for pending deliveries; cancel the rest. Returns how many were cut."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
-        cut = list(self._tasks)
-        for task in cut:
-            task.cancel()
-        if cut:
-            await asyncio.gather(*cut, return_exceptions=True)
-            log.warning("webhook deliveries cut short at shutdown count=%d", len(cut))
-            metrics.WEBHOOK_DELIVERIES.labels("dropped").inc(len(cut))
-        return len(cut)
-
-    async def _deliver(self, event: Event) -> None:
+async def post(
+    session: aiohttp.ClientSession, slots: asyncio.Semaphore, hook: Webhook, event: Event
+) -> str | None:
+    """POST `event` to `hook`, signed now, within one of `slots`: None on a 2xx answer (its status
+    line and headers; the body is ignored), else what went wrong."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        EVENT_HEADER: event.type,
+        EVENT_ID_HEADER: event.id,
+        SIGNATURE_HEADER: sign(hook.secret, event.body),
+    }
+    async with slots:
         try:
-            hook = await self._store.get(event.owner)
-        except Exception as exc:  # the user table unreachable: the event cannot be addressed
-            log.warning("webhook lookup failed event_id=%s error=%r", event.id, exc)
-            metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
-            return
-        if hook is None:
-            return
-        try:
-            check_url(hook.url, self._settings.allow_private)  # the rules may have changed since
-        except InvalidWebhookUrl as exc:  # no retry can help: counted and logged, not attempted
-            metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
-            log.warning("webhook refused event_id=%s url=%s error=%s", event.id, hook.url, exc.message)
-            return
-        attempts = self._settings.attempts
-        for attempt in range(1, attempts + 1):
-            error = await self._post(hook, event)
-            if error is None:
-                metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
-                log.info("webhook delivered event_id=%s type=%s attempt=%d", event.id, event.type, attempt)
-                return
-            if attempt == attempts:
-                break
-            metrics.WEBHOOK_DELIVERIES.labels("retried").inc()
-            log.info("webhook attempt failed event_id=%s attempt=%d error=%s", event.id, attempt, error)
-            await asyncio.sleep(backoff(attempt, self._settings))
-        metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
-        log.warning("webhook failed event_id=%s attempts=%d error=%s", event.id, attempts, error)
-
-    async def _post(self, hook: Webhook, event: Event) -> str | None:
-        """None on a 2xx answer (its status line and headers; the body is ignored), else what went wrong."""
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            EVENT_HEADER: event.type,
-            EVENT_ID_HEADER: event.id,
-            SIGNATURE_HEADER: sign(hook.secret, event.body),
-        }
-        async with self._slots:
-            try:
-                async with self._session.post(
-                    hook.url, data=event.body, headers=headers, allow_redirects=False
-                ) as response:
-                    # The status is the whole answer: the body is never read, so one that is huge,
-                    # endless or trickling costs no memory and no time. A connection whose answer
-                    # has not fully arrived is closed rather than pooled, or the next POST on it
-                    # would read the leftovers as its own answer.
-                    if not response.content.is_eof():
-                        response.close()
-                    return None if 200 <= response.status < 300 else f"HTTP {response.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                return f"{type(exc).__name__}: {exc}"
+            async with session.post(
+                hook.url, data=event.body, headers=headers, allow_redirects=False
+            ) as response:
+                # The status is the whole answer: the body is never read, so one that is huge,
+                # endless or trickling costs no memory and no time. A connection whose answer
+                # has not fully arrived is closed rather than pooled, or the next POST on it
+                # would read the leftovers as its own answer.
+                if not response.content.is_eof():
+                    response.close()
+                return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"
 
 
 @asynccontextmanager
-async def open_dispatcher(users: ItemTable, settings: WebhookSettings) -> AsyncIterator[Dispatcher]:
-    """A dispatcher with its own HTTP session; on exit it delivers for up to `drain_timeout` s."""
+async def open_session(settings: WebhookSettings) -> AsyncIterator[aiohttp.ClientSession]:
+    """The HTTP session deliveries use: at most `concurrency` connections, every name resolved to
+    public addresses only (unless private ones are allowed), `timeout` per POST."""
     resolver = None if settings.allow_private else PublicOnlyResolver()
     connector = aiohttp.TCPConnector(limit=settings.concurrency, resolver=resolver)
     timeout = aiohttp.ClientTimeout(total=settings.timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        dispatcher = Dispatcher(WebhookStore(users), settings, session)
-        try:
-            yield dispatcher
-        finally:
-            await dispatcher.drain(settings.drain_timeout)
+        yield session
+
+
+async def find_hook(store: WebhookStore, event: Event, allow_private: bool) -> Webhook | None:
+    """The owner's webhook now, if it has one that may be called; `InvalidWebhookUrl` if its URL
+    is one the rules refuse (no retry can help), `ServiceError` if the table cannot say."""
+    hook = await store.get(event.owner)
+    if hook is not None:
+        check_url(hook.url, allow_private)
+    return hook

@@ -91,6 +91,8 @@ def settings_for(endpoint: str, overrides: dict[str, str] | None = None) -> Sett
             "IMGSVC_DEST_BUCKET": f"bench-dst-{tag}",
             "IMGSVC_QUEUE_NAME": f"bench-q-{tag}",
             "IMGSVC_DLQ_NAME": f"bench-dlq-{tag}",
+            "IMGSVC_OUTBOX_NAME": f"bench-hooks-{tag}",
+            "IMGSVC_OUTBOX_DLQ_NAME": f"bench-hooks-dlq-{tag}",
         }
     )
 

@@ -65,6 +65,8 @@ def consumer_env(endpoint: str, settings: Settings, extra: dict[str, str]) -> di
         IMGSVC_DEST_BUCKET=aws.dest_bucket,
         IMGSVC_QUEUE_NAME=aws.queue_name,
         IMGSVC_DLQ_NAME=aws.dlq_name,
+        IMGSVC_OUTBOX_NAME=aws.outbox_name,
+        IMGSVC_OUTBOX_DLQ_NAME=aws.outbox_dlq_name,
         IMGSVC_CONSUMER_WORKERS="1",
         IMGSVC_CONSUMER_WORKER_THREADS="1",  # one core per process: the unit being scaled
         IMGSVC_CONSUMER_WAIT_TIME_SECONDS="1",

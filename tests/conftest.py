@@ -38,6 +38,7 @@ from pipeline.records import ImageRecord, RecordStore
 from pipeline.service import open_consumer
 from pipeline.tables import Tables
 from pipeline.workers import WorkerPool
+from tests.webhook_receiver import Receiver, serving
 from web.app import create_app
 from web.keys import ACCOUNTS, PROVISIONED, VARIANT_POOL
 from web.server import GuardedTestServer
@@ -95,6 +96,8 @@ def env_for(endpoint: str, **overrides: str) -> dict[str, str]:
         "IMGSVC_DEST_BUCKET": f"dst-{tag}",
         "IMGSVC_QUEUE_NAME": f"events-{tag}",
         "IMGSVC_DLQ_NAME": f"dlq-{tag}",
+        "IMGSVC_OUTBOX_NAME": f"hooks-{tag}",
+        "IMGSVC_OUTBOX_DLQ_NAME": f"hooks-dlq-{tag}",
         "IMGSVC_TABLE_PREFIX": f"t-{tag}",
         "IMGSVC_INPUT_DIR": str(ROOT / "input"),
         **FAST,
@@ -221,6 +224,19 @@ async def make_client() -> AsyncIterator[ClientFactory]:
 
 
 @pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on 127.0.0.1 (`tests.webhook_receiver`)."""
+    async with serving() as found:
+        yield found
+
+
+@pytest.fixture
+async def second_receiver() -> AsyncIterator[Receiver]:
+    async with serving() as found:
+        yield found
+
+
+@pytest.fixture
 async def api(settings: Settings, make_client: ClientFactory) -> TestClient[Any, Any]:
     """The API without an in-process consumer (tests drive the consumer themselves)."""
     return await make_client(settings)
@@ -321,6 +337,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         IMGSVC_DEST_BUCKET=aws.dest_bucket,
         IMGSVC_QUEUE_NAME=aws.queue_name,
         IMGSVC_DLQ_NAME=aws.dlq_name,
+        IMGSVC_OUTBOX_NAME=aws.outbox_name,
+        IMGSVC_OUTBOX_DLQ_NAME=aws.outbox_dlq_name,
         IMGSVC_TABLE_PREFIX=aws.table_prefix,
         IMGSVC_CONSUMER_VISIBILITY_TIMEOUT=str(settings.consumer.visibility_timeout),
         **extra,
@@ -367,10 +385,17 @@ def run(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess
 
 
 async def sqs_event(
-    clients: AwsClients, settings: Settings, count: int, receive_count: int | None = None
+    clients: AwsClients,
+    settings: Settings,
+    count: int,
+    receive_count: int | None = None,
+    *,
+    queue_name: str | None = None,
 ) -> dict[str, Any]:
-    """What Lambda's SQS event source hands the function: the queue's real messages."""
-    queue = await Queue.named(clients.sqs, settings.aws.queue_name)
+    """What Lambda's SQS event source hands the function: the queue's real messages (the S3
+    events' queue, or the one named)."""
+    name = queue_name or settings.aws.queue_name
+    queue = await Queue.named(clients.sqs, name)
     messages: dict[str, Any] = {}
     async with asyncio.timeout(20):
         while len(messages) < count:
@@ -385,6 +410,7 @@ async def sqs_event(
                 "body": m.body,
                 "attributes": {"ApproximateReceiveCount": str(receive_count or m.receive_count)},
                 "eventSource": "aws:sqs",
+                "eventSourceARN": f"arn:aws:sqs:{settings.aws.region}:123456789012:{name}",
             }
             for m in messages.values()
         ]

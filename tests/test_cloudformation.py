@@ -13,8 +13,9 @@ import boto3
 import pytest
 from cfnlint.decode import cfn_yaml
 
-from config.settings import ConsumerSettings, Settings
+from config.settings import ConsumerSettings, Settings, WebhookSettings
 from pipeline.aws import open_clients
+from pipeline.outbox import MAX_RECEIVES, RETENTION_SECONDS, lease_seconds
 from pipeline.provision import provision
 from pipeline.tables import SPECS
 from tests.conftest import ROOT, env_for
@@ -81,6 +82,14 @@ def test_template_queues_and_buckets_match_the_code() -> None:
     assert params["ThumbnailBucketName"]["Default"] == defaults.dest_bucket
     assert params["QueueName"]["Default"] == defaults.queue_name
     assert params["DeadLetterQueueName"]["Default"] == defaults.dlq_name
+    assert params["OutboxName"]["Default"] == defaults.outbox_name
+    assert params["OutboxDeadLetterQueueName"]["Default"] == defaults.outbox_dlq_name
+    outbox = r["OutboxQueue"]["Properties"]
+    assert outbox["VisibilityTimeout"] == lease_seconds(WebhookSettings())
+    assert outbox["RedrivePolicy"]["maxReceiveCount"] == MAX_RECEIVES
+    for queue in ("OutboxQueue", "OutboxDeadLetterQueue"):
+        assert r[queue]["Properties"]["MessageRetentionPeriod"] == RETENTION_SECONDS
+    assert r["OutboxEventSource"]["Properties"]["EventSourceArn"] == {"Fn::GetAtt": ["OutboxQueue", "Arn"]}
     assert params["TablePrefix"]["Default"] == defaults.table_prefix
 
 
@@ -104,6 +113,8 @@ async def test_template_deploys_and_provision_agrees(moto_endpoint: str) -> None
         "ThumbnailBucketName": aws.dest_bucket,
         "QueueName": aws.queue_name,
         "DeadLetterQueueName": aws.dlq_name,
+        "OutboxName": aws.outbox_name,
+        "OutboxDeadLetterQueueName": aws.outbox_dlq_name,
         "TablePrefix": aws.table_prefix,
     }
     name = f"imgsvc-{uuid.uuid4().hex[:8]}"

@@ -33,44 +33,19 @@ from pipeline.webhooks import (
     sign,
     verify,
 )
-from tests.conftest import ROOT, USER, ClientFactory, run_consumer_until_drained, shared_consumer, sqs_event
+from tests.conftest import (
+    OTHER_USER,
+    ROOT,
+    USER,
+    ClientFactory,
+    run_consumer_until_drained,
+    shared_consumer,
+    sqs_event,
+)
+from tests.webhook_receiver import Receiver
 
 Client = TestClient[Any, Any]
 CAT = (ROOT / "input" / "cat.jpg").read_bytes()
-
-
-@dataclass
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that answers with `statuses` in turn (200 when they run out)."""
-
-    url: str = ""
-    statuses: list[int] = field(default_factory=list)
-    hold: asyncio.Event | None = None  # when set, every request waits for it
-    calls: list[tuple[float, dict[str, str], bytes]] = field(default_factory=list)
-    waiting: int = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.calls.append((time.monotonic(), dict(request.headers), body))
-        if self.hold is not None:
-            self.waiting += 1
-            await self.hold.wait()
-            self.waiting -= 1
-        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", found.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    found.url = str(server.make_url("/hook"))
-    yield found
-    if found.hold is not None:
-        found.hold.set()
-    await server.close()
 
 
 @dataclass
@@ -433,7 +408,9 @@ async def test_only_images_uploaded_with_a_webhook_notify_and_a_refusing_receive
 async def test_a_receiver_that_hangs_never_holds_up_the_consumer(
     make_settings: Callable[..., Settings], make_client: ClientFactory, receiver: Receiver
 ) -> None:
-    settings = make_settings(IMGSVC_WEBHOOK_ALLOW_PRIVATE="true", IMGSVC_WEBHOOK_TIMEOUT="30")
+    settings = make_settings(
+        IMGSVC_WEBHOOK_ALLOW_PRIVATE="true", IMGSVC_WEBHOOK_TIMEOUT="30", IMGSVC_WEBHOOK_PER_USER="3"
+    )
     api = await make_client(settings)
     await set_hook(api, receiver.url)
     receiver.hold = asyncio.Event()
@@ -449,6 +426,42 @@ async def test_a_receiver_that_hangs_never_holds_up_the_consumer(
         assert {i["status"] for i in listed["images"]} == {"ready"}
         receiver.hold.set()  # now the shutdown drain delivers them
     assert receiver.waiting == 0 and len(receiver.calls) == 3
+
+
+async def test_a_users_hanging_receiver_holds_up_only_its_own_events(
+    make_settings: Callable[..., Settings],
+    make_client: ClientFactory,
+    receiver: Receiver,
+    second_receiver: Receiver,
+) -> None:
+    """One user's receiver hangs with a backlog; another user's event is delivered meanwhile, and
+    the backlog waits in the outbox (costing none of its attempts) until its receiver answers."""
+    settings = make_settings(
+        IMGSVC_WEBHOOK_ALLOW_PRIVATE="true",
+        IMGSVC_WEBHOOK_TIMEOUT="30",
+        IMGSVC_WEBHOOK_PER_USER="1",
+        IMGSVC_WEBHOOK_ATTEMPTS="1",  # a deferral that cost an attempt would drop the event
+        IMGSVC_WEBHOOK_DRAIN_TIMEOUT="30",
+    )
+    slow, fast = await make_client(settings), await make_client(settings, OTHER_USER)
+    await set_hook(slow, receiver.url)
+    await set_hook(fast, second_receiver.url)
+    receiver.hold = asyncio.Event()
+    for name in ("a", "b", "c", "d"):
+        assert (await slow.put(f"/images/{name}", data=CAT)).status == 202
+    assert (await fast.put("/images/quick", data=CAT)).status == 202
+    deferred = metrics.WEBHOOK_DELIVERIES.labels("deferred")._value.get()
+
+    async with open_clients(settings.aws) as own, shared_consumer(own, settings, burst=True) as consumer:
+        await asyncio.wait_for(consumer.run(), 30)
+        async with asyncio.timeout(20):
+            while not second_receiver.calls:
+                await asyncio.sleep(0.05)
+        assert receiver.waiting == 1, "one POST at a time to the slow receiver"
+        assert metrics.WEBHOOK_DELIVERIES.labels("deferred")._value.get() > deferred
+        receiver.hold.set()  # it answers now: the backlog follows, one event at a time
+    assert [json.loads(body)["data"]["image_id"] for _, _, body in second_receiver.calls] == ["quick"]
+    assert sorted(e["data"]["image_id"] for e in delivered(receiver)) == ["a", "b", "c", "d"]
 
 
 @pytest.mark.parametrize("streamer", [50 << 20, None], ids=["50MiB", "endless"], indirect=True)
@@ -516,17 +529,22 @@ async def test_delivery_to_an_inward_address_is_refused_when_not_allowed(
     assert metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get() == failed + 1
 
 
-async def test_the_lambda_variant_delivers_before_it_returns(
+async def test_the_lambda_variant_delivers_from_the_outbox_too(
     hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
 ) -> None:
-    """A function is frozen once it returns, so its events must be out by then."""
+    """The function's job puts the event in the outbox; the outbox, its second event source, hands
+    it back to the function for delivery: one attempt per record, a retry as a new record."""
     api = await make_client(hook_settings)
     hook = await set_hook(api, receiver.url)
     receiver.statuses = [502]
     assert (await api.put("/images/cat", data=CAT)).status == 202
     answer = await lambda_handler.handle_event(await sqs_event(clients, hook_settings, 1), hook_settings)
-    assert answer == {"batchItemFailures": []}
-    assert len(receiver.calls) == 2
+    assert answer == {"batchItemFailures": []} and receiver.calls == []
+    outbox = hook_settings.aws.outbox_name
+    for _ in range(2):  # refused, then (once its backoff has passed) delivered
+        event = await sqs_event(clients, hook_settings, 1, queue_name=outbox)
+        assert await lambda_handler.handle_event(event, hook_settings) == {"batchItemFailures": []}
+    assert receiver.answers == [(receiver.answers[0][0], 502), (receiver.answers[0][0], 200)]
     _, headers, body = receiver.calls[-1]
     assert verify(hook["secret"], headers[SIGNATURE_HEADER], body)
     assert json.loads(body)["data"]["status"] == "ready"

@@ -94,9 +94,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         app[LINKS] = LinkSigner(await shared_secret(tables.config, accounts.signing_secret))
         background = app[BACKGROUND] = Supervisor()
         await background.start()
-        background.spawn(
-            "queue-depth-sampler", metrics.sample_queues(backend.main, backend.dlq), endless=True
-        )
+        background.spawn("queue-depth-sampler", metrics.sample_queues(backend.queues()), endless=True)
         variants = app[VARIANTS] = VariantMaker(
             backend.storage, app[RECORDS], app[USAGE], settings, pool=app.get(VARIANT_POOL)
         )

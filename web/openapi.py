@@ -195,7 +195,9 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["url", "secret", "updated_at"],
         "description": "Events are POSTed as JSON with `Imgsvc-Event`, `Imgsvc-Event-Id` and "
-        "`Imgsvc-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of '<t>.' + body>`",
+        "`Imgsvc-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of '<t>.' + body>`, at least once "
+        "(deduplicate by the event id): events are kept in a durable outbox until delivered, "
+        "retried with exponential backoff, and survive a consumer's crash",
         "properties": {
             "url": {"type": "string"},
             "secret": {"type": "string"},
