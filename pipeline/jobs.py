@@ -58,8 +58,7 @@ class JobResult:
 
 
 class Notifier(Protocol):
-    """Where a job hands the record it wrote, for its owner's webhook: the outbox (consumers) or
-    an inline dispatcher (the Lambda function)."""
+    """Where a job hands the record it wrote, for its owner's webhook (`pipeline.outbox.Outbox`)."""
 
     async def notify(self, record: ImageRecord) -> None: ...
 

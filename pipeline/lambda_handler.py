@@ -98,8 +98,14 @@ class Function:
             (deliveries if source == self.settings.aws.outbox_name else jobs).append(message)
         failures = [m.id for m in jobs if not await _handled(m, self._jobs, self._dlq, self.settings)]
         # Deliveries at once (the session bounds the POSTs): a slow receiver costs one timeout.
-        delivered = await asyncio.gather(*(self._deliverer.deliver(m) for m in deliveries))
-        failures += [m.id for m, done in zip(deliveries, delivered, strict=True) if not done]
+        delivered = await asyncio.gather(
+            *(self._deliverer.deliver(m) for m in deliveries), return_exceptions=True
+        )
+        for message, done in zip(deliveries, delivered, strict=True):
+            if isinstance(done, BaseException):  # a bug: SQS keeps the record, nothing lost
+                log.error("webhook delivery crashed message_id=%s error=%r", message.id, done)
+            if done is not True:
+                failures.append(message.id)
         return {"batchItemFailures": [{"itemIdentifier": failed} for failed in failures]}
 
 

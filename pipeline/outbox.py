@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 MAX_RECEIVES = 100
 #: Seconds a dead-lettered or outstanding event is kept: SQS's longest retention.
 RETENTION_SECONDS = 1_209_600
-#: SQS's longest visibility timeout, for events whose backoff is longer than a delay can be.
-_MAX_HIDE = 43_200
+#: Deferrals of one message (each a receive) before it is sent again as a new one.
+_RESEND_AFTER = 20
 #: The pause between empty short polls (a deliverer with `poll_seconds=0`).
 _IDLE_SECONDS = 0.5
 #: An outbox message's body is our own JSON: anything much longer is not one of ours.
@@ -106,7 +106,7 @@ class Envelope:
                 raise ValueError("bad time")
             owner, event_id, kind, payload, last_error = strings
             event = Event(owner, event_id, kind, payload.encode())
-        except (ValueError, KeyError, TypeError, UnicodeError, RecursionError) as exc:
+        except (ValueError, KeyError, TypeError, UnicodeError, RecursionError, OverflowError) as exc:
             raise PoisonMessage(f"not a webhook event: {exc}") from None
         return cls(event, attempts, float(not_before), last_error)
 
@@ -256,15 +256,19 @@ class Deliverer:
         except PoisonMessage as exc:
             return await self._done(self._bury(message, exc.code, exc.message, message.receive_count))
         wait = envelope.not_before - time.time()
-        if wait > 1:  # a backoff longer than a delay can be: hidden again for the rest of it
-            await self._hide(message, min(_MAX_HIDE, math.ceil(wait)))
-            return False
+        if wait > 1:  # a backoff longer than a delay can be: sent again for the rest of it
+            return await self._done(self._requeue(message, envelope, math.ceil(wait)))
         owner = envelope.event.owner
         if self._owners[owner] >= self._settings.per_user:
             # Its owner's receiver has its share of this process already: back in a moment, at
-            # no cost to its attempts (so a slow receiver holds up only its own events).
+            # no cost to its attempts (so a slow receiver holds up only its own events). One
+            # deferred often is sent again instead, so that the queue's redrive net, which counts
+            # receives, never dead-letters an event that waited without an attempt.
             metrics.WEBHOOK_DELIVERIES.labels("deferred").inc()
-            await self._hide(message, _deferral(message.receive_count))
+            later = _deferral(message.receive_count)
+            if message.receive_count >= _RESEND_AFTER:
+                return await self._done(self._requeue(message, envelope, later))
+            await self._hide(message, later)
             return False
         self._owners[owner] += 1
         try:
@@ -285,13 +289,17 @@ class Deliverer:
     async def _attempt(self, message: Message, envelope: Envelope) -> None:
         event, attempt = envelope.event, envelope.attempts + 1
         try:
-            hook = await find_hook(self._store, event, self._settings.allow_private)
+            # Within the POST's own time: the lease covers both, so no other consumer starts on it.
+            async with asyncio.timeout(self._settings.timeout):
+                hook = await find_hook(self._store, event, self._settings.allow_private)
+        except TimeoutError:
+            error: str | None = "the webhook could not be looked up in time"
         except InvalidWebhookUrl as exc:  # no retry can help: the DLQ says why
             metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
             await self._bury(message, exc.code, exc.message, attempt)
             return
         except ServiceError as exc:  # the users table cannot say: an attempt like any other
-            error: str | None = f"the webhook could not be looked up: {exc.message}"
+            error = f"the webhook could not be looked up: {exc.message}"
         else:
             if hook is None:  # the owner removed it since: nobody is owed this event any more
                 log.info("webhook gone, event not delivered event_id=%s", event.id)
@@ -312,12 +320,17 @@ class Deliverer:
         log.info("webhook attempt failed event_id=%s attempt=%d error=%s", event.id, attempt, error)
         delay = backoff(attempt, self._settings)
         again = Envelope(event, attempt, time.time() + delay, error[:1000])
-        # Sent before the one received is deleted: a crash between the two repeats an attempt,
-        # never loses the event.
+        await self._requeue(message, again, math.ceil(delay))
+
+    async def _requeue(self, message: Message, envelope: Envelope, seconds: int) -> None:
+        """Replace the message received with `envelope`, delayed by `seconds` (as far as a delay
+        goes: one still early on arrival is sent again for the rest). Sent before the one received
+        is deleted: a crash between the two repeats it, never loses it."""
+        event = envelope.event
         await self._outbox.send(
-            again.encode(),
+            envelope.encode(),
             {"event_id": event.id, "type": event.type},
-            delay_seconds=min(MAX_DELAY_SECONDS, math.ceil(delay)),
+            delay_seconds=min(MAX_DELAY_SECONDS, seconds),
         )
         await self._outbox.delete(message.receipt_handle)
 
@@ -398,13 +411,19 @@ async def redeliver(
     """Put dead-lettered events back in the outbox with their attempts renewed (all, or those
     named); returns how many. Sent first, then deleted: a crash in between repeats one, never
     loses one. Events not named are left where they are, visible again at once."""
-    moved, passed = 0, []
+    moved, passed, seen = 0, [], set[str]()
+    empty = 0
     try:
-        while limit is None or moved < limit:
-            batch = await dead.receive(10, wait_seconds=0, visibility_timeout=60)
-            if not batch:
+        while (limit is None or moved < limit) and empty < 2:
+            # Short receives may come back empty while messages remain: two in a row end it. One
+            # that brings only messages seen already (their hiding ended) has been round the DLQ.
+            batch = await dead.receive(10, wait_seconds=1, visibility_timeout=300)
+            fresh_batch = [message for message in batch if message.id not in seen]
+            if batch and not fresh_batch:
                 break
-            for message in batch:
+            empty = 0 if batch else empty + 1
+            seen.update(message.id for message in fresh_batch)
+            for message in fresh_batch:
                 try:
                     envelope = Envelope.decode(message.body)
                 except PoisonMessage:

@@ -216,3 +216,13 @@ def test_anything_else_in_the_outbox_is_poison_never_a_crash(body: str) -> None:
     except PoisonMessage:
         return
     assert envelope.attempts >= 0 and math.isfinite(envelope.not_before)
+
+
+def test_a_time_too_large_for_a_float_is_poison() -> None:
+    body = (
+        Envelope(Event("u", "evt_1", "image.ready", b"{}"))
+        .encode()
+        .replace('"not_before":0.0', '"not_before":1' + "0" * 400)
+    )
+    with pytest.raises(PoisonMessage):
+        Envelope.decode(body)
