@@ -219,7 +219,6 @@ class LocalStorage(JsonDocuments):
         key: str,
         content_type: str,
         metadata: Mapping[str, str],
-        max_bytes: int,
     ) -> None:
         """A second name for the same bytes (a hard link: nothing is copied or written again but
         the directory entry and the row); each name goes with its own object."""

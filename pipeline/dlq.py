@@ -68,16 +68,24 @@ def describe(message: Message) -> DeadLetter:
         keys = tuple(short(r.key, 300) for r in parse_message(message.body).created)
     except ServiceError:
         keys = ()
-    attrs = message.attributes
     return DeadLetter(
         message_id=message.id,
-        error_code=short(attrs.get("error_code", "redrive_policy"), 100),
-        error_message=short(attrs.get("error_message", "moved by the queue's redrive policy"), 1000),
-        attempts=short(attrs.get("attempts", str(message.receive_count)), 20),
-        failed_at=short(attrs.get("failed_at", ""), 40),
+        **reason_of(message),
         keys=keys,
         body="" if keys else short(message.body, BODY_PREVIEW),
     )
+
+
+def reason_of(message: Message) -> dict[str, str]:
+    """Why a dead letter is one, as its attributes say (`dead_letter_attributes`); one moved by
+    the queue's redrive policy has none, and is described as such."""
+    attrs = message.attributes
+    return {
+        "error_code": short(attrs.get("error_code", "redrive_policy"), 100),
+        "error_message": short(attrs.get("error_message", "moved by the queue's redrive policy"), 1000),
+        "attempts": short(attrs.get("attempts", str(message.receive_count)), 20),
+        "failed_at": short(attrs.get("failed_at", ""), 40),
+    }
 
 
 #: Characters of a body shown for a message that names no object.

@@ -189,7 +189,7 @@ class JobRunner:
         """The renditions of `duplicate` (the owner's image with the same bytes), copied to `ref`'s
         keys in storage without decoding anything; None if they cannot be (made with other
         settings, or replaced or deleted meanwhile): the caller makes them afresh."""
-        dest, max_bytes = self._settings.aws.dest_bucket, self._settings.imaging.max_bytes
+        dest = self._settings.aws.dest_bucket
         copied = []
         for spec in self._settings.imaging.renditions:
             made = duplicate.renditions.get(spec.name)
@@ -207,7 +207,6 @@ class JobRunner:
                     ref.rendition_key(spec),
                     spec.content_type,
                     {"source-etag": etag.strip('"')},
-                    max_bytes,
                 )
             except NotFound:
                 return None

@@ -33,7 +33,7 @@ import aiohttp
 
 from config.settings import WebhookSettings
 from pipeline import metrics
-from pipeline.dlq import BODY_PREVIEW, dead_letter_attributes, short
+from pipeline.dlq import BODY_PREVIEW, dead_letter_attributes, reason_of, short
 from pipeline.errors import InvalidWebhookUrl, PoisonMessage, ServiceError, TransientError
 from pipeline.polling import receive_unless_stopped, release
 from pipeline.ports import MessageQueue
@@ -370,7 +370,6 @@ class UndeliveredEvent:
 
 def describe_event(message: Message) -> UndeliveredEvent:
     """What an operator needs to see of a dead-lettered event, however malformed: never raises."""
-    attrs = message.attributes
     event_id = kind = owner = image_id = body = ""
     try:
         event = Envelope.decode(message.body).event
@@ -385,10 +384,7 @@ def describe_event(message: Message) -> UndeliveredEvent:
         type=short(kind, 100),
         owner=short(owner, 100),
         image_id=short(image_id, 300),
-        error_code=short(attrs.get("error_code", "redrive_policy"), 100),
-        error_message=short(attrs.get("error_message", "moved by the queue's redrive policy"), 1000),
-        attempts=short(attrs.get("attempts", str(message.receive_count)), 20),
-        failed_at=short(attrs.get("failed_at", ""), 40),
+        **reason_of(message),
         body=body,
     )
 

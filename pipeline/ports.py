@@ -68,7 +68,6 @@ class ObjectStore(Protocol):
         key: str,
         content_type: str,
         metadata: Mapping[str, str],
-        max_bytes: int,
     ) -> None: ...
 
     async def delete_many(self, bucket: str, keys: list[str]) -> None: ...

@@ -105,20 +105,6 @@ class JsonDocuments(ABC):
             bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json", metadata
         )
 
-    async def copy(
-        self,
-        bucket: str,
-        source: str,
-        key: str,
-        content_type: str,
-        metadata: Mapping[str, str],
-        max_bytes: int,
-    ) -> None:
-        """Copy a small object within `bucket`, with new metadata (read and written again here;
-        S3 copies server-side). `NotFound` if `source` is gone."""
-        _, data = await self.read(bucket, source, max_bytes)
-        await self.put(bucket, key, data, content_type, metadata)
-
     async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
         """A small JSON document, or None where there is none."""
         try:
@@ -227,7 +213,6 @@ class Storage(JsonDocuments):
         key: str,
         content_type: str,
         metadata: Mapping[str, str],
-        max_bytes: int,
     ) -> None:
         """CopyObject: the bytes never leave S3 (objects up to 5 GB; ours are renditions)."""
         with aws_errors(StorageUnavailable, not_found=NotFound):
