@@ -21,6 +21,8 @@ N = TypeVar("N", int, float)
 
 #: Formats the pipeline accepts, named as `pipeline.formats.detect_format` names them.
 KNOWN_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "tiff", "heif", "avif"})
+#: How clients may send an image's bytes (`IMGSVC_UPLOAD_MODES`).
+UPLOAD_MODES = frozenset({"api", "presigned"})
 OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
 #: How an on-demand variant fits its box, and how `cover` chooses what to keep.
 VARIANT_FITS = ("contain", "cover", "fill")
@@ -222,6 +224,12 @@ class WebSettings:
     input_dir: Annotated[Path, Var()] = Path("input")
     #: Default: on in the embedded and local modes (one command runs everything), off on AWS.
     run_consumer: Annotated[bool, Var()] = True
+    #: How clients may send an image's bytes: `api` (PUT/POST /images, through this API) and
+    #: `presigned` (`POST /images/upload-url` authorises one PUT straight to S3, or on the local
+    #: backend to this API's `/uploads/...`; the consumer completes the record from S3's event).
+    upload_modes: Annotated[frozenset[str], Var(read="upload_modes")] = frozenset({"api"})
+    #: Seconds a presigned upload URL works (its reservation is released by gc after that).
+    upload_url_seconds: Annotated[int, Var(60, 7 * 86_400)] = 900
     #: Scheme and host clients reach the API at (behind a proxy or CDN), for the absolute URLs
     #: the API hands out; empty: taken from each request.
     public_url: Annotated[str, Var(read="public_url")] = ""
@@ -541,6 +549,15 @@ class _Env:
         unknown = chosen - KNOWN_FORMATS
         if not chosen or unknown:
             raise self._fail(name, f"must be a comma list of {', '.join(sorted(KNOWN_FORMATS))}", value)
+        return chosen
+
+    def upload_modes(self, name: str, default: frozenset[str]) -> frozenset[str]:
+        value = self._get(name)
+        if value is None:
+            return default
+        chosen = frozenset(m.strip().lower() for m in value.split(",") if m.strip())
+        if not chosen or chosen - UPLOAD_MODES:
+            raise self._fail(name, f"must be a comma list of {', '.join(sorted(UPLOAD_MODES))}", value)
         return chosen
 
     def presets(

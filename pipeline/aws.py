@@ -68,7 +68,10 @@ async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
     session = get_session()
     kwargs = client_kwargs(settings)
     async with AsyncExitStack() as stack:
-        s3 = await stack.enter_async_context(session.create_client("s3", **kwargs))
+        # SigV4 for S3 too: a presigned PUT then signs its length, type and metadata (SigV2
+        # query signing, botocore's choice with a custom endpoint, signs no length).
+        s3_config = kwargs["config"].merge(AioConfig(signature_version="s3v4"))
+        s3 = await stack.enter_async_context(session.create_client("s3", **kwargs | {"config": s3_config}))
         sqs = await stack.enter_async_context(session.create_client("sqs", **kwargs))
         dynamodb = await stack.enter_async_context(session.create_client("dynamodb", **kwargs))
         yield AwsClients(s3=s3, sqs=sqs, dynamodb=dynamodb)

@@ -54,6 +54,28 @@ class Backend:
             )
         return url
 
+    async def presign_put(
+        self, bucket: str, key: str, expires: int, content_type: str, length: int, metadata: dict[str, str]
+    ) -> tuple[str, dict[str, str]] | None:
+        """A presigned S3 PUT URL that accepts only this key, length, type and metadata, and the
+        headers its request must carry; None on the local backend (the API takes the bytes)."""
+        if self.clients is None:
+            return None
+        with aws_errors(StorageUnavailable):
+            url: str = await self.clients.s3.generate_presigned_url(
+                "put_object",
+                Params={
+                    "Bucket": bucket,
+                    "Key": key,
+                    "ContentType": content_type,
+                    "ContentLength": length,
+                    "Metadata": metadata,
+                },
+                ExpiresIn=expires,
+            )
+        headers = {"Content-Type": content_type} | {f"x-amz-meta-{k}": v for k, v in metadata.items()}
+        return url, headers
+
 
 async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
     """The AWS ports over already open clients (queue URLs resolved once, here)."""

@@ -232,6 +232,40 @@ class KeyRevoked(PermanentError):
     default_message = "the key is revoked"
 
 
+class ImageExists(PermanentError):
+    code = "image_exists"
+    http_status = 409
+    default_message = "an image with this id exists; upload-url makes new images only (PUT replaces)"
+
+
+class UploadPending(PermanentError):
+    """The image is reserved for a presigned upload whose URL still works."""
+
+    code = "upload_pending"
+    http_status = 409
+    default_message = "an upload URL for this image is outstanding; use it, or wait until it expires"
+
+
+class UploadModeDisabled(PermanentError):
+    code = "upload_mode_disabled"
+    http_status = 403
+
+
+class UploadMismatch(PermanentError):
+    """What arrived at a presigned upload's key is not what its URL was made for."""
+
+    code = "upload_mismatch"
+    http_status = 422
+
+
+class UploadNotReserved(PermanentError):
+    """Bytes arrived with a reservation that no longer exists (released, or the image deleted)."""
+
+    code = "upload_not_reserved"
+    http_status = 410
+    default_message = "the upload's reservation was released before its bytes arrived; they were removed"
+
+
 class ImageNotFound(NotFound):
     code = "image_not_found"
     default_message = "no such image"

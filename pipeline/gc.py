@@ -11,7 +11,9 @@ Garbage is what a crash, a lost event or an interrupted request leaves behind:
 - uploads abandoned mid-way: S3 multipart uploads never completed (their parts are billed as
   storage), the local store's unfinished temporary files;
 - images past their expiry (`expires_in_days` on upload, or `IMGSVC_RETENTION_DAYS`): the
-  original, its renditions and variants, and the record, as a delete would.
+  original, its renditions and variants, and the record, as a delete would;
+- presigned uploads' reservations never used: released (the record goes, its quota is given
+  back) once their URL has been expired for `RELEASE_MARGIN_SECONDS`, whatever the grace.
 
 Nothing younger than `grace` is touched (default one day: an upload's original exists without
 its record for a moment, a new original's renditions for a moment without a finished record), and
@@ -37,6 +39,7 @@ from pipeline.backends import Backend
 from pipeline.layout import ImageRef, source_key_of
 from pipeline.records import RecordStore
 from pipeline.removal import expire_image, stale_derivative
+from pipeline.reservations import Reservation
 from pipeline.storage import ListedObject
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,8 @@ class Collection:
     stale_uploads: int = 0
     #: Images past their `expires_at`, removed whole (original, renditions, variants, record).
     expired: int = 0
+    #: Presigned uploads' reservations never used before their URL expired (quota given back).
+    released_reservations: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,12 +98,13 @@ async def collect(
         settings.aws.source_bucket, now - timedelta(seconds=stale_uploads_after), dry_run=dry_run
     )
     log.info(
-        "gc originals=%d/%dB derivatives=%d/%dB records=%d stale_uploads=%d dry_run=%s",
+        "gc originals=%d/%dB derivatives=%d/%dB records=%d reservations=%d stale_uploads=%d dry_run=%s",
         report.orphaned_originals.count,
         report.orphaned_originals.bytes,
         report.orphaned_derivatives.count,
         report.orphaned_derivatives.bytes,
         report.records_without_original,
+        report.released_reservations,
         report.stale_uploads,
         dry_run,
     )
@@ -164,6 +170,14 @@ async def _records(
             for record in page:
                 updated = datetime.fromisoformat(str(record.item.get("updated_at")))
                 ref = ImageRef.of(record.owner, record.image_id)
+                if (reserved := Reservation.of(record.item)) is not None:
+                    # Never used, and its URL expired: the id and the quota it holds are free again.
+                    # (One whose bytes arrived waits for their event, or for reconcile.)
+                    if reserved.released_by(now.timestamp()) and not await _exists(backend, bucket, ref):
+                        report.released_reservations += 1
+                        if not report.dry_run:
+                            await records.delete_if(ref, int(record.item.get("revision", 0)))
+                    continue
                 expires = record.item.get("expires_at")
                 if isinstance(expires, int | float) and expires <= now.timestamp():
                     if report.dry_run or await expire_image(backend.storage, records, settings, record):
@@ -176,3 +190,7 @@ async def _records(
                     await records.delete_if(ref, int(record.item.get("revision", 0)))
             if cursor is None:
                 break
+
+
+async def _exists(backend: Backend, bucket: str, ref: ImageRef) -> bool:
+    return await backend.storage.etag_of(bucket, ref.source_key) is not None

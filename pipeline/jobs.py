@@ -28,16 +28,19 @@ from pipeline.errors import (
     ProcessingTimeout,
     ServiceError,
     SourceMissing,
+    UploadMismatch,
+    UploadNotReserved,
 )
 from pipeline.events import ObjectCreated
-from pipeline.formats import ImageInfo
+from pipeline.formats import ImageInfo, detect_format
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
 from pipeline.ports import ItemTable, ObjectStore
 from pipeline.records import ImageRecord, RecordStore, Superseded
 from pipeline.removal import drop_renditions
+from pipeline.reservations import FIELD, METADATA_KEY, USED, Reservation
 from pipeline.results import Rendition, RenditionResult
-from pipeline.storage import OversizeObject
+from pipeline.storage import ObjectMeta, OversizeObject
 from pipeline.tasks import make_renditions
 from pipeline.workers import InlineRunner, WorkerPool
 
@@ -103,10 +106,13 @@ class JobRunner:
             except NotFound:
                 return JobResult("source_missing", ref.source_key, request_id=rid)
             except OversizeObject as exc:  # nothing to decode, but the user must learn why
-                meta, error = exc.meta, exc
+                meta, error, data = exc.meta, exc, b""
             rid = meta.metadata.get("request-id") or rid
             REQUEST_ID.set(rid)  # this job's log lines carry the upload's request id
             await self._check_owner(owner, meta.metadata)
+            reserved = await self._reservation(ref, meta)
+            if reserved is not None and error is None:
+                error = reserved.mismatch(meta.size, data[:64])
             digest, duplicate = None, None
             if error is None:
                 digest = await _sha256(data)
@@ -123,6 +129,7 @@ class JobRunner:
                     error,
                     lambda: self._current_etag(ref),
                     duplicate_of=duplicate.image_id if duplicate else None,
+                    facts=None if reserved is None else _arrived(reserved, data, digest, error),
                 )
             except Superseded as exc:
                 if exc.current is None:  # deleted while we worked: leave nothing behind
@@ -135,6 +142,9 @@ class JobRunner:
                 await self._records.delete_if(ref, 1)
                 await self._drop_renditions(ref)
                 return JobResult("source_missing", ref.source_key, request_id=rid)
+            if reserved is not None and error is not None:
+                # Not what its URL allowed: its bytes are not kept (nor counted: see `_arrived`).
+                await self._remove_if_current(ref, meta.etag)
             if digest is not None and result is not None and duplicate is None:
                 await self._records.remember_digest(ref, digest)
             if self._webhooks is not None and written.item.get("notify"):
@@ -153,6 +163,28 @@ class JobRunner:
             return
         if await self._users.get({"user_id": owner}) is None:
             raise InvalidKey(f"no user {owner} exists to own this object")
+
+    async def _reservation(self, ref: ImageRef, meta: ObjectMeta) -> Reservation | None:
+        """For bytes put through a presigned URL (their metadata names its reservation): the
+        reservation they complete, or None if an earlier delivery of this event completed it.
+        Bytes whose reservation is gone (released, or its image deleted) are removed:
+        `UploadNotReserved`, which dead-letters the event with that reason."""
+        token = meta.metadata.get(METADATA_KEY)
+        if token is None:
+            return None
+        record = await self._records.read(ref)
+        if record is not None and record.source_etag == meta.etag and record.state != "awaiting_upload":
+            return None
+        reservation = Reservation.named(record.item, token) if record is not None else None
+        if reservation is None:
+            await self._remove_if_current(ref, meta.etag)
+            raise UploadNotReserved()
+        return reservation
+
+    async def _remove_if_current(self, ref: ImageRef, etag: str) -> None:
+        """Delete the original `etag` unless another has replaced it since it was read."""
+        if await self._current_etag(ref) == etag:
+            await self._storage.delete_many(self._settings.aws.source_bucket, [ref.source_key])
 
     async def _resize(self, ref: ImageRef, etag: str, data: bytes) -> RenditionResult:
         started = time.perf_counter()
@@ -241,6 +273,24 @@ class JobRunner:
 
     async def _drop_renditions(self, ref: ImageRef) -> None:
         await drop_renditions(self._storage, self._settings, ref)
+
+
+def _arrived(
+    reservation: Reservation, data: bytes, digest: str | None, error: ServiceError | None
+) -> dict[str, object]:
+    """A presigned upload's facts, which the API could not know: the reservation is used, and
+    the record counts what is kept (nothing, for bytes its URL did not allow)."""
+    done = {FIELD: None, USED: reservation.as_item()}
+    if isinstance(error, UploadMismatch | OversizeObject):
+        return {**done, "bytes": 0, "sha256": None}
+    found = detect_format(data[:64])
+    return {
+        **done,
+        "bytes": len(data),
+        "sha256": digest,
+        "format": found,
+        "content_type": f"image/{found}" if found else None,
+    }
 
 
 async def _sha256(data: bytes) -> str:

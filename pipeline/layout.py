@@ -18,8 +18,12 @@ def valid_user_id(value: str) -> bool:
     return USER_ID_RE.fullmatch(value) is not None
 
 
+#: Ids that name API routes under `/images/` rather than images.
+RESERVED_IMAGE_IDS = frozenset({"upload-url"})
+
+
 def valid_image_id(value: str) -> bool:
-    return IMAGE_ID_RE.fullmatch(value) is not None
+    return IMAGE_ID_RE.fullmatch(value) is not None and value not in RESERVED_IMAGE_IDS
 
 
 @dataclass(frozen=True)

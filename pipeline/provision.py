@@ -27,6 +27,20 @@ class Provisioned:
     dlq_url: str
 
 
+#: The source bucket's CORS rules: presigned PUTs from any origin (the CloudFormation template's too).
+UPLOAD_CORS = {
+    "CORSRules": [
+        {
+            "AllowedMethods": ["PUT"],
+            "AllowedOrigins": ["*"],
+            "AllowedHeaders": ["*"],
+            "ExposeHeaders": ["ETag"],
+            "MaxAgeSeconds": 3600,
+        }
+    ]
+}
+
+
 async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
     """Buckets, DLQ, queue with redrive policy and S3 policy, the ObjectCreated notification,
     and the DynamoDB tables."""
@@ -70,6 +84,9 @@ async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
                 ]
             },
         )
+        # Browsers put presigned uploads straight into the source bucket from the UI's origin;
+        # the URL's signature is the authority, so any origin may send one (no cookies ride along).
+        await clients.s3.put_bucket_cors(Bucket=aws.source_bucket, CORSConfiguration=UPLOAD_CORS)
     log.info(
         "provisioned source=%s dest=%s queue=%s dlq=%s outbox=%s",
         aws.source_bucket,

@@ -75,6 +75,7 @@ async def reconcile(
                 key
                 for r in page_records
                 if (key := f"{r.owner}/{r.image_id}") not in originals
+                and r.state != "awaiting_upload"  # a presigned upload's bytes not sent (yet): gc's
                 and datetime.fromisoformat(str(r.item.get("created_at"))) < cutoff
             ]
             if cursor is None:

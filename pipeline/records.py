@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pipeline import untrusted
+from pipeline import reservations, untrusted
 from pipeline.errors import InvalidField, ServiceError, TransientError
 from pipeline.items import (
     Add,
@@ -53,7 +53,7 @@ from pipeline.ports import ItemTable
 from pipeline.results import RenditionResult
 from pipeline.timing import now_iso
 
-State = Literal["pending", "ready", "failed"]
+State = Literal["awaiting_upload", "pending", "ready", "failed"]
 #: Optimistic writes that lose a race re-read and try again this often before giving up.
 WRITE_ATTEMPTS = 5
 
@@ -119,6 +119,8 @@ class ImageRecord:
 
     @property
     def state(self) -> State:
+        if self.item.get(reservations.FIELD) is not None:
+            return "awaiting_upload"
         if self.item.get("result_etag") and self.item.get("result_etag") == self.item.get("source_etag"):
             return "ready" if self.item.get("result_state") == "ready" else "failed"
         return "pending"
@@ -185,6 +187,8 @@ class ImageRecord:
             body["placeholder"] = item.get("placeholder")
         if self.state == "failed":
             body["error"] = self.error
+        if (reserved := reservations.Reservation.of(item)) is not None:
+            body["upload_expires_at"] = _iso(reserved.expires_at)
         return {k: v for k, v in body.items() if v is not None}
 
 
@@ -194,6 +198,14 @@ DIGEST_PREFIX = "#sha256:"
 
 #: The quota conditions on the owner's counters for a change of (bytes, images), or None.
 Limit = Callable[[int, int], Condition | None]
+
+
+class ImageTaken(Exception):
+    """The id is in use: by an image, or by a reservation (`held`) whose URL still works."""
+
+    def __init__(self, held: reservations.Reservation | None) -> None:
+        super().__init__(held)
+        self.held = held
 
 
 class UsageRefused(Exception):
@@ -257,6 +269,44 @@ class RecordStore:
 
         return await self._write(ref, etag, current, fields, known, limit)
 
+    async def reserve(
+        self,
+        ref: ImageRef,
+        reservation: reservations.Reservation,
+        facts: Mapping[str, Any],
+        *,
+        limit: Limit | None = None,
+    ) -> ImageRecord:
+        """Create the record of a new image awaiting its presigned upload, charging the owner's
+        quota its length in the same transaction. `ImageTaken` if the id is in use (by an image,
+        or by a reservation whose URL still works: one that expired unused is replaced);
+        `UsageRefused` if `limit` refuses it."""
+        owner, image_id = ref.owner_and_id
+        key = {"user_id": owner, "image_id": image_id}
+        old = await self._table.get(key)
+        if old is not None:
+            held = reservations.Reservation.of(old)
+            if held is None or held.expires_at > time.time():
+                raise ImageTaken(held)
+        now = now_iso()
+        new = {
+            **key,
+            **facts,
+            reservations.FIELD: reservation.as_item(),
+            "bytes": reservation.content_length,
+            "revision": int(old.get("revision", 0)) + 1 if old else 1,
+            "created_at": now,
+            "updated_at": now,
+            "created_key": f"{now}#{image_id}",
+        }
+        new = {k: v for k, v in new.items() if v is not None}
+        written = PutItem(self._table, new, Missing("user_id") if old is None else _at(old))
+        try:
+            await self._with_usage(written, owner, old, new, limit)
+        except ConditionFailed:  # another request took the id first
+            raise ImageTaken(None) from None
+        return ImageRecord(owner, image_id, new, replaced=old)
+
     async def record_result(
         self,
         ref: ImageRef,
@@ -265,10 +315,13 @@ class RecordStore:
         error: ServiceError | None,
         current: CurrentEtag,
         duplicate_of: str | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> ImageRecord:
         """The consumer made (or failed to make) renditions of the original with `etag`: they
         become the record's result, and that ETag its version. Raises `Superseded` if S3 holds
-        another original (or none) by the time the record is written."""
+        another original (or none) by the time the record is written. `facts`: the upload's
+        facts, for an original that arrived without the API (a presigned upload completes its
+        reservation here)."""
 
         def fields(old: Item | None) -> dict[str, Any]:
             out: dict[str, Any] = {
@@ -298,7 +351,7 @@ class RecordStore:
                     "engine": result.engine,
                 }
                 out["placeholder"] = result.placeholder
-            return out
+            return {**out, **(facts or {})}
 
         return await self._write(ref, etag, current, fields)
 

@@ -67,6 +67,8 @@ ROUTES = (
     ("GET", "/download/thumbnail"),
     ("GET", "/images"),
     ("POST", "/images"),
+    ("POST", "/images/upload-url"),
+    ("PUT", "/uploads/{user_id}/{image_id}"),
     ("PUT", "/images/{image_id}"),
     ("GET", "/images/{image_id}"),
     ("DELETE", "/images/{image_id}"),
@@ -305,6 +307,7 @@ async def target(moto_endpoint: str) -> AsyncIterator[Target]:
             IMGSVC_VARIANT_MAX_SIDE="512",  # variants are made for real: keep each one cheap
             # A fuzzed Content-Length can promise bytes that never come: a 408 soon, not in 20 s.
             IMGSVC_BODY_TIMEOUT="3",
+            IMGSVC_UPLOAD_MODES="api,presigned",
         )
     )
     server = GuardedTestServer(create_app(settings), settings.web, host="127.0.0.1")
@@ -764,6 +767,17 @@ webhook_urls = st.one_of(
     value,
     json_values,
 )
+upload_url_bodies = mutated(
+    {"content_length": 1000, "content_type": "image/jpeg"},
+    {
+        "content_length": st.integers(-(2**70), 2**70) | json_values,
+        "content_type": st.sampled_from(["image/png", "image/JPG", "image/heic", "image/", "image"])
+        | json_values,
+        "image_id": st.sampled_from(["ready", "pending", "new-one"]) | json_values,
+        "file_name": json_values,
+        "expires_in_days": st.integers(-5, 10**6) | json_values,
+    },
+)
 webhook_bodies = mutated(
     {"url": "https://example.com/hook"}, {"url": webhook_urls, "rotate_secret": st.booleans() | json_values}
 )
@@ -775,7 +789,7 @@ def dumps(document: Any) -> bytes:
 
 @FUZZ
 @given(
-    route=st.sampled_from(["/upload", "/webhook"]),
+    route=st.sampled_from(["/upload", "/webhook", "/images/upload-url"]),
     kind=st.sampled_from(["document", "document", "any", "raw"]),
     data=st.data(),
     content_type=st.integers(0, 3).flatmap(
@@ -783,11 +797,16 @@ def dumps(document: Any) -> bytes:
     ),
 )
 async def test_json_bodies(target: Target, route: str, kind: str, data: Any, content_type: str) -> None:
+    documents = {
+        "/upload": upload_bodies,
+        "/webhook": webhook_bodies,
+        "/images/upload-url": upload_url_bodies,
+    }
     if kind == "document":
-        body = dumps(data.draw(upload_bodies if route == "/upload" else webhook_bodies))
+        body = dumps(data.draw(documents[route]))
     else:
         body = data.draw(json_values.map(dumps) if kind == "any" else raw_json_bodies)
-    method = "POST" if route == "/upload" else "PUT"
+    method = "PUT" if route == "/webhook" else "POST"
     await call(target, method, route, headers={"Content-Type": content_type}, data=body)
 
 

@@ -132,7 +132,11 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "user_id": {"type": "string"},
             "image_id": {"type": "string"},
-            "status": {"enum": ["pending", "ready", "failed"]},
+            "status": {"enum": ["awaiting_upload", "pending", "ready", "failed"]},
+            "upload_expires_at": {
+                "type": "string",
+                "description": "awaiting_upload only: when its upload URL stops working",
+            },
             "file_name": {"type": "string"},
             "format": {"type": "string"},
             "content_type": {"type": "string"},
@@ -154,6 +158,25 @@ SCHEMAS: dict[str, Any] = {
                 "description": "the caller's image made from the same bytes, whose renditions were copied",
             },
         },
+    },
+    "UploadUrl": {
+        "allOf": [
+            _ref("Image"),
+            {
+                "type": "object",
+                "required": ["url", "method", "headers", "expires_at"],
+                "properties": {
+                    "url": {"type": "string"},
+                    "method": {"enum": ["PUT"]},
+                    "headers": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": "to send with the PUT, as they are (they are signed)",
+                    },
+                    "expires_at": {"type": "string", "description": "when the URL stops working"},
+                },
+            },
+        ]
     },
     "ImageList": {
         "type": "object",
@@ -249,6 +272,48 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 "requestBody": UPLOAD_BODY,
                 "responses": {"202": accepted, **_errors(*UPLOAD_ERRORS)},
             },
+        },
+        "/images/upload-url": {
+            "post": {
+                "summary": "Reserve a new image and get a URL to PUT its bytes to, straight to S3 "
+                "(IMGSVC_UPLOAD_MODES=presigned)",
+                "description": "The quota is charged at once; the consumer completes the image from "
+                "the upload's event (bytes of another length or format end it `failed`). A URL never "
+                "used is released by gc after it expires. Send exactly `headers` with the PUT.",
+                "parameters": [USER_Q, IDEMPOTENCY_KEY],
+                "requestBody": _json_body(
+                    {
+                        "content_length": {"type": "integer", "minimum": 1},
+                        "content_type": {"type": "string", "pattern": "^image/"},
+                        "image_id": ID,
+                        "file_name": {"type": "string"},
+                        "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 36500},
+                    },
+                    ["content_length", "content_type"],
+                ),
+                "responses": {
+                    "201": _json(_ref("UploadUrl"), "reserved: PUT the bytes to `url`"),
+                    **_errors(*AUTH_ERRORS, 409, 413, 415),
+                },
+            }
+        },
+        "/uploads/{user_id}/{image_id}": {
+            "put": {
+                "summary": "Take a presigned upload's bytes (the local backend's stand-in for S3; no key)",
+                "security": [],
+                "parameters": [
+                    _param("user_id", "path", {"type": "string"}, True),
+                    _param("image_id", "path", {"type": "string"}, True),
+                    _param("token", "query", {"type": "string"}),
+                    _param("expires", "query", {"type": "string"}),
+                    _param("sig", "query", {"type": "string"}),
+                ],
+                "requestBody": {"required": True, "content": BINARY["content"]},
+                "responses": {
+                    "200": {"description": "stored; the consumer completes the image"},
+                    **_errors(400, 403, 404, 408, 410, 413, 415, 422, 503),
+                },
+            }
         },
         "/images/{image_id}": {
             "parameters": [IMAGE_P],

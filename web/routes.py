@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from web import openapi
-from web.handlers import download, health, images, links, ui, upload, variants, webhook
+from web.handlers import download, health, images, links, presigned, ui, upload, variants, webhook
 
 
 def setup_routes(app: web.Application) -> None:
@@ -14,9 +14,13 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/download/thumbnail", download.download_thumbnail)
     app.router.add_get("/images", images.list_images)
     app.router.add_post("/images", upload.post_image)
-    app.router.add_put("/images/{image_id}", upload.put_image)
-    app.router.add_get("/images/{image_id}", images.image_status)
-    app.router.add_delete("/images/{image_id}", images.delete_image)
+    app.router.add_post("/images/upload-url", presigned.create_upload_url)
+    app.router.add_put("/uploads/{user_id}/{image_id}", presigned.put_upload)
+    # `upload-url` is a route, never an image id (`RESERVED_IMAGE_IDS`).
+    image = "/images/{image_id:(?!upload-url$)[^/]+}"
+    app.router.add_put(image, upload.put_image)
+    app.router.add_get(image, images.image_status)
+    app.router.add_delete(image, images.delete_image)
     app.router.add_get("/images/{image_id}/url", links.create_link)
     app.router.add_get("/images/{image_id}/variant", variants.get_variant)
     app.router.add_put("/images/{image_id}/focal-point", variants.put_focal_point)

@@ -76,7 +76,7 @@ async def locate(request: web.Request, ref: ImageRef, rendition: str) -> Located
     record = await request.app[RECORDS].read(ref)
     if record is None:
         raise ImageNotFound()
-    if rendition == ORIGINAL:
+    if rendition == ORIGINAL and record.state != "awaiting_upload":
         return Located(settings.aws.source_bucket, ref.source_key, record.source_etag, record)
     if record.state != "ready":
         owner, image_id = ref.owner_and_id
@@ -138,6 +138,14 @@ async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
 
 
 def not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int) -> web.Response:
+    if record.state == "awaiting_upload":
+        return error_response(
+            404,
+            "upload_pending",
+            "the image's bytes have not been uploaded yet (its upload URL is unused)",
+            status="awaiting_upload",
+            status_url=urls.status_url(user_id, image_id),
+        )
     if record.state == "failed":
         error = record.error or {}
         return error_response(

@@ -27,12 +27,15 @@ from pipeline.errors import (
     MissingField,
     NotFound,
     TooLarge,
+    UploadModeDisabled,
+    UploadPending,
 )
 from pipeline.formats import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
 from pipeline.records import Superseded, UsageRefused
 from pipeline.removal import drop_variants
+from pipeline.reservations import FIELD, Reservation
 from pipeline.untrusted import ascii_int, utf8_text
 from web.bodies import json_object
 from web.idempotency import fingerprint, once
@@ -105,6 +108,8 @@ async def post_image(request: web.Request) -> web.Response:
 
 
 async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> web.Response:
+    if "api" not in request.app[SETTINGS].web.upload_modes:
+        raise UploadModeDisabled("uploads through the API are not offered here; use POST /images/upload-url")
     expires_at = _expiry(request, request.query.get("expires_in_days"))
 
     async def upload() -> tuple[web.Response, str]:
@@ -160,6 +165,9 @@ async def _store(
     buffer_bytes = max(1, min(settings.web.part_size, declared or settings.web.part_size))
     async with request.app[UPLOADS].admit(user_id, buffer_bytes):
         previous = await records.read(ref)
+        held = Reservation.of(previous.item) if previous is not None else None
+        if held is not None and held.expires_at > time.time():  # its URL could replace what this stores
+            raise UploadPending()
         replaced = previous.bytes if previous else 0
         user = await usage.check(
             user_id, new_image=previous is None, incoming=declared, replaced_bytes=replaced
@@ -192,6 +200,7 @@ async def _store(
         "purge_at": expires_at + PURGE_AFTER if expires_at else None,  # DynamoDB TTL's backstop
         # The consumer looks the webhook up only for images whose owner had one at upload time.
         "notify": bool(user.get("webhook_url")),
+        FIELD: None,  # an expired reservation of this id is this upload's now
     }
     storage, source_bucket = request.app[STORAGE], settings.aws.source_bucket
     try:
