@@ -1,6 +1,8 @@
 """`python -m pipeline upload PATH...`: bulk upload of files and folders through the HTTP API.
 
-Concurrent streamed `PUT /images/{id}` requests with a progress bar; every finished file is
+Concurrent streamed uploads with a progress bar: straight to S3 where the API offers presigned
+uploads (`POST /images/upload-url`, then a PUT to the URL it answers), else, and for a file that
+replaces an image, `PUT /images/{id}` through the API. Every finished file is
 appended to a state file (JSON lines), so an interrupted run started again skips what is done
 (same path, size and modification time) and goes on with the rest. Image ids come from the
 file's path relative to the folder given, made safe for the id pattern and suffixed with a short
@@ -27,6 +29,8 @@ from typing import Any
 
 import aiohttp
 from tqdm import tqdm
+
+from pipeline.formats import detect_format
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
 CHUNK = 256 * 1024
@@ -223,6 +227,67 @@ async def _chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
+@dataclass
+class _Route:
+    """How this run sends bytes: straight to storage while the API offers presigned uploads
+    (`POST /images/upload-url`), through the API otherwise. `storage` carries no API key: a
+    presigned URL is its own authority (and S3 refuses a request with two)."""
+
+    storage: aiohttp.ClientSession
+    presigned: bool = True
+
+
+async def _send_one(session: aiohttp.ClientSession, route: _Route, api: str, item: Item) -> None:
+    if route.presigned and await _put_presigned(session, route, api, item):
+        return
+    await _put(session, api, item)
+
+
+async def _put_presigned(session: aiohttp.ClientSession, route: _Route, api: str, item: Item) -> bool:
+    """Send `item` to a presigned URL; False when the API should take it instead (presigned
+    uploads are not offered, the file is no image format we know, or it replaces an image)."""
+    with item.path.open("rb") as handle:
+        fmt = detect_format(handle.read(64))
+    if fmt is None:
+        return False  # the API says why it refuses it
+    body = {
+        "image_id": item.image_id,
+        "content_length": item.size,
+        "content_type": f"image/{fmt}",
+        "file_name": item.path.name,
+    }
+    try:
+        async with session.post(f"{api}/images/upload-url", json=body) as response:
+            if response.status != 201:
+                refusal = await _http_refusal(response)
+                if refusal.code in _NOT_OFFERED:
+                    route.presigned = False
+                    return False
+                if refusal.code == "image_exists":
+                    return False
+                raise refusal
+            answer = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _transport_refusal(exc, api) from None
+    except ValueError:
+        raise _Refused("bad_answer", f"{api}/images/upload-url did not answer JSON") from None
+    url, headers = str(answer.get("url", "")), answer.get("headers") or {}
+    where = url.split("?", 1)[0]
+    try:
+        async with route.storage.put(
+            url, data=_chunks(item.path), headers={**headers, "Content-Length": str(item.size)}
+        ) as response:
+            if response.status >= 300:
+                raise await _http_refusal(response)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _transport_refusal(exc, where) from None
+    return True
+
+
+#: What an API that does not offer presigned uploads answers (an older one: no such route).
+_NOT_OFFERED = {"upload_mode_disabled", "method_not_allowed", "http_404", "http_405"}
+
+
 async def _put(session: aiohttp.ClientSession, api: str, item: Item) -> None:
     headers = {"X-File-Name": item.path.name, "Content-Length": str(item.size)}
     try:
@@ -245,7 +310,11 @@ async def upload(
     journaled = load_done(state, target)
     candidates = {i.image_id for i in items if (i.fingerprint, i.image_id) in journaled}
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}, timeout=timeout) as session:
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}, timeout=timeout) as session,
+        aiohttp.ClientSession(timeout=timeout) as storage,
+    ):
+        route = _Route(storage)
         try:
             present = await _listed(session, target.api, candidates)
         except _Refused as refused:
@@ -253,7 +322,7 @@ async def upload(
         todo = [i for i in items if i.image_id not in present or (i.fingerprint, i.image_id) not in journaled]
         summary.skipped = len(items) - len(todo)
         if summary.stopped is None:
-            todo = await _send(session, target, todo, state, summary, concurrency, progress)
+            todo = await _send(session, route, target, todo, state, summary, concurrency, progress)
     for item in todo:
         summary.not_tried += 1
         summary.fail(item, "not_tried", f"not tried: {summary.stopped}")
@@ -262,6 +331,7 @@ async def upload(
 
 async def _send(
     session: aiohttp.ClientSession,
+    route: _Route,
     target: Target,
     todo: list[Item],
     state: Path,
@@ -282,7 +352,7 @@ async def _send(
             while summary.stopped is None and not queue.empty():
                 item = queue.get_nowait()
                 try:
-                    await _put(session, target.api, item)
+                    await _send_one(session, route, target.api, item)
                 except _Refused as refused:
                     summary.fail(item, refused.code, refused.reason)
                     if refused.fatal:

@@ -5,7 +5,8 @@ and a `python -m pipeline consumer` process when thumbnails are wanted), then fo
 size in the mix:
 
 1. direct S3 (aiobotocore) put and get of the same bytes, same concurrency: the baseline;
-2. API uploads (`PUT /images/{id}`) and API downloads (`GET /download/image`);
+2. API uploads (`PUT /images/{id}`), presigned uploads (`POST /images/upload-url`, then the
+   bytes straight to the S3 URL it answers) and API downloads (`GET /download/image`);
 3. with the consumer running: time-to-thumbnail (upload → ready) under load and, one at a time,
    when idle, and thumbnail downloads.
 
@@ -164,6 +165,7 @@ async def measure_size(
     config = AioConfig(max_pool_connections=args.concurrency, s3={"addressing_style": "path"})
     async with (
         aiohttp.ClientSession(connector=connector, headers=bearer(args.key)) as http,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as storage,
         get_session().create_client("s3", config=config, **kwargs) as s3,
     ):
         bucket = f"loadtest-{tag}"
@@ -189,18 +191,32 @@ async def measure_size(
                 _check(response.status, 200)
             return len(body)
 
+        async def presigned_put(i: int) -> int:
+            """`POST /images/upload-url`, then the bytes straight to its URL (no API key)."""
+            ask = {"image_id": f"ps{tag}{i}", "content_length": len(data), "content_type": "image/jpeg"}
+            async with http.post(f"{api}/images/upload-url?user_id={USER}", json=ask) as response:
+                answer = await response.json()
+                _check(response.status, 201)
+            async with storage.put(answer["url"], data=data, headers=answer["headers"]) as response:
+                await response.read()
+                _check(response.status, 200)
+            return len(data)
+
         n, c = args.count, args.concurrency
         direct_put = await run_phase(Phase(f"{label} s3 put"), n, c, s3_put, quiet)
         upload = await run_phase(Phase(f"{label} api upload"), n, c, api_put, quiet)
+        presigned = await run_phase(Phase(f"{label} presigned upload"), n, c, presigned_put, quiet)
         direct_get = await run_phase(Phase(f"{label} s3 get"), n, c, s3_get, quiet)
         download = await run_phase(Phase(f"{label} api download"), n, c, api_get, quiet)
     return {
         "bytes": len(data),
         "s3_put": direct_put.summary(),
         "api_upload": upload.summary(),
+        "presigned_upload": presigned.summary(),
         "s3_get": direct_get.summary(),
         "api_download": download.summary(),
         "upload_vs_s3_put": round(upload.seconds and direct_put.seconds / upload.seconds, 3),
+        "presigned_vs_s3_put": round(presigned.seconds and direct_put.seconds / presigned.seconds, 3),
         "download_vs_s3_get": round(download.seconds and direct_get.seconds / download.seconds, 3),
     }
 
@@ -259,7 +275,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     stack = None
     api, s3_endpoint = args.url, args.s3_endpoint
     if api is None:
-        stack = await start_stack(IMGSVC_MAX_BYTES=str(200 * 1024 * 1024))
+        stack = await start_stack(
+            IMGSVC_MAX_BYTES=str(200 * 1024 * 1024), IMGSVC_UPLOAD_MODES="api,presigned"
+        )
         api, s3_endpoint = stack.api, stack.endpoint
         args.key = stack.keys[USER]
         WATCHED.update(endpoint=stack.processes[0].pid, api=stack.processes[1].pid)

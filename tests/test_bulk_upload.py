@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -14,7 +15,17 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from pipeline.bulk import Summary, default_api
-from tests.conftest import OTHER_USER, ROOT, ClientFactory, bearer, issue_key, jpeg_bytes, process_env
+from tests.conftest import (
+    OTHER_USER,
+    ROOT,
+    ClientFactory,
+    bearer,
+    issue_key,
+    jpeg_bytes,
+    process_env,
+    record_of,
+    run_consumer_until_drained,
+)
 
 Client = TestClient[Any, Any]
 
@@ -220,3 +231,33 @@ def test_report_groups_failures_by_reason() -> None:
         "1 file(s) failed: 415 not_an_image: no",
         "1 file(s) failed: 500 internal_error: oops",
     ]
+
+
+async def test_bulk_upload_goes_straight_to_s3_where_the_api_offers_it(
+    tmp_path: Path, settings: Any, make_client: ClientFactory, clients: Any
+) -> None:
+    web = dataclasses.replace(settings.web, upload_modes=frozenset({"api", "presigned"}))
+    api = await make_client(dataclasses.replace(settings, web=web))
+    user = "ab11ed09-03da-4d77-9b8d-6d07b5db1e5e"
+    key = await issue_key(api.server.app, user)
+    album, state = folder(tmp_path), tmp_path / "state.jsonl"
+
+    code, summary = await run_upload(api, key, str(album), "--state", str(state))
+    # The text file named like a photo is no image format: the API is asked, and refuses it.
+    assert code == 1 and (summary["uploaded"], summary["failed"]) == (3, 1)
+    assert summary["errors"] == {"not_an_image": 1}
+    await run_consumer_until_drained(clients, settings)
+    listed = await (await api.get("/images", headers=bearer(key))).json()
+    assert sorted(i["status"] for i in listed["images"]) == ["ready"] * 3
+    for image in listed["images"]:
+        record = await record_of(clients, settings, f"{user}/{image['image_id']}")
+        assert record is not None and "presigned_upload" in record.item  # its bytes went to S3 directly
+
+    # A changed file replaces its image: upload-url makes new images only, so the API takes it.
+    (album / "a.jpg").write_bytes(jpeg_bytes(65, 48))
+    os.utime(album / "a.jpg", ns=(1, 1))
+    code, summary = await run_upload(api, key, str(album), "--state", str(state))
+    assert code == 1 and (summary["uploaded"], summary["skipped_already_uploaded"]) == (1, 2)
+    await run_consumer_until_drained(clients, settings)
+    replaced = [i for i in (await (await api.get("/images", headers=bearer(key))).json())["images"]]
+    assert {i["width"] for i in replaced if i["image_id"].startswith("a-")} == {65}

@@ -228,6 +228,31 @@ async def test_several_files_upload_with_progress_and_turn_ready_or_failed_live(
     assert session.errors == []
 
 
+async def test_where_offered_the_browser_puts_the_bytes_straight_into_s3(
+    make_session: SessionFactory, moto_endpoint: str
+) -> None:
+    """Through the source bucket's CORS rules and the page's connect-src, to the presigned URL;
+    the API sees only the small reservation request."""
+    session = await make_session(IMGSVC_UPLOAD_MODES="api,presigned")
+    policy = (await session.api.get("/ui")).headers["Content-Security-Policy"]
+    assert f"connect-src 'self' {moto_endpoint}" in policy
+    await session.sign_in()
+    page = session.page
+    puts: list[str] = []
+    page.on("request", lambda r: puts.append(r.url) if r.method == "PUT" else None)
+    await page.set_input_files("#file-input", [str(CAT), str(DOG)])
+    rows = page.locator("#uploads li")
+    await expect(rows.locator(".state.done")).to_have_count(2)
+    ids = await rows.evaluate_all("rows => rows.map(r => r.dataset.imageId)")
+    for image_id in ids:
+        await expect(session.card(image_id)).to_have_attribute("data-status", "ready")
+        await session.thumbnail_loaded(image_id)
+    await expect(session.card(ids[0]).locator(".name")).to_have_text("cat.jpg")
+    assert len(puts) == 2 and all(url.startswith(moto_endpoint + "/") for url in puts)
+    assert not [url for url in session.requests if "/images?file_name=" in url]  # never through the API
+    assert session.script_errors() == []
+
+
 async def test_the_gallery_is_newest_first_after_a_reload_too(session: Session) -> None:
     for name in ("oldest", "middle", "newest"):
         assert (await session.api.put(f"/images/{name}", data=CAT.read_bytes())).status == 202

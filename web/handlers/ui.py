@@ -10,17 +10,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import mimetypes
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import formatdate
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from pipeline.errors import NotFound
 from web.conditional import not_modified
+from web.keys import BACKEND, SETTINGS
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 ASSETS = frozenset(p.name for p in STATIC_DIR.iterdir() if p.is_file() and p.name != "index.html")
+#: The page's note of the upload modes offered (its content is replaced by this deployment's).
+MODES_META = b'<meta name="upload-modes" content="api">'
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data: blob: http: https:; style-src 'self'; "
@@ -33,8 +37,34 @@ PAGE_HEADERS = {
 
 
 async def index(request: web.Request) -> web.Response:
-    """`GET /ui`: the single page (sign in, upload, gallery)."""
-    return await _static(request, "index.html", PAGE_HEADERS)
+    """`GET /ui`: the single page (sign in, upload, gallery). Where presigned uploads are offered,
+    the page may also connect to the storage origin their URLs point at."""
+    headers = PAGE_HEADERS
+    origin = await _upload_origin(request)
+    if origin:
+        policy = headers["Content-Security-Policy"].replace(
+            "connect-src 'self'", f"connect-src 'self' {origin}"
+        )
+        headers = {**headers, "Content-Security-Policy": policy}
+    # The upload modes the deployment offers, for the page to choose without a refused request.
+    modes = ",".join(sorted(request.app[SETTINGS].web.upload_modes))
+    meta = f'<meta name="upload-modes" content="{modes}">'.encode()
+    return await _static(request, "index.html", headers, lambda body: body.replace(MODES_META, meta))
+
+
+async def _upload_origin(request: web.Request) -> str | None:
+    """The scheme and host of this deployment's presigned upload URLs (S3's), if it offers them;
+    signing one is local computation."""
+    settings = request.app[SETTINGS]
+    if "presigned" not in settings.web.upload_modes:
+        return None
+    signed = await request.app[BACKEND].presign_put(
+        settings.aws.source_bucket, "origin", 60, "image/jpeg", 1, {}
+    )
+    if signed is None:  # the local backend: its upload URLs are this API's own
+        return None
+    parts = urlsplit(signed[0])
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def root(request: web.Request) -> web.Response:
@@ -51,7 +81,12 @@ async def asset(request: web.Request) -> web.Response:
     return await _static(request, name, {"Cache-Control": "no-cache"})
 
 
-async def _static(request: web.Request, name: str, headers: Mapping[str, str]) -> web.Response:
+async def _static(
+    request: web.Request,
+    name: str,
+    headers: Mapping[str, str],
+    transform: Callable[[bytes], bytes] | None = None,
+) -> web.Response:
     """One file of `web/static/` (a few KB: read whole), with an ETag for revalidation.
 
     Not aiohttp's `FileResponse`: its conditional and Range parsing dropped the connection on a
@@ -60,6 +95,8 @@ async def _static(request: web.Request, name: str, headers: Mapping[str, str]) -
     """
     path = STATIC_DIR / name
     body, modified = await asyncio.to_thread(lambda: (path.read_bytes(), path.stat().st_mtime))
+    if transform is not None:
+        body = transform(body)
     etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
     headers = {**headers, "ETag": etag, "Last-Modified": formatdate(modified, usegmt=True)}
     if not_modified(request.headers, etag, modified):

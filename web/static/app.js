@@ -16,6 +16,8 @@ const state = {
   pollTimer: null,
   queue: [],                  // files waiting for an upload slot
   active: 0,
+  // Straight to S3 where the deployment offers it (the page says which upload modes it does).
+  presigned: (document.querySelector('meta[name="upload-modes"]')?.content || "").split(",").includes("presigned"),
 };
 
 class ApiError extends Error {
@@ -116,13 +118,64 @@ function pump() {
   }
 }
 
-// XMLHttpRequest, not fetch: only it reports upload progress.
-function upload({ file, bar, label, row }) {
+// Straight to S3 where the deployment offers presigned uploads (the API only authorises them),
+// else through the API. `state.presigned` also turns false at an answer saying they are not offered.
+async function upload(item) {
+  if (state.presigned) {
+    let reserved = null;
+    try {
+      reserved = await reserve(item.file);
+    } catch (error) {
+      uploadFailed(item.row, item.label, error.message);
+      return;
+    }
+    if (reserved) return send(item, "PUT", reserved.url, reserved.headers, 200, reserved);
+  }
+  return send(item, "POST", `/images?file_name=${encodeURIComponent(item.file.name)}`, {
+    Authorization: `Bearer ${state.key}`,
+    "Content-Type": item.file.type || "application/octet-stream",
+  }, 202);
+}
+
+// A presigned upload's URL for a new image, or null where the deployment does not offer them
+// (or the file is no image format we can name: the API then says why it refuses it).
+async function reserve(file) {
+  const type = await sniffType(file);
+  if (!type) return null;
+  try {
+    return await api("/images/upload-url", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ content_length: file.size, content_type: type, file_name: file.name }),
+    });
+  } catch (error) {
+    if (["upload_mode_disabled", "method_not_allowed"].includes(error.code) || error.status === 404) {
+      state.presigned = false;
+      return null;
+    }
+    throw error;
+  }
+}
+
+// The type the bytes are, as the service will decide it (a name or the browser's guess may lie).
+async function sniffType(file) {
+  const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
+  const starts = (...bytes) => bytes.every((b, i) => head[i] === b);
+  const text = (from, to) => String.fromCharCode(...head.slice(from, to));
+  if (starts(0xff, 0xd8, 0xff)) return "image/jpeg";
+  if (starts(0x89, 0x50, 0x4e, 0x47)) return "image/png";
+  if (text(0, 4) === "GIF8") return "image/gif";
+  if (text(0, 4) === "RIFF" && text(8, 12) === "WEBP") return "image/webp";
+  return null;
+}
+
+// XMLHttpRequest, not fetch: only it reports upload progress. `reserved`: the image a presigned
+// upload completes (S3 answers no JSON of ours).
+function send({ file, bar, label, row }, method, url, headers, expected, reserved = null) {
   return new Promise((resolve) => {
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", `/images?file_name=${encodeURIComponent(file.name)}`);
-    xhr.setRequestHeader("Authorization", `Bearer ${state.key}`);
-    xhr.setRequestHeader("Content-Type", file.type || "application/octet-stream");
+    xhr.open(method, url);
+    for (const [name, value] of Object.entries(headers)) xhr.setRequestHeader(name, value);
     label.textContent = "0%";
     xhr.upload.onprogress = (event) => {
       if (!event.lengthComputable) return;
@@ -133,12 +186,13 @@ function upload({ file, bar, label, row }) {
     xhr.onload = () => {
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
-      if (xhr.status === 202 && body) {
+      const image = reserved ? Object.assign({}, reserved, { status: "pending" }) : body;
+      if (xhr.status === expected && image) {
         bar.value = 100;
         label.textContent = "uploaded";
         label.classList.add("done");
-        row.dataset.imageId = body.image_id;
-        upsert(body);
+        row.dataset.imageId = image.image_id;
+        upsert(image);
         schedulePoll();
       } else {
         uploadFailed(row, label, (body && body.message) || `failed (HTTP ${xhr.status})`);
@@ -188,7 +242,8 @@ function setCursor(cursor) {
 
 function schedulePoll() {
   clearTimeout(state.pollTimer);
-  const pending = [...state.cards.values()].filter((c) => c.record.status === "pending").length;
+  const waiting = ["pending", "awaiting_upload"];
+  const pending = [...state.cards.values()].filter((c) => waiting.includes(c.record.status)).length;
   $("live").textContent = pending ? `${pending} processing…` : "";
   if (pending && state.key) state.pollTimer = setTimeout(poll, POLL_MS);
 }
