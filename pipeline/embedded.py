@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 from moto.server import ThreadedMotoServer
 
+from pipeline import embedded_dynamodb
+
 log = logging.getLogger(__name__)
 
 
@@ -17,6 +19,7 @@ def embedded_aws(host: str, port: int) -> Iterator[str]:
     """Run moto (S3, SQS and everything else it mocks) on `host:port`; yields its endpoint URL."""
     if port:
         _check_free(host, port)
+    embedded_dynamodb.install()
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     bound_host, bound_port = server.get_host_and_port()

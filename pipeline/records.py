@@ -283,29 +283,31 @@ class RecordStore:
         `UsageRefused` if `limit` refuses it."""
         owner, image_id = ref.owner_and_id
         key = {"user_id": owner, "image_id": image_id}
-        old = await self._table.get(key)
-        if old is not None:
-            held = reservations.Reservation.of(old)
-            if held is None or held.expires_at > time.time():
-                raise ImageTaken(held)
-        now = now_iso()
-        new = {
-            **key,
-            **facts,
-            reservations.FIELD: reservation.as_item(),
-            "bytes": reservation.content_length,
-            "revision": int(old.get("revision", 0)) + 1 if old else 1,
-            "created_at": now,
-            "updated_at": now,
-            "created_key": f"{now}#{image_id}",
-        }
-        new = {k: v for k, v in new.items() if v is not None}
-        written = PutItem(self._table, new, Missing("user_id") if old is None else _at(old))
-        try:
-            await self._with_usage(written, owner, old, new, limit)
-        except ConditionFailed:  # another request took the id first
-            raise ImageTaken(None) from None
-        return ImageRecord(owner, image_id, new, replaced=old)
+        old: Item | None = None  # a new id is the rule: written without reading it first
+        for _ in range(2):
+            now = now_iso()
+            new = {
+                **key,
+                **facts,
+                reservations.FIELD: reservation.as_item(),
+                "bytes": reservation.content_length,
+                "revision": int(old.get("revision", 0)) + 1 if old else 1,
+                "created_at": now,
+                "updated_at": now,
+                "created_key": f"{now}#{image_id}",
+            }
+            new = {k: v for k, v in new.items() if v is not None}
+            written = PutItem(self._table, new, Missing("user_id") if old is None else _at(old))
+            try:
+                await self._with_usage(written, owner, old, new, limit)
+            except ConditionFailed:  # the id is in use, or was taken meanwhile: by what?
+                old = await self._table.get(key)
+                held = reservations.Reservation.of(old) if old is not None else None
+                if old is not None and (held is None or held.expires_at > time.time()):
+                    raise ImageTaken(held) from None
+                continue  # gone meanwhile, or a reservation that expired unused: take the id
+            return ImageRecord(owner, image_id, new, replaced=old)
+        raise ImageTaken(None)
 
     async def record_result(
         self,

@@ -167,12 +167,30 @@ async def measure_size(
         aiohttp.ClientSession(connector=connector, headers=bearer(args.key)) as http,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency)) as storage,
         get_session().create_client("s3", config=config, **kwargs) as s3,
+        get_session().create_client("sqs", **kwargs) as sqs,
     ):
-        bucket = f"loadtest-{tag}"
+        bucket, notifying = f"loadtest-{tag}", f"loadtest-{tag}-notifying"
         await s3.create_bucket(Bucket=bucket)
+        # The product's source bucket tells SQS of every put; so does this one (a fairer baseline
+        # for presigned uploads, whose PUT goes there: the notification is S3's work, not ours).
+        await s3.create_bucket(Bucket=notifying)
+        queue = await sqs.create_queue(QueueName=f"loadtest-{tag}")
+        arn = (await sqs.get_queue_attributes(QueueUrl=queue["QueueUrl"], AttributeNames=["QueueArn"]))[
+            "Attributes"
+        ]["QueueArn"]
+        await s3.put_bucket_notification_configuration(
+            Bucket=notifying,
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+            },
+        )
 
         async def s3_put(i: int) -> int:
             await s3.put_object(Bucket=bucket, Key=f"o/{i}", Body=data)
+            return len(data)
+
+        async def s3_put_notifying(i: int) -> int:
+            await s3.put_object(Bucket=notifying, Key=f"o/{i}", Body=data)
             return len(data)
 
         async def s3_get(i: int) -> int:
@@ -205,18 +223,24 @@ async def measure_size(
         n, c = args.count, args.concurrency
         direct_put = await run_phase(Phase(f"{label} s3 put"), n, c, s3_put, quiet)
         upload = await run_phase(Phase(f"{label} api upload"), n, c, api_put, quiet)
+        notified_put = await run_phase(Phase(f"{label} s3 put, notifying"), n, c, s3_put_notifying, quiet)
         presigned = await run_phase(Phase(f"{label} presigned upload"), n, c, presigned_put, quiet)
+        await sqs.delete_queue(QueueUrl=queue["QueueUrl"])
         direct_get = await run_phase(Phase(f"{label} s3 get"), n, c, s3_get, quiet)
         download = await run_phase(Phase(f"{label} api download"), n, c, api_get, quiet)
     return {
         "bytes": len(data),
         "s3_put": direct_put.summary(),
         "api_upload": upload.summary(),
+        "s3_put_notifying": notified_put.summary(),
         "presigned_upload": presigned.summary(),
         "s3_get": direct_get.summary(),
         "api_download": download.summary(),
         "upload_vs_s3_put": round(upload.seconds and direct_put.seconds / upload.seconds, 3),
         "presigned_vs_s3_put": round(presigned.seconds and direct_put.seconds / presigned.seconds, 3),
+        "presigned_vs_notifying_put": round(
+            presigned.seconds and notified_put.seconds / presigned.seconds, 3
+        ),
         "download_vs_s3_get": round(download.seconds and direct_get.seconds / download.seconds, 3),
     }
 
@@ -276,7 +300,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     api, s3_endpoint = args.url, args.s3_endpoint
     if api is None:
         stack = await start_stack(
-            IMGSVC_MAX_BYTES=str(200 * 1024 * 1024), IMGSVC_UPLOAD_MODES="api,presigned"
+            IMGSVC_MAX_BYTES=str(200 * 1024 * 1024),
+            IMGSVC_UPLOAD_MODES="api,presigned",
+            IMGSVC_USER_MAX_UPLOADS="0",  # one user sends everything, `--concurrency` at once
         )
         api, s3_endpoint = stack.api, stack.endpoint
         args.key = stack.keys[USER]

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from config.settings import SEED_USER_IDS, Settings
@@ -30,6 +29,7 @@ from pipeline.accounts import Accounts
 from pipeline.aws import AwsClients, open_clients
 from pipeline.backends import aws_backend
 from pipeline.consumer import Consumer
+from pipeline.embedded import embedded_aws
 from pipeline.events import parse_message
 from pipeline.layout import ImageRef
 from pipeline.provision import provision
@@ -79,11 +79,8 @@ def _isolated_aws_env() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with embedded_aws("127.0.0.1", 0) as endpoint:  # the embedded endpoint, as `make run` has it
+        yield endpoint
 
 
 def env_for(endpoint: str, **overrides: str) -> dict[str, str]:

@@ -249,7 +249,7 @@ async def test_gc_releases_a_reservation_never_used_once_its_url_has_expired(
     assert again.status == 201
 
 
-async def test_an_expired_reservation_gives_its_id_to_a_new_upload(
+async def test_an_expired_reservation_gives_its_id_to_a_new_upload_or_reservation(
     backend: Backend, make_client: ClientFactory
 ) -> None:
     api = await make_client(presigned(backend.settings))
@@ -265,6 +265,18 @@ async def test_an_expired_reservation_gives_its_id_to_a_new_upload(
     status = await (await api.get("/images/late")).json()
     assert status["status"] == "pending" and status["bytes"] == len(data)
     assert await usage_of(backend) == (len(data), 1)
+
+    # A new reservation takes an expired one's id too, and its quota replaces the old one's.
+    assert (await ask(api, image_id="again", content_length=500, content_type="image/png")).status == 201
+    record = await records.read(ImageRef.of(USER, "again"))
+    assert record is not None
+    await backend.tables.images.put(
+        {**record.item, "awaiting_upload": {**record.item["awaiting_upload"], "expires_at": 1}}
+    )
+    renewed = await ask(api, image_id="again", content_length=700, content_type="image/jpeg")
+    assert renewed.status == 201, await renewed.text()
+    assert (await renewed.json())["content_type"] == "image/jpeg"
+    assert await usage_of(backend) == (len(data) + 700, 2)
 
 
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
