@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import io
 import json
+import os
 import statistics
 import sys
 import time
@@ -38,7 +39,7 @@ from typing import Any
 import aiohttp
 from aiobotocore.session import get_session
 from PIL import Image
-from proccpu import cpu_of
+from proccpu import tree_cpu
 from stack import ROOT, bearer, start_consumer, start_stack
 from tqdm import tqdm
 
@@ -99,7 +100,7 @@ WATCHED: dict[str, int] = {}
 
 
 def _cpu_now() -> dict[str, float]:
-    found = {name: cpu_of(pid) for name, pid in WATCHED.items()}
+    found = {name: tree_cpu(pid) for name, pid in WATCHED.items()}
     return {"client": time.process_time(), **{k: v for k, v in found.items() if v is not None}}
 
 
@@ -300,6 +301,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     api, s3_endpoint = args.url, args.s3_endpoint
     if api is None:
         stack = await start_stack(
+            pin=not args.no_pin,
             IMGSVC_MAX_BYTES=str(200 * 1024 * 1024),
             IMGSVC_UPLOAD_MODES="api,presigned",
             IMGSVC_USER_MAX_UPLOADS="0",  # one user sends everything, `--concurrency` at once
@@ -310,7 +312,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     elif args.key is None:
         args.key = read_demo_keys(args.keys_file)[USER]
     assert s3_endpoint, "--s3-endpoint is required with --url"
-    report: dict[str, Any] = {"concurrency": args.concurrency, "count": args.count, "sizes": {}}
+    report: dict[str, Any] = {
+        "concurrency": args.concurrency,
+        "count": args.count,
+        "cpus": {"mine": sorted(os.sched_getaffinity(0))},
+        "sizes": {},
+    }
     try:
         images = {label: image_of_size(SIZES[label]) for label in args.mix}
         for label, data in images.items():
@@ -358,5 +365,10 @@ if __name__ == "__main__":
     parser.add_argument("--idle-count", type=int, default=15, help="one-at-a-time uploads for idle latency")
     parser.add_argument("--no-thumbnails", action="store_true", help="skip the time-to-thumbnail phases")
     parser.add_argument("--json", action="store_true", help="JSON only, no progress bars")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="let the started endpoint share every CPU (default: a CPU of its own, the rest for the others)",
+    )
     result = asyncio.run(main(parser.parse_args()))
     print(json.dumps(result, indent=2))

@@ -52,6 +52,15 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def tree_cpu(pid: int) -> float | None:
+    """CPU seconds of a process and every descendant still running (the embedded endpoint's
+    work is done by its granian child's worker), or None once the process is gone."""
+    own = cpu_of(pid)
+    if own is None:
+        return None
+    return own + sum(tree_cpu(child) or 0.0 for child in children_of(pid))
+
+
 @dataclass
 class CpuSampler:
     """Samples `roots` and their children; `roots` and `children` give the CPU seen so far,

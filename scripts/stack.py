@@ -55,11 +55,19 @@ async def start(
     *,
     stdout: int = subprocess.DEVNULL,
     log: Callable[[bytes], None] | None = None,
+    cpus: set[int] | None = None,
 ) -> asyncio.subprocess.Process:
     """Start `python ARGS` and return once its log says `ready`; its log is drained from then on
-    (each line handed to `log`, when given)."""
+    (each line handed to `log`, when given). `cpus`: the only CPUs it and its children may run on
+    (else this process's)."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, *args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.PIPE
+        sys.executable,
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)),
     )
     assert process.stderr is not None
     async with asyncio.timeout(60):
@@ -80,15 +88,29 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def start_endpoint(port: int) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    """`python -m web --embedded-only` on `port`, and the demo users' API keys it issued."""
+async def start_endpoint(
+    port: int, cpus: set[int] | None = None
+) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    """`python -m web --embedded-only` on `port` (on `cpus` only, with its granian child), and
+    the demo users' API keys it issued."""
     keys_file = Path(tempfile.mkdtemp(prefix="imgsvc-")) / "demo-keys.json"
     process = await start(
         ["-m", "web", "--embedded-only", "--embedded-port", str(port)],
         child_env(IMGSVC_DEMO_KEYS_FILE=str(keys_file)),
         rb"embedded AWS endpoint only",  # logged once provisioned and seeded
+        cpus=cpus,
     )
     return process, read_demo_keys(keys_file)
+
+
+def endpoint_apart() -> tuple[set[int], set[int]] | None:
+    """CPUs for the embedded endpoint alone, and for everything else (this script, the API, the
+    consumer), so that the endpoint's work does not compete with what is measured; None with
+    fewer than two CPUs to split."""
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) < 2:
+        return None
+    return {mine[-1]}, set(mine[:-1])
 
 
 @dataclass
@@ -110,11 +132,16 @@ class Stack:
                 await process.wait()
 
 
-async def start_stack(webs: int = 1, **api_env: str) -> Stack:
-    """The embedded AWS endpoint, provisioned, and `webs` API processes sharing it."""
+async def start_stack(webs: int = 1, *, pin: bool = False, **api_env: str) -> Stack:
+    """The embedded AWS endpoint, provisioned, and `webs` API processes sharing it. `pin`: the
+    endpoint on a CPU of its own and this process (so the APIs and consumers it starts later) on
+    the others (`endpoint_apart`)."""
     embedded = free_port()
     endpoint = f"http://127.0.0.1:{embedded}"
-    aws, keys = await start_endpoint(embedded)
+    split = endpoint_apart() if pin else None
+    if split is not None:
+        os.sched_setaffinity(0, split[1])
+    aws, keys = await start_endpoint(embedded, split[0] if split else None)
     stack = Stack([], endpoint, [aws], keys)
     for _ in range(webs):
         port = free_port()

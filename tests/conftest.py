@@ -79,7 +79,7 @@ def _isolated_aws_env() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    with embedded_aws("127.0.0.1", 0) as endpoint:  # the embedded endpoint, as `make run` has it
+    with embedded_aws("127.0.0.1", 0, server="thread") as endpoint:  # in-process: inspectable
         yield endpoint
 
 

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import boto3
@@ -198,3 +199,41 @@ async def test_embedded_only_runs_a_provisioned_endpoint_and_nothing_else() -> N
         names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
         assert {"image-service-source", "image-service-thumbnails"} <= names
         assert await stops_cleanly(process, timeout=15)
+
+
+async def test_the_embedded_endpoint_keeps_connections_and_dies_with_its_process() -> None:
+    """The endpoint is moto behind granian in a child process: keep-alive (one connection serves
+    many calls), and a `kill -9` of `python -m web` takes it along (its port is free again)."""
+    args = ("-m", "web", "--embedded-only", "--embedded-port", "0")
+    async with running(*args, env=process_env()) as process:
+        assert process.stderr is not None
+        endpoint = None
+        async with asyncio.timeout(30):
+            while "endpoint only" not in (line := (await process.stderr.readline()).decode()):
+                assert line, "exited early"
+                if match := re.search(r"embedded AWS endpoint url=(\S+)", line):
+                    endpoint = match.group(1)
+        assert endpoint is not None
+        host, port = urlsplit(endpoint).hostname, urlsplit(endpoint).port
+        opened: list[object] = []
+        tracing = aiohttp.TraceConfig()
+
+        async def counted(*_: object) -> None:
+            opened.append(None)
+
+        tracing.on_connection_create_end.append(counted)
+        async with aiohttp.ClientSession(trace_configs=[tracing]) as session:
+            for _ in range(3):  # S3 ListObjects, as any client would send it (moto does not check auth)
+                async with session.get(f"{endpoint}/image-service-source") as response:
+                    assert response.status == 200 and b"ListBucketResult" in await response.read()
+        assert len(opened) == 1  # werkzeug's server, before, answered each with Connection: close
+        process.kill()
+        await process.wait()
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError:
+                break  # refused: nothing listens there any more
+            writer.close()
+            await asyncio.sleep(0.1)
