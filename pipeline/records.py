@@ -257,8 +257,13 @@ class RecordStore:
         Raises `Superseded` if another upload of the same id replaced it first, `UsageRefused` if
         it is a new image that `limit` (the owner's quotas) refuses.
 
-        `read`: the record as the caller read it earlier (None: there was none), which saves a
-        read; it is as safe as a fresh one, because the write is conditional on its revision."""
+        `read`: the record as the caller read it *before storing the original* (None: there was
+        none). It saves the read, and the first write needs no HEAD of the original either: any
+        upload whose original replaced ours landed after our read, and writes its own record
+        after its PUT; if that write came before ours, it changed the revision and ours fails
+        (its retry confirms with S3 as usual); if it comes after ours, it replaces ours. Either
+        way the record ends naming S3's current original. A record read *after* storing gives
+        no such order: then the first write is confirmed too (`current`)."""
         known = read if isinstance(read, _Unread) else (read.item if read else None)
 
         # Another picture under the same id: where its predecessor's subject was means nothing,
@@ -267,7 +272,7 @@ class RecordStore:
             same = old is not None and old.get("sha256") == facts.get("sha256")  # the same bytes again
             return {**facts, "source_etag": etag, **({} if same else {"focal_point": None})}
 
-        return await self._write(ref, etag, current, fields, known, limit)
+        return await self._write(ref, etag, current, fields, known, limit, confirmed=known is not UNREAD)
 
     async def reserve(
         self,
@@ -540,19 +545,25 @@ class RecordStore:
         fields: Any,
         known: Item | _Unread | None = UNREAD,
         limit: Limit | None = None,
+        *,
+        confirmed: bool = False,
     ) -> ImageRecord:
         """Read, confirm with S3 that `etag` is still the current original, write if the record is
         still at the revision read. Confirming *between* the read and the conditional write is
         what makes it safe: any write that lands after our read (say, a newer upload's) changes
-        the revision, so ours fails, and the next round's confirmation sees the newer original."""
+        the revision, so ours fails, and the next round's confirmation sees the newer original.
+        `confirmed`: `known` was read before `etag` was stored, which orders it before any newer
+        original's record write as well as a confirmation would (`record_upload`): the first
+        round skips the HEAD; later rounds (after a conflict) confirm as always."""
         owner, image_id = ref.owner_and_id
         key = {"user_id": owner, "image_id": image_id}
         for _ in range(WRITE_ATTEMPTS):
             old = await self._table.get(key) if isinstance(known, _Unread) else known
             known = UNREAD  # a conflict means it changed: later rounds read afresh
             revision = int(old.get("revision", 0)) if old else 0
-            if (now_current := await current()) != etag:
+            if not confirmed and (now_current := await current()) != etag:
                 raise Superseded(now_current)
+            confirmed = False
             now = now_iso()
             created = old.get("created_at", now) if old else now
             new: dict[str, Any] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -228,3 +228,51 @@ async def test_a_newer_upload_landing_mid_write_wins_over_an_older_result(
 
 async def _etag(value: str) -> str:
     return value
+
+
+async def test_an_upload_that_read_the_record_before_storing_writes_without_a_head(
+    clients: AwsClients, settings: Settings
+) -> None:
+    """One S3 request fewer per upload: a record read before the PUT orders the write as well as
+    a HEAD would, so the first write asks S3 nothing; read after the PUT, it still asks."""
+    records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+    asked: list[str] = []
+
+    def s3_says(etag: str) -> Callable[[], Awaitable[str | None]]:
+        async def current() -> str | None:
+            asked.append(etag)
+            return etag
+
+        return current
+
+    ref = ImageRef(f"{USER}/headless")
+    before = await records.read(ref)  # the API's read, for the quota, before the PUT
+    await records.record_upload(ref, '"e1"', {"file_name": "one.jpg"}, s3_says('"e1"'), read=before)
+    assert asked == []
+    await records.record_upload(ref, '"e2"', {"file_name": "two.jpg"}, s3_says('"e2"'))  # read afresh
+    assert asked == ['"e2"']
+
+
+async def test_a_newer_upload_recorded_between_an_uploads_read_and_write_wins(
+    clients: AwsClients, settings: Settings
+) -> None:
+    """What makes skipping the HEAD safe: upload A reads the record, stores its original; B's
+    original replaces it and B's record lands before A writes. A's write, conditional on the
+    revision it read, fails; its retry asks S3, which names B's original, and A gives way."""
+    records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+    ref = ImageRef(f"{USER}/overtaken")
+    s3 = {"current": '"a"'}
+
+    async def current() -> str | None:
+        return s3["current"]
+
+    a_read = await records.read(ref)  # A, before its PUT
+    s3["current"] = '"b"'  # B's PUT replaces A's original...
+    await records.record_upload(
+        ref, '"b"', {"file_name": "b.jpg", "sha256": "b"}, current
+    )  # ...and B records it
+    with pytest.raises(Superseded) as raised:
+        await records.record_upload(ref, '"a"', {"file_name": "a.jpg", "sha256": "a"}, current, read=a_read)
+    assert raised.value.current == '"b"'
+    record = await records.read(ref)
+    assert record is not None and record.source_etag == '"b"' and record.item["file_name"] == "b.jpg"
