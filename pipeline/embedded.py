@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import functools
 import logging
 import os
 import signal
@@ -83,8 +82,7 @@ def _start_granian(host: str, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,  # its errors go to our stderr, as the in-thread server's did
-        # One libc call between fork and exec, resolved beforehand (no import, no allocation).
-        preexec_fn=functools.partial(_prctl(), _PR_SET_PDEATHSIG, signal.SIGTERM),  # noqa: PLW1509
+        preexec_fn=_die_with(os.getpid(), _prctl()),  # noqa: PLW1509
         start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it in order
     )
 
@@ -97,6 +95,18 @@ def _prctl() -> Callable[..., int]:
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int, prctl: Callable[..., int]) -> Callable[[], None]:
+    """What the child runs between fork and exec: one libc call, resolved beforehand (no import,
+    no allocation), then a check that the parent did not die before it took effect."""
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # orphaned already: nobody would stop the endpoint
+            os._exit(1)
+
+    return preexec
 
 
 def _wait_listening(child: subprocess.Popen[bytes], host: str, port: int) -> None:

@@ -142,7 +142,7 @@ class JobRunner:
                 await self._records.delete_if(ref, 1)
                 await self._drop_renditions(ref)
                 return JobResult("source_missing", ref.source_key, request_id=rid)
-            if reserved is not None and error is not None:
+            if reserved is not None and _refused(error):
                 # Not what its URL allowed: its bytes are not kept (nor counted: see `_arrived`).
                 await self._remove_if_current(ref, meta.etag)
             if digest is not None and result is not None and duplicate is None:
@@ -166,15 +166,14 @@ class JobRunner:
 
     async def _reservation(self, ref: ImageRef, meta: ObjectMeta) -> Reservation | None:
         """For bytes put through a presigned URL (their metadata names its reservation): the
-        reservation they complete, or None if an earlier delivery of this event completed it.
-        Bytes whose reservation is gone (released, or its image deleted) are removed:
-        `UploadNotReserved`, which dead-letters the event with that reason."""
+        reservation they complete (held, or used already: a repeated event, or the same URL used
+        again, is checked against it just the same). Bytes whose reservation is gone (released,
+        its image deleted, or spent on bytes it did not allow) are removed: `UploadNotReserved`,
+        which dead-letters the event with that reason."""
         token = meta.metadata.get(METADATA_KEY)
         if token is None:
             return None
         record = await self._records.read(ref)
-        if record is not None and record.source_etag == meta.etag and record.state != "awaiting_upload":
-            return None
         reservation = Reservation.named(record.item, token) if record is not None else None
         if reservation is None:
             await self._remove_if_current(ref, meta.etag)
@@ -275,14 +274,21 @@ class JobRunner:
         await drop_renditions(self._storage, self._settings, ref)
 
 
+def _refused(error: ServiceError | None) -> bool:
+    """Bytes a presigned URL did not allow (another length or format, or too large to read): not
+    kept, and nothing counted. (Bytes it allowed that then fail to decode are kept, and counted,
+    as an upload through the API's would be.)"""
+    return isinstance(error, UploadMismatch | OversizeObject)
+
+
 def _arrived(
     reservation: Reservation, data: bytes, digest: str | None, error: ServiceError | None
 ) -> dict[str, object]:
     """A presigned upload's facts, which the API could not know: the reservation is used, and
     the record counts what is kept (nothing, for bytes its URL did not allow)."""
+    if _refused(error):  # the URL is spent: bytes put through it again are removed, not counted
+        return {FIELD: None, USED: None, "bytes": 0, "sha256": None}
     done = {FIELD: None, USED: reservation.as_item()}
-    if isinstance(error, UploadMismatch | OversizeObject):
-        return {**done, "bytes": 0, "sha256": None}
     found = detect_format(data[:64])
     return {
         **done,

@@ -229,12 +229,13 @@ class RecordStore:
         return ImageRecord(owner, image_id, item) if item else None
 
     async def wait(self, ref: ImageRef, seconds: float) -> ImageRecord | None:
-        """The record, waiting up to `seconds` for a pending one to settle (long polling):
-        one consistent read every 50-250 ms, whichever process serves the caller."""
+        """The record, waiting up to `seconds` for a pending one (or one awaiting its presigned
+        upload) to settle (long polling): one consistent read every 50-250 ms, whichever process
+        serves the caller."""
         record = await self.read(ref)
         deadline = time.monotonic() + seconds
         delay = 0.05
-        while record is not None and record.state == "pending":
+        while record is not None and record.state in ("pending", "awaiting_upload"):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -255,7 +256,8 @@ class RecordStore:
     ) -> ImageRecord:
         """The API stored a new original: its facts and ETag become the record's current version.
         Raises `Superseded` if another upload of the same id replaced it first, `UsageRefused` if
-        it is a new image that `limit` (the owner's quotas) refuses.
+        it is a new image that `limit` (the owner's quotas) refuses, `ImageTaken` if the id is
+        reserved for a presigned upload whose URL may still be used.
 
         `read`: the record as the caller read it *before storing the original* (None: there was
         none). It saves the read, and the first write needs no HEAD of the original either: any
@@ -269,6 +271,9 @@ class RecordStore:
         # Another picture under the same id: where its predecessor's subject was means nothing,
         # and its variants are deleted (their bytes are the replaced record's `variant_bytes`).
         def fields(old: Item | None) -> dict[str, Any]:
+            held = reservations.Reservation.of(old) if old is not None else None
+            if held is not None and not held.released_by(time.time()):
+                raise ImageTaken(held)  # reserved while this upload streamed: its URL may still PUT
             same = old is not None and old.get("sha256") == facts.get("sha256")  # the same bytes again
             return {**facts, "source_etag": etag, **({} if same else {"focal_point": None})}
 
@@ -284,7 +289,8 @@ class RecordStore:
     ) -> ImageRecord:
         """Create the record of a new image awaiting its presigned upload, charging the owner's
         quota its length in the same transaction. `ImageTaken` if the id is in use (by an image,
-        or by a reservation whose URL still works: one that expired unused is replaced);
+        or by a reservation whose URL may still be used: one whose URL expired more than
+        `RELEASE_MARGIN_SECONDS` ago, unused, is replaced);
         `UsageRefused` if `limit` refuses it."""
         owner, image_id = ref.owner_and_id
         key = {"user_id": owner, "image_id": image_id}
@@ -308,9 +314,9 @@ class RecordStore:
             except ConditionFailed:  # the id is in use, or was taken meanwhile: by what?
                 old = await self._table.get(key)
                 held = reservations.Reservation.of(old) if old is not None else None
-                if old is not None and (held is None or held.expires_at > time.time()):
+                if old is not None and (held is None or not held.released_by(time.time())):
                     raise ImageTaken(held) from None
-                continue  # gone meanwhile, or a reservation that expired unused: take the id
+                continue  # gone meanwhile, or a reservation long expired unused: take the id
             return ImageRecord(owner, image_id, new, replaced=old)
         raise ImageTaken(None)
 

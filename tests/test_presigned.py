@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -184,6 +185,16 @@ async def test_bytes_other_than_the_url_allows_end_failed_and_are_removed(
     # Their bytes are given back; the failed images still count until deleted.
     assert await usage_of(backend) == (0, 2)
     assert sorted(await dead_letter_reasons(backend)) == ["upload_mismatch", "upload_mismatch"]
+    # The URL is spent: right bytes put through it afterwards are removed, never counted (else a
+    # refund, then a second PUT, would store bytes past the quota).
+    token = parse_qs(urlsplit(answers["short"]["url"]).query).get("token", [None])[0]
+    metadata = {"user-id": USER, "reservation": token or _token_of(answers["short"])}
+    await backend.storage.put(aws.source_bucket, f"{USER}/short", data + b"\0" * 5, "image/jpeg", metadata)
+    await consume(backend)
+    assert await backend.storage.etag_of(aws.source_bucket, f"{USER}/short") is None
+    assert await dead_letter_reasons(backend) == ["upload_not_reserved"]
+    assert (await (await api.get("/images/short")).json())["status"] == "failed"
+    assert await usage_of(backend) == (0, 2)
     for name in answers:
         assert (await api.delete(f"/images/{name}")).status == 204
     assert await usage_of(backend) == (0, 0)
@@ -325,3 +336,48 @@ async def test_an_s3_upload_url_signs_the_length_type_and_metadata(
     assert (
         urlsplit(answer["url"]).path == f"/{backend.settings.aws.source_bucket}/{USER}/{answer['image_id']}"
     )
+
+
+async def test_allowed_bytes_that_fail_to_decode_are_kept_and_counted_as_any_upload(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(presigned(backend.settings))
+    broken = jpeg_bytes(640, 480)[:3000]  # a JPEG's start: the right format, but no image in it
+    answer = await (await ask(api, content_length=len(broken), content_type="image/jpeg")).json()
+    assert (await put_to(answer, broken)).status == 200
+    await consume(backend)
+    status = await (await api.get(answer["status_url"])).json()
+    assert status["status"] == "failed" and status["error"]["code"] != "upload_mismatch", status
+    assert status["bytes"] == len(broken)
+    original = await api.get(f"/download/image?user_id={USER}&image_id={answer['image_id']}")
+    assert original.status == 200 and await original.read() == broken
+    assert await usage_of(backend) == (len(broken), 1)
+
+
+async def test_a_reservation_made_while_an_api_upload_streams_wins_and_the_upload_gives_way(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """The API's upload checked the id before its body arrived; the reservation came in between.
+    Its record write sees the reservation and refuses (409), removing the bytes it stored, so
+    the URL's PUT is the one that counts."""
+    api = await make_client(presigned(backend.settings))
+    data = jpeg_bytes(64, 48)
+    reserved: list[dict[str, Any]] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data[:100]
+        response = await ask(api, image_id="contested", content_length=len(data), content_type="image/jpeg")
+        assert response.status == 201, await response.text()
+        reserved.append(await response.json())
+        yield data[100:]
+
+    refused = await api.put("/images/contested", data=body())
+    assert refused.status == 409 and (await refused.json())["error"] == "upload_pending"
+    aws = backend.settings.aws
+    assert await backend.storage.etag_of(aws.source_bucket, f"{USER}/contested") is None
+    assert (await (await api.get("/images/contested")).json())["status"] == "awaiting_upload"
+    assert await usage_of(backend) == (len(data), 1)
+    assert (await put_to(reserved[0], data)).status == 200
+    await consume(backend)
+    assert (await (await api.get("/images/contested")).json())["status"] == "ready"
+    assert await usage_of(backend) == (len(data), 1)

@@ -173,7 +173,11 @@ SCHEMAS: dict[str, Any] = {
                         "additionalProperties": {"type": "string"},
                         "description": "to send with the PUT, as they are (they are signed)",
                     },
-                    "expires_at": {"type": "string", "description": "when the URL stops working"},
+                    "expires_at": {
+                        "type": "string",
+                        "description": "here, when the URL stops working (the image's own expiry, "
+                        "if it has one, is in its status)",
+                    },
                 },
             },
         ]

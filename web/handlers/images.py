@@ -26,7 +26,7 @@ async def image_status(request: web.Request) -> web.Response:
     if record is None:
         raise ImageNotFound()
     response = web.json_response(describe(user_id, record))
-    if record.state == "pending":
+    if record.state in ("pending", "awaiting_upload"):
         response.headers["Retry-After"] = str(request.app[SETTINGS].web.retry_after)
     return response
 

@@ -110,14 +110,6 @@ async def _reserve(
         "purge_at": expires_at + PURGE_AFTER if expires_at else None,
         "notify": bool(user.get("webhook_url")),
     }
-    try:
-        record = await app[RECORDS].reserve(ref, reservation, facts, limit=usage.limit)
-    except ImageTaken as exc:
-        if exc.held is not None:
-            raise UploadPending() from None
-        raise ImageExistsError() from None
-    except UsageRefused:
-        raise await usage.refusal(user_id, 1) from None
     metadata = {
         "user-id": user_id,
         METADATA_KEY: reservation.token,
@@ -135,6 +127,15 @@ async def _reserve(
             {"Content-Type": content_type},
         )
     url, headers = presigned
+    # Signed first (local computation, but it may fail): a reservation is never left without a URL.
+    try:
+        record = await app[RECORDS].reserve(ref, reservation, facts, limit=usage.limit)
+    except ImageTaken as exc:
+        if exc.held is not None:
+            raise UploadPending() from None
+        raise ImageExistsError() from None
+    except UsageRefused:
+        raise await usage.refusal(user_id, 1) from None
     answer: dict[str, Any] = {
         **describe(user_id, record),
         "url": url,

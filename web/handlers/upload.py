@@ -33,9 +33,9 @@ from pipeline.errors import (
 from pipeline.formats import screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
-from pipeline.records import Superseded, UsageRefused
+from pipeline.records import ImageTaken, Superseded, UsageRefused
 from pipeline.removal import drop_variants
-from pipeline.reservations import FIELD, Reservation
+from pipeline.reservations import FIELD, USED, Reservation
 from pipeline.untrusted import ascii_int, utf8_text
 from web.bodies import json_object
 from web.idempotency import fingerprint, once
@@ -166,7 +166,7 @@ async def _store(
     async with request.app[UPLOADS].admit(user_id, buffer_bytes):
         previous = await records.read(ref)
         held = Reservation.of(previous.item) if previous is not None else None
-        if held is not None and held.expires_at > time.time():  # its URL could replace what this stores
+        if held is not None and not held.released_by(time.time()):  # its URL could replace these bytes
             raise UploadPending()
         replaced = previous.bytes if previous else 0
         user = await usage.check(
@@ -200,7 +200,8 @@ async def _store(
         "purge_at": expires_at + PURGE_AFTER if expires_at else None,  # DynamoDB TTL's backstop
         # The consumer looks the webhook up only for images whose owner had one at upload time.
         "notify": bool(user.get("webhook_url")),
-        FIELD: None,  # an expired reservation of this id is this upload's now
+        FIELD: None,  # a reservation of this id long expired is this upload's now
+        USED: None,  # and a presigned upload's URL no longer puts anything here
     }
     storage, source_bucket = request.app[STORAGE], settings.aws.source_bucket
     try:
@@ -222,6 +223,10 @@ async def _store(
     except UsageRefused:  # nothing recorded: the new original goes again
         await storage.delete_many(source_bucket, [ref.source_key])
         raise await usage.refusal(user_id, 1) from None
+    except ImageTaken:  # reserved for a presigned upload while this one streamed: it gives way
+        if await storage.etag_of(source_bucket, ref.source_key) == stored.etag:
+            await storage.delete_many(source_bucket, [ref.source_key])
+        raise UploadPending() from None
     else:
         if record.replaced is not None:  # the replaced original's variants are never served again
             try:

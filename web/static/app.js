@@ -166,6 +166,12 @@ async function sniffType(file) {
   if (starts(0x89, 0x50, 0x4e, 0x47)) return "image/png";
   if (text(0, 4) === "GIF8") return "image/gif";
   if (text(0, 4) === "RIFF" && text(8, 12) === "WEBP") return "image/webp";
+  if (starts(0x49, 0x49, 0x2a, 0x00) || starts(0x4d, 0x4d, 0x00, 0x2a)) return "image/tiff";
+  if (text(4, 8) === "ftyp") {
+    const brand = text(8, 12);
+    if (["avif", "avis"].includes(brand)) return "image/avif";
+    if (["heic", "heix", "hevc", "hevx", "heim", "heis", "mif1", "msf1"].includes(brand)) return "image/heif";
+  }
   return null;
 }
 
