@@ -72,6 +72,8 @@ class Collection:
     expired: int = 0
     #: Presigned uploads' reservations never used before their URL expired (quota given back).
     released_reservations: int = 0
+    #: The quota those reservations held (their declared lengths), given back to their owners.
+    released_reservation_bytes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,6 +177,7 @@ async def _records(
                     # (One whose bytes arrived waits for their event, or for reconcile.)
                     if reserved.released_by(now.timestamp()) and not await _exists(backend, bucket, ref):
                         report.released_reservations += 1
+                        report.released_reservation_bytes += reserved.content_length
                         if not report.dry_run:
                             await records.delete_if(ref, int(record.item.get("revision", 0)))
                     continue

@@ -48,10 +48,9 @@ def test_measured_costs_are_the_requests_the_code_makes(tmp_path: Path) -> None:
     # Every API call reads the key (measured without the key cache; the failed-attempts counter
     # only when it fails); an upload also reads the previous record (quota; reused as the base of
     # the record write) and the user (quotas, webhook), then writes the record and the usage in
-    # one transaction (after a HEAD confirms the original is still current).
+    # one transaction (no HEAD: the record was read before the PUT, which orders the write).
     assert cost["upload"]["requests"] == {
         "s3:PutObject": 1.0,
-        "s3:HeadObject": 1.0,
         "dynamodb:GetItem": 3.0,
         "dynamodb:TransactWriteItems": 1.0,
     }
@@ -74,8 +73,8 @@ def test_measured_costs_are_the_requests_the_code_makes(tmp_path: Path) -> None:
 
     answer = plan(out, "--uploads-per-s", "10", "--mix", "jpeg-2mp=1", "--views-per-image", "4")
     assert answer["s3"]["writes_per_s"] == 10 * 2  # the upload, the rendition
-    # GET + the upload's HEAD + the job's HEADs, then 4 views of one GET each
-    assert answer["s3"]["reads_per_s"] == pytest.approx(10 * (2 + attempts + 4 * 1), abs=0.1)
+    # the job's GET and HEADs, then 4 views of one GET each (the upload reads nothing from S3)
+    assert answer["s3"]["reads_per_s"] == pytest.approx(10 * (1 + attempts + 4 * 1), abs=0.1)
     # the upload's 3 reads, the job's reads, then 4 views of 2 reads each
     reads = process["dynamodb:GetItem"]
     assert answer["dynamodb"]["reads_per_s"] == pytest.approx(10 * (3 + reads + 4 * 2), abs=0.1)

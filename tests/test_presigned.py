@@ -248,7 +248,7 @@ async def test_gc_releases_a_reservation_never_used_once_its_url_has_expired(
     dry = await collect(backend.ports, settings, now=later, dry_run=True)
     assert dry.released_reservations == 1 and await usage_of(backend) == (999 + len(data), 2)
     report = await collect(backend.ports, settings, now=later)
-    assert report.released_reservations == 1
+    assert report.released_reservations == 1 and report.released_reservation_bytes == 999
     assert await usage_of(backend) == (len(data), 1)
     assert (await api.get("/images/unused")).status == 404
     assert (await (await api.get("/images/used")).json())["status"] == "ready"
