@@ -410,3 +410,14 @@ async def test_request_validators_answer_4xx_never_5xx(api: Client, image_id: st
     body = await response.json(content_type=None)
     assert response.status in (400, 403, 404, 405, 415), (response.status, body)
     assert body["error"] and body["message"]
+
+
+async def test_a_header_too_large_to_parse_is_a_400_also_for_head_without_a_body(api: Client) -> None:
+    """aiohttp refuses a header over 8190 bytes before any handler runs: the answer is JSON for a
+    GET, and bodiless for a HEAD (a body there would be read as the start of the next answer)."""
+    huge = {"If-Modified-Since": "a" * 9000}
+    got = await api.get("/download/image?image_id=cat", headers=huge)
+    assert got.status == 400 and (await got.json())["error"] == "bad_request"
+    head = await api.head("/download/image?image_id=cat", headers=huge)
+    assert head.status == 400 and head.content_type == "application/json"
+    assert await head.read() == b""

@@ -162,6 +162,7 @@ class GuardedHandler(RequestHandler):
         "_cut",
         "_gap",
         "_last_tick",
+        "_line_start",
         "_lingered",
         "_payload",
         "_phase",
@@ -184,6 +185,8 @@ class GuardedHandler(RequestHandler):
         self._cut = False
         self._lingered: asyncio.Future[None] | None = None
         self._body_limit: int | None = None
+        #: The first bytes of the request being received (its method), until its headers parse.
+        self._line_start = b""
 
     @property
     def cut_off(self) -> bool:
@@ -217,6 +220,8 @@ class GuardedHandler(RequestHandler):
         elif self._phase is Phase.BODY:
             self._received += len(data)
             self._gap = 0.0
+        if self._phase is Phase.HEADERS and not self._line_start:
+            self._line_start = bytes(data[:5])
         super().data_received(data)
         payload, limit = self._payload, self._body_limit
         if limit is not None and payload is not None and payload.total_bytes > limit and not self._cut:
@@ -246,6 +251,7 @@ class GuardedHandler(RequestHandler):
     # Request events (from `deadline_middleware`) --------------------------------------------------
 
     def request_started(self, payload: StreamReader) -> None:
+        self._line_start = b""
         self._payload = payload
         self._cut = False
         self._body_limit = None
@@ -418,9 +424,14 @@ class GuardedHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         reason = " ".join(str(message or exc or "unparseable").split())[:200]
         log.info("unparseable request status=%d error=%s", status, reason)
-        response = web.json_response(
-            {"error": "bad_request", "message": f"malformed request: {reason}"}, status=status
-        )
+        if self._line_start.startswith(b"HEAD "):  # (the request is aiohttp's stand-in: a GET)
+            # A HEAD answer has no body (the client reads none: one written here would be taken
+            # for the start of the next answer); the status says enough.
+            response = web.Response(status=status, content_type="application/json")
+        else:
+            response = web.json_response(
+                {"error": "bad_request", "message": f"malformed request: {reason}"}, status=status
+            )
         response.force_close()
         return response
 
