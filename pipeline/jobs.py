@@ -2,9 +2,10 @@
 
 Idempotent: rendition keys are deterministic and the work always reads the *current* original,
 so a duplicate or stale event rewrites the same result instead of adding or reverting one.
-Before writing a result the job asks S3 whether the original it processed is still the current
-one: if a newer one arrived it processes that instead; if the image was deleted meanwhile it
-removes what it wrote and acknowledges (nothing to dead-letter for an image that is gone).
+Before writing a result the job makes sure the original it processed is still the current one
+(the record names it, or else S3 says so: `RecordStore.record_result`): if a newer one arrived it
+processes that instead; if the image was deleted meanwhile it removes what it wrote and
+acknowledges (nothing to dead-letter for an image that is gone).
 """
 
 from __future__ import annotations

@@ -366,7 +366,7 @@ class RecordStore:
                 out["placeholder"] = result.placeholder
             return {**out, **(facts or {})}
 
-        return await self._write(ref, etag, current, fields)
+        return await self._write(ref, etag, current, fields, recorded_is_current=True)
 
     async def count_timeout(self, ref: ImageRef, etag: str) -> int:
         """Count one timed-out attempt at processing the original `etag`; returns how many it has
@@ -553,6 +553,7 @@ class RecordStore:
         limit: Limit | None = None,
         *,
         confirmed: bool = False,
+        recorded_is_current: bool = False,
     ) -> ImageRecord:
         """Read, confirm with S3 that `etag` is still the current original, write if the record is
         still at the revision read. Confirming *between* the read and the conditional write is
@@ -560,14 +561,23 @@ class RecordStore:
         the revision, so ours fails, and the next round's confirmation sees the newer original.
         `confirmed`: `known` was read before `etag` was stored, which orders it before any newer
         original's record write as well as a confirmation would (`record_upload`): the first
-        round skips the HEAD; later rounds (after a conflict) confirm as always."""
+        round skips the HEAD; later rounds (after a conflict) confirm as always.
+        `recorded_is_current` (the consumer's result): a record that already names `etag` needs
+        no HEAD either. An upload that replaces it writes the record only after its PUT: if that
+        came before our read we see its ETag (and confirm); if it comes after, it changes the
+        revision and our write fails, or it replaces our write, and its own event makes its
+        result. A delete is the same (its record delete fails our write, or follows it). Only a
+        record naming another original, or none, leaves the order unknown: then S3 is asked."""
         owner, image_id = ref.owner_and_id
         key = {"user_id": owner, "image_id": image_id}
         for _ in range(WRITE_ATTEMPTS):
             old = await self._table.get(key) if isinstance(known, _Unread) else known
             known = UNREAD  # a conflict means it changed: later rounds read afresh
             revision = int(old.get("revision", 0)) if old else 0
-            if not confirmed and (now_current := await current()) != etag:
+            ordered = confirmed or (
+                recorded_is_current and old is not None and old.get("source_etag") == etag
+            )
+            if not ordered and (now_current := await current()) != etag:
                 raise Superseded(now_current)
             confirmed = False
             now = now_iso()

@@ -57,12 +57,15 @@ def test_measured_costs_are_the_requests_the_code_makes(tmp_path: Path) -> None:
     assert 0 <= cost["upload"]["bytes_to_aws"] - cost["source_bytes"] < 4000  # + the DynamoDB requests
     process = cost["process"]["requests"]
     assert process["s3:GetObject"] == process["s3:PutObject"] == 1.0
-    attempts = process["s3:HeadObject"]
+    # A HEAD only for a record that did not name the job's original yet (its upload's record write
+    # came after the job read it), which also costs a second round of the record's read and write.
+    heads = process.get("s3:HeadObject", 0.0)
+    attempts = 1.0 + heads
     # A record read and write per attempt (the owner has no webhook: no users-table read); the
     # write is a transaction with the usage counters when the job creates the record. Then one
     # read of the owner's note of these bytes (a duplicate?) and, afterwards, the note written.
     writes = process["dynamodb:PutItem"] + process.get("dynamodb:TransactWriteItems", 0)
-    assert 1.0 <= attempts <= 1.5 and writes == pytest.approx(attempts + 1, abs=0.01)
+    assert 0.0 <= heads <= 0.5 and writes == pytest.approx(attempts + 1, abs=0.01)
     assert process["dynamodb:GetItem"] == pytest.approx(attempts + 1, abs=0.01)
     assert 0 < process["sqs:ReceiveMessage"] <= 1.5 and 0 < process["sqs:DeleteMessageBatch"] <= 1.0
     assert cost["process"]["bytes_from_aws"] >= cost["source_bytes"]
@@ -73,8 +76,8 @@ def test_measured_costs_are_the_requests_the_code_makes(tmp_path: Path) -> None:
 
     answer = plan(out, "--uploads-per-s", "10", "--mix", "jpeg-2mp=1", "--views-per-image", "4")
     assert answer["s3"]["writes_per_s"] == 10 * 2  # the upload, the rendition
-    # the job's GET and HEADs, then 4 views of one GET each (the upload reads nothing from S3)
-    assert answer["s3"]["reads_per_s"] == pytest.approx(10 * (1 + attempts + 4 * 1), abs=0.1)
+    # the job's GET (and HEADs, if any), then 4 views of one GET each (the upload reads nothing)
+    assert answer["s3"]["reads_per_s"] == pytest.approx(10 * (1 + heads + 4 * 1), abs=0.1)
     # the upload's 3 reads, the job's reads, then 4 views of 2 reads each
     reads = process["dynamodb:GetItem"]
     assert answer["dynamodb"]["reads_per_s"] == pytest.approx(10 * (3 + reads + 4 * 2), abs=0.1)

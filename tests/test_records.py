@@ -200,30 +200,79 @@ async def test_byte_quota_refuses_before_storing_and_after_a_chunked_upload(
     assert await usage_of(clients, settings, USER) == (2 * len(data), 2)
 
 
+class _AfterFirstRead:
+    """The images table, running `then` once right after the first read through it: what
+    another process does between a writer's read and its write."""
+
+    def __init__(self, table: Any, then: Callable[[], Awaitable[None]]) -> None:
+        self._table, self._then = table, [then]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    async def get(self, key: Any, **options: Any) -> Any:
+        item = await self._table.get(key, **options)
+        if self._then:
+            await self._then.pop()()
+        return item
+
+
 async def test_a_newer_upload_landing_mid_write_wins_over_an_older_result(
     clients: AwsClients, settings: Settings
 ) -> None:
-    """The consumer confirms its original between reading and writing the record: a newer
-    upload recorded in that gap changes the revision, the write fails, and the retry sees S3's
-    newer original and gives way instead of overwriting it with an older result."""
-    records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+    """The consumer's record read names its original, so it asks S3 nothing; a newer upload
+    recorded between that read and the write changes the revision, the write fails, and the
+    retry sees the newer original on the record, asks S3, and gives way instead of overwriting
+    it with an older result."""
+    images = Tables(clients.dynamodb, settings.aws).images
     ref = ImageRef(f"{USER}/raced")
-    await records.record_upload(ref, '"e1"', {"file_name": "one.jpg"}, lambda: _etag('"e1"'))
+    await RecordStore(images).record_upload(ref, '"e1"', {"file_name": "one.jpg"}, lambda: _etag('"e1"'))
     s3_says = ['"e1"']
+    asked: list[str] = []
+
+    async def newer_upload() -> None:
+        s3_says[0] = '"e2"'
+        await RecordStore(images).record_upload(ref, '"e2"', {"file_name": "two.jpg"}, lambda: _etag('"e2"'))
 
     async def current() -> str | None:
-        if s3_says == ['"e1"']:  # the first confirmation: a newer upload lands right after it
-            s3_says[0] = '"e2"'
-            await records.record_upload(ref, '"e2"', {"file_name": "two.jpg"}, lambda: _etag('"e2"'))
-            return '"e1"'
+        asked.append(s3_says[0])
         return s3_says[0]
 
+    records = RecordStore(_AfterFirstRead(images, newer_upload))
     with pytest.raises(Superseded) as raised:
         await records.record_result(ref, '"e1"', None, CorruptImage("old"), current)
-    assert raised.value.current == '"e2"'
-    record = await records.read(ref)
+    assert raised.value.current == '"e2"' and asked == ['"e2"']  # asked once: on the retry
+    record = await RecordStore(images).read(ref)
     assert record is not None and record.source_etag == '"e2"' and record.state == "pending"
     assert record.item["file_name"] == "two.jpg" and "result_etag" not in record.item
+
+
+async def test_a_result_for_the_recorded_original_asks_s3_nothing_else_it_asks(
+    clients: AwsClients, settings: Settings
+) -> None:
+    """One S3 request fewer per job: the record already names the original the job made its
+    result from (its upload wrote it), so the write is ordered without a HEAD. A record naming
+    another original, or none, leaves the order unknown: then the job asks S3."""
+    records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+    asked: list[str] = []
+
+    def s3_says(etag: str | None) -> Callable[[], Awaitable[str | None]]:
+        async def current() -> str | None:
+            asked.append(str(etag))
+            return etag
+
+        return current
+
+    ref = ImageRef(f"{USER}/ordered")
+    await records.record_upload(ref, '"e1"', {"file_name": "one.jpg"}, s3_says('"e1"'))
+    asked.clear()
+    await records.record_result(ref, '"e1"', None, CorruptImage("x"), s3_says('"e1"'))
+    assert asked == []
+    # No record (an object put straight into the bucket, or a deleted image): S3 is asked.
+    bare = ImageRef(f"{USER}/unrecorded")
+    with pytest.raises(Superseded):
+        await records.record_result(bare, '"e9"', None, CorruptImage("x"), s3_says(None))
+    assert asked == ["None"] and await records.read(bare) is None
 
 
 async def _etag(value: str) -> str:
