@@ -99,7 +99,7 @@ class Report:
     accepted: int = 0
     replaced: int = 0
     accepted_by_web: Counter[int] = field(default_factory=Counter)
-    refused: Counter[int] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
     ready: int = 0
     ready_with_dlq_entry: int = 0
     failed_with_reason: int = 0
@@ -131,15 +131,19 @@ async def send_all(
             for attempt in range(5):  # a 503 means "try again": a real client would
                 async with session.put(url, data=data[upload.label], headers=headers) as response:
                     upload.status = response.status
-                    await response.read()
+                    answer = await response.read()
                 if response.status != 503:
                     break
                 await asyncio.sleep(0.2 * (attempt + 1))
             if upload.status == 202:
                 report.accepted += 1
                 report.accepted_by_web[upload.web] += 1
-            else:
-                report.refused[upload.status] += 1
+            else:  # by status and error code, so a refusal says what it was
+                try:
+                    code = json.loads(answer).get("error", "?")
+                except (ValueError, AttributeError):
+                    code = "?"
+                report.refused[f"{upload.status} {code}"] += 1
 
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
