@@ -186,7 +186,7 @@ async def _records(
                     if report.dry_run or await expire_image(backend.storage, records, settings, record):
                         report.expired += 1
                     continue
-                if updated >= cutoff or await backend.storage.etag_of(bucket, ref.source_key) is not None:
+                if updated >= cutoff or await _exists(backend, bucket, ref):
                     continue
                 report.records_without_original += 1
                 if not report.dry_run:  # only as read: a record written since stays

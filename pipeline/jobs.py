@@ -33,7 +33,7 @@ from pipeline.errors import (
     UploadNotReserved,
 )
 from pipeline.events import ObjectCreated
-from pipeline.formats import ImageInfo, detect_format
+from pipeline.formats import ImageInfo
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
 from pipeline.ports import ItemTable, ObjectStore
@@ -289,14 +289,13 @@ def _arrived(
     the record counts what is kept (nothing, for bytes its URL did not allow)."""
     if _refused(error):  # the URL is spent: bytes put through it again are removed, not counted
         return {FIELD: None, USED: None, "bytes": 0, "sha256": None}
-    done = {FIELD: None, USED: reservation.as_item()}
-    found = detect_format(data[:64])
-    return {
-        **done,
+    return {  # bytes it allowed: of its length and format (`Reservation.mismatch` passed)
+        FIELD: None,
+        USED: reservation.as_item(),
         "bytes": len(data),
         "sha256": digest,
-        "format": found,
-        "content_type": f"image/{found}" if found else None,
+        "format": reservation.format,
+        "content_type": reservation.content_type,
     }
 
 

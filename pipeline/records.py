@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pipeline import reservations, untrusted
@@ -51,7 +50,7 @@ from pipeline.items import (
 from pipeline.layout import ImageRef
 from pipeline.ports import ItemTable
 from pipeline.results import RenditionResult
-from pipeline.timing import now_iso
+from pipeline.timing import epoch_iso, now_iso
 
 State = Literal["awaiting_upload", "pending", "ready", "failed"]
 #: Optimistic writes that lose a race re-read and try again this often before giving up.
@@ -179,7 +178,7 @@ class ImageRecord:
             "focal_point": item.get("focal_point"),
             # Its renditions were copied from this image of the same owner, made from the same bytes.
             "duplicate_of": item.get("duplicate_of"),
-            "expires_at": _iso(item.get("expires_at")),
+            "expires_at": epoch_iso(item.get("expires_at")),
         }
         if self.state == "ready":
             info = item.get("info", {})
@@ -188,7 +187,7 @@ class ImageRecord:
         if self.state == "failed":
             body["error"] = self.error
         if (reserved := reservations.Reservation.of(item)) is not None:
-            body["upload_expires_at"] = _iso(reserved.expires_at)
+            body["upload_expires_at"] = epoch_iso(reserved.expires_at)
         return {k: v for k, v in body.items() if v is not None}
 
 
@@ -271,8 +270,7 @@ class RecordStore:
         # Another picture under the same id: where its predecessor's subject was means nothing,
         # and its variants are deleted (their bytes are the replaced record's `variant_bytes`).
         def fields(old: Item | None) -> dict[str, Any]:
-            held = reservations.Reservation.of(old) if old is not None else None
-            if held is not None and not held.released_by(time.time()):
+            if old is not None and (held := reservations.Reservation.live(old)) is not None:
                 raise ImageTaken(held)  # reserved while this upload streamed: its URL may still PUT
             same = old is not None and old.get("sha256") == facts.get("sha256")  # the same bytes again
             return {**facts, "source_etag": etag, **({} if same else {"focal_point": None})}
@@ -606,12 +604,6 @@ class RecordStore:
                 continue
             return ImageRecord(owner, image_id, new, replaced=old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
-
-
-def _iso(epoch: object) -> str | None:
-    if not isinstance(epoch, int | float) or isinstance(epoch, bool):
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def counted(item: Mapping[str, Any] | None) -> tuple[int, int]:

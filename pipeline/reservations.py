@@ -14,6 +14,7 @@ reservation never used is released by `python -m pipeline gc` once its URL has e
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -70,6 +71,15 @@ class Reservation:
             if held is not None and hmac.compare_digest(held.token.encode(), token.encode()):
                 return held
         return None
+
+    @classmethod
+    def live(cls, item: Mapping[str, Any], now: float | None = None) -> Reservation | None:
+        """The reservation a record holds whose URL may still be used (or whose PUT may still be
+        arriving): the id is not free for another upload until gc may release it."""
+        held = cls.of(item)
+        if held is None or held.released_by(time.time() if now is None else now):
+            return None
+        return held
 
     def released_by(self, now: float) -> bool:
         """Whether gc may release it: its URL expired long enough ago for no PUT to be under way."""

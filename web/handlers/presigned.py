@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -31,13 +30,13 @@ from pipeline.errors import (
 )
 from pipeline.errors import ImageExists as ImageExistsError
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
-from pipeline.logs import REQUEST_ID
 from pipeline.records import ImageTaken, UsageRefused
 from pipeline.reservations import METADATA_KEY, Reservation
+from pipeline.timing import epoch_iso
 from pipeline.untrusted import utf8_text
 from web import urls
 from web.bodies import json_object
-from web.handlers.upload import PURGE_AFTER, _expiry, _screened
+from web.handlers.upload import PURGE_AFTER, expiry_from, screened, upload_metadata
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
 from web.keys import BACKEND, IDEMPOTENCY, LINKS, RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
@@ -72,7 +71,7 @@ async def create_upload_url(request: web.Request) -> web.Response:
     if not isinstance(file_name, str):
         raise InvalidField("file_name must be a string")
     file_name = utf8_text(file_name)[:255]
-    expires_at = _expiry(request, body.get("expires_in_days"))
+    expires_at = expiry_from(request, body.get("expires_in_days"))
 
     async def reserve() -> tuple[web.Response, str]:
         return await _reserve(request, user_id, image_id, length, content_type, file_name, expires_at), ""
@@ -110,12 +109,7 @@ async def _reserve(
         "purge_at": expires_at + PURGE_AFTER if expires_at else None,
         "notify": bool(user.get("webhook_url")),
     }
-    metadata = {
-        "user-id": user_id,
-        METADATA_KEY: reservation.token,
-        "request-id": REQUEST_ID.get(),
-        "original-filename": quote(file_name, safe=" ._-"),
-    }
+    metadata = upload_metadata(user_id, file_name, **{METADATA_KEY: reservation.token})
     presigned = await app[BACKEND].presign_put(
         settings.aws.source_bucket, ref.source_key, seconds, content_type, length, metadata
     )
@@ -141,7 +135,7 @@ async def _reserve(
         "url": url,
         "method": "PUT",
         "headers": headers,
-        "expires_at": _iso(reservation.expires_at),
+        "expires_at": epoch_iso(reservation.expires_at),
     }
     response = web.json_response(answer, status=201)
     response.headers["Location"] = answer["status_url"]
@@ -182,16 +176,11 @@ async def put_upload(request: web.Request) -> web.Response:
         stored = await app[STORAGE].upload_stream(
             settings.aws.source_bucket,
             ref.source_key,
-            _screened(request.content.iter_chunked(256 * 1024), settings.imaging),
+            screened(request.content.iter_chunked(256 * 1024), settings.imaging),
             max_bytes=held.content_length,
             part_size=settings.web.part_size,
             allowed_formats=frozenset({held.format}),
-            metadata={
-                "user-id": user_id,
-                METADATA_KEY: token,
-                "request-id": REQUEST_ID.get(),
-                "original-filename": quote(str(record.item.get("file_name", "")), safe=" ._-"),
-            },
+            metadata=upload_metadata(user_id, str(record.item.get("file_name", "")), **{METADATA_KEY: token}),
             buffer_bytes=buffer_bytes,
         )
     response = web.json_response(
@@ -223,7 +212,3 @@ def _content_type(value: object, allowed: frozenset[str]) -> str:
             f"content_type must be one of {', '.join(f'image/{f}' for f in sorted(allowed))}"
         )
     return f"image/{fmt}"
-
-
-def _iso(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -76,7 +76,7 @@ async def compat_upload(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     path = _input_file(settings.web.input_dir, file_name)
 
-    expires_at = _expiry(request, body.get("expires_in_days"))
+    expires_at = expiry_from(request, body.get("expires_in_days"))
 
     async def upload() -> tuple[web.Response, str]:
         size = path.stat().st_size
@@ -110,7 +110,7 @@ async def post_image(request: web.Request) -> web.Response:
 async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> web.Response:
     if "api" not in request.app[SETTINGS].web.upload_modes:
         raise UploadModeDisabled("uploads through the API are not offered here; use POST /images/upload-url")
-    expires_at = _expiry(request, request.query.get("expires_in_days"))
+    expires_at = expiry_from(request, request.query.get("expires_in_days"))
 
     async def upload() -> tuple[web.Response, str]:
         chunks, file_name, declared = await _body(request)
@@ -165,9 +165,8 @@ async def _store(
     buffer_bytes = max(1, min(settings.web.part_size, declared or settings.web.part_size))
     async with request.app[UPLOADS].admit(user_id, buffer_bytes):
         previous = await records.read(ref)
-        held = Reservation.of(previous.item) if previous is not None else None
-        if held is not None and not held.released_by(time.time()):  # its URL could replace these bytes
-            raise UploadPending()
+        if previous is not None and Reservation.live(previous.item) is not None:
+            raise UploadPending()  # its URL could replace these bytes
         replaced = previous.bytes if previous else 0
         user = await usage.check(
             user_id, new_image=previous is None, incoming=declared, replaced_bytes=replaced
@@ -176,16 +175,11 @@ async def _store(
         stored = await request.app[STORAGE].upload_stream(
             settings.aws.source_bucket,
             ref.source_key,
-            _hashed(_screened(chunks, settings.imaging), digest),
+            _hashed(screened(chunks, settings.imaging), digest),
             max_bytes=settings.imaging.max_bytes,
             part_size=settings.web.part_size,
             allowed_formats=settings.imaging.allowed_formats,
-            # S3 metadata travels as HTTP headers: keep it ASCII whatever the client sent.
-            metadata={
-                "original-filename": quote(file_name[:255], safe=" ._-"),
-                "user-id": user_id,
-                "request-id": REQUEST_ID.get(),  # so the consumer's log lines for it carry the same id
-            },
+            metadata=upload_metadata(user_id, file_name),
             buffer_bytes=buffer_bytes,
         )
     request[_SHA256] = digest.hexdigest()
@@ -242,7 +236,7 @@ async def _store(
     return response
 
 
-def _expiry(request: web.Request, days: object) -> int | None:
+def expiry_from(request: web.Request, days: object) -> int | None:
     """When the image expires (epoch seconds): `expires_in_days` (a whole number from 1 to
     36500, from the query or the JSON body), else the deployment's retention; None: never."""
     retention = request.app[SETTINGS].accounts.retention_days
@@ -256,6 +250,17 @@ def _expiry(request: web.Request, days: object) -> int | None:
             + (" (this deployment keeps images no longer)" if longest < 36_500 else "")
         )
     return int(time.time()) + value * 86_400
+
+
+def upload_metadata(user_id: str, file_name: str, **more: str) -> dict[str, str]:
+    """An original's S3 metadata, however it is put. It travels as HTTP headers: kept ASCII
+    whatever the client sent."""
+    return {
+        "original-filename": quote(file_name[:255], safe=" ._-"),
+        "user-id": user_id,  # the consumer trusts an owner named here (`JobRunner._check_owner`)
+        "request-id": REQUEST_ID.get(),  # so the consumer's log lines for it carry the same id
+        **more,
+    }
 
 
 async def _hashed(chunks: AsyncIterator[bytes], digest: Any) -> AsyncIterator[bytes]:
@@ -273,7 +278,7 @@ def _input_file(input_dir: Path, file_name: str) -> Path:
     return path
 
 
-async def _screened(chunks: AsyncIterator[bytes], imaging: ImagingSettings) -> AsyncIterator[bytes]:
+async def screened(chunks: AsyncIterator[bytes], imaging: ImagingSettings) -> AsyncIterator[bytes]:
     """Pass chunks through, refusing a decompression bomb as soon as its header has arrived."""
     prefix = bytearray()
     screened = False
