@@ -37,7 +37,7 @@ from pipeline.formats import ImageInfo
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
 from pipeline.ports import ItemTable, ObjectStore
-from pipeline.records import ImageRecord, RecordStore, Superseded
+from pipeline.records import UNREAD, ImageRecord, Known, RecordStore, Superseded
 from pipeline.removal import drop_renditions
 from pipeline.reservations import FIELD, METADATA_KEY, USED, Reservation
 from pipeline.results import Rendition, RenditionResult
@@ -114,10 +114,12 @@ class JobRunner:
             reserved = await self._reservation(ref, meta)
             if reserved is not None and error is None:
                 error = reserved.mismatch(meta.size, data[:64])
-            digest, duplicate = None, None
+            digest, duplicate, noted = None, None, None
+            known: Known = UNREAD
             if error is None:
                 digest = await _sha256(data)
-                result, duplicate, error = await self._make(ref, meta.etag, data, digest)
+                known, noted = await self._records.read_with_note(ref, digest)
+                result, duplicate, error = await self._make(ref, meta.etag, data, digest, noted)
             if result is not None and duplicate is None:
                 await self._write_renditions(ref, meta.etag, result)
             elif result is None:  # renditions an earlier upload of this id left are never valid again
@@ -131,23 +133,25 @@ class JobRunner:
                     lambda: self._current_etag(ref),
                     duplicate_of=duplicate.image_id if duplicate else None,
                     facts=None if reserved is None else _arrived(reserved, data, digest, error),
+                    known=known,
                 )
+                await self._confirm_created(ref, written, meta.etag)
             except Superseded as exc:
                 if exc.current is None:  # deleted while we worked: leave nothing behind
                     await self._drop_renditions(ref)
                     return JobResult("source_missing", ref.source_key, request_id=rid)
                 log.info("original changed during processing key=%s, processing it again", ref.source_key)
                 continue
-            if written.item.get("revision") == 1 and await self._current_etag(ref) is None:
-                # We created the record of an image deleted just now: undo, unless someone wrote since.
-                await self._records.delete_if(ref, 1)
-                await self._drop_renditions(ref)
-                return JobResult("source_missing", ref.source_key, request_id=rid)
             if reserved is not None and _refused(error):
                 # Not what its URL allowed: its bytes are not kept (nor counted: see `_arrived`).
                 await self._remove_if_current(ref, meta.etag)
-            if digest is not None and result is not None and duplicate is None:
-                await self._records.remember_digest(ref, digest)
+            if (
+                digest is not None
+                and result is not None
+                and duplicate is None
+                and noted != ref.owner_and_id[1]
+            ):
+                await self._records.remember_digest(ref, digest)  # unless noted already (a redelivery)
             if self._webhooks is not None and written.item.get("notify"):
                 # Before the message is acknowledged: a crash here redoes the job and the event.
                 await self._webhooks.notify(written)
@@ -156,6 +160,17 @@ class JobRunner:
             assert result is not None
             return JobResult("ready", ref.source_key, result.engine, len(result.renditions), request_id=rid)
         raise SourceMissing("the original keeps changing; the latest upload's own event will process it")
+
+    async def _confirm_created(self, ref: ImageRef, written: ImageRecord, etag: str) -> None:
+        """A record this job created (revision 1) was written without asking S3 first
+        (`record_result`): ask now. `Superseded` if the original was replaced meanwhile (the
+        newer one is processed instead) or deleted (our record is undone, unless someone wrote
+        since)."""
+        if written.item.get("revision") != 1 or (now := await self._current_etag(ref)) == etag:
+            return
+        if now is None:
+            await self._records.delete_if(ref, 1)
+        raise Superseded(now)
 
     async def _check_owner(self, owner: str, metadata: Mapping[str, str]) -> None:
         """API uploads name their (authenticated) owner in the object's metadata; anything else
@@ -205,11 +220,12 @@ class JobRunner:
         return result
 
     async def _make(
-        self, ref: ImageRef, etag: str, data: bytes, digest: str
+        self, ref: ImageRef, etag: str, data: bytes, digest: str, noted: str | None
     ) -> tuple[RenditionResult | None, ImageRecord | None, PermanentError | None]:
         """The renditions, copied from the owner's image with the same bytes if there is one
-        (with it), else made in the worker pool; or the permanent error that prevents them."""
-        duplicate = await self._records.find_duplicate(ref, digest)
+        (with it), else made in the worker pool; or the permanent error that prevents them.
+        `noted`: the image the bytes' note names."""
+        duplicate = await self._records.find_duplicate(ref, digest, noted)
         if duplicate is not None and (copied := await self._copy_from(duplicate, ref, etag)) is not None:
             return copied, duplicate, None
         try:

@@ -115,6 +115,11 @@ class ItemTable(Protocol):
 
     async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None: ...
 
+    async def get_many(self, keys: Sequence[Mapping[str, Any]]) -> list[Item | None]:
+        """The items under `keys` (at most 100, each once), in their order, read consistently
+        in one request: None where there is none."""
+        ...
+
     async def put(self, item: Mapping[str, Any], condition: Condition | None = None) -> None: ...
 
     async def update(

@@ -72,6 +72,8 @@ class _Unread(enum.Enum):
 
 #: "The caller has not read the record": `_write` reads it first.
 UNREAD = _Unread.UNREAD
+#: A record as a caller read it (None: there was none), or UNREAD.
+Known = Item | _Unread | None
 
 
 class Superseded(Exception):
@@ -327,12 +329,19 @@ class RecordStore:
         current: CurrentEtag,
         duplicate_of: str | None = None,
         facts: Mapping[str, Any] | None = None,
+        known: Known = UNREAD,
     ) -> ImageRecord:
         """The consumer made (or failed to make) renditions of the original with `etag`: they
         become the record's result, and that ETag its version. Raises `Superseded` if S3 holds
         another original (or none) by the time the record is written. `facts`: the upload's
         facts, for an original that arrived without the API (a presigned upload completes its
-        reservation here)."""
+        reservation here). `known`: the record as the job read it (`read_with_note`), saving
+        the first round's read; a conflict reads afresh.
+
+        A record this write *creates* (revision 1: an original put straight into the bucket)
+        is not confirmed with S3 first: the caller asks S3 after the write instead (it must,
+        to undo a record of an original deleted meanwhile), which orders it just as well and
+        costs one HEAD where both would cost two."""
 
         def fields(old: Item | None) -> dict[str, Any]:
             out: dict[str, Any] = {
@@ -364,7 +373,7 @@ class RecordStore:
                 out["placeholder"] = result.placeholder
             return {**out, **(facts or {})}
 
-        return await self._write(ref, etag, current, fields, recorded_is_current=True)
+        return await self._write(ref, etag, current, fields, known, recorded_is_current=True)
 
     async def count_timeout(self, ref: ImageRef, etag: str) -> int:
         """Count one timed-out attempt at processing the original `etag`; returns how many it has
@@ -394,14 +403,23 @@ class RecordStore:
         owner, image_id = ref.owner_and_id
         await self._table.put({"user_id": owner, "image_id": DIGEST_PREFIX + digest, "of": image_id})
 
-    async def find_duplicate(self, ref: ImageRef, digest: str) -> ImageRecord | None:
-        """Another image of the same owner, ready, made from the same bytes; None if there is none
-        (never another owner's: one user must not learn what another uploaded)."""
+    async def read_with_note(self, ref: ImageRef, digest: str) -> tuple[Item | None, str | None]:
+        """The image's record and the image its bytes' note names (`remember_digest`), in one
+        request: a job needs the first to write its result and the second to find a duplicate."""
         owner, image_id = ref.owner_and_id
-        note = await self._table.get({"user_id": owner, "image_id": DIGEST_PREFIX + digest})
-        if note is None or note.get("of") == image_id:
+        record, note = await self._table.get_many(
+            [{"user_id": owner, "image_id": image_id}, {"user_id": owner, "image_id": DIGEST_PREFIX + digest}]
+        )
+        return record, None if note is None else str(note["of"])
+
+    async def find_duplicate(self, ref: ImageRef, digest: str, noted: str | None) -> ImageRecord | None:
+        """Another image of the same owner, ready, made from the same bytes; None if there is none
+        (never another owner's: one user must not learn what another uploaded). `noted`: the
+        image the bytes' note names (`read_with_note`)."""
+        owner, image_id = ref.owner_and_id
+        if noted is None or noted == image_id:
             return None
-        record = await self.read(ImageRef.of(owner, str(note["of"])))
+        record = await self.read(ImageRef.of(owner, noted))
         if record is None or record.state != "ready" or record.item.get("sha256") != digest:
             return None  # deleted or replaced since: the note is stale
         return record
@@ -564,8 +582,9 @@ class RecordStore:
         no HEAD either. An upload that replaces it writes the record only after its PUT: if that
         came before our read we see its ETag (and confirm); if it comes after, it changes the
         revision and our write fails, or it replaces our write, and its own event makes its
-        result. A delete is the same (its record delete fails our write, or follows it). Only a
-        record naming another original, or none, leaves the order unknown: then S3 is asked."""
+        result. A delete is the same (its record delete fails our write, or follows it). No
+        record at all: the write creates it, and `record_result`'s caller asks S3 after it. Only
+        a record naming another original leaves the order unknown: then S3 is asked."""
         owner, image_id = ref.owner_and_id
         key = {"user_id": owner, "image_id": image_id}
         for _ in range(WRITE_ATTEMPTS):
@@ -573,7 +592,8 @@ class RecordStore:
             known = UNREAD  # a conflict means it changed: later rounds read afresh
             revision = int(old.get("revision", 0)) if old else 0
             ordered = confirmed or (
-                recorded_is_current and old is not None and old.get("source_etag") == etag
+                # The record names `etag` already, or there is none: the caller confirms after.
+                recorded_is_current and (old is None or old.get("source_etag") == etag)
             )
             if not ordered and (now_current := await current()) != etag:
                 raise Superseded(now_current)

@@ -15,33 +15,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 import json
 import multiprocessing
 import os
 import resource
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps
 from proccpu import tree_cpu
-from stack import ROOT, child_env, endpoint_apart, free_port
+from stack import ROOT, endpoint_apart, free_port, start_endpoint
 
 from config.settings import SEED_USER_IDS, Settings
 from pipeline import runtime
 from pipeline.aws import AwsClients, open_clients
 from pipeline.backends import aws_backend
 from pipeline.imaging import make_renditions
+from pipeline.layout import ImageRef
 from pipeline.provision import provision
 from pipeline.queue import Queue
+from pipeline.records import RecordStore
 from pipeline.service import open_consumer
+from web.handlers.upload import upload_metadata
 
 #: The owner of the benchmark's images (a demo user: the endpoint `stack.py` starts seeds them).
 BENCH_USER = SEED_USER_IDS[0]
@@ -61,27 +60,6 @@ def photo_jpeg(megapixels: float, seed: int) -> bytes:
     return out.getvalue()
 
 
-def start_moto(port: int, cpus: set[int] | None = None) -> subprocess.Popen[bytes]:
-    """The service's own embedded endpoint (`python -m web --embedded-only`), as `make run` runs
-    it; on `cpus` only (with its granian child), when given."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "web", "--embedded-only", "--embedded-port", str(port)],
-        cwd=ROOT,
-        env=child_env(IMGSVC_DEMO_KEYS_FILE=str(Path(tempfile.mkdtemp()) / "keys.json")),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)),  # noqa: PLW1509
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("moto did not start")
-
-
 def settings_for(endpoint: str, overrides: dict[str, str] | None = None) -> Settings:
     tag = uuid.uuid4().hex[:8]
     return Settings.from_env(
@@ -99,23 +77,50 @@ def settings_for(endpoint: str, overrides: dict[str, str] | None = None) -> Sett
     )
 
 
-async def fill(clients: AwsClients, settings: Settings, images: list[bytes], count: int) -> None:
+def unique(image: bytes, i: int) -> bytes:
+    """`image` with a JPEG comment naming `i`: the same pixels and decoding work, other bytes, so
+    the consumer's duplicate detection (same owner, same SHA-256) does not copy renditions."""
+    comment = f"bench {i}".encode()
+    return image[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + image[2:]
+
+
+async def fill(
+    clients: AwsClients, settings: Settings, images: list[bytes], count: int, *, direct: bool = False
+) -> None:
+    """`count` originals in the source bucket, as API uploads store them (under a demo user,
+    naming the owner in the metadata, with the upload's record); `direct`: bare puts, with no
+    record, as `aws s3 cp` would leave them."""
     semaphore = asyncio.Semaphore(8)
+    records = None if direct else RecordStore((await aws_backend(clients, settings)).tables.images)
 
     async def put(i: int) -> None:
+        ref = ImageRef.of(BENCH_USER, f"bench-{i:05d}")
+        body = unique(images[i % len(images)], i)
         async with semaphore:
-            # As an API upload stores it: under a demo user, naming its owner in the metadata.
-            await clients.s3.put_object(
+            stored = await clients.s3.put_object(
                 Bucket=settings.aws.source_bucket,
-                Key=f"{BENCH_USER}/bench-{i:05d}",
-                Body=images[i % len(images)],
-                Metadata={"user-id": BENCH_USER},
+                Key=ref.source_key,
+                Body=body,
+                Metadata=upload_metadata(BENCH_USER, f"bench-{i}.jpg"),
             )
+            if records is not None:
+                facts = {
+                    "file_name": f"bench-{i}.jpg",
+                    "content_type": "image/jpeg",
+                    "format": "jpeg",
+                    "bytes": len(body),
+                    "sha256": hashlib.sha256(body).hexdigest(),
+                }
+                await records.record_upload(ref, stored["ETag"], facts, _never, read=None)
 
     await asyncio.gather(*(put(i) for i in range(count)))
     queue = await Queue.named(clients.sqs, settings.aws.queue_name)
     while (await queue.depth())["visible"] < count:  # notifications are asynchronous in moto
         await asyncio.sleep(0.1)
+
+
+async def _never() -> str | None:
+    raise AssertionError("a record read before its original was stored needs no confirmation")
 
 
 def raw_pool(images: list[bytes], count: int, workers: int) -> float:
@@ -128,13 +133,19 @@ def raw_pool(images: list[bytes], count: int, workers: int) -> float:
 
 
 async def consumer_rate(
-    endpoint: str, images: list[bytes], count: int, moto_pid: int, overrides: dict[str, str] | None = None
+    endpoint: str,
+    images: list[bytes],
+    count: int,
+    moto_pid: int,
+    overrides: dict[str, str] | None = None,
+    *,
+    direct: bool = False,
 ) -> tuple[float, dict[str, float]]:
     """Images per second, and where the CPU went while the consumer worked."""
     settings = settings_for(endpoint, overrides)
     async with open_clients(settings.aws) as clients:
         await provision(clients, settings)
-        await fill(clients, settings, images, count)
+        await fill(clients, settings, images, count, direct=direct)
         async with open_consumer(await aws_backend(clients, settings), settings) as consumer:
             task = asyncio.create_task(consumer.run())
             while consumer.stats.outcomes["test_event"] < 1:  # the pool is up and receiving
@@ -154,7 +165,11 @@ async def consumer_rate(
         "imaging_workers": cpu_after_pool["children"] - cpu_before["children"],
         "wall": elapsed,
     }
-    return count / elapsed, {k: round(v, 2) for k, v in cpu.items()}
+    out = {k: round(v, 2) for k, v in cpu.items()}
+    out["loop_ms_per_image"] = round(1000 * cpu["consumer_event_loop"] / count, 1)
+    out["worker_ms_per_image"] = round(1000 * cpu["imaging_workers"] / count, 1)
+    out["loop_vs_worker"] = round(cpu["consumer_event_loop"] / cpu["imaging_workers"], 3)
+    return count / elapsed, out
 
 
 def _cpu(moto_pid: int) -> dict[str, float]:
@@ -181,7 +196,7 @@ async def naive_rate(endpoint: str, images: list[bytes], count: int) -> float:
     settings = settings_for(endpoint)
     async with open_clients(settings.aws) as clients:
         await provision(clients, settings)
-        await fill(clients, settings, images, count)
+        await fill(clients, settings, images, count, direct=True)
         queue = await Queue.named(clients.sqs, settings.aws.queue_name)
         done = 0
         started = time.perf_counter()
@@ -207,25 +222,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         os.sched_setaffinity(0, split[1])
     workers = len(os.sched_getaffinity(0))
     port = free_port()
-    moto = start_moto(port, split[0] if split else None)
+    moto, _ = await start_endpoint(port, split[0] if split else None)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         overrides = dict(item.split("=", 1) for item in args.set)
         if args.consumer_only:
-            consumer, cpu = await consumer_rate(endpoint, images, args.images, moto.pid, overrides)
+            consumer, cpu = await consumer_rate(
+                endpoint, images, args.images, moto.pid, overrides, direct=args.direct_puts
+            )
             return {"settings": overrides, "consumer_images_per_s": round(consumer, 2), "cpu_seconds": cpu}
         raw = raw_pool(images, args.images, workers)
-        consumer, cpu = await consumer_rate(endpoint, images, args.images, moto.pid, overrides)
+        consumer, cpu = await consumer_rate(
+            endpoint, images, args.images, moto.pid, overrides, direct=args.direct_puts
+        )
         naive = await naive_rate(endpoint, images, max(4, args.images // 4))
     finally:
         moto.terminate()
-        moto.wait()
+        await moto.wait()
     return {
         "images": args.images,
         "megapixels": args.megapixels,
         "image_bytes": len(images[0]),
         "workers": workers,
         "endpoint_cpus": sorted(split[0]) if split else "shared",
+        "originals": "direct puts" if args.direct_puts else "as API uploads",
         "raw_pool_images_per_s": round(raw, 2),
         "consumer_images_per_s": round(consumer, 2),
         "naive_images_per_s": round(naive, 2),
@@ -242,6 +262,11 @@ if __name__ == "__main__":
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--megapixels", type=float, default=12)
     parser.add_argument("--set", action="append", default=[], metavar="IMGSVC_X=V", help="a consumer setting")
+    parser.add_argument(
+        "--direct-puts",
+        action="store_true",
+        help="originals put with no record (as `aws s3 cp`), not as the API",
+    )
     parser.add_argument("--consumer-only", action="store_true", help="only the consumer run (for tuning)")
     parser.add_argument(
         "--no-pin", action="store_true", help="let the endpoint share every CPU (default: a CPU of its own)"

@@ -35,10 +35,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from bench_consumer import fill, photo_jpeg, settings_for, start_moto
+from bench_consumer import fill, photo_jpeg, settings_for
 from PIL import Image
 from proccpu import CpuSampler, cpu_of
-from stack import ROOT, child_env, free_port
+from stack import ROOT, child_env, free_port, start_endpoint
 
 from config.settings import Settings
 from pipeline.aws import open_clients
@@ -170,7 +170,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     images = [reencode(photo_jpeg(args.megapixels, seed), args.format) for seed in range(4)]
     extra = dict(item.split("=", 1) for item in args.set)
     port = free_port()
-    moto = start_moto(port)
+    moto, _ = await start_endpoint(port)
     try:
         rounds = [  # interleaved (1, 2, 3, 1, 2, 3...) so drift in the machine hits every K alike
             await one_round(f"http://127.0.0.1:{port}", moto.pid, k, images, args.images, extra)
@@ -179,7 +179,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         ]
     finally:
         moto.terminate()
-        moto.wait()
+        await moto.wait()
     rate = {
         k: round(statistics.median(r["images_per_s"] for r in rounds if r["processes"] == k), 2)
         for k in args.processes

@@ -252,7 +252,8 @@ async def test_a_result_for_the_recorded_original_asks_s3_nothing_else_it_asks(
 ) -> None:
     """One S3 request fewer per job: the record already names the original the job made its
     result from (its upload wrote it), so the write is ordered without a HEAD. A record naming
-    another original, or none, leaves the order unknown: then the job asks S3."""
+    another original leaves the order unknown: then the job asks S3. With none, the write
+    creates it unasked: the job asks S3 after it (`test_consumer`), which is one HEAD, not two."""
     records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
     asked: list[str] = []
 
@@ -268,11 +269,16 @@ async def test_a_result_for_the_recorded_original_asks_s3_nothing_else_it_asks(
     asked.clear()
     await records.record_result(ref, '"e1"', None, CorruptImage("x"), s3_says('"e1"'))
     assert asked == []
-    # No record (an object put straight into the bucket, or a deleted image): S3 is asked.
-    bare = ImageRef(f"{USER}/unrecorded")
+    # Another original on the record: S3 is asked.
+    await records.record_upload(ref, '"e2"', {"file_name": "two.jpg"}, s3_says('"e2"'))
+    asked.clear()
     with pytest.raises(Superseded):
-        await records.record_result(bare, '"e9"', None, CorruptImage("x"), s3_says(None))
-    assert asked == ["None"] and await records.read(bare) is None
+        await records.record_result(ref, '"e1"', None, CorruptImage("x"), s3_says('"e2"'))
+    assert asked == ['"e2"']
+    # No record (an object put straight into the bucket): created at revision 1, S3 not asked.
+    bare = ImageRef(f"{USER}/unrecorded")
+    written = await records.record_result(bare, '"e9"', None, CorruptImage("x"), s3_says(None))
+    assert asked == ['"e2"'] and written.item["revision"] == 1
 
 
 async def _etag(value: str) -> str:

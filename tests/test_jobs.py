@@ -1,0 +1,72 @@
+"""A job whose original changes under it: put straight into the bucket (no record, so its record
+write asks S3 nothing first and the job asks after), then deleted or replaced between the job's
+read and its record write. Nothing of a deleted image is left; a replaced one ends as the newer
+original's result. Both backends."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from pipeline.events import ObjectCreated
+from pipeline.jobs import JobRunner
+from pipeline.layout import ImageRef
+from pipeline.records import RecordStore
+from tests.conftest import USER, Backend, decode, jpeg_bytes, shared_pool
+
+
+class _ChangedAfterRead:
+    """The storage, running `then` once right after the first original is read through it: what
+    another client does while the job works."""
+
+    def __init__(self, storage: Any, then: Callable[[], Awaitable[Any]]) -> None:
+        self._storage, self._then = storage, [then]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    async def read(self, bucket: str, key: str, max_bytes: int) -> Any:
+        got = await self._storage.read(bucket, key, max_bytes)
+        if self._then:
+            await self._then.pop()()
+        return got
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+async def test_an_original_put_straight_in_then_changed_mid_job(backend: Backend, change: str) -> None:
+    settings, storage = backend.settings, backend.storage
+    source, dest = settings.aws.source_bucket, settings.aws.dest_bucket
+    key = f"{USER}/direct"
+    # No record: as `aws s3 cp` leaves it (metadata naming the owner, as the API's would).
+    await storage.put(source, key, jpeg_bytes(300, 200), "image/jpeg", {"user-id": USER})
+    newer = jpeg_bytes(120, 90)
+
+    async def changed() -> None:
+        if change == "deleted":
+            await storage.delete_many(source, [key])
+        else:
+            await storage.put(source, key, newer, "image/jpeg", {"user-id": USER})
+
+    tables = backend.tables
+    records = RecordStore(tables.images, tables.users)
+    jobs = JobRunner(
+        _ChangedAfterRead(storage, changed),
+        records,
+        await shared_pool(settings),
+        settings,
+        users=tables.users,
+    )
+    result = await jobs.process(ObjectCreated(source, key, "ObjectCreated:Put"))
+    record = await records.read(ImageRef(key))
+    renditions = [o.key async for page in storage.list_objects(dest, key) for o in page]
+    if change == "deleted":
+        assert result.outcome == "source_missing"
+        assert record is None and renditions == []  # no record, no renditions of it left behind
+        return
+    assert result.outcome == "ready"
+    assert record is not None and record.state == "ready"
+    assert record.source_etag == await storage.etag_of(source, key)  # the newer original's result
+    _, thumbnail = await storage.read(dest, renditions[0], 10_000_000)
+    assert decode(thumbnail).size == (120, 90)  # made from the newer bytes (small: never upscaled)
