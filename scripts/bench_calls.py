@@ -1,0 +1,139 @@
+"""This process's CPU per AWS call, through the service's own ports (aiobotocore), against the
+embedded endpoint on a CPU of its own: what each call of a consumer job costs the event loop,
+and their sum for one job, beside the worker's CPU for the same image.
+
+The consumer's event loop cannot spend less per image than the calls its job must make, so this
+is the floor of `bench_consumer.py`'s "loop_vs_worker" on this machine.
+
+    .venv/bin/python scripts/bench_calls.py --megapixels 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bench_consumer import photo_jpeg, settings_for
+from stack import endpoint_apart, free_port, start_endpoint
+
+from config.settings import Settings
+from pipeline import runtime
+from pipeline.aws import open_clients
+from pipeline.backends import aws_backend
+from pipeline.imaging import configure_worker, make_renditions
+from pipeline.provision import provision
+from pipeline.workers import WorkerPool
+
+#: The calls of one job for an API upload of a new image (`pipeline.jobs`), each with its count:
+#: the receive and the batched delete are shared by the ten messages of a batch.
+JOB = {
+    "receive 10 messages": 0.1,
+    "delete 10 messages": 0.1,
+    "get original + read": 1,
+    "sha-256 of the original": 1,
+    "record + note (batch get)": 1,
+    "hand-off to the worker": 1,
+    "put rendition": 1,
+    "put record": 1,
+    "put note": 1,
+}
+
+
+def cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.process_time()
+    fn()
+    return time.process_time() - started
+
+
+async def per_call(fn: Callable[[], Awaitable[Any]], count: int) -> float:
+    """Milliseconds of this process's CPU per call (threads included: pebble's, the hash's)."""
+    for _ in range(5):
+        await fn()
+    before = cpu()
+    for _ in range(count):
+        await fn()
+    return 1000 * (cpu() - before) / count
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    split = endpoint_apart()
+    if split is not None:
+        os.sched_setaffinity(0, split[1])
+    port = free_port()
+    endpoint, _ = await start_endpoint(port, split[0] if split else None)
+    original = photo_jpeg(args.megapixels, 1)
+    imaging = Settings.from_env({}).imaging
+    configure_worker(1)
+    rendition = make_renditions(original, imaging).renditions[0].data  # warm: imports, caches
+    worker_ms = 1000 * min(_timed(lambda: make_renditions(original, imaging)) for _ in range(5))
+    pool = WorkerPool(1)
+    try:
+        await pool.warm_up()
+        settings = settings_for(f"http://127.0.0.1:{port}")
+        async with open_clients(settings.aws) as clients:
+            await provision(clients, settings)
+            backend = await aws_backend(clients, settings)
+            storage, images, queue = backend.storage, backend.tables.images, backend.main
+            source, dest = settings.aws.source_bucket, settings.aws.dest_bucket
+            await storage.put(source, "bench/original", original, "image/jpeg")
+            record = {"user_id": "bench", "image_id": "one", "file_name": "one.jpg", "bytes": len(original)}
+            record |= {f"field_{n}": "x" * 20 for n in range(20)}  # about a real record's size
+            await images.put(record)
+            keys = [{"user_id": "bench", "image_id": "one"}, {"user_id": "bench", "image_id": "#sha"}]
+            for _ in range(10):
+                await queue.send(json.dumps({"Records": []}))
+
+            async def receive_and_return() -> None:
+                messages = await queue.receive(10, 0)
+                await queue.delete_batch([(str(i), m.receipt_handle) for i, m in enumerate(messages)])
+                for _ in messages:
+                    await queue.send(json.dumps({"Records": []}))
+
+            calls: dict[str, Callable[[], Awaitable[Any]]] = {
+                "get original + read": lambda: storage.read(source, "bench/original", 1 << 30),
+                "sha-256 of the original": lambda: asyncio.to_thread(hashlib.sha256, original),
+                "record + note (batch get)": lambda: images.get_many(keys),
+                "hand-off to the worker": lambda: pool.run(10, len, original),
+                "put rendition": lambda: storage.put(dest, "bench/one/256.jpg", rendition, "image/jpeg"),
+                "put record": lambda: images.put(record),
+                "put note": lambda: images.put({"user_id": "bench", "image_id": "#sha", "of": "one"}),
+            }
+            ms = {name: await per_call(fn, args.count) for name, fn in calls.items()}
+            exchange = await per_call(receive_and_return, args.count // 4)  # receive + delete + 10 sends
+            send = await per_call(lambda: queue.send(json.dumps({"Records": []})), args.count)
+            ms["receive 10 messages"] = ms["delete 10 messages"] = (exchange - 10 * send) / 2
+    finally:
+        pool.close()
+        endpoint.terminate()
+        await endpoint.wait()
+    job = sum(ms[name] * share for name, share in JOB.items())
+    return {
+        "megapixels": args.megapixels,
+        "original_bytes": len(original),
+        "client_cpu_ms_per_call": {name: round(ms[name], 2) for name in JOB},
+        "calls_per_job": JOB,
+        "job_calls_cpu_ms": round(job, 2),
+        "worker_cpu_ms_per_image": round(worker_ms, 1),  # make_renditions here, the best of 5
+        "floor_loop_vs_worker": round(job / worker_ms, 3),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--megapixels", type=float, default=12)
+    parser.add_argument("--count", type=int, default=100, help="calls timed of each kind")
+    print(json.dumps(runtime.run(main(parser.parse_args())), indent=2))
