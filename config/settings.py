@@ -40,6 +40,16 @@ SEED_USER_IDS = (
 _RENDITION_RE = re.compile(r"^(?P<side>[1-9][0-9]{0,4})(?::(?P<fmt>[a-z]+))?(?::(?P<q>[1-9][0-9]?|100))?$")
 
 
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (taskset, a container's cpuset), not the
+    machine's count, which `os.cpu_count()` gives. Sized by the machine's, a pool pinned to one
+    CPU of two ran two decoder threads on it, 14% slower than one (BENCHMARKS.md)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
 class ConfigError(ValueError):
     """A setting has an invalid value; the message starts with the variable's name."""
 
@@ -158,7 +168,7 @@ class ConsumerSettings:
     #: 0: `IN_FLIGHT_PER_WORKER` x workers. More only hoards messages that other consumer
     #: processes could be working on (measured: see BENCHMARKS.md, scaling across processes).
     max_in_flight: Annotated[int, Var(0, 10_000)] = 0
-    workers: Annotated[int, Var(1, 256)] = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: Annotated[int, Var(1, 256)] = field(default_factory=usable_cpus)
     #: Decoder threads per worker (libvips, AVIF); 0: the cores shared out among the workers.
     #: Several consumer processes on one machine each set it so they do not oversubscribe.
     worker_threads: Annotated[int, Var(0, 256)] = 0

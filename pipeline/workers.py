@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
+from config.settings import usable_cpus
 from pipeline import metrics, tasks
 from pipeline.errors import JobTimeout, WorkerCrashed
 
@@ -56,7 +57,7 @@ class WorkerPool:
             weakref.WeakKeyDictionary()
         )
         # Decoder threads per worker: together the workers use the cores, not cores² threads.
-        self._threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        self._threads = threads or max(1, usable_cpus() // workers)
         self._pool = self._new_pool()
         self._retired: set[asyncio.Task[None]] = set()
         #: Workers replaced because their job crashed them or ran out of time.

@@ -1,9 +1,11 @@
 """This process's CPU per AWS call, through the service's own ports (aiobotocore), against the
 embedded endpoint on a CPU of its own: what each call of a consumer job costs the event loop,
-and their sum for one job, beside the worker's CPU for the same image.
+and their sum for one job, beside the worker's CPU for the same image; and the same for the
+calls of an API upload of 95 KB, beside one direct put of those bytes.
 
-The consumer's event loop cannot spend less per image than the calls its job must make, so this
-is the floor of `bench_consumer.py`'s "loop_vs_worker" on this machine.
+The consumer's event loop cannot spend less per image than the calls its job must make, nor the
+API per upload less than its calls, so these are floors of `bench_consumer.py`'s
+"loop_vs_worker" and of `loadtest.py`'s API-to-direct CPU ratio on this machine.
 
     .venv/bin/python scripts/bench_calls.py --megapixels 12
 """
@@ -28,6 +30,7 @@ from pipeline import runtime
 from pipeline.aws import open_clients
 from pipeline.backends import aws_backend
 from pipeline.imaging import configure_worker, make_renditions
+from pipeline.items import Add, PutItem, UpdateItem
 from pipeline.provision import provision
 from pipeline.workers import WorkerPool
 
@@ -43,6 +46,16 @@ JOB = {
     "put rendition": 1,
     "put record": 1,
     "put note": 1,
+}
+
+
+#: The calls of an API upload of a new image below the part size (`web/handlers/upload.py`),
+#: with the key remembered (`IMGSVC_KEY_CACHE_SECONDS`).
+UPLOAD = {
+    "get record (the previous one)": 1,
+    "get user (quotas, webhook)": 1,
+    "put original 95 KB": 1,
+    "transaction (record + usage)": 1,
 }
 
 
@@ -110,6 +123,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 "put record": lambda: images.put(record),
                 "put note": lambda: images.put({"user_id": "bench", "image_id": "#sha", "of": "one"}),
             }
+            upload = os.urandom(95_000)
+            users = backend.tables.users
+            await users.put({"user_id": "bench", "bytes_used": 0, "image_count": 0})
+            new_record = record | {"image_id": "two"}
+            calls |= {
+                "get record (the previous one)": lambda: images.get({"user_id": "bench", "image_id": "two"}),
+                "get user (quotas, webhook)": lambda: users.get({"user_id": "bench"}),
+                "put original 95 KB": lambda: storage.put(source, "bench/two", upload, "image/jpeg"),
+                "transaction (record + usage)": lambda: images.transact(
+                    [
+                        PutItem(images, new_record),
+                        UpdateItem(
+                            users, {"user_id": "bench"}, [Add("bytes_used", 0), Add("image_count", 0)]
+                        ),
+                    ]
+                ),
+            }
             ms = {name: await per_call(fn, args.count) for name, fn in calls.items()}
             exchange = await per_call(receive_and_return, args.count // 4)  # receive + delete + 10 sends
             send = await per_call(lambda: queue.send(json.dumps({"Records": []})), args.count)
@@ -119,6 +149,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         endpoint.terminate()
         await endpoint.wait()
     job = sum(ms[name] * share for name, share in JOB.items())
+    api = sum(ms[name] * share for name, share in UPLOAD.items())
     return {
         "megapixels": args.megapixels,
         "original_bytes": len(original),
@@ -127,6 +158,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "job_calls_cpu_ms": round(job, 2),
         "worker_cpu_ms_per_image": round(worker_ms, 1),  # make_renditions here, the best of 5
         "floor_loop_vs_worker": round(job / worker_ms, 3),
+        "upload_client_cpu_ms_per_call": {name: round(ms[name], 2) for name in UPLOAD},
+        "upload_calls_cpu_ms": round(api, 2),
+        "floor_api_upload_vs_direct_put": round(api / ms["put original 95 KB"], 2),
     }
 
 

@@ -30,11 +30,11 @@ from PIL import Image, ImageOps
 from proccpu import tree_cpu
 from stack import ROOT, endpoint_apart, free_port, start_endpoint
 
-from config.settings import SEED_USER_IDS, Settings
+from config.settings import SEED_USER_IDS, Settings, usable_cpus
 from pipeline import runtime
 from pipeline.aws import AwsClients, open_clients
 from pipeline.backends import aws_backend
-from pipeline.imaging import make_renditions
+from pipeline.imaging import configure_worker, make_renditions
 from pipeline.layout import ImageRef
 from pipeline.provision import provision
 from pipeline.queue import Queue
@@ -125,7 +125,13 @@ async def _never() -> str | None:
 
 def raw_pool(images: list[bytes], count: int, workers: int) -> float:
     imaging = Settings.from_env({}).imaging
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # Set up as the consumer's pool sets up its workers (decoder threads: usable CPUs ÷ workers).
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=configure_worker,
+        initargs=(max(1, usable_cpus() // workers),),
+    ) as pool:
         list(pool.map(make_renditions, images[:workers], [imaging] * workers))  # warm up
         started = time.perf_counter()
         list(pool.map(make_renditions, [images[i % len(images)] for i in range(count)], [imaging] * count))
