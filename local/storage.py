@@ -38,6 +38,7 @@ from pipeline.errors import (
 )
 from pipeline.events import object_created
 from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
+from pipeline.originals import FileOriginal, Original
 from pipeline.storage import JsonDocuments, ListedObject, ObjectMeta, OversizeObject, StoredUpload
 
 _COLUMNS = "blob, size, etag, last_modified, content_type, metadata"
@@ -106,6 +107,10 @@ class LocalStorage(JsonDocuments):
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         return _meta(await self._row(bucket, key))
+
+    async def locate(self, bucket: str, key: str, max_bytes: int) -> Original:
+        row = await self._row(bucket, key)
+        return FileOriginal(str(self._blobs / row[0]), _meta(row), max_bytes)
 
     async def etag_of(self, bucket: str, key: str) -> str | None:
         try:

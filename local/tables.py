@@ -81,9 +81,6 @@ class LocalTable:
     async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None:
         return await self._db.read(lambda conn: self._row(conn, key))
 
-    async def get_many(self, keys: Sequence[Mapping[str, Any]]) -> list[Item | None]:
-        return await self._db.read(lambda conn: [self._row(conn, key) for key in keys])
-
     def _put(self, conn: sqlite3.Connection, item: Mapping[str, Any], condition: Condition | None) -> None:
         new = {k: v for k, v in item.items() if v is not None}
         if not holds(condition, self._row(conn, new)):

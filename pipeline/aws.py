@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import botocore.session
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import AwsSettings
@@ -41,20 +43,21 @@ class AwsClients:
     dynamodb: Any
 
 
+def _config(settings: AwsSettings) -> dict[str, Any]:
+    return {
+        "max_pool_connections": settings.max_pool_connections,
+        "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+        "retries": {"max_attempts": 3, "mode": "standard"},
+        # Path-style works with any endpoint, including 127.0.0.1 where virtual hosts cannot.
+        "s3": {"addressing_style": "path"} if settings.effective_endpoint else None,
+    }
+
+
 def client_kwargs(settings: AwsSettings) -> dict[str, Any]:
     """Arguments for `create_client`, shared by the app, the consumer and the CLI."""
     endpoint = settings.effective_endpoint
-    kwargs: dict[str, Any] = {
-        "region_name": settings.region,
-        "config": AioConfig(
-            max_pool_connections=settings.max_pool_connections,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            retries={"max_attempts": 3, "mode": "standard"},
-            # Path-style works with any endpoint, including 127.0.0.1 where virtual hosts cannot.
-            s3={"addressing_style": "path"} if endpoint else None,
-        ),
-    }
+    kwargs: dict[str, Any] = {"region_name": settings.region, "config": AioConfig(**_config(settings))}
     if endpoint:
         kwargs["endpoint_url"] = endpoint
     if settings.mode == "embedded":
@@ -75,6 +78,13 @@ async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
         sqs = await stack.enter_async_context(session.create_client("sqs", **kwargs))
         dynamodb = await stack.enter_async_context(session.create_client("dynamodb", **kwargs))
         yield AwsClients(s3=s3, sqs=sqs, dynamodb=dynamodb)
+
+
+def sync_s3_client(settings: AwsSettings) -> Any:
+    """A synchronous S3 client with the same settings, for a worker process (`pipeline.originals`),
+    which has no event loop to run aiobotocore's on."""
+    kwargs = client_kwargs(settings) | {"config": Config(**_config(settings), signature_version="s3v4")}
+    return botocore.session.get_session().create_client("s3", **kwargs)
 
 
 def error_code(exc: ClientError) -> str:

@@ -85,7 +85,7 @@ async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
         for name in (aws.queue_name, aws.dlq_name, aws.outbox_name, aws.outbox_dlq_name)
     ]
     tables = Tables(clients.dynamodb, aws)
-    return Backend("aws", Storage(clients.s3), main, dlq, tables, outbox, outbox_dlq, clients)
+    return Backend("aws", Storage(clients.s3, settings.aws), main, dlq, tables, outbox, outbox_dlq, clients)
 
 
 @asynccontextmanager

@@ -10,8 +10,6 @@ acknowledges (nothing to dead-letter for an image that is gone).
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -36,13 +34,14 @@ from pipeline.events import ObjectCreated
 from pipeline.formats import ImageInfo
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
+from pipeline.originals import Fetched
 from pipeline.ports import ItemTable, ObjectStore
-from pipeline.records import UNREAD, ImageRecord, Known, RecordStore, Superseded
+from pipeline.records import ImageRecord, Known, RecordStore, Superseded
 from pipeline.removal import drop_renditions
 from pipeline.reservations import FIELD, METADATA_KEY, USED, Reservation
 from pipeline.results import Rendition, RenditionResult
 from pipeline.storage import ObjectMeta, OversizeObject
-from pipeline.tasks import make_renditions
+from pipeline.tasks import renditions_of
 from pipeline.workers import InlineRunner, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -59,6 +58,19 @@ class JobResult:
     renditions: int = 0
     error: ServiceError | None = None
     request_id: str = "-"  # of the upload that stored the original, from its S3 metadata
+
+
+@dataclass(frozen=True)
+class Original:
+    """What a job learnt of its original, and what it made of it (`JobRunner._original`)."""
+
+    meta: ObjectMeta
+    sha256: str | None  # None: not read (too large)
+    head: bytes  # its first bytes (its format), where the worker read them
+    result: RenditionResult | None
+    error: PermanentError | None
+    duplicate: ImageRecord | None  # the owner's image of the same bytes its renditions are copied from
+    noted: str | None  # the image the owner's note of these bytes names, if it was read
 
 
 class Notifier(Protocol):
@@ -98,28 +110,27 @@ class JobRunner:
             raise InvalidKey(f"the key {_short(record.key)!r} is not {{user_id}}/{{image_id}}")
         rid = REQUEST_ID.get()
         for _ in range(MAX_SOURCE_CHANGES):
-            result: RenditionResult | None = None
-            error: PermanentError | None = None
+            recorded = await self._records.read(ref)
+            known: Known = recorded.item if recorded is not None else None
             try:
-                meta, data = await self._storage.read(
-                    aws.source_bucket, ref.source_key, self._settings.imaging.max_bytes
-                )
+                got = await self._original(ref, record.etag, known)
             except NotFound:
                 return JobResult("source_missing", ref.source_key, request_id=rid)
-            except OversizeObject as exc:  # nothing to decode, but the user must learn why
-                meta, error, data = exc.meta, exc, b""
+            meta, result, error, digest, duplicate = (
+                got.meta,
+                got.result,
+                got.error,
+                got.sha256,
+                got.duplicate,
+            )
             rid = meta.metadata.get("request-id") or rid
             REQUEST_ID.set(rid)  # this job's log lines carry the upload's request id
             await self._check_owner(owner, meta.metadata)
-            reserved = await self._reservation(ref, meta)
+            reserved = await self._reservation(ref, meta, recorded)
             if reserved is not None and error is None:
-                error = reserved.mismatch(meta.size, data[:64])
-            digest, duplicate, noted = None, None, None
-            known: Known = UNREAD
-            if error is None:
-                digest = await _sha256(data)
-                known, noted = await self._records.read_with_note(ref, digest)
-                result, duplicate, error = await self._make(ref, meta.etag, data, digest, noted)
+                error = reserved.mismatch(meta.size, got.head)
+                if error is not None:  # made already (by the worker that read the bytes): not kept
+                    result = None
             if result is not None and duplicate is None:
                 await self._write_renditions(ref, meta.etag, result)
             elif result is None:  # renditions an earlier upload of this id left are never valid again
@@ -132,7 +143,7 @@ class JobRunner:
                     error,
                     lambda: self._current_etag(ref),
                     duplicate_of=duplicate.image_id if duplicate else None,
-                    facts=None if reserved is None else _arrived(reserved, data, digest, error),
+                    facts=None if reserved is None else _arrived(reserved, meta.size, digest, error),
                     known=known,
                 )
                 await self._confirm_created(ref, written, meta.etag)
@@ -145,12 +156,7 @@ class JobRunner:
             if reserved is not None and _refused(error):
                 # Not what its URL allowed: its bytes are not kept (nor counted: see `_arrived`).
                 await self._remove_if_current(ref, meta.etag)
-            if (
-                digest is not None
-                and result is not None
-                and duplicate is None
-                and noted != ref.owner_and_id[1]
-            ):
+            if digest is not None and result is not None and duplicate is None and got.noted != image_id:
                 await self._records.remember_digest(ref, digest)  # unless noted already (a redelivery)
             if self._webhooks is not None and written.item.get("notify"):
                 # Before the message is acknowledged: a crash here redoes the job and the event.
@@ -180,16 +186,17 @@ class JobRunner:
         if await self._users.get({"user_id": owner}) is None:
             raise InvalidKey(f"no user {owner} exists to own this object")
 
-    async def _reservation(self, ref: ImageRef, meta: ObjectMeta) -> Reservation | None:
+    async def _reservation(
+        self, ref: ImageRef, meta: ObjectMeta, record: ImageRecord | None
+    ) -> Reservation | None:
         """For bytes put through a presigned URL (their metadata names its reservation): the
         reservation they complete (held, or used already: a repeated event, or the same URL used
         again, is checked against it just the same). Bytes whose reservation is gone (released,
         its image deleted, or spent on bytes it did not allow) are removed: `UploadNotReserved`,
-        which dead-letters the event with that reason."""
+        which dead-letters the event with that reason. `record`: as the job read it."""
         token = meta.metadata.get(METADATA_KEY)
         if token is None:
             return None
-        record = await self._records.read(ref)
         reservation = Reservation.named(record.item, token) if record is not None else None
         if reservation is None:
             await self._remove_if_current(ref, meta.etag)
@@ -201,37 +208,52 @@ class JobRunner:
         if await self._current_etag(ref) == etag:
             await self._storage.delete_many(self._settings.aws.source_bucket, [ref.source_key])
 
-    async def _resize(self, ref: ImageRef, etag: str, data: bytes) -> RenditionResult:
+    async def _original(self, ref: ImageRef, event_etag: str | None, known: Known) -> Original:
+        """The original's metadata and SHA-256 with its renditions (or the permanent error that
+        prevents them): copied from the owner's image of the same bytes when its record names
+        their digest (the API hashed them) and there is one, else read, hashed and made by a
+        worker, the bytes never passing through this loop. `NotFound` if it is gone."""
+        digest = _recorded_digest(known, event_etag)
+        noted = None if digest is None else await self._records.noted(ref, digest)
+        if digest is not None and (duplicate := await self._records.find_duplicate(ref, digest, noted)):
+            meta = await self._storage.head(self._settings.aws.source_bucket, ref.source_key)
+            if meta.etag == _quoted(event_etag) and METADATA_KEY not in meta.metadata:
+                copied = await self._copy_from(duplicate, ref, meta.etag)
+                if copied is not None:
+                    return Original(meta, digest, b"", copied, None, duplicate, noted)
+        try:
+            fetched = await self._made(ref, event_etag)
+        except OversizeObject as exc:  # nothing to decode, but the user must learn why
+            return Original(exc.meta, None, b"", None, exc, None, noted)
+        except ProcessingTimeout as exc:  # its worker never answered: what it read, S3 tells
+            meta = await self._storage.head(self._settings.aws.source_bucket, ref.source_key)
+            return Original(meta, None, b"", None, exc, None, noted)
+        result, error = fetched.result, fetched.error
+        return Original(fetched.meta, fetched.sha256, fetched.head, result, error, None, noted)
+
+    async def _made(self, ref: ImageRef, event_etag: str | None) -> Fetched:
+        aws = self._settings.aws
         started = time.perf_counter()
         timeout = self._settings.consumer.job_timeout
+        where = await self._storage.locate(
+            aws.source_bucket, ref.source_key, self._settings.imaging.max_bytes
+        )
         try:
-            result = await self._pool.run(timeout, make_renditions, data, self._settings.imaging)
+            fetched = await self._pool.run(timeout, renditions_of, where, self._settings.imaging)
         except JobTimeout:
             # A timeout now starts with the job and touches only its own worker: a second one
             # for the same original says the image is too costly, not that the machine was busy.
-            if await self._records.count_timeout(ref, etag) >= 2:
+            if await self._records.count_timeout(ref, _quoted(event_etag)) >= 2:
                 raise ProcessingTimeout(
                     f"processing took longer than {timeout:g}s on two attempts; the image is too costly"
                 ) from None
             raise
-        metrics.PROCESSING_SECONDS.labels(result.engine, result.info.format).observe(
-            time.perf_counter() - started
-        )
-        return result
-
-    async def _make(
-        self, ref: ImageRef, etag: str, data: bytes, digest: str, noted: str | None
-    ) -> tuple[RenditionResult | None, ImageRecord | None, PermanentError | None]:
-        """The renditions, copied from the owner's image with the same bytes if there is one
-        (with it), else made in the worker pool; or the permanent error that prevents them.
-        `noted`: the image the bytes' note names."""
-        duplicate = await self._records.find_duplicate(ref, digest, noted)
-        if duplicate is not None and (copied := await self._copy_from(duplicate, ref, etag)) is not None:
-            return copied, duplicate, None
-        try:
-            return await self._resize(ref, etag, data), None, None
-        except PermanentError as exc:
-            return None, None, exc
+        if fetched.result is not None:
+            result = fetched.result
+            metrics.PROCESSING_SECONDS.labels(result.engine, result.info.format).observe(
+                time.perf_counter() - started
+            )
+        return fetched
 
     async def _copy_from(self, duplicate: ImageRecord, ref: ImageRef, etag: str) -> RenditionResult | None:
         """The renditions of `duplicate` (the owner's image with the same bytes), copied to `ref`'s
@@ -299,7 +321,7 @@ def _refused(error: ServiceError | None) -> bool:
 
 
 def _arrived(
-    reservation: Reservation, data: bytes, digest: str | None, error: ServiceError | None
+    reservation: Reservation, size: int, digest: str | None, error: ServiceError | None
 ) -> dict[str, object]:
     """A presigned upload's facts, which the API could not know: the reservation is used, and
     the record counts what is kept (nothing, for bytes its URL did not allow)."""
@@ -308,18 +330,25 @@ def _arrived(
     return {  # bytes it allowed: of its length and format (`Reservation.mismatch` passed)
         FIELD: None,
         USED: reservation.as_item(),
-        "bytes": len(data),
+        "bytes": size,
         "sha256": digest,
         "format": reservation.format,
         "content_type": reservation.content_type,
     }
 
 
-async def _sha256(data: bytes) -> str:
-    """The original's SHA-256 (the upload's own, recorded by the API); large ones off the loop."""
-    if len(data) < 1 << 20:
-        return hashlib.sha256(data).hexdigest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+def _recorded_digest(known: Known, event_etag: str | None) -> str | None:
+    """The SHA-256 the record gives for the original of the event: an upload through the API
+    hashed its bytes as they streamed (a presigned upload's is known once its job ran)."""
+    if not isinstance(known, dict) or event_etag is None or known.get("source_etag") != _quoted(event_etag):
+        return None
+    digest = known.get("sha256")
+    return digest if isinstance(digest, str) else None
+
+
+def _quoted(etag: str | None) -> str:
+    """An ETag as S3's answers and the records give it (S3's events give it bare)."""
+    return f'"{(etag or "").strip(chr(34))}"'
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -71,7 +71,7 @@ class Function:
             poll_seconds=0,
         )
         self._jobs = JobRunner(
-            Storage(clients.s3),
+            Storage(clients.s3, aws),
             RecordStore(tables.images, tables.users),
             InlineRunner(),
             self.settings,

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.items import Change, Condition, Item, Write
 from pipeline.queue import Message
 from pipeline.storage import ListedObject, ObjectMeta, StoredUpload
+
+if TYPE_CHECKING:
+    from pipeline.originals import Original
 
 
 class ObjectStore(Protocol):
@@ -28,6 +31,11 @@ class ObjectStore(Protocol):
     async def check_bucket(self, bucket: str) -> None: ...
 
     async def read(self, bucket: str, key: str, max_bytes: int) -> tuple[ObjectMeta, bytes]: ...
+
+    async def locate(self, bucket: str, key: str, max_bytes: int) -> Original:
+        """Where a worker process reads the object itself (`pipeline.originals`); `NotFound` if
+        this store can tell already that there is none."""
+        ...
 
     async def stream(
         self,
@@ -114,11 +122,6 @@ class ItemTable(Protocol):
     name: str
 
     async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None: ...
-
-    async def get_many(self, keys: Sequence[Mapping[str, Any]]) -> list[Item | None]:
-        """The items under `keys` (at most 100, each once), in their order, read consistently
-        in one request: None where there is none."""
-        ...
 
     async def put(self, item: Mapping[str, Any], condition: Condition | None = None) -> None: ...
 

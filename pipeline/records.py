@@ -335,8 +335,8 @@ class RecordStore:
         become the record's result, and that ETag its version. Raises `Superseded` if S3 holds
         another original (or none) by the time the record is written. `facts`: the upload's
         facts, for an original that arrived without the API (a presigned upload completes its
-        reservation here). `known`: the record as the job read it (`read_with_note`), saving
-        the first round's read; a conflict reads afresh.
+        reservation here). `known`: the record as the job read it, saving the first round's
+        read; a conflict reads afresh.
 
         A record this write *creates* (revision 1: an original put straight into the bucket)
         is not confirmed with S3 first: the caller asks S3 after the write instead (it must,
@@ -403,19 +403,16 @@ class RecordStore:
         owner, image_id = ref.owner_and_id
         await self._table.put({"user_id": owner, "image_id": DIGEST_PREFIX + digest, "of": image_id})
 
-    async def read_with_note(self, ref: ImageRef, digest: str) -> tuple[Item | None, str | None]:
-        """The image's record and the image its bytes' note names (`remember_digest`), in one
-        request: a job needs the first to write its result and the second to find a duplicate."""
-        owner, image_id = ref.owner_and_id
-        record, note = await self._table.get_many(
-            [{"user_id": owner, "image_id": image_id}, {"user_id": owner, "image_id": DIGEST_PREFIX + digest}]
-        )
-        return record, None if note is None else str(note["of"])
+    async def noted(self, ref: ImageRef, digest: str) -> str | None:
+        """The image the owner's note of the bytes with SHA-256 `digest` names (`remember_digest`)."""
+        owner, _ = ref.owner_and_id
+        note = await self._table.get({"user_id": owner, "image_id": DIGEST_PREFIX + digest})
+        return None if note is None else str(note["of"])
 
     async def find_duplicate(self, ref: ImageRef, digest: str, noted: str | None) -> ImageRecord | None:
         """Another image of the same owner, ready, made from the same bytes; None if there is none
         (never another owner's: one user must not learn what another uploaded). `noted`: the
-        image the bytes' note names (`read_with_note`)."""
+        image the bytes' note names (`noted`)."""
         owner, image_id = ref.owner_and_id
         if noted is None or noted == image_id:
             return None

@@ -13,8 +13,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from config.settings import AwsSettings
 from pipeline.aws import aws_errors
 from pipeline.errors import (
     EmptyUpload,
@@ -24,6 +25,9 @@ from pipeline.errors import (
     TooLarge,
 )
 from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
+
+if TYPE_CHECKING:
+    from pipeline.originals import Original
 
 log = logging.getLogger(__name__)
 #: Keys per DeleteObjects request (S3 takes at most 1,000).
@@ -61,7 +65,8 @@ class StoredUpload:
     etag: str
 
 
-def _meta(response: Mapping[str, Any]) -> ObjectMeta:
+def object_meta(response: Mapping[str, Any]) -> ObjectMeta:
+    """The metadata of a HEAD or GET answer (aiobotocore's or botocore's: the same shape)."""
     try:
         return ObjectMeta(
             size=int(response["ContentLength"]),
@@ -80,6 +85,11 @@ class OversizeObject(TooLarge):
     def __init__(self, meta: ObjectMeta, max_bytes: int) -> None:
         super().__init__(f"{meta.size} bytes is more than the {max_bytes} allowed")
         self.meta = meta
+        self.max_bytes = max_bytes
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in a worker process (`pipeline.originals`) and pickled back to the event loop.
+        return OversizeObject, (self.meta, self.max_bytes)
 
 
 class JsonDocuments(ABC):
@@ -118,12 +128,18 @@ class JsonDocuments(ABC):
 class Storage(JsonDocuments):
     """Thin async facade over one S3 client."""
 
-    def __init__(self, s3: Any) -> None:
+    def __init__(self, s3: Any, aws: AwsSettings) -> None:
         self._s3 = s3
+        self._aws = aws
+
+    async def locate(self, bucket: str, key: str, max_bytes: int) -> Original:
+        from pipeline.originals import S3Original  # it builds on this module
+
+        return S3Original(self._aws, bucket, key, max_bytes)
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         with aws_errors(StorageUnavailable, NotFound):
-            return _meta(await self._s3.head_object(Bucket=bucket, Key=key))
+            return object_meta(await self._s3.head_object(Bucket=bucket, Key=key))
 
     async def etag_of(self, bucket: str, key: str) -> str | None:
         """The object's current ETag, or None when there is no such object."""
@@ -140,7 +156,7 @@ class Storage(JsonDocuments):
         """Whole object for the imaging worker, refusing one above `max_bytes` before reading it."""
         with aws_errors(StorageUnavailable, NotFound):
             response = await self._s3.get_object(Bucket=bucket, Key=key)
-            meta = _meta(response)
+            meta = object_meta(response)
             async with response["Body"] as body:
                 if meta.size > max_bytes:
                     raise OversizeObject(meta, max_bytes)
@@ -175,7 +191,7 @@ class Storage(JsonDocuments):
                     async for chunk in body.iter_chunks(chunk_size):
                         yield chunk
 
-        return _meta(response), chunks()
+        return object_meta(response), chunks()
 
     async def put(
         self,

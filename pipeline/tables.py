@@ -50,9 +50,6 @@ log = logging.getLogger(__name__)
 _serializer = TypeSerializer()
 #: Tries of a transaction that lost a race with another one on the same item.
 TRANSACTION_ATTEMPTS = 3
-#: DynamoDB's own limit on the keys of one BatchGetItem, and the tries of the keys it leaves.
-BATCH_GET_KEYS = 100
-BATCH_GET_ATTEMPTS = 4
 _deserializer = TypeDeserializer()
 
 __all__ = ["ConditionFailed", "Item", "Table", "Tables"]
@@ -127,30 +124,6 @@ class Table:
                 TableName=self.name, Key=to_item(key), ConsistentRead=consistent
             )
         return from_item(got["Item"]) if "Item" in got else None
-
-    async def get_many(self, keys: Sequence[Mapping[str, Any]]) -> list[Item | None]:
-        """One BatchGetItem (its unprocessed keys asked again, a bounded number of times)."""
-        if len(keys) > BATCH_GET_KEYS:
-            raise ValueError(f"at most {BATCH_GET_KEYS} keys a batch")
-        wanted = [self._key_of(key) for key in keys]
-        found: dict[tuple[Any, ...], Item] = {}
-        pending: list[dict[str, Any]] = [to_item(key) for key in keys]
-        for attempt in range(BATCH_GET_ATTEMPTS):
-            with aws_errors(DatabaseUnavailable):
-                got = await self._client.batch_get_item(
-                    RequestItems={self.name: {"Keys": pending, "ConsistentRead": True}}
-                )
-            for raw in got.get("Responses", {}).get(self.name, []):
-                item = from_item(raw)
-                found[self._key_of(item)] = item
-            pending = got.get("UnprocessedKeys", {}).get(self.name, {}).get("Keys", [])
-            if not pending:
-                return [found.get(key) for key in wanted]
-            await asyncio.sleep(0.05 * 2**attempt)  # throttled: DynamoDB asks for a back-off
-        raise DatabaseUnavailable(f"{len(pending)} keys of a batch read left unread by {self.name}")
-
-    def _key_of(self, item: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(item[attribute] for attribute in self._spec.key)
 
     async def put(self, item: Mapping[str, Any], condition: Condition | None = None) -> None:
         expression = _Expression()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from config.settings import ImagingSettings, VariantSettings
+    from pipeline.originals import Fetched, Original
     from pipeline.results import Engine, RenditionResult, VariantImage
     from pipeline.variants import VariantSpec
 
@@ -23,12 +24,26 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     return run(data, imaging, engine)
 
 
-def make_variant(
-    data: bytes, spec: VariantSpec, imaging: ImagingSettings, limits: VariantSettings
-) -> VariantImage:
-    """`pipeline.imaging.make_variant`, imported in the process that runs it."""
-    from pipeline.imaging import make_variant as run
+def renditions_of(original: Original, imaging: ImagingSettings) -> Fetched:
+    """Read the original here (`pipeline.originals`), hash it and make its renditions."""
+    from pipeline.imaging import make_renditions as run
+    from pipeline.originals import fetched
 
+    return fetched(original, lambda data: run(data, imaging))
+
+
+def variant_of(
+    original: Original, etag: str, spec: VariantSpec, imaging: ImagingSettings, limits: VariantSettings
+) -> VariantImage:
+    """Read the original here and make the variant, if it is still the original `etag`
+    (`ImageChanged` if it was replaced since the record was read)."""
+    from pipeline.errors import ImageChanged
+    from pipeline.imaging import make_variant as run
+    from pipeline.originals import read
+
+    meta, data = read(original)
+    if meta.etag != etag:
+        raise ImageChanged()
     return run(data, spec, imaging, limits)
 
 

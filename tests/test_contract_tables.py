@@ -57,17 +57,6 @@ async def test_conditional_puts_and_deletes(backend: Backend) -> None:
     assert await users.delete({"user_id": user["user_id"]}) is None
 
 
-async def test_get_many_answers_in_the_order_asked_with_none_where_there_is_none(backend: Backend) -> None:
-    images = backend.tables.images
-    owner = str(uuid.uuid4())
-    stored = [{"user_id": owner, "image_id": f"i{n}", "n": n} for n in range(3)]
-    for item in stored:
-        await images.put(item)
-    keys = [{"user_id": owner, "image_id": i} for i in ("i2", "missing", "i0", "i1")]
-    assert await images.get_many(keys) == [stored[2], None, stored[0], stored[1]]
-    assert await images.get_many([{"user_id": str(uuid.uuid4()), "image_id": "x"}]) == [None]
-
-
 async def test_updates_create_add_default_and_remove(backend: Backend) -> None:
     throttle = backend.tables.throttle
     key = {"id": f"slot-{uuid.uuid4()}"}

@@ -17,18 +17,15 @@ from pipeline.records import RecordStore
 from tests.conftest import USER, Backend, decode, jpeg_bytes, shared_pool
 
 
-class _ChangedAfterRead:
-    """The storage, running `then` once right after the first original is read through it: what
-    another client does while the job works."""
+class _ChangedAfterRun:
+    """The worker pool, running `then` once right after its first job (which read the original):
+    what another client does while the job works."""
 
-    def __init__(self, storage: Any, then: Callable[[], Awaitable[Any]]) -> None:
-        self._storage, self._then = storage, [then]
+    def __init__(self, pool: Any, then: Callable[[], Awaitable[Any]]) -> None:
+        self._pool, self._then = pool, [then]
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._storage, name)
-
-    async def read(self, bucket: str, key: str, max_bytes: int) -> Any:
-        got = await self._storage.read(bucket, key, max_bytes)
+    async def run(self, timeout: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        got = await self._pool.run(timeout, fn, *args, **kwargs)
         if self._then:
             await self._then.pop()()
         return got
@@ -52,9 +49,9 @@ async def test_an_original_put_straight_in_then_changed_mid_job(backend: Backend
     tables = backend.tables
     records = RecordStore(tables.images, tables.users)
     jobs = JobRunner(
-        _ChangedAfterRead(storage, changed),
+        storage,
         records,
-        await shared_pool(settings),
+        _ChangedAfterRun(await shared_pool(settings), changed),
         settings,
         users=tables.users,
     )

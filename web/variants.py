@@ -30,7 +30,7 @@ from pipeline.errors import ImageChanged, JobTimeout, PermanentError, TransientE
 from pipeline.layout import ImageRef
 from pipeline.ports import ObjectStore
 from pipeline.records import Counted, ImageRecord, RecordStore, UsageRefused
-from pipeline.tasks import make_variant
+from pipeline.tasks import variant_of
 from pipeline.variants import TooManyVariants, VariantSpec
 from pipeline.workers import WorkerPool
 from web.quotas import Usage
@@ -209,21 +209,19 @@ class VariantMaker:
         etag = record.source_etag
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._limits.workers)
-        # The original is read only once a worker is free: at most `workers` of them in memory.
+        # Only once a worker is free; the worker reads the original itself (`pipeline.originals`):
+        # its bytes never pass through this process.
         async with self._slots:
-            meta, data = await self._storage.read(aws.source_bucket, ref.source_key, imaging.max_bytes)
-            if meta.etag != etag:
-                raise ImageChanged()
+            original = await self._storage.locate(aws.source_bucket, ref.source_key, imaging.max_bytes)
             started = time.perf_counter()
             try:
                 variant = await self._workers().run(
-                    self._limits.timeout, make_variant, data, spec, imaging, self._limits
+                    self._limits.timeout, variant_of, original, etag, spec, imaging, self._limits
                 )
             except JobTimeout:
                 raise VariantTimeout(f"the variant took longer than {self._limits.timeout:g}s") from None
             except WorkerCrashed as exc:
                 raise VariantsBusy(exc.message) from None
-            del data
         metrics.VARIANT_SECONDS.labels(spec.format).observe(time.perf_counter() - started)
         size = len(variant.data)
         metadata = {"source-etag": etag.strip('"')}

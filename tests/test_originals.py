@@ -1,0 +1,53 @@
+"""A worker reads the original itself (`pipeline.originals`): from what the store's `locate`
+names, it gets the same metadata and bytes as the store's own `read`, refuses more than its
+limit without reading it, and finds an original deleted since it was located gone. Both backends;
+the reads run here, as they run in a worker (synchronously, with their own client)."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+
+import pytest
+
+from pipeline.errors import NotFound
+from pipeline.originals import read
+from pipeline.storage import OversizeObject
+from tests.conftest import USER, Backend, jpeg_bytes
+
+
+async def test_a_worker_reads_what_the_store_would(backend: Backend) -> None:
+    storage, bucket = backend.storage, backend.settings.aws.source_bucket
+    key, data = f"{USER}/located", jpeg_bytes(64, 48)
+    await storage.put(bucket, key, data, "image/jpeg", {"user-id": USER})
+    meta, stored = await storage.read(bucket, key, 10_000_000)
+    where = await storage.locate(bucket, key, 10_000_000)
+    read_meta, read_data = await asyncio.to_thread(read, pickle.loads(pickle.dumps(where)))
+    assert read_data == stored == data
+    assert (read_meta.size, read_meta.etag, read_meta.metadata) == (meta.size, meta.etag, meta.metadata)
+
+
+async def test_more_than_the_limit_is_refused_unread_and_the_refusal_crosses_processes(
+    backend: Backend,
+) -> None:
+    storage, bucket = backend.storage, backend.settings.aws.source_bucket
+    key, data = f"{USER}/large", jpeg_bytes(64, 48)
+    await storage.put(bucket, key, data, "image/jpeg")
+    where = await storage.locate(bucket, key, len(data) - 1)
+    with pytest.raises(OversizeObject) as raised:
+        await asyncio.to_thread(read, where)
+    back = pickle.loads(pickle.dumps(raised.value))  # as a worker's exception reaches the loop
+    assert isinstance(back, OversizeObject) and back.meta.size == len(data) and back.code == "too_large"
+
+
+async def test_an_original_deleted_after_it_was_located_is_gone(backend: Backend) -> None:
+    storage, bucket = backend.storage, backend.settings.aws.source_bucket
+    key = f"{USER}/fleeting"
+    await storage.put(bucket, key, jpeg_bytes(32, 32), "image/jpeg")
+    where = await storage.locate(bucket, key, 10_000_000)
+    await storage.delete_many(bucket, [key])
+    with pytest.raises(NotFound):
+        await asyncio.to_thread(read, where)
+    if backend.name == "local":  # it looks the object up already (S3's locate asks nothing)
+        with pytest.raises(NotFound):
+            await storage.locate(bucket, key, 10_000_000)
