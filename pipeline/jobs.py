@@ -34,7 +34,7 @@ from pipeline.events import ObjectCreated
 from pipeline.formats import ImageInfo
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
-from pipeline.originals import Fetched
+from pipeline.originals import Destination, Fetched
 from pipeline.ports import ItemTable, ObjectStore
 from pipeline.records import ImageRecord, Known, RecordStore, Superseded
 from pipeline.removal import drop_renditions
@@ -125,13 +125,13 @@ class JobRunner:
             )
             rid = meta.metadata.get("request-id") or rid
             REQUEST_ID.set(rid)  # this job's log lines carry the upload's request id
-            await self._check_owner(owner, meta.metadata)
+            await self._check_owner(ref, meta.metadata)
             reserved = await self._reservation(ref, meta, recorded)
             if reserved is not None and error is None:
                 error = reserved.mismatch(meta.size, got.head)
                 if error is not None:  # made already (by the worker that read the bytes): not kept
                     result = None
-            if result is not None and duplicate is None:
+            if result is not None:
                 await self._write_renditions(ref, meta.etag, result)
             elif result is None:  # renditions an earlier upload of this id left are never valid again
                 await self._drop_renditions(ref)
@@ -178,12 +178,15 @@ class JobRunner:
             await self._records.delete_if(ref, 1)
         raise Superseded(now)
 
-    async def _check_owner(self, owner: str, metadata: Mapping[str, str]) -> None:
+    async def _check_owner(self, ref: ImageRef, metadata: Mapping[str, str]) -> None:
         """API uploads name their (authenticated) owner in the object's metadata; anything else
-        put into the bucket is checked against the users table (one read, only for those)."""
+        put into the bucket is checked against the users table (one read, only for those).
+        Renditions a worker put already (the image had a record) are removed if it fails."""
+        owner, _ = ref.owner_and_id
         if metadata.get("user-id") == owner or self._users is None:
             return
         if await self._users.get({"user_id": owner}) is None:
+            await self._drop_renditions(ref)
             raise InvalidKey(f"no user {owner} exists to own this object")
 
     async def _reservation(
@@ -222,7 +225,7 @@ class JobRunner:
                 if copied is not None:
                     return Original(meta, digest, b"", copied, None, duplicate, noted)
         try:
-            fetched = await self._made(ref, event_etag)
+            fetched = await self._made(ref, event_etag, store=known is not None)
         except OversizeObject as exc:  # nothing to decode, but the user must learn why
             return Original(exc.meta, None, b"", None, exc, None, noted)
         except ProcessingTimeout as exc:  # its worker never answered: what it read, S3 tells
@@ -231,15 +234,17 @@ class JobRunner:
         result, error = fetched.result, fetched.error
         return Original(fetched.meta, fetched.sha256, fetched.head, result, error, None, noted)
 
-    async def _made(self, ref: ImageRef, event_etag: str | None) -> Fetched:
-        aws = self._settings.aws
+    async def _made(self, ref: ImageRef, event_etag: str | None, *, store: bool) -> Fetched:
+        """Renditions made by a worker that reads the original itself and, with `store`, puts
+        them into storage itself when it can: only for an image with a record already, so its
+        owner is known (an object put straight into the bucket is checked first: `_check_owner`)."""
+        aws, imaging = self._settings.aws, self._settings.imaging
         started = time.perf_counter()
         timeout = self._settings.consumer.job_timeout
-        where = await self._storage.locate(
-            aws.source_bucket, ref.source_key, self._settings.imaging.max_bytes
-        )
+        where = await self._storage.locate(aws.source_bucket, ref.source_key, imaging.max_bytes)
+        dest = Destination(aws.dest_bucket, tuple(ref.rendition_key(spec) for spec in imaging.renditions))
         try:
-            fetched = await self._pool.run(timeout, renditions_of, where, self._settings.imaging)
+            fetched = await self._pool.run(timeout, renditions_of, where, imaging, dest if store else None)
         except JobTimeout:
             # A timeout now starts with the job and touches only its own worker: a second one
             # for the same original says the image is too costly, not that the machine was busy.
@@ -300,7 +305,10 @@ class JobRunner:
         return await self._storage.etag_of(self._settings.aws.source_bucket, ref.source_key)
 
     async def _write_renditions(self, ref: ImageRef, etag: str, result: RenditionResult) -> None:
+        """Those not in storage already (copied from a duplicate, or put by their worker)."""
         for rendition in result.renditions:
+            if rendition.stored_bytes is not None:
+                continue
             await self._storage.put(
                 self._settings.aws.dest_bucket,
                 ref.rendition_key(rendition.spec),

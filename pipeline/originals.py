@@ -16,6 +16,7 @@ blob file the event loop found.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,16 @@ Original = S3Original | FileOriginal
 
 
 @dataclass(frozen=True)
+class Destination:
+    """Where a worker that read an original from S3 puts the renditions it made of it: their
+    keys, in the order of the renditions it makes. A worker that read a local blob leaves them
+    to the event loop (only it writes the local backend's database)."""
+
+    bucket: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Fetched:
     """What the worker read, and the renditions it made of it (or the permanent error that
     prevented them)."""
@@ -93,16 +104,39 @@ def read(original: Original) -> tuple[ObjectMeta, bytes]:
     return meta, _whole(meta, data)
 
 
-def fetched(original: Original, make: Any) -> Fetched:
+def fetched(original: Original, make: Any, dest: Destination | None = None) -> Fetched:
     """Read the original, hash it, and hand its bytes to `make` (a decoder's `bytes -> result`
-    that raises `PermanentError` for what it cannot decode)."""
+    that raises `PermanentError` for what it cannot decode); put what it made into `dest`, where
+    one is given and this worker can."""
     meta, data = read(original)
     digest = hashlib.sha256(data).hexdigest()
     try:
         result, error = make(data), None
     except PermanentError as exc:
         result, error = None, exc
+    if result is not None and dest is not None and isinstance(original, S3Original):
+        result = _stored(original.aws, dest, meta, result)
     return Fetched(meta, digest, data[:HEAD_BYTES], result, error)
+
+
+def _stored(
+    aws: AwsSettings, dest: Destination, meta: ObjectMeta, result: RenditionResult
+) -> RenditionResult:
+    """Put the renditions as the event loop would (`JobRunner._write_renditions`: each names
+    the original it was made from); they go back without their bytes."""
+    client = _client(aws)
+    stored = []
+    with aws_errors(StorageUnavailable):
+        for rendition, key in zip(result.renditions, dest.keys, strict=True):
+            client.put_object(
+                Bucket=dest.bucket,
+                Key=key,
+                Body=rendition.data,
+                ContentType=rendition.spec.content_type,
+                Metadata={"source-etag": meta.etag.strip('"')},
+            )
+            stored.append(dataclasses.replace(rendition, data=b"", stored_bytes=rendition.size))
+    return dataclasses.replace(result, renditions=tuple(stored))
 
 
 def _whole(meta: ObjectMeta, data: bytes) -> bytes:

@@ -24,12 +24,13 @@ class Rendition:
     data: bytes
     width: int
     height: int
-    #: The size of a rendition copied rather than made (its `data` is then empty).
-    copied_bytes: int | None = None
+    #: The size of a rendition in storage already (copied there, or put there by the worker that
+    #: made it): its `data` is then empty.
+    stored_bytes: int | None = None
 
     @property
     def size(self) -> int:
-        return self.copied_bytes if self.copied_bytes is not None else len(self.data)
+        return self.stored_bytes if self.stored_bytes is not None else len(self.data)
 
 
 @dataclass(frozen=True)

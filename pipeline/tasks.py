@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from config.settings import ImagingSettings, VariantSettings
-    from pipeline.originals import Fetched, Original
+    from pipeline.originals import Destination, Fetched, Original
     from pipeline.results import Engine, RenditionResult, VariantImage
     from pipeline.variants import VariantSpec
 
@@ -24,12 +24,13 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     return run(data, imaging, engine)
 
 
-def renditions_of(original: Original, imaging: ImagingSettings) -> Fetched:
-    """Read the original here (`pipeline.originals`), hash it and make its renditions."""
+def renditions_of(original: Original, imaging: ImagingSettings, dest: Destination | None = None) -> Fetched:
+    """Read the original here (`pipeline.originals`), hash it, make its renditions and put them
+    into `dest` (where given, and when the original came from S3)."""
     from pipeline.imaging import make_renditions as run
     from pipeline.originals import fetched
 
-    return fetched(original, lambda data: run(data, imaging))
+    return fetched(original, lambda data: run(data, imaging), dest)
 
 
 def variant_of(

@@ -182,6 +182,11 @@ async def test_bytes_other_than_the_url_allows_end_failed_and_are_removed(
         assert status["status"] == "failed" and status["error"]["code"] == "upload_mismatch", status
         assert words in status["error"]["message"]
         assert await backend.storage.etag_of(aws.source_bucket, f"{USER}/{name}") is None
+        # Their worker read, made and (on S3) stored renditions before the check: none is kept.
+        prefix = f"{USER}/{name}/"
+        assert [
+            o.key async for page in backend.storage.list_objects(aws.dest_bucket, prefix) for o in page
+        ] == []
     # Their bytes are given back; the failed images still count until deleted.
     assert await usage_of(backend) == (0, 2)
     assert sorted(await dead_letter_reasons(backend)) == ["upload_mismatch", "upload_mismatch"]
