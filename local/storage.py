@@ -38,8 +38,9 @@ from pipeline.errors import (
 )
 from pipeline.events import object_created
 from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
+from pipeline.objects import ObjectMeta, OversizeObject
 from pipeline.originals import FileOriginal, Original
-from pipeline.storage import JsonDocuments, ListedObject, ObjectMeta, OversizeObject, StoredUpload
+from pipeline.storage import JsonDocuments, ListedObject, StoredUpload
 
 _COLUMNS = "blob, size, etag, last_modified, content_type, metadata"
 #: Blobs younger than this are never swept: another process may be about to commit its row.

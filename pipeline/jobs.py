@@ -34,13 +34,13 @@ from pipeline.events import ObjectCreated
 from pipeline.formats import ImageInfo
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
+from pipeline.objects import ObjectMeta, OversizeObject
 from pipeline.originals import Destination, Fetched
 from pipeline.ports import ItemTable, ObjectStore
 from pipeline.records import ImageRecord, Known, RecordStore, Superseded
 from pipeline.removal import drop_renditions
 from pipeline.reservations import FIELD, METADATA_KEY, USED, Reservation
 from pipeline.results import Rendition, RenditionResult
-from pipeline.storage import ObjectMeta, OversizeObject
 from pipeline.tasks import renditions_of
 from pipeline.workers import InlineRunner, WorkerPool
 
@@ -61,7 +61,7 @@ class JobResult:
 
 
 @dataclass(frozen=True)
-class Original:
+class Processed:
     """What a job learnt of its original, and what it made of it (`JobRunner._original`)."""
 
     meta: ObjectMeta
@@ -116,13 +116,8 @@ class JobRunner:
                 got = await self._original(ref, record.etag, known)
             except NotFound:
                 return JobResult("source_missing", ref.source_key, request_id=rid)
-            meta, result, error, digest, duplicate = (
-                got.meta,
-                got.result,
-                got.error,
-                got.sha256,
-                got.duplicate,
-            )
+            meta, result, error = got.meta, got.result, got.error
+            digest, duplicate = got.sha256, got.duplicate
             rid = meta.metadata.get("request-id") or rid
             REQUEST_ID.set(rid)  # this job's log lines carry the upload's request id
             await self._check_owner(ref, meta.metadata)
@@ -133,7 +128,7 @@ class JobRunner:
                     result = None
             if result is not None:
                 await self._write_renditions(ref, meta.etag, result)
-            elif result is None:  # renditions an earlier upload of this id left are never valid again
+            else:  # renditions an earlier upload of this id left are never valid again
                 await self._drop_renditions(ref)
             try:
                 written = await self._records.record_result(
@@ -211,7 +206,7 @@ class JobRunner:
         if await self._current_etag(ref) == etag:
             await self._storage.delete_many(self._settings.aws.source_bucket, [ref.source_key])
 
-    async def _original(self, ref: ImageRef, event_etag: str | None, known: Known) -> Original:
+    async def _original(self, ref: ImageRef, event_etag: str | None, known: Known) -> Processed:
         """The original's metadata and SHA-256 with its renditions (or the permanent error that
         prevents them): copied from the owner's image of the same bytes when its record names
         their digest (the API hashed them) and there is one, else read, hashed and made by a
@@ -223,16 +218,16 @@ class JobRunner:
             if meta.etag == _quoted(event_etag) and METADATA_KEY not in meta.metadata:
                 copied = await self._copy_from(duplicate, ref, meta.etag)
                 if copied is not None:
-                    return Original(meta, digest, b"", copied, None, duplicate, noted)
+                    return Processed(meta, digest, b"", copied, None, duplicate, noted)
         try:
             fetched = await self._made(ref, event_etag, store=known is not None)
         except OversizeObject as exc:  # nothing to decode, but the user must learn why
-            return Original(exc.meta, None, b"", None, exc, None, noted)
+            return Processed(exc.meta, None, b"", None, exc, None, noted)
         except ProcessingTimeout as exc:  # its worker never answered: what it read, S3 tells
             meta = await self._storage.head(self._settings.aws.source_bucket, ref.source_key)
-            return Original(meta, None, b"", None, exc, None, noted)
+            return Processed(meta, None, b"", None, exc, None, noted)
         result, error = fetched.result, fetched.error
-        return Original(fetched.meta, fetched.sha256, fetched.head, result, error, None, noted)
+        return Processed(fetched.meta, fetched.sha256, fetched.head, result, error, None, noted)
 
     async def _made(self, ref: ImageRef, event_etag: str | None, *, store: bool) -> Fetched:
         """Renditions made by a worker that reads the original itself and, with `store`, puts

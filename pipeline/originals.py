@@ -21,9 +21,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.aws import aws_errors, sync_s3_client
 from pipeline.errors import NotFound, PermanentError, StorageUnavailable
-from pipeline.storage import ObjectMeta, OversizeObject, object_meta
+from pipeline.objects import ObjectMeta, OversizeObject, object_meta
 
 if TYPE_CHECKING:
     from config.settings import AwsSettings
@@ -90,9 +89,11 @@ def read(original: Original) -> tuple[ObjectMeta, bytes]:
         except FileNotFoundError:
             raise NotFound() from None
         return original.meta, _whole(original.meta, data)
-    client = _client(original.aws)
+    from pipeline.aws import aws_errors  # botocore and its kin: only where S3 is read
+
+    s3 = client(original.aws)
     with aws_errors(StorageUnavailable, NotFound):
-        response = client.get_object(Bucket=original.bucket, Key=original.key)
+        response = s3.get_object(Bucket=original.bucket, Key=original.key)
         body = response["Body"]
         try:
             meta = object_meta(response)
@@ -124,11 +125,13 @@ def _stored(
 ) -> RenditionResult:
     """Put the renditions as the event loop would (`JobRunner._write_renditions`: each names
     the original it was made from); they go back without their bytes."""
-    client = _client(aws)
+    from pipeline.aws import aws_errors
+
+    s3 = client(aws)
     stored = []
     with aws_errors(StorageUnavailable):
         for rendition, key in zip(result.renditions, dest.keys, strict=True):
-            client.put_object(
+            s3.put_object(
                 Bucket=dest.bucket,
                 Key=key,
                 Body=rendition.data,
@@ -148,9 +151,13 @@ def _whole(meta: ObjectMeta, data: bytes) -> bytes:
 _clients: dict[AwsSettings, Any] = {}
 
 
-def _client(aws: AwsSettings) -> Any:
-    """This process's S3 client for `aws` (one per settings: a worker serves one service)."""
-    client = _clients.get(aws)
-    if client is None:
-        client = _clients[aws] = sync_s3_client(aws)
-    return client
+def client(aws: AwsSettings) -> Any:
+    """This process's S3 client for `aws` (one per settings: a worker serves one service). Made
+    when its worker starts (`pipeline.workers`): its 0.2 s of models and its 35 MB are then paid
+    once, not by the worker's first job."""
+    made = _clients.get(aws)
+    if made is None:
+        from pipeline.aws import sync_s3_client
+
+        made = _clients[aws] = sync_s3_client(aws)
+    return made

@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.items import Change, Condition, Item, Write
+from pipeline.objects import ObjectMeta
 from pipeline.queue import Message
-from pipeline.storage import ListedObject, ObjectMeta, StoredUpload
+from pipeline.storage import ListedObject, StoredUpload
 
 if TYPE_CHECKING:
     from pipeline.originals import Original

@@ -37,7 +37,7 @@ async def open_consumer(
     """
     owned = pool is None
     if pool is None:
-        pool = WorkerPool(settings.consumer.workers, settings.consumer.worker_threads)
+        pool = WorkerPool(settings.consumer.workers, settings.consumer.worker_threads, aws=settings.aws)
     tables = backend.tables
     hooks = settings.webhooks
     try:

@@ -25,6 +25,7 @@ from pipeline.errors import (
     TooLarge,
 )
 from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
+from pipeline.objects import ObjectMeta, OversizeObject, object_meta
 
 if TYPE_CHECKING:
     from pipeline.originals import Original
@@ -32,17 +33,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: Keys per DeleteObjects request (S3 takes at most 1,000).
 _DELETE_BATCH = 1000
-
-
-@dataclass(frozen=True)
-class ObjectMeta:
-    """What HEAD (or GET) tells about an object."""
-
-    size: int
-    etag: str
-    last_modified: datetime
-    content_type: str
-    metadata: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -63,33 +53,6 @@ class StoredUpload:
     size: int
     format: str
     etag: str
-
-
-def object_meta(response: Mapping[str, Any]) -> ObjectMeta:
-    """The metadata of a HEAD or GET answer (aiobotocore's or botocore's: the same shape)."""
-    try:
-        return ObjectMeta(
-            size=int(response["ContentLength"]),
-            etag=str(response["ETag"]),
-            last_modified=response["LastModified"],
-            content_type=str(response.get("ContentType") or "application/octet-stream"),
-            metadata=dict(response.get("Metadata") or {}),
-        )
-    except (KeyError, TypeError, ValueError) as exc:  # a proxy or a faulty service cut the headers
-        raise StorageUnavailable(f"incomplete answer from object storage: {exc!r}") from None
-
-
-class OversizeObject(TooLarge):
-    """An object in the bucket is larger than the pipeline accepts; carries its metadata."""
-
-    def __init__(self, meta: ObjectMeta, max_bytes: int) -> None:
-        super().__init__(f"{meta.size} bytes is more than the {max_bytes} allowed")
-        self.meta = meta
-        self.max_bytes = max_bytes
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Raised in a worker process (`pipeline.originals`) and pickled back to the event loop.
-        return OversizeObject, (self.meta, self.max_bytes)
 
 
 class JsonDocuments(ABC):

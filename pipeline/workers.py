@@ -30,7 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
-from config.settings import usable_cpus
+from config.settings import AwsSettings, usable_cpus
 from pipeline import metrics, tasks
 from pipeline.errors import JobTimeout, WorkerCrashed
 
@@ -49,8 +49,17 @@ class PoolBroke(WorkerCrashed):
 class WorkerPool:
     """Worker processes for imaging; each job has its own timeout and its own failure."""
 
-    def __init__(self, workers: int, threads: int = 0, pickup_timeout: float = _PICKUP_TIMEOUT) -> None:
+    def __init__(
+        self,
+        workers: int,
+        threads: int = 0,
+        pickup_timeout: float = _PICKUP_TIMEOUT,
+        aws: AwsSettings | None = None,
+    ) -> None:
+        """`aws`: the settings workers read S3 with (`pipeline.originals`); their client is made
+        as each worker starts."""
         self._workers = workers
+        self._aws = aws
         self._pickup_timeout = pickup_timeout
         # One slot per worker and per event loop (tests run one pool under many loops).
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -68,7 +77,7 @@ class WorkerPool:
         return ProcessPool(
             max_workers=self._workers,
             initializer=_init_worker,
-            initargs=(self._threads,),
+            initargs=(self._threads, self._aws),
             context=multiprocessing.get_context("spawn"),
         )
 
@@ -180,10 +189,13 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _init_worker(threads: int) -> None:
-    """Runs first in every worker: die with the parent, then set up the imaging libraries."""
+def _init_worker(threads: int, aws: AwsSettings | None) -> None:
+    """Runs first in every worker: die with the parent, then set up the imaging libraries and
+    the S3 client the worker reads originals with."""
     _die_with_parent()
     tasks.configure_worker(threads)
+    if aws is not None:
+        tasks.prepare_reads(aws)
 
 
 def _die_with_parent() -> None:

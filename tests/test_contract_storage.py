@@ -21,7 +21,7 @@ from pipeline.errors import (
     TooLarge,
 )
 from pipeline.events import parse_message
-from pipeline.storage import OversizeObject
+from pipeline.objects import OversizeObject
 from tests.conftest import USER, Backend, jpeg_bytes
 
 IMAGE = jpeg_bytes(64, 48)

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from pipeline.errors import NotFound
+from pipeline.objects import OversizeObject
 from pipeline.originals import read
-from pipeline.storage import OversizeObject
-from tests.conftest import USER, Backend, jpeg_bytes
+from tests.conftest import ROOT, USER, Backend, jpeg_bytes
 
 
 async def test_a_worker_reads_what_the_store_would(backend: Backend) -> None:
@@ -51,3 +54,25 @@ async def test_an_original_deleted_after_it_was_located_is_gone(backend: Backend
     if backend.name == "local":  # it looks the object up already (S3's locate asks nothing)
         with pytest.raises(NotFound):
             await storage.locate(bucket, key, 10_000_000)
+
+
+def test_a_worker_reading_local_blobs_loads_no_aws_library(tmp_path: Path) -> None:
+    """A worker of the local backend stays as small as before workers read originals: the S3
+    client and its libraries (35 MB) are loaded only where S3 is read."""
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"0123456789")
+    code = f"""
+import sys
+from datetime import UTC, datetime
+from pipeline.objects import ObjectMeta
+from pipeline.originals import FileOriginal, read
+from pipeline.tasks import renditions_of  # what a worker imports to run a job
+meta = ObjectMeta(10, '"e"', datetime.now(UTC), "image/jpeg", {{}})
+assert read(FileOriginal({str(blob)!r}, meta, 100))[1] == b"0123456789"
+loaded = sorted(m for m in ("aiobotocore", "botocore", "aiohttp") if m in sys.modules)
+assert not loaded, loaded
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr

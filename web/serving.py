@@ -25,8 +25,8 @@ from pipeline.errors import (
     ServiceError,
 )
 from pipeline.layout import ImageRef, valid_image_id
+from pipeline.objects import ObjectMeta
 from pipeline.records import ImageRecord
-from pipeline.storage import ObjectMeta
 from pipeline.variants import NEGOTIATED, VariantSpec, accepted_types
 from web import urls
 from web.conditional import not_modified

@@ -267,7 +267,7 @@ class VariantMaker:
 
     def _workers(self) -> WorkerPool:
         if self._pool is None:  # pebble starts the processes on the first job, not before
-            self._pool = WorkerPool(self._limits.workers, threads=1)
+            self._pool = WorkerPool(self._limits.workers, threads=1, aws=self._settings.aws)
         return self._pool
 
     async def close(self) -> None:
