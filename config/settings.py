@@ -40,7 +40,6 @@ SEED_USER_IDS = (
 _RENDITION_RE = re.compile(r"^(?P<side>[1-9][0-9]{0,4})(?::(?P<fmt>[a-z]+))?(?::(?P<q>[1-9][0-9]?|100))?$")
 
 
-
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity (taskset, a container's cpuset), not the
     machine's count, which `os.cpu_count()` gives. Sized by the machine's, a pool pinned to one
@@ -49,6 +48,7 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
 
 class ConfigError(ValueError):
     """A setting has an invalid value; the message starts with the variable's name."""
