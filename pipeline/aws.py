@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import botocore.session
+import urllib3.exceptions
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.config import Config
@@ -30,6 +31,9 @@ from pipeline.errors import (
 
 #: Credentials the embedded moto server accepts; never used against real AWS.
 EMBEDDED_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+#: A worker's S3 client's limits (`sync_s3_client`), seconds.
+WORKER_CONNECT_TIMEOUT = 5.0
+WORKER_READ_TIMEOUT = 10.0
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _LEASE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"}
 
@@ -82,8 +86,16 @@ async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
 
 def sync_s3_client(settings: AwsSettings) -> Any:
     """A synchronous S3 client with the same settings, for a worker process (`pipeline.originals`),
-    which has no event loop to run aiobotocore's on."""
-    kwargs = client_kwargs(settings) | {"config": Config(**_config(settings), signature_version="s3v4")}
+    which has no event loop to run aiobotocore's on. It gives up sooner: a worker's read and
+    write each end within 2 x (5 + 10) s, well inside a job's timeout (120 s by default), so a
+    stalled S3 fails the job as `StorageUnavailable` (retried), not as a job that ran out of time
+    (which, twice, would call the image too costly)."""
+    config = _config(settings) | {
+        "connect_timeout": min(settings.connect_timeout, WORKER_CONNECT_TIMEOUT),
+        "read_timeout": min(settings.read_timeout, WORKER_READ_TIMEOUT),
+        "retries": {"max_attempts": 2, "mode": "standard"},
+    }
+    kwargs = client_kwargs(settings) | {"config": Config(**config, signature_version="s3v4")}
     return botocore.session.get_session().create_client("s3", **kwargs)
 
 
@@ -119,5 +131,12 @@ def aws_errors(
             raise LeaseLost(f"{code}: {exc}") from exc
         # NoSuchBucket, AccessDenied, throttling, 5xx: the operator can fix them, so they are retried.
         raise transient(f"{code or 'error'}: {exc}") from exc
-    except (TimeoutError, BotoCoreError, aiohttp.ClientError, ConnectionError) as exc:
+    # urllib3's: what botocore's own (synchronous) streaming body raises unwrapped, in a worker.
+    except (
+        TimeoutError,
+        BotoCoreError,
+        aiohttp.ClientError,
+        ConnectionError,
+        urllib3.exceptions.HTTPError,
+    ) as exc:
         raise transient(f"{type(exc).__name__}: {exc}") from exc

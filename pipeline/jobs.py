@@ -66,7 +66,7 @@ class Processed:
 
     meta: ObjectMeta
     sha256: str | None  # None: not read (too large)
-    head: bytes  # its first bytes (its format), where the worker read them
+    head: bytes | None  # its first bytes (its format); None where nothing was read
     result: RenditionResult | None
     error: PermanentError | None
     duplicate: ImageRecord | None  # the owner's image of the same bytes its renditions are copied from
@@ -122,10 +122,10 @@ class JobRunner:
             REQUEST_ID.set(rid)  # this job's log lines carry the upload's request id
             await self._check_owner(ref, meta.metadata)
             reserved = await self._reservation(ref, meta, recorded)
-            if reserved is not None and error is None:
-                error = reserved.mismatch(meta.size, got.head)
-                if error is not None:  # made already (by the worker that read the bytes): not kept
-                    result = None
+            checked = reserved is not None and not isinstance(error, OversizeObject)
+            wrong = reserved.mismatch(meta.size, got.head) if checked and reserved else None
+            if wrong is not None:  # whatever the worker made of them (or failed to): not kept
+                result, error = None, wrong
             if result is not None:
                 await self._write_renditions(ref, meta.etag, result)
             else:  # renditions an earlier upload of this id left are never valid again
@@ -175,13 +175,11 @@ class JobRunner:
 
     async def _check_owner(self, ref: ImageRef, metadata: Mapping[str, str]) -> None:
         """API uploads name their (authenticated) owner in the object's metadata; anything else
-        put into the bucket is checked against the users table (one read, only for those).
-        Renditions a worker put already (the image had a record) are removed if it fails."""
+        put into the bucket is checked against the users table (one read, only for those)."""
         owner, _ = ref.owner_and_id
         if metadata.get("user-id") == owner or self._users is None:
             return
         if await self._users.get({"user_id": owner}) is None:
-            await self._drop_renditions(ref)
             raise InvalidKey(f"no user {owner} exists to own this object")
 
     async def _reservation(
@@ -218,36 +216,38 @@ class JobRunner:
             if meta.etag == _quoted(event_etag) and METADATA_KEY not in meta.metadata:
                 copied = await self._copy_from(duplicate, ref, meta.etag)
                 if copied is not None:
-                    return Processed(meta, digest, b"", copied, None, duplicate, noted)
+                    return Processed(meta, digest, None, copied, None, duplicate, noted)
         try:
-            fetched = await self._made(ref, event_etag, store=known is not None)
+            fetched = await self._made(ref, store=known is not None and self._pool.stops_on_timeout)
         except OversizeObject as exc:  # nothing to decode, but the user must learn why
-            return Processed(exc.meta, None, b"", None, exc, None, noted)
-        except ProcessingTimeout as exc:  # its worker never answered: what it read, S3 tells
+            return Processed(exc.meta, None, None, None, exc, None, noted)
+        except JobTimeout:
+            # A timeout now starts with the job and touches only its own worker: a second one
+            # for the same original says the image is too costly, not that the machine was busy.
+            # Counted under the original S3 has now (the worker never said what it read).
             meta = await self._storage.head(self._settings.aws.source_bucket, ref.source_key)
-            return Processed(meta, None, b"", None, exc, None, noted)
+            if await self._records.count_timeout(ref, meta.etag) < 2:
+                raise
+            timeout = self._settings.consumer.job_timeout
+            too_costly = ProcessingTimeout(
+                f"processing took longer than {timeout:g}s on two attempts; the image is too costly"
+            )
+            return Processed(meta, None, None, None, too_costly, None, noted)
         result, error = fetched.result, fetched.error
         return Processed(fetched.meta, fetched.sha256, fetched.head, result, error, None, noted)
 
-    async def _made(self, ref: ImageRef, event_etag: str | None, *, store: bool) -> Fetched:
+    async def _made(self, ref: ImageRef, *, store: bool) -> Fetched:
         """Renditions made by a worker that reads the original itself and, with `store`, puts
-        them into storage itself when it can: only for an image with a record already, so its
-        owner is known (an object put straight into the bucket is checked first: `_check_owner`)."""
+        them into S3 itself when the object names its owner as the API does and no presigned
+        reservation (whose checks come after): never for bytes not yet checked. Not where a
+        timed-out worker cannot be stopped (`InlineRunner`): it could write after its job gave up."""
         aws, imaging = self._settings.aws, self._settings.imaging
         started = time.perf_counter()
         timeout = self._settings.consumer.job_timeout
         where = await self._storage.locate(aws.source_bucket, ref.source_key, imaging.max_bytes)
-        dest = Destination(aws.dest_bucket, tuple(ref.rendition_key(spec) for spec in imaging.renditions))
-        try:
-            fetched = await self._pool.run(timeout, renditions_of, where, imaging, dest if store else None)
-        except JobTimeout:
-            # A timeout now starts with the job and touches only its own worker: a second one
-            # for the same original says the image is too costly, not that the machine was busy.
-            if await self._records.count_timeout(ref, _quoted(event_etag)) >= 2:
-                raise ProcessingTimeout(
-                    f"processing took longer than {timeout:g}s on two attempts; the image is too costly"
-                ) from None
-            raise
+        owner, _ = ref.owner_and_id
+        dest = Destination(aws.dest_bucket, {s.name: ref.rendition_key(s) for s in imaging.renditions}, owner)
+        fetched = await self._pool.run(timeout, renditions_of, where, imaging, dest if store else None)
         if fetched.result is not None:
             result = fetched.result
             metrics.PROCESSING_SECONDS.labels(result.engine, result.info.format).observe(

@@ -73,7 +73,7 @@ class Function:
         self._jobs = JobRunner(
             Storage(clients.s3, aws),
             RecordStore(tables.images, tables.users),
-            InlineRunner(),
+            InlineRunner(aws=aws),
             self.settings,
             Outbox(outbox),
             tables.users,

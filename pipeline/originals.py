@@ -10,19 +10,23 @@ about half of the consumer loop's CPU per image (the GET, the hash and the hand-
 path saves the same on every first request.
 
 A worker holds one synchronous S3 client (botocore, the library under aiobotocore: a worker has
-no event loop to run the other on), made on its first read; on the local backend it opens the
-blob file the event loop found.
+no event loop to run the other on), made as the worker starts; on the local backend it opens the
+blob file the event loop found. The client gives up on a stalled S3 well within a job's timeout
+(`pipeline.aws.sync_s3_client`), so a slow network fails a job as transient, never as an image
+too costly to process.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import NotFound, PermanentError, StorageUnavailable
 from pipeline.objects import ObjectMeta, OversizeObject, object_meta
+from pipeline.reservations import METADATA_KEY as RESERVATION_KEY
 
 if TYPE_CHECKING:
     from config.settings import AwsSettings
@@ -57,12 +61,22 @@ Original = S3Original | FileOriginal
 
 @dataclass(frozen=True)
 class Destination:
-    """Where a worker that read an original from S3 puts the renditions it made of it: their
-    keys, in the order of the renditions it makes. A worker that read a local blob leaves them
-    to the event loop (only it writes the local backend's database)."""
+    """Where a worker that read an original from S3 puts the renditions it made of it (their
+    keys by rendition name), if the object names `owner` as its uploader, as the API's do, and
+    no presigned reservation: anything else is checked by the event loop first, which then
+    writes them. A worker that read a local blob leaves them to the event loop too (only it
+    writes the local backend's database)."""
 
     bucket: str
-    keys: tuple[str, ...]
+    keys: Mapping[str, str]
+    owner: str
+
+    def takes(self, original: Original, meta: ObjectMeta) -> bool:
+        return (
+            isinstance(original, S3Original)
+            and meta.metadata.get("user-id") == self.owner
+            and RESERVATION_KEY not in meta.metadata
+        )
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,8 @@ def fetched(original: Original, make: Any, dest: Destination | None = None) -> F
         result, error = make(data), None
     except PermanentError as exc:
         result, error = None, exc
-    if result is not None and dest is not None and isinstance(original, S3Original):
+    if result is not None and dest is not None and dest.takes(original, meta):
+        assert isinstance(original, S3Original)
         result = _stored(original.aws, dest, meta, result)
     return Fetched(meta, digest, data[:HEAD_BYTES], result, error)
 
@@ -130,10 +145,10 @@ def _stored(
     s3 = client(aws)
     stored = []
     with aws_errors(StorageUnavailable):
-        for rendition, key in zip(result.renditions, dest.keys, strict=True):
+        for rendition in result.renditions:
             s3.put_object(
                 Bucket=dest.bucket,
-                Key=key,
+                Key=dest.keys[rendition.spec.name],
                 Body=rendition.data,
                 ContentType=rendition.spec.content_type,
                 Metadata={"source-etag": meta.etag.strip('"')},

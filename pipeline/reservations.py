@@ -85,11 +85,13 @@ class Reservation:
         """Whether gc may release it: its URL expired long enough ago for no PUT to be under way."""
         return self.expires_at + RELEASE_MARGIN_SECONDS <= now
 
-    def mismatch(self, size: int, head: bytes) -> UploadMismatch | None:
-        """Why the object that arrived (`size` bytes starting with `head`) is not the one the URL
-        was made for; None if it is."""
+    def mismatch(self, size: int, head: bytes | None) -> UploadMismatch | None:
+        """Why the object that arrived (`size` bytes starting with `head`; None: not read) is not
+        the one the URL was made for; None if it is (as far as what was read tells)."""
         if size != self.content_length:
             return UploadMismatch(f"the upload has {size} bytes; its URL was made for {self.content_length}")
+        if head is None:
+            return None
         found = detect_format(head)
         if found != self.format:
             return UploadMismatch(

@@ -49,6 +49,9 @@ class PoolBroke(WorkerCrashed):
 class WorkerPool:
     """Worker processes for imaging; each job has its own timeout and its own failure."""
 
+    #: A job that runs out of time is stopped (its worker killed): it writes nothing afterwards.
+    stops_on_timeout = True
+
     def __init__(
         self,
         workers: int,
@@ -220,8 +223,13 @@ class InlineRunner:
     """Runs imaging in a thread of this process, for AWS Lambda, where process pools cannot run
     (no /dev/shm) and one invocation is one container anyway. Lambda's own timeout bounds it."""
 
-    def __init__(self, threads: int = 1) -> None:
+    #: A thread cannot be killed: a job that ran out of time may still run, and must not write.
+    stops_on_timeout = False
+
+    def __init__(self, threads: int = 1, aws: AwsSettings | None = None) -> None:
         tasks.configure_worker(threads)  # imports imaging into this process: here, by design
+        if aws is not None:
+            tasks.prepare_reads(aws)  # the S3 client, before the first job's time starts
 
     async def run(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:

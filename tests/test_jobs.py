@@ -21,6 +21,8 @@ class _ChangedAfterRun:
     """The worker pool, running `then` once right after its first job (which read the original):
     what another client does while the job works."""
 
+    stops_on_timeout = True
+
     def __init__(self, pool: Any, then: Callable[[], Awaitable[Any]]) -> None:
         self._pool, self._then = pool, [then]
 

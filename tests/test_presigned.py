@@ -169,15 +169,22 @@ async def test_bytes_other_than_the_url_allows_end_failed_and_are_removed(
     aws = backend.settings.aws
     data = jpeg_bytes(64, 48)
     answers = {}
-    for name, declared, ctype in (("short", len(data) + 5, "image/jpeg"), ("other", len(data), "image/png")):
+    garbage = b"no image at all " * 64  # of the URL's length: its worker fails to decode it
+    cases = (
+        ("short", len(data) + 5, "image/jpeg", data),
+        ("other", len(data), "image/png", data),
+        ("junk", len(garbage), "image/jpeg", garbage),
+    )
+    for name, declared, ctype, body in cases:
         response = await ask(api, image_id=name, content_length=declared, content_type=ctype)
         answers[name] = await response.json()
         token = parse_qs(urlsplit(answers[name]["url"]).query).get("token", [None])[0]
         metadata = {"user-id": USER, "reservation": token or _token_of(answers[name])}
         # Put as a client with the URL's metadata but other bytes would.
-        await backend.storage.put(aws.source_bucket, f"{USER}/{name}", data, ctype, metadata)
+        await backend.storage.put(aws.source_bucket, f"{USER}/{name}", body, ctype, metadata)
     await consume(backend)
-    for name, words in (("short", f"has {len(data)} bytes"), ("other", "is jpeg")):
+    checks = (("short", f"has {len(data)} bytes"), ("other", "is jpeg"), ("junk", "not an image format"))
+    for name, words in checks:
         status = await (await api.get(f"/images/{name}")).json()
         assert status["status"] == "failed" and status["error"]["code"] == "upload_mismatch", status
         assert words in status["error"]["message"]
@@ -188,8 +195,8 @@ async def test_bytes_other_than_the_url_allows_end_failed_and_are_removed(
             o.key async for page in backend.storage.list_objects(aws.dest_bucket, prefix) for o in page
         ] == []
     # Their bytes are given back; the failed images still count until deleted.
-    assert await usage_of(backend) == (0, 2)
-    assert sorted(await dead_letter_reasons(backend)) == ["upload_mismatch", "upload_mismatch"]
+    assert await usage_of(backend) == (0, 3)
+    assert sorted(await dead_letter_reasons(backend)) == ["upload_mismatch"] * 3
     # The URL is spent: right bytes put through it afterwards are removed, never counted (else a
     # refund, then a second PUT, would store bytes past the quota).
     token = parse_qs(urlsplit(answers["short"]["url"]).query).get("token", [None])[0]
@@ -198,8 +205,11 @@ async def test_bytes_other_than_the_url_allows_end_failed_and_are_removed(
     await consume(backend)
     assert await backend.storage.etag_of(aws.source_bucket, f"{USER}/short") is None
     assert await dead_letter_reasons(backend) == ["upload_not_reserved"]
+    # Its worker decoded those bytes, but stored nothing of them: they were not checked yet.
+    prefix = f"{USER}/short/"
+    assert [o.key async for page in backend.storage.list_objects(aws.dest_bucket, prefix) for o in page] == []
     assert (await (await api.get("/images/short")).json())["status"] == "failed"
-    assert await usage_of(backend) == (0, 2)
+    assert await usage_of(backend) == (0, 3)
     for name in answers:
         assert (await api.delete(f"/images/{name}")).status == 204
     assert await usage_of(backend) == (0, 0)
