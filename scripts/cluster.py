@@ -128,11 +128,14 @@ async def send_all(
             report.attempted += 1
             url = f"{stack.apis[upload.web]}/images/{upload.image_id}"
             headers = bearer(stack.keys[upload.user_id])  # the key names the user
-            for attempt in range(5):  # a 503 means "try again": a real client would
+            # A 503 (busy) and a 429 (more than IMGSVC_USER_MAX_UPLOADS of the user's uploads in
+            # progress on that process: 16 senders and five users get there now and then) mean
+            # "try again": a real client would.
+            for attempt in range(5):
                 async with session.put(url, data=data[upload.label], headers=headers) as response:
                     upload.status = response.status
                     answer = await response.read()
-                if response.status != 503:
+                if response.status not in (429, 503):
                     break
                 await asyncio.sleep(0.2 * (attempt + 1))
             if upload.status == 202:
