@@ -1,7 +1,7 @@
 """A job whose original changes under it: put straight into the bucket (no record, so its record
 write asks S3 nothing first and the job asks after), then deleted or replaced between the job's
 read and its record write. Nothing of a deleted image is left; a replaced one ends as the newer
-original's result. Both backends."""
+original's result. And a stale event that times out never fails a newer result. Both backends."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.errors import JobTimeout
 from pipeline.events import ObjectCreated
 from pipeline.jobs import JobRunner
 from pipeline.layout import ImageRef
@@ -69,3 +70,36 @@ async def test_an_original_put_straight_in_then_changed_mid_job(backend: Backend
     assert record.source_etag == await storage.etag_of(source, key)  # the newer original's result
     _, thumbnail = await storage.read(dest, renditions[0], 10_000_000)
     assert decode(thumbnail).size == (120, 90)  # made from the newer bytes (small: never upscaled)
+
+
+class _TimesOut:
+    """A worker pool whose every job runs out of time."""
+
+    stops_on_timeout = True
+
+    async def run(self, timeout: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        raise JobTimeout(f"processing took longer than {timeout:g}s")
+
+
+async def test_a_stale_event_timing_out_never_fails_the_newer_result(backend: Backend) -> None:
+    """Timeouts are counted under the original S3 has when one happens, not the event's: a stale
+    event of a replaced original, retried after one timeout of that original, must not add its
+    next timeout (of the newer bytes, now current) to the old count, call the image too costly
+    and overwrite the newer result with `failed`."""
+    settings, storage = backend.settings, backend.storage
+    source = settings.aws.source_bucket
+    key = f"{USER}/stale-timeout"
+    records = RecordStore(backend.tables.images, backend.tables.users)
+    ref = ImageRef(key)
+    first = await storage.put(source, key, jpeg_bytes(40, 30), "image/jpeg", {"user-id": USER})
+    await records.record_upload(ref, first, {"file_name": "one.jpg"}, lambda: storage.etag_of(source, key))
+    assert await records.count_timeout(ref, first) == 1  # the first original's job timed out once
+    assert (await records.read(ref)).item["timeout_etag"] == first  # type: ignore[union-attr]
+    await storage.put(source, key, jpeg_bytes(50, 40), "image/jpeg", {"user-id": USER})  # replaced
+    ready = JobRunner(storage, records, await shared_pool(settings), settings, users=backend.tables.users)
+    assert (await ready.process(ObjectCreated(source, key, "ObjectCreated:Put"))).outcome == "ready"
+    stale = JobRunner(storage, records, _TimesOut(), settings, users=backend.tables.users)
+    with pytest.raises(JobTimeout):  # transient: retried, the newer original's first timeout
+        await stale.process(ObjectCreated(source, key, "ObjectCreated:Put", etag=first.strip('"')))
+    record = await records.read(ref)
+    assert record is not None and record.state == "ready" and record.error is None
