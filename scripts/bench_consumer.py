@@ -23,6 +23,7 @@ import os
 import resource
 import time
 import uuid
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -78,10 +79,20 @@ def settings_for(endpoint: str, overrides: dict[str, str] | None = None) -> Sett
 
 
 def unique(image: bytes, i: int) -> bytes:
-    """`image` with a JPEG comment naming `i`: the same pixels and decoding work, other bytes, so
-    the consumer's duplicate detection (same owner, same SHA-256) does not copy renditions."""
-    comment = f"bench {i}".encode()
-    return image[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + image[2:]
+    """`image` with a comment naming `i` where its format keeps one (a JPEG COM segment, a PNG
+    tEXt chunk, a WebP chunk, an ISOBMFF `free` box): the same pixels and decoding work, other
+    bytes, so the consumer's duplicate detection (same owner, same SHA-256) copies nothing."""
+    note = f"bench {i}".encode()
+    if image.startswith(b"\xff\xd8"):
+        return image[:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + image[2:]
+    if image.startswith(b"\x89PNG"):
+        chunk = b"tEXt" + b"bench\0" + note
+        text = len(chunk[4:]).to_bytes(4, "big") + chunk + zlib.crc32(chunk).to_bytes(4, "big")
+        return image[:33] + text + image[33:]  # after the signature and IHDR
+    if image.startswith(b"RIFF") and image[8:12] == b"WEBP":
+        body = image[12:] + b"BNCH" + len(note).to_bytes(4, "little") + note + b"\0" * (len(note) % 2)
+        return b"RIFF" + (len(body) + 4).to_bytes(4, "little") + b"WEBP" + body
+    return image + (len(note) + 8).to_bytes(4, "big") + b"free" + note  # ISOBMFF (AVIF, HEIC)
 
 
 async def fill(
