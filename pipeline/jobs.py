@@ -34,7 +34,7 @@ from pipeline.events import ObjectCreated
 from pipeline.formats import ImageInfo
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.logs import REQUEST_ID
-from pipeline.objects import ObjectMeta, OversizeObject
+from pipeline.objects import ObjectMeta, OversizeObject, source_tag
 from pipeline.originals import Destination, Fetched
 from pipeline.ports import ItemTable, ObjectStore
 from pipeline.records import ImageRecord, Known, RecordStore, Superseded
@@ -122,8 +122,10 @@ class JobRunner:
             REQUEST_ID.set(rid)  # this job's log lines carry the upload's request id
             await self._check_owner(ref, meta.metadata)
             reserved = await self._reservation(ref, meta, recorded)
-            checked = reserved is not None and not isinstance(error, OversizeObject)
-            wrong = reserved.mismatch(meta.size, got.head) if checked and reserved else None
+            if reserved is None or isinstance(error, OversizeObject):
+                wrong = None
+            else:
+                wrong = reserved.mismatch(meta.size, got.head)
             if wrong is not None:  # whatever the worker made of them (or failed to): not kept
                 result, error = None, wrong
             if result is not None:
@@ -212,7 +214,7 @@ class JobRunner:
         digest = _recorded_digest(known, event_etag)
         noted = None if digest is None else await self._records.noted(ref, digest)
         if digest is not None and (duplicate := await self._records.find_duplicate(ref, digest, noted)):
-            meta = await self._storage.head(self._settings.aws.source_bucket, ref.source_key)
+            meta = await self._source_meta(ref)
             if meta.etag == _quoted(event_etag) and METADATA_KEY not in meta.metadata:
                 copied = await self._copy_from(duplicate, ref, meta.etag)
                 if copied is not None:
@@ -225,7 +227,7 @@ class JobRunner:
             # A timeout now starts with the job and touches only its own worker: a second one
             # for the same original says the image is too costly, not that the machine was busy.
             # Counted under the original S3 has now (the worker never said what it read).
-            meta = await self._storage.head(self._settings.aws.source_bucket, ref.source_key)
+            meta = await self._source_meta(ref)
             if await self._records.count_timeout(ref, meta.etag) < 2:
                 raise
             timeout = self._settings.consumer.job_timeout
@@ -245,9 +247,9 @@ class JobRunner:
         started = time.perf_counter()
         timeout = self._settings.consumer.job_timeout
         where = await self._storage.locate(aws.source_bucket, ref.source_key, imaging.max_bytes)
-        owner, _ = ref.owner_and_id
-        dest = Destination(aws.dest_bucket, {s.name: ref.rendition_key(s) for s in imaging.renditions}, owner)
-        fetched = await self._pool.run(timeout, renditions_of, where, imaging, dest if store else None)
+        keys = {spec.name: ref.rendition_key(spec) for spec in imaging.renditions}
+        dest = Destination(aws.dest_bucket, keys, ref.owner_and_id[0]) if store else None
+        fetched = await self._pool.run(timeout, renditions_of, where, imaging, dest)
         if fetched.result is not None:
             result = fetched.result
             metrics.PROCESSING_SECONDS.labels(result.engine, result.info.format).observe(
@@ -276,7 +278,7 @@ class JobRunner:
                     str(made["key"]),
                     ref.rendition_key(spec),
                     spec.content_type,
-                    {"source-etag": etag.strip('"')},
+                    source_tag(etag),
                 )
             except NotFound:
                 return None
@@ -296,6 +298,9 @@ class JobRunner:
             duplicate.item.get("placeholder"),
         )
 
+    async def _source_meta(self, ref: ImageRef) -> ObjectMeta:
+        return await self._storage.head(self._settings.aws.source_bucket, ref.source_key)
+
     async def _current_etag(self, ref: ImageRef) -> str | None:
         return await self._storage.etag_of(self._settings.aws.source_bucket, ref.source_key)
 
@@ -309,7 +314,7 @@ class JobRunner:
                 ref.rendition_key(rendition.spec),
                 rendition.data,
                 rendition.spec.content_type,
-                {"source-etag": etag.strip('"')},
+                source_tag(etag),
             )
 
     async def _drop_renditions(self, ref: ImageRef) -> None:

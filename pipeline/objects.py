@@ -48,3 +48,9 @@ class OversizeObject(TooLarge):
     def __reduce__(self) -> tuple[Any, ...]:
         # Raised in a worker process (`pipeline.originals`) and pickled back to the event loop.
         return OversizeObject, (self.meta, self.max_bytes)
+
+
+def source_tag(etag: str) -> dict[str, str]:
+    """The metadata a rendition or variant is stored with: the ETag of the original it was made
+    from (unquoted), which copies and gc check it against."""
+    return {"source-etag": etag.strip('"')}

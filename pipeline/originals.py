@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import NotFound, PermanentError, StorageUnavailable
-from pipeline.objects import ObjectMeta, OversizeObject, object_meta
+from pipeline.objects import ObjectMeta, OversizeObject, object_meta, source_tag
 from pipeline.reservations import METADATA_KEY as RESERVATION_KEY
 
 if TYPE_CHECKING:
@@ -71,12 +71,8 @@ class Destination:
     keys: Mapping[str, str]
     owner: str
 
-    def takes(self, original: Original, meta: ObjectMeta) -> bool:
-        return (
-            isinstance(original, S3Original)
-            and meta.metadata.get("user-id") == self.owner
-            and RESERVATION_KEY not in meta.metadata
-        )
+    def takes(self, meta: ObjectMeta) -> bool:
+        return meta.metadata.get("user-id") == self.owner and RESERVATION_KEY not in meta.metadata
 
 
 @dataclass(frozen=True)
@@ -129,8 +125,7 @@ def fetched(original: Original, make: Any, dest: Destination | None = None) -> F
         result, error = make(data), None
     except PermanentError as exc:
         result, error = None, exc
-    if result is not None and dest is not None and dest.takes(original, meta):
-        assert isinstance(original, S3Original)
+    if result is not None and dest is not None and isinstance(original, S3Original) and dest.takes(meta):
         result = _stored(original.aws, dest, meta, result)
     return Fetched(meta, digest, data[:HEAD_BYTES], result, error)
 
@@ -151,7 +146,7 @@ def _stored(
                 Key=dest.keys[rendition.spec.name],
                 Body=rendition.data,
                 ContentType=rendition.spec.content_type,
-                Metadata={"source-etag": meta.etag.strip('"')},
+                Metadata=source_tag(meta.etag),
             )
             stored.append(dataclasses.replace(rendition, data=b"", stored_bytes=rendition.size))
     return dataclasses.replace(result, renditions=tuple(stored))

@@ -400,13 +400,11 @@ class RecordStore:
         """Note that the owner's image `ref` is made from the bytes with SHA-256 `digest`, for a
         later upload of the same bytes by the same owner to reuse. The note is an item beside
         the owner's records (its id is no valid image id) that no listing index holds."""
-        owner, image_id = ref.owner_and_id
-        await self._table.put({"user_id": owner, "image_id": DIGEST_PREFIX + digest, "of": image_id})
+        await self._table.put({**_note_key(ref, digest), "of": ref.owner_and_id[1]})
 
     async def noted(self, ref: ImageRef, digest: str) -> str | None:
         """The image the owner's note of the bytes with SHA-256 `digest` names (`remember_digest`)."""
-        owner, _ = ref.owner_and_id
-        note = await self._table.get({"user_id": owner, "image_id": DIGEST_PREFIX + digest})
+        note = await self._table.get(_note_key(ref, digest))
         return None if note is None else str(note["of"])
 
     async def find_duplicate(self, ref: ImageRef, digest: str, noted: str | None) -> ImageRecord | None:
@@ -423,11 +421,8 @@ class RecordStore:
 
     async def forget_digest(self, ref: ImageRef, digest: str) -> None:
         """Drop the note of `digest` if it names `ref` (the image is deleted)."""
-        owner, image_id = ref.owner_and_id
         with contextlib.suppress(ConditionFailed):
-            await self._table.delete(
-                {"user_id": owner, "image_id": DIGEST_PREFIX + digest}, Equals("of", image_id)
-            )
+            await self._table.delete(_note_key(ref, digest), Equals("of", ref.owner_and_id[1]))
 
     async def set_focal_point(self, ref: ImageRef, point: dict[str, float]) -> ImageRecord | None:
         """Store where the image's subject is (for `crop=focal`); None if there is no record.
@@ -621,6 +616,11 @@ class RecordStore:
                 continue
             return ImageRecord(owner, image_id, new, replaced=old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
+
+
+def _note_key(ref: ImageRef, digest: str) -> dict[str, str]:
+    """The key of the owner's note of the bytes with SHA-256 `digest` (`remember_digest`)."""
+    return {"user_id": ref.owner_and_id[0], "image_id": DIGEST_PREFIX + digest}
 
 
 def counted(item: Mapping[str, Any] | None) -> tuple[int, int]:

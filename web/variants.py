@@ -28,6 +28,7 @@ from config.settings import Settings
 from pipeline import metrics
 from pipeline.errors import ImageChanged, JobTimeout, PermanentError, TransientError, WorkerCrashed
 from pipeline.layout import ImageRef
+from pipeline.objects import source_tag
 from pipeline.ports import ObjectStore
 from pipeline.records import Counted, ImageRecord, RecordStore, UsageRefused
 from pipeline.tasks import variant_of
@@ -224,7 +225,7 @@ class VariantMaker:
                 raise VariantsBusy(exc.message) from None
         metrics.VARIANT_SECONDS.labels(spec.format).observe(time.perf_counter() - started)
         size = len(variant.data)
-        metadata = {"source-etag": etag.strip('"')}
+        metadata = source_tag(etag)
         answer = Made(
             variant.data,
             f'"{hashlib.md5(variant.data, usedforsecurity=False).hexdigest()}"',
