@@ -7,6 +7,7 @@ environment as a parameter (tests pass a dict) and fails at start-up naming the 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import typing
@@ -148,6 +149,12 @@ class ImagingSettings:
     #: (measured faster there); larger ones by pyvips. See BENCHMARKS.md.
     pillow_max_side: Annotated[int, Var(0, 100_000)] = 256
     allowed_formats: Annotated[frozenset[str], Var(read="formats")] = KNOWN_FORMATS
+    #: Jobs an imaging worker process runs before it is replaced by a fresh one (0: no limit):
+    #: whatever a decoder leaks or fragments is given back with the process.
+    worker_max_jobs: Annotated[int, Var(0, 10_000_000)] = 1000
+    #: Resident bytes past which an idle worker is replaced (0: never): one huge image must not
+    #: leave a worker holding its peak for good. Workers hand freed memory back after each job.
+    worker_max_rss: Annotated[int, Var(0, 1024**4)] = 512 * 1024 * 1024
 
     def rendition(self, name: str) -> RenditionSpec | None:
         return next((r for r in self.renditions if r.name == name), None)
@@ -204,11 +211,22 @@ class WebSettings:
 
     host: Annotated[str, Var()] = "127.0.0.1"
     port: Annotated[int, Var(0, 65535)] = 8080
+    #: Where health, readiness and metrics are answered apart from the API (`--admin-port`):
+    #: no client's connections, deadlines or caps reach it. Loopback by default; 0 picks a port.
+    admin_host: Annotated[str, Var()] = "127.0.0.1"
+    admin_port: Annotated[int, Var(0, 65535)] = 8081
     part_size: Annotated[int, Var(5 * 1024 * 1024, 5 * 1024**3, name="UPLOAD_PART_SIZE")] = 8 * 1024 * 1024
     #: Connections this process holds at once. Past it, an idle or half-sent connection is
     #: closed to make room, else the new one is refused with 503: file descriptors stay free
     #: for the AWS clients, the embedded endpoint and health checks.
     max_connections: Annotated[int, Var(8, 1_000_000)] = 1000
+    #: Connections one client address may hold at once (0: no cap). Past it, that client's own
+    #: idle connection is closed to make room, else the new one is refused with 429. Behind a
+    #: trusted proxy the cap counts the requests in progress of each forwarded client instead.
+    max_connections_per_client: Annotated[int, Var(0, 1_000_000)] = 64
+    #: Proxies (addresses or CIDR networks, comma-separated) whose `X-Forwarded-For` / `Forwarded`
+    #: name the client: a request from one of them is the client's, for every per-client share.
+    trusted_proxies: Annotated[tuple[str, ...], Var(read="networks")] = ()
     #: Seconds a client has to send a request's headers (from its first byte, or from accept).
     header_timeout: Annotated[float, Var(0.1, 3600)] = 20.0
     #: Seconds an idle keep-alive connection stays open (longer than a load balancer's idle
@@ -221,12 +239,20 @@ class WebSettings:
     body_min_rate: Annotated[int, Var(0, 1024**3)] = 500
     #: Seconds a response may wait for the client to read what was already sent.
     send_timeout: Annotated[float, Var(0.1, 3600)] = 60.0
+    #: Bytes per second a client must read a response at, averaged over the time it is behind
+    #: (0: no floor): a slower reader is cut off, so it holds a connection for a bounded time.
+    send_min_rate: Annotated[int, Var(0, 1024**3)] = 8192
+    #: Seconds of waiting on a client over which its reading rate is averaged.
+    send_rate_window: Annotated[float, Var(0.5, 3600)] = 20.0
     #: Bytes of upload buffers (S3 parts in the making) this process holds at once.
     upload_buffer_bytes: Annotated[int, Var(5 * 1024 * 1024, 1024**4)] = 256 * 1024 * 1024
     #: Seconds an upload waits for buffer space before it is answered 503 with Retry-After.
     upload_buffer_wait: Annotated[float, Var(0, 3600)] = 10.0
     #: Uploads one user may have in progress at once in this process (0: no limit).
     user_max_uploads: Annotated[int, Var(0, 100_000)] = 8
+    #: Long polls (`GET /images/{id}?wait=`) one user may have waiting at once in this process
+    #: (0: no limit); past it, 429 with `Retry-After`.
+    user_max_waits: Annotated[int, Var(0, 100_000)] = 4
     cache_control: Annotated[str, Var()] = "private, max-age=3600"
     #: Seconds a client is told to wait (`Retry-After`) when the service is busy.
     retry_after: Annotated[int, Var(1, 3600)] = 2
@@ -243,6 +269,9 @@ class WebSettings:
     #: Scheme and host clients reach the API at (behind a proxy or CDN), for the absolute URLs
     #: the API hands out; empty: taken from each request.
     public_url: Annotated[str, Var(read="public_url")] = ""
+    #: Without `public_url`: the `Host` names links may be made for (comma-separated; `.example.com`
+    #: allows its subdomains, `*` any host); empty: loopback only. Others are refused (400).
+    allowed_hosts: Annotated[tuple[str, ...], Var(read="hosts")] = ()
 
 
 @dataclass(frozen=True)
@@ -490,6 +519,27 @@ class _Env:
 
     def text(self, name: str, default: str) -> str:
         return self._get(name) or default
+
+    def hosts(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(name)
+        if value is None:
+            return default
+        hosts = tuple(h.strip().lower().strip("[]") for h in value.split(",") if h.strip())
+        if not hosts or not all(re.fullmatch(r"\*|\.?[a-z0-9_.:-]+", h) for h in hosts):
+            raise self._fail(name, "must be a comma list of host names (.example.com, or *)", value)
+        return hosts
+
+    def networks(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(name)
+        if value is None:
+            return default
+        found = []
+        for item in value.split(","):
+            try:
+                found.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise self._fail(name, "must be a comma list of IP addresses or networks", value) from None
+        return tuple(found)
 
     def public_url(self, name: str, default: str) -> str:
         value = self._get(name)

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from local.database import Database
 from local.queue import enqueue
@@ -41,6 +41,9 @@ from pipeline.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
 from pipeline.objects import ObjectMeta, OversizeObject
 from pipeline.originals import FileOriginal, Original
 from pipeline.storage import JsonDocuments, ListedObject, StoredUpload
+
+if TYPE_CHECKING:
+    from pipeline.ports import BufferLease
 
 _COLUMNS = "blob, size, etag, last_modified, content_type, metadata"
 #: Blobs younger than this are never swept: another process may be about to commit its row.
@@ -193,10 +196,11 @@ class LocalStorage(JsonDocuments):
         part_size: int,
         allowed_formats: frozenset[str],
         metadata: Mapping[str, str],
-        buffer_bytes: int | None = None,
+        lease: BufferLease | None = None,
     ) -> StoredUpload:
         """Stream `chunks` into a temporary file, checking type and size as they come; nothing
-        is visible (or enqueued) unless the whole body arrived and passed."""
+        is visible (or enqueued) unless the whole body arrived and passed. Each chunk goes to the
+        file as it comes: no buffer beyond it is held, so `lease` never needs to grow."""
         blob = _Blob(self._tmp)
         head = bytearray()
         fmt: str | None = None

@@ -158,8 +158,10 @@ class Accounts:
         await self.revoke(key_id)
         return new
 
-    async def authenticate(self, presented: str) -> str:
-        """The user id the key belongs to, or `InvalidCredentials`."""
+    async def authenticate(self, presented: str, *, only_remembered: bool = False) -> str:
+        """The user id the key belongs to, or `InvalidCredentials`. `only_remembered`: answer
+        from the keys this process verified lately, never reading one (`InvalidCredentials` for
+        any other), for callers refusing to spend a read on a probing address."""
         match = KEY_RE.fullmatch(presented)
         if match is None:
             raise InvalidCredentials()
@@ -171,6 +173,8 @@ class Accounts:
             if not hmac.compare_digest(digest, expected):
                 raise InvalidCredentials()
             return user_id
+        if only_remembered:
+            raise InvalidCredentials()
         item = await self._tables.keys.get({"key_id": key_id})
         expected = str(item["secret_sha256"]) if item else _digest("")
         # Compare even for unknown ids, so timing does not tell which key ids exist.

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from config.settings import Settings
 from pipeline.aws import AwsClients, aws_errors, open_clients
+from pipeline.changes import Changes
 from pipeline.errors import StorageUnavailable
 from pipeline.ports import MessageQueue, ObjectStore, TableSet
 from pipeline.provision import provision
@@ -39,6 +40,8 @@ class Backend:
     #: The AWS clients behind the ports (None on the local backend): only for what has no port,
     #: presigned S3 links and the operator tools that speak to AWS itself.
     clients: AwsClients | None = field(default=None, repr=False)
+    #: Record changes made in this process, for its long polls (`pipeline.changes`).
+    changes: Changes = field(default_factory=Changes, repr=False)
 
     def queues(self) -> dict[str, MessageQueue]:
         """Every queue by the label its depth is sampled under."""

@@ -172,6 +172,12 @@ class TooManyFailedAttempts(PermanentError):
     default_message = "too many failed authentication attempts from this address; wait and retry"
 
 
+class TooManyWaits(PermanentError):
+    code = "too_many_waits"
+    http_status = 429
+    default_message = "this user has too many long polls waiting; wait for one to end"
+
+
 class Forbidden(PermanentError):
     code = "forbidden"
     http_status = 403

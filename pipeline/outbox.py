@@ -40,7 +40,15 @@ from pipeline.ports import MessageQueue
 from pipeline.queue import MAX_DELAY_SECONDS, Message
 from pipeline.records import ImageRecord
 from pipeline.timing import exponential
-from pipeline.webhooks import Event, WebhookStore, backoff, event_for, find_hook, post
+from pipeline.webhooks import (
+    Event,
+    WebhookAddressRefused,
+    WebhookStore,
+    backoff,
+    event_for,
+    find_hook,
+    post,
+)
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +313,13 @@ class Deliverer:
                 log.info("webhook gone, event not delivered event_id=%s", event.id)
                 await self._outbox.delete(message.receipt_handle)
                 return
-            error = await post(self._session, self._slots, hook, event)
+            try:
+                error = await post(self._session, self._slots, hook, event)
+            except WebhookAddressRefused as exc:  # no retry can help while the name points there
+                metrics.WEBHOOK_DELIVERIES.labels("failed").inc()
+                log.warning("webhook refused event_id=%s error=%s", event.id, exc.message)
+                await self._bury(message, exc.code, exc.message, attempt)
+                return
         if error is None:
             metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
             log.info("webhook delivered event_id=%s type=%s attempt=%d", event.id, event.type, attempt)

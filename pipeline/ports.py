@@ -91,8 +91,14 @@ class ObjectStore(Protocol):
         part_size: int,
         allowed_formats: frozenset[str],
         metadata: Mapping[str, str],
-        buffer_bytes: int | None = None,
+        lease: BufferLease | None = None,
     ) -> StoredUpload: ...
+
+
+class BufferLease(Protocol):
+    """Memory an upload may hold, reserved as its buffer grows (`web.admission.Lease`)."""
+
+    async def grow_to(self, size: int) -> None: ...
 
 
 class MessageQueue(Protocol):

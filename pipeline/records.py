@@ -14,7 +14,6 @@ rewrites the same result.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pipeline import reservations, untrusted
+from pipeline.changes import Changes
 from pipeline.errors import InvalidField, ServiceError, TransientError
 from pipeline.items import (
     Add,
@@ -55,6 +55,10 @@ from pipeline.timing import epoch_iso, now_iso
 State = Literal["awaiting_upload", "pending", "ready", "failed"]
 #: Optimistic writes that lose a race re-read and try again this often before giving up.
 WRITE_ATTEMPTS = 5
+#: Seconds before a long poll first re-reads a record changed by no write in this process, and
+#: the longest it waits between re-reads (doubling in between).
+WAIT_FIRST_READ = 1.0
+WAIT_LONGEST_READ = 4.0
 
 
 #: Asks S3 for the current original's ETag (None: it no longer exists).
@@ -220,29 +224,35 @@ class RecordStore:
     to: there is no step between the two for a crash to fall into. Without it (tools, tests)
     records are written alone."""
 
-    def __init__(self, table: ItemTable, users: ItemTable | None = None) -> None:
+    def __init__(
+        self, table: ItemTable, users: ItemTable | None = None, changes: Changes | None = None
+    ) -> None:
         self._table = table
         self._users = users
+        #: Woken on every write here (the backend's: the API and an in-process consumer share it).
+        self._changes = changes or Changes()
 
-    async def read(self, ref: ImageRef) -> ImageRecord | None:
+    async def read(self, ref: ImageRef, *, consistent: bool = True) -> ImageRecord | None:
         owner, image_id = ref.owner_and_id
-        item = await self._table.get({"user_id": owner, "image_id": image_id})
+        item = await self._table.get({"user_id": owner, "image_id": image_id}, consistent=consistent)
         return ImageRecord(owner, image_id, item) if item else None
 
     async def wait(self, ref: ImageRef, seconds: float) -> ImageRecord | None:
         """The record, waiting up to `seconds` for a pending one (or one awaiting its presigned
-        upload) to settle (long polling): one consistent read every 50-250 ms, whichever process
-        serves the caller."""
+        upload) to settle (long polling). A change written in this process wakes the wait at
+        once (`pipeline.changes`); one written elsewhere is found by re-reading, eventually
+        consistent, after 1 s, then 2, then every 4 s: a wait costs at most a read a second."""
         record = await self.read(ref)
         deadline = time.monotonic() + seconds
-        delay = 0.05
+        delay = WAIT_FIRST_READ
         while record is not None and record.state in ("pending", "awaiting_upload"):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await asyncio.sleep(min(delay, remaining))
-            delay = min(delay * 1.5, 0.25)
-            record = await self.read(ref)
+            changed = await self._changes.wait(ref.source_key, min(delay, remaining))
+            delay = min(delay * 2, WAIT_LONGEST_READ)
+            # Woken by a write here: read what it wrote (consistent); else any recent copy will do.
+            record = await self.read(ref, consistent=changed)
         return record
 
     async def record_upload(
@@ -481,6 +491,7 @@ class RecordStore:
                 await self._with_usage(DeleteItem(self._table, key, _at(old)), owner, old, None)
             except ConditionFailed:  # written meanwhile: what it counts now is read again
                 continue
+            self._changes.notify(ref.source_key)
             if digest := old.get("sha256"):
                 await self.forget_digest(ref, str(digest))
             return ImageRecord(owner, image_id, old)
@@ -500,6 +511,7 @@ class RecordStore:
             )
         except ConditionFailed:
             return False
+        self._changes.notify(ref.source_key)
         return True
 
     async def page(self, owner: str, limit: int, cursor: str | None) -> tuple[list[ImageRecord], str | None]:
@@ -614,6 +626,7 @@ class RecordStore:
                 await self._with_usage(written, owner, old, new, limit if new_image else None)
             except ConditionFailed:
                 continue
+            self._changes.notify(ref.source_key)
             return ImageRecord(owner, image_id, new, replaced=old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
 

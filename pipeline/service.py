@@ -37,7 +37,13 @@ async def open_consumer(
     """
     owned = pool is None
     if pool is None:
-        pool = WorkerPool(settings.consumer.workers, settings.consumer.worker_threads, aws=settings.aws)
+        pool = WorkerPool(
+            settings.consumer.workers,
+            settings.consumer.worker_threads,
+            aws=settings.aws,
+            max_jobs=settings.imaging.worker_max_jobs,
+            max_rss=settings.imaging.worker_max_rss,
+        )
     tables = backend.tables
     hooks = settings.webhooks
     try:
@@ -57,7 +63,7 @@ async def open_consumer(
             try:
                 jobs = JobRunner(
                     backend.storage,
-                    RecordStore(tables.images, tables.users),
+                    RecordStore(tables.images, tables.users, backend.changes),
                     pool,
                     settings,
                     Outbox(backend.outbox),

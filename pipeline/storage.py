@@ -29,6 +29,7 @@ from pipeline.objects import ObjectMeta, OversizeObject, object_meta
 
 if TYPE_CHECKING:
     from pipeline.originals import Original
+    from pipeline.ports import BufferLease
 
 log = logging.getLogger(__name__)
 #: Keys per DeleteObjects request (S3 takes at most 1,000).
@@ -241,23 +242,16 @@ class Storage(JsonDocuments):
         part_size: int,
         allowed_formats: frozenset[str],
         metadata: Mapping[str, str],
-        buffer_bytes: int | None = None,
+        lease: BufferLease | None = None,
     ) -> StoredUpload:
         """Stream `chunks` to `key`, checking type from the first bytes and the size as it goes.
 
         Nothing is written before the type is known; a multipart upload that fails or crosses
         `max_bytes` is aborted, so a refused upload never leaves a partial object behind. One
-        buffer of `buffer_bytes` (default `part_size`; the caller reserved that much) is used.
+        buffer of at most `part_size` is used, grown as bytes arrive, each growth reserved from
+        `lease` first (it may wait, or refuse the upload).
         """
-        upload = _StreamedUpload(
-            self._s3,
-            bucket,
-            key,
-            metadata,
-            min(buffer_bytes or part_size, part_size),
-            part_size,
-            allowed_formats,
-        )
+        upload = _StreamedUpload(self._s3, bucket, key, metadata, part_size, allowed_formats, lease)
         try:
             async for chunk in chunks:
                 if upload.total + len(chunk) > max_bytes:
@@ -277,6 +271,10 @@ class Storage(JsonDocuments):
             log.warning("multipart abort failed key=%s upload_id=%s error=%s", key, upload_id, exc)
 
 
+#: Bytes an upload's buffer reservation grows by at a time (fewer, larger steps than each chunk).
+GROWTH = 64 * 1024
+
+
 class _StreamedUpload:
     """The buffer and the S3 multipart state of one streamed upload.
 
@@ -292,12 +290,14 @@ class _StreamedUpload:
         bucket: str,
         key: str,
         metadata: Mapping[str, str],
-        buffer_bytes: int,
         part_size: int,
         allowed_formats: frozenset[str],
+        lease: BufferLease | None,
     ) -> None:
         self._s3, self._bucket, self._key, self._metadata = s3, bucket, key, dict(metadata)
-        self._buffer = bytearray(buffer_bytes)
+        #: Grows with the first part's bytes (never ahead of them), then is reused for each part.
+        self._buffer = bytearray()
+        self._lease = lease
         self._filled = 0
         self._part_size = part_size
         self._allowed = allowed_formats
@@ -310,11 +310,16 @@ class _StreamedUpload:
         self.total += len(chunk)
         view = memoryview(chunk)
         while view:
+            if self._filled == len(self._buffer) < self._part_size:  # the first part: grow with it
+                take = min(len(view), self._part_size - self._filled)
+                if self._lease is not None:
+                    await self._lease.grow_to(-(-(self._filled + take) // GROWTH) * GROWTH)
+                self._buffer += view[:take]
+                self._filled += take
+                view = view[take:]
+                continue
             if self._filled == len(self._buffer):
-                if len(self._buffer) < self._part_size:  # more than was declared: grow to a part
-                    self._buffer.extend(bytes(self._part_size - len(self._buffer)))
-                else:
-                    await self._send_part()
+                await self._send_part()
             take = min(len(view), len(self._buffer) - self._filled)
             self._buffer[self._filled : self._filled + take] = view[:take]
             self._filled += take

@@ -217,8 +217,28 @@ def _word(query: Mapping[str, str], name: str, default: str, allowed: tuple[str,
 
 
 def accepted_types(accept: str) -> set[str]:
-    """The media types an `Accept` header names (parameters such as `q` dropped)."""
-    return {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    """The media types an `Accept` header names as acceptable: those with `q=0` ("not
+    acceptable", RFC 9110) are left out, other weights kept alike (we prefer smaller files)."""
+    accepted = set()
+    for part in accept.split(",")[:MAX_ACCEPT_PARTS]:
+        media_type, *parameters = part.split(";")
+        if not any(_refused(p) for p in parameters):
+            accepted.add(media_type.strip().lower())
+    return accepted
+
+
+#: Media ranges of one `Accept` header looked at (a real browser sends about five).
+MAX_ACCEPT_PARTS = 64
+
+
+def _refused(parameter: str) -> bool:
+    name, _, value = parameter.partition("=")
+    if name.strip().lower() != "q":
+        return False
+    try:
+        return float(value.strip()) == 0
+    except ValueError:
+        return False
 
 
 def _best(accept: str) -> str:

@@ -158,6 +158,11 @@ def check_url(url: object, allow_private: bool) -> str:
     return url
 
 
+class PrivateAddress(OSError):
+    """A webhook's host resolved, but only to addresses a webhook may not reach: no retry helps
+    while the name points there (the event is dead-lettered at once as `private_address`)."""
+
+
 class PublicOnlyResolver(AbstractResolver):
     """Resolves like aiohttp's default resolver, then keeps only global addresses.
 
@@ -173,7 +178,7 @@ class PublicOnlyResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         found = [r for r in await self._inner.resolve(host, port, family) if _is_public(r["host"])]
         if not found:
-            raise OSError(f"{host} resolves to no public address; refusing to deliver a webhook there")
+            raise PrivateAddress(f"{host} resolves to no public address; refusing to deliver a webhook there")
         return found
 
     async def close(self) -> None:

@@ -33,12 +33,12 @@ from typing import Any
 import aiohttp
 
 from config.settings import WebhookSettings
-from pipeline.errors import UnknownUser
+from pipeline.errors import PermanentError, UnknownUser
 from pipeline.items import ConditionFailed, Item, Present, Remove, Set, SetDefault
 from pipeline.ports import ItemTable
 from pipeline.records import ImageRecord
 from pipeline.timing import exponential, now_iso
-from pipeline.webhook_urls import PublicOnlyResolver, check_url
+from pipeline.webhook_urls import PrivateAddress, PublicOnlyResolver, check_url
 
 SIGNATURE_HEADER = "Imgsvc-Signature"
 EVENT_HEADER = "Imgsvc-Event"
@@ -213,7 +213,8 @@ async def post(
     session: aiohttp.ClientSession, slots: asyncio.Semaphore, hook: Webhook, event: Event
 ) -> str | None:
     """POST `event` to `hook`, signed now, within one of `slots`: None on a 2xx answer (its status
-    line and headers; the body is ignored), else what went wrong."""
+    line and headers; the body is ignored), else what went wrong. `WebhookAddressRefused` when the
+    host resolves only to addresses a webhook may not reach: no attempt can succeed."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -233,8 +234,19 @@ async def post(
                 if not response.content.is_eof():
                     response.close()
                 return None if 200 <= response.status < 300 else f"HTTP {response.status}"
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, PrivateAddress):
+                raise WebhookAddressRefused(str(exc.os_error)) from None
+            return f"{type(exc).__name__}: {exc}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return f"{type(exc).__name__}: {exc}"
+
+
+class WebhookAddressRefused(PermanentError):
+    """The webhook's host name resolves only to private addresses (`PrivateAddress`)."""
+
+    code = "private_address"
+    http_status = 422
 
 
 @asynccontextmanager

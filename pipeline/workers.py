@@ -6,6 +6,11 @@ when it was queued behind others) and must kill only the worker running it: with
 every job running beside it and cancels the queued ones, so one bad image hurts innocent ones.
 Here a crashed or timed-out worker is replaced alone and only its own job fails.
 
+Workers also age: each runs at most `max_jobs` jobs (pebble's `max_tasks`) and hands the heap's
+free memory back to the system after any job that left it large. A worker still above `max_rss`
+after that (a decoder's arenas, fragmentation) gets the pool replaced gracefully: a new pool
+takes the next jobs, the old one finishes what it runs and exits (nothing is killed).
+
 pebble is not safe against every SIGKILL, though: a worker killed between taking a job off the
 shared pipe and acknowledging it loses the job, and one killed while holding the pipe's lock
 stalls the other workers. So jobs are handed to pebble only when a worker is free (never queued
@@ -31,7 +36,7 @@ from typing import Any, ParamSpec, TypeVar
 from pebble import ProcessExpired, ProcessPool
 
 from config.settings import AwsSettings, usable_cpus
-from pipeline import metrics, tasks
+from pipeline import memory, metrics, tasks
 from pipeline.errors import JobTimeout, WorkerCrashed
 
 log = logging.getLogger(__name__)
@@ -58,11 +63,16 @@ class WorkerPool:
         threads: int = 0,
         pickup_timeout: float = _PICKUP_TIMEOUT,
         aws: AwsSettings | None = None,
+        *,
+        max_jobs: int = 0,
+        max_rss: int = 0,
     ) -> None:
         """`aws`: the settings workers read S3 with (`pipeline.originals`); their client is made
-        as each worker starts."""
+        as each worker starts. `max_jobs`, `max_rss`: when a worker is replaced (0: never)."""
         self._workers = workers
         self._aws = aws
+        self._max_jobs = max_jobs
+        self._max_rss = max_rss
         self._pickup_timeout = pickup_timeout
         # One slot per worker and per event loop (tests run one pool under many loops).
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
@@ -79,6 +89,7 @@ class WorkerPool:
         # spawn: children never inherit the event loop's (or moto's) threads.
         return ProcessPool(
             max_workers=self._workers,
+            max_tasks=self._max_jobs,
             initializer=_init_worker,
             initargs=(self._threads, self._aws),
             context=multiprocessing.get_context("spawn"),
@@ -94,12 +105,14 @@ class WorkerPool:
         slots = self._slots.setdefault(loop, asyncio.Semaphore(self._workers))
         async with slots:
             try:
-                return await self._run_now(timeout, fn, *args, **kwargs)
+                return await self._run_now(timeout, _settled, fn, *args, **kwargs)
             except PoolBroke:
                 # Not this job's doing (a job that kills its worker is `ProcessExpired`): pebble
                 # also declares its pool broken when a worker it killed for another job's timeout
                 # leaves no acknowledged job behind. The job runs once more, on the new pool.
-                return await self._run_now(timeout, fn, *args, **kwargs)
+                return await self._run_now(timeout, _settled, fn, *args, **kwargs)
+            finally:
+                self._recycle_if_bloated()
 
     async def _run_now(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         pool = self._pool
@@ -157,6 +170,25 @@ class WorkerPool:
             raise BrokenProcessPool(why)
         return wrapped.result()
 
+    def _recycle_if_bloated(self) -> None:
+        """Replace the pool, gracefully, when a worker holds more than `max_rss` after its job
+        (and after giving back what it could)."""
+        if not self._max_rss:
+            return
+        for pid in self.pids():
+            if (rss := resident_bytes(pid)) > self._max_rss:
+                log.info("imaging workers recycled pid=%d rss=%d max_rss=%d", pid, rss, self._max_rss)
+                metrics.POOL_RESTARTS.inc()
+                retiring, self._pool = self._pool, self._new_pool()
+                retiring.close()  # type: ignore[no-untyped-call]  # its running jobs finish; it takes no more, then its workers exit
+                self._join_later(retiring)
+                return
+
+    def _join_later(self, pool: ProcessPool) -> None:
+        retiring = asyncio.get_running_loop().create_task(asyncio.to_thread(pool.join))
+        self._retired.add(retiring)  # joined off the loop; kept referenced until done
+        retiring.add_done_callback(self._retired.discard)
+
     def _replaced(self, why: str) -> None:
         self.restarts += 1
         metrics.POOL_RESTARTS.inc()
@@ -168,9 +200,7 @@ class WorkerPool:
         self._replaced("pool broken")
         self._pool = self._new_pool()
         broken.stop()  # type: ignore[no-untyped-call]
-        retiring = asyncio.get_running_loop().create_task(asyncio.to_thread(broken.join))
-        self._retired.add(retiring)  # joined off the loop; kept referenced until done
-        retiring.add_done_callback(self._retired.discard)
+        self._join_later(broken)
 
     async def warm_up(self) -> None:
         """Start every worker now (imports included), so the first jobs do not pay for it."""
@@ -185,6 +215,32 @@ class WorkerPool:
         """Stop the workers; jobs still running are killed (callers drain before closing)."""
         self._pool.stop()  # type: ignore[no-untyped-call]
         self._pool.join(timeout=10)
+
+
+#: Resident bytes above which a worker hands the heap's free memory back after a job (a few
+#: milliseconds: not worth it after the small jobs that are the rule).
+TRIM_ABOVE = 128 * 1024 * 1024
+
+
+def _settled(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run a job in the worker, then give back what a large one left on the heap."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if resident_bytes(os.getpid()) > TRIM_ABOVE:
+            memory.trim()  # libvips caches no operations here (`pipeline.imaging`): the heap is all
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident memory (Linux's /proc; 0 where that cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

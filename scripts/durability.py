@@ -76,23 +76,28 @@ class Report:
 class Web:
     """`python -m web --data-dir` as a child process, its log in a file."""
 
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str]) -> None:
-        self.data_dir, self.log_path, self.env = data_dir, log_path, env
+    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str], *args: str) -> None:
+        """`args`: more arguments for `python -m web`."""
+        self.data_dir, self.log_path, self.env, self.args = data_dir, log_path, env, args
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
+        #: The admin listener's URL (health, readiness, metrics apart from the API).
+        self.admin_url = ""
 
     async def start(self) -> str:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "web", "--data-dir", str(self.data_dir), "--port", "0",
+                sys.executable, "-m", "web", "--data-dir", str(self.data_dir), "--port", "0", *self.args,
                 cwd=ROOT, env=self.env, stdout=log, stderr=log,
             )  # fmt: skip
         async with asyncio.timeout(60):
             while True:
                 text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-                if match := re.search(r"API listening url=(\S+)", text):
-                    self.url = match.group(1)
+                api = re.search(r"API listening url=(\S+)", text)
+                admin = re.search(r"admin listening url=(\S+)", text)
+                if api and admin:
+                    self.url, self.admin_url = api.group(1), admin.group(1)
                     return self.url
                 if self.process.returncode is not None:
                     raise RuntimeError(f"web exited early:\n{text}")
@@ -226,6 +231,7 @@ async def run(data_dir: Path, log_path: Path, uploads: int, kill_after: float, t
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "IMGSVC_LOG_FORMAT": "text",
         "IMGSVC_METRICS_PORT": "0",
+        "IMGSVC_ADMIN_PORT": "0",
         # A message leased by the killed process comes back after this; short, to settle sooner.
         "IMGSVC_CONSUMER_VISIBILITY_TIMEOUT": "5",
         "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",

@@ -41,6 +41,7 @@ def child_env(endpoint: str | None = None, **extra: str) -> dict[str, str]:
         "IMGSVC_LOG_LEVEL": "INFO",
         "IMGSVC_LOG_FORMAT": "text",  # the scripts read readiness lines from it
         "IMGSVC_METRICS_PORT": "0",  # many consumers on one machine: no shared metrics port
+        "IMGSVC_ADMIN_PORT": "0",  # nor one admin port for many API processes
         **extra,
     }
     if endpoint:

@@ -318,6 +318,7 @@ def process_env(**extra: str) -> dict[str, str]:
         "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
         "IMGSVC_CONSUMER_WORKERS": "1",
         "IMGSVC_METRICS_PORT": "0",
+        "IMGSVC_ADMIN_PORT": "0",
         "IMGSVC_LOG_FORMAT": "text",
         **extra,
     }

@@ -28,6 +28,7 @@ from tests.conftest import (
     run,
     settings_env,
 )
+from web.keys import TABLES
 
 Client = TestClient[Any, Any]
 ROUTES = [
@@ -132,6 +133,7 @@ async def test_failed_attempts_are_limited_per_address_across_processes(
     settings = make_settings(IMGSVC_AUTH_FAILURES_ALLOWED="3", IMGSVC_AUTH_FAILURE_WINDOW="60")
     first = await make_client(settings)
     second = await make_client(settings, user=None)
+    assert (await first.get("/images/x")).status == 404  # a key in use before the probing began
     for app in (first, second, first):
         assert (await app.get("/images/x", headers=bearer(FORGED))).status == 401
     # The limit is shared: both processes refuse further failing attempts from the address...
@@ -140,8 +142,51 @@ async def test_failed_attempts_are_limited_per_address_across_processes(
         assert response.status == 429
         assert (await response.json())["error"] == "too_many_failed_attempts"
         assert 1 <= int(response.headers["Retry-After"]) <= 60
-    # ...while a valid key from the same address still works: probing cannot lock users out.
+    # ...while a valid key in use from the same address still works: probing cannot lock its
+    # users out. A key this process has not verified lately is not read for a refused address
+    # (the probe would cost a read each): it waits for the window like the prober.
     assert (await first.get("/images/x")).status == 404
+    fresh = await issue_key(first.server.app, USER)
+    refused = await first.get("/images/x", headers=bearer(fresh))
+    assert refused.status == 429 and (await refused.json())["error"] == "too_many_failed_attempts"
+
+
+async def test_a_refused_address_costs_no_read_and_no_write(
+    tmp_path: Path, make_client: ClientFactory
+) -> None:
+    """Past the limit, wrong keys from the address are refused in the process: the key table and
+    the counter are not touched again (counted through the local backend's tables)."""
+    settings = local_settings(tmp_path / "data", IMGSVC_AUTH_FAILURES_ALLOWED="2")
+    api = await make_client(settings, user=None)
+    app = api.server.app
+    tables = app[TABLES]
+    reads: list[object] = []
+    writes: list[object] = []
+    get, update = tables.keys.get, tables.throttle.update
+
+    async def counted_get(*args: Any, **kwargs: Any) -> Any:
+        reads.append(args)
+        return await get(*args, **kwargs)
+
+    async def counted_update(*args: Any, **kwargs: Any) -> Any:
+        writes.append(args)
+        return await update(*args, **kwargs)
+
+    tables.keys.get, tables.throttle.update = counted_get, counted_update
+    statuses = [(await api.get("/images/x", headers=bearer(FORGED))).status for _ in range(3)]
+    assert statuses == [401, 401, 429]
+    assert (len(reads), len(writes)) == (3, 3)
+    for _ in range(50):
+        response = await api.get("/images/x", headers=bearer(FORGED))
+        assert response.status == 429 and int(response.headers["Retry-After"]) >= 1
+    assert (len(reads), len(writes)) == (3, 3)
+
+
+async def test_two_authorization_headers_are_refused(api: Client) -> None:
+    key = api.session.headers["Authorization"]
+    response = await api.get("/images/x", headers=[("Authorization", key), ("Authorization", key)])
+    assert response.status == 400
+    assert (await response.json())["error"] == "bad_request"
 
 
 @pytest.mark.parametrize("store", [pytest.param("dynamodb", marks=pytest.mark.moto), "sqlite"])

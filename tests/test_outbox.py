@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import math
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -226,3 +229,28 @@ def test_a_time_too_large_for_a_float_is_poison() -> None:
     )
     with pytest.raises(PoisonMessage):
         Envelope.decode(body)
+
+
+async def test_a_host_resolving_to_a_private_address_is_dead_lettered_at_once(
+    backend: Backend, make_client: ClientFactory, receiver: Receiver
+) -> None:
+    """A webhook whose name resolves inward is refused at delivery (SSRF protection), and no retry
+    can change that: the event goes to the outbox's DLQ on its first attempt as `private_address`,
+    not after six attempts as a DNS error."""
+    host = socket.gethostname()
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        pytest.skip(f"this machine's name {host} does not resolve")
+    if any(ipaddress.ip_address(str(a).split("%")[0]).is_global for a in found):
+        pytest.skip(f"this machine's name {host} resolves to a public address")
+    settings = with_hooks(backend.settings, allow_private=False, attempts=6)
+    api = await make_client(settings)
+    await set_hook(api, receiver.url.replace("127.0.0.1", host))
+    assert (await api.put("/images/cat", data=CAT)).status == 202
+    started = time.monotonic()
+    await deliver(backend, settings)
+    assert time.monotonic() - started < 15 and receiver.calls == []
+    [buried] = json.loads(await pipeline_cli(backend, "webhooks", "list", "--json"))
+    assert (buried["error_code"], buried["attempts"]) == ("private_address", "1")
+    assert "no public address" in buried["error_message"]

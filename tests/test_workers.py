@@ -14,7 +14,7 @@ import pytest
 from config.settings import ImagingSettings
 from pipeline.errors import JobTimeout, WorkerCrashed
 from pipeline.tasks import make_renditions
-from pipeline.workers import WorkerPool
+from pipeline.workers import WorkerPool, resident_bytes
 from tests.conftest import jpeg_bytes
 
 pytestmark = pytest.mark.e2e
@@ -149,5 +149,47 @@ async def test_jobs_queued_when_the_whole_pool_dies_all_resolve() -> None:
                 outcomes = await asyncio.gather(*jobs)
             assert set(outcomes) <= {256, None}
         assert await _width_or_crash(pool) == 256  # and the pool serves again
+    finally:
+        pool.close()
+
+
+#: A job that leaves 300 MB of the heap free but scattered (every 100th of 300,000 1 KB blocks
+#: kept): without handing free pages back, the worker would keep them resident.
+SCATTERED = "import builtins; x = [bytes(1000) for _ in range(300_000)]; builtins.kept = x[::100]; del x"
+#: A job that keeps 300 MB alive in the worker (a leak).
+LEAK = "import builtins; builtins.leak = [bytes(1000) for _ in range(300_000)]"
+
+
+async def test_a_worker_gives_back_what_a_large_job_freed() -> None:
+    pool = WorkerPool(1)
+    try:
+        await pool.run(30, exec, SCATTERED)
+        (pid,) = pool.pids()
+        assert resident_bytes(pid) < 150 * 1024 * 1024
+    finally:
+        pool.close()
+
+
+async def test_a_worker_above_its_memory_bound_is_replaced_and_no_job_fails() -> None:
+    pool = WorkerPool(1, max_rss=200 * 1024 * 1024)
+    try:
+        await pool.run(30, time.sleep, 0)
+        (bloated,) = pool.pids()
+        await pool.run(30, exec, LEAK)
+        # The next job runs in a new worker; the bloated one exits once idle.
+        assert await pool.run(30, os.getpid) != bloated
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(bloated):
+            await asyncio.sleep(0.1)
+        assert not _alive(bloated)
+    finally:
+        pool.close()
+
+
+async def test_a_worker_is_replaced_after_its_jobs() -> None:
+    pool = WorkerPool(1, max_jobs=3)
+    try:
+        pids = [await pool.run(30, os.getpid) for _ in range(7)]
+        assert len(set(pids)) == 3 and pids[:3] == [pids[0]] * 3
     finally:
         pool.close()

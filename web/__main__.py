@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -20,12 +23,14 @@ from pipeline.backends import open_backend
 from pipeline.demo import seed_demo_once, seed_demo_users
 from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
+from web.admin import start_admin
 from web.app import create_app
 from web.keys import PROVISIONED
 from web.multipart import ignore_parser_warnings
 from web.server import GuardedRunner
 
 log = logging.getLogger("web")
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,6 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--host", help="address to listen on (IMGSVC_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (IMGSVC_PORT, default 8080; 0 picks one)")
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        help="port of the admin listener: health, readiness and metrics apart from the API "
+        "(IMGSVC_ADMIN_PORT, default 8081, on IMGSVC_ADMIN_HOST, default 127.0.0.1; 0 picks one)",
+    )
     parser.add_argument(
         "--embedded-port", type=int, help="embedded AWS port (IMGSVC_EMBEDDED_PORT, default 4566)"
     )
@@ -66,6 +77,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         web_settings = dataclasses.replace(web_settings, host=args.host)
     if args.port is not None:
         web_settings = dataclasses.replace(web_settings, port=args.port)
+    if args.admin_port is not None:
+        web_settings = dataclasses.replace(web_settings, admin_port=args.admin_port)
     aws = settings.aws
     if args.embedded_port is not None:
         aws = dataclasses.replace(aws, embedded_port=args.embedded_port)
@@ -84,14 +97,35 @@ async def serve(settings: Settings, *, seed_demo: bool = False) -> None:
     app[PROVISIONED] = seed_demo  # done just above: the app need not provision (and log it) again
     runner = GuardedRunner(app, settings.web)
     await runner.setup()
+    admin: web.AppRunner | None = None
     try:
         site = web.TCPSite(runner, settings.web.host, settings.web.port)
-        await site.start()
+        await _listen(site.start(), settings.web.host, settings.web.port, "--port (IMGSVC_PORT)")
         for address in runner.addresses:
             log.info("API listening url=http://%s:%s", *address[:2])
+        admin = await _listen(
+            start_admin(app, settings.web.admin_host, settings.web.admin_port),
+            settings.web.admin_host,
+            settings.web.admin_port,
+            "--admin-port (IMGSVC_ADMIN_PORT)",
+        )
         await _until_signalled()
     finally:
+        if admin is not None:
+            await admin.cleanup()
         await runner.cleanup()
+
+
+class ListenError(Exception):
+    """An address to listen on is taken or not ours; the message is the one line to print."""
+
+
+async def _listen(starting: Awaitable[T], host: str, port: int, flag: str) -> T:
+    try:
+        return await starting
+    except OSError as exc:
+        why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+        raise ListenError(f"{host}:{port} {why}: choose another with {flag}") from None
 
 
 async def serve_embedded_only(settings: Settings) -> None:
@@ -164,7 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.embedded_only
             else serve(settings, seed_demo=started_endpoint or settings.aws.mode == "local")
         )
-        runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)
+        try:
+            runtime.run(main_coroutine, use_uvloop=settings.use_uvloop, debug=settings.loop_debug)
+        except ListenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

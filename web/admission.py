@@ -3,11 +3,14 @@ uploads in progress.
 
 An upload holds one buffer (an S3 part in the making, up to `IMGSVC_UPLOAD_PART_SIZE`) while it
 streams. Without a bound, 200 concurrent uploads take gigabytes and the process is killed.
-Each upload reserves its buffer before reading its body: while there is no room it waits (its
-connection is not read meanwhile, so a well-behaved client simply sends slower) up to
-`IMGSVC_UPLOAD_BUFFER_WAIT`, then is answered 503 with `Retry-After`, before anything is stored.
-Waiters are served first come, first served, so a large reservation is not starved by small ones.
-The per-user limit keeps one user from taking the whole budget: past it, 429.
+Each upload reserves a first slice of buffer before reading its body, and the rest as its bytes
+arrive (`Lease.grow_to`), so an upload holds what it has sent, not what it may send: 32 uploads
+trickling a byte a second hold 32 slices, not 32 parts. While there is no room an upload waits
+(its connection is not read meanwhile, so a well-behaved client simply sends slower) up to
+`IMGSVC_UPLOAD_BUFFER_WAIT`, then is answered 503 with `Retry-After` (a multipart upload begun
+is aborted: nothing is stored). Waiters are served first come, first served, so a large
+reservation is not starved by small ones. The per-user limit keeps one user from taking the
+whole budget (8 uploads of an 8 MiB part are a quarter of the default): past it, 429.
 
 Both bounds are per process (memory is): N web processes admit N times as much in all.
 """
@@ -16,15 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from pipeline import memory, metrics
 from pipeline.errors import PermanentError, TransientError
+from web.shares import UserShare
 
 #: Seconds without any upload buffer in use before freed memory is handed back to the system.
 TRIM_AFTER_SECONDS = 1.0
+#: Bytes an upload reserves before reading its body (one read from the connection).
+FIRST_SLICE = 64 * 1024
 
 
 class UploadsBusy(TransientError):
@@ -55,6 +61,25 @@ class ByteBudget:
     async def reserve(self, size: int, wait: float, retry_after: int) -> AsyncIterator[None]:
         """Hold `size` bytes for the block; `UploadsBusy` if they are not free within `wait` s."""
         size = min(size, self.capacity)
+        await self.acquire(size, wait, retry_after)
+        try:
+            yield
+        finally:
+            self.give_back(size)
+
+    @asynccontextmanager
+    async def lease(self, first: int, wait: float, retry_after: int) -> AsyncIterator[Lease]:
+        """A reservation of `first` bytes that may grow (`Lease.grow_to`), all given back after
+        the block."""
+        held = Lease(self, wait, retry_after)
+        await held.grow_to(first)
+        try:
+            yield held
+        finally:
+            held.release()
+
+    async def acquire(self, size: int, wait: float, retry_after: int) -> None:
+        """Take `size` bytes (the caller gives them back); `UploadsBusy` after `wait` s without."""
         if not self._waiters and self._free >= size:
             self._take(size)
         else:
@@ -65,7 +90,7 @@ class ByteBudget:
                     await granted
             except BaseException as exc:
                 if granted.done() and not granted.cancelled():  # granted at the last moment
-                    self._give_back(size)
+                    self.give_back(size)
                 else:
                     granted.cancel()
                     with contextlib.suppress(ValueError):  # `_grant` may have dropped it already
@@ -75,10 +100,6 @@ class ByteBudget:
                     metrics.UPLOADS_REFUSED.labels("buffer").inc()
                     raise UploadsBusy(headers={"Retry-After": str(retry_after)}) from None
                 raise
-        try:
-            yield
-        finally:
-            self._give_back(size)
 
     def _take(self, size: int) -> None:
         self._free -= size
@@ -87,7 +108,7 @@ class ByteBudget:
             self._trim.cancel()
             self._trim = None
 
-    def _give_back(self, size: int) -> None:
+    def give_back(self, size: int) -> None:
         self._free += size
         metrics.UPLOAD_BUFFER_BYTES.set(self.reserved)
         self._grant()
@@ -112,31 +133,49 @@ class ByteBudget:
             granted.set_result(None)
 
 
+class Lease:
+    """Bytes of a `ByteBudget` held by one upload, grown as its buffer needs them."""
+
+    def __init__(self, budget: ByteBudget, wait: float, retry_after: int) -> None:
+        self._budget = budget
+        self._wait = wait
+        self._retry_after = retry_after
+        self.held = 0
+
+    async def grow_to(self, size: int) -> None:
+        """Hold `size` bytes in all (at most the budget); waits like a new reservation."""
+        size = min(size, self._budget.capacity)
+        if size > self.held:
+            await self._budget.acquire(size - self.held, self._wait, self._retry_after)
+            self.held = size
+
+    def release(self) -> None:
+        held, self.held = self.held, 0
+        if held:
+            self._budget.give_back(held)
+
+
 class UploadGate:
     """Both admission rules of one process."""
 
     def __init__(self, budget_bytes: int, per_user: int, wait: float, retry_after: int) -> None:
         self.budget = ByteBudget(budget_bytes)
-        self._per_user = per_user
         self._wait = wait
         self._retry_after = retry_after
-        self._active: Counter[str] = Counter()
+
+        def refusal(limit: int) -> TooManyUploads:
+            metrics.UPLOADS_REFUSED.labels("user").inc()
+            return TooManyUploads(
+                f"at most {limit} uploads of one user at a time",
+                headers={"Retry-After": str(retry_after)},
+            )
+
+        self._share = UserShare(per_user, refusal)
 
     @asynccontextmanager
-    async def admit(self, user_id: str, buffer_bytes: int) -> AsyncIterator[None]:
-        """One upload of `user_id` needing `buffer_bytes`: 429 past the user's limit, 503 when no
-        buffer space comes free in time."""
-        if self._per_user and self._active[user_id] >= self._per_user:
-            metrics.UPLOADS_REFUSED.labels("user").inc()
-            raise TooManyUploads(
-                f"at most {self._per_user} uploads of one user at a time",
-                headers={"Retry-After": str(self._retry_after)},
-            )
-        self._active[user_id] += 1
-        try:
-            async with self.budget.reserve(buffer_bytes, self._wait, self._retry_after):
-                yield
-        finally:
-            self._active[user_id] -= 1
-            if not self._active[user_id]:
-                del self._active[user_id]
+    async def admit(self, user_id: str) -> AsyncIterator[Lease]:
+        """One upload of `user_id`, holding a first slice of buffer: 429 past the user's limit, 503
+        when no buffer space comes free in time (now, or as the lease grows)."""
+        with self._share.hold(user_id):
+            async with self.budget.lease(FIRST_SLICE, self._wait, self._retry_after) as lease:
+                yield lease

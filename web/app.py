@@ -12,11 +12,13 @@ from config.settings import Settings
 from pipeline import metrics
 from pipeline.accounts import Accounts
 from pipeline.backends import open_backend
+from pipeline.errors import TooManyWaits
 from pipeline.records import RecordStore
 from pipeline.service import open_consumer
 from pipeline.supervision import Supervisor
 from pipeline.webhooks import WebhookStore
 from web.admission import UploadGate
+from web.clients import Proxies
 from web.idempotency import IdempotencyStore
 from web.keys import (
     ACCOUNTS,
@@ -27,6 +29,7 @@ from web.keys import (
     LIMITER,
     LINKS,
     PROVISIONED,
+    PROXIES,
     RECORDS,
     SETTINGS,
     STORAGE,
@@ -35,6 +38,7 @@ from web.keys import (
     USAGE,
     VARIANT_POOL,
     VARIANTS,
+    WAITS,
     WEBHOOKS,
 )
 from web.links import LinkSigner, shared_secret
@@ -42,6 +46,7 @@ from web.middlewares import error_middleware, metrics_middleware, request_id_mid
 from web.quotas import Usage
 from web.routes import setup_routes
 from web.server import deadline_middleware
+from web.shares import UserShare
 from web.throttle import FailureLimiter
 from web.variants import VariantMaker
 
@@ -57,11 +62,19 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     web_settings = settings.web
+    app[PROXIES] = Proxies(web_settings.trusted_proxies)
     app[UPLOADS] = UploadGate(
         web_settings.upload_buffer_bytes,
         web_settings.user_max_uploads,
         web_settings.upload_buffer_wait,
         web_settings.retry_after,
+    )
+    app[WAITS] = UserShare(
+        web_settings.user_max_waits,
+        lambda limit: TooManyWaits(
+            f"at most {limit} long polls of one user at a time; poll without wait, or wait for one",
+            headers={"Retry-After": str(web_settings.retry_after)},
+        ),
     )
     app.on_response_prepare.append(send_request_id)
     app.cleanup_ctx.append(_backend)
@@ -87,7 +100,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         )
         app[BACKEND] = backend
         app[STORAGE] = backend.storage
-        app[RECORDS] = RecordStore(tables.images, tables.users)
+        app[RECORDS] = RecordStore(tables.images, tables.users, backend.changes)
         app[USAGE] = Usage(tables.users, settings.accounts)
         app[WEBHOOKS] = WebhookStore(tables.users)
         app[IDEMPOTENCY] = IdempotencyStore(tables.requests, retry_after=settings.web.retry_after)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipeline.errors import Forbidden, InvalidCredentials, InvalidField, MissingCredentials
+from pipeline.errors import BadRequest, Forbidden, InvalidCredentials, InvalidField, MissingCredentials
 from pipeline.layout import valid_user_id
-from web.keys import ACCOUNTS, LIMITER
+from web.clients import client_address
+from web.keys import ACCOUNTS, LIMITER, PROXIES
 
 CHALLENGE = 'Bearer realm="image-service"'
 _CALLER = web.RequestKey("caller", str)
@@ -22,18 +23,27 @@ async def authenticate(request: web.Request) -> str:
     """The caller's user id (memoised per request)."""
     if (known := request.get(_CALLER)) is not None:
         return str(known)
-    header = request.headers.get("Authorization", "")
+    headers = request.headers.getall("Authorization", [])
+    if len(headers) > 1:
+        raise BadRequest("send one Authorization header, not several")
+    header = headers[0] if headers else ""
     if not header.strip():
         raise MissingCredentials(headers={"WWW-Authenticate": CHALLENGE})
     scheme, _, token = header.strip().partition(" ")
+    limiter = request.app[LIMITER]
+    address = client_address(request, request.app[PROXIES])
+    refusing = limiter.refusing(address) > 0
     try:
         if scheme.lower() != "bearer" or not token.strip():
             raise InvalidCredentials("use the Bearer scheme: Authorization: Bearer <key>")
-        user_id = await request.app[ACCOUNTS].authenticate(token.strip())
+        # An address past its failure limit gets no key read: only keys verified lately pass.
+        user_id = await request.app[ACCOUNTS].authenticate(token.strip(), only_remembered=refusing)
     except InvalidCredentials as exc:
+        if refusing:
+            limiter.refuse(address)
         # Only failures count: a valid key costs one read, and a prober sharing an address (a
         # NAT, a proxy) with real users cannot lock them out.
-        await request.app[LIMITER].fail(request.remote or "unknown")
+        await limiter.fail(address)
         raise InvalidCredentials(
             exc.message, headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'}
         ) from None

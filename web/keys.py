@@ -14,9 +14,11 @@ from pipeline.supervision import Supervisor
 from pipeline.webhooks import WebhookStore
 from pipeline.workers import WorkerPool
 from web.admission import UploadGate
+from web.clients import Proxies
 from web.idempotency import IdempotencyStore
 from web.links import LinkSigner
 from web.quotas import Usage
+from web.shares import UserShare
 from web.throttle import FailureLimiter
 from web.variants import VariantMaker
 
@@ -33,6 +35,10 @@ LIMITER = web.AppKey("limiter", FailureLimiter)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 BACKGROUND = web.AppKey("background", Supervisor)
 UPLOADS = web.AppKey("uploads", UploadGate)
+#: Each user's share of the long polls waiting in this process.
+WAITS = web.AppKey("waits", UserShare)
+#: The proxies whose forwarding headers name the client (`IMGSVC_TRUSTED_PROXIES`).
+PROXIES = web.AppKey("proxies", Proxies)
 VARIANTS = web.AppKey("variants", VariantMaker)
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 #: A worker pool for variants that the app uses but does not own (tests share one per session).

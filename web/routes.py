@@ -6,9 +6,32 @@ from aiohttp import web
 
 from web import openapi
 from web.handlers import download, health, images, links, presigned, ui, upload, variants, webhook
+from web.middlewares import error_response
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` is answered 100 as aiohttp does; any other expectation is a JSON
+    417 (aiohttp's own answer, raised before the middlewares, would be text/plain)."""
+    if request.version != (1, 1):
+        return None  # HTTP/1.0 has no expectations: ignored, as aiohttp does
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        return error_response(
+            417, "expectation_failed", "the only expectation understood is Expect: 100-continue"
+        )
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
 
 
 def setup_routes(app: web.Application) -> None:
+    _routes(app)
+    ui.setup(app)
+    for route in app.router.routes():
+        if isinstance(route, web.ResourceRoute):
+            route._expect_handler = expect_continue  # (aiohttp sets it only when a route is added)
+
+
+def _routes(app: web.Application) -> None:
     app.router.add_post("/upload", upload.compat_upload)
     app.router.add_get("/download/image", download.download_image)
     app.router.add_get("/download/thumbnail", download.download_thumbnail)
@@ -33,4 +56,3 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/metrics", health.metrics)
     app.router.add_get("/openapi.json", openapi.openapi_json)
     app.router.add_get("/docs", openapi.docs)
-    ui.setup(app)

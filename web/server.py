@@ -11,26 +11,38 @@ which keeps the deadlines Apache's mod_reqtimeout and nginx keep:
   Only time in which this side wants data counts: while a handler is busy and the buffer is
   full, reading is paused and the client is not to blame;
 - idle keep-alive: closed after `keepalive_timeout`;
-- sending: a client that stops reading a response for `send_timeout` is cut off.
+- sending: a client that stops reading a response for `send_timeout` is cut off, and one that
+  reads it slower than `send_min_rate` bytes per second, averaged over the last
+  `send_rate_window` seconds in which it kept the server waiting (its socket full), is cut off
+  too: a slow reader costs a bounded time, not the send timeout per chunk.
 
 A cut-off request is answered 408 with a JSON body where one can still be written (a body
 timeout surfaces in the handler's next read as `RequestTimeout`). The cap (`max_connections`)
 keeps file descriptors for the AWS clients, the embedded endpoint and health checks: at the cap
 a new connection closes the connection that has idled or dawdled over its headers longest, and
 is refused with 503 only when every connection is busy with a request.
+
+Each client address has a share of the cap (`max_connections_per_client`): past it, the client's
+own idle connection makes room, else its new connection is refused with 429, so one client
+cannot take the slots every other client needs. A trusted proxy's connections carry many
+clients: they are not capped by address, and the share counts each forwarded client's requests
+in progress instead (`deadline_middleware`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import itertools
 import json
 import logging
 import resource
-from collections import OrderedDict
+import socket
+import struct
+from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +53,8 @@ from aiohttp.web_request import BaseRequest
 
 from config.settings import WebSettings
 from pipeline import metrics
-from pipeline.errors import ServiceError, TooLarge, UploadTimeout
+from pipeline.errors import PermanentError, ServiceError, TooLarge, UploadTimeout
+from web.clients import Proxies, client_address
 
 log = logging.getLogger(__name__)
 #: How often a connection sending a body checks its clock (body deadlines are this coarse).
@@ -67,6 +80,14 @@ class RequestTimeout(UploadTimeout):
     default_message = "the request body arrived too slowly"
 
 
+class TooManyClientRequests(PermanentError):
+    """A client behind a trusted proxy has its share of requests in progress already."""
+
+    code = "too_many_connections"
+    http_status = 429
+    default_message = "this client has too many requests in progress; finish some first"
+
+
 class Phase(enum.Enum):
     IDLE = "idle"  # between requests (or writing the last response)
     HEADERS = "headers"  # a request has begun and its headers are not complete
@@ -83,6 +104,11 @@ class Limits:
     body_timeout: float
     body_min_rate: int
     send_timeout: float
+    per_client: int = 0
+    proxies: Proxies = field(default_factory=lambda: Proxies(()))
+    send_min_rate: int = 0
+    send_rate_window: float = 20.0
+    retry_after: int = 1
 
     @classmethod
     def of(cls, web_settings: WebSettings) -> Limits:
@@ -93,6 +119,11 @@ class Limits:
             body_timeout=web_settings.body_timeout,
             body_min_rate=web_settings.body_min_rate,
             send_timeout=web_settings.send_timeout,
+            per_client=web_settings.max_connections_per_client,
+            proxies=Proxies(web_settings.trusted_proxies),
+            send_min_rate=web_settings.send_min_rate,
+            send_rate_window=web_settings.send_rate_window,
+            retry_after=web_settings.retry_after,
         )
 
 
@@ -124,15 +155,43 @@ class Tracker:
         self.live: set[GuardedHandler] = set()
         #: Idle or half-sent connections, longest waiting first.
         self._evictable: OrderedDict[GuardedHandler, None] = OrderedDict()
+        #: The connections of each capped client address (a trusted proxy's are not capped).
+        self._clients: dict[str, set[GuardedHandler]] = {}
+        #: Requests in progress of each client behind a trusted proxy.
+        self._forwarded: Counter[str] = Counter()
 
-    def admit(self, handler: GuardedHandler) -> bool:
-        """Count a new connection in; False when it must be refused (every slot is busy)."""
+    def admit(self, handler: GuardedHandler, client: str | None) -> Admission:
+        """Count a new connection in, from `client` (None: not capped by address)."""
+        mine = self._clients.get(client) if client is not None else None
+        if mine is not None and len(mine) >= self.limits.per_client > 0:
+            # The client's own connection idle longest makes room, never another client's.
+            for victim in sorted(mine, key=lambda h: h.waiting_since):
+                if victim.evict():
+                    self.forget(victim)
+                    break
+            else:
+                return Admission.CLIENT_FULL
         while len(self.live) >= self.limits.max_connections:
             if not self._evict_one():
-                return False
+                return Admission.FULL
         self.live.add(handler)
+        if client is not None and self.limits.per_client:
+            self._clients.setdefault(client, set()).add(handler)
         metrics.HTTP_CONNECTIONS.set(len(self.live))
-        return True
+        return Admission.ADMITTED
+
+    def start_forwarded(self, client: str) -> None:
+        """A request of `client` arrived through a trusted proxy; `TooManyClientRequests` when
+        the client has its share in progress already."""
+        if self._forwarded[client] >= self.limits.per_client > 0:
+            metrics.HTTP_CONNECTIONS_CLOSED.labels("client_refused").inc()
+            raise TooManyClientRequests(headers={"Retry-After": str(self.limits.retry_after)})
+        self._forwarded[client] += 1
+
+    def end_forwarded(self, client: str) -> None:
+        self._forwarded[client] -= 1
+        if self._forwarded[client] <= 0:
+            del self._forwarded[client]
 
     def _evict_one(self) -> bool:
         for victim in list(itertools.islice(self._evictable, 64)):  # a bounded look
@@ -151,7 +210,18 @@ class Tracker:
     def forget(self, handler: GuardedHandler) -> None:
         self.live.discard(handler)
         self._evictable.pop(handler, None)
+        client = handler.client
+        if client is not None and (mine := self._clients.get(client)) is not None:
+            mine.discard(handler)
+            if not mine:
+                del self._clients[client]
         metrics.HTTP_CONNECTIONS.set(len(self.live))
+
+
+class Admission(enum.Enum):
+    ADMITTED = "admitted"
+    FULL = "full"  # every slot of the process is busy
+    CLIENT_FULL = "client_full"  # every slot of the client's share is busy
 
 
 class GuardedHandler(RequestHandler):
@@ -166,11 +236,18 @@ class GuardedHandler(RequestHandler):
         "_lingered",
         "_payload",
         "_phase",
+        "_rate_timer",
         "_received",
+        "_send_last",
+        "_send_samples",
         "_send_timer",
+        "_send_waited",
         "_timer",
         "_tracker",
         "_waited",
+        "_writer",
+        "client",
+        "waiting_since",
     )
 
     def __init__(self, manager: GuardedServer, *, tracker: Tracker, **kwargs: Any) -> None:
@@ -187,6 +264,24 @@ class GuardedHandler(RequestHandler):
         self._body_limit: int | None = None
         #: The first bytes of the request being received (its method), until its headers parse.
         self._line_start = b""
+        #: The peer address this connection counts under (None: a trusted proxy, or no address).
+        self.client: str | None = None
+        #: When it last began to idle or to await headers (the longest waiting is evicted first).
+        self.waiting_since = 0.0
+        #: The current response's writer, and the time its client kept us waiting to send.
+        self._writer: Any = None
+        self._rate_timer: asyncio.TimerHandle | None = None
+        self._send_waited = self._send_last = 0.0
+        #: (time behind, bytes read) as the client fell behind, over the last `send_rate_window`.
+        self._send_samples: deque[tuple[float, int]] = deque()
+
+    @property
+    def limits(self) -> Limits:
+        return self._tracker.limits
+
+    @property
+    def tracker(self) -> Tracker:
+        return self._tracker
 
     @property
     def cut_off(self) -> bool:
@@ -203,10 +298,27 @@ class GuardedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if not self._tracker.admit(self):
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        limits = self._tracker.limits
+        self.waiting_since = self._loop.time()
+        if address is not None and not limits.proxies.trusted(address):
+            self.client = address
+        admitted = self._tracker.admit(self, self.client)
+        if admitted is Admission.FULL:
             metrics.HTTP_CONNECTIONS_CLOSED.labels("refused").inc()
             self._answer_and_close(
                 503, "too_many_connections", "the server is at its connection limit; retry shortly", 1
+            )
+            return
+        if admitted is Admission.CLIENT_FULL:
+            metrics.HTTP_CONNECTIONS_CLOSED.labels("client_refused").inc()
+            self.client = None  # never counted under it
+            self._answer_and_close(
+                429,
+                "too_many_connections",
+                f"this client holds its {limits.per_client} connections already; reuse or close one",
+                limits.retry_after,
             )
             return
         # A new connection's headers are due within the header timeout of accept.
@@ -239,20 +351,33 @@ class GuardedHandler(RequestHandler):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        limits = self._tracker.limits
         if self._send_timer is None:
-            self._send_timer = self._loop.call_later(self._tracker.limits.send_timeout, self._send_expired)
+            self._send_timer = self._loop.call_later(limits.send_timeout, self._send_expired)
+        if limits.send_min_rate and self._rate_timer is None and self._writer is not None:
+            # The client is behind: from now until it catches up, time counts against its rate.
+            self._send_last = self._loop.time()
+            self._send_sample()
+            self._rate_timer = self._loop.call_later(TICK_SECONDS, self._send_tick)
 
     def resume_writing(self) -> None:
         super().resume_writing()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+            self._send_waited += self._loop.time() - self._send_last
 
     # Request events (from `deadline_middleware`) --------------------------------------------------
 
-    def request_started(self, payload: StreamReader) -> None:
+    def request_started(self, payload: StreamReader, writer: Any = None) -> None:
         self._line_start = b""
         self._payload = payload
+        self._writer = writer
+        self._send_waited = 0.0
+        self._send_samples.clear()
         self._cut = False
         self._body_limit = None
         if payload.is_eof():
@@ -297,6 +422,8 @@ class GuardedHandler(RequestHandler):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if phase in (Phase.IDLE, Phase.HEADERS) and self._phase not in (Phase.IDLE, Phase.HEADERS):
+            self.waiting_since = self._loop.time()
         self._phase = phase
         self._tracker.evictable(self, phase in (Phase.IDLE, Phase.HEADERS))
         limits = self._tracker.limits
@@ -368,7 +495,46 @@ class GuardedHandler(RequestHandler):
         self._send_timer = None
         metrics.HTTP_CONNECTIONS_CLOSED.labels("send_timeout").inc()
         if self.transport is not None:
-            self.transport.abort()  # the buffered response is never going to be read
+            reset(self.transport)  # the buffered response is never going to be read
+
+    def _send_sample(self) -> tuple[float, int]:
+        """Note how long the client has kept us waiting and how much it has read, keeping one
+        sample at least `send_rate_window` old (the start of the window) and those after it."""
+        transport, writer = self.transport, self._writer
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        delivered = max(0, int(getattr(writer, "output_size", 0)) - buffered)
+        samples, window = self._send_samples, self._tracker.limits.send_rate_window
+        samples.append((self._send_waited, delivered))
+        while len(samples) > 2 and samples[1][0] <= self._send_waited - window:
+            samples.popleft()
+        return samples[0]
+
+    def _send_tick(self) -> None:
+        """While the client is behind: cut it off once, over the last `send_rate_window` seconds
+        it kept us waiting, it read less than `send_min_rate` bytes a second. A window, not the
+        whole answer's average: what the kernel's buffers took at the start buys no lasting credit."""
+        self._rate_timer = None
+        transport = self.transport
+        if transport is None or self._writer is None or transport.is_closing():
+            return
+        now = self._loop.time()
+        self._send_waited += now - self._send_last
+        self._send_last = now
+        limits = self._tracker.limits
+        since, read_then = self._send_sample()
+        behind, read_now = self._send_waited - since, self._send_samples[-1][1]
+        if behind < limits.send_rate_window or read_now - read_then >= limits.send_min_rate * behind:
+            self._rate_timer = self._loop.call_later(TICK_SECONDS, self._send_tick)
+            return
+        metrics.HTTP_CONNECTIONS_CLOSED.labels("send_too_slow").inc()
+        log.info(
+            "slow reader cut off client=%s read=%d in %.1fs behind min_rate=%d",
+            self.client or "proxied",
+            read_now - read_then,
+            behind,
+            limits.send_min_rate,
+        )
+        reset(transport)
 
     def evict(self) -> bool:
         """Close this connection to admit a newer one, if it is idle or has not sent its headers."""
@@ -382,10 +548,10 @@ class GuardedHandler(RequestHandler):
         return True
 
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._send_timer):
+        for timer in (self._timer, self._send_timer, self._rate_timer):
             if timer is not None:
                 timer.cancel()
-        self._timer = self._send_timer = None
+        self._timer = self._send_timer = self._rate_timer = None
 
     def _answer_and_close(self, status: int, code: str, message: str, retry_after: int = 0) -> None:
         """Answer and close at once (flushing the answer first): the descriptor is needed now."""
@@ -400,7 +566,7 @@ class GuardedHandler(RequestHandler):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             body = json.dumps({"error": code, "message": message}).encode()
-            reason = {408: "Request Timeout", 503: "Service Unavailable"}[status]
+            reason = {408: "Request Timeout", 429: "Too Many Requests", 503: "Service Unavailable"}[status]
             head = (
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n"
@@ -434,6 +600,16 @@ class GuardedHandler(RequestHandler):
             )
         response.force_close()
         return response
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close with a reset, dropping what the kernel still holds for the client (nginx's
+    `reset_timedout_connection`): a plain close would keep sending it, at the client's pace."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()  # type: ignore[attr-defined]
 
 
 class GuardedServer(web.Server):
@@ -506,7 +682,15 @@ async def deadline_middleware(
     guard = guard_of(request)
     if guard is None:
         return await handler(request)
-    guard.request_started(request.content)
+    guard.request_started(request.content, request.writer)
+    forwarded = None
+    if guard.client is None and (limits := guard.limits).per_client and limits.proxies:
+        forwarded = client_address(request, limits.proxies)
+        try:
+            guard.tracker.start_forwarded(forwarded)
+        except TooManyClientRequests as refused:
+            guard.request_finished()
+            return error_json(refused)
     try:
         response = await handler(request)
         if guard.cut_off and not response.prepared:
@@ -517,4 +701,12 @@ async def deadline_middleware(
             await guard.linger()
         return response
     finally:
+        if forwarded is not None:
+            guard.tracker.end_forwarded(forwarded)
         guard.request_finished()
+
+
+def error_json(error: ServiceError) -> web.Response:
+    response = web.json_response({"error": error.code, "message": error.message}, status=error.http_status)
+    response.headers.update(error.headers)
+    return response

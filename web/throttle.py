@@ -8,16 +8,29 @@ processes, hundreds of requests at once), at most `allowed` of a window are answ
 A valid key never reads the counter: keys carry 256 random bits, so the limit is there to bound
 the work probing costs and to stand out in metrics, not to make guessing harder, and it must not
 let a prober lock out the real users behind the same address.
+
+Once an address is past the limit, this process remembers it until the window ends and refuses
+its failures without a write, and the caller verifies its keys only against the keys it verified
+lately (`Accounts.authenticate(only_remembered=True)`), without a read: a flood of wrong keys
+from one address then costs a dictionary lookup each, not two database round trips, while keys
+already in use from that address keep working.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from typing import NoReturn
+
+from cachetools import TTLCache
 
 from pipeline.errors import TooManyFailedAttempts
 from pipeline.items import Add, SetDefault
 from pipeline.ports import ItemTable
+
+#: Refused addresses one process remembers at once (past it, the oldest are forgotten early and
+#: cost a write again).
+MAX_REFUSED = 10_000
 
 
 class FailureLimiter:
@@ -25,6 +38,17 @@ class FailureLimiter:
         self._table = table
         self._allowed = allowed
         self._window = window_seconds
+        #: Addresses past the limit, until their window ends (epoch seconds).
+        self._refused: TTLCache[str, int] = TTLCache(MAX_REFUSED, window_seconds)
+
+    def refusing(self, address: str) -> int:
+        """Seconds this address stays refused here (0: it is not), with no I/O."""
+        ends = self._refused.get(address)
+        return max(0, ends - int(time.time())) if ends is not None else 0
+
+    def refuse(self, address: str) -> NoReturn:
+        """`TooManyFailedAttempts` for an address already refused, with no write."""
+        raise TooManyFailedAttempts(headers={"Retry-After": str(max(1, self.refusing(address)))})
 
     def _slot(self, address: str) -> tuple[str, int]:
         window = int(time.time()) // self._window
@@ -39,5 +63,6 @@ class FailureLimiter:
             {"id": slot}, [Add("failures", 1), SetDefault("expires_at", ends + self._window)]
         )
         if int(item.get("failures", 0)) > self._allowed:
+            self._refused[address] = ends
             wait = max(1, ends - int(time.time()))
             raise TooManyFailedAttempts(headers={"Retry-After": str(wait)})

@@ -268,7 +268,14 @@ class VariantMaker:
 
     def _workers(self) -> WorkerPool:
         if self._pool is None:  # pebble starts the processes on the first job, not before
-            self._pool = WorkerPool(self._limits.workers, threads=1, aws=self._settings.aws)
+            imaging = self._settings.imaging
+            self._pool = WorkerPool(
+                self._limits.workers,
+                threads=1,
+                aws=self._settings.aws,
+                max_jobs=imaging.worker_max_jobs,
+                max_rss=imaging.worker_max_rss,
+            )
         return self._pool
 
     async def close(self) -> None:

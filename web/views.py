@@ -11,12 +11,17 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from pipeline.errors import InvalidField
+from pipeline.errors import BadRequest, InvalidField
 from pipeline.records import ImageRecord
 from pipeline.variants import parse_variant
 from web import urls
 from web.keys import BACKEND, LINKS, SETTINGS
 from web.links import version_of
+
+
+class HostNotAllowed(BadRequest):
+    code = "host_not_allowed"
+
 
 #: How long a listing's thumbnail links work (capped by the link maximum): a gallery shows a
 #: thumbnail once, so the link only has to outlive the page load, with room for a slow network.
@@ -120,6 +125,34 @@ def signed_link(
 
 
 def public_base(request: web.Request) -> str:
-    """Where clients reach this API: `IMGSVC_PUBLIC_URL`, else the scheme and host they used."""
-    configured = request.app[SETTINGS].web.public_url
-    return configured or f"{request.scheme}://{request.host}"
+    """Where clients reach this API: `IMGSVC_PUBLIC_URL`, else the scheme and host they used,
+    if that host is one `IMGSVC_ALLOWED_HOSTS` names: a link must never point where a forged
+    `Host` header says (a link to `evil.example` handed to a user who trusts ours)."""
+    web_settings = request.app[SETTINGS].web
+    if web_settings.public_url:
+        return web_settings.public_url
+    host = request.host
+    if not host_allowed(host, web_settings.allowed_hosts):
+        raise HostNotAllowed(
+            f"links are made for IMGSVC_PUBLIC_URL or a host in IMGSVC_ALLOWED_HOSTS; "
+            f"this request named Host: {host[:100]}"
+        )
+    return f"{request.scheme}://{host}"
+
+
+#: Hosts links may follow when `IMGSVC_ALLOWED_HOSTS` names none: this machine's.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """Whether `host` (a Host header, port and all) is one of `allowed` (names without ports; a
+    leading `.` allows subdomains, `*` any host), or loopback when `allowed` is empty."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    for pattern in allowed or LOOPBACK_HOSTS:
+        if pattern in ("*", name) or (pattern.startswith(".") and name.endswith(pattern)):
+            return True
+    return False

@@ -1,4 +1,8 @@
-"""Liveness (cheap, no dependencies) and readiness (storage, queue and tables reachable)."""
+"""Liveness (cheap, no dependencies) and readiness (storage, queue and tables reachable).
+
+Each answer is computed from the API app's state, so the same handlers serve the API's port and
+the admin listener (`web.admin`), where no client can crowd the probes out.
+"""
 
 from __future__ import annotations
 
@@ -24,9 +28,13 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    return await readiness(request.app)
+
+
+async def readiness(app: web.Application) -> web.Response:
     """200 when both buckets, the queue and the images table answer and every background task of
     this process (the in-process consumer, the samplers) runs; 503 naming what did not."""
-    failure = request.app[BACKGROUND].failure
+    failure = app[BACKGROUND].failure
     if failure is not None:
         return error_response(
             503,
@@ -34,13 +42,13 @@ async def ready(request: web.Request) -> web.Response:
             f"a background task of this process stopped: {failure}",
             checks={"background": failure},
         )
-    settings = request.app[SETTINGS]
-    storage = request.app[STORAGE]
+    settings = app[SETTINGS]
+    storage = app[STORAGE]
     checks = {
         "source_bucket": storage.check_bucket(settings.aws.source_bucket),
         "dest_bucket": storage.check_bucket(settings.aws.dest_bucket),
-        "queue": request.app[BACKEND].main.depth(),
-        "database": request.app[TABLES].images.get({"user_id": "-", "image_id": "-"}, consistent=False),
+        "queue": app[BACKEND].main.depth(),
+        "database": app[TABLES].images.get({"user_id": "-", "image_id": "-"}, consistent=False),
     }
     results = await asyncio.gather(*checks.values(), return_exceptions=True)
     report = {

@@ -8,7 +8,7 @@ from pipeline.errors import ImageNotFound, InvalidField
 from pipeline.removal import remove_image
 from pipeline.untrusted import ascii_int, ascii_number
 from web.identity import resolve_user
-from web.keys import RECORDS, SETTINGS, STORAGE
+from web.keys import RECORDS, SETTINGS, STORAGE, WAITS
 from web.serving import image_ref
 from web.views import describe, thumbnail_link, thumbnail_srcset
 
@@ -22,7 +22,13 @@ async def image_status(request: web.Request) -> web.Response:
     With `wait`, a pending image is long-polled for up to that many seconds (at most 20).
     """
     user_id, _, ref = await image_ref(request, request.match_info["image_id"])
-    record = await request.app[RECORDS].wait(ref, _wait_seconds(request))
+    seconds = _wait_seconds(request)
+    records = request.app[RECORDS]
+    if seconds:
+        with request.app[WAITS].hold(user_id):
+            record = await records.wait(ref, seconds)
+    else:
+        record = await records.read(ref)
     if record is None:
         raise ImageNotFound()
     response = web.json_response(describe(user_id, record))

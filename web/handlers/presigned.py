@@ -171,8 +171,7 @@ async def put_upload(request: web.Request) -> web.Response:
     if request.content_type != held.content_type:
         raise UploadMismatch(f"this URL takes Content-Type {held.content_type}")
     assert record is not None
-    buffer_bytes = max(1, min(settings.web.part_size, held.content_length))
-    async with app[UPLOADS].admit(user_id, buffer_bytes):
+    async with app[UPLOADS].admit(user_id) as lease:
         stored = await app[STORAGE].upload_stream(
             settings.aws.source_bucket,
             ref.source_key,
@@ -181,7 +180,7 @@ async def put_upload(request: web.Request) -> web.Response:
             part_size=settings.web.part_size,
             allowed_formats=frozenset({held.format}),
             metadata=upload_metadata(user_id, str(record.item.get("file_name", "")), **{METADATA_KEY: token}),
-            buffer_bytes=buffer_bytes,
+            lease=lease,
         )
     response = web.json_response(
         {"image_id": image_id, "bytes": stored.size, "status_url": urls.status_url(user_id, image_id)}

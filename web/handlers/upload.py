@@ -161,9 +161,7 @@ async def _store(
     file_name = utf8_text(file_name)
     ref = ImageRef.of(user_id, image_id)
     records, usage = request.app[RECORDS], request.app[USAGE]
-    # The buffer this upload needs: its declared length, or one S3 part.
-    buffer_bytes = max(1, min(settings.web.part_size, declared or settings.web.part_size))
-    async with request.app[UPLOADS].admit(user_id, buffer_bytes):
+    async with request.app[UPLOADS].admit(user_id) as lease:
         previous = await records.read(ref)
         if previous is not None and Reservation.live(previous.item) is not None:
             raise UploadPending()  # its URL could replace these bytes
@@ -180,7 +178,7 @@ async def _store(
             part_size=settings.web.part_size,
             allowed_formats=settings.imaging.allowed_formats,
             metadata=upload_metadata(user_id, file_name),
-            buffer_bytes=buffer_bytes,
+            lease=lease,
         )
     request[_SHA256] = digest.hexdigest()
     metrics.UPLOAD_BYTES.inc(stored.size)
