@@ -345,8 +345,20 @@ class VariantSettings:
     max_waiting: Annotated[int, Var(0, 100_000)] = 64
     #: Seconds one variant may take once its worker started it.
     timeout: Annotated[float, Var(0.1, 3600)] = 30.0
-    #: Quality when a request names none.
+    #: Quality when a request names none, and the highest one stored (a request for more gets this).
     quality: Annotated[int, Var(1, 100)] = 80
+    max_quality: Annotated[int, Var(1, 100)] = 90
+    #: Estimated worker milliseconds one variant may cost (decode plus every frame's encode, by
+    #: format; `pipeline.variants.VariantSpec.cost`); more is refused (422 `variant_too_costly`).
+    max_cost: Annotated[int, Var(1, 3_600_000)] = 8000
+    #: A stored variant's bytes at most this many times its original's (and never above
+    #: `IMGSVC_MAX_BYTES`); a larger one is refused (422 `variant_too_large`), not stored.
+    max_growth: Annotated[float, Var(0.1, 1000)] = 4.0
+    #: Variants one user may have made or waiting at once in this process (429 beyond).
+    user_max_pending: Annotated[int, Var(1, 10_000)] = 4
+    #: Failed or timed-out variants one user may cause per hour in this process before its new
+    #: ones are refused (429) until the hour is over.
+    user_failures_per_hour: Annotated[int, Var(1, 1_000_000)] = 20
     #: Named variants (`?preset=card`), each as the query it stands for: `card=400x300:cover:webp`.
     presets: Annotated[tuple[tuple[str, tuple[tuple[str, str], ...]], ...], Var(read="presets")] = ()
     #: Serve presets only (the safe choice when links are public): any other variant is a 400.

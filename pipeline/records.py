@@ -378,6 +378,7 @@ class RecordStore:
                     "format": result.info.format,
                     "width": result.info.width,
                     "height": result.info.height,
+                    "frames": result.info.frames,
                     "engine": result.engine,
                 }
                 out["placeholder"] = result.placeholder

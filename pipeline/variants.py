@@ -40,6 +40,22 @@ class TooManyVariants(PermanentError):
     http_status = 422
 
 
+class VariantTooCostly(PermanentError):
+    """The variant would take a worker longer than `IMGSVC_VARIANT_MAX_COST` allows."""
+
+    code = "variant_too_costly"
+    http_status = 422
+
+
+#: How far `upscale` may enlarge an original, at most (each side).
+MAX_UPSCALE = 2.0
+#: Milliseconds of one worker a megapixel costs: decoded (any format, measured for PNG, the
+#: slowest common one per pixel), and encoded in each output format, measured here at quality 100
+#: on noise, the worst case (AVIF with libvips' effort 2, as variants are made).
+DECODE_MS_PER_MP = 10
+ENCODE_MS_PER_MP = {"jpeg": 20, "png": 60, "webp": 250, "avif": 1000}
+
+
 @dataclass(frozen=True)
 class VariantSpec:
     """One variant, canonical: a box of at most `width` x `height` (either may be None: keep the
@@ -97,10 +113,35 @@ class VariantSpec:
         than the original unless `upscale`, never a side under one pixel, and never more than
         `max_side` or `max_pixels` however long the side the request left to the aspect ratio."""
         w, h = self._box(width, height)
+        if self.upscale:  # at most `MAX_UPSCALE` times the original's size
+            w, h = min(w, int(width * MAX_UPSCALE)), min(h, int(height * MAX_UPSCALE))
         shrink = min(1.0, max_side / max(w, h), (max_pixels / (w * h)) ** 0.5)
         if shrink < 1.0:
             w, h = max(1, int(w * shrink)), max(1, int(h * shrink))
         return w, h
+
+    def animates(self, width: int, height: int, frames: int, max_pixels: int) -> bool:
+        """Whether every frame is made (an animated WebP), for an output of `width` x `height`:
+        only while the frames together stay within the pixel bound (else the first frame only)."""
+        animated = frames > 1 and self.format == "webp" and self.fit != "cover"
+        return animated and width * height * frames <= max_pixels
+
+    def cost(self, width: int, height: int, frames: int, limits: VariantSettings) -> int:
+        """Estimated milliseconds of a worker to make this variant of an original of `width` x
+        `height` with `frames` frames: its decode plus the encode of every frame it outputs."""
+        w, h = self.box(width, height, limits.max_side, limits.max_pixels)
+        made = frames if self.animates(w, h, frames, limits.max_pixels) else 1
+        decoded = width * height * made / 1e6 * DECODE_MS_PER_MP
+        return round(decoded + w * h * made / 1e6 * ENCODE_MS_PER_MP[self.format])
+
+    def check_cost(self, width: int, height: int, frames: int, limits: VariantSettings) -> None:
+        """`VariantTooCostly` when the variant costs more than `limits.max_cost`."""
+        cost = self.cost(width, height, frames, limits)
+        if cost > limits.max_cost:
+            raise VariantTooCostly(
+                f"this variant would take a worker about {cost / 1000:.1f}s, more than the "
+                f"{limits.max_cost / 1000:g}s allowed; ask for a smaller size or another format"
+            )
 
     def _box(self, width: int, height: int) -> tuple[int, int]:
         if self.width and self.height and self.fit == "fill":
@@ -148,7 +189,8 @@ def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings
         raise InvalidField("crop applies to fit=cover only")
     negotiated = query.get("format", "").lower() == "auto"
     fmt = _best(accept) if negotiated else _word(query, "format", "jpeg", FORMATS)
-    quality = _number(query, "q", limits.quality, 1, 100)
+    # Stored at most at `max_quality`: a higher one is the same variant (and the same object).
+    quality = min(_number(query, "q", limits.quality, 1, 100), limits.max_quality)
     upscale = _word(query, "upscale", "false", ("true", "false", "1", "0")) in ("true", "1")
     if not (width and height):
         fit, crop = "contain", "centre"  # one side given: every fit is the same scaling

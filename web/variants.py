@@ -9,6 +9,14 @@ Generation decodes untrusted bytes, so it runs in worker processes of its own (n
 event loop, never in this process), with the consumer's decoding limits, a timeout per variant,
 a bounded number waiting for a worker (503 beyond), at most `per_image` variants per original
 (422 beyond) and a per-user rate of new variants (429 with `Retry-After` beyond).
+
+The workers are shared fairly: each user waits in a line of its own and a free worker takes the
+next user's variant in turn (`pipeline.fair`), one user has at most `user_max_pending` variants
+made or waiting, and none may cost more than `max_cost` (`VariantSpec.cost`), so another user's
+variant waits for at most one variant of each user ahead of it. Failures cost their user too: a
+variant that failed or timed out is refused again at once for a while (a retry loop does no
+work), counts against its image's `per_image`, and against its user's hourly failure budget.
+A variant larger than its original by `max_growth` (or than the upload cap) is not stored.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,19 +35,39 @@ from cachetools import TTLCache
 
 from config.settings import Settings
 from pipeline import metrics
-from pipeline.errors import ImageChanged, JobTimeout, PermanentError, TransientError, WorkerCrashed
+from pipeline.errors import (
+    CorruptImage,
+    FormatNotAllowed,
+    ImageChanged,
+    JobTimeout,
+    NotAnImage,
+    PermanentError,
+    ServiceError,
+    TooManyFrames,
+    TooManyPixels,
+    TransientError,
+    WorkerCrashed,
+)
+from pipeline.fair import FairQueue
 from pipeline.layout import ImageRef
 from pipeline.objects import source_tag
 from pipeline.ports import ObjectStore
 from pipeline.records import Counted, ImageRecord, RecordStore, UsageRefused
 from pipeline.tasks import variant_of
-from pipeline.variants import TooManyVariants, VariantSpec
+from pipeline.variants import TooManyVariants, VariantSpec, VariantTooCostly
 from pipeline.workers import WorkerPool
 from web.quotas import Usage
 
 log = logging.getLogger(__name__)
 _WINDOW = 60.0  # seconds of the per-user rate
+_FAILURE_WINDOW = 3600.0  # seconds of the per-user failure budget
 _MAX_USERS = 10_000  # users whose rate windows one process keeps at once
+#: Variants that failed lately, refused again at once (bounded), and for how long.
+RECENTLY_FAILED = 4096
+FAILED_FOR = 600
+#: The smallest stored variant size `max_growth` refuses (a tiny original may have a larger
+#: variant: a 2 KB icon made 400 px wide).
+GROWTH_FLOOR = 256 * 1024
 
 
 class VariantsBusy(TransientError):
@@ -56,6 +85,21 @@ class TooManyNewVariants(PermanentError):
     code = "too_many_new_variants"
     http_status = 429
     default_message = "too many new variants asked for in the last minute; retry later"
+
+
+class TooManyPendingVariants(PermanentError):
+    code = "too_many_pending_variants"
+    http_status = 429
+
+
+class TooManyFailedVariants(PermanentError):
+    code = "too_many_failed_variants"
+    http_status = 429
+
+
+class VariantTooLarge(PermanentError):
+    code = "variant_too_large"
+    http_status = 422
 
 
 @dataclass(frozen=True)
@@ -109,8 +153,13 @@ class VariantMaker:
         #: Started here on first use, and closed with the maker, unless one was lent.
         self._pool = pool
         self._owns_pool = pool is None
-        self._slots: asyncio.Semaphore | None = None
+        self._queue = FairQueue(self._limits.workers)
         self._flights: dict[str, _Flight] = {}
+        #: Variants whose making failed lately, with why: asked for again, they fail at once.
+        self._failed: TTLCache[str, ServiceError] = TTLCache(RECENTLY_FAILED, FAILED_FOR)
+        #: Each user's variants made or waiting here, and failures in the current hour.
+        self._pending: Counter[str] = Counter()
+        self._failures: dict[str, _Window] = {}
         #: Variants stored here lately: a request whose record was read before one of them was
         #: counted still sees it (bounded: the per-image limit needs only the last moments).
         self._stored: TTLCache[str, bool] = TTLCache(RECENTLY_STORED, 60)
@@ -129,15 +178,23 @@ class VariantMaker:
             if await self._storage.etag_of(self._settings.aws.dest_bucket, key) is not None:
                 return None
             self._stored.pop(key, None)  # removed since (deleted, then the same bytes again)
+        if (failure := self._failed.get(key)) is not None and key not in self._flights:
+            # No work for a retry loop: the same answer, until the failure is forgotten.
+            again = f"{failure.message} (it failed lately: not tried again for {FAILED_FOR // 60} minutes)"
+            raise type(failure)(again, headers=failure.headers)
         if key not in self._flights:
             self._check_room(ref, record)
         flight = self._flights.get(key)  # looked at again: the check above waited
         if flight is None:
-            self._admit(record.owner)
+            info = record.item.get("info") or {}
+            if isinstance(info.get("width"), int) and isinstance(info.get("height"), int):
+                spec.check_cost(info["width"], info["height"], int(info.get("frames") or 1), self._limits)
+            owner = record.owner
+            self._admit(owner)
             made: asyncio.Future[Made] = asyncio.get_running_loop().create_future()
             making = asyncio.ensure_future(self._make(ref, record, spec, key, made))
             flight = self._flights[key] = _Flight(made, making)
-            making.add_done_callback(lambda _: self._settle(key, made, making))
+            making.add_done_callback(lambda _: self._settle(key, owner, made, making))
         if stored:
             try:
                 await asyncio.shield(flight.task)
@@ -152,7 +209,7 @@ class VariantMaker:
         """At most `per_image` variants of one original: those its record counts (as read for
         this request), and those being made here: one being stored may be on both lists."""
         prefix = ref.variants_prefix(record.source_etag)
-        here = [*self._flights, *self._stored]
+        here = [*self._flights, *self._stored, *self._failed]
         making = {key.removeprefix(prefix) for key in here if key.startswith(prefix)}
         known = record.variant_names
         count = record.variant_count + len(making) if known is None else len(known | making)
@@ -161,9 +218,12 @@ class VariantMaker:
                 f"this image has its {self._limits.per_image} variants already; use one of them"
             )
 
-    def _settle(self, key: str, made: asyncio.Future[Made], task: asyncio.Future[None]) -> None:
+    def _settle(self, key: str, owner: str, made: asyncio.Future[Made], task: asyncio.Future[None]) -> None:
         self._flights.pop(key, None)
         self._waiting -= 1
+        self._pending[owner] -= 1
+        if self._pending[owner] <= 0:
+            del self._pending[owner]
         if task.cancelled():
             if not made.done():
                 made.set_exception(_interrupted())
@@ -171,6 +231,9 @@ class VariantMaker:
         failure = task.exception()  # retrieved here: every waiter that is left gets it too
         if failure is None:
             self._stored[key] = True
+        elif isinstance(failure, _IMAGE_FAILURES):
+            self._failed[key] = failure
+            self._count_failure(owner)
         if not made.done():
             made.set_exception(failure or VariantsBusy())
         elif failure is not None and made.exception() is None:
@@ -178,12 +241,40 @@ class VariantMaker:
         if made.done() and not made.cancelled():
             made.exception()
 
-    def _admit(self, user_id: str) -> None:
-        """Bound new work before any is started: the queue for workers, then the user's rate.
-        Counted here, synchronously, so a burst in one loop turn cannot slip past the bound."""
-        if self._waiting >= self._limits.max_waiting + self._limits.workers:
-            raise VariantsBusy(headers={"Retry-After": str(self._settings.web.retry_after)})
+    def _count_failure(self, user_id: str) -> None:
         now = time.monotonic()
+        window = self._failures.get(user_id)
+        if window is None or now - window.started >= _FAILURE_WINDOW:
+            if window is None and len(self._failures) >= _MAX_USERS:
+                self._failures = {
+                    u: w for u, w in self._failures.items() if now - w.started < _FAILURE_WINDOW
+                }
+            window = self._failures[user_id] = _Window(now)
+        window.count += 1
+
+    def _admit(self, user_id: str) -> None:
+        """Bound new work before any is started: the queue for workers, the user's share of it,
+        its failures, then its rate. Counted here, synchronously, so a burst in one loop turn
+        cannot slip past the bound."""
+        retry_after = {"Retry-After": str(self._settings.web.retry_after)}
+        if self._waiting >= self._limits.max_waiting + self._limits.workers:
+            raise VariantsBusy(headers=retry_after)
+        if self._pending[user_id] >= self._limits.user_max_pending:
+            raise TooManyPendingVariants(
+                f"at most {self._limits.user_max_pending} variants of one user are made at a time; "
+                "wait for one to finish",
+                headers=retry_after,
+            )
+        now = time.monotonic()
+        failed = self._failures.get(user_id)
+        budget = self._limits.user_failures_per_hour
+        if failed is not None and now - failed.started < _FAILURE_WINDOW and failed.count >= budget:
+            wait = max(1, round(_FAILURE_WINDOW - (now - failed.started)))
+            raise TooManyFailedVariants(
+                f"{failed.count} variants of this user failed or ran out of time in the last hour; "
+                "new ones are refused until the hour is over",
+                headers={"Retry-After": str(wait)},
+            )
         window = self._rates.get(user_id)
         if window is None or now - window.started >= _WINDOW:
             if window is None and len(self._rates) >= _MAX_USERS:
@@ -198,6 +289,7 @@ class VariantMaker:
             raise TooManyNewVariants(headers={"Retry-After": str(wait)})
         window.count += 1
         self._waiting += 1
+        self._pending[user_id] += 1
 
     async def _make(
         self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str, made: asyncio.Future[Made]
@@ -208,11 +300,9 @@ class VariantMaker:
         counted once."""
         aws, imaging = self._settings.aws, self._settings.imaging
         etag = record.source_etag
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._limits.workers)
-        # Only once a worker is free; the worker reads the original itself (`pipeline.originals`):
-        # its bytes never pass through this process.
-        async with self._slots:
+        # Only once a worker is free, in the owner's turn; the worker reads the original itself
+        # (`pipeline.originals`): its bytes never pass through this process.
+        async with self._queue.slot(record.owner):
             original = await self._storage.locate(aws.source_bucket, ref.source_key, imaging.max_bytes)
             started = time.perf_counter()
             try:
@@ -222,9 +312,15 @@ class VariantMaker:
             except JobTimeout:
                 raise VariantTimeout(f"the variant took longer than {self._limits.timeout:g}s") from None
             except WorkerCrashed as exc:
-                raise VariantsBusy(exc.message) from None
+                raise VariantCrashed(exc.message) from None
         metrics.VARIANT_SECONDS.labels(spec.format).observe(time.perf_counter() - started)
         size = len(variant.data)
+        largest = min(imaging.max_bytes, max(GROWTH_FLOOR, int(record.bytes * self._limits.max_growth)))
+        if size > largest:
+            raise VariantTooLarge(
+                f"this variant would be {size} bytes, more than the {largest} its original allows "
+                f"({self._limits.max_growth:g} times its size); ask for a smaller size or quality"
+            )
         metadata = source_tag(etag)
         answer = Made(
             variant.data,
@@ -284,6 +380,18 @@ class VariantMaker:
             await asyncio.wait(pending, timeout=self._limits.timeout)
         if self._pool is not None and self._owns_pool:
             await asyncio.to_thread(self._pool.close)
+
+
+class VariantCrashed(VariantsBusy):
+    """The worker making the variant died (the image may be what killed it)."""
+
+    code = "variant_crashed"
+
+
+#: Failures that say something about the image or the request, not about this process: the
+#: variant is refused again at once for a while, and counts against its image and its user.
+_IMAGE_FAILURES = (VariantTimeout, VariantCrashed, CorruptImage, TooManyPixels, TooManyFrames,
+                   VariantTooCostly, VariantTooLarge, NotAnImage, FormatNotAllowed)  # fmt: skip
 
 
 def _interrupted() -> VariantsBusy:
