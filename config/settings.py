@@ -179,6 +179,9 @@ class ConsumerSettings:
     #: Decoder threads per worker (libvips, AVIF); 0: the cores shared out among the workers.
     #: Several consumer processes on one machine each set it so they do not oversubscribe.
     worker_threads: Annotated[int, Var(0, 256)] = 0
+    #: One owner's messages in flight at once per consumer process; past it, its messages are
+    #: deferred (sent again with a short, growing delay). 0: half of the in-flight limit.
+    user_max_in_flight: Annotated[int, Var(0, 10_000)] = 0
     wait_time_seconds: Annotated[int, Var(0, 20)] = 20
     visibility_timeout: Annotated[int, Var(1, 43_200)] = 60
     max_attempts: Annotated[int, Var(1, 100)] = 5
@@ -196,6 +199,12 @@ class ConsumerSettings:
         """Messages one consumer process holds at once: enough to overlap S3 transfers with
         resizing on every worker, few enough not to starve other consumer processes."""
         return self.max_in_flight or IN_FLIGHT_PER_WORKER * self.workers
+
+    @property
+    def user_in_flight_limit(self) -> int:
+        """One owner's share of the in-flight messages: half, so the rest keep receiving and
+        another owner's message is found while one owner's backlog runs."""
+        return self.user_max_in_flight or max(1, self.in_flight_limit // 2)
 
     @property
     def redrive_max_receive_count(self) -> int:
@@ -250,6 +259,10 @@ class WebSettings:
     upload_buffer_wait: Annotated[float, Var(0, 3600)] = 10.0
     #: Uploads one user may have in progress at once in this process (0: no limit).
     user_max_uploads: Annotated[int, Var(0, 100_000)] = 8
+    #: What one user's uploads may cost the consumer to decode, in megapixels (x frames, at least
+    #: one per upload, from the header) a second on average in this process, and in a burst (0: no limit).
+    user_upload_megapixels_per_second: Annotated[float, Var(0, 1_000_000)] = 50.0
+    user_upload_megapixels_burst: Annotated[float, Var(1, 100_000_000)] = 2000.0
     #: Long polls (`GET /images/{id}?wait=`) one user may have waiting at once in this process
     #: (0: no limit); past it, 429 with `Retry-After`.
     user_max_waits: Annotated[int, Var(0, 100_000)] = 4

@@ -4,6 +4,12 @@ Semantics (see DESIGN.md): a message is deleted only after all its records succe
 failures go to the DLQ at once; transient ones are retried with exponential backoff through the
 message's visibility until `max_attempts`, then dead-lettered by us (send first, then delete).
 A heartbeat keeps long jobs invisible; shutdown drains, then releases what it could not finish.
+
+Users share the consumer: at most `user_in_flight_limit` of one owner's messages run here at
+once; more are held briefly or deferred (`pipeline.shares`). While an owner is at its share the
+receivers read whole batches even with every slot taken (up to a batch past the in-flight limit),
+so another user's message is found past a backlog, not left behind it; the workers then take the
+owners' jobs in turn (`WorkerPool.run_for`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pipeline.logs import REQUEST_ID
 from pipeline.polling import receive_unless_stopped, release
 from pipeline.ports import MessageQueue
 from pipeline.queue import Message
+from pipeline.shares import HOLD_SECONDS, Shares, owner_of
 from pipeline.timing import exponential
 from pipeline.verdicts import Verdict, judge
 
@@ -35,6 +42,8 @@ log = logging.getLogger(__name__)
 DRAINED_CHECKS = 2
 _DELETE_BATCH = 10
 _DELETE_RETRIES = 3
+#: The message attribute counting a message's deferrals (for operators).
+DEFERRALS = "deferrals"
 
 
 def backoff_seconds(receive_count: int, base: float, cap: float, rng: random.Random | None = None) -> int:
@@ -74,6 +83,12 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], Message] = {}
+        #: The owner each job in flight counts under, and each owner's share.
+        self._owner_of: dict[asyncio.Task[None], str | None] = {}
+        self._shares = Shares(self._cfg.user_in_flight_limit)
+        self._deferring: set[asyncio.Task[None]] = set()
+        #: How long each finished job took (read by `_finished`, for the shares' pacing).
+        self._job_times: dict[asyncio.Task[None], float] = {}
         self._reserved = 0
         self._deletes: asyncio.Queue[_Ack | None] = asyncio.Queue()
         self.stats = ConsumerStats()
@@ -116,14 +131,21 @@ class Consumer:
         try:
             while not self._stopping.is_set():
                 # Slots other receivers asked SQS for count as taken: the bound holds across receivers.
-                free = self._cfg.in_flight_limit - len(self._in_flight) - self._reserved
-                if free <= 0:  # back-pressure: no polling while the pool is full
+                taken = len(self._in_flight) + self._shares.held + self._reserved
+                free = self._cfg.in_flight_limit - taken
+                # While an owner is at its share its further messages are held or deferred, not
+                # run: whole batches are read to get past its backlog to the others' (which then
+                # start even a batch past the limit).
+                scanning = (
+                    self._shares.anyone_full() and taken < self._cfg.in_flight_limit + self._cfg.batch_size
+                )
+                if free <= 0 and not scanning:  # back-pressure: no polling while the pool is full
                     self._slot_freed.clear()
                     slot_wait = asyncio.ensure_future(self._slot_freed.wait())
                     await asyncio.wait({stop_wait, slot_wait}, return_when=asyncio.FIRST_COMPLETED)
                     slot_wait.cancel()
                     continue
-                want = min(free, self._cfg.batch_size)
+                want = self._cfg.batch_size if scanning else min(free, self._cfg.batch_size)
                 self._reserved += want
                 try:
                     messages = await self._receive(want, stop_wait, self._poll_seconds())
@@ -177,17 +199,72 @@ class Consumer:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _start(self, message: Message) -> None:
+        """Start a job for `message`; hold or defer it when its owner has its share running."""
         self.stats.received += 1
         metrics.RECEIVED.inc()
+        owner = owner_of(message)
+        if owner is not None and self._shares.full(owner):
+            if self._shares.hold(owner, message):
+                asyncio.get_running_loop().call_later(HOLD_SECONDS, self._defer_overdue)
+            else:
+                self._spawn_deferral(owner, message)
+            return
+        self._run(message, owner)
+
+    def _run(self, message: Message, owner: str | None) -> None:
         metrics.IN_FLIGHT.inc()
         task = asyncio.create_task(self._run_job(message), name=f"job-{message.id}")
         self._in_flight[task] = message
+        self._owner_of[task] = owner
+        self._shares.started(owner)
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         if self._in_flight.pop(task, None) is not None:
             metrics.IN_FLIGHT.dec()
+        if task in self._owner_of:
+            owner = self._owner_of.pop(task)
+            held = self._shares.finished(owner, self._job_times.pop(task, 1.0))
+            if held is not None and not self._stopping.is_set():
+                self._run(held, owner)
+            elif held is not None:
+                self._spawn_release(held)
         self._slot_freed.set()
+
+    def _defer_overdue(self) -> None:
+        for owner, message in self._shares.overdue():
+            self._spawn_deferral(owner, message)
+        self._slot_freed.set()
+
+    def _spawn_deferral(self, owner: str, message: Message) -> None:
+        delay = self._shares.deferral(owner)
+        deferring = asyncio.create_task(self._defer(message, delay), name=f"defer-{message.id}")
+        self._deferring.add(deferring)
+        deferring.add_done_callback(self._deferring.discard)
+
+    def _spawn_release(self, message: Message) -> None:
+        self.stats.outcomes["released"] += 1
+        metrics.MESSAGES.labels("released").inc()
+        releasing = asyncio.create_task(self._release(message), name=f"release-{message.id}")
+        self._deferring.add(releasing)
+        releasing.add_done_callback(self._deferring.discard)
+
+    async def _defer(self, message: Message, delay: int) -> None:
+        """Put an owner's message back for later: sent again with `delay` (and the count of its
+        deferrals, for operators), then the one received deleted; a crash between the two
+        repeats the event, which the job processes idempotently, never loses it."""
+        deferrals = _count(message.attributes.get(DEFERRALS)) + 1
+        attributes = {**message.attributes, DEFERRALS: str(deferrals)}
+        try:
+            await self._queue.send(message.body, attributes, delay_seconds=delay)
+        except ServiceError as exc:  # hidden instead: it comes back, one receive the older
+            log.warning("deferral failed message_id=%s error=%s", message.id, exc)
+            with contextlib.suppress(ServiceError):
+                await self._queue.change_visibility(message.receipt_handle, delay)
+            return
+        self._ack(message)
+        self.stats.outcomes["deferred"] += 1
+        metrics.MESSAGES.labels("deferred").inc()
 
     # One message -----------------------------------------------------------------------------------
 
@@ -217,6 +294,8 @@ class Consumer:
             await self._release(message)
             raise
         finally:
+            if (task := asyncio.current_task()) is not None:
+                self._job_times[task] = time.perf_counter() - started
             for name in outcomes:
                 self.stats.outcomes[name] += 1
                 metrics.MESSAGES.labels(name).inc()
@@ -331,6 +410,10 @@ class Consumer:
 
     async def _drain(self) -> None:
         """Wait for in-flight jobs up to the drain timeout, then release the rest."""
+        for message in self._shares.release_all():
+            self._spawn_release(message)
+        if self._deferring:  # a send and an ack each: short
+            await asyncio.wait(set(self._deferring))
         pending = set(self._in_flight)
         if pending:
             log.info("draining in_flight=%d timeout=%.1fs", len(pending), self._cfg.drain_timeout)
@@ -340,6 +423,10 @@ class Consumer:
         if pending:
             await asyncio.wait(pending)
             log.info("released unfinished messages count=%d", len(pending))
+
+
+def _count(raw: str | None) -> int:
+    return int(raw) if raw is not None and raw.isdigit() and len(raw) < 6 else 0
 
 
 @dataclass(frozen=True)

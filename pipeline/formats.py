@@ -108,8 +108,9 @@ def check_limits(info: ImageInfo, imaging: ImagingSettings) -> None:
         raise TooManyFrames(f"{info.frames} frames is more than the {imaging.max_frames} allowed")
 
 
-def screen_prefix(prefix: bytes, imaging: ImagingSettings) -> None:
-    """Refuse a bomb at upload time from the first bytes, when they hold a readable header.
+def screen_prefix(prefix: bytes, imaging: ImagingSettings) -> ImageInfo | None:
+    """Refuse a bomb at upload time from the first bytes, when they hold a readable header; the
+    header read (None where there is none to read), for what the image will cost to decode.
 
     A header that cannot be read from the prefix alone (a JPEG with large metadata before its
     frame header, a partial GIF) or that contradicts itself is not judged here: the consumer
@@ -117,10 +118,18 @@ def screen_prefix(prefix: bytes, imaging: ImagingSettings) -> None:
     """
     fmt = detect_format(prefix[:MAGIC_BYTES_NEEDED])
     if fmt is None or fmt not in imaging.allowed_formats:
-        return  # refused by the type check, with its own error
+        return None  # refused by the type check, with its own error
     try:
         info = read_header_prefix(prefix, fmt)
     except PermanentError:
-        return
+        return None
     if info is not None:
         check_limits(info, imaging)
+    return info
+
+
+def decode_megapixels(info: ImageInfo | None) -> float:
+    """What decoding an image costs, in megapixels: width x height x frames (at least one)."""
+    if info is None:
+        return 1.0
+    return max(1.0, info.width * info.height * info.frames / 1e6)

@@ -249,7 +249,8 @@ class JobRunner:
         where = await self._storage.locate(aws.source_bucket, ref.source_key, imaging.max_bytes)
         keys = {spec.name: ref.rendition_key(spec) for spec in imaging.renditions}
         dest = Destination(aws.dest_bucket, keys, ref.owner_and_id[0]) if store else None
-        fetched = await self._pool.run(timeout, renditions_of, where, imaging, dest)
+        owner = ref.owner_and_id[0]
+        fetched = await self._pool.run_for(owner, timeout, renditions_of, where, imaging, dest)
         if fetched.result is not None:
             result = fetched.result
             metrics.PROCESSING_SECONDS.labels(result.engine, result.info.format).observe(

@@ -230,7 +230,7 @@ class RecordStore:
         self._table = table
         self._users = users
         #: Woken on every write here (the backend's: the API and an in-process consumer share it).
-        self._changes = changes or Changes()
+        self._changes = changes if changes is not None else Changes()
 
     async def read(self, ref: ImageRef, *, consistent: bool = True) -> ImageRecord | None:
         owner, image_id = ref.owner_and_id

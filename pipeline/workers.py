@@ -38,6 +38,7 @@ from pebble import ProcessExpired, ProcessPool
 from config.settings import AwsSettings, usable_cpus
 from pipeline import memory, metrics, tasks
 from pipeline.errors import JobTimeout, WorkerCrashed
+from pipeline.fair import FairQueue
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -74,8 +75,9 @@ class WorkerPool:
         self._max_jobs = max_jobs
         self._max_rss = max_rss
         self._pickup_timeout = pickup_timeout
-        # One slot per worker and per event loop (tests run one pool under many loops).
-        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+        # One slot per worker and per event loop (tests run one pool under many loops), handed
+        # out fairly across the jobs' owners (`pipeline.fair`).
+        self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FairQueue] = (
             weakref.WeakKeyDictionary()
         )
         # Decoder threads per worker: together the workers use the cores, not cores² threads.
@@ -101,9 +103,16 @@ class WorkerPool:
         Raises `JobTimeout` (the worker is killed) or `WorkerCrashed` (it died), both transient;
         cancelling the caller stops the job's worker too, so cancelled work does not grind on.
         """
+        return await self.run_for("", timeout, fn, *args, **kwargs)
+
+    async def run_for(
+        self, owner: str, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """`run`, for a job of `owner`: while every worker is busy, the owners waiting take the
+        next free worker in turn, so one owner's backlog delays another's job by at most one job."""
         loop = asyncio.get_running_loop()
-        slots = self._slots.setdefault(loop, asyncio.Semaphore(self._workers))
-        async with slots:
+        slots = self._slots.setdefault(loop, FairQueue(self._workers))
+        async with slots.slot(owner):
             try:
                 return await self._run_now(timeout, _settled, fn, *args, **kwargs)
             except PoolBroke:
@@ -288,6 +297,11 @@ class InlineRunner:
             tasks.prepare_reads(aws)  # the S3 client, before the first job's time starts
 
     async def run(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.run_for("", timeout, fn, *args, **kwargs)
+
+    async def run_for(
+        self, owner: str, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.to_thread(fn, *args, **kwargs)

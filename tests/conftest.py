@@ -60,6 +60,9 @@ FAST = {
     "IMGSVC_CONSUMER_WORKERS": "1",
     "IMGSVC_CONSUMER_DRAIN_TIMEOUT": "5",
     "IMGSVC_RUN_CONSUMER": "false",
+    # One user's messages are never deferred for its share, unless a test asks: most tests upload
+    # as one user and count what the consumer received (`tests/test_consumer_shares.py`).
+    "IMGSVC_CONSUMER_USER_MAX_IN_FLIGHT": "1000",
 }
 
 

@@ -9,7 +9,9 @@ import asyncio
 import io
 import os
 import socket
+import struct
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -367,3 +369,39 @@ async def test_trickling_uploads_leave_the_buffer_to_others(
     finally:
         for writer in tricklers:
             writer.close()
+
+
+def bomb_png(side: int) -> bytes:
+    """A PNG whose header says `side` x `side` (its pixels are never sent: the upload is refused or
+    charged from the header)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+
+
+async def test_uploads_are_paced_by_what_they_cost_to_decode(
+    tmp_path: Path, make_client: ClientFactory
+) -> None:
+    """A burst of 50 MP per second with 200 MP of room: two 100 MP images pass, a third is refused
+    with the wait that refills the bucket, while small images of another user are not affected."""
+    settings = local_settings(
+        tmp_path / "d",
+        IMGSVC_USER_UPLOAD_MEGAPIXELS_PER_SECOND="50",
+        IMGSVC_USER_UPLOAD_MEGAPIXELS_BURST="200",
+    )
+    api = await make_client(settings)
+    bomb = bomb_png(10_000)  # 100 MP from a few hundred bytes
+    for n in range(2):
+        assert (await api.put(f"/images/b{n}", data=bomb)).status == 202
+    refused = await api.put("/images/b2", data=bomb)
+    assert refused.status == 429
+    assert (await refused.json())["error"] == "too_many_uploads"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3
+    assert (await api.get("/images/b2")).status == 404  # nothing stored
+    other = bearer(await issue_key(api.server.app, OTHER_USER))
+    for n in range(5):
+        assert (await api.put(f"/images/s{n}", data=jpeg_bytes(64, 48), headers=other)).status == 202

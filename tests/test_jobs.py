@@ -27,8 +27,8 @@ class _ChangedAfterRun:
     def __init__(self, pool: Any, then: Callable[[], Awaitable[Any]]) -> None:
         self._pool, self._then = pool, [then]
 
-    async def run(self, timeout: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        got = await self._pool.run(timeout, fn, *args, **kwargs)
+    async def run_for(self, owner: str, timeout: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        got = await self._pool.run_for(owner, timeout, fn, *args, **kwargs)
         if self._then:
             await self._then.pop()()
         return got
@@ -77,7 +77,7 @@ class _TimesOut:
 
     stops_on_timeout = True
 
-    async def run(self, timeout: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def run_for(self, owner: str, timeout: float, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise JobTimeout(f"processing took longer than {timeout:g}s")
 
 

@@ -85,7 +85,11 @@ async def test_sigterm_drains_or_releases_in_flight_work(
     settings = make_settings(IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="120")
     await provision_with_users(clients, settings)
     keys = await fill(clients, settings, count)
-    env = settings_env(settings, IMGSVC_CONSUMER_DRAIN_TIMEOUT=drain_timeout)
+    # One user's messages all run here (none deferred for its share: a deferred one is delayed
+    # in the queue, on purpose, which this test would take for one left invisible).
+    env = settings_env(
+        settings, IMGSVC_CONSUMER_DRAIN_TIMEOUT=drain_timeout, IMGSVC_CONSUMER_USER_MAX_IN_FLIGHT="100"
+    )
     process = await start("-m", "pipeline", "consumer", env=env)
     await wait_for_line(process, r"outcome=ready")
     process.send_signal(signal.SIGTERM)

@@ -17,7 +17,7 @@ from pipeline.records import RecordStore
 from pipeline.service import open_consumer
 from pipeline.supervision import Supervisor
 from pipeline.webhooks import WebhookStore
-from web.admission import UploadGate
+from web.admission import TooManyUploads, UploadGate
 from web.clients import Proxies
 from web.idempotency import IdempotencyStore
 from web.keys import (
@@ -34,6 +34,7 @@ from web.keys import (
     SETTINGS,
     STORAGE,
     TABLES,
+    UPLOAD_RATES,
     UPLOADS,
     USAGE,
     VARIANT_POOL,
@@ -44,6 +45,7 @@ from web.keys import (
 from web.links import LinkSigner, shared_secret
 from web.middlewares import error_middleware, metrics_middleware, request_id_middleware, send_request_id
 from web.quotas import Usage
+from web.rates import Buckets
 from web.routes import setup_routes
 from web.server import deadline_middleware
 from web.shares import UserShare
@@ -74,6 +76,16 @@ def create_app(settings: Settings) -> web.Application:
         lambda limit: TooManyWaits(
             f"at most {limit} long polls of one user at a time; poll without wait, or wait for one",
             headers={"Retry-After": str(web_settings.retry_after)},
+        ),
+    )
+    app[UPLOAD_RATES] = Buckets(
+        web_settings.user_upload_megapixels_per_second,
+        web_settings.user_upload_megapixels_burst,
+        lambda wait: TooManyUploads(
+            "this user's uploads would take the image workers more than "
+            f"{web_settings.user_upload_megapixels_per_second:g} megapixels a second to decode; "
+            "send fewer or smaller images for a moment",
+            headers={"Retry-After": str(wait)},
         ),
     )
     app.on_response_prepare.append(send_request_id)

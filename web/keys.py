@@ -18,6 +18,7 @@ from web.clients import Proxies
 from web.idempotency import IdempotencyStore
 from web.links import LinkSigner
 from web.quotas import Usage
+from web.rates import Buckets
 from web.shares import UserShare
 from web.throttle import FailureLimiter
 from web.variants import VariantMaker
@@ -35,6 +36,8 @@ LIMITER = web.AppKey("limiter", FailureLimiter)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 BACKGROUND = web.AppKey("background", Supervisor)
 UPLOADS = web.AppKey("uploads", UploadGate)
+#: Each user's decode budget for uploads (megapixels a second, with a burst).
+UPLOAD_RATES = web.AppKey("upload_rates", Buckets)
 #: Each user's share of the long polls waiting in this process.
 WAITS = web.AppKey("waits", UserShare)
 #: The proxies whose forwarding headers name the client (`IMGSVC_TRUSTED_PROXIES`).

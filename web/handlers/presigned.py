@@ -36,7 +36,7 @@ from pipeline.timing import epoch_iso
 from pipeline.untrusted import utf8_text
 from web import urls
 from web.bodies import json_object
-from web.handlers.upload import PURGE_AFTER, expiry_from, screened, upload_metadata
+from web.handlers.upload import PURGE_AFTER, expiry_from, screened, upload_charge, upload_metadata
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
 from web.keys import BACKEND, IDEMPOTENCY, LINKS, RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
@@ -95,6 +95,9 @@ async def _reserve(
     expires_at: int | None,
 ) -> web.Response:
     app, settings = request.app, request.app[SETTINGS]
+    # Its header is not seen before its bytes reach S3: an upload URL costs its user one
+    # megapixel of the decode budget (the consumer's per-user share bounds the rest).
+    upload_charge(request, user_id)(1.0)
     usage = app[USAGE]
     user = await usage.check(user_id, new_image=True, incoming=length, replaced_bytes=0)
     seconds = settings.web.upload_url_seconds
@@ -175,7 +178,9 @@ async def put_upload(request: web.Request) -> web.Response:
         stored = await app[STORAGE].upload_stream(
             settings.aws.source_bucket,
             ref.source_key,
-            screened(request.content.iter_chunked(256 * 1024), settings.imaging),
+            screened(
+                request.content.iter_chunked(256 * 1024), settings.imaging, upload_charge(request, user_id)
+            ),
             max_bytes=held.content_length,
             part_size=settings.web.part_size,
             allowed_formats=frozenset({held.format}),

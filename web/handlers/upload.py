@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +30,7 @@ from pipeline.errors import (
     UploadModeDisabled,
     UploadPending,
 )
-from pipeline.formats import screen_prefix
+from pipeline.formats import decode_megapixels, screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
 from pipeline.records import ImageTaken, Superseded, UsageRefused
@@ -40,7 +40,7 @@ from pipeline.untrusted import ascii_int, utf8_text
 from web.bodies import json_object
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
-from web.keys import IDEMPOTENCY, RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
+from web.keys import IDEMPOTENCY, RECORDS, SETTINGS, STORAGE, UPLOAD_RATES, UPLOADS, USAGE
 from web.multipart import MultipartUpload
 from web.views import describe
 
@@ -173,7 +173,7 @@ async def _store(
         stored = await request.app[STORAGE].upload_stream(
             settings.aws.source_bucket,
             ref.source_key,
-            _hashed(screened(chunks, settings.imaging), digest),
+            _hashed(screened(chunks, settings.imaging, upload_charge(request, user_id)), digest),
             max_bytes=settings.imaging.max_bytes,
             part_size=settings.web.part_size,
             allowed_formats=settings.imaging.allowed_formats,
@@ -276,19 +276,34 @@ def _input_file(input_dir: Path, file_name: str) -> Path:
     return path
 
 
-async def screened(chunks: AsyncIterator[bytes], imaging: ImagingSettings) -> AsyncIterator[bytes]:
-    """Pass chunks through, refusing a decompression bomb as soon as its header has arrived."""
+async def screened(
+    chunks: AsyncIterator[bytes], imaging: ImagingSettings, charge: Callable[[float], None] | None = None
+) -> AsyncIterator[bytes]:
+    """Pass chunks through, refusing a decompression bomb as soon as its header has arrived, and
+    charging `charge` what it will cost to decode (megapixels x frames) from that header."""
     prefix = bytearray()
     screened = False
     async for chunk in chunks:
         if not screened:
             prefix += chunk
             if len(prefix) >= SCREEN_BYTES:
-                screen_prefix(bytes(prefix), imaging)
+                _screen(bytes(prefix), imaging, charge)
                 screened = True
         yield chunk
     if not screened:
-        screen_prefix(bytes(prefix), imaging)
+        _screen(bytes(prefix), imaging, charge)
+
+
+def _screen(prefix: bytes, imaging: ImagingSettings, charge: Callable[[float], None] | None) -> None:
+    info = screen_prefix(prefix, imaging)
+    if charge is not None:
+        charge(decode_megapixels(info))
+
+
+def upload_charge(request: web.Request, user_id: str) -> Callable[[float], None]:
+    """What charges an upload of `user_id` to its decode budget (`IMGSVC_USER_UPLOAD_MEGAPIXELS_*`)."""
+    buckets = request.app[UPLOAD_RATES]
+    return lambda megapixels: buckets.take(user_id, megapixels)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
