@@ -105,7 +105,13 @@ class AwsSettings:
     endpoint_url: str | None = None
     #: The local backend's directory (`IMGSVC_DATA_DIR`, `--data-dir`): set means mode "local".
     data_dir: Path | None = None
+    #: Free bytes the data directory's disk keeps: under it, uploads are refused (507) and
+    #: readiness says `disk_low`, so deletes still have room (0: only a full disk refuses).
+    min_free_bytes: Annotated[int, Var(0, 2**50)] = 256 * 1024 * 1024
     region: str = "us-east-1"
+    #: Hand clients URLs to the embedded endpoint (presigned uploads), which checks no signatures:
+    #: only where nobody untrusted can reach it (tests, a single-user machine).
+    embedded_trusted: Annotated[bool, Var()] = False
     embedded_host: Annotated[str, Var()] = "127.0.0.1"
     embedded_port: Annotated[int, Var(0, 65535)] = 4566
     source_bucket: Annotated[str, Var(read="bucket")] = "image-service-source"
@@ -430,6 +436,13 @@ class Settings:
                 " must name four different queues"
             )
         web = env.section(WebSettings, defaults={"run_consumer": mode in ("embedded", "local")})
+        if mode == "embedded" and "presigned" in web.upload_modes and not aws.embedded_trusted:
+            raise ConfigError(
+                f"{PREFIX}UPLOAD_MODES: presigned uploads would hand clients URLs to the embedded AWS "
+                "endpoint, which checks no signatures (anyone reaching it could read every secret "
+                f"and overwrite any image); use --data-dir or AWS, or set {PREFIX}EMBEDDED_TRUSTED=true "
+                "if only trusted clients can reach it"
+            )
         if web.part_size > web.upload_buffer_bytes:
             raise ConfigError(
                 f"{PREFIX}UPLOAD_BUFFER_BYTES: must hold at least one part of {PREFIX}UPLOAD_PART_SIZE "

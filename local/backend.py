@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -9,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from config.settings import Settings
 from local.database import Database
+from local.files import Space, prepare
 from local.provision import provision_local
 from local.queue import LocalQueue
 from local.storage import LocalStorage
@@ -28,10 +30,15 @@ async def open_local(settings: Settings, *, sweep: bool = False) -> AsyncIterato
     """
     root = settings.aws.data_dir
     assert root is not None
-    db = await Database(root / DATABASE_NAME).open()
+    await asyncio.to_thread(prepare, root)  # `DataDirError`: the entry points print it, exit 2
+    space = Space(root, settings.aws.min_free_bytes)
+    db = Database(root / DATABASE_NAME)
+    db.on_full = space.release
+    await db.open()
     try:
         await provision_local(db, settings)
-        storage = LocalStorage(db, root / "objects")
+        storage = LocalStorage(db, root / "objects", space)
+        await storage.check_space(probe=True)  # makes the reserve file where there is room
         if sweep and (swept := await storage.sweep_orphans()):
             log.info("removed %d unnamed blobs left by an interrupted write", swept)
         tables = LocalTables(db)

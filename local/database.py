@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.errors import DatabaseUnavailable
+from local.files import create_private
+from pipeline.errors import DatabaseUnavailable, InsufficientStorage
 
 T = TypeVar("T")
 #: How long a statement waits for another process's write lock before giving up (transient).
@@ -78,6 +79,8 @@ class Database:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sqlite-{path.name}")
         self._conn: sqlite3.Connection | None = None
+        #: Called when a write finds the disk full (`local.files.Space.release`).
+        self.on_full: Callable[[], None] = lambda: None
         #: Wake-ups for long polls of this process (other processes are seen by polling).
         self.changes = Changes()
 
@@ -86,7 +89,8 @@ class Database:
         return self
 
     def _connect(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        create_private(self.path)  # SQLite gives its -wal and -shm files the database's mode
         # isolation_level=None: we issue BEGIN ourselves, so the module never opens one implicitly.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -121,6 +125,9 @@ class Database:
         try:
             return await loop.run_in_executor(self._thread, fn, *args)
         except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, I/O error
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                self.on_full()
+                raise InsufficientStorage() from exc
             raise DatabaseUnavailable(f"local database: {exc}") from exc
 
     async def close(self) -> None:

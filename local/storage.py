@@ -15,22 +15,25 @@ the bytes, quoted, as S3 gives for a single PUT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from local.database import Database
+from local.files import DIR_MODE, FILE_MODE, FULL, UNWRITABLE, Space
 from local.queue import enqueue
 from pipeline.errors import (
     EmptyUpload,
     ImageChanged,
+    InsufficientStorage,
     NotFound,
     RangeNotSatisfiable,
     StorageUnavailable,
@@ -76,12 +79,22 @@ def _meta(row: tuple[Any, ...]) -> ObjectMeta:
 class LocalStorage(JsonDocuments):
     """The same methods as `pipeline.storage.Storage`, over a directory and the database."""
 
-    def __init__(self, db: Database, root: Path) -> None:
+    def __init__(self, db: Database, root: Path, space: Space | None = None) -> None:
         self._db = db
         self._blobs = root / "blobs"
         self._tmp = root / "tmp"
-        self._blobs.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._space = space or Space(root, 0)
+        for folder in (root, self._blobs, self._tmp):
+            folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+
+    async def check_space(self, *, probe: bool = False) -> str:
+        """`ok`, `disk_low` or `storage_unwritable` (`local.files.Space`); without `probe`, from
+        the free space alone (cheap enough for every upload)."""
+        space = self._space
+        if probe:
+            return await asyncio.to_thread(space.check)
+        free = await asyncio.to_thread(space.free)
+        return "disk_low" if free < space.min_free else "ok"
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -179,7 +192,7 @@ class LocalStorage(JsonDocuments):
         content_type: str,
         metadata: Mapping[str, str] | None = None,
     ) -> str:
-        blob = _Blob(self._tmp)
+        blob = _Blob(self._tmp, self._space)
         try:
             await blob.write(data)
             return await self._commit(bucket, key, blob, content_type, metadata or {})
@@ -201,7 +214,7 @@ class LocalStorage(JsonDocuments):
         """Stream `chunks` into a temporary file, checking type and size as they come; nothing
         is visible (or enqueued) unless the whole body arrived and passed. Each chunk goes to the
         file as it comes: no buffer beyond it is held, so `lease` never needs to grow."""
-        blob = _Blob(self._tmp)
+        blob = _Blob(self._tmp, self._space)
         head = bytearray()
         fmt: str | None = None
         try:
@@ -364,28 +377,51 @@ class LocalStorage(JsonDocuments):
         return removed
 
 
+@contextlib.contextmanager
+def disk_errors(space: Space) -> Iterator[None]:
+    """A full disk is `InsufficientStorage` (and releases the reserve, so deletes go on); one that
+    cannot be written is `StorageUnavailable`."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL:
+            space.release()
+            raise InsufficientStorage() from exc
+        if exc.errno in UNWRITABLE:
+            raise StorageUnavailable(f"the data directory cannot be written: {exc.strerror}") from exc
+        raise
+
+
+def _create(path: Path) -> IO[bytes]:
+    """A new file readable by the owner only."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb")
+
+
 class _Blob:
     """One object's bytes on their way to disk: a temporary file, hashed as it is written."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, space: Space) -> None:
+        self._space = space
         self._path = tmp / uuid.uuid4().hex
         self._file: IO[bytes] | None = None
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.size = 0
 
     async def write(self, data: bytes) -> None:
-        if self._file is None:
-            self._file = await asyncio.to_thread(open, self._path, "xb")
-        self.md5.update(data)
-        self.size += len(data)
-        await asyncio.to_thread(self._file.write, data)
+        with disk_errors(self._space):
+            if self._file is None:
+                self._file = await asyncio.to_thread(_create, self._path)
+            self.md5.update(data)
+            self.size += len(data)
+            await asyncio.to_thread(self._file.write, data)
 
     async def seal(self, blobs: Path) -> str:
         """fsync, then move under `blobs`; returns the blob's name there."""
         if self._file is None:
             await self.write(b"")
         name = f"{self._path.name[:2]}/{self._path.name}"
-        await asyncio.to_thread(self._seal, blobs / name)
+        with disk_errors(self._space):
+            await asyncio.to_thread(self._seal, blobs / name)
         return name
 
     def _seal(self, target: Path) -> None:
@@ -393,7 +429,7 @@ class _Blob:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
-        target.parent.mkdir(exist_ok=True)
+        target.parent.mkdir(mode=DIR_MODE, exist_ok=True)
         os.rename(self._path, target)
         directory = os.open(target.parent, os.O_RDONLY)
         try:
@@ -409,7 +445,7 @@ class _Blob:
 
 
 def _link(source: Path, target: Path) -> None:
-    target.parent.mkdir(exist_ok=True)
+    target.parent.mkdir(mode=DIR_MODE, exist_ok=True)
     os.link(source, target)
     # The new name shares its source's inode and so its age: made young, so that a sweep that
     # listed the named blobs before this name's row committed does not take it for an orphan.

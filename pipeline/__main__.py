@@ -18,7 +18,7 @@ from config.settings import ConfigError, Settings
 from pipeline import bulk, metrics, runtime
 from pipeline.accounts import Accounts, NewKey
 from pipeline.aws import open_clients
-from pipeline.backends import open_backend
+from pipeline.backends import data_dir_problem, open_backend
 from pipeline.dlq import list_dead_letters, peek, redrive
 from pipeline.errors import ServiceError
 from pipeline.gc import GRACE_SECONDS, collect
@@ -312,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if args.command != "upload" and (problem := data_dir_problem(settings)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.command != "upload" and (problem := _unreachable_embedded(settings)):
         print(f"error: {problem}", file=sys.stderr)
         return 1

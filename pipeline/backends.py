@@ -108,3 +108,17 @@ async def open_backend(
         if provision_first and settings.aws.mode == "embedded":
             await provision(clients, settings)
         yield await aws_backend(clients, settings)
+
+
+def data_dir_problem(settings: Settings) -> str | None:
+    """Why the local backend's data directory cannot be used (one line, for the entry points to
+    print before starting anything), or None; it is created, and its modes narrowed, if need be."""
+    if settings.aws.mode != "local" or settings.aws.data_dir is None:
+        return None
+    from local.files import DataDirError, prepare
+
+    try:
+        prepare(settings.aws.data_dir)
+    except DataDirError as exc:
+        return str(exc)
+    return None

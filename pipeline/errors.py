@@ -305,6 +305,14 @@ class StorageUnavailable(TransientError):
     default_message = "object storage is unavailable"
 
 
+class InsufficientStorage(TransientError):
+    """The local data directory's disk is (nearly) full: retried later, and deletes still work."""
+
+    code = "insufficient_storage"
+    http_status = 507
+    default_message = "the server's storage is full; retry later (deleting images still works)"
+
+
 class DatabaseUnavailable(TransientError):
     code = "database_unavailable"
     default_message = "the database is unavailable; try again shortly"

@@ -31,6 +31,11 @@ class ObjectStore(Protocol):
 
     async def check_bucket(self, bucket: str) -> None: ...
 
+    async def check_space(self, *, probe: bool = False) -> str:
+        """`ok`, or why this store cannot take new bytes now: `disk_low`, `storage_unwritable`
+        (a local data directory; `probe` also tries a write)."""
+        ...
+
     async def read(self, bucket: str, key: str, max_bytes: int) -> tuple[ObjectMeta, bytes]: ...
 
     async def locate(self, bucket: str, key: str, max_bytes: int) -> Original:

@@ -236,6 +236,8 @@ async def run(data_dir: Path, log_path: Path, uploads: int, kill_after: float, t
         "IMGSVC_CONSUMER_VISIBILITY_TIMEOUT": "5",
         "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",
         "IMGSVC_USER_MAX_UPLOADS": "0",  # one user sends everything at once, on purpose
+        "IMGSVC_MAX_CONNECTIONS_PER_CLIENT": "0",
+        "IMGSVC_USER_UPLOAD_MEGAPIXELS_PER_SECOND": "0",
     }
     web = Web(data_dir, log_path, env)
     try:

@@ -304,7 +304,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             pin=not args.no_pin,
             IMGSVC_MAX_BYTES=str(200 * 1024 * 1024),
             IMGSVC_UPLOAD_MODES="api,presigned",
+            IMGSVC_EMBEDDED_TRUSTED="true",  # the benchmark's own endpoint, on loopback
             IMGSVC_USER_MAX_UPLOADS="0",  # one user sends everything, `--concurrency` at once
+            IMGSVC_USER_UPLOAD_MEGAPIXELS_PER_SECOND="0",
+            IMGSVC_MAX_CONNECTIONS_PER_CLIENT="0",  # every request comes from this one address
         )
         api, s3_endpoint = stack.api, stack.endpoint
         args.key = stack.keys[USER]

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from config.settings import ConfigError, Settings
 from pipeline import runtime
-from pipeline.backends import open_backend
+from pipeline.backends import data_dir_problem, open_backend
 from pipeline.demo import seed_demo_once, seed_demo_users
 from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if problem := data_dir_problem(settings):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     ignore_parser_warnings()
     endpoint_started = False
     with ExitStack() as stack:

@@ -49,10 +49,11 @@ async def readiness(app: web.Application) -> web.Response:
         "dest_bucket": storage.check_bucket(settings.aws.dest_bucket),
         "queue": app[BACKEND].main.depth(),
         "database": app[TABLES].images.get({"user_id": "-", "image_id": "-"}, consistent=False),
+        "disk": storage.check_space(probe=True),
     }
     results = await asyncio.gather(*checks.values(), return_exceptions=True)
     report = {
-        name: _describe(r) if isinstance(r, BaseException) else "ok"
+        name: _describe(r) if isinstance(r, BaseException) else r if isinstance(r, str) else "ok"
         for name, r in zip(checks, results, strict=True)
     }
     if all(v == "ok" for v in report.values()):

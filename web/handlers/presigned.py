@@ -36,7 +36,14 @@ from pipeline.timing import epoch_iso
 from pipeline.untrusted import utf8_text
 from web import urls
 from web.bodies import json_object
-from web.handlers.upload import PURGE_AFTER, expiry_from, screened, upload_charge, upload_metadata
+from web.handlers.upload import (
+    PURGE_AFTER,
+    expiry_from,
+    room_for_bytes,
+    screened,
+    upload_charge,
+    upload_metadata,
+)
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
 from web.keys import BACKEND, IDEMPOTENCY, LINKS, RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
@@ -174,6 +181,7 @@ async def put_upload(request: web.Request) -> web.Response:
     if request.content_type != held.content_type:
         raise UploadMismatch(f"this URL takes Content-Type {held.content_type}")
     assert record is not None
+    await room_for_bytes(request)
     async with app[UPLOADS].admit(user_id) as lease:
         stored = await app[STORAGE].upload_stream(
             settings.aws.source_bucket,

@@ -23,6 +23,7 @@ from config.settings import ImagingSettings
 from pipeline import metrics
 from pipeline.errors import (
     ImageNotFound,
+    InsufficientStorage,
     InvalidField,
     MissingField,
     NotFound,
@@ -161,6 +162,7 @@ async def _store(
     file_name = utf8_text(file_name)
     ref = ImageRef.of(user_id, image_id)
     records, usage = request.app[RECORDS], request.app[USAGE]
+    await room_for_bytes(request)
     async with request.app[UPLOADS].admit(user_id) as lease:
         previous = await records.read(ref)
         if previous is not None and Reservation.live(previous.item) is not None:
@@ -232,6 +234,17 @@ async def _store(
     response = web.json_response(body, status=202)
     response.headers["Location"] = body["status_url"]
     return response
+
+
+async def room_for_bytes(request: web.Request) -> None:
+    """Refuse new bytes while the store has no room for them (a local disk under
+    `IMGSVC_MIN_FREE_BYTES`): 507 with `Retry-After`, so what is left stays for deletes."""
+    state = await request.app[STORAGE].check_space()
+    if state != "ok":
+        raise InsufficientStorage(
+            f"the server's storage is low on space ({state}); retry later (deleting images still works)",
+            headers={"Retry-After": str(request.app[SETTINGS].web.retry_after * 30)},
+        )
 
 
 def expiry_from(request: web.Request, days: object) -> int | None:
