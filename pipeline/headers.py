@@ -78,6 +78,35 @@ _STANDALONE = frozenset({0x01, *range(0xD0, 0xD8), 0xD8})
 
 def jpeg(data: bytes) -> Header | None:
     """Walk the markers to the frame header, skipping APPn, COM, tables by their length."""
+    found = _jpeg_frame(data)
+    return found[1] if found else None
+
+
+#: Huffman-coded frames (arithmetic coding, C9-CF, can code a block in under a bit).
+_HUFFMAN_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7})
+#: Pixels a byte of Huffman-coded JPEG data can cover at most: every 8 x 8 block costs at least
+#: one bit (a DC difference; two in a baseline scan, with the end of block), so 512 pixels a byte
+#: is the floor; half of that leaves room for any encoder.
+JPEG_PIXELS_PER_BYTE = 1024
+
+
+def jpeg_too_short(data: bytes) -> str | None:
+    """Why a whole JPEG file cannot hold the pixels its frame header claims (a truncated file, or
+    a forged header over a few bytes, which decoders fill with grey), or None."""
+    found = _jpeg_frame(data)
+    if found is None:
+        return None
+    marker, header = found
+    pixels = header.width * header.height
+    if marker in _HUFFMAN_SOF and len(data) * JPEG_PIXELS_PER_BYTE < pixels:
+        return (
+            f"the JPEG says it is {header.width}x{header.height}, but its {len(data)} bytes cannot "
+            "code that many pixels (truncated?)"
+        )
+    return None
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, Header] | None:
     _signed(data, (b"\xff\xd8",), "JPEG")
     pos = 2
     for _ in range(MAX_ITEMS):
@@ -101,7 +130,7 @@ def jpeg(data: bytes) -> Header | None:
         if marker in _SOF:
             if length < 8:
                 raise CorruptImage("the JPEG frame header is too short")
-            return _sized(_uint(data, pos + 5, 2), _uint(data, pos + 3, 2))
+            return marker, _sized(_uint(data, pos + 5, 2), _uint(data, pos + 3, 2))
         pos += length
     return None
 
@@ -307,8 +336,82 @@ def bmff(data: bytes) -> Header | None:
     for kind, payload, stop in _boxes(data, 0, _TO_THE_END):
         if kind == b"meta":  # a full box: version and flags come before its children
             properties, end = _child(data, payload + 4, stop, b"iprp")
-            return _largest_extent(data, *_child(data, properties, end, b"ipco"))
+            header = _largest_extent(data, *_child(data, properties, end, b"ipco"))
+            _check_coded_frames(data, payload + 4, stop, header)
+            return header
     return None  # not reached: the walk stops with PrefixTooShort at the end of the data
+
+
+def _check_coded_frames(data: bytes, start: int, end: int, header: Header) -> None:
+    """`CorruptImage` when an AV1 item's sequence header codes frames larger than every extent the
+    file declares: that is what a decoder would really allocate for, whatever `ispe` claims (a
+    64 x 64 `ispe` over a 16000 x 16000 stream decoded at 497 MB). Each `av01` item's data (found
+    through `iinf` and `iloc`) starts with its OBUs; an item past the data read is not judged."""
+    boxes = {kind: (payload, stop) for kind, payload, stop in _boxes(data, start, end)}
+    if b"iinf" not in boxes or b"iloc" not in boxes:
+        return
+    av1_items = _items_of_type(data, *boxes[b"iinf"], b"av01")
+    for item, offset, length in _file_extents(data, *boxes[b"iloc"]):
+        if item not in av1_items or offset >= len(data):
+            continue
+        coded = av1_max_frame(data[offset : offset + min(length, 4096)])
+        if coded is not None and (coded[0] > header.width or coded[1] > header.height):
+            raise CorruptImage(
+                f"the image says it is {header.width}x{header.height}, but its AV1 stream codes "
+                f"frames of up to {coded[0]}x{coded[1]}"
+            )
+
+
+def _items_of_type(data: bytes, start: int, end: int, wanted: bytes) -> set[int]:
+    """The ids of the items `iinf` lists with type `wanted` (item info entries of version 2 or 3)."""
+    version = _uint(data, start, 1)
+    first = start + (6 if version == 0 else 8)  # version and flags, then a 16- or 32-bit count
+    found = set()
+    for kind, payload, _ in _boxes(data, first, end):
+        if kind != b"infe":
+            continue
+        entry_version = _uint(data, payload, 1)
+        if entry_version < 2:
+            continue
+        id_size = 2 if entry_version == 2 else 4
+        item = _uint(data, payload + 4, id_size)
+        if _take(data, payload + 4 + id_size + 2, 4) == wanted:
+            found.add(item)
+    return found
+
+
+def _file_extents(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(item id, file offset, length) of each item's first extent that `iloc` places in the file."""
+    version = _uint(data, start, 1)
+    sizes = _uint(data, start + 4, 1)
+    offset_size, length_size = sizes >> 4, sizes & 0xF
+    more = _uint(data, start + 5, 1)
+    base_size, index_size = more >> 4, (more & 0xF) if version in (1, 2) else 0
+    pos = start + 6
+    count_size = 4 if version == 2 else 2
+    count = _uint(data, pos, count_size)
+    pos += count_size
+    for _ in range(min(count, MAX_ITEMS)):
+        item = _uint(data, pos, 4 if version == 2 else 2)
+        pos += 4 if version == 2 else 2
+        method = 0
+        if version in (1, 2):
+            method = _uint(data, pos, 2) & 0xF
+            pos += 2
+        pos += 2  # data_reference_index
+        base = _uint(data, pos, base_size) if base_size else 0
+        pos += base_size
+        extents = _uint(data, pos, 2)
+        pos += 2
+        for n in range(min(extents, MAX_ITEMS)):
+            pos += index_size
+            offset = _uint(data, pos, offset_size) if offset_size else 0
+            length = _uint(data, pos + offset_size, length_size) if length_size else 0
+            pos += offset_size + length_size
+            if n == 0 and method == 0:
+                yield item, base + offset, length
+        if pos > end:
+            raise CorruptImage("the item locations overrun their box")
 
 
 def _largest_extent(data: bytes, start: int, end: int) -> Header:
@@ -325,3 +428,102 @@ def _largest_extent(data: bytes, start: int, end: int) -> Header:
     if largest is None:
         raise CorruptImage("the HEIF item properties have no image size")
     return _sized(*largest)
+
+
+class _Bits:
+    """Reads big-endian bit fields, as the AV1 specification's f(n) and uvlc() do."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def f(self, count: int) -> int:
+        value = 0
+        for _ in range(count):
+            byte = self._pos >> 3
+            if byte >= len(self._data):
+                raise PrefixTooShort()
+            value = (value << 1) | ((self._data[byte] >> (7 - (self._pos & 7))) & 1)
+            self._pos += 1
+        return value
+
+    def uvlc(self) -> int:
+        zeros = 0
+        while not self.f(1):
+            zeros += 1
+            if zeros >= 32:
+                raise CorruptImage("an AV1 sequence header has a malformed number")
+        return self.f(zeros) + (1 << zeros) - 1
+
+
+_SEQUENCE_HEADER = 1
+
+
+def av1_max_frame(obus: bytes) -> tuple[int, int] | None:
+    """The largest frame (width, height) the sequence header among `obus` allows, or None when
+    there is none (an `av1C` may carry no configuration OBUs)."""
+    pos = 0
+    for _ in range(64):
+        if pos >= len(obus):
+            return None
+        header = obus[pos]
+        kind, extension, sized = (header >> 3) & 0xF, header >> 2 & 1, header >> 1 & 1
+        pos += 1 + extension
+        size = len(obus) - pos
+        if sized:
+            size, pos = _leb128(obus, pos)
+        if kind == _SEQUENCE_HEADER:
+            try:
+                return _sequence_max_frame(_Bits(obus[pos : pos + size]))
+            except PrefixTooShort:
+                raise CorruptImage("an AV1 sequence header is truncated") from None
+        pos += size
+    return None
+
+
+def _leb128(data: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    for i in range(8):
+        if pos >= len(data):
+            raise CorruptImage("an AV1 OBU size is truncated")
+        byte = data[pos]
+        value |= (byte & 0x7F) << (7 * i)
+        pos += 1
+        if not byte & 0x80:
+            return value, pos
+    raise CorruptImage("an AV1 OBU size is too long")
+
+
+def _sequence_max_frame(bits: _Bits) -> tuple[int, int]:
+    """AV1 specification 5.5.1, as far as max_frame_width_minus_1 and max_frame_height_minus_1."""
+    bits.f(3)  # seq_profile
+    bits.f(1)  # still_picture
+    if bits.f(1):  # reduced_still_picture_header
+        bits.f(5)  # seq_level_idx[0]
+    else:
+        decoder_model = False
+        buffer_delay_bits = 0
+        if bits.f(1):  # timing_info_present_flag
+            bits.f(32)  # num_units_in_display_tick
+            bits.f(32)  # time_scale
+            if bits.f(1):  # equal_picture_interval
+                bits.uvlc()  # num_ticks_per_picture_minus_1
+            decoder_model = bool(bits.f(1))
+            if decoder_model:
+                buffer_delay_bits = bits.f(5) + 1
+                bits.f(32)  # num_units_in_decoding_tick
+                bits.f(5)  # buffer_removal_time_length_minus_1
+                bits.f(5)  # frame_presentation_time_length_minus_1
+        display_delay = bool(bits.f(1))
+        for _ in range(bits.f(5) + 1):  # operating points
+            bits.f(12)  # operating_point_idc
+            if bits.f(5) > 7:  # seq_level_idx
+                bits.f(1)  # seq_tier
+            if decoder_model and bits.f(1):
+                bits.f(buffer_delay_bits)  # decoder_buffer_delay
+                bits.f(buffer_delay_bits)  # encoder_buffer_delay
+                bits.f(1)  # low_delay_mode_flag
+            if display_delay and bits.f(1):
+                bits.f(4)  # initial_display_delay_minus_1
+    width_bits, height_bits = bits.f(4) + 1, bits.f(4) + 1
+    return bits.f(width_bits) + 1, bits.f(height_bits) + 1

@@ -20,8 +20,9 @@ import blurhash
 from PIL import AvifImagePlugin, Image, ImageFile, ImageOps, features
 
 from config.settings import ImagingSettings, RenditionSpec, VariantSettings
+from pipeline import headers
 from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
-from pipeline.formats import MAGIC_BYTES_NEEDED, ImageInfo, check_format, check_limits
+from pipeline.formats import MAGIC_BYTES_NEEDED, ImageInfo, check_format, check_limits, read_header_prefix
 from pipeline.results import Engine, Rendition, RenditionResult, VariantImage
 from pipeline.variants import VariantSpec
 
@@ -79,6 +80,7 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     """
     started = time.perf_counter()
     fmt = check_format(data[:MAGIC_BYTES_NEEDED], imaging.allowed_formats)
+    check_stream(data, fmt)
     info = read_header(data, fmt)
     check_limits(info, imaging)
     specs = imaging.renditions
@@ -104,6 +106,7 @@ def make_variant(
         raise FormatNotAllowed("variants need libvips, which this installation lacks")
     started = time.perf_counter()
     fmt = check_format(data[:MAGIC_BYTES_NEEDED], imaging.allowed_formats)
+    check_stream(data, fmt)
     info = read_header(data, fmt)
     check_limits(info, imaging)
     width, height = spec.box(info.width, info.height, limits.max_side, limits.max_pixels)
@@ -184,6 +187,17 @@ def placeholder(rendition: bytes) -> dict[str, str] | None:
         "blurhash": blurhash.encode(pixels, components_x=across, components_y=down),
         "color": f"#{red:02x}{green:02x}{blue:02x}",
     }
+
+
+def check_stream(data: bytes, fmt: str) -> None:
+    """`CorruptImage` when the whole file contradicts its header before anything is decoded: an
+    AVIF whose AV1 stream codes larger frames than its `ispe` declares (what the decoder would
+    really allocate for), a Huffman-coded JPEG with too few bytes for the pixels it claims (a
+    decoder fills the rest with grey, and the record would keep the claim)."""
+    if fmt in ("avif", "heif"):
+        read_header_prefix(data, fmt)  # its container walk checks every AV1 item's sequence header
+    elif fmt == "jpeg" and (why := headers.jpeg_too_short(data)):
+        raise CorruptImage(why)
 
 
 def read_header(data: bytes, fmt: str) -> ImageInfo:

@@ -22,9 +22,12 @@ MIB = 1024 * 1024
 IMAGE = jpeg_bytes(300, 200)
 
 
-async def held_open(release: asyncio.Event, tail: bytes = b"") -> AsyncIterator[bytes]:
-    """A chunked body that starts (a real JPEG head) and then waits for `release`."""
+async def held_open(release: asyncio.Event, tail: bytes = b"", sent: int = 0) -> AsyncIterator[bytes]:
+    """A chunked body that starts (a real JPEG head, then `sent` more bytes) and then waits for
+    `release`: it holds the buffer for what it sent (buffers are reserved as bytes arrive)."""
     yield IMAGE
+    for _ in range(sent // (256 * 1024)):
+        yield b"\0" * (256 * 1024)
     await release.wait()
     if tail:
         yield tail
@@ -52,8 +55,9 @@ async def test_a_user_may_have_only_so_many_uploads_in_progress(
 async def test_past_the_buffer_budget_an_upload_waits_then_gets_503(
     make_settings: Any, make_client: ClientFactory, clients: AwsClients
 ) -> None:
-    """A 6 MiB budget: a chunked upload holds a 5 MiB part buffer; a second upload needing 2 MiB
-    waits its bounded time, is answered 503 with Retry-After, and nothing of it is stored."""
+    """A 6 MiB budget: a chunked upload that sent 4.5 MiB holds that much of its part buffer; a
+    second upload needing 2 MiB waits its bounded time, is answered 503 with Retry-After, and
+    nothing of it is stored."""
     settings: Settings = make_settings(
         IMGSVC_UPLOAD_BUFFER_BYTES=str(6 * MIB),
         IMGSVC_UPLOAD_PART_SIZE=str(5 * MIB),
@@ -62,7 +66,7 @@ async def test_past_the_buffer_budget_an_upload_waits_then_gets_503(
     )
     api = await make_client(settings)
     release = asyncio.Event()
-    holder = asyncio.ensure_future(api.put("/images/holder", data=held_open(release)))
+    holder = asyncio.ensure_future(api.put("/images/holder", data=held_open(release, sent=9 * MIB // 2)))
     await asyncio.sleep(0.5)
     refused = await api.put("/images/waiting", data=io.BytesIO(IMAGE + b"\0" * (2 * MIB)))
     assert refused.status == 503
@@ -86,7 +90,7 @@ async def test_a_waiting_upload_gets_the_space_when_it_frees_in_time(
     )
     api = await make_client(settings)
     release = asyncio.Event()
-    holder = asyncio.ensure_future(api.put("/images/holder", data=held_open(release)))
+    holder = asyncio.ensure_future(api.put("/images/holder", data=held_open(release, sent=9 * MIB // 2)))
     await asyncio.sleep(0.3)
     waiting = asyncio.ensure_future(api.put("/images/waiting", data=io.BytesIO(IMAGE + b"\0" * (2 * MIB))))
     await asyncio.sleep(0.5)

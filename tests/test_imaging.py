@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from typing import Any
 
 import blurhash
@@ -14,7 +15,7 @@ from PIL import Image
 from config.settings import ImagingSettings, RenditionSpec
 from pipeline import imaging
 from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
-from pipeline.formats import detect_format
+from pipeline.formats import ImageInfo, detect_format, read_header_prefix
 from pipeline.imaging import make_renditions
 from pipeline.results import RenditionResult
 from tests.conftest import ROOT, decode, jpeg_bytes, png_header_only
@@ -238,3 +239,37 @@ def test_avif_renditions_from_either_engine(engine: Any) -> None:
     avif, webp = (decode(r.data) for r in result.renditions)
     assert (avif.format, avif.size) == ("AVIF", (128, 96))
     assert (webp.format, webp.size) == ("WEBP", (64, 48))
+
+
+def _avif(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(out, "AVIF")
+    return out.getvalue()
+
+
+def test_an_avif_whose_stream_is_larger_than_its_header_says_is_corrupt() -> None:
+    """A 64 x 64 `ispe` over a larger AV1 stream: the decoder would allocate for the stream. The
+    pixel limit and the record must see what is decoded, so the file is refused before decoding,
+    at upload screening's header read and in the worker."""
+    real = _avif(300, 200)
+    assert read_header_prefix(real, "avif") == ImageInfo("avif", 300, 200)
+    assert make_renditions(real, ImagingSettings()).info.width == 300
+    at = real.find(b"ispe")
+    forged = real[: at + 8] + struct.pack(">II", 64, 64) + real[at + 16 :]
+    with pytest.raises(CorruptImage, match="codes frames of up to 300x200"):
+        read_header_prefix(forged, "avif")
+    with pytest.raises(CorruptImage, match="64x64"):
+        make_renditions(forged, ImagingSettings())
+
+
+def test_a_jpeg_too_short_for_the_pixels_it_claims_is_corrupt() -> None:
+    """A 700-byte JPEG whose frame header says 10000 x 10000 was decoded as grey and recorded
+    ready at that size: the whole file is now held against what it claims."""
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 100, 50)).save(out, "JPEG", quality=50)
+    data = bytearray(out.getvalue())
+    frame = data.find(b"\xff\xc0")
+    struct.pack_into(">HH", data, frame + 5, 10000, 10000)
+    with pytest.raises(CorruptImage, match="cannot code that many pixels"):
+        make_renditions(bytes(data[:700]), ImagingSettings())
+    assert make_renditions(out.getvalue(), ImagingSettings()).info.width == 64  # the real one

@@ -184,6 +184,7 @@ async def test_health(live: Client) -> None:
         "dest_bucket": "ok",
         "queue": "ok",
         "database": "ok",
+        "disk": "ok",
     }
 
 
