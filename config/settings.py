@@ -283,8 +283,11 @@ class WebSettings:
     #: `presigned` (`POST /images/upload-url` authorises one PUT straight to S3, or on the local
     #: backend to this API's `/uploads/...`; the consumer completes the record from S3's event).
     upload_modes: Annotated[frozenset[str], Var(read="upload_modes")] = frozenset({"api"})
-    #: Seconds a presigned upload URL works (its reservation is released by gc after that).
+    #: Seconds a presigned upload URL works (its reservation is released after that, and a margin).
     upload_url_seconds: Annotated[int, Var(60, 7 * 86_400)] = 900
+    #: Seconds between an API process's sweeps of every unused reservation that fell due (each
+    #: process also releases the ones it made as they fall due); 0: only those.
+    reservation_sweep_seconds: Annotated[int, Var(0, 7 * 86_400)] = 3600
     #: Scheme and host clients reach the API at (behind a proxy or CDN), for the absolute URLs
     #: the API hands out; empty: taken from each request.
     public_url: Annotated[str, Var(read="public_url")] = ""

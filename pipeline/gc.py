@@ -37,7 +37,7 @@ from config.settings import Settings
 from pipeline.accounts import Accounts
 from pipeline.backends import Backend
 from pipeline.layout import ImageRef, source_key_of
-from pipeline.records import RecordStore
+from pipeline.records import ImageRecord, RecordStore
 from pipeline.removal import expire_image, stale_derivative
 from pipeline.reservations import Reservation
 from pipeline.storage import ListedObject
@@ -173,13 +173,11 @@ async def _records(
                 updated = datetime.fromisoformat(str(record.item.get("updated_at")))
                 ref = ImageRef.of(record.owner, record.image_id)
                 if (reserved := Reservation.of(record.item)) is not None:
-                    # Never used, and its URL expired: the id and the quota it holds are free again.
-                    # (One whose bytes arrived waits for their event, or for reconcile.)
-                    if reserved.released_by(now.timestamp()) and not await _exists(backend, bucket, ref):
+                    if await release_unused(
+                        backend, records, bucket, record, now.timestamp(), report.dry_run
+                    ):
                         report.released_reservations += 1
                         report.released_reservation_bytes += reserved.content_length
-                        if not report.dry_run:
-                            await records.delete_if(ref, int(record.item.get("revision", 0)))
                     continue
                 expires = record.item.get("expires_at")
                 if isinstance(expires, int | float) and expires <= now.timestamp():
@@ -193,6 +191,26 @@ async def _records(
                     await records.delete_if(ref, int(record.item.get("revision", 0)))
             if cursor is None:
                 break
+
+
+async def release_unused(
+    backend: Backend,
+    records: RecordStore,
+    bucket: str,
+    record: ImageRecord,
+    now: float,
+    dry_run: bool = False,
+) -> bool:
+    """Release a presigned upload's reservation never used before its URL expired: the id and the
+    quota it holds are free again (the record goes, uncounted, in one transaction). One whose
+    bytes arrived waits for their event, or for reconcile. Whether it was (or would be) released."""
+    reserved = Reservation.of(record.item)
+    if reserved is None or not reserved.released_by(now):
+        return False
+    ref = ImageRef.of(record.owner, record.image_id)
+    if await _exists(backend, bucket, ref):
+        return False
+    return dry_run or await records.delete_if(ref, int(record.item.get("revision", 0)))
 
 
 async def _exists(backend: Backend, bucket: str, ref: ImageRef) -> bool:

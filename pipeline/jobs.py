@@ -140,7 +140,9 @@ class JobRunner:
                     error,
                     lambda: self._current_etag(ref),
                     duplicate_of=duplicate.image_id if duplicate else None,
-                    facts=None if reserved is None else _arrived(reserved, meta.size, digest, error),
+                    facts=_read(known, meta.size, digest)
+                    if reserved is None
+                    else _arrived(reserved, meta.size, digest, error),
                     known=known,
                 )
                 await self._confirm_created(ref, written, meta.etag)
@@ -344,6 +346,20 @@ def _arrived(
         "format": reservation.format,
         "content_type": reservation.content_type,
     }
+
+
+def _read(known: Known, size: int, digest: str | None) -> dict[str, object] | None:
+    """The facts of the original as read, where the record says otherwise: an original put or
+    replaced outside the API (`aws s3 cp` over an image) is counted at its own size, and a digest
+    of other bytes is not kept for it."""
+    recorded = known if isinstance(known, dict) else {}
+    facts: dict[str, object] = {}
+    if recorded.get("bytes") != size:
+        facts["bytes"] = size
+        facts["sha256"] = digest  # None where the worker did not read it: no stale one kept
+    elif digest is not None and recorded.get("sha256") not in (None, digest):
+        facts["sha256"] = digest
+    return facts or None
 
 
 def _recorded_digest(known: Known, event_etag: str | None) -> str | None:

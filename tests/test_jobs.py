@@ -5,11 +5,13 @@ original's result. And a stale event that times out never fails a newer result. 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
+from pipeline.accounts import Accounts
 from pipeline.errors import JobTimeout
 from pipeline.events import ObjectCreated
 from pipeline.jobs import JobRunner
@@ -103,3 +105,25 @@ async def test_a_stale_event_timing_out_never_fails_the_newer_result(backend: Ba
         await stale.process(ObjectCreated(source, key, "ObjectCreated:Put", etag=first.strip('"')))
     record = await records.read(ref)
     assert record is not None and record.state == "ready" and record.error is None
+
+
+async def test_an_original_replaced_outside_the_api_is_counted_at_its_own_size(backend: Backend) -> None:
+    """An upload through the API recorded its bytes; `aws s3 cp` over it puts other bytes under the
+    same key: the job counts those (the record and the owner's usage), and drops the digest of the
+    bytes that are gone."""
+    settings, storage, tables = backend.settings, backend.storage, backend.tables
+    source, key = settings.aws.source_bucket, f"{USER}/replaced"
+    first, second = jpeg_bytes(300, 200), jpeg_bytes(900, 600)
+    records = RecordStore(tables.images, tables.users)
+    jobs = JobRunner(storage, records, await shared_pool(settings), settings, users=tables.users)
+    await Accounts(tables).create_user(USER)
+    await storage.put(source, key, first, "image/jpeg", {"user-id": USER})
+    assert (await jobs.process(ObjectCreated(source, key, "ObjectCreated:Put"))).outcome == "ready"
+    before = await tables.users.get({"user_id": USER}) or {}
+    await storage.put(source, key, second, "image/jpeg", {"user-id": USER})
+    assert (await jobs.process(ObjectCreated(source, key, "ObjectCreated:Put"))).outcome == "ready"
+    record = await records.read(ImageRef(key))
+    assert record is not None and record.bytes == len(second)
+    assert record.item.get("sha256") != hashlib.sha256(first).hexdigest()
+    after = await tables.users.get({"user_id": USER}) or {}
+    assert int(after.get("bytes_used", 0)) - int(before.get("bytes_used", 0)) == len(second) - len(first)

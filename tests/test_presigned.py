@@ -6,9 +6,11 @@ reservation is gone are removed and dead-lettered; gc releases a reservation nev
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import io
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +28,7 @@ from pipeline.layout import ImageRef
 from pipeline.records import RecordStore
 from pipeline.reservations import RELEASE_MARGIN_SECONDS
 from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes
+from web.keys import SWEEPER
 
 Client = TestClient[Any, Any]
 BOTH = frozenset({"api", "presigned"})
@@ -396,3 +399,27 @@ async def test_a_reservation_made_while_an_api_upload_streams_wins_and_the_uploa
     await consume(backend)
     assert (await (await api.get("/images/contested")).json())["status"] == "ready"
     assert await usage_of(backend) == (len(data), 1)
+
+
+async def test_the_serving_process_releases_unused_reservations_itself(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """No gc needed: the API process watches the reservations it makes and releases each when it
+    falls due, and its periodic sweep finds those another process made."""
+    settings = presigned(backend.settings)
+    api = await make_client(settings)
+    sweeper = api.server.app[SWEEPER]
+    assert (await ask(api, image_id="mine", content_length=999, content_type="image/jpeg")).status == 201
+    assert await usage_of(backend) == (999, 1)
+    later = settings.web.upload_url_seconds + RELEASE_MARGIN_SECONDS + 5
+    sweeper.clock = lambda: time.time() + later
+    sweeper.wake()
+    async with asyncio.timeout(10):
+        while await usage_of(backend) != (0, 0):
+            await asyncio.sleep(0.05)
+    assert (await api.get("/images/mine")).status == 404
+    # One made elsewhere (not watched here): the sweep takes it.
+    sweeper.clock = time.time
+    assert (await ask(api, image_id="other", content_length=500, content_type="image/jpeg")).status == 201
+    sweeper.clock = lambda: time.time() + later
+    assert await sweeper.sweep() == 1 and await usage_of(backend) == (0, 0)

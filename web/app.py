@@ -16,6 +16,7 @@ from pipeline.errors import TooManyWaits
 from pipeline.records import RecordStore
 from pipeline.service import open_consumer
 from pipeline.supervision import Supervisor
+from pipeline.sweeper import ReservationSweeper
 from pipeline.webhooks import WebhookStore
 from web.admission import TooManyUploads, UploadGate
 from web.clients import Proxies
@@ -33,6 +34,7 @@ from web.keys import (
     RECORDS,
     SETTINGS,
     STORAGE,
+    SWEEPER,
     TABLES,
     UPLOAD_RATES,
     UPLOADS,
@@ -120,6 +122,8 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         background = app[BACKGROUND] = Supervisor()
         await background.start()
         background.spawn("queue-depth-sampler", metrics.sample_queues(backend.queues()), endless=True)
+        sweeper = app[SWEEPER] = ReservationSweeper(backend, app[RECORDS], settings)
+        background.spawn("reservation-sweeper", sweeper.run(), endless=True)
         variants = app[VARIANTS] = VariantMaker(
             backend.storage, app[RECORDS], app[USAGE], settings, pool=app.get(VARIANT_POOL)
         )

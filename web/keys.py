@@ -11,6 +11,7 @@ from pipeline.consumer import Consumer
 from pipeline.ports import ObjectStore, TableSet
 from pipeline.records import RecordStore
 from pipeline.supervision import Supervisor
+from pipeline.sweeper import ReservationSweeper
 from pipeline.webhooks import WebhookStore
 from pipeline.workers import WorkerPool
 from web.admission import UploadGate
@@ -36,6 +37,8 @@ LIMITER = web.AppKey("limiter", FailureLimiter)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 BACKGROUND = web.AppKey("background", Supervisor)
 UPLOADS = web.AppKey("uploads", UploadGate)
+#: Releases presigned uploads' reservations never used (`pipeline.sweeper`).
+SWEEPER = web.AppKey("sweeper", ReservationSweeper)
 #: Each user's decode budget for uploads (megapixels a second, with a burst).
 UPLOAD_RATES = web.AppKey("upload_rates", Buckets)
 #: Each user's share of the long polls waiting in this process.

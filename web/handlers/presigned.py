@@ -46,7 +46,7 @@ from web.handlers.upload import (
 )
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
-from web.keys import BACKEND, IDEMPOTENCY, LINKS, RECORDS, SETTINGS, STORAGE, UPLOADS, USAGE
+from web.keys import BACKEND, IDEMPOTENCY, LINKS, RECORDS, SETTINGS, STORAGE, SWEEPER, UPLOADS, USAGE
 from web.views import describe, public_base
 
 #: The rendition name an upload URL's signature covers (no rendition has it).
@@ -140,6 +140,7 @@ async def _reserve(
         raise ImageExistsError() from None
     except UsageRefused:
         raise await usage.refusal(user_id, 1) from None
+    app[SWEEPER].watch(ref, reservation)
     answer: dict[str, Any] = {
         **describe(user_id, record),
         "url": url,
