@@ -4,7 +4,7 @@ A long poll that re-reads the record on a timer costs a strongly consistent read
 waiter: a thousand waiters on DynamoDB are thousands of reads a second. When the change happens
 in this process (the API's own upload or delete, the in-process consumer's result) the waiter is
 woken at once instead; a change made elsewhere (another API process, a consumer on another
-machine) is found by the waiter's own re-reads, at most one a second, backing off.
+machine) is found by the waiter's own re-reads, once a second.
 """
 
 from __future__ import annotations

@@ -80,9 +80,9 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     """
     started = time.perf_counter()
     fmt = check_format(data[:MAGIC_BYTES_NEEDED], imaging.allowed_formats)
-    check_stream(data, fmt)
     info = read_header(data, fmt)
     check_limits(info, imaging)
+    check_stream(data, fmt)
     specs = imaging.renditions
     engine = engine or choose_engine(info, max(s.max_side for s in specs), imaging.pillow_max_side)
     if engine == "pyvips":
@@ -106,9 +106,9 @@ def make_variant(
         raise FormatNotAllowed("variants need libvips, which this installation lacks")
     started = time.perf_counter()
     fmt = check_format(data[:MAGIC_BYTES_NEEDED], imaging.allowed_formats)
-    check_stream(data, fmt)
     info = read_header(data, fmt)
     check_limits(info, imaging)
+    check_stream(data, fmt)
     width, height = spec.box(info.width, info.height, limits.max_side, limits.max_pixels)
     # Every frame is a picture to make: an animation whose frames together would pass the pixel
     # bound gives its first frame only (like any other output format).

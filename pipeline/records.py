@@ -55,10 +55,9 @@ from pipeline.timing import epoch_iso, now_iso
 State = Literal["awaiting_upload", "pending", "ready", "failed"]
 #: Optimistic writes that lose a race re-read and try again this often before giving up.
 WRITE_ATTEMPTS = 5
-#: Seconds before a long poll first re-reads a record changed by no write in this process, and
-#: the longest it waits between re-reads (doubling in between).
-WAIT_FIRST_READ = 1.0
-WAIT_LONGEST_READ = 4.0
+#: Seconds between a long poll's re-reads of a record no write in this process has changed: at
+#: most a read a second per wait (a change made here wakes it at once).
+WAIT_READ_SECONDS = 1.0
 
 
 #: Asks S3 for the current original's ETag (None: it no longer exists).
@@ -241,16 +240,14 @@ class RecordStore:
         """The record, waiting up to `seconds` for a pending one (or one awaiting its presigned
         upload) to settle (long polling). A change written in this process wakes the wait at
         once (`pipeline.changes`); one written elsewhere is found by re-reading, eventually
-        consistent, after 1 s, then 2, then every 4 s: a wait costs at most a read a second."""
+        consistent, once a second: a wait costs at most a read a second."""
         record = await self.read(ref)
         deadline = time.monotonic() + seconds
-        delay = WAIT_FIRST_READ
         while record is not None and record.state in ("pending", "awaiting_upload"):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            changed = await self._changes.wait(ref.source_key, min(delay, remaining))
-            delay = min(delay * 2, WAIT_LONGEST_READ)
+            changed = await self._changes.wait(ref.source_key, min(WAIT_READ_SECONDS, remaining))
             # Woken by a write here: read what it wrote (consistent); else any recent copy will do.
             record = await self.read(ref, consistent=changed)
         return record

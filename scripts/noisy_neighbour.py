@@ -40,6 +40,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -125,7 +126,7 @@ class Service:
             "AWS_CONFIG_FILE": os.devnull,
             "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
             "IMGSVC_LOG_FORMAT": "text",
-            "IMGSVC_LOG_LEVEL": "WARNING",
+            "IMGSVC_LOG_LEVEL": "INFO",  # its listening lines are read here; the rest goes to web.log
             "IMGSVC_METRICS_PORT": "0",
             "IMGSVC_DEMO_KEYS_FILE": str(keys),
             "IMGSVC_UPLOAD_MODES": "api,presigned",  # long polls wait on an upload URL's image
@@ -250,14 +251,14 @@ def check_5xx(response: aiohttp.ClientResponse, probe: Probe) -> None:
 class Victim:
     """The other user: its requests, timed, from its own client address."""
 
-    def __init__(self, service: Service, probe: Probe, stop: asyncio.Event, image: str) -> None:
-        self.service, self.probe, self.stop, self.image = service, probe, stop, image
+    def __init__(self, url: str, key: str, probe: Probe, stop: asyncio.Event, image: str) -> None:
+        self.url, self.key, self.probe, self.stop, self.image = url, key, probe, stop, image
 
     async def run(self) -> None:
-        headers = {"Authorization": f"Bearer {self.service.keys[VICTIM]}"}
+        headers = {"Authorization": f"Bearer {self.key}"}
         connector = aiohttp.TCPConnector(local_addr=(VICTIM_ADDRESS, 0), limit=8)
         async with aiohttp.ClientSession(
-            self.service.url, headers=headers, timeout=TIMEOUT, connector=connector
+            self.url, headers=headers, timeout=TIMEOUT, connector=connector
         ) as self.session:
             await asyncio.gather(self.reads(), self.variants(), self.uploads())
 
@@ -315,12 +316,12 @@ class Victim:
             await _sleep(self.stop, 3.0)
 
 
-async def admin(service: Service, probe: Probe, stop: asyncio.Event) -> None:
+async def admin(admin_url: str, probe: Probe, stop: asyncio.Event) -> None:
     async with aiohttp.ClientSession(timeout=TIMEOUT) as s:
         while not stop.is_set():
             started = time.monotonic()
             try:
-                async with s.get(f"{service.admin_url}/health/ready") as response:
+                async with s.get(f"{admin_url}/health/ready") as response:
                     await response.read()
                 probe.admin_ms.append((time.monotonic() - started) * 1000)
             except (aiohttp.ClientError, TimeoutError):
@@ -450,10 +451,6 @@ async def variant_storage(ctx: Context) -> None:
                 ctx.count(response)
 
         await ctx.loops(4, ask)
-        async with s.get("/images/seed") as response:
-            record = await response.json()
-        ctx.notes["variants_stored"] = record.get("variant_count", 0)
-        ctx.notes["variant_bytes_stored"] = record.get("variant_bytes", 0)
 
 
 async def decode_bombs(ctx: Context) -> None:
@@ -549,24 +546,42 @@ async def measure(service: Service, name: str, attack: Attack | None, seconds: f
         async with s.put(f"/images/{image}", data=jpeg(800, 600)) as response:
             assert response.status == 202, await response.text()
         await _ready(s, image)
-    watchers = [
-        asyncio.create_task(Victim(service, probe, stop, image).run()),
-        asyncio.create_task(admin(service, probe, stop)),
-    ]
+    # The other user and the admin probe run in a process of their own: their latencies are the
+    # service's, not this process's event loop, busy with the attack.
+    order = {"url": service.url, "admin": service.admin_url, "key": service.keys[VICTIM], "image": image}
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--probe", json.dumps({**order, "seconds": seconds}),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     attacking = asyncio.create_task(attack(ctx)) if attack else None
     await asyncio.sleep(seconds)
     stop.set()
-    await asyncio.wait(watchers, timeout=40)
+    out, _ = await asyncio.wait_for(watcher.communicate(), 60)
+    seen = json.loads(out)
     if attacking is not None:
         done, _ = await asyncio.wait({attacking}, timeout=40)
         if attacking in done and attacking.exception() is not None:
             ctx.notes["attack_error"] = repr(attacking.exception())
         attacking.cancel()
     await asyncio.sleep(1.0)  # what the attack left running winds down before the next one
-    return {"attack": name, **probe.row(), "notes": ctx.notes}
+    seen["bad_5xx"] += probe.bad_5xx  # the attacker's own
+    return {"attack": name, **seen, "notes": ctx.notes}
 
 
-async def run(backend: str, names: list[str], seconds: float) -> list[dict[str, Any]]:
+async def watch(order: dict[str, Any]) -> dict[str, Any]:
+    """`--probe`: the other user and the admin probe for `order["seconds"]`; the table's row."""
+    probe, stop = Probe(), asyncio.Event()
+    victim = Victim(order["url"], order["key"], probe, stop, order["image"])
+    watchers = [asyncio.create_task(victim.run()), asyncio.create_task(admin(order["admin"], probe, stop))]
+    await asyncio.sleep(order["seconds"])
+    stop.set()
+    await asyncio.wait(watchers, timeout=40)
+    return probe.row()
+
+
+async def run(
+    backend: str, names: list[str], seconds: float, log: Path | None = None
+) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="noisy-") as scratch:
         service = Service(backend, Path(scratch))
         service.start()
@@ -578,6 +593,8 @@ async def run(backend: str, names: list[str], seconds: float) -> list[dict[str, 
             rows[0]["notes"]["worker_rss_mb_idle_at_end"] = [round(r / 2**20) for r in service.worker_rss()]
         finally:
             service.stop()
+            if log is not None:
+                await asyncio.to_thread(shutil.copyfile, Path(scratch) / "web.log", log)
     return rows
 
 
@@ -605,12 +622,17 @@ def main() -> int:
         "--seconds", type=float, default=20.0, help="each attack's length (and the baseline's)"
     )
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--log", type=Path, help="keep the service's log here")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # the other user's process (JSON order)
     args = parser.parse_args()
+    if args.probe:
+        print(json.dumps(asyncio.run(watch(json.loads(args.probe)))))
+        return 0
     names = [n.strip() for n in args.attacks.split(",") if n.strip()]
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         parser.error(f"unknown attacks: {', '.join(unknown)}")
-    rows = asyncio.run(run(args.backend, names, args.seconds))
+    rows = asyncio.run(run(args.backend, names, args.seconds, args.log))
     print(
         json.dumps({"backend": args.backend, "rows": rows}, indent=1)
         if args.json

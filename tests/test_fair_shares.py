@@ -25,6 +25,7 @@ from pipeline.changes import Changes
 from pipeline.errors import CorruptImage
 from pipeline.layout import ImageRef
 from pipeline.records import RecordStore
+from pipeline.variants import accepted_types, parse_variant
 from tests.conftest import OTHER_USER, USER, ClientFactory, bearer, issue_key, jpeg_bytes, local_settings
 from web.clients import Proxies, forwarded_hops
 from web.keys import RECORDS, TABLES
@@ -405,3 +406,44 @@ async def test_uploads_are_paced_by_what_they_cost_to_decode(
     other = bearer(await issue_key(api.server.app, OTHER_USER))
     for n in range(5):
         assert (await api.put(f"/images/s{n}", data=jpeg_bytes(64, 48), headers=other)).status == 202
+
+
+# Smaller points -----------------------------------------------------------------------------------
+
+
+def test_a_format_refused_with_q_0_is_never_negotiated() -> None:
+    limits = local_settings(Path("/tmp/unused-data-dir")).variants
+    spec, negotiated = parse_variant({"w": "100", "format": "auto"}, "image/avif;q=0, image/webp;q=0", limits)
+    assert negotiated and spec.format == "jpeg"
+    spec, _ = parse_variant({"w": "100", "format": "auto"}, "image/avif;q=0, image/webp;q=0.5", limits)
+    assert spec.format == "webp"
+    assert accepted_types("image/avif;q=0.0,image/png;Q=0, image/webp;level=1") == {"image/webp"}
+
+
+async def test_an_unknown_expectation_is_a_json_417(tmp_path: Path, make_client: ClientFactory) -> None:
+    api = await make_client(local_settings(tmp_path / "d"))
+    reader, writer = await connect(api)
+    writer.write(head(api, "GET /images/x HTTP/1.1", "Expect: 202-weird"))
+    assert await status_of(reader) == 417
+    rest = (await reader.read(4096)).decode()
+    assert "application/json" in rest and '"expectation_failed"' in rest
+    writer.close()
+    continued = await api.put("/images/c", data=jpeg_bytes(64, 48), headers={"Expect": "100-continue"})
+    assert continued.status == 202
+
+
+async def test_links_follow_only_allowed_hosts(tmp_path: Path, make_client: ClientFactory) -> None:
+    api = await make_client(local_settings(tmp_path / "d"))
+    assert (await api.put("/images/h", data=jpeg_bytes(64, 48))).status == 202
+    evil = await api.get("/images/h/url?rendition=original", headers={"Host": "evil.example"})
+    assert evil.status == 400 and (await evil.json())["error"] == "host_not_allowed"
+    fine = await api.get("/images/h/url?rendition=original", headers={"Host": "localhost:8080"})
+    assert (await fine.json())["url"].startswith("http://localhost:8080/links/")
+    allowed = await make_client(local_settings(tmp_path / "e", IMGSVC_ALLOWED_HOSTS=".example.com"))
+    assert (await allowed.put("/images/h", data=jpeg_bytes(64, 48))).status == 202
+    sub = await allowed.get("/images/h/url?rendition=original", headers={"Host": "img.example.com"})
+    assert (await sub.json())["url"].startswith("http://img.example.com/links/")
+    public = await make_client(local_settings(tmp_path / "f", IMGSVC_PUBLIC_URL="https://cdn.example.org"))
+    assert (await public.put("/images/h", data=jpeg_bytes(64, 48))).status == 202
+    pinned = await public.get("/images/h/url?rendition=original", headers={"Host": "evil.example"})
+    assert (await pinned.json())["url"].startswith("https://cdn.example.org/links/")

@@ -10,10 +10,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, ExitStack, contextmanager
 from pathlib import Path
-from typing import TypeVar
 
 from aiohttp import web
 
@@ -23,14 +22,13 @@ from pipeline.backends import data_dir_problem, open_backend
 from pipeline.demo import seed_demo_once, seed_demo_users
 from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
-from web.admin import start_admin
+from web.admin import serving_admin
 from web.app import create_app
 from web.keys import PROVISIONED
 from web.multipart import ignore_parser_warnings
 from web.server import GuardedRunner
 
 log = logging.getLogger("web")
-T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -97,22 +95,20 @@ async def serve(settings: Settings, *, seed_demo: bool = False) -> None:
     app[PROVISIONED] = seed_demo  # done just above: the app need not provision (and log it) again
     runner = GuardedRunner(app, settings.web)
     await runner.setup()
-    admin: web.AppRunner | None = None
+    web_settings = settings.web
     try:
-        site = web.TCPSite(runner, settings.web.host, settings.web.port)
-        await _listen(site.start(), settings.web.host, settings.web.port, "--port (IMGSVC_PORT)")
+        site = web.TCPSite(runner, web_settings.host, web_settings.port)
+        with _listening(web_settings.host, web_settings.port, "--port (IMGSVC_PORT)"):
+            await site.start()
         for address in runner.addresses:
             log.info("API listening url=http://%s:%s", *address[:2])
-        admin = await _listen(
-            start_admin(app, settings.web.admin_host, settings.web.admin_port),
-            settings.web.admin_host,
-            settings.web.admin_port,
-            "--admin-port (IMGSVC_ADMIN_PORT)",
-        )
-        await _until_signalled()
+        async with AsyncExitStack() as stack:
+            admin_flag = "--admin-port (IMGSVC_ADMIN_PORT)"
+            with _listening(web_settings.admin_host, web_settings.admin_port, admin_flag):
+                admin = serving_admin(app, web_settings.admin_host, web_settings.admin_port)
+                await stack.enter_async_context(admin)
+            await _until_signalled()
     finally:
-        if admin is not None:
-            await admin.cleanup()
         await runner.cleanup()
 
 
@@ -120,9 +116,10 @@ class ListenError(Exception):
     """An address to listen on is taken or not ours; the message is the one line to print."""
 
 
-async def _listen(starting: Awaitable[T], host: str, port: int, flag: str) -> T:
+@contextmanager
+def _listening(host: str, port: int, flag: str) -> Iterator[None]:
     try:
-        return await starting
+        yield
     except OSError as exc:
         why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
         raise ListenError(f"{host}:{port} {why}: choose another with {flag}") from None

@@ -166,7 +166,7 @@ class Tracker:
         if mine is not None and len(mine) >= self.limits.per_client > 0:
             # The client's own connection idle longest makes room, never another client's.
             for victim in sorted(mine, key=lambda h: h.waiting_since):
-                if victim.evict():
+                if victim.evict(for_its_client=True):
                     self.forget(victim)
                     break
             else:
@@ -536,12 +536,16 @@ class GuardedHandler(RequestHandler):
         )
         reset(transport)
 
-    def evict(self) -> bool:
-        """Close this connection to admit a newer one, if it is idle or has not sent its headers."""
+    def evict(self, *, for_its_client: bool = False) -> bool:
+        """Close this connection to admit a newer one, if it is idle or has not sent its headers;
+        `for_its_client`: the newer one is its own client's, at its share."""
         if not self._awaiting_request():
             return False
         metrics.HTTP_CONNECTIONS_CLOSED.labels("evicted").inc()
-        if self._phase is Phase.HEADERS:
+        if self._phase is Phase.HEADERS and for_its_client:
+            message = "this client opened a newer connection past its share; this one made room"
+            self._answer_and_close(429, "too_many_connections", message, self._tracker.limits.retry_after)
+        elif self._phase is Phase.HEADERS:
             self._answer_and_close(503, "too_many_connections", "the server is at its connection limit", 1)
         else:
             self.force_close()
