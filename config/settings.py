@@ -291,6 +291,10 @@ class WebSettings:
     #: Scheme and host clients reach the API at (behind a proxy or CDN), for the absolute URLs
     #: the API hands out; empty: taken from each request.
     public_url: Annotated[str, Var(read="public_url")] = ""
+    #: Whether images may be made public (`off`: no upload or PATCH makes one, and no public URL
+    #: answers), and where public URLs point (a CDN's host; empty: `public_url`, else the API's).
+    public_images: Annotated[bool, Var()] = True
+    delivery_url: Annotated[str, Var(read="public_url")] = ""
     #: Without `public_url`: the `Host` names links may be made for (comma-separated; `.example.com`
     #: allows its subdomains, `*` any host); empty: loopback only. Others are refused (400).
     allowed_hosts: Annotated[tuple[str, ...], Var(read="hosts")] = ()

@@ -32,6 +32,31 @@ from pipeline.usage import reconcile_usage
 log = logging.getLogger("pipeline")
 
 
+def _users_commands(users: argparse.ArgumentParser) -> None:
+    user_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    create = user_commands.add_parser("create", help="create a user (or use an existing one) and issue a key")
+    create.add_argument("--user-id", help="a lowercase UUID (default: a new one)")
+    create.add_argument("--name", default="", help="a label for people")
+    user_commands.add_parser("list", help="users and their keys (ids and prefixes, never secrets)")
+    choose = user_commands.add_parser("set", help="a user's settings: whether new images are public")
+    choose.add_argument("user_id")
+    default = choose.add_mutually_exclusive_group(required=True)
+    default.add_argument(
+        "--public-by-default", dest="public", action="store_true", help="new images are public"
+    )
+    default.add_argument(
+        "--private-by-default", dest="public", action="store_false", help="new images are private"
+    )
+    revoke = user_commands.add_parser("revoke", help="revoke a key at once, in every process")
+    revoke.add_argument("key_id")
+    rotate = user_commands.add_parser("rotate", help="issue a new key for the key's user, revoke the old one")
+    rotate.add_argument("key_id")
+    recount = user_commands.add_parser(
+        "reconcile", help="recompute every user's stored bytes and image count from their image records"
+    )
+    recount.add_argument("--dry-run", action="store_true", help="only report the drift")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
@@ -65,20 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     again = hook_commands.add_parser("redeliver", help="send events back to the outbox, attempts renewed")
     again.add_argument("--event-id", action="append", default=[], help="only this event (repeatable)")
     again.add_argument("--limit", type=int, default=None, help="at most this many (default all)")
-    users = commands.add_parser("users", help="manage users and their API keys")
-    user_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
-    create = user_commands.add_parser("create", help="create a user (or use an existing one) and issue a key")
-    create.add_argument("--user-id", help="a lowercase UUID (default: a new one)")
-    create.add_argument("--name", default="", help="a label for people")
-    user_commands.add_parser("list", help="users and their keys (ids and prefixes, never secrets)")
-    revoke = user_commands.add_parser("revoke", help="revoke a key at once, in every process")
-    revoke.add_argument("key_id")
-    rotate = user_commands.add_parser("rotate", help="issue a new key for the key's user, revoke the old one")
-    rotate.add_argument("key_id")
-    recount = user_commands.add_parser(
-        "reconcile", help="recompute every user's stored bytes and image count from their image records"
-    )
-    recount.add_argument("--dry-run", action="store_true", help="only report the drift")
+    _users_commands(commands.add_parser("users", help="manage users and their API keys"))
     rebuild = commands.add_parser(
         "reconcile",
         help="send lost events again, delete renditions whose original is gone (from the originals)",
@@ -233,6 +245,9 @@ async def run_users(settings: Settings, args: argparse.Namespace) -> int:
         elif args.users_command == "reconcile":
             report = await reconcile_usage(backend.tables, dry_run=args.dry_run)
             print(json.dumps(report.as_dict(), indent=2))
+        elif args.users_command == "set":
+            user = await accounts.set_public_by_default(args.user_id, args.public)
+            print(json.dumps({"user_id": args.user_id, "public_by_default": user["public_by_default"]}))
         elif args.users_command == "revoke":
             revoked = await accounts.revoke(args.key_id)
             print(json.dumps({"key_id": args.key_id, "revoked_at": revoked["revoked_at"]}))

@@ -27,7 +27,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from pipeline.errors import InvalidCredentials, KeyNotFound, KeyRevoked, UnknownUser
-from pipeline.items import ConditionFailed, Missing, Present, SetDefault
+from pipeline.items import ConditionFailed, Missing, Present, Set, SetDefault
 from pipeline.layout import valid_user_id
 from pipeline.ports import TableSet
 from pipeline.timing import now_iso
@@ -82,6 +82,15 @@ class Accounts:
                 Missing("user_id"),
             )
         return user_id
+
+    async def set_public_by_default(self, user_id: str, public: bool) -> dict[str, Any]:
+        """Whether the user's new images are public unless an upload says otherwise."""
+        try:
+            return await self._tables.users.update(
+                {"user_id": user_id}, [Set("public_by_default", public)], Present("user_id")
+            )
+        except ConditionFailed:
+            raise UnknownUser() from None
 
     async def user(self, user_id: str) -> dict[str, Any]:
         found = await self._tables.users.get({"user_id": user_id})

@@ -42,6 +42,7 @@ from pipeline.items import (
     Missing,
     Present,
     PutItem,
+    Remove,
     Set,
     TransactionRefused,
     UpdateItem,
@@ -55,6 +56,8 @@ from pipeline.timing import epoch_iso, now_iso
 State = Literal["awaiting_upload", "pending", "ready", "failed"]
 #: Optimistic writes that lose a race re-read and try again this often before giving up.
 WRITE_ATTEMPTS = 5
+#: The record field holding a public image's URL nonce (`web.public`); absent while private.
+PUBLIC_FIELD = "public_nonce"
 #: Seconds between a long poll's re-reads of a record no write in this process has changed: at
 #: most a read a second per wait (a change made here wakes it at once).
 WAIT_READ_SECONDS = 1.0
@@ -122,6 +125,12 @@ class ImageRecord:
         return int(old.get("variant_bytes", 0))
 
     @property
+    def public_nonce(self) -> str | None:
+        """The random part of the image's public URLs while it is public; None while private."""
+        nonce = self.item.get(PUBLIC_FIELD)
+        return nonce if isinstance(nonce, str) and nonce else None
+
+    @property
     def state(self) -> State:
         if self.item.get(reservations.FIELD) is not None:
             return "awaiting_upload"
@@ -184,6 +193,7 @@ class ImageRecord:
             # Its renditions were copied from this image of the same owner, made from the same bytes.
             "duplicate_of": item.get("duplicate_of"),
             "expires_at": epoch_iso(item.get("expires_at")),
+            "public": self.public_nonce is not None,
         }
         if self.state == "ready":
             info = item.get("info", {})
@@ -431,6 +441,23 @@ class RecordStore:
         """Drop the note of `digest` if it names `ref` (the image is deleted)."""
         with contextlib.suppress(ConditionFailed):
             await self._table.delete(_note_key(ref, digest), Equals("of", ref.owner_and_id[1]))
+
+    async def set_public(self, ref: ImageRef, nonce: str | None) -> ImageRecord | None:
+        """Make the image public under `nonce` (its public URLs are made from it), or private
+        (None: every public URL it had stops working at once); None if there is no record.
+        The revision moves, so a concurrent whole-record write retries instead of undoing it."""
+        owner, image_id = ref.owner_and_id
+        change = Set(PUBLIC_FIELD, nonce) if nonce is not None else Remove(PUBLIC_FIELD)
+        try:
+            item = await self._table.update(
+                {"user_id": owner, "image_id": image_id},
+                [change, Add("revision", 1), Set("updated_at", now_iso())],
+                Present("user_id"),
+            )
+        except ConditionFailed:
+            return None
+        self._changes.notify(ref.source_key)
+        return ImageRecord(owner, image_id, item)
 
     async def set_focal_point(self, ref: ImageRef, point: dict[str, float]) -> ImageRecord | None:
         """Store where the image's subject is (for `crop=focal`); None if there is no record.

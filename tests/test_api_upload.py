@@ -169,7 +169,7 @@ GOOD = {"file_name": "cat.jpg", "user_id": USER}
         ),
         ("GET", "/upload", {}, 405, "method_not_allowed"),
         ("GET", "/nope", {}, 404, "not_found"),
-        ("PATCH", f"/images/cat?user_id={USER}", {}, 405, "method_not_allowed"),
+        ("POST", f"/images/cat?user_id={USER}", {}, 405, "method_not_allowed"),
     ],
 )
 async def test_bad_input_gets_documented_json_error(

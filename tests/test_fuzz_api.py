@@ -72,10 +72,12 @@ ROUTES = (
     ("PUT", "/images/{image_id}"),
     ("GET", "/images/{image_id}"),
     ("DELETE", "/images/{image_id}"),
+    ("PATCH", "/images/{image_id}"),
     ("GET", "/images/{image_id}/url"),
     ("GET", "/images/{image_id}/variant"),
     ("PUT", "/images/{image_id}/focal-point"),
     ("GET", "/links/{user_id}/{image_id}/{rendition}"),
+    ("GET", "/p/{token}/{version}/{name}"),
     ("GET", "/webhook"),
     ("PUT", "/webhook"),
     ("DELETE", "/webhook"),
@@ -102,6 +104,8 @@ QUERY_PARAMETERS = (
     "v",
     "expires",
     "sig",
+    "public",
+    "s",
 )
 #: The request headers the API reads.
 HEADERS = (
@@ -468,7 +472,9 @@ def fill(path: str, values: dict[str, str]) -> str:
             "image_id": image_ids,
             "user_id": user_ids,
             "rendition": rendition_names | value,
-            "name": st.sampled_from(["app.js", "app.css", "index.html"]) | value,
+            "name": st.sampled_from(["app.js", "app.css", "index.html", "original.jpg", "256.jpg"]) | value,
+            "token": value,
+            "version": value,
         }
     ),
     params=st.dictionaries(st.sampled_from(QUERY_PARAMETERS), value, max_size=5),

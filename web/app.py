@@ -31,6 +31,7 @@ from web.keys import (
     LINKS,
     PROVISIONED,
     PROXIES,
+    PUBLIC,
     RECORDS,
     SETTINGS,
     STORAGE,
@@ -46,6 +47,7 @@ from web.keys import (
 )
 from web.links import LinkSigner, shared_secret
 from web.middlewares import error_middleware, metrics_middleware, request_id_middleware, send_request_id
+from web.public import PublicUrls
 from web.quotas import Usage
 from web.rates import Buckets
 from web.routes import setup_routes
@@ -118,7 +120,9 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         app[USAGE] = Usage(tables.users, settings.accounts)
         app[WEBHOOKS] = WebhookStore(tables.users)
         app[IDEMPOTENCY] = IdempotencyStore(tables.requests, retry_after=settings.web.retry_after)
-        app[LINKS] = LinkSigner(await shared_secret(tables.config, accounts.signing_secret))
+        secret = await shared_secret(tables.config, accounts.signing_secret)
+        app[LINKS] = LinkSigner(secret)
+        app[PUBLIC] = PublicUrls(secret)
         background = app[BACKGROUND] = Supervisor()
         await background.start()
         background.spawn("queue-depth-sampler", metrics.sample_queues(backend.queues()), endless=True)

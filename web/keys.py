@@ -18,6 +18,7 @@ from web.admission import UploadGate
 from web.clients import Proxies
 from web.idempotency import IdempotencyStore
 from web.links import LinkSigner
+from web.public import PublicUrls
 from web.quotas import Usage
 from web.rates import Buckets
 from web.shares import UserShare
@@ -39,6 +40,8 @@ BACKGROUND = web.AppKey("background", Supervisor)
 UPLOADS = web.AppKey("uploads", UploadGate)
 #: Releases presigned uploads' reservations never used (`pipeline.sweeper`).
 SWEEPER = web.AppKey("sweeper", ReservationSweeper)
+#: Seals and opens public images' URL tokens (`web.public`).
+PUBLIC = web.AppKey("public", PublicUrls)
 #: Each user's decode budget for uploads (megapixels a second, with a burst).
 UPLOAD_RATES = web.AppKey("upload_rates", Buckets)
 #: Each user's share of the long polls waiting in this process.

@@ -28,6 +28,9 @@ MAX_FIELD_BYTES = 8 * 1024
 #: What a multipart body may hold beyond the file's own bytes: boundaries, part headers, fields.
 OVERHEAD_BYTES = 64 * 1024
 CHUNK = 256 * 1024
+#: The plain fields an upload understands (the rest are read and dropped), and how much of each.
+KEPT = frozenset({"public"})
+KEPT_BYTES = 16
 #: How aiohttp's multipart parser reports a malformed body: besides `ValueError` and
 #: `HttpProcessingError`, a `RuntimeError` (a `_charset_` field over 31 bytes) and, where warnings
 #: are errors, its warnings about a malformed Content-Disposition. Each is the client's mistake: 400.
@@ -46,6 +49,9 @@ class MultipartUpload:
     def __init__(self, reader: MultipartReader) -> None:
         self._reader = reader
         self._fields = 0
+        #: The values of the plain fields the upload understands (`KEPT`), as read so far: those
+        #: after the file part are read by `chunks` once the file's bytes are through.
+        self.fields: dict[str, str] = {}
 
     @classmethod
     async def open(cls, request: web.Request, max_bytes: int) -> MultipartUpload:
@@ -94,13 +100,17 @@ class MultipartUpload:
         if self._fields > MAX_FIELDS:
             raise BadRequest(f"a multipart upload may carry at most {MAX_FIELDS} plain fields")
         size = 0
+        value = bytearray()
         try:
             while chunk := await part.read_chunk(MAX_FIELD_BYTES):
                 size += len(chunk)
                 if size > MAX_FIELD_BYTES:
                     raise BadRequest(f"a plain multipart field may hold at most {MAX_FIELD_BYTES} bytes")
+                value += chunk[:KEPT_BYTES]
         except MALFORMED as exc:
             raise BadRequest(f"the multipart body is malformed: {type(exc).__name__}") from None
+        if part.name in KEPT:
+            self.fields[part.name] = bytes(value[:KEPT_BYTES]).decode("utf-8", "replace").strip()
 
 
 def _filename(part: BodyPartReader) -> str | None:

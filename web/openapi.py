@@ -47,7 +47,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 AUTH_ERRORS = (400, 401, 403, 429, 503)
 #: Uploads: an `Idempotency-Key` in use (409) or reused for another request (422) add theirs.
-UPLOAD_ERRORS = (*AUTH_ERRORS, 404, 408, 409, 413, 415, 422)
+UPLOAD_ERRORS = (*AUTH_ERRORS, 404, 408, 409, 413, 415, 422, 507)
+PUBLIC_Q = {
+    "name": "public",
+    "in": "query",
+    "required": False,
+    "schema": {"enum": ["true", "false", "1", "0"]},
+    "description": "make the image public (default: the owner's, for a new image; as it was, if replaced)",
+}
 EXPIRES = {
     "name": "expires_in_days",
     "in": "query",
@@ -152,6 +159,12 @@ SCHEMAS: dict[str, Any] = {
             "status_url": {"type": "string"},
             "original_url": {"type": "string"},
             "renditions": {"type": "object"},
+            "public": {"type": "boolean", "description": "whether the image has public URLs"},
+            "public_urls": {
+                "type": "object",
+                "description": "while public: the original's, each rendition's and each preset's public URL",
+                "additionalProperties": {"type": "string"},
+            },
             "expires_at": {"type": "string", "description": "when gc removes it (ISO 8601, UTC)"},
             "duplicate_of": {
                 "type": "string",
@@ -210,12 +223,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "Link": {
         "type": "object",
-        "required": ["url", "expires_at"],
+        "required": ["url"],
         "properties": {
             "url": {"type": "string"},
             "rendition": {"type": "string"},
             "variant": {"type": "string", "description": "a variant's name, for a link to a variant"},
-            "expires_at": {"type": "string"},
+            "expires_at": {"type": "string", "description": "signed links: when it stops working"},
+            "public": {"type": "boolean", "description": "a public URL: it never expires"},
         },
     },
     "Webhook": {
@@ -271,6 +285,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                     USER_Q,
                     _param("file_name", "query", {"type": "string"}),
                     EXPIRES,
+                    PUBLIC_Q,
                     IDEMPOTENCY_KEY,
                 ],
                 "requestBody": UPLOAD_BODY,
@@ -292,6 +307,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                         "image_id": ID,
                         "file_name": {"type": "string"},
                         "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 36500},
+                        "public": {"type": "boolean"},
                     },
                     ["content_length", "content_type"],
                 ),
@@ -335,6 +351,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                     USER_Q,
                     _param("file_name", "query", {"type": "string"}),
                     EXPIRES,
+                    PUBLIC_Q,
                     IDEMPOTENCY_KEY,
                 ],
                 "requestBody": UPLOAD_BODY,
@@ -344,6 +361,12 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 "summary": "Delete the original, its renditions and its record (idempotent)",
                 "parameters": [USER_Q],
                 "responses": {"204": {"description": "gone"}, **_errors(*AUTH_ERRORS)},
+            },
+            "patch": {
+                "summary": "Make the image public (new public URLs each time) or private (they stop at once)",
+                "parameters": [USER_Q],
+                "requestBody": _json_body({"public": {"type": "boolean"}}, ["public"]),
+                "responses": {"200": image, **_errors(*AUTH_ERRORS, 404, 415)},
             },
         },
         "/images/{image_id}/url": {
@@ -356,9 +379,15 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                         "rendition", "query", {"enum": ["original", *sizes]}, text="a rendition, or original"
                     ),
                     _param("expires_in", "query", {"type": "integer", "minimum": 1}),
+                    _param(
+                        "public",
+                        "query",
+                        {"enum": ["true", "false", "1", "0"]},
+                        text="the public URL (no expiry)",
+                    ),
                     *_variant_params(variants),
                 ],
-                "responses": {"200": _json(_ref("Link"), "the link"), **_errors(*AUTH_ERRORS, 404, 422)},
+                "responses": {"200": _json(_ref("Link"), "the link"), **_errors(*AUTH_ERRORS, 404, 409, 422)},
             },
         },
         "/images/{image_id}/variant": {
@@ -387,6 +416,24 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 ),
                 "responses": {"200": _json(_ref("Image"), "the image"), **_errors(*AUTH_ERRORS, 404, 415)},
             },
+        },
+        "/p/{token}/{version}/{name}": {
+            "get": {
+                "summary": "A public image's original, rendition, preset or signed variant (no key)",
+                "security": [],
+                "parameters": [
+                    _param("token", "path", {"type": "string"}, True),
+                    _param("version", "path", {"type": "string"}, True),
+                    _param("name", "path", {"type": "string"}, True),
+                    _param("s", "query", {"type": "string"}, text="a variant's signature"),
+                ],
+                "responses": {
+                    "200": BINARY,
+                    "304": NOT_MODIFIED,
+                    "206": BINARY,
+                    **_errors(404, 416, 422, 429, 503),
+                },
+            }
         },
         "/links/{user_id}/{image_id}/{rendition}": {
             "get": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from web import openapi
-from web.handlers import download, health, images, links, presigned, ui, upload, variants, webhook
+from web.handlers import download, health, images, links, presigned, public, ui, upload, variants, webhook
 from web.middlewares import error_response
 
 
@@ -44,10 +44,12 @@ def _routes(app: web.Application) -> None:
     app.router.add_put(image, upload.put_image)
     app.router.add_get(image, images.image_status)
     app.router.add_delete(image, images.delete_image)
+    app.router.add_patch(image, public.patch_image)
     app.router.add_get("/images/{image_id}/url", links.create_link)
     app.router.add_get("/images/{image_id}/variant", variants.get_variant)
     app.router.add_put("/images/{image_id}/focal-point", variants.put_focal_point)
     app.router.add_get("/links/{user_id}/{image_id}/{rendition}", links.follow_link)
+    app.router.add_get("/p/{token}/{version}/{name}", public.follow_public)
     app.router.add_get("/webhook", webhook.get_webhook)
     app.router.add_put("/webhook", webhook.put_webhook)
     app.router.add_delete("/webhook", webhook.delete_webhook)

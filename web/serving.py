@@ -211,8 +211,14 @@ def _made_from(meta: ObjectMeta, source_etag: str | None) -> bool:
 _NEEDS_HEAD = ("Range", "If-None-Match", "If-Modified-Since")
 
 
+#: `Content-Disposition` of one response (public URLs: inline, with the image's file name).
+DISPOSITION = web.RequestKey("disposition", str)
+
+
 def _headers(request: web.Request, meta: ObjectMeta) -> dict[str, str]:
     vary = {"Vary": request[VARY]} if VARY in request else {}
+    if DISPOSITION in request:
+        vary["Content-Disposition"] = request[DISPOSITION]
     return vary | {
         "ETag": meta.etag,
         "Last-Modified": meta.last_modified.strftime("%a, %d %b %Y %H:%M:%S GMT"),

@@ -15,8 +15,9 @@ from pipeline.errors import BadRequest, InvalidField
 from pipeline.records import ImageRecord
 from pipeline.variants import parse_variant
 from web import urls
-from web.keys import BACKEND, LINKS, SETTINGS
+from web.keys import BACKEND, LINKS, PUBLIC, SETTINGS
 from web.links import version_of
+from web.public import base_of, extension
 
 
 class HostNotAllowed(BadRequest):
@@ -28,9 +29,12 @@ class HostNotAllowed(BadRequest):
 THUMBNAIL_LINK_SECONDS = 3600
 
 
-def describe(user_id: str, record: ImageRecord) -> dict[str, Any]:
-    """An image as clients see it: the record's public fields and where to fetch things."""
+def describe(request: web.Request, user_id: str, record: ImageRecord) -> dict[str, Any]:
+    """An image as clients see it: the record's public fields and where to fetch things (its
+    public URLs too, while it is public)."""
     body: dict[str, Any] = {"user_id": user_id, **record.public()}
+    if (public := public_urls(request, record)) is not None:
+        body["public_urls"] = public
     body["status_url"] = urls.status_url(user_id, record.image_id)
     body["original_url"] = urls.original_url(user_id, record.image_id)
     if record.state == "ready":
@@ -122,6 +126,32 @@ def signed_link(
     signature, expires = request.app[LINKS].sign(user_id, image_id, name, version, seconds)
     query = urlencode({"v": version, "expires": expires, "sig": signature})
     return f"{public_base(request)}/links/{user_id}/{image_id}/{name}?{query}", expires
+
+
+def public_urls(request: web.Request, record: ImageRecord) -> dict[str, str] | None:
+    """Every public URL of a public image (its original, each rendition made, each preset), or
+    None while it is private or the deployment serves no public images."""
+    settings = request.app[SETTINGS]
+    if not settings.web.public_images:
+        return None
+    if record.public_nonce is None:
+        return None
+    base = base_of(delivery_base(request), record, request.app[PUBLIC])
+    if base is None:
+        return None
+    urls = {"original": f"{base}/original.{extension(str(record.item.get('format') or 'jpeg'))}"}
+    for spec in settings.imaging.renditions:
+        if spec.name in record.renditions:
+            urls[spec.name] = f"{base}/{spec.filename}"
+    for name, query in settings.variants.presets:
+        fmt = dict(query).get("format", "jpeg")
+        urls[name] = f"{base}/{name}.{'auto' if fmt == 'auto' else extension(fmt)}"
+    return urls
+
+
+def delivery_base(request: web.Request) -> str:
+    """Where public URLs point: `IMGSVC_DELIVERY_URL` (a CDN's host), else where the API is."""
+    return request.app[SETTINGS].web.delivery_url or public_base(request)
 
 
 def public_base(request: web.Request) -> str:

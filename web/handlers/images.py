@@ -31,7 +31,7 @@ async def image_status(request: web.Request) -> web.Response:
         record = await records.read(ref)
     if record is None:
         raise ImageNotFound()
-    response = web.json_response(describe(user_id, record))
+    response = web.json_response(describe(request, user_id, record))
     if record.state in ("pending", "awaiting_upload"):
         response.headers["Retry-After"] = str(request.app[SETTINGS].web.retry_after)
     return response
@@ -44,7 +44,7 @@ async def list_images(request: web.Request) -> web.Response:
     records, cursor = await request.app[RECORDS].page(user_id, limit, request.query.get("cursor") or None)
     images = []
     for record in records:
-        body = describe(user_id, record)
+        body = describe(request, user_id, record)
         if (link := await thumbnail_link(request, user_id, record)) is not None:
             body["thumbnail_url"] = link
         if (srcset := thumbnail_srcset(request, user_id, record)) is not None:

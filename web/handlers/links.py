@@ -8,15 +8,17 @@ from datetime import UTC, datetime
 from aiohttp import web
 from multidict import MultiDict
 
-from pipeline.errors import ImageChanged, ImageNotFound, InvalidField, InvalidLink, NotFound
+from pipeline.errors import ImageChanged, ImageNotFound, InvalidField, InvalidLink, NotFound, PermanentError
 from pipeline.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.untrusted import ascii_int
 from pipeline.variants import PARAMETERS as VARIANT_PARAMETERS
 from pipeline.variants import parse_link_name, parse_variant
-from web.keys import LINKS, RECORDS, SETTINGS
+from web.handlers.upload import parse_public
+from web.keys import LINKS, PUBLIC, RECORDS, SETTINGS
 from web.links import version_of
+from web.public import variant_url
 from web.serving import CACHE_CONTROL, ORIGINAL, image_ref, locate, not_ready, serve_object, serve_variant
-from web.views import link_to, signed_link
+from web.views import link_to, public_urls, signed_link
 
 DEFAULT_SECONDS = 3600
 
@@ -30,6 +32,8 @@ async def create_link(request: web.Request) -> web.Response:
     """
     user_id, image_id, ref = await image_ref(request, request.match_info["image_id"])
     settings = request.app[SETTINGS]
+    if parse_public(request.query.get("public")):
+        return await _public_link(request, user_id, ref)
     most = settings.accounts.link_max_seconds
     seconds = ascii_int(request.query.get("expires_in", str(DEFAULT_SECONDS)), 1, most)
     if seconds is None:
@@ -69,6 +73,39 @@ async def _variant_link(
     name = spec.link_name(negotiated)
     url, expires = signed_link(request, user_id, image_id, name, record.source_etag, seconds)
     return _link_answer(url, expires, variant=name)
+
+
+async def _public_link(request: web.Request, user_id: str, ref: ImageRef) -> web.Response:
+    """`?public=true`: the image's public URL of a rendition, the original, a preset, or a variant
+    (signed for exactly its parameters: anonymous clients never choose sizes). No expiry: the
+    URL works while the image is public and this upload is its original."""
+    settings = request.app[SETTINGS]
+    record = await request.app[RECORDS].read(ref)
+    if record is None:
+        raise ImageNotFound()
+    urls = public_urls(request, record)
+    if urls is None:
+        raise ImageNotPublic()
+    variant = MultiDict((name, value) for name, value in request.query.items() if name in VARIANT_PARAMETERS)
+    if variant and "rendition" in request.query:
+        raise InvalidField("give a rendition or variant parameters, not both")
+    if variant and "preset" not in variant:
+        if record.state != "ready":
+            return not_ready(record, user_id, record.image_id, settings.web.retry_after)
+        spec, negotiated = parse_variant(variant, "", settings.variants)
+        base = urls["original"].rsplit("/", 1)[0]
+        url = variant_url(base, request.app[PUBLIC], spec, negotiated)
+        return web.json_response({"url": url, "variant": spec.link_name(negotiated), "public": True})
+    name = variant.get("preset") or request.query.get("rendition") or settings.imaging.renditions[0].name
+    if name not in urls:
+        raise InvalidField(f"public URLs are for {', '.join(urls)}")
+    return web.json_response({"url": urls[name], "rendition": name, "public": True})
+
+
+class ImageNotPublic(PermanentError):
+    code = "image_not_public"
+    http_status = 409
+    default_message = 'the image is private: make it public first (PATCH {"public": true})'
 
 
 def _link_answer(url: str, expires: int, **what: str) -> web.Response:

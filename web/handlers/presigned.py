@@ -39,10 +39,12 @@ from web.bodies import json_object
 from web.handlers.upload import (
     PURGE_AFTER,
     expiry_from,
+    parse_public,
     room_for_bytes,
     screened,
     upload_charge,
     upload_metadata,
+    visibility_facts,
 )
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
@@ -79,15 +81,20 @@ async def create_upload_url(request: web.Request) -> web.Response:
         raise InvalidField("file_name must be a string")
     file_name = utf8_text(file_name)[:255]
     expires_at = expiry_from(request, body.get("expires_in_days"))
+    public = body.get("public")
+    parse_public(public)  # a bad value is a 400 before anything is reserved
 
     async def reserve() -> tuple[web.Response, str]:
-        return await _reserve(request, user_id, image_id, length, content_type, file_name, expires_at), ""
+        answer = await _reserve(
+            request, user_id, image_id, length, content_type, file_name, expires_at, public
+        )
+        return answer, ""
 
     async def nothing_more() -> str:
         return ""  # the fingerprint holds the whole request
 
     # Without an image id one is made here: the same request, retried, must get the same answer.
-    shape = [str(body.get(k)) for k in ("image_id", "content_length", "content_type", "file_name")]
+    shape = [str(body.get(k)) for k in ("image_id", "content_length", "content_type", "file_name", "public")]
     route = fingerprint(request.method, request.path, *shape, str(body.get("expires_in_days")))
     return await once(request, request.app[IDEMPOTENCY], user_id, route, reserve, nothing_more)
 
@@ -100,6 +107,7 @@ async def _reserve(
     content_type: str,
     file_name: str,
     expires_at: int | None,
+    public: object = None,
 ) -> web.Response:
     app, settings = request.app, request.app[SETTINGS]
     # Its header is not seen before its bytes reach S3: an upload URL costs its user one
@@ -118,6 +126,7 @@ async def _reserve(
         "expires_at": expires_at,
         "purge_at": expires_at + PURGE_AFTER if expires_at else None,
         "notify": bool(user.get("webhook_url")),
+        **visibility_facts(request, public, user, None),
     }
     metadata = upload_metadata(user_id, file_name, **{METADATA_KEY: reservation.token})
     presigned = await app[BACKEND].presign_put(
@@ -142,7 +151,7 @@ async def _reserve(
         raise await usage.refusal(user_id, 1) from None
     app[SWEEPER].watch(ref, reservation)
     answer: dict[str, Any] = {
-        **describe(user_id, record),
+        **describe(request, user_id, record),
         "url": url,
         "method": "PUT",
         "headers": headers,

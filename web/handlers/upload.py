@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +27,7 @@ from pipeline.errors import (
     InvalidField,
     MissingField,
     NotFound,
+    ServiceError,
     TooLarge,
     UploadModeDisabled,
     UploadPending,
@@ -34,7 +35,7 @@ from pipeline.errors import (
 from pipeline.formats import decode_megapixels, screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
-from pipeline.records import ImageTaken, Superseded, UsageRefused
+from pipeline.records import PUBLIC_FIELD, ImageRecord, ImageTaken, Superseded, UsageRefused
 from pipeline.removal import drop_variants
 from pipeline.reservations import FIELD, USED, Reservation
 from pipeline.untrusted import ascii_int, utf8_text
@@ -43,6 +44,7 @@ from web.idempotency import fingerprint, once
 from web.identity import resolve_user
 from web.keys import IDEMPOTENCY, RECORDS, SETTINGS, STORAGE, UPLOAD_RATES, UPLOADS, USAGE
 from web.multipart import MultipartUpload
+from web.public import PublicImagesDisabled, new_nonce
 from web.views import describe
 
 log = logging.getLogger(__name__)
@@ -113,13 +115,17 @@ async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> w
         raise UploadModeDisabled("uploads through the API are not offered here; use POST /images/upload-url")
     expires_at = expiry_from(request, request.query.get("expires_in_days"))
 
+    parse_public(request.query.get("public"))  # a bad value is a 400 before any byte is read
+
     async def upload() -> tuple[web.Response, str]:
-        chunks, file_name, declared = await _body(request)
-        response = await _store(request, user_id, image_id, chunks, file_name, declared, expires_at)
+        chunks, file_name, declared, fields = await _body(request)
+        response = await _store(
+            request, user_id, image_id, chunks, file_name, declared, expires_at, public=fields
+        )
         return response, request[_SHA256]
 
     async def body_sha256() -> str:
-        chunks, _, _ = await _body(request)
+        chunks, _, _, _ = await _body(request)
         digest, size, limit = hashlib.sha256(), 0, request.app[SETTINGS].imaging.max_bytes
         async for chunk in chunks:
             size += len(chunk)
@@ -133,18 +139,21 @@ async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> w
     return await once(request, request.app[IDEMPOTENCY], user_id, route, upload, body_sha256)
 
 
-async def _body(request: web.Request) -> tuple[AsyncIterator[bytes], str, int | None]:
-    """An upload's image bytes (raw, or the one file of a multipart body), its file name, and
-    its declared length if it has one."""
+async def _body(request: web.Request) -> tuple[AsyncIterator[bytes], str, int | None, dict[str, str]]:
+    """An upload's image bytes (raw, or the one file of a multipart body), its file name, its
+    declared length if it has one, and its options (`public`: from the query, or a form field,
+    complete once the bytes have been read)."""
     settings = request.app[SETTINGS]
     if request.content_length is not None and request.content_length > settings.imaging.max_bytes:
         raise TooLarge(f"the upload is larger than the {settings.imaging.max_bytes} bytes allowed")
     file_name = request.query.get("file_name") or request.headers.get("X-File-Name") or ""
+    options = {"public": request.query["public"]} if "public" in request.query else {}
     if request.content_type.startswith("multipart/"):
         body = await MultipartUpload.open(request, settings.imaging.max_bytes)
+        body.fields.update(options)  # the query wins: fields read later never replace it
         part = await body.file_part()
-        return body.chunks(part), part.filename or file_name, None
-    return request.content.iter_chunked(CHUNK), file_name, request.content_length
+        return body.chunks(part), part.filename or file_name, None, body.fields
+    return request.content.iter_chunked(CHUNK), file_name, request.content_length, options
 
 
 async def _store(
@@ -155,8 +164,11 @@ async def _store(
     file_name: str,
     declared: int | None,
     expires_at: int | None = None,
+    *,
+    public: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """Check quotas, stream the original into S3, charge the user, record the upload: 202."""
+    """Check quotas, stream the original into S3, charge the user, record the upload: 202.
+    `public`: the upload's options, its `public` value read once the bytes are through."""
     settings = request.app[SETTINGS]
     # From a header or a multipart part header: bytes that were not UTF-8 are lone surrogates.
     file_name = utf8_text(file_name)
@@ -184,6 +196,11 @@ async def _store(
         )
     request[_SHA256] = digest.hexdigest()
     metrics.UPLOAD_BYTES.inc(stored.size)
+    try:
+        visibility = visibility_facts(request, (public or {}).get("public"), user, previous)
+    except ServiceError:  # a form field after the file said something invalid: nothing is kept
+        await request.app[STORAGE].delete_many(settings.aws.source_bucket, [ref.source_key])
+        raise
     facts = {
         "file_name": file_name[:255],
         "content_type": f"image/{stored.format}",
@@ -196,6 +213,7 @@ async def _store(
         "notify": bool(user.get("webhook_url")),
         FIELD: None,  # a reservation of this id long expired is this upload's now
         USED: None,  # and a presigned upload's URL no longer puts anything here
+        **visibility,
     }
     storage, source_bucket = request.app[STORAGE], settings.aws.source_bucket
     try:
@@ -230,7 +248,7 @@ async def _store(
                     "variants of a replaced original not dropped key=%s error=%r", ref.source_key, exc
                 )
     log.info("upload stored key=%s bytes=%d format=%s", ref.source_key, stored.size, stored.format)
-    body = describe(user_id, record)
+    body = describe(request, user_id, record)
     response = web.json_response(body, status=202)
     response.headers["Location"] = body["status_url"]
     return response
@@ -245,6 +263,37 @@ async def room_for_bytes(request: web.Request) -> None:
             f"the server's storage is low on space ({state}); retry later (deleting images still works)",
             headers={"Retry-After": str(request.app[SETTINGS].web.retry_after * 30)},
         )
+
+
+def parse_public(raw: object) -> bool | None:
+    """An upload's `public` option (a query value, a form field or a JSON boolean); None: not given."""
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in ("true", "1", "false", "0"):
+        return raw.lower() in ("true", "1")
+    raise InvalidField("public must be true or false")
+
+
+def visibility_facts(
+    request: web.Request, raw: object, user: Mapping[str, Any], previous: ImageRecord | None
+) -> dict[str, object]:
+    """The record's visibility after an upload: as asked (`public`), else the owner's default
+    for a new image, else as it was; a public image keeps its URL nonce when replaced (its URLs'
+    version changes, so old ones stop answering). `PublicImagesDisabled` where forbidden."""
+    allowed = request.app[SETTINGS].web.public_images
+    wanted = parse_public(raw)
+    if wanted and not allowed:
+        raise PublicImagesDisabled()
+    if wanted is None:
+        if previous is not None:
+            return {}
+        wanted = bool(user.get("public_by_default")) and allowed
+    if not wanted:
+        return {PUBLIC_FIELD: None}
+    kept = previous.public_nonce if previous is not None else None
+    return {PUBLIC_FIELD: kept or new_nonce()}
 
 
 def expiry_from(request: web.Request, days: object) -> int | None:

@@ -34,7 +34,7 @@ async def put_focal_point(request: web.Request) -> web.Response:
     updated = await records.set_focal_point(ref, point)
     if updated is None:
         raise ImageNotFound()
-    return web.json_response(describe(user_id, updated))
+    return web.json_response(describe(request, user_id, updated))
 
 
 def _fraction(body: dict[str, object], axis: str) -> float:
