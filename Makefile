@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast browser lint format install lock clean bench-install bench-peers-install
+.PHONY: run test test-fast browser nginx lint format install lock clean bench-install bench-peers-install
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,12 @@ run: $(STAMP)
 # Two workers (pytest-xdist): the suite mostly waits on moto and child processes; TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 2
 
-test: $(STAMP) browser
+test: $(STAMP) browser nginx
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # Unit and contract tests on the local backend: no moto, no service processes, no browser (< 1 min; on two workers too).
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not (moto or e2e or browser or cluster or schemathesis)"
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not (moto or e2e or browser or cluster or schemathesis or nginx)"
 
 # The browser tests drive Debian's Chromium through Playwright; install it when it is missing.
 browser:
@@ -33,6 +33,13 @@ browser:
 		echo "installing Debian's chromium for the browser tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# The CDN test puts Debian's nginx in front of the service; install it when it is missing.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+		echo "installing Debian's nginx for the CDN test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light >/dev/null; }
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

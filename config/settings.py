@@ -226,6 +226,9 @@ class WebSettings:
 
     host: Annotated[str, Var()] = "127.0.0.1"
     port: Annotated[int, Var(0, 65535)] = 8080
+    #: Serving processes on the port (`--workers`; `auto`: the CPUs this process may use; 1: this
+    #: process alone, consumer included, as before). More than one runs under a supervisor.
+    workers: Annotated[int, Var(read="workers")] = 0
     #: Where health, readiness and metrics are answered apart from the API (`--admin-port`):
     #: no client's connections, deadlines or caps reach it. Loopback by default; 0 picks a port.
     admin_host: Annotated[str, Var()] = "127.0.0.1"
@@ -295,6 +298,12 @@ class WebSettings:
     #: answers), and where public URLs point (a CDN's host; empty: `public_url`, else the API's).
     public_images: Annotated[bool, Var()] = True
     delivery_url: Annotated[str, Var(read="public_url")] = ""
+
+    @property
+    def serving_processes(self) -> int:
+        """`workers`, with `auto` (0) as the CPUs this process may use."""
+        return self.workers or usable_cpus()
+
     #: Without `public_url`: the `Host` names links may be made for (comma-separated; `.example.com`
     #: allows its subdomains, `*` any host); empty: loopback only. Others are refused (400).
     allowed_hosts: Annotated[tuple[str, ...], Var(read="hosts")] = ()
@@ -573,6 +582,12 @@ class _Env:
         if not hosts or not all(re.fullmatch(r"\*|\.?[a-z0-9_.:-]+", h) for h in hosts):
             raise self._fail(name, "must be a comma list of host names (.example.com, or *)", value)
         return hosts
+
+    def workers(self, name: str, default: int) -> int:
+        value = self._get(name)
+        if value is None or value.lower() == "auto":
+            return default
+        return self.integer(name, default, 1, 256)
 
     def networks(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
         value = self._get(name)

@@ -260,13 +260,13 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
 def _init_worker(threads: int, aws: AwsSettings | None) -> None:
     """Runs first in every worker: die with the parent, then set up the imaging libraries and
     the S3 client the worker reads originals with."""
-    _die_with_parent()
+    die_with_parent()
     tasks.configure_worker(threads)
     if aws is not None:
         tasks.prepare_reads(aws)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this worker when its parent dies, even by SIGKILL.
 
     Without it a killed consumer leaves its workers blocked forever on the task queue, holding

@@ -232,6 +232,7 @@ async def run(data_dir: Path, log_path: Path, uploads: int, kill_after: float, t
         "IMGSVC_LOG_FORMAT": "text",
         "IMGSVC_METRICS_PORT": "0",
         "IMGSVC_ADMIN_PORT": "0",
+        "IMGSVC_WORKERS": "1",
         # A message leased by the killed process comes back after this; short, to settle sooner.
         "IMGSVC_CONSUMER_VISIBILITY_TIMEOUT": "5",
         "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1",

@@ -128,6 +128,7 @@ class Service:
             "IMGSVC_LOG_FORMAT": "text",
             "IMGSVC_LOG_LEVEL": "INFO",  # its listening lines are read here; the rest goes to web.log
             "IMGSVC_METRICS_PORT": "0",
+            "IMGSVC_WORKERS": "1",  # one process's bounds and shares, as the table says
             "IMGSVC_DEMO_KEYS_FILE": str(keys),
             "IMGSVC_UPLOAD_MODES": "api,presigned",  # long polls wait on an upload URL's image
             "IMGSVC_EMBEDDED_TRUSTED": "true",  # loopback only, this script's own stack

@@ -42,6 +42,7 @@ def child_env(endpoint: str | None = None, **extra: str) -> dict[str, str]:
         "IMGSVC_LOG_FORMAT": "text",  # the scripts read readiness lines from it
         "IMGSVC_METRICS_PORT": "0",  # many consumers on one machine: no shared metrics port
         "IMGSVC_ADMIN_PORT": "0",  # nor one admin port for many API processes
+        "IMGSVC_WORKERS": "1",  # the scripts start as many API processes as they measure
         # Benchmarks drive the service as one client address and one user, on purpose: the
         # per-client and per-user shares (which `scripts/noisy_neighbour.py` measures) are off.
         "IMGSVC_MAX_CONNECTIONS_PER_CLIENT": "0",

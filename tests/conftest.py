@@ -324,6 +324,7 @@ def process_env(**extra: str) -> dict[str, str]:
         "IMGSVC_CONSUMER_WORKERS": "1",
         "IMGSVC_METRICS_PORT": "0",
         "IMGSVC_ADMIN_PORT": "0",
+        "IMGSVC_WORKERS": "1",  # one process, consumer included, unless a test asks for more
         "IMGSVC_LOG_FORMAT": "text",
         **extra,
     }

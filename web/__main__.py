@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, ExitStack, contextmanager
@@ -22,11 +23,13 @@ from pipeline.backends import data_dir_problem, open_backend
 from pipeline.demo import seed_demo_once, seed_demo_users
 from pipeline.embedded import embedded_aws
 from pipeline.logs import configure_logging
+from pipeline.workers import die_with_parent
 from web.admin import serving_admin
 from web.app import create_app
 from web.keys import PROVISIONED
 from web.multipart import ignore_parser_warnings
 from web.server import GuardedRunner
+from web.supervisor import Child, Supervisor, address_of, inherited, listen
 
 log = logging.getLogger("web")
 
@@ -58,6 +61,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(IMGSVC_DATA_DIR; created if missing)",
     )
     parser.add_argument(
+        "--workers",
+        help="serving processes on the port (IMGSVC_WORKERS; default auto: the CPUs this process "
+        "may use; 1: one process, consumer included); more run under a supervisor that starts the "
+        "consumer once and a worker that dies again",
+    )
+    parser.add_argument("--serve-fds", help=argparse.SUPPRESS)  # a worker: the sockets it inherits
+    parser.add_argument(
         "--embedded-only",
         action="store_true",
         help="run only the embedded AWS endpoint (provisioned), for API and consumer processes to share",
@@ -69,6 +79,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     environ = dict(os.environ)
     if args.data_dir is not None:  # validated with the rest, as if it were the variable
         environ["IMGSVC_DATA_DIR"] = str(args.data_dir)
+    if args.workers is not None:
+        environ["IMGSVC_WORKERS"] = args.workers
     settings = Settings.from_env(environ)
     web_settings = settings.web
     if args.host is not None:
@@ -83,33 +95,88 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(settings, web=web_settings, aws=aws)
 
 
-async def serve(settings: Settings, *, seed_demo: bool = False) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully (the consumer drains first)."""
+async def seed(settings: Settings) -> None:
+    """Provision (embedded, local) and create the demo users and their keys."""
+    async with open_backend(settings, provision_first=True) as backend:
+        if settings.aws.mode == "local":
+            await seed_demo_once(backend.tables, settings)
+        else:
+            await seed_demo_users(backend.tables, settings)
+
+
+async def serve(
+    settings: Settings, *, seed_demo: bool = False, sockets: tuple[socket.socket, socket.socket] | None = None
+) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully (the consumer drains first).
+    `sockets`: the API's and the admin listener's, handed down by a supervisor (`--workers`)."""
     if seed_demo:
-        async with open_backend(settings, provision_first=True) as backend:
-            if settings.aws.mode == "local":
-                await seed_demo_once(backend.tables, settings)
-            else:
-                await seed_demo_users(backend.tables, settings)
+        await seed(settings)
     app = create_app(settings)
-    app[PROVISIONED] = seed_demo  # done just above: the app need not provision (and log it) again
+    # Provisioned just above, or by the supervisor: the app need not provision (and log it) again.
+    app[PROVISIONED] = seed_demo or sockets is not None
     runner = GuardedRunner(app, settings.web)
     await runner.setup()
     web_settings = settings.web
     try:
-        site = web.TCPSite(runner, web_settings.host, web_settings.port)
-        with _listening(web_settings.host, web_settings.port, "--port (IMGSVC_PORT)"):
-            await site.start()
-        for address in runner.addresses:
-            log.info("API listening url=http://%s:%s", *address[:2])
+        if sockets is not None:
+            await web.SockSite(runner, sockets[0]).start()
+            log.info("worker serving pid=%d", os.getpid())
+        else:
+            site = web.TCPSite(runner, web_settings.host, web_settings.port)
+            with _listening(web_settings.host, web_settings.port, "--port (IMGSVC_PORT)"):
+                await site.start()
+            for address in runner.addresses:
+                log.info("API listening url=http://%s:%s", *address[:2])
         async with AsyncExitStack() as stack:
             admin_flag = "--admin-port (IMGSVC_ADMIN_PORT)"
             with _listening(web_settings.admin_host, web_settings.admin_port, admin_flag):
-                admin = serving_admin(app, web_settings.admin_host, web_settings.admin_port)
+                admin = serving_admin(
+                    app,
+                    web_settings.admin_host,
+                    web_settings.admin_port,
+                    sock=sockets[1] if sockets is not None else None,
+                )
                 await stack.enter_async_context(admin)
             await _until_signalled()
     finally:
         await runner.cleanup()
+
+
+def supervise(settings: Settings, args: argparse.Namespace) -> int:
+    """`--workers N` (N > 1): bind once, then run N serving processes and the consumer."""
+    web_settings = settings.web
+    runtime.run(seed(settings), use_uvloop=settings.use_uvloop)
+    try:
+        with _listening(web_settings.host, web_settings.port, "--port (IMGSVC_PORT)"):
+            api = listen(web_settings.host, web_settings.port)
+        admin_flag = "--admin-port (IMGSVC_ADMIN_PORT)"
+        with _listening(web_settings.admin_host, web_settings.admin_port, admin_flag):
+            admin = listen(web_settings.admin_host, web_settings.admin_port)
+    except ListenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info("API listening url=http://%s:%s", *address_of(api))
+    log.info("admin listening url=http://%s:%s (health, readiness, metrics)", *address_of(admin))
+    env = {
+        **os.environ,
+        "IMGSVC_WORKERS": "1",
+        "IMGSVC_RUN_CONSUMER": "false",
+        "IMGSVC_MODE": settings.aws.mode,
+    }
+    if settings.aws.data_dir is not None:
+        env["IMGSVC_DATA_DIR"] = str(settings.aws.data_dir)
+    if settings.aws.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = settings.aws.endpoint_url
+    fds = (api.fileno(), admin.fileno())
+    children = [
+        Child(f"worker {n + 1}", ["-m", "web", "--serve-fds", f"{fds[0]},{fds[1]}"], env, fds)
+        for n in range(web_settings.serving_processes)
+    ]
+    if web_settings.run_consumer:
+        children.append(Child("consumer", ["-m", "pipeline", "consumer"], env))
+    log.info("supervising workers=%d consumer=%s", web_settings.serving_processes, web_settings.run_consumer)
+    drain = settings.consumer.drain_timeout + 10
+    return runtime.run(Supervisor(children, drain).run(), use_uvloop=settings.use_uvloop)
 
 
 class ListenError(Exception):
@@ -154,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if args.serve_fds:  # a worker of a supervisor: everything else is done already
+        die_with_parent()
+        sockets = inherited(args.serve_fds)
+        runtime.run(
+            serve(settings, sockets=sockets), use_uvloop=settings.use_uvloop, debug=settings.loop_debug
+        )
+        return 0
     if problem := data_dir_problem(settings):
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -191,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info(
                 "using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region
             )
+        if settings.web.serving_processes > 1 and not args.embedded_only:
+            return supervise(settings, args)
         # The process that started the embedded endpoint owns its demo users.
         started_endpoint = settings.aws.mode == "embedded" and endpoint_started
         main_coroutine = (

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -110,8 +111,8 @@ def admin_app(published: Published) -> web.Application:
 class AdminListener:
     """The admin app served on a thread of its own, with its own event loop."""
 
-    def __init__(self, published: Published, host: str, port: int) -> None:
-        self._published, self._host, self._port = published, host, port
+    def __init__(self, published: Published, host: str, port: int, sock: socket.socket | None = None) -> None:
+        self._published, self._host, self._port, self._sock = published, host, port, sock
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="admin-listener", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -128,7 +129,12 @@ class AdminListener:
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._port).start()
+            site = (
+                web.SockSite(runner, self._sock)
+                if self._sock is not None
+                else web.TCPSite(runner, self._host, self._port)
+            )
+            await site.start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -146,15 +152,19 @@ class AdminListener:
 
 
 @contextlib.asynccontextmanager
-async def serving_admin(api: web.Application, host: str, port: int) -> AsyncIterator[AdminListener]:
-    """The admin listener of `api`, and the task on `api`'s loop that keeps it informed."""
+async def serving_admin(
+    api: web.Application, host: str, port: int, sock: socket.socket | None = None
+) -> AsyncIterator[AdminListener]:
+    """The admin listener of `api` (on `sock` where a supervisor bound it), and the task on
+    `api`'s loop that keeps it informed."""
     published = Published()
     publishing = asyncio.create_task(published.publish(api), name="admin-publisher")
-    listener = AdminListener(published, host, port)
+    listener = AdminListener(published, host, port, sock)
     try:
         await asyncio.to_thread(listener.start)
-        for address in listener.addresses:
-            log.info("admin listening url=http://%s:%s (health, readiness, metrics)", *address)
+        if sock is None:
+            for address in listener.addresses:
+                log.info("admin listening url=http://%s:%s (health, readiness, metrics)", *address)
         yield listener
     finally:
         publishing.cancel()
