@@ -245,6 +245,8 @@ class WebSettings:
     #: Proxies (addresses or CIDR networks, comma-separated) whose `X-Forwarded-For` / `Forwarded`
     #: name the client: a request from one of them is the client's, for every per-client share.
     trusted_proxies: Annotated[tuple[str, ...], Var(read="networks")] = ()
+    #: The one header those proxies write the client into (the other is never read).
+    forwarded_header: Annotated[str, Var(choices=("x-forwarded-for", "forwarded"))] = "x-forwarded-for"
     #: Seconds a client has to send a request's headers (from its first byte, or from accept).
     header_timeout: Annotated[float, Var(0.1, 3600)] = 20.0
     #: Seconds an idle keep-alive connection stays open (longer than a load balancer's idle

@@ -28,6 +28,7 @@ from pipeline.provision import provision
 from pipeline.reconcile import reconcile
 from pipeline.service import open_consumer
 from pipeline.usage import reconcile_usage
+from pipeline.workers import die_with_parent
 
 log = logging.getLogger("pipeline")
 
@@ -318,6 +319,8 @@ def _unreachable_embedded(settings: Settings) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if os.environ.get("_IMGSVC_SUPERVISED"):  # a consumer `python -m web --workers` started
+        die_with_parent()
     environ = dict(os.environ)
     if args.data_dir is not None:
         environ["IMGSVC_DATA_DIR"] = str(args.data_dir)

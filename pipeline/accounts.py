@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from pipeline.ports import TableSet
 from pipeline.timing import now_iso
 
 #: Verified keys one process remembers at most (about 200 bytes each).
+#: Seconds a key that passed stays known to be good (a refused address may still present it).
+KNOWN_GOOD_SECONDS = 3600.0
 KEY_CACHE_ENTRIES = 10_000
 
 KEY_RE = re.compile(r"isk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
@@ -64,6 +67,11 @@ class Accounts:
         self._verified: TTLCache[str, tuple[str, str]] | None = (
             TTLCache(KEY_CACHE_ENTRIES, key_cache_seconds) if key_cache_seconds > 0 else None
         )
+        #: key id -> when it was last read, for keys that passed here within `KNOWN_GOOD_SECONDS`:
+        #: from an address refused for failures, only these get a read, at most one per
+        #: `key_cache_seconds` each (a prober cannot make a key id good; a user can keep using one).
+        self._known_good: TTLCache[str, float] = TTLCache(KEY_CACHE_ENTRIES, KNOWN_GOOD_SECONDS)
+        self._reread_every = max(key_cache_seconds, 1.0)
 
     async def create_user(self, user_id: str | None = None, name: str = "") -> str:
         """Idempotent for a given id (the demo users are created at every embedded start)."""
@@ -183,7 +191,10 @@ class Accounts:
                 raise InvalidCredentials()
             return user_id
         if only_remembered:
-            raise InvalidCredentials()
+            last = self._known_good.get(key_id)
+            if last is None or time.monotonic() - last < self._reread_every:
+                raise InvalidCredentials()
+            self._known_good[key_id] = time.monotonic()  # whatever the read finds: one per period
         item = await self._tables.keys.get({"key_id": key_id})
         expected = str(item["secret_sha256"]) if item else _digest("")
         # Compare even for unknown ids, so timing does not tell which key ids exist.
@@ -192,4 +203,5 @@ class Accounts:
         user_id = str(item["user_id"])
         if self._verified is not None:
             self._verified[key_id] = (expected, user_id)
+        self._known_good[key_id] = time.monotonic()
         return user_id

@@ -342,20 +342,46 @@ def bmff(data: bytes) -> Header | None:
     return None  # not reached: the walk stops with PrefixTooShort at the end of the data
 
 
+#: Bytes of an AV1 item read for its sequence header (padding OBUs may come first).
+AV1_HEAD_BYTES = 64 * 1024
+
+
 def _check_coded_frames(data: bytes, start: int, end: int, header: Header) -> None:
     """`CorruptImage` when an AV1 item's sequence header codes frames larger than every extent the
     file declares: that is what a decoder would really allocate for, whatever `ispe` claims (a
     64 x 64 `ispe` over a 16000 x 16000 stream decoded at 497 MB). Each `av01` item's data (found
-    through `iinf` and `iloc`) starts with its OBUs; an item past the data read is not judged."""
+    through `iinf` and `iloc`, in the file or in `idat`, over all its extents) starts with its
+    OBUs. An item whose data goes past the bytes at hand (an upload's prefix) is judged where its
+    data is whole (the worker's whole file); a whole one with no sequence header is corrupt."""
     boxes = {kind: (payload, stop) for kind, payload, stop in _boxes(data, start, end)}
     if b"iinf" not in boxes or b"iloc" not in boxes:
         return
     av1_items = _items_of_type(data, *boxes[b"iinf"], b"av01")
-    for item, offset, length in _file_extents(data, *boxes[b"iloc"]):
-        if item not in av1_items or offset >= len(data):
+    idat = boxes.get(b"idat")
+    for item, method, extents in _item_extents(data, *boxes[b"iloc"]):
+        if item not in av1_items:
             continue
-        coded = av1_max_frame(data[offset : offset + min(length, 4096)])
-        if coded is not None and (coded[0] > header.width or coded[1] > header.height):
+        base, limit = 0, len(data)
+        if method == 1:
+            if idat is None:
+                raise CorruptImage("an AV1 item is in an idat box the file does not have")
+            base, limit = idat
+        head, whole = bytearray(), True
+        for offset, length in extents:
+            first = base + offset
+            last = limit if length == 0 else first + length  # 0: to the end of its container
+            if first > limit or last > limit:
+                whole = False  # past the bytes at hand
+                last = min(last, limit)
+            head += data[first:last][: AV1_HEAD_BYTES - len(head)]
+            if len(head) >= AV1_HEAD_BYTES:
+                break
+        coded = av1_max_frame(bytes(head))
+        if coded is None:
+            if whole and len(head) < AV1_HEAD_BYTES:
+                raise CorruptImage("an AV1 image item has no sequence header")
+            continue
+        if coded[0] > header.width or coded[1] > header.height:
             raise CorruptImage(
                 f"the image says it is {header.width}x{header.height}, but its AV1 stream codes "
                 f"frames of up to {coded[0]}x{coded[1]}"
@@ -380,8 +406,9 @@ def _items_of_type(data: bytes, start: int, end: int, wanted: bytes) -> set[int]
     return found
 
 
-def _file_extents(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(item id, file offset, length) of each item's first extent that `iloc` places in the file."""
+def _item_extents(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
+    """(item id, construction method, [(offset, length), ...]) of each item `iloc` places in the
+    file (method 0) or in `idat` (method 1), offsets with the item's base offset added."""
     version = _uint(data, start, 1)
     sizes = _uint(data, start + 4, 1)
     offset_size, length_size = sizes >> 4, sizes & 0xF
@@ -401,17 +428,19 @@ def _file_extents(data: bytes, start: int, end: int) -> Iterator[tuple[int, int,
         pos += 2  # data_reference_index
         base = _uint(data, pos, base_size) if base_size else 0
         pos += base_size
-        extents = _uint(data, pos, 2)
+        count = _uint(data, pos, 2)
         pos += 2
-        for n in range(min(extents, MAX_ITEMS)):
+        extents = []
+        for _ in range(min(count, MAX_ITEMS)):
             pos += index_size
             offset = _uint(data, pos, offset_size) if offset_size else 0
             length = _uint(data, pos + offset_size, length_size) if length_size else 0
             pos += offset_size + length_size
-            if n == 0 and method == 0:
-                yield item, base + offset, length
+            extents.append((base + offset, length))
         if pos > end:
             raise CorruptImage("the item locations overrun their box")
+        if method in (0, 1):
+            yield item, method, extents
 
 
 def _largest_extent(data: bytes, start: int, end: int) -> Header:

@@ -20,6 +20,7 @@ import contextlib
 import enum
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ State = Literal["awaiting_upload", "pending", "ready", "failed"]
 WRITE_ATTEMPTS = 5
 #: The record field holding a public image's URL nonce (`web.public`); absent while private.
 PUBLIC_FIELD = "public_nonce"
+#: An upload's fact for `PUBLIC_FIELD`: public, with the record's nonce if it has one when written.
+KEEP_PUBLIC = object()
 #: Seconds between a long poll's re-reads of a record no write in this process has changed: at
 #: most a read a second per wait (a change made here wakes it at once).
 WAIT_READ_SECONDS = 1.0
@@ -292,7 +295,13 @@ class RecordStore:
             if old is not None and (held := reservations.Reservation.live(old)) is not None:
                 raise ImageTaken(held)  # reserved while this upload streamed: its URL may still PUT
             same = old is not None and old.get("sha256") == facts.get("sha256")  # the same bytes again
-            return {**facts, "source_etag": etag, **({} if same else {"focal_point": None})}
+            written = {**facts, "source_etag": etag, **({} if same else {"focal_point": None})}
+            if written.get(PUBLIC_FIELD) is KEEP_PUBLIC:
+                # Public, keeping the nonce the record has now (a replaced public image keeps its
+                # token; one made private meanwhile gets a new nonce, never its revoked one back).
+                current_nonce = (old or {}).get(PUBLIC_FIELD)
+                written[PUBLIC_FIELD] = current_nonce or secrets.token_hex(12)
+            return written
 
         return await self._write(ref, etag, current, fields, known, limit, confirmed=known is not UNREAD)
 

@@ -7,8 +7,9 @@ room, so a lone user's backlog keeps the workers busy; one that waited too long,
 the holding room full, is deferred: sent to the queue again with a delay and the one received
 deleted (`Consumer._defer`). The delays pace the owner's messages back at the rate its share gets
 through them (a job's measured time over the share, one after another), so each is deferred
-about once and comes back as room frees. A re-sent message starts with a fresh receive count:
-waiting its turn never counts as a failed attempt.
+about once and comes back as room frees (a backlog longer than SQS's longest delay, 15 minutes
+of the owner's work, is deferred again, once per 15 minutes). A re-sent message starts with a
+fresh receive count: waiting its turn never counts as a failed attempt.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ class Shares:
         share) after the owner's last deferred message's."""
         now = time.monotonic()
         pace = self._job_seconds / self.share
-        turn = max(now, self._next_turn.get(owner, 0.0)) + pace
+        # Never scheduled past what one delay reaches: a longer backlog comes back within it and
+        # is deferred again (each such message once per `MAX_DEFERRAL_SECONDS`).
+        turn = min(max(now, self._next_turn.get(owner, 0.0)) + pace, now + MAX_DEFERRAL_SECONDS)
         if owner not in self._next_turn and len(self._next_turn) >= MAX_PACED_OWNERS:
             self._next_turn = {o: t for o, t in self._next_turn.items() if t > now}
         self._next_turn[owner] = turn

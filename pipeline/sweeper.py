@@ -66,12 +66,15 @@ class ReservationSweeper:
         next_sweep = time.monotonic() + (self._every or float("inf"))
         while True:
             now = self.clock()
-            while self._due and self._due[0][0] <= now:
-                _, key = heapq.heappop(self._due)
-                await self._release(ImageRef(key), now)
-            if time.monotonic() >= next_sweep:
-                await self.sweep()
-                next_sweep = time.monotonic() + self._every
+            try:
+                while self._due and self._due[0][0] <= now:
+                    _, key = heapq.heappop(self._due)
+                    await self._release(ImageRef(key), now)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self._every
+                    await self.sweep()
+            except Exception:  # a bug: logged, and the next round goes on (gc is the backstop)
+                log.exception("reservation sweep failed")
             wait = min(MAX_SLEEP, next_sweep - time.monotonic())
             if self._due:
                 wait = min(wait, self._due[0][0] - self.clock())

@@ -269,3 +269,24 @@ async def test_verified_keys_are_remembered_for_a_while_and_only_with_their_secr
     for issued in many:
         assert await accounts.authenticate(issued.key) == USER
     assert len(accounts._verified or {}) == 3
+
+
+async def test_a_key_in_use_keeps_working_from_a_refused_address(
+    tmp_path: Path, make_client: ClientFactory
+) -> None:
+    """Past the key cache's life, a key that passed lately still gets its read from an address
+    refused for failures (one per key and cache period): a prober behind the same NAT cannot lock
+    its users out; a key never seen there waits like the prober."""
+    settings = local_settings(
+        tmp_path / "data", IMGSVC_AUTH_FAILURES_ALLOWED="2", IMGSVC_KEY_CACHE_SECONDS="1"
+    )
+    api = await make_client(settings)
+    assert (await api.get("/images/x")).status == 404  # the key passes: it is known to be good
+    for _ in range(3):
+        await api.get("/images/x", headers=bearer(FORGED))
+    assert (await api.get("/images/x", headers=bearer(FORGED))).status == 429
+    await asyncio.sleep(1.2)  # its cache entry is gone
+    for _ in range(3):
+        assert (await api.get("/images/x")).status == 404
+    fresh = await issue_key(api.server.app, USER)
+    assert (await api.get("/images/x", headers=bearer(fresh))).status == 429

@@ -110,7 +110,7 @@ async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_share(
     api = await make_client(settings)
     # The proxy's own connections are not capped by address: four from it are fine.
     busy = [await busy_upload(api, "127.0.0.1", "X-Forwarded-For: 203.0.113.5") for _ in range(2)]
-    busy.append(await busy_upload(api, "127.0.0.1", "Forwarded: for=198.51.100.7"))
+    busy.append(await busy_upload(api, "127.0.0.1", "X-Forwarded-For: 198.51.100.7"))
     try:
         await asyncio.sleep(0.2)
         reader, writer = await connect(api)
@@ -118,8 +118,11 @@ async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_share(
         assert await status_of(reader) == 429  # 203.0.113.5 has two requests under way
         writer.close()
         reader, writer = await connect(api)
-        writer.write(head(api, "GET /images/x HTTP/1.1", "Forwarded: for=198.51.100.7"))
-        assert await status_of(reader) == 404  # its second request: within its share
+        # Its second request is within its share; a client's own `Forwarded` is never read.
+        writer.write(
+            head(api, "GET /images/x HTTP/1.1", "Forwarded: for=203.0.113.5", "X-Forwarded-For: 198.51.100.7")
+        )
+        assert await status_of(reader) == 404
         writer.close()
         # An untrusted peer's forwarding header is ignored: it is counted as itself.
         spoofed = [await busy_upload(api, "127.0.0.3", "X-Forwarded-For: 192.0.2.1") for _ in range(2)]
@@ -139,9 +142,19 @@ def test_forwarded_client_is_the_nearest_untrusted_hop() -> None:
     xff = {"X-Forwarded-For": "6.6.6.6, 203.0.113.9, 10.1.2.3"}
     assert proxies.client("10.0.0.1", xff) == "203.0.113.9"  # 6.6.6.6 is whatever the client wrote
     assert proxies.client("192.0.2.1", xff) == "192.0.2.1"  # an untrusted peer speaks for itself
-    assert proxies.client("::1", {"Forwarded": 'for="[2001:db8::1]:4711", for=10.0.0.9'}) == "2001:db8::1"
+    # Only the header the proxy writes is read: a client's own `Forwarded` passes through unread.
+    assert proxies.client("10.0.0.1", {**xff, "Forwarded": "for=7.7.7.7"}) == "203.0.113.9"
+    rfc = Proxies(("10.0.0.0/8", "::1/128"), "forwarded")
+    assert rfc.client("::1", {"Forwarded": 'for="[2001:db8::1]:4711", for=10.0.0.9'}) == "2001:db8::/64"
+    assert rfc.client("::1", {"X-Forwarded-For": "7.7.7.7"}) == "::1/128".replace("/128", "/64").replace(
+        "::1", "::"
+    )
     assert proxies.client("10.0.0.1", {}) == "10.0.0.1"
     assert proxies.client(None, xff) == "unknown"
+    assert proxies.client("::ffff:10.0.0.1", xff) == "203.0.113.9"  # mapped IPv4 is IPv4
+    assert (
+        proxies.client("2001:db8:1:2::5", {}) == proxies.client("2001:db8:1:2::9", {}) == "2001:db8:1:2::/64"
+    )
     assert forwarded_hops({"X-Forwarded-For": "192.0.2.1:80, ,bogus"}) == ["192.0.2.1", "bogus"]
 
 

@@ -421,6 +421,32 @@ async def test_copy_a_signed_link_then_delete(session: Session) -> None:
     assert session.errors == []
 
 
+async def test_make_an_image_public_and_copy_its_embed_code(session: Session) -> None:
+    assert (await session.api.put("/images/cat", data=CAT.read_bytes())).status == 202
+    await session.sign_in()
+    page = session.page
+    card = session.card("cat")
+    await expect(card).to_have_attribute("data-status", "ready")
+    await expect(card.locator(".embed")).to_be_hidden()
+    await card.locator(".visibility").click()
+    await expect(card.locator(".visibility")).to_have_text("Make private")
+    await card.locator(".embed").click()
+    code = page.locator("#link-output")
+    await expect(code).to_have_value(re.compile(r'^<img src="http://[^"]+/p/[^"]+/256\.jpg" alt="cat"'))
+    value = await code.input_value()
+    assert await page.evaluate("navigator.clipboard.readText()") == value
+    src = value.split('"')[1]
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(src) as response:  # anybody
+        assert response.status == 200 and response.headers["Cache-Control"].startswith("public")
+    await session.screenshot("ui-embed")
+    await card.locator(".visibility").click()  # private again: the URL stops at once
+    await expect(card.locator(".visibility")).to_have_text("Make public")
+    await expect(card.locator(".embed")).to_be_hidden()
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(src) as response:
+        assert response.status == 404
+    assert session.errors == []
+
+
 async def test_file_names_are_shown_as_text_never_as_markup(session: Session, tmp_path: Path) -> None:
     hostile = tmp_path / "<img src=x onerror=window.__pwned=1>.jpg"
     hostile.write_bytes(CAT.read_bytes())

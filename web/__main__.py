@@ -29,7 +29,7 @@ from web.app import create_app
 from web.keys import PROVISIONED
 from web.multipart import ignore_parser_warnings
 from web.server import GuardedRunner
-from web.supervisor import Child, Supervisor, address_of, inherited, listen
+from web.supervisor import SUPERVISED, Child, Supervisor, address_of, inherited, listen
 
 log = logging.getLogger("web")
 
@@ -142,10 +142,12 @@ async def serve(
         await runner.cleanup()
 
 
-def supervise(settings: Settings, args: argparse.Namespace) -> int:
-    """`--workers N` (N > 1): bind once, then run N serving processes and the consumer."""
+def supervise(settings: Settings, *, seed_demo: bool) -> int:
+    """`--workers N` (N > 1): bind once, then run N serving processes and the consumer. The demo
+    users are made here where one process would make them (embedded, local), never on AWS."""
     web_settings = settings.web
-    runtime.run(seed(settings), use_uvloop=settings.use_uvloop)
+    if seed_demo:
+        runtime.run(seed(settings), use_uvloop=settings.use_uvloop)
     try:
         with _listening(web_settings.host, web_settings.port, "--port (IMGSVC_PORT)"):
             api = listen(web_settings.host, web_settings.port)
@@ -162,6 +164,7 @@ def supervise(settings: Settings, args: argparse.Namespace) -> int:
         "IMGSVC_WORKERS": "1",
         "IMGSVC_RUN_CONSUMER": "false",
         "IMGSVC_MODE": settings.aws.mode,
+        SUPERVISED: "1",  # each child dies with the supervisor, even by SIGKILL (Linux)
     }
     if settings.aws.data_dir is not None:
         env["IMGSVC_DATA_DIR"] = str(settings.aws.data_dir)
@@ -265,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             log.info(
                 "using AWS endpoint=%s region=%s", settings.aws.endpoint_url or "default", settings.aws.region
             )
-        if settings.web.serving_processes > 1 and not args.embedded_only:
-            return supervise(settings, args)
         # The process that started the embedded endpoint owns its demo users.
         started_endpoint = settings.aws.mode == "embedded" and endpoint_started
+        if settings.web.serving_processes > 1 and not args.embedded_only:
+            return supervise(settings, seed_demo=started_endpoint or settings.aws.mode == "local")
         main_coroutine = (
             serve_embedded_only(settings)
             if args.embedded_only

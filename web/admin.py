@@ -38,6 +38,8 @@ HEARTBEAT_SECONDS = 0.5
 READINESS_SECONDS = 2.0
 #: A heartbeat or readiness older than this means the API's loop is stuck (s).
 STALE_SECONDS = 10.0
+#: How long one readiness check may take before it counts as not ready (s).
+READINESS_TIMEOUT = 5.0
 
 
 @dataclass
@@ -55,16 +57,31 @@ class Published:
         self.readiness: _Readiness | None = None
 
     async def publish(self, api: web.Application) -> None:
-        """Forever, on the API's loop: beat, and work readiness out, so probes never wait for it."""
-        next_readiness = 0.0
+        """Forever, on the API's loop: beat, and work readiness out, so probes never wait for it.
+        The two apart: a slow dependency makes readiness late (then not ready), never liveness."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._beat())
+            group.create_task(self._check(api))
+
+    async def _beat(self) -> None:
         while True:
             self.heartbeat = time.monotonic()
-            if self.heartbeat >= next_readiness:
-                response = await health.readiness(api)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _check(self, api: web.Application) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(READINESS_TIMEOUT):
+                    response = await health.readiness(api)
                 assert isinstance(response.body, bytes)
                 self.readiness = _Readiness(response.status, response.body, time.monotonic())
-                next_readiness = time.monotonic() + READINESS_SECONDS
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            except TimeoutError:
+                body = {
+                    "error": "not_ready",
+                    "message": f"dependencies did not answer in {READINESS_TIMEOUT:g}s",
+                }
+                self.readiness = _Readiness(503, json.dumps(body).encode(), time.monotonic())
+            await asyncio.sleep(READINESS_SECONDS)
 
     def live(self) -> web.Response:
         age = time.monotonic() - self.heartbeat

@@ -51,6 +51,9 @@ class ByteBudget:
         self.capacity = capacity
         self._free = capacity
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        #: Uploads under way waiting to grow: served before any new one, so memory goes to
+        #: finishing what was begun rather than to beginning more.
+        self._growers: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._trim: asyncio.TimerHandle | None = None
 
     @property
@@ -78,13 +81,16 @@ class ByteBudget:
         finally:
             held.release()
 
-    async def acquire(self, size: int, wait: float, retry_after: int) -> None:
-        """Take `size` bytes (the caller gives them back); `UploadsBusy` after `wait` s without."""
-        if not self._waiters and self._free >= size:
+    async def acquire(self, size: int, wait: float, retry_after: int, *, growing: bool = False) -> None:
+        """Take `size` bytes (the caller gives them back); `UploadsBusy` after `wait` s without.
+        `growing`: for an upload under way, which goes before every new one."""
+        line = self._growers if growing else self._waiters
+        ahead = self._growers or (not growing and self._waiters)
+        if not ahead and self._free >= size:
             self._take(size)
         else:
             granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append((size, granted))
+            line.append((size, granted))
             try:
                 async with asyncio.timeout(wait):
                     await granted
@@ -94,7 +100,7 @@ class ByteBudget:
                 else:
                     granted.cancel()
                     with contextlib.suppress(ValueError):  # `_grant` may have dropped it already
-                        self._waiters.remove((size, granted))
+                        line.remove((size, granted))
                     self._grant()  # the head of the line may have been us: the next one may fit
                 if isinstance(exc, TimeoutError):
                     metrics.UPLOADS_REFUSED.labels("buffer").inc()
@@ -121,16 +127,17 @@ class ByteBudget:
         memory.trim()
 
     def _grant(self) -> None:
-        while self._waiters:
-            size, granted = self._waiters[0]
-            if granted.done():  # cancelled (its wait timed out): its owner is leaving the line
-                self._waiters.popleft()
-                continue
-            if size > self._free:
-                return
-            self._waiters.popleft()
-            self._take(size)
-            granted.set_result(None)
+        for line in (self._growers, self._waiters):
+            while line:
+                size, granted = line[0]
+                if granted.done():  # cancelled (its wait timed out): its owner is leaving the line
+                    line.popleft()
+                    continue
+                if size > self._free:
+                    return  # first come, first served: nobody overtakes the head of a line
+                line.popleft()
+                self._take(size)
+                granted.set_result(None)
 
 
 class Lease:
@@ -146,7 +153,8 @@ class Lease:
         """Hold `size` bytes in all (at most the budget); waits like a new reservation."""
         size = min(size, self._budget.capacity)
         if size > self.held:
-            await self._budget.acquire(size - self.held, self._wait, self._retry_after)
+            growing = self.held > 0
+            await self._budget.acquire(size - self.held, self._wait, self._retry_after, growing=growing)
             self.held = size
 
     def release(self) -> None:

@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     web_settings = settings.web
-    app[PROXIES] = Proxies(web_settings.trusted_proxies)
+    app[PROXIES] = Proxies(web_settings.trusted_proxies, web_settings.forwarded_header)
     app[UPLOADS] = UploadGate(
         web_settings.upload_buffer_bytes,
         web_settings.user_max_uploads,

@@ -54,7 +54,7 @@ from aiohttp.web_request import BaseRequest
 from config.settings import WebSettings
 from pipeline import metrics
 from pipeline.errors import PermanentError, ServiceError, TooLarge, UploadTimeout
-from web.clients import Proxies, client_address
+from web.clients import Proxies, client_address, counted_as
 
 log = logging.getLogger(__name__)
 #: How often a connection sending a body checks its clock (body deadlines are this coarse).
@@ -120,7 +120,7 @@ class Limits:
             body_min_rate=web_settings.body_min_rate,
             send_timeout=web_settings.send_timeout,
             per_client=web_settings.max_connections_per_client,
-            proxies=Proxies(web_settings.trusted_proxies),
+            proxies=Proxies(web_settings.trusted_proxies, web_settings.forwarded_header),
             send_min_rate=web_settings.send_min_rate,
             send_rate_window=web_settings.send_rate_window,
             retry_after=web_settings.retry_after,
@@ -303,7 +303,7 @@ class GuardedHandler(RequestHandler):
         limits = self._tracker.limits
         self.waiting_since = self._loop.time()
         if address is not None and not limits.proxies.trusted(address):
-            self.client = address
+            self.client = counted_as(address)
         admitted = self._tracker.admit(self, self.client)
         if admitted is Admission.FULL:
             metrics.HTTP_CONNECTIONS_CLOSED.labels("refused").inc()

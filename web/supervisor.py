@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
+#: Set in each child's environment: the child ties its life to the supervisor's at start.
+SUPERVISED = "_IMGSVC_SUPERVISED"
 #: Seconds a child must have run to count as started well (its restart pause starts over).
 STABLE_SECONDS = 30.0
 #: The longest pause before a child that keeps dying is started again (s).

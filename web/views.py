@@ -5,6 +5,7 @@ Shared by the handlers that answer with image descriptions (status, listing, upl
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -136,7 +137,11 @@ def public_urls(request: web.Request, record: ImageRecord) -> dict[str, str] | N
         return None
     if record.public_nonce is None:
         return None
-    base = base_of(delivery_base(request), record, request.app[PUBLIC])
+    try:
+        delivery = delivery_base(request)
+    except HostNotAllowed:  # no URL on a host we do not serve; the answer stands without them
+        return None
+    base = base_of(delivery, record, request.app[PUBLIC])
     if base is None:
         return None
     urls = {"original": f"{base}/original.{extension(str(record.item.get('format') or 'jpeg'))}"}
@@ -170,6 +175,7 @@ def public_base(request: web.Request) -> str:
     return f"{request.scheme}://{host}"
 
 
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?")
 #: Hosts links may follow when `IMGSVC_ALLOWED_HOSTS` names none: this machine's.
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -178,6 +184,8 @@ def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     """Whether `host` (a Host header, port and all) is one of `allowed` (names without ports; a
     leading `.` allows subdomains, `*` any host), or loopback when `allowed` is empty."""
     name = host.strip().lower()
+    if not _HOST.fullmatch(name):  # userinfo, paths, spaces: never a host we make links on
+        return False
     if name.startswith("["):
         name = name[1:].partition("]")[0]
     elif name.count(":") == 1:

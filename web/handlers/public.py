@@ -120,5 +120,6 @@ def _inline(record: ImageRecord, ext: str) -> str:
     """`inline`, with the image's file name (its stem, with the extension served)."""
     stem = str(record.item.get("file_name") or record.image_id).rsplit(".", 1)[0] or record.image_id
     served = f"{stem}.{ext}" if ext and ext != "auto" else stem
-    ascii_name = served.encode("ascii", "replace").decode().replace('"', "").replace("\\", "")
-    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(served)}"
+    printable = "".join(c for c in served if c.isprintable())
+    ascii_name = printable.encode("ascii", "replace").decode().replace('"', "").replace("\\", "")
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(printable)}"

@@ -35,7 +35,7 @@ from pipeline.errors import (
 from pipeline.formats import decode_megapixels, screen_prefix
 from pipeline.layout import ImageRef, valid_image_id
 from pipeline.logs import REQUEST_ID
-from pipeline.records import PUBLIC_FIELD, ImageRecord, ImageTaken, Superseded, UsageRefused
+from pipeline.records import KEEP_PUBLIC, PUBLIC_FIELD, ImageRecord, ImageTaken, Superseded, UsageRefused
 from pipeline.removal import drop_variants
 from pipeline.reservations import FIELD, USED, Reservation
 from pipeline.untrusted import ascii_int, utf8_text
@@ -196,11 +196,7 @@ async def _store(
         )
     request[_SHA256] = digest.hexdigest()
     metrics.UPLOAD_BYTES.inc(stored.size)
-    try:
-        visibility = visibility_facts(request, (public or {}).get("public"), user, previous)
-    except ServiceError:  # a form field after the file said something invalid: nothing is kept
-        await request.app[STORAGE].delete_many(settings.aws.source_bucket, [ref.source_key])
-        raise
+    visibility = await _visibility_of_stored(request, ref, (public or {}).get("public"), user, previous)
     facts = {
         "file_name": file_name[:255],
         "content_type": f"image/{stored.format}",
@@ -265,6 +261,23 @@ async def room_for_bytes(request: web.Request) -> None:
         )
 
 
+async def _visibility_of_stored(
+    request: web.Request, ref: ImageRef, raw: object, user: Mapping[str, Any], previous: ImageRecord | None
+) -> dict[str, object]:
+    """`visibility_facts` once the original is stored (a form field may follow the file)."""
+    try:
+        return visibility_facts(request, raw, user, previous)
+    except ServiceError:
+        if previous is not None:
+            # A form field after the file said something invalid, but the new bytes have replaced
+            # the old ones already: the upload stands, its visibility as it was.
+            log.warning("upload's public field ignored key=%s", ref.source_key)
+            return {}
+        bucket = request.app[SETTINGS].aws.source_bucket  # a new image: nothing of it is kept
+        await request.app[STORAGE].delete_many(bucket, [ref.source_key])
+        raise
+
+
 def parse_public(raw: object) -> bool | None:
     """An upload's `public` option (a query value, a form field or a JSON boolean); None: not given."""
     if raw is None or raw == "":
@@ -292,8 +305,7 @@ def visibility_facts(
         wanted = bool(user.get("public_by_default")) and allowed
     if not wanted:
         return {PUBLIC_FIELD: None}
-    kept = previous.public_nonce if previous is not None else None
-    return {PUBLIC_FIELD: kept or new_nonce()}
+    return {PUBLIC_FIELD: KEEP_PUBLIC if previous is not None else new_nonce()}
 
 
 def expiry_from(request: web.Request, days: object) -> int | None:

@@ -307,12 +307,17 @@ function buildCard(imageId) {
   const reason = element("div", "reason");
   meta.append(name, badge, details, reason);
   const actions = element("div", "actions");
+  const visibility = button("visibility", "Make public", () => toggleVisibility(imageId));
+  const embed = button("embed", "Copy embed code", () => copyEmbed(imageId));
+  embed.hidden = true;
   actions.append(
     button("copy-link", "Copy link", () => copyLink(imageId)),
+    visibility,
+    embed,
     button("delete", "Delete", () => removeImage(imageId)),
   );
   li.append(thumb, meta, actions);
-  return { li, thumb, name, badge, details, reason, record: null, thumbFor: null };
+  return { li, thumb, name, badge, details, reason, visibility, embed, record: null, thumbFor: null };
 }
 
 function button(className, label, onClick) {
@@ -332,6 +337,9 @@ function render(card) {
   const size = r.width && r.height ? `${r.width}×${r.height} · ` : "";
   card.details.textContent = `${size}${formatBytes(r.bytes)}`;
   card.reason.textContent = r.status === "failed" && r.error ? r.error.message : "";
+  card.visibility.textContent = r.public ? "Make private" : "Make public";
+  card.visibility.setAttribute("aria-pressed", r.public ? "true" : "false");
+  card.embed.hidden = !(r.public && r.public_urls);
   // The mean colour tints the tile while the thumbnail loads (the stylesheet drops it after).
   card.thumb.style.setProperty("--placeholder", (r.placeholder && r.placeholder.color) || "");
   if (r.status === "ready" && r.thumbnail_url && card.thumbFor !== r.etag) {
@@ -389,6 +397,50 @@ async function copyLink(imageId) {
   } catch (_) {
     $("link-output").select();
     toast("Copy the selected link");
+  }
+}
+
+// Public images have permanent URLs anyone may load (and any CDN keep): making one private stops
+// them at once; making it public again gives new ones.
+async function toggleVisibility(imageId) {
+  const card = state.cards.get(imageId);
+  if (!card || !card.record) return;
+  try {
+    const updated = await api(`/images/${encodeURIComponent(imageId)}`, {
+      method: "PATCH",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ public: !card.record.public }),
+    });
+    card.record = Object.assign({}, card.record, updated);
+    render(card);
+    toast(updated.public ? "Public: anyone with its URLs can see it" : "Private: its public URLs stopped working");
+  } catch (error) {
+    toast(`Not changed: ${error.message}`);
+  }
+}
+
+function embedCode(record) {
+  const urls = record.public_urls || {};
+  const src = urls["256"] || Object.values(urls).find((u) => !u.includes("/original.")) || urls.original;
+  const alt = (record.file_name || record.image_id).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+  const size = record.width && record.height ? ` data-width="${record.width}" data-height="${record.height}"` : "";
+  return `<img src="${src}" alt="${alt}" loading="lazy"${size}>`;
+}
+
+async function copyEmbed(imageId) {
+  const card = state.cards.get(imageId);
+  if (!card || !card.record || !card.record.public_urls) return;
+  const code = embedCode(card.record);
+  $("link-box").hidden = false;
+  $("link-output").value = code;
+  $("link-output").dataset.imageId = imageId;
+  $("link-note").textContent = "embed code: the image's public URL, for good";
+  try {
+    await navigator.clipboard.writeText(code);
+    toast("Embed code copied");
+  } catch (_) {
+    $("link-output").select();
+    toast("Copy the selected embed code");
   }
 }
 
