@@ -79,7 +79,7 @@ class LocalTable:
         )
 
     async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None:
-        return await self._db.read(lambda conn: self._row(conn, key))
+        return await self._db.lookup(lambda conn: self._row(conn, key))
 
     def _put(self, conn: sqlite3.Connection, item: Mapping[str, Any], condition: Condition | None) -> None:
         new = {k: v for k, v in item.items() if v is not None}

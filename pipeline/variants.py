@@ -9,6 +9,7 @@ the same request finds the same stored object. Pure: the web tier imports it, no
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -79,7 +80,7 @@ class VariantSpec:
         x, y = (min(max(float(point.get(axis, 0.5)), 0.0), 1.0) for axis in ("x", "y"))
         return replace(self, focal=(round(x * 1000), round(y * 1000)))
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """The canonical name, also the stored object's file name: every spelling of one request
         gives the same name (a crop only where it changes the pixels, sides only when given)."""

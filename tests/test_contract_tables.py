@@ -3,6 +3,8 @@ DynamoDB (moto) and on the local SQLite tables, so records, accounts and quotas 
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import uuid
 from pathlib import Path
 
@@ -207,5 +209,31 @@ async def test_local_tables_drop_expired_throttle_counters(tmp_path: Path) -> No
         assert await tables.expire(1000) == 1
         assert await tables.throttle.get({"id": "old"}) is None
         assert await tables.throttle.get({"id": "new"}) is not None
+    finally:
+        await db.close()
+
+
+async def test_point_reads_run_on_the_loop_and_fall_back_to_the_thread(tmp_path: Path) -> None:
+    """Lookups by key run on the event loop's thread (no hop to a thread and back); one whose
+    reader fails (as one must not wait for another process recovering the WAL) is run again on
+    the database's own thread, and answers the same."""
+    db = await Database(tmp_path / "state.db").open()
+    try:
+        tables = LocalTables(db)
+        await tables.config.put({"name": "k", "value": 1})
+        threads: list[int] = []
+
+        def read(conn: sqlite3.Connection) -> object:
+            threads.append(threading.get_ident())
+            return conn.execute("SELECT doc FROM items WHERE tbl = 'config'").fetchone()[0]
+
+        assert await db.lookup(read) == '{"name": "k", "value": 1}'
+        assert threads == [threading.get_ident()]
+        # A reader whose statements fail (OperationalError, as a busy one's would): one on an
+        # empty database, where the table is missing.
+        db._readers.conn = sqlite3.connect(tmp_path / "empty.db", isolation_level=None)
+        assert await db.lookup(read) == '{"name": "k", "value": 1}'
+        assert len(threads) == 3 and threads[2] != threading.get_ident()
+        assert await tables.config.get({"name": "k"}) == {"name": "k", "value": 1}
     finally:
         await db.close()

@@ -38,6 +38,24 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
+async def test_made_up_methods_share_one_series(api: Client) -> None:
+    """The HTTP parser takes dozens of methods (WebDAV's, RTSP's...): each would be series of its
+    own on every route; the API serves seven, and counts the rest together."""
+    unusual = ("PROPFIND", "MKCOL", "LOCK", "SEARCH", "REPORT", "PURGE", "LINK")
+    for method in unusual:
+        response = await api.request(method, "/images/anything")
+        assert response.status == 405, method
+    response = await api.get("/metrics")
+    methods = {
+        s.labels["method"]
+        for family in text_string_to_metric_families(await response.text())
+        for s in family.samples
+        if s.name == "imgsvc_http_requests_total"
+    }
+    assert "OTHER" in methods
+    assert not methods & set(unusual)
+
+
 async def test_api_counts_requests_by_route_and_status(api: Client) -> None:
     data = jpeg_bytes(64, 48)
     assert (await api.put("/images/counted", data=data)).status == 202

@@ -10,6 +10,7 @@ with a conditional write, so every web process signs and verifies alike.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import re
@@ -36,6 +37,7 @@ async def shared_secret(config: ItemTable, configured: str) -> bytes:
     return str(item["value"]).encode()
 
 
+@functools.lru_cache(maxsize=4096)
 def version_of(etag: str) -> str:
     """A short, URL-safe name for one upload of an image, derived from its original's ETag."""
     return hashlib.sha256(etag.strip('"').encode()).hexdigest()[:16]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any
@@ -90,9 +91,22 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        label = "client_closed" if status == CLIENT_CLOSED else str(status)
-        metrics.HTTP_REQUESTS.labels(request.method, route, label).inc()
-        metrics.HTTP_SECONDS.labels(request.method, route).observe(time.perf_counter() - started)
+        counted, timed = _series(request.method, route, status)
+        counted.inc()
+        timed.observe(time.perf_counter() - started)
+
+
+#: Methods counted by name; any other (a client may send any token) is counted as OTHER, so that
+#: no client can grow the metrics' series without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+@functools.lru_cache(maxsize=1024)
+def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The request counter's and timer's series for one answer (looked up once, not per request)."""
+    method = method if method in _METHODS else "OTHER"
+    label = "client_closed" if status == CLIENT_CLOSED else str(status)
+    return metrics.HTTP_REQUESTS.labels(method, route, label), metrics.HTTP_SECONDS.labels(method, route)
 
 
 @web.middleware

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets
@@ -57,13 +58,15 @@ class PublicUrls:
         key = hmac.new(secret, _KEY_CONTEXT, hashlib.sha512).digest()  # 64 bytes: AES-256-SIV
         self._siv = AESSIV(key)
         self._signing = hmac.new(secret, _KEY_CONTEXT + b" variants", hashlib.sha256).digest()
+        # Every public GET opens its token: the few thousand hottest are kept opened (bounded).
+        self.open = functools.lru_cache(maxsize=4096)(self._open)
 
     def token(self, user_id: str, image_id: str, nonce: str) -> str:
         plain = user_id.encode() + _SEP + image_id.encode() + _SEP + bytes.fromhex(nonce)
         sealed = self._siv.encrypt(plain, None)
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
-    def open(self, token: str) -> tuple[str, str, str] | None:
+    def _open(self, token: str) -> tuple[str, str, str] | None:
         """(owner, image id, nonce) of a token this deployment sealed; None for anything else."""
         if not 16 < len(token) < 256 or not token.isascii():
             return None

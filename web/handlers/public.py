@@ -9,6 +9,7 @@ thumbnail cached as missing is what users of other services meet (thumbor#529).
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import quote
 
 from aiohttp import web
@@ -117,8 +118,13 @@ async def _serve(request: web.Request) -> web.StreamResponse:
 
 
 def _inline(record: ImageRecord, ext: str) -> str:
+    return _disposition(str(record.item.get("file_name") or record.image_id), record.image_id, ext)
+
+
+@functools.lru_cache(maxsize=1024)
+def _disposition(file_name: str, image_id: str, ext: str) -> str:
     """`inline`, with the image's file name (its stem, with the extension served)."""
-    stem = str(record.item.get("file_name") or record.image_id).rsplit(".", 1)[0] or record.image_id
+    stem = file_name.rsplit(".", 1)[0] or image_id
     served = f"{stem}.{ext}" if ext and ext != "auto" else stem
     printable = "".join(c for c in served if c.isprintable())
     ascii_name = printable.encode("ascii", "replace").decode().replace('"', "").replace("\\", "")
