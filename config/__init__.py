@@ -1,4 +1,7 @@
-"""Settings of the image service: one frozen, typed object built from the environment."""
+"""Settings of the image service: one frozen, typed object built from the environment.
+
+May import: the standard library only (every process reads its settings first).
+"""
 
 from config.settings import (
     KNOWN_FORMATS,

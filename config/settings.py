@@ -20,7 +20,7 @@ PREFIX = "IMGSVC_"
 Mode = Literal["embedded", "aws", "local"]
 N = TypeVar("N", int, float)
 
-#: Formats the pipeline accepts, named as `pipeline.formats.detect_format` names them.
+#: Formats the pipeline accepts, named as `pipeline.core.formats.detect_format` names them.
 KNOWN_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "tiff", "heif", "avif"})
 #: How clients may send an image's bytes (`IMGSVC_UPLOAD_MODES`).
 UPLOAD_MODES = frozenset({"api", "presigned"})
@@ -386,7 +386,7 @@ class VariantSettings:
     quality: Annotated[int, Var(1, 100)] = 80
     max_quality: Annotated[int, Var(1, 100)] = 90
     #: Estimated worker milliseconds one variant may cost (decode plus every frame's encode, by
-    #: format; `pipeline.variants.VariantSpec.cost`); more is refused (422 `variant_too_costly`).
+    #: format; `pipeline.imaging.variants.VariantSpec.cost`); more is refused (422 `variant_too_costly`).
     max_cost: Annotated[int, Var(1, 3_600_000)] = 8000
     #: A stored variant's bytes at most this many times its original's (and never above
     #: `IMGSVC_MAX_BYTES`); a larger one is refused (422 `variant_too_large`), not stored.

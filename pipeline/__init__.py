@@ -1,7 +1,7 @@
-"""The image pipeline: the ports and their AWS backend, the S3 event consumer, jobs, imaging,
-the worker pool, verdicts, records and accounts, the DLQ tools, reconciliation and the CLI.
+"""The image pipeline, in rooms by role: `core` (the domain and its ports), the two backends
+`aws` and `local`, `imaging`, `consumer`, `webhooks` and `cli`; `backends` picks a backend.
 
-May import: the standard library, `config`, third-party libraries. Never `web`. `local` only in
-`pipeline.backends`, the one place that picks a backend (lazily, so AWS processes never load it).
-Only `pipeline.imaging` imports the decoders (pyvips, Pillow): it runs in worker processes.
+Each room's `__init__` says what it may import; `tests/test_layering.py` holds them to it.
+May import (this package's own modules, `__main__`): `pipeline.cli`. Never `web`. Only
+`pipeline.imaging.renditions` imports the decoders (pyvips, Pillow): it runs in worker processes.
 """

@@ -2,6 +2,9 @@
 
 Everything above this module (consumer, jobs, handlers, CLIs) receives a `Backend` and talks
 to its ports; only this module knows which clients or files are behind them.
+
+May import: `config`, `pipeline.core` and both backends, `pipeline.aws` and `pipeline.local` (the
+local one lazily, so AWS processes never load it).
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from config.settings import Settings
-from pipeline.aws import AwsClients, aws_errors, open_clients
-from pipeline.changes import Changes
-from pipeline.errors import StorageUnavailable
-from pipeline.ports import MessageQueue, ObjectStore, TableSet
-from pipeline.provision import provision
-from pipeline.queue import Queue
-from pipeline.storage import Storage
-from pipeline.tables import Tables
+from pipeline.aws.clients import AwsClients, aws_errors, open_clients
+from pipeline.aws.provision import provision
+from pipeline.aws.queue import Queue
+from pipeline.aws.storage import Storage
+from pipeline.aws.tables import Tables
+from pipeline.core.changes import Changes
+from pipeline.core.errors import StorageUnavailable
+from pipeline.core.ports import MessageQueue, ObjectStore, TableSet
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +37,13 @@ class Backend:
     main: MessageQueue
     dlq: MessageQueue
     tables: TableSet
-    #: The webhook outbox and its DLQ (`pipeline.outbox`).
+    #: The webhook outbox and its DLQ (`pipeline.webhooks.outbox`).
     outbox: MessageQueue
     outbox_dlq: MessageQueue
     #: The AWS clients behind the ports (None on the local backend): only for what has no port,
     #: presigned S3 links and the operator tools that speak to AWS itself.
     clients: AwsClients | None = field(default=None, repr=False)
-    #: Record changes made in this process, for its long polls (`pipeline.changes`).
+    #: Record changes made in this process, for its long polls (`pipeline.core.changes`).
     changes: Changes = field(default_factory=Changes, repr=False)
 
     def queues(self) -> dict[str, MessageQueue]:
@@ -99,7 +102,7 @@ async def open_backend(
     (embedded and local only: against AWS, provisioning is an explicit command); `maintain`
     clears what an interrupted write left on the local backend (the serving process does it)."""
     if settings.aws.data_dir is not None:
-        from local.backend import open_local  # the local backend is not imported on AWS
+        from pipeline.local.backend import open_local  # the local backend is not imported on AWS
 
         async with open_local(settings, sweep=maintain) as backend:
             yield backend
@@ -115,7 +118,7 @@ def data_dir_problem(settings: Settings) -> str | None:
     print before starting anything), or None; it is created, and its modes narrowed, if need be."""
     if settings.aws.mode != "local" or settings.aws.data_dir is None:
         return None
-    from local.files import DataDirError, prepare
+    from pipeline.local.files import DataDirError, prepare
 
     try:
         prepare(settings.aws.data_dir)

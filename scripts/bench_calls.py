@@ -26,17 +26,17 @@ from bench_consumer import photo_jpeg, settings_for
 from stack import endpoint_apart, free_port, start_endpoint
 
 from config.settings import Settings
-from pipeline import runtime
-from pipeline.aws import open_clients
+from pipeline.aws.clients import open_clients
+from pipeline.aws.provision import provision
 from pipeline.backends import aws_backend
-from pipeline.imaging import configure_worker, make_renditions
-from pipeline.items import Add, PutItem, UpdateItem
-from pipeline.provision import provision
+from pipeline.core import runtime
+from pipeline.core.items import Add, PutItem, UpdateItem
+from pipeline.imaging.renditions import configure_worker, make_renditions
 
-#: The calls of one job for an API upload of a new image (`pipeline.jobs`), each with its count:
+#: The calls of one job for an API upload of a new image (`pipeline.consumer.jobs`), each with its count:
 #: the receive and the batched delete are shared by the ten messages of a batch. The event loop
 #: makes these; the original's GET, its hash and the rendition's PUT are the worker's
-#: (`pipeline.originals`), measured here through the same ports for comparison.
+#: (`pipeline.core.originals`), measured here through the same ports for comparison.
 LOOP = {
     "receive 10 messages": 0.1,
     "delete 10 messages": 0.1,

@@ -32,15 +32,15 @@ from proccpu import tree_cpu
 from stack import ROOT, endpoint_apart, free_port, start_endpoint
 
 from config.settings import SEED_USER_IDS, Settings, usable_cpus
-from pipeline import runtime
-from pipeline.aws import AwsClients, open_clients
+from pipeline.aws.clients import AwsClients, open_clients
+from pipeline.aws.provision import provision
+from pipeline.aws.queue import Queue
 from pipeline.backends import aws_backend
-from pipeline.imaging import configure_worker, make_renditions
-from pipeline.layout import ImageRef
-from pipeline.provision import provision
-from pipeline.queue import Queue
-from pipeline.records import RecordStore
-from pipeline.service import open_consumer
+from pipeline.consumer.service import open_consumer
+from pipeline.core import runtime
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import RecordStore
+from pipeline.imaging.renditions import configure_worker, make_renditions
 from web.handlers.upload import upload_metadata
 
 #: The owner of the benchmark's images (a demo user: the endpoint `stack.py` starts seeds them).

@@ -25,13 +25,13 @@ from pathlib import Path
 from bench_imaging import build_set
 
 from config.settings import Settings
-from local.backend import open_local
-from pipeline.accounts import Accounts
-from pipeline.events import ObjectCreated
-from pipeline.jobs import JobRunner
-from pipeline.layout import ImageRef
-from pipeline.records import RecordStore
-from pipeline.workers import WorkerPool
+from pipeline.consumer.jobs import JobRunner
+from pipeline.core.accounts import Accounts
+from pipeline.core.events import ObjectCreated
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import RecordStore
+from pipeline.imaging.workers import WorkerPool
+from pipeline.local.backend import open_local
 
 #: Duplicates are per owner: each fresh run is the first upload of the bytes by another user.
 USERS = [f"0b5e3f40-0000-4000-8000-00000000d0{n:02d}" for n in range(20)]

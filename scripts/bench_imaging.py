@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 from skimage.metrics import structural_similarity
 
 from config.settings import ImagingSettings, RenditionSpec
-from pipeline.imaging import make_renditions, read_header
+from pipeline.imaging.renditions import make_renditions, read_header
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".bench-cache"

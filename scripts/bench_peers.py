@@ -36,7 +36,7 @@ from loadtest import processing_ms
 from stack import ROOT, bearer, free_port, start_consumer, start_local, start_stack
 
 from config.settings import SEED_USER_IDS
-from pipeline import runtime
+from pipeline.core import runtime
 
 USER = SEED_USER_IDS[2]
 IMAGES = ("jpeg-2mp", "jpeg-12mp", "png-12mp", "webp-12mp")

@@ -41,9 +41,9 @@ from proccpu import CpuSampler, cpu_of
 from stack import ROOT, child_env, free_port, start_endpoint
 
 from config.settings import Settings
-from pipeline.aws import open_clients
-from pipeline.imaging import configure_worker, make_renditions
-from pipeline.provision import provision
+from pipeline.aws.clients import open_clients
+from pipeline.aws.provision import provision
+from pipeline.imaging.renditions import configure_worker, make_renditions
 
 OUTCOMES = re.compile(rb"consumer stopped outcomes=(\{.*\})")
 

@@ -39,9 +39,9 @@ from PIL import Image
 from stack import ROOT, Stack, bearer, start_consumer, start_stack
 
 from config.settings import AwsSettings
-from pipeline.layout import ImageRef
-from pipeline.records import RecordStore
-from pipeline.tables import Tables
+from pipeline.aws.tables import Tables
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import RecordStore
 
 AWS = AwsSettings()
 

@@ -44,8 +44,8 @@ from stack import ROOT, bearer, start_consumer, start_stack
 from tqdm import tqdm
 
 from config.settings import SEED_USER_IDS, ImagingSettings
-from pipeline.demo import read_demo_keys
-from pipeline.imaging import make_renditions
+from pipeline.core.demo import read_demo_keys
+from pipeline.imaging.renditions import make_renditions
 
 USER = SEED_USER_IDS[2]
 SIZES = {"100k": 100_000, "1m": 1_000_000, "4m": 4_000_000}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.demo import read_demo_keys
+from pipeline.core.demo import read_demo_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 

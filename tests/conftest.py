@@ -24,20 +24,20 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from config.settings import SEED_USER_IDS, Settings
-from local.backend import open_local
-from pipeline.accounts import Accounts
-from pipeline.aws import AwsClients, open_clients
+from pipeline.aws.clients import AwsClients, open_clients
+from pipeline.aws.embedded import embedded_aws
+from pipeline.aws.provision import provision
+from pipeline.aws.queue import Message, Queue
+from pipeline.aws.tables import Tables
 from pipeline.backends import aws_backend
-from pipeline.consumer import Consumer
-from pipeline.embedded import embedded_aws
-from pipeline.events import parse_message
-from pipeline.layout import ImageRef
-from pipeline.provision import provision
-from pipeline.queue import Message, Queue
-from pipeline.records import ImageRecord, RecordStore
-from pipeline.service import open_consumer
-from pipeline.tables import Tables
-from pipeline.workers import WorkerPool
+from pipeline.consumer.loop import Consumer
+from pipeline.consumer.service import open_consumer
+from pipeline.core.accounts import Accounts
+from pipeline.core.events import parse_message
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import ImageRecord, RecordStore
+from pipeline.imaging.workers import WorkerPool
+from pipeline.local.backend import open_local
 from tests.webhook_receiver import Receiver, serving
 from web.app import create_app
 from web.keys import ACCOUNTS, PROVISIONED, VARIANT_POOL

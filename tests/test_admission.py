@@ -14,7 +14,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
+from pipeline.aws.clients import AwsClients
 from tests.conftest import OTHER_USER, ClientFactory, bearer, issue_key, jpeg_bytes, nothing_stored
 from web.admission import ByteBudget, UploadsBusy
 

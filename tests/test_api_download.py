@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from pipeline.aws import AwsClients
+from pipeline.aws.clients import AwsClients
 from tests.conftest import (
     OTHER_USER,
     ROOT,

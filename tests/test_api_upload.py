@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
+from pipeline.aws.clients import AwsClients
 from tests.conftest import OTHER_USER, ROOT, USER, ClientFactory, jpeg_bytes
 
 Client = TestClient[Any, Any]

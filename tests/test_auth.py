@@ -11,11 +11,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
-from pipeline import accounts as accounts_module
-from pipeline.accounts import Accounts
-from pipeline.aws import open_clients
-from pipeline.errors import InvalidCredentials
-from pipeline.tables import Tables
+from pipeline.aws.clients import open_clients
+from pipeline.aws.tables import Tables
+from pipeline.core import accounts as accounts_module
+from pipeline.core.accounts import Accounts
+from pipeline.core.errors import InvalidCredentials
 from tests.conftest import (
     OTHER_USER,
     USER,

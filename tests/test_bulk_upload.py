@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from pipeline.bulk import Summary, default_api
+from pipeline.cli.bulk import Summary, default_api
 from tests.conftest import (
     OTHER_USER,
     ROOT,

@@ -14,8 +14,8 @@ import boto3
 import pytest
 
 from config.settings import SEED_USER_IDS, Settings
-from pipeline.aws import AwsClients
-from pipeline.demo import read_demo_keys
+from pipeline.aws.clients import AwsClients
+from pipeline.core.demo import read_demo_keys
 from tests.conftest import (
     ROOT,
     USER,

@@ -14,10 +14,10 @@ import pytest
 from cfnlint.decode import cfn_yaml
 
 from config.settings import ConsumerSettings, Settings, WebhookSettings
-from pipeline.aws import open_clients
-from pipeline.outbox import MAX_RECEIVES, RETENTION_SECONDS, lease_seconds
-from pipeline.provision import provision
-from pipeline.tables import SPECS
+from pipeline.aws.clients import open_clients
+from pipeline.aws.provision import provision
+from pipeline.aws.tables import SPECS
+from pipeline.webhooks.outbox import MAX_RECEIVES, RETENTION_SECONDS, lease_seconds
 from tests.conftest import ROOT, env_for
 
 TEMPLATE = ROOT / "config" / "cloudformation.yaml"
@@ -40,7 +40,7 @@ def test_cfn_lint_passes() -> None:
 
 
 def test_template_tables_match_the_code() -> None:
-    """Same tables, keys, indexes and TTL as `pipeline.tables.SPECS` (what `provision` creates)."""
+    """Same tables, keys, indexes and TTL as `pipeline.aws.tables.SPECS` (what `provision` creates)."""
     tables = {
         r["Properties"]["TableName"]["Fn::Sub"].removeprefix("${TablePrefix}-"): r["Properties"]
         for r in resources().values()

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
 from config.settings import Settings
-from pipeline import metrics
+from pipeline.core import metrics
 from tests.conftest import USER, ClientFactory, jpeg_bytes
 
 Client = TestClient[Any, Any]

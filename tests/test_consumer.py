@@ -14,15 +14,15 @@ import pytest
 from PIL import Image
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
+from pipeline.aws.clients import AwsClients
+from pipeline.aws.queue import Queue
+from pipeline.aws.tables import Tables
 from pipeline.backends import aws_backend
-from pipeline.consumer import backoff_seconds
-from pipeline.dlq import list_dead_letters, redrive
-from pipeline.errors import InvalidRecord, PermanentError
-from pipeline.layout import ImageRef
-from pipeline.queue import Queue
-from pipeline.records import RecordStore
-from pipeline.tables import Tables
+from pipeline.consumer.loop import backoff_seconds
+from pipeline.core.dlq import list_dead_letters, redrive
+from pipeline.core.errors import InvalidRecord, PermanentError
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import RecordStore
 from tests.conftest import (
     ROOT,
     USER,

@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 from config.settings import SEED_USER_IDS
-from pipeline.service import open_consumer
+from pipeline.consumer.service import open_consumer
 from tests.conftest import ClientFactory, bearer, issue_key, jpeg_bytes, local_settings, shared_pool
 from web.keys import BACKEND
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pipeline.errors import LeaseLost
+from pipeline.core.errors import LeaseLost
 from tests.conftest import Backend
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.errors import (
+from pipeline.core.errors import (
     EmptyUpload,
     FormatNotAllowed,
     ImageChanged,
@@ -20,8 +20,8 @@ from pipeline.errors import (
     StorageUnavailable,
     TooLarge,
 )
-from pipeline.events import parse_message
-from pipeline.objects import OversizeObject
+from pipeline.core.events import parse_message
+from pipeline.core.objects import OversizeObject
 from tests.conftest import USER, Backend, jpeg_bytes
 
 IMAGE = jpeg_bytes(64, 48)

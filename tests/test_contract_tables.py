@@ -12,9 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from local.database import Database
-from local.tables import LocalTables
-from pipeline.items import (
+from pipeline.core.items import (
     Add,
     AllOf,
     AnyOf,
@@ -35,6 +33,8 @@ from pipeline.items import (
     TransactionRefused,
     UpdateItem,
 )
+from pipeline.local.database import Database
+from pipeline.local.tables import LocalTables
 from tests.conftest import Backend
 
 

@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 
 from config.settings import SEED_USER_IDS, Settings
-from pipeline.accounts import Accounts
-from pipeline.aws import open_clients
-from pipeline.demo import read_demo_keys, seed_demo_users
-from pipeline.provision import provision
-from pipeline.tables import Tables
+from pipeline.aws.clients import open_clients
+from pipeline.aws.provision import provision
+from pipeline.aws.tables import Tables
+from pipeline.core.accounts import Accounts
+from pipeline.core.demo import read_demo_keys, seed_demo_users
 from tests.conftest import USER, bearer, process_env, running, stops_cleanly
 
 pytestmark = pytest.mark.e2e
@@ -69,7 +69,7 @@ async def test_seeding_again_keeps_the_keys_in_the_file(
     first = make_settings(IMGSVC_DEMO_KEYS_FILE=str(keys_file))
     keys = await seed(first)
     second = make_settings(IMGSVC_DEMO_KEYS_FILE=str(keys_file))  # a restart: empty tables
-    with caplog.at_level("INFO", logger="pipeline.demo"):
+    with caplog.at_level("INFO", logger="pipeline.core.demo"):
         assert await seed(second) == keys
     assert "kept from the previous start for 5 of 5 users" in caplog.text
     assert read_demo_keys(keys_file) == keys and keys_file.stat().st_mode & 0o777 == 0o600

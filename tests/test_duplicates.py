@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
-from pipeline.layout import ImageRef
+from pipeline.core.layout import ImageRef
 from tests.conftest import OTHER_USER, USER, Backend, ClientFactory, consume, decode, jpeg_bytes
 
 Client = TestClient[Any, Any]

@@ -1,5 +1,5 @@
 """The embedded endpoint's transactions back up the items they touch, not whole tables
-(`pipeline.embedded_dynamodb`): a refused one puts back exactly those, and leaves everything
+(`pipeline.aws.embedded_dynamodb`): a refused one puts back exactly those, and leaves everything
 else as it is, including writes that are not its own; moto's own copies of a table stay copies."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
 
-from pipeline.items import Add, Equals, Missing, PutItem, Set, TransactionRefused, UpdateItem
+from pipeline.core.items import Add, Equals, Missing, PutItem, Set, TransactionRefused, UpdateItem
 from tests.conftest import Backend
 
 pytestmark = pytest.mark.parametrize("backend", ["aws"], indirect=True)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.errors import PoisonMessage
-from pipeline.events import parse_message
+from pipeline.core.errors import PoisonMessage
+from pipeline.core.events import parse_message
 
 
 def s3_event(key: str, name: str = "ObjectCreated:Put", bucket: str = "src") -> str:

@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from config.settings import SEED_USER_IDS
-from pipeline.changes import Changes
-from pipeline.errors import CorruptImage
-from pipeline.layout import ImageRef
-from pipeline.records import RecordStore
-from pipeline.variants import accepted_types, parse_variant
+from pipeline.core.changes import Changes
+from pipeline.core.errors import CorruptImage
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import RecordStore
+from pipeline.imaging.variants import accepted_types, parse_variant
 from tests.conftest import OTHER_USER, USER, ClientFactory, bearer, issue_key, jpeg_bytes, local_settings
 from web.clients import Proxies, forwarded_hops
 from web.keys import RECORDS, TABLES

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from config.settings import Settings
-from pipeline.aws import AwsClients, open_clients
-from pipeline.consumer import Consumer, ConsumerStats
+from pipeline.aws.clients import AwsClients, open_clients
+from pipeline.consumer.loop import Consumer, ConsumerStats
 from scripts.awsproxy import FaultProxy, Rule
 from tests.conftest import (
     ROOT,

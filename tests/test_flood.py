@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from config.settings import SEED_USER_IDS
-from pipeline.demo import read_demo_keys
+from pipeline.core.demo import read_demo_keys
 from tests.conftest import ROOT, bearer, decode, process_env, stops_cleanly
 
 pytestmark = pytest.mark.e2e

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageCms, features
 
 from config.settings import ImagingSettings
-from pipeline.errors import PermanentError, TooManyFrames, TooManyPixels
-from pipeline.formats import ImageInfo, detect_format, read_header_prefix, screen_prefix
+from pipeline.core.errors import PermanentError, TooManyFrames, TooManyPixels
+from pipeline.core.formats import ImageInfo, detect_format, read_header_prefix, screen_prefix
 from tests.conftest import ROOT, jpeg_bytes, png_header_only
 
 #: What the upload handler screens (`web.handlers.upload.SCREEN_BYTES`).
@@ -30,9 +30,10 @@ HAVE_AVIF = features.check("avif")
 
 def test_web_and_consumer_processes_never_import_libvips() -> None:
     code = (
-        "import web.app, web.__main__, pipeline.service, pipeline.consumer, pipeline.jobs, "
-        "pipeline.workers, sys; "
-        "assert 'pyvips' not in sys.modules and 'pipeline.imaging' not in sys.modules"
+        "import web.app, web.__main__, pipeline.consumer.service, pipeline.consumer.loop, "
+        "pipeline.consumer.jobs, "
+        "pipeline.imaging.workers, sys; "
+        "assert 'pyvips' not in sys.modules and 'pipeline.imaging.renditions' not in sys.modules"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False

@@ -37,7 +37,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from pipeline.aws import open_clients
+from pipeline.aws.clients import open_clients
 from tests.conftest import (
     OTHER_USER,
     USER,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from pipeline.gc import Collection, collect
-from pipeline.layout import ImageRef
-from pipeline.usage import reconcile_usage
+from pipeline.cli.gc import Collection, collect
+from pipeline.core.layout import ImageRef
+from pipeline.core.usage import reconcile_usage
 from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes, run
 from web.keys import VARIANTS
 

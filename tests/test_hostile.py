@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from config.settings import Settings
-from pipeline.aws import AwsClients, open_clients
-from pipeline.errors import PoisonMessage
-from pipeline.events import parse_message
+from pipeline.aws.clients import AwsClients, open_clients
+from pipeline.core.errors import PoisonMessage
+from pipeline.core.events import parse_message
 from tests.conftest import (
     USER,
     ClientFactory,

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.layout import ImageRef
+from pipeline.core.layout import ImageRef
 from tests.conftest import OTHER_USER, USER, Backend, ClientFactory, consume, jpeg_bytes
 from web.idempotency import (
     Answer,

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from config.settings import ImagingSettings, RenditionSpec
-from pipeline import imaging
-from pipeline.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
-from pipeline.formats import ImageInfo, detect_format, read_header_prefix
-from pipeline.imaging import make_renditions
-from pipeline.results import RenditionResult
+from pipeline.core.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
+from pipeline.core.formats import ImageInfo, detect_format, read_header_prefix
+from pipeline.core.results import RenditionResult
+from pipeline.imaging import renditions as imaging
+from pipeline.imaging.renditions import make_renditions
 from tests.conftest import ROOT, decode, jpeg_bytes, png_header_only
 
 ENGINES = ("pillow", "pyvips")

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from pipeline.accounts import Accounts
-from pipeline.errors import JobTimeout
-from pipeline.events import ObjectCreated
-from pipeline.jobs import JobRunner
-from pipeline.layout import ImageRef
-from pipeline.records import RecordStore
+from pipeline.consumer.jobs import JobRunner
+from pipeline.core.accounts import Accounts
+from pipeline.core.errors import JobTimeout
+from pipeline.core.events import ObjectCreated
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import RecordStore
 from tests.conftest import USER, Backend, decode, jpeg_bytes, shared_pool
 
 

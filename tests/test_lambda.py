@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from config.settings import Settings
-from pipeline import lambda_handler
-from pipeline.aws import AwsClients
+from pipeline.aws.clients import AwsClients
+from pipeline.consumer import lambda_handler
 from tests.conftest import USER, decode, dlq_messages, jpeg_bytes, record_of, settings_env, sqs_event
 
 GOOD = jpeg_bytes(320, 240)

@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
+from pipeline.aws.clients import AwsClients
 from tests.conftest import ClientFactory, decode, jpeg_bytes, run_consumer_until_drained
 
 Client = TestClient[Any, Any]

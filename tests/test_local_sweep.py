@@ -7,8 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from local.backend import open_local
-from local.storage import ORPHAN_AGE_SECONDS
+from pipeline.local.backend import open_local
+from pipeline.local.storage import ORPHAN_AGE_SECONDS
 from tests.conftest import local_settings
 
 

@@ -12,8 +12,8 @@ import aiohttp
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
-from pipeline.demo import read_demo_keys
+from pipeline.aws.clients import AwsClients
+from pipeline.core.demo import read_demo_keys
 from tests.conftest import USER, bearer, jpeg_bytes, process_env, running, stops_cleanly
 
 Client = TestClient[Any, Any]
@@ -62,5 +62,5 @@ async def test_json_logs_carry_the_upload_request_id_into_the_consumer(tmp_path:
             assert response.status == 202
         done = await read_until(lambda line: "outcome=ready" in line["message"])
         assert done["request_id"] == "follow-me-1" and "message processed" in done["message"]
-        assert done["logger"] == "pipeline.consumer"
+        assert done["logger"] == "pipeline.consumer.loop"
         assert await stops_cleanly(process)

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
+from pipeline.aws.clients import AwsClients
 from scripts.stack import free_port
 from tests.conftest import (
     USER,

@@ -1,4 +1,4 @@
-"""A worker reads the original itself (`pipeline.originals`): from what the store's `locate`
+"""A worker reads the original itself (`pipeline.core.originals`): from what the store's `locate`
 names, it gets the same metadata and bytes as the store's own `read`, refuses more than its
 limit without reading it, and finds an original deleted since it was located gone. Both backends;
 the reads run here, as they run in a worker (synchronously, with their own client)."""
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import NotFound
-from pipeline.objects import OversizeObject
-from pipeline.originals import read
+from pipeline.core.errors import NotFound
+from pipeline.core.objects import OversizeObject
+from pipeline.core.originals import read
 from tests.conftest import ROOT, USER, Backend, jpeg_bytes
 
 
@@ -64,9 +64,9 @@ def test_a_worker_reading_local_blobs_loads_no_aws_library(tmp_path: Path) -> No
     code = f"""
 import sys
 from datetime import UTC, datetime
-from pipeline.objects import ObjectMeta
-from pipeline.originals import FileOriginal, read
-from pipeline.tasks import renditions_of  # what a worker imports to run a job
+from pipeline.core.objects import ObjectMeta
+from pipeline.core.originals import FileOriginal, read
+from pipeline.imaging.tasks import renditions_of  # what a worker imports to run a job
 meta = ObjectMeta(10, '"e"', datetime.now(UTC), "image/jpeg", {{}})
 assert read(FileOriginal({str(blob)!r}, meta, 100))[1] == b"0123456789"
 loaded = sorted(m for m in ("aiobotocore", "botocore", "aiohttp") if m in sys.modules)

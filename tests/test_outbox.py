@@ -18,10 +18,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from pipeline.errors import PoisonMessage
-from pipeline.outbox import Envelope
-from pipeline.service import open_consumer
-from pipeline.webhooks import SIGNATURE_HEADER, Event, verify
+from pipeline.consumer.service import open_consumer
+from pipeline.core.errors import PoisonMessage
+from pipeline.webhooks.delivery import SIGNATURE_HEADER, Event, verify
+from pipeline.webhooks.outbox import Envelope
 from tests.conftest import (
     ROOT,
     Backend,

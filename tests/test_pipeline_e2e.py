@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
+from pipeline.aws.clients import AwsClients
 from tests.conftest import ROOT, USER, ClientFactory, decode, dlq_messages, record_of
 
 Client = TestClient[Any, Any]

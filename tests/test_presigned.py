@@ -22,11 +22,11 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from config.settings import Settings
-from pipeline.dlq import reason_of
-from pipeline.gc import collect
-from pipeline.layout import ImageRef
-from pipeline.records import RecordStore
-from pipeline.reservations import RELEASE_MARGIN_SECONDS
+from pipeline.cli.gc import collect
+from pipeline.core.dlq import reason_of
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import RecordStore
+from pipeline.core.reservations import RELEASE_MARGIN_SECONDS
 from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes
 from web.keys import SWEEPER
 

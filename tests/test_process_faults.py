@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
+from pipeline.aws.clients import AwsClients
+from pipeline.aws.queue import Queue
 from pipeline.backends import aws_backend
-from pipeline.queue import Queue
-from pipeline.service import open_consumer
+from pipeline.consumer.service import open_consumer
 from tests.conftest import (
     USER,
     dlq_messages,

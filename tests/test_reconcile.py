@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from pipeline.accounts import Accounts
-from pipeline.events import object_created
-from pipeline.layout import ImageRef
-from pipeline.reconcile import reconcile
-from pipeline.records import RecordStore
-from pipeline.service import open_consumer
+from pipeline.cli.reconcile import reconcile
+from pipeline.consumer.service import open_consumer
+from pipeline.core.accounts import Accounts
+from pipeline.core.events import object_created
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import RecordStore
 from tests.conftest import USER, Backend, jpeg_bytes, shared_pool
 
 

@@ -12,11 +12,11 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
-from pipeline.aws import AwsClients
-from pipeline.errors import CorruptImage
-from pipeline.layout import ImageRef
-from pipeline.records import RecordStore, Superseded
-from pipeline.tables import Tables
+from pipeline.aws.clients import AwsClients
+from pipeline.aws.tables import Tables
+from pipeline.core.errors import CorruptImage
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import RecordStore, Superseded
 from tests.conftest import (
     OTHER_USER,
     USER,

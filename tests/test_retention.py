@@ -8,8 +8,8 @@ import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
 
-from pipeline.gc import collect
-from pipeline.usage import reconcile_usage
+from pipeline.cli.gc import collect
+from pipeline.core.usage import reconcile_usage
 from tests.conftest import USER, Backend, ClientFactory, consume, jpeg_bytes
 from web.keys import VARIANTS
 

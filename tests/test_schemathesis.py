@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.demo import read_demo_keys
+from pipeline.core.demo import read_demo_keys
 from tests.conftest import ROOT, USER, process_env
 
 pytestmark = pytest.mark.schemathesis

@@ -84,7 +84,7 @@ def test_rendition_lists_round_trip(specs: list[tuple[int, str, int]]) -> None:
 def test_entry_points_run_on_uvloop_unless_switched_off() -> None:
     import asyncio
 
-    from pipeline import runtime
+    from pipeline.core import runtime
 
     async def loop_module() -> str:
         return type(asyncio.get_running_loop()).__module__

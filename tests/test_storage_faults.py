@@ -19,8 +19,8 @@ from botocore.exceptions import ClientError
 from PIL import Image
 
 from config.settings import ConfigError, Settings
-from pipeline.aws import aws_errors
-from pipeline.errors import StorageUnavailable
+from pipeline.aws.clients import aws_errors
+from pipeline.core.errors import StorageUnavailable
 from tests.conftest import ROOT, ClientFactory, local_settings, process_env
 
 

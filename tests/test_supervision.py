@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from config.settings import Settings
-from pipeline.supervision import Supervisor
+from pipeline.core.supervision import Supervisor
 from tests.conftest import ClientFactory
 from web.keys import BACKGROUND, CONSUMER
 

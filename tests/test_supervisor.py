@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from config.settings import SEED_USER_IDS
-from pipeline.demo import read_demo_keys
+from pipeline.core.demo import read_demo_keys
 from tests.conftest import ROOT, jpeg_bytes, process_env
 
 pytestmark = pytest.mark.e2e

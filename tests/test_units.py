@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.consumer import backoff_seconds
-from pipeline.errors import CorruptImage, InvalidField, RangeNotSatisfiable, StorageUnavailable
-from pipeline.events import ObjectCreated, object_created
-from pipeline.jobs import JobResult
-from pipeline.queue import Message
-from pipeline.records import ImageRecord, _decode_cursor, _encode_cursor
-from pipeline.timing import exponential
-from pipeline.verdicts import judge
+from pipeline.aws.queue import Message
+from pipeline.consumer.jobs import JobResult
+from pipeline.consumer.loop import backoff_seconds
+from pipeline.consumer.verdicts import judge
+from pipeline.core.errors import CorruptImage, InvalidField, RangeNotSatisfiable, StorageUnavailable
+from pipeline.core.events import ObjectCreated, object_created
+from pipeline.core.records import ImageRecord, _decode_cursor, _encode_cursor
+from pipeline.core.timing import exponential
 from web.ranges import parse_range
 
 OWNER = "ab11ed09-03da-4d77-9b8d-6d07b5db1e5e"

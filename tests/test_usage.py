@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.items import Add
-from pipeline.usage import reconcile_usage
+from pipeline.core.items import Add
+from pipeline.core.usage import reconcile_usage
 from tests.conftest import ROOT, USER, Backend, ClientFactory, consume, jpeg_bytes
 from web.keys import VARIANTS
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import DatabaseUnavailable
-from pipeline.usage import reconcile_usage
+from pipeline.core.errors import DatabaseUnavailable
+from pipeline.core.usage import reconcile_usage
 from tests.conftest import USER, Backend, ClientFactory, jpeg_bytes
 from web.keys import STORAGE, TABLES
 

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image
 
 from config.settings import SEED_USER_IDS
-from pipeline.fair import FairQueue
+from pipeline.imaging.fair import FairQueue
 from tests.conftest import ClientFactory, bearer, decode, issue_key, jpeg_bytes, local_settings
 
 

@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 
 from config.settings import VariantSettings
-from pipeline.errors import InvalidField
-from pipeline.layout import ImageRef, source_key_of
-from pipeline.variants import (
+from pipeline.core.errors import InvalidField
+from pipeline.core.layout import ImageRef, source_key_of
+from pipeline.imaging.variants import (
     CROPS,
     FITS,
     FORMATS,

@@ -15,10 +15,10 @@ from PIL import Image, ImageStat
 from prometheus_client import REGISTRY
 
 from config.settings import Settings
-from pipeline.errors import CorruptImage, ImageChanged
-from pipeline.layout import ImageRef
-from pipeline.records import Counted, RecordStore
-from pipeline.variants import parse_link_name, parse_variant
+from pipeline.core.errors import CorruptImage, ImageChanged
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import Counted, RecordStore
+from pipeline.imaging.variants import parse_link_name, parse_variant
 from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes
 from web.keys import RECORDS, VARIANTS
 

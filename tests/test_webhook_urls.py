@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from pipeline.errors import InvalidWebhookUrl
-from pipeline.webhook_urls import check_url
+from pipeline.core.errors import InvalidWebhookUrl
+from pipeline.webhooks.urls import check_url
 from tests.conftest import ClientFactory
 
 Client = TestClient[Any, Any]

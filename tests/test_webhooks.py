@@ -19,12 +19,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import Settings, WebhookSettings
-from pipeline import lambda_handler, metrics
-from pipeline.aws import AwsClients, open_clients
-from pipeline.errors import InvalidWebhookUrl
-from pipeline.tables import Tables
-from pipeline.webhook_urls import PublicOnlyResolver, check_url
-from pipeline.webhooks import (
+from pipeline.aws.clients import AwsClients, open_clients
+from pipeline.aws.tables import Tables
+from pipeline.consumer import lambda_handler
+from pipeline.core import metrics
+from pipeline.core.errors import InvalidWebhookUrl
+from pipeline.webhooks.delivery import (
     EVENT_HEADER,
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
@@ -33,6 +33,7 @@ from pipeline.webhooks import (
     sign,
     verify,
 )
+from pipeline.webhooks.urls import PublicOnlyResolver, check_url
 from tests.conftest import (
     OTHER_USER,
     ROOT,

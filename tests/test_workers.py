@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from config.settings import ImagingSettings
-from pipeline.errors import JobTimeout, WorkerCrashed
-from pipeline.tasks import make_renditions
-from pipeline.workers import WorkerPool, resident_bytes
+from pipeline.core.errors import JobTimeout, WorkerCrashed
+from pipeline.imaging.tasks import make_renditions
+from pipeline.imaging.workers import WorkerPool, resident_bytes
 from tests.conftest import jpeg_bytes
 
 pytestmark = pytest.mark.e2e

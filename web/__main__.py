@@ -18,12 +18,12 @@ from pathlib import Path
 from aiohttp import web
 
 from config.settings import ConfigError, Settings
-from pipeline import runtime
+from pipeline.aws.embedded import embedded_aws
 from pipeline.backends import data_dir_problem, open_backend
-from pipeline.demo import seed_demo_once, seed_demo_users
-from pipeline.embedded import embedded_aws
-from pipeline.logs import configure_logging
-from pipeline.workers import die_with_parent
+from pipeline.core import runtime
+from pipeline.core.demo import seed_demo_once, seed_demo_users
+from pipeline.core.logs import configure_logging
+from pipeline.imaging.workers import die_with_parent
 from web.admin import serving_admin
 from web.app import create_app
 from web.keys import PROVISIONED

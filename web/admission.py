@@ -23,8 +23,8 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from pipeline import memory, metrics
-from pipeline.errors import PermanentError, TransientError
+from pipeline.core import memory, metrics
+from pipeline.core.errors import PermanentError, TransientError
 from web.shares import UserShare
 
 #: Seconds without any upload buffer in use before freed memory is handed back to the system.

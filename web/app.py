@@ -9,15 +9,15 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from config.settings import Settings
-from pipeline import metrics
-from pipeline.accounts import Accounts
 from pipeline.backends import open_backend
-from pipeline.errors import TooManyWaits
-from pipeline.records import RecordStore
-from pipeline.service import open_consumer
-from pipeline.supervision import Supervisor
-from pipeline.sweeper import ReservationSweeper
-from pipeline.webhooks import WebhookStore
+from pipeline.consumer.service import open_consumer
+from pipeline.core import metrics
+from pipeline.core.accounts import Accounts
+from pipeline.core.errors import TooManyWaits
+from pipeline.core.records import RecordStore
+from pipeline.core.supervision import Supervisor
+from pipeline.core.sweeper import ReservationSweeper
+from pipeline.webhooks.delivery import WebhookStore
 from web.admission import TooManyUploads, UploadGate
 from web.clients import Proxies
 from web.idempotency import IdempotencyStore

@@ -6,8 +6,8 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.errors import InvalidJson, UnsupportedMediaType
-from pipeline.untrusted import Malformed, loads
+from pipeline.core.errors import InvalidJson, UnsupportedMediaType
+from pipeline.core.untrusted import Malformed, loads
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.untrusted import http_date
+from pipeline.core.untrusted import http_date
 
 
 def not_modified(headers: Mapping[str, str], etag: str, modified: float) -> bool:

@@ -34,9 +34,9 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.errors import BadRequest, PermanentError
-from pipeline.items import AllOf, AnyOf, AtMost, ConditionFailed, Equals, Missing, Remove, Set
-from pipeline.ports import ItemTable
+from pipeline.core.errors import BadRequest, PermanentError
+from pipeline.core.items import AllOf, AnyOf, AtMost, ConditionFailed, Equals, Missing, Remove, Set
+from pipeline.core.ports import ItemTable
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipeline.errors import BadRequest, Forbidden, InvalidCredentials, InvalidField, MissingCredentials
-from pipeline.layout import valid_user_id
+from pipeline.core.errors import BadRequest, Forbidden, InvalidCredentials, InvalidField, MissingCredentials
+from pipeline.core.layout import valid_user_id
 from web.clients import client_address
 from web.keys import ACCOUNTS, LIMITER, PROXIES
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from config.settings import Settings
-from pipeline.accounts import Accounts
 from pipeline.backends import Backend
-from pipeline.consumer import Consumer
-from pipeline.ports import ObjectStore, TableSet
-from pipeline.records import RecordStore
-from pipeline.supervision import Supervisor
-from pipeline.sweeper import ReservationSweeper
-from pipeline.webhooks import WebhookStore
-from pipeline.workers import WorkerPool
+from pipeline.consumer.loop import Consumer
+from pipeline.core.accounts import Accounts
+from pipeline.core.ports import ObjectStore, TableSet
+from pipeline.core.records import RecordStore
+from pipeline.core.supervision import Supervisor
+from pipeline.core.sweeper import ReservationSweeper
+from pipeline.imaging.workers import WorkerPool
+from pipeline.webhooks.delivery import WebhookStore
 from web.admission import UploadGate
 from web.clients import Proxies
 from web.idempotency import IdempotencyStore
@@ -38,7 +38,7 @@ LIMITER = web.AppKey("limiter", FailureLimiter)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 BACKGROUND = web.AppKey("background", Supervisor)
 UPLOADS = web.AppKey("uploads", UploadGate)
-#: Releases presigned uploads' reservations never used (`pipeline.sweeper`).
+#: Releases presigned uploads' reservations never used (`pipeline.core.sweeper`).
 SWEEPER = web.AppKey("sweeper", ReservationSweeper)
 #: Seals and opens public images' URL tokens (`web.public`).
 PUBLIC = web.AppKey("public", PublicUrls)

@@ -17,10 +17,10 @@ import re
 import secrets
 import time
 
-from pipeline.errors import InvalidLink, LinkExpired
-from pipeline.items import ConditionFailed, Missing
-from pipeline.ports import ItemTable
-from pipeline.untrusted import ascii_int
+from pipeline.core.errors import InvalidLink, LinkExpired
+from pipeline.core.items import ConditionFailed, Missing
+from pipeline.core.ports import ItemTable
+from pipeline.core.untrusted import ascii_int
 
 SECRET_NAME = "link-signing-secret"
 _HEX = re.compile(r"[0-9a-f]{1,64}")

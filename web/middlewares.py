@@ -11,9 +11,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from pipeline import metrics
-from pipeline.errors import ServiceError, TransientError
-from pipeline.logs import REQUEST_ID, accept_request_id
+from pipeline.core import metrics
+from pipeline.core.errors import ServiceError, TransientError
+from pipeline.core.logs import REQUEST_ID, accept_request_id
 
 log = logging.getLogger(__name__)
 #: The status (nginx's) under which a request whose client went away is counted; never sent.

@@ -19,7 +19,7 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 
-from pipeline.errors import BadRequest
+from pipeline.core.errors import BadRequest
 from web.server import guard_of
 
 #: Plain (non-file) fields a multipart upload may carry, and the size of each.

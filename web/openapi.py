@@ -12,11 +12,11 @@ from typing import Any
 from aiohttp import web
 
 from config.settings import ImagingSettings, VariantSettings
-from pipeline.layout import IMAGE_ID_RE, USER_ID_RE
-from pipeline.variants import CROPS, FITS, FORMATS
+from pipeline.core.layout import IMAGE_ID_RE, USER_ID_RE
+from pipeline.imaging.variants import CROPS, FITS, FORMATS
 from web.keys import SETTINGS
 
-# The same patterns the handlers enforce (pipeline.layout), so the document cannot drift from them.
+# The same patterns the handlers enforce (pipeline.core.layout), so the document cannot drift from them.
 ID = {"type": "string", "pattern": f"^{IMAGE_ID_RE.pattern}$"}
 USER = {"type": "string", "pattern": f"^{USER_ID_RE.pattern}$"}
 #: As a query parameter an empty `user_id=` means "not given" (the caller's own id is used).

@@ -27,10 +27,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from config.settings import OUTPUT_FORMATS
-from pipeline.errors import PermanentError
-from pipeline.layout import valid_image_id, valid_user_id
-from pipeline.records import ImageRecord
-from pipeline.variants import VariantSpec
+from pipeline.core.errors import PermanentError
+from pipeline.core.layout import valid_image_id, valid_user_id
+from pipeline.core.records import ImageRecord
+from pipeline.imaging.variants import VariantSpec
 from web.links import version_of
 
 #: The `Cache-Control` of everything a public URL answers with its bytes.

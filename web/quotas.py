@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 
 from config.settings import AccountSettings
-from pipeline.errors import ByteQuotaExceeded, ImageQuotaExceeded, PermanentError, UnknownUser
-from pipeline.items import AllOf, AnyOf, AtMost, Condition, Item, Missing
-from pipeline.ports import ItemTable
+from pipeline.core.errors import ByteQuotaExceeded, ImageQuotaExceeded, PermanentError, UnknownUser
+from pipeline.core.items import AllOf, AnyOf, AtMost, Condition, Item, Missing
+from pipeline.core.ports import ItemTable
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pipeline.errors import RangeNotSatisfiable
-from pipeline.untrusted import ascii_int
+from pipeline.core.errors import RangeNotSatisfiable
+from pipeline.core.untrusted import ascii_int
 
 #: Longer Range headers are not ours to parse (ignored: the whole object is sent).
 MAX_HEADER = 256

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from cachetools import TTLCache
 
-from pipeline.errors import ServiceError
+from pipeline.core.errors import ServiceError
 
 #: Users whose buckets one process keeps at once (a full bucket forgotten is a full bucket).
 MAX_USERS = 100_000

@@ -52,8 +52,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from config.settings import WebSettings
-from pipeline import metrics
-from pipeline.errors import PermanentError, ServiceError, TooLarge, UploadTimeout
+from pipeline.core import metrics
+from pipeline.core.errors import PermanentError, ServiceError, TooLarge, UploadTimeout
 from web.clients import Proxies, client_address, counted_as
 
 log = logging.getLogger(__name__)

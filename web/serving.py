@@ -16,8 +16,8 @@ from datetime import datetime
 from aiohttp import web
 
 from config.settings import RenditionSpec
-from pipeline import metrics
-from pipeline.errors import (
+from pipeline.core import metrics
+from pipeline.core.errors import (
     ImageChanged,
     ImageNotFound,
     InvalidField,
@@ -26,10 +26,10 @@ from pipeline.errors import (
     RangeNotSatisfiable,
     ServiceError,
 )
-from pipeline.layout import ImageRef, valid_image_id
-from pipeline.objects import ObjectMeta
-from pipeline.records import ImageRecord
-from pipeline.variants import NEGOTIATED, VariantSpec, accepted_types
+from pipeline.core.layout import ImageRef, valid_image_id
+from pipeline.core.objects import ObjectMeta
+from pipeline.core.records import ImageRecord
+from pipeline.imaging.variants import NEGOTIATED, VariantSpec, accepted_types
 from web import urls
 from web.conditional import not_modified
 from web.identity import resolve_user

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from pipeline.errors import ServiceError
+from pipeline.core.errors import ServiceError
 
 
 class UserShare:

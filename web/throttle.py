@@ -24,9 +24,9 @@ from typing import NoReturn
 
 from cachetools import TTLCache
 
-from pipeline.errors import TooManyFailedAttempts
-from pipeline.items import Add, SetDefault
-from pipeline.ports import ItemTable
+from pipeline.core.errors import TooManyFailedAttempts
+from pipeline.core.items import Add, SetDefault
+from pipeline.core.ports import ItemTable
 
 #: Refused addresses one process remembers at once (past it, the oldest are forgotten early and
 #: cost a write again).

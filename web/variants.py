@@ -11,7 +11,7 @@ a bounded number waiting for a worker (503 beyond), at most `per_image` variants
 (422 beyond) and a per-user rate of new variants (429 with `Retry-After` beyond).
 
 The workers are shared fairly: each user waits in a line of its own and a free worker takes the
-next user's variant in turn (`pipeline.fair`), one user has at most `user_max_pending` variants
+next user's variant in turn (`pipeline.imaging.fair`), one user has at most `user_max_pending` variants
 made or waiting, and none may cost more than `max_cost` (`VariantSpec.cost`), so another user's
 variant waits for at most one variant of each user ahead of it. Failures cost their user too: a
 variant that failed or timed out is refused again at once for a while (a retry loop does no
@@ -34,8 +34,8 @@ from typing import Any
 from cachetools import TTLCache
 
 from config.settings import Settings
-from pipeline import metrics
-from pipeline.errors import (
+from pipeline.core import metrics
+from pipeline.core.errors import (
     CorruptImage,
     FormatNotAllowed,
     ImageChanged,
@@ -48,14 +48,14 @@ from pipeline.errors import (
     TransientError,
     WorkerCrashed,
 )
-from pipeline.fair import FairQueue
-from pipeline.layout import ImageRef
-from pipeline.objects import source_tag
-from pipeline.ports import ObjectStore
-from pipeline.records import Counted, ImageRecord, RecordStore, UsageRefused
-from pipeline.tasks import variant_of
-from pipeline.variants import TooManyVariants, VariantSpec, VariantTooCostly
-from pipeline.workers import WorkerPool
+from pipeline.core.layout import ImageRef
+from pipeline.core.objects import source_tag
+from pipeline.core.ports import ObjectStore
+from pipeline.core.records import Counted, ImageRecord, RecordStore, UsageRefused
+from pipeline.imaging.fair import FairQueue
+from pipeline.imaging.tasks import variant_of
+from pipeline.imaging.variants import TooManyVariants, VariantSpec, VariantTooCostly
+from pipeline.imaging.workers import WorkerPool
 from web.quotas import Usage
 
 log = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ class VariantMaker:
         aws, imaging = self._settings.aws, self._settings.imaging
         etag = record.source_etag
         # Only once a worker is free, in the owner's turn; the worker reads the original itself
-        # (`pipeline.originals`): its bytes never pass through this process.
+        # (`pipeline.core.originals`): its bytes never pass through this process.
         async with self._queue.slot(record.owner):
             original = await self._storage.locate(aws.source_bucket, ref.source_key, imaging.max_bytes)
             started = time.perf_counter()

@@ -12,9 +12,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from pipeline.errors import BadRequest, InvalidField
-from pipeline.records import ImageRecord
-from pipeline.variants import parse_variant
+from pipeline.core.errors import BadRequest, InvalidField
+from pipeline.core.records import ImageRecord
+from pipeline.imaging.variants import parse_variant
 from web import urls
 from web.keys import BACKEND, LINKS, PUBLIC, SETTINGS
 from web.links import version_of

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from config.settings import OUTPUT_FORMATS
-from pipeline.errors import (
+from pipeline.core.errors import (
     ImageNotFound,
     InvalidField,
     NotFound,

@@ -11,7 +11,7 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline.errors import ServiceError
+from pipeline.core.errors import ServiceError
 from web.keys import BACKEND, BACKGROUND, SETTINGS, STORAGE, TABLES
 from web.middlewares import error_response
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipeline.errors import ImageNotFound, InvalidField
-from pipeline.removal import remove_image
-from pipeline.untrusted import ascii_int, ascii_number
+from pipeline.core.errors import ImageNotFound, InvalidField
+from pipeline.core.removal import remove_image
+from pipeline.core.untrusted import ascii_int, ascii_number
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, WAITS
 from web.serving import image_ref

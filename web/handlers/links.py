@@ -8,11 +8,18 @@ from datetime import UTC, datetime
 from aiohttp import web
 from multidict import MultiDict
 
-from pipeline.errors import ImageChanged, ImageNotFound, InvalidField, InvalidLink, NotFound, PermanentError
-from pipeline.layout import ImageRef, valid_image_id, valid_user_id
-from pipeline.untrusted import ascii_int
-from pipeline.variants import PARAMETERS as VARIANT_PARAMETERS
-from pipeline.variants import parse_link_name, parse_variant
+from pipeline.core.errors import (
+    ImageChanged,
+    ImageNotFound,
+    InvalidField,
+    InvalidLink,
+    NotFound,
+    PermanentError,
+)
+from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
+from pipeline.core.untrusted import ascii_int
+from pipeline.imaging.variants import PARAMETERS as VARIANT_PARAMETERS
+from pipeline.imaging.variants import parse_link_name, parse_variant
 from web.handlers.upload import parse_public
 from web.keys import LINKS, PUBLIC, RECORDS, SETTINGS
 from web.links import version_of

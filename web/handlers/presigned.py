@@ -4,7 +4,7 @@
 exactly the declared length and type, valid `IMGSVC_UPLOAD_URL_SECONDS`. On AWS (and the
 embedded endpoint) it is an S3 presigned URL, so the API never sees the bytes; on the local
 backend it is this API's `PUT /uploads/...`, signed like a link. Either way the consumer
-completes the record from the object's event (`pipeline.reservations`).
+completes the record from the object's event (`pipeline.core.reservations`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from pipeline.errors import (
+from pipeline.core.errors import (
     FormatNotAllowed,
     InvalidField,
     InvalidLink,
@@ -28,12 +28,12 @@ from pipeline.errors import (
     UploadNotReserved,
     UploadPending,
 )
-from pipeline.errors import ImageExists as ImageExistsError
-from pipeline.layout import ImageRef, valid_image_id, valid_user_id
-from pipeline.records import ImageTaken, UsageRefused
-from pipeline.reservations import METADATA_KEY, Reservation
-from pipeline.timing import epoch_iso
-from pipeline.untrusted import utf8_text
+from pipeline.core.errors import ImageExists as ImageExistsError
+from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
+from pipeline.core.records import ImageTaken, UsageRefused
+from pipeline.core.reservations import METADATA_KEY, Reservation
+from pipeline.core.timing import epoch_iso
+from pipeline.core.untrusted import utf8_text
 from web import urls
 from web.bodies import json_object
 from web.handlers.upload import (

@@ -14,10 +14,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pipeline.errors import ImageNotFound, InvalidField, NotFound, ServiceError
-from pipeline.layout import ImageRef
-from pipeline.records import ImageRecord
-from pipeline.variants import parse_link_name, parse_variant
+from pipeline.core.errors import ImageNotFound, InvalidField, NotFound, ServiceError
+from pipeline.core.layout import ImageRef
+from pipeline.core.records import ImageRecord
+from pipeline.imaging.variants import parse_link_name, parse_variant
 from web.bodies import json_object
 from web.keys import PUBLIC, RECORDS, SETTINGS
 from web.links import version_of

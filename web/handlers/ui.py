@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from pipeline.errors import NotFound
+from pipeline.core.errors import NotFound
 from web.conditional import not_modified
 from web.keys import BACKEND, SETTINGS
 

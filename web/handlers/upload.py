@@ -20,8 +20,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from config.settings import ImagingSettings
-from pipeline import metrics
-from pipeline.errors import (
+from pipeline.core import metrics
+from pipeline.core.errors import (
     ImageNotFound,
     InsufficientStorage,
     InvalidField,
@@ -32,13 +32,13 @@ from pipeline.errors import (
     UploadModeDisabled,
     UploadPending,
 )
-from pipeline.formats import decode_megapixels, screen_prefix
-from pipeline.layout import ImageRef, valid_image_id
-from pipeline.logs import REQUEST_ID
-from pipeline.records import KEEP_PUBLIC, PUBLIC_FIELD, ImageRecord, ImageTaken, Superseded, UsageRefused
-from pipeline.removal import drop_variants
-from pipeline.reservations import FIELD, USED, Reservation
-from pipeline.untrusted import ascii_int, utf8_text
+from pipeline.core.formats import decode_megapixels, screen_prefix
+from pipeline.core.layout import ImageRef, valid_image_id
+from pipeline.core.logs import REQUEST_ID
+from pipeline.core.records import KEEP_PUBLIC, PUBLIC_FIELD, ImageRecord, ImageTaken, Superseded, UsageRefused
+from pipeline.core.removal import drop_variants
+from pipeline.core.reservations import FIELD, USED, Reservation
+from pipeline.core.untrusted import ascii_int, utf8_text
 from web.bodies import json_object
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipeline.errors import ImageNotFound, InvalidField
-from pipeline.variants import parse_variant
+from pipeline.core.errors import ImageNotFound, InvalidField
+from pipeline.imaging.variants import parse_variant
 from web.bodies import json_object
 from web.keys import RECORDS, SETTINGS
 from web.serving import image_ref, not_ready, serve_variant

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from pipeline.errors import InvalidField, WebhookNotSet
-from pipeline.webhook_urls import check_url
+from pipeline.core.errors import InvalidField, WebhookNotSet
+from pipeline.webhooks.urls import check_url
 from web.bodies import json_object
 from web.identity import resolve_user
 from web.keys import SETTINGS, WEBHOOKS

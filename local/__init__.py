@@ -1,9 +1,0 @@
-"""The local backend: every piece of state under one directory, made of real parts.
-
-Objects are files written atomically (temporary file, fsync, rename) and indexed in SQLite;
-the queue, its dead-letter queue, records and accounts live in the same SQLite database in WAL
-mode.
-
-May import: the standard library, `config`, and `pipeline`'s errors, formats, events, items,
-tables specs and the data types the ports exchange. Never `web`, never AWS clients.
-"""

@@ -1,0 +1,5 @@
+"""The command line (`python -m pipeline`): users and keys, bulk upload, gc, reconcile, the DLQ
+tools.
+
+May import: anything in `pipeline`. Nothing imports it.
+"""

@@ -1,0 +1,83 @@
+"""Wire the pipeline's parts together for one process: a backend, a worker pool, a consumer, and
+the webhook deliverer reading the outbox beside it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from config.settings import Settings
+from pipeline.backends import Backend
+from pipeline.consumer.jobs import JobRunner
+from pipeline.consumer.loop import Consumer
+from pipeline.core.records import RecordStore
+from pipeline.imaging.workers import WorkerPool
+from pipeline.webhooks.delivery import WebhookStore, open_session
+from pipeline.webhooks.outbox import Deliverer, Outbox
+
+log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_consumer(
+    backend: Backend, settings: Settings, *, burst: bool = False, pool: WorkerPool | None = None
+) -> AsyncIterator[Consumer]:
+    """A ready consumer with its own worker pool, shut down (pool included) when the block ends.
+
+    Webhook events are delivered from the outbox for the life of the block. On the way out the
+    POSTs under way get `drain_timeout` s to finish, and the rest stay in the outbox for the next
+    consumer; a burst consumer first delivers what the outbox holds (retries included) within
+    that time, so that a drained queue means delivered webhooks too.
+
+    A `pool` passed in is used and left running: tests run many short consumers on one pool
+    instead of starting worker processes for each.
+    """
+    owned = pool is None
+    if pool is None:
+        pool = WorkerPool(
+            settings.consumer.workers,
+            settings.consumer.worker_threads,
+            aws=settings.aws,
+            max_jobs=settings.imaging.worker_max_jobs,
+            max_rss=settings.imaging.worker_max_rss,
+        )
+    tables = backend.tables
+    hooks = settings.webhooks
+    try:
+        if owned:
+            await pool.warm_up()
+        async with open_session(hooks) as session:
+            deliverer = Deliverer(
+                backend.outbox,
+                backend.outbox_dlq,
+                WebhookStore(tables.users),
+                hooks,
+                session,
+                # A burst consumer polls briefly: its exit never waits out a long poll.
+                poll_seconds=0 if burst else settings.consumer.wait_time_seconds,
+            )
+            delivering = asyncio.create_task(deliverer.run(), name="webhook-deliverer")
+            try:
+                jobs = JobRunner(
+                    backend.storage,
+                    RecordStore(tables.images, tables.users, backend.changes),
+                    pool,
+                    settings,
+                    Outbox(backend.outbox),
+                    tables.users,
+                )
+                yield Consumer(backend.main, backend.dlq, jobs, settings, burst=burst)
+            finally:
+                started = time.monotonic()
+                deliverer.stop(settle_within=hooks.drain_timeout if burst else None)
+                try:
+                    await delivering
+                except Exception:  # a bug: logged, and the events wait in the outbox
+                    log.exception("webhook deliverer failed")
+                await deliverer.close(max(0.0, hooks.drain_timeout - (time.monotonic() - started)))
+    finally:
+        if owned:
+            await asyncio.to_thread(pool.close)

@@ -1,0 +1,144 @@
+"""Operate the dead-letter queue: list messages with their reasons, redrive them, purge.
+
+Redrive is receive -> send to the main queue -> delete, one message at a time per batch entry,
+so each message is put back exactly once even where `StartMessageMoveTask` is missing (moto).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pipeline.aws.queue import Message
+from pipeline.core.errors import ServiceError
+from pipeline.core.events import parse_message
+from pipeline.core.ports import MessageQueue
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def reason_attributes(message: Message, error: ServiceError) -> dict[str, str]:
+    """What a dead letter carries besides the original body: why, and after how many attempts."""
+    return dead_letter_attributes(message.id, error.code, error.message, message.receive_count)
+
+
+def dead_letter_attributes(message_id: str, code: str, reason: str, attempts: int) -> dict[str, str]:
+    return {
+        "error_code": code,
+        "error_message": reason[:1000],
+        "source_message_id": message_id,
+        "attempts": str(attempts),
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One DLQ message as the operator sees it."""
+
+    message_id: str
+    error_code: str
+    error_message: str
+    attempts: str
+    failed_at: str
+    keys: tuple[str, ...]
+    #: The start of the body, for messages that name no object (poison, foreign events).
+    body: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "message_id": self.message_id,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "attempts": self.attempts,
+            "failed_at": self.failed_at,
+            "keys": list(self.keys),
+            "body": self.body,
+        }
+
+
+def describe(message: Message) -> DeadLetter:
+    """What an operator needs to see of any message, however malformed: it never raises."""
+    try:
+        keys = tuple(short(r.key, 300) for r in parse_message(message.body).created)
+    except ServiceError:
+        keys = ()
+    return DeadLetter(
+        message_id=message.id,
+        **reason_of(message),
+        keys=keys,
+        body="" if keys else short(message.body, BODY_PREVIEW),
+    )
+
+
+def reason_of(message: Message) -> dict[str, str]:
+    """Why a dead letter is one, as its attributes say (`dead_letter_attributes`); one moved by
+    the queue's redrive policy has none, and is described as such."""
+    attrs = message.attributes
+    return {
+        "error_code": short(attrs.get("error_code", "redrive_policy"), 100),
+        "error_message": short(attrs.get("error_message", "moved by the queue's redrive policy"), 1000),
+        "attempts": short(attrs.get("attempts", str(message.receive_count)), 20),
+        "failed_at": short(attrs.get("failed_at", ""), 40),
+    }
+
+
+#: Characters of a body shown for a message that names no object.
+BODY_PREVIEW = 200
+
+
+def short(text: str, limit: int) -> str:
+    """One printable line of at most `limit` characters."""
+    line = "".join(c if c.isprintable() else " " for c in text[: limit + 1])
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+async def list_dead_letters(dlq: MessageQueue, limit: int = 100, peek_seconds: int = 5) -> list[DeadLetter]:
+    """Peek at up to `limit` messages. Each is hidden while the listing runs (so it is counted
+    once) and made visible again as soon as it is listed: a redrive or another listing started
+    right after sees them all."""
+    return await peek(dlq, describe, limit, peek_seconds)
+
+
+async def peek(
+    dlq: MessageQueue, describe: Callable[[Message], T], limit: int = 100, peek_seconds: int = 5
+) -> list[T]:
+    """`list_dead_letters` with another way to `describe` each message."""
+    seen: dict[str, T] = {}
+    handles: list[str] = []
+    try:
+        while len(seen) < limit:
+            batch = await dlq.receive(
+                min(10, limit - len(seen)), wait_seconds=0, visibility_timeout=peek_seconds
+            )
+            if not batch:
+                break
+            for message in batch:
+                handles.append(message.receipt_handle)
+                seen.setdefault(message.id, describe(message))
+    finally:
+        for handle in handles:
+            with contextlib.suppress(ServiceError):
+                await dlq.change_visibility(handle, 0)
+    return list(seen.values())
+
+
+async def redrive(dlq: MessageQueue, target: MessageQueue, limit: int | None = None) -> int:
+    """Move messages back to `target` (send, then delete); returns how many were moved."""
+    moved = 0
+    while limit is None or moved < limit:
+        want = 10 if limit is None else min(10, limit - moved)
+        batch = await dlq.receive(want, wait_seconds=0, visibility_timeout=60)
+        if not batch:
+            break
+        for message in batch:
+            await target.send(message.body)
+            await dlq.delete(message.receipt_handle)
+            moved += 1
+    log.info("redrove messages count=%d", moved)
+    return moved

@@ -1,0 +1,290 @@
+"""On-demand variants: what a request may ask for, in one canonical form.
+
+A variant is an original resized to a box (`w`, `h`), fitted (`contain`, `cover`, `fill`),
+cropped (`centre`, `attention`, `entropy`, `focal`) and encoded (`jpeg`, `webp`, `avif`, `png`)
+at a quality. The parameters a client sends are parsed strictly here (an unknown name or value
+is a 400 naming the allowed ones) and brought to one canonical form, so that every spelling of
+the same request finds the same stored object. Pure: the web tier imports it, no decoder does.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from config.settings import VARIANT_CROPS, VARIANT_FITS, VariantSettings
+from pipeline.core.errors import InvalidField, PermanentError
+from pipeline.core.untrusted import ascii_int
+
+FITS = VARIANT_FITS
+CROPS = VARIANT_CROPS
+FORMATS = ("jpeg", "webp", "avif", "png")
+#: Formats a client gets from `format=auto` only by naming them in `Accept`, best first.
+NEGOTIATED = ("avif", "webp")
+PARAMETERS = ("w", "h", "fit", "crop", "format", "q", "upscale", "preset")
+#: A variant's name in a signed link: its canonical name, `auto` for a negotiated format, and no
+#: focal point (the image's own applies when the link is followed).
+_LINK_NAME = re.compile(
+    r"(?:w(?P<w>[1-9][0-9]{0,4}))?-?(?:h(?P<h>[1-9][0-9]{0,4}))?-(?P<fit>[a-z]+)"
+    r"(?:-(?P<crop>centre|attention|entropy|focal))?"
+    r"(?:-q(?P<q>[1-9][0-9]?|100))?(?P<up>-up)?\.(?P<ext>[a-z]+)"
+)
+_EXTENSIONS = {"jpg": "jpeg", "webp": "webp", "avif": "avif", "png": "png", "auto": "auto"}
+_SPELLINGS = {"center": "centre", "jpg": "jpeg"}
+
+
+class TooManyVariants(PermanentError):
+    code = "too_many_variants"
+    http_status = 422
+
+
+class VariantTooCostly(PermanentError):
+    """The variant would take a worker longer than `IMGSVC_VARIANT_MAX_COST` allows."""
+
+    code = "variant_too_costly"
+    http_status = 422
+
+
+#: How far `upscale` may enlarge an original, at most (each side).
+MAX_UPSCALE = 2.0
+#: Milliseconds of one worker a megapixel costs: decoded (any format, measured for PNG, the
+#: slowest common one per pixel), and encoded in each output format, measured here at quality 100
+#: on noise, the worst case (AVIF with libvips' effort 2, as variants are made).
+DECODE_MS_PER_MP = 10
+ENCODE_MS_PER_MP = {"jpeg": 20, "png": 60, "webp": 250, "avif": 1000}
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One variant, canonical: a box of at most `width` x `height` (either may be None: keep the
+    aspect ratio), and how the image is fitted in it and encoded."""
+
+    width: int | None
+    height: int | None
+    fit: str = "contain"
+    crop: str = "centre"
+    format: str = "jpeg"
+    quality: int = 80
+    upscale: bool = False
+    #: With `crop=focal`: the image's focal point, in thousandths of its width and height (from
+    #: its record, not the query); part of the name, so moving the point makes new variants.
+    focal: tuple[int, int] = (500, 500)
+
+    def at_focal_point(self, point: object) -> VariantSpec:
+        """This spec with the record's focal point (`{"x": 0.3, "y": 0.6}`) where it uses one."""
+        if self.crop != "focal" or not isinstance(point, dict):
+            return self
+        x, y = (min(max(float(point.get(axis, 0.5)), 0.0), 1.0) for axis in ("x", "y"))
+        return replace(self, focal=(round(x * 1000), round(y * 1000)))
+
+    @functools.cached_property
+    def name(self) -> str:
+        """The canonical name, also the stored object's file name: every spelling of one request
+        gives the same name (a crop only where it changes the pixels, sides only when given)."""
+        parts = [f"w{self.width}" if self.width else "", f"h{self.height}" if self.height else ""]
+        parts.append(self.fit)
+        if self.fit == "cover" and self.width and self.height:
+            parts.append(self.crop)
+            if self.crop == "focal":
+                parts.append(f"x{self.focal[0]}y{self.focal[1]}")
+        if self.format != "png":  # lossless: every quality gives the same pixels
+            parts.append(f"q{self.quality}")
+        if self.upscale:
+            parts.append("up")
+        extension = "jpg" if self.format == "jpeg" else self.format
+        return "-".join(p for p in parts if p) + "." + extension
+
+    def link_name(self, negotiated: bool) -> str:
+        """The name a signed link carries (`parse_link_name` reads it back): the format `auto` if
+        it was negotiated (each follower's `Accept` decides), and no focal point."""
+        name = replace(self, focal=(500, 500)).name.replace("-x500y500", "")
+        return name.rpartition(".")[0] + ".auto" if negotiated else name
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.format}"
+
+    def box(
+        self, width: int, height: int, max_side: int = 1 << 30, max_pixels: int = 1 << 62
+    ) -> tuple[int, int]:
+        """The output size for an original of `width` x `height` (as displayed): never larger
+        than the original unless `upscale`, never a side under one pixel, and never more than
+        `max_side` or `max_pixels` however long the side the request left to the aspect ratio."""
+        w, h = self._box(width, height)
+        if self.upscale:  # at most `MAX_UPSCALE` times the original's size
+            w, h = min(w, int(width * MAX_UPSCALE)), min(h, int(height * MAX_UPSCALE))
+        shrink = min(1.0, max_side / max(w, h), (max_pixels / (w * h)) ** 0.5)
+        if shrink < 1.0:
+            w, h = max(1, int(w * shrink)), max(1, int(h * shrink))
+        return w, h
+
+    def animates(self, width: int, height: int, frames: int, max_pixels: int) -> bool:
+        """Whether every frame is made (an animated WebP), for an output of `width` x `height`:
+        only while the frames together stay within the pixel bound (else the first frame only)."""
+        animated = frames > 1 and self.format == "webp" and self.fit != "cover"
+        return animated and width * height * frames <= max_pixels
+
+    def cost(self, width: int, height: int, frames: int, limits: VariantSettings) -> int:
+        """Estimated milliseconds of a worker to make this variant of an original of `width` x
+        `height` with `frames` frames: its decode plus the encode of every frame it outputs."""
+        w, h = self.box(width, height, limits.max_side, limits.max_pixels)
+        made = frames if self.animates(w, h, frames, limits.max_pixels) else 1
+        decoded = width * height * made / 1e6 * DECODE_MS_PER_MP
+        return round(decoded + w * h * made / 1e6 * ENCODE_MS_PER_MP[self.format])
+
+    def check_cost(self, width: int, height: int, frames: int, limits: VariantSettings) -> None:
+        """`VariantTooCostly` when the variant costs more than `limits.max_cost`."""
+        cost = self.cost(width, height, frames, limits)
+        if cost > limits.max_cost:
+            raise VariantTooCostly(
+                f"this variant would take a worker about {cost / 1000:.1f}s, more than the "
+                f"{limits.max_cost / 1000:g}s allowed; ask for a smaller size or another format"
+            )
+
+    def _box(self, width: int, height: int) -> tuple[int, int]:
+        if self.width and self.height and self.fit == "fill":
+            w, h = self.width, self.height
+            if not self.upscale:
+                w, h = min(w, width), min(h, height)
+            return w, h
+        scale_w = self.width / width if self.width else None
+        scale_h = self.height / height if self.height else None
+        scales = [s for s in (scale_w, scale_h) if s is not None]
+        scale = max(scales) if self.fit == "cover" and len(scales) == 2 else min(scales)
+        if not self.upscale:
+            scale = min(scale, 1.0)
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        if self.fit == "cover" and self.width and self.height:
+            w, h = min(w, self.width), min(h, self.height)
+        return w, h
+
+
+def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool]:
+    """The canonical spec of a request's query, and whether it depends on `Accept` (`format=auto`).
+
+    Raises `InvalidField` (400) for anything unknown, repeated or out of range, naming what is
+    allowed: a hostile query costs a dictionary lookup, never a decode.
+    """
+    counts = Counter(name for name, _ in query.items())  # a multidict gives a repeat twice
+    if repeated := sorted(n for n, times in counts.items() if times > 1):
+        raise InvalidField(f"{repeated[0]} must be given once")
+    unknown = sorted(set(query) - set(PARAMETERS))
+    if "preset" in query:
+        return parse_preset(query, accept, limits)
+    if limits.presets_only:
+        raise InvalidField(f"this deployment serves presets only: ?preset={'|'.join(_names(limits))}")
+    if unknown:
+        raise InvalidField(f"unknown parameter {unknown[0]!r}; variants take {', '.join(PARAMETERS)}")
+    width = _side(query, "w", limits.max_side)
+    height = _side(query, "h", limits.max_side)
+    if width is None and height is None:
+        raise InvalidField("a variant needs w or h (or both), in pixels")
+    if width and height and width * height > limits.max_pixels:
+        raise InvalidField(f"w x h may be at most {limits.max_pixels} pixels")
+    fit = _word(query, "fit", "contain", FITS)
+    crop = _word(query, "crop", "centre", CROPS)
+    if "crop" in query and fit != "cover":
+        raise InvalidField("crop applies to fit=cover only")
+    negotiated = query.get("format", "").lower() == "auto"
+    fmt = _best(accept) if negotiated else _word(query, "format", "jpeg", FORMATS)
+    # Stored at most at `max_quality`: a higher one is the same variant (and the same object).
+    quality = min(_number(query, "q", limits.quality, 1, 100), limits.max_quality)
+    upscale = _word(query, "upscale", "false", ("true", "false", "1", "0")) in ("true", "1")
+    if not (width and height):
+        fit, crop = "contain", "centre"  # one side given: every fit is the same scaling
+    return VariantSpec(width, height, fit, crop, fmt, quality, upscale), negotiated
+
+
+def parse_preset(query: Mapping[str, str], accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool]:
+    """`?preset=card`, alone: the query the deployment's preset stands for."""
+    if len(query) > 1:
+        raise InvalidField("preset takes no other parameter")
+    preset = limits.preset(query["preset"])
+    if preset is None:
+        raise InvalidField(f"preset must be one of {', '.join(_names(limits)) or '(none configured)'}")
+    return parse_variant(preset, accept, replace(limits, presets_only=False))
+
+
+def parse_link_name(name: str, accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool] | None:
+    """The variant a signed link's name stands for, or None if it names no variant."""
+    found = _LINK_NAME.fullmatch(name)
+    if found is None or found["ext"] not in _EXTENSIONS:
+        return None
+    query = {"fit": found["fit"], "format": _EXTENSIONS[found["ext"]]}
+    if found["q"]:
+        query["q"] = found["q"]
+    query |= {k: found[k] for k in ("w", "h") if found[k]}
+    if found["crop"]:
+        query["crop"] = found["crop"]
+    if found["up"]:
+        query["upscale"] = "true"
+    try:  # signed by us, so valid when made; limits may have changed since
+        return parse_variant(query, accept, replace(limits, presets_only=False))
+    except InvalidField:
+        return None
+
+
+def _names(limits: VariantSettings) -> list[str]:
+    return [name for name, _ in limits.presets]
+
+
+def _side(query: Mapping[str, str], name: str, most: int) -> int | None:
+    if name not in query:
+        return None
+    return _number(query, name, 0, 1, most)
+
+
+def _number(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    value = ascii_int(raw, lo, hi)
+    if value is None:
+        raise InvalidField(f"{name} must be a whole number from {lo} to {hi}")
+    return value
+
+
+def _word(query: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    value = raw.lower() if raw.isascii() else raw
+    value = _SPELLINGS.get(value, value)
+    if value not in allowed:
+        extra = ", auto" if name == "format" else ""
+        raise InvalidField(f"{name} must be one of {', '.join(allowed)}{extra}")
+    return value
+
+
+def accepted_types(accept: str) -> set[str]:
+    """The media types an `Accept` header names as acceptable: those with `q=0` ("not
+    acceptable", RFC 9110) are left out, other weights kept alike (we prefer smaller files)."""
+    accepted = set()
+    for part in accept.split(",")[:MAX_ACCEPT_PARTS]:
+        media_type, *parameters = part.split(";")
+        if not any(_refused(p) for p in parameters):
+            accepted.add(media_type.strip().lower())
+    return accepted
+
+
+#: Media ranges of one `Accept` header looked at (a real browser sends about five).
+MAX_ACCEPT_PARTS = 64
+
+
+def _refused(parameter: str) -> bool:
+    name, _, value = parameter.partition("=")
+    if name.strip().lower() != "q":
+        return False
+    try:
+        return float(value.strip()) == 0
+    except ValueError:
+        return False
+
+
+def _best(accept: str) -> str:
+    """The smallest-file format the client explicitly accepts (`image/*` is no promise of AVIF)."""
+    accepted = accepted_types(accept)
+    return next((fmt for fmt in NEGOTIATED if f"image/{fmt}" in accepted), "jpeg")

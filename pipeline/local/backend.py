@@ -1,0 +1,56 @@
+"""Open the local backend on a data directory: the database, the object store, the queues."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from config.settings import Settings
+from pipeline.backends import Backend
+from pipeline.local.database import Database
+from pipeline.local.files import Space, prepare
+from pipeline.local.provision import provision_local
+from pipeline.local.queue import LocalQueue
+from pipeline.local.storage import LocalStorage
+from pipeline.local.tables import LocalTables
+
+log = logging.getLogger(__name__)
+DATABASE_NAME = "state.db"
+
+
+@asynccontextmanager
+async def open_local(settings: Settings, *, sweep: bool = False) -> AsyncIterator[Backend]:
+    """Every piece of state under `settings.aws.data_dir`, provisioned (idempotently) on open.
+
+    `sweep` also removes blobs a crash left unnamed: a walk of every stored file, so only the
+    serving process and `reconcile` ask for it, not every short command.
+    """
+    root = settings.aws.data_dir
+    assert root is not None
+    await asyncio.to_thread(prepare, root)  # `DataDirError`: the entry points print it, exit 2
+    space = Space(root, settings.aws.min_free_bytes)
+    db = Database(root / DATABASE_NAME)
+    db.on_full = space.release
+    await db.open()
+    try:
+        await provision_local(db, settings)
+        storage = LocalStorage(db, root / "objects", space)
+        await storage.check_space(probe=True)  # makes the reserve file where there is room
+        if sweep and (swept := await storage.sweep_orphans()):
+            log.info("removed %d unnamed blobs left by an interrupted write", swept)
+        tables = LocalTables(db)
+        await tables.expire(time.time())  # what DynamoDB's TTL would have removed meanwhile
+        yield Backend(
+            "local",
+            storage,
+            await LocalQueue.named(db, settings.aws.queue_name),
+            await LocalQueue.named(db, settings.aws.dlq_name),
+            tables,
+            await LocalQueue.named(db, settings.aws.outbox_name),
+            await LocalQueue.named(db, settings.aws.outbox_dlq_name),
+        )
+    finally:
+        await db.close()
