@@ -9,78 +9,22 @@ local one lazily, so AWS processes never load it).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 from config.settings import Settings
-from pipeline.aws.clients import AwsClients, aws_errors, open_clients
+from pipeline.aws.clients import AwsClients, open_clients
+from pipeline.aws.originals import prepare_reads
+from pipeline.aws.presign import S3Presigner
 from pipeline.aws.provision import provision
 from pipeline.aws.queue import Queue
 from pipeline.aws.storage import Storage
 from pipeline.aws.tables import Tables
-from pipeline.core.changes import Changes
-from pipeline.core.errors import StorageUnavailable
-from pipeline.core.ports import MessageQueue, ObjectStore, TableSet
+from pipeline.core.ports import Backend
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Backend:
-    """The ports of one backend, opened for this process."""
-
-    kind: Literal["aws", "local"]
-    storage: ObjectStore
-    main: MessageQueue
-    dlq: MessageQueue
-    tables: TableSet
-    #: The webhook outbox and its DLQ (`pipeline.webhooks.outbox`).
-    outbox: MessageQueue
-    outbox_dlq: MessageQueue
-    #: The AWS clients behind the ports (None on the local backend): only for what has no port,
-    #: presigned S3 links and the operator tools that speak to AWS itself.
-    clients: AwsClients | None = field(default=None, repr=False)
-    #: Record changes made in this process, for its long polls (`pipeline.core.changes`).
-    changes: Changes = field(default_factory=Changes, repr=False)
-
-    def queues(self) -> dict[str, MessageQueue]:
-        """Every queue by the label its depth is sampled under."""
-        return {"main": self.main, "dlq": self.dlq, "webhooks": self.outbox, "webhooks_dlq": self.outbox_dlq}
-
-    async def presign_get(self, bucket: str, key: str, expires: int, **params: Any) -> str | None:
-        """A presigned S3 GET URL, or None where objects are only served by the API (local)."""
-        if self.clients is None:
-            return None
-        with aws_errors(StorageUnavailable):
-            url: str = await self.clients.s3.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": key, **params}, ExpiresIn=expires
-            )
-        return url
-
-    async def presign_put(
-        self, bucket: str, key: str, expires: int, content_type: str, length: int, metadata: dict[str, str]
-    ) -> tuple[str, dict[str, str]] | None:
-        """A presigned S3 PUT URL that accepts only this key, length, type and metadata, and the
-        headers its request must carry; None on the local backend (the API takes the bytes)."""
-        if self.clients is None:
-            return None
-        with aws_errors(StorageUnavailable):
-            url: str = await self.clients.s3.generate_presigned_url(
-                "put_object",
-                Params={
-                    "Bucket": bucket,
-                    "Key": key,
-                    "ContentType": content_type,
-                    "ContentLength": length,
-                    "Metadata": metadata,
-                },
-                ExpiresIn=expires,
-            )
-        headers = {"Content-Type": content_type} | {f"x-amz-meta-{k}": v for k, v in metadata.items()}
-        return url, headers
 
 
 async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
@@ -91,7 +35,17 @@ async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
         for name in (aws.queue_name, aws.dlq_name, aws.outbox_name, aws.outbox_dlq_name)
     ]
     tables = Tables(clients.dynamodb, aws)
-    return Backend("aws", Storage(clients.s3, settings.aws), main, dlq, tables, outbox, outbox_dlq, clients)
+    return Backend(
+        "aws",
+        Storage(clients.s3, settings.aws),
+        main,
+        dlq,
+        tables,
+        outbox,
+        outbox_dlq,
+        presigner=S3Presigner(clients),
+        prepare_reads=functools.partial(prepare_reads, settings.aws),
+    )
 
 
 @asynccontextmanager

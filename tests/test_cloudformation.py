@@ -16,8 +16,7 @@ from cfnlint.decode import cfn_yaml
 from config.settings import ConsumerSettings, Settings, WebhookSettings
 from pipeline.aws.clients import open_clients
 from pipeline.aws.provision import provision
-from pipeline.aws.tables import SPECS
-from pipeline.webhooks.outbox import MAX_RECEIVES, RETENTION_SECONDS, lease_seconds
+from pipeline.core.topology import MAX_RECEIVES, RETENTION_SECONDS, SPECS, lease_seconds
 from tests.conftest import ROOT, env_for
 
 TEMPLATE = ROOT / "config" / "cloudformation.yaml"

@@ -129,7 +129,12 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         sweeper = app[SWEEPER] = ReservationSweeper(backend, app[RECORDS], settings)
         background.spawn("reservation-sweeper", sweeper.run(), endless=True)
         variants = app[VARIANTS] = VariantMaker(
-            backend.storage, app[RECORDS], app[USAGE], settings, pool=app.get(VARIANT_POOL)
+            backend.storage,
+            app[RECORDS],
+            app[USAGE],
+            settings,
+            pool=app.get(VARIANT_POOL),
+            prepare_reads=backend.prepare_reads,
         )
         try:
             yield

@@ -5,10 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from config.settings import Settings
-from pipeline.backends import Backend
 from pipeline.consumer.loop import Consumer
 from pipeline.core.accounts import Accounts
-from pipeline.core.ports import ObjectStore, TableSet
+from pipeline.core.ports import Backend, ObjectStore, TableSet
 from pipeline.core.records import RecordStore
 from pipeline.core.supervision import Supervisor
 from pipeline.core.sweeper import ReservationSweeper

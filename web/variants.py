@@ -26,7 +26,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -144,7 +144,10 @@ class VariantMaker:
         settings: Settings,
         *,
         pool: WorkerPool | None = None,
+        prepare_reads: Callable[[], object] | None = None,
     ) -> None:
+        #: What the worker pool's processes run first (`Backend.prepare_reads`).
+        self._prepare_reads = prepare_reads
         self._storage = storage
         self._records = records
         self._usage = usage
@@ -368,7 +371,7 @@ class VariantMaker:
             self._pool = WorkerPool(
                 self._limits.workers,
                 threads=1,
-                aws=self._settings.aws,
+                prepare=self._prepare_reads,
                 max_jobs=imaging.worker_max_jobs,
                 max_rss=imaging.worker_max_rss,
             )

@@ -14,7 +14,7 @@ from config.settings import Settings
 from pipeline.aws.clients import AwsClients, aws_errors
 from pipeline.aws.tables import provision_tables
 from pipeline.core.errors import NotFound, QueueUnavailable, StorageUnavailable
-from pipeline.webhooks.outbox import MAX_RECEIVES, RETENTION_SECONDS, lease_seconds
+from pipeline.core.topology import MAX_RECEIVES, RETENTION_SECONDS, lease_seconds
 
 log = logging.getLogger(__name__)
 

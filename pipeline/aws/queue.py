@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.aws.clients import aws_errors
 from pipeline.core.errors import QueueUnavailable
-
-#: SQS's longest DelaySeconds.
-MAX_DELAY_SECONDS = 900
-
-
-@dataclass(frozen=True)
-class Message:
-    """One received SQS message."""
-
-    id: str
-    receipt_handle: str
-    body: str
-    receive_count: int
-    attributes: Mapping[str, str] = field(default_factory=dict)
+from pipeline.core.ports import MAX_DELAY_SECONDS, Message
 
 
 def _string_attributes(raw: Mapping[str, Any] | None) -> dict[str, str]:

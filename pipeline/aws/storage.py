@@ -7,16 +7,14 @@ magic bytes and the byte cap are checked, so no request body is ever held whole 
 from __future__ import annotations
 
 import io
-import json
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from config.settings import AwsSettings
 from pipeline.aws.clients import aws_errors
+from pipeline.aws.originals import S3Original
 from pipeline.core.errors import (
     EmptyUpload,
     NotFound,
@@ -25,7 +23,14 @@ from pipeline.core.errors import (
     TooLarge,
 )
 from pipeline.core.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
-from pipeline.core.objects import ObjectMeta, OversizeObject, object_meta
+from pipeline.core.objects import (
+    JsonDocuments,
+    ListedObject,
+    ObjectMeta,
+    OversizeObject,
+    StoredUpload,
+    object_meta,
+)
 
 if TYPE_CHECKING:
     from pipeline.core.originals import Original
@@ -36,59 +41,6 @@ log = logging.getLogger(__name__)
 _DELETE_BATCH = 1000
 
 
-@dataclass(frozen=True)
-class ListedObject:
-    """One object as a bucket listing gives it."""
-
-    key: str
-    size: int
-    etag: str
-    last_modified: datetime
-
-
-@dataclass(frozen=True)
-class StoredUpload:
-    """The result of a completed upload."""
-
-    key: str
-    size: int
-    format: str
-    etag: str
-
-
-class JsonDocuments(ABC):
-    """Small JSON documents on top of `put` and `read`, alike on every object store."""
-
-    @abstractmethod
-    async def put(
-        self,
-        bucket: str,
-        key: str,
-        data: bytes,
-        content_type: str,
-        metadata: Mapping[str, str] | None = None,
-    ) -> str: ...
-
-    @abstractmethod
-    async def read(self, bucket: str, key: str, max_bytes: int) -> tuple[ObjectMeta, bytes]: ...
-
-    async def put_json(
-        self, bucket: str, key: str, document: Mapping[str, Any], metadata: Mapping[str, str] | None = None
-    ) -> None:
-        await self.put(
-            bucket, key, json.dumps(document, sort_keys=True).encode(), "application/json", metadata
-        )
-
-    async def get_json(self, bucket: str, key: str) -> dict[str, Any] | None:
-        """A small JSON document, or None where there is none."""
-        try:
-            _, data = await self.read(bucket, key, max_bytes=1024 * 1024)
-        except NotFound:
-            return None
-        document = json.loads(data)
-        return document if isinstance(document, dict) else None
-
-
 class Storage(JsonDocuments):
     """Thin async facade over one S3 client."""
 
@@ -97,8 +49,6 @@ class Storage(JsonDocuments):
         self._aws = aws
 
     async def locate(self, bucket: str, key: str, max_bytes: int) -> Original:
-        from pipeline.core.originals import S3Original  # it builds on this module
-
         return S3Original(self._aws, bucket, key, max_bytes)
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -45,6 +44,7 @@ from pipeline.core.items import (
     UpdateItem,
     Write,
 )
+from pipeline.core.topology import SPECS, TableSpec
 
 log = logging.getLogger(__name__)
 _serializer = TypeSerializer()
@@ -53,31 +53,6 @@ TRANSACTION_ATTEMPTS = 3
 _deserializer = TypeDeserializer()
 
 __all__ = ["ConditionFailed", "Item", "Table", "Tables"]
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    name: str  # suffix after the configured prefix
-    key: tuple[str, ...]  # hash key, then range key if any
-    indexes: Mapping[str, tuple[str, ...]]  # global secondary indexes: name -> key
-    ttl_attribute: str | None = None
-
-
-#: Every table the service uses. String keys throughout.
-SPECS = (
-    TableSpec("users", ("user_id",), {}),
-    TableSpec("keys", ("key_id",), {"by_user": ("user_id", "created_at")}),
-    # `purge_at`: a week past an image's expiry, a backstop for a gc that did not run.
-    TableSpec(
-        "images",
-        ("user_id", "image_id"),
-        {"by_created": ("user_id", "created_key")},
-        ttl_attribute="purge_at",
-    ),
-    TableSpec("throttle", ("id",), {}, ttl_attribute="expires_at"),
-    TableSpec("config", ("name",), {}),
-    TableSpec("requests", ("id",), {}, ttl_attribute="expires_at"),  # idempotency keys, 24 h
-)
 
 
 def to_item(values: Mapping[str, Any]) -> dict[str, Any]:

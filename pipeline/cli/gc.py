@@ -34,13 +34,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from config.settings import Settings
-from pipeline.aws.storage import ListedObject
-from pipeline.backends import Backend
 from pipeline.core.accounts import Accounts
 from pipeline.core.layout import ImageRef, source_key_of
-from pipeline.core.records import ImageRecord, RecordStore
+from pipeline.core.objects import ListedObject
+from pipeline.core.ports import Backend
+from pipeline.core.records import RecordStore
 from pipeline.core.removal import expire_image, stale_derivative
 from pipeline.core.reservations import Reservation
+from pipeline.core.sweeper import release_unused
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ async def _records(
                 ref = ImageRef.of(record.owner, record.image_id)
                 if (reserved := Reservation.of(record.item)) is not None:
                     if await release_unused(
-                        backend, records, bucket, record, now.timestamp(), report.dry_run
+                        backend.storage, records, bucket, record, now.timestamp(), report.dry_run
                     ):
                         report.released_reservations += 1
                         report.released_reservation_bytes += reserved.content_length
@@ -184,34 +185,10 @@ async def _records(
                     if report.dry_run or await expire_image(backend.storage, records, settings, record):
                         report.expired += 1
                     continue
-                if updated >= cutoff or await _exists(backend, bucket, ref):
+                if updated >= cutoff or await backend.storage.etag_of(bucket, ref.source_key) is not None:
                     continue
                 report.records_without_original += 1
                 if not report.dry_run:  # only as read: a record written since stays
                     await records.delete_if(ref, int(record.item.get("revision", 0)))
             if cursor is None:
                 break
-
-
-async def release_unused(
-    backend: Backend,
-    records: RecordStore,
-    bucket: str,
-    record: ImageRecord,
-    now: float,
-    dry_run: bool = False,
-) -> bool:
-    """Release a presigned upload's reservation never used before its URL expired: the id and the
-    quota it holds are free again (the record goes, uncounted, in one transaction). One whose
-    bytes arrived waits for their event, or for reconcile. Whether it was (or would be) released."""
-    reserved = Reservation.of(record.item)
-    if reserved is None or not reserved.released_by(now):
-        return False
-    ref = ImageRef.of(record.owner, record.image_id)
-    if await _exists(backend, bucket, ref):
-        return False
-    return dry_run or await records.delete_if(ref, int(record.item.get("revision", 0)))
-
-
-async def _exists(backend: Backend, bucket: str, ref: ImageRef) -> bool:
-    return await backend.storage.etag_of(bucket, ref.source_key) is not None

@@ -23,11 +23,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from config.settings import Settings
-from pipeline.aws.storage import ListedObject
-from pipeline.backends import Backend
 from pipeline.core.accounts import Accounts
 from pipeline.core.events import object_created
 from pipeline.core.layout import ImageRef, source_key_of, valid_image_id, valid_user_id
+from pipeline.core.objects import ListedObject
+from pipeline.core.ports import Backend
 from pipeline.core.records import RecordStore
 from pipeline.core.removal import stale_derivative
 

@@ -17,6 +17,7 @@ Handler: `pipeline.consumer.lambda_handler.handler`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from contextlib import AsyncExitStack
 from typing import Any
@@ -26,7 +27,8 @@ from typing import Any
 import pipeline.imaging.renditions  # noqa: F401
 from config.settings import Settings
 from pipeline.aws.clients import open_clients
-from pipeline.aws.queue import Message, Queue
+from pipeline.aws.originals import prepare_reads
+from pipeline.aws.queue import Queue
 from pipeline.aws.storage import Storage
 from pipeline.aws.tables import Tables
 from pipeline.consumer.jobs import JobRunner
@@ -34,6 +36,7 @@ from pipeline.consumer.verdicts import judge
 from pipeline.core.dlq import reason_attributes
 from pipeline.core.errors import ServiceError
 from pipeline.core.logs import configure_logging
+from pipeline.core.ports import Message
 from pipeline.core.records import RecordStore
 from pipeline.imaging.workers import InlineRunner
 from pipeline.webhooks.delivery import WebhookStore, open_session
@@ -73,7 +76,7 @@ class Function:
         self._jobs = JobRunner(
             Storage(clients.s3, aws),
             RecordStore(tables.images, tables.users),
-            InlineRunner(aws=aws),
+            InlineRunner(prepare=functools.partial(prepare_reads, aws)),
             self.settings,
             Outbox(outbox),
             tables.users,

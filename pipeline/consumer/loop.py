@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from config.settings import Settings
-from pipeline.aws.queue import Message
 from pipeline.consumer.jobs import JobRunner
 from pipeline.consumer.shares import HOLD_SECONDS, Shares, owner_of
 from pipeline.consumer.verdicts import Verdict, judge
@@ -34,7 +33,7 @@ from pipeline.core.dlq import reason_attributes
 from pipeline.core.errors import LeaseLost, ServiceError, TransientError
 from pipeline.core.logs import REQUEST_ID
 from pipeline.core.polling import receive_unless_stopped, release
-from pipeline.core.ports import MessageQueue
+from pipeline.core.ports import Message, MessageQueue
 from pipeline.core.timing import exponential
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from config.settings import Settings
-from pipeline.backends import Backend
 from pipeline.consumer.jobs import JobRunner
 from pipeline.consumer.loop import Consumer
+from pipeline.core.ports import Backend
 from pipeline.core.records import RecordStore
 from pipeline.imaging.workers import WorkerPool
 from pipeline.webhooks.delivery import WebhookStore, open_session
@@ -40,7 +40,7 @@ async def open_consumer(
         pool = WorkerPool(
             settings.consumer.workers,
             settings.consumer.worker_threads,
-            aws=settings.aws,
+            prepare=backend.prepare_reads,
             max_jobs=settings.imaging.worker_max_jobs,
             max_rss=settings.imaging.worker_max_rss,
         )

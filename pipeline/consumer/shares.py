@@ -19,9 +19,9 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 
-from pipeline.aws.queue import Message
 from pipeline.core.errors import PoisonMessage
 from pipeline.core.events import parse_message
+from pipeline.core.ports import Message
 
 #: Messages one consumer holds for owners at their share, in all, and for how long at most (s).
 HOLD_LIMIT = 10

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote
 
-from pipeline.aws.queue import Message
 from pipeline.consumer.jobs import JobRunner
 from pipeline.core.errors import PermanentError, ServiceError, SourceMissing, TransientError
 from pipeline.core.events import parse_message
+from pipeline.core.ports import Message
 
 log = logging.getLogger(__name__)
 Action = Literal["ack", "dead_letter", "retry"]

@@ -13,10 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pipeline.aws.queue import Message
 from pipeline.core.errors import ServiceError
 from pipeline.core.events import parse_message
-from pipeline.core.ports import MessageQueue
+from pipeline.core.ports import Message, MessageQueue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

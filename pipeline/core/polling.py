@@ -8,9 +8,8 @@ import contextlib
 import logging
 from typing import Any
 
-from pipeline.aws.queue import Message
 from pipeline.core.errors import ServiceError, TransientError
-from pipeline.core.ports import MessageQueue
+from pipeline.core.ports import Message, MessageQueue
 
 log = logging.getLogger(__name__)
 

@@ -10,17 +10,32 @@ protocols behaves alike on either.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pipeline.aws.queue import Message
-from pipeline.aws.storage import ListedObject, StoredUpload
+from pipeline.core.changes import Changes
 from pipeline.core.items import Change, Condition, Item, Write
-from pipeline.core.objects import ObjectMeta
+from pipeline.core.objects import ListedObject, ObjectMeta, StoredUpload
 
 if TYPE_CHECKING:
     from pipeline.core.originals import Original
+
+
+#: SQS's longest DelaySeconds (the local queue keeps the same bound).
+MAX_DELAY_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class Message:
+    """One received queue message."""
+
+    id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 class ObjectStore(Protocol):
@@ -182,3 +197,53 @@ class TableSet(Protocol):
 
     @property
     def requests(self) -> ItemTable: ...
+
+
+class Presigner(Protocol):
+    """Presigned URLs straight to the object store (S3's); the local backend has none."""
+
+    async def presign_get(self, bucket: str, key: str, expires: int, **params: Any) -> str: ...
+
+    async def presign_put(
+        self, bucket: str, key: str, expires: int, content_type: str, length: int, metadata: dict[str, str]
+    ) -> tuple[str, dict[str, str]]: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The ports of one backend, opened for this process (`pipeline.backends` opens it)."""
+
+    kind: Literal["aws", "local"]
+    storage: ObjectStore
+    main: MessageQueue
+    dlq: MessageQueue
+    tables: TableSet
+    #: The webhook outbox and its DLQ (`pipeline.webhooks.outbox`).
+    outbox: MessageQueue
+    outbox_dlq: MessageQueue
+    #: Presigned links straight to the store (None on the local backend: the API serves the bytes).
+    presigner: Presigner | None = field(default=None, repr=False)
+    #: Run first in every worker process, with no arguments (picklable): what makes reading
+    #: originals quick there (the AWS backend's S3 client); None where there is nothing to do.
+    prepare_reads: Callable[[], object] | None = field(default=None, repr=False)
+    #: Record changes made in this process, for its long polls (`pipeline.core.changes`).
+    changes: Changes = field(default_factory=Changes, repr=False)
+
+    def queues(self) -> dict[str, MessageQueue]:
+        """Every queue by the label its depth is sampled under."""
+        return {"main": self.main, "dlq": self.dlq, "webhooks": self.outbox, "webhooks_dlq": self.outbox_dlq}
+
+    async def presign_get(self, bucket: str, key: str, expires: int, **params: Any) -> str | None:
+        """A presigned GET URL, or None where objects are only served by the API (local)."""
+        if self.presigner is None:
+            return None
+        return await self.presigner.presign_get(bucket, key, expires, **params)
+
+    async def presign_put(
+        self, bucket: str, key: str, expires: int, content_type: str, length: int, metadata: dict[str, str]
+    ) -> tuple[str, dict[str, str]] | None:
+        """A presigned PUT URL that accepts only this key, length, type and metadata, and the
+        headers its request must carry; None on the local backend (the API takes the bytes)."""
+        if self.presigner is None:
+            return None
+        return await self.presigner.presign_put(bucket, key, expires, content_type, length, metadata)

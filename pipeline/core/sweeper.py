@@ -6,7 +6,7 @@ deployments have no scheduler to run it, so quota stayed taken until someone did
 process now watches the reservations it makes and releases each one when it falls due, and
 sweeps every reservation now and then (`IMGSVC_RESERVATION_SWEEP_SECONDS`), which also catches
 those of processes that died before theirs fell due. Releasing is gc's own step
-(`pipeline.cli.gc.release_unused`): never one whose bytes arrived, never one written since it was read.
+(`release_unused`, which gc shares): never one whose bytes arrived, never one written since it was read.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import time
 from collections.abc import Callable
 
 from config.settings import Settings
-from pipeline.backends import Backend
-from pipeline.cli.gc import release_unused
 from pipeline.core.accounts import Accounts
 from pipeline.core.errors import ServiceError
 from pipeline.core.layout import ImageRef
-from pipeline.core.records import RecordStore
+from pipeline.core.ports import Backend, ObjectStore
+from pipeline.core.records import ImageRecord, RecordStore
 from pipeline.core.reservations import RELEASE_MARGIN_SECONDS, Reservation
 
 log = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class ReservationSweeper:
                     page, cursor = await self._records.page(str(user["user_id"]), 100, cursor)
                     for record in page:
                         if Reservation.of(record.item) is not None and await release_unused(
-                            self._backend, self._records, self._bucket, record, now
+                            self._backend.storage, self._records, self._bucket, record, now
                         ):
                             released += 1
                     if cursor is None:
@@ -111,9 +110,29 @@ class ReservationSweeper:
         try:
             record = await self._records.read(ref)
             if record is not None and await release_unused(
-                self._backend, self._records, self._bucket, record, now
+                self._backend.storage, self._records, self._bucket, record, now
             ):
                 self.released += 1
                 log.info("reservation released key=%s (its URL expired unused)", ref.source_key)
         except ServiceError as exc:  # the periodic sweep, or gc, takes it later
             log.warning("reservation not released key=%s error=%s", ref.source_key, exc)
+
+
+async def release_unused(
+    storage: ObjectStore,
+    records: RecordStore,
+    bucket: str,
+    record: ImageRecord,
+    now: float,
+    dry_run: bool = False,
+) -> bool:
+    """Release a presigned upload's reservation never used before its URL expired: the id and the
+    quota it holds are free again (the record goes, uncounted, in one transaction). One whose
+    bytes arrived waits for their event, or for reconcile. Whether it was (or would be) released."""
+    reserved = Reservation.of(record.item)
+    if reserved is None or not reserved.released_by(now):
+        return False
+    ref = ImageRef.of(record.owner, record.image_id)
+    if await storage.etag_of(bucket, ref.source_key) is not None:
+        return False
+    return dry_run or await records.delete_if(ref, int(record.item.get("revision", 0)))

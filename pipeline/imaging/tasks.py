@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from config.settings import AwsSettings, ImagingSettings, VariantSettings
+    from config.settings import ImagingSettings, VariantSettings
     from pipeline.core.originals import Destination, Fetched, Original
     from pipeline.core.results import Engine, RenditionResult, VariantImage
     from pipeline.imaging.variants import VariantSpec
@@ -46,14 +46,6 @@ def variant_of(
     if meta.etag != etag:
         raise ImageChanged()
     return run(data, spec, imaging, limits)
-
-
-def prepare_reads(aws: AwsSettings) -> None:
-    """Make the S3 client this worker reads originals with (none for the local backend)."""
-    if aws.mode != "local":
-        from pipeline.core.originals import client
-
-        client(aws)
 
 
 def configure_worker(threads: int) -> None:

@@ -35,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
-from config.settings import AwsSettings, usable_cpus
+from config.settings import usable_cpus
 from pipeline.core import memory, metrics
 from pipeline.core.errors import JobTimeout, WorkerCrashed
 from pipeline.imaging import tasks
@@ -64,15 +64,15 @@ class WorkerPool:
         workers: int,
         threads: int = 0,
         pickup_timeout: float = _PICKUP_TIMEOUT,
-        aws: AwsSettings | None = None,
         *,
+        prepare: Callable[[], object] | None = None,
         max_jobs: int = 0,
         max_rss: int = 0,
     ) -> None:
-        """`aws`: the settings workers read S3 with (`pipeline.core.originals`); their client is made
-        as each worker starts. `max_jobs`, `max_rss`: when a worker is replaced (0: never)."""
+        """`prepare`: run first in each worker, picklable (`Backend.prepare_reads`: the S3 client
+        it reads originals with). `max_jobs`, `max_rss`: when a worker is replaced (0: never)."""
         self._workers = workers
-        self._aws = aws
+        self._prepare = prepare
         self._max_jobs = max_jobs
         self._max_rss = max_rss
         self._pickup_timeout = pickup_timeout
@@ -94,7 +94,7 @@ class WorkerPool:
             max_workers=self._workers,
             max_tasks=self._max_jobs,
             initializer=_init_worker,
-            initargs=(self._threads, self._aws),
+            initargs=(self._threads, self._prepare),
             context=multiprocessing.get_context("spawn"),
         )
 
@@ -259,13 +259,13 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _init_worker(threads: int, aws: AwsSettings | None) -> None:
+def _init_worker(threads: int, prepare: Callable[[], object] | None) -> None:
     """Runs first in every worker: die with the parent, then set up the imaging libraries and
-    the S3 client the worker reads originals with."""
+    what the worker reads originals with (`Backend.prepare_reads`)."""
     die_with_parent()
     tasks.configure_worker(threads)
-    if aws is not None:
-        tasks.prepare_reads(aws)
+    if prepare is not None:
+        prepare()
 
 
 def die_with_parent() -> None:
@@ -293,10 +293,10 @@ class InlineRunner:
     #: A thread cannot be killed: a job that ran out of time may still run, and must not write.
     stops_on_timeout = False
 
-    def __init__(self, threads: int = 1, aws: AwsSettings | None = None) -> None:
+    def __init__(self, threads: int = 1, prepare: Callable[[], object] | None = None) -> None:
         tasks.configure_worker(threads)  # imports imaging into this process: here, by design
-        if aws is not None:
-            tasks.prepare_reads(aws)  # the S3 client, before the first job's time starts
+        if prepare is not None:
+            prepare()  # what reads originals (S3's client), before the first job's time starts
 
     async def run(self, timeout: float, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         return await self.run_for("", timeout, fn, *args, **kwargs)

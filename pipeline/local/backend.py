@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from config.settings import Settings
-from pipeline.backends import Backend
+from pipeline.core.ports import Backend
 from pipeline.local.database import Database
 from pipeline.local.files import Space, prepare
 from pipeline.local.provision import provision_local

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from config.settings import Settings
+from pipeline.core.topology import MAX_RECEIVES, lease_seconds
 from pipeline.local.database import Database
 from pipeline.local.queue import QueueSpec, create_queue
 from pipeline.local.storage import create_bucket
-from pipeline.webhooks.outbox import MAX_RECEIVES, lease_seconds
 
 
 async def provision_local(db: Database, settings: Settings) -> None:

@@ -17,8 +17,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pipeline.aws.queue import MAX_DELAY_SECONDS, Message
 from pipeline.core.errors import LeaseLost, QueueUnavailable
+from pipeline.core.ports import MAX_DELAY_SECONDS, Message
 from pipeline.local.database import Database
 
 #: How often a long poll looks for messages sent by another process.

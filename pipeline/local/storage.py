@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from pipeline.aws.storage import JsonDocuments, ListedObject, StoredUpload
 from pipeline.core.errors import (
     EmptyUpload,
     ImageChanged,
@@ -39,7 +38,7 @@ from pipeline.core.errors import (
 )
 from pipeline.core.events import object_created
 from pipeline.core.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
-from pipeline.core.objects import ObjectMeta, OversizeObject
+from pipeline.core.objects import JsonDocuments, ListedObject, ObjectMeta, OversizeObject, StoredUpload
 from pipeline.core.originals import FileOriginal, Original
 from pipeline.local.database import Database
 from pipeline.local.files import DIR_MODE, FILE_MODE, FULL, UNWRITABLE, Space

@@ -14,7 +14,6 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipeline.aws.tables import SPECS, TableSpec
 from pipeline.core.items import (
     Change,
     Condition,
@@ -28,6 +27,7 @@ from pipeline.core.items import (
     applied,
     holds,
 )
+from pipeline.core.topology import SPECS, TableSpec
 from pipeline.local.database import Database
 
 

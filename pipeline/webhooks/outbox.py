@@ -32,14 +32,14 @@ from typing import Any
 import aiohttp
 
 from config.settings import WebhookSettings
-from pipeline.aws.queue import MAX_DELAY_SECONDS, Message
 from pipeline.core import metrics
 from pipeline.core.dlq import BODY_PREVIEW, dead_letter_attributes, reason_of, short
 from pipeline.core.errors import InvalidWebhookUrl, PoisonMessage, ServiceError, TransientError
 from pipeline.core.polling import receive_unless_stopped, release
-from pipeline.core.ports import MessageQueue
+from pipeline.core.ports import MAX_DELAY_SECONDS, Message, MessageQueue
 from pipeline.core.records import ImageRecord
 from pipeline.core.timing import exponential
+from pipeline.core.topology import lease_seconds
 from pipeline.webhooks.delivery import (
     Event,
     WebhookAddressRefused,
@@ -52,23 +52,12 @@ from pipeline.webhooks.delivery import (
 
 log = logging.getLogger(__name__)
 
-#: Receives of one outbox message before the queue itself dead-letters it (deferrals count).
-MAX_RECEIVES = 100
-#: Seconds a dead-lettered or outstanding event is kept: SQS's longest retention.
-RETENTION_SECONDS = 1_209_600
 #: Deferrals of one message (each a receive) before it is sent again as a new one.
 _RESEND_AFTER = 20
 #: The pause between empty short polls (a deliverer with `poll_seconds=0`).
 _IDLE_SECONDS = 0.5
 #: An outbox message's body is our own JSON: anything much longer is not one of ours.
 _MAX_BODY = 256 * 1024
-
-
-def lease_seconds(settings: WebhookSettings) -> int:
-    """How long a received event stays hidden: the owner's lookup and one POST fit with room. An
-    event whose consumer died comes back after it (so it is kept short); one still being delivered
-    when it ends may be delivered twice, which at-least-once allows."""
-    return 2 * math.ceil(settings.timeout) + 5
 
 
 @dataclass(frozen=True)
