@@ -26,10 +26,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyvips
 from PIL import Image, ImageOps
-from skimage.metrics import structural_similarity
 
 from config.settings import ImagingSettings, RenditionSpec
 from pipeline.imaging.renditions import make_renditions, read_header
@@ -169,7 +167,9 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def reference(data: bytes, size: tuple[int, int]) -> np.ndarray:
+def reference(data: bytes, size: tuple[int, int]) -> Any:
+    import numpy as np  # the bench extra (make bench-install): only SSIM needs it
+
     with Image.open(io.BytesIO(data)) as opened:
         opened.seek(0)
         image = ImageOps.exif_transpose(opened)
@@ -184,6 +184,9 @@ def reference(data: bytes, size: tuple[int, int]) -> np.ndarray:
 
 
 def ssim(data: bytes, output: bytes) -> float:
+    import numpy as np
+    from skimage.metrics import structural_similarity  # the bench extra (make bench-install)
+
     rendered = Image.open(io.BytesIO(output)).convert("L")
     return float(structural_similarity(reference(data, rendered.size), np.asarray(rendered), data_range=255))
 

@@ -197,6 +197,11 @@ class VariantMaker:
             made: asyncio.Future[Made] = asyncio.get_running_loop().create_future()
             making = asyncio.ensure_future(self._make(ref, record, spec, key, made))
             flight = self._flights[key] = _Flight(made, making)
+            # The user's share is of variants being made: one made and being stored (after its
+            # answer went out) no longer holds it, so a client asking one at a time is never
+            # refused for the stores of the variants it already has. `_waiting` still counts
+            # them until stored: the process's bound on work under way.
+            made.add_done_callback(lambda _: self._release(owner))
             making.add_done_callback(lambda _: self._settle(key, owner, made, making))
         if stored:
             try:
@@ -224,9 +229,6 @@ class VariantMaker:
     def _settle(self, key: str, owner: str, made: asyncio.Future[Made], task: asyncio.Future[None]) -> None:
         self._flights.pop(key, None)
         self._waiting -= 1
-        self._pending[owner] -= 1
-        if self._pending[owner] <= 0:
-            del self._pending[owner]
         if task.cancelled():
             if not made.done():
                 made.set_exception(_interrupted())
@@ -243,6 +245,11 @@ class VariantMaker:
             log.warning("variant served but not stored key=%s error=%r", key, failure)
         if made.done() and not made.cancelled():
             made.exception()
+
+    def _release(self, owner: str) -> None:
+        self._pending[owner] -= 1
+        if self._pending[owner] <= 0:
+            del self._pending[owner]
 
     def _count_failure(self, user_id: str) -> None:
         now = time.monotonic()
