@@ -421,6 +421,8 @@ async def test_busy_slow_and_over_quota_variants_are_refused(
     await ready_image(slow, backend, "big", 3000, 2000)
     late = await slow.get("/images/big/variant", params={"w": "3000", "format": "avif"})  # seconds
     assert late.status == 503 and (await late.json())["error"] == "variant_timeout"
+    # A dependency's 503 asks for IMGSVC_RETRY_AFTER seconds (2 by default), as documented.
+    assert late.headers["Retry-After"] == str(backend.settings.web.retry_after) == "2"
 
     users = backend.tables.users
     used = int((await users.get({"user_id": USER}))["bytes_used"])

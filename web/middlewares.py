@@ -46,7 +46,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if isinstance(exc, TransientError):
             log.warning("dependency error path=%s code=%s error=%s", request.path, exc.code, exc.message)
             response = error_response(exc.http_status, exc.code, exc.message)
-            response.headers["Retry-After"] = "1"
+            response.headers["Retry-After"] = str(_retry_after(request))
             response.headers.update(exc.headers)
             return response
         response = error_response(exc.http_status, exc.code, exc.message)
@@ -74,6 +74,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return error_response(500, "internal_error", "an internal error occurred; it has been logged")
+
+
+def _retry_after(request: web.Request) -> int:
+    """`IMGSVC_RETRY_AFTER`: what a dependency's 503 tells the client to wait."""
+    from web.keys import SETTINGS  # (web.keys imports what imports this module)
+
+    settings = request.app.get(SETTINGS)
+    return settings.web.retry_after if settings is not None else 1
 
 
 @web.middleware

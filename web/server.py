@@ -546,7 +546,8 @@ class GuardedHandler(RequestHandler):
             message = "this client opened a newer connection past its share; this one made room"
             self._answer_and_close(429, "too_many_connections", message, self._tracker.limits.retry_after)
         elif self._phase is Phase.HEADERS:
-            self._answer_and_close(503, "too_many_connections", "the server is at its connection limit", 1)
+            message = "the server is at its connection limit"
+            self._answer_and_close(503, "too_many_connections", message, self._tracker.limits.retry_after)
         else:
             self.force_close()
         return True
