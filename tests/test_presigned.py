@@ -382,14 +382,23 @@ async def test_a_reservation_made_while_an_api_upload_streams_wins_and_the_uploa
     data = jpeg_bytes(64, 48)
     reserved: list[dict[str, Any]] = []
 
-    async def body() -> AsyncIterator[bytes]:
-        yield data[:100]
+    async def reserve() -> None:
         response = await ask(api, image_id="contested", content_length=len(data), content_type="image/jpeg")
         assert response.status == 201, await response.text()
         reserved.append(await response.json())
+
+    reserving: list[asyncio.Task[None]] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield data[:100]
+        # A task of its own: the server may refuse the upload (and the client stop sending this
+        # body) as soon as the reservation exists, before its answer is read here.
+        reserving.append(asyncio.create_task(reserve()))
+        await asyncio.shield(reserving[0])
         yield data[100:]
 
     refused = await api.put("/images/contested", data=body())
+    await reserving[0]
     assert refused.status == 409 and (await refused.json())["error"] == "upload_pending"
     aws = backend.settings.aws
     assert await backend.storage.etag_of(aws.source_bucket, f"{USER}/contested") is None
