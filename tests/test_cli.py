@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -237,3 +238,13 @@ async def test_the_embedded_endpoint_keeps_connections_and_dies_with_its_process
                 break  # refused: nothing listens there any more
             writer.close()
             await asyncio.sleep(0.1)
+
+
+def test_both_entry_points_say_their_version() -> None:
+    """The version is the installed package's, one number in pyproject.toml."""
+    from importlib.metadata import version
+
+    for module in ("web", "pipeline"):
+        command = [sys.executable, "-m", module, "--version"]
+        out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+        assert out.stdout.strip() == f"python -m {module} {version('image-service')}"

@@ -23,6 +23,7 @@ from pipeline.backends import data_dir_problem, open_backend
 from pipeline.core import runtime
 from pipeline.core.demo import seed_demo_once, seed_demo_users
 from pipeline.core.logs import configure_logging
+from pipeline.core.version import service_version
 from pipeline.imaging.workers import die_with_parent
 from web.admin import serving_admin
 from web.app import create_app
@@ -40,9 +41,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=(
             "Serve the image API. With no AWS endpoint or credentials configured, also start an "
             "embedded AWS endpoint (moto) and the consumer pool in this process. Every setting is "
-            "an IMGSVC_* environment variable (see README)."
+            "an IMGSVC_* environment variable (docs/configuration.md)."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
     parser.add_argument("--host", help="address to listen on (IMGSVC_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (IMGSVC_PORT, default 8080; 0 picks one)")
     parser.add_argument(

@@ -28,6 +28,7 @@ from pipeline.core.dlq import list_dead_letters, peek, redrive
 from pipeline.core.errors import ServiceError
 from pipeline.core.logs import configure_logging
 from pipeline.core.usage import reconcile_usage
+from pipeline.core.version import service_version
 from pipeline.imaging.workers import die_with_parent
 from pipeline.webhooks.outbox import describe_event, redeliver
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
             "running `python -m web` (IMGSVC_EMBEDDED_PORT)."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {service_version()}")
     parser.add_argument(
         "--data-dir", type=Path, help="the local backend's directory, shared with `python -m web --data-dir`"
     )
