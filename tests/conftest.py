@@ -38,10 +38,10 @@ from pipeline.core.layout import ImageRef
 from pipeline.core.records import ImageRecord, RecordStore
 from pipeline.imaging.workers import WorkerPool
 from pipeline.local.backend import open_local
+from tests.support.servers import GuardedTestServer
 from tests.webhook_receiver import Receiver, serving
 from web.app import create_app
 from web.keys import ACCOUNTS, PROVISIONED, VARIANT_POOL
-from web.server import GuardedTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # moto keeps every test's buckets, queues and tables in this process: with the default thresholds

@@ -47,9 +47,9 @@ from tests.conftest import (
     jpeg_bytes,
     run_consumer_until_drained,
 )
+from tests.support.servers import GuardedTestServer
 from web.app import create_app
 from web.multipart import ignore_parser_warnings
-from web.server import GuardedTestServer
 
 Client = TestClient[Any, Any]
 #: Per test; 80 keeps the module near 20 s. `FUZZ_EXAMPLES=2000` digs deeper by hand.

@@ -47,7 +47,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
-from aiohttp.test_utils import TestServer
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -660,18 +659,6 @@ class GuardedRunner(web.AppRunner):
             loop=asyncio.get_running_loop(),
             **self._options,
         )
-
-
-class GuardedTestServer(TestServer):
-    """aiohttp's `TestServer` serving through `GuardedRunner`, as production does."""
-
-    def __init__(self, app: web.Application, web_settings: WebSettings, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._web_settings = web_settings
-
-    async def _make_runner(self, **kwargs: Any) -> web.BaseRunner:
-        kwargs.pop("handler_cancellation", None)  # production does not cancel handlers either
-        return GuardedRunner(self.app, self._web_settings, **kwargs)
 
 
 def guard_of(request: web.Request) -> GuardedHandler | None:

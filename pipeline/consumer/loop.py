@@ -1,8 +1,9 @@
 """The SQS consumer pool: long-polling receivers feeding a bounded set of in-flight jobs.
 
-Semantics (see DESIGN.md): a message is deleted only after all its records succeeded; permanent
-failures go to the DLQ at once; transient ones are retried with exponential backoff through the
-message's visibility until `max_attempts`, then dead-lettered by us (send first, then delete).
+Semantics (docs/architecture.md, "The pipeline"): a message is deleted only after all its records
+succeeded; permanent failures go to the DLQ at once; transient ones are retried with exponential
+backoff through the message's visibility until `max_attempts`, then dead-lettered by us (send
+first, then delete).
 A heartbeat keeps long jobs invisible; shutdown drains, then releases what it could not finish.
 
 Users share the consumer: at most `user_in_flight_limit` of one owner's messages run here at

@@ -1,0 +1,1 @@
+"""What the tests share beside their fixtures: servers and helpers that production never imports."""
