@@ -17,6 +17,9 @@ def _string_attributes(raw: Mapping[str, Any] | None) -> dict[str, str]:
 class Queue:
     """One SQS queue, addressed by URL (resolved once from its name)."""
 
+    #: A long poll that SQS is answering when its reader stops gets this long to bring its messages.
+    stop_grace = 1.0
+
     def __init__(self, sqs: Any, url: str) -> None:
         self._sqs = sqs
         self.url = url

@@ -13,10 +13,6 @@ from pipeline.core.ports import Message, MessageQueue
 
 log = logging.getLogger(__name__)
 
-#: How long a receive that is under way when the reader stops may take to bring its messages.
-STOP_GRACE_SECONDS = 1.0
-
-
 async def receive_unless_stopped(
     queue: MessageQueue, count: int, wait_seconds: int, visibility: int, stop_wait: asyncio.Future[Any]
 ) -> list[Message] | None:
@@ -31,7 +27,7 @@ async def receive_unless_stopped(
     await asyncio.wait({stop_wait, receive}, return_when=asyncio.FIRST_COMPLETED)
     if receive.done():
         return receive.result()
-    await asyncio.wait({receive}, timeout=STOP_GRACE_SECONDS)
+    await asyncio.wait({receive}, timeout=queue.stop_grace)
     if not receive.done():
         receive.cancel()
         return None

@@ -125,6 +125,11 @@ class BufferLease(Protocol):
 class MessageQueue(Protocol):
     """A queue with SQS's semantics: leases (visibility timeouts), receive counts, redrive."""
 
+    #: How long a receive under way when its reader stops may take to bring its messages
+    #: (`pipeline.core.polling`): an answering SQS long poll crosses the network; a local claim
+    #: is one short transaction.
+    stop_grace: float
+
     async def receive(
         self, max_messages: int, wait_seconds: int, visibility_timeout: int | None = None
     ) -> list[Message]: ...
