@@ -13,6 +13,7 @@ from pipeline.core.ports import Message, MessageQueue
 
 log = logging.getLogger(__name__)
 
+
 async def receive_unless_stopped(
     queue: MessageQueue, count: int, wait_seconds: int, visibility: int, stop_wait: asyncio.Future[Any]
 ) -> list[Message] | None:
