@@ -17,6 +17,7 @@ import pytest
 from config.settings import SEED_USER_IDS, Settings
 from pipeline.aws.clients import AwsClients
 from pipeline.core.demo import read_demo_keys
+from scripts.stack import free_port
 from tests.conftest import (
     ROOT,
     USER,
@@ -248,3 +249,21 @@ def test_both_entry_points_say_their_version() -> None:
         command = [sys.executable, "-m", module, "--version"]
         out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
         assert out.stdout.strip() == f"python -m {module} {version('image-service')}"
+
+
+def test_data_dir_goes_before_or_after_the_command(tmp_path: Path) -> None:
+    """People type `users create --name carol --data-dir X`: the flag works after the command too."""
+    data = tmp_path / "data"
+    env: dict[str, str] = {}
+    created = run(["-m", "pipeline", "users", "create", "--name", "carol", "--data-dir", str(data)], env)
+    assert created.returncode == 0, created.stderr[-2000:]
+    listed = run(["-m", "pipeline", "--data-dir", str(data), "users", "list"], env)
+    assert listed.returncode == 0 and "carol" in listed.stdout, listed.stderr[-2000:]
+    assert (data / "state.db").exists()
+
+
+def test_no_endpoint_says_how_to_reach_each_backend() -> None:
+    """Without AWS, a data directory or a running `python -m web`: one line naming all three."""
+    out = run(["-m", "pipeline", "users", "list"], {"IMGSVC_EMBEDDED_PORT": str(free_port())})
+    assert out.returncode != 0
+    assert "--data-dir" in out.stderr and "AWS_ENDPOINT_URL" in out.stderr and "Traceback" not in out.stderr

@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--concurrency", type=int, default=4)
     up.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _data_dir_anywhere(parser)
     return parser
 
 
@@ -303,6 +304,16 @@ async def run_upload(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _data_dir_anywhere(parser: argparse.ArgumentParser) -> None:
+    """`--data-dir` after the command too (`users create --name carol --data-dir X`), as people
+    type it: every subcommand takes it, and only a value given there replaces the top level's."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+                _data_dir_anywhere(sub)
+
+
 def _unreachable_embedded(settings: Settings) -> str | None:
     """Without AWS configured the tools talk to a running `python -m web`'s embedded endpoint;
     when nothing answers there, say so and which variables point elsewhere (not a retry storm)."""
@@ -314,8 +325,9 @@ def _unreachable_embedded(settings: Settings) -> str | None:
     except OSError as exc:
         return (
             f"no embedded AWS endpoint answers at {host}:{port} ({exc.strerror or exc}). Start "
-            "`python -m web` (it runs one), or set IMGSVC_EMBEDDED_PORT to the port it uses, or "
-            "AWS_ENDPOINT_URL (or AWS credentials, AWS_PROFILE) to use another AWS."
+            "`python -m web` (it runs one), or set IMGSVC_EMBEDDED_PORT to the port it uses; for a "
+            "data directory (`python -m web --data-dir DIR`) give the same --data-dir DIR here; for "
+            "AWS set AWS_ENDPOINT_URL (or AWS credentials, AWS_PROFILE)."
         )
     return None
 
