@@ -79,17 +79,19 @@ def _start_granian(host: str, port: int) -> subprocess.Popen[bytes]:
         str(port),
         "pipeline.aws.embedded_app:app",
     ]
+    linux = sys.platform.startswith("linux")
     return subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,  # its errors go to our stderr, as the in-thread server's did
-        preexec_fn=_die_with(os.getpid(), _prctl()),  # noqa: PLW1509
+        preexec_fn=_die_with(os.getpid(), _prctl()) if linux else None,  # noqa: PLW1509
         start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop it in order
     )
 
 
 def _prctl() -> Callable[..., int]:
     """libc's prctl: with `PR_SET_PDEATHSIG` in the child before exec, the child is sent SIGTERM
-    when this process dies, however it dies (so a killed `python -m web` leaves no endpoint)."""
+    when this process dies, however it dies (so a killed `python -m web` leaves no endpoint).
+    Linux only: elsewhere the endpoint is stopped on a clean exit alone."""
     prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
     return prctl
 
