@@ -3,8 +3,9 @@
 Everything above this module (consumer, jobs, handlers, CLIs) receives a `Backend` and talks
 to its ports; only this module knows which clients or files are behind them.
 
-May import: `config`, `pipeline.core` and both backends, `pipeline.aws` and `pipeline.local` (the
-local one lazily, so AWS processes never load it).
+May import: `config`, `pipeline.core` and both backends, `pipeline.aws` and `pipeline.local`, each
+lazily: an AWS process never loads the local backend, and a process on a data directory never
+loads aiobotocore, botocore and boto3 (tens of MB in every serving process and worker).
 """
 
 from __future__ import annotations
@@ -13,22 +14,25 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from config.settings import Settings
-from pipeline.aws.clients import AwsClients, open_clients
-from pipeline.aws.originals import prepare_reads
-from pipeline.aws.presign import S3Presigner
-from pipeline.aws.provision import provision
-from pipeline.aws.queue import Queue
-from pipeline.aws.storage import Storage
-from pipeline.aws.tables import Tables
 from pipeline.core.ports import Backend
+
+if TYPE_CHECKING:
+    from pipeline.aws.clients import AwsClients
 
 log = logging.getLogger(__name__)
 
 
 async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
     """The AWS ports over already open clients (queue URLs resolved once, here)."""
+    from pipeline.aws.originals import prepare_reads
+    from pipeline.aws.presign import S3Presigner
+    from pipeline.aws.queue import Queue
+    from pipeline.aws.storage import Storage
+    from pipeline.aws.tables import Tables
+
     aws = settings.aws
     main, dlq, outbox, outbox_dlq = [
         await Queue.named(clients.sqs, name)
@@ -61,6 +65,9 @@ async def open_backend(
         async with open_local(settings, sweep=maintain) as backend:
             yield backend
         return
+    from pipeline.aws.clients import open_clients
+    from pipeline.aws.provision import provision
+
     async with open_clients(settings.aws) as clients:
         if provision_first and settings.aws.mode == "embedded":
             await provision(clients, settings)

@@ -176,12 +176,20 @@ def test_no_process_but_a_worker_loads_a_decoder() -> None:
 
 
 @pytest.mark.e2e
-def test_the_local_backend_loads_no_aws_library() -> None:
-    """The local backend stands on the core alone: opening it needs none of AWS's libraries."""
+def test_a_process_on_a_data_directory_loads_no_aws_library(tmp_path: Path) -> None:
+    """The local backend stands on the core alone: the API's and the consumer's modules, and a
+    backend opened on a data directory, load none of AWS's libraries (nor moto)."""
     probe = (
-        "import sys, pipeline.local.backend, pipeline.local.storage, pipeline.local.queue, "
-        "pipeline.local.tables; "
-        "print(sorted(m for m in ('botocore', 'aiobotocore', 'boto3', 'moto') if m in sys.modules))"
+        "import asyncio, sys\n"
+        "import web.__main__, web.app, pipeline.consumer.service, pipeline.local.backend\n"
+        "from config.settings import Settings\n"
+        "from pipeline.backends import open_backend\n"
+        "async def main():\n"
+        f"    settings = Settings.from_env({{'IMGSVC_DATA_DIR': {str(tmp_path / 'data')!r}}})\n"
+        "    async with open_backend(settings) as backend:\n"
+        "        await backend.tables.users.get({'user_id': 'nobody'})\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in ('botocore', 'aiobotocore', 'boto3', 'moto') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -18,7 +18,6 @@ from pathlib import Path
 from aiohttp import web
 
 from config.settings import ConfigError, Settings
-from pipeline.aws.embedded import embedded_aws
 from pipeline.backends import data_dir_problem, open_backend
 from pipeline.core import runtime
 from pipeline.core.demo import seed_demo_once, seed_demo_users
@@ -240,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     endpoint_started = False
     with ExitStack() as stack:
         if settings.aws.mode == "embedded" and not settings.aws.endpoint_url:
+            from pipeline.aws.embedded import embedded_aws  # moto: only where it runs
+
             try:
                 endpoint = stack.enter_context(
                     embedded_aws(settings.aws.embedded_host, settings.aws.embedded_port)
