@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast browser nginx lint format install lock clean bench-install bench-peers-install
+.PHONY: run test test-fast coverage browser nginx lint format install lock clean bench-install bench-peers-install
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP) browser nginx
 # Unit and contract tests on the local backend: no moto, no service processes, no browser (< 1 min; on two workers too).
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) -m "not (moto or e2e or browser or cluster or schemathesis or nginx)"
+
+# The lines of pipeline/, web/ and config/ that test-fast runs on its own.
+coverage: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not (moto or e2e or browser or cluster or schemathesis or nginx)" \
+		--cov=pipeline --cov=web --cov=config --cov-report=term:skip-covered
 
 # The browser tests drive Debian's Chromium through Playwright; install it when it is missing.
 browser:
