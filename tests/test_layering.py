@@ -52,15 +52,20 @@ def room_of(module: str) -> str | None:
     return f"pipeline.{parts[1]}"
 
 
-def ours_imported_by(path: Path) -> set[str]:
-    """Every module of ours `path` imports (`from pipeline.core import x` names `pipeline.core`)."""
+def imported_modules(path: Path) -> set[str]:
+    """Every module `path` imports, by its whole dotted name (module level and inside functions)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-    return {name for name in found if room_of(name) is not None}
+    return found
+
+
+def ours_imported_by(path: Path) -> set[str]:
+    """Every module of ours `path` imports (`from pipeline.core import x` names `pipeline.core`)."""
+    return {name for name in imported_modules(path) if room_of(name) is not None}
 
 
 def module_of(path: Path) -> str:
@@ -138,13 +143,7 @@ def test_every_room_says_what_it_may_import() -> None:
 
 
 def top_level_imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found
+    return {name.split(".")[0] for name in imported_modules(path)}
 
 
 def test_only_imaging_imports_the_decoders() -> None:

@@ -243,13 +243,14 @@ async def _send(
 ) -> web.StreamResponse:
     status = 200 if byte_range is None else 206
     length = meta.size if byte_range is None else byte_range[1] - byte_range[0] + 1
-    if chunks is not None and length <= SMALL_BODY:
-        return await _send_whole(request, meta, byte_range, status, length, chunks)
-    response = web.StreamResponse(status=status, headers=_headers(request, meta))
-    response.content_type = meta.content_type
-    response.content_length = length
+    headers = _headers(request, meta)
+    headers["Content-Type"] = meta.content_type
     if byte_range is not None:
-        response.headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{meta.size}"
+        headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{meta.size}"
+    if chunks is not None and length <= SMALL_BODY:
+        return await _send_whole(status, headers, length, chunks)
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = length
     await response.prepare(request)
     if chunks is None:
         return response
@@ -275,12 +276,7 @@ SMALL_BODY = 64 * 1024
 
 
 async def _send_whole(
-    request: web.Request,
-    meta: ObjectMeta,
-    byte_range: tuple[int, int] | None,
-    status: int,
-    length: int,
-    chunks: AsyncGenerator[bytes, None],
+    status: int, headers: dict[str, str], length: int, chunks: AsyncGenerator[bytes, None]
 ) -> web.StreamResponse:
     try:
         body = b"".join([chunk async for chunk in chunks])
@@ -288,9 +284,4 @@ async def _send_whole(
         await chunks.aclose()
     if len(body) != length:  # the object changed between its metadata and its bytes
         raise ImageChanged()
-    headers = _headers(request, meta)
-    headers["Content-Type"] = meta.content_type
-    response = web.Response(status=status, body=body, headers=headers)
-    if byte_range is not None:
-        response.headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{meta.size}"
-    return response
+    return web.Response(status=status, body=body, headers=headers)
