@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.core.errors import NotFound
 from pipeline.core.items import (
     Add,
     AllOf,
@@ -33,7 +34,8 @@ from pipeline.core.items import (
     TransactionRefused,
     UpdateItem,
 )
-from pipeline.local.database import Database
+from pipeline.local.database import Database, _Reader
+from pipeline.local.storage import LocalStorage, create_bucket
 from pipeline.local.tables import LocalTables
 from tests.conftest import Backend
 
@@ -231,9 +233,47 @@ async def test_point_reads_run_on_the_loop_and_fall_back_to_the_thread(tmp_path:
         assert threads == [threading.get_ident()]
         # A reader whose statements fail (OperationalError, as a busy one's would): one on an
         # empty database, where the table is missing.
-        db._readers.conn = sqlite3.connect(tmp_path / "empty.db", isolation_level=None)
+        db._readers.reader = _Reader(sqlite3.connect(tmp_path / "empty.db", isolation_level=None))
         assert await db.lookup(read) == '{"name": "k", "value": 1}'
         assert len(threads) == 3 and threads[2] != threading.get_ident()
         assert await tables.config.get({"name": "k"}) == {"name": "k", "value": 1}
     finally:
         await db.close()
+
+
+async def test_remembered_point_reads_follow_every_commit_of_any_connection(tmp_path: Path) -> None:
+    """A point read is remembered until the database changes: a write through this database, or
+    through another opened on the same file (another process's), is seen by the next read, as
+    an object replaced through either is; reads in between are answered from memory."""
+    first = await Database(tmp_path / "state.db").open()
+    second = await Database(tmp_path / "state.db").open()
+    try:
+        mine, theirs = LocalTables(first), LocalTables(second)
+        storage = LocalStorage(first, tmp_path / "objects")
+        other_storage = LocalStorage(second, tmp_path / "objects")
+        await create_bucket(first, "b")
+        await mine.config.put({"name": "k", "value": 1})
+        await storage.put("b", "o", b"one", "text/plain")
+        statements: list[str] = []
+        reader = first._reader()
+        reader.conn.set_trace_callback(statements.append)
+        for _ in range(3):
+            assert await mine.config.get({"name": "k"}) == {"name": "k", "value": 1}
+            assert (await storage.head("b", "o")).size == 3
+        assert sum("SELECT" in statement for statement in statements) == 2  # once each
+        for value, tables in enumerate((mine, theirs, mine), start=2):
+            await tables.config.put({"name": "k", "value": value})
+            assert await mine.config.get({"name": "k"}) == {"name": "k", "value": value}
+        await other_storage.put("b", "o", b"second", "text/plain")
+        meta, chunks = await storage.stream("b", "o")
+        assert meta.size == 6 and b"".join([chunk async for chunk in chunks]) == b"second"
+        await other_storage.delete_many("b", ["o"])
+        with pytest.raises(NotFound):
+            await storage.head("b", "o")
+        got = await mine.config.get({"name": "k"})
+        assert got is not None
+        got["value"] = "changed by a caller"  # every caller gets an item of its own
+        assert await mine.config.get({"name": "k"}) == {"name": "k", "value": 4}
+    finally:
+        await first.close()
+        await second.close()

@@ -18,6 +18,7 @@ from pipeline.core.errors import CorruptImage, InvalidField, RangeNotSatisfiable
 from pipeline.core.events import ObjectCreated, object_created
 from pipeline.core.records import ImageRecord, _decode_cursor, _encode_cursor
 from pipeline.core.timing import exponential
+from pipeline.local.storage import SmallBlobs
 from web.ranges import parse_range
 
 OWNER = "ab11ed09-03da-4d77-9b8d-6d07b5db1e5e"
@@ -145,3 +146,19 @@ async def test_verdicts(
 ) -> None:
     verdict = await judge(_message(body, count), _Jobs(answer), 3, [], [])  # type: ignore[arg-type]
     assert (verdict.action, verdict.outcomes, verdict.error and verdict.error.code) == expected
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from("abcdefgh"), st.integers(0, 40))))
+def test_the_memory_of_small_blobs_stays_within_its_budget(steps: list[tuple[bool, str, int]]) -> None:
+    """Blobs are kept least recently used first out, never beyond the budget, one copy a name
+    (a name's bytes never change), and a blob just put or read is kept."""
+    blobs = SmallBlobs(64)
+    for read, name, size in steps:
+        if read:
+            found = blobs.get(name)
+            assert found is None or blobs._blobs[name] is found
+        else:
+            kept = blobs.get(name)
+            blobs.put(name, bytes(size))
+            assert blobs.get(name) == (kept if kept is not None else bytes(size))
+        assert blobs._held == sum(len(data) for data in blobs._blobs.values()) <= 64

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -123,9 +124,9 @@ async def serve_variant(
         except NotFound:
             pass
         else:
-            metrics.VARIANT_REQUESTS.labels("hit").inc()
+            _variant_requests("hit").inc()
             return response
-    metrics.VARIANT_REQUESTS.labels("miss").inc()
+    _variant_requests("miss").inc()
     from_storage = request.method != "GET" or any(h in request.headers for h in _NEEDS_HEAD)
     made = await request.app[VARIANTS].ensure(ref, record, spec, key, stored=from_storage)
     if made is None:
@@ -133,6 +134,11 @@ async def serve_variant(
     # Just made: answered from memory, with what a later GET of the stored object will say.
     meta = ObjectMeta(len(made.data), made.etag, made.last_modified, made.content_type, made.metadata)
     return await _send(request, meta, None, _once(made.data))
+
+
+@functools.cache
+def _variant_requests(outcome: str) -> Any:
+    return metrics.VARIANT_REQUESTS.labels(outcome)  # looked up once, not per request
 
 
 async def _once(data: bytes) -> AsyncGenerator[bytes, None]:

@@ -208,6 +208,23 @@ def parse_preset(query: Mapping[str, str], accept: str, limits: VariantSettings)
     return parse_variant(preset, accept, replace(limits, presets_only=False))
 
 
+@functools.lru_cache(maxsize=256)
+def preset_variant(name: str, best: str, limits: VariantSettings) -> tuple[VariantSpec, bool] | None:
+    """Preset `name`'s spec for a client whose best format is `best` (`best_format`), or None if
+    no such preset. Remembered: a public preset's URL is asked for again and again, and the
+    answers are few (presets x formats)."""
+    preset = limits.preset(name)
+    if preset is None:
+        return None
+    return parse_variant(preset, f"image/{best}", replace(limits, presets_only=False))
+
+
+@functools.lru_cache(maxsize=256)
+def best_format(accept: str) -> str:
+    """The format `format=auto` sends a client with this `Accept` (remembered: clients send few)."""
+    return _best(accept)
+
+
 def parse_link_name(name: str, accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool] | None:
     """The variant a signed link's name stands for, or None if it names no variant."""
     found = _LINK_NAME.fullmatch(name)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -31,6 +31,8 @@ from pipeline.core.errors import DatabaseUnavailable, InsufficientStorage
 from pipeline.local.files import create_private
 
 T = TypeVar("T")
+#: Point reads remembered per reading thread until the database changes (then all are forgotten).
+CACHED_LOOKUPS = 4096
 #: How long a statement waits for another process's write lock before giving up (transient).
 BUSY_TIMEOUT_MS = 10_000
 
@@ -119,20 +121,25 @@ class Database:
         """Run `fn` on one consistent snapshot."""
         return await self._call(self._transaction, fn, "BEGIN")
 
-    async def lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def lookup(self, fn: Callable[[sqlite3.Connection], T], cache_key: Hashable | None = None) -> T:
         """Run `fn`, ONE statement reading a few rows by key, on this thread (see the module's
         docstring): a statement outside a transaction is its own snapshot. On the database's
-        thread instead if this thread's reader would have to wait."""
+        thread instead if this thread's reader would have to wait. With `cache_key` (which must
+        name the statement and its arguments), an answer is remembered until the database
+        changes; a remembered answer is shared, so it must be immutable."""
         if self._conn is not None:
             try:
-                return fn(self._reader())
+                reader = self._reader()
+                if cache_key is None:
+                    return fn(reader.conn)
+                return reader.cached(fn, cache_key)
             except sqlite3.OperationalError:
                 pass  # busy, or the reader cannot open: the thread's path waits or says why
         return await self.read(fn)
 
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
-        if conn is None:
+    def _reader(self) -> _Reader:
+        reader: _Reader | None = getattr(self._readers, "reader", None)
+        if reader is None:
             # timeout=0: never wait on the event loop's thread; mode=ro: it cannot write by mistake.
             conn = sqlite3.connect(
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=0,
@@ -140,8 +147,8 @@ class Database:
             )  # fmt: skip
             with self._reader_lock:
                 self._reader_conns.append(conn)
-            self._readers.conn = conn
-        return conn
+            reader = self._readers.reader = _Reader(conn)
+        return reader
 
     def _transaction(self, fn: Callable[[sqlite3.Connection], T], begin: str) -> T:
         conn = self._conn
@@ -176,6 +183,27 @@ class Database:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._thread, conn.close)
         self._thread.shutdown(wait=True)
+
+
+class _Reader:
+    """One thread's read-only connection, and the answers it remembers for the database's
+    current `data_version`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._version = -1
+        self._answers: dict[Hashable, object] = {}
+
+    def cached(self, fn: Callable[[sqlite3.Connection], T], key: Hashable) -> T:
+        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        answers = self._answers
+        if version != self._version or len(answers) >= CACHED_LOOKUPS:
+            answers.clear()
+            self._version = version
+        elif key in answers:
+            return answers[key]  # type: ignore[return-value]
+        answer = answers[key] = fn(self.conn)
+        return answer
 
 
 class Changes:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import sqlite3
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +64,48 @@ LIST_PAGE = 1000
 INLINE_READ = 64 * 1024
 
 
+#: The memory, per process, for the bytes of recently served small blobs (thumbnails, mostly).
+SMALL_BLOBS_BYTES = 32 * 1024 * 1024
+
+
+class SmallBlobs:
+    """Recently read small blobs by name, least recently used first out, within `budget` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._held = 0
+        self._blobs: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, name: str) -> bytes | None:
+        data = self._blobs.get(name)
+        if data is not None:
+            self._blobs.move_to_end(name)
+        return data
+
+    def put(self, name: str, data: bytes) -> None:
+        if len(data) > self._budget or name in self._blobs:
+            return
+        self._blobs[name] = data
+        self._held += len(data)
+        while self._held > self._budget:
+            self._held -= len(self._blobs.popitem(last=False)[1])
+
+
+def _span(meta: ObjectMeta, byte_range: tuple[int, int] | None, if_match: str | None) -> tuple[int, int]:
+    """The first and last byte to send of `meta`'s object."""
+    if if_match is not None and if_match != meta.etag:
+        raise ImageChanged()
+    if byte_range is None:
+        return 0, meta.size - 1
+    if byte_range[0] >= meta.size:
+        raise RangeNotSatisfiable()
+    return byte_range[0], min(byte_range[1], meta.size - 1)
+
+
+async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
+    yield data
+
+
 async def create_bucket(db: Database, name: str, notify_queue: str | None = None) -> None:
     """Create a bucket (idempotent); puts into it send an ObjectCreated event to `notify_queue`."""
     await db.write(
@@ -73,7 +117,9 @@ async def create_bucket(db: Database, name: str, notify_queue: str | None = None
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def _meta(row: tuple[Any, ...]) -> ObjectMeta:
+    """The metadata of an object's row (remembered: a public image's row is read again and again)."""
     _, size, etag, modified, content_type, metadata = row
     return ObjectMeta(
         size=int(size),
@@ -93,6 +139,7 @@ class LocalStorage(JsonDocuments):
         self._blobs_dir = str(self._blobs)
         self._tmp = root / "tmp"
         self._space = space or Space(root, 0)
+        self._small_blobs = SmallBlobs(SMALL_BLOBS_BYTES)
         for folder in (root, self._blobs, self._tmp):
             folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
 
@@ -112,7 +159,7 @@ class LocalStorage(JsonDocuments):
             # One statement (one snapshot): no row, no bucket; a row of NULLs, no such object.
             return conn.execute(_FIND, (key, bucket)).fetchone()  # type: ignore[no-any-return]
 
-        row = await self._db.lookup(find)
+        row = await self._db.lookup(find, cache_key=("object", bucket, key))
         if row is None:
             raise NotFound(f"no bucket {bucket!r}")
         if row[0] is None:
@@ -128,6 +175,24 @@ class LocalStorage(JsonDocuments):
                 return _meta(row), open(os.path.join(self._blobs_dir, row[0]), "rb")  # noqa: ASYNC230
             except FileNotFoundError:  # replaced (and its old blob removed) between the two steps
                 continue
+        raise NotFound()
+
+    async def _small(self, bucket: str, key: str) -> tuple[ObjectMeta, bytes] | None:
+        """An object of at most `INLINE_READ` bytes, whole, from the memory of small blobs (a
+        blob's bytes never change under its name: a put writes a new one); None if larger."""
+        for _ in range(3):
+            row = await self._row(bucket, key)
+            if int(row[1]) > INLINE_READ:
+                return None
+            data = self._small_blobs.get(row[0])
+            if data is None:
+                try:
+                    with open(os.path.join(self._blobs_dir, row[0]), "rb") as file:  # noqa: ASYNC230
+                        data = file.read()  # on this thread: see `INLINE_READ`
+                except FileNotFoundError:  # replaced (and its old blob removed) since its row was read
+                    continue
+                self._small_blobs.put(row[0], data)
+            return _meta(row), data
         raise NotFound()
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
@@ -166,21 +231,22 @@ class LocalStorage(JsonDocuments):
         if_match: str | None = None,
         chunk_size: int = 256 * 1024,
     ) -> tuple[ObjectMeta, AsyncGenerator[bytes, None]]:
+        small = await self._small(bucket, key)
+        if small is not None:
+            meta, data = small
+            start, end = _span(meta, byte_range, if_match)
+            return meta, _once(data[start : end + 1])
         meta, file = await self._open(bucket, key)
-        if if_match is not None and if_match != meta.etag:
+        try:
+            start, end = _span(meta, byte_range, if_match)
+        except BaseException:
             file.close()
-            raise ImageChanged()
-        start, end = 0, meta.size - 1
-        if byte_range is not None:
-            start, end = byte_range[0], min(byte_range[1], meta.size - 1)
-            if start >= meta.size:
-                file.close()
-                raise RangeNotSatisfiable()
+            raise
 
         async def chunks() -> AsyncGenerator[bytes, None]:
             with file:
                 left = end - start + 1
-                if left <= INLINE_READ:
+                if left <= INLINE_READ:  # a small range of a large object
                     file.seek(start)
                     yield file.read(left)
                     return

@@ -54,10 +54,14 @@ class LocalTable:
         return parts[0], parts[1] if len(parts) > 1 else ""
 
     def _row(self, conn: sqlite3.Connection, key: Mapping[str, Any]) -> Item | None:
+        doc = self._doc(conn, self._key(key))
+        return None if doc is None else dict(json.loads(doc))
+
+    def _doc(self, conn: sqlite3.Connection, key: tuple[str, str]) -> str | None:
         row = conn.execute(
-            "SELECT doc FROM items WHERE tbl = ? AND hash = ? AND range = ?", (self.name, *self._key(key))
+            "SELECT doc FROM items WHERE tbl = ? AND hash = ? AND range = ?", (self.name, *key)
         ).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        return None if row is None else str(row[0])
 
     def _store(self, conn: sqlite3.Connection, item: Item) -> None:
         ix_hash = ix_range = None
@@ -79,7 +83,10 @@ class LocalTable:
         )
 
     async def get(self, key: Mapping[str, Any], *, consistent: bool = True) -> Item | None:
-        return await self._db.lookup(lambda conn: self._row(conn, key))
+        at = self._key(key)
+        # The document's text is what is remembered (immutable); each caller gets its own item.
+        doc = await self._db.lookup(lambda conn: self._doc(conn, at), cache_key=("item", self.name, at))
+        return None if doc is None else dict(json.loads(doc))
 
     def _put(self, conn: sqlite3.Connection, item: Mapping[str, Any], condition: Condition | None) -> None:
         new = {k: v for k, v in item.items() if v is not None}

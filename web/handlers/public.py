@@ -17,7 +17,7 @@ from aiohttp import web
 from pipeline.core.errors import ImageNotFound, InvalidField, NotFound, ServiceError
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import ImageRecord
-from pipeline.imaging.variants import parse_link_name, parse_variant
+from pipeline.imaging.variants import best_format, parse_link_name, preset_variant
 from web.bodies import json_object
 from web.keys import PUBLIC, RECORDS, SETTINGS
 from web.links import version_of
@@ -105,8 +105,8 @@ async def _serve(request: web.Request) -> web.StreamResponse:
         except NotFound:
             raise NoSuchPublicImage() from None
     accept = request.headers.get("Accept", "")
-    if (preset := settings.variants.preset(stem)) is not None:
-        variant, negotiated = parse_variant(preset, accept, settings.variants)
+    if (preset := preset_variant(stem, best_format(accept), settings.variants)) is not None:
+        variant, negotiated = preset
         if ext != ("auto" if negotiated else extension(variant.format)):
             raise NoSuchPublicImage()
     else:
