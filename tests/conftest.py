@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import itertools
 import os
 import signal
 import struct
@@ -29,7 +30,7 @@ from pipeline.aws.embedded import embedded_aws
 from pipeline.aws.provision import provision
 from pipeline.aws.queue import Message, Queue
 from pipeline.aws.tables import Tables
-from pipeline.backends import aws_backend
+from pipeline.backends import aws_backend, open_backend
 from pipeline.consumer.loop import Consumer
 from pipeline.consumer.service import open_consumer
 from pipeline.core.accounts import Accounts
@@ -108,12 +109,22 @@ def env_for(endpoint: str, **overrides: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def make_settings(moto_endpoint: str) -> Callable[..., Settings]:
-    def make(**overrides: str) -> Settings:
-        return Settings.from_env(env_for(moto_endpoint, **overrides))
+def on_local(node: pytest.Item | pytest.Collector) -> bool:
+    """Whether a test runs on the local backend: `@pytest.mark.backend("local")` on it, its class
+    or its module (what needs AWS's own behaviour is marked `backend("aws")` inside such a module)."""
+    marker = node.get_closest_marker("backend")
+    return marker is not None and marker.args == ("local",)
 
-    return make
+
+@pytest.fixture
+def make_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a stack of the test's own: each call names new resources (on moto) or a new
+    data directory (on the local backend), so two calls never share data."""
+    if on_local(request.node):
+        count = itertools.count()
+        return lambda **overrides: local_settings(tmp_path / f"data-{next(count)}", **overrides)
+    endpoint: str = request.getfixturevalue("moto_endpoint")
+    return lambda **overrides: Settings.from_env(env_for(endpoint, **overrides))
 
 
 @pytest.fixture
@@ -186,7 +197,8 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that need the session's moto server are marked `moto` (`make test-fast` leaves them out)."""
     for item in items:
-        if "moto_endpoint" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "moto_endpoint" in names or ("make_settings" in names and not on_local(item)):
             item.add_marker(pytest.mark.moto)
 
 
@@ -311,6 +323,55 @@ async def dlq_messages(clients: AwsClients, settings: Settings) -> list[Message]
     for _ in range(5):
         for message in await dlq.receive(10, wait_seconds=0, visibility_timeout=1):
             seen[message.id] = message
+    return list(seen.values())
+
+
+async def drain(settings: Settings, timeout: float = 30) -> dict[str, int]:
+    """Run a burst consumer on `settings`' stack (either backend) until its queue is drained; the
+    outcomes it counted."""
+    async with open_backend(settings) as ports:
+        pool = await shared_pool(settings)
+        async with open_consumer(ports, settings, burst=True, pool=pool) as consumer:
+            async with asyncio.timeout(timeout):
+                return dict((await consumer.run()).outcomes)
+
+
+async def state_in(settings: Settings, key: str) -> dict[str, Any]:
+    """`status_of` on `settings`' stack, either backend."""
+    async with open_backend(settings) as ports:
+        record = await RecordStore(ports.tables.images).read(ImageRef(key))
+    assert record is not None, f"no record for {key}"
+    return {
+        "state": record.state,
+        "source_etag": record.source_etag,
+        "error": record.error,
+        "renditions": record.renditions,
+        "info": record.item.get("info"),
+    }
+
+
+async def stored_nothing(settings: Settings) -> None:
+    """Nothing in the source bucket and no event queued, on `settings`' stack (either backend);
+    on AWS no multipart upload left open either (the local backend has none to leave)."""
+    async with open_backend(settings) as ports:
+        async for page in ports.storage.list_objects(settings.aws.source_bucket, ""):
+            assert [listed.key for listed in page] == []
+        queued = await ports.main.receive(10, 0)
+        events = [parse_message(message.body) for message in queued]
+        assert all(event.test_event for event in events), events
+    if settings.aws.data_dir is None:
+        async with open_clients(settings.aws) as clients:
+            uploads = await clients.s3.list_multipart_uploads(Bucket=settings.aws.source_bucket)
+            assert uploads.get("Uploads", []) == []
+
+
+async def dead_lettered(settings: Settings) -> list[Message]:
+    """Everything in the DLQ of `settings`' stack, either backend (peeked: briefly invisible)."""
+    seen: dict[str, Message] = {}
+    async with open_backend(settings) as ports:
+        for _ in range(5):
+            for message in await ports.dlq.receive(10, 0, visibility_timeout=1):
+                seen[message.id] = message
     return list(seen.values())
 
 
