@@ -36,6 +36,7 @@ from pipeline.consumer.service import open_consumer
 from pipeline.core.accounts import Accounts
 from pipeline.core.events import parse_message
 from pipeline.core.layout import ImageRef
+from pipeline.core.objects import ObjectMeta
 from pipeline.core.records import ImageRecord, RecordStore
 from pipeline.imaging.workers import WorkerPool
 from pipeline.local.backend import open_local
@@ -348,6 +349,23 @@ async def state_in(settings: Settings, key: str) -> dict[str, Any]:
         "renditions": record.renditions,
         "info": record.item.get("info"),
     }
+
+
+async def object_in(settings: Settings, key: str, bucket: str | None = None) -> tuple[ObjectMeta, bytes]:
+    """An object's metadata and bytes on `settings`' stack, either backend (the source bucket's
+    unless `bucket` is named)."""
+    async with open_backend(settings) as ports:
+        meta, chunks = await ports.storage.stream(bucket or settings.aws.source_bucket, key)
+        return meta, b"".join([chunk async for chunk in chunks])
+
+
+async def keys_in(settings: Settings, bucket: str | None = None, prefix: str = "") -> list[str]:
+    """Every key in a bucket of `settings`' stack (the source bucket's unless named)."""
+    keys: list[str] = []
+    async with open_backend(settings) as ports:
+        async for page in ports.storage.list_objects(bucket or settings.aws.source_bucket, prefix):
+            keys += [listed.key for listed in page]
+    return keys
 
 
 async def stored_nothing(settings: Settings) -> None:

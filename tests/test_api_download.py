@@ -8,18 +8,18 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from pipeline.aws.clients import AwsClients
 from tests.conftest import (
     OTHER_USER,
     ROOT,
     USER,
     ClientFactory,
     decode,
+    drain,
     jpeg_bytes,
-    run_consumer_until_drained,
 )
 
 Client = TestClient[Any, Any]
+pytestmark = pytest.mark.backend("local")
 CAT = (ROOT / "input" / "cat.jpg").read_bytes()
 ORIGINAL = f"/download/image?user_id={USER}&image_id=cat"
 
@@ -132,12 +132,12 @@ async def test_download_errors(uploaded: Client, path: str, status: int, code: s
 
 
 async def test_thumbnail_format_is_negotiated_with_accept(
-    make_settings: Any, make_client: ClientFactory, clients: AwsClients
+    make_settings: Any, make_client: ClientFactory
 ) -> None:
     settings = make_settings(IMGSVC_RENDITIONS="256,256:webp,256:avif,64")
     api = await make_client(settings)
     assert (await api.put("/images/formats", data=jpeg_bytes(400, 300))).status == 202
-    await run_consumer_until_drained(clients, settings)
+    await drain(settings)
     for accept, fmt in (
         ("image/avif,image/webp,*/*;q=0.8", "AVIF"),
         ("image/webp,image/*;q=0.8", "WEBP"),
@@ -178,15 +178,13 @@ async def test_malformed_or_multiple_ranges_get_the_whole_object(uploaded: Clien
     assert response.status == 200 and await response.read() == CAT
 
 
-async def test_thumbnail_formats_are_checked(
-    make_settings: Any, make_client: ClientFactory, clients: AwsClients
-) -> None:
+async def test_thumbnail_formats_are_checked(make_settings: Any, make_client: ClientFactory) -> None:
     """An unknown format is a 400 naming the allowed ones; a known format without such a rendition
     is a 404 naming the renditions there are (it used to answer the JPEG with 200)."""
     settings = make_settings(IMGSVC_RENDITIONS="256,256:webp,64")
     api = await make_client(settings)
     assert (await api.put("/images/formats", data=jpeg_bytes(400, 300))).status == 202
-    await run_consumer_until_drained(clients, settings)
+    await drain(settings)
     bogus = await api.get("/download/thumbnail?image_id=formats&format=bogus")
     assert bogus.status == 400
     assert "auto, jpeg, png, webp, avif" in (await bogus.json())["message"]

@@ -13,51 +13,44 @@ from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
-from tests.conftest import OTHER_USER, ROOT, USER, ClientFactory, jpeg_bytes
+from tests.conftest import OTHER_USER, ROOT, USER, ClientFactory, jpeg_bytes, keys_in, object_in
 
 Client = TestClient[Any, Any]
+pytestmark = pytest.mark.backend("local")
 
 
-async def source_keys(clients: AwsClients, settings: Settings) -> list[str]:
-    listed = await clients.s3.list_objects_v2(Bucket=settings.aws.source_bucket)
-    return [o["Key"] for o in listed.get("Contents", [])]
-
-
-async def test_compat_upload_stores_input_file_as_image(
-    api: Client, clients: AwsClients, settings: Settings
-) -> None:
+async def test_compat_upload_stores_input_file_as_image(api: Client, settings: Settings) -> None:
     response = await api.post("/upload", json={"file_name": "cat.jpg", "user_id": USER})
     assert response.status == 202
     body = await response.json()
     assert body["image_id"] == "cat" and body["status"] == "pending" and body["format"] == "jpeg"
     assert response.headers["Location"] == body["status_url"] == f"/images/cat?user_id={USER}"
-    head = await clients.s3.head_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/cat")
-    assert head["ContentType"] == "image/jpeg"
-    assert head["ContentLength"] == (ROOT / "input" / "cat.jpg").stat().st_size
-    assert head["Metadata"]["original-filename"] == "cat.jpg"
+    head, data = await object_in(settings, f"{USER}/cat")
+    assert head.content_type == "image/jpeg"
+    assert head.size == len(data) == (ROOT / "input" / "cat.jpg").stat().st_size
+    assert head.metadata["original-filename"] == "cat.jpg"
 
 
-async def test_put_streams_raw_body(api: Client, clients: AwsClients, settings: Settings) -> None:
+async def test_put_streams_raw_body(api: Client, settings: Settings) -> None:
     data = jpeg_bytes(640, 480)
     response = await api.put(
         f"/images/holiday-1?user_id={USER}", data=data, headers={"X-File-Name": "beach.jpg"}
     )
     assert response.status == 202, await response.text()
-    stored = await clients.s3.get_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/holiday-1")
-    assert await stored["Body"].read() == data
+    assert (await object_in(settings, f"{USER}/holiday-1"))[1] == data
 
 
-async def test_put_multipart_with_one_file_part(api: Client, clients: AwsClients, settings: Settings) -> None:
+async def test_put_multipart_with_one_file_part(api: Client, settings: Settings) -> None:
     data = (ROOT / "input" / "dog.jpg").read_bytes()
     form = aiohttp.FormData(quote_fields=False)  # raw UTF-8 file name, as browsers send it
     form.add_field("note", "ignored form field")
     form.add_field("file", data, filename="mein hünd.jpg", content_type="application/octet-stream")
     response = await api.put(f"/images/dog2?user_id={USER}", data=form)
     assert response.status == 202, await response.text()
-    stored = await clients.s3.get_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/dog2")
-    assert await stored["Body"].read() == data
-    assert stored["ContentType"] == "image/jpeg"  # from the magic bytes, not the client's claim
-    assert stored["Metadata"]["original-filename"] == "mein h%C3%BCnd.jpg"
+    meta, stored = await object_in(settings, f"{USER}/dog2")
+    assert stored == data
+    assert meta.content_type == "image/jpeg"  # from the magic bytes, not the client's claim
+    assert meta.metadata["original-filename"] == "mein h%C3%BCnd.jpg"
 
 
 async def test_post_generates_unguessable_ids(api: Client) -> None:
@@ -69,6 +62,7 @@ async def test_post_generates_unguessable_ids(api: Client) -> None:
     assert len(ids) == 2 and all(len(i) == 24 for i in ids)
 
 
+@pytest.mark.backend("aws")  # S3's multipart upload, in parts
 async def test_large_upload_goes_through_multipart_in_parts(
     make_settings: Any, make_client: ClientFactory, clients: AwsClients
 ) -> None:
@@ -184,12 +178,10 @@ async def test_bad_input_gets_documented_json_error(
     assert "Traceback" not in body["message"]
 
 
-async def test_users_are_isolated_by_key(
-    api: Client, clients: AwsClients, settings: Settings, make_client: ClientFactory
-) -> None:
+async def test_users_are_isolated_by_key(api: Client, settings: Settings, make_client: ClientFactory) -> None:
     other = await make_client(settings, user=OTHER_USER)
     for client, user in ((api, USER), (other, OTHER_USER)):
         response = await client.put("/images/same", data=jpeg_bytes(30 if user == USER else 40, 30))
         assert response.status == 202
         assert (await response.json())["user_id"] == user  # the key names the user
-    assert sorted(await source_keys(clients, settings)) == sorted([f"{USER}/same", f"{OTHER_USER}/same"])
+    assert sorted(await keys_in(settings)) == sorted([f"{USER}/same", f"{OTHER_USER}/same"])

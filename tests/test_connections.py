@@ -30,6 +30,8 @@ QUICK = {
     "IMGSVC_KEEPALIVE_TIMEOUT": "1",
 }
 Step = bytes | float
+#: Connection handling is the server's own: nothing here depends on the backend.
+pytestmark = pytest.mark.backend("local")
 
 
 async def exchange(client: Client, steps: Sequence[Step], read_timeout: float = 15) -> tuple[bytes, float]:
