@@ -11,8 +11,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
-from pipeline.aws.clients import open_clients
-from pipeline.aws.tables import Tables
+from pipeline.backends import open_backend
 from pipeline.core import accounts as accounts_module
 from pipeline.core.accounts import Accounts
 from pipeline.core.errors import InvalidCredentials
@@ -25,12 +24,14 @@ from tests.conftest import (
     issue_key,
     jpeg_bytes,
     local_settings,
+    process_env,
     run,
-    settings_env,
 )
 from web.keys import TABLES
 
 Client = TestClient[Any, Any]
+#: Keys, limits and the users CLI are the service's own; what is DynamoDB's is marked below.
+pytestmark = pytest.mark.backend("local")
 ROUTES = [
     ("POST", "/upload", {"json": {"file_name": "cat.jpg"}}),
     ("GET", "/download/image?image_id=cat", {}),
@@ -106,8 +107,8 @@ async def test_revocation_takes_effect_in_every_process_within_the_key_cache_tim
     key = await issue_key(first.server.app, USER)
     for app in (first, second):
         assert (await app.get("/images/none", headers=bearer(key))).status == 404  # authenticated
-    async with open_clients(settings.aws) as clients:  # a third party: the operator's CLI
-        accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+    async with open_backend(settings) as ports:  # a third party: the operator's CLI
+        accounts = Accounts(ports.tables)
         (listed,) = await accounts.keys(USER)
         assert listed["prefix"] == key[: len(listed["prefix"])] and "secret_sha256" not in listed
         await accounts.revoke(listed["key_id"])
@@ -118,8 +119,8 @@ async def test_revocation_takes_effect_in_every_process_within_the_key_cache_tim
 
 
 async def test_rotation_issues_a_new_key_and_retires_the_old(api: Client, settings: Settings) -> None:
-    async with open_clients(settings.aws) as clients:
-        accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+    async with open_backend(settings) as ports:
+        accounts = Accounts(ports.tables)
         old = await accounts.issue_key(USER)
         new = await accounts.rotate(old.key_id)
     assert new.user_id == USER and new.key != old.key
@@ -189,9 +190,12 @@ async def test_two_authorization_headers_are_refused(api: Client) -> None:
     assert (await response.json())["error"] == "bad_request"
 
 
-@pytest.mark.parametrize("store", [pytest.param("dynamodb", marks=pytest.mark.moto), "sqlite"])
+@pytest.mark.parametrize(
+    "store",
+    [pytest.param("dynamodb", marks=pytest.mark.backend("aws")), "sqlite"],
+)
 async def test_the_failure_limit_holds_under_a_concurrent_burst(
-    store: str, request: pytest.FixtureRequest, tmp_path: Path, make_client: ClientFactory
+    store: str, make_settings: Any, make_client: ClientFactory
 ) -> None:
     """300 wrong keys at once, in a fresh window, through two app instances: at most the limit of
     them are answered 401 (one atomic count decides each), the rest 429.
@@ -200,11 +204,8 @@ async def test_the_failure_limit_holds_under_a_concurrent_burst(
     not: its threaded server has no per-item lock, so under load two concurrent ADDs can read the
     same count (seen on CI with two test workers: 22 answers of 401 for a limit of 20). The exact
     bound is asserted where the store is atomic; on moto only that the limit takes hold."""
-    limits = {"IMGSVC_AUTH_FAILURES_ALLOWED": "20", "IMGSVC_AUTH_FAILURE_WINDOW": "3600"}
-    if store == "dynamodb":
-        settings: Settings = request.getfixturevalue("make_settings")(**limits)
-    else:
-        settings = local_settings(tmp_path / "data", **limits)
+    settings: Settings = make_settings(IMGSVC_AUTH_FAILURES_ALLOWED="20", IMGSVC_AUTH_FAILURE_WINDOW="3600")
+    assert (settings.aws.data_dir is None) == (store == "dynamodb")
     apps = [await make_client(settings, user=None) for _ in range(2)]
 
     async def attempt(i: int) -> int:
@@ -218,7 +219,7 @@ async def test_the_failure_limit_holds_under_a_concurrent_burst(
 
 
 def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None:
-    env = settings_env(settings)
+    env = process_env(IMGSVC_DATA_DIR=str(settings.aws.data_dir))
     assert run(["-m", "pipeline", "provision"], env).returncode == 0
     created = run(["-m", "pipeline", "users", "create", "--name", "ci"], env)
     assert created.returncode == 0, created.stderr
@@ -239,6 +240,7 @@ def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None
     assert dead.returncode == 1 and "key_revoked" in dead.stderr and "Traceback" not in dead.stderr
 
 
+@pytest.mark.backend("aws")  # for `backend`'s aws case only: its moto settings (the local case is local)
 async def test_verified_keys_are_remembered_for_a_while_and_only_with_their_secret(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
@@ -28,6 +29,7 @@ from tests.conftest import (
 )
 
 Client = TestClient[Any, Any]
+pytestmark = pytest.mark.backend("local")
 
 
 def url_of(api: Client) -> str:
@@ -233,6 +235,7 @@ def test_report_groups_failures_by_reason() -> None:
     ]
 
 
+@pytest.mark.backend("aws")  # presigned uploads straight to S3
 async def test_bulk_upload_goes_straight_to_s3_where_the_api_offers_it(
     tmp_path: Path, settings: Any, make_client: ClientFactory, clients: Any
 ) -> None:

@@ -12,16 +12,18 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
-from tests.conftest import ClientFactory, decode, jpeg_bytes, run_consumer_until_drained
+from tests.conftest import ClientFactory, decode, drain, jpeg_bytes
 
 Client = TestClient[Any, Any]
+#: The service's own signed links; S3's presigned ones are marked below.
+pytestmark = pytest.mark.backend("local")
 DATA = jpeg_bytes(400, 300)
 
 
 @pytest.fixture
-async def ready(api: Client, clients: AwsClients, settings: Settings) -> Client:
+async def ready(api: Client, settings: Settings) -> Client:
     assert (await api.put("/images/shared", data=DATA)).status == 202
-    await run_consumer_until_drained(clients, settings)
+    await drain(settings)
     return api
 
 
@@ -51,9 +53,7 @@ async def test_links_work_without_a_key_from_any_process(
     assert thumb["expires_at"] and thumb["rendition"] == "256"
 
 
-async def test_links_use_the_configured_public_url(
-    make_settings: Any, make_client: ClientFactory, clients: AwsClients
-) -> None:
+async def test_links_use_the_configured_public_url(make_settings: Any, make_client: ClientFactory) -> None:
     settings = make_settings(IMGSVC_PUBLIC_URL="https://images.example.com/")
     api = await make_client(settings)
     assert (await api.put("/images/shared", data=DATA)).status == 202
@@ -63,9 +63,7 @@ async def test_links_use_the_configured_public_url(
 
 
 @pytest.mark.parametrize("how", ["replaced", "deleted and re-created"])
-async def test_a_link_never_serves_a_later_upload(
-    ready: Client, clients: AwsClients, settings: Settings, how: str
-) -> None:
+async def test_a_link_never_serves_a_later_upload(ready: Client, settings: Settings, how: str) -> None:
     """A link is for the bytes it was made for: once the image is replaced (or deleted and made
     again under the same id), the old link answers 404 `image_changed`, never the new picture."""
     thumb = relative((await link(ready, rendition="256"))["url"])
@@ -74,7 +72,7 @@ async def test_a_link_never_serves_a_later_upload(
         assert (await ready.delete("/images/shared")).status == 204
     newer = jpeg_bytes(500, 300, subsampling=0)
     assert (await ready.put("/images/shared", data=newer)).status == 202
-    await run_consumer_until_drained(clients, settings)
+    await drain(settings)
     for url in (thumb, original):
         response = await ready.get(url)
         assert response.status == 404, url
@@ -149,6 +147,7 @@ async def test_no_link_for_a_missing_or_pending_image(api: Client) -> None:
     assert (await api.get("/images/later/url?rendition=original")).status == 200
 
 
+@pytest.mark.backend("aws")  # presigned S3 URLs (the local backend has no S3 to sign for)
 async def test_s3_presigned_links(
     make_settings: Any, make_client: ClientFactory, clients: AwsClients
 ) -> None:

@@ -12,23 +12,24 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
-from pipeline.aws.clients import AwsClients
-from pipeline.aws.tables import Tables
+from pipeline.backends import open_backend
 from pipeline.core.errors import CorruptImage
 from pipeline.core.layout import ImageRef
-from pipeline.core.records import RecordStore, Superseded
+from pipeline.core.records import ImageRecord, RecordStore, Superseded
 from tests.conftest import (
     OTHER_USER,
     USER,
     ClientFactory,
+    dead_lettered,
     decode,
-    dlq_messages,
+    drain,
     jpeg_bytes,
-    record_of,
-    run_consumer_until_drained,
 )
 
 Client = TestClient[Any, Any]
+#: Records, listing, quotas and the record store's ordering are the service's own; the store's
+#: conditional writes are contract-tested on both backends (`test_contract_tables`).
+pytestmark = pytest.mark.backend("local")
 
 
 async def listing(client: Client, **query: str) -> dict[str, Any]:
@@ -38,17 +39,34 @@ async def listing(client: Client, **query: str) -> dict[str, Any]:
     return body
 
 
-async def usage_of(clients: AwsClients, settings: Settings, user_id: str) -> tuple[int, int]:
-    got = await clients.dynamodb.get_item(
-        TableName=settings.aws.table("users"), Key={"user_id": {"S": user_id}}, ConsistentRead=True
-    )
-    item = got["Item"]
-    return int(item["bytes_used"]["N"]), int(item["image_count"]["N"])
+async def usage_of(settings: Settings, user_id: str) -> tuple[int, int]:
+    """The user's recorded usage (bytes, images), read consistently."""
+    async with open_backend(settings) as ports:
+        item = await ports.tables.users.get({"user_id": user_id}, consistent=True)
+    assert item is not None, f"no user {user_id}"
+    return int(item["bytes_used"]), int(item["image_count"])
 
 
-async def test_record_has_the_uploads_facts_then_the_results(
-    api: Client, clients: AwsClients, settings: Settings
-) -> None:
+async def record_in(settings: Settings, key: str) -> ImageRecord | None:
+    """The image record of a source key (None: there is none), on either backend."""
+    async with open_backend(settings) as ports:
+        return await RecordStore(ports.tables.images).read(ImageRef(key))
+
+
+async def keys_in(settings: Settings, bucket: str) -> list[str]:
+    """Every object key in `bucket`, on either backend."""
+    async with open_backend(settings) as ports:
+        return [listed.key async for page in ports.storage.list_objects(bucket, "") for listed in page]
+
+
+@pytest.fixture
+async def images(settings: Settings) -> AsyncIterator[Any]:
+    """The images table of the test's own stack, open for the test."""
+    async with open_backend(settings) as ports:
+        yield ports.tables.images
+
+
+async def test_record_has_the_uploads_facts_then_the_results(api: Client, settings: Settings) -> None:
     data = jpeg_bytes(640, 480)
     response = await api.put("/images/facts", data=data, headers={"X-File-Name": "holiday.jpg"})
     assert response.status == 202
@@ -56,7 +74,7 @@ async def test_record_has_the_uploads_facts_then_the_results(
     assert body["status"] == "pending" and body["file_name"] == "holiday.jpg"
     assert body["bytes"] == len(data) and body["sha256"] == hashlib.sha256(data).hexdigest()
     assert body["content_type"] == "image/jpeg" and body["created_at"]
-    await run_consumer_until_drained(clients, settings)
+    await drain(settings)
     ready = await (await api.get("/images/facts")).json()
     assert ready["status"] == "ready" and (ready["width"], ready["height"]) == (640, 480)
     assert ready["created_at"] == body["created_at"] and ready["sha256"] == body["sha256"]
@@ -115,47 +133,44 @@ async def test_bad_listing_parameters(api: Client, query: dict[str, str], code: 
     assert response.status == 400 and (await response.json())["error"] == code
 
 
-async def test_delete_removes_everything_and_is_idempotent(
-    api: Client, clients: AwsClients, settings: Settings
-) -> None:
+async def test_delete_removes_everything_and_is_idempotent(api: Client, settings: Settings) -> None:
     data = jpeg_bytes(300, 200)
     assert (await api.put("/images/doomed", data=data)).status == 202
-    await run_consumer_until_drained(clients, settings)
-    assert await usage_of(clients, settings, USER) == (len(data), 1)
+    await drain(settings)
+    assert await usage_of(settings, USER) == (len(data), 1)
     for _ in range(2):
         assert (await api.delete("/images/doomed")).status == 204
     for bucket in (settings.aws.source_bucket, settings.aws.dest_bucket):
-        assert "Contents" not in await clients.s3.list_objects_v2(Bucket=bucket)
-    assert await record_of(clients, settings, f"{USER}/doomed") is None
+        assert await keys_in(settings, bucket) == []
+    assert await record_in(settings, f"{USER}/doomed") is None
     assert (await api.get("/images/doomed")).status == 404
     assert (await api.get("/download/thumbnail?image_id=doomed")).status == 404
-    assert await usage_of(clients, settings, USER) == (0, 0)
+    assert await usage_of(settings, USER) == (0, 0)
 
 
 async def test_delete_during_processing_is_acknowledged_not_dead_lettered(
-    api: Client, clients: AwsClients, settings: Settings
+    api: Client, settings: Settings
 ) -> None:
     assert (await api.put("/images/gone-soon", data=jpeg_bytes(300, 200))).status == 202
     assert (await api.delete("/images/gone-soon")).status == 204  # its event is still queued
-    outcomes = await run_consumer_until_drained(clients, settings)
+    outcomes = await drain(settings)
     assert outcomes.get("source_missing") == 1 and "dead_lettered" not in outcomes
-    assert await dlq_messages(clients, settings) == []
-    assert "Contents" not in await clients.s3.list_objects_v2(Bucket=settings.aws.dest_bucket)
-    assert await record_of(clients, settings, f"{USER}/gone-soon") is None
+    assert await dead_lettered(settings) == []
+    assert await keys_in(settings, settings.aws.dest_bucket) == []
+    assert await record_in(settings, f"{USER}/gone-soon") is None
 
 
-async def test_reupload_replaces_and_the_record_follows_the_newest(
-    api: Client, clients: AwsClients, settings: Settings
-) -> None:
+async def test_reupload_replaces_and_the_record_follows_the_newest(api: Client, settings: Settings) -> None:
     """Both uploads' events are queued before any is processed: the older event must not win."""
     for width in (400, 200):
         assert (await api.put("/images/twice", data=jpeg_bytes(width, 100))).status == 202
-    await run_consumer_until_drained(clients, settings)
-    record = await record_of(clients, settings, f"{USER}/twice")
+    await drain(settings)
+    record = await record_in(settings, f"{USER}/twice")
     assert record is not None and record.state == "ready"
-    head = await clients.s3.head_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/twice")
-    assert record.source_etag == head["ETag"] and record.item["info"]["width"] == 200
-    assert await usage_of(clients, settings, USER) == (len(jpeg_bytes(200, 100)), 1)
+    async with open_backend(settings) as ports:
+        head = await ports.storage.head(settings.aws.source_bucket, f"{USER}/twice")
+    assert record.source_etag == head.etag and record.item["info"]["width"] == 200
+    assert await usage_of(settings, USER) == (len(jpeg_bytes(200, 100)), 1)
 
 
 @pytest.fixture
@@ -178,7 +193,7 @@ async def test_image_count_quota(make_settings: Any, make_client: ClientFactory)
 
 
 async def test_byte_quota_refuses_before_storing_and_after_a_chunked_upload(
-    quota_api: tuple[Client, Settings], clients: AwsClients
+    quota_api: tuple[Client, Settings],
 ) -> None:
     api, settings = quota_api
     data = jpeg_bytes(64, 64)
@@ -193,11 +208,9 @@ async def test_byte_quota_refuses_before_storing_and_after_a_chunked_upload(
 
     late = await api.put("/images/b4", data=chunked())  # no length: counted after streaming
     assert late.status == 413 and (await late.json())["error"] == "quota_bytes_exceeded"
-    keys = [
-        o["Key"] for o in (await clients.s3.list_objects_v2(Bucket=settings.aws.source_bucket))["Contents"]
-    ]
+    keys = await keys_in(settings, settings.aws.source_bucket)
     assert sorted(keys) == [f"{USER}/b1", f"{USER}/b2"]  # nothing of the refused uploads is kept
-    assert await usage_of(clients, settings, USER) == (2 * len(data), 2)
+    assert await usage_of(settings, USER) == (2 * len(data), 2)
 
 
 class _AfterFirstRead:
@@ -218,13 +231,12 @@ class _AfterFirstRead:
 
 
 async def test_a_newer_upload_landing_mid_write_wins_over_an_older_result(
-    clients: AwsClients, settings: Settings
+    images: Any,
 ) -> None:
     """The consumer's record read names its original, so it asks S3 nothing; a newer upload
     recorded between that read and the write changes the revision, the write fails, and the
     retry sees the newer original on the record, asks S3, and gives way instead of overwriting
     it with an older result."""
-    images = Tables(clients.dynamodb, settings.aws).images
     ref = ImageRef(f"{USER}/raced")
     await RecordStore(images).record_upload(ref, '"e1"', {"file_name": "one.jpg"}, lambda: _etag('"e1"'))
     s3_says = ['"e1"']
@@ -248,13 +260,13 @@ async def test_a_newer_upload_landing_mid_write_wins_over_an_older_result(
 
 
 async def test_a_result_for_the_recorded_original_asks_s3_nothing_else_it_asks(
-    clients: AwsClients, settings: Settings
+    images: Any,
 ) -> None:
     """One S3 request fewer per job: the record already names the original the job made its
     result from (its upload wrote it), so the write is ordered without a HEAD. A record naming
     another original leaves the order unknown: then the job asks S3. With none, the write
     creates it unasked: the job asks S3 after it (`test_consumer`), which is one HEAD, not two."""
-    records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+    records = RecordStore(images)
     asked: list[str] = []
 
     def s3_says(etag: str | None) -> Callable[[], Awaitable[str | None]]:
@@ -286,11 +298,11 @@ async def _etag(value: str) -> str:
 
 
 async def test_an_upload_that_read_the_record_before_storing_writes_without_a_head(
-    clients: AwsClients, settings: Settings
+    images: Any,
 ) -> None:
     """One S3 request fewer per upload: a record read before the PUT orders the write as well as
     a HEAD would, so the first write asks S3 nothing; read after the PUT, it still asks."""
-    records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+    records = RecordStore(images)
     asked: list[str] = []
 
     def s3_says(etag: str) -> Callable[[], Awaitable[str | None]]:
@@ -309,12 +321,12 @@ async def test_an_upload_that_read_the_record_before_storing_writes_without_a_he
 
 
 async def test_a_newer_upload_recorded_between_an_uploads_read_and_write_wins(
-    clients: AwsClients, settings: Settings
+    images: Any,
 ) -> None:
     """What makes skipping the HEAD safe: upload A reads the record, stores its original; B's
     original replaces it and B's record lands before A writes. A's write, conditional on the
     revision it read, fails; its retry asks S3, which names B's original, and A gives way."""
-    records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
+    records = RecordStore(images)
     ref = ImageRef(f"{USER}/overtaken")
     s3 = {"current": '"a"'}
 
