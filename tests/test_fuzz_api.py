@@ -37,15 +37,14 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from pipeline.aws.clients import open_clients
 from tests.conftest import (
     OTHER_USER,
     USER,
     bearer,
-    env_for,
+    drain,
     issue_key,
     jpeg_bytes,
-    run_consumer_until_drained,
+    local_settings,
 )
 from tests.support.servers import GuardedTestServer
 from web.app import create_app
@@ -300,19 +299,18 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-async def target(moto_endpoint: str) -> AsyncIterator[Target]:
-    """One app for the module: `ready` is processed, `pending` is not; links to `ready`."""
-    settings = Settings.from_env(
-        env_for(
-            moto_endpoint,
-            # Fuzzed keys fail on purpose; the shared failure limit would soon answer 429 alone.
-            IMGSVC_AUTH_FAILURES_ALLOWED="100000",
-            IMGSVC_RENDITIONS="256,256:webp",
-            IMGSVC_VARIANT_MAX_SIDE="512",  # variants are made for real: keep each one cheap
-            # A fuzzed Content-Length can promise bytes that never come: a 408 soon, not in 20 s.
-            IMGSVC_BODY_TIMEOUT="3",
-            IMGSVC_UPLOAD_MODES="api,presigned",
-        )
+async def target(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Target]:
+    """One app for the module, on the local backend (nothing fuzzed here is AWS's): `ready` is
+    processed, `pending` is not; links to `ready`."""
+    settings = local_settings(
+        tmp_path_factory.mktemp("fuzz"),
+        # Fuzzed keys fail on purpose; the shared failure limit would soon answer 429 alone.
+        IMGSVC_AUTH_FAILURES_ALLOWED="100000",
+        IMGSVC_RENDITIONS="256,256:webp",
+        IMGSVC_VARIANT_MAX_SIDE="512",  # variants are made for real: keep each one cheap
+        # A fuzzed Content-Length can promise bytes that never come: a 408 soon, not in 20 s.
+        IMGSVC_BODY_TIMEOUT="3",
+        IMGSVC_UPLOAD_MODES="api,presigned",
     )
     server = GuardedTestServer(create_app(settings), settings.web, host="127.0.0.1")
     await server.start_server()
@@ -322,8 +320,7 @@ async def target(moto_endpoint: str) -> AsyncIterator[Target]:
     try:
         auth = bearer(key)
         assert (await client.put("/images/ready", data=JPEG, headers=auth)).status == 202
-        async with open_clients(settings.aws) as clients:
-            await run_consumer_until_drained(clients, settings)
+        await drain(settings)
         assert (await client.put("/images/pending", data=JPEG, headers=auth)).status == 202
         links = []
         for rendition in ("256", "original"):
