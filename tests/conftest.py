@@ -327,14 +327,23 @@ async def dlq_messages(clients: AwsClients, settings: Settings) -> list[Message]
     return list(seen.values())
 
 
+@asynccontextmanager
+async def consumer_on(settings: Settings, *, burst: bool = True) -> AsyncIterator[Consumer]:
+    """A consumer on `settings`' stack (either backend), on the session's shared worker pool."""
+    pool = await shared_pool(settings)
+    async with (
+        open_backend(settings) as ports,
+        open_consumer(ports, settings, burst=burst, pool=pool) as consumer,
+    ):
+        yield consumer
+
+
 async def drain(settings: Settings, timeout: float = 30) -> dict[str, int]:
     """Run a burst consumer on `settings`' stack (either backend) until its queue is drained; the
     outcomes it counted."""
-    async with open_backend(settings) as ports:
-        pool = await shared_pool(settings)
-        async with open_consumer(ports, settings, burst=True, pool=pool) as consumer:
-            async with asyncio.timeout(timeout):
-                return dict((await consumer.run()).outcomes)
+    async with consumer_on(settings) as consumer:
+        async with asyncio.timeout(timeout):
+            return dict((await consumer.run()).outcomes)
 
 
 async def state_in(settings: Settings, key: str) -> dict[str, Any]:

@@ -8,13 +8,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
-from pipeline.aws.clients import AwsClients
-from tests.conftest import ClientFactory, decode, jpeg_bytes, run_consumer_until_drained
+from tests.conftest import ClientFactory, decode, drain, jpeg_bytes
 
 Client = TestClient[Any, Any]
+#: The service's own signed links; S3's presigned ones are marked below.
+pytestmark = pytest.mark.backend("local")
 
 
 async def listed(api: Client) -> dict[str, dict[str, Any]]:
@@ -31,12 +33,12 @@ async def fetch_without_key(url: str) -> tuple[int, str, bytes]:
 
 
 async def test_ready_images_come_with_a_thumbnail_link_that_needs_no_key(
-    api: Client, clients: AwsClients, settings: Settings
+    api: Client, settings: Settings
 ) -> None:
     assert (await api.put("/images/wide", data=jpeg_bytes(400, 300))).status == 202
     assert (await api.put("/images/tall", data=jpeg_bytes(150, 600))).status == 202
     assert (await api.put("/images/broken", data=jpeg_bytes(400, 300)[:2000])).status == 202
-    await run_consumer_until_drained(clients, settings)
+    await drain(settings)
     assert (await api.put("/images/later", data=jpeg_bytes(40, 40))).status == 202  # stays pending
 
     images = await listed(api)
@@ -60,15 +62,13 @@ async def test_ready_images_come_with_a_thumbnail_link_that_needs_no_key(
         assert 3500 < expires - time.time() <= 3600
 
 
-async def test_a_listing_link_is_pinned_to_its_upload(
-    api: Client, clients: AwsClients, settings: Settings
-) -> None:
+async def test_a_listing_link_is_pinned_to_its_upload(api: Client, settings: Settings) -> None:
     assert (await api.put("/images/again", data=jpeg_bytes(400, 300))).status == 202
-    await run_consumer_until_drained(clients, settings)
+    await drain(settings)
     old = (await listed(api))["again"]["thumbnail_url"]
     assert (await fetch_without_key(old))[0] == 200
     assert (await api.put("/images/again", data=jpeg_bytes(300, 400))).status == 202
-    await run_consumer_until_drained(clients, settings)
+    await drain(settings)
     new = (await listed(api))["again"]["thumbnail_url"]
     status, _, body = await fetch_without_key(new)
     assert status == 200 and decode(body).size == (192, 256)
@@ -86,6 +86,7 @@ async def test_listing_links_respect_the_link_maximum(make_settings: Any, make_c
     assert (await fetch_without_key(url))[0] == 200
 
 
+@pytest.mark.backend("aws")  # presigned S3 URLs (the local backend has no S3 to sign for)
 async def test_with_s3_links_the_listing_presigns_the_thumbnail(
     make_settings: Any, make_client: ClientFactory
 ) -> None:

@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import Settings, WebhookSettings
-from pipeline.aws.clients import AwsClients, open_clients
-from pipeline.aws.tables import Tables
+from pipeline.aws.clients import AwsClients
+from pipeline.backends import open_backend
 from pipeline.consumer import lambda_handler
 from pipeline.core import metrics
 from pipeline.core.errors import InvalidWebhookUrl
@@ -39,13 +39,15 @@ from tests.conftest import (
     ROOT,
     USER,
     ClientFactory,
-    run_consumer_until_drained,
-    shared_consumer,
+    consumer_on,
+    drain,
     sqs_event,
 )
 from tests.webhook_receiver import Receiver
 
 Client = TestClient[Any, Any]
+#: Webhooks are the service's own; only the Lambda variant's event sources are AWS's (marked).
+pytestmark = pytest.mark.backend("local")
 CAT = (ROOT / "input" / "cat.jpg").read_bytes()
 
 
@@ -119,9 +121,9 @@ async def set_hook(api: Client, url: str) -> dict[str, Any]:
     return body
 
 
-async def drain(clients: AwsClients, settings: Settings) -> dict[str, int]:
+async def settle(settings: Settings) -> dict[str, int]:
     """The consumer's outcomes (without S3's test event), once every webhook is delivered."""
-    outcomes = await run_consumer_until_drained(clients, settings)
+    outcomes = await drain(settings)
     outcomes.pop("test_event", None)
     return outcomes
 
@@ -344,7 +346,7 @@ def test_backoff_grows_and_is_capped() -> None:
 
 
 async def test_ready_event_is_signed_and_retried_until_accepted(
-    hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
+    hook_settings: Settings, make_client: ClientFactory, receiver: Receiver
 ) -> None:
     api = await make_client(hook_settings)
     hook = await set_hook(api, receiver.url)
@@ -352,7 +354,7 @@ async def test_ready_event_is_signed_and_retried_until_accepted(
     assert (await api.put(f"/images/cat?user_id={USER}", data=CAT)).status == 202
     before = metrics.WEBHOOK_DELIVERIES.labels("delivered")._value.get()
 
-    outcomes = await drain(clients, hook_settings)  # leaves once delivered
+    outcomes = await settle(hook_settings)  # leaves once delivered
 
     assert outcomes == {"ready": 1}
     assert len(receiver.calls) == 3
@@ -376,13 +378,13 @@ async def test_ready_event_is_signed_and_retried_until_accepted(
 
 
 async def test_failed_event_carries_the_reason(
-    hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
+    hook_settings: Settings, make_client: ClientFactory, receiver: Receiver
 ) -> None:
     api = await make_client(hook_settings)
     await set_hook(api, receiver.url)
     assert (await api.put("/images/broken", data=CAT[:5000])).status == 202  # a JPEG that fails to decode
 
-    assert await drain(clients, hook_settings) == {"dead_lettered": 1}
+    assert await settle(hook_settings) == {"dead_lettered": 1}
 
     [event] = delivered(receiver)
     assert event["type"] == "image.failed"
@@ -390,18 +392,18 @@ async def test_failed_event_carries_the_reason(
 
 
 async def test_only_images_uploaded_with_a_webhook_notify_and_a_refusing_receiver_is_given_up(
-    hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
+    hook_settings: Settings, make_client: ClientFactory, receiver: Receiver
 ) -> None:
     api = await make_client(hook_settings)
     assert (await api.put("/images/quiet", data=CAT)).status == 202
     await set_hook(api, receiver.url)  # after the upload: its owner had no webhook then
-    assert await drain(clients, hook_settings) == {"ready": 1}
+    assert await settle(hook_settings) == {"ready": 1}
     assert receiver.calls == []
 
     receiver.statuses = [500] * 50
     failed = metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get()
     assert (await api.put("/images/loud", data=CAT)).status == 202
-    assert await drain(clients, hook_settings) == {"ready": 1}
+    assert await settle(hook_settings) == {"ready": 1}
     assert len(receiver.calls) == hook_settings.webhooks.attempts
     assert metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get() == failed + 1
 
@@ -418,7 +420,7 @@ async def test_a_receiver_that_hangs_never_holds_up_the_consumer(
     for name in ("a", "b", "c"):
         assert (await api.put(f"/images/{name}", data=CAT)).status == 202
 
-    async with open_clients(settings.aws) as own, shared_consumer(own, settings, burst=True) as consumer:
+    async with consumer_on(settings) as consumer:
         stats = await asyncio.wait_for(consumer.run(), 30)
         # Every message is done and acknowledged while all three POSTs are still unanswered.
         assert stats.outcomes["ready"] == 3 and stats.outcomes.keys() <= {"ready", "test_event"}
@@ -453,7 +455,7 @@ async def test_a_users_hanging_receiver_holds_up_only_its_own_events(
     assert (await fast.put("/images/quick", data=CAT)).status == 202
     deferred = metrics.WEBHOOK_DELIVERIES.labels("deferred")._value.get()
 
-    async with open_clients(settings.aws) as own, shared_consumer(own, settings, burst=True) as consumer:
+    async with consumer_on(settings) as consumer:
         await asyncio.wait_for(consumer.run(), 30)
         async with asyncio.timeout(20):
             while not second_receiver.calls:
@@ -469,7 +471,6 @@ async def test_a_users_hanging_receiver_holds_up_only_its_own_events(
 async def test_a_huge_or_endless_answer_is_not_read(
     make_settings: Callable[..., Settings],
     make_client: ClientFactory,
-    clients: AwsClients,
     streamer: Streamer,
 ) -> None:
     """Only the status counts: the body of a 2xx answer is neither awaited nor taken in."""
@@ -481,7 +482,7 @@ async def test_a_huge_or_endless_answer_is_not_read(
     delivered_before = metrics.WEBHOOK_DELIVERIES.labels("delivered")._value.get()
     assert (await api.put("/images/cat", data=CAT)).status == 202
 
-    assert await drain(clients, settings) == {"ready": 1}
+    assert await settle(settings) == {"ready": 1}
 
     assert metrics.WEBHOOK_DELIVERIES.labels("delivered")._value.get() == delivered_before + 1
     await asyncio.wait_for(streamer.ended.wait(), 10)
@@ -494,7 +495,6 @@ async def test_a_huge_or_endless_answer_is_not_read(
 async def test_a_connection_with_an_unread_answer_is_not_reused(
     make_settings: Callable[..., Settings],
     make_client: ClientFactory,
-    clients: AwsClients,
     streamer: Streamer,
 ) -> None:
     """After an answer left unread the next POST opens a new connection; after a read one it reuses it."""
@@ -504,7 +504,7 @@ async def test_a_connection_with_an_unread_answer_is_not_reused(
     for name in ("a", "b", "c"):
         assert (await api.put(f"/images/{name}", data=CAT)).status == 202
 
-    assert await drain(clients, settings) == {"ready": 3}
+    assert await settle(settings) == {"ready": 3}
 
     first, second, third = streamer.peers  # no retries: every answer was a clean 200
     assert first != second == third
@@ -517,19 +517,21 @@ FULLWIDTH_LOOPBACK = "\uff11\uff12\uff17\u3002\uff10\u3002\uff10\u3002\uff11"
 
 @pytest.mark.parametrize("fullwidth", [False, True], ids=["literal", "idna-mapped"])
 async def test_delivery_to_an_inward_address_is_refused_when_not_allowed(
-    settings: Settings, clients: AwsClients, make_client: ClientFactory, receiver: Receiver, fullwidth: bool
+    settings: Settings, make_client: ClientFactory, receiver: Receiver, fullwidth: bool
 ) -> None:
     """A URL stored before the rules changed (or written around the API) is still never called."""
     api = await make_client(settings)
     url = receiver.url.replace("127.0.0.1", FULLWIDTH_LOOPBACK) if fullwidth else receiver.url
-    await WebhookStore(Tables(clients.dynamodb, settings.aws).users).put(USER, url)
+    async with open_backend(settings) as ports:
+        await WebhookStore(ports.tables.users).put(USER, url)
     failed = metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get()
     assert (await api.put("/images/cat", data=CAT)).status == 202
-    assert await drain(clients, settings) == {"ready": 1}
+    assert await settle(settings) == {"ready": 1}
     assert receiver.calls == []
     assert metrics.WEBHOOK_DELIVERIES.labels("failed")._value.get() == failed + 1
 
 
+@pytest.mark.backend("aws")  # Lambda's SQS event sources
 async def test_the_lambda_variant_delivers_from_the_outbox_too(
     hook_settings: Settings, make_client: ClientFactory, clients: AwsClients, receiver: Receiver
 ) -> None:
