@@ -13,35 +13,33 @@ import aiohttp
 import pytest
 
 from config.settings import SEED_USER_IDS, Settings
-from pipeline.aws.clients import open_clients
-from pipeline.aws.provision import provision
-from pipeline.aws.tables import Tables
+from pipeline.backends import open_backend
 from pipeline.core.accounts import Accounts
 from pipeline.core.demo import read_demo_keys, seed_demo_users
 from tests.conftest import USER, bearer, process_env, running, stops_cleanly
 
-pytestmark = pytest.mark.e2e
+#: Seeding and restoring keys are the service's own, on any tables: a fresh data directory per
+#: `make_settings` call is a fresh start. `python -m web` below runs its own embedded stack.
+pytestmark = [pytest.mark.e2e, pytest.mark.backend("local")]
 
 KEY = "isk_0123456789abcdef_" + "K" * 43
 
 
 async def seed(settings: Settings) -> dict[str, str]:
     """A fresh start of the embedded stack's seeding: new, empty tables every time."""
-    async with open_clients(settings.aws) as clients:
-        await provision(clients, settings)
-        return await seed_demo_users(Tables(clients.dynamodb, settings.aws), settings)
+    async with open_backend(settings, provision_first=True) as ports:
+        return await seed_demo_users(ports.tables, settings)
 
 
 async def authenticates(settings: Settings, key: str) -> str:
-    async with open_clients(settings.aws) as clients:
-        return await Accounts(Tables(clients.dynamodb, settings.aws)).authenticate(key)
+    async with open_backend(settings) as ports:
+        return await Accounts(ports.tables).authenticate(key)
 
 
 async def test_restore_key_stores_the_same_key_id_and_secret(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    async with open_clients(settings.aws) as clients:
-        await provision(clients, settings)
-        accounts = Accounts(Tables(clients.dynamodb, settings.aws))
+    async with open_backend(settings, provision_first=True) as ports:
+        accounts = Accounts(ports.tables)
         await accounts.create_user(USER)
         restored = await accounts.restore_key(USER, KEY)
         assert (restored.key_id, restored.user_id, restored.key) == ("0123456789abcdef", USER, KEY)

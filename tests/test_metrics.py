@@ -7,23 +7,27 @@ import subprocess
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import Settings
-from pipeline.aws.clients import AwsClients
+from pipeline.backends import open_backend
+from pipeline.core.accounts import Accounts
 from scripts.stack import free_port
 from tests.conftest import (
     USER,
+    drain,
     jpeg_bytes,
-    run_consumer_until_drained,
-    settings_env,
+    process_env,
     start,
     stops_cleanly,
 )
 
 Client = TestClient[Any, Any]
+#: The service's own metrics, the same on either backend.
+pytestmark = pytest.mark.backend("local")
 
 
 def value(name: str, **labels: str) -> float:
@@ -82,9 +86,7 @@ async def test_api_counts_requests_by_route_and_status(api: Client) -> None:
     assert not any("counted" in str(labels) for _, labels in seen)
 
 
-async def test_consumer_counts_outcomes_engines_and_dead_letters(
-    clients: AwsClients, settings: Settings
-) -> None:
+async def test_consumer_counts_outcomes_engines_and_dead_letters(settings: Settings) -> None:
     before = {
         "ready": value("imgsvc_messages_total", outcome="ready"),
         "dead": value("imgsvc_dead_letters_total", code="corrupt_image"),
@@ -92,9 +94,11 @@ async def test_consumer_counts_outcomes_engines_and_dead_letters(
         "received": value("imgsvc_messages_received_total"),
     }
     good = jpeg_bytes(300, 200)
-    for key, body in ((f"{USER}/fine", good), (f"{USER}/broken", good[:500])):
-        await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=key, Body=body)
-    await run_consumer_until_drained(clients, settings)
+    async with open_backend(settings) as ports:
+        await Accounts(ports.tables).create_user(USER)  # objects put straight into a bucket need a known user
+        for key, body in ((f"{USER}/fine", good), (f"{USER}/broken", good[:500])):
+            await ports.storage.put(settings.aws.source_bucket, key, body, "application/octet-stream")
+    await drain(settings)
     assert value("imgsvc_messages_total", outcome="ready") == before["ready"] + 1
     assert value("imgsvc_dead_letters_total", code="corrupt_image") == before["dead"] + 1
     assert value("imgsvc_processing_seconds_count", engine="pillow", format="jpeg") == before["timed"] + 1
@@ -103,11 +107,9 @@ async def test_consumer_counts_outcomes_engines_and_dead_letters(
     assert value("imgsvc_queue_messages", queue="dlq", state="visible") >= 0  # sampled at start
 
 
-async def test_consumer_process_serves_metrics_on_its_own_port(
-    settings: Settings, clients: AwsClients
-) -> None:
+async def test_consumer_process_serves_metrics_on_its_own_port(settings: Settings) -> None:
     port = free_port()
-    env = settings_env(settings, IMGSVC_METRICS_PORT=str(port))
+    env = process_env(IMGSVC_DATA_DIR=str(settings.aws.data_dir), IMGSVC_METRICS_PORT=str(port))
     process = await start("-m", "pipeline", "consumer", env=env, stdout=subprocess.DEVNULL)
     try:
         async with asyncio.timeout(30), aiohttp.ClientSession() as session:

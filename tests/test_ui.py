@@ -20,7 +20,8 @@ from playwright.async_api import Browser, Page, Route, async_playwright, expect
 from config.settings import Settings
 from tests.conftest import ROOT, USER, ClientFactory, decode, issue_key, jpeg_bytes
 
-pytestmark = pytest.mark.browser
+#: The browser meets the API; only the presigned PUT straight into S3 needs moto (marked).
+pytestmark = [pytest.mark.browser, pytest.mark.backend("local")]
 
 Client = TestClient[Any, Any]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -228,6 +229,7 @@ async def test_several_files_upload_with_progress_and_turn_ready_or_failed_live(
     assert session.errors == []
 
 
+@pytest.mark.backend("aws")
 async def test_where_offered_the_browser_puts_the_bytes_straight_into_s3(
     make_session: SessionFactory, moto_endpoint: str
 ) -> None:
