@@ -1,4 +1,5 @@
-"""The consumer against real S3 events in moto: outcomes, retries, the DLQ, and stopping safely."""
+"""The consumer: outcomes, retries, the DLQ, and stopping safely. On the local backend, but for
+what is AWS's own (S3's test event, a bucket deleted under the consumer, DynamoDB's refusals)."""
 
 from __future__ import annotations
 
@@ -15,95 +16,110 @@ from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
-from pipeline.aws.queue import Queue
 from pipeline.aws.tables import Tables
-from pipeline.backends import aws_backend
+from pipeline.backends import open_backend
 from pipeline.consumer.loop import backoff_seconds
+from pipeline.core.accounts import Accounts
 from pipeline.core.dlq import list_dead_letters, redrive
 from pipeline.core.errors import InvalidRecord, PermanentError
 from pipeline.core.layout import ImageRef
+from pipeline.core.ports import Backend
 from pipeline.core.records import RecordStore
 from tests.conftest import (
     ROOT,
     USER,
     ClientFactory,
+    consumer_on,
+    dead_lettered,
     decode,
     dlq_messages,
-    provision_with_users,
+    drain,
+    object_in,
     run_consumer_until_drained,
     shared_consumer,
+    state_in,
     status_of,
 )
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
+pytestmark = pytest.mark.backend("local")
 
 
 async def put(clients: AwsClients, settings: Settings, key: str, data: bytes) -> None:
     await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=key, Body=data)
 
 
-async def queue_depth(clients: AwsClients, settings: Settings) -> dict[str, int]:
-    return await (await Queue.named(clients.sqs, settings.aws.queue_name)).depth()
+async def put_all(settings: Settings, objects: dict[str, bytes]) -> None:
+    """Objects put straight into the source bucket (each queues its event), by a known user."""
+    async with open_backend(settings) as ports:
+        accounts = Accounts(ports.tables)
+        for key, data in objects.items():
+            await accounts.create_user(key.split("/", 1)[0])
+            await ports.storage.put(settings.aws.source_bucket, key, data, "application/octet-stream")
 
 
-async def test_good_images_become_renditions_and_messages_are_deleted(
-    clients: AwsClients, settings: Settings
-) -> None:
+async def queue_depth(settings: Settings) -> dict[str, int]:
+    async with open_backend(settings) as ports:
+        return await ports.main.depth()
+
+
+async def test_good_images_become_renditions_and_messages_are_deleted(settings: Settings) -> None:
+    await put_all(settings, {f"{USER}/dog{i}": DOG for i in range(5)})
+    outcomes = await drain(settings)
+    assert outcomes == {"ready": 5}
     for i in range(5):
-        await put(clients, settings, f"{USER}/dog{i}", DOG)
-    outcomes = await run_consumer_until_drained(clients, settings)
-    assert outcomes["ready"] == 5
-    assert outcomes["test_event"] == 1  # moto, like S3, announces a new notification configuration
-    for i in range(5):
-        assert (await status_of(clients, settings, f"{USER}/dog{i}"))["state"] == "ready"
-        thumb = await clients.s3.get_object(Bucket=settings.aws.dest_bucket, Key=f"{USER}/dog{i}/256.jpg")
-        assert decode(await thumb["Body"].read()).size == (256, 192)
-    assert await queue_depth(clients, settings) == {"visible": 0, "in_flight": 0}
-    assert await dlq_messages(clients, settings) == []
+        assert (await state_in(settings, f"{USER}/dog{i}"))["state"] == "ready"
+        _, thumb = await object_in(settings, f"{USER}/dog{i}/256.jpg", settings.aws.dest_bucket)
+        assert decode(thumb).size == (256, 192)
+    assert await queue_depth(settings) == {"visible": 0, "in_flight": 0}
+    assert await dead_lettered(settings) == []
 
 
-async def test_corrupt_and_fake_images_go_to_dlq_at_once_with_reason(
-    clients: AwsClients, settings: Settings
-) -> None:
-    await put(clients, settings, f"{USER}/corrupt", DOG[: len(DOG) // 3])
-    await put(clients, settings, f"{USER}/fake", b"I am a text file renamed to cat.jpg\n" * 10)
-    outcomes = await run_consumer_until_drained(clients, settings)
+async def test_corrupt_and_fake_images_go_to_dlq_at_once_with_reason(settings: Settings) -> None:
+    await put_all(
+        settings,
+        {
+            f"{USER}/corrupt": DOG[: len(DOG) // 3],
+            f"{USER}/fake": b"I am a text file renamed to cat.jpg\n" * 10,
+        },
+    )
+    outcomes = await drain(settings)
     assert outcomes["dead_lettered"] == 2 and "retry" not in outcomes
-    letters = {m.attributes["error_code"]: m for m in await dlq_messages(clients, settings)}
+    letters = {m.attributes["error_code"]: m for m in await dead_lettered(settings)}
     assert set(letters) == {"corrupt_image", "not_an_image"}
     for message in letters.values():
         assert message.attributes["attempts"] == "1"  # permanent: no retries
         assert message.attributes["error_message"]
         assert json.loads(message.body)["Records"][0]["eventName"].startswith("ObjectCreated:")
     for key, code in ((f"{USER}/corrupt", "corrupt_image"), (f"{USER}/fake", "not_an_image")):
-        status = await status_of(clients, settings, key)
+        status = await state_in(settings, key)
         assert status["state"] == "failed" and status["error"]["code"] == code
 
 
-async def test_poison_and_other_events(clients: AwsClients, settings: Settings) -> None:
-    queues = await aws_backend(clients, settings)
-    await queues.main.send("this is not json")
-    await queues.main.send(
-        json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete"}]})
-    )
-    await queues.main.send(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
-    outcomes = await run_consumer_until_drained(clients, settings)
-    assert outcomes == {"dead_lettered": 1, "ignored": 1, "test_event": 2}
-    (letter,) = await dlq_messages(clients, settings)
+async def test_poison_and_other_events(settings: Settings) -> None:
+    async with open_backend(settings) as queues:
+        await queues.main.send("this is not json")
+        await queues.main.send(
+            json.dumps({"Records": [{"eventSource": "aws:s3", "eventName": "ObjectRemoved:Delete"}]})
+        )
+        await queues.main.send(json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
+    outcomes = await drain(settings)
+    assert outcomes == {"dead_lettered": 1, "ignored": 1, "test_event": 1}
+    (letter,) = await dead_lettered(settings)
     assert letter.body == "this is not json"
     assert letter.attributes["error_code"] == "poison_message"
 
 
-async def test_source_deleted_before_processing_is_acknowledged(
-    clients: AwsClients, settings: Settings
-) -> None:
-    await put(clients, settings, f"{USER}/gone", DOG)
-    await clients.s3.delete_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/gone")
-    outcomes = await run_consumer_until_drained(clients, settings)
-    assert outcomes["source_missing"] == 1
-    assert await dlq_messages(clients, settings) == []
+async def test_source_deleted_before_processing_is_acknowledged(settings: Settings) -> None:
+    await put_all(settings, {f"{USER}/gone": DOG})
+    async with open_backend(settings) as ports:
+        await ports.storage.delete_many(settings.aws.source_bucket, [f"{USER}/gone"])
+    outcomes = await drain(settings)
+    assert outcomes == {"source_missing": 1}
+    assert await dead_lettered(settings) == []
 
 
+@pytest.mark.backend("aws")
 async def test_transient_failure_is_retried_then_succeeds(clients: AwsClients, settings: Settings) -> None:
     await clients.s3.delete_bucket(Bucket=settings.aws.dest_bucket)  # every write now fails
     await put(clients, settings, f"{USER}/later", DOG)
@@ -122,6 +138,7 @@ async def test_transient_failure_is_retried_then_succeeds(clients: AwsClients, s
     assert await dlq_messages(clients, settings) == []
 
 
+@pytest.mark.backend("aws")
 async def test_always_failing_message_reaches_dlq_after_exactly_max_attempts(
     clients: AwsClients, settings: Settings
 ) -> None:
@@ -139,18 +156,16 @@ async def test_always_failing_message_reaches_dlq_after_exactly_max_attempts(
     assert head["ContentLength"] == len(DOG)
 
 
-async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any, clients: AwsClients) -> None:
+async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any) -> None:
     settings: Settings = make_settings(
         IMGSVC_CONSUMER_DRAIN_TIMEOUT="0", IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="30"
     )
-    await provision_with_users(clients, settings)
     big = io.BytesIO()
     Image.frombytes("RGB", (2400, 1800), os.urandom(2400 * 1800 * 3)).save(big, "JPEG", quality=95)
     keys = [f"{USER}/batch{i}" for i in range(8)]
-    for key in keys:
-        await put(clients, settings, key, big.getvalue())
+    await put_all(settings, dict.fromkeys(keys, big.getvalue()))
 
-    async with shared_consumer(clients, settings) as consumer:
+    async with consumer_on(settings, burst=False) as consumer:
         task = asyncio.create_task(consumer.run())
         async with asyncio.timeout(20):
             # Some done, some still in flight: stopping must release those, not lose them.
@@ -162,18 +177,24 @@ async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any, clie
     done_first = first.outcomes["ready"]
 
     # Released messages are visible again at once, not after the 30 s visibility timeout.
-    outcomes = await run_consumer_until_drained(clients, settings, timeout=60)
+    outcomes = await drain(settings, timeout=60)
     assert done_first + outcomes.get("ready", 0) >= len(keys)
     for key in keys:
-        assert (await status_of(clients, settings, key))["state"] == "ready"
-    assert await dlq_messages(clients, settings) == []
+        assert (await state_in(settings, key))["state"] == "ready"
+    assert await dead_lettered(settings) == []
 
 
-async def test_dlq_list_redrive_purge(clients: AwsClients, settings: Settings) -> None:
-    await put(clients, settings, f"{USER}/bad1", b"not an image at all, no magic" * 3)
-    await put(clients, settings, f"{USER}/bad2", b"GIF89a but nothing else")
-    await run_consumer_until_drained(clients, settings)
-    queues = await aws_backend(clients, settings)
+async def test_dlq_list_redrive_purge(settings: Settings) -> None:
+    await put_all(
+        settings,
+        {f"{USER}/bad1": b"not an image at all, no magic" * 3, f"{USER}/bad2": b"GIF89a but nothing else"},
+    )
+    await drain(settings)
+    async with open_backend(settings) as queues:
+        await dlq_round_trip(settings, queues)
+
+
+async def dlq_round_trip(settings: Settings, queues: Backend) -> None:
 
     letters = await list_dead_letters(queues.dlq, peek_seconds=1)
     assert sorted(k for letter in letters for k in letter.keys) == [f"{USER}/bad1", f"{USER}/bad2"]
@@ -182,15 +203,15 @@ async def test_dlq_list_redrive_purge(clients: AwsClients, settings: Settings) -
 
     moved = await redrive(queues.dlq, queues.main)
     assert moved == 2
-    assert await queue_depth(clients, settings) == {"visible": 2, "in_flight": 0}
-    assert await dlq_messages(clients, settings) == []
+    assert await queue_depth(settings) == {"visible": 2, "in_flight": 0}
+    assert await dead_lettered(settings) == []
 
     # They fail again (still not images) and come back to the DLQ exactly once each.
-    await run_consumer_until_drained(clients, settings)
-    assert len(await dlq_messages(clients, settings)) == 2
+    await drain(settings)
+    assert len(await dead_lettered(settings)) == 2
     await asyncio.sleep(1.1)
     await queues.dlq.purge()
-    assert await dlq_messages(clients, settings) == []
+    assert await dead_lettered(settings) == []
 
 
 def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
@@ -204,7 +225,7 @@ def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
     assert backoff_seconds(50, base=2, cap=60) <= 60
 
 
-async def test_heartbeat_keeps_waiting_jobs_invisible(make_settings: Any, clients: AwsClients) -> None:
+async def test_heartbeat_keeps_waiting_jobs_invisible(make_settings: Any) -> None:
     """With one worker, the last jobs wait far longer than the 2 s visibility timeout; the
     heartbeat must keep their messages hidden, so nothing is delivered (or processed) twice.
     (At 1 s, a heartbeat delayed by a loaded machine let a lease lapse now and then.)"""
@@ -213,30 +234,26 @@ async def test_heartbeat_keeps_waiting_jobs_invisible(make_settings: Any, client
         IMGSVC_CONSUMER_WORKERS="1",
         IMGSVC_CONSUMER_MAX_IN_FLIGHT="20",
     )
-    await provision_with_users(clients, settings)
     out = io.BytesIO()  # tiny to store, slow to decode: PNG has no shrink-on-load
     Image.new("RGB", (6000, 6000), (10, 120, 200)).save(out, "PNG")
     count = 20
-    for i in range(count):
-        await put(clients, settings, f"{USER}/slow{i}", out.getvalue())
-    async with shared_consumer(clients, settings, burst=True) as consumer:
+    await put_all(settings, {f"{USER}/slow{i}": out.getvalue() for i in range(count)})
+    async with consumer_on(settings) as consumer:
         async with asyncio.timeout(90):
             stats = await consumer.run()
     assert stats.heartbeats > 0  # the jobs did outlive their lease
     assert stats.outcomes["ready"] == count
-    assert stats.received == count + 1  # + moto's test event; no redelivery
-    assert await dlq_messages(clients, settings) == []
+    assert stats.received == count  # no redelivery
+    assert await dead_lettered(settings) == []
 
 
-async def test_in_flight_bound_holds_across_receivers(make_settings: Any, clients: AwsClients) -> None:
+async def test_in_flight_bound_holds_across_receivers(make_settings: Any) -> None:
     settings: Settings = make_settings(
         IMGSVC_CONSUMER_MAX_IN_FLIGHT="3", IMGSVC_CONSUMER_RECEIVERS="3", IMGSVC_CONSUMER_BATCH_SIZE="10"
     )
-    await provision_with_users(clients, settings)
-    for i in range(12):
-        await put(clients, settings, f"{USER}/bound{i}", DOG)
+    await put_all(settings, {f"{USER}/bound{i}": DOG for i in range(12)})
     peak = 0
-    async with shared_consumer(clients, settings) as consumer:
+    async with consumer_on(settings, burst=False) as consumer:
         task = asyncio.create_task(consumer.run())
         async with asyncio.timeout(60):
             while consumer.stats.outcomes["ready"] < 12:
@@ -260,9 +277,7 @@ def slow_png(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
-async def test_one_slow_image_never_hurts_the_others(
-    make_settings: Any, make_client: ClientFactory, clients: AwsClients
-) -> None:
+async def test_one_slow_image_never_hurts_the_others(make_settings: Any, make_client: ClientFactory) -> None:
     """One image that takes longer than the job timeout among eight that do not, on two workers:
     the timeout starts when each job starts and kills only the slow job's worker, so all eight are
     ready on their first attempt; the slow one times out twice and is dead-lettered with
@@ -277,39 +292,38 @@ async def test_one_slow_image_never_hurts_the_others(
     assert (await api.put("/images/slow", data=io.BytesIO(slow_png(8960)))).status == 202
     for i in range(8):  # ~0.1 s each: the other worker works through them while the slow one runs
         assert (await api.put(f"/images/normal{i}", data=slow_png(2496))).status == 202
-    outcomes = await run_consumer_until_drained(clients, settings, timeout=60)
-    outcomes.pop("test_event", None)  # S3's notification set-up message
+    outcomes = await drain(settings, timeout=60)
     assert outcomes == {"ready": 8, "retry": 1, "dead_lettered": 1}, outcomes
     for i in range(8):
-        status = await status_of(clients, settings, f"{USER}/normal{i}")
+        status = await state_in(settings, f"{USER}/normal{i}")
         assert status["state"] == "ready" and status["info"]["width"] == 2496
-    (letter,) = await dlq_messages(clients, settings)
+    (letter,) = await dead_lettered(settings)
     assert letter.attributes["error_code"] == "processing_timeout"
     assert letter.attributes["attempts"] == "2"
     failed = await (await api.get("/images/slow")).json()
     assert failed["status"] == "failed" and failed["error"]["code"] == "processing_timeout"
 
 
-async def test_nested_or_malformed_bodies_are_poison_at_once(clients: AwsClients, settings: Settings) -> None:
+async def test_nested_or_malformed_bodies_are_poison_at_once(settings: Settings) -> None:
     """`json.loads` of a deeply nested body raises RecursionError, `unquote_plus` of a key that is
     not text AttributeError: both used to be retried as unexpected errors, max_attempts times.
     They are poison at once (oversized bodies too: `tests/test_events.py`)."""
-    queues = await aws_backend(clients, settings)
-    await queues.main.send("[" * 100_000 + "]" * 100_000)
     key_not_text = {
         "eventName": "ObjectCreated:Put",
         "s3": {"bucket": {"name": "b"}, "object": {"key": ["k"]}},
     }
-    await queues.main.send(json.dumps({"Records": [key_not_text]}))
-    await queues.main.send('{"Records": [' + '{"a":' * 40 + "1" + "}" * 40 + "]}")
-    outcomes = await run_consumer_until_drained(clients, settings)
-    outcomes.pop("test_event", None)
+    async with open_backend(settings) as queues:
+        await queues.main.send("[" * 100_000 + "]" * 100_000)
+        await queues.main.send(json.dumps({"Records": [key_not_text]}))
+        await queues.main.send('{"Records": [' + '{"a":' * 40 + "1" + "}" * 40 + "]}")
+    outcomes = await drain(settings)
     assert outcomes == {"dead_lettered": 3}
-    letters = await dlq_messages(clients, settings)
+    letters = await dead_lettered(settings)
     assert {m.attributes["error_code"] for m in letters} == {"poison_message"}
     assert {m.attributes["attempts"] for m in letters} == {"1"}
 
 
+@pytest.mark.backend("aws")
 async def test_a_request_the_database_refuses_is_permanent(clients: AwsClients, settings: Settings) -> None:
     """A DynamoDB ValidationException (an empty key, an item too large) cannot succeed on retry."""
     records = RecordStore(Tables(clients.dynamodb, settings.aws).images)
