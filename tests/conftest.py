@@ -182,7 +182,8 @@ def local_settings(data_dir: Path, **overrides: str) -> Settings:
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Each contract test runs once against the AWS backend (moto) and once against the local one."""
     if request.param == "aws":
-        settings: Settings = request.getfixturevalue("settings")
+        # Its own moto settings, also in a module whose `settings` are the local backend's.
+        settings = Settings.from_env(env_for(request.getfixturevalue("moto_endpoint")))
         async with open_clients(settings.aws) as clients:
             await provision(clients, settings)
             ports = await aws_backend(clients, settings)
@@ -346,10 +347,15 @@ async def drain(settings: Settings, timeout: float = 30) -> dict[str, int]:
             return dict((await consumer.run()).outcomes)
 
 
+async def record_in(settings: Settings, key: str) -> ImageRecord | None:
+    """The image record of a source key (None: there is none), on either backend."""
+    async with open_backend(settings) as ports:
+        return await RecordStore(ports.tables.images).read(ImageRef(key))
+
+
 async def state_in(settings: Settings, key: str) -> dict[str, Any]:
     """`status_of` on `settings`' stack, either backend."""
-    async with open_backend(settings) as ports:
-        record = await RecordStore(ports.tables.images).read(ImageRef(key))
+    record = await record_in(settings, key)
     assert record is not None, f"no record for {key}"
     return {
         "state": record.state,

@@ -240,7 +240,6 @@ def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None
     assert dead.returncode == 1 and "key_revoked" in dead.stderr and "Traceback" not in dead.stderr
 
 
-@pytest.mark.backend("aws")  # for `backend`'s aws case only: its moto settings (the local case is local)
 async def test_verified_keys_are_remembered_for_a_while_and_only_with_their_secret(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:

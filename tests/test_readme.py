@@ -1,9 +1,10 @@
-"""The README's commands, run as a reader would run them: every shell block not marked
-`<!-- not run: why -->` on the line before it runs, in order, in one `bash -euo pipefail`, against
-a real `python -m web` started here. Two substitutions only, both of what `make run` fixes: the
-port (`localhost:8080` is the one the test's server got) and the demo keys (the file the server
+"""The commands of the README and of `docs/`, run as a reader would run them: every shell block
+not marked `<!-- not run: why -->` on the line before it runs, the README's first and then each
+document's, in order, in one `bash -euo pipefail`, against a real `python -m web` started here.
+Substitutions only of what `make run` fixes: the port (`localhost:8080`, and `IMGSVC_PORT` for
+the tools that find the API by it, are the test server's) and the demo keys (the file the server
 wrote is copied to where the README reads it). Then what the blocks downloaded must decode as the
-thumbnails they claim to be."""
+thumbnails they claim to be. Usage synopses with placeholders are `text` blocks, not commands."""
 
 from __future__ import annotations
 
@@ -33,26 +34,33 @@ def blocks(text: str) -> tuple[list[str], list[str]]:
     return run, skipped
 
 
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
 def test_every_block_is_run_or_says_why_not() -> None:
-    run, skipped = blocks((ROOT / "README.md").read_text())
+    run, _ = blocks((ROOT / "README.md").read_text())
     assert run, "the README's quickstart blocks are what this test runs"
-    assert all(len(reason) > 10 for reason in skipped)
+    for document in DOCUMENTS:
+        _, skipped = blocks(document.read_text())
+        assert all(len(reason) > 10 for reason in skipped), document.name
 
 
 async def test_the_readme_blocks_work_as_written(tmp_path: Path) -> None:
     web = Web(tmp_path / "data", tmp_path / "web.log", process_env(IMGSVC_LOG_LEVEL="INFO"))
     await web.start()
     try:
-        run, _ = blocks((ROOT / "README.md").read_text())
+        run = [code for document in DOCUMENTS for code in blocks(document.read_text())[0]]
         port = web.url.rsplit(":", 1)[1]
         script = "\n".join(run).replace("localhost:8080", f"localhost:{port}")
         reader = tmp_path / "reader"
         reader.mkdir()
         shutil.copytree(ROOT / "input", reader / "input")
         shutil.copy(tmp_path / "data" / "demo-keys.json", reader / "demo-keys.json")
+        (reader / ".venv").symlink_to(ROOT / ".venv")  # the checkout's, as `make run` made it
         bash = await asyncio.create_subprocess_exec(
             "bash", "-euo", "pipefail", "-c", script,
             cwd=reader, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=process_env(IMGSVC_PORT=port, HOME=str(reader)),
         )  # fmt: skip
         out, err = await asyncio.wait_for(bash.communicate(), 120)
         stdout, stderr = out.decode(), err.decode()
@@ -64,5 +72,8 @@ async def test_the_readme_blocks_work_as_written(tmp_path: Path) -> None:
         with Image.open(reader / "cat.jpg") as original, Image.open(ROOT / "input" / "cat.jpg") as sent:
             assert original.size == sent.size
         assert '"public": true' in stdout.replace('":"', '": "').replace('":t', '": t')
+        # docs/delivery.md: a signed public variant; docs/operations.md: a bulk upload of input/.
+        assert '"variant": "w400-' in stdout.replace('":"', '": "')
+        assert '"failed": 0' in stdout and '"uploaded": 2' in stdout
     finally:
         await web.stop()

@@ -15,7 +15,7 @@ from config.settings import Settings
 from pipeline.backends import open_backend
 from pipeline.core.errors import CorruptImage
 from pipeline.core.layout import ImageRef
-from pipeline.core.records import ImageRecord, RecordStore, Superseded
+from pipeline.core.records import RecordStore, Superseded
 from tests.conftest import (
     OTHER_USER,
     USER,
@@ -24,6 +24,8 @@ from tests.conftest import (
     decode,
     drain,
     jpeg_bytes,
+    keys_in,
+    record_in,
 )
 
 Client = TestClient[Any, Any]
@@ -45,18 +47,6 @@ async def usage_of(settings: Settings, user_id: str) -> tuple[int, int]:
         item = await ports.tables.users.get({"user_id": user_id}, consistent=True)
     assert item is not None, f"no user {user_id}"
     return int(item["bytes_used"]), int(item["image_count"])
-
-
-async def record_in(settings: Settings, key: str) -> ImageRecord | None:
-    """The image record of a source key (None: there is none), on either backend."""
-    async with open_backend(settings) as ports:
-        return await RecordStore(ports.tables.images).read(ImageRef(key))
-
-
-async def keys_in(settings: Settings, bucket: str) -> list[str]:
-    """Every object key in `bucket`, on either backend."""
-    async with open_backend(settings) as ports:
-        return [listed.key async for page in ports.storage.list_objects(bucket, "") for listed in page]
 
 
 @pytest.fixture
