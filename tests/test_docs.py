@@ -9,8 +9,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: Codes of classes only ever raised through a subclass of their own (each names its own code).
 BASES = {"permanent_error", "transient_error", "quota_exceeded", "unauthenticated", "upload_timeout"}
-#: Calls that answer an error code directly, the code as their second argument.
+#: Calls that answer an error code directly, the code as their second argument (the document's
+#: builder takes it first).
 WRITERS = {"error_response", "_answer_and_close", "_answer"}
+DOCUMENTS = {"error_document"}
 
 
 def codes_in_the_code() -> dict[str, str]:
@@ -33,6 +35,8 @@ def codes_in_the_code() -> dict[str, str]:
                 )
                 if name in WRITERS and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant):
                     found.setdefault(str(node.args[1].value), name)
+                if name in DOCUMENTS and node.args and isinstance(node.args[0], ast.Constant):
+                    found.setdefault(str(node.args[0].value), name)
     return found
 
 

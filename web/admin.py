@@ -29,6 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from web.handlers import health
+from web.middlewares import error_document, error_response
 
 log = logging.getLogger(__name__)
 #: Seconds an idle probe connection stays open (scrapers keep theirs alive between scrapes).
@@ -76,32 +77,25 @@ class Published:
                 assert isinstance(response.body, bytes)
                 self.readiness = _Readiness(response.status, response.body, time.monotonic())
             except TimeoutError:
-                body = {
-                    "error": "not_ready",
-                    "message": f"dependencies did not answer in {READINESS_TIMEOUT:g}s",
-                }
+                body = error_document("not_ready", f"dependencies did not answer in {READINESS_TIMEOUT:g}s")
                 self.readiness = _Readiness(503, json.dumps(body).encode(), time.monotonic())
             await asyncio.sleep(READINESS_SECONDS)
 
     def live(self) -> web.Response:
         age = time.monotonic() - self.heartbeat
         if age > STALE_SECONDS:
-            return _json(503, {"error": "not_alive", "message": f"the event loop has not run for {age:.0f}s"})
-        return _json(200, {"status": "alive"})
+            return error_response(503, "not_alive", f"the event loop has not run for {age:.0f}s")
+        return web.json_response({"status": "alive"})
 
     def ready(self) -> web.Response:
         known = self.readiness
         if known is None:
-            return _json(503, {"error": "not_ready", "message": "readiness has not been worked out yet"})
+            return error_response(503, "not_ready", "readiness has not been worked out yet")
         age = time.monotonic() - known.at
         if age > STALE_SECONDS:
             message = f"readiness was last worked out {age:.0f}s ago: the event loop is stuck"
-            return _json(503, {"error": "not_ready", "message": message})
+            return error_response(503, "not_ready", message)
         return web.Response(status=known.status, body=known.body, content_type="application/json")
-
-
-def _json(status: int, body: dict[str, str]) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
 
 
 def admin_app(published: Published) -> web.Application:

@@ -33,9 +33,25 @@ _HTTP_CODES = {
 }
 
 
-def error_response(http_status: int, code: str, message: str, /, **extra: Any) -> web.Response:
+def error_document(code: str, message: str, /, **extra: Any) -> dict[str, Any]:
     """The one shape of every error the API returns; `extra` adds fields such as `status`."""
-    return web.json_response({"error": code, "message": message, **extra}, status=http_status)
+    return {"error": code, "message": message, **extra}
+
+
+def error_response(http_status: int, code: str, message: str, /, **extra: Any) -> web.Response:
+    """An error answer (the one writer of them; `GuardedHandler` writes the same document to a
+    socket no request reached)."""
+    return web.json_response(error_document(code, message, **extra), status=http_status)
+
+
+def refusal(exc: ServiceError, request: web.Request) -> web.Response:
+    """The answer to a refused request: the error's status, code, message and headers; a
+    dependency's 503 also says when to try again (`IMGSVC_RETRY_AFTER`)."""
+    response = error_response(exc.http_status, exc.code, exc.message)
+    if isinstance(exc, TransientError):
+        response.headers["Retry-After"] = str(retry_after_of(request))
+    response.headers.update(exc.headers)
+    return response
 
 
 @web.middleware
@@ -45,13 +61,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ServiceError as exc:
         if isinstance(exc, TransientError):
             log.warning("dependency error path=%s code=%s error=%s", request.path, exc.code, exc.message)
-            response = error_response(exc.http_status, exc.code, exc.message)
-            response.headers["Retry-After"] = str(_retry_after(request))
-            response.headers.update(exc.headers)
-            return response
-        response = error_response(exc.http_status, exc.code, exc.message)
-        response.headers.update(exc.headers)
-        return response
+        return refusal(exc, request)
     except HttpProcessingError as exc:  # a malformed request noticed while reading the body
         return error_response(400, "bad_request", f"malformed request: {exc.message}")
     except web.HTTPException as exc:
@@ -76,7 +86,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal_error", "an internal error occurred; it has been logged")
 
 
-def _retry_after(request: web.Request) -> int:
+def retry_after_of(request: web.Request) -> int:
     """`IMGSVC_RETRY_AFTER`: what a dependency's 503 tells the client to wait."""
     from web.keys import SETTINGS  # (web.keys imports what imports this module)
 

@@ -54,6 +54,7 @@ from config.settings import WebSettings
 from pipeline.core import metrics
 from pipeline.core.errors import PermanentError, ServiceError, TooLarge, UploadTimeout
 from web.clients import Proxies, client_address, counted_as
+from web.middlewares import error_document, error_response, refusal
 
 log = logging.getLogger(__name__)
 #: How often a connection sending a body checks its clock (body deadlines are this coarse).
@@ -569,7 +570,7 @@ class GuardedHandler(RequestHandler):
         self._tracker.forget(self)
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            body = json.dumps({"error": code, "message": message}).encode()
+            body = json.dumps(error_document(code, message)).encode()
             reason = {408: "Request Timeout", 429: "Too Many Requests", 503: "Service Unavailable"}[status]
             head = (
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
@@ -599,9 +600,7 @@ class GuardedHandler(RequestHandler):
             # for the start of the next answer); the status says enough.
             response = web.Response(status=status, content_type="application/json")
         else:
-            response = web.json_response(
-                {"error": "bad_request", "message": f"malformed request: {reason}"}, status=status
-            )
+            response = error_response(status, "bad_request", f"malformed request: {reason}")
         response.force_close()
         return response
 
@@ -682,7 +681,7 @@ async def deadline_middleware(
             guard.tracker.start_forwarded(forwarded)
         except TooManyClientRequests as refused:
             guard.request_finished()
-            return error_json(refused)
+            return refusal(refused, request)
     try:
         response = await handler(request)
         if guard.cut_off and not response.prepared:
@@ -696,9 +695,3 @@ async def deadline_middleware(
         if forwarded is not None:
             guard.tracker.end_forwarded(forwarded)
         guard.request_finished()
-
-
-def error_json(error: ServiceError) -> web.Response:
-    response = web.json_response({"error": error.code, "message": error.message}, status=error.http_status)
-    response.headers.update(error.headers)
-    return response

@@ -21,7 +21,7 @@ from pipeline.imaging.variants import best_format, parse_link_name, preset_varia
 from web.bodies import json_object
 from web.keys import PUBLIC, RECORDS, SETTINGS
 from web.links import version_of
-from web.middlewares import error_response
+from web.middlewares import refusal
 from web.public import IMMUTABLE, PublicImagesDisabled, extension, new_nonce
 from web.serving import CACHE_CONTROL, DISPOSITION, image_ref, serve_object, serve_variant
 from web.views import describe
@@ -59,8 +59,7 @@ async def follow_public(request: web.Request) -> web.StreamResponse:
     try:
         response = await _serve(request)
     except ServiceError as exc:
-        response = error_response(exc.http_status, exc.code, exc.message)
-        response.headers.update(exc.headers)
+        response = refusal(exc, request)
         response.headers["Cache-Control"] = "no-store"
         return response
     if response.status >= 400:  # not ready yet, or failed: never cached
