@@ -49,6 +49,7 @@ from tests.conftest import (
 from tests.support.servers import GuardedTestServer
 from web.app import create_app
 from web.multipart import ignore_parser_warnings
+from web.openapi import build
 
 Client = TestClient[Any, Any]
 #: Per test; 80 keeps the module near 20 s. `FUZZ_EXAMPLES=2000` digs deeper by hand.
@@ -59,36 +60,11 @@ FUZZ = hsettings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 JPEG = jpeg_bytes(300, 200)
-#: Every route of the app, path parameters in braces; `test_the_route_table_is_covered` keeps it whole.
-ROUTES = (
-    ("POST", "/upload"),
-    ("GET", "/download/image"),
-    ("GET", "/download/thumbnail"),
-    ("GET", "/images"),
-    ("POST", "/images"),
-    ("POST", "/images/upload-url"),
-    ("PUT", "/uploads/{user_id}/{image_id}"),
-    ("PUT", "/images/{image_id}"),
-    ("GET", "/images/{image_id}"),
-    ("DELETE", "/images/{image_id}"),
-    ("PATCH", "/images/{image_id}"),
-    ("GET", "/images/{image_id}/url"),
-    ("GET", "/images/{image_id}/variant"),
-    ("PUT", "/images/{image_id}/focal-point"),
-    ("GET", "/links/{user_id}/{image_id}/{rendition}"),
-    ("GET", "/p/{token}/{version}/{name}"),
-    ("GET", "/webhook"),
-    ("PUT", "/webhook"),
-    ("DELETE", "/webhook"),
-    ("GET", "/health/live"),
-    ("GET", "/health/ready"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-    ("GET", "/docs"),
-    ("GET", "/"),
-    ("GET", "/ui"),
-    ("GET", "/ui/assets/{name}"),
-)
+#: Every route of the app, path parameters in braces: the OpenAPI document's operations and the
+#: pages around them (`test_the_route_table_is_covered` checks the app has exactly these).
+PAGES = tuple(("GET", page) for page in ("/openapi.json", "/docs", "/", "/ui", "/ui/assets/{name}"))
+_DOCUMENT = build(Settings.from_env({}).imaging, Settings.from_env({}).variants)
+ROUTES = (*((method.upper(), path) for method, path, _ in _DOCUMENT.operations()), *PAGES)
 QUERY_PARAMETERS = (
     "user_id",
     "image_id",

@@ -1,12 +1,17 @@
-"""The OpenAPI 3.1 description of every route, served at `/openapi.json`, and a `/docs` page.
+"""The OpenAPI 3.1 description of every route: the route table itself (each operation's
+`operationId` names its handler, `web.routes` registers them from here), served at
+`/openapi.json` and as a `/docs` page. Built once at start, from the deployment's settings.
 
-Written by hand next to the routes (one module, so a new route and its description land together;
-`tests/test_openapi.py` fails when a route is missing here and runs schemathesis against the app).
+A new route is a new operation here and a handler: nothing else to keep in step
+(`tests/test_openapi.py` validates the document; schemathesis runs it against the app).
 """
 
 from __future__ import annotations
 
 import html
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +19,6 @@ from aiohttp import web
 from config.settings import ImagingSettings, VariantSettings
 from pipeline.core.layout import IMAGE_ID_RE, USER_ID_RE
 from pipeline.imaging.variants import CROPS, FITS, FORMATS
-from web.keys import SETTINGS
 
 # The same patterns the handlers enforce (pipeline.core.layout), so the document cannot drift from them.
 ID = {"type": "string", "pattern": f"^{IMAGE_ID_RE.pattern}$"}
@@ -256,6 +260,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
     paths: dict[str, Any] = {
         "/upload": {
             "post": {
+                "operationId": "upload.compat_upload",
                 "summary": "Store input/<file_name> as an image (the original system's route)",
                 "requestBody": _json_body(
                     {
@@ -271,6 +276,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/images": {
             "get": {
+                "operationId": "images.list_images",
                 "summary": "The caller's images, newest first",
                 "parameters": [
                     _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100}),
@@ -280,6 +286,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 "responses": {"200": _json(_ref("ImageList"), "one page"), **_errors(*AUTH_ERRORS)},
             },
             "post": {
+                "operationId": "upload.post_image",
                 "summary": "Upload an image under a server-generated id",
                 "parameters": [
                     USER_Q,
@@ -294,6 +301,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/images/upload-url": {
             "post": {
+                "operationId": "presigned.create_upload_url",
                 "summary": "Reserve a new image and get a URL to PUT its bytes to, straight to S3 "
                 "(IMGSVC_UPLOAD_MODES=presigned)",
                 "description": "The quota is charged at once; the consumer completes the image from "
@@ -319,6 +327,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/uploads/{user_id}/{image_id}": {
             "put": {
+                "operationId": "presigned.put_upload",
                 "summary": "Take a presigned upload's bytes (the local backend's stand-in for S3; no key)",
                 "security": [],
                 "parameters": [
@@ -338,6 +347,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         "/images/{image_id}": {
             "parameters": [IMAGE_P],
             "get": {
+                "operationId": "images.image_status",
                 "summary": "One image's record and status; `wait` long-polls a pending one",
                 "parameters": [
                     USER_Q,
@@ -346,6 +356,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 "responses": {"200": image, **_errors(*AUTH_ERRORS, 404)},
             },
             "put": {
+                "operationId": "upload.put_image",
                 "summary": "Upload (or replace) the image with this id",
                 "parameters": [
                     USER_Q,
@@ -358,11 +369,13 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 "responses": {"202": accepted, **_errors(*UPLOAD_ERRORS)},
             },
             "delete": {
+                "operationId": "images.delete_image",
                 "summary": "Delete the original, its renditions and its record (idempotent)",
                 "parameters": [USER_Q],
                 "responses": {"204": {"description": "gone"}, **_errors(*AUTH_ERRORS)},
             },
             "patch": {
+                "operationId": "public.patch_image",
                 "summary": "Make the image public (new public URLs each time) or private (they stop at once)",
                 "parameters": [USER_Q],
                 "requestBody": _json_body({"public": {"type": "boolean"}}, ["public"]),
@@ -372,6 +385,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         "/images/{image_id}/url": {
             "parameters": [IMAGE_P],
             "get": {
+                "operationId": "links.create_link",
                 "summary": "A link that works without the key until it expires",
                 "parameters": [
                     USER_Q,
@@ -393,6 +407,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         "/images/{image_id}/variant": {
             "parameters": [IMAGE_P],
             "get": {
+                "operationId": "variants.get_variant",
                 "summary": "The image at any size, crop and format: made on the first request, then stored",
                 "parameters": _variant_params(variants),
                 "responses": {
@@ -406,6 +421,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         "/images/{image_id}/focal-point": {
             "parameters": [IMAGE_P],
             "put": {
+                "operationId": "variants.put_focal_point",
                 "summary": "Where the image's subject is, for crop=focal (fractions of the displayed image)",
                 "requestBody": _json_body(
                     {
@@ -419,6 +435,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/p/{token}/{version}/{name}": {
             "get": {
+                "operationId": "public.follow_public",
                 "summary": "A public image's original, rendition, preset or signed variant (no key)",
                 "security": [],
                 "parameters": [
@@ -437,6 +454,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/links/{user_id}/{image_id}/{rendition}": {
             "get": {
+                "operationId": "links.follow_link",
                 "summary": "Follow a signed link (no key)",
                 "security": [],
                 "parameters": [
@@ -456,6 +474,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/download/image": {
             "get": {
+                "operationId": "download.download_image",
                 "summary": "The original",
                 "parameters": [_param("image_id", "query", ID, True), USER_Q],
                 "responses": {
@@ -468,6 +487,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/download/thumbnail": {
             "get": {
+                "operationId": "download.download_thumbnail",
                 "summary": "A rendition; format=auto picks the best the client accepts (Vary: Accept)",
                 "parameters": [
                     _param("image_id", "query", ID, True),
@@ -485,10 +505,12 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/webhook": {
             "get": {
+                "operationId": "webhook.get_webhook",
                 "summary": "The caller's completion webhook (URL and signing secret)",
                 "responses": {"200": _json(_ref("Webhook"), "the webhook"), **_errors(*AUTH_ERRORS, 404)},
             },
             "put": {
+                "operationId": "webhook.put_webhook",
                 "summary": "Send image.ready / image.failed events, HMAC-signed, to this URL",
                 "requestBody": _json_body(
                     {
@@ -503,12 +525,14 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 },
             },
             "delete": {
+                "operationId": "webhook.delete_webhook",
                 "summary": "Stop sending events (idempotent)",
                 "responses": {"204": {"description": "removed"}, **_errors(*AUTH_ERRORS)},
             },
         },
         "/health/live": {
             "get": {
+                "operationId": "health.live",
                 "summary": "Liveness",
                 "security": [],
                 "responses": {"200": _json({"type": "object"}, "alive")},
@@ -516,6 +540,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/health/ready": {
             "get": {
+                "operationId": "health.ready",
                 "summary": "Readiness: S3, SQS and DynamoDB answer",
                 "security": [],
                 "responses": {"200": _json({"type": "object"}, "ready"), **_errors(503)},
@@ -523,6 +548,7 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         },
         "/metrics": {
             "get": {
+                "operationId": "health.metrics",
                 "summary": "Prometheus metrics of this process",
                 "security": [],
                 "responses": {
@@ -546,16 +572,44 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
     }
 
 
+@dataclass(frozen=True)
+class ApiDocument:
+    """This deployment's OpenAPI document, built once at start: the route table `web.routes`
+    registers from (each operation's `operationId` names its handler) and what `/openapi.json`
+    and `/docs` send."""
+
+    content: dict[str, Any]
+    json: bytes
+    page: str
+
+    def operations(self) -> Iterator[tuple[str, str, str]]:
+        """Each operation's method, path template and `operationId`, in the document's order."""
+        for path, item in self.content["paths"].items():
+            for method, operation in item.items():
+                if method != "parameters":
+                    yield method, path, operation["operationId"]
+
+
+DOCUMENT = web.AppKey("openapi_document", ApiDocument)
+
+
+def build(imaging: ImagingSettings, variants: VariantSettings) -> ApiDocument:
+    content = document(imaging, variants)
+    return ApiDocument(content, json.dumps(content).encode(), _page(content))
+
+
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(document(request.app[SETTINGS].imaging, request.app[SETTINGS].variants))
+    return web.Response(body=request.app[DOCUMENT].json, content_type="application/json")
 
 
 async def docs(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[DOCUMENT].page, content_type="text/html")
+
+
+def _page(content: dict[str, Any]) -> str:
     """A plain page from the same document (no CDN, no build step)."""
     rows = []
-    for path, item in document(request.app[SETTINGS].imaging, request.app[SETTINGS].variants)[
-        "paths"
-    ].items():
+    for path, item in content["paths"].items():
         for method, operation in item.items():
             if method == "parameters":
                 continue
@@ -564,7 +618,7 @@ async def docs(request: web.Request) -> web.Response:
                 f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
                 f"<td>{html.escape(operation['summary'])}</td><td>{codes}</td></tr>"
             )
-    page = (
+    return (
         "<!doctype html><html><head><meta charset=utf-8><title>image-service API</title>"
         "<style>body{font-family:sans-serif;margin:2em}"
         "td{padding:.3em .8em;border-bottom:1px solid #ddd}</style>"
@@ -575,4 +629,3 @@ async def docs(request: web.Request) -> web.Response:
         + "".join(rows)
         + "</table></body></html>"
     )
-    return web.Response(text=page, content_type="text/html")

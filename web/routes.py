@@ -1,12 +1,16 @@
-"""The route table, in one place."""
+"""The routes: the OpenAPI document's operations (`web.openapi`), and the pages around them."""
 
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from web import openapi
 from web.handlers import download, health, images, links, presigned, public, ui, upload, variants, webhook
+from web.keys import SETTINGS
 from web.middlewares import error_response
+
+HANDLERS = (download, health, images, links, presigned, public, upload, variants, webhook)
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
@@ -23,38 +27,32 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
+#: The handler modules an `operationId` ("module.function") names.
+MODULES = {module.__name__.rsplit(".", 1)[1]: module for module in HANDLERS}
+#: Routes narrower than their documented template (aiohttp patterns): `upload-url` is a route of
+#: its own, never an image id (`RESERVED_IMAGE_IDS`).
+NARROWER = {"/images/{image_id}": "/images/{image_id:(?!upload-url$)[^/]+}"}
+
+
+def handler_of(operation_id: str) -> Handler:
+    module, _, name = operation_id.partition(".")
+    handler: Handler = getattr(MODULES[module], name)
+    return handler
+
+
 def setup_routes(app: web.Application) -> None:
-    _routes(app)
+    """Every operation of the OpenAPI document (built here, once), then the pages around it."""
+    settings = app[SETTINGS]
+    document = app[openapi.DOCUMENT] = openapi.build(settings.imaging, settings.variants)
+    for method, path, operation_id in document.operations():
+        path, handler = NARROWER.get(path, path), handler_of(operation_id)
+        if method == "get":
+            app.router.add_get(path, handler)  # and HEAD
+        else:
+            app.router.add_route(method.upper(), path, handler)
+    app.router.add_get("/openapi.json", openapi.openapi_json)
+    app.router.add_get("/docs", openapi.docs)
     ui.setup(app)
     for route in app.router.routes():
         if isinstance(route, web.ResourceRoute):
             route._expect_handler = expect_continue  # (aiohttp sets it only when a route is added)
-
-
-def _routes(app: web.Application) -> None:
-    app.router.add_post("/upload", upload.compat_upload)
-    app.router.add_get("/download/image", download.download_image)
-    app.router.add_get("/download/thumbnail", download.download_thumbnail)
-    app.router.add_get("/images", images.list_images)
-    app.router.add_post("/images", upload.post_image)
-    app.router.add_post("/images/upload-url", presigned.create_upload_url)
-    app.router.add_put("/uploads/{user_id}/{image_id}", presigned.put_upload)
-    # `upload-url` is a route, never an image id (`RESERVED_IMAGE_IDS`).
-    image = "/images/{image_id:(?!upload-url$)[^/]+}"
-    app.router.add_put(image, upload.put_image)
-    app.router.add_get(image, images.image_status)
-    app.router.add_delete(image, images.delete_image)
-    app.router.add_patch(image, public.patch_image)
-    app.router.add_get("/images/{image_id}/url", links.create_link)
-    app.router.add_get("/images/{image_id}/variant", variants.get_variant)
-    app.router.add_put("/images/{image_id}/focal-point", variants.put_focal_point)
-    app.router.add_get("/links/{user_id}/{image_id}/{rendition}", links.follow_link)
-    app.router.add_get("/p/{token}/{version}/{name}", public.follow_public)
-    app.router.add_get("/webhook", webhook.get_webhook)
-    app.router.add_put("/webhook", webhook.put_webhook)
-    app.router.add_delete("/webhook", webhook.delete_webhook)
-    app.router.add_get("/health/live", health.live)
-    app.router.add_get("/health/ready", health.ready)
-    app.router.add_get("/metrics", health.metrics)
-    app.router.add_get("/openapi.json", openapi.openapi_json)
-    app.router.add_get("/docs", openapi.docs)
