@@ -35,9 +35,10 @@ from pipeline.consumer.loop import Consumer
 from pipeline.consumer.service import open_consumer
 from pipeline.core.accounts import Accounts
 from pipeline.core.events import parse_message
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef
 from pipeline.core.objects import ObjectMeta
-from pipeline.core.records import ImageRecord, RecordStore
+from pipeline.core.records import RecordStore
 from pipeline.imaging.workers import WorkerPool
 from pipeline.local.backend import open_local
 from tests.support.servers import GuardedTestServer

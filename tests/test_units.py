@@ -14,9 +14,10 @@ from pipeline.aws.queue import Message
 from pipeline.consumer.jobs import JobResult
 from pipeline.consumer.loop import backoff_seconds
 from pipeline.consumer.verdicts import judge
+from pipeline.core.cursors import decode_cursor, encode_cursor
 from pipeline.core.errors import CorruptImage, InvalidField, RangeNotSatisfiable, StorageUnavailable
 from pipeline.core.events import ObjectCreated, object_created
-from pipeline.core.records import ImageRecord, _decode_cursor, _encode_cursor
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.timing import exponential
 from pipeline.local.storage import SmallBlobs
 from web.ranges import parse_range
@@ -86,16 +87,16 @@ def test_a_record_is_ready_or_failed_only_for_its_current_original(item: dict[st
 @given(image_id=st.text(min_size=1, max_size=64), created=st.text(max_size=40))
 def test_cursors_round_trip_and_belong_to_their_owner(image_id: str, created: str) -> None:
     last = {"user_id": OWNER, "image_id": image_id, "created_key": created}
-    cursor = _encode_cursor(last)
-    assert _decode_cursor(cursor, OWNER) == last
+    cursor = encode_cursor(last)
+    assert decode_cursor(cursor, OWNER) == last
     with pytest.raises(InvalidField):
-        _decode_cursor(cursor, "0" * 8 + OWNER[8:])  # another user's cursor
+        decode_cursor(cursor, "0" * 8 + OWNER[8:])  # another user's cursor
 
 
 @pytest.mark.parametrize("cursor", ["", "!!!", "e30", "W10", "WzEsMiwzXQ", "x" * 5000])
 def test_foreign_cursors_are_refused_as_invalid_fields(cursor: str) -> None:
     with pytest.raises(InvalidField):
-        _decode_cursor(cursor, OWNER)
+        decode_cursor(cursor, OWNER)
 
 
 class _Jobs:

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from config.settings import OUTPUT_FORMATS
 from pipeline.core.errors import PermanentError
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import valid_image_id, valid_user_id
-from pipeline.core.records import ImageRecord
 from pipeline.imaging.variants import VariantSpec
 from web.links import version_of
 

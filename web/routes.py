@@ -44,8 +44,8 @@ def setup_routes(app: web.Application) -> None:
     """Every operation of the OpenAPI document (built here, once), then the pages around it."""
     settings = app[SETTINGS]
     document = app[openapi.DOCUMENT] = openapi.build(settings.imaging, settings.variants)
-    for method, path, operation_id in document.operations():
-        path, handler = NARROWER.get(path, path), handler_of(operation_id)
+    for method, template, operation_id in document.operations():
+        path, handler = NARROWER.get(template, template), handler_of(operation_id)
         if method == "get":
             app.router.add_get(path, handler)  # and HEAD
         else:

@@ -27,9 +27,9 @@ from pipeline.core.errors import (
     RangeNotSatisfiable,
     ServiceError,
 )
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef, valid_image_id
 from pipeline.core.objects import ObjectMeta
-from pipeline.core.records import ImageRecord
 from pipeline.imaging.variants import NEGOTIATED, VariantSpec, accepted_types
 from web import urls
 from web.conditional import not_modified

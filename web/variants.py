@@ -48,10 +48,11 @@ from pipeline.core.errors import (
     TransientError,
     WorkerCrashed,
 )
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef
 from pipeline.core.objects import source_tag
 from pipeline.core.ports import ObjectStore
-from pipeline.core.records import Counted, ImageRecord, RecordStore, UsageRefused
+from pipeline.core.records import Counted, RecordStore, UsageRefused
 from pipeline.imaging.fair import FairQueue
 from pipeline.imaging.tasks import variant_of
 from pipeline.imaging.variants import TooManyVariants, VariantSpec, VariantTooCostly

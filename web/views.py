@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from pipeline.core.errors import BadRequest, InvalidField
-from pipeline.core.records import ImageRecord
+from pipeline.core.image_record import ImageRecord
 from pipeline.imaging.variants import parse_variant
 from web import urls
 from web.keys import BACKEND, LINKS, PUBLIC, SETTINGS

@@ -32,12 +32,13 @@ from pipeline.core.errors import (
 )
 from pipeline.core.events import ObjectCreated
 from pipeline.core.formats import ImageInfo
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.core.logs import REQUEST_ID
 from pipeline.core.objects import ObjectMeta, OversizeObject, source_tag
 from pipeline.core.originals import Destination, Fetched
 from pipeline.core.ports import ItemTable, ObjectStore
-from pipeline.core.records import ImageRecord, Known, RecordStore, Superseded
+from pipeline.core.records import Known, RecordStore, Superseded
 from pipeline.core.removal import drop_renditions
 from pipeline.core.reservations import FIELD, METADATA_KEY, USED, Reservation
 from pipeline.core.results import Rendition, RenditionResult
@@ -156,7 +157,7 @@ class JobRunner:
                 # Not what its URL allowed: its bytes are not kept (nor counted: see `_arrived`).
                 await self._remove_if_current(ref, meta.etag)
             if digest is not None and result is not None and duplicate is None and got.noted != image_id:
-                await self._records.remember_digest(ref, digest)  # unless noted already (a redelivery)
+                await self._records.digests.remember(ref, digest)  # unless noted already (a redelivery)
             if self._webhooks is not None and written.item.get("notify"):
                 # Before the message is acknowledged: a crash here redoes the job and the event.
                 await self._webhooks.notify(written)
@@ -214,7 +215,7 @@ class JobRunner:
         their digest (the API hashed them) and there is one, else read, hashed and made by a
         worker, the bytes never passing through this loop. `NotFound` if it is gone."""
         digest = _recorded_digest(known, event_etag)
-        noted = None if digest is None else await self._records.noted(ref, digest)
+        noted = None if digest is None else await self._records.digests.noted(ref, digest)
         if digest is not None and (duplicate := await self._records.find_duplicate(ref, digest, noted)):
             meta = await self._source_meta(ref)
             if meta.etag == _quoted(event_etag) and METADATA_KEY not in meta.metadata:

@@ -1,4 +1,5 @@
-"""Image records in DynamoDB: what each image is, and what the pipeline has made of it.
+"""Writing image records: what each image is, and what the pipeline has made of it (the
+record's view is `pipeline.core.image_record`; its notes of bytes, `pipeline.core.digests`).
 
 One item per (owner, image id). The API writes the upload's facts (file name, type, bytes,
 SHA-256, the original's ETag); the consumer writes the result (renditions, dimensions, or the
@@ -14,21 +15,19 @@ rewrites the same result.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import enum
-import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from pipeline.core import reservations, untrusted
+from pipeline.core import reservations
 from pipeline.core.changes import Changes
-from pipeline.core.errors import InvalidField, ServiceError, TransientError
+from pipeline.core.cursors import decode_cursor, encode_cursor
+from pipeline.core.digests import DigestNotes
+from pipeline.core.errors import ServiceError, TransientError
+from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord, counted_for_another
 from pipeline.core.items import (
     Add,
     AllOf,
@@ -52,13 +51,10 @@ from pipeline.core.items import (
 from pipeline.core.layout import ImageRef
 from pipeline.core.ports import ItemTable
 from pipeline.core.results import RenditionResult
-from pipeline.core.timing import epoch_iso, now_iso
+from pipeline.core.timing import now_iso
 
-State = Literal["awaiting_upload", "pending", "ready", "failed"]
 #: Optimistic writes that lose a race re-read and try again this often before giving up.
 WRITE_ATTEMPTS = 5
-#: The record field holding a public image's URL nonce (`web.public`); absent while private.
-PUBLIC_FIELD = "public_nonce"
 #: An upload's fact for `PUBLIC_FIELD`: public, with the record's nonce if it has one when written.
 KEEP_PUBLIC = object()
 #: Seconds between a long poll's re-reads of a record no write in this process has changed: at
@@ -68,8 +64,6 @@ WAIT_READ_SECONDS = 1.0
 
 #: Asks S3 for the current original's ETag (None: it no longer exists).
 CurrentEtag = Callable[[], Awaitable[str | None]]
-#: Our cursors are under 300 characters; anything much longer was not made here.
-MAX_CURSOR_LENGTH = 1024
 
 
 log = logging.getLogger(__name__)
@@ -108,111 +102,6 @@ class RecordConflict(TransientError):
     default_message = "the image record kept changing; try again"
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    owner: str
-    image_id: str
-    item: Item = field(repr=False)
-    #: For a record just written: the item it replaced (None: it created the record).
-    replaced: Item | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def freed_variant_bytes(self) -> int:
-        """Variant bytes this write gave up: those its record counted for another original.
-        Whichever write first records a new original (the upload's or the consumer's, in either
-        order) sees them, exactly once: each write is conditional on the revision it read."""
-        old = self.replaced
-        etag = str(self.item.get("source_etag", ""))
-        if old is None or not _counted_for_another(old, etag):
-            return 0
-        return int(old.get("variant_bytes", 0))
-
-    @property
-    def public_nonce(self) -> str | None:
-        """The random part of the image's public URLs while it is public; None while private."""
-        nonce = self.item.get(PUBLIC_FIELD)
-        return nonce if isinstance(nonce, str) and nonce else None
-
-    @property
-    def state(self) -> State:
-        if self.item.get(reservations.FIELD) is not None:
-            return "awaiting_upload"
-        if self.item.get("result_etag") and self.item.get("result_etag") == self.item.get("source_etag"):
-            return "ready" if self.item.get("result_state") == "ready" else "failed"
-        return "pending"
-
-    @property
-    def source_etag(self) -> str:
-        return str(self.item.get("source_etag", ""))
-
-    @property
-    def bytes(self) -> int:
-        return int(self.item.get("bytes", 0))
-
-    @property
-    def variant_bytes(self) -> int:
-        """Bytes of the variants stored for the current original (counted in the owner's usage)."""
-        return int(self.item.get("variant_bytes", 0))
-
-    @property
-    def variant_count(self) -> int:
-        return int(self.item.get("variant_count", 0))
-
-    @property
-    def variant_names(self) -> frozenset[str] | None:
-        """Names of the variants counted for the current original; None when the record counts
-        variants without naming them (written before names were kept): then only storage knows."""
-        names = self.item.get("variant_names")
-        if names is None:
-            return frozenset() if self.variant_count == 0 else None
-        return frozenset(names)
-
-    @property
-    def renditions(self) -> dict[str, dict[str, Any]]:
-        renditions: dict[str, dict[str, Any]] = (
-            self.item.get("renditions", {}) if self.state == "ready" else {}
-        )
-        return renditions
-
-    @property
-    def error(self) -> dict[str, str] | None:
-        return self.item.get("error") if self.state == "failed" else None
-
-    def public(self) -> dict[str, Any]:
-        """The fields a client sees (URLs are added by the web tier)."""
-        item = self.item
-        body: dict[str, Any] = {
-            "image_id": self.image_id,
-            "status": self.state,
-            "file_name": item.get("file_name") or None,
-            "format": item.get("format"),  # detected from the bytes at upload
-            "content_type": item.get("content_type"),
-            "bytes": item.get("bytes"),
-            "sha256": item.get("sha256"),
-            "etag": self.source_etag or None,
-            "created_at": item.get("created_at"),
-            "updated_at": item.get("updated_at"),
-            "focal_point": item.get("focal_point"),
-            # Its renditions were copied from this image of the same owner, made from the same bytes.
-            "duplicate_of": item.get("duplicate_of"),
-            "expires_at": epoch_iso(item.get("expires_at")),
-            "public": self.public_nonce is not None,
-        }
-        if self.state == "ready":
-            info = item.get("info", {})
-            body.update({k: info[k] for k in ("format", "width", "height") if k in info})
-            body["placeholder"] = item.get("placeholder")
-        if self.state == "failed":
-            body["error"] = self.error
-        if (reserved := reservations.Reservation.of(item)) is not None:
-            body["upload_expires_at"] = epoch_iso(reserved.expires_at)
-        return {k: v for k, v in body.items() if v is not None}
-
-
-#: Notes of which image is made from which bytes (`RecordStore.remember_digest`): no image id
-#: can start with `#`.
-DIGEST_PREFIX = "#sha256:"
-
 #: The quota conditions on the owner's counters for a change of (bytes, images), or None.
 Limit = Callable[[int, int], Condition | None]
 
@@ -241,6 +130,8 @@ class RecordStore:
     ) -> None:
         self._table = table
         self._users = users
+        #: Which image of an owner is made from which bytes (the consumer's duplicate check).
+        self.digests = DigestNotes(table)
         #: Woken on every write here (the backend's: the API and an in-process consumer share it).
         self._changes = changes if changes is not None else Changes()
 
@@ -423,21 +314,10 @@ class RecordStore:
                 return 1
         return int(item.get("timeouts", 1))
 
-    async def remember_digest(self, ref: ImageRef, digest: str) -> None:
-        """Note that the owner's image `ref` is made from the bytes with SHA-256 `digest`, for a
-        later upload of the same bytes by the same owner to reuse. The note is an item beside
-        the owner's records (its id is no valid image id) that no listing index holds."""
-        await self._table.put({**_note_key(ref, digest), "of": ref.owner_and_id[1]})
-
-    async def noted(self, ref: ImageRef, digest: str) -> str | None:
-        """The image the owner's note of the bytes with SHA-256 `digest` names (`remember_digest`)."""
-        note = await self._table.get(_note_key(ref, digest))
-        return None if note is None else str(note["of"])
-
     async def find_duplicate(self, ref: ImageRef, digest: str, noted: str | None) -> ImageRecord | None:
         """Another image of the same owner, ready, made from the same bytes; None if there is none
         (never another owner's: one user must not learn what another uploaded). `noted`: the
-        image the bytes' note names (`noted`)."""
+        image the bytes' note names (`DigestNotes.noted`)."""
         owner, image_id = ref.owner_and_id
         if noted is None or noted == image_id:
             return None
@@ -445,11 +325,6 @@ class RecordStore:
         if record is None or record.state != "ready" or record.item.get("sha256") != digest:
             return None  # deleted or replaced since: the note is stale
         return record
-
-    async def forget_digest(self, ref: ImageRef, digest: str) -> None:
-        """Drop the note of `digest` if it names `ref` (the image is deleted)."""
-        with contextlib.suppress(ConditionFailed):
-            await self._table.delete(_note_key(ref, digest), Equals("of", ref.owner_and_id[1]))
 
     async def set_public(self, ref: ImageRef, nonce: str | None) -> ImageRecord | None:
         """Make the image public under `nonce` (its public URLs are made from it), or private
@@ -527,7 +402,7 @@ class RecordStore:
                 continue
             self._changes.notify(ref.source_key)
             if digest := old.get("sha256"):
-                await self.forget_digest(ref, str(digest))
+                await self.digests.forget(ref, str(digest))
             return ImageRecord(owner, image_id, old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
 
@@ -559,10 +434,10 @@ class RecordStore:
             index="by_created",
             forward=False,
             limit=limit,
-            start=_decode_cursor(cursor, owner) if cursor else None,
+            start=decode_cursor(cursor, owner) if cursor else None,
         )
         records = [ImageRecord(owner, str(i["image_id"]), i) for i in items]
-        return records, _encode_cursor(last) if last else None
+        return records, encode_cursor(last) if last else None
 
     async def _with_usage(
         self,
@@ -647,7 +522,7 @@ class RecordStore:
                 "created_at": created,
                 "created_key": f"{created}#{image_id}",
             }
-            if _counted_for_another(old, etag):  # its variants are gone: so are their counters
+            if counted_for_another(old, etag):  # its variants are gone: so are their counters
                 new.update(variant_bytes=None, variant_count=None, variant_etag=None, variant_names=None)
             new = {k: v for k, v in new.items() if v is not None}
             written = PutItem(
@@ -663,11 +538,6 @@ class RecordStore:
             self._changes.notify(ref.source_key)
             return ImageRecord(owner, image_id, new, replaced=old)
         raise RecordConflict(f"record {owner}/{image_id} kept changing")
-
-
-def _note_key(ref: ImageRef, digest: str) -> dict[str, str]:
-    """The key of the owner's note of the bytes with SHA-256 `digest` (`remember_digest`)."""
-    return {"user_id": ref.owner_and_id[0], "image_id": DIGEST_PREFIX + digest}
 
 
 def counted(item: Mapping[str, Any] | None) -> tuple[int, int]:
@@ -699,27 +569,3 @@ def _variants_of(etag: str) -> tuple[Condition, ...]:
         Equals("source_etag", etag),
         AnyOf((Missing("variant_etag"), Equals("variant_etag", etag))),
     )
-
-
-def _counted_for_another(old: Item | None, etag: str) -> bool:
-    """Whether `old` counts variants of an original other than `etag` (`variant_etag` names the
-    original its variant counters are for)."""
-    return old is not None and old.get("variant_etag") not in (None, etag)
-
-
-def _encode_cursor(last: Item) -> str:
-    raw = json.dumps([last["user_id"], last["image_id"], last["created_key"]]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, owner: str) -> Item:
-    try:
-        if len(cursor) > MAX_CURSOR_LENGTH:
-            raise ValueError("too long")
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        user_id, image_id, created_key = untrusted.loads(raw, max_bytes=MAX_CURSOR_LENGTH, max_depth=1)
-    except (binascii.Error, ValueError, TypeError):  # untrusted.Malformed is a ValueError
-        raise InvalidField("cursor is not one this API returned") from None
-    if user_id != owner or not all(isinstance(v, str) for v in (image_id, created_key)):
-        raise InvalidField("cursor is not one this API returned")
-    return {"user_id": user_id, "image_id": image_id, "created_key": created_key}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from config.settings import Settings
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef, source_key_of
 from pipeline.core.ports import ObjectStore
-from pipeline.core.records import ImageRecord, RecordStore
+from pipeline.core.records import RecordStore
 
 
 def stale_derivative(key: str, current_etag: str | None) -> bool:

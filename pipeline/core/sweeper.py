@@ -20,9 +20,10 @@ from collections.abc import Callable
 from config.settings import Settings
 from pipeline.core.accounts import Accounts
 from pipeline.core.errors import ServiceError
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef
 from pipeline.core.ports import Backend, ObjectStore
-from pipeline.core.records import ImageRecord, RecordStore
+from pipeline.core.records import RecordStore
 from pipeline.core.reservations import RELEASE_MARGIN_SECONDS, Reservation
 
 log = logging.getLogger(__name__)

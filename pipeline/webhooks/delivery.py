@@ -34,9 +34,9 @@ import aiohttp
 
 from config.settings import WebhookSettings
 from pipeline.core.errors import PermanentError, UnknownUser
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.items import ConditionFailed, Item, Present, Remove, Set, SetDefault
 from pipeline.core.ports import ItemTable
-from pipeline.core.records import ImageRecord
 from pipeline.core.timing import exponential, now_iso
 from pipeline.webhooks.urls import PrivateAddress, PublicOnlyResolver, check_url
 

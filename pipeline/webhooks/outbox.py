@@ -35,9 +35,9 @@ from config.settings import WebhookSettings
 from pipeline.core import metrics
 from pipeline.core.dlq import BODY_PREVIEW, dead_letter_attributes, reason_of, short
 from pipeline.core.errors import InvalidWebhookUrl, PoisonMessage, ServiceError, TransientError
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.polling import receive_unless_stopped, release
 from pipeline.core.ports import MAX_DELAY_SECONDS, Message, MessageQueue
-from pipeline.core.records import ImageRecord
 from pipeline.core.timing import exponential
 from pipeline.core.topology import lease_seconds
 from pipeline.webhooks.delivery import (

@@ -15,8 +15,8 @@ from urllib.parse import quote
 from aiohttp import web
 
 from pipeline.core.errors import ImageNotFound, InvalidField, NotFound, ServiceError
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef
-from pipeline.core.records import ImageRecord
 from pipeline.imaging.variants import best_format, parse_link_name, preset_variant
 from web.bodies import json_object
 from web.keys import PUBLIC, RECORDS, SETTINGS

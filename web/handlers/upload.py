@@ -33,9 +33,10 @@ from pipeline.core.errors import (
     UploadPending,
 )
 from pipeline.core.formats import decode_megapixels, screen_prefix
+from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord
 from pipeline.core.layout import ImageRef, valid_image_id
 from pipeline.core.logs import REQUEST_ID
-from pipeline.core.records import KEEP_PUBLIC, PUBLIC_FIELD, ImageRecord, ImageTaken, Superseded, UsageRefused
+from pipeline.core.records import KEEP_PUBLIC, ImageTaken, Superseded, UsageRefused
 from pipeline.core.removal import drop_variants
 from pipeline.core.reservations import FIELD, USED, Reservation
 from pipeline.core.untrusted import ascii_int, utf8_text
