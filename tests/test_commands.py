@@ -18,7 +18,7 @@ from pipeline.cli.main import main
 from pipeline.core.accounts import Accounts
 from pipeline.core.dlq import dead_letter_attributes
 from pipeline.webhooks.delivery import Event
-from pipeline.webhooks.outbox import Envelope
+from pipeline.webhooks.envelope import Envelope
 from tests.conftest import USER, local_settings
 
 Cli = Callable[..., tuple[int, str, str]]

@@ -21,7 +21,7 @@ from config.settings import Settings
 from pipeline.consumer.service import open_consumer
 from pipeline.core.errors import PoisonMessage
 from pipeline.webhooks.delivery import SIGNATURE_HEADER, Event, verify
-from pipeline.webhooks.outbox import Envelope
+from pipeline.webhooks.envelope import Envelope
 from tests.conftest import (
     ROOT,
     Backend,

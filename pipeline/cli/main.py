@@ -30,7 +30,7 @@ from pipeline.core.logs import configure_logging
 from pipeline.core.usage import reconcile_usage
 from pipeline.core.version import service_version
 from pipeline.imaging.workers import die_with_parent
-from pipeline.webhooks.outbox import describe_event, redeliver
+from pipeline.webhooks.undelivered import describe_event, redeliver
 
 log = logging.getLogger("pipeline")
 

@@ -19,21 +19,19 @@ redrive policy (`MAX_RECEIVES`) is only the net under a bug that fails every rec
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from config.settings import WebhookSettings
 from pipeline.core import metrics
-from pipeline.core.dlq import BODY_PREVIEW, dead_letter_attributes, reason_of, short
+from pipeline.core.dlq import dead_letter_attributes
 from pipeline.core.errors import InvalidWebhookUrl, PoisonMessage, ServiceError, TransientError
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.polling import receive_unless_stopped, release
@@ -41,7 +39,6 @@ from pipeline.core.ports import MAX_DELAY_SECONDS, Message, MessageQueue
 from pipeline.core.timing import exponential
 from pipeline.core.topology import lease_seconds
 from pipeline.webhooks.delivery import (
-    Event,
     WebhookAddressRefused,
     WebhookStore,
     backoff,
@@ -49,6 +46,7 @@ from pipeline.webhooks.delivery import (
     find_hook,
     post,
 )
+from pipeline.webhooks.envelope import Envelope
 
 log = logging.getLogger(__name__)
 
@@ -56,56 +54,6 @@ log = logging.getLogger(__name__)
 _RESEND_AFTER = 20
 #: The pause between empty short polls (a deliverer with `poll_seconds=0`).
 _IDLE_SECONDS = 0.5
-#: An outbox message's body is our own JSON: anything much longer is not one of ours.
-_MAX_BODY = 256 * 1024
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """One outbox message: the event, the attempts it had, and when the next may start."""
-
-    event: Event
-    attempts: int = 0
-    not_before: float = 0.0
-    last_error: str = ""
-
-    def encode(self) -> str:
-        return json.dumps(
-            {
-                "v": 1,
-                "owner": self.event.owner,
-                "id": self.event.id,
-                "type": self.event.type,
-                "payload": self.event.body.decode(),
-                "attempts": self.attempts,
-                "not_before": self.not_before,
-                "last_error": self.last_error,
-            },
-            separators=(",", ":"),
-        )
-
-    @classmethod
-    def decode(cls, body: str) -> Envelope:
-        """The envelope in `body`; `PoisonMessage` for anything else (never another exception)."""
-        try:
-            if len(body) > _MAX_BODY:
-                raise ValueError("too long")
-            fields = json.loads(body)
-            if not isinstance(fields, dict) or fields.get("v") != 1:
-                raise ValueError("not a version 1 envelope")
-            strings = [fields[name] for name in ("owner", "id", "type", "payload", "last_error")]
-            attempts, not_before = fields["attempts"], fields["not_before"]
-            if not all(isinstance(text, str) for text in strings):
-                raise ValueError("a field is not a string")
-            if type(attempts) is not int or attempts < 0 or type(not_before) not in (int, float):
-                raise ValueError("bad counters")
-            if not math.isfinite(not_before):
-                raise ValueError("bad time")
-            owner, event_id, kind, payload, last_error = strings
-            event = Event(owner, event_id, kind, payload.encode())
-        except (ValueError, KeyError, TypeError, UnicodeError, RecursionError, OverflowError) as exc:
-            raise PoisonMessage(f"not a webhook event: {exc}") from None
-        return cls(event, attempts, float(not_before), last_error)
 
 
 def _deferral(receive_count: int) -> int:
@@ -347,98 +295,3 @@ class Deliverer:
         """Move an event to the outbox's DLQ with why (sent first, then deleted: at least once)."""
         await self._dead.send(message.body, dead_letter_attributes(message.id, code, reason, attempts))
         await self._outbox.delete(message.receipt_handle)
-
-
-# Operating the outbox's DLQ ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class UndeliveredEvent:
-    """One dead-lettered event as the operator sees it."""
-
-    message_id: str
-    event_id: str
-    type: str
-    owner: str
-    image_id: str
-    error_code: str
-    error_message: str
-    attempts: str
-    failed_at: str
-    body: str = ""
-
-    def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
-
-
-def describe_event(message: Message) -> UndeliveredEvent:
-    """What an operator needs to see of a dead-lettered event, however malformed: never raises."""
-    event_id = kind = owner = image_id = body = ""
-    try:
-        event = Envelope.decode(message.body).event
-    except PoisonMessage:
-        body = short(message.body, BODY_PREVIEW)
-    else:
-        event_id, kind, owner = event.id, event.type, event.owner
-        image_id = _image_id(event.body)
-    return UndeliveredEvent(
-        message_id=message.id,
-        event_id=short(event_id, 100),
-        type=short(kind, 100),
-        owner=short(owner, 100),
-        image_id=short(image_id, 300),
-        **reason_of(message),
-        body=body,
-    )
-
-
-def _image_id(payload: bytes) -> str:
-    try:
-        data: Any = json.loads(payload).get("data", {})
-        return str(data.get("image_id", ""))
-    except (ValueError, AttributeError, RecursionError):
-        return ""
-
-
-async def redeliver(
-    dead: MessageQueue,
-    outbox: MessageQueue,
-    *,
-    event_ids: frozenset[str] = frozenset(),
-    limit: int | None = None,
-) -> int:
-    """Put dead-lettered events back in the outbox with their attempts renewed (all, or those
-    named); returns how many. Sent first, then deleted: a crash in between repeats one, never
-    loses one. Events not named are left where they are, visible again at once."""
-    moved, passed, seen = 0, [], set[str]()
-    empty = 0
-    try:
-        while (limit is None or moved < limit) and empty < 2:
-            # Short receives may come back empty while messages remain: two in a row end it. One
-            # that brings only messages seen already (their hiding ended) has been round the DLQ.
-            batch = await dead.receive(10, wait_seconds=1, visibility_timeout=300)
-            fresh_batch = [message for message in batch if message.id not in seen]
-            if batch and not fresh_batch:
-                break
-            empty = 0 if batch else empty + 1
-            seen.update(message.id for message in fresh_batch)
-            for message in fresh_batch:
-                try:
-                    envelope = Envelope.decode(message.body)
-                except PoisonMessage:
-                    passed.append(message)
-                    continue
-                if (event_ids and envelope.event.id not in event_ids) or (
-                    limit is not None and moved >= limit
-                ):
-                    passed.append(message)
-                    continue
-                fresh = Envelope(envelope.event)
-                await outbox.send(fresh.encode(), {"event_id": fresh.event.id, "type": fresh.event.type})
-                await dead.delete(message.receipt_handle)
-                moved += 1
-    finally:
-        for message in passed:
-            await release(dead, message)
-    log.info("redelivered webhook events count=%d", moved)
-    return moved

@@ -1,0 +1,109 @@
+"""The outbox's DLQ as the operator works it (`python -m pipeline webhooks list|redeliver`):
+each event described however malformed, and events sent back with their attempts renewed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.core.dlq import BODY_PREVIEW, reason_of, short
+from pipeline.core.errors import PoisonMessage
+from pipeline.core.polling import release
+from pipeline.core.ports import Message, MessageQueue
+from pipeline.webhooks.envelope import Envelope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UndeliveredEvent:
+    """One dead-lettered event as the operator sees it."""
+
+    message_id: str
+    event_id: str
+    type: str
+    owner: str
+    image_id: str
+    error_code: str
+    error_message: str
+    attempts: str
+    failed_at: str
+    body: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def describe_event(message: Message) -> UndeliveredEvent:
+    """What an operator needs to see of a dead-lettered event, however malformed: never raises."""
+    event_id = kind = owner = image_id = body = ""
+    try:
+        event = Envelope.decode(message.body).event
+    except PoisonMessage:
+        body = short(message.body, BODY_PREVIEW)
+    else:
+        event_id, kind, owner = event.id, event.type, event.owner
+        image_id = _image_id(event.body)
+    return UndeliveredEvent(
+        message_id=message.id,
+        event_id=short(event_id, 100),
+        type=short(kind, 100),
+        owner=short(owner, 100),
+        image_id=short(image_id, 300),
+        **reason_of(message),
+        body=body,
+    )
+
+
+def _image_id(payload: bytes) -> str:
+    try:
+        data: Any = json.loads(payload).get("data", {})
+        return str(data.get("image_id", ""))
+    except (ValueError, AttributeError, RecursionError):
+        return ""
+
+
+async def redeliver(
+    dead: MessageQueue,
+    outbox: MessageQueue,
+    *,
+    event_ids: frozenset[str] = frozenset(),
+    limit: int | None = None,
+) -> int:
+    """Put dead-lettered events back in the outbox with their attempts renewed (all, or those
+    named); returns how many. Sent first, then deleted: a crash in between repeats one, never
+    loses one. Events not named are left where they are, visible again at once."""
+    moved, passed, seen = 0, [], set[str]()
+    empty = 0
+    try:
+        while (limit is None or moved < limit) and empty < 2:
+            # Short receives may come back empty while messages remain: two in a row end it. One
+            # that brings only messages seen already (their hiding ended) has been round the DLQ.
+            batch = await dead.receive(10, wait_seconds=1, visibility_timeout=300)
+            fresh_batch = [message for message in batch if message.id not in seen]
+            if batch and not fresh_batch:
+                break
+            empty = 0 if batch else empty + 1
+            seen.update(message.id for message in fresh_batch)
+            for message in fresh_batch:
+                try:
+                    envelope = Envelope.decode(message.body)
+                except PoisonMessage:
+                    passed.append(message)
+                    continue
+                if (event_ids and envelope.event.id not in event_ids) or (
+                    limit is not None and moved >= limit
+                ):
+                    passed.append(message)
+                    continue
+                fresh = Envelope(envelope.event)
+                await outbox.send(fresh.encode(), {"event_id": fresh.event.id, "type": fresh.event.type})
+                await dead.delete(message.receipt_handle)
+                moved += 1
+    finally:
+        for message in passed:
+            await release(dead, message)
+    log.info("redelivered webhook events count=%d", moved)
+    return moved
