@@ -1,7 +1,8 @@
 """Operate the dead-letter queue: list messages with their reasons, redrive them, purge.
 
 Redrive is receive -> send to the main queue -> delete, one message at a time per batch entry,
-so each message is put back exactly once even where `StartMessageMoveTask` is missing (moto).
+so each message is put back at least once, and in practice once, even where
+`StartMessageMoveTask` is missing (moto).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TypeVar
 
 from pipeline.core.errors import ServiceError
 from pipeline.core.events import parse_message
+from pipeline.core.polling import release
 from pipeline.core.ports import Message, MessageQueue
 
 log = logging.getLogger(__name__)
@@ -127,17 +129,48 @@ async def peek(
     return list(seen.values())
 
 
-async def redrive(dlq: MessageQueue, target: MessageQueue, limit: int | None = None) -> int:
-    """Move messages back to `target` (send, then delete); returns how many were moved."""
-    moved = 0
-    while limit is None or moved < limit:
-        want = 10 if limit is None else min(10, limit - moved)
-        batch = await dlq.receive(want, wait_seconds=0, visibility_timeout=60)
-        if not batch:
-            break
-        for message in batch:
-            await target.send(message.body)
-            await dlq.delete(message.receipt_handle)
-            moved += 1
+#: What is sent back for a dead letter (its body and attributes), or None to leave it in the DLQ.
+Rewrite = Callable[[Message], tuple[str, dict[str, str]] | None]
+#: How long a redrive hides each dead letter it holds: longer than any send and delete of one.
+REDRIVE_LEASE_SECONDS = 300
+
+
+def as_it_was(message: Message) -> tuple[str, dict[str, str]]:
+    """The body alone: why it failed stays in the DLQ's history, not on the retried message."""
+    return message.body, {}
+
+
+async def redrive(
+    dlq: MessageQueue, target: MessageQueue, limit: int | None = None, rewrite: Rewrite = as_it_was
+) -> int:
+    """Send dead letters back to `target` (all, or those `rewrite` keeps, as it rewrites them);
+    returns how many. Each is sent first, then deleted: a crash in between repeats one, never
+    loses one. Those left are visible again at once. The S3 events' DLQ and the webhook
+    outbox's (`pipeline.webhooks.undelivered`) are both redriven here.
+
+    Short receives may come back empty while messages remain: two in a row end it. One that
+    brings only messages seen already (their hiding ended) has been round the whole DLQ."""
+    moved, empty = 0, 0
+    passed: list[Message] = []
+    seen: set[str] = set()
+    try:
+        while (limit is None or moved < limit) and empty < 2:
+            batch = await dlq.receive(10, wait_seconds=1, visibility_timeout=REDRIVE_LEASE_SECONDS)
+            fresh = [message for message in batch if message.id not in seen]
+            if batch and not fresh:
+                break
+            empty = 0 if batch else empty + 1
+            seen.update(message.id for message in fresh)
+            for message in fresh:
+                sent = None if limit is not None and moved >= limit else rewrite(message)
+                if sent is None:
+                    passed.append(message)
+                    continue
+                await target.send(*sent)
+                await dlq.delete(message.receipt_handle)
+                moved += 1
+    finally:
+        for message in passed:
+            await release(dlq, message)
     log.info("redrove messages count=%d", moved)
     return moved

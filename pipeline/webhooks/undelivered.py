@@ -8,9 +8,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.core.dlq import BODY_PREVIEW, reason_of, short
+from pipeline.core.dlq import BODY_PREVIEW, reason_of, redrive, short
 from pipeline.core.errors import PoisonMessage
-from pipeline.core.polling import release
 from pipeline.core.ports import Message, MessageQueue
 from pipeline.webhooks.envelope import Envelope
 
@@ -73,37 +72,15 @@ async def redeliver(
     limit: int | None = None,
 ) -> int:
     """Put dead-lettered events back in the outbox with their attempts renewed (all, or those
-    named); returns how many. Sent first, then deleted: a crash in between repeats one, never
-    loses one. Events not named are left where they are, visible again at once."""
-    moved, passed, seen = 0, [], set[str]()
-    empty = 0
-    try:
-        while (limit is None or moved < limit) and empty < 2:
-            # Short receives may come back empty while messages remain: two in a row end it. One
-            # that brings only messages seen already (their hiding ended) has been round the DLQ.
-            batch = await dead.receive(10, wait_seconds=1, visibility_timeout=300)
-            fresh_batch = [message for message in batch if message.id not in seen]
-            if batch and not fresh_batch:
-                break
-            empty = 0 if batch else empty + 1
-            seen.update(message.id for message in fresh_batch)
-            for message in fresh_batch:
-                try:
-                    envelope = Envelope.decode(message.body)
-                except PoisonMessage:
-                    passed.append(message)
-                    continue
-                if (event_ids and envelope.event.id not in event_ids) or (
-                    limit is not None and moved >= limit
-                ):
-                    passed.append(message)
-                    continue
-                fresh = Envelope(envelope.event)
-                await outbox.send(fresh.encode(), {"event_id": fresh.event.id, "type": fresh.event.type})
-                await dead.delete(message.receipt_handle)
-                moved += 1
-    finally:
-        for message in passed:
-            await release(dead, message)
-    log.info("redelivered webhook events count=%d", moved)
-    return moved
+    named); returns how many (`pipeline.core.dlq.redrive`: sent first, then deleted)."""
+
+    def renewed(message: Message) -> tuple[str, dict[str, str]] | None:
+        try:
+            event = Envelope.decode(message.body).event
+        except PoisonMessage:
+            return None  # not an event: it stays where the operator can see it
+        if event_ids and event.id not in event_ids:
+            return None
+        return Envelope(event).encode(), {"event_id": event.id, "type": event.type}
+
+    return await redrive(dead, outbox, limit, renewed)
