@@ -35,7 +35,7 @@ from pipeline.core.errors import LeaseLost, ServiceError, TransientError
 from pipeline.core.logs import REQUEST_ID
 from pipeline.core.polling import receive_unless_stopped, release
 from pipeline.core.ports import Message, MessageQueue
-from pipeline.core.timing import exponential
+from pipeline.core.timing import backoff
 
 log = logging.getLogger(__name__)
 #: Empty polls in a row, each with the queue reading empty, before a burst consumer stops.
@@ -47,10 +47,8 @@ DEFERRALS = "deferrals"
 
 
 def backoff_seconds(receive_count: int, base: float, cap: float, rng: random.Random | None = None) -> int:
-    """Equal-jitter exponential backoff: half the delay fixed, half random, whole seconds for SQS."""
-    delay = exponential(receive_count, base, cap)
-    jitter = (rng or random).uniform(0, delay / 2)
-    return int(min(43_200, math.ceil(delay / 2 + jitter)))
+    """`pipeline.core.timing.backoff` in whole seconds, at most SQS's longest visibility timeout."""
+    return int(min(43_200, math.ceil(backoff(receive_count, base, cap, rng))))
 
 
 @dataclass

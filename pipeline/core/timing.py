@@ -1,7 +1,8 @@
-"""Time as the service records it, and the exponential delay every retry policy starts from."""
+"""Time as the service records it, and the one backoff policy every retry uses."""
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
 
 
@@ -21,3 +22,12 @@ def epoch_iso(epoch: object) -> str | None:
 def exponential(attempt: int, base: float, cap: float) -> float:
     """`base` doubled for every attempt after the first, at most `cap` (jitter is the caller's)."""
     return min(cap, base * 2.0 ** max(0, attempt - 1))
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait before retrying after `attempt` failures: the exponential delay with equal
+    jitter, half fixed and half random (so retries that failed together spread out, and none comes
+    back sooner than half its delay). The consumer's retries, webhook attempts and the outbox's
+    deferrals all wait by it."""
+    delay = exponential(attempt, base, cap)
+    return delay / 2 + (rng or random).uniform(0, delay / 2)

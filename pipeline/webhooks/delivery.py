@@ -33,11 +33,12 @@ from typing import Any
 import aiohttp
 
 from config.settings import WebhookSettings
+from pipeline.core import timing
 from pipeline.core.errors import PermanentError, UnknownUser
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.items import ConditionFailed, Item, Present, Remove, Set, SetDefault
 from pipeline.core.ports import ItemTable
-from pipeline.core.timing import exponential, now_iso
+from pipeline.core.timing import now_iso
 from pipeline.webhooks.urls import PrivateAddress, PublicOnlyResolver, check_url
 
 SIGNATURE_HEADER = "Imgsvc-Signature"
@@ -203,10 +204,8 @@ def event_for(record: ImageRecord) -> Event:
 
 
 def backoff(attempt: int, settings: WebhookSettings, rng: random.Random | None = None) -> float:
-    """Seconds before attempt `attempt + 1`: exponential, capped, with ±20% jitter."""
-    delay = exponential(attempt, settings.backoff_base, settings.backoff_max)
-    jitter = rng.uniform(0.8, 1.2) if rng else random.uniform(0.8, 1.2)
-    return delay * jitter
+    """Seconds before attempt `attempt + 1` (`pipeline.core.timing.backoff`, the webhook settings')."""
+    return timing.backoff(attempt, settings.backoff_base, settings.backoff_max, rng)
 
 
 async def post(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -30,13 +29,12 @@ from typing import Any
 import aiohttp
 
 from config.settings import WebhookSettings
-from pipeline.core import metrics
+from pipeline.core import metrics, timing
 from pipeline.core.dlq import dead_letter_attributes
 from pipeline.core.errors import InvalidWebhookUrl, PoisonMessage, ServiceError, TransientError
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.polling import receive_unless_stopped, release
 from pipeline.core.ports import MAX_DELAY_SECONDS, Message, MessageQueue
-from pipeline.core.timing import exponential
 from pipeline.core.topology import lease_seconds
 from pipeline.webhooks.delivery import (
     WebhookAddressRefused,
@@ -60,7 +58,7 @@ def _deferral(receive_count: int) -> int:
     """Seconds an event whose owner has its share of POSTs waits: short while its owner's backlog
     is (a few events wait a moment), longer the more often it waited, so a long backlog costs
     few receives per event (and reaches `MAX_RECEIVES` only after hours)."""
-    return math.ceil(exponential(receive_count, 1.0, 120.0) * random.uniform(0.5, 1.0))
+    return math.ceil(timing.backoff(receive_count, 1.0, 120.0))
 
 
 class Outbox:
