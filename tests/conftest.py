@@ -330,20 +330,24 @@ async def dlq_messages(clients: AwsClients, settings: Settings) -> list[Message]
 
 
 @asynccontextmanager
-async def consumer_on(settings: Settings, *, burst: bool = True) -> AsyncIterator[Consumer]:
-    """A consumer on `settings`' stack (either backend), on the session's shared worker pool."""
+async def consumer_on(
+    settings: Settings, *, burst: bool = True, wrap: Callable[[Any], Any] | None = None
+) -> AsyncIterator[Consumer]:
+    """A consumer on `settings`' stack (either backend), on the session's shared worker pool;
+    `wrap` changes its ports first (`tests.support.faults`)."""
     pool = await shared_pool(settings)
-    async with (
-        open_backend(settings) as ports,
-        open_consumer(ports, settings, burst=burst, pool=pool) as consumer,
-    ):
-        yield consumer
+    async with open_backend(settings) as opened:
+        ports = wrap(opened) if wrap is not None else opened
+        async with open_consumer(ports, settings, burst=burst, pool=pool) as consumer:
+            yield consumer
 
 
-async def drain(settings: Settings, timeout: float = 30) -> dict[str, int]:
+async def drain(
+    settings: Settings, timeout: float = 30, wrap: Callable[[Any], Any] | None = None
+) -> dict[str, int]:
     """Run a burst consumer on `settings`' stack (either backend) until its queue is drained; the
     outcomes it counted."""
-    async with consumer_on(settings) as consumer:
+    async with consumer_on(settings, wrap=wrap) as consumer:
         async with asyncio.timeout(timeout):
             return dict((await consumer.run()).outcomes)
 

@@ -21,7 +21,7 @@ from pipeline.backends import open_backend
 from pipeline.consumer.loop import backoff_seconds
 from pipeline.core.accounts import Accounts
 from pipeline.core.dlq import list_dead_letters, redrive
-from pipeline.core.errors import InvalidRecord, PermanentError
+from pipeline.core.errors import InvalidRecord, PermanentError, StorageUnavailable
 from pipeline.core.layout import ImageRef
 from pipeline.core.ports import Backend
 from pipeline.core.records import RecordStore
@@ -32,14 +32,11 @@ from tests.conftest import (
     consumer_on,
     dead_lettered,
     decode,
-    dlq_messages,
     drain,
     object_in,
-    run_consumer_until_drained,
-    shared_consumer,
     state_in,
-    status_of,
 )
+from tests.support.faults import Failing
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
 pytestmark = pytest.mark.backend("local")
@@ -119,41 +116,43 @@ async def test_source_deleted_before_processing_is_acknowledged(settings: Settin
     assert await dead_lettered(settings) == []
 
 
-@pytest.mark.backend("aws")
-async def test_transient_failure_is_retried_then_succeeds(clients: AwsClients, settings: Settings) -> None:
-    await clients.s3.delete_bucket(Bucket=settings.aws.dest_bucket)  # every write now fails
-    await put(clients, settings, f"{USER}/later", DOG)
-    async with shared_consumer(clients, settings) as consumer:
+def failing_puts() -> Failing:
+    """What a job writes its renditions with fails (as if the bucket were gone) until cleared."""
+    return Failing({"put"}, lambda: StorageUnavailable("dest bucket: NoSuchBucket (injected)"))
+
+
+async def test_transient_failure_is_retried_then_succeeds(settings: Settings) -> None:
+    await put_all(settings, {f"{USER}/later": DOG})
+    fault = failing_puts()
+    async with consumer_on(settings, burst=False, wrap=fault.storage_of) as consumer:
         task = asyncio.create_task(consumer.run())
         async with asyncio.timeout(20):
             while consumer.stats.outcomes["retry"] < 1:
                 await asyncio.sleep(0.1)
-        await clients.s3.create_bucket(Bucket=settings.aws.dest_bucket)  # the operator fixes it
+        fault.failing = False  # the operator fixes it
         async with asyncio.timeout(20):
             while consumer.stats.outcomes["ready"] < 1:
                 await asyncio.sleep(0.1)
         consumer.stop()
         await task
-    assert (await status_of(clients, settings, f"{USER}/later"))["state"] == "ready"
-    assert await dlq_messages(clients, settings) == []
+    assert fault.calls >= 1
+    assert (await state_in(settings, f"{USER}/later"))["state"] == "ready"
+    assert await dead_lettered(settings) == []
 
 
-@pytest.mark.backend("aws")
-async def test_always_failing_message_reaches_dlq_after_exactly_max_attempts(
-    clients: AwsClients, settings: Settings
-) -> None:
+async def test_always_failing_message_reaches_dlq_after_exactly_max_attempts(settings: Settings) -> None:
     assert settings.consumer.max_attempts == 3
-    await clients.s3.delete_bucket(Bucket=settings.aws.dest_bucket)
-    await put(clients, settings, f"{USER}/never", DOG)
-    outcomes = await run_consumer_until_drained(clients, settings, timeout=40)
-    assert outcomes["retry"] == 2 and outcomes["dead_lettered"] == 1
-    (letter,) = await dlq_messages(clients, settings)
+    await put_all(settings, {f"{USER}/never": DOG})
+    fault = failing_puts()
+    outcomes = await drain(settings, timeout=40, wrap=fault.storage_of)
+    assert outcomes == {"retry": 2, "dead_lettered": 1}
+    (letter,) = await dead_lettered(settings)
     assert letter.attributes["error_code"] == "storage_unavailable"
     assert letter.attributes["attempts"] == "3"
     assert "NoSuchBucket" in letter.attributes["error_message"]
     # The original is untouched, ready to be redriven once the bucket is back.
-    head = await clients.s3.head_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/never")
-    assert head["ContentLength"] == len(DOG)
+    meta, data = await object_in(settings, f"{USER}/never")
+    assert meta.size == len(data) == len(DOG)
 
 
 async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any) -> None:
