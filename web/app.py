@@ -14,6 +14,7 @@ from pipeline.consumer.service import open_consumer
 from pipeline.core import metrics
 from pipeline.core.accounts import Accounts
 from pipeline.core.errors import TooManyWaits
+from pipeline.core.quotas import Usage
 from pipeline.core.records import RecordStore
 from pipeline.core.supervision import Supervisor
 from pipeline.core.sweeper import ReservationSweeper
@@ -48,7 +49,6 @@ from web.keys import (
 from web.links import LinkSigner, shared_secret
 from web.middlewares import error_middleware, metrics_middleware, request_id_middleware, send_request_id
 from web.public import PublicUrls
-from web.quotas import Usage
 from web.rates import Buckets
 from web.routes import setup_routes
 from web.server import deadline_middleware

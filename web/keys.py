@@ -8,6 +8,7 @@ from config.settings import Settings
 from pipeline.consumer.loop import Consumer
 from pipeline.core.accounts import Accounts
 from pipeline.core.ports import Backend, ObjectStore, TableSet
+from pipeline.core.quotas import Usage
 from pipeline.core.records import RecordStore
 from pipeline.core.supervision import Supervisor
 from pipeline.core.sweeper import ReservationSweeper
@@ -18,7 +19,6 @@ from web.clients import Proxies
 from web.idempotency import IdempotencyStore
 from web.links import LinkSigner
 from web.public import PublicUrls
-from web.quotas import Usage
 from web.rates import Buckets
 from web.shares import UserShare
 from web.throttle import FailureLimiter

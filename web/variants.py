@@ -52,12 +52,12 @@ from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef
 from pipeline.core.objects import source_tag
 from pipeline.core.ports import ObjectStore
+from pipeline.core.quotas import Usage
 from pipeline.core.records import Counted, RecordStore, UsageRefused
 from pipeline.imaging.fair import FairQueue
 from pipeline.imaging.tasks import variant_of
 from pipeline.imaging.variants import TooManyVariants, VariantSpec, VariantTooCostly
 from pipeline.imaging.workers import WorkerPool
-from web.quotas import Usage
 
 log = logging.getLogger(__name__)
 _WINDOW = 60.0  # seconds of the per-user rate
