@@ -41,8 +41,8 @@ from pipeline.consumer.service import open_consumer
 from pipeline.core import runtime
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import RecordStore
+from pipeline.core.uploads import upload_metadata
 from pipeline.imaging.renditions import configure_worker, make_renditions
-from web.handlers.upload import upload_metadata
 
 #: The owner of the benchmark's images (a demo user: the endpoint `stack.py` starts seeds them).
 BENCH_USER = SEED_USER_IDS[0]

@@ -18,6 +18,7 @@ from pipeline.core.quotas import Usage
 from pipeline.core.records import RecordStore
 from pipeline.core.supervision import Supervisor
 from pipeline.core.sweeper import ReservationSweeper
+from pipeline.core.uploads import Uploads
 from pipeline.webhooks.delivery import WebhookStore
 from web.admission import TooManyUploads, UploadGate
 from web.clients import Proxies
@@ -39,6 +40,7 @@ from web.keys import (
     SWEEPER,
     TABLES,
     UPLOAD_RATES,
+    UPLOADER,
     UPLOADS,
     USAGE,
     VARIANT_POOL,
@@ -118,6 +120,7 @@ async def _backend(app: web.Application) -> AsyncIterator[None]:
         app[STORAGE] = backend.storage
         app[RECORDS] = RecordStore(tables.images, tables.users, backend.changes)
         app[USAGE] = Usage(tables.users, settings.accounts)
+        app[UPLOADER] = Uploads(settings, backend.storage, app[RECORDS], app[USAGE], app[UPLOADS].admit)
         app[WEBHOOKS] = WebhookStore(tables.users)
         app[IDEMPOTENCY] = IdempotencyStore(tables.requests, retry_after=settings.web.retry_after)
         secret = await shared_secret(tables.config, accounts.signing_secret)

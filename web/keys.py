@@ -12,6 +12,7 @@ from pipeline.core.quotas import Usage
 from pipeline.core.records import RecordStore
 from pipeline.core.supervision import Supervisor
 from pipeline.core.sweeper import ReservationSweeper
+from pipeline.core.uploads import Uploads
 from pipeline.imaging.workers import WorkerPool
 from pipeline.webhooks.delivery import WebhookStore
 from web.admission import UploadGate
@@ -37,6 +38,8 @@ LIMITER = web.AppKey("limiter", FailureLimiter)
 WEBHOOKS = web.AppKey("webhooks", WebhookStore)
 BACKGROUND = web.AppKey("background", Supervisor)
 UPLOADS = web.AppKey("uploads", UploadGate)
+#: Stores every upload (`pipeline.core.uploads`), admitted through `UPLOADS`.
+UPLOADER = web.AppKey("uploader", Uploads)
 #: Releases presigned uploads' reservations never used (`pipeline.core.sweeper`).
 SWEEPER = web.AppKey("sweeper", ReservationSweeper)
 #: Seals and opens public images' URL tokens (`web.public`).

@@ -20,11 +20,11 @@ from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.core.untrusted import ascii_int
 from pipeline.imaging.variants import PARAMETERS as VARIANT_PARAMETERS
 from pipeline.imaging.variants import parse_link_name, parse_variant
-from web.handlers.upload import parse_public
 from web.keys import LINKS, PUBLIC, RECORDS, SETTINGS
 from web.links import version_of
 from web.public import variant_url
 from web.serving import CACHE_CONTROL, ORIGINAL, image_ref, locate, not_ready, serve_object, serve_variant
+from web.uploading import parse_public
 from web.views import link_to, public_urls, signed_link
 
 DEFAULT_SECONDS = 3600

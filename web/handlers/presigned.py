@@ -34,21 +34,13 @@ from pipeline.core.records import ImageTaken, UsageRefused
 from pipeline.core.reservations import METADATA_KEY, Reservation
 from pipeline.core.timing import epoch_iso
 from pipeline.core.untrusted import utf8_text
+from pipeline.core.uploads import PURGE_AFTER, upload_metadata
 from web import urls
 from web.bodies import json_object
-from web.handlers.upload import (
-    PURGE_AFTER,
-    expiry_from,
-    parse_public,
-    room_for_bytes,
-    screened,
-    upload_charge,
-    upload_metadata,
-    visibility_facts,
-)
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
-from web.keys import BACKEND, IDEMPOTENCY, LINKS, RECORDS, SETTINGS, STORAGE, SWEEPER, UPLOADS, USAGE
+from web.keys import BACKEND, IDEMPOTENCY, LINKS, RECORDS, SETTINGS, SWEEPER, UPLOADER, USAGE
+from web.uploading import expiry_from, parse_public, upload_charge, visibility_facts
 from web.views import describe, public_base
 
 #: The rendition name an upload URL's signature covers (no rendition has it).
@@ -166,7 +158,7 @@ async def put_upload(request: web.Request) -> web.Response:
     """`PUT /uploads/{user_id}/{image_id}?token=&expires=&sig=` (local backend): what S3 does with a
     presigned PUT. No key; 403 for a tampered or expired URL, 422 for a body not of the length
     and type the URL was made for, 410 once its reservation is gone."""
-    app, settings = request.app, request.app[SETTINGS]
+    app = request.app
     if app[BACKEND].kind != "local":
         raise NotFound("upload URLs point at S3 on this deployment")
     user_id, image_id = request.match_info["user_id"], request.match_info["image_id"]
@@ -191,19 +183,16 @@ async def put_upload(request: web.Request) -> web.Response:
     if request.content_type != held.content_type:
         raise UploadMismatch(f"this URL takes Content-Type {held.content_type}")
     assert record is not None
-    await room_for_bytes(request)
-    async with app[UPLOADS].admit(user_id) as lease:
-        stored = await app[STORAGE].upload_stream(
-            settings.aws.source_bucket,
-            ref.source_key,
-            screened(
-                request.content.iter_chunked(256 * 1024), settings.imaging, upload_charge(request, user_id)
-            ),
-            max_bytes=held.content_length,
-            part_size=settings.web.part_size,
-            allowed_formats=frozenset({held.format}),
+    uploads = app[UPLOADER]
+    async with uploads.admitted(user_id) as lease:
+        stored = await uploads.put(
+            ref,
+            request.content.iter_chunked(256 * 1024),
+            lease,
+            charge=upload_charge(request, user_id),
             metadata=upload_metadata(user_id, str(record.item.get("file_name", "")), **{METADATA_KEY: token}),
-            lease=lease,
+            max_bytes=held.content_length,
+            allowed_formats=frozenset({held.format}),
         )
     response = web.json_response(
         {"image_id": image_id, "bytes": stored.size, "status_url": urls.status_url(user_id, image_id)}

@@ -1,59 +1,36 @@
-"""Uploads: the original system's JSON route and the native streaming routes.
-
-Bodies are streamed chunk by chunk into S3 (`Storage.upload_stream`); the handler answers 202 as
-soon as the original is durably stored and never waits for thumbnails.
+"""Uploads: the original system's JSON route and the native streaming routes. They read the
+request (the bytes, raw or the one file of a multipart body, and the options) and hand it to the
+upload service (`pipeline.core.uploads`), which streams it into the store: the answer is 202 as
+soon as the original is durably stored, never after its thumbnails.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
-import logging
 import re
 import secrets
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
-from config.settings import ImagingSettings
-from pipeline.core import metrics
-from pipeline.core.errors import (
-    ImageNotFound,
-    InsufficientStorage,
-    InvalidField,
-    MissingField,
-    NotFound,
-    ServiceError,
-    TooLarge,
-    UploadModeDisabled,
-    UploadPending,
-)
-from pipeline.core.formats import decode_megapixels, screen_prefix
-from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord
+from pipeline.core.errors import InvalidField, MissingField, NotFound, TooLarge, UploadModeDisabled
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef, valid_image_id
-from pipeline.core.logs import REQUEST_ID
-from pipeline.core.records import KEEP_PUBLIC, ImageTaken, Superseded, UsageRefused
-from pipeline.core.removal import drop_variants
-from pipeline.core.reservations import FIELD, USED, Reservation
-from pipeline.core.untrusted import ascii_int, utf8_text
+from pipeline.core.untrusted import utf8_text
+from pipeline.core.uploads import Upload
 from web.bodies import json_object
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
-from web.keys import IDEMPOTENCY, RECORDS, SETTINGS, STORAGE, UPLOAD_RATES, UPLOADS, USAGE
+from web.keys import IDEMPOTENCY, SETTINGS, UPLOADER
 from web.multipart import MultipartUpload
-from web.public import PublicImagesDisabled, new_nonce
+from web.uploading import expiry_from, parse_public, upload_charge, visibility_facts
 from web.views import describe
 
-log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
-#: How much of an upload is kept to read its header (bombs are refused before being stored).
-SCREEN_BYTES = 64 * 1024
-#: Seconds past its expiry before DynamoDB's TTL removes a record gc has not removed.
-PURGE_AFTER = 7 * 86_400
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: The SHA-256 of the bytes an upload stored (an idempotent upload saves it with its answer).
 _SHA256 = web.RequestKey("uploaded_sha256", str)
@@ -83,9 +60,8 @@ async def compat_upload(request: web.Request) -> web.Response:
     expires_at = expiry_from(request, body.get("expires_in_days"))
 
     async def upload() -> tuple[web.Response, str]:
-        size = path.stat().st_size
-        chunks = _file_chunks(path)
-        return await _store(request, user_id, image_id, chunks, file_name, size, expires_at), ""
+        ref, size = ImageRef.of(user_id, image_id), path.stat().st_size
+        return await _store(request, Upload(ref, _file_chunks(path), file_name, size, expires_at)), ""
 
     async def nothing_more() -> str:
         return ""  # the route's fingerprint holds the whole body
@@ -120,9 +96,8 @@ async def _stream_upload(request: web.Request, user_id: str, image_id: str) -> w
 
     async def upload() -> tuple[web.Response, str]:
         chunks, file_name, declared, fields = await _body(request)
-        response = await _store(
-            request, user_id, image_id, chunks, file_name, declared, expires_at, public=fields
-        )
+        ref = ImageRef.of(user_id, image_id)
+        response = await _store(request, Upload(ref, chunks, file_name, declared, expires_at), fields)
         return response, request[_SHA256]
 
     async def body_sha256() -> str:
@@ -158,189 +133,25 @@ async def _body(request: web.Request) -> tuple[AsyncIterator[bytes], str, int | 
 
 
 async def _store(
-    request: web.Request,
-    user_id: str,
-    image_id: str,
-    chunks: AsyncIterator[bytes],
-    file_name: str,
-    declared: int | None,
-    expires_at: int | None = None,
-    *,
-    public: Mapping[str, str] | None = None,
+    request: web.Request, upload: Upload, options: Mapping[str, str] | None = None
 ) -> web.Response:
-    """Check quotas, stream the original into S3, charge the user, record the upload: 202.
-    `public`: the upload's options, its `public` value read once the bytes are through."""
-    settings = request.app[SETTINGS]
+    """Store the upload (`pipeline.core.uploads`): 202 with the image's record. `options`: the
+    upload's, its `public` value read once the bytes are through (a form field may follow them)."""
+    user_id = upload.ref.owner_and_id[0]
+
+    def visibility(user: Mapping[str, Any], previous: ImageRecord | None) -> dict[str, object]:
+        return visibility_facts(request, (options or {}).get("public"), user, previous)
+
     # From a header or a multipart part header: bytes that were not UTF-8 are lone surrogates.
-    file_name = utf8_text(file_name)
-    ref = ImageRef.of(user_id, image_id)
-    records, usage = request.app[RECORDS], request.app[USAGE]
-    await room_for_bytes(request)
-    async with request.app[UPLOADS].admit(user_id) as lease:
-        previous = await records.read(ref)
-        if previous is not None and Reservation.live(previous.item) is not None:
-            raise UploadPending()  # its URL could replace these bytes
-        replaced = previous.bytes if previous else 0
-        user = await usage.check(
-            user_id, new_image=previous is None, incoming=declared, replaced_bytes=replaced
-        )
-        digest = hashlib.sha256()
-        stored = await request.app[STORAGE].upload_stream(
-            settings.aws.source_bucket,
-            ref.source_key,
-            _hashed(screened(chunks, settings.imaging, upload_charge(request, user_id)), digest),
-            max_bytes=settings.imaging.max_bytes,
-            part_size=settings.web.part_size,
-            allowed_formats=settings.imaging.allowed_formats,
-            metadata=upload_metadata(user_id, file_name),
-            lease=lease,
-        )
-    request[_SHA256] = digest.hexdigest()
-    metrics.UPLOAD_BYTES.inc(stored.size)
-    visibility = await _visibility_of_stored(request, ref, (public or {}).get("public"), user, previous)
-    facts = {
-        "file_name": file_name[:255],
-        "content_type": f"image/{stored.format}",
-        "format": stored.format,
-        "bytes": stored.size,
-        "sha256": request[_SHA256],
-        "expires_at": expires_at,  # removed by `python -m pipeline gc` after this (epoch seconds)
-        "purge_at": expires_at + PURGE_AFTER if expires_at else None,  # DynamoDB TTL's backstop
-        # The consumer looks the webhook up only for images whose owner had one at upload time.
-        "notify": bool(user.get("webhook_url")),
-        FIELD: None,  # a reservation of this id long expired is this upload's now
-        USED: None,  # and a presigned upload's URL no longer puts anything here
-        **visibility,
-    }
-    storage, source_bucket = request.app[STORAGE], settings.aws.source_bucket
-    try:
-        # The record and the owner's counters in one transaction; a new image is refused there
-        # if it crosses a quota (an upload without Content-Length can get that far).
-        record = await records.record_upload(
-            ref,
-            stored.etag,
-            facts,
-            lambda: storage.etag_of(source_bucket, ref.source_key),
-            read=previous,
-            limit=usage.limit,
-        )
-    except Superseded:  # another upload of this id landed after ours: it is the image now
-        found = await records.read(ref)
-        if found is None:
-            raise ImageNotFound("the image was deleted while it was being uploaded") from None
-        record = found
-    except UsageRefused:  # nothing recorded: the new original goes again
-        await storage.delete_many(source_bucket, [ref.source_key])
-        raise await usage.refusal(user_id, 1) from None
-    except ImageTaken:  # reserved for a presigned upload while this one streamed: it gives way
-        if await storage.etag_of(source_bucket, ref.source_key) == stored.etag:
-            await storage.delete_many(source_bucket, [ref.source_key])
-        raise UploadPending() from None
-    else:
-        if record.replaced is not None:  # the replaced original's variants are never served again
-            try:
-                await drop_variants(storage, settings, ref, keep_etag=record.source_etag)
-            except Exception as exc:  # recorded already: the upload stands; gc removes them later
-                log.warning(
-                    "variants of a replaced original not dropped key=%s error=%r", ref.source_key, exc
-                )
-    log.info("upload stored key=%s bytes=%d format=%s", ref.source_key, stored.size, stored.format)
-    body = describe(request, user_id, record)
+    upload = dataclasses.replace(upload, file_name=utf8_text(upload.file_name))
+    stored = await request.app[UPLOADER].store(
+        upload, charge=upload_charge(request, user_id), visibility=visibility
+    )
+    request[_SHA256] = stored.sha256
+    body = describe(request, user_id, stored.record)
     response = web.json_response(body, status=202)
     response.headers["Location"] = body["status_url"]
     return response
-
-
-async def room_for_bytes(request: web.Request) -> None:
-    """Refuse new bytes while the store has no room for them (a local disk under
-    `IMGSVC_MIN_FREE_BYTES`): 507 with `Retry-After`, so what is left stays for deletes."""
-    state = await request.app[STORAGE].check_space()
-    if state != "ok":
-        raise InsufficientStorage(
-            f"the server's storage is low on space ({state}); retry later (deleting images still works)",
-            headers={"Retry-After": str(request.app[SETTINGS].web.retry_after * 30)},
-        )
-
-
-async def _visibility_of_stored(
-    request: web.Request, ref: ImageRef, raw: object, user: Mapping[str, Any], previous: ImageRecord | None
-) -> dict[str, object]:
-    """`visibility_facts` once the original is stored (a form field may follow the file)."""
-    try:
-        return visibility_facts(request, raw, user, previous)
-    except ServiceError:
-        if previous is not None:
-            # A form field after the file said something invalid, but the new bytes have replaced
-            # the old ones already: the upload stands, its visibility as it was.
-            log.warning("upload's public field ignored key=%s", ref.source_key)
-            return {}
-        bucket = request.app[SETTINGS].aws.source_bucket  # a new image: nothing of it is kept
-        await request.app[STORAGE].delete_many(bucket, [ref.source_key])
-        raise
-
-
-def parse_public(raw: object) -> bool | None:
-    """An upload's `public` option (a query value, a form field or a JSON boolean); None: not given."""
-    if raw is None or raw == "":
-        return None
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.lower() in ("true", "1", "false", "0"):
-        return raw.lower() in ("true", "1")
-    raise InvalidField("public must be true or false")
-
-
-def visibility_facts(
-    request: web.Request, raw: object, user: Mapping[str, Any], previous: ImageRecord | None
-) -> dict[str, object]:
-    """The record's visibility after an upload: as asked (`public`), else the owner's default
-    for a new image, else as it was; a public image keeps its URL nonce when replaced (its URLs'
-    version changes, so old ones stop answering). `PublicImagesDisabled` where forbidden."""
-    allowed = request.app[SETTINGS].web.public_images
-    wanted = parse_public(raw)
-    if wanted and not allowed:
-        raise PublicImagesDisabled()
-    if wanted is None:
-        if previous is not None:
-            return {}
-        wanted = bool(user.get("public_by_default")) and allowed
-    if not wanted:
-        return {PUBLIC_FIELD: None}
-    return {PUBLIC_FIELD: KEEP_PUBLIC if previous is not None else new_nonce()}
-
-
-def expiry_from(request: web.Request, days: object) -> int | None:
-    """When the image expires (epoch seconds): `expires_in_days` (a whole number from 1 to
-    36500, from the query or the JSON body), else the deployment's retention; None: never."""
-    retention = request.app[SETTINGS].accounts.retention_days
-    if days is None or days == "":
-        return int(time.time()) + retention * 86_400 if retention else None
-    longest = retention or 36_500
-    value = ascii_int(days, 1, longest) if isinstance(days, str) else days
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= longest:
-        raise InvalidField(
-            f"expires_in_days must be a whole number of days from 1 to {longest}"
-            + (" (this deployment keeps images no longer)" if longest < 36_500 else "")
-        )
-    return int(time.time()) + value * 86_400
-
-
-def upload_metadata(user_id: str, file_name: str, **more: str) -> dict[str, str]:
-    """An original's S3 metadata, however it is put. It travels as HTTP headers: kept ASCII
-    whatever the client sent."""
-    return {
-        "original-filename": quote(file_name[:255], safe=" ._-"),
-        "user-id": user_id,  # the consumer trusts an owner named here (`JobRunner._check_owner`)
-        "request-id": REQUEST_ID.get(),  # so the consumer's log lines for it carry the same id
-        **more,
-    }
-
-
-async def _hashed(chunks: AsyncIterator[bytes], digest: Any) -> AsyncIterator[bytes]:
-    """Pass chunks through, hashing them: the record keeps the original's SHA-256."""
-    async for chunk in chunks:
-        digest.update(chunk)
-        yield chunk
 
 
 def _input_file(input_dir: Path, file_name: str) -> Path:
@@ -349,36 +160,6 @@ def _input_file(input_dir: Path, file_name: str) -> Path:
     if path.parent != root or not path.is_file():
         raise FileNotInInput(f"{file_name} is not in the input folder")
     return path
-
-
-async def screened(
-    chunks: AsyncIterator[bytes], imaging: ImagingSettings, charge: Callable[[float], None] | None = None
-) -> AsyncIterator[bytes]:
-    """Pass chunks through, refusing a decompression bomb as soon as its header has arrived, and
-    charging `charge` what it will cost to decode (megapixels x frames) from that header."""
-    prefix = bytearray()
-    screened = False
-    async for chunk in chunks:
-        if not screened:
-            prefix += chunk
-            if len(prefix) >= SCREEN_BYTES:
-                _screen(bytes(prefix), imaging, charge)
-                screened = True
-        yield chunk
-    if not screened:
-        _screen(bytes(prefix), imaging, charge)
-
-
-def _screen(prefix: bytes, imaging: ImagingSettings, charge: Callable[[float], None] | None) -> None:
-    info = screen_prefix(prefix, imaging)
-    if charge is not None:
-        charge(decode_megapixels(info))
-
-
-def upload_charge(request: web.Request, user_id: str) -> Callable[[float], None]:
-    """What charges an upload of `user_id` to its decode budget (`IMGSVC_USER_UPLOAD_MEGAPIXELS_*`)."""
-    buckets = request.app[UPLOAD_RATES]
-    return lambda megapixels: buckets.take(user_id, megapixels)
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
