@@ -1,4 +1,4 @@
-"""Users and their API keys, in DynamoDB.
+"""Users and their API keys, in the users and keys tables (DynamoDB, or the local backend's).
 
 A key is `isk_<key id>_<secret>`: the key id (public, shown in listings) finds the record in one
 read; the secret is 256 random bits, stored only as its SHA-256 (a fast hash is right for

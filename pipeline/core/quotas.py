@@ -1,4 +1,4 @@
-"""Per-user quotas, on the usage counters of the user's item in DynamoDB.
+"""Per-user quotas, on the usage counters of the user's item in the users table.
 
 The counters change only with the image records (`RecordStore`), by atomic `ADD` in the record
 write's transaction; `limit` is the condition that transaction carries, so concurrent uploads

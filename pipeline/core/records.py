@@ -528,7 +528,7 @@ class RecordStore:
             written = PutItem(
                 self._table, new, Missing("user_id") if old is None else Equals("revision", revision)
             )
-            # Only a new image can be refused (a replacement's bytes are in S3 already); one whose
+            # Only a new image can be refused (a replacement's bytes are stored already); one whose
             # record the consumer made first is new too (that record has no upload's facts).
             new_image = old is None or "sha256" not in old
             try:
