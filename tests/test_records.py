@@ -333,3 +333,34 @@ async def test_a_newer_upload_recorded_between_an_uploads_read_and_write_wins(
     assert raised.value.current == '"b"'
     record = await records.read(ref)
     assert record is not None and record.source_etag == '"b"' and record.item["file_name"] == "b.jpg"
+
+
+async def test_a_wait_sees_a_result_written_by_another_process_within_a_tick(
+    api: Client, settings: Settings
+) -> None:
+    """`?wait=` on the local backend: a result the consumer of another process writes (here: a
+    database opened a second time, as that process's) wakes the wait within a probe's tick, not
+    on the next once-a-second re-read; with nothing written, nothing is re-read."""
+    assert (await api.put("/images/elsewhere", data=jpeg_bytes(64, 48))).status == 202
+    ref = ImageRef.of(USER, "elsewhere")
+
+    async def result_later() -> float:
+        await asyncio.sleep(0.3)
+        async with open_backend(settings) as other:  # another process's connection and Changes
+            records = RecordStore(other.tables.images, other.tables.users)
+            record = await records.read(ref)
+            assert record is not None
+            etag = record.source_etag
+            await records.record_result(ref, etag, None, CorruptImage(), lambda: _current(etag))
+        return asyncio.get_running_loop().time()
+
+    writer = asyncio.ensure_future(result_later())
+    response = await api.get("/images/elsewhere", params={"wait": "5"})
+    seen = asyncio.get_running_loop().time()
+    written = await writer
+    assert response.status == 200 and (await response.json())["status"] == "failed"
+    assert seen - written < 0.4, seen - written  # a tick (0.05 s) and the answer, not a second
+
+
+async def _current(etag: str) -> str:
+    return etag

@@ -5,19 +5,31 @@ waiter: a thousand waiters on DynamoDB are thousands of reads a second. When the
 in this process (the API's own upload or delete, the in-process consumer's result) the waiter is
 woken at once instead; a change made elsewhere (another API process, a consumer on another
 machine) is found by the waiter's own re-reads, once a second.
+
+Where a change anywhere can be noticed cheaply, the backend gives a `probe`: a number that moves
+whenever anything is written, by any process (the local backend's SQLite `data_version`, a
+statement that reads no table). While waits are under way, one ticker per process reads it every
+`PROBE_SECONDS` and wakes every waiter when it moves, so a thumbnail made by a consumer in another
+process is seen within a tick, not a second; when nothing is written, nobody re-reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
+
+#: How often a probe is read while waits are under way.
+PROBE_SECONDS = 0.05
 
 
 class Changes:
     """Futures waiting for a change of a key, woken by `notify` (one event loop's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, probe: Callable[[], int] | None = None) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._probe = probe
+        self._ticker: asyncio.Task[None] | None = None
 
     def notify(self, key: str) -> None:
         for waiter in self._waiters.pop(key, ()):
@@ -29,6 +41,8 @@ class Changes:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(key, set())
         waiters.add(waiter)
+        if self._probe is not None and (self._ticker is None or self._ticker.done()):
+            self._ticker = asyncio.ensure_future(self._tick(self._probe))
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):
@@ -38,6 +52,23 @@ class Changes:
             waiters.discard(waiter)
             if not waiters and self._waiters.get(key) is waiters:
                 del self._waiters[key]
+            if not self._waiters and self._ticker is not None:
+                self._ticker.cancel()  # nobody waits: no probe reads
+                self._ticker = None
+
+    async def _tick(self, probe: Callable[[], int]) -> None:
+        """Wake every waiter when `probe` moves; ends when nobody waits."""
+        try:
+            seen = probe()
+            while self._waiters:
+                await asyncio.sleep(PROBE_SECONDS)
+                now = probe()
+                if now != seen:
+                    seen = now
+                    for key in list(self._waiters):
+                        self.notify(key)
+        except Exception:  # a probe that fails (a closed database): the waits re-read on their timer
+            return
 
     def __len__(self) -> int:
         """Waits under way."""

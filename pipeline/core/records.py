@@ -143,8 +143,9 @@ class RecordStore:
     async def wait(self, ref: ImageRef, seconds: float) -> ImageRecord | None:
         """The record, waiting up to `seconds` for a pending one (or one awaiting its presigned
         upload) to settle (long polling). A change written in this process wakes the wait at
-        once (`pipeline.core.changes`); one written elsewhere is found by re-reading, eventually
-        consistent, once a second: a wait costs at most a read a second."""
+        once (`pipeline.core.changes`), and so does one written elsewhere where the backend can
+        notice it (the local backend); otherwise it is found by re-reading, eventually consistent,
+        once a second: a wait costs at most a read a second, or a read a change."""
         record = await self.read(ref)
         deadline = time.monotonic() + seconds
         while record is not None and record.state in ("pending", "awaiting_upload"):

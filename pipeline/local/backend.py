@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from config.settings import Settings
+from pipeline.core.changes import Changes
 from pipeline.core.ports import Backend
 from pipeline.local.database import Database
 from pipeline.local.files import Space, prepare
@@ -51,6 +52,8 @@ async def open_local(settings: Settings, *, sweep: bool = False) -> AsyncIterato
             tables,
             await LocalQueue.named(db, settings.aws.outbox_name),
             await LocalQueue.named(db, settings.aws.outbox_dlq_name),
+            # A write by any process (another API worker, a consumer) wakes this one's long polls.
+            changes=Changes(probe=db.data_version),
         )
     finally:
         await db.close()

@@ -137,6 +137,11 @@ class Database:
                 pass  # busy, or the reader cannot open: the thread's path waits or says why
         return await self.read(fn)
 
+    def data_version(self) -> int:
+        """A number that moves whenever any connection, of any process, commits (read on this
+        thread's reader: one statement that reads no table)."""
+        return int(self._reader().conn.execute("PRAGMA data_version").fetchone()[0])
+
     def _reader(self) -> _Reader:
         reader: _Reader | None = getattr(self._readers, "reader", None)
         if reader is None:
