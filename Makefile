@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-fast coverage browser nginx lint format install lock clean bench-install bench-peers-install
+.PHONY: run test test-fast coverage browser nginx wrk lint format install lock clean bench-install bench-peers-install
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 # Two workers (pytest-xdist): the suite mostly waits on moto and child processes; TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 2
 
-test: $(STAMP) browser nginx
+test: $(STAMP) browser nginx wrk
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
 # Unit and contract tests on the local backend: no moto, no service processes, no browser (< 1 min; on two workers too).
@@ -45,6 +45,13 @@ nginx:
 		echo "installing Debian's nginx for the CDN test"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light >/dev/null; }
+
+# scripts/bench_delivery.py's test drives the service with Debian's wrk; install it when it is missing.
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+		echo "installing Debian's wrk for the delivery benchmark's test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk >/dev/null; }
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from scripts.proccpu import CpuSampler
+from scripts.proccpu import CpuSampler, tree_cpu
 from scripts.stack import bearer, child_env, free_port, start, start_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,34 +56,34 @@ async def measure(kind: str, images: int, concurrency: int) -> dict[str, float]:
         del env["IMGSVC_MODE"]
         backend_pids = []
     consumer_args = ["-m", "pipeline", "consumer", "--burst"]
+    # A burst consumer's first empty poll is a whole long poll: a short one, so that it exits
+    # once the queue is drained instead of idling 20 s more (as `bench_scaling.py`'s consumers).
+    consumer_env = {**env, "IMGSVC_CONSUMER_WAIT_TIME_SECONDS": "1"}
     web = await start(["-m", "web", "--port", str(port)], env, rb"API listening")
     processes.append(web)
     if kind == "local":
         keys = json.loads((scratch / "data" / "demo-keys.json").read_text())["keys"]
+
+    def serving_cpu() -> float:
+        """The API's and the endpoint's CPU, their children's included (granian's worker, a
+        grandchild of the endpoint's process, does moto's work)."""
+        return sum(tree_cpu(pid) or 0.0 for pid in (web.pid, *backend_pids))
+
     try:
         api = f"http://127.0.0.1:{port}"
-        sampler = CpuSampler()
-        sampler.watch([web.pid, *backend_pids])
         await asyncio.sleep(0.5)
-        sampler.sample()
-        before = sampler.roots
+        before = serving_cpu()
         await upload_all(api, keys[USER], images, concurrency)
         await asyncio.sleep(0.5)
-        sampler.sample()
-        upload_cpu = sampler.roots - before
-        await sampler.stop()
+        upload_cpu = serving_cpu() - before
 
-        idle = CpuSampler()
-        idle.watch([web.pid, *backend_pids])
-        idle.sample()
-        serving_before = idle.roots
-        consumer = await start(consumer_args, env, rb"consumer starting")
+        serving_before = serving_cpu()
+        consumer = await start(consumer_args, consumer_env, rb"consumer starting")
         jobs = CpuSampler()
         jobs.watch([consumer.pid])
         await consumer.wait()
         await jobs.stop()
-        await idle.stop()
-        serving = idle.roots - serving_before
+        serving = serving_cpu() - serving_before
         return {
             "upload_ms": 1000 * upload_cpu / images,
             "job_loop_ms": 1000 * jobs.roots / images,

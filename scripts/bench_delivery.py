@@ -170,7 +170,7 @@ async def ours(scratch: Path, workers: int) -> AsyncIterator[tuple[Web, dict[str
 
 async def workers_phase(scratch: Path, args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[int, dict[str, Any]] = {}
-    for count in (1, args.workers):
+    for count in dict.fromkeys((1, args.workers)):  # `--workers 1`: one server, measured once
         async with ours(scratch, count) as (web, urls, key):
             assert web.process is not None
             auth = f"Authorization: Bearer {key}"
@@ -282,8 +282,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2, help="serving processes against one (1: one only)")
+    parser.add_argument("--seconds", type=int, default=10, help="each phase's length (whole seconds: wrk's)")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--thumbor", type=Path, default=ROOT / ".venv-thumbor" / "bin" / "thumbor")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2)

@@ -15,6 +15,7 @@ Machines are noisy: compare the ratios within one run, not absolute times across
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import multiprocessing
@@ -22,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".bench-cache"
 SIDES = [256, 1024]
 ENGINES = ("naive", "pillow", "pyvips", "chosen")
+#: SSIM needs scikit-image, the bench extra (`make bench-install`); without it the rows have none.
+HAVE_SSIM = importlib.util.find_spec("skimage") is not None
 Image.MAX_IMAGE_PIXELS = None
 
 
@@ -60,8 +64,8 @@ def encode(image: Image.Image, fmt: str, **kwargs: Any) -> bytes:
     return out.getvalue()
 
 
-def build_set() -> dict[str, bytes]:
-    """Generate (once, cached in .bench-cache/) the images the issue names."""
+def build_set(names: Iterable[str] | None = None) -> dict[str, bytes]:
+    """Generate (once, cached in .bench-cache/) the images the issue names, or only `names`."""
     CACHE.mkdir(exist_ok=True)
     makers = {
         "jpeg-2mp": lambda: encode(photo(1728, 1152), "JPEG", quality=90),
@@ -82,11 +86,16 @@ def build_set() -> dict[str, bytes]:
         ),
         "gif-animated": _animated,
     }
+    wanted = list(makers) if names is None else list(names)
+    if unknown := [name for name in wanted if name not in makers]:
+        raise SystemExit(f"no such image: {', '.join(unknown)} (the set: {', '.join(makers)})")
     images = {}
-    for name, make in makers.items():
+    for name in wanted:
         path = CACHE / name
-        if not path.exists():
-            path.write_bytes(make())
+        if not path.exists():  # written whole, then renamed: another run never reads half a file
+            partial = path.with_name(f".{name}.{os.getpid()}")
+            partial.write_bytes(makers[name]())
+            partial.replace(path)
         images[name] = path.read_bytes()
     return images
 
@@ -222,8 +231,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.sides:
         SIDES[:] = args.sides
-    images = build_set()
-    names = args.only or list(images)
+    if not HAVE_SSIM:
+        print("no SSIM: scikit-image is missing (make bench-install)", file=sys.stderr)
+    images = build_set(args.only or None)
+    names = list(images)
     rows = []
     for name in names:
         data = images[name]
@@ -247,7 +258,7 @@ def main() -> int:
                     continue
                 row[engine] = {
                     "ms": round(cell["ms"], 1),
-                    "ssim": round(ssim(data, cell["output"]), 4),
+                    **({"ssim": round(ssim(data, cell["output"]), 4)} if HAVE_SSIM else {}),
                     "peak_rss_mb": round(measured[engine]["peak_rss_mb"], 1),
                 }
             fastest = min((row[e]["ms"] for e in ("pillow", "pyvips") if "ms" in row[e]), default=None)
@@ -256,7 +267,7 @@ def main() -> int:
             rows.append(row)
             print(_line(row), file=sys.stderr, flush=True)
     report: dict[str, Any] = {"rows": rows, "cpu_count": os.cpu_count(), "runs": args.runs}
-    if "jpeg-12mp" in images and (not args.only or "jpeg-12mp" in args.only):
+    if "jpeg-12mp" in images:
         report["throughput_12mp_jpeg_256_2_workers"] = throughput(images["jpeg-12mp"], args.jobs, 2)
     if args.json:
         print(json.dumps(report, indent=2))

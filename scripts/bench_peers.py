@@ -10,7 +10,8 @@
     throughput (ours streamed from storage, thumbor made again), and the SSIM of both against a
     full decode resized with Lanczos (the smart crops choose their own regions: no reference).
 
-thumbor lives in a virtualenv of its own (`make bench-peers-install` creates `.venv-thumbor`).
+thumbor lives in a virtualenv of its own (`make bench-peers-install` creates `.venv-thumbor`);
+without it the report has our side only (thumbor's figures are left out, not faked).
 
     .venv/bin/python scripts/bench_peers.py --requests 200 --concurrency 8 [--backend local]
 
@@ -25,6 +26,7 @@ import json
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,27 +66,30 @@ def thumbor_url_of(thumbor: str, name: str, transform: str, quality: int) -> str
 
 
 async def variants(
-    api: str, key: str, thumbor: str, images: dict[str, bytes], args: argparse.Namespace
+    api: str, key: str, thumbor: str | None, images: dict[str, bytes], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """(c): first requests one at a time, then repeated ones at the throughput concurrency."""
+    """(c): first requests one at a time, then repeated ones at the throughput concurrency.
+    `thumbor`: None when there is none (ours only)."""
     out: dict[str, Any] = {"first_request_ms": {}, "repeated_throughput": {}, "ssim": {}}
     names = list(images)
     for transform in TRANSFORMS:
-        rows = {}
+        rows: dict[str, dict[str, Any]] = {}
         for name in images:
             runs = range(80, 80 + args.variant_runs)  # a new quality each run: always a first request
             ours = await timed_gets(
                 lambda i, n=name, t=transform: ours_url(api, n, t, 80 + i), len(runs), 1, bearer(key)
             )
-            theirs = await timed_gets(
-                lambda i, n=name, t=transform: thumbor_url_of(thumbor, n, t, 80 + i), len(runs), 1
-            )
-            rows[name] = {
-                "ours_p50": ours["p50_ms"],
-                "thumbor_p50": theirs["p50_ms"],
-                "thumbor_over_ours": round(theirs["p50_ms"] / ours["p50_ms"], 2),
-                "failures": ours["failures"] + theirs["failures"],
-            }
+            rows[name] = {"ours_p50": ours["p50_ms"], "failures": ours["failures"]}
+            if thumbor is not None:
+                theirs = await timed_gets(
+                    lambda i, n=name, t=transform: thumbor_url_of(thumbor, n, t, 80 + i), len(runs), 1
+                )
+                rows[name] = {
+                    "ours_p50": ours["p50_ms"],
+                    "thumbor_p50": theirs["p50_ms"],
+                    "thumbor_over_ours": round(theirs["p50_ms"] / ours["p50_ms"], 2),
+                    "failures": ours["failures"] + theirs["failures"],
+                }
         out["first_request_ms"][transform] = rows
         ours_get = await timed_gets(
             lambda i, t=transform: ours_url(api, names[i % len(names)], t, 80),
@@ -92,34 +97,38 @@ async def variants(
             args.concurrency,
             bearer(key),
         )
-        thumbor_get = await timed_gets(
-            lambda i, t=transform: thumbor_url_of(thumbor, names[i % len(names)], t, 80),
-            args.requests,
-            args.concurrency,
-        )
-        out["repeated_throughput"][transform] = {
-            "ours_stored": ours_get,
-            "thumbor_on_the_fly": thumbor_get,
-            "ours_over_thumbor": round(ours_get["per_s"] / thumbor_get["per_s"], 1),
-        }
+        repeated: dict[str, Any] = {"ours_stored": ours_get}
+        if thumbor is not None:
+            thumbor_get = await timed_gets(
+                lambda i, t=transform: thumbor_url_of(thumbor, names[i % len(names)], t, 80),
+                args.requests,
+                args.concurrency,
+            )
+            repeated["thumbor_on_the_fly"] = thumbor_get
+            repeated["ours_over_thumbor"] = round(ours_get["per_s"] / thumbor_get["per_s"], 1)
+        out["repeated_throughput"][transform] = repeated
         if TRANSFORMS[transform][3]:
             out["ssim"][transform] = await _ssim(api, key, thumbor, images, transform)
     return out
 
 
-async def _ssim(api: str, key: str, thumbor: str, images: dict[str, bytes], transform: str) -> dict[str, Any]:
-    try:
-        from bench_imaging import ssim
-    except ImportError:  # scikit-image is in the bench extra
+async def _ssim(
+    api: str, key: str, thumbor: str | None, images: dict[str, bytes], transform: str
+) -> dict[str, Any]:
+    from bench_imaging import HAVE_SSIM, ssim
+
+    if not HAVE_SSIM:  # scikit-image is in the bench extra
         return {"skipped": "make bench-install for scikit-image"}
     rows = {}
     async with aiohttp.ClientSession() as http:
         for name, data in images.items():
             async with http.get(ours_url(api, name, transform, 80), headers=bearer(key)) as response:
                 ours = await response.read()
-            async with http.get(thumbor_url_of(thumbor, name, transform, 80)) as response:
-                theirs = await response.read()
-            rows[name] = {"ours": round(ssim(data, ours), 4), "thumbor": round(ssim(data, theirs), 4)}
+            rows[name] = {"ours": round(ssim(data, ours), 4)}
+            if thumbor is not None:
+                async with http.get(thumbor_url_of(thumbor, name, transform, 80)) as response:
+                    theirs = await response.read()
+                rows[name]["thumbor"] = round(ssim(data, theirs), 4)
     return rows
 
 
@@ -179,26 +188,31 @@ async def timed_gets(
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    images = {name: data for name, data in build_set().items() if name in IMAGES}
+    images = build_set(args.images)
     root = Path(tempfile.mkdtemp(prefix="thumbor-"))
     for name, data in images.items():
         (root / name).write_bytes(data)
-    thumbor_url, thumbor = await start_thumbor(args.thumbor, root)
+    thumbor_url, thumbor = None, None
+    if args.thumbor.exists():
+        thumbor_url, thumbor = await start_thumbor(args.thumbor, root)
+    else:
+        print(f"no thumbor at {args.thumbor} (make bench-peers-install): ours only", file=sys.stderr)
     local = args.backend == "local"
     stack = await start_local(root / "data") if local else await start_stack()
-    report: dict[str, Any] = {"rendition_ms": {}, "get_throughput": {}}
+    report: dict[str, Any] = {"thumbor": thumbor_url is not None, "rendition_ms": {}, "get_throughput": {}}
     try:
         # (a) one rendition at a time.
         for name, data in images.items():
-            thumbor_side = await timed_gets(
-                lambda _i, n=name: f"{thumbor_url}/unsafe/fit-in/256x256/{n}", args.runs, 1
-            )
             ours = processing_ms(data, args.runs)
-            report["rendition_ms"][name] = {
-                "thumbor_request_p50": thumbor_side["p50_ms"],
-                "ours": round(ours, 1),
-                "thumbor_over_ours": round(thumbor_side["p50_ms"] / ours, 2),
-            }
+            report["rendition_ms"][name] = {"ours": round(ours, 1)}
+            if thumbor_url is not None:
+                thumbor_side = await timed_gets(
+                    lambda _i, n=name: f"{thumbor_url}/unsafe/fit-in/256x256/{n}", args.runs, 1
+                )
+                report["rendition_ms"][name] |= {
+                    "thumbor_request_p50": thumbor_side["p50_ms"],
+                    "thumbor_over_ours": round(thumbor_side["p50_ms"] / ours, 2),
+                }
         # (b) GET throughput: ours pre-generated, thumbor on the fly.
         if not local:  # the local backend's API runs its consumer in-process
             stack.processes.append(await start_consumer(stack.endpoint))
@@ -215,22 +229,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             args.concurrency,
             bearer(stack.keys[USER]),
         )
-        thumbor_get = await timed_gets(
-            lambda i: f"{thumbor_url}/unsafe/fit-in/256x256/{names[i % len(names)]}",
-            args.requests,
-            args.concurrency,
-        )
-        report["get_throughput"] = {
-            "ours_pregenerated": ours_get,
-            "thumbor_on_the_fly": thumbor_get,
-            "ours_over_thumbor": round(ours_get["per_s"] / thumbor_get["per_s"], 1),
-        }
+        report["get_throughput"] = {"ours_pregenerated": ours_get}
+        if thumbor_url is not None:
+            thumbor_get = await timed_gets(
+                lambda i: f"{thumbor_url}/unsafe/fit-in/256x256/{names[i % len(names)]}",
+                args.requests,
+                args.concurrency,
+            )
+            report["get_throughput"] |= {
+                "thumbor_on_the_fly": thumbor_get,
+                "ours_over_thumbor": round(ours_get["per_s"] / thumbor_get["per_s"], 1),
+            }
         # (c) on-demand variants.
         report["variants"] = await variants(stack.api, stack.keys[USER], thumbor_url, images, args)
     finally:
         await stack.stop()
-        thumbor.terminate()
-        await thumbor.wait()
+        if thumbor is not None:
+            thumbor.terminate()
+            await thumbor.wait()
         shutil.rmtree(root, ignore_errors=True)
     return report
 
@@ -239,11 +255,22 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--thumbor", type=Path, default=ROOT / ".venv-thumbor" / "bin" / "thumbor")
+    parser.add_argument(
+        "--thumbor",
+        type=Path,
+        default=ROOT / ".venv-thumbor" / "bin" / "thumbor",
+        help="thumbor's executable (when there is none, the report has our side only)",
+    )
     parser.add_argument("--runs", type=int, default=7, help="sequential renditions per image (median)")
     parser.add_argument("--requests", type=int, default=200, help="GETs for the throughput comparison")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--variant-runs", type=int, default=5, help="first requests per image and transform")
+    parser.add_argument(
+        "--images",
+        nargs="+",
+        default=list(IMAGES),
+        help=f"images of bench_imaging.py's set (default: {' '.join(IMAGES)})",
+    )
     parser.add_argument(
         "--backend",
         choices=("embedded", "local"),

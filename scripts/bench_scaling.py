@@ -37,7 +37,7 @@ from typing import Any
 
 from bench_consumer import fill, photo_jpeg, settings_for
 from PIL import Image
-from proccpu import CpuSampler, cpu_of
+from proccpu import CpuSampler, tree_cpu
 from stack import ROOT, child_env, free_port, start_endpoint
 
 from config.settings import Settings
@@ -103,7 +103,8 @@ class Run:
 
 async def run_consumers(processes: int, env: dict[str, str], endpoint_pid: int) -> Run:
     """K burst consumers until they have all exited: time, images made, CPU by part."""
-    endpoint_before = cpu_of(endpoint_pid) or 0.0
+    # The endpoint's process tree: its granian worker, a grandchild, does moto's work.
+    endpoint_before = tree_cpu(endpoint_pid) or 0.0
     sampler = CpuSampler(interval=0.1)
     started = time.perf_counter()
     children = [
@@ -126,7 +127,7 @@ async def run_consumers(processes: int, env: dict[str, str], endpoint_pid: int) 
         if child.returncode != 0 or not (found := OUTCOMES.search(err)):
             raise RuntimeError(f"consumer failed ({child.returncode}): {err.decode()[-2000:]}")
         made += ast.literal_eval(found.group(1).decode()).get("ready", 0)
-    endpoint_cpu = (cpu_of(endpoint_pid) or 0.0) - endpoint_before
+    endpoint_cpu = (tree_cpu(endpoint_pid) or 0.0) - endpoint_before
     return Run(elapsed, made, sampler.children, sampler.roots, endpoint_cpu)
 
 
