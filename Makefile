@@ -23,14 +23,16 @@ TEST_WORKERS ?= 2
 test: $(STAMP) browser nginx wrk
 	$(PY) -m pytest -n $(TEST_WORKERS)
 
-# Unit and contract tests on the local backend: no moto, no service processes, no browser (< 1 min; on two workers too).
+# Units, contracts, handlers and the consumer on the local backend: no moto, no service processes,
+# no browser (under a minute on two cores). Six workers: most of these tests wait on timers.
+FAST := -n 6 --dist worksteal -p no:schemathesis -m "not (moto or e2e or slow or browser or cluster or schemathesis or nginx)"
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not (moto or e2e or browser or cluster or schemathesis or nginx)"
+	$(PY) -m pytest $(FAST)
 
-# The lines of pipeline/, web/ and config/ that test-fast runs on its own.
+# test-fast, measuring the lines of pipeline/, web/ and config/ it runs (child processes included).
 coverage: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) -m "not (moto or e2e or browser or cluster or schemathesis or nginx)" \
-		--cov=pipeline --cov=web --cov=config --cov-report=term:skip-covered
+	rm -f .coverage .coverage.*
+	$(PY) -m pytest $(FAST) --cov=pipeline --cov=web --cov=config --cov-report=term:skip-covered
 
 # The browser tests drive Debian's Chromium through Playwright; install it when it is missing.
 browser:

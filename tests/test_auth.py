@@ -218,6 +218,7 @@ async def test_the_failure_limit_holds_under_a_concurrent_burst(
     assert 1 <= statuses.count(401) <= (20 if store == "sqlite" else 60)
 
 
+@pytest.mark.e2e
 def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None:
     env = process_env(IMGSVC_DATA_DIR=str(settings.aws.data_dir))
     assert run(["-m", "pipeline", "provision"], env).returncode == 0

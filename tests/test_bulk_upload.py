@@ -69,6 +69,7 @@ def folder(root: Path) -> Path:
     return root / "album"
 
 
+@pytest.mark.e2e
 async def test_bulk_upload_summarises_and_resumes(
     tmp_path: Path, settings: Any, make_client: ClientFactory
 ) -> None:
@@ -95,6 +96,7 @@ async def test_bulk_upload_summarises_and_resumes(
     assert sorted(i["image_id"] for i in again["images"]) == ids  # the same ids: replaced, not added
 
 
+@pytest.mark.e2e
 async def test_bulk_upload_needs_a_key_and_existing_paths(tmp_path: Path, api: Client) -> None:
     code, summary = await run_upload(api, "", str(tmp_path))
     assert code == 2 and "API key" in summary["stderr"]
@@ -111,6 +113,7 @@ def counts(summary: dict[str, Any]) -> tuple[int, int, int]:
     return summary["uploaded"], summary["skipped_already_uploaded"], summary["failed"]
 
 
+@pytest.mark.e2e
 async def test_the_journal_knows_which_api_and_user_a_file_went_to(
     tmp_path: Path, settings: Any, make_client: ClientFactory
 ) -> None:
@@ -163,6 +166,7 @@ def test_default_api_is_where_python_m_web_listens_by_the_same_variables() -> No
     assert default_api("images.internal", 80) == "http://images.internal:80"
 
 
+@pytest.mark.e2e
 async def test_default_api_follows_imgsvc_port(tmp_path: Path, api: Client) -> None:
     key = await issue_key(api.server.app, OTHER_USER)
     album = folder(tmp_path)
@@ -173,6 +177,7 @@ async def test_default_api_follows_imgsvc_port(tmp_path: Path, api: Client) -> N
     assert len(await listed_ids(api, key)) == 3
 
 
+@pytest.mark.e2e
 async def test_a_refused_key_is_one_short_line_and_the_bar_claims_nothing(
     tmp_path: Path, api: Client
 ) -> None:
@@ -190,6 +195,7 @@ async def test_a_refused_key_is_one_short_line_and_the_bar_claims_nothing(
     assert not state.exists() or state.read_text() == ""
 
 
+@pytest.mark.e2e
 async def test_failed_files_keep_the_progress_bar_short_of_100(tmp_path: Path, api: Client) -> None:
     key = await issue_key(api.server.app, OTHER_USER)
     album = folder(tmp_path)
@@ -202,6 +208,7 @@ async def test_failed_files_keep_the_progress_bar_short_of_100(tmp_path: Path, a
     assert reason.startswith("415 not_an_image: ") and "\n" not in reason and len(reason) < 250
 
 
+@pytest.mark.e2e
 async def test_nothing_listening_is_said_once_and_nothing_is_tried(tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
@@ -236,6 +243,7 @@ def test_report_groups_failures_by_reason() -> None:
 
 
 @pytest.mark.backend("aws")  # presigned uploads straight to S3
+@pytest.mark.e2e
 async def test_bulk_upload_goes_straight_to_s3_where_the_api_offers_it(
     tmp_path: Path, settings: Any, make_client: ClientFactory, clients: Any
 ) -> None:

@@ -27,6 +27,7 @@ def resources() -> dict[str, Any]:
     return {name: r for name, r in template["Resources"].items()}
 
 
+@pytest.mark.slow
 def test_cfn_lint_passes() -> None:
     result = subprocess.run(
         [str(Path(sys.executable).parent / "cfn-lint"), str(TEMPLATE)],

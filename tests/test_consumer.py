@@ -155,6 +155,7 @@ async def test_always_failing_message_reaches_dlq_after_exactly_max_attempts(set
     assert meta.size == len(data) == len(DOG)
 
 
+@pytest.mark.slow
 async def test_consumer_stopped_mid_batch_loses_nothing(make_settings: Any) -> None:
     settings: Settings = make_settings(
         IMGSVC_CONSUMER_DRAIN_TIMEOUT="0", IMGSVC_CONSUMER_VISIBILITY_TIMEOUT="30"
@@ -224,6 +225,7 @@ def test_backoff_grows_exponentially_with_jitter_and_cap() -> None:
     assert backoff_seconds(50, base=2, cap=60) <= 60
 
 
+@pytest.mark.slow
 async def test_heartbeat_keeps_waiting_jobs_invisible(make_settings: Any) -> None:
     """With one worker, the last jobs wait far longer than the 2 s visibility timeout; the
     heartbeat must keep their messages hidden, so nothing is delivered (or processed) twice.
@@ -276,6 +278,7 @@ def slow_png(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
 
 
+@pytest.mark.slow
 async def test_one_slow_image_never_hurts_the_others(make_settings: Any, make_client: ClientFactory) -> None:
     """One image that takes longer than the job timeout among eight that do not, on two workers:
     the timeout starts when each job starts and kills only the slow job's worker, so all eight are

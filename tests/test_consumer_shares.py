@@ -12,6 +12,8 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
+
 from config.settings import SEED_USER_IDS
 from pipeline.consumer.service import open_consumer
 from tests.conftest import ClientFactory, bearer, issue_key, jpeg_bytes, local_settings, shared_pool
@@ -31,6 +33,7 @@ def slow_png(side: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+@pytest.mark.slow
 async def test_a_backlog_delays_another_users_upload_by_about_one_job(
     tmp_path: Path, make_client: ClientFactory
 ) -> None:

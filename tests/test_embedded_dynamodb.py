@@ -14,7 +14,8 @@ from moto.dynamodb.models import dynamodb_backends
 from pipeline.core.items import Add, Equals, Missing, PutItem, Set, TransactionRefused, UpdateItem
 from tests.conftest import Backend
 
-pytestmark = pytest.mark.parametrize("backend", ["aws"], indirect=True)
+#: moto's DynamoDB, patched in this process (no moto server): the moto tier.
+pytestmark = [pytest.mark.parametrize("backend", ["aws"], indirect=True), pytest.mark.moto]
 
 
 async def test_a_refused_transaction_puts_back_what_it_touched_and_only_that(backend: Backend) -> None:

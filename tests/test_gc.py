@@ -91,6 +91,7 @@ async def test_a_dry_run_counts_the_orphans_and_a_run_removes_only_them(
     assert counts(again) == (0, 0, 0, 0)
 
 
+@pytest.mark.slow
 async def test_a_run_racing_live_uploads_deletes_nothing_of_theirs(
     backend: Backend, make_client: ClientFactory
 ) -> None:

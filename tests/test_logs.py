@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
@@ -33,6 +34,7 @@ async def test_every_response_names_its_request_id(
     assert len(ids) == 3 and all(len(i) == 32 for i in ids)  # fresh ids where none (or a bad one) came
 
 
+@pytest.mark.e2e
 async def test_json_logs_carry_the_upload_request_id_into_the_consumer(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys.json"
     env = process_env(IMGSVC_DEMO_KEYS_FILE=str(keys_file), IMGSVC_LOG_FORMAT="json")

@@ -107,6 +107,7 @@ async def test_consumer_counts_outcomes_engines_and_dead_letters(settings: Setti
     assert value("imgsvc_queue_messages", queue="dlq", state="visible") >= 0  # sampled at start
 
 
+@pytest.mark.e2e
 async def test_consumer_process_serves_metrics_on_its_own_port(settings: Settings) -> None:
     port = free_port()
     env = process_env(IMGSVC_DATA_DIR=str(settings.aws.data_dir), IMGSVC_METRICS_PORT=str(port))

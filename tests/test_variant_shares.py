@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from config.settings import SEED_USER_IDS
@@ -79,6 +80,7 @@ async def test_a_variant_larger_than_its_original_allows_is_not_stored_nor_retri
     assert record.get("variant_count", 0) == 0
 
 
+@pytest.mark.slow
 async def test_a_users_variants_wait_their_turn_behind_other_users(
     tmp_path: Path, make_client: ClientFactory
 ) -> None:
@@ -118,6 +120,7 @@ async def test_a_user_has_a_few_variants_in_progress_at_most(
     assert statuses == [200, 200, 429]
 
 
+@pytest.mark.slow
 async def test_failures_count_against_the_image_and_the_user(
     tmp_path: Path, make_client: ClientFactory
 ) -> None:

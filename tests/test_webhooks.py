@@ -391,6 +391,7 @@ async def test_failed_event_carries_the_reason(
     assert event["data"]["status"] == "failed" and event["data"]["error"]["code"] == "corrupt_image"
 
 
+@pytest.mark.slow
 async def test_only_images_uploaded_with_a_webhook_notify_and_a_refusing_receiver_is_given_up(
     hook_settings: Settings, make_client: ClientFactory, receiver: Receiver
 ) -> None:
@@ -431,6 +432,7 @@ async def test_a_receiver_that_hangs_never_holds_up_the_consumer(
     assert receiver.waiting == 0 and len(receiver.calls) == 3
 
 
+@pytest.mark.slow
 async def test_a_users_hanging_receiver_holds_up_only_its_own_events(
     make_settings: Callable[..., Settings],
     make_client: ClientFactory,

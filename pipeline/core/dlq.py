@@ -148,18 +148,18 @@ async def redrive(
     loses one. Those left are visible again at once. The S3 events' DLQ and the webhook
     outbox's (`pipeline.webhooks.undelivered`) are both redriven here.
 
-    Short receives may come back empty while messages remain: two in a row end it. One that
-    brings only messages seen already (their hiding ended) has been round the whole DLQ."""
-    moved, empty = 0, 0
+    Receives are long polls: SQS answers one from all its servers, so an empty answer means an
+    empty DLQ (a short receive samples a few and may come back empty while messages remain). A
+    receive that brings only messages seen already (their hiding ended) has been round it all."""
+    moved = 0
     passed: list[Message] = []
     seen: set[str] = set()
     try:
-        while (limit is None or moved < limit) and empty < 2:
+        while limit is None or moved < limit:
             batch = await dlq.receive(10, wait_seconds=1, visibility_timeout=REDRIVE_LEASE_SECONDS)
             fresh = [message for message in batch if message.id not in seen]
-            if batch and not fresh:
+            if not fresh:
                 break
-            empty = 0 if batch else empty + 1
             seen.update(message.id for message in fresh)
             for message in fresh:
                 sent = None if limit is not None and moved >= limit else rewrite(message)
