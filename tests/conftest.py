@@ -308,7 +308,10 @@ async def record_of(clients: AwsClients, settings: Settings, key: str) -> ImageR
 
 async def status_of(clients: AwsClients, settings: Settings, key: str) -> dict[str, Any]:
     """The record of a source key as a plain dict: `state`, `source_etag`, `error`, `renditions`."""
-    record = await record_of(clients, settings, key)
+    return _status(key, await record_of(clients, settings, key))
+
+
+def _status(key: str, record: ImageRecord | None) -> dict[str, Any]:
     assert record is not None, f"no record for {key}"
     return {
         "state": record.state,
@@ -360,15 +363,7 @@ async def record_in(settings: Settings, key: str) -> ImageRecord | None:
 
 async def state_in(settings: Settings, key: str) -> dict[str, Any]:
     """`status_of` on `settings`' stack, either backend."""
-    record = await record_in(settings, key)
-    assert record is not None, f"no record for {key}"
-    return {
-        "state": record.state,
-        "source_etag": record.source_etag,
-        "error": record.error,
-        "renditions": record.renditions,
-        "info": record.item.get("info"),
-    }
+    return _status(key, await record_in(settings, key))
 
 
 async def object_in(settings: Settings, key: str, bucket: str | None = None) -> tuple[ObjectMeta, bytes]:
