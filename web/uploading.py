@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.core.errors import InvalidField
-from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord
+from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord, UploadFacts
 from pipeline.core.records import KEEP_PUBLIC
 from pipeline.core.untrusted import ascii_int
 from web.keys import SETTINGS, UPLOAD_RATES
@@ -31,7 +31,7 @@ def parse_public(raw: object) -> bool | None:
 
 def visibility_facts(
     request: web.Request, raw: object, user: Mapping[str, Any], previous: ImageRecord | None
-) -> dict[str, object]:
+) -> UploadFacts:
     """The record's visibility after an upload: as asked (`public`), else the owner's default
     for a new image, else as it was; a public image keeps its URL nonce when replaced (its URLs'
     version changes, so old ones stop answering). `PublicImagesDisabled` where forbidden."""

@@ -32,7 +32,7 @@ from pipeline.core.errors import (
 )
 from pipeline.core.events import ObjectCreated
 from pipeline.core.formats import ImageInfo
-from pipeline.core.image_record import ImageRecord
+from pipeline.core.image_record import ImageRecord, UploadFacts
 from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.core.logs import REQUEST_ID
 from pipeline.core.objects import ObjectMeta, OversizeObject, source_tag
@@ -334,7 +334,7 @@ def _refused(error: ServiceError | None) -> bool:
 
 def _arrived(
     reservation: Reservation, size: int, digest: str | None, error: ServiceError | None
-) -> dict[str, object]:
+) -> UploadFacts:
     """A presigned upload's facts, which the API could not know: the reservation is used, and
     the record counts what is kept (nothing, for bytes its URL did not allow)."""
     if _refused(error):  # the URL is spent: bytes put through it again are removed, not counted
@@ -349,12 +349,12 @@ def _arrived(
     }
 
 
-def _read(known: Known, size: int, digest: str | None) -> dict[str, object] | None:
+def _read(known: Known, size: int, digest: str | None) -> UploadFacts | None:
     """The facts of the original as read, where the record says otherwise: an original put or
     replaced outside the API (`aws s3 cp` over an image) is counted at its own size, and a digest
     of other bytes is not kept for it."""
     recorded = known if isinstance(known, dict) else {}
-    facts: dict[str, object] = {}
+    facts: UploadFacts = {}
     if recorded.get("bytes") != size:
         facts["bytes"] = size
         facts["sha256"] = digest  # None where the worker did not read it: no stale one kept

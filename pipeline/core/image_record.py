@@ -4,7 +4,7 @@ wrote, and the fields a client is shown. Written by `pipeline.core.records`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal, TypedDict
 
 from pipeline.core import reservations
 from pipeline.core.items import Item
@@ -12,7 +12,35 @@ from pipeline.core.timing import epoch_iso
 
 State = Literal["awaiting_upload", "pending", "ready", "failed"]
 #: The record field holding a public image's URL nonce (`web.public`); absent while private.
-PUBLIC_FIELD = "public_nonce"
+PUBLIC_FIELD: Final = "public_nonce"
+
+
+class UploadFacts(TypedDict, total=False):
+    """What the record says of an image's original: the one definition of the fields an upload
+    (`pipeline.core.uploads`), an upload URL's reservation (`web.handlers.presigned`) and a job
+    that read the original itself (`pipeline.consumer.jobs`) write. None removes a field. The
+    consumer's result (`result_*`, `renditions`, `info`, `error`, ...) is `RecordStore`'s own."""
+
+    file_name: str
+    content_type: str
+    #: Detected from the bytes, never from the client's claim.
+    format: str
+    bytes: int
+    sha256: str | None
+    #: When `python -m pipeline gc` removes the image (epoch seconds); None: never.
+    expires_at: int | None
+    #: DynamoDB's TTL: the backstop for a record gc has not removed.
+    purge_at: int | None
+    #: Whether the owner had a webhook at upload time (only then does the consumer look it up).
+    notify: bool
+    #: `PUBLIC_FIELD`: the nonce of a public image's URLs; None: private; `KEEP_PUBLIC`
+    #: (`pipeline.core.records`): public, with the nonce the record has if it has one.
+    public_nonce: object
+    #: `reservations.FIELD`: None clears it (an upload took the id, or its URL was used).
+    awaiting_upload: None
+    #: `reservations.USED`: the reservation whose URL put these bytes (bytes put through it again
+    #: are checked against it); None clears it.
+    presigned_upload: dict[str, Any] | None
 
 
 @dataclass(frozen=True)

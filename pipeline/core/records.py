@@ -27,7 +27,7 @@ from pipeline.core.changes import Changes
 from pipeline.core.cursors import decode_cursor, encode_cursor
 from pipeline.core.digests import DigestNotes
 from pipeline.core.errors import ServiceError, TransientError
-from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord, counted_for_another
+from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord, UploadFacts, counted_for_another
 from pipeline.core.items import (
     Add,
     AllOf,
@@ -161,7 +161,7 @@ class RecordStore:
         self,
         ref: ImageRef,
         etag: str,
-        facts: dict[str, Any],
+        facts: UploadFacts,
         current: CurrentEtag,
         *,
         read: ImageRecord | _Unread | None = UNREAD,
@@ -201,7 +201,7 @@ class RecordStore:
         self,
         ref: ImageRef,
         reservation: reservations.Reservation,
-        facts: Mapping[str, Any],
+        facts: UploadFacts,
         *,
         limit: Limit | None = None,
     ) -> ImageRecord:
@@ -246,7 +246,7 @@ class RecordStore:
         error: ServiceError | None,
         current: CurrentEtag,
         duplicate_of: str | None = None,
-        facts: Mapping[str, Any] | None = None,
+        facts: UploadFacts | None = None,
         known: Known = UNREAD,
     ) -> ImageRecord:
         """The consumer made (or failed to make) renditions of the original with `etag`: they

@@ -17,16 +17,16 @@ import hmac
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
 from pipeline.core.errors import UploadMismatch
 from pipeline.core.formats import detect_format
 
 #: The record's field holding the reservation (absent once the upload arrived).
-FIELD = "awaiting_upload"
+FIELD: Final = "awaiting_upload"
 #: Where a completed reservation moves: its URL works until it expires, and bytes put through it
 #: again are checked against it like the first.
-USED = "presigned_upload"
+USED: Final = "presigned_upload"
 #: The object metadata (`x-amz-meta-reservation`) naming the reservation bytes were put for.
 METADATA_KEY = "reservation"
 #: Seconds past its URL's expiry before gc releases a reservation: a PUT that began just before

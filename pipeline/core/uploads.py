@@ -24,7 +24,7 @@ from config.settings import ImagingSettings, Settings
 from pipeline.core import metrics
 from pipeline.core.errors import ImageNotFound, InsufficientStorage, ServiceError, UploadPending
 from pipeline.core.formats import decode_megapixels, screen_prefix
-from pipeline.core.image_record import ImageRecord
+from pipeline.core.image_record import ImageRecord, UploadFacts
 from pipeline.core.layout import ImageRef
 from pipeline.core.logs import REQUEST_ID
 from pipeline.core.objects import StoredUpload
@@ -46,7 +46,7 @@ Admit = Callable[[str], AbstractAsyncContextManager[BufferLease | None]]
 Charge = Callable[[float], None]
 #: The record's visibility fields for the owner's item and the record replaced (None: a new
 #: image); it may refuse with a `ServiceError` (it reads options sent after the bytes).
-Visibility = Callable[[Mapping[str, Any], ImageRecord | None], dict[str, object]]
+Visibility = Callable[[Mapping[str, Any], ImageRecord | None], UploadFacts]
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Uploads:
                 metadata=upload_metadata(owner, upload.file_name),
             )
         metrics.UPLOAD_BYTES.inc(stored.size)
-        facts = {
+        facts: UploadFacts = {
             "file_name": upload.file_name[:255],
             "content_type": f"image/{stored.format}",
             "format": stored.format,
@@ -161,7 +161,7 @@ class Uploads:
 
     async def _visibility(
         self, ref: ImageRef, visibility: Visibility, user: Mapping[str, Any], previous: ImageRecord | None
-    ) -> dict[str, object]:
+    ) -> UploadFacts:
         try:
             return visibility(user, previous)
         except ServiceError:
@@ -174,7 +174,7 @@ class Uploads:
             raise  # a new image: nothing of it is kept
 
     async def _record(
-        self, ref: ImageRef, stored: StoredUpload, facts: dict[str, Any], previous: ImageRecord | None
+        self, ref: ImageRef, stored: StoredUpload, facts: UploadFacts, previous: ImageRecord | None
     ) -> ImageRecord:
         """The record and the owner's counters in one transaction; a new image is refused there if
         it crosses a quota (an upload without Content-Length can get that far)."""

@@ -29,6 +29,7 @@ from pipeline.core.errors import (
     UploadPending,
 )
 from pipeline.core.errors import ImageExists as ImageExistsError
+from pipeline.core.image_record import UploadFacts
 from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.core.records import ImageTaken, UsageRefused
 from pipeline.core.reservations import METADATA_KEY, Reservation
@@ -112,7 +113,7 @@ async def _reserve(
         secrets.token_hex(_TOKEN_BYTES), length, content_type, int(time.time()) + seconds
     )
     ref = ImageRef.of(user_id, image_id)
-    facts = {
+    facts: UploadFacts = {
         "file_name": file_name,
         "content_type": content_type,
         "expires_at": expires_at,

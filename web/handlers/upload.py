@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.core.errors import InvalidField, MissingField, NotFound, TooLarge, UploadModeDisabled
-from pipeline.core.image_record import ImageRecord
+from pipeline.core.image_record import ImageRecord, UploadFacts
 from pipeline.core.layout import ImageRef, valid_image_id
 from pipeline.core.untrusted import utf8_text
 from pipeline.core.uploads import Upload
@@ -139,7 +139,7 @@ async def _store(
     upload's, its `public` value read once the bytes are through (a form field may follow them)."""
     user_id = upload.ref.owner_and_id[0]
 
-    def visibility(user: Mapping[str, Any], previous: ImageRecord | None) -> dict[str, object]:
+    def visibility(user: Mapping[str, Any], previous: ImageRecord | None) -> UploadFacts:
         return visibility_facts(request, (options or {}).get("public"), user, previous)
 
     # From a header or a multipart part header: bytes that were not UTF-8 are lone surrogates.
