@@ -332,3 +332,26 @@ async def test_a_request_the_database_refuses_is_permanent(clients: AwsClients, 
     with pytest.raises(InvalidRecord) as refused:
         await records.read(ImageRef("/no-owner"))
     assert isinstance(refused.value, PermanentError) and refused.value.code == "invalid_record"
+
+
+async def test_a_redrive_takes_only_what_the_dlq_held_when_it_began(settings: Settings) -> None:
+    """Messages that fail again at once (dead-lettered anew, under new ids) wait for the next
+    redrive instead of going round for ever; and a redrive that fails half way leaves every
+    message it held visible again at once, not hidden for its lease."""
+    async with open_backend(settings) as queues:
+        for i in range(3):
+            await queues.dlq.send(f"poison {i}")
+
+        class FailingAtOnce:
+            async def send(self, body: str, attributes: Any = None) -> str:
+                return await queues.dlq.send(body)  # its consumer dead-letters it straight back
+
+        assert await asyncio.wait_for(redrive(queues.dlq, FailingAtOnce()), 20) == 3  # type: ignore[arg-type]
+        assert (await queues.dlq.depth())["visible"] == 3
+
+        def broken(message: Any) -> Any:
+            raise RuntimeError("the rewrite failed")
+
+        with pytest.raises(RuntimeError):
+            await redrive(queues.dlq, queues.main, rewrite=broken)
+        assert await queues.dlq.depth() == {"visible": 3, "in_flight": 0}

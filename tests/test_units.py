@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import time
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from pipeline.aws.queue import Message
 from pipeline.consumer.jobs import JobResult
 from pipeline.consumer.loop import backoff_seconds
 from pipeline.consumer.verdicts import judge
+from pipeline.core.changes import Changes
 from pipeline.core.cursors import decode_cursor, encode_cursor
 from pipeline.core.errors import CorruptImage, InvalidField, RangeNotSatisfiable, StorageUnavailable
 from pipeline.core.events import ObjectCreated, object_created
@@ -163,3 +166,24 @@ def test_the_memory_of_small_blobs_stays_within_its_budget(steps: list[tuple[boo
             blobs.put(name, bytes(size))
             assert blobs.get(name) == (kept if kept is not None else bytes(size))
         assert blobs._held == sum(len(data) for data in blobs._blobs.values()) <= 64
+
+
+async def test_a_change_anywhere_wakes_a_wait_even_between_its_read_and_its_wait() -> None:
+    """With a probe (the local backend's `data_version`), a write by another process wakes a wait:
+    one made after the waiter's read and before its wait too; a failing probe only falls back to
+    the wait's own timeout."""
+    value = [0]
+    changes = Changes(probe=lambda: value[0])
+    since = changes.version()
+    value[0] = 1  # written elsewhere after the read
+    assert await asyncio.wait_for(changes.wait("k", 5, since), 1) is True
+    since = changes.version()
+    waiting = asyncio.ensure_future(changes.wait("k", 5, since))
+    await asyncio.sleep(0.15)
+    value[0] = 2  # written elsewhere during the wait
+    assert await asyncio.wait_for(waiting, 1) is True
+    assert len(changes) == 0
+    broken = Changes(probe=lambda: 1 // 0)
+    started = time.monotonic()
+    assert await broken.wait("k", 0.3, broken.version()) is False
+    assert 0.25 < time.monotonic() - started < 1

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 
-#: How often a probe is read while waits are under way.
-PROBE_SECONDS = 0.05
+log = logging.getLogger(__name__)
+#: How often a probe is read while waits are under way: also the most often a wait is woken by
+#: changes made elsewhere (each wake is one read of its record).
+PROBE_SECONDS = 0.1
 
 
 class Changes:
@@ -30,14 +33,31 @@ class Changes:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._probe = probe
         self._ticker: asyncio.Task[None] | None = None
+        #: The probe's last value: a ticker started later wakes waiters for a change made while
+        #: none ran (between a wake and the next wait), not only for those after it starts.
+        self._seen: int | None = None
 
     def notify(self, key: str) -> None:
         for waiter in self._waiters.pop(key, ()):
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def wait(self, key: str, seconds: float) -> bool:
-        """Wait up to `seconds` for `key` to change here; whether it did."""
+    def version(self) -> int | None:
+        """The probe's value now, to pass to `wait` as `since` (None without a probe, or when it
+        fails): taken before a read, it makes a change between the read and the wait count."""
+        if self._probe is None:
+            return None
+        try:
+            return self._probe()
+        except Exception as exc:
+            log.debug("change probe failed error=%r", exc)
+            return None
+
+    async def wait(self, key: str, seconds: float, since: int | None = None) -> bool:
+        """Wait up to `seconds` for `key` to change here (or, with a probe, for anything to be
+        written anywhere after `version()` gave `since`); whether it did."""
+        if since is not None and self.version() not in (None, since):
+            return True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._waiters.setdefault(key, set())
         waiters.add(waiter)
@@ -57,18 +77,20 @@ class Changes:
                 self._ticker = None
 
     async def _tick(self, probe: Callable[[], int]) -> None:
-        """Wake every waiter when `probe` moves; ends when nobody waits."""
-        try:
-            seen = probe()
-            while self._waiters:
-                await asyncio.sleep(PROBE_SECONDS)
+        """Wake every waiter when `probe` moves; ends when nobody waits. A probe that fails (the
+        database busy for a moment, or closed) is read again on the next tick; meanwhile the
+        waits re-read on their own timer."""
+        while self._waiters:
+            try:
                 now = probe()
-                if now != seen:
-                    seen = now
+            except Exception as exc:
+                log.debug("change probe failed error=%r", exc)
+            else:
+                if self._seen is not None and now != self._seen:
                     for key in list(self._waiters):
                         self.notify(key)
-        except Exception:  # a probe that fails (a closed database): the waits re-read on their timer
-            return
+                self._seen = now
+            await asyncio.sleep(PROBE_SECONDS)
 
     def __len__(self) -> int:
         """Waits under way."""

@@ -145,32 +145,42 @@ async def redrive(
 ) -> int:
     """Send dead letters back to `target` (all, or those `rewrite` keeps, as it rewrites them);
     returns how many. Each is sent first, then deleted: a crash in between repeats one, never
-    loses one. Those left are visible again at once. The S3 events' DLQ and the webhook
-    outbox's (`pipeline.webhooks.undelivered`) are both redriven here.
+    loses one. Every message received and not moved is visible again at once when it ends. The
+    S3 events' DLQ and the webhook outbox's (`pipeline.webhooks.undelivered`) are both redriven
+    here.
 
-    Receives are long polls: SQS answers one from all its servers, so an empty answer means an
-    empty DLQ (a short receive samples a few and may come back empty while messages remain). A
-    receive that brings only messages seen already (their hiding ended) has been round it all."""
-    moved = 0
-    passed: list[Message] = []
+    It takes at most the messages the DLQ held when it started: one that fails again at once
+    (a corrupt image is dead-lettered on its first attempt, as a new message) waits for the next
+    redrive instead of going round for ever. Receives are long polls: SQS answers one from all
+    its servers, so an empty answer means an empty DLQ (a short receive samples a few and may
+    come back empty while messages remain). A receive that brings only messages seen already
+    (their hiding ended) has been round it all."""
+    depth = await dlq.depth()
+    budget = depth["visible"]
+    moved, taken = 0, 0
+    held: dict[str, Message] = {}  # received, not deleted: released at the end
     seen: set[str] = set()
     try:
-        while limit is None or moved < limit:
-            batch = await dlq.receive(10, wait_seconds=1, visibility_timeout=REDRIVE_LEASE_SECONDS)
+        while taken < budget and (limit is None or moved < limit):
+            want = max(1, min(10, budget - taken))
+            batch = await dlq.receive(want, wait_seconds=1, visibility_timeout=REDRIVE_LEASE_SECONDS)
             fresh = [message for message in batch if message.id not in seen]
+            for message in batch:
+                held[message.id] = message  # the newest receipt of each
             if not fresh:
                 break
             seen.update(message.id for message in fresh)
             for message in fresh:
+                taken += 1
                 sent = None if limit is not None and moved >= limit else rewrite(message)
                 if sent is None:
-                    passed.append(message)
                     continue
                 await target.send(*sent)
                 await dlq.delete(message.receipt_handle)
+                del held[message.id]
                 moved += 1
     finally:
-        for message in passed:
+        for message in held.values():
             await release(dlq, message)
     log.info("redrove messages count=%d", moved)
     return moved

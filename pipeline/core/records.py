@@ -146,13 +146,15 @@ class RecordStore:
         once (`pipeline.core.changes`), and so does one written elsewhere where the backend can
         notice it (the local backend); otherwise it is found by re-reading, eventually consistent,
         once a second: a wait costs at most a read a second, or a read a change."""
+        since = self._changes.version()
         record = await self.read(ref)
         deadline = time.monotonic() + seconds
         while record is not None and record.state in ("pending", "awaiting_upload"):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            changed = await self._changes.wait(ref.source_key, min(WAIT_READ_SECONDS, remaining))
+            changed = await self._changes.wait(ref.source_key, min(WAIT_READ_SECONDS, remaining), since)
+            since = self._changes.version()
             # Woken by a write here: read what it wrote (consistent); else any recent copy will do.
             record = await self.read(ref, consistent=changed)
         return record

@@ -153,14 +153,19 @@ class Uploads:
             "notify": bool(user.get("webhook_url")),
             FIELD: None,  # a reservation of this id long expired is this upload's now
             USED: None,  # and a presigned upload's URL no longer puts anything here
-            **await self._visibility(ref, visibility, user, previous),
+            **await self._visibility(ref, stored, visibility, user, previous),
         }
         record = await self._record(ref, stored, facts, previous)
         log.info("upload stored key=%s bytes=%d format=%s", ref.source_key, stored.size, stored.format)
         return Stored(record, digest.hexdigest())
 
     async def _visibility(
-        self, ref: ImageRef, visibility: Visibility, user: Mapping[str, Any], previous: ImageRecord | None
+        self,
+        ref: ImageRef,
+        stored: StoredUpload,
+        visibility: Visibility,
+        user: Mapping[str, Any],
+        previous: ImageRecord | None,
     ) -> UploadFacts:
         try:
             return visibility(user, previous)
@@ -170,7 +175,7 @@ class Uploads:
                 # the old ones already: the upload stands, its visibility as it was.
                 log.warning("upload's public field ignored key=%s", ref.source_key)
                 return {}
-            await self._storage.delete_many(self._settings.aws.source_bucket, [ref.source_key])
+            await self._take_back(ref, stored)
             raise  # a new image: nothing of it is kept
 
     async def _record(
@@ -194,11 +199,10 @@ class Uploads:
                 raise ImageNotFound("the image was deleted while it was being uploaded") from None
             return found
         except UsageRefused:  # nothing recorded: the new original goes again
-            await storage.delete_many(bucket, [key])
+            await self._take_back(ref, stored)
             raise await self._usage.refusal(ref.owner_and_id[0], 1) from None
         except ImageTaken:  # reserved for a presigned upload while this one streamed: it gives way
-            if await storage.etag_of(bucket, key) == stored.etag:
-                await storage.delete_many(bucket, [key])
+            await self._take_back(ref, stored)
             raise UploadPending() from None
         if record.replaced is not None:  # the replaced original's variants are never served again
             try:
@@ -206,6 +210,13 @@ class Uploads:
             except Exception as exc:  # recorded already: the upload stands; gc removes them later
                 log.warning("variants of a replaced original not dropped key=%s error=%r", key, exc)
         return record
+
+    async def _take_back(self, ref: ImageRef, stored: StoredUpload) -> None:
+        """Delete an original this upload stored and must not keep, unless another upload of the
+        same id has replaced it since (that one is not ours to delete)."""
+        bucket = self._settings.aws.source_bucket
+        if await self._storage.etag_of(bucket, ref.source_key) == stored.etag:
+            await self._storage.delete_many(bucket, [ref.source_key])
 
 
 def upload_metadata(user_id: str, file_name: str, **more: str) -> dict[str, str]:

@@ -140,6 +140,8 @@ class Database:
     def data_version(self) -> int:
         """A number that moves whenever any connection, of any process, commits (read on this
         thread's reader: one statement that reads no table)."""
+        if self._conn is None:
+            raise DatabaseUnavailable("the local database is closed")
         return int(self._reader().conn.execute("PRAGMA data_version").fetchone()[0])
 
     def _reader(self) -> _Reader:

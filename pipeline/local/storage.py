@@ -117,17 +117,18 @@ async def create_bucket(db: Database, name: str, notify_queue: str | None = None
     )
 
 
-@functools.lru_cache(maxsize=4096)
 def _meta(row: tuple[Any, ...]) -> ObjectMeta:
-    """The metadata of an object's row (remembered: a public image's row is read again and again)."""
+    """The metadata of an object's row; each caller gets its own (the parsing is remembered)."""
+    size, etag, modified, content_type, metadata = _parsed(row)
+    return ObjectMeta(size, etag, modified, content_type, dict(metadata))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(row: tuple[Any, ...]) -> tuple[int, str, datetime, str, tuple[tuple[str, str], ...]]:
+    """A row's fields parsed (remembered: a public image's row is read again and again)."""
     _, size, etag, modified, content_type, metadata = row
-    return ObjectMeta(
-        size=int(size),
-        etag=str(etag),
-        last_modified=datetime.fromtimestamp(float(modified), UTC).replace(microsecond=0),
-        content_type=str(content_type),
-        metadata=json.loads(metadata),
-    )
+    modified_at = datetime.fromtimestamp(float(modified), UTC).replace(microsecond=0)
+    return int(size), str(etag), modified_at, str(content_type), tuple(json.loads(metadata).items())
 
 
 class LocalStorage(JsonDocuments):
