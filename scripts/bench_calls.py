@@ -53,7 +53,7 @@ WORKER_IO = {
 JOB = LOOP | WORKER_IO
 
 
-#: The calls of an API upload of a new image below the part size (`web/handlers/upload.py`),
+#: The calls of an API upload of a new image below the part size (`pipeline/core/uploads.py`),
 #: with the key remembered (`IMGSVC_KEY_CACHE_SECONDS`).
 UPLOAD = {
     "get record (the previous one)": 1,

@@ -22,7 +22,7 @@ from pipeline.core.errors import PermanentError, TooManyFrames, TooManyPixels
 from pipeline.core.formats import ImageInfo, detect_format, read_header_prefix, screen_prefix
 from tests.conftest import ROOT, jpeg_bytes, png_header_only
 
-#: What the upload handler screens (`web.handlers.upload.SCREEN_BYTES`).
+#: What the upload handler screens (`pipeline.core.uploads.SCREEN_BYTES`).
 PREFIX = 64 * 1024
 FORMATS = ("jpeg", "png", "gif", "webp", "tiff", "heif", "avif")
 HAVE_AVIF = features.check("avif")

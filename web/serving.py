@@ -29,7 +29,7 @@ from pipeline.core.errors import (
 )
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef, valid_image_id
-from pipeline.core.objects import ObjectMeta
+from pipeline.core.objects import ObjectMeta, one_chunk
 from pipeline.imaging.variants import NEGOTIATED, VariantSpec, accepted_types
 from web import urls
 from web.conditional import not_modified
@@ -133,16 +133,12 @@ async def serve_variant(
         return await serve_object(request, bucket, key, source_etag=record.source_etag)
     # Just made: answered from memory, with what a later GET of the stored object will say.
     meta = ObjectMeta(len(made.data), made.etag, made.last_modified, made.content_type, made.metadata)
-    return await _send(request, meta, None, _once(made.data))
+    return await _send(request, meta, None, one_chunk(made.data))
 
 
 @functools.cache
 def _variant_requests(outcome: str) -> Any:
     return metrics.VARIANT_REQUESTS.labels(outcome)  # looked up once, not per request
-
-
-async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
-    yield data
 
 
 def not_ready(record: ImageRecord, user_id: str, image_id: str, retry_after: int) -> web.Response:

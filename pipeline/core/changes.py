@@ -62,7 +62,7 @@ class Changes:
         waiters = self._waiters.setdefault(key, set())
         waiters.add(waiter)
         if self._probe is not None and (self._ticker is None or self._ticker.done()):
-            self._ticker = asyncio.ensure_future(self._tick(self._probe))
+            self._ticker = asyncio.ensure_future(self._tick())
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):
@@ -76,16 +76,13 @@ class Changes:
                 self._ticker.cancel()  # nobody waits: no probe reads
                 self._ticker = None
 
-    async def _tick(self, probe: Callable[[], int]) -> None:
-        """Wake every waiter when `probe` moves; ends when nobody waits. A probe that fails (the
+    async def _tick(self) -> None:
+        """Wake every waiter when the probe moves; ends when nobody waits. A probe that fails (the
         database busy for a moment, or closed) is read again on the next tick; meanwhile the
         waits re-read on their own timer."""
         while self._waiters:
-            try:
-                now = probe()
-            except Exception as exc:
-                log.debug("change probe failed error=%r", exc)
-            else:
+            now = self.version()
+            if now is not None:
                 if self._seen is not None and now != self._seen:
                     for key in list(self._waiters):
                         self.notify(key)

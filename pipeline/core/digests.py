@@ -25,7 +25,7 @@ class DigestNotes:
         await self._table.put({**_note_key(ref, digest), "of": ref.owner_and_id[1]})
 
     async def noted(self, ref: ImageRef, digest: str) -> str | None:
-        """The image the owner's note of the bytes with SHA-256 `digest` names (`remember_digest`)."""
+        """The image the owner's note of the bytes with SHA-256 `digest` names (`remember`)."""
         note = await self._table.get(_note_key(ref, digest))
         return None if note is None else str(note["of"])
 

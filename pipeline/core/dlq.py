@@ -162,8 +162,8 @@ async def redrive(
     seen: set[str] = set()
     try:
         while taken < budget and (limit is None or moved < limit):
-            want = max(1, min(10, budget - taken))
-            batch = await dlq.receive(want, wait_seconds=1, visibility_timeout=REDRIVE_LEASE_SECONDS)
+            lease = REDRIVE_LEASE_SECONDS
+            batch = await dlq.receive(min(10, budget - taken), wait_seconds=1, visibility_timeout=lease)
             fresh = [message for message in batch if message.id not in seen]
             for message in batch:
                 held[message.id] = message  # the newest receipt of each

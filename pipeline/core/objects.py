@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -110,3 +110,8 @@ class JsonDocuments(ABC):
             return None
         document = json.loads(data)
         return document if isinstance(document, dict) else None
+
+
+async def one_chunk(data: bytes) -> AsyncGenerator[bytes, None]:
+    """Bytes already in memory as the chunk stream a store's read gives."""
+    yield data

@@ -142,7 +142,7 @@ class Database:
         thread's reader: one statement that reads no table)."""
         if self._conn is None:
             raise DatabaseUnavailable("the local database is closed")
-        return int(self._reader().conn.execute("PRAGMA data_version").fetchone()[0])
+        return self._reader().version()
 
     def _reader(self) -> _Reader:
         reader: _Reader | None = getattr(self._readers, "reader", None)
@@ -201,8 +201,11 @@ class _Reader:
         self._version = -1
         self._answers: dict[Hashable, object] = {}
 
+    def version(self) -> int:
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
     def cached(self, fn: Callable[[sqlite3.Connection], T], key: Hashable) -> T:
-        version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        version = self.version()
         answers = self._answers
         if version != self._version or len(answers) >= CACHED_LOOKUPS:
             answers.clear()

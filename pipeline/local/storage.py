@@ -40,7 +40,14 @@ from pipeline.core.errors import (
 )
 from pipeline.core.events import object_created
 from pipeline.core.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
-from pipeline.core.objects import JsonDocuments, ListedObject, ObjectMeta, OversizeObject, StoredUpload
+from pipeline.core.objects import (
+    JsonDocuments,
+    ListedObject,
+    ObjectMeta,
+    OversizeObject,
+    StoredUpload,
+    one_chunk,
+)
 from pipeline.core.originals import FileOriginal, Original
 from pipeline.local.database import Database
 from pipeline.local.files import DIR_MODE, FILE_MODE, FULL, UNWRITABLE, Space
@@ -100,10 +107,6 @@ def _span(meta: ObjectMeta, byte_range: tuple[int, int] | None, if_match: str | 
     if byte_range[0] >= meta.size:
         raise RangeNotSatisfiable()
     return byte_range[0], min(byte_range[1], meta.size - 1)
-
-
-async def _once(data: bytes) -> AsyncGenerator[bytes, None]:
-    yield data
 
 
 async def create_bucket(db: Database, name: str, notify_queue: str | None = None) -> None:
@@ -167,32 +170,26 @@ class LocalStorage(JsonDocuments):
             raise NotFound()
         return tuple(row)
 
-    async def _open(self, bucket: str, key: str) -> tuple[ObjectMeta, IO[bytes]]:
-        """The object's metadata and an open file of its bytes (a replace cannot tear them apart)."""
+    async def _open(self, bucket: str, key: str) -> tuple[ObjectMeta, bytes | IO[bytes]]:
+        """The object's metadata and its bytes: whole for an object of at most `INLINE_READ`
+        bytes (from the memory of small blobs: a blob's bytes never change under its name, a put
+        writes a new one), else an open file (a replace cannot tear them apart)."""
         for _ in range(3):
             row = await self._row(bucket, key)
+            name = row[0]
+            small = int(row[1]) <= INLINE_READ
+            if small and (data := self._small_blobs.get(name)) is not None:
+                return _meta(row), data
             try:
                 # On this thread: opening a file costs less than the hop to a thread (see `INLINE_READ`).
-                return _meta(row), open(os.path.join(self._blobs_dir, row[0]), "rb")  # noqa: ASYNC230
+                file = open(os.path.join(self._blobs_dir, name), "rb")  # noqa: ASYNC230, SIM115
             except FileNotFoundError:  # replaced (and its old blob removed) between the two steps
                 continue
-        raise NotFound()
-
-    async def _small(self, bucket: str, key: str) -> tuple[ObjectMeta, bytes] | None:
-        """An object of at most `INLINE_READ` bytes, whole, from the memory of small blobs (a
-        blob's bytes never change under its name: a put writes a new one); None if larger."""
-        for _ in range(3):
-            row = await self._row(bucket, key)
-            if int(row[1]) > INLINE_READ:
-                return None
-            data = self._small_blobs.get(row[0])
-            if data is None:
-                try:
-                    with open(os.path.join(self._blobs_dir, row[0]), "rb") as file:  # noqa: ASYNC230
-                        data = file.read()  # on this thread: see `INLINE_READ`
-                except FileNotFoundError:  # replaced (and its old blob removed) since its row was read
-                    continue
-                self._small_blobs.put(row[0], data)
+            if not small:
+                return _meta(row), file
+            with file:
+                data = file.read()
+            self._small_blobs.put(name, data)
             return _meta(row), data
         raise NotFound()
 
@@ -217,11 +214,15 @@ class LocalStorage(JsonDocuments):
             raise StorageUnavailable(f"no bucket {bucket!r} in {self._db.path} (not provisioned)")
 
     async def read(self, bucket: str, key: str, max_bytes: int) -> tuple[ObjectMeta, bytes]:
-        meta, file = await self._open(bucket, key)
-        with file:
+        meta, opened = await self._open(bucket, key)
+        if isinstance(opened, bytes):
             if meta.size > max_bytes:
                 raise OversizeObject(meta, max_bytes)
-            return meta, await asyncio.to_thread(file.read)
+            return meta, opened
+        with opened:
+            if meta.size > max_bytes:
+                raise OversizeObject(meta, max_bytes)
+            return meta, await asyncio.to_thread(opened.read)
 
     async def stream(
         self,
@@ -232,12 +233,10 @@ class LocalStorage(JsonDocuments):
         if_match: str | None = None,
         chunk_size: int = 256 * 1024,
     ) -> tuple[ObjectMeta, AsyncGenerator[bytes, None]]:
-        small = await self._small(bucket, key)
-        if small is not None:
-            meta, data = small
-            start, end = _span(meta, byte_range, if_match)
-            return meta, _once(data[start : end + 1])
         meta, file = await self._open(bucket, key)
+        if isinstance(file, bytes):
+            start, end = _span(meta, byte_range, if_match)
+            return meta, one_chunk(file[start : end + 1])
         try:
             start, end = _span(meta, byte_range, if_match)
         except BaseException:
