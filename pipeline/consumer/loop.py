@@ -6,8 +6,9 @@ backoff through the message's visibility until `max_attempts`, then dead-lettere
 first, then delete).
 A heartbeat keeps long jobs invisible; shutdown drains, then releases what it could not finish.
 
-Users share the consumer: at most `user_in_flight_limit` of one owner's messages run here at
-once; more are held briefly or deferred (`pipeline.consumer.shares`). While an owner is at its share the
+Users share the consumer: one owner's messages run here up to `user_in_flight_limit` at once,
+and past it only on slots no one else's message waits for; more are held briefly or deferred
+(`pipeline.consumer.shares`). While an owner is at its share the
 receivers read whole batches even with every slot taken (up to a batch past the in-flight limit),
 so another user's message is found past a backlog, not left behind it; the workers then take the
 owners' jobs in turn (`WorkerPool.run_for`).
@@ -83,7 +84,7 @@ class Consumer:
         self._in_flight: dict[asyncio.Task[None], Message] = {}
         #: The owner each job in flight counts under, and each owner's share.
         self._owner_of: dict[asyncio.Task[None], str | None] = {}
-        self._shares = Shares(self._cfg.user_in_flight_limit)
+        self._shares = Shares(self._cfg.user_in_flight_limit, self._cfg.in_flight_limit)
         self._deferring: set[asyncio.Task[None]] = set()
         #: How long each finished job took (read by `_finished`, for the shares' pacing).
         self._job_times: dict[asyncio.Task[None], float] = {}
@@ -197,11 +198,11 @@ class Consumer:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _start(self, message: Message) -> None:
-        """Start a job for `message`; hold or defer it when its owner has its share running."""
+        """Start a job for `message`; hold or defer it when its owner may not run one more."""
         self.stats.received += 1
         metrics.RECEIVED.inc()
         owner = owner_of(message)
-        if owner is not None and self._shares.full(owner):
+        if owner is not None and not self._shares.may_run(owner):
             if self._shares.hold(owner, message):
                 asyncio.get_running_loop().call_later(HOLD_SECONDS, self._defer_overdue)
             else:
@@ -222,16 +223,23 @@ class Consumer:
             metrics.IN_FLIGHT.dec()
         if task in self._owner_of:
             owner = self._owner_of.pop(task)
-            held = self._shares.finished(owner, self._job_times.pop(task, 1.0))
-            if held is not None and not self._stopping.is_set():
-                self._run(held, owner)
-            elif held is not None:
-                self._spawn_release(held)
+            self._shares.finished(owner, self._job_times.pop(task, 1.0))
+        self._start_held()
         self._slot_freed.set()
+
+    def _start_held(self) -> None:
+        """Run the held messages that may run now (released instead while stopping)."""
+        while (held := self._shares.next_held()) is not None:
+            owner, message = held
+            if self._stopping.is_set():
+                self._spawn_release(message)
+            else:
+                self._run(message, owner)
 
     def _defer_overdue(self) -> None:
         for owner, message in self._shares.overdue():
             self._spawn_deferral(owner, message)
+        self._start_held()  # another owner's held messages gone may leave a slot idle
         self._slot_freed.set()
 
     def _spawn_deferral(self, owner: str, message: Message) -> None:
