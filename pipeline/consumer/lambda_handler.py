@@ -17,7 +17,6 @@ Handler: `pipeline.consumer.lambda_handler.handler`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from contextlib import AsyncExitStack
 from typing import Any
@@ -27,20 +26,16 @@ from typing import Any
 import pipeline.imaging.renditions  # noqa: F401
 from config.settings import Settings
 from pipeline.aws.clients import open_clients
-from pipeline.aws.originals import prepare_reads
-from pipeline.aws.queue import Queue
-from pipeline.aws.storage import Storage
-from pipeline.aws.tables import Tables
+from pipeline.backends import aws_backend
 from pipeline.consumer.jobs import JobRunner
+from pipeline.consumer.service import deliverer, job_runner
 from pipeline.consumer.verdicts import judge
-from pipeline.core.dlq import reason_attributes
-from pipeline.core.errors import ServiceError
+from pipeline.core.dlq import dead_letter
 from pipeline.core.logs import configure_logging
-from pipeline.core.ports import Message
-from pipeline.core.records import RecordStore
+from pipeline.core.ports import Message, MessageQueue
 from pipeline.imaging.workers import InlineRunner
-from pipeline.webhooks.delivery import WebhookStore, open_session
-from pipeline.webhooks.outbox import Deliverer, Outbox
+from pipeline.webhooks.delivery import open_session
+from pipeline.webhooks.outbox import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -55,32 +50,17 @@ class Function:
         self.settings = settings
         self._stack = AsyncExitStack()
         self._jobs: JobRunner | None = None
-        self._dlq: Queue | None = None
+        self._dlq: MessageQueue | None = None
         self._deliverer: Deliverer | None = None
 
     async def open(self) -> Function:
-        aws = self.settings.aws
-        clients = await self._stack.enter_async_context(open_clients(aws))
-        self._dlq = await Queue.named(clients.sqs, aws.dlq_name)
-        outbox = await Queue.named(clients.sqs, aws.outbox_name)
-        tables = Tables(clients.dynamodb, aws)
+        """The same parts as a consumer process's (`pipeline.consumer.service`), imaging in a thread."""
+        clients = await self._stack.enter_async_context(open_clients(self.settings.aws))
+        backend = await aws_backend(clients, self.settings)
         session = await self._stack.enter_async_context(open_session(self.settings.webhooks))
-        self._deliverer = Deliverer(
-            outbox,
-            await Queue.named(clients.sqs, aws.outbox_dlq_name),
-            WebhookStore(tables.users),
-            self.settings.webhooks,
-            session,
-            poll_seconds=0,
-        )
-        self._jobs = JobRunner(
-            Storage(clients.s3, aws),
-            RecordStore(tables.images, tables.users),
-            InlineRunner(prepare=functools.partial(prepare_reads, aws)),
-            self.settings,
-            Outbox(outbox),
-            tables.users,
-        )
+        self._dlq = backend.dlq
+        self._deliverer = deliverer(backend, self.settings, session, poll_seconds=0)
+        self._jobs = job_runner(backend, self.settings, InlineRunner(prepare=backend.prepare_reads))
         return self
 
     async def close(self) -> None:
@@ -145,20 +125,10 @@ async def handle_event(event: dict[str, Any], settings: Settings) -> dict[str, A
         await function.close()
 
 
-async def _handled(message: Message, jobs: JobRunner, dlq: Queue, settings: Settings) -> bool:
+async def _handled(message: Message, jobs: JobRunner, dlq: MessageQueue, settings: Settings) -> bool:
     """True when the record is done with (processed, ignored or dead-lettered); False to retry."""
     verdict = await judge(message, jobs, settings.consumer.max_attempts, [], [])
     if verdict.action == "dead_letter":
         assert verdict.error is not None
-        return await _dead_letter(message, verdict.error, dlq)
+        return await dead_letter(dlq, message, verdict.error)  # else SQS delivers it again
     return verdict.action == "ack"
-
-
-async def _dead_letter(message: Message, error: ServiceError, dlq: Queue) -> bool:
-    try:
-        await dlq.send(message.body, reason_attributes(message, error))
-    except ServiceError as exc:  # not in the DLQ yet: let SQS deliver it again
-        log.error("dead-letter send failed message_id=%s error=%s", message.id, exc)
-        return False
-    log.warning("dead-lettered message_id=%s code=%s reason=%s", message.id, error.code, error.message)
-    return True

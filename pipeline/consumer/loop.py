@@ -31,10 +31,10 @@ from pipeline.consumer.jobs import JobRunner
 from pipeline.consumer.shares import HOLD_SECONDS, Shares, owner_of
 from pipeline.consumer.verdicts import Verdict, judge
 from pipeline.core import metrics
-from pipeline.core.dlq import reason_attributes
+from pipeline.core.dlq import dead_letter
 from pipeline.core.errors import LeaseLost, ServiceError, TransientError
 from pipeline.core.logs import REQUEST_ID
-from pipeline.core.polling import receive_unless_stopped, release
+from pipeline.core.polling import Room, poll, release
 from pipeline.core.ports import Message, MessageQueue
 from pipeline.core.timing import backoff
 
@@ -80,7 +80,7 @@ class Consumer:
         self._burst = burst
         self._drained_checks = 0
         self._stopping = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        self._room = Room()
         self._in_flight: dict[asyncio.Task[None], Message] = {}
         #: The owner each job in flight counts under, and each owner's share.
         self._owner_of: dict[asyncio.Task[None], str | None] = {}
@@ -139,10 +139,7 @@ class Consumer:
                     self._shares.anyone_full() and taken < self._cfg.in_flight_limit + self._cfg.batch_size
                 )
                 if free <= 0 and not scanning:  # back-pressure: no polling while the pool is full
-                    self._slot_freed.clear()
-                    slot_wait = asyncio.ensure_future(self._slot_freed.wait())
-                    await asyncio.wait({stop_wait, slot_wait}, return_when=asyncio.FIRST_COMPLETED)
-                    slot_wait.cancel()
+                    await self._room.wait(stop_wait)
                     continue
                 want = self._cfg.batch_size if scanning else min(free, self._cfg.batch_size)
                 self._reserved += want
@@ -152,7 +149,7 @@ class Consumer:
                         self._start(message)
                 finally:
                     self._reserved -= want
-                    self._slot_freed.set()  # unused reservations are free slots for the others
+                    self._room.freed()  # unused reservations are free slots for the others
                 if messages is None:
                     break
                 if messages:
@@ -173,14 +170,9 @@ class Consumer:
         self, count: int, stop_wait: asyncio.Future[Any], wait_seconds: int
     ) -> list[Message] | None:
         """One long poll; None when stopping interrupted it, [] after a logged failure."""
-        try:
-            return await receive_unless_stopped(
-                self._queue, count, wait_seconds, self._cfg.visibility_timeout, stop_wait
-            )
-        except TransientError as exc:
-            log.warning("receive failed error=%s", exc)
-            await self._sleep_unless_stopping(1.0)
-            return []
+        return await poll(
+            self._queue, count, wait_seconds, self._cfg.visibility_timeout, stop_wait, reader="consumer"
+        )
 
     async def _queue_drained(self) -> bool:
         """SQS's counts are approximate (and eventually consistent): one empty reading is not
@@ -192,10 +184,6 @@ class Consumer:
         except TransientError:
             return False
         return depth["visible"] == 0 and depth["in_flight"] == 0
-
-    async def _sleep_unless_stopping(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     def _start(self, message: Message) -> None:
         """Start a job for `message`; hold or defer it when its owner may not run one more."""
@@ -225,7 +213,7 @@ class Consumer:
             owner = self._owner_of.pop(task)
             self._shares.finished(owner, self._job_times.pop(task, 1.0))
         self._start_held()
-        self._slot_freed.set()
+        self._room.freed()
 
     def _start_held(self) -> None:
         """Run the held messages that may run now (released instead while stopping)."""
@@ -240,7 +228,7 @@ class Consumer:
         for owner, message in self._shares.overdue():
             self._spawn_deferral(owner, message)
         self._start_held()  # another owner's held messages gone may leave a slot idle
-        self._slot_freed.set()
+        self._room.freed()
 
     def _spawn_deferral(self, owner: str, message: Message) -> None:
         delay = self._shares.deferral(owner)
@@ -352,14 +340,9 @@ class Consumer:
 
     async def _dead_letter(self, message: Message, error: ServiceError) -> str:
         """Send to the DLQ with the reason, then delete: a crash in between duplicates, never loses."""
-        try:
-            await self._dlq.send(message.body, reason_attributes(message, error))
-        except ServiceError as exc:
-            log.error("dead-letter send failed message_id=%s error=%s", message.id, exc)
+        if not await dead_letter(self._dlq, message, error):
             await self._schedule_retry(message)
             return "retry"
-        log.warning("dead-lettered message_id=%s code=%s reason=%s", message.id, error.code, error.message)
-        metrics.DEAD_LETTERS.labels(error.code).inc()
         # Deleted at once, not batched: the window in which a crash leaves a copy in both queues
         # (a duplicate in the DLQ, never a loss) is one request long.
         try:

@@ -1,5 +1,6 @@
-"""Wire the pipeline's parts together for one process: a backend, a worker pool, a consumer, and
-the webhook deliverer reading the outbox beside it."""
+"""Wire the pipeline's parts together: a backend, a worker pool, a consumer, and the webhook
+deliverer reading the outbox beside it. The job runner and the deliverer are built here for the
+Lambda function too (`job_runner`, `deliverer`), so the two runtimes run the same parts."""
 
 from __future__ import annotations
 
@@ -9,16 +10,45 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
+
 from config.settings import Settings
 from pipeline.consumer.jobs import JobRunner
 from pipeline.consumer.loop import Consumer
 from pipeline.core.ports import Backend
 from pipeline.core.records import RecordStore
-from pipeline.imaging.workers import WorkerPool
+from pipeline.imaging.workers import InlineRunner, WorkerPool
 from pipeline.webhooks.delivery import WebhookStore, open_session
 from pipeline.webhooks.outbox import Deliverer, Outbox
 
 log = logging.getLogger(__name__)
+
+
+def job_runner(backend: Backend, settings: Settings, runner: WorkerPool | InlineRunner) -> JobRunner:
+    """The jobs of `backend`'s queue, imaging on `runner`, finished records' events to its outbox."""
+    tables = backend.tables
+    return JobRunner(
+        backend.storage,
+        RecordStore(tables.images, tables.users, backend.changes),
+        runner,
+        settings,
+        Outbox(backend.outbox),
+        tables.users,
+    )
+
+
+def deliverer(
+    backend: Backend, settings: Settings, session: aiohttp.ClientSession, *, poll_seconds: int
+) -> Deliverer:
+    """Webhook delivery from `backend`'s outbox, failures to the outbox's DLQ."""
+    return Deliverer(
+        backend.outbox,
+        backend.outbox_dlq,
+        WebhookStore(backend.tables.users),
+        settings.webhooks,
+        session,
+        poll_seconds=poll_seconds,
+    )
 
 
 @asynccontextmanager
@@ -44,40 +74,27 @@ async def open_consumer(
             max_jobs=settings.imaging.worker_max_jobs,
             max_rss=settings.imaging.worker_max_rss,
         )
-    tables = backend.tables
     hooks = settings.webhooks
     try:
         if owned:
             await pool.warm_up()
         async with open_session(hooks) as session:
-            deliverer = Deliverer(
-                backend.outbox,
-                backend.outbox_dlq,
-                WebhookStore(tables.users),
-                hooks,
-                session,
-                # A burst consumer polls briefly: its exit never waits out a long poll.
-                poll_seconds=0 if burst else settings.consumer.wait_time_seconds,
+            # A burst consumer polls briefly: its exit never waits out a long poll.
+            hooks_out = deliverer(
+                backend, settings, session, poll_seconds=0 if burst else settings.consumer.wait_time_seconds
             )
-            delivering = asyncio.create_task(deliverer.run(), name="webhook-deliverer")
+            delivering = asyncio.create_task(hooks_out.run(), name="webhook-deliverer")
             try:
-                jobs = JobRunner(
-                    backend.storage,
-                    RecordStore(tables.images, tables.users, backend.changes),
-                    pool,
-                    settings,
-                    Outbox(backend.outbox),
-                    tables.users,
-                )
+                jobs = job_runner(backend, settings, pool)
                 yield Consumer(backend.main, backend.dlq, jobs, settings, burst=burst)
             finally:
                 started = time.monotonic()
-                deliverer.stop(settle_within=hooks.drain_timeout if burst else None)
+                hooks_out.stop(settle_within=hooks.drain_timeout if burst else None)
                 try:
                     await delivering
                 except Exception:  # a bug: logged, and the events wait in the outbox
                     log.exception("webhook deliverer failed")
-                await deliverer.close(max(0.0, hooks.drain_timeout - (time.monotonic() - started)))
+                await hooks_out.close(max(0.0, hooks.drain_timeout - (time.monotonic() - started)))
     finally:
         if owned:
             await asyncio.to_thread(pool.close)

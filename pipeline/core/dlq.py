@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from pipeline.core import metrics
 from pipeline.core.errors import ServiceError
 from pipeline.core.events import parse_message
 from pipeline.core.polling import release
@@ -26,6 +27,20 @@ T = TypeVar("T")
 def reason_attributes(message: Message, error: ServiceError) -> dict[str, str]:
     """What a dead letter carries besides the original body: why, and after how many attempts."""
     return dead_letter_attributes(message.id, error.code, error.message, message.receive_count)
+
+
+async def dead_letter(dlq: MessageQueue, message: Message, error: ServiceError) -> bool:
+    """Send `message` to `dlq` with why it failed; False (logged) when the send failed, and the
+    message must stay where it is, to come back. The caller deletes the original after a True:
+    a crash in between leaves a duplicate in the DLQ, never a loss."""
+    try:
+        await dlq.send(message.body, reason_attributes(message, error))
+    except ServiceError as exc:
+        log.error("dead-letter send failed message_id=%s error=%s", message.id, exc)
+        return False
+    log.warning("dead-lettered message_id=%s code=%s reason=%s", message.id, error.code, error.message)
+    metrics.DEAD_LETTERS.labels(error.code).inc()
+    return True
 
 
 def dead_letter_attributes(message_id: str, code: str, reason: str, attempts: int) -> dict[str, str]:

@@ -1,5 +1,7 @@
-"""Long polls that shutdown can interrupt, and handing messages back: what the job consumer and
-the webhook deliverer both need from a queue they read until told to stop."""
+"""The bounded receive loop's parts, shared by the job consumer and the webhook deliverer (the
+Lambda function is fed by SQS and receives nothing): back-pressure while every slot is held
+(`Room`), long polls that shutdown can interrupt and whose failures pause the loop (`poll`), and
+handing messages back (`release`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,52 @@ from pipeline.core.errors import ServiceError, TransientError
 from pipeline.core.ports import Message, MessageQueue
 
 log = logging.getLogger(__name__)
+#: The pause after a failed receive, so a queue that is down is not polled in a tight loop.
+FAILED_RECEIVE_PAUSE = 1.0
+
+
+class Room:
+    """Back-pressure for a receive loop: it waits here, without polling, while every slot holds a
+    message, until one is done with (`freed`) or the loop is told to stop."""
+
+    def __init__(self) -> None:
+        self._freed = asyncio.Event()
+
+    def freed(self) -> None:
+        self._freed.set()
+
+    async def wait(self, stop_wait: asyncio.Future[Any]) -> None:
+        self._freed.clear()
+        freed = asyncio.ensure_future(self._freed.wait())
+        try:
+            await asyncio.wait({stop_wait, freed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            freed.cancel()
+
+
+async def poll(
+    queue: MessageQueue,
+    count: int,
+    wait_seconds: int,
+    visibility: int,
+    stop_wait: asyncio.Future[Any] | None,
+    *,
+    reader: str,
+) -> list[Message] | None:
+    """One receive of up to `count` messages: `receive_unless_stopped`, or a plain receive with no
+    `stop_wait` (a reader already stopping, that polls briefly to settle). A failed receive is
+    logged under `reader` and answers [] after `FAILED_RECEIVE_PAUSE` (cut short by a stop)."""
+    try:
+        if stop_wait is None:
+            return await queue.receive(count, wait_seconds, visibility)
+        return await receive_unless_stopped(queue, count, wait_seconds, visibility, stop_wait)
+    except TransientError as exc:
+        log.warning("%s receive failed error=%s", reader, exc)
+        if stop_wait is None:
+            await asyncio.sleep(FAILED_RECEIVE_PAUSE)
+        else:
+            await asyncio.wait({stop_wait}, timeout=FAILED_RECEIVE_PAUSE)
+        return []
 
 
 async def receive_unless_stopped(

@@ -33,7 +33,7 @@ from pipeline.core import metrics, timing
 from pipeline.core.dlq import dead_letter_attributes
 from pipeline.core.errors import InvalidWebhookUrl, PoisonMessage, ServiceError, TransientError
 from pipeline.core.image_record import ImageRecord
-from pipeline.core.polling import receive_unless_stopped, release
+from pipeline.core.polling import Room, poll, release
 from pipeline.core.ports import MAX_DELAY_SECONDS, Message, MessageQueue
 from pipeline.core.topology import lease_seconds
 from pipeline.webhooks.delivery import (
@@ -100,7 +100,7 @@ class Deliverer:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._held: dict[asyncio.Task[bool], Message] = {}
         self._owners: Counter[str] = Counter()
-        self._room = asyncio.Event()
+        self._room = Room()
         self._stopping = asyncio.Event()
         self._settle_by: float | None = None
 
@@ -120,23 +120,17 @@ class Deliverer:
                     return
                 free = self._settings.concurrency - len(self._held)
                 if free <= 0:  # back-pressure: no receiving while every slot holds an event
-                    self._room.clear()
-                    room = asyncio.ensure_future(self._room.wait())
-                    await asyncio.wait({room, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                    room.cancel()
+                    await self._room.wait(stop_wait)
                     continue
-                messages: list[Message] | None
-                try:
-                    if settling:  # short polls: the loop looks at the clock and the queue between
-                        messages = await self._outbox.receive(min(10, free), 1, lease_seconds(self._settings))
-                    else:
-                        messages = await receive_unless_stopped(
-                            self._outbox, min(10, free), self._poll, lease_seconds(self._settings), stop_wait
-                        )
-                except TransientError as exc:
-                    log.warning("outbox receive failed error=%s", exc)
-                    await asyncio.sleep(1.0)
-                    continue
+                # Settling, short polls: the loop looks at the clock and the queue between.
+                messages = await poll(
+                    self._outbox,
+                    min(10, free),
+                    1 if settling else self._poll,
+                    lease_seconds(self._settings),
+                    None if settling else stop_wait,
+                    reader="outbox",
+                )
                 for message in messages or ():
                     self._start(message)
                 if not messages and not self._poll and not settling:  # short polls: pause between
@@ -184,7 +178,7 @@ class Deliverer:
 
     def _finished(self, task: asyncio.Task[bool]) -> None:
         self._held.pop(task, None)
-        self._room.set()
+        self._room.freed()
         if not task.cancelled() and (exc := task.exception()) is not None:
             # A bug, not a delivery outcome: the message comes back after its lease, nothing lost.
             log.error("webhook delivery crashed error=%r", exc, exc_info=exc)
