@@ -14,7 +14,7 @@ from config.settings import Settings
 from pipeline.aws.clients import AwsClients, aws_errors
 from pipeline.aws.tables import provision_tables
 from pipeline.core.errors import NotFound, QueueUnavailable, StorageUnavailable
-from pipeline.core.topology import MAX_RECEIVES, RETENTION_SECONDS, lease_seconds
+from pipeline.core.topology import topology
 
 log = logging.getLogger(__name__)
 
@@ -42,77 +42,72 @@ UPLOAD_CORS = {
 
 
 async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
-    """Buckets, DLQ, queue with redrive policy and S3 policy, the ObjectCreated notification,
-    and the DynamoDB tables."""
+    """The topology (`pipeline.core.topology`): buckets, queues with their redrive policies, the
+    S3 policy on the notified queue and the ObjectCreated notification, and the DynamoDB tables."""
     aws = settings.aws
+    plan = topology(settings)
     await provision_tables(clients.dynamodb, aws)
-    for bucket in (aws.source_bucket, aws.dest_bucket):
+    for bucket in (plan.source_bucket, plan.dest_bucket):
         await _bucket(clients, bucket, aws.region)
-    dlq_url, dlq_arn = await _queue(clients, aws.dlq_name, {"MessageRetentionPeriod": str(RETENTION_SECONDS)})
-    source_arn = f"arn:aws:s3:::{aws.source_bucket}"
-    queue_url, queue_arn = await _queue(clients, aws.queue_name, {})
-    attributes = {
-        "VisibilityTimeout": str(settings.consumer.visibility_timeout),
-        "RedrivePolicy": json.dumps(
-            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": settings.consumer.redrive_max_receive_count}
-        ),
-        "Policy": json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Sid": "s3-object-created",
-                        "Effect": "Allow",
-                        "Principal": {"Service": "s3.amazonaws.com"},
-                        "Action": "sqs:SendMessage",
-                        "Resource": queue_arn,
-                        "Condition": {"ArnLike": {"aws:SourceArn": source_arn}},
-                    }
-                ],
+    urls: dict[str, str] = {}
+    arns: dict[str, str] = {}
+    for spec in plan.queues:  # dead-letter queues first: the others' redrive policies name them
+        urls[spec.name], arns[spec.name] = await _queue(clients, spec.name)
+        attributes = {"VisibilityTimeout": str(spec.visibility_timeout)}
+        if spec.retention_seconds is not None:
+            attributes["MessageRetentionPeriod"] = str(spec.retention_seconds)
+        if spec.dead_letter is not None:
+            policy = {
+                "deadLetterTargetArn": arns[spec.dead_letter],
+                "maxReceiveCount": spec.max_receive_count,
             }
-        ),
-    }
-    with aws_errors(QueueUnavailable):
-        await clients.sqs.set_queue_attributes(QueueUrl=queue_url, Attributes=attributes)
-    outbox_url = await _outbox(clients, settings)
+            attributes["RedrivePolicy"] = json.dumps(policy)
+        if spec.name == plan.notified_queue:
+            attributes["Policy"] = json.dumps(
+                _s3_may_send(arns[spec.name], f"arn:aws:s3:::{plan.source_bucket}")
+            )
+        with aws_errors(QueueUnavailable):
+            await clients.sqs.set_queue_attributes(QueueUrl=urls[spec.name], Attributes=attributes)
     with aws_errors(StorageUnavailable):
         await clients.s3.put_bucket_notification_configuration(
-            Bucket=aws.source_bucket,
+            Bucket=plan.source_bucket,
             NotificationConfiguration={
                 "QueueConfigurations": [
-                    {"Id": "image-service-created", "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}
+                    {
+                        "Id": "image-service-created",
+                        "QueueArn": arns[plan.notified_queue],
+                        "Events": ["s3:ObjectCreated:*"],
+                    }
                 ]
             },
         )
         # Browsers put presigned uploads straight into the source bucket from the UI's origin;
         # the URL's signature is the authority, so any origin may send one (no cookies ride along).
-        await clients.s3.put_bucket_cors(Bucket=aws.source_bucket, CORSConfiguration=UPLOAD_CORS)
+        await clients.s3.put_bucket_cors(Bucket=plan.source_bucket, CORSConfiguration=UPLOAD_CORS)
     log.info(
-        "provisioned source=%s dest=%s queue=%s dlq=%s outbox=%s",
-        aws.source_bucket,
-        aws.dest_bucket,
-        queue_url,
-        dlq_url,
-        outbox_url,
+        "provisioned source=%s dest=%s queues=%s",
+        plan.source_bucket,
+        plan.dest_bucket,
+        ",".join(urls.values()),
     )
-    return Provisioned(aws.source_bucket, aws.dest_bucket, queue_url, dlq_url)
+    return Provisioned(plan.source_bucket, plan.dest_bucket, urls[aws.queue_name], urls[aws.dlq_name])
 
 
-async def _outbox(clients: AwsClients, settings: Settings) -> str:
-    """The webhook outbox and its DLQ: both keep events as long as SQS can, and the outbox's
-    redrive policy is only a net (`pipeline.webhooks.outbox` counts attempts itself)."""
-    aws = settings.aws
-    retention = {"MessageRetentionPeriod": str(RETENTION_SECONDS)}
-    _, dead_arn = await _queue(clients, aws.outbox_dlq_name, retention)
-    url, _ = await _queue(clients, aws.outbox_name, {})
-    attributes = {
-        **retention,
-        "VisibilityTimeout": str(lease_seconds(settings.webhooks)),
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dead_arn, "maxReceiveCount": MAX_RECEIVES}),
+def _s3_may_send(queue_arn: str, bucket_arn: str) -> dict[str, object]:
+    """The queue policy that lets the source bucket's notifications in, and nothing else."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "s3-object-created",
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnLike": {"aws:SourceArn": bucket_arn}},
+            }
+        ],
     }
-    with aws_errors(QueueUnavailable):
-        await clients.sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
-    return url
 
 
 async def _bucket(clients: AwsClients, bucket: str, region: str) -> None:
@@ -151,9 +146,11 @@ async def _bucket(clients: AwsClients, bucket: str, region: str) -> None:
         )
 
 
-async def _queue(clients: AwsClients, name: str, attributes: dict[str, str]) -> tuple[str, str]:
+async def _queue(clients: AwsClients, name: str) -> tuple[str, str]:
+    """The queue's URL and ARN, created if need be (its attributes are set apart: creating an
+    existing queue with other attributes fails)."""
     with aws_errors(QueueUnavailable):
-        created = await clients.sqs.create_queue(QueueName=name, Attributes=attributes)
+        created = await clients.sqs.create_queue(QueueName=name)
         url = str(created["QueueUrl"])
         described = await clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
     return url, str(described["Attributes"]["QueueArn"])

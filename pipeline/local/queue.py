@@ -15,10 +15,10 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from pipeline.core.errors import LeaseLost, QueueUnavailable
 from pipeline.core.ports import MAX_DELAY_SECONDS, Message
+from pipeline.core.topology import QueueSpec
 from pipeline.local.database import Database
 
 #: How often a long poll looks for messages sent by another process.
@@ -26,16 +26,6 @@ POLL_SECONDS = 0.2
 #: SQS's own bounds on one receive.
 MAX_BATCH = 10
 MAX_WAIT_SECONDS = 20
-
-
-@dataclass(frozen=True)
-class QueueSpec:
-    """What SQS keeps as queue attributes: the default visibility timeout and the redrive policy."""
-
-    name: str
-    visibility_timeout: int = 30
-    dead_letter: str | None = None
-    max_receive_count: int | None = None
 
 
 async def create_queue(db: Database, spec: QueueSpec) -> None:
