@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
-from tests.conftest import OTHER_USER, ClientFactory, bearer, issue_key, jpeg_bytes, stored_nothing
+from tests.support.clients import ClientFactory, bearer, issue_key
+from tests.support.images import jpeg_bytes
+from tests.support.settings import OTHER_USER
+from tests.support.state import stored_nothing
 from web.admission import ByteBudget, UploadsBusy
 
 #: Admission and bodies are the service's own; the buffer budget bounds S3 multipart part

@@ -8,15 +8,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import (
-    OTHER_USER,
-    ROOT,
-    USER,
-    ClientFactory,
-    decode,
-    drain,
-    jpeg_bytes,
-)
+from tests.support.clients import ClientFactory
+from tests.support.consumers import drain
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import OTHER_USER, ROOT, USER
 
 Client = TestClient[Any, Any]
 pytestmark = pytest.mark.backend("local")

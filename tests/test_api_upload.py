@@ -13,7 +13,10 @@ from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
-from tests.conftest import OTHER_USER, ROOT, USER, ClientFactory, jpeg_bytes, keys_in, object_in
+from tests.support.clients import ClientFactory
+from tests.support.images import jpeg_bytes
+from tests.support.settings import OTHER_USER, ROOT, USER
+from tests.support.state import keys_in, object_in
 
 Client = TestClient[Any, Any]
 pytestmark = pytest.mark.backend("local")

@@ -15,18 +15,11 @@ from pipeline.backends import open_backend
 from pipeline.core import accounts as accounts_module
 from pipeline.core.accounts import Accounts
 from pipeline.core.errors import InvalidCredentials
-from tests.conftest import (
-    OTHER_USER,
-    USER,
-    Backend,
-    ClientFactory,
-    bearer,
-    issue_key,
-    jpeg_bytes,
-    local_settings,
-    process_env,
-    run,
-)
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory, bearer, issue_key
+from tests.support.images import jpeg_bytes
+from tests.support.processes import process_env, run
+from tests.support.settings import OTHER_USER, USER, local_settings
 from web.keys import TABLES
 
 Client = TestClient[Any, Any]

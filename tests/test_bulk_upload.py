@@ -16,17 +16,12 @@ from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from pipeline.cli.bulk import Summary, default_api
-from tests.conftest import (
-    OTHER_USER,
-    ROOT,
-    ClientFactory,
-    bearer,
-    issue_key,
-    jpeg_bytes,
-    process_env,
-    record_of,
-    run_consumer_until_drained,
-)
+from tests.support.clients import ClientFactory, bearer, issue_key
+from tests.support.consumers import run_consumer_until_drained
+from tests.support.images import jpeg_bytes
+from tests.support.processes import process_env
+from tests.support.settings import OTHER_USER, ROOT
+from tests.support.state import record_of
 
 Client = TestClient[Any, Any]
 pytestmark = pytest.mark.backend("local")

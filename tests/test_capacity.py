@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, process_env
+from tests.support.processes import process_env
+from tests.support.settings import ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,8 @@ import pytest
 from PIL import Image
 
 from scripts.durability import Web, demo_key
-from tests.conftest import jpeg_bytes, process_env
+from tests.support.images import jpeg_bytes
+from tests.support.processes import process_env
 
 pytestmark = pytest.mark.nginx
 

@@ -18,20 +18,10 @@ from config.settings import SEED_USER_IDS, Settings
 from pipeline.aws.clients import AwsClients
 from pipeline.core.demo import read_demo_keys
 from scripts.stack import free_port
-from tests.conftest import (
-    ROOT,
-    USER,
-    bearer,
-    decode,
-    env_for,
-    process_env,
-    run,
-    running,
-    settings_env,
-    start,
-    stops_cleanly,
-    sync_s3,
-)
+from tests.support.clients import bearer, sync_s3
+from tests.support.images import decode
+from tests.support.processes import process_env, run, running, settings_env, start, stops_cleanly
+from tests.support.settings import ROOT, USER, env_for
 
 pytestmark = pytest.mark.e2e
 

@@ -17,7 +17,7 @@ from config.settings import ConsumerSettings, Settings, WebhookSettings
 from pipeline.aws.clients import open_clients
 from pipeline.aws.provision import provision
 from pipeline.core.topology import MAX_RECEIVES, RETENTION_SECONDS, SPECS, lease_seconds
-from tests.conftest import ROOT, env_for
+from tests.support.settings import ROOT, env_for
 
 TEMPLATE = ROOT / "config" / "cloudformation.yaml"
 

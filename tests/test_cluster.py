@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, process_env
+from tests.support.processes import process_env
+from tests.support.settings import ROOT
 
 pytestmark = pytest.mark.cluster
 

@@ -19,7 +19,7 @@ from pipeline.core.accounts import Accounts
 from pipeline.core.dlq import dead_letter_attributes
 from pipeline.webhooks.delivery import Event
 from pipeline.webhooks.envelope import Envelope
-from tests.conftest import USER, local_settings
+from tests.support.settings import USER, local_settings
 
 Cli = Callable[..., tuple[int, str, str]]
 

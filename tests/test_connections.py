@@ -19,7 +19,9 @@ from prometheus_client import REGISTRY
 
 from config.settings import Settings
 from pipeline.core import metrics
-from tests.conftest import USER, ClientFactory, jpeg_bytes
+from tests.support.clients import ClientFactory
+from tests.support.images import jpeg_bytes
+from tests.support.settings import USER
 
 Client = TestClient[Any, Any]
 #: Deadlines small enough for tests; each test overrides what it probes.

@@ -25,18 +25,12 @@ from pipeline.core.errors import InvalidRecord, PermanentError, StorageUnavailab
 from pipeline.core.layout import ImageRef
 from pipeline.core.ports import Backend
 from pipeline.core.records import RecordStore
-from tests.conftest import (
-    ROOT,
-    USER,
-    ClientFactory,
-    consumer_on,
-    dead_lettered,
-    decode,
-    drain,
-    object_in,
-    state_in,
-)
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consumer_on, drain
 from tests.support.faults import Failing
+from tests.support.images import decode
+from tests.support.settings import ROOT, USER
+from tests.support.state import dead_lettered, object_in, state_in
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
 pytestmark = pytest.mark.backend("local")

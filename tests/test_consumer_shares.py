@@ -21,7 +21,10 @@ from config.settings import SEED_USER_IDS
 from pipeline.consumer.service import open_consumer
 from pipeline.consumer.shares import HOLD_LIMIT, Shares
 from pipeline.core.ports import Message
-from tests.conftest import ClientFactory, bearer, issue_key, jpeg_bytes, local_settings, shared_pool
+from tests.support.clients import ClientFactory, bearer, issue_key
+from tests.support.consumers import shared_pool
+from tests.support.images import jpeg_bytes
+from tests.support.settings import local_settings
 from web.keys import BACKEND
 
 

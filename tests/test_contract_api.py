@@ -8,7 +8,11 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import ROOT, USER, Backend, ClientFactory, consume, decode, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consume
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import ROOT, USER
 
 Client = TestClient[Any, Any]
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pipeline.core.errors import LeaseLost
-from tests.conftest import Backend
+from tests.support.backends import Backend
 
 
 async def test_a_received_message_is_leased_then_comes_back_counted(backend: Backend) -> None:

@@ -22,7 +22,9 @@ from pipeline.core.errors import (
 )
 from pipeline.core.events import parse_message
 from pipeline.core.objects import OversizeObject
-from tests.conftest import USER, Backend, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.images import jpeg_bytes
+from tests.support.settings import USER
 
 IMAGE = jpeg_bytes(64, 48)
 FORMATS = frozenset({"jpeg", "png"})

@@ -37,7 +37,7 @@ from pipeline.core.items import (
 from pipeline.local.database import Database, _Reader
 from pipeline.local.storage import LocalStorage, create_bucket
 from pipeline.local.tables import LocalTables
-from tests.conftest import Backend
+from tests.support.backends import Backend
 
 
 async def test_conditional_puts_and_deletes(backend: Backend) -> None:

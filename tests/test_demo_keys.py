@@ -16,7 +16,9 @@ from config.settings import SEED_USER_IDS, Settings
 from pipeline.backends import open_backend
 from pipeline.core.accounts import Accounts
 from pipeline.core.demo import read_demo_keys, seed_demo_users
-from tests.conftest import USER, bearer, process_env, running, stops_cleanly
+from tests.support.clients import bearer
+from tests.support.processes import process_env, running, stops_cleanly
+from tests.support.settings import USER
 
 #: Seeding and restoring keys are the service's own, on any tables: a fresh data directory per
 #: `make_settings` call is a fresh start. `python -m web` below runs its own embedded stack.

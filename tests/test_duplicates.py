@@ -10,7 +10,11 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import REGISTRY
 
 from pipeline.core.layout import ImageRef
-from tests.conftest import OTHER_USER, USER, Backend, ClientFactory, consume, decode, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consume
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import OTHER_USER, USER
 
 Client = TestClient[Any, Any]
 

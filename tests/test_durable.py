@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 
 from scripts.durability import USER, Web, demo_key, image_for, run
-from tests.conftest import ROOT, process_env
+from tests.support.processes import process_env
+from tests.support.settings import ROOT
 
 pytestmark = pytest.mark.e2e
 

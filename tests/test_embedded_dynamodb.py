@@ -12,7 +12,7 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
 
 from pipeline.core.items import Add, Equals, Missing, PutItem, Set, TransactionRefused, UpdateItem
-from tests.conftest import Backend
+from tests.support.backends import Backend
 
 #: moto's DynamoDB, patched in this process (no moto server): the moto tier.
 pytestmark = [pytest.mark.parametrize("backend", ["aws"], indirect=True), pytest.mark.moto]

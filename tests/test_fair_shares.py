@@ -26,7 +26,9 @@ from pipeline.core.errors import CorruptImage
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import RecordStore
 from pipeline.imaging.variants import accepted_types, parse_variant
-from tests.conftest import OTHER_USER, USER, ClientFactory, bearer, issue_key, jpeg_bytes, local_settings
+from tests.support.clients import ClientFactory, bearer, issue_key
+from tests.support.images import jpeg_bytes
+from tests.support.settings import OTHER_USER, USER, local_settings
 from web.clients import Proxies, forwarded_hops
 from web.keys import RECORDS, TABLES
 

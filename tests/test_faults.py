@@ -17,16 +17,11 @@ from config.settings import Settings
 from pipeline.aws.clients import AwsClients, open_clients
 from pipeline.consumer.loop import Consumer, ConsumerStats
 from scripts.awsproxy import FaultProxy, Rule
-from tests.conftest import (
-    ROOT,
-    USER,
-    decode,
-    dlq_messages,
-    provision_with_users,
-    run_consumer_until_drained,
-    shared_consumer,
-    status_of,
-)
+from tests.support.backends import provision_with_users
+from tests.support.consumers import run_consumer_until_drained, shared_consumer
+from tests.support.images import decode
+from tests.support.settings import ROOT, USER
+from tests.support.state import dlq_messages, status_of
 
 DOG = (ROOT / "input" / "dog.jpg").read_bytes()
 

@@ -20,7 +20,10 @@ import pytest
 
 from config.settings import SEED_USER_IDS
 from pipeline.core.demo import read_demo_keys
-from tests.conftest import ROOT, bearer, decode, process_env, stops_cleanly
+from tests.support.clients import bearer
+from tests.support.images import decode
+from tests.support.processes import process_env, stops_cleanly
+from tests.support.settings import ROOT
 
 pytestmark = pytest.mark.e2e
 

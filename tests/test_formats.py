@@ -20,7 +20,8 @@ from PIL import Image, ImageCms, features
 from config.settings import ImagingSettings
 from pipeline.core.errors import PermanentError, TooManyFrames, TooManyPixels
 from pipeline.core.formats import ImageInfo, detect_format, read_header_prefix, screen_prefix
-from tests.conftest import ROOT, jpeg_bytes, png_header_only
+from tests.support.images import jpeg_bytes, png_header_only
+from tests.support.settings import ROOT
 
 #: What the upload handler screens (`pipeline.core.uploads.SCREEN_BYTES`).
 PREFIX = 64 * 1024

@@ -37,16 +37,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from config.settings import Settings
-from tests.conftest import (
-    OTHER_USER,
-    USER,
-    bearer,
-    drain,
-    issue_key,
-    jpeg_bytes,
-    local_settings,
-)
+from tests.support.clients import bearer, issue_key
+from tests.support.consumers import drain
+from tests.support.images import jpeg_bytes
 from tests.support.servers import GuardedTestServer
+from tests.support.settings import OTHER_USER, USER, local_settings
 from web.app import create_app
 from web.multipart import ignore_parser_warnings
 from web.openapi import build

@@ -15,7 +15,12 @@ from aiohttp.test_utils import TestClient
 from pipeline.cli.gc import Collection, collect
 from pipeline.core.layout import ImageRef
 from pipeline.core.usage import reconcile_usage
-from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes, run
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consume
+from tests.support.images import decode, jpeg_bytes
+from tests.support.processes import run
+from tests.support.settings import USER
 from web.keys import VARIANTS
 
 Client = TestClient[Any, Any]

@@ -23,18 +23,11 @@ from pipeline.backends import open_backend
 from pipeline.core.accounts import Accounts
 from pipeline.core.errors import PoisonMessage
 from pipeline.core.events import parse_message
-from tests.conftest import (
-    USER,
-    ClientFactory,
-    dead_lettered,
-    decode,
-    drain,
-    local_settings,
-    nothing_stored,
-    png_header_only,
-    state_in,
-    stored_nothing,
-)
+from tests.support.clients import ClientFactory
+from tests.support.consumers import drain
+from tests.support.images import decode, png_header_only
+from tests.support.settings import USER, local_settings
+from tests.support.state import dead_lettered, nothing_stored, state_in, stored_nothing
 
 Client = TestClient[Any, Any]
 #: Nothing here is AWS's own behaviour but an S3 multipart upload left open, marked below.

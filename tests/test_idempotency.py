@@ -15,7 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.core.layout import ImageRef
-from tests.conftest import OTHER_USER, USER, Backend, ClientFactory, consume, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consume
+from tests.support.images import jpeg_bytes
+from tests.support.settings import OTHER_USER, USER
 from web.idempotency import (
     Answer,
     Claim,

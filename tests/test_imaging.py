@@ -18,7 +18,8 @@ from pipeline.core.formats import ImageInfo, detect_format, read_header_prefix
 from pipeline.core.results import RenditionResult
 from pipeline.imaging import renditions as imaging
 from pipeline.imaging.renditions import make_renditions
-from tests.conftest import ROOT, decode, jpeg_bytes, png_header_only
+from tests.support.images import decode, jpeg_bytes, png_header_only
+from tests.support.settings import ROOT
 
 ENGINES = ("pillow", "pyvips")
 SPEC = (RenditionSpec(256),)

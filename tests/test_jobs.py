@@ -17,7 +17,10 @@ from pipeline.core.errors import JobTimeout
 from pipeline.core.events import ObjectCreated
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import RecordStore
-from tests.conftest import USER, Backend, decode, jpeg_bytes, shared_pool
+from tests.support.backends import Backend
+from tests.support.consumers import shared_pool
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import USER
 
 
 class _ChangedAfterRun:

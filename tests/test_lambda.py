@@ -9,7 +9,11 @@ import pytest
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
 from pipeline.consumer import lambda_handler
-from tests.conftest import USER, decode, dlq_messages, jpeg_bytes, record_of, settings_env, sqs_event
+from tests.support.consumers import sqs_event
+from tests.support.images import decode, jpeg_bytes
+from tests.support.processes import settings_env
+from tests.support.settings import USER
+from tests.support.state import dlq_messages, record_of
 
 GOOD = jpeg_bytes(320, 240)
 

@@ -12,7 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
-from tests.conftest import ClientFactory, decode, drain, jpeg_bytes
+from tests.support.clients import ClientFactory
+from tests.support.consumers import drain
+from tests.support.images import decode, jpeg_bytes
 
 Client = TestClient[Any, Any]
 #: The service's own signed links; S3's presigned ones are marked below.

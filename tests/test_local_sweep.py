@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.local.backend import open_local
 from pipeline.local.storage import ORPHAN_AGE_SECONDS
-from tests.conftest import local_settings
+from tests.support.settings import local_settings
 
 
 def _stray(path: Path, age: float) -> Path:

@@ -15,7 +15,10 @@ from aiohttp.test_utils import TestClient
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
 from pipeline.core.demo import read_demo_keys
-from tests.conftest import USER, bearer, jpeg_bytes, process_env, running, stops_cleanly
+from tests.support.clients import bearer
+from tests.support.images import jpeg_bytes
+from tests.support.processes import process_env, running, stops_cleanly
+from tests.support.settings import USER
 
 Client = TestClient[Any, Any]
 

@@ -16,14 +16,10 @@ from config.settings import Settings
 from pipeline.backends import open_backend
 from pipeline.core.accounts import Accounts
 from scripts.stack import free_port
-from tests.conftest import (
-    USER,
-    drain,
-    jpeg_bytes,
-    process_env,
-    start,
-    stops_cleanly,
-)
+from tests.support.consumers import drain
+from tests.support.images import jpeg_bytes
+from tests.support.processes import process_env, start, stops_cleanly
+from tests.support.settings import USER
 
 Client = TestClient[Any, Any]
 #: The service's own metrics, the same on either backend.

@@ -16,7 +16,9 @@ import pytest
 from pipeline.core.errors import NotFound
 from pipeline.core.objects import OversizeObject
 from pipeline.core.originals import read
-from tests.conftest import ROOT, USER, Backend, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.images import jpeg_bytes
+from tests.support.settings import ROOT, USER
 
 
 async def test_a_worker_reads_what_the_store_would(backend: Backend) -> None:

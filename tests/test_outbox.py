@@ -22,16 +22,11 @@ from pipeline.consumer.service import open_consumer
 from pipeline.core.errors import PoisonMessage
 from pipeline.webhooks.delivery import SIGNATURE_HEADER, Event, verify
 from pipeline.webhooks.envelope import Envelope
-from tests.conftest import (
-    ROOT,
-    Backend,
-    ClientFactory,
-    process_env,
-    running,
-    settings_env,
-    shared_pool,
-    start,
-)
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import shared_pool
+from tests.support.processes import process_env, running, settings_env, start
+from tests.support.settings import ROOT
 from tests.webhook_receiver import Receiver
 
 Client = TestClient[Any, Any]

@@ -12,7 +12,10 @@ from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
-from tests.conftest import ROOT, USER, ClientFactory, decode, dlq_messages, record_of
+from tests.support.clients import ClientFactory
+from tests.support.images import decode
+from tests.support.settings import ROOT, USER
+from tests.support.state import dlq_messages, record_of
 
 Client = TestClient[Any, Any]
 

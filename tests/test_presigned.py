@@ -27,7 +27,11 @@ from pipeline.core.dlq import reason_of
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import RecordStore
 from pipeline.core.reservations import RELEASE_MARGIN_SECONDS
-from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consume
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import USER
 from web.keys import SWEEPER
 
 Client = TestClient[Any, Any]

@@ -18,15 +18,11 @@ from pipeline.aws.clients import AwsClients
 from pipeline.aws.queue import Queue
 from pipeline.backends import aws_backend
 from pipeline.consumer.service import open_consumer
-from tests.conftest import (
-    USER,
-    dlq_messages,
-    provision_with_users,
-    run_consumer_until_drained,
-    settings_env,
-    start,
-    status_of,
-)
+from tests.support.backends import provision_with_users
+from tests.support.consumers import run_consumer_until_drained
+from tests.support.processes import settings_env, start
+from tests.support.settings import USER
+from tests.support.state import dlq_messages, status_of
 
 pytestmark = pytest.mark.e2e
 

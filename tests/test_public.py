@@ -12,7 +12,11 @@ import aiohttp
 from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
-from tests.conftest import Backend, ClientFactory, consume, decode, jpeg_bytes, local_settings
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consume
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import local_settings
 from web.keys import ACCOUNTS
 from web.public import IMMUTABLE
 

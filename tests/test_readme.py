@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from scripts.durability import Web
-from tests.conftest import process_env
+from tests.support.processes import process_env
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,10 @@ from pipeline.core.accounts import Accounts
 from pipeline.core.events import object_created
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import RecordStore
-from tests.conftest import USER, Backend, jpeg_bytes, shared_pool
+from tests.support.backends import Backend
+from tests.support.consumers import shared_pool
+from tests.support.images import jpeg_bytes
+from tests.support.settings import USER
 
 
 async def drain(backend: Backend) -> None:

@@ -16,17 +16,11 @@ from pipeline.backends import open_backend
 from pipeline.core.errors import CorruptImage
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import RecordStore, Superseded
-from tests.conftest import (
-    OTHER_USER,
-    USER,
-    ClientFactory,
-    dead_lettered,
-    decode,
-    drain,
-    jpeg_bytes,
-    keys_in,
-    record_in,
-)
+from tests.support.clients import ClientFactory
+from tests.support.consumers import drain
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import OTHER_USER, USER
+from tests.support.state import dead_lettered, keys_in, record_in
 
 Client = TestClient[Any, Any]
 #: Records, listing, quotas and the record store's ordering are the service's own; the store's

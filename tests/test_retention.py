@@ -10,7 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 from pipeline.cli.gc import collect
 from pipeline.core.usage import reconcile_usage
-from tests.conftest import USER, Backend, ClientFactory, consume, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consume
+from tests.support.images import jpeg_bytes
+from tests.support.settings import USER
 from web.keys import VARIANTS
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.demo import read_demo_keys
-from tests.conftest import ROOT, USER, process_env
+from tests.support.processes import process_env
+from tests.support.settings import ROOT, USER
 
 pytestmark = pytest.mark.schemathesis
 

@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, process_env
+from tests.support.processes import process_env
+from tests.support.settings import ROOT
 
 SCRIPTS = sorted(path.name for path in (ROOT / "scripts").glob("*.py"))
 #: Modules the scripts share, with no command line of their own.

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import ConfigError, RenditionSpec, Settings
-from tests.conftest import ROOT
+from tests.support.settings import ROOT
 
 
 def test_defaults_without_aws_run_embedded_with_in_process_consumer() -> None:

@@ -21,7 +21,9 @@ from PIL import Image
 from config.settings import ConfigError, Settings
 from pipeline.aws.clients import aws_errors
 from pipeline.core.errors import StorageUnavailable
-from tests.conftest import ROOT, ClientFactory, local_settings, process_env
+from tests.support.clients import ClientFactory
+from tests.support.processes import process_env
+from tests.support.settings import ROOT, local_settings
 
 
 def noise_png(side: int) -> bytes:

@@ -7,7 +7,7 @@ from typing import Any
 
 from config.settings import Settings
 from pipeline.core.supervision import Supervisor
-from tests.conftest import ClientFactory
+from tests.support.clients import ClientFactory
 from web.keys import BACKGROUND, CONSUMER
 
 

@@ -17,7 +17,9 @@ import pytest
 
 from config.settings import SEED_USER_IDS
 from pipeline.core.demo import read_demo_keys
-from tests.conftest import ROOT, jpeg_bytes, process_env
+from tests.support.images import jpeg_bytes
+from tests.support.processes import process_env
+from tests.support.settings import ROOT
 
 pytestmark = pytest.mark.e2e
 

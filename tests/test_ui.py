@@ -18,7 +18,9 @@ from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from config.settings import Settings
-from tests.conftest import ROOT, USER, ClientFactory, decode, issue_key, jpeg_bytes
+from tests.support.clients import ClientFactory, issue_key
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import ROOT, USER
 
 #: The browser meets the API; only the presigned PUT straight into S3 needs moto (marked).
 pytestmark = [pytest.mark.browser, pytest.mark.backend("local")]

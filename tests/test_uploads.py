@@ -22,7 +22,9 @@ from pipeline.core.quotas import Usage
 from pipeline.core.records import RecordStore
 from pipeline.core.reservations import Reservation
 from pipeline.core.uploads import Upload, Uploads
-from tests.conftest import USER, jpeg_bytes, keys_in, local_settings, png_header_only
+from tests.support.images import jpeg_bytes, png_header_only
+from tests.support.settings import USER, local_settings
+from tests.support.state import keys_in
 
 
 @asynccontextmanager

@@ -13,7 +13,11 @@ import pytest
 
 from pipeline.core.items import Add
 from pipeline.core.usage import reconcile_usage
-from tests.conftest import ROOT, USER, Backend, ClientFactory, consume, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consume
+from tests.support.images import jpeg_bytes
+from tests.support.settings import ROOT, USER
 from web.keys import VARIANTS
 
 

@@ -11,7 +11,10 @@ import pytest
 
 from pipeline.core.errors import DatabaseUnavailable
 from pipeline.core.usage import reconcile_usage
-from tests.conftest import USER, Backend, ClientFactory, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.images import jpeg_bytes
+from tests.support.settings import USER
 from web.keys import STORAGE, TABLES
 
 STORAGE_CALLS = ("upload_stream", "etag_of", "delete_many", "put", "read")

@@ -17,7 +17,9 @@ from PIL import Image
 
 from config.settings import SEED_USER_IDS
 from pipeline.imaging.fair import FairQueue
-from tests.conftest import ClientFactory, bearer, decode, issue_key, jpeg_bytes, local_settings
+from tests.support.clients import ClientFactory, bearer, issue_key
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import local_settings
 
 
 def noise(width: int, height: int, fmt: str = "PNG", **save: Any) -> bytes:

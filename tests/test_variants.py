@@ -19,7 +19,11 @@ from pipeline.core.errors import CorruptImage, ImageChanged
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import Counted, RecordStore
 from pipeline.imaging.variants import parse_link_name, parse_variant
-from tests.conftest import USER, Backend, ClientFactory, consume, decode, jpeg_bytes
+from tests.support.backends import Backend
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consume
+from tests.support.images import decode, jpeg_bytes
+from tests.support.settings import USER
 from web.keys import RECORDS, VARIANTS
 
 Client = TestClient[Any, Any]

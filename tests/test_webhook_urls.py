@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from config.settings import Settings
 from pipeline.core.errors import InvalidWebhookUrl
 from pipeline.webhooks.urls import check_url
-from tests.conftest import ClientFactory
+from tests.support.clients import ClientFactory
 
 Client = TestClient[Any, Any]
 

@@ -34,15 +34,9 @@ from pipeline.webhooks.delivery import (
     verify,
 )
 from pipeline.webhooks.urls import PublicOnlyResolver, check_url
-from tests.conftest import (
-    OTHER_USER,
-    ROOT,
-    USER,
-    ClientFactory,
-    consumer_on,
-    drain,
-    sqs_event,
-)
+from tests.support.clients import ClientFactory
+from tests.support.consumers import consumer_on, drain, sqs_event
+from tests.support.settings import OTHER_USER, ROOT, USER
 from tests.webhook_receiver import Receiver
 
 Client = TestClient[Any, Any]

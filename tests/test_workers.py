@@ -15,7 +15,7 @@ from config.settings import ImagingSettings
 from pipeline.core.errors import JobTimeout, WorkerCrashed
 from pipeline.imaging.tasks import make_renditions
 from pipeline.imaging.workers import WorkerPool, resident_bytes
-from tests.conftest import jpeg_bytes
+from tests.support.images import jpeg_bytes
 
 pytestmark = pytest.mark.e2e
 

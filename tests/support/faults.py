@@ -23,7 +23,7 @@ class Failing:
         self.calls = 0
 
     def storage_of(self, ports: Backend) -> Backend:
-        """`ports` with this around its object store (`tests.conftest.consumer_on(wrap=...)`)."""
+        """`ports` with this around its object store (`tests.support.consumers.consumer_on(wrap=...)`)."""
         self._port = ports.storage
         return dataclasses.replace(ports, storage=self)
 
