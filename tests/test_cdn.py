@@ -20,9 +20,8 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from scripts.durability import Web, demo_key
 from tests.support.images import jpeg_bytes
-from tests.support.processes import process_env
+from tests.support.processes import WebProcess
 
 pytestmark = pytest.mark.nginx
 
@@ -63,35 +62,33 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def cached(tmp_path: Path) -> AsyncIterator[tuple[Web, str]]:
+async def cached(tmp_path: Path) -> AsyncIterator[tuple[WebProcess, str]]:
     """`python -m web --data-dir`, and nginx caching it; their URLs."""
     if not Path(NGINX).exists():  # noqa: ASYNC240 - one stat, before anything starts
         pytest.skip("nginx is not installed (make test installs it)")
-    web = Web(tmp_path / "data", tmp_path / "web.log", process_env())
-    await web.start()
-    root, port = tmp_path / "nginx", free_port()
-    root.mkdir()
-    user = "user root;" if os.geteuid() == 0 else ""  # its workers write the cache under tmp_path
-    origin = web.url.removeprefix("http://")
-    (root / "nginx.conf").write_text(CONF.format(user=user, root=root, port=port, origin=origin))
-    nginx = await asyncio.create_subprocess_exec(
-        NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;",
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        for _ in range(100):
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            await asyncio.sleep(0.05)
-        yield web, f"http://127.0.0.1:{port}"
-    finally:
-        nginx.send_signal(signal.SIGQUIT)
-        await asyncio.wait_for(nginx.wait(), 10)
-        await web.stop()
+    async with WebProcess("--data-dir", str(tmp_path / "data"), log=tmp_path / "web.log") as web:
+        root, port = tmp_path / "nginx", free_port()
+        root.mkdir()
+        user = "user root;" if os.geteuid() == 0 else ""  # its workers write the cache under tmp_path
+        origin = web.url.removeprefix("http://")
+        (root / "nginx.conf").write_text(CONF.format(user=user, root=root, port=port, origin=origin))
+        nginx = await asyncio.create_subprocess_exec(
+            NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;",
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            for _ in range(100):
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                await asyncio.sleep(0.05)
+            yield web, f"http://127.0.0.1:{port}"
+        finally:
+            nginx.send_signal(signal.SIGQUIT)
+            await asyncio.wait_for(nginx.wait(), 10)
 
 
-async def origin_hits(web: Web) -> int:
+async def origin_hits(web: WebProcess) -> int:
     """Public GETs the origin answered (its own metrics, from the admin listener)."""
     async with aiohttp.ClientSession() as session, session.get(f"{web.admin_url}/metrics") as response:
         text = await response.text()
@@ -107,10 +104,10 @@ def noise(side: int) -> bytes:
 
 
 async def test_a_cache_in_front_takes_the_load_and_serves_only_what_the_origin_allows(
-    cached: tuple[Web, str],
+    cached: tuple[WebProcess, str],
 ) -> None:
     web, cdn = cached
-    headers = {"Authorization": f"Bearer {demo_key(web.data_dir)}"}
+    headers = {"Authorization": f"Bearer {web.demo_key()}"}
     async with aiohttp.ClientSession(web.url, headers=headers) as api:
         urls = []
         for n in range(25):

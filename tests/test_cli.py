@@ -20,7 +20,7 @@ from pipeline.core.demo import read_demo_keys
 from scripts.stack import free_port
 from tests.support.clients import bearer, sync_s3
 from tests.support.images import decode
-from tests.support.processes import process_env, run, running, settings_env, start, stops_cleanly
+from tests.support.processes import WebProcess, process_env, run, settings_env, start
 from tests.support.settings import ROOT, USER, env_for
 
 pytestmark = pytest.mark.e2e
@@ -116,21 +116,10 @@ def test_tools_without_an_endpoint_say_which_variable_to_set(args: list[str]) ->
 
 async def test_python_m_web_runs_everything_in_one_command(tmp_path: Path) -> None:
     """No AWS configured: the embedded endpoint, provisioning, demo users, API and consumer all start."""
-    web = ("-m", "web", "--port", "0", "--embedded-port", "0")
     keys_file = tmp_path / "keys.json"
     env = process_env(IMGSVC_DEMO_KEYS_FILE=str(keys_file))
-    async with running(*web, env=env, stdout=subprocess.DEVNULL) as process:
-        assert process.stderr is not None
-        lines: list[str] = []
-        api_url = None
-        async with asyncio.timeout(30):
-            while api_url is None:
-                line = (await process.stderr.readline()).decode()
-                assert line, "web exited early:\n" + "".join(lines)
-                lines.append(line)
-                if match := re.search(r"API listening url=(\S+)", line):
-                    api_url = match.group(1)
-        log = "".join(lines)
+    async with WebProcess("--embedded-port", "0", env=env, log=tmp_path / "web.log") as web:
+        log = web.text
         assert "embedded AWS endpoint url=http://127.0.0.1:" in log and "in memory only" in log
         assert "(S3, SQS and DynamoDB;" in log
         assert len(re.findall(r"provisioned source=", log)) == 1  # once, not by the app again
@@ -138,7 +127,7 @@ async def test_python_m_web_runs_everything_in_one_command(tmp_path: Path) -> No
         printed = dict(re.findall(r"demo user user_id=(\S+) key=(\S+)", log))
         assert printed == read_demo_keys(keys_file) and set(printed) == set(SEED_USER_IDS)
         assert keys_file.stat().st_mode & 0o777 == 0o600
-        async with aiohttp.ClientSession(api_url, headers=bearer(printed[USER])) as session:
+        async with aiohttp.ClientSession(web.url, headers=bearer(printed[USER])) as session:
             response = await session.post("/upload", json={"file_name": "dog.jpg", "user_id": USER})
             assert response.status == 202
             async with asyncio.timeout(30):
@@ -149,7 +138,7 @@ async def test_python_m_web_runs_everything_in_one_command(tmp_path: Path) -> No
                     assert thumb.status == 404
                     await asyncio.sleep(0.2)
             assert decode(await thumb.read()).size == (256, 192)
-        assert await stops_cleanly(process)
+        assert await web.stop() == 0
 
 
 async def test_consumer_cli_against_running_embedded_endpoint(
@@ -172,40 +161,27 @@ async def test_consumer_cli_against_running_embedded_endpoint(
     assert decode(await thumb["Body"].read()).size == (256, 170)
 
 
-async def test_embedded_only_runs_a_provisioned_endpoint_and_nothing_else() -> None:
-    args = ("-m", "web", "--embedded-only", "--embedded-port", "0")
-    async with running(*args, env=process_env()) as process:
-        assert process.stderr is not None
-        endpoint = None
-        async with asyncio.timeout(30):
-            while True:
-                line = (await process.stderr.readline()).decode()
-                assert line, "exited early"
-                if match := re.search(r"embedded AWS endpoint url=(\S+)", line):
-                    endpoint = match.group(1)
-                if "endpoint only" in line:
-                    break
-                assert "API listening" not in line
-        assert endpoint is not None
-        s3 = sync_s3(endpoint)
+def endpoint_only(web: WebProcess) -> bool:
+    """`--embedded-only` is ready: the endpoint is provisioned and nothing else will start."""
+    return "endpoint only" in web.text
+
+
+async def test_embedded_only_runs_a_provisioned_endpoint_and_nothing_else(tmp_path: Path) -> None:
+    args = ("--embedded-only", "--embedded-port", "0")
+    async with WebProcess(*args, log=tmp_path / "web.log", ready=endpoint_only) as web:
+        assert "API listening" not in web.text
+        s3 = sync_s3(web.endpoint_url)
         names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
         assert {"image-service-source", "image-service-thumbnails"} <= names
-        assert await stops_cleanly(process, timeout=15)
+        assert await web.stop(timeout=15) == 0
 
 
-async def test_the_embedded_endpoint_keeps_connections_and_dies_with_its_process() -> None:
+async def test_the_embedded_endpoint_keeps_connections_and_dies_with_its_process(tmp_path: Path) -> None:
     """The endpoint is moto behind granian in a child process: keep-alive (one connection serves
     many calls), and a `kill -9` of `python -m web` takes it along (its port is free again)."""
-    args = ("-m", "web", "--embedded-only", "--embedded-port", "0")
-    async with running(*args, env=process_env()) as process:
-        assert process.stderr is not None
-        endpoint = None
-        async with asyncio.timeout(30):
-            while "endpoint only" not in (line := (await process.stderr.readline()).decode()):
-                assert line, "exited early"
-                if match := re.search(r"embedded AWS endpoint url=(\S+)", line):
-                    endpoint = match.group(1)
-        assert endpoint is not None
+    args = ("--embedded-only", "--embedded-port", "0")
+    async with WebProcess(*args, log=tmp_path / "web.log", ready=endpoint_only) as web:
+        endpoint = web.endpoint_url
         host, port = urlsplit(endpoint).hostname, urlsplit(endpoint).port
         opened: list[object] = []
         tracing = aiohttp.TraceConfig()
@@ -219,8 +195,7 @@ async def test_the_embedded_endpoint_keeps_connections_and_dies_with_its_process
                 async with session.get(f"{endpoint}/image-service-source") as response:
                     assert response.status == 200 and b"ListBucketResult" in await response.read()
         assert len(opened) == 1  # werkzeug's server, before, answered each with Connection: close
-        process.kill()
-        await process.wait()
+        await web.kill()
     async with asyncio.timeout(10):
         while True:
             try:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from pipeline.backends import open_backend
 from pipeline.core.accounts import Accounts
 from pipeline.core.demo import read_demo_keys, seed_demo_users
 from tests.support.clients import bearer
-from tests.support.processes import process_env, running, stops_cleanly
+from tests.support.processes import WebProcess, process_env
 from tests.support.settings import USER
 
 #: Seeding and restoring keys are the service's own, on any tables: a fresh data directory per
@@ -102,22 +100,6 @@ async def test_a_demo_keys_file_that_is_not_ours_gives_new_keys(
         assert await authenticates(settings, key) == user_id
 
 
-WEB = ("-m", "web", "--port", "0", "--embedded-port", "0")
-
-
-async def listening(process: asyncio.subprocess.Process) -> tuple[str, str]:
-    """The API URL a starting `python -m web` logs, and its log up to that line."""
-    assert process.stderr is not None
-    lines: list[str] = []
-    async with asyncio.timeout(30):
-        while True:
-            line = (await process.stderr.readline()).decode()
-            assert line, "web exited early:\n" + "".join(lines)
-            lines.append(line)
-            if match := re.search(r"API listening url=(\S+)", line):
-                return match.group(1), "".join(lines)
-
-
 def printed_keys(log: str) -> dict[str, str]:
     return dict(re.findall(r"demo user user_id=(\S+) key=(\S+)", log))
 
@@ -133,27 +115,25 @@ async def images_status(api_url: str, key: str) -> int:
 async def test_python_m_web_restarted_accepts_the_same_demo_keys(tmp_path: Path) -> None:
     keys_file = tmp_path / "keys.json"
     env = process_env(IMGSVC_DEMO_KEYS_FILE=str(keys_file))
-    async with running(*WEB, env=env, stdout=subprocess.DEVNULL) as process:
-        api_url, log = await listening(process)
-        first = printed_keys(log)
-        assert first == read_demo_keys(keys_file) and "kept" not in log
-        assert await images_status(api_url, first[USER]) == 200
-        assert await stops_cleanly(process)
+    args = ("--embedded-port", "0")
+    async with WebProcess(*args, env=env, log=tmp_path / "first.log") as web:
+        first = printed_keys(web.text)
+        assert first == read_demo_keys(keys_file) and "kept" not in web.text
+        assert await images_status(web.url, first[USER]) == 200
+        assert await web.stop() == 0
 
-    async with running(*WEB, env=env, stdout=subprocess.DEVNULL) as process:  # a new, empty stack
-        api_url, log = await listening(process)
-        assert printed_keys(log) == first
-        assert "demo API keys kept from the previous start for 5 of 5 users" in log
-        assert await images_status(api_url, first[USER]) == 200
-        assert await stops_cleanly(process)
+    async with WebProcess(*args, env=env, log=tmp_path / "second.log") as web:  # a new, empty stack
+        assert printed_keys(web.text) == first
+        assert "demo API keys kept from the previous start for 5 of 5 users" in web.text
+        assert await images_status(web.url, first[USER]) == 200
+        assert await web.stop() == 0
 
     keys_file.write_text('{"keys": ')  # cut short: the next start issues new keys and rewrites it
-    async with running(*WEB, env=env, stdout=subprocess.DEVNULL) as process:
-        api_url, log = await listening(process)
-        fresh = printed_keys(log)
+    async with WebProcess(*args, env=env, log=tmp_path / "third.log") as web:
+        fresh = printed_keys(web.text)
         assert set(fresh) == set(SEED_USER_IDS) and not set(fresh.values()) & set(first.values())
         assert fresh == read_demo_keys(keys_file) and keys_file.stat().st_mode & 0o777 == 0o600
-        assert "demo keys file not used" in log and "kept" not in log
-        assert await images_status(api_url, fresh[USER]) == 200
-        assert await images_status(api_url, first[USER]) == 401
-        assert await stops_cleanly(process)
+        assert "demo keys file not used" in web.text and "kept" not in web.text
+        assert await images_status(web.url, fresh[USER]) == 200
+        assert await images_status(web.url, first[USER]) == 401
+        assert await web.stop() == 0

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from scripts.durability import USER, Web, demo_key, image_for, run
-from tests.support.processes import process_env
+from scripts.durability import USER, image_for, run
+from tests.support.processes import WebProcess, process_env
 from tests.support.settings import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -20,11 +20,9 @@ pytestmark = pytest.mark.e2e
 
 async def test_an_image_and_its_key_survive_kill_9(tmp_path: Path) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "web.log"
-    web = Web(data_dir, log, process_env())
     data, _, _ = image_for(7)
-    try:
-        await web.start()
-        key = demo_key(data_dir)
+    async with WebProcess("--data-dir", str(data_dir), log=log) as web:
+        key = web.demo_key()
         async with aiohttp.ClientSession(web.url, headers={"Authorization": f"Bearer {key}"}) as api:
             async with api.put("/images/kept", data=data) as response:
                 assert response.status == 202
@@ -33,9 +31,9 @@ async def test_an_image_and_its_key_survive_kill_9(tmp_path: Path) -> None:
             async with api.get("/download/thumbnail", params={"user_id": USER, "image_id": "kept"}) as got:
                 thumbnail = await got.read()
         await web.kill()
-        await web.start()
-        assert "keeping the 5 users and their keys" in log.read_text()
-        assert demo_key(data_dir) == key  # the file is not rewritten, and the key still works
+    async with WebProcess("--data-dir", str(data_dir), log=log) as web:  # the same directory again
+        assert "keeping the 5 users and their keys" in web.text
+        assert web.demo_key() == key  # the file is not rewritten, and the key still works
         async with aiohttp.ClientSession(web.url, headers={"Authorization": f"Bearer {key}"}) as api:
             async with api.get("/images") as response:
                 assert [i["image_id"] for i in (await response.json())["images"]] == ["kept"]
@@ -43,8 +41,6 @@ async def test_an_image_and_its_key_survive_kill_9(tmp_path: Path) -> None:
                 assert hashlib.sha256(await got.read()).digest() == hashlib.sha256(data).digest()
             async with api.get("/download/thumbnail", params={"user_id": USER, "image_id": "kept"}) as got:
                 assert await got.read() == thumbnail
-    finally:
-        await web.stop()
 
 
 async def test_concurrent_uploads_cut_by_kill_9_are_all_accounted_for(tmp_path: Path) -> None:
@@ -58,27 +54,25 @@ async def test_concurrent_uploads_cut_by_kill_9_are_all_accounted_for(tmp_path: 
 async def test_an_api_process_and_a_consumer_process_share_one_data_directory(tmp_path: Path) -> None:
     """More consumers on one machine: `python -m pipeline --data-dir` beside an API-only process."""
     data_dir = tmp_path / "data"
-    web = Web(data_dir, tmp_path / "web.log", process_env(IMGSVC_RUN_CONSUMER="false"))
-    consumer = None
-    try:
-        await web.start()
-        key = demo_key(data_dir)
+    env = process_env(IMGSVC_RUN_CONSUMER="false")
+    async with WebProcess("--data-dir", str(data_dir), env=env, log=tmp_path / "web.log") as web:
+        key = web.demo_key()
         consumer = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "pipeline", "--data-dir", str(data_dir), "consumer",
             cwd=ROOT, env=process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        async with aiohttp.ClientSession(web.url, headers={"Authorization": f"Bearer {key}"}) as api:
-            for number in range(3):
-                data = image_for(number)[0]
-                async with api.put(f"/images/p{number}", data=data) as response:
-                    assert response.status == 202
-            for number in range(3):
-                async with api.get(f"/images/p{number}", params={"wait": "15"}) as response:
-                    body = await response.json()
-                assert body["status"] == "ready", body
-                assert (body["width"], body["height"]) == image_for(number)[1]
-    finally:
-        if consumer is not None and consumer.returncode is None:
-            consumer.terminate()
-            await consumer.wait()
-        await web.stop()
+        try:
+            async with aiohttp.ClientSession(web.url, headers={"Authorization": f"Bearer {key}"}) as api:
+                for number in range(3):
+                    data = image_for(number)[0]
+                    async with api.put(f"/images/p{number}", data=data) as response:
+                        assert response.status == 202
+                for number in range(3):
+                    async with api.get(f"/images/p{number}", params={"wait": "15"}) as response:
+                        body = await response.json()
+                    assert body["status"] == "ready", body
+                    assert (body["width"], body["height"]) == image_for(number)[1]
+        finally:
+            if consumer.returncode is None:
+                consumer.terminate()
+                await consumer.wait()

@@ -8,21 +8,16 @@ process, and the API, the embedded endpoint and the consumer all failed until th
 from __future__ import annotations
 
 import asyncio
-import re
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from config.settings import SEED_USER_IDS
-from pipeline.core.demo import read_demo_keys
 from tests.support.clients import bearer
 from tests.support.images import decode
-from tests.support.processes import process_env, stops_cleanly
+from tests.support.processes import WebProcess, process_env
 from tests.support.settings import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -43,23 +38,11 @@ async def test_health_and_the_pipeline_survive_thousands_of_hostile_connections(
         IMGSVC_MAX_CONNECTIONS=str(CAP),
         IMGSVC_HEADER_TIMEOUT="60",  # the hostile connections stay half-open for the whole test
     )
-    web = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "web", "--port", "0", "--embedded-port", "0"),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=_few_descriptors,
-    )
-    try:
-        assert web.stderr is not None
-        async with asyncio.timeout(60):
-            while not (match := re.search(rb"API listening url=(\S+)", await web.stderr.readline())):
-                pass
-        api_url = match.group(1).decode()
+    async with WebProcess(
+        "--embedded-port", "0", env=env, log=tmp_path / "web.log", preexec_fn=_few_descriptors
+    ) as web:
+        api_url = web.url
         host, port = api_url.removeprefix("http://").split(":")
-        asyncio.create_task(_drain(web.stderr))  # noqa: RUF006 - ends with the process
 
         # Half-open connections: each sends the start of a request line and then nothing.
         hostile = []
@@ -68,8 +51,7 @@ async def test_health_and_the_pipeline_survive_thousands_of_hostile_connections(
             writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
             hostile.append(writer)
         try:
-            key = read_demo_keys(keys_file)[SEED_USER_IDS[2]]
-            async with aiohttp.ClientSession(api_url, headers=bearer(key)) as session:
+            async with aiohttp.ClientSession(api_url, headers=bearer(web.demo_key())) as session:
                 started = time.monotonic()
                 for path in ("/health/live", "/health/ready"):
                     async with session.get(path) as response:
@@ -90,17 +72,8 @@ async def test_health_and_the_pipeline_survive_thousands_of_hostile_connections(
         finally:
             for writer in hostile:
                 writer.close()
-        assert await stops_cleanly(web)
-    finally:
-        if web.returncode is None:
-            web.kill()
-            await web.wait()
+        assert await web.stop() == 0
 
 
 def _few_descriptors() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (DESCRIPTORS, DESCRIPTORS))
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
-from pipeline.core.demo import read_demo_keys
 from tests.support.clients import bearer
 from tests.support.images import jpeg_bytes
-from tests.support.processes import process_env, running, stops_cleanly
+from tests.support.processes import WebProcess, process_env
 from tests.support.settings import USER
 
 Client = TestClient[Any, Any]
@@ -39,28 +36,19 @@ async def test_every_response_names_its_request_id(
 
 @pytest.mark.e2e
 async def test_json_logs_carry_the_upload_request_id_into_the_consumer(tmp_path: Path) -> None:
-    keys_file = tmp_path / "keys.json"
-    env = process_env(IMGSVC_DEMO_KEYS_FILE=str(keys_file), IMGSVC_LOG_FORMAT="json")
-    web = ("-m", "web", "--port", "0", "--embedded-port", "0")
-    async with running(*web, env=env, stdout=subprocess.DEVNULL) as process:
-        assert process.stderr is not None
-        lines: list[dict[str, Any]] = []
+    env = process_env(IMGSVC_DEMO_KEYS_FILE=str(tmp_path / "keys.json"), IMGSVC_LOG_FORMAT="json")
+    async with WebProcess("--embedded-port", "0", env=env, log=tmp_path / "web.log") as web:
 
         async def read_until(predicate: Any) -> dict[str, Any]:
-            async with asyncio.timeout(30):
-                while True:
-                    raw = await process.stderr.readline()  # type: ignore[union-attr]
-                    assert raw, "web exited early"
-                    line = json.loads(raw)  # every line is one JSON object
-                    lines.append(line)
-                    if predicate(line):
-                        return line
+            line = await web.read_until(lambda raw: predicate(json.loads(raw)))  # one JSON object each
+            found: dict[str, Any] = json.loads(line)
+            return found
 
         listening = await read_until(lambda line: "API listening" in line["message"])
         url = listening["message"].split("url=")[1]
+        assert url == web.url
         assert {"time", "level", "logger", "message", "request_id"} <= set(listening)
-        key = read_demo_keys(keys_file)[USER]
-        async with aiohttp.ClientSession(url, headers=bearer(key)) as session:
+        async with aiohttp.ClientSession(url, headers=bearer(web.demo_key())) as session:
             response = await session.put(
                 "/images/followed", data=jpeg_bytes(80, 60), headers={"X-Request-ID": "follow-me-1"}
             )
@@ -68,4 +56,4 @@ async def test_json_logs_carry_the_upload_request_id_into_the_consumer(tmp_path:
         done = await read_until(lambda line: "outcome=ready" in line["message"])
         assert done["request_id"] == "follow-me-1" and "message processed" in done["message"]
         assert done["logger"] == "pipeline.consumer.loop"
-        assert await stops_cleanly(process)
+        assert await web.stop() == 0

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scripts.durability import Web
-from tests.support.processes import process_env
+from tests.support.processes import WebProcess, process_env
 
 pytestmark = pytest.mark.e2e
 
@@ -46,9 +45,8 @@ def test_every_block_is_run_or_says_why_not() -> None:
 
 
 async def test_the_readme_blocks_work_as_written(tmp_path: Path) -> None:
-    web = Web(tmp_path / "data", tmp_path / "web.log", process_env(IMGSVC_LOG_LEVEL="INFO"))
-    await web.start()
-    try:
+    env = process_env(IMGSVC_LOG_LEVEL="INFO")
+    async with WebProcess("--data-dir", str(tmp_path / "data"), env=env, log=tmp_path / "web.log") as web:
         run = [code for document in DOCUMENTS for code in blocks(document.read_text())[0]]
         port = web.url.rsplit(":", 1)[1]
         script = "\n".join(run).replace("localhost:8080", f"localhost:{port}")
@@ -75,5 +73,3 @@ async def test_the_readme_blocks_work_as_written(tmp_path: Path) -> None:
         # docs/delivery.md: a signed public variant; docs/operations.md: a bulk upload of input/.
         assert '"variant": "w400-' in stdout.replace('":"', '": "')
         assert '"failed": 0' in stdout and '"uploaded": 2' in stdout
-    finally:
-        await web.stop()

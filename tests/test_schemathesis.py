@@ -19,15 +19,13 @@ import re
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.core.demo import read_demo_keys
-from tests.support.processes import process_env
-from tests.support.settings import ROOT, USER
+from tests.support.processes import WebProcess, process_env
+from tests.support.settings import ROOT
 
 pytestmark = pytest.mark.schemathesis
 
@@ -38,47 +36,19 @@ START_TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def live_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+async def live_api(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, str]]:
     """`python -m web` with everything embedded, as `make run` starts it; its URL and a demo key."""
     tmp = tmp_path_factory.mktemp("schemathesis")
-    keys_file, log_file = tmp / "keys.json", tmp / "web.log"
     env = process_env(
-        IMGSVC_DEMO_KEYS_FILE=str(keys_file),
+        IMGSVC_DEMO_KEYS_FILE=str(tmp / "keys.json"),
         IMGSVC_MAX_BYTES=str(4 * 1024 * 1024),
         # Schemathesis sends many requests without a valid key on purpose; the shared failure
         # counter would soon answer 429 to everything and leave the routes behind it untested.
         IMGSVC_AUTH_FAILURES_ALLOWED="100000",
     )
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "web", "--port", "0", "--embedded-port", "0"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    try:
-        url = _wait_for_url(log_file, process)
-        yield url, read_demo_keys(keys_file)[USER]
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_url(log_file: Path, process: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        text = log_file.read_text(errors="replace")
-        if match := re.search(r"API listening url=(\S+)", text):
-            return match.group(1)
-        if process.poll() is not None:
-            pytest.fail(f"python -m web exited early:\n{text}")
-        time.sleep(0.1)
-    pytest.fail("python -m web did not start listening")
+    args = ("--embedded-port", "0")
+    async with WebProcess(*args, env=env, log=tmp / "web.log", start_timeout=START_TIMEOUT) as web:
+        yield web.url, web.demo_key()
 
 
 def test_every_operation_answers_as_documented(live_api: tuple[str, str]) -> None:

@@ -9,7 +9,6 @@ import io
 import os
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ from config.settings import ConfigError, Settings
 from pipeline.aws.clients import aws_errors
 from pipeline.core.errors import StorageUnavailable
 from tests.support.clients import ClientFactory
-from tests.support.processes import process_env
-from tests.support.settings import ROOT, local_settings
+from tests.support.processes import WebProcess
+from tests.support.settings import local_settings
 
 
 def noise_png(side: int) -> bytes:
@@ -95,20 +94,15 @@ async def test_a_full_disk_answers_507_and_deletes_go_on(
     assert (small_disk / "data" / "reserve").exists()  # made again once there was room
 
 
-def start_web(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "web", "--data-dir", str(data_dir), "--port", "0"],
-        env=process_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+async def start_web(data_dir: Path, log: Path) -> tuple[int, str]:
+    """`python -m web --data-dir` that must stop at its start: its exit status and its output."""
+    async with WebProcess("--data-dir", str(data_dir), log=log, ready=None) as web:
+        return await web.exited(), web.text
 
 
-@pytest.mark.e2e
-def test_a_read_only_data_directory_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only 1 MiB tmpfs of its own, unmounted afterwards."""
     where = tmp_path / "ro"
     where.mkdir()
     mounted = subprocess.run(
@@ -117,21 +111,28 @@ def test_a_read_only_data_directory_is_one_line_and_exit_code_2(tmp_path: Path) 
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        result = start_web(where)
+        yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if "level=" not in line and line.strip()]
-    assert lines == [f"error: the data directory {where} cannot be written: Read-only file system"]
 
 
 @pytest.mark.e2e
-def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+async def test_a_read_only_data_directory_is_one_line_and_exit_code_2(
+    read_only_dir: Path, tmp_path: Path
+) -> None:
+    returncode, output = await start_web(read_only_dir, tmp_path / "web.log")
+    assert returncode == 2
+    lines = [line for line in output.splitlines() if "level=" not in line and line.strip()]
+    assert lines == [f"error: the data directory {read_only_dir} cannot be written: Read-only file system"]
+
+
+@pytest.mark.e2e
+async def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = start_web(blocker / "data")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    returncode, output = await start_web(blocker / "data", tmp_path / "web.log")
+    assert returncode == 2
+    assert output.strip().splitlines() == [
         f"error: the data directory {blocker / 'data'} cannot be created: Not a directory"
     ]
 

@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from config.settings import SEED_USER_IDS
-from pipeline.core.demo import read_demo_keys
 from tests.support.images import jpeg_bytes
-from tests.support.processes import process_env
-from tests.support.settings import ROOT
+from tests.support.processes import WebProcess, listening, process_env
 
 pytestmark = pytest.mark.e2e
 
@@ -43,36 +38,22 @@ def workers_of(pid: int) -> list[int]:
     return sorted(p for p, cmd in children(pid).items() if "--serve-fds" in cmd)
 
 
-async def started(tmp_path: Path, *args: str) -> tuple[asyncio.subprocess.Process, str, str, Path]:
-    keys = tmp_path / "keys.json"
-    env = process_env(IMGSVC_WORKERS="2", IMGSVC_DEMO_KEYS_FILE=str(keys))
-    with (tmp_path / "web.log").open("wb") as log:  # the children keep their own copies of it
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "web", "--port", "0", *args, cwd=ROOT, env=env, stdout=log, stderr=log
-        )
-    async with asyncio.timeout(60):
-        while True:
-            text = (tmp_path / "web.log").read_text(errors="replace")
-            api, admin = (
-                re.search(r"API listening url=(\S+)", text),
-                re.search(r"admin listening url=(\S+)", text),
-            )
-            if api and admin and len(workers_of(process.pid)) == 2 and "worker serving" in text:
-                return process, api.group(1), admin.group(1), keys
-            assert process.returncode is None, text
-            await asyncio.sleep(0.1)
+def workers_serving(web: WebProcess) -> bool:
+    """Both URLs logged, and both workers started and serving."""
+    return listening(web) and "worker serving" in web.text and len(workers_of(web.pid)) == 2
 
 
 @pytest.mark.parametrize("backend", ["local", "moto"])
 async def test_workers_share_a_port_and_a_dead_one_is_replaced(tmp_path: Path, backend: str) -> None:
     args = ("--data-dir", str(tmp_path / "data")) if backend == "local" else ("--embedded-port", "0")
-    process, api, admin, keys = await started(tmp_path, *args)
-    try:
-        key = read_demo_keys(keys)[SEED_USER_IDS[2]]
-        headers = {"Authorization": f"Bearer {key}"}
+    env = process_env(IMGSVC_WORKERS="2", IMGSVC_DEMO_KEYS_FILE=str(tmp_path / "keys.json"))
+    # The log is a file: the workers and the consumer keep their own copies of it.
+    async with WebProcess(*args, env=env, log=tmp_path / "web.log", ready=workers_serving) as web:
+        api, admin = web.url, web.admin_url
+        headers = {"Authorization": f"Bearer {web.demo_key()}"}
         kinds = sorted(
             kind
-            for cmd in children(process.pid).values()
+            for cmd in children(web.pid).values()
             if " -m " in cmd and (kind := cmd.split(" -m ")[1].split()[0]) in ("web", "pipeline")
         )
         assert kinds == ["pipeline", "web", "web"]  # two workers, the consumer once
@@ -102,24 +83,18 @@ async def test_workers_share_a_port_and_a_dead_one_is_replaced(tmp_path: Path, b
 
             running = asyncio.ensure_future(load(4.0))
             await asyncio.sleep(1.0)
-            first, second = workers_of(process.pid)
+            first, second = workers_of(web.pid)
             os.kill(first, signal.SIGKILL)
             answered = await running
             # Only what the killed worker held at that moment can fail; new connections go on.
             assert answered > 50 and len(failures) <= 2, failures
             async with asyncio.timeout(20):
-                while len(workers_of(process.pid)) < 2:
+                while len(workers_of(web.pid)) < 2:
                     await asyncio.sleep(0.1)
-            assert first not in workers_of(process.pid) and second in workers_of(process.pid)
+            assert first not in workers_of(web.pid) and second in workers_of(web.pid)
             failures.clear()
             assert await load(1.0) > 10 and failures == []
         async with aiohttp.ClientSession() as probe, probe.get(f"{admin}/health/ready") as r:
             assert r.status == 200
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(60):
-            assert await process.wait() == 0
-        assert children(process.pid) == {}
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        assert await web.stop(timeout=60) == 0
+        assert children(web.pid) == {}
