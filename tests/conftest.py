@@ -17,7 +17,6 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients, open_clients
-from pipeline.aws.embedded import embedded_aws
 from pipeline.aws.provision import provision
 from pipeline.backends import aws_backend
 from pipeline.local.backend import open_local
@@ -52,6 +51,8 @@ def _isolated_aws_env() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
+    from pipeline.aws.embedded import embedded_aws  # moto: only in workers that run such a test
+
     with embedded_aws("127.0.0.1", 0, server="thread") as endpoint:  # in-process: inspectable
         yield endpoint
 

@@ -11,19 +11,25 @@ from typing import Any
 
 import boto3
 import pytest
-from cfnlint.decode import cfn_yaml
 
-from config.settings import ConsumerSettings, Settings, WebhookSettings
+from config.settings import Settings, WebhookSettings
 from pipeline.aws.clients import open_clients
 from pipeline.aws.provision import provision
-from pipeline.core.topology import MAX_RECEIVES, RETENTION_SECONDS, SPECS, lease_seconds
+from pipeline.core.topology import SPECS, lease_seconds, topology
 from tests.support.settings import ROOT, env_for
 
 TEMPLATE = ROOT / "config" / "cloudformation.yaml"
 
 
+def template_of() -> dict[str, Any]:
+    from cfnlint.decode import cfn_yaml  # 0.8 s to import: only where a template test runs
+
+    loaded: dict[str, Any] = cfn_yaml.load(str(TEMPLATE))
+    return loaded
+
+
 def resources() -> dict[str, Any]:
-    template: dict[str, Any] = cfn_yaml.load(str(TEMPLATE))
+    template = template_of()
     return {name: r for name, r in template["Resources"].items()}
 
 
@@ -60,39 +66,60 @@ def test_template_tables_match_the_code() -> None:
         assert ttl == spec.ttl_attribute and props["SSESpecification"] == {"SSEEnabled": True}
 
 
-def test_template_queues_and_buckets_match_the_code() -> None:
+def test_template_queues_and_buckets_are_the_topology() -> None:
+    """The template's queues are `topology`'s, each with the same dead-letter queue, receives,
+    retention and lease (where the template leaves the lease to a parameter, for the Lambda
+    function's timeout, its default covers the consumer's); its buckets and names too."""
     r = resources()
-    template = cfn_yaml.load(str(TEMPLATE))
-    assert (
-        int(template["Parameters"]["MaxReceiveCount"]["Default"])
-        == ConsumerSettings().redrive_max_receive_count
+    template = template_of()
+    params = template["Parameters"]
+
+    def value(node: Any) -> Any:
+        """A property as deployed with the default parameters (a fleet's branch of the conditions)."""
+        if isinstance(node, dict) and "Ref" in node:
+            return (
+                int(params[node["Ref"]]["Default"])
+                if params[node["Ref"]]["Type"] == "Number"
+                else params[node["Ref"]]["Default"]
+            )
+        if isinstance(node, dict) and "Fn::If" in node:
+            return value(node["Fn::If"][2])
+        return node
+
+    plan = topology(Settings.from_env({}))
+    queues = {
+        value(res["Properties"]["QueueName"]): (logical, res["Properties"])
+        for logical, res in r.items()
+        if res["Type"] == "AWS::SQS::Queue"
+    }
+    assert set(queues) == {spec.name for spec in plan.queues}
+    for spec in plan.queues:
+        logical, props = queues[spec.name]
+        assert props.get("MessageRetentionPeriod") == spec.retention_seconds, logical
+        assert value(props.get("VisibilityTimeout", 30)) >= spec.visibility_timeout, logical
+        redrive = props.get("RedrivePolicy")
+        if spec.dead_letter is None:
+            assert redrive is None, logical
+            continue
+        assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": [queues[spec.dead_letter][0], "Arn"]}
+        assert value(redrive["maxReceiveCount"]) == spec.max_receive_count, logical
+    # A fleet's outbox lease is the deliverer's; Lambda's event source needs the function's timeout.
+    assert r["OutboxQueue"]["Properties"]["VisibilityTimeout"]["Fn::If"][2] == lease_seconds(
+        WebhookSettings()
     )
-    assert r["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"] == 1209600
-    source = r["SourceBucket"]["Properties"]
-    assert source["NotificationConfiguration"]["QueueConfigurations"][0]["Event"] == "s3:ObjectCreated:*"
+    assert value(r["SourceBucket"]["Properties"]["BucketName"]) == plan.source_bucket
+    assert value(r["ThumbnailBucket"]["Properties"]["BucketName"]) == plan.dest_bucket
+    notified = r["SourceBucket"]["Properties"]["NotificationConfiguration"]["QueueConfigurations"][0]
+    assert notified["Event"] == "s3:ObjectCreated:*"
+    assert notified["Queue"] == {"Fn::GetAtt": [queues[plan.notified_queue][0], "Arn"]}
     for bucket in ("SourceBucket", "ThumbnailBucket"):
         props = r[bucket]["Properties"]
         assert all(props["PublicAccessBlockConfiguration"].values())
         assert props["LifecycleConfiguration"]["Rules"][0]["AbortIncompleteMultipartUpload"] == {
             "DaysAfterInitiation": 1
         }
-    defaults = Settings.from_env({}).aws
-    params = template["Parameters"]
-    assert params["SourceBucketName"]["Default"] == defaults.source_bucket
-    assert params["ThumbnailBucketName"]["Default"] == defaults.dest_bucket
-    assert params["QueueName"]["Default"] == defaults.queue_name
-    assert params["DeadLetterQueueName"]["Default"] == defaults.dlq_name
-    assert params["OutboxName"]["Default"] == defaults.outbox_name
-    assert params["OutboxDeadLetterQueueName"]["Default"] == defaults.outbox_dlq_name
-    outbox = r["OutboxQueue"]["Properties"]
-    # A fleet's lease; Lambda's event source needs the function's timeout covered.
-    assert outbox["VisibilityTimeout"] == {"Fn::If": ["UseLambda", {"Ref": "VisibilityTimeout"}, 15]}
-    assert lease_seconds(WebhookSettings()) == 15
-    assert outbox["RedrivePolicy"]["maxReceiveCount"] == MAX_RECEIVES
-    for queue in ("OutboxQueue", "OutboxDeadLetterQueue"):
-        assert r[queue]["Properties"]["MessageRetentionPeriod"] == RETENTION_SECONDS
     assert r["OutboxEventSource"]["Properties"]["EventSourceArn"] == {"Fn::GetAtt": ["OutboxQueue", "Arn"]}
-    assert params["TablePrefix"]["Default"] == defaults.table_prefix
+    assert params["TablePrefix"]["Default"] == Settings.from_env({}).aws.table_prefix
 
 
 # moto's CloudFormation does not implement AWS::SQS::QueuePolicy and says so with a warning (the
