@@ -79,10 +79,13 @@ def data_dir_problem(settings: Settings) -> str | None:
     print before starting anything), or None; it is created, and its modes narrowed, if need be."""
     if settings.aws.mode != "local" or settings.aws.data_dir is None:
         return None
+    from pipeline.local.backend import DATABASE_NAME
+    from pipeline.local.database import SchemaError, check_schema
     from pipeline.local.files import DataDirError, prepare
 
     try:
         prepare(settings.aws.data_dir)
-    except DataDirError as exc:
+        check_schema(settings.aws.data_dir / DATABASE_NAME)
+    except (DataDirError, SchemaError) as exc:
         return str(exc)
     return None

@@ -163,3 +163,20 @@ def test_a_bad_setting_is_named_and_nothing_runs(cli: Cli, monkeypatch: pytest.M
     monkeypatch.setenv("IMGSVC_CONSUMER_MAX_ATTEMPTS", "lots")
     code, out, err = cli("users", "list")
     assert code == 2 and out == "" and "IMGSVC_CONSUMER_MAX_ATTEMPTS" in err
+
+
+def test_a_data_directory_is_backed_up_and_restored(cli: Cli, data: Path, tmp_path: Path) -> None:
+    code, out, _ = cli("users", "create", "--name", "carol")
+    assert code == 0, out
+    code, out, err = cli("backup", str(tmp_path / "b"))
+    assert code == 0 and json.loads(out)["schema_version"] == 1, (out, err)
+    code, out, err = cli("restore", str(tmp_path / "b"), str(tmp_path / "r"))
+    assert code == 0, (out, err)
+    code, out, err = cli("restore", str(tmp_path / "b"), str(tmp_path / "r"))
+    assert (
+        code == 2
+        and err.strip() == f"error: {tmp_path / 'r'} exists and is not an empty directory: choose a new one"
+    )
+    code, out, _ = cli("users", "list", "--data-dir", str(tmp_path / "r"))
+    assert [json.loads(line)["name"] for line in out.splitlines()] == ["carol"]
+    assert main(["backup", str(tmp_path / "c")]) == 2  # no data directory: nothing to back up

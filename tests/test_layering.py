@@ -27,8 +27,8 @@ ALLOWED: dict[str, set[str]] = {
         "config", "pipeline.core", "pipeline.imaging", "pipeline.webhooks", "pipeline.backends",
     },
     "pipeline.cli": {
-        "config", "pipeline.core", "pipeline.aws", "pipeline.imaging", "pipeline.webhooks",
-        "pipeline.backends", "pipeline.consumer",
+        "config", "pipeline.core", "pipeline.aws", "pipeline.local", "pipeline.imaging",
+        "pipeline.webhooks", "pipeline.backends", "pipeline.consumer",
     },
     "pipeline": {"pipeline.cli"},  # `python -m pipeline` hands over to the command line
     "web": {

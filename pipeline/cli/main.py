@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -124,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=GRACE_SECONDS,
         help=f"abort uploads begun this many seconds ago and never completed (default {GRACE_SECONDS})",
     )
+    saving = commands.add_parser(
+        "backup", help="back up a data directory, even while it serves, into a new directory"
+    )
+    saving.add_argument("out", type=Path, metavar="OUT", help="a new (or empty) directory for the backup")
+    putting_back = commands.add_parser(
+        "restore", help="restore a backup into a new (or empty) data directory"
+    )
+    putting_back.add_argument("backup", type=Path, metavar="BACKUP", help="a directory `backup` made")
+    putting_back.add_argument("target", type=Path, metavar="DIR", help="the data directory to create")
     up = commands.add_parser("upload", help="upload image files and folders through the HTTP API")
     up.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders (recursively)")
     up.add_argument(
@@ -281,6 +291,35 @@ async def run_gc(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_backup(settings: Settings, out: Path) -> int:
+    """Backups are the local backend's: on AWS, S3 versioning and DynamoDB's point-in-time
+    recovery keep the history (docs/operations.md)."""
+    if settings.aws.data_dir is None:
+        print("error: backup needs the data directory to back up: --data-dir DIR", file=sys.stderr)
+        return 2
+    from pipeline.local.backup import BackupError, backup
+
+    try:
+        report = backup(settings.aws.data_dir, out)
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"backup": str(out), **dataclasses.asdict(report)}, indent=2))
+    return 0
+
+
+def run_restore(backup_dir: Path, target: Path) -> int:
+    from pipeline.local.backup import BackupError, restore
+
+    try:
+        report = restore(backup_dir, target)
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"restored": str(target), **dataclasses.asdict(report)}, indent=2))
+    return 0
+
+
 def _new_key(new: NewKey) -> dict[str, str]:
     return {"user_id": new.user_id, "key_id": new.key_id, "key": new.key, "note": "shown once; store it now"}
 
@@ -336,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if os.environ.get("_IMGSVC_SUPERVISED"):  # a consumer `python -m web --workers` started
         die_with_parent()
+    if args.command == "restore":  # into a directory no process uses yet: no settings, no backend
+        return run_restore(args.backup, args.target)
     environ = dict(os.environ)
     if args.data_dir is not None:
         environ["IMGSVC_DATA_DIR"] = str(args.data_dir)
@@ -348,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "upload" and (problem := data_dir_problem(settings)):
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.command == "backup":  # files and SQLite, in this thread: no backend is opened
+        return run_backup(settings, args.out)
     if args.command != "upload" and (problem := _unreachable_embedded(settings)):
         print(f"error: {problem}", file=sys.stderr)
         return 1

@@ -6,6 +6,10 @@ with (an async driver that exposes single statements would need a lock around ea
 transaction anyway). Writes take the write lock up front (`BEGIN IMMEDIATE`), so two processes
 sharing the directory wait for each other (`busy_timeout`) instead of failing on upgrade.
 
+The schema carries a version (`PRAGMA user_version`): a database of an older version is brought
+up to this one at open (`MIGRATIONS`, each step in one transaction), and one of a newer version
+(made by a later release) is refused with one line (`check_schema`), never half-read.
+
 `synchronous=FULL` makes a commit durable across power loss, not only across `kill -9`
 (which WAL's `NORMAL` already survives): an upload answered 202 is never rolled back.
 
@@ -82,6 +86,60 @@ CREATE TABLE IF NOT EXISTS buckets (
 """
 
 
+#: The schema's version, written in `PRAGMA user_version`. 0 is a database made before versions
+#: were kept, whose schema is version 1's.
+SCHEMA_VERSION = 1
+#: The SQL that takes a database from version N to N + 1, by N.
+MIGRATIONS: dict[int, str] = {}
+
+
+class SchemaError(Exception):
+    """The database was made by a newer release; the message is the one line to print."""
+
+
+def _newer(path: Path, version: int) -> SchemaError:
+    return SchemaError(
+        f"{path} has schema version {version}, newer than this release's {SCHEMA_VERSION}: run the "
+        "release that wrote it (or a later one), or restore a backup this release made"
+    )
+
+
+def check_schema(path: Path) -> None:
+    """`SchemaError` if the database at `path` is of a newer schema than this release reads (a
+    missing database is a new one)."""
+    if not path.exists():
+        return
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        conn.close()
+    if version > SCHEMA_VERSION:
+        raise _newer(path, version)
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> int:
+    """Create the schema, or bring it up to `SCHEMA_VERSION` a step at a time; the version it was."""
+    conn.execute("BEGIN IMMEDIATE")  # two processes opening an old database: one migrates
+    try:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise _newer(path, found)
+        for statement in SCHEMA.split(";"):  # CREATE ... IF NOT EXISTS: version 1, or a no-op
+            if statement.strip():
+                conn.execute(statement)
+        for version in range(max(found, 1), SCHEMA_VERSION):
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return found
+
+
 class Database:
     """One SQLite connection, used from one thread; every call is one transaction."""
 
@@ -110,7 +168,11 @@ class Database:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
-        conn.executescript(SCHEMA)
+        try:
+            migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
         self._conn = conn
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
