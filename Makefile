@@ -1,20 +1,32 @@
-# Two commands do all set-up on a fresh machine with Python 3.11 and make: `make run`, `make test`.
+# Two commands do all set-up on a fresh machine with Python 3.11 to 3.13 and make: `make run`
+# (the service's packages only), `make test` (and the test and dev tools).
 PYTHON ?= python3
+# A Python named on the command line (`make test-fast PYTHON=python3.13`) gets a virtualenv of its own.
+ifeq ($(origin PYTHON),command line)
+VENV := .venv-$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+else
 VENV := .venv
+endif
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+RUNTIME := $(VENV)/.runtime-stamp
+STAMP := $(VENV)/.dev-stamp
 
 .PHONY: run test test-fast coverage browser nginx wrk lint format install lock clean bench-install bench-peers-install
 
-$(STAMP): pyproject.toml constraints.txt
+$(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip==26.3"
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) -e .
+	touch $@
+
+$(STAMP): $(RUNTIME)
+	$(PIP) -e '.[dev]'
+	touch $@
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(RUNTIME)
 	$(PY) -m web
 
 # Two workers (pytest-xdist): the suite mostly waits on moto and child processes; TEST_WORKERS=0 runs it serially.
@@ -65,7 +77,7 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 bench-install: $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
+	$(PIP) -e '.[dev,bench]'
 
 # thumbor, for scripts/bench_peers.py, in a virtualenv of its own (its pins are not ours).
 bench-peers-install:
@@ -76,4 +88,4 @@ lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable --exclude image-service > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-3.* .pytest_cache .mypy_cache .ruff_cache

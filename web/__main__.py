@@ -196,6 +196,15 @@ def _listening(host: str, port: int, flag: str) -> Iterator[None]:
         raise ListenError(f"{host}:{port} {why}: choose another with {flag}") from None
 
 
+def _may_listen(host: str, port: int, flag: str) -> None:
+    """A `ListenError` now if `host:port` is taken (bound as the server will bind it, then let go);
+    the server's own bind still decides, should another process take it in between."""
+    if port == 0:
+        return
+    with _listening(host, port, flag):
+        listen(host, port).close()
+
+
 async def serve_embedded_only(settings: Settings) -> None:
     """Provision the embedded endpoint and keep it up until SIGINT or SIGTERM; no API, no consumer."""
     async with open_backend(settings, provision_first=True) as backend:
@@ -235,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     if problem := data_dir_problem(settings):
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if not args.embedded_only:
+        try:  # before seconds of starting the endpoint and provisioning, which it would then undo
+            _may_listen(settings.web.host, settings.web.port, "--port (IMGSVC_PORT)")
+            _may_listen(settings.web.admin_host, settings.web.admin_port, "--admin-port (IMGSVC_ADMIN_PORT)")
+        except ListenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     ignore_parser_warnings()
     endpoint_started = False
     with ExitStack() as stack:
