@@ -12,7 +12,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.t
 RUNTIME := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test test-fast coverage browser nginx wrk lint format install lock clean bench-install bench-peers-install
+.PHONY: run test test-fast coverage browser nginx wrk lint format install install-runtime lock clean bench-install bench-peers-install
 
 $(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ $(STAMP): $(RUNTIME)
 	touch $@
 
 install: $(STAMP)
+
+# The service's packages only, for a machine that runs it (config/image-service.service).
+install-runtime: $(RUNTIME)
 
 run: $(RUNTIME)
 	$(PY) -m web
@@ -77,6 +80,9 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 bench-install: $(STAMP)
+
+# The service's packages only, for a machine that runs it (config/image-service.service).
+install-runtime: $(RUNTIME)
 	$(PIP) -e '.[dev,bench]'
 
 # thumbor, for scripts/bench_peers.py, in a virtualenv of its own (its pins are not ours).

@@ -28,6 +28,7 @@ from web.admin import serving_admin
 from web.app import create_app
 from web.keys import PROVISIONED
 from web.multipart import ignore_parser_warnings
+from web.notify import notify
 from web.server import GuardedRunner
 from web.supervisor import SUPERVISED, Child, Supervisor, address_of, inherited, listen
 
@@ -138,7 +139,10 @@ async def serve(
                     sock=sockets[1] if sockets is not None else None,
                 )
                 await stack.enter_async_context(admin)
+            if sockets is None:  # one process: ready (a supervisor says so for its workers)
+                notify("READY=1")
             await _until_signalled()
+            notify("STOPPING=1")
     finally:
         await runner.cleanup()
 
@@ -167,6 +171,7 @@ def supervise(settings: Settings, *, seed_demo: bool) -> int:
         "IMGSVC_MODE": settings.aws.mode,
         SUPERVISED: "1",  # each child dies with the supervisor, even by SIGKILL (Linux)
     }
+    env.pop("NOTIFY_SOCKET", None)  # systemd hears from the supervisor alone (NotifyAccess=main)
     if settings.aws.data_dir is not None:
         env["IMGSVC_DATA_DIR"] = str(settings.aws.data_dir)
     if settings.aws.endpoint_url:
@@ -180,7 +185,10 @@ def supervise(settings: Settings, *, seed_demo: bool) -> int:
         children.append(Child("consumer", ["-m", "pipeline", "consumer"], env))
     log.info("supervising workers=%d consumer=%s", web_settings.serving_processes, web_settings.run_consumer)
     drain = settings.consumer.drain_timeout + 10
-    return runtime.run(Supervisor(children, drain).run(), use_uvloop=settings.use_uvloop)
+    # Ready once the children are started: the sockets are bound, so a connection made before a
+    # worker accepts waits in the backlog, not refused.
+    supervisor = Supervisor(children, drain, on_started=lambda: notify("READY=1"))
+    return runtime.run(supervisor.run(), use_uvloop=settings.use_uvloop)
 
 
 class ListenError(Exception):

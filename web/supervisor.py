@@ -24,7 +24,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from web.notify import notify
 
 log = logging.getLogger(__name__)
 #: Set in each child's environment: the child ties its life to the supervisor's at start.
@@ -59,9 +62,12 @@ class Child:
 class Supervisor:
     """Runs the children until SIGTERM or SIGINT, starting again any that dies."""
 
-    def __init__(self, children: list[Child], drain_seconds: float) -> None:
+    def __init__(
+        self, children: list[Child], drain_seconds: float, on_started: Callable[[], object] = lambda: None
+    ) -> None:
         self.children = children
         self._drain = drain_seconds
+        self._on_started = on_started
         self._stopping = asyncio.Event()
 
     async def run(self) -> int:
@@ -71,7 +77,9 @@ class Supervisor:
         for child in self.children:
             await child.start()
         watching = [asyncio.create_task(self._watch(child)) for child in self.children]
+        self._on_started()
         await self._stopping.wait()
+        notify("STOPPING=1")
         log.info("shutting down: passing the signal on to %d processes", len(self.children))
         for task in watching:
             task.cancel()
