@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
+
+pytest.importorskip("playwright", reason="the browser tier needs the test extra (make test)")
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from config.settings import Settings
