@@ -101,13 +101,10 @@ class AwsSettings:
 
     ENV_PREFIX: ClassVar[str] = ""
 
+    #: Which backend: AWS (or any endpoint speaking its APIs), the embedded one, or a data
+    #: directory (`LocalSettings`); the resources' names below are the same for all three.
     mode: Mode = "embedded"
     endpoint_url: str | None = None
-    #: The local backend's directory (`IMGSVC_DATA_DIR`, `--data-dir`): set means mode "local".
-    data_dir: Path | None = None
-    #: Free bytes the data directory's disk keeps: under it, uploads are refused (507) and
-    #: readiness says `disk_low`, so deletes still have room (0: only a full disk refuses).
-    min_free_bytes: Annotated[int, Var(0, 2**50)] = 256 * 1024 * 1024
     region: str = "us-east-1"
     #: Hand clients URLs to the embedded endpoint (presigned uploads), which checks no signatures:
     #: only where nobody untrusted can reach it (tests, a single-user machine).
@@ -139,6 +136,19 @@ class AwsSettings:
         if self.mode == "embedded":
             return f"http://{self.embedded_host}:{self.embedded_port}"
         return None
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The local backend: a data directory of files and SQLite (mode "local")."""
+
+    ENV_PREFIX: ClassVar[str] = ""
+
+    #: The directory (`IMGSVC_DATA_DIR`, `--data-dir`): set means mode "local".
+    data_dir: Path | None = None
+    #: Free bytes the data directory's disk keeps: under it, uploads are refused (507) and
+    #: readiness says `disk_low`, so deletes still have room (0: only a full disk refuses).
+    min_free_bytes: Annotated[int, Var(0, 2**50)] = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -412,6 +422,7 @@ class Settings:
     ENV_PREFIX: ClassVar[str] = ""
 
     aws: AwsSettings = AwsSettings()
+    local: LocalSettings = LocalSettings()
     imaging: ImagingSettings = ImagingSettings()
     consumer: ConsumerSettings = ConsumerSettings()
     web: WebSettings = WebSettings()
@@ -442,7 +453,6 @@ class Settings:
             AwsSettings,
             mode=mode,
             endpoint_url=env.raw("AWS_ENDPOINT_URL") or None,
-            data_dir=data_dir,
             region=env.raw("AWS_REGION") or env.raw("AWS_DEFAULT_REGION") or AwsSettings.region,
         )
         if aws.source_bucket == aws.dest_bucket:
@@ -488,6 +498,7 @@ class Settings:
         return env.section(
             cls,
             aws=aws,
+            local=env.section(LocalSettings, data_dir=data_dir),
             imaging=env.section(ImagingSettings),
             consumer=env.section(ConsumerSettings),
             web=web,
@@ -499,7 +510,14 @@ class Settings:
     @classmethod
     def variables(cls) -> list[str]:
         """Every `IMGSVC_` variable the settings read (for the documentation and its test)."""
-        sections = (AwsSettings, ImagingSettings, ConsumerSettings, WebSettings, AccountSettings)
+        sections = (
+            AwsSettings,
+            LocalSettings,
+            ImagingSettings,
+            ConsumerSettings,
+            WebSettings,
+            AccountSettings,
+        )
         read = [
             name
             for section in (*sections, WebhookSettings, VariantSettings, cls)

@@ -59,7 +59,7 @@ async def open_backend(
     """The backend `settings` name, open for the block. `provision_first` creates its resources
     (embedded and local only: against AWS, provisioning is an explicit command); `maintain`
     clears what an interrupted write left on the local backend (the serving process does it)."""
-    if settings.aws.data_dir is not None:
+    if settings.local.data_dir is not None:
         from pipeline.local.backend import open_local  # the local backend is not imported on AWS
 
         async with open_local(settings, sweep=maintain) as backend:
@@ -77,15 +77,15 @@ async def open_backend(
 def data_dir_problem(settings: Settings) -> str | None:
     """Why the local backend's data directory cannot be used (one line, for the entry points to
     print before starting anything), or None; it is created, and its modes narrowed, if need be."""
-    if settings.aws.mode != "local" or settings.aws.data_dir is None:
+    if settings.aws.mode != "local" or settings.local.data_dir is None:
         return None
     from pipeline.local.backend import DATABASE_NAME
     from pipeline.local.database import SchemaError, check_schema
     from pipeline.local.files import DataDirError, prepare
 
     try:
-        prepare(settings.aws.data_dir)
-        check_schema(settings.aws.data_dir / DATABASE_NAME)
+        prepare(settings.local.data_dir)
+        check_schema(settings.local.data_dir / DATABASE_NAME)
     except (DataDirError, SchemaError) as exc:
         return str(exc)
     return None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import hashlib
 import json
 import os
@@ -56,8 +55,7 @@ def children_cpu_ms() -> float:
 async def main(runs: int, names: list[str]) -> dict[str, object]:
     images = build_set(names)
     with tempfile.TemporaryDirectory() as tmp:
-        base = Settings.from_env({"IMGSVC_DATA_DIR": tmp})
-        settings = dataclasses.replace(base, aws=dataclasses.replace(base.aws, data_dir=Path(tmp)))
+        settings = Settings.from_env({"IMGSVC_DATA_DIR": tmp})
         pool = WorkerPool(1, threads=1)
         await pool.warm_up()
         async with open_local(settings) as backend:

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
+from pipeline.core.errors import UploadsBusy
 from tests.support.clients import ClientFactory, bearer, issue_key
 from tests.support.images import jpeg_bytes
 from tests.support.settings import OTHER_USER
 from tests.support.state import stored_nothing
-from web.admission import ByteBudget, UploadsBusy
+from web.admission import ByteBudget
 
 #: Admission and bodies are the service's own; the buffer budget bounds S3 multipart part
 #: buffers, which the local backend does not hold (it streams to a file): those are marked below.

@@ -198,7 +198,7 @@ async def test_the_failure_limit_holds_under_a_concurrent_burst(
     same count (seen on CI with two test workers: 22 answers of 401 for a limit of 20). The exact
     bound is asserted where the store is atomic; on moto only that the limit takes hold."""
     settings: Settings = make_settings(IMGSVC_AUTH_FAILURES_ALLOWED="20", IMGSVC_AUTH_FAILURE_WINDOW="3600")
-    assert (settings.aws.data_dir is None) == (store == "dynamodb")
+    assert (settings.local.data_dir is None) == (store == "dynamodb")
     apps = [await make_client(settings, user=None) for _ in range(2)]
     # Within each server's share of connections per client address (64): past it the server
     # closes this client's idle keep-alive connections, which a request may be racing onto.
@@ -217,7 +217,7 @@ async def test_the_failure_limit_holds_under_a_concurrent_burst(
 
 @pytest.mark.e2e
 def test_users_cli_creates_lists_rotates_and_revokes(settings: Settings) -> None:
-    env = process_env(IMGSVC_DATA_DIR=str(settings.aws.data_dir))
+    env = process_env(IMGSVC_DATA_DIR=str(settings.local.data_dir))
     assert run(["-m", "pipeline", "provision"], env).returncode == 0
     created = run(["-m", "pipeline", "users", "create", "--name", "ci"], env)
     assert created.returncode == 0, created.stderr

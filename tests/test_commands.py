@@ -180,3 +180,14 @@ def test_a_data_directory_is_backed_up_and_restored(cli: Cli, data: Path, tmp_pa
     code, out, _ = cli("users", "list", "--data-dir", str(tmp_path / "r"))
     assert [json.loads(line)["name"] for line in out.splitlines()] == ["carol"]
     assert main(["backup", str(tmp_path / "c")]) == 2  # no data directory: nothing to back up
+
+
+def test_doctor_reports_one_line_a_check(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli("users", "list")[0] == 0  # the directory made
+    code, out, _ = cli("doctor")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[-1] == f"{len(lines) - 1} ok, 0 failed", out
+    assert all(line.startswith("ok  ") for line in lines[:-1]), out
+    monkeypatch.setenv("IMGSVC_MIN_FREE_BYTES", str(2**50))
+    code, out, _ = cli("doctor")
+    assert code == 1 and "FAIL  free disk:" in out and out.strip().endswith("ok, 1 failed"), out

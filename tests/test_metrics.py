@@ -106,7 +106,7 @@ async def test_consumer_counts_outcomes_engines_and_dead_letters(settings: Setti
 @pytest.mark.e2e
 async def test_consumer_process_serves_metrics_on_its_own_port(settings: Settings) -> None:
     port = free_port()
-    env = process_env(IMGSVC_DATA_DIR=str(settings.aws.data_dir), IMGSVC_METRICS_PORT=str(port))
+    env = process_env(IMGSVC_DATA_DIR=str(settings.local.data_dir), IMGSVC_METRICS_PORT=str(port))
     process = await start("-m", "pipeline", "consumer", env=env, stdout=subprocess.DEVNULL)
     try:
         async with asyncio.timeout(30), aiohttp.ClientSession() as session:

@@ -53,7 +53,7 @@ def child_env(backend: Backend, settings: Settings | None = None) -> dict[str, s
     if backend.name == "local":
         visibility = str(settings.consumer.visibility_timeout)
         env = {
-            "IMGSVC_DATA_DIR": str(settings.aws.data_dir),
+            "IMGSVC_DATA_DIR": str(settings.local.data_dir),
             "IMGSVC_CONSUMER_VISIBILITY_TIMEOUT": visibility,
         }
         return process_env(**env, **HOOKS)

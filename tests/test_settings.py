@@ -103,7 +103,7 @@ def test_in_flight_follows_the_workers_unless_set() -> None:
 
 def test_a_data_directory_means_the_local_mode_with_its_consumer_and_keys_inside(tmp_path: Path) -> None:
     settings = Settings.from_env({"IMGSVC_DATA_DIR": str(tmp_path / "d")})
-    assert settings.aws.mode == "local" and settings.aws.data_dir == tmp_path / "d"
+    assert settings.aws.mode == "local" and settings.local.data_dir == tmp_path / "d"
     assert settings.web.run_consumer
     assert settings.accounts.demo_keys_file == tmp_path / "d" / "demo-keys.json"
     # AWS variables do not override an explicit data directory.

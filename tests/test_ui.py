@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import os
 import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-pytest.importorskip("playwright", reason="the browser tier needs the test extra (make test)")
-from playwright.async_api import Browser, Page, Route, async_playwright, expect
+if importlib.util.find_spec("playwright") is None:  # not imported here: half a second a worker
+    pytest.skip("the browser tier needs the test extra (make test)", allow_module_level=True)
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page, Route
 
 from config.settings import Settings
 from tests.support.clients import ClientFactory, issue_key
@@ -42,6 +45,13 @@ LINES = """el => {
 }"""
 
 
+def expect(actual: Any) -> Any:
+    """Playwright's `expect`, imported when a browser test runs."""
+    from playwright.async_api import expect as playwright_expect
+
+    return playwright_expect(actual)
+
+
 def chromium_path() -> str:
     """Debian's Chromium (`apt-get install chromium`; `make test` installs it when missing)."""
     found = os.environ.get("IMGSVC_CHROMIUM") or shutil.which("chromium")
@@ -52,6 +62,8 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
+    from playwright.async_api import async_playwright
+
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(
             executable_path=chromium_path(), args=["--no-sandbox", "--disable-dev-shm-usage"]

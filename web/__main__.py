@@ -172,8 +172,8 @@ def supervise(settings: Settings, *, seed_demo: bool) -> int:
         SUPERVISED: "1",  # each child dies with the supervisor, even by SIGKILL (Linux)
     }
     env.pop("NOTIFY_SOCKET", None)  # systemd hears from the supervisor alone (NotifyAccess=main)
-    if settings.aws.data_dir is not None:
-        env["IMGSVC_DATA_DIR"] = str(settings.aws.data_dir)
+    if settings.local.data_dir is not None:
+        env["IMGSVC_DATA_DIR"] = str(settings.local.data_dir)
     if settings.aws.endpoint_url:
         env["AWS_ENDPOINT_URL"] = settings.aws.endpoint_url
     fds = (api.fileno(), admin.fileno())
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info(
                 "local backend data_dir=%s: originals, renditions, records, users, keys and the "
                 "queues are kept there and survive restarts",
-                settings.aws.data_dir,
+                settings.local.data_dir,
             )
         else:
             log.info(

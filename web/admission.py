@@ -24,24 +24,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from pipeline.core import memory, metrics
-from pipeline.core.errors import PermanentError, TransientError
+from pipeline.core.errors import TooManyUploads, UploadsBusy
 from web.shares import UserShare
 
 #: Seconds without any upload buffer in use before freed memory is handed back to the system.
 TRIM_AFTER_SECONDS = 1.0
 #: Bytes an upload reserves before reading its body (one read from the connection).
 FIRST_SLICE = 64 * 1024
-
-
-class UploadsBusy(TransientError):
-    code = "uploads_busy"
-    default_message = "the server has no room for another upload right now; retry shortly"
-
-
-class TooManyUploads(PermanentError):
-    code = "too_many_uploads"
-    http_status = 429
-    default_message = "this user has too many uploads in progress; wait for one to finish"
 
 
 class ByteBudget:

@@ -13,14 +13,14 @@ from pipeline.backends import open_backend
 from pipeline.consumer.service import open_consumer
 from pipeline.core import metrics
 from pipeline.core.accounts import Accounts
-from pipeline.core.errors import TooManyWaits
+from pipeline.core.errors import TooManyUploads, TooManyWaits
 from pipeline.core.quotas import Usage
 from pipeline.core.records import RecordStore
 from pipeline.core.supervision import Supervisor
 from pipeline.core.sweeper import ReservationSweeper
 from pipeline.core.uploads import Uploads
 from pipeline.webhooks.delivery import WebhookStore
-from web.admission import TooManyUploads, UploadGate
+from web.admission import UploadGate
 from web.clients import Proxies
 from web.idempotency import IdempotencyStore
 from web.keys import (

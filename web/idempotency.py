@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.core.errors import BadRequest, PermanentError
+from pipeline.core.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
 from pipeline.core.items import AllOf, AnyOf, AtMost, ConditionFailed, Equals, Missing, Remove, Set
 from pipeline.core.ports import ItemTable
 
@@ -47,23 +47,6 @@ KEEP_SECONDS = 24 * 3600
 #: How long a claim outlives the process holding it (renewed every third of it while it runs).
 LEASE_SECONDS = 60
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
-
-
-class InvalidIdempotencyKey(BadRequest):
-    code = "invalid_idempotency_key"
-    default_message = f"{HEADER} must be 1 to 255 printable ASCII characters without spaces"
-
-
-class IdempotencyKeyInUse(PermanentError):
-    code = "idempotency_key_in_use"
-    http_status = 409
-    default_message = f"a request with this {HEADER} is still in progress; retry when it has ended"
-
-
-class IdempotencyKeyReused(PermanentError):
-    code = "idempotency_key_reused"
-    http_status = 422
-    default_message = f"this {HEADER} was used for a different request (another route or other bytes)"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from config.settings import OUTPUT_FORMATS
-from pipeline.core.errors import PermanentError
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import valid_image_id, valid_user_id
 from pipeline.imaging.variants import VariantSpec
@@ -39,12 +38,6 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 NONCE_BYTES = 12
 _KEY_CONTEXT = b"image-service public urls v1"
 _SEP = b"\x00"
-
-
-class PublicImagesDisabled(PermanentError):
-    code = "public_images_disabled"
-    http_status = 403
-    default_message = "this deployment serves no public images (IMGSVC_PUBLIC_IMAGES=off)"
 
 
 def new_nonce() -> str:

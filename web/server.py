@@ -52,7 +52,12 @@ from aiohttp.web_request import BaseRequest
 
 from config.settings import WebSettings
 from pipeline.core import metrics
-from pipeline.core.errors import PermanentError, ServiceError, TooLarge, UploadTimeout
+from pipeline.core.errors import (
+    RequestTimeout,
+    ServiceError,
+    TooLarge,
+    TooManyClientRequests,
+)
 from web.clients import Proxies, client_address, counted_as
 from web.middlewares import error_document, error_response, refusal
 
@@ -71,21 +76,6 @@ LINGER_SECONDS = 2.0
 #: File descriptors kept out of the connection cap: AWS client pools, the embedded endpoint's own
 #: sockets, worker pipes, logs.
 RESERVED_DESCRIPTORS = 512
-
-
-class RequestTimeout(UploadTimeout):
-    """The client was too slow sending a request body; raised from the handler's next read."""
-
-    code = "request_timeout"
-    default_message = "the request body arrived too slowly"
-
-
-class TooManyClientRequests(PermanentError):
-    """A client behind a trusted proxy has its share of requests in progress already."""
-
-    code = "too_many_connections"
-    http_status = 429
-    default_message = "this client has too many requests in progress; finish some first"
 
 
 class Phase(enum.Enum):

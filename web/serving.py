@@ -25,6 +25,7 @@ from pipeline.core.errors import (
     MissingField,
     NotFound,
     RangeNotSatisfiable,
+    RenditionNotFound,
     ServiceError,
 )
 from pipeline.core.image_record import ImageRecord
@@ -56,10 +57,6 @@ async def image_ref(request: web.Request, image_id: str | None = None) -> tuple[
 
 #: The rendition name that stands for the original upload (signed links can point at it).
 ORIGINAL = "original"
-
-
-class RenditionNotFound(NotFound):
-    code = "rendition_not_found"
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.core.errors import InvalidField
+from pipeline.core.errors import InvalidField, PublicImagesDisabled
 from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord, UploadFacts
 from pipeline.core.records import KEEP_PUBLIC
 from pipeline.core.untrusted import ascii_int
 from web.keys import SETTINGS, UPLOAD_RATES
-from web.public import PublicImagesDisabled, new_nonce
+from web.public import new_nonce
 
 
 def parse_public(raw: object) -> bool | None:

@@ -41,11 +41,18 @@ from pipeline.core.errors import (
     ImageChanged,
     JobTimeout,
     NotAnImage,
-    PermanentError,
     ServiceError,
+    TooManyFailedVariants,
     TooManyFrames,
+    TooManyNewVariants,
+    TooManyPendingVariants,
     TooManyPixels,
-    TransientError,
+    TooManyVariants,
+    VariantCrashed,
+    VariantsBusy,
+    VariantTimeout,
+    VariantTooCostly,
+    VariantTooLarge,
     WorkerCrashed,
 )
 from pipeline.core.image_record import ImageRecord
@@ -56,7 +63,7 @@ from pipeline.core.quotas import Usage
 from pipeline.core.records import Counted, RecordStore, UsageRefused
 from pipeline.imaging.fair import FairQueue
 from pipeline.imaging.tasks import variant_of
-from pipeline.imaging.variants import TooManyVariants, VariantSpec, VariantTooCostly
+from pipeline.imaging.variants import VariantSpec
 from pipeline.imaging.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -69,38 +76,6 @@ FAILED_FOR = 600
 #: The smallest stored variant size `max_growth` refuses (a tiny original may have a larger
 #: variant: a 2 KB icon made 400 px wide).
 GROWTH_FLOOR = 256 * 1024
-
-
-class VariantsBusy(TransientError):
-    code = "variants_busy"
-    http_status = 503
-    default_message = "too many variants are being made right now; retry shortly"
-
-
-class VariantTimeout(TransientError):
-    code = "variant_timeout"
-    http_status = 503
-
-
-class TooManyNewVariants(PermanentError):
-    code = "too_many_new_variants"
-    http_status = 429
-    default_message = "too many new variants asked for in the last minute; retry later"
-
-
-class TooManyPendingVariants(PermanentError):
-    code = "too_many_pending_variants"
-    http_status = 429
-
-
-class TooManyFailedVariants(PermanentError):
-    code = "too_many_failed_variants"
-    http_status = 429
-
-
-class VariantTooLarge(PermanentError):
-    code = "variant_too_large"
-    http_status = 422
 
 
 @dataclass(frozen=True)
@@ -391,12 +366,6 @@ class VariantMaker:
             await asyncio.wait(pending, timeout=self._limits.timeout)
         if self._pool is not None and self._owns_pool:
             await asyncio.to_thread(self._pool.close)
-
-
-class VariantCrashed(VariantsBusy):
-    """The worker making the variant died (the image may be what killed it)."""
-
-    code = "variant_crashed"
 
 
 #: Failures that say something about the image or the request, not about this process: the

@@ -12,18 +12,13 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from pipeline.core.errors import BadRequest, InvalidField
+from pipeline.core.errors import HostNotAllowed, InvalidField
 from pipeline.core.image_record import ImageRecord
 from pipeline.imaging.variants import parse_variant
 from web import urls
 from web.keys import BACKEND, LINKS, PUBLIC, SETTINGS
 from web.links import version_of
 from web.public import base_of, extension
-
-
-class HostNotAllowed(BadRequest):
-    code = "host_not_allowed"
-
 
 #: How long a listing's thumbnail links work (capped by the link maximum): a gallery shows a
 #: thumbnail once, so the link only has to outlive the page load, with room for a slow network.

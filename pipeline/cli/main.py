@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     consumer = commands.add_parser("consumer", help="run the consumer pool until SIGINT/SIGTERM")
     consumer.add_argument("--burst", action="store_true", help="exit once the queue is drained")
     commands.add_parser("provision", help="create buckets, queues, DLQ and notifications (idempotent)")
+    commands.add_parser(
+        "doctor", help="check the deployment's wiring (or the data directory), one line a check"
+    )
     dlq = commands.add_parser("dlq", help="operate the dead-letter queue")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     listing = dlq_commands.add_parser("list", help="show dead-lettered messages with their reasons")
@@ -182,14 +185,39 @@ async def run_consumer(settings: Settings, burst: bool) -> int:
 
 
 async def run_provision(settings: Settings) -> int:
-    if settings.aws.data_dir is not None:  # opening a data directory provisions it
+    if settings.local.data_dir is not None:  # opening a data directory provisions it
         async with open_backend(settings):
-            print(json.dumps({"data_dir": str(settings.aws.data_dir)}))
+            print(json.dumps({"data_dir": str(settings.local.data_dir)}))
         return 0
     async with open_clients(settings.aws) as clients:
         result = await provision(clients, settings)
     print(json.dumps(result.__dict__))
     return 0
+
+
+async def run_doctor(settings: Settings) -> int:
+    """One line a check; exit 1 if any failed."""
+    if settings.local.data_dir is not None:
+        from pipeline.local.doctor import diagnose as diagnose_local
+
+        findings = diagnose_local(settings.local.data_dir, settings.local.min_free_bytes)
+    else:
+        from pipeline.aws.doctor import diagnose
+
+        async with open_clients(settings.aws) as clients:
+            findings = await diagnose(clients, settings)
+    for finding in findings:
+        print(finding.line())
+    failed = sum(not finding.ok for finding in findings)
+    print(
+        f"{len(findings) - failed} ok, {failed} failed"
+        + (
+            ": `python -m pipeline provision` fixes what it made"
+            if failed and settings.local.data_dir is None
+            else ""
+        )
+    )
+    return 1 if failed else 0
 
 
 async def run_dlq(settings: Settings, args: argparse.Namespace) -> int:
@@ -294,13 +322,13 @@ async def run_gc(settings: Settings, args: argparse.Namespace) -> int:
 def run_backup(settings: Settings, out: Path) -> int:
     """Backups are the local backend's: on AWS, S3 versioning and DynamoDB's point-in-time
     recovery keep the history (docs/operations.md)."""
-    if settings.aws.data_dir is None:
+    if settings.local.data_dir is None:
         print("error: backup needs the data directory to back up: --data-dir DIR", file=sys.stderr)
         return 2
     from pipeline.local.backup import BackupError, backup
 
     try:
-        report = backup(settings.aws.data_dir, out)
+        report = backup(settings.local.data_dir, out)
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -399,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             main_coroutine = run_consumer(settings, args.burst)
         elif args.command == "provision":
             main_coroutine = run_provision(settings)
+        elif args.command == "doctor":
+            main_coroutine = run_doctor(settings)
         elif args.command == "users":
             main_coroutine = run_users(settings, args)
         elif args.command == "upload":

@@ -14,18 +14,12 @@ from typing import Literal
 from urllib.parse import quote
 
 from pipeline.consumer.jobs import JobRunner
-from pipeline.core.errors import PermanentError, ServiceError, SourceMissing, TransientError
+from pipeline.core.errors import PermanentError, ServiceError, SourceMissing, TransientError, UnexpectedError
 from pipeline.core.events import parse_message
 from pipeline.core.ports import Message
 
 log = logging.getLogger(__name__)
 Action = Literal["ack", "dead_letter", "retry"]
-
-
-class UnexpectedError(TransientError):
-    """A bug, not a known failure: retried like a transient error, so it can never lose a message."""
-
-    code = "unexpected_error"
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ async def seed_demo_once(tables: TableSet, settings: Settings) -> None:
     """Seed the demo users into a durable backend that has no users yet; leave one that has."""
     users = await Accounts(tables).users()
     if users:
-        log.info("keeping the %d users and their keys of %s", len(users), settings.aws.data_dir)
+        log.info("keeping the %d users and their keys of %s", len(users), settings.local.data_dir)
         return
     await seed_demo_users(tables, settings)
 

@@ -1,7 +1,8 @@
-"""The service's exception hierarchy.
+"""The service's exception hierarchy: every error class with a code, in this one module.
 
 Every failure the service knows about is one of these, with a stable `code` for clients and
-the DLQ, and an HTTP status for the web tier. The consumer decides retry or DLQ from the branch
+the DLQ, and an HTTP status for the web tier (docs/api.md lists every code; tests/test_docs.py
+checks it does). The consumer decides retry or DLQ from the branch
 (`TransientError` or `PermanentError`) alone; the web middleware maps `http_status` to a response.
 """
 
@@ -338,3 +339,150 @@ class WorkerCrashed(TransientError):
 class JobTimeout(TransientError):
     code = "job_timeout"
     default_message = "processing took longer than allowed"
+
+
+# The refusals and failures of particular parts: the consumer, variants, webhooks, records,
+# public images, idempotency keys, uploads and the HTTP server.
+
+
+class UnexpectedError(TransientError):
+    """A bug, not a known failure: retried like a transient error, so it can never lose a message."""
+
+    code = "unexpected_error"
+
+
+class TooManyVariants(PermanentError):
+    code = "too_many_variants"
+    http_status = 422
+
+
+class VariantTooCostly(PermanentError):
+    """The variant would take a worker longer than `IMGSVC_VARIANT_MAX_COST` allows."""
+
+    code = "variant_too_costly"
+    http_status = 422
+
+
+class WebhookAddressRefused(PermanentError):
+    """The webhook's host name resolves only to private addresses (`PrivateAddress`)."""
+
+    code = "private_address"
+    http_status = 422
+
+
+class RecordConflict(TransientError):
+    """The record kept changing under a writer: retried later like any transient failure."""
+
+    code = "record_conflict"
+    default_message = "the image record kept changing; try again"
+
+
+class ImageNotPublic(PermanentError):
+    code = "image_not_public"
+    http_status = 409
+    default_message = 'the image is private: make it public first (PATCH {"public": true})'
+
+
+class PublicImagesDisabled(PermanentError):
+    code = "public_images_disabled"
+    http_status = 403
+    default_message = "this deployment serves no public images (IMGSVC_PUBLIC_IMAGES=off)"
+
+
+class IdempotencyKeyInUse(PermanentError):
+    code = "idempotency_key_in_use"
+    http_status = 409
+    default_message = "a request with this Idempotency-Key is still in progress; retry when it has ended"
+
+
+class IdempotencyKeyReused(PermanentError):
+    code = "idempotency_key_reused"
+    http_status = 422
+    default_message = "this Idempotency-Key was used for a different request (another route or other bytes)"
+
+
+class InvalidIdempotencyKey(BadRequest):
+    code = "invalid_idempotency_key"
+    default_message = "Idempotency-Key must be 1 to 255 printable ASCII characters without spaces"
+
+
+class RenditionNotFound(NotFound):
+    code = "rendition_not_found"
+
+
+class TooManyUploads(PermanentError):
+    code = "too_many_uploads"
+    http_status = 429
+    default_message = "this user has too many uploads in progress; wait for one to finish"
+
+
+class UploadsBusy(TransientError):
+    code = "uploads_busy"
+    default_message = "the server has no room for another upload right now; retry shortly"
+
+
+class VariantTooLarge(PermanentError):
+    code = "variant_too_large"
+    http_status = 422
+
+
+class TooManyFailedVariants(PermanentError):
+    code = "too_many_failed_variants"
+    http_status = 429
+
+
+class TooManyPendingVariants(PermanentError):
+    code = "too_many_pending_variants"
+    http_status = 429
+
+
+class TooManyNewVariants(PermanentError):
+    code = "too_many_new_variants"
+    http_status = 429
+    default_message = "too many new variants asked for in the last minute; retry later"
+
+
+class VariantTimeout(TransientError):
+    code = "variant_timeout"
+    http_status = 503
+
+
+class VariantsBusy(TransientError):
+    code = "variants_busy"
+    http_status = 503
+    default_message = "too many variants are being made right now; retry shortly"
+
+
+class HostNotAllowed(BadRequest):
+    code = "host_not_allowed"
+
+
+class TooManyClientRequests(PermanentError):
+    """A client behind a trusted proxy has its share of requests in progress already."""
+
+    code = "too_many_connections"
+    http_status = 429
+    default_message = "this client has too many requests in progress; finish some first"
+
+
+class RequestTimeout(UploadTimeout):
+    """The client was too slow sending a request body; raised from the handler's next read."""
+
+    code = "request_timeout"
+    default_message = "the request body arrived too slowly"
+
+
+class NoSuchPublicImage(NotFound):
+    code = "not_found"
+    default_message = "no public image here: it is private, was replaced or deleted, or never was"
+
+
+class FileNotInInput(NotFound):
+    code = "file_not_found"
+    default_message = "no such file in the input folder"
+
+
+class VariantCrashed(VariantsBusy):
+    """The worker making the variant died (the image may be what killed it)."""
+
+    code = "variant_crashed"

@@ -26,7 +26,7 @@ from pipeline.core import reservations
 from pipeline.core.changes import Changes
 from pipeline.core.cursors import decode_cursor, encode_cursor
 from pipeline.core.digests import DigestNotes
-from pipeline.core.errors import ServiceError, TransientError
+from pipeline.core.errors import RecordConflict, ServiceError
 from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord, UploadFacts, counted_for_another
 from pipeline.core.items import (
     Add,
@@ -93,13 +93,6 @@ class Counted(enum.Enum):
     COUNTED = "counted"
     PRESENT = "present"  # counted before (a duplicate made elsewhere): not counted again
     CHANGED = "changed"  # the record is of another original by now (replaced, or deleted)
-
-
-class RecordConflict(TransientError):
-    """The record kept changing under a writer: retried later like any transient failure."""
-
-    code = "record_conflict"
-    default_message = "the image record kept changing; try again"
 
 
 #: The quota conditions on the owner's counters for a change of (bytes, images), or None.

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from config.settings import VARIANT_CROPS, VARIANT_FITS, VariantSettings
-from pipeline.core.errors import InvalidField, PermanentError
+from pipeline.core.errors import InvalidField, VariantTooCostly
 from pipeline.core.untrusted import ascii_int
 
 FITS = VARIANT_FITS
@@ -34,18 +34,6 @@ _LINK_NAME = re.compile(
 )
 _EXTENSIONS = {"jpg": "jpeg", "webp": "webp", "avif": "avif", "png": "png", "auto": "auto"}
 _SPELLINGS = {"center": "centre", "jpg": "jpeg"}
-
-
-class TooManyVariants(PermanentError):
-    code = "too_many_variants"
-    http_status = 422
-
-
-class VariantTooCostly(PermanentError):
-    """The variant would take a worker longer than `IMGSVC_VARIANT_MAX_COST` allows."""
-
-    code = "variant_too_costly"
-    http_status = 422
 
 
 #: How far `upscale` may enlarge an original, at most (each side).

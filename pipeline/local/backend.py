@@ -24,15 +24,15 @@ DATABASE_NAME = "state.db"
 
 @asynccontextmanager
 async def open_local(settings: Settings, *, sweep: bool = False) -> AsyncIterator[Backend]:
-    """Every piece of state under `settings.aws.data_dir`, provisioned (idempotently) on open.
+    """Every piece of state under `settings.local.data_dir`, provisioned (idempotently) on open.
 
     `sweep` also removes blobs a crash left unnamed: a walk of every stored file, so only the
     serving process and `reconcile` ask for it, not every short command.
     """
-    root = settings.aws.data_dir
+    root = settings.local.data_dir
     assert root is not None
     await asyncio.to_thread(prepare, root)  # `DataDirError`: the entry points print it, exit 2
-    space = Space(root, settings.aws.min_free_bytes)
+    space = Space(root, settings.local.min_free_bytes)
     db = Database(root / DATABASE_NAME)
     db.on_full = space.release
     await db.open()

@@ -34,7 +34,7 @@ import aiohttp
 
 from config.settings import WebhookSettings
 from pipeline.core import timing
-from pipeline.core.errors import PermanentError, UnknownUser
+from pipeline.core.errors import UnknownUser, WebhookAddressRefused
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.items import ConditionFailed, Item, Present, Remove, Set, SetDefault
 from pipeline.core.ports import ItemTable
@@ -239,13 +239,6 @@ async def post(
             return f"{type(exc).__name__}: {exc}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return f"{type(exc).__name__}: {exc}"
-
-
-class WebhookAddressRefused(PermanentError):
-    """The webhook's host name resolves only to private addresses (`PrivateAddress`)."""
-
-    code = "private_address"
-    http_status = 422
 
 
 @asynccontextmanager

@@ -31,13 +31,18 @@ import aiohttp
 from config.settings import WebhookSettings
 from pipeline.core import metrics, timing
 from pipeline.core.dlq import dead_letter_attributes
-from pipeline.core.errors import InvalidWebhookUrl, PoisonMessage, ServiceError, TransientError
+from pipeline.core.errors import (
+    InvalidWebhookUrl,
+    PoisonMessage,
+    ServiceError,
+    TransientError,
+    WebhookAddressRefused,
+)
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.polling import Room, poll, release
 from pipeline.core.ports import MAX_DELAY_SECONDS, Message, MessageQueue
 from pipeline.core.topology import lease_seconds
 from pipeline.webhooks.delivery import (
-    WebhookAddressRefused,
     WebhookStore,
     backoff,
     event_for,

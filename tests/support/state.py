@@ -87,7 +87,7 @@ async def stored_nothing(settings: Settings) -> None:
         queued = await ports.main.receive(10, 0)
         events = [parse_message(message.body) for message in queued]
         assert all(event.test_event for event in events), events
-    if settings.aws.data_dir is None:
+    if settings.local.data_dir is None:
         async with open_clients(settings.aws) as clients:
             uploads = await clients.s3.list_multipart_uploads(Bucket=settings.aws.source_bucket)
             assert uploads.get("Uploads", []) == []

@@ -9,9 +9,10 @@ from pipeline.core.errors import (
     ImageNotFound,
     InvalidField,
     NotFound,
+    RenditionNotFound,
 )
 from web.keys import SETTINGS
-from web.serving import VARY, RenditionNotFound, best_for, image_ref, locate, serve_object
+from web.serving import VARY, best_for, image_ref, locate, serve_object
 
 
 async def download_image(request: web.Request) -> web.StreamResponse:

@@ -11,10 +11,10 @@ from multidict import MultiDict
 from pipeline.core.errors import (
     ImageChanged,
     ImageNotFound,
+    ImageNotPublic,
     InvalidField,
     InvalidLink,
     NotFound,
-    PermanentError,
 )
 from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.core.untrusted import ascii_int
@@ -107,12 +107,6 @@ async def _public_link(request: web.Request, user_id: str, ref: ImageRef) -> web
     if name not in urls:
         raise InvalidField(f"public URLs are for {', '.join(urls)}")
     return web.json_response({"url": urls[name], "rendition": name, "public": True})
-
-
-class ImageNotPublic(PermanentError):
-    code = "image_not_public"
-    http_status = 409
-    default_message = 'the image is private: make it public first (PATCH {"public": true})'
 
 
 def _link_answer(url: str, expires: int, **what: str) -> web.Response:

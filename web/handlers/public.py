@@ -14,7 +14,14 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from pipeline.core.errors import ImageNotFound, InvalidField, NotFound, ServiceError
+from pipeline.core.errors import (
+    ImageNotFound,
+    InvalidField,
+    NoSuchPublicImage,
+    NotFound,
+    PublicImagesDisabled,
+    ServiceError,
+)
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef
 from pipeline.imaging.variants import best_format, parse_link_name, preset_variant
@@ -22,14 +29,9 @@ from web.bodies import json_object
 from web.keys import PUBLIC, RECORDS, SETTINGS
 from web.links import version_of
 from web.middlewares import refusal
-from web.public import IMMUTABLE, PublicImagesDisabled, extension, new_nonce
+from web.public import IMMUTABLE, extension, new_nonce
 from web.serving import CACHE_CONTROL, DISPOSITION, image_ref, serve_object, serve_variant
 from web.views import describe
-
-
-class NoSuchPublicImage(NotFound):
-    code = "not_found"
-    default_message = "no public image here: it is private, was replaced or deleted, or never was"
 
 
 async def patch_image(request: web.Request) -> web.Response:

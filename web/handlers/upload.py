@@ -17,7 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.core.errors import InvalidField, MissingField, NotFound, TooLarge, UploadModeDisabled
+from pipeline.core.errors import (
+    FileNotInInput,
+    InvalidField,
+    MissingField,
+    TooLarge,
+    UploadModeDisabled,
+)
 from pipeline.core.image_record import ImageRecord, UploadFacts
 from pipeline.core.layout import ImageRef, valid_image_id
 from pipeline.core.untrusted import utf8_text
@@ -34,11 +40,6 @@ CHUNK = 256 * 1024
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: The SHA-256 of the bytes an upload stored (an idempotent upload saves it with its answer).
 _SHA256 = web.RequestKey("uploaded_sha256", str)
-
-
-class FileNotInInput(NotFound):
-    code = "file_not_found"
-    default_message = "no such file in the input folder"
 
 
 async def compat_upload(request: web.Request) -> web.Response:

@@ -1,0 +1,203 @@
+"""Check a deployment's wiring on AWS against the topology (`pipeline.core.topology`): what
+`provision` or the CloudFormation template should have made, read back the way the service
+relies on it. Each check is one finding; a check the credentials may not make is a finding
+too (AccessDenied names the action), so the permissions are tried by the checks themselves,
+all of them reads, plus one write and delete of a probe object in the thumbnail bucket.
+
+Read-only otherwise: it changes nothing it finds wrong (`python -m pipeline provision` does).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from config.settings import Settings
+from pipeline.aws.clients import AwsClients, error_code
+from pipeline.core.findings import Finding
+from pipeline.core.topology import QueueSpec, TableSpec, topology
+
+#: Clock skew past which a warning is due; SigV4 refuses requests at 15 minutes.
+SKEW_SECONDS = 60
+#: Where the probe object goes (the thumbnail bucket: the source bucket would start a job).
+PROBE_PREFIX = "_doctor/"
+
+
+class _Problem(Exception):
+    """A check failed; the message says what was found."""
+
+
+async def diagnose(clients: AwsClients, settings: Settings) -> list[Finding]:
+    """Every check, in the order a deployment is built: buckets, queues, wiring, tables, clock."""
+    plan = topology(settings)
+    arns: dict[str, str] = {}
+    findings: list[Finding] = []
+
+    async def check(name: str, step: Callable[[], Awaitable[str]]) -> None:
+        try:
+            findings.append(Finding(name, True, await step()))
+        except _Problem as exc:
+            findings.append(Finding(name, False, str(exc)))
+        except ClientError as exc:
+            operation = exc.operation_name
+            findings.append(Finding(name, False, f"{error_code(exc)} on {operation}: {_message(exc)}"))
+        except BotoCoreError as exc:
+            findings.append(Finding(name, False, f"no answer: {exc}"))
+
+    for bucket in (plan.source_bucket, plan.dest_bucket):
+        await check(f"bucket {bucket}", functools.partial(_bucket, clients, bucket))
+    for spec in plan.queues:
+        await check(f"queue {spec.name}", functools.partial(_queue, clients, spec, arns))
+    await check(
+        "bucket notification", lambda: _notification(clients, plan.source_bucket, plan.notified_queue, arns)
+    )
+    await check("queue policy", lambda: _queue_policy(clients, plan.source_bucket, plan.notified_queue))
+    if "presigned" in settings.web.upload_modes:
+        await check("CORS for presigned uploads", lambda: _cors(clients, plan.source_bucket))
+    for table in plan.tables:
+        name = settings.aws.table(table.name)
+        await check(f"table {name}", functools.partial(_table, clients, name, table))
+    await check("write to the thumbnail bucket", lambda: _probe(clients, plan.dest_bucket))
+    await check("clock", lambda: _clock(clients, plan.dest_bucket))
+    return findings
+
+
+async def _bucket(clients: AwsClients, bucket: str) -> str:
+    await clients.s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    return "exists and can be listed"
+
+
+async def _queue(clients: AwsClients, spec: QueueSpec, arns: dict[str, str]) -> str:
+    url = (await clients.sqs.get_queue_url(QueueName=spec.name))["QueueUrl"]
+    attributes = (await clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]))["Attributes"]
+    arns[spec.name] = attributes["QueueArn"]
+    if spec.dead_letter is None:
+        return "exists"
+    raw = attributes.get("RedrivePolicy")
+    if not raw:
+        raise _Problem(f"no redrive policy: failed messages would never reach {spec.dead_letter}")
+    redrive = json.loads(raw)
+    target = str(redrive.get("deadLetterTargetArn", ""))
+    if target.rsplit(":", 1)[-1] != spec.dead_letter:
+        raise _Problem(f"redrives to {target or 'nothing'}, not {spec.dead_letter}")
+    receives = int(redrive.get("maxReceiveCount", 0))
+    wanted = spec.max_receive_count or 0
+    if receives < wanted:
+        raise _Problem(
+            f"maxReceiveCount {receives} is under {wanted}: SQS would dead-letter a message before "
+            "the consumer's own attempts are spent"
+        )
+    return f"redrives to {spec.dead_letter} after {receives} receives"
+
+
+async def _notification(clients: AwsClients, bucket: str, queue: str, arns: dict[str, str]) -> str:
+    config = await clients.s3.get_bucket_notification_configuration(Bucket=bucket)
+    for entry in config.get("QueueConfigurations", []):
+        created = any(
+            event in ("s3:ObjectCreated:*", "s3:ObjectCreated:Put") for event in entry.get("Events", [])
+        )
+        if created and str(entry.get("QueueArn", "")).rsplit(":", 1)[-1] == queue:
+            return f"ObjectCreated events of {bucket} go to {queue}"
+    known = arns.get(queue, queue)
+    raise _Problem(f"{bucket} sends no ObjectCreated events to {known}: uploads would never be processed")
+
+
+async def _queue_policy(clients: AwsClients, bucket: str, queue: str) -> str:
+    url = (await clients.sqs.get_queue_url(QueueName=queue))["QueueUrl"]
+    answer = await clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])
+    attributes = answer.get("Attributes", {})  # none at all when the queue has no policy
+    if not attributes.get("Policy"):
+        raise _Problem(f"{queue} has no policy: S3 may not send it {bucket}'s events")
+    for statement in _statements(json.loads(attributes["Policy"])):
+        actions = statement.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        principal = json.dumps(statement.get("Principal", ""))
+        if (
+            statement.get("Effect") == "Allow"
+            and any(a in ("sqs:SendMessage", "sqs:*", "*") for a in actions)
+            and ("s3.amazonaws.com" in principal or principal == '"*"')
+            and _allows_source(statement.get("Condition", {}), f"arn:aws:s3:::{bucket}")
+        ):
+            return f"S3 may send {bucket}'s events to {queue}"
+    raise _Problem(f"no statement of {queue}'s policy lets s3.amazonaws.com send {bucket}'s events")
+
+
+def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    found = policy.get("Statement", [])
+    return [found] if isinstance(found, dict) else list(found)
+
+
+def _allows_source(condition: dict[str, Any], bucket_arn: str) -> bool:
+    """No condition, or one naming this bucket as the source."""
+    if not condition:
+        return True
+    for test in ("ArnLike", "ArnEquals", "StringEquals", "StringLike"):
+        named = condition.get(test, {}).get("aws:SourceArn")
+        if named is not None:
+            names = [named] if isinstance(named, str) else named
+            return any(
+                name == bucket_arn or (name.endswith("*") and bucket_arn.startswith(name[:-1]))
+                for name in names
+            )
+    return True
+
+
+async def _cors(clients: AwsClients, bucket: str) -> str:
+    try:
+        rules = (await clients.s3.get_bucket_cors(Bucket=bucket))["CORSRules"]
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchCORSConfiguration":
+            raise
+        rules = []
+    if any("PUT" in rule.get("AllowedMethods", []) for rule in rules):
+        return f"browsers may PUT presigned uploads into {bucket}"
+    raise _Problem(f"{bucket} has no CORS rule allowing PUT: browsers cannot use presigned uploads")
+
+
+async def _table(clients: AwsClients, name: str, spec: TableSpec) -> str:
+    described = (await clients.dynamodb.describe_table(TableName=name))["Table"]
+    key = [k["AttributeName"] for k in described["KeySchema"]]
+    if key != list(spec.key):
+        raise _Problem(f"key {key}, not {list(spec.key)}")
+    indexes = {index["IndexName"] for index in described.get("GlobalSecondaryIndexes", [])}
+    if missing := sorted(set(spec.indexes) - indexes):
+        raise _Problem(f"index {', '.join(missing)} missing")
+    if spec.ttl_attribute:
+        ttl = (await clients.dynamodb.describe_time_to_live(TableName=name))["TimeToLiveDescription"]
+        if (
+            ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING")
+            or ttl.get("AttributeName") != spec.ttl_attribute
+        ):
+            raise _Problem(f"TTL is not on {spec.ttl_attribute}: expired items would be kept for ever")
+    return "key, indexes" + (" and TTL" if spec.ttl_attribute else "") + " as the code expects"
+
+
+async def _probe(clients: AwsClients, bucket: str) -> str:
+    key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+    await clients.s3.put_object(Bucket=bucket, Key=key, Body=b"")
+    await clients.s3.delete_object(Bucket=bucket, Key=key)
+    return f"put and delete in {bucket} allowed"
+
+
+async def _clock(clients: AwsClients, bucket: str) -> str:
+    answer = await clients.s3.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    stamp = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if not stamp:
+        return "the endpoint sends no Date header: not checked"
+    skew = time.time() - parsedate_to_datetime(stamp).timestamp()
+    if abs(skew) > SKEW_SECONDS:
+        raise _Problem(
+            f"this clock is {skew:+.0f} s from AWS's: signed requests fail past 15 minutes (run NTP)"
+        )
+    return f"within {SKEW_SECONDS} s of AWS's ({skew:+.1f} s)"
+
+
+def _message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", exc))

@@ -1,0 +1,137 @@
+"""`python -m pipeline doctor`: a provisioned deployment checks out, and each fault injected into
+it (moto), or into a data directory, is the one finding that fails, saying what is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from pipeline.aws.clients import AwsClients, open_clients
+from pipeline.aws.doctor import diagnose
+from pipeline.aws.provision import provision
+from pipeline.core.findings import Finding
+from pipeline.local.doctor import diagnose as diagnose_local
+from tests.support.settings import env_for, local_settings
+
+
+def failed(findings: list[Finding]) -> dict[str, str]:
+    return {finding.check: finding.detail for finding in findings if not finding.ok}
+
+
+async def _queue_url(clients: AwsClients, name: str) -> str:
+    return str((await clients.sqs.get_queue_url(QueueName=name))["QueueUrl"])
+
+
+async def no_notification(clients: AwsClients, settings: Settings) -> None:
+    await clients.s3.put_bucket_notification_configuration(
+        Bucket=settings.aws.source_bucket, NotificationConfiguration={}
+    )
+
+
+async def redrive_too_soon(clients: AwsClients, settings: Settings) -> None:
+    dlq = await _queue_url(clients, settings.aws.dlq_name)
+    arn = (await clients.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"]))["Attributes"]
+    policy = {"deadLetterTargetArn": arn["QueueArn"], "maxReceiveCount": 1}
+    queue = await _queue_url(clients, settings.aws.queue_name)
+    kept = (await clients.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["Policy"]))["Attributes"]
+    # Given again: moto drops a queue's policy when other attributes are set without it.
+    await clients.sqs.set_queue_attributes(
+        QueueUrl=queue, Attributes={"RedrivePolicy": json.dumps(policy), "Policy": kept["Policy"]}
+    )
+
+
+async def policy_for_another_bucket(clients: AwsClients, settings: Settings) -> None:
+    statement = {
+        "Effect": "Allow",
+        "Principal": {"Service": "s3.amazonaws.com"},
+        "Action": "sqs:SendMessage",
+        "Resource": "*",
+        "Condition": {"ArnLike": {"aws:SourceArn": "arn:aws:s3:::someone-else"}},
+    }
+    await clients.sqs.set_queue_attributes(
+        QueueUrl=await _queue_url(clients, settings.aws.queue_name),
+        Attributes={"Policy": json.dumps({"Version": "2012-10-17", "Statement": [statement]})},
+    )
+
+
+async def no_cors(clients: AwsClients, settings: Settings) -> None:
+    await clients.s3.delete_bucket_cors(Bucket=settings.aws.source_bucket)
+
+
+async def no_ttl(clients: AwsClients, settings: Settings) -> None:
+    await clients.dynamodb.update_time_to_live(
+        TableName=settings.aws.table("images"),
+        TimeToLiveSpecification={"Enabled": False, "AttributeName": "purge_at"},
+    )
+
+
+async def no_table(clients: AwsClients, settings: Settings) -> None:
+    await clients.dynamodb.delete_table(TableName=settings.aws.table("keys"))
+
+
+async def no_dlq(clients: AwsClients, settings: Settings) -> None:
+    await clients.sqs.delete_queue(QueueUrl=await _queue_url(clients, settings.aws.outbox_dlq_name))
+
+
+Fault = Callable[[AwsClients, Settings], Awaitable[None]]
+FAULTS: list[tuple[Fault, str, str]] = [
+    (no_notification, "bucket notification", "sends no ObjectCreated events"),
+    (redrive_too_soon, "queue events-", "maxReceiveCount 1 is under 5"),
+    (policy_for_another_bucket, "queue policy", "lets s3.amazonaws.com send"),
+    (no_cors, "CORS for presigned uploads", "no CORS rule allowing PUT"),
+    (no_ttl, "table t-", "TTL is not on purge_at"),
+    (no_table, "table t-", "ResourceNotFoundException on DescribeTable"),
+    (no_dlq, "queue hooks-dlq-", "on GetQueueUrl"),
+]
+
+
+@pytest.mark.parametrize(("fault", "check", "says"), FAULTS, ids=[f[0].__name__ for f in FAULTS])
+async def test_each_fault_is_the_one_finding_that_fails(
+    moto_endpoint: str, fault: Fault, check: str, says: str
+) -> None:
+    settings = Settings.from_env(env_for(moto_endpoint, IMGSVC_UPLOAD_MODES="api,presigned"))
+    async with open_clients(settings.aws) as clients:
+        await provision(clients, settings)
+        before = await diagnose(clients, settings)
+        assert failed(before) == {}, failed(before)
+        assert len(before) == 2 + 4 + 3 + 6 + 2  # buckets, queues, wiring and CORS, tables, probe, clock
+        await fault(clients, settings)
+        after = failed(await diagnose(clients, settings))
+    assert len(after) == 1, after
+    ((name, detail),) = after.items()
+    assert name.startswith(check) and says in detail, (name, detail)
+
+
+def test_a_data_directory_checks_out_and_its_faults_are_named(tmp_path: Path) -> None:
+    import asyncio
+
+    from pipeline.local.backend import open_local
+
+    settings = local_settings(tmp_path / "data")
+
+    async def make() -> None:
+        async with open_local(settings):
+            pass
+
+    asyncio.run(make())
+    root = tmp_path / "data"
+    assert failed(diagnose_local(root, settings.local.min_free_bytes)) == {}
+    os.chmod(root / "state.db", 0o644)
+    wide = failed(diagnose_local(root, settings.local.min_free_bytes))
+    assert set(wide) == {"file modes", "database"} and "state.db" in wide["file modes"], wide
+    os.chmod(root / "state.db", 0o600)
+    assert set(failed(diagnose_local(root, 2**50))) == {"free disk"}
+    conn = sqlite3.connect(root / "state.db")
+    conn.execute("PRAGMA user_version = 99")
+    conn.commit()
+    conn.close()
+    found: dict[str, Any] = failed(diagnose_local(root, settings.local.min_free_bytes))
+    assert set(found) == {"schema"} and "this release's is 1" in found["schema"]
+    assert set(failed(diagnose_local(tmp_path / "nowhere", 0))) == {"data directory"}
