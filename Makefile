@@ -45,8 +45,8 @@ test: $(STAMP) browser nginx wrk
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # Units, contracts, handlers and the consumer on the local backend: no moto, no service processes,
-# no browser (under a minute on two cores). Six workers: most of these tests wait on timers.
-FAST := -n 6 --dist worksteal -p no:schemathesis -m "not (moto or e2e or slow or browser or cluster or schemathesis or nginx)"
+# no browser (under a minute on two cores). Five workers: most of these tests wait on timers.
+FAST := -n 5 --dist worksteal -p no:schemathesis --hypothesis-profile=fast -m "not (moto or e2e or slow or browser or cluster or schemathesis or nginx)"
 test-fast: $(FAST_STAMP)
 	$(PY) -m pytest $(FAST)
 

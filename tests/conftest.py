@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -28,6 +29,10 @@ from tests.support.settings import USER, env_for, local_settings, on_local
 from tests.webhook_receiver import Receiver, serving
 from web.app import create_app
 from web.keys import PROVISIONED, VARIANT_POOL
+
+# `make test-fast` (the inner loop) tries fewer examples of each property; `make test` and CI the
+# default hundred.
+hypothesis.settings.register_profile("fast", max_examples=30)
 
 # moto keeps every test's buckets, queues and tables in this process: with the default thresholds
 # the collector re-scans that growing heap so often that it took a fifth of the suite's time
@@ -103,7 +108,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that need the session's moto server are marked `moto` (`make test-fast` leaves them out)."""
     for item in items:
         names = getattr(item, "fixturenames", ())
-        if "moto_endpoint" in names or ("make_settings" in names and not on_local(item)):
+        callspec = getattr(item, "callspec", None)
+        on_aws = callspec is not None and callspec.params.get("backend") == "aws"  # also when indirect
+        if "moto_endpoint" in names or on_aws or ("make_settings" in names and not on_local(item)):
             item.add_marker(pytest.mark.moto)
 
 
