@@ -86,9 +86,6 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 bench-install: $(STAMP)
-
-# The service's packages only, for a machine that runs it (config/image-service.service).
-install-runtime: $(RUNTIME)
 	$(PIP) -e '.[dev,bench]'
 
 # thumbor, for scripts/bench_peers.py, in a virtualenv of its own (its pins are not ours).

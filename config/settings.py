@@ -243,6 +243,9 @@ class WebSettings:
     #: no client's connections, deadlines or caps reach it. Loopback by default; 0 picks a port.
     admin_host: Annotated[str, Var()] = "127.0.0.1"
     admin_port: Annotated[int, Var(0, 65535)] = 8081
+    #: How often the API works out its readiness for the admin listener (each time: a HEAD of each
+    #: bucket, the queue's attributes, a read of the images table).
+    readiness_seconds: Annotated[float, Var(0.1, 3600)] = 2.0
     part_size: Annotated[int, Var(5 * 1024 * 1024, 5 * 1024**3, name="UPLOAD_PART_SIZE")] = 8 * 1024 * 1024
     #: Connections this process holds at once. Past it, an idle or half-sent connection is
     #: closed to make room, else the new one is refused with 503: file descriptors stay free

@@ -85,6 +85,11 @@ def test_restore_goes_only_into_a_new_or_empty_directory_and_refuses_a_damaged_b
         restore(tmp_path / "b", tmp_path / "busy")
     with pytest.raises(BackupError, match="not an empty directory"):
         backup(data, tmp_path / "busy")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["backup.json", "objects", "state.db"]
+    (tmp_path / "b" / "state.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(BackupError, match="cannot be read"):
+        restore(tmp_path / "b", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
     (tmp_path / "b" / "backup.json").write_text("{")
     with pytest.raises(BackupError, match="is not a backup"):
         restore(tmp_path / "b", tmp_path / "new")

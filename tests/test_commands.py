@@ -182,7 +182,7 @@ def test_a_data_directory_is_backed_up_and_restored(cli: Cli, data: Path, tmp_pa
     assert main(["backup", str(tmp_path / "c")]) == 2  # no data directory: nothing to back up
 
 
-def test_doctor_reports_one_line_a_check(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_doctor_reports_one_line_a_check(cli: Cli, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli("users", "list")[0] == 0  # the directory made
     code, out, _ = cli("doctor")
     lines = out.strip().splitlines()
@@ -191,3 +191,8 @@ def test_doctor_reports_one_line_a_check(cli: Cli, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("IMGSVC_MIN_FREE_BYTES", str(2**50))
     code, out, _ = cli("doctor")
     assert code == 1 and "FAIL  free disk:" in out and out.strip().endswith("ok, 1 failed"), out
+    monkeypatch.delenv("IMGSVC_MIN_FREE_BYTES")
+    (data / "state.db").chmod(0o644)  # seen as it is: the doctor narrows nothing
+    code, out, _ = cli("doctor")
+    assert code == 1 and "FAIL  file modes: readable by others:" in out, out
+    assert (data / "state.db").stat().st_mode & 0o777 == 0o644

@@ -135,3 +135,53 @@ def test_a_data_directory_checks_out_and_its_faults_are_named(tmp_path: Path) ->
     found: dict[str, Any] = failed(diagnose_local(root, settings.local.min_free_bytes))
     assert set(found) == {"schema"} and "this release's is 1" in found["schema"]
     assert set(failed(diagnose_local(tmp_path / "nowhere", 0))) == {"data directory"}
+
+
+S3, SNS = "s3.amazonaws.com", "sns.amazonaws.com"
+
+
+@pytest.mark.parametrize(
+    ("statement", "allowed"),
+    [
+        ({"Effect": "Allow", "Principal": {"Service": S3}, "Action": "sqs:SendMessage"}, True),
+        ({"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "SQS:SendMessage"}, True),
+        ({"Effect": "Allow", "Principal": "*", "Action": ["sqs:Send*"]}, True),
+        ({"Effect": "Allow", "Principal": "*", "Action": "sqs:*",
+          "Condition": {"ArnLike": {"aws:SourceArn": "arn:aws:s3:::src-*"}}}, True),
+        ({"Effect": "Allow", "Principal": "*", "Action": "sqs:*",
+          "Condition": {"ArnLike": {"aws:SourceArn": "arn:aws:s3:::other"}}}, False),
+        ({"Effect": "Deny", "Principal": "*", "Action": "sqs:SendMessage"}, False),
+        ({"Effect": "Allow", "Principal": {"Service": SNS}, "Action": "sqs:SendMessage"}, False),
+        ({"Effect": "Allow", "Principal": "*", "Action": "sqs:ReceiveMessage"}, False),
+    ],
+)  # fmt: skip
+def test_a_queue_policy_is_read_as_iam_reads_it(statement: dict[str, Any], allowed: bool) -> None:
+    from pipeline.aws.doctor import _allows_source, _any_matches, _s3_may_call
+
+    verdict = (
+        statement["Effect"] == "Allow"
+        and _any_matches(statement["Action"], "sqs:SendMessage")
+        and _s3_may_call(statement["Principal"])
+        and _allows_source(statement.get("Condition", {}), "arn:aws:s3:::src-1")
+    )
+    assert verdict is allowed
+
+
+async def test_a_notification_of_puts_alone_misses_multipart_uploads(moto_endpoint: str) -> None:
+    settings = Settings.from_env(env_for(moto_endpoint))
+    async with open_clients(settings.aws) as clients:
+        await provision(clients, settings)
+        url = await _queue_url(clients, settings.aws.queue_name)
+        arn = (await clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))[
+            "Attributes"
+        ]
+
+        async def notify(*events: str) -> dict[str, str]:
+            queues = [{"QueueArn": arn["QueueArn"], "Events": list(events)}]
+            await clients.s3.put_bucket_notification_configuration(
+                Bucket=settings.aws.source_bucket, NotificationConfiguration={"QueueConfigurations": queues}
+            )
+            return failed(await diagnose(clients, settings))
+
+        assert "only s3:ObjectCreated:Put" in (await notify("s3:ObjectCreated:Put"))["bucket notification"]
+        assert await notify("s3:ObjectCreated:Put", "s3:ObjectCreated:CompleteMultipartUpload") == {}

@@ -29,6 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from web.handlers import health
+from web.keys import SETTINGS
 from web.middlewares import error_document, error_response
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 75.0
 #: How often the API's loop beats, and works out readiness (s).
 HEARTBEAT_SECONDS = 0.5
-READINESS_SECONDS = 2.0
 #: A heartbeat or readiness older than this means the API's loop is stuck (s).
 STALE_SECONDS = 10.0
 #: How long one readiness check may take before it counts as not ready (s).
@@ -53,9 +53,12 @@ class _Readiness:
 class Published:
     """What the API's loop tells the admin thread: plain values, swapped whole (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, readiness_seconds: float = 2.0) -> None:
         self.heartbeat = time.monotonic()
         self.readiness: _Readiness | None = None
+        self._every = readiness_seconds
+        #: Readiness older than this means the loop is stuck: a few rounds missed, at least.
+        self._stale = max(STALE_SECONDS, 2 * readiness_seconds + READINESS_TIMEOUT)
 
     async def publish(self, api: web.Application) -> None:
         """Forever, on the API's loop: beat, and work readiness out, so probes never wait for it.
@@ -79,7 +82,7 @@ class Published:
             except TimeoutError:
                 body = error_document("not_ready", f"dependencies did not answer in {READINESS_TIMEOUT:g}s")
                 self.readiness = _Readiness(503, json.dumps(body).encode(), time.monotonic())
-            await asyncio.sleep(READINESS_SECONDS)
+            await asyncio.sleep(self._every)
 
     def live(self) -> web.Response:
         age = time.monotonic() - self.heartbeat
@@ -92,7 +95,7 @@ class Published:
         if known is None:
             return error_response(503, "not_ready", "readiness has not been worked out yet")
         age = time.monotonic() - known.at
-        if age > STALE_SECONDS:
+        if age > self._stale:
             message = f"readiness was last worked out {age:.0f}s ago: the event loop is stuck"
             return error_response(503, "not_ready", message)
         return web.Response(status=known.status, body=known.body, content_type="application/json")
@@ -168,7 +171,7 @@ async def serving_admin(
 ) -> AsyncIterator[AdminListener]:
     """The admin listener of `api` (on `sock` where a supervisor bound it), and the task on
     `api`'s loop that keeps it informed."""
-    published = Published()
+    published = Published(api[SETTINGS].web.readiness_seconds)
     publishing = asyncio.create_task(published.publish(api), name="admin-publisher")
     listener = AdminListener(published, host, port, sock)
     try:

@@ -9,6 +9,7 @@ Read-only otherwise: it changes nothing it finds wrong (`python -m pipeline prov
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
 import time
@@ -26,6 +27,8 @@ from pipeline.core.topology import QueueSpec, TableSpec, topology
 
 #: Clock skew past which a warning is due; SigV4 refuses requests at 15 minutes.
 SKEW_SECONDS = 60
+#: The events an upload ends with: a PUT, or a completed multipart upload (large files).
+UPLOAD_EVENTS = {"s3:ObjectCreated:Put", "s3:ObjectCreated:CompleteMultipartUpload"}
 #: Where the probe object goes (the thumbnail bucket: the source bucket would start a job).
 PROBE_PREFIX = "_doctor/"
 
@@ -50,6 +53,8 @@ async def diagnose(clients: AwsClients, settings: Settings) -> list[Finding]:
             findings.append(Finding(name, False, f"{error_code(exc)} on {operation}: {_message(exc)}"))
         except BotoCoreError as exc:
             findings.append(Finding(name, False, f"no answer: {exc}"))
+        except Exception as exc:  # an answer of a shape not foreseen: this check's finding, not a crash
+            findings.append(Finding(name, False, f"could not be checked: {type(exc).__name__}: {exc}"))
 
     for bucket in (plan.source_bucket, plan.dest_bucket):
         await check(f"bucket {bucket}", functools.partial(_bucket, clients, bucket))
@@ -99,12 +104,18 @@ async def _queue(clients: AwsClients, spec: QueueSpec, arns: dict[str, str]) -> 
 
 async def _notification(clients: AwsClients, bucket: str, queue: str, arns: dict[str, str]) -> str:
     config = await clients.s3.get_bucket_notification_configuration(Bucket=bucket)
+    events: set[str] = set()
     for entry in config.get("QueueConfigurations", []):
-        created = any(
-            event in ("s3:ObjectCreated:*", "s3:ObjectCreated:Put") for event in entry.get("Events", [])
+        if str(entry.get("QueueArn", "")).rsplit(":", 1)[-1] == queue:
+            events.update(entry.get("Events", []))
+    # Uploads end as a PUT or, for large ones, a completed multipart upload: both must be sent.
+    if "s3:ObjectCreated:*" in events or events >= UPLOAD_EVENTS:
+        return f"ObjectCreated events of {bucket} go to {queue}"
+    if events:
+        raise _Problem(
+            f"{bucket} sends {queue} only {', '.join(sorted(events))}: uploads finished another way "
+            "would never be processed (send s3:ObjectCreated:*)"
         )
-        if created and str(entry.get("QueueArn", "")).rsplit(":", 1)[-1] == queue:
-            return f"ObjectCreated events of {bucket} go to {queue}"
     known = arns.get(queue, queue)
     raise _Problem(f"{bucket} sends no ObjectCreated events to {known}: uploads would never be processed")
 
@@ -116,13 +127,10 @@ async def _queue_policy(clients: AwsClients, bucket: str, queue: str) -> str:
     if not attributes.get("Policy"):
         raise _Problem(f"{queue} has no policy: S3 may not send it {bucket}'s events")
     for statement in _statements(json.loads(attributes["Policy"])):
-        actions = statement.get("Action", [])
-        actions = [actions] if isinstance(actions, str) else actions
-        principal = json.dumps(statement.get("Principal", ""))
         if (
             statement.get("Effect") == "Allow"
-            and any(a in ("sqs:SendMessage", "sqs:*", "*") for a in actions)
-            and ("s3.amazonaws.com" in principal or principal == '"*"')
+            and _any_matches(statement.get("Action", []), "sqs:SendMessage")
+            and _s3_may_call(statement.get("Principal", {}))
             and _allows_source(statement.get("Condition", {}), f"arn:aws:s3:::{bucket}")
         ):
             return f"S3 may send {bucket}'s events to {queue}"
@@ -134,18 +142,36 @@ def _statements(policy: dict[str, Any]) -> list[dict[str, Any]]:
     return [found] if isinstance(found, dict) else list(found)
 
 
-def _allows_source(condition: dict[str, Any], bucket_arn: str) -> bool:
-    """No condition, or one naming this bucket as the source."""
-    if not condition:
+def _listed(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in value or []]
+
+
+def _any_matches(patterns: Any, name: str, *, case: bool = False) -> bool:
+    """IAM's matching: `*` and `?` wildcards; action names are case-insensitive, ARNs are not."""
+    if case:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in _listed(patterns))
+    return any(fnmatch.fnmatchcase(name.lower(), pattern.lower()) for pattern in _listed(patterns))
+
+
+def _s3_may_call(principal: Any) -> bool:
+    """`*`, `{"AWS": "*"}` or the S3 service."""
+    if principal == "*":
         return True
+    if not isinstance(principal, dict):
+        return False
+    services = _listed(principal.get("Service", []))
+    return "*" in _listed(principal.get("AWS", [])) or "s3.amazonaws.com" in services
+
+
+def _allows_source(condition: Any, bucket_arn: str) -> bool:
+    """No condition on the source, or one naming this bucket (wildcards allowed)."""
+    if not isinstance(condition, dict):
+        return False
     for test in ("ArnLike", "ArnEquals", "StringEquals", "StringLike"):
-        named = condition.get(test, {}).get("aws:SourceArn")
+        block = condition.get(test, {})
+        named = block.get("aws:SourceArn", block.get("aws:sourcearn")) if isinstance(block, dict) else None
         if named is not None:
-            names = [named] if isinstance(named, str) else named
-            return any(
-                name == bucket_arn or (name.endswith("*") and bucket_arn.startswith(name[:-1]))
-                for name in names
-            )
+            return _any_matches(named, bucket_arn, case=True)
     return True
 
 

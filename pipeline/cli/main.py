@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    if args.command != "upload" and (problem := data_dir_problem(settings)):
+    # `doctor` looks at the directory as it is: preparing it would create it and narrow its modes.
+    if args.command not in ("upload", "doctor") and (problem := data_dir_problem(settings)):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.command == "backup":  # files and SQLite, in this thread: no backend is opened

@@ -57,6 +57,13 @@ class BackupReport:
 
 def backup(root: Path, out: Path) -> BackupReport:
     """Back up the data directory `root` (which may be serving) into `out`, new or empty."""
+    try:
+        return _backup(root, out)
+    except sqlite3.Error as exc:
+        raise BackupError(f"{root / DATABASE} cannot be backed up: {exc}") from None
+
+
+def _backup(root: Path, out: Path) -> BackupReport:
     source_db = root / DATABASE
     if not source_db.is_file():
         raise BackupError(f"{root} holds no {DATABASE}: not a data directory")
@@ -66,6 +73,8 @@ def backup(root: Path, out: Path) -> BackupReport:
     _snapshot(source_db, out / DATABASE)  # 2. one consistent moment
     snapshot = sqlite3.connect(out / DATABASE, isolation_level=None)
     try:
+        # One file, no -wal or -shm beside it: a backup opens read-only, from read-only media too.
+        snapshot.execute("PRAGMA journal_mode = DELETE")
         named = {str(row[0]) for row in snapshot.execute("SELECT DISTINCT blob FROM objects")}
         gone = []
         for name in sorted(named - early):  # 3. what arrived since step 1
@@ -91,7 +100,15 @@ def backup(root: Path, out: Path) -> BackupReport:
 
 
 def restore(backup_dir: Path, root: Path) -> BackupReport:
-    """Restore the backup `backup_dir` into `root`, a directory that is new or empty."""
+    """Restore the backup `backup_dir` into `root`, a directory that is new or empty; a restore
+    that fails part way leaves `root` empty again."""
+    try:
+        return _restore(backup_dir, root)
+    except sqlite3.Error as exc:
+        raise BackupError(f"{backup_dir / DATABASE} cannot be read: {exc}") from None
+
+
+def _restore(backup_dir: Path, root: Path) -> BackupReport:
     try:
         report = BackupReport(**json.loads((backup_dir / MANIFEST).read_text()))
     except (OSError, ValueError, TypeError) as exc:
@@ -102,11 +119,16 @@ def restore(backup_dir: Path, root: Path) -> BackupReport:
         raise BackupError(str(exc)) from None
     _check(backup_dir / DATABASE, backup_dir / BLOBS)
     _new_or_empty(root)
-    _copy_tree(backup_dir / BLOBS, root / BLOBS)
-    for name in (DATABASE, *EXTRA_FILES):
-        if (backup_dir / name).is_file():
-            _copy(backup_dir / name, root / name)
-    _check(root / DATABASE, root / BLOBS)
+    try:
+        _copy_tree(backup_dir / BLOBS, root / BLOBS)
+        for name in (DATABASE, *EXTRA_FILES):
+            if (backup_dir / name).is_file():
+                _copy(backup_dir / name, root / name)
+        _check(root / DATABASE, root / BLOBS)
+    except BaseException:
+        for child in root.iterdir():  # it was new or empty: nothing of anyone else's is in it
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        raise
     return report
 
 

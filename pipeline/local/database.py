@@ -7,7 +7,7 @@ transaction anyway). Writes take the write lock up front (`BEGIN IMMEDIATE`), so
 sharing the directory wait for each other (`busy_timeout`) instead of failing on upgrade.
 
 The schema carries a version (`PRAGMA user_version`): a database of an older version is brought
-up to this one at open (`MIGRATIONS`, each step in one transaction), and one of a newer version
+up to this one at open (`MIGRATIONS`, all steps in one transaction), and one of a newer version
 (made by a later release) is refused with one line (`check_schema`), never half-read.
 
 `synchronous=FULL` makes a commit durable across power loss, not only across `kill -9`
@@ -119,8 +119,18 @@ def check_schema(path: Path) -> None:
 
 
 def migrate(conn: sqlite3.Connection, path: Path) -> int:
-    """Create the schema, or bring it up to `SCHEMA_VERSION` a step at a time; the version it was."""
-    conn.execute("BEGIN IMMEDIATE")  # two processes opening an old database: one migrates
+    """Create the schema, or bring it up to `SCHEMA_VERSION` a step at a time; the version it was.
+
+    A database already at this version is only read (no lock taken: an open must not wait for
+    another process's long write). Otherwise the write lock is taken, the version read again
+    (another process may have migrated meanwhile), and every step applied in that one
+    transaction: a failed migration leaves the database as it was."""
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found == SCHEMA_VERSION:
+        return found
+    if found > SCHEMA_VERSION:
+        raise _newer(path, found)
+    conn.execute("BEGIN IMMEDIATE")
     try:
         found = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if found > SCHEMA_VERSION:

@@ -1,5 +1,6 @@
 """Check a data directory: who may read it, room on its disk, and its database (schema version,
-integrity). Read-only: `python -m web --data-dir` narrows wide modes itself at start."""
+integrity). It changes nothing (`python -m web --data-dir` narrows wide modes itself at start);
+the database is opened read-only, which SQLite allows only beside its -wal and -shm files."""
 
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ def _modes(root: Path) -> Finding:
     for folder, dirs, files in os.walk(root):
         for name, limit in [*((d, DIR_MODE) for d in dirs), *((f, FILE_MODE) for f in files)]:
             path = Path(folder) / name
-            if stat.S_IMODE(path.lstat().st_mode) & ~limit:
+            try:
+                mode = stat.S_IMODE(path.lstat().st_mode)
+            except FileNotFoundError:  # a temporary file or a deleted blob of a serving directory
+                continue
+            if mode & ~limit:
                 wide.append(path)
         if len(wide) > 5:
             break
