@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=GRACE_SECONDS,
         help=f"abort uploads begun this many seconds ago and never completed (default {GRACE_SECONDS})",
     )
+    moving_out = commands.add_parser(
+        "migrate", help="copy a data directory's users, records and images into the configured AWS"
+    )
+    moving_out.add_argument(
+        "--from-data-dir", type=Path, required=True, metavar="DIR", help="the data directory to copy"
+    )
     saving = commands.add_parser(
         "backup", help="back up a data directory, even while it serves, into a new directory"
     )
@@ -319,6 +325,30 @@ async def run_gc(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_migrate(settings: Settings, from_dir: Path) -> int:
+    """From a data directory into the AWS the environment names (provisioned already)."""
+    if settings.local.data_dir is not None:
+        print(
+            "error: migrate copies --from-data-dir into AWS: the target cannot be a data directory",
+            file=sys.stderr,
+        )
+        return 2
+    if not (from_dir / "state.db").is_file():
+        print(f"error: {from_dir} is not a data directory (no state.db)", file=sys.stderr)
+        return 2
+    environ = {k: v for k, v in os.environ.items() if k != "IMGSVC_MODE"}
+    source_settings = Settings.from_env({**environ, "IMGSVC_DATA_DIR": str(from_dir)})
+    if problem := data_dir_problem(source_settings):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from pipeline.cli.migrate import migrate
+
+    async with open_backend(source_settings) as source, open_backend(settings) as target:
+        report = await migrate(source, target, settings)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
 def run_backup(settings: Settings, out: Path) -> int:
     """Backups are the local backend's: on AWS, S3 versioning and DynamoDB's point-in-time
     recovery keep the history (docs/operations.md)."""
@@ -430,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
             main_coroutine = run_provision(settings)
         elif args.command == "doctor":
             main_coroutine = run_doctor(settings)
+        elif args.command == "migrate":
+            main_coroutine = run_migrate(settings, args.from_data_dir)
         elif args.command == "users":
             main_coroutine = run_users(settings, args)
         elif args.command == "upload":
