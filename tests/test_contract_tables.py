@@ -233,7 +233,9 @@ async def test_point_reads_run_on_the_loop_and_fall_back_to_the_thread(tmp_path:
         assert threads == [threading.get_ident()]
         # A reader whose statements fail (OperationalError, as a busy one's would): one on an
         # empty database, where the table is missing.
-        db._readers.reader = _Reader(sqlite3.connect(tmp_path / "empty.db", isolation_level=None))
+        failing = sqlite3.connect(tmp_path / "empty.db", isolation_level=None)
+        db._reader_conns.append(failing)  # closed with the database's own readers
+        db._readers.reader = _Reader(failing)
         assert await db.lookup(read) == '{"name": "k", "value": 1}'
         assert len(threads) == 3 and threads[2] != threading.get_ident()
         assert await tables.config.get({"name": "k"}) == {"name": "k", "value": 1}
