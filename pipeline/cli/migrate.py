@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 from config.settings import Settings
 from pipeline.core.ports import Backend, ItemTable
+from pipeline.core.topology import SPECS
 
 log = logging.getLogger(__name__)
 #: Largest object copied, beyond the largest upload: renditions and variants of it are smaller.
@@ -39,10 +40,9 @@ class MigrationReport:
 async def migrate(source: Backend, target: Backend, settings: Settings) -> MigrationReport:
     """Copy `source` (a data directory) into `target` (AWS); see the module's docstring."""
     report = MigrationReport()
-    names = ("users", "keys", "images", "throttle", "config", "requests")
-    for name in names:
-        from_table: ItemTable = getattr(source.tables, name)
-        to_table: ItemTable = getattr(target.tables, name)
+    for spec in SPECS:  # every table the service has: a new one is copied too
+        from_table: ItemTable = getattr(source.tables, spec.name)
+        to_table: ItemTable = getattr(target.tables, spec.name)
         for item in await from_table.scan_all():
             await to_table.put(item)
             report.items += 1

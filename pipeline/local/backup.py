@@ -29,10 +29,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipeline.local.backend import DATABASE_NAME
 from pipeline.local.database import SchemaError, check_schema
 from pipeline.local.files import DIR_MODE, FILE_MODE
 
-DATABASE = "state.db"
+DATABASE = DATABASE_NAME
 BLOBS = Path("objects") / "blobs"
 MANIFEST = "backup.json"
 #: Files beside the database that a backup carries when they exist.
