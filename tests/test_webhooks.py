@@ -417,9 +417,13 @@ async def test_a_receiver_that_hangs_never_holds_up_the_consumer(
 
     async with consumer_on(settings) as consumer:
         stats = await asyncio.wait_for(consumer.run(), 30)
-        # Every message is done and acknowledged while all three POSTs are still unanswered.
+        # Every message is done and acknowledged while no POST has been answered; all three then
+        # reach the receiver and hang there, with the consumer done.
         assert stats.outcomes["ready"] == 3 and stats.outcomes.keys() <= {"ready", "test_event"}
-        assert receiver.waiting == 3
+        assert receiver.answers == []
+        async with asyncio.timeout(10):
+            while receiver.waiting < 3:
+                await asyncio.sleep(0.02)
         listed = await (await api.get("/images")).json()
         assert {i["status"] for i in listed["images"]} == {"ready"}
         receiver.hold.set()  # now the shutdown drain delivers them

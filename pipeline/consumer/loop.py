@@ -127,6 +127,9 @@ class Consumer:
 
     async def _receive_loop(self) -> None:
         stop_wait = asyncio.ensure_future(self._stopping.wait())
+        # Long polls, except in burst mode, whose polls are brief unless all it has left to wait
+        # for is out of view: it then drains a queue and exits without waiting out a long poll.
+        long_poll = not self._burst
         try:
             while not self._stopping.is_set():
                 # Slots other receivers asked SQS for count as taken: the bound holds across receivers.
@@ -144,7 +147,8 @@ class Consumer:
                 want = self._cfg.batch_size if scanning else min(free, self._cfg.batch_size)
                 self._reserved += want
                 try:
-                    messages = await self._receive(want, stop_wait, self._poll_seconds())
+                    wait_seconds = self._cfg.wait_time_seconds if long_poll else 0
+                    messages = await self._receive(want, stop_wait, wait_seconds)
                     for message in messages or ():
                         self._start(message)
                 finally:
@@ -152,19 +156,21 @@ class Consumer:
                     self._room.freed()  # unused reservations are free slots for the others
                 if messages is None:
                     break
+                long_poll = not self._burst
                 if messages:
                     self._drained_checks = 0
                 elif self._burst and await self._queue_drained():
                     self._drained_checks += 1
                     if self._drained_checks >= DRAINED_CHECKS:
                         self.stop()
+                elif self._burst and self._in_flight:
+                    # Wait for a job to end (retries come back into view after a long poll's time
+                    # at most), then poll briefly: its exit never waits out a long poll.
+                    await self._room.wait(stop_wait, timeout=self._cfg.wait_time_seconds)
+                elif self._burst:
+                    long_poll = True  # what is left is out of view: backing off, or another reader's
         finally:
             stop_wait.cancel()
-
-    def _poll_seconds(self) -> int:
-        """A long poll, except a burst consumer that has read the queue drained once confirms with
-        a short one: waiting the whole poll again only delayed its exit."""
-        return 0 if self._burst and self._drained_checks else self._cfg.wait_time_seconds
 
     async def _receive(
         self, count: int, stop_wait: asyncio.Future[Any], wait_seconds: int
@@ -179,6 +185,8 @@ class Consumer:
         enough to stop on, so burst mode wants `DRAINED_CHECKS` in a row, each after an empty poll."""
         if self._in_flight:
             return False
+        # A message whose delete is still queued reads as in flight.
+        await self._deletes.join()
         try:
             depth = await self._queue.depth()
         except TransientError:
@@ -366,6 +374,7 @@ class Consumer:
             item = await self._deletes.get()
             if item is None:
                 closing = True
+                self._deletes.task_done()
                 continue
             if not closing:
                 await asyncio.sleep(self._cfg.delete_flush_seconds)  # let a fuller batch gather
@@ -374,9 +383,14 @@ class Consumer:
                 more = self._deletes.get_nowait()
                 if more is None:
                     closing = True
+                    self._deletes.task_done()
                 else:
                     batch.append(more)
-            await self._delete_batch(batch)
+            try:
+                await self._delete_batch(batch)  # what failed is queued again first
+            finally:
+                for _ in batch:
+                    self._deletes.task_done()
 
     async def _delete_batch(self, batch: list[_Ack]) -> None:
         """Delete a batch; entries it reports as failed are retried, the others are done."""

@@ -28,11 +28,12 @@ class Room:
     def freed(self) -> None:
         self._freed.set()
 
-    async def wait(self, stop_wait: asyncio.Future[Any]) -> None:
+    async def wait(self, stop_wait: asyncio.Future[Any], timeout: float | None = None) -> None:
+        """Until a slot is freed after this call, the loop is told to stop, or `timeout`."""
         self._freed.clear()
         freed = asyncio.ensure_future(self._freed.wait())
         try:
-            await asyncio.wait({stop_wait, freed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stop_wait, freed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             freed.cancel()
 
