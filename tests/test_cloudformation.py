@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from config.settings import Settings, WebhookSettings
 from pipeline.aws.clients import open_clients
 from pipeline.aws.provision import provision
 from pipeline.core.topology import SPECS, lease_seconds, topology
-from tests.support.settings import ROOT, env_for
-
-TEMPLATE = ROOT / "config" / "cloudformation.yaml"
+from tests.support.settings import env_for
+from tests.support.stacks import TEMPLATE, cloudformation, deploy
 
 
 def template_of() -> dict[str, Any]:
@@ -128,35 +124,9 @@ def test_template_queues_and_buckets_are_the_topology() -> None:
 @pytest.mark.filterwarnings("ignore:Tried to parse AWS.*QueuePolicy:UserWarning")
 async def test_template_deploys_and_provision_agrees(moto_endpoint: str) -> None:
     """Deploy the stack into the moto server, then `provision` the same names: nothing to add."""
-    env = env_for(moto_endpoint)
-    settings = Settings.from_env(env)
+    settings = Settings.from_env(env_for(moto_endpoint))
     aws = settings.aws
-    cfn = boto3.client(
-        "cloudformation",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
-    parameters = {
-        "SourceBucketName": aws.source_bucket,
-        "ThumbnailBucketName": aws.dest_bucket,
-        "QueueName": aws.queue_name,
-        "DeadLetterQueueName": aws.dlq_name,
-        "OutboxName": aws.outbox_name,
-        "OutboxDeadLetterQueueName": aws.outbox_dlq_name,
-        "TablePrefix": aws.table_prefix,
-    }
-    name = f"imgsvc-{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(
-        cfn.create_stack,
-        StackName=name,
-        TemplateBody=TEMPLATE.read_text(),
-        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
-        Capabilities=["CAPABILITY_IAM"],
-    )
-    stack = (await asyncio.to_thread(cfn.describe_stacks, StackName=name))["Stacks"][0]
-    assert stack["StackStatus"] == "CREATE_COMPLETE", stack
+    await deploy(moto_endpoint, settings)
     async with open_clients(aws) as clients:
         for spec in SPECS:
             described = (await clients.dynamodb.describe_table(TableName=aws.table(spec.name)))["Table"]
@@ -171,3 +141,79 @@ async def test_template_deploys_and_provision_agrees(moto_endpoint: str) -> None
         )
         provisioned = await provision(clients, settings)  # on top of the stack: idempotent
         assert provisioned.queue_url == queue_url
+
+
+@pytest.mark.filterwarnings("ignore:Tried to parse:UserWarning")
+async def test_the_api_and_the_consumer_deploy_as_services_behind_a_load_balancer(moto_endpoint: str) -> None:
+    """With an image: an ECS cluster running the API (behind the load balancer, whose health check
+    is the admin listener's readiness) and the consumer; each task runs under its own role. (moto's
+    CloudFormation skips the autoscaling resources and CloudFront, with a warning each.)"""
+    settings = Settings.from_env(env_for(moto_endpoint))
+    ec2 = cloudformation(moto_endpoint, "ec2")
+    vpc = ec2.describe_vpcs()["Vpcs"][0]
+    subnets = ",".join(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:2])
+    acm = cloudformation(moto_endpoint, "acm")
+    certificate = acm.request_certificate(DomainName="images.example.com")["CertificateArn"]
+    made = await deploy(
+        moto_endpoint,
+        settings,
+        ApiImage="registry.example/image-service:1",
+        ConsumerMode="ecs",
+        VpcId=vpc["VpcId"],
+        PublicSubnetIds=subnets,
+        TaskSubnetIds=subnets,
+        CertificateArn=certificate,
+    )
+    ecs, elb = cloudformation(moto_endpoint, "ecs"), cloudformation(moto_endpoint, "elbv2")
+    # moto lists some of the stack's resources without their logical ids: found by their cluster.
+    arns = ecs.list_services(cluster=made["Cluster"])["serviceArns"]
+    services = ecs.describe_services(cluster=made["Cluster"], services=arns)["services"]
+    tasks = {}
+    for service in services:
+        task = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
+        tasks[task["family"].rsplit("-", 1)[1]] = (service, task)
+    (_, api_task), (_, consumer_task) = tasks["api"], tasks["consumer"]
+    template = resources()  # moto keeps neither launch type, compatibilities nor network mode
+    for name in ("ApiTaskDefinition", "ConsumerTaskDefinition"):
+        props = template[name]["Properties"]
+        assert (props["RequiresCompatibilities"], props["NetworkMode"]) == (["FARGATE"], "awsvpc")
+    assert template["ApiService"]["Properties"]["LoadBalancers"][0]["ContainerPort"] == 8080
+    assert "LoadBalancers" not in template["ConsumerService"]["Properties"]
+    assert api_task["containerDefinitions"][0]["command"][:3] == ["python", "-m", "web"]
+    assert consumer_task["containerDefinitions"][0]["command"] == ["python", "-m", "pipeline", "consumer"]
+    roles = {
+        name: template[name]["Properties"]["TaskRoleArn"]
+        for name in ("ApiTaskDefinition", "ConsumerTaskDefinition")
+    }
+    assert roles == {
+        "ApiTaskDefinition": {"Fn::GetAtt": ["ApiTaskRole", "Arn"]},
+        "ConsumerTaskDefinition": {"Fn::GetAtt": ["ConsumerRole", "Arn"]},
+    }
+    (group,) = elb.describe_target_groups(TargetGroupArns=[made["ApiTargetGroup"]])["TargetGroups"]
+    assert (group["HealthCheckPort"], group["HealthCheckPath"]) == ("8081", "/health/ready")
+    listeners = elb.describe_listeners(LoadBalancerArn=made["LoadBalancer"])["Listeners"]
+    by_port = {listener["Port"]: listener for listener in listeners}
+    assert by_port[443]["Protocol"] == "HTTPS" and by_port[443]["Certificates"]
+    assert by_port[80]["DefaultActions"][0]["Type"] == "redirect"
+
+
+def test_the_cdn_caches_public_urls_by_path_and_accept_only_where_negotiated() -> None:
+    """docs/delivery.md's rules, as CloudFront behaviours (moto has no CloudFront to deploy to)."""
+    r = resources()
+    config = r["DeliveryDistribution"]["Properties"]["DistributionConfig"]
+    behaviours = [(b["PathPattern"], b["CachePolicyId"]["Ref"]) for b in config["CacheBehaviors"]]
+    assert behaviours == [("/p/*.auto", "NegotiatedCachePolicy"), ("/p/*", "DeliveryCachePolicy")]
+
+    def keyed_on(policy: str) -> tuple[Any, Any, Any]:
+        params = r[policy]["Properties"]["CachePolicyConfig"]["ParametersInCacheKeyAndForwardedToOrigin"]
+        return (
+            params["HeadersConfig"].get("Headers"),
+            params["QueryStringsConfig"]["QueryStringBehavior"],
+            params["CookiesConfig"]["CookieBehavior"],
+        )
+
+    assert keyed_on("NegotiatedCachePolicy") == (["Accept"], "all", "none")
+    assert keyed_on("DeliveryCachePolicy") == (None, "all", "none")
+    default = config["DefaultCacheBehavior"]
+    assert default["CachePolicyId"] == "4135ea2d-6df8-44a3-9df3-4b5a84be39ad"  # Managed-CachingDisabled
+    assert "OriginShield" in config["Origins"][0]

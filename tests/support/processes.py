@@ -43,17 +43,19 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     aws = settings.aws
     assert aws.endpoint_url is not None
     return process_env(
-        AWS_ENDPOINT_URL=aws.endpoint_url,
-        IMGSVC_MODE="embedded",
-        IMGSVC_SOURCE_BUCKET=aws.source_bucket,
-        IMGSVC_DEST_BUCKET=aws.dest_bucket,
-        IMGSVC_QUEUE_NAME=aws.queue_name,
-        IMGSVC_DLQ_NAME=aws.dlq_name,
-        IMGSVC_OUTBOX_NAME=aws.outbox_name,
-        IMGSVC_OUTBOX_DLQ_NAME=aws.outbox_dlq_name,
-        IMGSVC_TABLE_PREFIX=aws.table_prefix,
-        IMGSVC_CONSUMER_VISIBILITY_TIMEOUT=str(settings.consumer.visibility_timeout),
-        **extra,
+        **{
+            "AWS_ENDPOINT_URL": aws.endpoint_url,
+            "IMGSVC_MODE": "embedded",
+            "IMGSVC_SOURCE_BUCKET": aws.source_bucket,
+            "IMGSVC_DEST_BUCKET": aws.dest_bucket,
+            "IMGSVC_QUEUE_NAME": aws.queue_name,
+            "IMGSVC_DLQ_NAME": aws.dlq_name,
+            "IMGSVC_OUTBOX_NAME": aws.outbox_name,
+            "IMGSVC_OUTBOX_DLQ_NAME": aws.outbox_dlq_name,
+            "IMGSVC_TABLE_PREFIX": aws.table_prefix,
+            "IMGSVC_CONSUMER_VISIBILITY_TIMEOUT": str(settings.consumer.visibility_timeout),
+        }
+        | extra
     )
 
 
