@@ -13,7 +13,7 @@ RUNTIME := $(VENV)/.runtime-stamp
 FAST_STAMP := $(VENV)/.fast-stamp
 STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test test-fast coverage browser nginx wrk lint format install install-runtime lock clean bench-install bench-peers-install
+.PHONY: run test test-fast coverage browser nginx wrk lint format install install-runtime lock clean bench-install bench-peers-install lambda-package
 
 $(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ test: $(STAMP) browser nginx wrk
 FAST := -n 5 --dist worksteal -p no:schemathesis --hypothesis-profile=fast -m "not (moto or e2e or slow or browser or cluster or schemathesis or nginx)"
 test-fast: $(FAST_STAMP)
 	$(PY) -m pytest $(FAST)
+
+# The Lambda function's deployment package (the template's LambdaCodeBucket/LambdaCodeKey).
+lambda-package: $(RUNTIME)
+	$(PY) scripts/lambda_package.py
 
 # test-fast, measuring the lines of pipeline/, web/ and config/ it runs (child processes included).
 coverage: $(STAMP)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import zipfile
+from pathlib import Path
 
 import pytest
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients
 from pipeline.consumer import lambda_handler
+from scripts import lambda_package
 from tests.support.consumers import sqs_event
 from tests.support.images import decode, jpeg_bytes
 from tests.support.processes import settings_env
@@ -72,3 +78,48 @@ async def test_handler_entry_point_reads_its_settings_from_the_environment(
         assert record is not None and record.state == "ready"
     finally:
         await asyncio.to_thread(lambda_handler.shutdown)
+
+
+def lambda_python() -> Path | None:
+    """An interpreter of the function's runtime (pyenv's, as on these machines and in CI)."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    found = sorted(root.glob(f"versions/{lambda_package.PYTHON}.*/bin/python{lambda_package.PYTHON}"))
+    return found[-1] if found else None
+
+
+@pytest.mark.slow
+async def test_the_deployment_package_runs_the_handler_on_its_own(
+    clients: AwsClients, settings: Settings, tmp_path: Path
+) -> None:
+    """`make lambda-package`'s zip, unpacked and run by the runtime's Python with nothing else on its
+    path (no site-packages, no checkout), turns a real SQS event into a ready image."""
+    python = lambda_python()
+    if python is None:
+        pytest.skip(f"no Python {lambda_package.PYTHON} here")
+    archive = tmp_path / "package.zip"
+    await asyncio.to_thread(lambda_package.build, archive)
+    unpacked = tmp_path / "task"
+    zipfile.ZipFile(archive).extractall(unpacked)
+    await clients.s3.put_object(Bucket=settings.aws.source_bucket, Key=f"{USER}/packaged", Body=GOOD)
+    event = await sqs_event(clients, settings, 1)
+    code = (
+        "import json, sys; sys.path[:0] = [sys.argv[1]];"
+        "from pipeline.consumer.lambda_handler import handler, shutdown;"
+        "print(json.dumps(handler(json.load(sys.stdin), None))); shutdown()"
+    )
+    env = settings_env(settings) | {"PATH": "/usr/bin:/bin"}
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [str(python), "-I", "-S", "-c", code, str(unpacked)],
+        input=json.dumps(event),
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"batchItemFailures": []}
+    record = await record_of(clients, settings, f"{USER}/packaged")
+    assert record is not None and record.state == "ready"
