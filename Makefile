@@ -13,7 +13,7 @@ RUNTIME := $(VENV)/.runtime-stamp
 FAST_STAMP := $(VENV)/.fast-stamp
 STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test test-fast coverage browser nginx wrk lint format install install-runtime lock clean bench-install bench-peers-install lambda-package
+.PHONY: run test test-fast coverage browser nginx wrk lint format install install-runtime lock clean bench-install bench-peers-install lambda-package podman container
 
 $(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,12 +41,12 @@ run: $(RUNTIME)
 # against 618 s with two, 2026-12-07); TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 4
 
-test: $(STAMP) browser nginx wrk
+test: $(STAMP) browser nginx wrk podman
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # Units, contracts, handlers and the consumer on the local backend: no moto, no service processes,
 # no browser (under a minute on two cores). Five workers: most of these tests wait on timers.
-FAST := -n 5 --dist worksteal -p no:schemathesis --hypothesis-profile=fast -m "not (moto or e2e or slow or browser or cluster or schemathesis or nginx)"
+FAST := -n 5 --dist worksteal -p no:schemathesis --hypothesis-profile=fast -m "not (moto or e2e or slow or browser or cluster or schemathesis or nginx or container)"
 test-fast: $(FAST_STAMP)
 	$(PY) -m pytest $(FAST)
 
@@ -72,6 +72,18 @@ nginx:
 		echo "installing Debian's nginx for the CDN test"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nginx-light >/dev/null; }
+
+# The container test builds and runs the image with Debian's podman (runc; debootstrap makes its
+# base, no registry being reachable here); install them when missing.
+podman:
+	@{ command -v podman && command -v debootstrap && command -v runc; } >/dev/null 2>&1 || { \
+		echo "installing Debian's podman, runc and debootstrap for the container test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq podman runc debootstrap >/dev/null; }
+
+# The container image, localhost/image-service:latest (docs/deploy.md).
+container: podman
+	python3 scripts/container.py
 
 # scripts/bench_delivery.py's test drives the service with Debian's wrk; install it when it is missing.
 wrk:

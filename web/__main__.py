@@ -169,7 +169,7 @@ def supervise(settings: Settings, *, seed_demo: bool) -> int:
         "IMGSVC_WORKERS": "1",
         "IMGSVC_RUN_CONSUMER": "false",
         "IMGSVC_MODE": settings.aws.mode,
-        SUPERVISED: "1",  # each child dies with the supervisor, even by SIGKILL (Linux)
+        SUPERVISED: str(os.getpid()),  # each child dies with the supervisor, even by SIGKILL (Linux)
     }
     env.pop("NOTIFY_SOCKET", None)  # systemd hears from the supervisor alone (NotifyAccess=main)
     if settings.local.data_dir is not None:
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.serve_fds:  # a worker of a supervisor: everything else is done already
-        die_with_parent()
+        die_with_parent(int(os.environ.get(SUPERVISED, os.getppid())))
         sockets = inherited(args.serve_fds)
         runtime.run(
             serve(settings, sockets=sockets), use_uvloop=settings.use_uvloop, debug=settings.loop_debug

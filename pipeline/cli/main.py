@@ -431,8 +431,8 @@ def _unreachable_embedded(settings: Settings) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if os.environ.get("_IMGSVC_SUPERVISED"):  # a consumer `python -m web --workers` started
-        die_with_parent()
+    if supervisor := os.environ.get("_IMGSVC_SUPERVISED"):  # a consumer `python -m web --workers` started
+        die_with_parent(int(supervisor))
     if args.command == "restore":  # into a directory no process uses yet: no settings, no backend
         return run_restore(args.backup, args.target)
     environ = dict(os.environ)

@@ -94,7 +94,7 @@ class WorkerPool:
             max_workers=self._workers,
             max_tasks=self._max_jobs,
             initializer=_init_worker,
-            initargs=(self._threads, self._prepare),
+            initargs=(self._threads, self._prepare, os.getpid()),
             context=multiprocessing.get_context("spawn"),
         )
 
@@ -259,20 +259,21 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _init_worker(threads: int, prepare: Callable[[], object] | None) -> None:
-    """Runs first in every worker: die with the parent, then set up the imaging libraries and
-    what the worker reads originals with (`Backend.prepare_reads`)."""
-    die_with_parent()
+def _init_worker(threads: int, prepare: Callable[[], object] | None, parent: int) -> None:
+    """Runs first in every worker: die with the parent (process `parent`), then set up the imaging
+    libraries and what the worker reads originals with (`Backend.prepare_reads`)."""
+    die_with_parent(parent)
     tasks.configure_worker(threads)
     if prepare is not None:
         prepare()
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies, even by SIGKILL.
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when its parent (process `parent`) dies, even by SIGKILL.
 
     Without it a killed consumer leaves its workers blocked forever on the task queue, holding
-    memory and the parent's stdout/stderr. Other systems keep the default behaviour.
+    memory and the parent's stdout/stderr. Other systems keep the default behaviour. The parent
+    is named, not assumed not to be process 1: in a container it is (tests/test_container.py).
     """
     if not sys.platform.startswith("linux"):
         return
@@ -282,7 +283,7 @@ def die_with_parent() -> None:
     except (OSError, AttributeError):  # pragma: no cover - exotic libc
         log.warning("cannot tie worker %d to its parent's life", os.getpid())
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect: we were re-parented
         os._exit(1)
 
 
