@@ -171,20 +171,21 @@ async def test_each_role_allows_what_its_process_calls_and_nothing_more(
             for action, resource in grants(policies)
             if not any(_covers(action, resource, c) for c in made)
         }
-        excused = set(NOT_EXERCISED[role])
-        assert unused - RACY.get(role, set()) <= excused, f"{role}: granted, never used: {unused - excused}"
-        assert excused <= unused | RACY.get(role, set()), (
-            f"{role}: used now, drop from NOT_EXERCISED: {excused - unused}"
-        )
+        excused = set(NOT_EXERCISED[role]) | RACY.get(role, set())
+        assert unused <= excused, f"{role}: granted, never used: {unused - excused}"
+        # A rare path may happen to be taken (a receiver slow under load): each must be granted.
+        granted = {f"{action} on {kind(resource)}" for action, resource in grants(policies)}
+        assert excused <= granted, f"{role}: not granted, drop from NOT_EXERCISED: {excused - granted}"
     seen = {c.operation for c in calls}
-    for operation, modules in operations_in_code().items():
+    in_code = operations_in_code()
+    for operation, modules in in_code.items():
         if operation.split(":")[1] in seen or modules <= OPERATOR_MODULES:
             continue
         assert operation in NOT_EXERCISED["code"].keys() | RACY["code"], (
             f"{operation} (in {sorted(modules)}): never seen nor explained"
         )
-    stale = {o for o in NOT_EXERCISED["code"] if o.split(":")[1] in seen}
-    assert not stale, f"seen now, drop from NOT_EXERCISED: {stale}"
+    stale = (NOT_EXERCISED["code"].keys() | RACY["code"]) - in_code.keys()
+    assert not stale, f"no longer in the code, drop from NOT_EXERCISED: {stale}"
 
 
 def kinds(settings: Settings) -> Callable[[str], str]:

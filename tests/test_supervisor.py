@@ -67,14 +67,17 @@ async def test_workers_share_a_port_and_a_dead_one_is_replaced(tmp_path: Path, b
 
             failures: list[int] = []
 
+            killed_at: list[float] = []
+
             async def load(seconds: float) -> int:
+                """Requests answered after the kill (each on a new connection)."""
                 answered, deadline = 0, time.monotonic() + seconds
                 async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as anyone:
                     while time.monotonic() < deadline:
                         try:
                             async with anyone.get(public) as r:
                                 await r.read()
-                                answered += r.status == 200
+                                answered += r.status == 200 and bool(killed_at)
                                 if r.status != 200:
                                     failures.append(r.status)
                         except aiohttp.ClientError:
@@ -85,9 +88,11 @@ async def test_workers_share_a_port_and_a_dead_one_is_replaced(tmp_path: Path, b
             await asyncio.sleep(1.0)
             first, second = workers_of(web.pid)
             os.kill(first, signal.SIGKILL)
+            killed_at.append(time.monotonic())
             answered = await running
-            # Only what the killed worker held at that moment can fail; new connections go on.
-            assert answered > 50 and len(failures) <= 2, failures
+            # Only what the killed worker held at that moment can fail; new connections go on
+            # (dozens a second here, a few under a loaded CI machine's two cores).
+            assert answered >= 10 and len(failures) <= 2, (answered, failures)
             async with asyncio.timeout(20):
                 while len(workers_of(web.pid)) < 2:
                     await asyncio.sleep(0.1)
