@@ -183,13 +183,19 @@ async def settle(web: Web, key: str, uploads: int, accepted: set[int], timeout: 
                 report.ready += 1
             else:
                 report.disagreeing.append(f"d{number}")
-        # Uploads the kill cut off may or may not have been stored; none may stay pending.
-        listing = await list_all(session)
-        report.left_pending += sorted(
-            i["image_id"]
-            for i in listing
-            if i["status"] == "pending" and i["image_id"] not in report.left_pending
-        )
+        # Uploads the kill cut off may or may not have been stored; none may stay pending. Their
+        # events may be leased by the dead process as well: they too get until `timeout`.
+        while True:
+            cut_off = sorted(
+                i["image_id"]
+                for i in await list_all(session)
+                if i["status"] == "pending" and i["image_id"] not in report.left_pending
+            )
+            if not cut_off or time.monotonic() - started >= timeout:
+                break
+            await asyncio.sleep(0.5)
+        report.left_pending += cut_off
+        report.seconds_to_settle = round(time.monotonic() - started, 1)
     return report
 
 

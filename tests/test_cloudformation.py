@@ -14,7 +14,7 @@ from pipeline.aws.clients import open_clients
 from pipeline.aws.provision import provision
 from pipeline.core.topology import SPECS, lease_seconds, topology
 from tests.support.settings import env_for
-from tests.support.stacks import TEMPLATE, cloudformation, deploy
+from tests.support.stacks import TEMPLATE, cloudformation, deploy, deploy_services
 
 
 def template_of() -> dict[str, Any]:
@@ -149,21 +149,9 @@ async def test_the_api_and_the_consumer_deploy_as_services_behind_a_load_balance
     is the admin listener's readiness) and the consumer; each task runs under its own role. (moto's
     CloudFormation skips the autoscaling resources and CloudFront, with a warning each.)"""
     settings = Settings.from_env(env_for(moto_endpoint))
-    ec2 = cloudformation(moto_endpoint, "ec2")
-    vpc = ec2.describe_vpcs()["Vpcs"][0]
-    subnets = ",".join(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:2])
     acm = cloudformation(moto_endpoint, "acm")
     certificate = acm.request_certificate(DomainName="images.example.com")["CertificateArn"]
-    made = await deploy(
-        moto_endpoint,
-        settings,
-        ApiImage="registry.example/image-service:1",
-        ConsumerMode="ecs",
-        VpcId=vpc["VpcId"],
-        PublicSubnetIds=subnets,
-        TaskSubnetIds=subnets,
-        CertificateArn=certificate,
-    )
+    made = await deploy_services(moto_endpoint, settings, CertificateArn=certificate)
     ecs, elb = cloudformation(moto_endpoint, "ecs"), cloudformation(moto_endpoint, "elbv2")
     # moto lists some of the stack's resources without their logical ids: found by their cluster.
     arns = ecs.list_services(cluster=made["Cluster"])["serviceArns"]

@@ -34,7 +34,7 @@ from tests.support.aws_calls import Call, allowed, grants, operations_in_code, r
 from tests.support.clients import bearer
 from tests.support.processes import WebProcess, running, settings_env, stops_cleanly
 from tests.support.settings import ROOT, env_for
-from tests.support.stacks import cloudformation, deploy
+from tests.support.stacks import cloudformation, deploy_services
 from tests.webhook_receiver import serving
 
 pytestmark = [
@@ -96,19 +96,7 @@ def jpeg(width: int, height: int) -> bytes:
 @pytest.fixture
 async def stack(moto_endpoint: str) -> AsyncIterator[tuple[Settings, dict[str, str]]]:
     settings = Settings.from_env(env_for(moto_endpoint))
-    ec2 = cloudformation(moto_endpoint, "ec2")
-    vpc = (await asyncio.to_thread(ec2.describe_vpcs))["Vpcs"][0]
-    subnets = [s["SubnetId"] for s in (await asyncio.to_thread(ec2.describe_subnets))["Subnets"]][:2]
-    resources = await deploy(
-        moto_endpoint,
-        settings,
-        ApiImage="registry.example/image-service:test",
-        ConsumerMode="ecs",
-        VpcId=vpc["VpcId"],
-        VpcCidr=vpc["CidrBlock"],
-        PublicSubnetIds=",".join(subnets),
-        TaskSubnetIds=",".join(subnets),
-    )
+    resources = await deploy_services(moto_endpoint, settings)
     async with open_clients(settings.aws) as clients:
         await provision(clients, settings)  # what moto's CloudFormation leaves out: nothing to add on AWS
     yield settings, resources

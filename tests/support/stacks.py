@@ -57,3 +57,24 @@ async def deploy(endpoint: str, settings: Settings, **parameters: str) -> dict[s
     assert stack["StackStatus"] == "CREATE_COMPLETE", stack
     listed = await asyncio.to_thread(cfn.list_stack_resources, StackName=name)
     return {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in listed["StackResourceSummaries"]}
+
+
+async def deploy_services(endpoint: str, settings: Settings, **parameters: str) -> dict[str, str]:
+    """`deploy` with the API and the consumer as ECS services (`ConsumerMode=ecs`), in moto's
+    default VPC and two of its subnets."""
+    ec2 = cloudformation(endpoint, "ec2")
+    vpc = (await asyncio.to_thread(ec2.describe_vpcs))["Vpcs"][0]
+    subnets = ",".join(s["SubnetId"] for s in (await asyncio.to_thread(ec2.describe_subnets))["Subnets"][:2])
+    network = {
+        "VpcId": vpc["VpcId"],
+        "VpcCidr": vpc["CidrBlock"],
+        "PublicSubnetIds": subnets,
+        "TaskSubnetIds": subnets,
+    }
+    return await deploy(
+        endpoint,
+        settings,
+        ApiImage="registry.example/image-service:test",
+        ConsumerMode="ecs",
+        **network | parameters,
+    )
