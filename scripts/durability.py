@@ -195,7 +195,6 @@ async def settle(web: Web, key: str, uploads: int, accepted: set[int], timeout: 
                 break
             await asyncio.sleep(0.5)
         report.left_pending += cut_off
-        report.seconds_to_settle = round(time.monotonic() - started, 1)
     return report
 
 

@@ -30,7 +30,7 @@ from pipeline.aws.clients import open_clients
 from pipeline.aws.provision import provision
 from pipeline.backends import open_backend
 from pipeline.core.accounts import Accounts
-from tests.support.aws_calls import Call, allowed, grants, operations_in_code, recorded_calls
+from tests.support.aws_calls import allowed, grants, matches, operations_in_code, recorded_calls
 from tests.support.clients import bearer
 from tests.support.processes import WebProcess, running, settings_env, stops_cleanly
 from tests.support.settings import ROOT, env_for
@@ -157,7 +157,7 @@ async def test_each_role_allows_what_its_process_calls_and_nothing_more(
         unused = {
             f"{action} on {kind(resource)}"
             for action, resource in grants(policies)
-            if not any(_covers(action, resource, c) for c in made)
+            if not any(matches(action, resource, c.action, c.resource) for c in made)
         }
         excused = set(NOT_EXERCISED[role]) | RACY.get(role, set())
         assert unused <= excused, f"{role}: granted, never used: {unused - excused}"
@@ -193,12 +193,6 @@ def kinds(settings: Settings) -> Callable[[str], str]:
         return names.get(name) or name.removeprefix(f"{aws.table_prefix}-")
 
     return kind
-
-
-def _covers(action: str, resource: str, call: Call) -> bool:
-    from fnmatch import fnmatchcase
-
-    return fnmatchcase(call.action.lower(), action.lower()) and fnmatchcase(call.resource, resource)
 
 
 async def _scenario(settings: Settings, key: str, tmp_path: Path) -> None:

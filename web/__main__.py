@@ -23,14 +23,14 @@ from pipeline.core import runtime
 from pipeline.core.demo import seed_demo_once, seed_demo_users
 from pipeline.core.logs import configure_logging
 from pipeline.core.version import service_version
-from pipeline.imaging.workers import die_with_parent
+from pipeline.imaging.workers import SUPERVISED, die_with_parent, supervisor_pid
 from web.admin import serving_admin
 from web.app import create_app
 from web.keys import PROVISIONED
 from web.multipart import ignore_parser_warnings
 from web.notify import notify
 from web.server import GuardedRunner
-from web.supervisor import SUPERVISED, Child, Supervisor, address_of, inherited, listen
+from web.supervisor import Child, Supervisor, address_of, inherited, listen
 
 log = logging.getLogger("web")
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.serve_fds:  # a worker of a supervisor: everything else is done already
-        die_with_parent(int(os.environ.get(SUPERVISED, os.getppid())))
+        die_with_parent(supervisor_pid() or os.getppid())
         sockets = inherited(args.serve_fds)
         runtime.run(
             serve(settings, sockets=sockets), use_uvloop=settings.use_uvloop, debug=settings.loop_debug

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from web.notify import notify
 
 log = logging.getLogger(__name__)
-#: Set in each child's environment: the child ties its life to the supervisor's at start.
-SUPERVISED = "_IMGSVC_SUPERVISED"
 #: Seconds a child must have run to count as started well (its restart pause starts over).
 STABLE_SECONDS = 30.0
 #: The longest pause before a child that keeps dying is started again (s).

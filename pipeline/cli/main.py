@@ -30,7 +30,7 @@ from pipeline.core.errors import ServiceError
 from pipeline.core.logs import configure_logging
 from pipeline.core.usage import reconcile_usage
 from pipeline.core.version import service_version
-from pipeline.imaging.workers import die_with_parent
+from pipeline.imaging.workers import die_with_parent, supervisor_pid
 from pipeline.webhooks.undelivered import describe_event, redeliver
 
 log = logging.getLogger("pipeline")
@@ -333,8 +333,10 @@ async def run_migrate(settings: Settings, from_dir: Path) -> int:
             file=sys.stderr,
         )
         return 2
-    if not (from_dir / "state.db").is_file():
-        print(f"error: {from_dir} is not a data directory (no state.db)", file=sys.stderr)
+    from pipeline.local.backend import DATABASE_NAME
+
+    if not (from_dir / DATABASE_NAME).is_file():
+        print(f"error: {from_dir} is not a data directory (no {DATABASE_NAME})", file=sys.stderr)
         return 2
     environ = {k: v for k, v in os.environ.items() if k != "IMGSVC_MODE"}
     source_settings = Settings.from_env({**environ, "IMGSVC_DATA_DIR": str(from_dir)})
@@ -431,8 +433,8 @@ def _unreachable_embedded(settings: Settings) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if supervisor := os.environ.get("_IMGSVC_SUPERVISED"):  # a consumer `python -m web --workers` started
-        die_with_parent(int(supervisor))
+    if (supervisor := supervisor_pid()) is not None:  # a consumer `python -m web --workers` started
+        die_with_parent(supervisor)
     if args.command == "restore":  # into a directory no process uses yet: no settings, no backend
         return run_restore(args.backup, args.target)
     environ = dict(os.environ)

@@ -268,6 +268,17 @@ def _init_worker(threads: int, prepare: Callable[[], object] | None, parent: int
         prepare()
 
 
+#: Set in each child's environment by `python -m web --workers`'s supervisor: its pid, which the
+#: child ties its life to at start.
+SUPERVISED = "_IMGSVC_SUPERVISED"
+
+
+def supervisor_pid() -> int | None:
+    """The supervisor that started this process (`SUPERVISED`), if one did."""
+    supervisor = os.environ.get(SUPERVISED)
+    return int(supervisor) if supervisor else None
+
+
 def die_with_parent(parent: int) -> None:
     """Ask Linux to SIGKILL this worker when its parent (process `parent`) dies, even by SIGKILL.
 

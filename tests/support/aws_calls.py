@@ -168,9 +168,17 @@ def grants(policies: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
 
 
 def _grants(statement: dict[str, Any], action: str, resource: str) -> bool:
-    return any(fnmatchcase(action.lower(), a.lower()) for a in _listed(statement["Action"])) and any(
-        fnmatchcase(resource, r) for r in _listed(statement["Resource"])
+    return any(
+        matches(a, r, action, resource)
+        for a in _listed(statement["Action"])
+        for r in _listed(statement["Resource"])
     )
+
+
+def matches(action_pattern: str, resource_pattern: str, action: str, resource: str) -> bool:
+    """Whether a policy's action and resource patterns cover `action` on `resource` (IAM's
+    wildcards; actions case-insensitively)."""
+    return fnmatchcase(action.lower(), action_pattern.lower()) and fnmatchcase(resource, resource_pattern)
 
 
 def _listed(value: Any) -> list[Any]:
