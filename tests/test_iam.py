@@ -8,7 +8,8 @@ records every request; each is turned into the IAM actions and resources it need
 (`tests.support.aws_calls`) and checked against the deployed role of the process that signed it.
 Each action a role grants must have been used by its process, or be named in `NOT_EXERCISED`
 with why; and each operation the code calls (read from `pipeline/aws/`) must have been seen, or
-be an operator tool's, or be named there too.
+be an operator tool's, or be named there too. What the roles grant is also the list the doctor
+tries by dry runs (`pipeline.aws.permissions.NEEDS`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from PIL import Image
 
 from config.settings import Settings
 from pipeline.aws.clients import open_clients
+from pipeline.aws.permissions import NEEDS
 from pipeline.aws.provision import provision
 from pipeline.backends import open_backend
 from pipeline.core.accounts import Accounts
@@ -84,7 +86,7 @@ RACY = {
 }
 #: Modules whose calls are operators' (provisioning, diagnosis, the embedded stack), made with
 #: the operator's credentials, never a service role's.
-OPERATOR_MODULES = {"provision", "doctor", "embedded_dynamodb", "embedded"}
+OPERATOR_MODULES = {"provision", "doctor", "permissions", "embedded_dynamodb", "embedded"}
 
 
 def jpeg(width: int, height: int) -> bytes:
@@ -164,6 +166,8 @@ async def test_each_role_allows_what_its_process_calls_and_nothing_more(
         # A rare path may happen to be taken (a receiver slow under load): each must be granted.
         granted = {f"{action} on {kind(resource)}" for action, resource in grants(policies)}
         assert excused <= granted, f"{role}: not granted, drop from NOT_EXERCISED: {excused - granted}"
+        # What `python -m pipeline doctor` tries by dry runs is what the role grants.
+        assert granted == NEEDS[role], (sorted(granted - NEEDS[role]), sorted(NEEDS[role] - granted))
     seen = {c.operation for c in calls}
     in_code = operations_in_code()
     for operation, modules in in_code.items():

@@ -1,10 +1,11 @@
 """Check a deployment's wiring on AWS against the topology (`pipeline.core.topology`): what
 `provision` or the CloudFormation template should have made, read back the way the service
 relies on it. Each check is one finding; a check the credentials may not make is a finding
-too (AccessDenied names the action), so the permissions are tried by the checks themselves,
-all of them reads, plus one write and delete of a probe object in the thumbnail bucket.
+too (AccessDenied names the action). Then each process's permissions are tried, one dry run per
+action it uses (`pipeline.aws.permissions`): run with a process's own credentials (`--role`), it
+says which of them its role refuses.
 
-Read-only otherwise: it changes nothing it finds wrong (`python -m pipeline provision` does).
+It changes nothing, not even what it finds wrong (`python -m pipeline provision` does).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import fnmatch
 import functools
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients, error_code
+from pipeline.aws.permissions import NEEDS, dry_run
 from pipeline.core.findings import Finding
 from pipeline.core.topology import QueueSpec, TableSpec, topology
 
@@ -29,18 +30,18 @@ from pipeline.core.topology import QueueSpec, TableSpec, topology
 SKEW_SECONDS = 60
 #: The events an upload ends with: a PUT, or a completed multipart upload (large files).
 UPLOAD_EVENTS = {"s3:ObjectCreated:Put", "s3:ObjectCreated:CompleteMultipartUpload"}
-#: Where the probe object goes (the thumbnail bucket: the source bucket would start a job).
-PROBE_PREFIX = "_doctor/"
 
 
 class _Problem(Exception):
     """A check failed; the message says what was found."""
 
 
-async def diagnose(clients: AwsClients, settings: Settings) -> list[Finding]:
-    """Every check, in the order a deployment is built: buckets, queues, wiring, tables, clock."""
-    plan = topology(settings)
-    arns: dict[str, str] = {}
+async def diagnose(
+    clients: AwsClients, settings: Settings, roles: tuple[str, ...] = tuple(NEEDS), *, wiring: bool = True
+) -> list[Finding]:
+    """Every check, in the order a deployment is built: buckets, queues, wiring, tables, clock,
+    then the permissions of each process in `roles`. Without `wiring`, the permissions alone:
+    a service role may not read the wiring (notifications, policies, tables' descriptions)."""
     findings: list[Finding] = []
 
     async def check(name: str, step: Callable[[], Awaitable[str]]) -> None:
@@ -56,6 +57,19 @@ async def diagnose(clients: AwsClients, settings: Settings) -> list[Finding]:
         except Exception as exc:  # an answer of a shape not foreseen: this check's finding, not a crash
             findings.append(Finding(name, False, f"could not be checked: {type(exc).__name__}: {exc}"))
 
+    if wiring:
+        await _wiring(clients, settings, check)
+    for role in roles:
+        await check(f"permissions of the {role}", functools.partial(_permissions, clients, settings, role))
+    return findings
+
+
+Check = Callable[[str, Callable[[], Awaitable[str]]], Awaitable[None]]
+
+
+async def _wiring(clients: AwsClients, settings: Settings, check: Check) -> None:
+    plan = topology(settings)
+    arns: dict[str, str] = {}
     for bucket in (plan.source_bucket, plan.dest_bucket):
         await check(f"bucket {bucket}", functools.partial(_bucket, clients, bucket))
     for spec in plan.queues:
@@ -69,9 +83,7 @@ async def diagnose(clients: AwsClients, settings: Settings) -> list[Finding]:
     for table in plan.tables:
         name = settings.aws.table(table.name)
         await check(f"table {name}", functools.partial(_table, clients, name, table))
-    await check("write to the thumbnail bucket", lambda: _probe(clients, plan.dest_bucket))
     await check("clock", lambda: _clock(clients, plan.dest_bucket))
-    return findings
 
 
 async def _bucket(clients: AwsClients, bucket: str) -> str:
@@ -205,11 +217,18 @@ async def _table(clients: AwsClients, name: str, spec: TableSpec) -> str:
     return "key, indexes" + (" and TTL" if spec.ttl_attribute else "") + " as the code expects"
 
 
-async def _probe(clients: AwsClients, bucket: str) -> str:
-    key = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
-    await clients.s3.put_object(Bucket=bucket, Key=key, Body=b"")
-    await clients.s3.delete_object(Bucket=bucket, Key=key)
-    return f"put and delete in {bucket} allowed"
+async def _permissions(clients: AwsClients, settings: Settings, role: str) -> str:
+    outcomes = await dry_run(clients, settings, NEEDS[role])
+    refused = [o.need for o in outcomes if o.allowed is False]
+    untold = [f"{o.need} ({o.detail})" for o in outcomes if o.allowed is None and not o.missing]
+    missing = sum(o.missing for o in outcomes)
+    if refused or untold:
+        parts = [f"refused {', '.join(refused)}"] if refused else []
+        parts += [f"could not try {', '.join(untold)}"] if untold else []
+        raise _Problem("; ".join(parts))
+    tried = len(outcomes) - missing
+    gone = f"; {missing} not tried, their resource is missing" if missing else ""
+    return f"the {tried} actions it uses that were tried are allowed (dry runs){gone}"
 
 
 async def _clock(clients: AwsClients, bucket: str) -> str:

@@ -78,8 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     consumer = commands.add_parser("consumer", help="run the consumer pool until SIGINT/SIGTERM")
     consumer.add_argument("--burst", action="store_true", help="exit once the queue is drained")
     commands.add_parser("provision", help="create buckets, queues, DLQ and notifications (idempotent)")
-    commands.add_parser(
+    doctor = commands.add_parser(
         "doctor", help="check the deployment's wiring (or the data directory), one line a check"
+    )
+    doctor.add_argument(
+        "--role",
+        choices=("api", "consumer", "all"),
+        default="all",
+        help="only the permissions of this process, tried with its credentials (default: "
+        "the wiring, then both processes' permissions, with the credentials at hand)",
     )
     dlq = commands.add_parser("dlq", help="operate the dead-letter queue")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
@@ -201,7 +208,7 @@ async def run_provision(settings: Settings) -> int:
     return 0
 
 
-async def run_doctor(settings: Settings) -> int:
+async def run_doctor(settings: Settings, role: str = "all") -> int:
     """One line a check; exit 1 if any failed."""
     if settings.local.data_dir is not None:
         from pipeline.local.doctor import diagnose as diagnose_local
@@ -210,8 +217,9 @@ async def run_doctor(settings: Settings) -> int:
     else:
         from pipeline.aws.doctor import diagnose
 
+        roles = ("api", "consumer") if role == "all" else (role,)
         async with open_clients(settings.aws) as clients:
-            findings = await diagnose(clients, settings)
+            findings = await diagnose(clients, settings, roles, wiring=role == "all")
     for finding in findings:
         print(finding.line())
     failed = sum(not finding.ok for finding in findings)
@@ -461,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "provision":
             main_coroutine = run_provision(settings)
         elif args.command == "doctor":
-            main_coroutine = run_doctor(settings)
+            main_coroutine = run_doctor(settings, args.role)
         elif args.command == "migrate":
             main_coroutine = run_migrate(settings, args.from_data_dir)
         elif args.command == "users":
