@@ -38,7 +38,7 @@ run: $(RUNTIME)
 	$(PY) -m web
 
 # Four workers (pytest-xdist) on two cores: the suite mostly waits on moto and child processes (457 s
-# against 618 s with two, 2026-12-07); TEST_WORKERS=0 runs it serially.
+# against 569 s with two, 2026-12-07, container tier included); TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 4
 
 test: $(STAMP) browser nginx wrk podman
