@@ -26,7 +26,7 @@ KNOWN_FORMATS = frozenset({"jpeg", "png", "webp", "gif", "tiff", "heif", "avif"}
 UPLOAD_MODES = frozenset({"api", "presigned"})
 OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
 #: How an on-demand variant fits its box, and how `cover` chooses what to keep.
-VARIANT_FITS = ("contain", "cover", "fill")
+VARIANT_FITS = ("contain", "cover", "fill", "pad")
 VARIANT_CROPS = ("centre", "attention", "entropy", "focal")
 _PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _PRESET_BOX = re.compile(r"(?P<w>[1-9][0-9]{0,4})?(?:x(?P<h>[1-9][0-9]{0,4}))?")

@@ -498,3 +498,40 @@ def test_every_signed_name_reads_back_as_the_variant_it_was_made_for(
         spec, negotiated = parse_variant(query, "", limits)
         back = parse_link_name(spec.link_name(negotiated), "", limits)
         assert back is not None and back[0].name == spec.name and back[1] == negotiated, query
+
+
+async def test_operations_are_made_stored_and_named_once_on_each_backend(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    api = await make_client(backend.settings)
+    await ready_image(api, backend, "photo", 640, 480)
+    query = {"w": "100", "h": "100", "fit": "pad", "bg": "#00f", "rotate": "90", "crop": "0,0,320,480"}
+    first = await api.get("/images/photo/variant", params=query)
+    assert first.status == 200, await first.text()
+    padded = decode(await first.read())
+    assert padded.size == (100, 100) and padded.getpixel((2, 50))[2] > 200  # blue either side
+    # Another spelling (order, case, dpr) is the same stored variant.
+    again = await api.get(
+        "/images/photo/variant",
+        params={
+            "crop": "0,0,320,480",
+            "rotate": "90",
+            "bg": "0000FF",
+            "fit": "pad",
+            "h": "50",
+            "w": "50",
+            "dpr": "2",
+        },
+    )
+    assert again.headers["ETag"] == first.headers["ETag"]
+    await api.server.app[VARIANTS].idle()
+    (key,) = await stored_variants(backend, "photo")
+    assert key.endswith("/w100-h100-pad-crop0_0_320_480-rot90-bg0000ff-q80.jpg")
+    for query_string, says in {
+        "w=10&crop=640,0,10,10": "starts outside the 640x480 image",
+        "w=10&blur=60": "blur must be a number from 0.3 to 50",
+        "w=10&bg=transparent": "bg with transparency needs format png, webp or avif",
+    }.items():
+        refused = await api.get(f"/images/photo/variant?{query_string}")
+        body = await refused.json()
+        assert refused.status == 400 and body["error"] == "invalid_field" and says in body["message"], body

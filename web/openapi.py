@@ -94,15 +94,28 @@ def _variant_params(limits: VariantSettings) -> list[dict[str, Any]]:
     return [
         _param("w", "query", side, text="width in pixels (w or h or both; one alone keeps the aspect ratio)"),
         _param("h", "query", side, text="height in pixels"),
+        _param("dpr", "query", {"type": "number", "minimum": 1, "maximum": 4}, text="multiplies w and h"),
         _param(
-            "fit", "query", {"enum": list(FITS)}, text="contain (default), cover (crops), fill (stretches)"
+            "fit",
+            "query",
+            {"enum": list(FITS)},
+            text="contain (default), cover (crops), fill (stretches), pad (fills the box with bg)",
         ),
         _param(
             "crop",
             "query",
-            {"enum": list(CROPS)},
-            text="with fit=cover: centre (default), smart, or the focal point",
+            {"anyOf": [{"enum": list(CROPS)}, {"type": "string", "pattern": "^[0-9]{1,5}(,[0-9]{1,5}){3}$"}]},
+            text="with fit=cover: centre (default), smart, or the focal point; or x,y,w,h: a rectangle first",
         ),
+        _param(
+            "trim", "query", {"type": "string"}, text="true, or a threshold 1-100: removes a uniform border"
+        ),
+        _param("rotate", "query", {"enum": [0, 90, 180, 270]}, text="degrees clockwise"),
+        _param("flip", "query", {"enum": ["true", "false", "1", "0"]}, text="mirror top to bottom"),
+        _param("flop", "query", {"enum": ["true", "false", "1", "0"]}, text="mirror left to right"),
+        _param("blur", "query", {"type": "number", "minimum": 0.3, "maximum": 50}, text="Gaussian sigma"),
+        _param("sharpen", "query", {"type": "number", "minimum": 0.3, "maximum": 10}, text="sigma"),
+        _param("bg", "query", {"type": "string"}, text="rrggbb, rgb, rrggbbaa or transparent"),
         _param("format", "query", {"enum": [*FORMATS, "auto"]}, text="jpeg (default); auto picks by Accept"),
         _param("q", "query", {"type": "integer", "minimum": 1, "maximum": 100}),
         _param(

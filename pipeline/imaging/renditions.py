@@ -30,6 +30,8 @@ from pipeline.core.formats import (
     read_header_prefix,
 )
 from pipeline.core.results import Engine, Rendition, RenditionResult, VariantImage
+from pipeline.imaging import operate
+from pipeline.imaging.operate import jpeg_shrink, to_display
 from pipeline.imaging.variants import VariantSpec
 
 log = logging.getLogger(__name__)
@@ -123,15 +125,18 @@ def make_variant(
     spec.check_cost(info.width, info.height, info.frames, limits)
     load = "fail_on=error" + (",n=-1" if animated else "")
     try:
-        if spec.fit == "cover" and spec.crop == "focal":
-            focal = (spec.focal[0] / 1000, spec.focal[1] / 1000)
-            image = _focal_crop(data, info, width, height, focal, load)
+        if spec.ops.region or spec.ops.trim:  # cut first, then size the box from what is left
+            cut = operate.cut(data, info, spec, (width, height), load)
+            width, height = spec.fitted(
+                *_turned(spec, cut.width, cut.height), limits.max_side, limits.max_pixels
+            )
+            source: bytes | Any = cut
         else:
-            fit: dict[str, Any] = {"size": "force"} if spec.fit == "fill" else {}
-            if spec.fit == "cover":
-                fit["crop"] = spec.crop
-            image = _thumbnail(data, info, width, height, load, **fit)
-        image = _vips_to_display(image, spec.format)
+            source = data
+        # Made upright in the source's orientation, then turned: the box describes the result.
+        image = _resized(source, info, spec, _turned(spec, width, height), load)
+        image = operate.finish(image, spec, (width, height))
+        image = _vips_to_display(image, spec.format, spec.ops.rgba())
         out = RenditionSpec(max(width, height), spec.format, spec.quality)
         encoded = _vips_encode(image, out, avif_effort=VARIANT_AVIF_EFFORT)
         frames = int(image.get("n-pages")) if animated and image.get_typeof("n-pages") else 1
@@ -142,6 +147,29 @@ def make_variant(
     return VariantImage(encoded, image.width, shown_height, frames, time.perf_counter() - started)
 
 
+def _turned(spec: VariantSpec, width: int, height: int) -> tuple[int, int]:
+    return (height, width) if spec.ops.turns_quarter else (width, height)
+
+
+def _resized(source: bytes | Any, info: ImageInfo, spec: VariantSpec, box: tuple[int, int], load: str) -> Any:
+    """The source (the original's bytes, or an image already cut) fitted to `box`."""
+    width, height = box
+    if spec.fit == "pad":  # contained, then set on its canvas by `operate.finish`
+        src_w, src_h = (
+            (info.width, info.height) if isinstance(source, bytes) else (source.width, source.height)
+        )
+        width, height = spec.inside(src_w, src_h, box)
+    if spec.fit == "cover" and spec.crop == "focal":
+        focal = (spec.focal[0] / 1000, spec.focal[1] / 1000)
+        return _focal_crop(source, info, width, height, focal, load)
+    # The box keeps the aspect ratio already (rounded as `VariantSpec.box` says): forced, libvips
+    # makes exactly it, where its own rounding of a contained side could be a pixel short.
+    fit: dict[str, Any] = {"crop": spec.crop} if spec.fit == "cover" else {"size": "force"}
+    if not isinstance(source, bytes):
+        return source.thumbnail_image(width, height=height, **fit)
+    return _thumbnail(source, info, width, height, load, **fit)
+
+
 def _thumbnail(data: bytes, info: ImageInfo, width: int, height: int, load: str, **fit: Any) -> Any:
     """libvips `thumbnail` into a `width` x `height` box, a JPEG decoded at the smallest 1/2^n
     scale still at least as large as the output (as Pillow's `draft` does).
@@ -150,8 +178,7 @@ def _thumbnail(data: bytes, info: ImageInfo, width: int, height: int, load: str,
     512 px wide is decoded whole: measured here, 14 ms against 9 ms at 1/2 scale, and 31 against
     about 12 ms for 12 MP at 1/8, for an SSIM against a full decode within 0.01 (see
     BENCHMARKS.md). Other formats have no such scales and go to `thumbnail_buffer` unchanged."""
-    scale = max(width / info.width, height / info.height)  # of the original the output needs
-    shrink = next((k for k in (8, 4, 2) if scale * k <= 1), 1) if info.format == "jpeg" else 1
+    shrink = jpeg_shrink(info, max(width / info.width, height / info.height))
     if shrink == 1:
         return pyvips.Image.thumbnail_buffer(data, width, height=height, option_string=load, **fit)
     loaded = pyvips.Image.new_from_buffer(data, load, shrink=shrink, access="sequential")
@@ -159,13 +186,16 @@ def _thumbnail(data: bytes, info: ImageInfo, width: int, height: int, load: str,
 
 
 def _focal_crop(
-    data: bytes, info: ImageInfo, box_w: int, box_h: int, focal: tuple[float, float], load: str
+    source: bytes | Any, info: ImageInfo, box_w: int, box_h: int, focal: tuple[float, float], load: str
 ) -> Any:
     """Scale to cover the box, then cut the box out around the focal point (kept inside)."""
-    width, height = info.width, info.height
+    width, height = (info.width, info.height) if isinstance(source, bytes) else (source.width, source.height)
     scale = max(box_w / width, box_h / height)
     cover_w, cover_h = max(box_w, round(width * scale)), max(box_h, round(height * scale))
-    image = _thumbnail(data, info, cover_w, cover_h, load, size="force")
+    if isinstance(source, bytes):
+        image = _thumbnail(source, info, cover_w, cover_h, load, size="force")
+    else:
+        image = source.thumbnail_image(cover_w, height=cover_h, size="force")
     fx, fy = (min(max(v, 0.0), 1.0) for v in focal)
     left = min(max(round(fx * image.width - box_w / 2), 0), image.width - box_w)
     top = min(max(round(fy * image.height - box_h / 2), 0), image.height - box_h)
@@ -288,15 +318,13 @@ def _vips_renditions(data: bytes, specs: tuple[RenditionSpec, ...]) -> tuple[Ren
     return _in_spec_order(outputs, specs)
 
 
-def _vips_to_display(image: Any, out_format: str) -> Any:
-    """8-bit sRGB (or grey), alpha flattened for JPEG: what browsers show the same everywhere."""
-    if image.interpretation not in ("srgb", "b-w") or image.format != "uchar":
-        grey = image.interpretation in ("b-w", "grey16")
-        image = image.colourspace("b-w" if grey else "srgb")
-        if image.format != "uchar":
-            image = image.cast("uchar")
+def _vips_to_display(image: Any, out_format: str, background: list[int] | None = None) -> Any:
+    """8-bit sRGB (or grey), alpha flattened for JPEG onto `background` (RGBA; white unless
+    given): what browsers show the same everywhere."""
+    colour = list(_WHITE) if background is None else background[:3]
+    image = to_display(image, grey_ok=len(set(colour)) == 1)
     if image.hasalpha() and out_format == "jpeg":
-        image = image.flatten(background=255 if image.bands == 2 else list(_WHITE))
+        image = image.flatten(background=colour[0] if image.bands == 2 else colour)
     return image
 
 

@@ -1,10 +1,12 @@
 """On-demand variants: what a request may ask for, in one canonical form.
 
-A variant is an original resized to a box (`w`, `h`), fitted (`contain`, `cover`, `fill`),
-cropped (`centre`, `attention`, `entropy`, `focal`) and encoded (`jpeg`, `webp`, `avif`, `png`)
-at a quality. The parameters a client sends are parsed strictly here (an unknown name or value
-is a 400 naming the allowed ones) and brought to one canonical form, so that every spelling of
-the same request finds the same stored object. Pure: the web tier imports it, no decoder does.
+A variant is an original resized to a box (`w`, `h`, times `dpr`), fitted (`contain`, `cover`,
+`fill`, `pad`), cropped (`centre`, `attention`, `entropy`, `focal`), operated on
+(`pipeline.imaging.operations`: a rectangle, trim, rotation, mirrors, blur, sharpen, background)
+and encoded (`jpeg`, `webp`, `avif`, `png`) at a quality. The parameters a client sends are
+parsed strictly here (an unknown name or value is a 400 naming the allowed ones) and brought to
+one canonical form, so that every spelling of the same request finds the same stored object.
+Pure: the web tier imports it, no decoder does.
 """
 
 from __future__ import annotations
@@ -17,23 +19,40 @@ from dataclasses import dataclass, replace
 
 from config.settings import VARIANT_CROPS, VARIANT_FITS, VariantSettings
 from pipeline.core.errors import InvalidField, VariantTooCostly
-from pipeline.core.untrusted import ascii_int
+from pipeline.imaging import operations
+from pipeline.imaging.operations import Operations, parse_dpr, parse_operations, parse_region, whole_number
 
 FITS = VARIANT_FITS
 CROPS = VARIANT_CROPS
 FORMATS = ("jpeg", "webp", "avif", "png")
 #: Formats a client gets from `format=auto` only by naming them in `Accept`, best first.
 NEGOTIATED = ("avif", "webp")
-PARAMETERS = ("w", "h", "fit", "crop", "format", "q", "upscale", "preset")
-#: A variant's name in a signed link: its canonical name, `auto` for a negotiated format, and no
-#: focal point (the image's own applies when the link is followed).
-_LINK_NAME = re.compile(
-    r"(?:w(?P<w>[1-9][0-9]{0,4}))?-?(?:h(?P<h>[1-9][0-9]{0,4}))?-(?P<fit>[a-z]+)"
-    r"(?:-(?P<crop>centre|attention|entropy|focal))?"
-    r"(?:-q(?P<q>[1-9][0-9]?|100))?(?P<up>-up)?\.(?P<ext>[a-z]+)"
+PARAMETERS = ("w", "h", "dpr", "fit", "crop", "format", "q", "upscale", *operations.PARAMETERS, "preset")
+#: A signed link's name, read back token by token (`parse_link_name`): each token's pattern and
+#: the query parameter it stands for (None: a part the link leaves to the image, its focal point).
+_LINK_TOKENS: tuple[tuple[re.Pattern[str], str | None], ...] = tuple(
+    (re.compile(pattern), parameter)
+    for pattern, parameter in (
+        (r"w([1-9][0-9]{0,4})", "w"),
+        (r"h([1-9][0-9]{0,4})", "h"),
+        (f"({'|'.join(VARIANT_FITS)})", "fit"),
+        (f"({'|'.join(VARIANT_CROPS)})", "crop"),
+        (r"crop([0-9]{1,5}_[0-9]{1,5}_[0-9]{1,5}_[0-9]{1,5})", "crop"),
+        (r"trim([0-9]{1,3})", "trim"),
+        (r"rot([0-9]{2,3})", "rotate"),
+        (r"(flip)", "flip"),
+        (r"(flop)", "flop"),
+        (r"blur([0-9.]{1,5})", "blur"),
+        (r"sharpen([0-9.]{1,5})", "sharpen"),
+        (r"bg([0-9a-f]{6}(?:[0-9a-f]{2})?)", "bg"),
+        (r"q([1-9][0-9]?|100)", "q"),
+        (r"(up)", "upscale"),
+        (r"x[0-9]{1,4}y[0-9]{1,4}", None),
+    )
 )
 _EXTENSIONS = {"jpg": "jpeg", "webp": "webp", "avif": "avif", "png": "png", "auto": "auto"}
 _SPELLINGS = {"center": "centre", "jpg": "jpeg"}
+NO_OPERATIONS = Operations()
 
 
 #: How far `upscale` may enlarge an original, at most (each side).
@@ -43,6 +62,11 @@ MAX_UPSCALE = 2.0
 #: on noise, the worst case (AVIF with libvips' effort 2, as variants are made).
 DECODE_MS_PER_MP = 10
 ENCODE_MS_PER_MP = {"jpeg": 20, "png": 60, "webp": 250, "avif": 1000}
+#: The operations' own cost, per megapixel of output (blur: per unit of sigma; trim: of the
+#: decoded source). Measured by `scripts/bench_operations.py` (BENCHMARKS.md).
+BLUR_MS_PER_MP_SIGMA = 10
+SHARPEN_MS_PER_MP = 30
+TRIM_MS_PER_MP = 10
 
 
 @dataclass(frozen=True)
@@ -60,6 +84,7 @@ class VariantSpec:
     #: With `crop=focal`: the image's focal point, in thousandths of its width and height (from
     #: its record, not the query); part of the name, so moving the point makes new variants.
     focal: tuple[int, int] = (500, 500)
+    ops: Operations = NO_OPERATIONS
 
     def at_focal_point(self, point: object) -> VariantSpec:
         """This spec with the record's focal point (`{"x": 0.3, "y": 0.6}`) where it uses one."""
@@ -78,6 +103,7 @@ class VariantSpec:
             parts.append(self.crop)
             if self.crop == "focal":
                 parts.append(f"x{self.focal[0]}y{self.focal[1]}")
+        parts += self.ops.tokens()
         if self.format != "png":  # lossless: every quality gives the same pixels
             parts.append(f"q{self.quality}")
         if self.upscale:
@@ -100,10 +126,15 @@ class VariantSpec:
     ) -> tuple[int, int]:
         """The output size for an original of `width` x `height` (as displayed): never larger
         than the original unless `upscale`, never a side under one pixel, and never more than
-        `max_side` or `max_pixels` however long the side the request left to the aspect ratio."""
+        `max_side` or `max_pixels` however long the side the request left to the aspect ratio.
+        The operations' rectangle and rotation come first (`Operations.source_size`)."""
+        return self.fitted(*self.ops.source_size(width, height), max_side, max_pixels)
+
+    def fitted(
+        self, width: int, height: int, max_side: int = 1 << 30, max_pixels: int = 1 << 62
+    ) -> tuple[int, int]:
+        """`box` for a source already cut and turned (the worker's, after `trim` too)."""
         w, h = self._box(width, height)
-        if self.upscale:  # at most `MAX_UPSCALE` times the original's size
-            w, h = min(w, int(width * MAX_UPSCALE)), min(h, int(height * MAX_UPSCALE))
         shrink = min(1.0, max_side / max(w, h), (max_pixels / (w * h)) ** 0.5)
         if shrink < 1.0:
             w, h = max(1, int(w * shrink)), max(1, int(h * shrink))
@@ -112,7 +143,8 @@ class VariantSpec:
     def animates(self, width: int, height: int, frames: int, max_pixels: int) -> bool:
         """Whether every frame is made (an animated WebP), for an output of `width` x `height`:
         only while the frames together stay within the pixel bound (else the first frame only)."""
-        animated = frames > 1 and self.format == "webp" and self.fit != "cover"
+        animated = frames > 1 and self.format == "webp" and self.fit in ("contain", "fill")
+        animated = animated and not self.ops.reshapes
         return animated and width * height * frames <= max_pixels
 
     def cost(self, width: int, height: int, frames: int, limits: VariantSettings) -> int:
@@ -121,7 +153,11 @@ class VariantSpec:
         w, h = self.box(width, height, limits.max_side, limits.max_pixels)
         made = frames if self.animates(w, h, frames, limits.max_pixels) else 1
         decoded = width * height * made / 1e6 * DECODE_MS_PER_MP
-        return round(decoded + w * h * made / 1e6 * ENCODE_MS_PER_MP[self.format])
+        out = w * h * made / 1e6
+        operated = out * (BLUR_MS_PER_MP_SIGMA * self.ops.blur + SHARPEN_MS_PER_MP * bool(self.ops.sharpen))
+        if self.ops.trim:  # a pass over the decoded source
+            operated += width * height / 1e6 * TRIM_MS_PER_MP
+        return round(decoded + out * ENCODE_MS_PER_MP[self.format] + operated)
 
     def check_cost(self, width: int, height: int, frames: int, limits: VariantSettings) -> None:
         """`VariantTooCostly` when the variant costs more than `limits.max_cost`."""
@@ -133,21 +169,23 @@ class VariantSpec:
             )
 
     def _box(self, width: int, height: int) -> tuple[int, int]:
-        if self.width and self.height and self.fit == "fill":
-            w, h = self.width, self.height
-            if not self.upscale:
-                w, h = min(w, width), min(h, height)
-            return w, h
-        scale_w = self.width / width if self.width else None
-        scale_h = self.height / height if self.height else None
-        scales = [s for s in (scale_w, scale_h) if s is not None]
-        scale = max(scales) if self.fit == "cover" and len(scales) == 2 else min(scales)
-        if not self.upscale:
-            scale = min(scale, 1.0)
-        w, h = max(1, round(width * scale)), max(1, round(height * scale))
-        if self.fit == "cover" and self.width and self.height:
-            w, h = min(w, self.width), min(h, self.height)
-        return w, h
+        most = MAX_UPSCALE if self.upscale else 1.0  # of the source's size
+        if self.width and self.height and self.fit != "contain":
+            if self.fit == "pad":  # the canvas is the box; the image inside is contained
+                return self.width, self.height
+            # cover and fill keep the box's shape: a box larger than the source allows is
+            # scaled down whole (768x576 in a 1000x500 cover: 768x384, not 768x500).
+            scale = min(1.0, most * width / self.width, most * height / self.height)
+            return max(1, round(self.width * scale)), max(1, round(self.height * scale))
+        scales = [side / whole for side, whole in ((self.width, width), (self.height, height)) if side]
+        scale = min(*scales, most)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def inside(self, width: int, height: int, box: tuple[int, int]) -> tuple[int, int]:
+        """`fit=pad`: the size of the image inside its canvas `box` (contained, upscaled only if
+        asked)."""
+        w, h = replace(self, fit="contain", width=box[0], height=box[1]).fitted(width, height)
+        return min(w, box[0]), min(h, box[1])
 
 
 def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool]:
@@ -172,18 +210,34 @@ def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings
         raise InvalidField("a variant needs w or h (or both), in pixels")
     if width and height and width * height > limits.max_pixels:
         raise InvalidField(f"w x h may be at most {limits.max_pixels} pixels")
+    width, height = _at_dpr(width, height, parse_dpr(query.get("dpr")), limits)
     fit = _word(query, "fit", "contain", FITS)
-    crop = _word(query, "crop", "centre", CROPS)
-    if "crop" in query and fit != "cover":
-        raise InvalidField("crop applies to fit=cover only")
+    region = parse_region(query.get("crop", ""))
+    crop = "centre" if region else _word(query, "crop", "centre", CROPS)
+    if "crop" in query and not region and fit != "cover":
+        raise InvalidField("crop applies to fit=cover only, unless it is a rectangle (crop=x,y,w,h)")
     negotiated = query.get("format", "").lower() == "auto"
     fmt = _best(accept) if negotiated else _word(query, "format", "jpeg", FORMATS)
     # Stored at most at `max_quality`: a higher one is the same variant (and the same object).
-    quality = min(_number(query, "q", limits.quality, 1, 100), limits.max_quality)
+    quality = min(whole_number(query, "q", limits.quality, 1, 100), limits.max_quality)
     upscale = _word(query, "upscale", "false", ("true", "false", "1", "0")) in ("true", "1")
+    # A negotiated format may be JPEG for one client: a transparent bg is refused for all alike.
+    ops = replace(parse_operations(query, "jpeg" if negotiated else fmt), region=region)
     if not (width and height):
         fit, crop = "contain", "centre"  # one side given: every fit is the same scaling
-    return VariantSpec(width, height, fit, crop, fmt, quality, upscale), negotiated
+    return VariantSpec(width, height, fit, crop, fmt, quality, upscale, ops=ops), negotiated
+
+
+def _at_dpr(
+    width: int | None, height: int | None, dpr: float, limits: VariantSettings
+) -> tuple[int | None, int | None]:
+    """`w` and `h` times `dpr`, both scaled down together as far as the limits need."""
+    if dpr == 1.0:
+        return width, height
+    sides = [side * dpr for side in (width, height) if side]
+    area = sides[0] * sides[1] if len(sides) == 2 else sides[0] ** 2
+    fit = min(dpr, dpr * limits.max_side / max(sides), dpr * (limits.max_pixels / area) ** 0.5)
+    return tuple(max(1, round(side * fit)) if side else None for side in (width, height))  # type: ignore[return-value]
 
 
 def parse_preset(query: Mapping[str, str], accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool]:
@@ -215,17 +269,22 @@ def best_format(accept: str) -> str:
 
 def parse_link_name(name: str, accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool] | None:
     """The variant a signed link's name stands for, or None if it names no variant."""
-    found = _LINK_NAME.fullmatch(name)
-    if found is None or found["ext"] not in _EXTENSIONS:
+    stem, _, extension = name.rpartition(".")
+    if extension not in _EXTENSIONS or not stem:
         return None
-    query = {"fit": found["fit"], "format": _EXTENSIONS[found["ext"]]}
-    if found["q"]:
-        query["q"] = found["q"]
-    query |= {k: found[k] for k in ("w", "h") if found[k]}
-    if found["crop"]:
-        query["crop"] = found["crop"]
-    if found["up"]:
-        query["upscale"] = "true"
+    query = {"format": _EXTENSIONS[extension]}
+    for token in stem.split("-"):
+        found = next(((p, parameter) for p, parameter in _LINK_TOKENS if p.fullmatch(token)), None)
+        if found is None:
+            return None
+        pattern, parameter = found
+        if parameter is None:
+            continue
+        if parameter in query:
+            return None
+        value = pattern.fullmatch(token).group(1)  # type: ignore[union-attr]
+        # Flags are named by their token; a rectangle's commas are underscores in a name.
+        query[parameter] = "true" if parameter in ("flip", "flop", "upscale") else value.replace("_", ",")
     try:  # signed by us, so valid when made; limits may have changed since
         return parse_variant(query, accept, replace(limits, presets_only=False))
     except InvalidField:
@@ -239,17 +298,7 @@ def _names(limits: VariantSettings) -> list[str]:
 def _side(query: Mapping[str, str], name: str, most: int) -> int | None:
     if name not in query:
         return None
-    return _number(query, name, 0, 1, most)
-
-
-def _number(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    value = ascii_int(raw, lo, hi)
-    if value is None:
-        raise InvalidField(f"{name} must be a whole number from {lo} to {hi}")
-    return value
+    return whole_number(query, name, 0, 1, most)
 
 
 def _word(query: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:

@@ -1,0 +1,211 @@
+"""What a variant does to the pixels besides the resize, parsed strictly into one canonical form.
+
+Each operation is a query parameter with its range; the worker applies them in this order, so a
+request means the same whatever order its parameters come in:
+
+1. `crop=x,y,w,h`: a rectangle of the original, in its pixels as displayed (upright), before
+   anything else. A rectangle running past the image's edge is cut at the edge.
+2. `trim` (a threshold, 1-100; `true` is 10): a border of one colour (the top-left pixel's,
+   within the threshold) removed.
+3. The resize into the box (`fit`); `fit=pad` fits the whole image in and fills the rest of the
+   box with `bg`.
+4. `rotate` (90, 180 or 270, clockwise), then `flip` (top to bottom) and `flop` (left to right).
+   `w` and `h` describe the result as delivered, turned or not.
+5. `blur` or `sharpen` (a Gaussian sigma, in the output's pixels).
+6. `bg` (`rrggbb`, `rgb`, `rrggbbaa` or `transparent`): what transparency is flattened onto for
+   JPEG, and `fit=pad`'s filling. White unless given.
+
+`dpr` (1-4) is no operation: it multiplies `w` and `h` (`pipeline.imaging.variants`), so
+`w=200&dpr=2` is `w=400`, one variant. Pure, like the rest of the variant's parsing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pipeline.core.errors import InvalidField
+from pipeline.core.untrusted import ascii_int
+
+#: The operations' query parameters (besides `crop`, shared with the crop modes, and `dpr`).
+PARAMETERS = ("trim", "rotate", "flip", "flop", "blur", "sharpen", "bg")
+ROTATIONS = (0, 90, 180, 270)
+BLUR_RANGE = (0.3, 50.0)
+SHARPEN_RANGE = (0.3, 10.0)
+DPR_RANGE = (1.0, 4.0)
+#: `trim=true`: libvips' own default threshold.
+DEFAULT_TRIM = 10
+WHITE = "ffffff"
+TRANSPARENT = "ffffff00"
+_REGION = re.compile(r"([0-9]{1,5}),([0-9]{1,5}),([0-9]{1,5}),([0-9]{1,5})")
+_DECIMAL = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3})?")
+_HEX = re.compile(r"[0-9a-f]{3}|[0-9a-f]{6}|[0-9a-f]{8}")
+_TRUE, _FALSE = ("true", "1"), ("false", "0")
+
+
+@dataclass(frozen=True)
+class Operations:
+    """One variant's operations, canonical: each at its neutral value unless asked for."""
+
+    #: `crop=x,y,w,h`: left, top, width and height in the original's displayed pixels.
+    region: tuple[int, int, int, int] | None = None
+    trim: int = 0
+    rotate: int = 0
+    flip: bool = False
+    flop: bool = False
+    #: Sigmas to one decimal; 0 is none.
+    blur: float = 0.0
+    sharpen: float = 0.0
+    #: `rrggbb` or `rrggbbaa` (lower case; an opaque `rrggbbff` is written `rrggbb`).
+    bg: str = WHITE
+
+    @property
+    def turns_quarter(self) -> bool:
+        """Whether the output's width is the source's height."""
+        return self.rotate in (90, 270)
+
+    @property
+    def reshapes(self) -> bool:
+        """Whether the pixels change place or value (not just the size): an animation keeps only
+        its first frame then, as every output format but WebP does anyway."""
+        return self != Operations(bg=self.bg)
+
+    def tokens(self) -> list[str]:
+        """The parts of the variant's canonical name, in the order the worker applies them."""
+        parts = []
+        if self.region:
+            parts.append("crop" + "_".join(map(str, self.region)))
+        if self.trim:
+            parts.append(f"trim{self.trim}")
+        if self.rotate:
+            parts.append(f"rot{self.rotate}")
+        parts += ["flip"] * self.flip + ["flop"] * self.flop
+        if self.blur:
+            parts.append(f"blur{self.blur:g}")
+        if self.sharpen:
+            parts.append(f"sharpen{self.sharpen:g}")
+        if self.bg != WHITE:
+            parts.append(f"bg{self.bg}")
+        return parts
+
+    def source_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size the resize starts from, for an original of `width` x `height` (displayed):
+        the rectangle's, cut at the image's edge, and turned a quarter if rotated. `InvalidField`
+        if the rectangle starts outside the image."""
+        if self.region:
+            x, y, w, h = self.region
+            if x >= width or y >= height:
+                raise InvalidField(f"crop={x},{y},{w},{h} starts outside the {width}x{height} image")
+            width, height = min(w, width - x), min(h, height - y)
+        return (height, width) if self.turns_quarter else (width, height)
+
+    def rgba(self) -> list[int]:
+        """`bg` as red, green, blue and alpha, 0-255 each."""
+        full = self.bg if len(self.bg) == 8 else self.bg + "ff"
+        return [int(full[i : i + 2], 16) for i in range(0, 8, 2)]
+
+
+def parse_operations(query: Mapping[str, str], fmt: str) -> Operations:
+    """The operations a query asks for (`crop` as a rectangle is parsed by `parse_region`).
+    `InvalidField` names the parameter and what it takes."""
+    blur = _decimal(query, "blur", BLUR_RANGE)
+    sharpen = _decimal(query, "sharpen", SHARPEN_RANGE)
+    if blur and sharpen:
+        raise InvalidField("blur and sharpen cannot be combined: ask for one")
+    rotate = whole_number(query, "rotate", 0, 0, 270)
+    if rotate not in ROTATIONS:
+        raise InvalidField(f"rotate must be one of {', '.join(map(str, ROTATIONS))} (degrees, clockwise)")
+    bg = _colour(query.get("bg"))
+    if len(bg) == 8 and fmt == "jpeg":
+        raise InvalidField("bg with transparency needs format png, webp or avif: JPEG has no alpha")
+    return Operations(
+        region=None,
+        trim=_trim(query.get("trim")),
+        rotate=rotate,
+        flip=_flag(query, "flip"),
+        flop=_flag(query, "flop"),
+        blur=blur,
+        sharpen=sharpen,
+        bg=bg,
+    )
+
+
+def parse_region(raw: str) -> tuple[int, int, int, int] | None:
+    """`x,y,w,h` (whole pixels; width and height at least 1), or None if `raw` is not one."""
+    found = _REGION.fullmatch(raw)
+    if found is None:
+        return None
+    x, y, w, h = (int(v) for v in found.groups())
+    if w < 1 or h < 1:
+        raise InvalidField("crop=x,y,w,h needs a width and height of at least 1 pixel")
+    return x, y, w, h
+
+
+def parse_dpr(raw: str | None) -> float:
+    """`dpr`, 1 to 4, to two decimals."""
+    if raw is None:
+        return 1.0
+    value = _to_decimal(raw)
+    if value is None or not DPR_RANGE[0] <= value <= DPR_RANGE[1]:
+        raise InvalidField(f"dpr must be a number from {DPR_RANGE[0]:g} to {DPR_RANGE[1]:g}")
+    return round(value, 2)
+
+
+def _decimal(query: Mapping[str, str], name: str, bounds: tuple[float, float]) -> float:
+    raw = query.get(name)
+    if raw is None:
+        return 0.0
+    value = _to_decimal(raw)
+    lo, hi = bounds
+    if value is None or not lo <= value <= hi:
+        raise InvalidField(f"{name} must be a number from {lo:g} to {hi:g} (a sigma, in pixels)")
+    return round(value, 1)
+
+
+def _to_decimal(raw: str) -> float | None:
+    return float(raw) if _DECIMAL.fullmatch(raw) else None
+
+
+def whole_number(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    """Parameter `name` as a whole number from `lo` to `hi` (`default` if absent)."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    value = ascii_int(raw, lo, hi)
+    if value is None:
+        raise InvalidField(f"{name} must be a whole number from {lo} to {hi}")
+    return value
+
+
+def _flag(query: Mapping[str, str], name: str) -> bool:
+    raw = query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() not in _TRUE + _FALSE:
+        raise InvalidField(f"{name} must be true or false")
+    return raw.lower() in _TRUE
+
+
+def _trim(raw: str | None) -> int:
+    if raw is None or raw.lower() in _FALSE:
+        return 0
+    if raw.lower() in _TRUE[:1]:
+        return DEFAULT_TRIM
+    value = ascii_int(raw, 1, 100)
+    if value is None:
+        raise InvalidField("trim must be true, false or a threshold from 1 to 100")
+    return value
+
+
+def _colour(raw: str | None) -> str:
+    if raw is None:
+        return WHITE
+    value = raw.lower().removeprefix("#")
+    if value == "transparent":
+        return TRANSPARENT
+    if not _HEX.fullmatch(value):
+        raise InvalidField("bg must be a colour: rrggbb, rgb or rrggbbaa in hex, or transparent")
+    if len(value) == 3:
+        value = "".join(c * 2 for c in value)
+    return value.removesuffix("ff") if len(value) == 8 and value.endswith("ff") else value
