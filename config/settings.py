@@ -28,6 +28,8 @@ OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
 #: How an on-demand variant fits its box, and how `cover` chooses what to keep.
 VARIANT_FITS = ("contain", "cover", "fill", "pad")
 VARIANT_CROPS = ("centre", "attention", "entropy", "focal")
+#: Variant operations a preset may name as `key=value` (`pipeline.imaging.operations`).
+VARIANT_OPERATIONS = ("dpr", "trim", "rotate", "flip", "flop", "blur", "sharpen", "bg")
 _PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _PRESET_BOX = re.compile(r"(?P<w>[1-9][0-9]{0,4})?(?:x(?P<h>[1-9][0-9]{0,4}))?")
 #: The five user ids of the original system, kept as demo users.
@@ -707,11 +709,12 @@ class _Env:
         self, name: str, default: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
     ) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
         """Parse `card=400x300:cover:webp,hero=1600:contain:auto`: a name, a box (`WxH`, `W` or
-        `xH`), then in any order a fit, a crop, a format (or `auto`) and a quality."""
+        `xH`), then in any order a fit, a crop, a format (or `auto`), a quality and operations as
+        `key=value` (`blur=2`, `bg=000000`; their values are checked as the API starts)."""
         value = self._get(name)
         if value is None:
             return default
-        shape = "name=WxH[:fit][:crop][:format][:quality], e.g. card=400x300:cover:webp"
+        shape = "name=WxH[:fit][:crop][:format][:quality][:operation=value], e.g. card=400x300:cover:webp"
         presets: list[tuple[str, tuple[tuple[str, str], ...]]] = []
         for item in value.split(","):
             preset, _, spec = item.strip().partition("=")
@@ -721,8 +724,11 @@ class _Env:
                 raise self._fail(name, f"each preset must look like {shape}", value)
             query = {k: size[k] for k in ("w", "h") if size[k]}
             for option in options:
+                operation, _, argument = option.partition("=")
                 key = (
-                    "fit"
+                    operation
+                    if operation in VARIANT_OPERATIONS and argument
+                    else "fit"
                     if option in VARIANT_FITS
                     else "crop"
                     if option in VARIANT_CROPS
@@ -734,9 +740,11 @@ class _Env:
                 )
                 if key is None or key in query:
                     raise self._fail(
-                        name, f"{preset}: {option!r} is not a fit, crop, format or quality ({shape})", value
+                        name,
+                        f"{preset}: {option!r} is not a fit, crop, format, quality or operation ({shape})",
+                        value,
                     )
-                query[key] = option
+                query[key] = argument if key in VARIANT_OPERATIONS else option
             if "crop" in query and query.get("fit") != "cover":
                 raise self._fail(name, f"{preset}: a crop goes with the cover fit", value)
             presets.append((preset, tuple(sorted(query.items()))))

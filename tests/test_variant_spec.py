@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from config.settings import VariantSettings
+from config.settings import ConfigError, Settings, VariantSettings
 from pipeline.core.errors import InvalidField
 from pipeline.core.layout import ImageRef, source_key_of
 from pipeline.imaging.variants import (
@@ -18,6 +18,7 @@ from pipeline.imaging.variants import (
     VariantSpec,
     parse_link_name,
     parse_variant,
+    preset_problem,
 )
 
 LIMITS = VariantSettings()
@@ -182,3 +183,19 @@ def test_variant_keys_belong_to_their_original_and_its_etag() -> None:
     assert key.startswith(ref.variants_prefix("abc")) and key.startswith(ref.variants_prefix())
     assert source_key_of(key) == ref.source_key
     assert source_key_of(f"{ref.source_key}/256.jpg") == ref.source_key
+
+
+def test_presets_take_operations_and_their_values_are_checked_as_the_api_starts() -> None:
+    limits = Settings.from_env(
+        {"IMGSVC_VARIANT_PRESETS": "avatar=96x96:pad:png:bg=transparent:dpr=2,soft=400:blur=4:rotate=90"}
+    ).variants
+    assert preset_problem(limits) is None
+    assert parse_variant({"preset": "avatar"}, "", limits)[0].name == "w192-h192-pad-bgffffff00.png"
+    assert parse_variant({"preset": "soft"}, "", limits)[0].name == "w400-contain-rot90-blur4-q80.jpg"
+    wrong = Settings.from_env({"IMGSVC_VARIANT_PRESETS": "a=10,b=10:blur=99"}).variants
+    assert (
+        preset_problem(wrong)
+        == "IMGSVC_VARIANT_PRESETS: b: blur must be a number from 0.3 to 50 (a sigma, in pixels)"
+    )
+    with pytest.raises(ConfigError, match="'tilt=3' is not a fit, crop, format, quality or operation"):
+        Settings.from_env({"IMGSVC_VARIANT_PRESETS": "a=10:tilt=3"})

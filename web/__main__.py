@@ -23,6 +23,7 @@ from pipeline.core import runtime
 from pipeline.core.demo import seed_demo_once, seed_demo_users
 from pipeline.core.logs import configure_logging
 from pipeline.core.version import service_version
+from pipeline.imaging.variants import preset_problem
 from pipeline.imaging.workers import SUPERVISED, die_with_parent, supervisor_pid
 from web.admin import serving_admin
 from web.app import create_app
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if problem := preset_problem(settings.variants):
+        print(f"configuration error: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if args.serve_fds:  # a worker of a supervisor: everything else is done already

@@ -25,11 +25,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from config.settings import VARIANT_OPERATIONS
 from pipeline.core.errors import InvalidField
 from pipeline.core.untrusted import ascii_int
 
-#: The operations' query parameters (besides `crop`, shared with the crop modes, and `dpr`).
-PARAMETERS = ("trim", "rotate", "flip", "flop", "blur", "sharpen", "bg")
+#: The operations' query parameters (besides `crop`, shared with the crop modes), `dpr` first.
+PARAMETERS = VARIANT_OPERATIONS
 ROTATIONS = (0, 90, 180, 270)
 BLUR_RANGE = (0.3, 50.0)
 SHARPEN_RANGE = (0.3, 10.0)

@@ -27,7 +27,7 @@ CROPS = VARIANT_CROPS
 FORMATS = ("jpeg", "webp", "avif", "png")
 #: Formats a client gets from `format=auto` only by naming them in `Accept`, best first.
 NEGOTIATED = ("avif", "webp")
-PARAMETERS = ("w", "h", "dpr", "fit", "crop", "format", "q", "upscale", *operations.PARAMETERS, "preset")
+PARAMETERS = ("w", "h", "fit", "crop", "format", "q", "upscale", *operations.PARAMETERS, "preset")
 #: A signed link's name, read back token by token (`parse_link_name`): each token's pattern and
 #: the query parameter it stands for (None: a part the link leaves to the image, its focal point).
 _LINK_TOKENS: tuple[tuple[re.Pattern[str], str | None], ...] = tuple(
@@ -248,6 +248,17 @@ def parse_preset(query: Mapping[str, str], accept: str, limits: VariantSettings)
     if preset is None:
         raise InvalidField(f"preset must be one of {', '.join(_names(limits)) or '(none configured)'}")
     return parse_variant(preset, accept, replace(limits, presets_only=False))
+
+
+def preset_problem(limits: VariantSettings) -> str | None:
+    """What is wrong with a configured preset's values (the syntax was checked with the rest of
+    the settings; a value out of its range is found here, as the API starts), or None."""
+    for name, query in limits.presets:
+        try:
+            parse_variant(dict(query), "", replace(limits, presets_only=False))
+        except InvalidField as exc:
+            return f"IMGSVC_VARIANT_PRESETS: {name}: {exc.message}"
+    return None
 
 
 @functools.lru_cache(maxsize=256)
