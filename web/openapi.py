@@ -189,6 +189,35 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "ImageInfo": {
+        "type": "object",
+        "required": ["image_id", "format", "width", "height", "frames", "bytes"],
+        "properties": {
+            "image_id": {"type": "string"},
+            "format": {"type": "string"},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "frames": {"type": "integer"},
+            "bytes": {"type": ["integer", "null"]},
+            "colour_space": {"type": "string"},
+            "bit_depth": {"type": "integer"},
+            "alpha": {"type": "boolean"},
+            "icc": {"type": ["string", "null"], "description": "the ICC profile's description"},
+            "orientation": {
+                "type": "integer",
+                "description": "EXIF orientation (applied to every rendition)",
+            },
+            "exif": {"type": ["object", "null"], "description": "camera, lens, taken_at, exposure"},
+            "gps": {"type": ["object", "null"], "description": "latitude, longitude (degrees), altitude_m"},
+            "private": {
+                "type": "array",
+                "items": {"enum": ["exif", "gps", "xmp", "iptc"]},
+                "description": "private metadata the original carries",
+            },
+            "dominant_color": {"type": ["string", "null"]},
+            "blurhash": {"type": ["string", "null"]},
+        },
+    },
     "UploadUrl": {
         "allOf": [
             _ref("Image"),
@@ -415,6 +444,18 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                     *_variant_params(variants),
                 ],
                 "responses": {"200": _json(_ref("Link"), "the link"), **_errors(*AUTH_ERRORS, 404, 409, 422)},
+            },
+        },
+        "/images/{image_id}/info": {
+            "parameters": [IMAGE_P],
+            "get": {
+                "operationId": "images.image_info",
+                "summary": "What the original is and says about itself (EXIF, GPS, ICC): its owner only",
+                "parameters": [USER_Q],
+                "responses": {
+                    "200": _json(_ref("ImageInfo"), "the image's metadata"),
+                    **_errors(*AUTH_ERRORS, 404, 422),
+                },
             },
         },
         "/images/{image_id}/variant": {

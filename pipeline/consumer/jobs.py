@@ -300,6 +300,7 @@ class JobRunner:
             tuple(copied),
             0.0,
             duplicate.item.get("placeholder"),
+            duplicate.item.get("metadata"),
         )
 
     async def _source_meta(self, ref: ImageRef) -> ObjectMeta:

@@ -285,6 +285,7 @@ class RecordStore:
                     "engine": result.engine,
                 }
                 out["placeholder"] = result.placeholder
+                out["metadata"] = result.metadata
             return {**out, **(facts or {})}
 
         return await self._write(ref, etag, current, fields, known, recorded_is_current=True)

@@ -8,7 +8,7 @@ unpickle a worker's answer without importing a decoder.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from config.settings import RenditionSpec
 from pipeline.core.formats import ImageInfo
@@ -43,6 +43,8 @@ class RenditionResult:
     seconds: float
     #: What a client shows before a thumbnail loads: {"blurhash": ..., "color": "#rrggbb"}.
     placeholder: dict[str, str] | None = None
+    #: What the original says about itself (`pipeline.imaging.metadata`), for its owner.
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pipeline.core.formats import (
     read_header_prefix,
 )
 from pipeline.core.results import Engine, Rendition, RenditionResult, VariantImage
-from pipeline.imaging import operate
+from pipeline.imaging import metadata, operate
 from pipeline.imaging.operate import jpeg_shrink, to_display
 from pipeline.imaging.variants import VariantSpec
 
@@ -97,7 +97,18 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
         outputs = _vips_renditions(data, specs)
     else:
         outputs = _pillow_renditions(data, fmt, specs, imaging.max_pixels)
-    return RenditionResult(info, engine, outputs, time.perf_counter() - started, placeholder(outputs[0].data))
+    seconds = time.perf_counter() - started
+    return RenditionResult(info, engine, outputs, seconds, placeholder(outputs[0].data), _metadata(data))
+
+
+def _metadata(data: bytes) -> dict[str, Any] | None:
+    """The original's own metadata, from its header (None without libvips or if unreadable)."""
+    if not HAVE_VIPS:  # pragma: no cover - pyvips-binary is a dependency
+        return None
+    try:
+        return metadata.describe(pyvips.Image.new_from_buffer(data, "", access="sequential"))
+    except pyvips.Error:
+        return None
 
 
 def make_variant(

@@ -9,7 +9,7 @@ from pipeline.core.removal import remove_image
 from pipeline.core.untrusted import ascii_int, ascii_number
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, WAITS
-from web.serving import image_ref
+from web.serving import image_ref, not_ready
 from web.views import describe, thumbnail_link, thumbnail_srcset
 
 MAX_WAIT = 20.0
@@ -35,6 +35,34 @@ async def image_status(request: web.Request) -> web.Response:
     if record.state in ("pending", "awaiting_upload"):
         response.headers["Retry-After"] = str(request.app[SETTINGS].web.retry_after)
     return response
+
+
+async def image_info(request: web.Request) -> web.Response:
+    """`GET /images/{image_id}/info`: what the original is and says about itself, read when its
+    renditions were made (`pipeline.imaging.metadata`). Its owner's alone, GPS included: the key
+    names the caller, and only the caller's images are found."""
+    user_id, image_id, ref = await image_ref(request, request.match_info["image_id"])
+    record = await request.app[RECORDS].read(ref)
+    if record is None:
+        raise ImageNotFound()
+    if record.state != "ready":
+        return not_ready(record, user_id, image_id, request.app[SETTINGS].web.retry_after)
+    item = record.item
+    info, placeholder = item.get("info", {}), item.get("placeholder") or {}
+    body = {
+        "image_id": image_id,
+        "format": info.get("format"),
+        "width": info.get("width"),
+        "height": info.get("height"),
+        "frames": info.get("frames", 1),
+        "bytes": item.get("bytes"),
+        # Images processed before this was read have none of it (`python -m pipeline reconcile`
+        # does not redo them; a new upload of the same bytes does).
+        **(item.get("metadata") or {"exif": None, "gps": None, "private": None}),
+        "dominant_color": placeholder.get("color"),
+        "blurhash": placeholder.get("blurhash"),
+    }
+    return web.json_response(body)
 
 
 async def list_images(request: web.Request) -> web.Response:
