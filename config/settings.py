@@ -167,6 +167,9 @@ class ImagingSettings:
     #: (measured faster there); larger ones by pyvips. See BENCHMARKS.md.
     pillow_max_side: Annotated[int, Var(0, 100_000)] = 256
     allowed_formats: Annotated[frozenset[str], Var(read="formats")] = KNOWN_FORMATS
+    #: Serve originals without their private metadata (EXIF, GPS, XMP, IPTC): a stripped copy,
+    #: made on first request; the owner may still ask for the bytes as uploaded.
+    strip_originals: Annotated[bool, Var()] = True
     #: Jobs an imaging worker process runs before it is replaced by a fresh one (0: no limit):
     #: whatever a decoder leaks or fragments is given back with the process.
     worker_max_jobs: Annotated[int, Var(0, 10_000_000)] = 1000

@@ -388,6 +388,35 @@ def _check_coded_frames(data: bytes, start: int, end: int, header: Header) -> No
             )
 
 
+def bmff_metadata_items(data: bytes) -> list[tuple[str, list[tuple[int, int]]]]:
+    """Where a whole HEIF or AVIF file keeps its EXIF and XMP items: (`exif` or `xmp`, the
+    (start, end) of each of the item's extents in `data`) for each item
+    (`pipeline.imaging.strip` overwrites them)."""
+    for kind, payload, stop in _boxes(data, 0, len(data)):
+        if kind != b"meta":
+            continue
+        boxes = {name: (start, end) for name, start, end in _boxes(data, payload + 4, stop)}
+        if b"iinf" not in boxes or b"iloc" not in boxes:
+            return []
+        exif = _items_of_type(data, *boxes[b"iinf"], b"Exif")
+        xmp = _items_of_type(data, *boxes[b"iinf"], b"mime")  # XMP is the mime item HEIF writers add
+        items = []
+        for item, method, extents in _item_extents(data, *boxes[b"iloc"]):
+            if item not in exif and item not in xmp:
+                continue
+            base, limit = (0, len(data)) if method == 0 else boxes.get(b"idat", (0, 0))
+            spans = []
+            for offset, length in extents:
+                first = base + offset
+                last = limit if length == 0 else first + length
+                if not base <= first <= last <= limit:
+                    raise CorruptImage("a metadata item lies outside its container")
+                spans.append((first, last))
+            items.append(("exif" if item in exif else "xmp", spans))
+        return items
+    return []
+
+
 def _items_of_type(data: bytes, start: int, end: int, wanted: bytes) -> set[int]:
     """The ids of the items `iinf` lists with type `wanted` (item info entries of version 2 or 3)."""
     version = _uint(data, start, 1)

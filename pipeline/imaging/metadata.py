@@ -26,6 +26,9 @@ MAX_TEXT = 96
 #: libvips' band formats, as bits per sample.
 _BITS = {"uchar": 8, "char": 8, "ushort": 16, "short": 16, "uint": 32, "int": 32, "float": 32, "double": 64}
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+#: IFD0 tags that say nothing about who, where or with what: the orientation a strip keeps, the
+#: resolution and sampling, and the pointers to the other directories (judged on their own).
+_HARMLESS = {0x0112, 0x011A, 0x011B, 0x0128, 0x0213, _EXIF_IFD, _GPS_IFD}
 #: IFD0 and Exif IFD tags kept, by the name they are shown under.
 _CAMERA = {"make": (0, 0x010F), "model": (0, 0x0110), "software": (0, 0x0131)}
 _SHOT = {
@@ -52,15 +55,18 @@ def describe(image: Any) -> dict[str, Any]:
         "gps": None,
     }
     private = []
-    if "exif-data" in fields:
-        exif = _exif(image.get("exif-data"))
-        if exif is not None:
+    if "exif-data" in fields and (exif := _exif(image.get("exif-data"))) is not None:
+        camera = _camera(exif)
+        found["exif"] = camera or None
+        gps = _gps(exif.get_ifd(_GPS_IFD))
+        if camera or gps or set(exif) - _HARMLESS:
             private.append("exif")
-            found["exif"] = _camera(exif)
-            if gps := _gps(exif.get_ifd(_GPS_IFD)):
-                found["gps"] = gps
-                private.append("gps")
-    private += [name for name, field in (("xmp", "xmp-data"), ("iptc", "iptc-data")) if field in fields]
+        if gps:
+            found["gps"] = gps
+            private.append("gps")
+    for name, field in (("xmp", "xmp-data"), ("iptc", "iptc-data")):
+        if field in fields and bytes(image.get(field)).strip(b" \t\r\n\x00"):  # stripped: blank
+            private.append(name)
     found["private"] = private
     return found
 

@@ -32,7 +32,8 @@ from pipeline.core.formats import (
 from pipeline.core.results import Engine, Rendition, RenditionResult, VariantImage
 from pipeline.imaging import metadata, operate
 from pipeline.imaging.operate import jpeg_shrink, to_display
-from pipeline.imaging.variants import VariantSpec
+from pipeline.imaging.strip import strip
+from pipeline.imaging.variants import StrippedOriginal, VariantSpec
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ def make_variant(
     info = read_header(data, fmt)
     check_limits(info, imaging)
     check_stream(data, fmt)
+    if isinstance(spec, StrippedOriginal):
+        return _stripped(data, info, started)
     width, height = spec.box(info.width, info.height, limits.max_side, limits.max_pixels)
     # Every frame is a picture to make: an animation whose frames together would pass the pixel
     # bound gives its first frame only (like any other output format).
@@ -156,6 +159,23 @@ def make_variant(
         raise CorruptImage(_short(str(exc))) from None
     shown_height = page_height or image.height
     return VariantImage(encoded, image.width, shown_height, frames, time.perf_counter() - started)
+
+
+def _stripped(data: bytes, info: ImageInfo, started: float) -> VariantImage:
+    """The original without its private metadata: its structure rewritten (`strip`), or, for a
+    TIFF, its pixels saved again losslessly (upright, with the ICC profile alone)."""
+    try:
+        header = pyvips.Image.new_from_buffer(data, "", access="sequential")
+        orientation = int(header.get("orientation")) if header.get_typeof("orientation") else 1
+        done = strip(data, info.format, orientation)
+        if done is not None:
+            out = done.data
+        else:
+            image = pyvips.Image.new_from_buffer(data, "fail_on=error").autorot()
+            out = bytes(image.tiffsave_buffer(compression="deflate", keep="icc"))
+    except pyvips.Error as exc:
+        raise CorruptImage(_short(str(exc))) from None
+    return VariantImage(out, info.width, info.height, info.frames, time.perf_counter() - started)
 
 
 def _turned(spec: VariantSpec, width: int, height: int) -> tuple[int, int]:

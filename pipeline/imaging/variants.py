@@ -188,6 +188,33 @@ class VariantSpec:
         return min(w, box[0]), min(h, box[1])
 
 
+@dataclass(frozen=True)
+class StrippedOriginal(VariantSpec):
+    """The original without its private metadata (`pipeline.imaging.strip`), served in its place
+    (`IMGSVC_STRIP_ORIGINALS`): made once by a variant worker, stored and counted like a variant
+    of the original, so it is bounded and shared as they are and goes with the image."""
+
+    #: The original's own content type: a stripped file is of the same format.
+    original_type: str = "application/octet-stream"
+
+    @functools.cached_property
+    def name(self) -> str:
+        return f"original-stripped.{'jpg' if self.format == 'jpeg' else self.format}"
+
+    @property
+    def content_type(self) -> str:
+        return self.original_type
+
+    def animates(self, width: int, height: int, frames: int, max_pixels: int) -> bool:
+        return frames > 1  # every frame is kept: the image data is not touched
+
+    def cost(self, width: int, height: int, frames: int, limits: VariantSettings) -> int:
+        """A rewrite of the file's structure (no decode), except TIFF's pixels saved again."""
+        if self.format != "tiff":
+            return 1
+        return round(width * height / 1e6 * (DECODE_MS_PER_MP + ENCODE_MS_PER_MP["png"]))
+
+
 def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool]:
     """The canonical spec of a request's query, and whether it depends on `Accept` (`format=auto`).
 

@@ -5,24 +5,32 @@ from __future__ import annotations
 from aiohttp import web
 
 from config.settings import OUTPUT_FORMATS
-from pipeline.core.errors import (
-    ImageNotFound,
-    InvalidField,
-    NotFound,
-    RenditionNotFound,
-)
-from web.keys import SETTINGS
+from pipeline.core.errors import ImageChanged, ImageNotFound, InvalidField, RenditionNotFound
+from web.keys import RECORDS, SETTINGS
+from web.originals import serve_original
 from web.serving import VARY, best_for, image_ref, locate, serve_object
 
 
 async def download_image(request: web.Request) -> web.StreamResponse:
-    """`GET /download/image?user_id=&image_id=`: the original as uploaded."""
+    """`GET /download/image?user_id=&image_id=[&as_uploaded=true]`: the original, without its
+    private metadata unless its owner (the only caller who finds it) asks for it as uploaded."""
     _, _, ref = await image_ref(request)
-    settings = request.app[SETTINGS]
+    as_uploaded = parse_flag(request.query.get("as_uploaded"), "as_uploaded")
+    record = await request.app[RECORDS].read(ref)
+    if record is None or record.state == "awaiting_upload":
+        raise ImageNotFound()
     try:
-        return await serve_object(request, settings.aws.source_bucket, ref.source_key)
-    except NotFound:
+        return await serve_original(request, ref, record, as_uploaded=as_uploaded)
+    except ImageChanged:  # replaced or deleted since the record was read
         raise ImageNotFound() from None
+
+
+def parse_flag(raw: str | None, name: str) -> bool:
+    if raw is None or raw.lower() in ("false", "0"):
+        return False
+    if raw.lower() in ("true", "1"):
+        return True
+    raise InvalidField(f"{name} must be true or false")
 
 
 async def download_thumbnail(request: web.Request) -> web.StreamResponse:

@@ -22,6 +22,7 @@ from pipeline.imaging.variants import PARAMETERS as VARIANT_PARAMETERS
 from pipeline.imaging.variants import parse_link_name, parse_variant
 from web.keys import LINKS, PUBLIC, RECORDS, SETTINGS
 from web.links import version_of
+from web.originals import serve_original, stripped_copy
 from web.public import variant_url
 from web.serving import CACHE_CONTROL, ORIGINAL, image_ref, locate, not_ready, serve_object, serve_variant
 from web.uploading import parse_public
@@ -56,9 +57,13 @@ async def create_link(request: web.Request) -> web.Response:
     found = await locate(request, ref, rendition)
     if isinstance(found, web.Response):
         return found
-    url, expires = await link_to(
-        request, user_id, image_id, rendition, found.bucket, found.key, found.source_etag, seconds
-    )
+    if rendition == ORIGINAL and stripped_copy(settings, found.record) is not None:
+        # Served by the API, as variant links are: the stripped copy may not be made yet.
+        url, expires = signed_link(request, user_id, image_id, rendition, found.source_etag, seconds)
+    else:
+        url, expires = await link_to(
+            request, user_id, image_id, rendition, found.bucket, found.key, found.source_etag, seconds
+        )
     return _link_answer(url, expires, rendition=rendition)
 
 
@@ -140,11 +145,10 @@ async def follow_link(request: web.Request) -> web.StreamResponse:
         return found
     if version_of(found.source_etag) != version:
         raise ImageChanged()
-    pin = found.source_etag
+    if rendition == ORIGINAL:
+        return await serve_original(request, ImageRef.of(user_id, image_id), found.record)
     try:
-        if rendition == ORIGINAL:
-            return await serve_object(request, found.bucket, found.key, if_match=pin)
-        return await serve_object(request, found.bucket, found.key, source_etag=pin)
+        return await serve_object(request, found.bucket, found.key, source_etag=found.source_etag)
     except NotFound:
         raise ImageChanged() from None
 

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from pipeline.core.errors import (
+    ImageChanged,
     ImageNotFound,
     InvalidField,
     NoSuchPublicImage,
@@ -29,6 +30,7 @@ from web.bodies import json_object
 from web.keys import PUBLIC, RECORDS, SETTINGS
 from web.links import version_of
 from web.middlewares import refusal
+from web.originals import serve_original
 from web.public import IMMUTABLE, extension, new_nonce
 from web.serving import CACHE_CONTROL, DISPOSITION, image_ref, serve_object, serve_variant
 from web.views import describe
@@ -91,8 +93,8 @@ async def _serve(request: web.Request) -> web.StreamResponse:
             raise NoSuchPublicImage()
         request[DISPOSITION] = _inline(record, ext)
         try:
-            return await serve_object(request, settings.aws.source_bucket, ref.source_key, if_match=pin)
-        except NotFound:
+            return await serve_original(request, ref, record)
+        except ImageChanged:
             raise NoSuchPublicImage() from None
     if record.state != "ready":
         raise NoSuchPublicImage("not made yet; ask again later", headers={"Retry-After": "2"})
