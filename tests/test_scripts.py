@@ -342,3 +342,11 @@ def test_noisy_neighbour_one_second_of_wrong_keys() -> None:
     assert 0 < notes["attacker_401"] <= 40 and notes["attacker_429"] > 0
     assert notes["attacker_401"] + notes["attacker_429"] <= notes["sent"]
     assert baseline["notes"]["worker_rss_mb_idle_at_end"]
+
+
+@pytest.mark.e2e
+def test_bench_operations_once_on_a_2_mp_jpeg() -> None:
+    report = report_of("bench_operations.py", "--runs", "1", "--images", "jpeg-2mp", "--json")
+    rows = report["jpeg-2mp"]
+    assert set(rows) >= {"resize", "blur=2", "rotate=90", "trim", "fit=pad", "strip original"}
+    assert rows["resize"]["ratio"] == 1.0 and all(row["ms"] > 0 for row in rows.values())

@@ -6,6 +6,7 @@ around its resize; only worker processes import this (it loads libvips).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 try:  # as in `pipeline.imaging.renditions`: without libvips, variants are refused there
@@ -19,35 +20,62 @@ from pipeline.imaging.variants import VariantSpec
 _ROTATIONS = {90: "d90", 180: "d180", 270: "d270"}
 
 
-def cut(data: bytes, info: ImageInfo, spec: VariantSpec, box: tuple[int, int], load: str) -> Any:
-    """The original upright, cut to the rectangle and trimmed, in memory. A JPEG is decoded at
-    a reduced scale when the output needs no more (never when trimming: what is left of a
-    trimmed image may need every pixel)."""
+@dataclass(frozen=True)
+class Cut:
+    """The original upright, cut to the rectangle and trimmed (`image`, in memory, perhaps at a
+    reduced scale), and what that is in the original's pixels (`width`, `height`)."""
+
+    image: Any
+    width: int
+    height: int
+
+
+def cut(data: bytes, info: ImageInfo, spec: VariantSpec, box: tuple[int, int], load: str) -> Cut:
+    """Decode, cut and trim. A JPEG is decoded at the smallest scale the output allows (as a
+    plain resize is); a trim is found at that scale, and the JPEG decoded again at a larger one
+    only if what the trim leaves needs more pixels than that scale kept."""
     ops = spec.ops
     src_w, src_h = ops.source_size(info.width, info.height)
     if ops.turns_quarter:
         src_w, src_h = src_h, src_w
     turned = (box[1], box[0]) if ops.turns_quarter else box
-    shrink = 1 if ops.trim else jpeg_shrink(info, max(turned[0] / src_w, turned[1] / src_h))
+    shrink = jpeg_shrink(info, max(turned[0] / src_w, turned[1] / src_h))
+    image = _cut(data, info, ops.region, shrink, load)
+    if not ops.trim or (found := _trim_box(image, ops.trim)) is None:
+        return Cut(image.copy_memory(), src_w, src_h)
+    left, top, width, height = found
+    kept_w, kept_h = width * shrink, height * shrink  # in the original's pixels
+    wanted = spec.fitted(*((kept_h, kept_w) if ops.turns_quarter else (kept_w, kept_h)))
+    if ops.turns_quarter:
+        wanted = (wanted[1], wanted[0])
+    finer = jpeg_shrink(info, max(wanted[0] / kept_w, wanted[1] / kept_h))
+    if finer < shrink:  # the trim left little: decode again at the scale it needs
+        image, factor = _cut(data, info, ops.region, finer, load), shrink // finer
+        left, top, width, height = left * factor, top * factor, width * factor, height * factor
+        width, height = min(width, image.width - left), min(height, image.height - top)
+    return Cut(image.crop(left, top, width, height).copy_memory(), kept_w, kept_h)
+
+
+def _cut(
+    data: bytes, info: ImageInfo, region: tuple[int, int, int, int] | None, shrink: int, load: str
+) -> Any:
     options = {"shrink": shrink} if shrink > 1 else {}
     image = pyvips.Image.new_from_buffer(data, load, **options).autorot()
-    if ops.region:
-        x, y, w, h = (round(v * image.width / info.width) for v in ops.region)
+    if region:
+        x, y, w, h = (round(v * image.width / info.width) for v in region)
         x, y = min(x, image.width - 1), min(y, image.height - 1)
         image = image.crop(x, y, max(1, min(w, image.width - x)), max(1, min(h, image.height - y)))
-    if ops.trim:
-        image = _trimmed(image, ops.trim)
-    return image.copy_memory()
+    return image
 
 
-def _trimmed(image: Any, threshold: int) -> Any:
-    """Without the border of the top-left pixel's colour (within `threshold`); an image all of
-    one colour is kept whole."""
+def _trim_box(image: Any, threshold: int) -> tuple[int, int, int, int] | None:
+    """The box inside the border of the top-left pixel's colour (within `threshold`); None for
+    an image all of one colour (kept whole)."""
     colour = image.getpoint(0, 0)[: image.bands - 1 if image.hasalpha() else image.bands]
     left, top, width, height = image.find_trim(threshold=threshold, background=colour)
     if width <= 0 or height <= 0:
-        return image
-    return image.crop(left, top, width, height)
+        return None
+    return left, top, width, height
 
 
 def finish(image: Any, spec: VariantSpec, box: tuple[int, int]) -> Any:
@@ -57,6 +85,9 @@ def finish(image: Any, spec: VariantSpec, box: tuple[int, int]) -> Any:
     if spec.fit == "pad":
         turned = (box[1], box[0]) if ops.turns_quarter else box
         image = _on_canvas(to_display(image, grey_ok=False), turned, ops.rgba())
+    if ops.rotate or ops.flip:
+        # Read bottom to top: a source decoded sequentially (shrink-on-load) must be whole first.
+        image = image.copy_memory()
     if ops.rotate:
         image = image.rot(_ROTATIONS[ops.rotate])
     if ops.flip:

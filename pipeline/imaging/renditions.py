@@ -144,11 +144,12 @@ def make_variant(
             width, height = spec.fitted(
                 *_turned(spec, cut.width, cut.height), limits.max_side, limits.max_pixels
             )
-            source: bytes | Any = cut
+            source: bytes | Any = cut.image
+            size = (cut.width, cut.height)
         else:
-            source = data
+            source, size = data, (info.width, info.height)
         # Made upright in the source's orientation, then turned: the box describes the result.
-        image = _resized(source, info, spec, _turned(spec, width, height), load)
+        image = _resized(source, size, info, spec, _turned(spec, width, height), load)
         image = operate.finish(image, spec, (width, height))
         image = _vips_to_display(image, spec.format, spec.ops.rgba())
         out = RenditionSpec(max(width, height), spec.format, spec.quality)
@@ -182,14 +183,19 @@ def _turned(spec: VariantSpec, width: int, height: int) -> tuple[int, int]:
     return (height, width) if spec.ops.turns_quarter else (width, height)
 
 
-def _resized(source: bytes | Any, info: ImageInfo, spec: VariantSpec, box: tuple[int, int], load: str) -> Any:
-    """The source (the original's bytes, or an image already cut) fitted to `box`."""
+def _resized(
+    source: bytes | Any,
+    size: tuple[int, int],
+    info: ImageInfo,
+    spec: VariantSpec,
+    box: tuple[int, int],
+    load: str,
+) -> Any:
+    """The source (the original's bytes, or an image already cut, of `size` in the original's
+    pixels) fitted to `box`."""
     width, height = box
     if spec.fit == "pad":  # contained, then set on its canvas by `operate.finish`
-        src_w, src_h = (
-            (info.width, info.height) if isinstance(source, bytes) else (source.width, source.height)
-        )
-        width, height = spec.inside(src_w, src_h, box)
+        width, height = spec.inside(*size, box)
     if spec.fit == "cover" and spec.crop == "focal":
         focal = (spec.focal[0] / 1000, spec.focal[1] / 1000)
         return _focal_crop(source, info, width, height, focal, load)

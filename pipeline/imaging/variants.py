@@ -62,11 +62,13 @@ MAX_UPSCALE = 2.0
 #: on noise, the worst case (AVIF with libvips' effort 2, as variants are made).
 DECODE_MS_PER_MP = 10
 ENCODE_MS_PER_MP = {"jpeg": 20, "png": 60, "webp": 250, "avif": 1000}
-#: The operations' own cost, per megapixel of output (blur: per unit of sigma; trim: of the
-#: decoded source). Measured by `scripts/bench_operations.py` (BENCHMARKS.md).
+#: The operations' own cost, measured by `scripts/bench_operations.py` (BENCHMARKS.md) and
+#: rounded up: blur per unit of sigma and sharpen per megapixel of output, a turn or mirror per
+#: megapixel of output (made whole in memory first), trim per megapixel of the original.
 BLUR_MS_PER_MP_SIGMA = 10
-SHARPEN_MS_PER_MP = 30
-TRIM_MS_PER_MP = 10
+SHARPEN_MS_PER_MP = 70
+TURN_MS_PER_MP = 60
+TRIM_MS_PER_MP = 35
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ class VariantSpec:
         decoded = width * height * made / 1e6 * DECODE_MS_PER_MP
         out = w * h * made / 1e6
         operated = out * (BLUR_MS_PER_MP_SIGMA * self.ops.blur + SHARPEN_MS_PER_MP * bool(self.ops.sharpen))
+        operated += out * TURN_MS_PER_MP * bool(self.ops.rotate or self.ops.flip)
         if self.ops.trim:  # a pass over the decoded source
             operated += width * height / 1e6 * TRIM_MS_PER_MP
         return round(decoded + out * ENCODE_MS_PER_MP[self.format] + operated)
