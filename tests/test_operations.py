@@ -14,7 +14,7 @@ from config.settings import Settings
 from pipeline.core.errors import InvalidField
 from pipeline.imaging.renditions import make_variant
 from pipeline.imaging.variants import parse_variant
-from tests.support.images import decode
+from tests.support.images import decode, jpeg_bytes
 
 SETTINGS = Settings.from_env({})
 RED, BLUE, GREEN, WHITE = (220, 20, 20), (20, 20, 220), (20, 200, 20), (255, 255, 255)
@@ -154,3 +154,12 @@ def test_an_animation_operated_on_keeps_its_first_frame() -> None:
     turned = variant(out.getvalue(), w="60", rotate="90", format="webp")
     assert getattr(turned, "n_frames", 1) == 1 and turned.size == (60, 80)
     assert near(turned.convert("RGB").getpixel((30, 40)), RED)
+
+
+@pytest.mark.parametrize("query", [{"rotate": "90"}, {"rotate": "270", "flip": "1"}, {"trim": "true"}])
+def test_a_jpeg_decoded_at_a_reduced_scale_can_be_turned_mirrored_and_trimmed(query: dict[str, str]) -> None:
+    """A shrink-on-load decode is read top to bottom: a turn must make it whole first (it failed,
+    out of order, on JPEGs large enough to be decoded at 1/8)."""
+    photo = jpeg_bytes(1600, 1200)
+    image = variant(photo, w="150", **query)
+    assert image.width == 150 and image.format == "JPEG"
