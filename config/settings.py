@@ -27,7 +27,7 @@ UPLOAD_MODES = frozenset({"api", "presigned"})
 OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
 #: How an on-demand variant fits its box, and how `cover` chooses what to keep.
 VARIANT_FITS = ("contain", "cover", "fill", "pad")
-VARIANT_CROPS = ("centre", "attention", "entropy", "focal")
+VARIANT_CROPS = ("centre", "attention", "entropy", "focal", "faces")
 #: Variant operations a preset may name as `key=value` (`pipeline.imaging.operations`).
 VARIANT_OPERATIONS = ("dpr", "trim", "rotate", "flip", "flop", "blur", "sharpen", "bg")
 _PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")

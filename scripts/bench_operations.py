@@ -2,9 +2,10 @@
 
 For each image of the generated set (`bench_imaging.build_set`), in this process, libvips as a
 variant worker runs it: the median of `--runs` of `make_variant` for a plain `w=800` JPEG, then
-for the same with each operation added, and the stripped original. Prints a Markdown table: the
-milliseconds, the ratio to the plain resize, and the milliseconds per megapixel of the original
-beyond the resize (what `pipeline.imaging.variants`' cost constants estimate).
+for the same with each operation added, the stripped original, and face detection alone (on the
+image scaled to cover the box, as `crop=faces` runs it: its small grey copy, then OpenCV).
+Prints a Markdown table: the milliseconds, the ratio to the plain resize, and the milliseconds
+per megapixel of the original beyond the resize (what `pipeline.imaging.variants`' cost constants estimate).
 
     .venv/bin/python scripts/bench_operations.py --runs 5
 """
@@ -19,7 +20,7 @@ import time
 from bench_imaging import build_set
 
 from config.settings import Settings
-from pipeline.imaging import renditions
+from pipeline.imaging import faces, renditions
 from pipeline.imaging.variants import StrippedOriginal, VariantSpec, parse_variant
 
 #: The operations measured, as the query that adds each to `w=800`.
@@ -33,6 +34,8 @@ OPERATIONS: dict[str, dict[str, str]] = {
     "crop=rect": {"crop": "400,300,1200,800"},
     "trim": {"trim": "10"},
     "fit=pad": {"h": "800", "fit": "pad", "bg": "000000"},
+    "cover, attention": {"h": "600", "fit": "cover", "crop": "attention"},
+    "cover, faces": {"h": "600", "fit": "cover", "crop": "faces"},
     "dpr=2": {"dpr": "2"},
 }
 
@@ -42,6 +45,20 @@ def timed(data: bytes, spec: VariantSpec, settings: Settings, runs: int) -> floa
     for _ in range(runs):
         started = time.perf_counter()
         renditions.make_variant(data, spec, settings.imaging, settings.variants)
+        took.append((time.perf_counter() - started) * 1000)
+    return statistics.median(took)
+
+
+def detection_ms(data: bytes, runs: int) -> float:
+    """Face detection as `crop=faces` runs it: on the image already scaled to cover an 800 x 600
+    box (made here untimed), its small grey copy made and searched."""
+    import pyvips
+
+    covering = pyvips.Image.thumbnail_buffer(data, 800, height=600, crop="centre").copy_memory()
+    took = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        faces.focal_point(covering)
         took.append((time.perf_counter() - started) * 1000)
     return statistics.median(took)
 
@@ -58,6 +75,7 @@ def measure(names: list[str], runs: int) -> dict[str, dict[str, dict[str, float]
             rows[label] = {"ms": timed(data, spec, settings, runs)}
         stripped = StrippedOriginal(None, None, format=info.format, original_type=f"image/{info.format}")
         rows["strip original"] = {"ms": timed(data, stripped, settings, runs)}
+        rows["faces: detection alone"] = {"ms": detection_ms(data, runs)}
         plain = rows["resize"]["ms"]
         for row in rows.values():
             row["ratio"] = round(row["ms"] / plain, 2)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DECODERS = {"pyvips", "PIL"}
+DECODERS = {"pyvips", "PIL", "cv2"}
 #: Each room (a package, or `pipeline.backends` alone) and the rooms of ours it may import; its
 #: `__init__` says the same in words. A room always imports itself.
 ALLOWED: dict[str, set[str]] = {
@@ -152,6 +152,7 @@ def test_only_imaging_imports_the_decoders() -> None:
         "pipeline/imaging/renditions.py",
         "pipeline/imaging/operate.py",
         "pipeline/imaging/metadata.py",
+        "pipeline/imaging/faces.py",
     }
 
 
@@ -172,7 +173,7 @@ def test_no_process_but_a_worker_loads_a_decoder() -> None:
     probe = (
         "import sys, web.app, web.__main__, pipeline.consumer.loop, pipeline.consumer.service, "
         "pipeline.cli.reconcile, pipeline.cli.main, pipeline.local.backend; "
-        "print(sorted(m for m in ('pyvips', 'PIL') if m in sys.modules))"
+        "print(sorted(m for m in ('pyvips', 'PIL', 'cv2') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

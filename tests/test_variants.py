@@ -81,6 +81,7 @@ async def test_fits_crops_formats_and_no_upscaling(backend: Backend, make_client
     cases = [
         ({"w": "100", "h": "100", "fit": "cover", "crop": "attention", "format": "webp"}, (100, 100), "WEBP"),
         ({"w": "60", "h": "90", "fit": "fill", "format": "png"}, (60, 90), "PNG"),
+        ({"w": "100", "h": "50", "fit": "cover", "crop": "faces"}, (100, 50), "JPEG"),
         ({"w": "300", "h": "300"}, (300, 225), "JPEG"),
         ({"h": "120"}, (160, 120), "JPEG"),
         ({"w": "2000"}, (640, 480), "JPEG"),  # never larger than the original unless asked
@@ -191,7 +192,7 @@ async def test_bad_parameters_are_refused_naming_what_is_allowed(
         "w=10&q=101": "q must be a whole number from 1 to 100",
         "w=10&width=3": "unknown parameter 'width'",
         "w=10&crop=attention": "crop applies to fit=cover only",
-        "w=10&h=10&fit=cover&crop=middle": "centre, attention, entropy, focal",
+        "w=10&h=10&fit=cover&crop=middle": "centre, attention, entropy, focal, faces",
         "fit=cover": "needs w or h",
         "w=2000&h=1000": "at most 1000000 pixels",
         "w=1e3": "whole number",

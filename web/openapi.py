@@ -105,7 +105,7 @@ def _variant_params(limits: VariantSettings) -> list[dict[str, Any]]:
             "crop",
             "query",
             {"anyOf": [{"enum": list(CROPS)}, {"type": "string", "pattern": "^[0-9]{1,5}(,[0-9]{1,5}){3}$"}]},
-            text="with fit=cover: centre (default), smart, or the focal point; or x,y,w,h: a rectangle first",
+            text="with fit=cover: centre (default), smart, focal point, faces; or x,y,w,h: a rectangle",
         ),
         _param(
             "trim", "query", {"type": "string"}, text="true, or a threshold 1-100: removes a uniform border"

@@ -2,6 +2,6 @@
 fair queue.
 
 May import: `config`, `pipeline.core`. Only `pipeline.imaging.renditions` and what it runs (the
-operations, `operate`, and the metadata reader, `metadata`) import the decoders (pyvips,
-Pillow), and only worker processes import them.
+operations, `operate`, the metadata reader, `metadata`, and the face finder, `faces`) import
+the decoders (pyvips, Pillow, OpenCV), and only worker processes import them.
 """

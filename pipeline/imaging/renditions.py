@@ -30,7 +30,7 @@ from pipeline.core.formats import (
     read_header_prefix,
 )
 from pipeline.core.results import Engine, Rendition, RenditionResult, VariantImage
-from pipeline.imaging import metadata, operate
+from pipeline.imaging import faces, metadata, operate
 from pipeline.imaging.operate import jpeg_shrink, to_display
 from pipeline.imaging.strip import strip
 from pipeline.imaging.variants import StrippedOriginal, VariantSpec
@@ -196,9 +196,14 @@ def _resized(
     width, height = box
     if spec.fit == "pad":  # contained, then set on its canvas by `operate.finish`
         width, height = spec.inside(*size, box)
-    if spec.fit == "cover" and spec.crop == "focal":
-        focal = (spec.focal[0] / 1000, spec.focal[1] / 1000)
-        return _focal_crop(source, info, width, height, focal, load)
+    if spec.fit == "cover" and spec.crop in ("focal", "faces"):
+        covering = _covering(source, info, width, height, load)
+        if spec.crop == "focal":
+            return _around(covering, width, height, (spec.focal[0] / 1000, spec.focal[1] / 1000))
+        # Faces are looked for in the image already scaled to cover the box: no second decode.
+        if (centre := faces.focal_point(covering)) is not None:
+            return _around(covering, width, height, centre)
+        return covering.thumbnail_image(width, height=height, crop="attention")  # no face found
     # The box keeps the aspect ratio already (rounded as `VariantSpec.box` says): forced, libvips
     # makes exactly it, where its own rounding of a contained side could be a pixel short.
     fit: dict[str, Any] = {"crop": spec.crop} if spec.fit == "cover" else {"size": "force"}
@@ -222,17 +227,18 @@ def _thumbnail(data: bytes, info: ImageInfo, width: int, height: int, load: str,
     return loaded.thumbnail_image(width, height=height, **fit)
 
 
-def _focal_crop(
-    source: bytes | Any, info: ImageInfo, box_w: int, box_h: int, focal: tuple[float, float], load: str
-) -> Any:
-    """Scale to cover the box, then cut the box out around the focal point (kept inside)."""
+def _covering(source: bytes | Any, info: ImageInfo, box_w: int, box_h: int, load: str) -> Any:
+    """The source scaled to cover the box (each side at least the box's), in memory."""
     width, height = (info.width, info.height) if isinstance(source, bytes) else (source.width, source.height)
     scale = max(box_w / width, box_h / height)
     cover_w, cover_h = max(box_w, round(width * scale)), max(box_h, round(height * scale))
     if isinstance(source, bytes):
-        image = _thumbnail(source, info, cover_w, cover_h, load, size="force")
-    else:
-        image = source.thumbnail_image(cover_w, height=cover_h, size="force")
+        return _thumbnail(source, info, cover_w, cover_h, load, size="force").copy_memory()
+    return source.thumbnail_image(cover_w, height=cover_h, size="force").copy_memory()
+
+
+def _around(image: Any, box_w: int, box_h: int, focal: tuple[float, float]) -> Any:
+    """The box cut out of `image` around the focal point (fractions; the box kept inside)."""
     fx, fy = (min(max(v, 0.0), 1.0) for v in focal)
     left = min(max(round(fx * image.width - box_w / 2), 0), image.width - box_w)
     top = min(max(round(fy * image.height - box_h / 2), 0), image.height - box_h)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from config.settings import VARIANT_CROPS, VARIANT_FITS, VariantSettings
 from pipeline.core.errors import InvalidField, VariantTooCostly
-from pipeline.imaging import operations
+from pipeline.imaging import faces, operations
 from pipeline.imaging.operations import Operations, parse_dpr, parse_operations, parse_region, whole_number
 
 FITS = VARIANT_FITS
@@ -246,6 +246,8 @@ def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings
     crop = "centre" if region else _word(query, "crop", "centre", CROPS)
     if "crop" in query and not region and fit != "cover":
         raise InvalidField("crop applies to fit=cover only, unless it is a rectangle (crop=x,y,w,h)")
+    if crop == "faces" and not faces.available():
+        raise InvalidField("crop=faces needs OpenCV, which this installation lacks (the faces extra)")
     negotiated = query.get("format", "").lower() == "auto"
     fmt = _best(accept) if negotiated else _word(query, "format", "jpeg", FORMATS)
     # Stored at most at `max_quality`: a higher one is the same variant (and the same object).
