@@ -13,7 +13,7 @@ RUNTIME := $(VENV)/.runtime-stamp
 FAST_STAMP := $(VENV)/.fast-stamp
 STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test test-fast coverage browser nginx wrk lint format install install-runtime lock clean bench-install bench-peers-install lambda-package podman container
+.PHONY: run test test-fast goldens coverage browser nginx wrk lint format install install-runtime lock clean bench-install bench-peers-install lambda-package podman container
 
 $(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test: $(STAMP) browser nginx wrk podman
 FAST := -n 5 --dist worksteal -p no:schemathesis --hypothesis-profile=fast -m "not (moto or e2e or slow or browser or cluster or schemathesis or nginx or container)"
 test-fast: $(FAST_STAMP)
 	$(PY) -m pytest $(FAST)
+
+# The image regression matrix's goldens written again from what the code makes now, printing each
+# case that changed (tests/test_goldens.py); review `git diff tests/goldens/` before committing.
+goldens: $(STAMP)
+	UPDATE_GOLDENS=1 $(PY) -m pytest -q -p no:xdist -s tests/test_goldens.py -k each_case
 
 # The Lambda function's deployment package (the template's LambdaCodeBucket/LambdaCodeKey).
 lambda-package: $(RUNTIME)
