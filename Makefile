@@ -13,7 +13,7 @@ RUNTIME := $(VENV)/.runtime-stamp
 FAST_STAMP := $(VENV)/.fast-stamp
 STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test test-fast goldens coverage browser nginx wrk lint format install install-runtime lock clean bench-install bench-peers-install lambda-package podman container
+.PHONY: run test test-fast goldens coverage browser nginx wrk lint format install install-fast install-runtime lock clean bench-install bench-peers-install lambda-package podman container
 
 $(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ $(STAMP): $(FAST_STAMP)
 	touch $@
 
 install: $(STAMP)
+
+# The fast tier's virtualenv alone (CI makes those of the other Pythons side by side).
+install-fast: $(FAST_STAMP)
 
 # The service's packages only, for a machine that runs it (config/image-service.service).
 install-runtime: $(RUNTIME)
@@ -107,6 +110,9 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 bench-install: $(STAMP)
+
+# The fast tier's virtualenv alone (CI makes those of the other Pythons side by side).
+install-fast: $(FAST_STAMP)
 	$(PIP) -e '.[dev,bench]'
 
 # thumbor, for scripts/bench_peers.py, in a virtualenv of its own (its pins are not ours).

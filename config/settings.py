@@ -29,7 +29,10 @@ OUTPUT_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp", "avif": "avif"}
 VARIANT_FITS = ("contain", "cover", "fill", "pad")
 VARIANT_CROPS = ("centre", "attention", "entropy", "focal", "faces")
 #: Variant operations a preset may name as `key=value` (`pipeline.imaging.operations`).
-VARIANT_OPERATIONS = ("dpr", "trim", "rotate", "flip", "flop", "blur", "sharpen", "bg")
+VARIANT_OPERATIONS = (
+    "dpr", "trim", "rotate", "flip", "flop", "blur", "sharpen", "bg",
+    "watermark", "gravity", "opacity", "scale",
+)  # fmt: skip
 _PRESET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 _PRESET_BOX = re.compile(r"(?P<w>[1-9][0-9]{0,4})?(?:x(?P<h>[1-9][0-9]{0,4}))?")
 #: The five user ids of the original system, kept as demo users.
@@ -418,6 +421,13 @@ class VariantSettings:
     presets: Annotated[tuple[tuple[str, tuple[tuple[str, str], ...]], ...], Var(read="presets")] = ()
     #: Serve presets only (the safe choice when links are public): any other variant is a 400.
     presets_only: Annotated[bool, Var()] = False
+    #: The deployment's watermark (`watermark=site`, for presets above all): a PNG, WebP or JPEG
+    #: file read at start, at most `watermark_max_bytes`.
+    watermark_file: Annotated[str, Var()] = ""
+    #: Largest watermark image a user may upload (`PUT /watermark`) or the deployment name, and
+    #: its longest side: it is kept with the user's record and sent to the worker of each variant.
+    watermark_max_bytes: Annotated[int, Var(1024, 4 * 1024 * 1024)] = 128 * 1024
+    watermark_max_side: Annotated[int, Var(16, 8192)] = 2048
 
     def preset(self, name: str) -> dict[str, str] | None:
         return next((dict(query) for named, query in self.presets if named == name), None)

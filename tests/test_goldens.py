@@ -64,6 +64,7 @@ OPERATIONS: dict[str, dict[str, str]] = {
     "sharpen": {"w": "160", "sharpen": "1.5"},
     "dpr": {"w": "80", "dpr": "2"},
     "background": {"w": "160", "bg": "ff8000"},
+    "watermark": {"w": "160", "watermark": "true", "opacity": "0.7", "scale": "0.4", "gravity": "north-east"},
 }
 OUTPUTS = ("jpeg", "png", "webp", "avif")
 
@@ -89,6 +90,13 @@ def _encoded(image: Image.Image, fmt: str, **options: Any) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **options)
     return out.getvalue()
+
+
+def _overlay() -> bytes:
+    """The watermark: a red disc on transparency."""
+    mark = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(mark).ellipse((4, 4, 60, 60), fill=(220, 30, 30, 255))
+    return _encoded(mark, "PNG")
 
 
 def _animated() -> bytes:
@@ -152,7 +160,8 @@ def made(case: str) -> dict[str, Any]:
         }
     operation, _, output = rest.rpartition("-")
     spec, _ = parse_variant({**OPERATIONS[operation], "format": output}, "", SETTINGS.variants)
-    variant = make_variant(data, spec, SETTINGS.imaging, SETTINGS.variants)
+    overlay = _overlay() if spec.ops.watermark else None
+    variant = make_variant(data, spec, SETTINGS.imaging, SETTINGS.variants, overlay)
     return {
         "size": [variant.width, variant.height],
         "frames": variant.frames,

@@ -32,6 +32,7 @@ from web.multipart import ignore_parser_warnings
 from web.notify import notify
 from web.server import GuardedRunner
 from web.supervisor import Child, Supervisor, address_of, inherited, listen
+from web.watermarks import site_overlay
 
 log = logging.getLogger("web")
 
@@ -239,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = settings_from(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        site_overlay(settings.variants)  # read again by each serving process
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

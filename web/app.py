@@ -36,6 +36,7 @@ from web.keys import (
     PUBLIC,
     RECORDS,
     SETTINGS,
+    SITE_WATERMARK,
     STORAGE,
     SWEEPER,
     TABLES,
@@ -57,6 +58,7 @@ from web.server import deadline_middleware
 from web.shares import UserShare
 from web.throttle import FailureLimiter
 from web.variants import VariantMaker
+from web.watermarks import site_overlay
 
 log = logging.getLogger(__name__)
 #: JSON bodies are tiny; image bodies are streamed and never pass through this limit.
@@ -69,6 +71,7 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=JSON_BODY_LIMIT,
     )
     app[SETTINGS] = settings
+    app[SITE_WATERMARK] = site_overlay(settings.variants)  # checked as the process starts
     web_settings = settings.web
     app[PROXIES] = Proxies(web_settings.trusted_proxies, web_settings.forwarded_header)
     app[UPLOADS] = UploadGate(

@@ -24,6 +24,7 @@ from web.rates import Buckets
 from web.shares import UserShare
 from web.throttle import FailureLimiter
 from web.variants import VariantMaker
+from web.watermarks import Overlay
 
 SETTINGS = web.AppKey("settings", Settings)
 BACKEND = web.AppKey("backend", Backend)
@@ -51,6 +52,8 @@ WAITS = web.AppKey("waits", UserShare)
 #: The proxies whose forwarding headers name the client (`IMGSVC_TRUSTED_PROXIES`).
 PROXIES = web.AppKey("proxies", Proxies)
 VARIANTS = web.AppKey("variants", VariantMaker)
+#: The deployment's watermark (`watermark=site`), read at start; None without one.
+SITE_WATERMARK: web.AppKey[Overlay | None] = web.AppKey("site_watermark")
 IDEMPOTENCY = web.AppKey("idempotency", IdempotencyStore)
 #: A worker pool for variants that the app uses but does not own (tests share one per session).
 VARIANT_POOL = web.AppKey("variant_pool", WorkerPool)

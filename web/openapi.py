@@ -116,6 +116,17 @@ def _variant_params(limits: VariantSettings) -> list[dict[str, Any]]:
         _param("blur", "query", {"type": "number", "minimum": 0.3, "maximum": 50}, text="Gaussian sigma"),
         _param("sharpen", "query", {"type": "number", "minimum": 0.3, "maximum": 10}, text="sigma"),
         _param("bg", "query", {"type": "string"}, text="rrggbb, rgb, rrggbbaa or transparent"),
+        _param(
+            "watermark",
+            "query",
+            {"enum": ["true", "false", "1", "0", "own", "site"]},
+            text="lay yours (PUT /watermark) or the deployment's (site) over the variant",
+        ),
+        _param("gravity", "query", {"type": "string"}, text="where: centre, north, north-east... south-east"),
+        _param("opacity", "query", {"type": "number", "minimum": 0.05, "maximum": 1}),
+        _param(
+            "scale", "query", {"type": "number", "minimum": 0.05, "maximum": 1}, text="of the output's width"
+        ),
         _param("format", "query", {"enum": [*FORMATS, "auto"]}, text="jpeg (default); auto picks by Accept"),
         _param("q", "query", {"type": "integer", "minimum": 1, "maximum": 100}),
         _param(
@@ -187,6 +198,17 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "the caller's image made from the same bytes, whose renditions were copied",
             },
+        },
+    },
+    "Watermark": {
+        "type": "object",
+        "required": ["format", "width", "height", "bytes", "digest"],
+        "properties": {
+            "format": {"enum": ["png", "webp", "jpeg"]},
+            "width": {"type": "integer"},
+            "height": {"type": "integer"},
+            "bytes": {"type": "integer"},
+            "digest": {"type": "string", "description": "names the variants made with it"},
         },
     },
     "ImageInfo": {
@@ -581,6 +603,30 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
             "delete": {
                 "operationId": "webhook.delete_webhook",
                 "summary": "Stop sending events (idempotent)",
+                "responses": {"204": {"description": "removed"}, **_errors(*AUTH_ERRORS)},
+            },
+        },
+        "/watermark": {
+            "get": {
+                "operationId": "watermark.get_watermark",
+                "summary": "The caller's watermark (format, size, digest)",
+                "responses": {"200": _json(_ref("Watermark"), "the watermark"), **_errors(*AUTH_ERRORS, 404)},
+            },
+            "put": {
+                "operationId": "watermark.put_watermark",
+                "summary": "The image variants lay over themselves with watermark=true (PNG, WebP or JPEG)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                "responses": {
+                    "200": _json(_ref("Watermark"), "the watermark"),
+                    **_errors(*AUTH_ERRORS, 413, 415),
+                },
+            },
+            "delete": {
+                "operationId": "watermark.delete_watermark",
+                "summary": "No watermark (idempotent)",
                 "responses": {"204": {"description": "removed"}, **_errors(*AUTH_ERRORS)},
             },
         },

@@ -6,11 +6,23 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from web import openapi
-from web.handlers import download, health, images, links, presigned, public, ui, upload, variants, webhook
+from web.handlers import (
+    download,
+    health,
+    images,
+    links,
+    presigned,
+    public,
+    ui,
+    upload,
+    variants,
+    watermark,
+    webhook,
+)
 from web.keys import SETTINGS
 from web.middlewares import error_response
 
-HANDLERS = (download, health, images, links, presigned, public, upload, variants, webhook)
+HANDLERS = (download, health, images, links, presigned, public, upload, variants, watermark, webhook)
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

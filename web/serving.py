@@ -35,9 +35,10 @@ from pipeline.imaging.variants import NEGOTIATED, VariantSpec, accepted_types
 from web import urls
 from web.conditional import not_modified
 from web.identity import resolve_user
-from web.keys import RECORDS, SETTINGS, STORAGE, VARIANTS
+from web.keys import ACCOUNTS, RECORDS, SETTINGS, SITE_WATERMARK, STORAGE, VARIANTS
 from web.middlewares import error_response
 from web.ranges import parse_range
+from web.watermarks import overlay_for
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ async def serve_variant(
     if negotiated:
         request[VARY] = "Accept"
     spec = spec.at_focal_point(record.item.get("focal_point"))
+    overlay = None
+    if spec.ops.watermark is not None:  # which watermark, now: its digest names the variant
+        owner = await request.app[ACCOUNTS].user(record.owner) if spec.ops.watermark == "own" else None
+        overlay = overlay_for(spec, owner, request.app[SITE_WATERMARK])
+        spec = spec.with_watermark(overlay.digest) if overlay is not None else spec
     bucket = request.app[SETTINGS].aws.dest_bucket
     key = ref.variant_key(record.source_etag, spec.name)
     known = record.variant_names
@@ -125,7 +131,10 @@ async def serve_variant(
             return response
     _variant_requests("miss").inc()
     from_storage = request.method != "GET" or any(h in request.headers for h in _NEEDS_HEAD)
-    made = await request.app[VARIANTS].ensure(ref, record, spec, key, stored=from_storage)
+    overlay_bytes = overlay.data if overlay is not None else None
+    made = await request.app[VARIANTS].ensure(
+        ref, record, spec, key, stored=from_storage, overlay=overlay_bytes
+    )
     if made is None:
         return await serve_object(request, bucket, key, source_etag=record.source_etag)
     # Just made: answered from memory, with what a later GET of the stored object will say.

@@ -146,7 +146,14 @@ class VariantMaker:
         self._rates: dict[str, _Window] = {}
 
     async def ensure(
-        self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str, *, stored: bool = False
+        self,
+        ref: ImageRef,
+        record: ImageRecord,
+        spec: VariantSpec,
+        key: str,
+        *,
+        stored: bool = False,
+        overlay: bytes | None = None,
     ) -> Made | None:
         """Make the variant at `key` unless a generation of it is already under way here, and
         return its bytes as soon as they are made; with `stored`, return None once it is in
@@ -171,7 +178,7 @@ class VariantMaker:
             owner = record.owner
             self._admit(owner)
             made: asyncio.Future[Made] = asyncio.get_running_loop().create_future()
-            making = asyncio.ensure_future(self._make(ref, record, spec, key, made))
+            making = asyncio.ensure_future(self._make(ref, record, spec, key, made, overlay))
             flight = self._flights[key] = _Flight(made, making)
             # The user's share is of variants being made: one made and being stored (after its
             # answer went out) no longer holds it, so a client asking one at a time is never
@@ -278,7 +285,13 @@ class VariantMaker:
         self._pending[user_id] += 1
 
     async def _make(
-        self, ref: ImageRef, record: ImageRecord, spec: VariantSpec, key: str, made: asyncio.Future[Made]
+        self,
+        ref: ImageRef,
+        record: ImageRecord,
+        spec: VariantSpec,
+        key: str,
+        made: asyncio.Future[Made],
+        overlay: bytes | None = None,
     ) -> None:
         """Read the original, make the variant in a worker, check the owner's byte quota (where one
         may refuse it), hand the bytes to the waiting requests, then store and count it. A
@@ -293,7 +306,7 @@ class VariantMaker:
             started = time.perf_counter()
             try:
                 variant = await self._workers().run(
-                    self._limits.timeout, variant_of, original, etag, spec, imaging, self._limits
+                    self._limits.timeout, variant_of, original, etag, spec, imaging, self._limits, overlay
                 )
             except JobTimeout:
                 raise VariantTimeout(f"the variant took longer than {self._limits.timeout:g}s") from None

@@ -28,7 +28,7 @@ from typing import Any
 from cachetools import TTLCache
 
 from pipeline.core.errors import InvalidCredentials, KeyNotFound, KeyRevoked, UnknownUser
-from pipeline.core.items import ConditionFailed, Missing, Present, Set, SetDefault
+from pipeline.core.items import ConditionFailed, Missing, Present, Remove, Set, SetDefault
 from pipeline.core.layout import valid_user_id
 from pipeline.core.ports import TableSet
 from pipeline.core.timing import now_iso
@@ -97,6 +97,15 @@ class Accounts:
             return await self._tables.users.update(
                 {"user_id": user_id}, [Set("public_by_default", public)], Present("user_id")
             )
+        except ConditionFailed:
+            raise UnknownUser() from None
+
+    async def set_watermark(self, user_id: str, watermark: dict[str, Any] | None) -> None:
+        """Keep (or, with None, drop) the user's watermark image: its bytes (base64) and what
+        they are, bounded by the API (`web.watermarks`), in the user's record."""
+        change = Set("watermark", watermark) if watermark is not None else Remove("watermark")
+        try:
+            await self._tables.users.update({"user_id": user_id}, [change], Present("user_id"))
         except ConditionFailed:
             raise UnknownUser() from None
 

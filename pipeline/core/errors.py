@@ -223,6 +223,11 @@ class WebhookNotSet(NotFound):
     default_message = "no webhook is set for this user"
 
 
+class WatermarkNotSet(NotFound):
+    code = "watermark_not_set"
+    default_message = "no watermark is set: PUT /watermark an image first"
+
+
 class InvalidWebhookUrl(PermanentError):
     code = "invalid_webhook_url"
     http_status = 422

@@ -15,6 +15,7 @@ except (ImportError, OSError):  # pragma: no cover - depends on the installation
     pyvips = None
 
 from pipeline.core.formats import ImageInfo
+from pipeline.imaging.operations import Operations
 from pipeline.imaging.variants import VariantSpec
 
 _ROTATIONS = {90: "d90", 180: "d180", 270: "d270"}
@@ -99,6 +100,37 @@ def finish(image: Any, spec: VariantSpec, box: tuple[int, int]) -> Any:
     if ops.sharpen:
         image = image.sharpen(sigma=ops.sharpen)
     return image
+
+
+#: A watermark's distance from the edges it is placed against, as a fraction of the output's
+#: shorter side.
+MARGIN = 0.02
+
+
+def watermark(image: Any, overlay: bytes, ops: Operations) -> Any:
+    """`overlay` laid over `image` as `ops` places it: `scale` of its width (never taller than
+    it), `opacity` times its own alpha, at `gravity`, `MARGIN` from the edges it is against."""
+    mark = to_display(pyvips.Image.new_from_buffer(overlay, "fail_on=error"), grey_ok=False)
+    if not mark.hasalpha():
+        mark = mark.bandjoin(255)
+    mark = mark.thumbnail_image(max(1, round(image.width * ops.scale)), height=image.height)
+    mark = mark[0:3].bandjoin((mark[3] * ops.opacity).cast("uchar"))
+    base = to_display(image, grey_ok=False)
+    opaque = not base.hasalpha()
+    if opaque:
+        base = base.bandjoin(255)
+    margin = round(min(base.width, base.height) * MARGIN)
+    x, y = _placed(ops.gravity, (base.width, base.height), (mark.width, mark.height), margin)
+    out = base.composite2(mark, "over", x=x, y=y).cast("uchar")
+    return out[0:3] if opaque else out
+
+
+def _placed(gravity: str, size: tuple[int, int], mark: tuple[int, int], margin: int) -> tuple[int, int]:
+    """The top-left corner of a `mark`-sized overlay at `gravity` in an image of `size`."""
+    (width, height), (w, h) = size, mark
+    x = margin if "west" in gravity else width - w - margin if "east" in gravity else (width - w) // 2
+    y = margin if "north" in gravity else height - h - margin if "south" in gravity else (height - h) // 2
+    return max(0, x), max(0, y)
 
 
 def _on_canvas(image: Any, size: tuple[int, int], rgba: list[int]) -> Any:

@@ -12,7 +12,12 @@ request means the same whatever order its parameters come in:
 4. `rotate` (90, 180 or 270, clockwise), then `flip` (top to bottom) and `flop` (left to right).
    `w` and `h` describe the result as delivered, turned or not.
 5. `blur` or `sharpen` (a Gaussian sigma, in the output's pixels).
-6. `bg` (`rrggbb`, `rgb`, `rrggbbaa` or `transparent`): what transparency is flattened onto for
+6. `watermark` (`true`: the owner's, uploaded with `PUT /watermark`; `site`: the deployment's,
+   `IMGSVC_VARIANT_WATERMARK_FILE`) laid over the result at `gravity` (`centre`, `north`,
+   `north-east`..., `south-east` by default), `opacity` (0.05-1, 0.5) and `scale` (its width as a
+   fraction of the output's, 0.05-1, 0.25), a margin of 2% of the output's shorter side away from
+   the edges it is placed against.
+7. `bg` (`rrggbb`, `rgb`, `rrggbbaa` or `transparent`): what transparency is flattened onto for
    JPEG, and `fit=pad`'s filling. White unless given.
 
 `dpr` (1-4) is no operation: it multiplies `w` and `h` (`pipeline.imaging.variants`), so
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from config.settings import VARIANT_OPERATIONS
 from pipeline.core.errors import InvalidField
@@ -35,6 +40,15 @@ ROTATIONS = (0, 90, 180, 270)
 BLUR_RANGE = (0.3, 50.0)
 SHARPEN_RANGE = (0.3, 10.0)
 DPR_RANGE = (1.0, 4.0)
+OPACITY_RANGE = (0.05, 1.0)
+SCALE_RANGE = (0.05, 1.0)
+#: Where a watermark goes, with the code its name is written with in a variant's name.
+GRAVITIES = {
+    "centre": "c", "north": "n", "north-east": "ne", "east": "e", "south-east": "se",
+    "south": "s", "south-west": "sw", "west": "w", "north-west": "nw",
+}  # fmt: skip
+_GRAVITY_OF_CODE = {code: name for name, code in GRAVITIES.items()}
+WATERMARKS = ("own", "site")
 #: `trim=true`: libvips' own default threshold.
 DEFAULT_TRIM = 10
 WHITE = "ffffff"
@@ -60,6 +74,14 @@ class Operations:
     sharpen: float = 0.0
     #: `rrggbb` or `rrggbbaa` (lower case; an opaque `rrggbbff` is written `rrggbb`).
     bg: str = WHITE
+    #: Whose watermark (`own`, `site`), or None; where, how opaque, how wide (of the output's).
+    watermark: str | None = None
+    gravity: str = "south-east"
+    opacity: float = 0.5
+    scale: float = 0.25
+    #: The watermark image's digest, from its owner's record when the variant is served (not
+    #: the query): part of the name, so a new watermark makes new variants.
+    watermark_digest: str = ""
 
     @property
     def turns_quarter(self) -> bool:
@@ -71,6 +93,10 @@ class Operations:
         """Whether the pixels change place or value (not just the size): an animation keeps only
         its first frame then, as every output format but WebP does anyway."""
         return self != Operations(bg=self.bg)
+
+    def with_watermark(self, digest: str) -> Operations:
+        """These operations with the watermark image `digest` (the one the variant is made with)."""
+        return replace(self, watermark_digest=digest) if self.watermark else self
 
     def tokens(self) -> list[str]:
         """The parts of the variant's canonical name, in the order the worker applies them."""
@@ -86,6 +112,10 @@ class Operations:
             parts.append(f"blur{self.blur:g}")
         if self.sharpen:
             parts.append(f"sharpen{self.sharpen:g}")
+        if self.watermark:
+            mark = "wm" if self.watermark == "own" else "wmsite"
+            parts += [mark + self.watermark_digest, f"g{GRAVITIES[self.gravity]}"]
+            parts += [f"op{self.opacity:g}", f"sc{self.scale:g}"]
         if self.bg != WHITE:
             parts.append(f"bg{self.bg}")
         return parts
@@ -120,6 +150,14 @@ def parse_operations(query: Mapping[str, str], fmt: str) -> Operations:
     bg = _colour(query.get("bg"))
     if len(bg) == 8 and fmt == "jpeg":
         raise InvalidField("bg with transparency needs format png, webp or avif: JPEG has no alpha")
+    watermark = _watermark(query.get("watermark"))
+    placed = [name for name in ("gravity", "opacity", "scale") if name in query]
+    if placed and watermark is None:
+        raise InvalidField(f"{placed[0]} places a watermark: it goes with watermark=true or site")
+    gravity = query.get("gravity", "south-east").lower()
+    gravity = _GRAVITY_OF_CODE.get(gravity, gravity)
+    if gravity not in GRAVITIES:
+        raise InvalidField(f"gravity must be one of {', '.join(GRAVITIES)}")
     return Operations(
         region=None,
         trim=_trim(query.get("trim")),
@@ -129,6 +167,10 @@ def parse_operations(query: Mapping[str, str], fmt: str) -> Operations:
         blur=blur,
         sharpen=sharpen,
         bg=bg,
+        watermark=watermark,
+        gravity=gravity,
+        opacity=_fraction(query, "opacity", OPACITY_RANGE, 0.5),
+        scale=_fraction(query, "scale", SCALE_RANGE, 0.25),
     )
 
 
@@ -162,6 +204,28 @@ def _decimal(query: Mapping[str, str], name: str, bounds: tuple[float, float]) -
     if value is None or not lo <= value <= hi:
         raise InvalidField(f"{name} must be a number from {lo:g} to {hi:g} (a sigma, in pixels)")
     return round(value, 1)
+
+
+def _fraction(query: Mapping[str, str], name: str, bounds: tuple[float, float], default: float) -> float:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    value = _to_decimal(raw)
+    lo, hi = bounds
+    if value is None or not lo <= value <= hi:
+        raise InvalidField(f"{name} must be a number from {lo:g} to {hi:g}")
+    return round(value, 2)
+
+
+def _watermark(raw: str | None) -> str | None:
+    if raw is None or raw.lower() in _FALSE:
+        return None
+    value = raw.lower()
+    if value in _TRUE or value == "own":
+        return "own"
+    if value == "site":
+        return "site"
+    raise InvalidField("watermark must be true (yours, PUT /watermark), site (the deployment's) or false")
 
 
 def _to_decimal(raw: str) -> float | None:

@@ -113,14 +113,19 @@ def _metadata(data: bytes) -> dict[str, Any] | None:
 
 
 def make_variant(
-    data: bytes, spec: VariantSpec, imaging: ImagingSettings, limits: VariantSettings
+    data: bytes,
+    spec: VariantSpec,
+    imaging: ImagingSettings,
+    limits: VariantSettings,
+    overlay: bytes | None = None,
 ) -> VariantImage:
     """One variant of an original, under the consumer's checks (type from magic bytes, limits
     from the header before any decode). Animated originals stay animated in WebP, the only
     output format here that holds animation; other formats get the first frame.
 
     Always libvips: its `thumbnail` shrinks on load, and has the smart crops (`attention`,
-    `entropy`) that Pillow lacks. Raises only `PermanentError` subclasses.
+    `entropy`) that Pillow lacks. `overlay`: the watermark's bytes, where the spec names one.
+    Raises only `PermanentError` subclasses.
     """
     if not HAVE_VIPS:  # pragma: no cover - pyvips-binary is a dependency
         raise FormatNotAllowed("variants need libvips, which this installation lacks")
@@ -151,6 +156,8 @@ def make_variant(
         # Made upright in the source's orientation, then turned: the box describes the result.
         image = _resized(source, size, info, spec, _turned(spec, width, height), load)
         image = operate.finish(image, spec, (width, height))
+        if spec.ops.watermark and overlay is not None:
+            image = operate.watermark(image, overlay, spec.ops)
         image = _vips_to_display(image, spec.format, spec.ops.rgba())
         out = RenditionSpec(max(width, height), spec.format, spec.quality)
         encoded = _vips_encode(image, out, avif_effort=VARIANT_AVIF_EFFORT)

@@ -34,10 +34,16 @@ def renditions_of(original: Original, imaging: ImagingSettings, dest: Destinatio
 
 
 def variant_of(
-    original: Original, etag: str, spec: VariantSpec, imaging: ImagingSettings, limits: VariantSettings
+    original: Original,
+    etag: str,
+    spec: VariantSpec,
+    imaging: ImagingSettings,
+    limits: VariantSettings,
+    overlay: bytes | None = None,
 ) -> VariantImage:
-    """Read the original here and make the variant, if it is still the original `etag`
-    (`ImageChanged` if it was replaced since the record was read)."""
+    """Read the original here and make the variant (with the watermark `overlay`, small, sent
+    with the job), if it is still the original `etag` (`ImageChanged` if it was replaced since the
+    record was read)."""
     from pipeline.core.errors import ImageChanged
     from pipeline.core.originals import read
     from pipeline.imaging.renditions import make_variant as run
@@ -45,7 +51,7 @@ def variant_of(
     meta, data = read(original)
     if meta.etag != etag:
         raise ImageChanged()
-    return run(data, spec, imaging, limits)
+    return run(data, spec, imaging, limits, overlay)
 
 
 def configure_worker(threads: int) -> None:

@@ -45,6 +45,10 @@ _LINK_TOKENS: tuple[tuple[re.Pattern[str], str | None], ...] = tuple(
         (r"blur([0-9.]{1,5})", "blur"),
         (r"sharpen([0-9.]{1,5})", "sharpen"),
         (r"bg([0-9a-f]{6}(?:[0-9a-f]{2})?)", "bg"),
+        (r"wm(site)?", "watermark"),
+        (r"g(c|n|ne|e|se|s|sw|w|nw)", "gravity"),
+        (r"op([0-9.]{1,4})", "opacity"),
+        (r"sc([0-9.]{1,4})", "scale"),
         (r"q([1-9][0-9]?|100)", "q"),
         (r"(up)", "upscale"),
         (r"x[0-9]{1,4}y[0-9]{1,4}", None),
@@ -68,6 +72,7 @@ ENCODE_MS_PER_MP = {"jpeg": 20, "png": 60, "webp": 250, "avif": 1000}
 BLUR_MS_PER_MP_SIGMA = 10
 SHARPEN_MS_PER_MP = 70
 TURN_MS_PER_MP = 60
+WATERMARK_MS_PER_MP = 30
 TRIM_MS_PER_MP = 35
 
 
@@ -87,6 +92,10 @@ class VariantSpec:
     #: its record, not the query); part of the name, so moving the point makes new variants.
     focal: tuple[int, int] = (500, 500)
     ops: Operations = NO_OPERATIONS
+
+    def with_watermark(self, digest: str) -> VariantSpec:
+        """This spec made with the watermark image `digest` (where it uses one)."""
+        return replace(self, ops=self.ops.with_watermark(digest)) if self.ops.watermark else self
 
     def at_focal_point(self, point: object) -> VariantSpec:
         """This spec with the record's focal point (`{"x": 0.3, "y": 0.6}`) where it uses one."""
@@ -115,8 +124,10 @@ class VariantSpec:
 
     def link_name(self, negotiated: bool) -> str:
         """The name a signed link carries (`parse_link_name` reads it back): the format `auto` if
-        it was negotiated (each follower's `Accept` decides), and no focal point."""
-        name = replace(self, focal=(500, 500)).name.replace("-x500y500", "")
+        it was negotiated (each follower's `Accept` decides), and no focal point or watermark
+        digest (the image's own, and its owner's current watermark, apply when it is followed)."""
+        plain = replace(self, focal=(500, 500), ops=self.ops.with_watermark(""))
+        name = plain.name.replace("-x500y500", "")
         return name.rpartition(".")[0] + ".auto" if negotiated else name
 
     @property
@@ -158,6 +169,7 @@ class VariantSpec:
         out = w * h * made / 1e6
         operated = out * (BLUR_MS_PER_MP_SIGMA * self.ops.blur + SHARPEN_MS_PER_MP * bool(self.ops.sharpen))
         operated += out * TURN_MS_PER_MP * bool(self.ops.rotate or self.ops.flip)
+        operated += out * WATERMARK_MS_PER_MP * bool(self.ops.watermark)
         if self.ops.trim:  # a pass over the decoded source
             operated += width * height / 1e6 * TRIM_MS_PER_MP
         return round(decoded + out * ENCODE_MS_PER_MP[self.format] + operated)
@@ -287,9 +299,11 @@ def preset_problem(limits: VariantSettings) -> str | None:
     the settings; a value out of its range is found here, as the API starts), or None."""
     for name, query in limits.presets:
         try:
-            parse_variant(dict(query), "", replace(limits, presets_only=False))
+            spec, _ = parse_variant(dict(query), "", replace(limits, presets_only=False))
         except InvalidField as exc:
             return f"IMGSVC_VARIANT_PRESETS: {name}: {exc.message}"
+        if spec.ops.watermark == "site" and not limits.watermark_file:
+            return f"IMGSVC_VARIANT_PRESETS: {name}: watermark=site needs IMGSVC_VARIANT_WATERMARK_FILE"
     return None
 
 
@@ -327,6 +341,8 @@ def parse_link_name(name: str, accept: str, limits: VariantSettings) -> tuple[Va
             return None
         value = pattern.fullmatch(token).group(1)  # type: ignore[union-attr]
         # Flags are named by their token; a rectangle's commas are underscores in a name.
+        if parameter == "watermark":
+            value = value or "true"
         query[parameter] = "true" if parameter in ("flip", "flop", "upscale") else value.replace("_", ",")
     try:  # signed by us, so valid when made; limits may have changed since
         return parse_variant(query, accept, replace(limits, presets_only=False))
