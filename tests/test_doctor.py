@@ -240,6 +240,7 @@ def _actions(role: str) -> set[str]:
     return {need.split(" on ")[0] for need in NEEDS[role]}
 
 
+@pytest.mark.e2e  # a moto server process of its own
 async def test_each_refused_permission_is_named_by_its_dry_run(
     enforcing_moto: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,6 +300,7 @@ async def test_each_refused_permission_is_named_by_its_dry_run(
             assert scan["Count"] == 0, (table, scan["Items"])
 
 
+@pytest.mark.e2e  # a moto server process of its own, and the CLI's
 async def test_doctor_for_one_role_prints_its_refusals_and_fails(
     enforcing_moto: tuple[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
