@@ -13,7 +13,7 @@ from aiohttp import web
 from pipeline.core.errors import InvalidField, PublicImagesDisabled
 from pipeline.core.image_record import PUBLIC_FIELD, ImageRecord, UploadFacts
 from pipeline.core.records import KEEP_PUBLIC
-from pipeline.core.untrusted import ascii_int
+from pipeline.core.untrusted import ascii_flag, ascii_int
 from web.keys import SETTINGS, UPLOAD_RATES
 from web.public import new_nonce
 
@@ -24,8 +24,8 @@ def parse_public(raw: object) -> bool | None:
         return None
     if isinstance(raw, bool):
         return raw
-    if isinstance(raw, str) and raw.lower() in ("true", "1", "false", "0"):
-        return raw.lower() in ("true", "1")
+    if isinstance(raw, str) and (value := ascii_flag(raw)) is not None:
+        return value
     raise InvalidField("public must be true or false")
 
 

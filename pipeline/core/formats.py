@@ -47,6 +47,8 @@ class ImageInfo:
     height: int
     frames: int = 1
     cmyk: bool = False
+    #: The EXIF orientation (1-8) the dimensions above are displayed with, where it was read.
+    orientation: int = 1
 
 
 def detect_format(head: bytes) -> str | None:

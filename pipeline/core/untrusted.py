@@ -39,6 +39,12 @@ def ascii_int(raw: str, lo: int, hi: int) -> int | None:
     return value if lo <= value <= hi else None
 
 
+def ascii_flag(raw: str) -> bool | None:
+    """`true` or `1`, `false` or `0` (any case), or None for anything else."""
+    value = raw.lower()
+    return True if value in ("true", "1") else False if value in ("false", "0") else None
+
+
 def ascii_number(raw: str, lo: float, hi: float) -> float | None:
     """`raw` as a float in [lo, hi], or None unless it is a plain ASCII decimal (`2`, `0.5`, `.5`,
     `1e-3`); `float()` would also take `٣`, `1_0`, ` 5`, `nan` and `inf`."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from config.settings import VARIANT_OPERATIONS
 from pipeline.core.errors import InvalidField
-from pipeline.core.untrusted import ascii_int
+from pipeline.core.untrusted import ascii_flag, ascii_int
 
 #: The operations' query parameters (besides `crop`, shared with the crop modes), `dpr` first.
 PARAMETERS = VARIANT_OPERATIONS
@@ -57,6 +57,7 @@ _REGION = re.compile(r"([0-9]{1,5}),([0-9]{1,5}),([0-9]{1,5}),([0-9]{1,5})")
 _DECIMAL = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3})?")
 _HEX = re.compile(r"[0-9a-f]{3}|[0-9a-f]{6}|[0-9a-f]{8}")
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
+_SIGMA = " (a sigma, in pixels)"
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,8 @@ class Operations:
 def parse_operations(query: Mapping[str, str], fmt: str) -> Operations:
     """The operations a query asks for (`crop` as a rectangle is parsed by `parse_region`).
     `InvalidField` names the parameter and what it takes."""
-    blur = _decimal(query, "blur", BLUR_RANGE)
-    sharpen = _decimal(query, "sharpen", SHARPEN_RANGE)
+    blur = _decimal(query, "blur", BLUR_RANGE, default=0.0, places=1, unit=_SIGMA)
+    sharpen = _decimal(query, "sharpen", SHARPEN_RANGE, default=0.0, places=1, unit=_SIGMA)
     if blur and sharpen:
         raise InvalidField("blur and sharpen cannot be combined: ask for one")
     rotate = whole_number(query, "rotate", 0, 0, 270)
@@ -162,15 +163,15 @@ def parse_operations(query: Mapping[str, str], fmt: str) -> Operations:
         region=None,
         trim=_trim(query.get("trim")),
         rotate=rotate,
-        flip=_flag(query, "flip"),
-        flop=_flag(query, "flop"),
+        flip=flag(query, "flip"),
+        flop=flag(query, "flop"),
         blur=blur,
         sharpen=sharpen,
         bg=bg,
         watermark=watermark,
         gravity=gravity,
-        opacity=_fraction(query, "opacity", OPACITY_RANGE, 0.5),
-        scale=_fraction(query, "scale", SCALE_RANGE, 0.25),
+        opacity=_decimal(query, "opacity", OPACITY_RANGE, default=0.5, places=2),
+        scale=_decimal(query, "scale", SCALE_RANGE, default=0.25, places=2),
     )
 
 
@@ -185,36 +186,29 @@ def parse_region(raw: str) -> tuple[int, int, int, int] | None:
     return x, y, w, h
 
 
-def parse_dpr(raw: str | None) -> float:
+def parse_dpr(query: Mapping[str, str]) -> float:
     """`dpr`, 1 to 4, to two decimals."""
-    if raw is None:
-        return 1.0
-    value = _to_decimal(raw)
-    if value is None or not DPR_RANGE[0] <= value <= DPR_RANGE[1]:
-        raise InvalidField(f"dpr must be a number from {DPR_RANGE[0]:g} to {DPR_RANGE[1]:g}")
-    return round(value, 2)
+    return _decimal(query, "dpr", DPR_RANGE, default=1.0, places=2)
 
 
-def _decimal(query: Mapping[str, str], name: str, bounds: tuple[float, float]) -> float:
-    raw = query.get(name)
-    if raw is None:
-        return 0.0
-    value = _to_decimal(raw)
-    lo, hi = bounds
-    if value is None or not lo <= value <= hi:
-        raise InvalidField(f"{name} must be a number from {lo:g} to {hi:g} (a sigma, in pixels)")
-    return round(value, 1)
-
-
-def _fraction(query: Mapping[str, str], name: str, bounds: tuple[float, float], default: float) -> float:
+def _decimal(
+    query: Mapping[str, str],
+    name: str,
+    bounds: tuple[float, float],
+    *,
+    default: float,
+    places: int,
+    unit: str = "",
+) -> float:
+    """Parameter `name` as a number within `bounds` to `places` decimals (`default` if absent)."""
     raw = query.get(name)
     if raw is None:
         return default
     value = _to_decimal(raw)
     lo, hi = bounds
     if value is None or not lo <= value <= hi:
-        raise InvalidField(f"{name} must be a number from {lo:g} to {hi:g}")
-    return round(value, 2)
+        raise InvalidField(f"{name} must be a number from {lo:g} to {hi:g}{unit}")
+    return round(value, places)
 
 
 def _watermark(raw: str | None) -> str | None:
@@ -243,13 +237,13 @@ def whole_number(query: Mapping[str, str], name: str, default: int, lo: int, hi:
     return value
 
 
-def _flag(query: Mapping[str, str], name: str) -> bool:
+def flag(query: Mapping[str, str], name: str) -> bool:
+    """Parameter `name` as `true`/`1` or `false`/`0` (false if absent)."""
     raw = query.get(name)
-    if raw is None:
-        return False
-    if raw.lower() not in _TRUE + _FALSE:
+    value = False if raw is None else ascii_flag(raw)
+    if value is None:
         raise InvalidField(f"{name} must be true or false")
-    return raw.lower() in _TRUE
+    return value
 
 
 def _trim(raw: str | None) -> int:

@@ -173,9 +173,7 @@ def _stripped(data: bytes, info: ImageInfo, started: float) -> VariantImage:
     """The original without its private metadata: its structure rewritten (`strip`), or, for a
     TIFF, its pixels saved again losslessly (upright, with the ICC profile alone)."""
     try:
-        header = pyvips.Image.new_from_buffer(data, "", access="sequential")
-        orientation = int(header.get("orientation")) if header.get_typeof("orientation") else 1
-        done = strip(data, info.format, orientation)
+        done = strip(data, info.format, info.orientation)
         if done is not None:
             out = done.data
         else:
@@ -320,10 +318,13 @@ def _pillow_header(data: bytes, fmt: str) -> ImageInfo:
 
 
 def _displayed(info: ImageInfo, orientation: object) -> ImageInfo:
-    """Swap width and height when the EXIF orientation turns the image a quarter turn."""
-    if isinstance(orientation, int) and orientation in _QUARTER_TURNS:
-        return replace(info, width=info.height, height=info.width)
-    return info
+    """Swap width and height when the EXIF orientation turns the image a quarter turn, and keep
+    the orientation (a stripped original keeps it)."""
+    if not isinstance(orientation, int) or not 1 <= orientation <= 8:
+        return info
+    if orientation in _QUARTER_TURNS:
+        info = replace(info, width=info.height, height=info.width)
+    return replace(info, orientation=orientation)
 
 
 def choose_engine(info: ImageInfo, largest_side: int, pillow_max_side: int) -> Engine:

@@ -252,7 +252,7 @@ def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings
         raise InvalidField("a variant needs w or h (or both), in pixels")
     if width and height and width * height > limits.max_pixels:
         raise InvalidField(f"w x h may be at most {limits.max_pixels} pixels")
-    width, height = _at_dpr(width, height, parse_dpr(query.get("dpr")), limits)
+    width, height = _at_dpr(width, height, parse_dpr(query), limits)
     fit = _word(query, "fit", "contain", FITS)
     region = parse_region(query.get("crop", ""))
     crop = "centre" if region else _word(query, "crop", "centre", CROPS)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from config.settings import OUTPUT_FORMATS
 from pipeline.core.errors import ImageChanged, ImageNotFound, InvalidField, RenditionNotFound
+from pipeline.core.untrusted import ascii_flag
 from web.keys import RECORDS, SETTINGS
 from web.originals import serve_original
 from web.serving import VARY, best_for, image_ref, locate, serve_object
@@ -15,7 +16,9 @@ async def download_image(request: web.Request) -> web.StreamResponse:
     """`GET /download/image?user_id=&image_id=[&as_uploaded=true]`: the original, without its
     private metadata unless its owner (the only caller who finds it) asks for it as uploaded."""
     _, _, ref = await image_ref(request)
-    as_uploaded = parse_flag(request.query.get("as_uploaded"), "as_uploaded")
+    as_uploaded = ascii_flag(request.query.get("as_uploaded", "false"))
+    if as_uploaded is None:
+        raise InvalidField("as_uploaded must be true or false")
     record = await request.app[RECORDS].read(ref)
     if record is None or record.state == "awaiting_upload":
         raise ImageNotFound()
@@ -23,14 +26,6 @@ async def download_image(request: web.Request) -> web.StreamResponse:
         return await serve_original(request, ref, record, as_uploaded=as_uploaded)
     except ImageChanged:  # replaced or deleted since the record was read
         raise ImageNotFound() from None
-
-
-def parse_flag(raw: str | None, name: str) -> bool:
-    if raw is None or raw.lower() in ("false", "0"):
-        return False
-    if raw.lower() in ("true", "1"):
-        return True
-    raise InvalidField(f"{name} must be true or false")
 
 
 async def download_thumbnail(request: web.Request) -> web.StreamResponse:
