@@ -110,9 +110,6 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 bench-install: $(STAMP)
-
-# The fast tier's virtualenv alone (CI makes those of the other Pythons side by side).
-install-fast: $(FAST_STAMP)
 	$(PIP) -e '.[dev,bench]'
 
 # thumbor, for scripts/bench_peers.py, in a virtualenv of its own (its pins are not ours).

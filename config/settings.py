@@ -82,6 +82,35 @@ class RenditionSpec:
         return f"image/{self.format}"
 
 
+#: How much longer than a mezzanine an original's longest side must be for one to be made: a
+#: little smaller saves less decoding than it costs.
+MEZZANINE_MARGIN = 1.5
+#: What a mezzanine is encoded with: JPEG (the fastest decode, shrinks on load) at a quality whose
+#: loss is below what a variant made of it keeps (BENCHMARKS.md measures the SSIM).
+MEZZANINE_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class Mezzanine(RenditionSpec):
+    """The mezzanine (`ImagingSettings.mezzanine`): made and stored as a rendition is, but never
+    served: variants read it in the original's place."""
+
+    format: str = "jpeg"
+    quality: int = MEZZANINE_QUALITY
+
+    @property
+    def name(self) -> str:
+        return MEZZANINE
+
+    @property
+    def filename(self) -> str:
+        return f"{MEZZANINE}.jpg"
+
+
+#: The mezzanine's name among an image's renditions (its key is `{original}/mezzanine.jpg`).
+MEZZANINE = "mezzanine"
+
+
 @dataclass(frozen=True)
 class Var:
     """How one setting is read from the environment (in a field's `Annotated` type).
@@ -180,8 +209,33 @@ class ImagingSettings:
     #: leave a worker holding its peak for good. Workers hand freed memory back after each job.
     worker_max_rss: Annotated[int, Var(0, 1024**4)] = 512 * 1024 * 1024
 
+    #: The longest side of a mezzanine (0: none): a copy of each large single-frame opaque
+    #: original, made with its renditions, that variants fitting inside it decode instead of the
+    #: original (`pipeline.imaging.variants.from_mezzanine`). It costs one larger decode and
+    #: one JPEG encode per upload, and its bytes in storage (BENCHMARKS.md, "Mezzanine").
+    mezzanine: Annotated[int, Var(0, 16_384)] = 0
+
     def rendition(self, name: str) -> RenditionSpec | None:
         return next((r for r in self.renditions if r.name == name), None)
+
+    @property
+    def mezzanine_spec(self) -> Mezzanine | None:
+        return Mezzanine(self.mezzanine) if self.mezzanine else None
+
+    @property
+    def stored_renditions(self) -> tuple[RenditionSpec, ...]:
+        """Every rendition an original may have stored: the configured ones and the mezzanine."""
+        spec = self.mezzanine_spec
+        return self.renditions if spec is None else (*self.renditions, spec)
+
+    def made_for(self, longest_side: int, single_opaque: bool) -> tuple[RenditionSpec, ...]:
+        """The renditions made of an original whose longest side (as displayed) is `longest_side`:
+        the configured ones, and the mezzanine where it is worth one (the original at least
+        `MEZZANINE_MARGIN` times its side, one frame, no alpha: a JPEG holds neither)."""
+        spec = self.mezzanine_spec
+        if spec is None or not single_opaque or longest_side < spec.max_side * MEZZANINE_MARGIN:
+            return self.renditions
+        return (*self.renditions, spec)
 
 
 #: Default in-flight messages per imaging worker (`IMGSVC_CONSUMER_MAX_IN_FLIGHT=0`).

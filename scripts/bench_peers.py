@@ -14,6 +14,10 @@ thumbor lives in a virtualenv of its own (`make bench-peers-install` creates `.v
 without it the report has our side only (thumbor's figures are left out, not faked).
 
     .venv/bin/python scripts/bench_peers.py --requests 200 --concurrency 8 [--backend local]
+        [--mezzanine 2048]
+
+With `--mezzanine`, ours makes a mezzanine of each large original at upload (`IMGSVC_MEZZANINE`)
+and the report adds (d): what it costs each upload in time and bytes.
 
 SSIM needs the bench extra (`make bench-install`: scikit-image).
 """
@@ -37,8 +41,9 @@ from bench_imaging import build_set
 from loadtest import processing_ms
 from stack import ROOT, bearer, free_port, start_consumer, start_local, start_stack
 
-from config.settings import SEED_USER_IDS
+from config.settings import MEZZANINE, SEED_USER_IDS, ImagingSettings
 from pipeline.core import runtime
+from pipeline.imaging.renditions import make_renditions
 
 USER = SEED_USER_IDS[2]
 IMAGES = ("jpeg-2mp", "jpeg-12mp", "png-12mp", "webp-12mp")
@@ -110,6 +115,27 @@ async def variants(
         if TRANSFORMS[transform][3]:
             out["ssim"][transform] = await _ssim(api, key, thumbor, images, transform)
     return out
+
+
+def mezzanine_cost(images: dict[str, bytes], side: int, runs: int) -> dict[str, Any]:
+    """(d) What a mezzanine costs each upload: the renditions' job with and without one (median
+    of `runs`, taken in turns, so both see the same machine), and its bytes beside the original's."""
+    plain, with_one = ImagingSettings(), ImagingSettings(mezzanine=side)
+    rows: dict[str, Any] = {}
+    for name, data in images.items():
+        times: dict[str, list[float]] = {"without_ms": [], "with_ms": []}
+        for _ in range(runs + 1):  # the first of each warms up
+            for label, imaging in (("without_ms", plain), ("with_ms", with_one)):
+                started = time.perf_counter()
+                result = make_renditions(data, imaging)
+                times[label].append((time.perf_counter() - started) * 1000)
+        made = next((r for r in result.renditions if r.spec.name == MEZZANINE), None)
+        row = {label: round(statistics.median(t[1:]), 1) for label, t in times.items()}
+        row["original_bytes"] = len(data)
+        row["mezzanine_bytes"] = made.size if made is not None else 0
+        row["mezzanine_size"] = f"{made.width}x{made.height}" if made is not None else "none"
+        rows[name] = row
+    return rows
 
 
 async def _ssim(
@@ -198,7 +224,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         print(f"no thumbor at {args.thumbor} (make bench-peers-install): ours only", file=sys.stderr)
     local = args.backend == "local"
-    stack = await start_local(root / "data") if local else await start_stack()
+    env = {"IMGSVC_MEZZANINE": str(args.mezzanine)}
+    stack = await start_local(root / "data", **env) if local else await start_stack(**env)
     report: dict[str, Any] = {"thumbor": thumbor_url is not None, "rendition_ms": {}, "get_throughput": {}}
     try:
         # (a) one rendition at a time.
@@ -215,7 +242,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 }
         # (b) GET throughput: ours pre-generated, thumbor on the fly.
         if not local:  # the local backend's API runs its consumer in-process
-            stack.processes.append(await start_consumer(stack.endpoint))
+            stack.processes.append(await start_consumer(stack.endpoint, **env))
         async with aiohttp.ClientSession(headers=bearer(stack.keys[USER])) as http:
             for name, data in images.items():
                 async with http.put(f"{stack.api}/images/{name}?user_id={USER}", data=data) as response:
@@ -242,6 +269,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             }
         # (c) on-demand variants.
         report["variants"] = await variants(stack.api, stack.keys[USER], thumbor_url, images, args)
+        if args.mezzanine:
+            report["mezzanine"] = mezzanine_cost(images, args.mezzanine, args.runs)
     finally:
         await stack.stop()
         if thumbor is not None:
@@ -272,10 +301,20 @@ if __name__ == "__main__":
         help=f"images of bench_imaging.py's set (default: {' '.join(IMAGES)})",
     )
     parser.add_argument(
+        "--mezzanine",
+        type=int,
+        default=0,
+        metavar="SIDE",
+        help="IMGSVC_MEZZANINE for our stack (0: none), and its cost per upload in the report",
+    )
+    parser.add_argument(
         "--backend",
         choices=("embedded", "local"),
         default="embedded",
         help="ours on the embedded AWS endpoint (moto), or on the local backend (files and SQLite,"
         " as thumbor's file loader reads files)",
     )
-    print(json.dumps(runtime.run(main(parser.parse_args())), indent=2))
+    parsed = parser.parse_args()
+    if parsed.variant_runs > 11:  # qualities 80 to 90: above IMGSVC_VARIANT_MAX_QUALITY, one variant
+        parser.error("--variant-runs is at most 11: each run asks a new quality, from 80 to 90")
+    print(json.dumps(runtime.run(main(parsed)), indent=2))

@@ -170,11 +170,12 @@ async def start_consumer(
     )
 
 
-async def start_local(data_dir: Path) -> Stack:
+async def start_local(data_dir: Path, **extra: str) -> Stack:
     """`python -m web --data-dir DIR`: the API and its consumer on the local backend (files and
-    SQLite, no AWS endpoint), one process, and the demo users' keys it wrote into DIR."""
+    SQLite, no AWS endpoint), one process, and the demo users' keys it wrote into DIR; `extra`:
+    more of its environment (`IMGSVC_MEZZANINE="2048"`)."""
     port = free_port()
-    env = child_env(IMGSVC_MODE="local", IMGSVC_RUN_CONSUMER="true")
+    env = child_env(IMGSVC_MODE="local", IMGSVC_RUN_CONSUMER="true", **extra)
     process = await start(
         ["-m", "web", "--data-dir", str(data_dir), "--port", str(port)], env, rb"API listening"
     )

@@ -41,6 +41,7 @@ from pipeline.core.errors import (
     ImageChanged,
     JobTimeout,
     NotAnImage,
+    NotFound,
     ServiceError,
     TooManyFailedVariants,
     TooManyFrames,
@@ -58,12 +59,13 @@ from pipeline.core.errors import (
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef
 from pipeline.core.objects import source_tag
+from pipeline.core.originals import Original
 from pipeline.core.ports import ObjectStore
 from pipeline.core.quotas import Usage
 from pipeline.core.records import Counted, RecordStore, UsageRefused
 from pipeline.imaging.fair import FairQueue
 from pipeline.imaging.tasks import variant_of
-from pipeline.imaging.variants import VariantSpec
+from pipeline.imaging.variants import VariantSpec, from_mezzanine
 from pipeline.imaging.workers import WorkerPool
 
 log = logging.getLogger(__name__)
@@ -303,16 +305,26 @@ class VariantMaker:
         # (`pipeline.core.originals`): its bytes never pass through this process.
         async with self._queue.slot(record.owner):
             original = await self._storage.locate(aws.source_bucket, ref.source_key, imaging.max_bytes)
+            mezzanine = await self._mezzanine(record, spec)
             started = time.perf_counter()
             try:
                 variant = await self._workers().run(
-                    self._limits.timeout, variant_of, original, etag, spec, imaging, self._limits, overlay
+                    self._limits.timeout,
+                    variant_of,
+                    original,
+                    etag,
+                    spec,
+                    imaging,
+                    self._limits,
+                    overlay,
+                    mezzanine,
                 )
             except JobTimeout:
                 raise VariantTimeout(f"the variant took longer than {self._limits.timeout:g}s") from None
             except WorkerCrashed as exc:
                 raise VariantCrashed(exc.message) from None
         metrics.VARIANT_SECONDS.labels(spec.format).observe(time.perf_counter() - started)
+        metrics.VARIANT_SOURCES.labels(variant.source).inc()
         size = len(variant.data)
         largest = min(imaging.max_bytes, max(GROWTH_FLOOR, int(record.bytes * self._limits.max_growth)))
         if size > largest:
@@ -332,7 +344,25 @@ class VariantMaker:
             await self._usage.check(record.owner, new_image=False, incoming=size, replaced_bytes=0)
         made.set_result(answer)
         await self._store(ref, etag, key, spec, variant.data, metadata)
-        log.info("variant made key=%s bytes=%d seconds=%.3f", key, size, variant.seconds)
+        log.info(
+            "variant made key=%s bytes=%d seconds=%.3f source=%s", key, size, variant.seconds, variant.source
+        )
+
+    async def _mezzanine(self, record: ImageRecord, spec: VariantSpec) -> tuple[Original, VariantSpec] | None:
+        """Where the image's mezzanine is and the spec that makes this variant of it, if it has
+        one this variant fits inside (`from_mezzanine`); the worker checks it is of this original."""
+        made, info = record.mezzanine, record.item.get("info") or {}
+        if made is None or not isinstance(info.get("width"), int) or not isinstance(info.get("height"), int):
+            return None
+        try:
+            size = (int(made["width"]), int(made["height"]))
+            scaled = from_mezzanine(spec, (info["width"], info["height"]), size, self._limits)
+            if scaled is None:
+                return None
+            bucket, max_bytes = self._settings.aws.dest_bucket, self._settings.imaging.max_bytes
+            return await self._storage.locate(bucket, str(made["key"]), max_bytes), scaled
+        except (KeyError, TypeError, ValueError, NotFound):  # an odd record, or the object gone
+            return None
 
     async def _store(
         self, ref: ImageRef, etag: str, key: str, spec: VariantSpec, data: bytes, metadata: dict[str, str]

@@ -250,7 +250,7 @@ class JobRunner:
         started = time.perf_counter()
         timeout = self._settings.consumer.job_timeout
         where = await self._storage.locate(aws.source_bucket, ref.source_key, imaging.max_bytes)
-        keys = {spec.name: ref.rendition_key(spec) for spec in imaging.renditions}
+        keys = {spec.name: ref.rendition_key(spec) for spec in imaging.stored_renditions}
         dest = Destination(aws.dest_bucket, keys, ref.owner_and_id[0]) if store else None
         owner = ref.owner_and_id[0]
         fetched = await self._pool.run_for(owner, timeout, renditions_of, where, imaging, dest)

@@ -49,6 +49,8 @@ class ImageInfo:
     cmyk: bool = False
     #: The EXIF orientation (1-8) the dimensions above are displayed with, where it was read.
     orientation: int = 1
+    #: Whether it has an alpha channel (read by the decoder's header; False where unknown).
+    alpha: bool = False
 
 
 def detect_format(head: bytes) -> str | None:

@@ -110,6 +110,13 @@ class ImageRecord:
         return renditions
 
     @property
+    def mezzanine(self) -> dict[str, Any] | None:
+        """The mezzanine made with the renditions of the current original (its key, width and
+        height), if one was: variants that fit inside it read it instead of the original."""
+        made = self.item.get("mezzanine") if self.state == "ready" else None
+        return made if isinstance(made, dict) else None
+
+    @property
     def error(self) -> dict[str, str] | None:
         return self.item.get("error") if self.state == "failed" else None
 

@@ -73,6 +73,11 @@ VARIANT_SECONDS = Histogram(
     ["format"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
 )
+VARIANT_SOURCES = Counter(
+    "imgsvc_variant_sources_total",
+    "Variants made, by what was decoded: the original, or its mezzanine (IMGSVC_MEZZANINE).",
+    ["source"],
+)
 WEBHOOK_DELIVERIES = Counter(
     "imgsvc_webhook_deliveries_total",
     "Webhook events by how they ended: delivered, failed (every attempt refused, or a URL the rules"

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from config.settings import MEZZANINE
 from pipeline.core import reservations
 from pipeline.core.changes import Changes
 from pipeline.core.cursors import decode_cursor, encode_cursor
@@ -267,7 +268,7 @@ class RecordStore:
                 "duplicate_of": duplicate_of,  # None: made from these bytes here
             }
             if result is not None:
-                out["renditions"] = {
+                made = {
                     r.spec.name: {
                         "key": ref.rendition_key(r.spec),
                         "width": r.width,
@@ -277,6 +278,9 @@ class RecordStore:
                     }
                     for r in result.renditions
                 }
+                # Never served: kept apart, for the variants that read it (`ImageRecord.mezzanine`).
+                out["mezzanine"] = made.pop(MEZZANINE, None)
+                out["renditions"] = made
                 out["info"] = {
                     "format": result.info.format,
                     "width": result.info.width,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.settings import Settings
+from config.settings import Mezzanine, Settings
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef, source_key_of
 from pipeline.core.ports import ObjectStore
@@ -19,10 +19,10 @@ def stale_derivative(key: str, current_etag: str | None) -> bool:
 
 
 async def drop_renditions(storage: ObjectStore, settings: Settings, ref: ImageRef) -> None:
-    """Delete an image's renditions (whichever exist)."""
-    await storage.delete_many(
-        settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in settings.imaging.renditions]
-    )
+    """Delete an image's renditions (whichever exist), its mezzanine too (made while one was
+    configured, perhaps no longer)."""
+    specs = (*settings.imaging.renditions, Mezzanine(0))
+    await storage.delete_many(settings.aws.dest_bucket, [ref.rendition_key(spec) for spec in specs])
 
 
 async def drop_variants(

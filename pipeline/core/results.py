@@ -56,3 +56,5 @@ class VariantImage:
     height: int
     frames: int
     seconds: float
+    #: What it was made from: the original, or its mezzanine (`ImagingSettings.mezzanine`).
+    source: str = "original"

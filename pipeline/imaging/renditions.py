@@ -19,7 +19,7 @@ from typing import Any
 import blurhash
 from PIL import AvifImagePlugin, Image, ImageFile, ImageOps, features
 
-from config.settings import ImagingSettings, RenditionSpec, VariantSettings
+from config.settings import ImagingSettings, Mezzanine, RenditionSpec, VariantSettings
 from pipeline.core import headers
 from pipeline.core.errors import CorruptImage, FormatNotAllowed, NotAnImage, TooManyPixels
 from pipeline.core.formats import (
@@ -92,10 +92,10 @@ def make_renditions(data: bytes, imaging: ImagingSettings, engine: Engine | None
     info = read_header(data, fmt)
     check_limits(info, imaging)
     check_stream(data, fmt)
-    specs = imaging.renditions
+    specs = imaging.made_for(max(info.width, info.height), info.frames == 1 and not info.alpha)
     engine = engine or choose_engine(info, max(s.max_side for s in specs), imaging.pillow_max_side)
     if engine == "pyvips":
-        outputs = _vips_renditions(data, specs)
+        outputs = _vips_renditions(data, info, specs)
     else:
         outputs = _pillow_renditions(data, fmt, specs, imaging.max_pixels)
     seconds = time.perf_counter() - started
@@ -160,7 +160,7 @@ def make_variant(
             image = operate.watermark(image, overlay, spec.ops)
         image = _vips_to_display(image, spec.format, spec.ops.rgba())
         out = RenditionSpec(max(width, height), spec.format, spec.quality)
-        encoded = _vips_encode(image, out, avif_effort=VARIANT_AVIF_EFFORT)
+        encoded = _vips_encode(image, out, variant=True)
         frames = int(image.get("n-pages")) if animated and image.get_typeof("n-pages") else 1
         page_height = image.get("page-height") if animated and image.get_typeof("page-height") else 0
     except pyvips.Error as exc:
@@ -304,7 +304,8 @@ def read_header(data: bytes, fmt: str) -> ImageInfo:
     if header.width <= 0 or header.height <= 0:
         raise CorruptImage("the image has no pixels")
     cmyk = header.interpretation == "cmyk"
-    return _displayed(ImageInfo(fmt, header.width, header.height, max(1, int(frames)), cmyk), orientation)
+    info = ImageInfo(fmt, header.width, header.height, max(1, int(frames)), cmyk, alpha=header.hasalpha())
+    return _displayed(info, orientation)
 
 
 def _pillow_header(data: bytes, fmt: str) -> ImageInfo:
@@ -312,7 +313,9 @@ def _pillow_header(data: bytes, fmt: str) -> ImageInfo:
         raise FormatNotAllowed(f"{fmt} images cannot be decoded here")
     try:
         with Image.open(io.BytesIO(data), formats=[_PILLOW_FORMATS[fmt]]) as im:
-            return _displayed(ImageInfo(fmt, im.width, im.height), im.getexif().get(0x0112))
+            alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+            info = ImageInfo(fmt, im.width, im.height, alpha=alpha)
+            return _displayed(info, im.getexif().get(0x0112))
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise CorruptImage(_short(str(exc))) from None
 
@@ -348,13 +351,21 @@ def choose_engine(info: ImageInfo, largest_side: int, pillow_max_side: int) -> E
 # pyvips ------------------------------------------------------------------------------------------
 
 
-def _vips_renditions(data: bytes, specs: tuple[RenditionSpec, ...]) -> tuple[Rendition, ...]:
+def _vips_renditions(data: bytes, info: ImageInfo, specs: tuple[RenditionSpec, ...]) -> tuple[Rendition, ...]:
     try:
         largest = max(specs, key=lambda s: s.max_side)
-        # thumbnail_buffer shrinks on load, applies EXIF orientation, and takes the first frame.
-        base = pyvips.Image.thumbnail_buffer(
-            data, largest.max_side, height=largest.max_side, size="down", option_string="fail_on=error"
-        ).copy_memory()  # small, and every rendition reads it again
+        if isinstance(largest, Mezzanine):
+            # A JPEG decoded at the DCT scale the mezzanine allows (as variants are): 50 against
+            # 70 ms for 12 MP. Never larger than the original (`made_for` saw to that).
+            scale = largest.max_side / max(info.width, info.height)
+            side_w, side_h = max(1, round(info.width * scale)), max(1, round(info.height * scale))
+            base = _thumbnail(data, info, side_w, side_h, "fail_on=error", size="force")
+        else:
+            # thumbnail_buffer shrinks on load, applies EXIF orientation, takes the first frame.
+            base = pyvips.Image.thumbnail_buffer(
+                data, largest.max_side, height=largest.max_side, size="down", option_string="fail_on=error"
+            )
+        base = base.copy_memory()  # small, and every rendition reads it again
         outputs = []
         for spec in sorted(specs, key=lambda s: -s.max_side):
             image = (
@@ -379,21 +390,31 @@ def _vips_to_display(image: Any, out_format: str, background: list[int] | None =
     return image
 
 
-#: libvips' AVIF effort for variants (0-9, its default 4): measured here, effort 2 encodes a
-#: photo 6x and noise 12x faster for files about a fifth larger. A variant is made while its
-#: first request waits, with other users' variants queued behind it: its time is bounded first.
+#: libvips' efforts for variants (its defaults, 4, for renditions, made in the background). A
+#: variant is made while its first request waits, with other users' variants queued behind it:
+#: its time is bounded first. Measured here: AVIF (0-9) at 2 encodes a photo 6x and noise 12x
+#: faster for files about a fifth larger; WebP (0-6) at 2 an 800 px photo in 23 ms against 51
+#: (3 and 4 take the same time) for files 3-4% larger, which brings a first 800 px WebP of a 2 MP
+#: JPEG from even with thumbor to 1.2x (BENCHMARKS.md, "Side by side with thumbor").
 VARIANT_AVIF_EFFORT = 2
+VARIANT_WEBP_EFFORT = 2
 
 
-def _vips_encode(image: Any, spec: RenditionSpec, avif_effort: int = 4) -> bytes:
+def _vips_encode(image: Any, spec: RenditionSpec, *, variant: bool = False) -> bytes:
+    if isinstance(spec, Mezzanine):
+        # Read by workers only, never sent: no Huffman tables optimised (40 of the 50 ms of a
+        # 2048 px encode, for 1% of its bytes), and chroma halved as variants have it (libvips
+        # keeps it whole from quality 90): 11 ms and a fifth fewer bytes, decoded faster.
+        return bytes(image.jpegsave_buffer(Q=spec.quality, subsample_mode="on", keep="none"))
     if spec.format == "jpeg":
         return bytes(image.jpegsave_buffer(Q=spec.quality, optimize_coding=True, keep="none"))
     if spec.format == "webp":
-        return bytes(image.webpsave_buffer(Q=spec.quality, keep="none"))
-    if spec.format == "avif":
         return bytes(
-            image.heifsave_buffer(compression="av1", Q=spec.quality, effort=avif_effort, keep="none")
+            image.webpsave_buffer(Q=spec.quality, effort=VARIANT_WEBP_EFFORT if variant else 4, keep="none")
         )
+    if spec.format == "avif":
+        effort = VARIANT_AVIF_EFFORT if variant else 4
+        return bytes(image.heifsave_buffer(compression="av1", Q=spec.quality, effort=effort, keep="none"))
     return bytes(image.pngsave_buffer(keep="none"))
 
 
@@ -454,7 +475,7 @@ def _pillow_encode(im: Image.Image, spec: RenditionSpec) -> bytes:
             background.paste(im, mask=im.getchannel("A"))
             im = background
         # No exif= and no icc_profile= arguments: nothing of the original's metadata is written.
-        im.save(out, "JPEG", quality=spec.quality, optimize=True)
+        im.save(out, "JPEG", quality=spec.quality, optimize=not isinstance(spec, Mezzanine))
     else:
         im.save(out, spec.format.upper(), quality=spec.quality)
     return out.getvalue()

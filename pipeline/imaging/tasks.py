@@ -8,6 +8,7 @@ which happens in the worker (or, by design, in the Lambda handler's own process)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,14 +41,26 @@ def variant_of(
     imaging: ImagingSettings,
     limits: VariantSettings,
     overlay: bytes | None = None,
+    mezzanine: tuple[Original, VariantSpec] | None = None,
 ) -> VariantImage:
     """Read the original here and make the variant (with the watermark `overlay`, small, sent
     with the job), if it is still the original `etag` (`ImageChanged` if it was replaced since the
-    record was read)."""
-    from pipeline.core.errors import ImageChanged
+    record was read). With `mezzanine` (where it is, and the spec that makes the same variant of
+    it: `pipeline.imaging.variants.from_mezzanine`), read that instead if it was made of `etag`;
+    the original if it is gone or of another original (replaced meanwhile: the etag check then
+    says so)."""
+    from pipeline.core.errors import ImageChanged, NotFound
     from pipeline.core.originals import read
     from pipeline.imaging.renditions import make_variant as run
 
+    if mezzanine is not None:
+        try:
+            meta, data = read(mezzanine[0])
+        except NotFound:
+            pass
+        else:
+            if meta.metadata.get("source-etag") == etag.strip('"'):
+                return replace(run(data, mezzanine[1], imaging, limits, overlay), source="mezzanine")
     meta, data = read(original)
     if meta.etag != etag:
         raise ImageChanged()

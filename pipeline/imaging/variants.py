@@ -230,6 +230,37 @@ class StrippedOriginal(VariantSpec):
         return round(width * height / 1e6 * (DECODE_MS_PER_MP + ENCODE_MS_PER_MP["png"]))
 
 
+def from_mezzanine(
+    spec: VariantSpec, original: tuple[int, int], mezzanine: tuple[int, int], limits: VariantSettings
+) -> VariantSpec | None:
+    """The spec that makes from the mezzanine (`ImagingSettings.mezzanine`, of `mezzanine`
+    pixels) the variant `spec` makes from the original (`original`, as displayed), or None where
+    the mezzanine cannot: the variant needs more pixels than the mezzanine has (its box would
+    come out another size, or its picture inside a padded box), a trim (what it cuts is found in
+    the pixels, so the box it leaves depends on which image is read), or an original as stored.
+    A rectangle is scaled to the mezzanine's pixels; every other parameter is relative already."""
+    if isinstance(spec, StrippedOriginal) or spec.ops.trim or not all(original + mezzanine):
+        return None
+    ops = spec.ops
+    if ops.region:
+        scale = mezzanine[0] / original[0]
+        x, y, w, h = (round(v * scale) for v in ops.region)
+        ops = replace(ops, region=(x, y, max(1, w), max(1, h)))
+    made = replace(spec, upscale=False, ops=ops)
+    try:
+        wanted = spec.box(*original, limits.max_side, limits.max_pixels)
+        box = made.box(*mezzanine, limits.max_side, limits.max_pixels)
+        if box != wanted:
+            return None
+        if spec.fit == "pad" and spec.inside(*spec.ops.source_size(*original), wanted) != made.inside(
+            *made.ops.source_size(*mezzanine), box
+        ):
+            return None
+    except InvalidField:  # a rectangle off the image: the original's read says so
+        return None
+    return made
+
+
 def parse_variant(query: Mapping[str, str], accept: str, limits: VariantSettings) -> tuple[VariantSpec, bool]:
     """The canonical spec of a request's query, and whether it depends on `Accept` (`format=auto`).
 

@@ -312,6 +312,7 @@ function buildCard(imageId) {
   embed.hidden = true;
   actions.append(
     button("copy-link", "Copy link", () => copyLink(imageId)),
+    button("build-link", "Link builder", () => openBuilder(imageId)),
     visibility,
     embed,
     button("delete", "Delete", () => removeImage(imageId)),
@@ -400,6 +401,100 @@ async function copyLink(imageId) {
   }
 }
 
+// The link builder: a variant's parameters, a live preview and its signed URL. The preview is the
+// variant itself (made and stored on first request, counted like any): it is asked for once a
+// field is changed and left alone for a moment, never while typing, and a newer one replaces it.
+const PREVIEW_DELAY_MS = 400;
+const builder = { imageId: null, timer: null, serial: 0, objectUrl: null };
+
+function builderQuery() {
+  const form = $("builder-form");
+  const query = new URLSearchParams({ expires_in: String(LINK_SECONDS) });
+  for (const name of ["w", "h", "fit", "format", "q", "blur", "sharpen", "bg"]) {
+    const value = form.elements[name].value.trim();
+    if (value) query.set(name, value);
+  }
+  if (query.get("fit") === "contain") query.delete("fit");
+  if (form.elements.fit.value === "cover") query.set("crop", form.elements.crop.value);
+  if (form.elements.rotate.value !== "0") query.set("rotate", form.elements.rotate.value);
+  for (const flag of ["flip", "flop", "trim", "watermark"]) {
+    if (form.elements[flag].checked) query.set(flag, "true");
+  }
+  return query;
+}
+
+function openBuilder(imageId) {
+  const card = state.cards.get(imageId);
+  builder.imageId = imageId;
+  $("builder-name").textContent = (card && card.record && card.record.file_name) || imageId;
+  $("builder").showModal();
+  schedulePreview(0);
+}
+
+function schedulePreview(delay = PREVIEW_DELAY_MS) {
+  const form = $("builder-form");
+  form.elements.crop.disabled = form.elements.fit.value !== "cover";
+  clearTimeout(builder.timer);
+  builder.timer = setTimeout(preview, delay);
+}
+
+async function preview() {
+  const serial = ++builder.serial;
+  const current = () => serial === builder.serial && $("builder").open;
+  const problem = $("builder-error");
+  let link;
+  try {
+    link = await api(`/images/${encodeURIComponent(builder.imageId)}/url?${builderQuery()}`);
+  } catch (error) {
+    if (!current()) return;
+    problem.textContent = error.message;
+    problem.hidden = false;
+    $("builder-url").value = "";
+    return;
+  }
+  if (!current()) return;
+  const url = new URL(link.url, location.origin).href;
+  $("builder-url").value = url;
+  $("builder-status").textContent = "";
+  $("builder-facts").textContent = "making the preview…";
+  // Fetched, not just shown: its size and type are part of what the builder tells.
+  const response = await fetch(url).catch(() => null);
+  if (!current()) return;
+  if (!response || !response.ok) {
+    let body = null;
+    try { body = response && (await response.json()); } catch (_) { /* not JSON */ }
+    problem.textContent = (body && body.message) || "The preview could not be made.";
+    problem.hidden = false;
+    $("builder-facts").textContent = "";
+    return;
+  }
+  const blob = await response.blob();
+  if (!current()) return;
+  problem.hidden = true;
+  const img = $("builder-preview");
+  if (builder.objectUrl) URL.revokeObjectURL(builder.objectUrl);
+  builder.objectUrl = URL.createObjectURL(blob);
+  img.alt = `preview of ${$("builder-name").textContent}`;
+  img.onload = () => {
+    const type = (blob.type || "").replace("image/", "").toUpperCase();
+    $("builder-facts").textContent = `${img.naturalWidth}×${img.naturalHeight} · ${type} · ${formatBytes(blob.size)}`;
+  };
+  img.src = builder.objectUrl;
+}
+
+async function copyBuilt() {
+  const url = $("builder-url").value;
+  if (!url) return;
+  // Said in the dialog: a modal dialog sits above the page's toast.
+  try {
+    await navigator.clipboard.writeText(url);
+    $("builder-status").textContent = "URL copied";
+  } catch (_) {
+    $("builder-url").select();
+    $("builder-status").textContent = "Copy the selected URL";
+  }
+}
+
 // Public images have permanent URLs anyone may load (and any CDN keep): making one private stops
 // them at once; making it public again gives new ones.
 async function toggleVisibility(imageId) {
@@ -470,6 +565,9 @@ function wire() {
   });
   $("sign-out").addEventListener("click", () => signOut(""));
   $("more").addEventListener("click", () => loadMore());
+  $("builder-form").addEventListener("change", () => schedulePreview());
+  $("builder-copy").addEventListener("click", copyBuilt);
+  $("builder").addEventListener("close", () => { builder.serial++; clearTimeout(builder.timer); });
   $("file-input").addEventListener("change", (event) => {
     enqueue([...event.target.files]);
     event.target.value = "";
