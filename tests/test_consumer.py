@@ -280,19 +280,22 @@ async def test_one_slow_image_never_hurts_the_others(make_settings: Any, make_cl
     `processing_timeout` (a repeat timeout of the same original is the image, not the machine)."""
     settings: Settings = make_settings(
         IMGSVC_CONSUMER_WORKERS="2",
-        IMGSVC_CONSUMER_JOB_TIMEOUT="1.2",  # a normal image takes ~0.2 s here, the slow one ~2.4
+        IMGSVC_CONSUMER_JOB_TIMEOUT="1.2",  # a normal image takes ~0.05 s here, the slow one ~2.4
         IMGSVC_CONSUMER_BACKOFF_BASE="0",
         IMGSVC_CONSUMER_MAX_ATTEMPTS="5",
     )
     api = await make_client(settings)
     assert (await api.put("/images/slow", data=io.BytesIO(slow_png(8960)))).status == 202
-    for i in range(8):  # ~0.1 s each: the other worker works through them while the slow one runs
-        assert (await api.put(f"/images/normal{i}", data=slow_png(2496))).status == 202
+    # ~0.05 s each: the other worker works through them while the slow one runs. Small, so that
+    # even a CI machine running four suites' workers beside it (a 6 MP one took 1.3 s there) stays
+    # far below the timeout.
+    for i in range(8):
+        assert (await api.put(f"/images/normal{i}", data=slow_png(1600))).status == 202
     outcomes = await drain(settings, timeout=60)
     assert outcomes == {"ready": 8, "retry": 1, "dead_lettered": 1}, outcomes
     for i in range(8):
         status = await state_in(settings, f"{USER}/normal{i}")
-        assert status["state"] == "ready" and status["info"]["width"] == 2496
+        assert status["state"] == "ready" and status["info"]["width"] == 1600
     (letter,) = await dead_lettered(settings)
     assert letter.attributes["error_code"] == "processing_timeout"
     assert letter.attributes["attempts"] == "2"
