@@ -143,6 +143,12 @@ class AwsSettings:
     #: Hand clients URLs to the embedded endpoint (presigned uploads), which checks no signatures:
     #: only where nobody untrusted can reach it (tests, a single-user machine).
     embedded_trusted: Annotated[bool, Var()] = False
+    #: An S3-compatible store for the objects alone (MinIO, R2, SeaweedFS, Garage): its endpoint and
+    #: the key it knows the service by. Queues and tables stay where `endpoint_url` (or AWS) is;
+    #: empty, S3 is there too, with the same credentials.
+    s3_endpoint_url: Annotated[str, Var()] = ""
+    s3_access_key_id: Annotated[str, Var()] = ""
+    s3_secret_access_key: Annotated[str, Var()] = field(default="", repr=False)
     embedded_host: Annotated[str, Var()] = "127.0.0.1"
     embedded_port: Annotated[int, Var(0, 65535)] = 4566
     source_bucket: Annotated[str, Var(read="bucket")] = "image-service-source"
@@ -527,6 +533,8 @@ class Settings:
             endpoint_url=env.raw("AWS_ENDPOINT_URL") or None,
             region=env.raw("AWS_REGION") or env.raw("AWS_DEFAULT_REGION") or AwsSettings.region,
         )
+        if bool(aws.s3_access_key_id) != bool(aws.s3_secret_access_key):
+            raise ConfigError(f"{PREFIX}S3_ACCESS_KEY_ID and {PREFIX}S3_SECRET_ACCESS_KEY go together")
         if aws.source_bucket == aws.dest_bucket:
             raise ConfigError(f"{PREFIX}DEST_BUCKET: must differ from the source bucket, or thumbnails loop")
         queues = [aws.queue_name, aws.dlq_name, aws.outbox_name, aws.outbox_dlq_name]

@@ -18,10 +18,9 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients, open_clients
-from pipeline.aws.provision import provision
-from pipeline.backends import aws_backend
 from pipeline.local.backend import open_local
-from tests.support.backends import Backend, provision_with_users, provisioned
+from tests.support import ministack
+from tests.support.backends import Backend, aws_stack, provision_with_users, provisioned
 from tests.support.clients import ClientFactory, bearer, issue_key
 from tests.support.consumers import close_pools, shared_pool
 from tests.support.servers import GuardedTestServer
@@ -86,18 +85,27 @@ async def clients(settings: Settings) -> AsyncIterator[AwsClients]:
         yield opened
 
 
+@pytest.fixture(scope="session")
+def ministack_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """MiniStack, the second AWS emulator (`tests.support.ministack`), one per test process."""
+    if not ministack.available():
+        pytest.fail(f"MiniStack is missing at {ministack.EXECUTABLE}: run `make ministack` (make test does)")
+    with ministack.ministack(tmp_path_factory.mktemp("ministack") / "ministack.log") as endpoint:
+        yield endpoint
+
+
 @pytest.fixture(params=[pytest.param("aws", marks=pytest.mark.moto), "local"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Each contract test runs once against the AWS backend (moto) and once against the local one."""
-    if request.param == "aws":
-        # Its own moto settings, also in a module whose `settings` are the local backend's.
-        settings = Settings.from_env(env_for(request.getfixturevalue("moto_endpoint")))
-        async with open_clients(settings.aws) as clients:
-            await provision(clients, settings)
-            ports = await aws_backend(clients, settings)
-            for message in await ports.main.receive(10, 0):  # S3's test event for the notification
-                await ports.main.delete(message.receipt_handle)
-            yield Backend("aws", settings, ports.storage, ports.main, ports.dlq, ports.tables, ports)
+    """Each contract test runs once against the AWS backend (moto) and once against the local one;
+    the AWS backend's contract modules (`CONTRACT_TARGETS`) on MiniStack too."""
+    if request.param in ("aws", "ministack"):
+        # Its own settings, also in a module whose `settings` are the local backend's.
+        emulator = "moto_endpoint" if request.param == "aws" else "ministack_endpoint"
+        endpoint = request.getfixturevalue(emulator)
+        async with aws_stack(request.param, endpoint) as stack:
+            yield stack
+        if request.param == "ministack":
+            await asyncio.to_thread(ministack.reset, endpoint)
         return
     settings = local_settings(tmp_path / "data")
     async with open_local(settings) as ports:

@@ -8,7 +8,10 @@ import time
 import pytest
 
 from pipeline.core.errors import LeaseLost
-from tests.support.backends import Backend
+from tests.support.backends import CONTRACT_TARGETS, Backend
+
+#: On moto, MiniStack and the local backend.
+pytestmark = CONTRACT_TARGETS
 
 
 async def test_a_received_message_is_leased_then_comes_back_counted(backend: Backend) -> None:

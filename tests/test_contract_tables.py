@@ -37,9 +37,10 @@ from pipeline.core.items import (
 from pipeline.local.database import Database, _Reader
 from pipeline.local.storage import LocalStorage, create_bucket
 from pipeline.local.tables import LocalTables
-from tests.support.backends import Backend
+from tests.support.backends import CONTRACT_TARGETS, Backend
 
 
+@CONTRACT_TARGETS
 async def test_conditional_puts_and_deletes(backend: Backend) -> None:
     users = backend.tables.users
     user = {
@@ -61,6 +62,7 @@ async def test_conditional_puts_and_deletes(backend: Backend) -> None:
     assert await users.delete({"user_id": user["user_id"]}) is None
 
 
+@CONTRACT_TARGETS
 async def test_updates_create_add_default_and_remove(backend: Backend) -> None:
     throttle = backend.tables.throttle
     key = {"id": f"slot-{uuid.uuid4()}"}
@@ -75,6 +77,7 @@ async def test_updates_create_add_default_and_remove(backend: Backend) -> None:
     assert await throttle.get({"id": "absent"}) is None  # a failed condition writes nothing
 
 
+@CONTRACT_TARGETS
 async def test_a_transaction_writes_all_or_nothing_across_tables(backend: Backend) -> None:
     """Writes on two tables at once: committed together, or (one condition failing) none of
     them, with the failing write named."""
@@ -114,6 +117,7 @@ async def test_a_transaction_writes_all_or_nothing_across_tables(backend: Backen
     assert (await users.get(user) or {}).get("bytes_used") == 0
 
 
+@CONTRACT_TARGETS
 async def test_string_sets_include_exclude_and_condition_on_membership(backend: Backend) -> None:
     """Variant names live in a string set: added once (a condition refuses a second), taken out,
     gone when emptied, and a whole-item write of what was read keeps it a set."""
@@ -134,6 +138,7 @@ async def test_string_sets_include_exclude_and_condition_on_membership(backend: 
     assert "names" not in (await images.get(key) or {"names": 1})
 
 
+@CONTRACT_TARGETS
 @given(charges=st.lists(st.tuples(st.integers(-3, 5), st.integers(-1, 2)), max_size=12))
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 async def test_quota_conditions_decide_like_a_model(backend: Backend, charges: list[tuple[int, int]]) -> None:
@@ -169,6 +174,7 @@ async def test_quota_conditions_decide_like_a_model(backend: Backend, charges: l
         assert (item["bytes_used"], item["image_count"]) == (model["bytes_used"], model["image_count"])
 
 
+@CONTRACT_TARGETS
 async def test_index_pages_cover_everything_once_in_order(backend: Backend) -> None:
     images, owner, other = backend.tables.images, str(uuid.uuid4()), str(uuid.uuid4())
     made = []
@@ -192,6 +198,7 @@ async def test_index_pages_cover_everything_once_in_order(backend: Backend) -> N
     assert last is None and sorted(i["image_id"] for i in everything) == [f"img{i}" for i in range(7)]
 
 
+@CONTRACT_TARGETS
 async def test_keys_by_user_and_scans(backend: Backend) -> None:
     keys, user = backend.tables.keys, str(uuid.uuid4())
     for i in range(3):

@@ -10,7 +10,9 @@ import asyncio
 import dataclasses
 import hashlib
 import io
+import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,20 +20,22 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+from aiobotocore.session import get_session
 from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from config.settings import Settings
+from pipeline.aws.clients import EMBEDDED_CREDENTIALS
 from pipeline.cli.gc import collect
 from pipeline.core.dlq import reason_of
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import RecordStore
 from pipeline.core.reservations import RELEASE_MARGIN_SECONDS
-from tests.support.backends import Backend
+from tests.support.backends import Backend, aws_stack
 from tests.support.clients import ClientFactory
 from tests.support.consumers import consume
 from tests.support.images import decode, jpeg_bytes
-from tests.support.settings import USER
+from tests.support.settings import OTHER_USER, USER
 from web.keys import SWEEPER
 
 Client = TestClient[Any, Any]
@@ -436,3 +440,69 @@ async def test_the_serving_process_releases_unused_reservations_itself(
     assert (await ask(api, image_id="other", content_length=500, content_type="image/jpeg")).status == 201
     sweeper.clock = lambda: time.time() + later
     assert await sweeper.sweep() == 1 and await usage_of(backend) == (0, 0)
+
+
+async def iam_key(endpoint: str) -> tuple[str, str]:
+    """A key made through the emulator's IAM (MiniStack checks the signatures of such keys only),
+    for a user allowed every S3 action."""
+    session = get_session()
+    async with session.create_client(
+        "iam", endpoint_url=endpoint, region_name="us-east-1", **EMBEDDED_CREDENTIALS
+    ) as iam:
+        user = f"signer-{uuid.uuid4().hex[:8]}"
+        await iam.create_user(UserName=user)
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        await iam.put_user_policy(UserName=user, PolicyName="objects", PolicyDocument=json.dumps(policy))
+        made = (await iam.create_access_key(UserName=user))["AccessKey"]
+    return made["AccessKeyId"], made["SecretAccessKey"]
+
+
+@pytest.mark.ministack
+async def test_a_store_that_checks_signatures_refuses_every_other_use_of_the_url(
+    ministack_endpoint: str, make_client: ClientFactory
+) -> None:
+    """What `test_an_s3_upload_url_signs_the_length_type_and_metadata` says S3 does, seen done:
+    MiniStack refuses the URL used with another length, type or owner, with a signature changed
+    and once expired (403, from the store itself: moto takes all five), and each refusal leaves
+    the reservation and the owner's quota as they were; the URL used as made gives a ready image.
+    The objects are reached with a key of their own (`IMGSVC_S3_ACCESS_KEY_ID`, made through
+    MiniStack's IAM), the queues and tables with the root key: the URL, the consumer's worker and
+    the API all sign with the store's."""
+    key_id, secret = await iam_key(ministack_endpoint)
+    keys = {"IMGSVC_S3_ACCESS_KEY_ID": key_id, "IMGSVC_S3_SECRET_ACCESS_KEY": secret}
+    async with aws_stack("ministack", ministack_endpoint, **keys) as backend:
+        api = await make_client(presigned(backend.settings))
+        data = jpeg_bytes(320, 240)
+        answer = await (await ask(api, content_length=len(data), content_type="image/jpeg")).json()
+        charged = await usage_of(backend)
+        assert charged[1] == 1
+        query = parse_qs(urlsplit(answer["url"]).query)
+        assert query["X-Amz-Credential"][0].startswith(key_id + "/")  # signed with the store's key
+        signature = query["X-Amz-Signature"][0]
+        forged = answer["url"].replace(signature, signature[::-1])
+        metadata = {
+            k.removeprefix("x-amz-meta-"): v for k, v in answer["headers"].items() if k.startswith("x-amz-")
+        }
+        source, key = backend.settings.aws.source_bucket, f"{USER}/{answer['image_id']}"
+        expired, _ = await backend.ports.presign_put(source, key, 1, "image/jpeg", len(data), metadata)
+        await asyncio.sleep(2)
+        refusals = {
+            "another length": await put_to(answer, data + b"\0"),
+            "another type": await put_to(answer, data, **{"Content-Type": "image/png"}),
+            "another owner": await put_to(answer, data, **{"x-amz-meta-user-id": OTHER_USER}),
+            "a changed signature": await put_to({**answer, "url": forged}, data),
+            "an expired URL": await put_to({**answer, "url": expired}, data),
+        }
+        for case, refused in refusals.items():
+            assert refused.status == 403, case
+            assert await backend.storage.etag_of(source, key) is None, case
+            assert await usage_of(backend) == charged, case
+            status = await (await api.get(answer["status_url"])).json()
+            assert status["status"] == "awaiting_upload", case
+        assert (await put_to(answer, data)).status == 200
+        assert (await consume(backend)).get("ready") == 1
+        assert (await (await api.get(answer["status_url"])).json())["status"] == "ready"
+        assert await usage_of(backend) == charged

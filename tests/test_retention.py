@@ -4,9 +4,12 @@ record, and its bytes from the owner's usage); on both backends, judged at a lat
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from pipeline.cli.gc import collect
 from pipeline.core.usage import reconcile_usage
@@ -68,3 +71,31 @@ async def test_the_deployment_retention_applies_when_an_upload_names_none(
         await api.put("/images/own", params={"expires_in_days": "2"}, data=jpeg_bytes(16, 16))
     ).json()
     assert own["expires_at"] < answer["expires_at"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param("ministack", marks=pytest.mark.ministack)], indirect=True)
+async def test_the_table_itself_deletes_a_record_past_its_purge_time(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """DynamoDB's TTL, the last backstop (`purge_at`, a week past an expiry gc did not act on),
+    seen deleting where an emulator runs it: moto never deletes an expired item; MiniStack's
+    reaper looks every 60 s. Only the record past its time goes."""
+    api = await make_client(backend.settings)
+    for image_id in ("stays", "purged"):
+        assert (await api.put(f"/images/{image_id}", data=jpeg_bytes(40, 30))).status == 202
+    assert (await consume(backend)).get("ready") == 2
+    key = {"user_id": USER, "image_id": "purged"}
+    record = await backend.tables.images.get(key)
+    assert record is not None and record.get("purge_at") is None  # kept for ever, as uploaded
+    await backend.tables.images.put({**record, "purge_at": int(time.time()) - 1})
+    deadline = time.monotonic() + TTL_SWEEP_SECONDS + 15
+    while await backend.tables.images.get(key) is not None:
+        assert time.monotonic() < deadline, f"still there after {TTL_SWEEP_SECONDS + 15} s"
+        await asyncio.sleep(1)
+    assert (await api.get("/images/purged")).status == 404
+    assert (await api.get("/images/stays")).status == 200
+
+
+#: How often MiniStack's DynamoDB looks for expired items (its `_ttl_reaper`).
+TTL_SWEEP_SECONDS = 60

@@ -151,3 +151,18 @@ def test_variant_presets_parse_or_fail_naming_the_variable() -> None:
             Settings.from_env({"IMGSVC_VARIANT_PRESETS": bad})
     with pytest.raises(ConfigError, match=r"^IMGSVC_VARIANT_PRESETS_ONLY: "):
         Settings.from_env({"IMGSVC_VARIANT_PRESETS_ONLY": "true"})
+
+
+def test_an_s3_store_of_its_own_takes_its_key_and_secret_together_and_never_shows_the_secret() -> None:
+    env = {"IMGSVC_S3_ENDPOINT_URL": "https://s3.example.net", "IMGSVC_S3_ACCESS_KEY_ID": "objects"}
+    with pytest.raises(ConfigError, match="IMGSVC_S3_ACCESS_KEY_ID and IMGSVC_S3_SECRET_ACCESS_KEY"):
+        Settings.from_env(env)
+    aws = Settings.from_env({**env, "IMGSVC_S3_SECRET_ACCESS_KEY": "hush-hush"}).aws
+    assert (aws.s3_endpoint_url, aws.s3_access_key_id, aws.s3_secret_access_key) == (
+        "https://s3.example.net",
+        "objects",
+        "hush-hush",
+    )
+    assert "hush-hush" not in repr(aws)
+    # Only the objects move: queues and tables stay where the rest is.
+    assert aws.effective_endpoint != aws.s3_endpoint_url

@@ -48,13 +48,14 @@ class AwsClients:
 
 
 def _config(settings: AwsSettings) -> dict[str, Any]:
+    custom_endpoint = settings.effective_endpoint or settings.s3_endpoint_url
     return {
         "max_pool_connections": settings.max_pool_connections,
         "connect_timeout": settings.connect_timeout,
         "read_timeout": settings.read_timeout,
         "retries": {"max_attempts": 3, "mode": "standard"},
         # Path-style works with any endpoint, including 127.0.0.1 where virtual hosts cannot.
-        "s3": {"addressing_style": "path"} if settings.effective_endpoint else None,
+        "s3": {"addressing_style": "path"} if custom_endpoint else None,
     }
 
 
@@ -69,6 +70,18 @@ def client_kwargs(settings: AwsSettings) -> dict[str, Any]:
     return kwargs
 
 
+def s3_client_kwargs(settings: AwsSettings) -> dict[str, Any]:
+    """`client_kwargs` for S3: the S3-compatible store's endpoint and key where one is configured
+    (`AwsSettings.s3_endpoint_url`)."""
+    kwargs = client_kwargs(settings)
+    if settings.s3_endpoint_url:
+        kwargs["endpoint_url"] = settings.s3_endpoint_url
+    if settings.s3_access_key_id:
+        kwargs["aws_access_key_id"] = settings.s3_access_key_id
+        kwargs["aws_secret_access_key"] = settings.s3_secret_access_key
+    return kwargs
+
+
 @asynccontextmanager
 async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
     """Open one client per service for the life of the block."""
@@ -78,7 +91,8 @@ async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
         # SigV4 for S3 too: a presigned PUT then signs its length, type and metadata (SigV2
         # query signing, botocore's choice with a custom endpoint, signs no length).
         s3_config = kwargs["config"].merge(AioConfig(signature_version="s3v4"))
-        s3 = await stack.enter_async_context(session.create_client("s3", **kwargs | {"config": s3_config}))
+        s3_kwargs = s3_client_kwargs(settings) | {"config": s3_config}
+        s3 = await stack.enter_async_context(session.create_client("s3", **s3_kwargs))
         sqs = await stack.enter_async_context(session.create_client("sqs", **kwargs))
         dynamodb = await stack.enter_async_context(session.create_client("dynamodb", **kwargs))
         yield AwsClients(s3=s3, sqs=sqs, dynamodb=dynamodb)
@@ -95,7 +109,7 @@ def sync_s3_client(settings: AwsSettings) -> Any:
         "read_timeout": min(settings.read_timeout, WORKER_READ_TIMEOUT),
         "retries": {"max_attempts": 2, "mode": "standard"},
     }
-    kwargs = client_kwargs(settings) | {"config": Config(**config, signature_version="s3v4")}
+    kwargs = s3_client_kwargs(settings) | {"config": Config(**config, signature_version="s3v4")}
     return botocore.session.get_session().create_client("s3", **kwargs)
 
 
