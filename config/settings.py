@@ -149,6 +149,10 @@ class AwsSettings:
     s3_endpoint_url: Annotated[str, Var()] = ""
     s3_access_key_id: Annotated[str, Var()] = ""
     s3_secret_access_key: Annotated[str, Var()] = field(default="", repr=False)
+    #: Whether the object store sends ObjectCreated events to the queue (S3 and MinIO can; R2
+    #: and SeaweedFS cannot): false, the service announces the originals it writes itself, and
+    #: presigned uploads (which it never sees) are refused at start.
+    s3_notifications: Annotated[bool, Var()] = True
     embedded_host: Annotated[str, Var()] = "127.0.0.1"
     embedded_port: Annotated[int, Var(0, 65535)] = 4566
     source_bucket: Annotated[str, Var(read="bucket")] = "image-service-source"
@@ -544,6 +548,12 @@ class Settings:
                 " must name four different queues"
             )
         web = env.section(WebSettings, defaults={"run_consumer": mode in ("embedded", "local")})
+        if "presigned" in web.upload_modes and not aws.s3_notifications:
+            raise ConfigError(
+                f"{PREFIX}UPLOAD_MODES: presigned uploads go to the store without the service, which "
+                f"learns of them from the store's notifications; {PREFIX}S3_NOTIFICATIONS=false says "
+                "there are none"
+            )
         if mode == "embedded" and "presigned" in web.upload_modes and not aws.embedded_trusted:
             raise ConfigError(
                 f"{PREFIX}UPLOAD_MODES: presigned uploads would hand clients URLs to the embedded AWS "

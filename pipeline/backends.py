@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
     """The AWS ports over already open clients (queue URLs resolved once, here)."""
+    from pipeline.aws.announcing import AnnouncingStorage
     from pipeline.aws.originals import prepare_reads
     from pipeline.aws.presign import S3Presigner
     from pipeline.aws.queue import Queue
@@ -39,9 +40,11 @@ async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
         for name in (aws.queue_name, aws.dlq_name, aws.outbox_name, aws.outbox_dlq_name)
     ]
     tables = Tables(clients.dynamodb, aws)
+    # A store that sends no events has the service announce what it writes (`announcing`).
+    storage = Storage(clients.s3, aws) if aws.s3_notifications else AnnouncingStorage(clients.s3, aws, main)
     return Backend(
         "aws",
-        Storage(clients.s3, settings.aws),
+        storage,
         main,
         dlq,
         tables,

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients, open_clients
 from pipeline.local.backend import open_local
-from tests.support import ministack
+from tests.support import ministack, seaweedfs
 from tests.support.backends import Backend, aws_stack, provision_with_users, provisioned
 from tests.support.clients import ClientFactory, bearer, issue_key
 from tests.support.consumers import close_pools, shared_pool
@@ -94,6 +94,15 @@ def ministack_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         yield endpoint
 
 
+@pytest.fixture(scope="session")
+def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SeaweedFS's S3 gateway (`tests.support.seaweedfs`), one per test process."""
+    if not seaweedfs.available():
+        pytest.fail(f"SeaweedFS is missing at {seaweedfs.EXECUTABLE}: run `make seaweedfs` (make test does)")
+    with seaweedfs.seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as endpoint:
+        yield endpoint
+
+
 @pytest.fixture(params=[pytest.param("aws", marks=pytest.mark.moto), "local"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Each contract test runs once against the AWS backend (moto) and once against the local one;
@@ -106,6 +115,11 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             yield stack
         if request.param == "ministack":
             await asyncio.to_thread(ministack.reset, endpoint)
+        return
+    if request.param == "seaweedfs":  # its objects there, its queues and tables on moto
+        objects = seaweedfs.settings_env(request.getfixturevalue("seaweedfs_endpoint"))
+        async with aws_stack("seaweedfs", request.getfixturevalue("moto_endpoint"), **objects) as stack:
+            yield stack
         return
     settings = local_settings(tmp_path / "data")
     async with open_local(settings) as ports:

@@ -8,14 +8,14 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from tests.support.backends import CONTRACT_TARGETS, Backend
+from tests.support.backends import STORAGE_TARGETS, Backend
 from tests.support.clients import ClientFactory
 from tests.support.consumers import consume
 from tests.support.images import decode, jpeg_bytes
 from tests.support.settings import ROOT, USER
 
-#: On moto, MiniStack and the local backend.
-pytestmark = CONTRACT_TARGETS
+#: On moto, MiniStack, SeaweedFS (its objects) and the local backend.
+pytestmark = STORAGE_TARGETS
 
 Client = TestClient[Any, Any]
 

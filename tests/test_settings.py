@@ -166,3 +166,10 @@ def test_an_s3_store_of_its_own_takes_its_key_and_secret_together_and_never_show
     assert "hush-hush" not in repr(aws)
     # Only the objects move: queues and tables stay where the rest is.
     assert aws.effective_endpoint != aws.s3_endpoint_url
+
+
+def test_a_store_without_notifications_refuses_presigned_uploads_at_start() -> None:
+    env = {"IMGSVC_S3_NOTIFICATIONS": "false", "AWS_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "a"}
+    assert Settings.from_env(env).aws.s3_notifications is False
+    with pytest.raises(ConfigError, match="IMGSVC_UPLOAD_MODES: presigned uploads go to the store"):
+        Settings.from_env({**env, "IMGSVC_UPLOAD_MODES": "api,presigned"})

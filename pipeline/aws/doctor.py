@@ -74,10 +74,12 @@ async def _wiring(clients: AwsClients, settings: Settings, check: Check) -> None
         await check(f"bucket {bucket}", functools.partial(_bucket, clients, bucket))
     for spec in plan.queues:
         await check(f"queue {spec.name}", functools.partial(_queue, clients, spec, arns))
-    await check(
-        "bucket notification", lambda: _notification(clients, plan.source_bucket, plan.notified_queue, arns)
-    )
-    await check("queue policy", lambda: _queue_policy(clients, plan.source_bucket, plan.notified_queue))
+    if settings.aws.s3_notifications:  # else the service announces its writes itself
+        await check(
+            "bucket notification",
+            lambda: _notification(clients, plan.source_bucket, plan.notified_queue, arns),
+        )
+        await check("queue policy", lambda: _queue_policy(clients, plan.source_bucket, plan.notified_queue))
     if "presigned" in settings.web.upload_modes:
         await check("CORS for presigned uploads", lambda: _cors(clients, plan.source_bucket))
     for table in plan.tables:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
+from botocore.exceptions import ClientError
+
 from config.settings import Settings
-from pipeline.aws.clients import AwsClients, aws_errors
+from pipeline.aws.clients import AwsClients, aws_errors, error_code
 from pipeline.aws.tables import provision_tables
 from pipeline.core.errors import NotFound, QueueUnavailable, StorageUnavailable
 from pipeline.core.topology import topology
@@ -69,21 +72,24 @@ async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
         with aws_errors(QueueUnavailable):
             await clients.sqs.set_queue_attributes(QueueUrl=urls[spec.name], Attributes=attributes)
     with aws_errors(StorageUnavailable):
-        await clients.s3.put_bucket_notification_configuration(
-            Bucket=plan.source_bucket,
-            NotificationConfiguration={
-                "QueueConfigurations": [
-                    {
-                        "Id": "image-service-created",
-                        "QueueArn": arns[plan.notified_queue],
-                        "Events": ["s3:ObjectCreated:*"],
-                    }
-                ]
-            },
-        )
-        # Browsers put presigned uploads straight into the source bucket from the UI's origin;
-        # the URL's signature is the authority, so any origin may send one (no cookies ride along).
-        await clients.s3.put_bucket_cors(Bucket=plan.source_bucket, CORSConfiguration=UPLOAD_CORS)
+        if aws.s3_notifications:  # else the service announces what it writes (`announcing`)
+            await clients.s3.put_bucket_notification_configuration(
+                Bucket=plan.source_bucket,
+                NotificationConfiguration={
+                    "QueueConfigurations": [
+                        {
+                            "Id": "image-service-created",
+                            "QueueArn": arns[plan.notified_queue],
+                            "Events": ["s3:ObjectCreated:*"],
+                        }
+                    ]
+                },
+            )
+    # Browsers put presigned uploads straight into the source bucket from the UI's origin;
+    # the URL's signature is the authority, so any origin may send one (no cookies ride along).
+    await _where_supported(
+        "CORS rules", clients.s3.put_bucket_cors(Bucket=plan.source_bucket, CORSConfiguration=UPLOAD_CORS)
+    )
     log.info(
         "provisioned source=%s dest=%s queues=%s",
         plan.source_bucket,
@@ -120,8 +126,9 @@ async def _bucket(clients: AwsClients, bucket: str, region: str) -> None:
     except NotFound:
         with aws_errors(StorageUnavailable):
             await clients.s3.create_bucket(**kwargs)
-    with aws_errors(StorageUnavailable):
-        await clients.s3.put_public_access_block(
+    await _where_supported(
+        "public access blocks",
+        clients.s3.put_public_access_block(
             Bucket=bucket,
             PublicAccessBlockConfiguration={
                 "BlockPublicAcls": True,
@@ -129,9 +136,13 @@ async def _bucket(clients: AwsClients, bucket: str, region: str) -> None:
                 "BlockPublicPolicy": True,
                 "RestrictPublicBuckets": True,
             },
-        )
-        # Uploads refused half-way are aborted by the API; this catches a crashed web process.
-        await clients.s3.put_bucket_lifecycle_configuration(
+        ),
+    )
+    # Uploads refused half-way are aborted by the API; this catches a crashed web process (as
+    # `python -m pipeline gc` does, where a store has no lifecycle rules).
+    await _where_supported(
+        "lifecycle rules",
+        clients.s3.put_bucket_lifecycle_configuration(
             Bucket=bucket,
             LifecycleConfiguration={
                 "Rules": [
@@ -143,7 +154,20 @@ async def _bucket(clients: AwsClients, bucket: str, region: str) -> None:
                     }
                 ]
             },
-        )
+        ),
+    )
+
+
+async def _where_supported(feature: str, call: Awaitable[object]) -> None:
+    """A bucket's hardening that S3 has and an S3-compatible store may lack (SeaweedFS answers
+    `NotImplemented`): done where it can be, and said where it cannot."""
+    try:
+        await call
+    except ClientError as exc:
+        if error_code(exc) not in ("NotImplemented", "501"):
+            with aws_errors(StorageUnavailable):
+                raise
+        log.warning("the object store has no %s: %s", feature, exc)
 
 
 async def _queue(clients: AwsClients, name: str) -> tuple[str, str]:

@@ -44,6 +44,17 @@ CONTRACT_TARGETS = pytest.mark.parametrize(
     indirect=True,
 )
 
+#: The storage contract's targets and the API's, end to end: those, and SeaweedFS for the
+#: objects (queues and tables on moto), an S3-compatible store that is not AWS and sends no events.
+STORAGE_TARGETS = pytest.mark.parametrize(
+    "backend",
+    [
+        *CONTRACT_TARGETS.args[1],
+        pytest.param("seaweedfs", marks=[pytest.mark.seaweedfs, pytest.mark.moto]),
+    ],
+    indirect=True,
+)
+
 #: The resources (by source bucket name) this session has provisioned already.
 _PROVISIONED: set[str] = set()
 

@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.aws.clients import EMBEDDED_CREDENTIALS
+from tests.support.processes import serving
 from tests.support.settings import ROOT
 
 #: Where `make ministack` installs it.
 EXECUTABLE = ROOT / ".venv-ministack" / "bin" / "ministack"
 SERVICES = "s3,sqs,dynamodb,iam,sts"
-STARTUP_SECONDS = 30
 
 
 def available() -> bool:
@@ -62,22 +60,8 @@ def ministack(log: Path) -> Iterator[str]:
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
     endpoint = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        process = subprocess.Popen([str(EXECUTABLE)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not _healthy(endpoint):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"MiniStack did not start on {endpoint}: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
+    with serving(f"MiniStack on {endpoint}", [str(EXECUTABLE)], env, log, lambda: _healthy(endpoint)):
         yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _healthy(endpoint: str) -> bool:

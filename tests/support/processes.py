@@ -10,8 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -317,3 +317,36 @@ class WebProcess:
         finally:
             await self.kill()  # only reaps what ended; kills what did not (also when cancelled)
         return self.process.returncode  # type: ignore[return-value]
+
+
+#: Seconds an emulator (MiniStack, SeaweedFS) has to start answering.
+EMULATOR_STARTUP_SECONDS = 30
+
+
+@contextmanager
+def serving(
+    name: str,
+    args: list[str],
+    env: dict[str, str],
+    log: Path,
+    ready: Callable[[], bool],
+    cwd: Path | None = None,
+) -> Iterator[None]:
+    """A server process of the tests' own (an emulator) for the block: started with its output in
+    `log`, waited for until `ready()`, stopped (killed if it will not) afterwards."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+    try:
+        deadline = time.monotonic() + EMULATOR_STARTUP_SECONDS
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
