@@ -26,6 +26,7 @@ from config.settings import Settings
 from tests.support.clients import ClientFactory, issue_key
 from tests.support.images import decode, jpeg_bytes
 from tests.support.settings import ROOT, USER
+from web.keys import SETTINGS, STORAGE
 
 #: The browser meets the API; only the presigned PUT straight into S3 needs moto (marked).
 pytestmark = [pytest.mark.browser, pytest.mark.backend("local")]
@@ -297,6 +298,43 @@ async def test_the_gallery_is_newest_first_after_a_reload_too(session: Session) 
     assert session.errors == []
 
 
+async def test_fifty_images_load_from_their_stored_renditions_with_nothing_made(session: Session) -> None:
+    """The gallery's first load: every tile from a rendition the upload made (a srcset of what is
+    stored), no variant made or charged per tile. The time it takes is written to
+    `test-artifacts/gallery-50.txt` (measured, not asserted: these machines are noisy)."""
+    for i in range(50):
+        assert (await session.api.put(f"/images/img{i:02d}", data=jpeg_bytes(320 + i, 240))).status == 202
+    async with asyncio.timeout(120):  # the in-process consumer makes their renditions
+        while any(
+            i["status"] != "ready"
+            for i in (await (await session.api.get("/images?limit=100")).json())["images"]
+        ):
+            await asyncio.sleep(0.5)
+    await session.sign_in()
+    page = session.page
+    await page.reload()  # measured from a navigation, the key already in the tab
+    loaded = """() => {
+        const imgs = [...document.querySelectorAll('#gallery img')];
+        return imgs.length === 50 && imgs.every(i => i.complete && i.naturalWidth > 0);
+    }"""
+    await page.wait_for_function(loaded)
+    elapsed_ms = await page.evaluate("performance.now()")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "gallery-50.txt").write_text(f"50 tiles loaded {elapsed_ms:.0f} ms after navigation\n")
+    await session.screenshot("ui-gallery-50")
+    asked = [url for url in session.requests if "/variant" in url or ".auto?" in url]
+    assert asked == []
+    stored = [
+        listed.key
+        async for found in session.api.server.app[STORAGE].list_objects(
+            session.api.server.app[SETTINGS].aws.dest_bucket, f"{USER}/"
+        )
+        for listed in found
+    ]
+    assert stored and not [key for key in stored if "/variants/" in key]
+    assert session.script_errors() == []
+
+
 async def test_a_refused_upload_shows_a_short_reason_and_no_finished_bar(
     make_session: SessionFactory, tmp_path: Path
 ) -> None:
@@ -428,11 +466,17 @@ async def test_copy_a_signed_link_then_delete(session: Session) -> None:
         assert decode(await response.read()).size == (451, 300)
     await session.screenshot("ui-link")
 
-    # Its thumbnail shown first: a delete while the gallery's variant is still being made answers
-    # that request 404 (image gone), which the browser logs as an error.
+    # Its thumbnail shown first: a delete while it is still being fetched answers that request
+    # 404 (image gone), which the browser logs as an error.
     await session.thumbnail_loaded("cat")
     await card.locator(".delete").click()
-    await expect(card).to_have_count(0)
+    confirm = page.locator("#confirm-delete")
+    await expect(confirm).to_contain_text("Delete cat?")
+    await session.screenshot("ui-delete-confirm")
+    await confirm.locator("button[value=delete]").click()
+    await expect(card).to_be_hidden()
+    await expect(page.locator("#undo")).to_contain_text("Deleted cat")
+    await expect(card).to_have_count(0, timeout=15_000)  # sent once the undo's few seconds are over
     await expect(page.locator("#empty")).to_be_visible()
     gone = await session.api.get("/images/cat")
     assert gone.status == 404
@@ -476,6 +520,30 @@ async def test_the_link_builder_previews_operations_and_copies_their_url(session
     await page.keyboard.press("Escape")
     await expect(dialog).to_be_hidden()
     assert session.script_errors() == []
+
+
+async def test_a_delete_is_asked_first_and_can_be_undone(session: Session) -> None:
+    assert (await session.api.put("/images/dog", data=DOG.read_bytes())).status == 202
+    await session.sign_in()
+    page = session.page
+    card = session.card("dog")
+    await expect(card).to_have_attribute("data-status", "ready")
+    # Asked first: Escape (or Cancel, which has the focus) keeps it.
+    await card.locator(".delete").click()
+    await expect(page.locator("#confirm-delete")).to_be_visible()
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#confirm-delete")).to_be_hidden()
+    await expect(card).to_be_visible()
+    # Confirmed, then undone within the few seconds: back, and never sent.
+    await card.locator(".delete").click()
+    await page.locator("#confirm-delete button[value=delete]").click()
+    await expect(card).to_be_hidden()
+    await session.screenshot("ui-delete-undo")
+    await page.locator("#undo-button").click()
+    await expect(card).to_be_visible()
+    await page.wait_for_timeout(6000)  # past the undo window: nothing was sent
+    assert (await session.api.get("/images/dog")).status == 200
+    assert session.errors == []
 
 
 async def test_make_an_image_public_and_copy_its_embed_code(session: Session) -> None:

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from PIL import Image, ImageStat
 from prometheus_client import REGISTRY
 
-from config.settings import Settings
+from config.settings import RenditionSpec, Settings
 from pipeline.core.errors import CorruptImage, ImageChanged
 from pipeline.core.layout import ImageRef
 from pipeline.core.records import Counted, RecordStore
@@ -360,21 +360,27 @@ async def test_signed_variant_links_work_without_a_key_and_only_as_made(
     assert gone.status == 404 and (await gone.json())["error"] == "image_changed"
 
 
-async def test_the_listing_offers_the_gallery_a_srcset_of_signed_variants(
+async def test_the_listing_offers_the_gallery_a_srcset_of_what_is_stored_and_following_it_makes_nothing(
     backend: Backend, make_client: ClientFactory
 ) -> None:
-    api = await make_client(backend.settings)
-    anonymous = await make_client(backend.settings, user=None)
-    await ready_image(api, backend, "photo", 640, 480)
+    renditions = (RenditionSpec(256), RenditionSpec(1024))
+    settings = dataclasses.replace(
+        backend.settings, imaging=dataclasses.replace(backend.settings.imaging, renditions=renditions)
+    )
+    backend = dataclasses.replace(backend, settings=settings)
+    api = await make_client(settings)
+    anonymous = await make_client(settings, user=None)
+    await ready_image(api, backend, "photo", 1280, 960)
+    before = await backend.tables.users.get({"user_id": USER})
     [listed] = (await (await api.get("/images")).json())["images"]
     candidates = [part.strip().rsplit(" ", 1) for part in listed["thumbnail_srcset"].split(",")]
-    assert [density for _, density in candidates] == ["1x", "2x"]
-    for (url, _), height in zip(candidates, (160, 320), strict=True):
-        got = await anonymous.get(
-            url.removeprefix(f"http://127.0.0.1:{api.port}"), headers={"Accept": "image/webp"}
-        )
-        image = decode(await got.read())
-        assert (image.height, image.format) == (height, "WEBP")
+    assert [width for _, width in candidates] == ["256w", "1024w"]
+    for url, width in candidates:
+        got = await anonymous.get(url.removeprefix(f"http://127.0.0.1:{api.port}"))
+        assert got.status == 200 and decode(await got.read()).width == int(width[:-1])
+    # Nothing was made or charged for the gallery.
+    assert await stored_variants(backend, "photo") == []
+    assert await backend.tables.users.get({"user_id": USER}) == before
 
 
 async def test_racing_deletes_give_the_bytes_back_once(backend: Backend, make_client: ClientFactory) -> None:

@@ -12,9 +12,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from pipeline.core.errors import HostNotAllowed, InvalidField
+from pipeline.core.errors import HostNotAllowed
 from pipeline.core.image_record import ImageRecord
-from pipeline.imaging.variants import parse_variant
 from web import urls
 from web.keys import BACKEND, LINKS, PUBLIC, SETTINGS
 from web.links import version_of
@@ -51,7 +50,26 @@ async def thumbnail_link(request: web.Request, user_id: str, record: ImageRecord
     The link is the one `GET /images/{id}/url` makes (`link_to`).
     """
     settings = request.app[SETTINGS]
-    rendition = settings.imaging.renditions[0].name
+    return await _rendition_link(request, user_id, record, settings.imaging.renditions[0].name)
+
+
+async def thumbnail_srcset(request: web.Request, user_id: str, record: ImageRecord) -> str | None:
+    """Links to every stored rendition of the image, with its width, as an `<img srcset>` (the
+    browser takes the smallest that fills its tile at its pixel ratio); None before it is ready.
+    Only what is stored: a gallery makes and charges nothing (a variant per tile, made on its
+    first view and counted against its owner, was what it asked for before)."""
+    candidates = []
+    for spec in request.app[SETTINGS].imaging.renditions:
+        width = record.renditions.get(spec.name, {}).get("width")
+        if isinstance(width, int) and (url := await _rendition_link(request, user_id, record, spec.name)):
+            candidates.append(f"{url} {width}w")
+    return ", ".join(candidates) or None
+
+
+async def _rendition_link(
+    request: web.Request, user_id: str, record: ImageRecord, rendition: str
+) -> str | None:
+    settings = request.app[SETTINGS]
     made = record.renditions.get(rendition)  # empty unless ready
     if made is None:
         return None
@@ -67,30 +85,6 @@ async def thumbnail_link(request: web.Request, user_id: str, record: ImageRecord
         seconds,
     )
     return url
-
-
-#: The gallery's tiles are this many CSS pixels high; its srcset offers 1x and 2x variants.
-GALLERY_TILE_HEIGHT = 160
-
-
-def thumbnail_srcset(request: web.Request, user_id: str, record: ImageRecord) -> str | None:
-    """Signed links to variants exactly as high as a gallery tile at 1x and 2x (`format=auto`),
-    as an `<img srcset>`; None before the image is ready or where only presets are served."""
-    settings = request.app[SETTINGS]
-    if record.state != "ready" or settings.variants.presets_only:
-        return None
-    seconds = min(THUMBNAIL_LINK_SECONDS, settings.accounts.link_max_seconds)
-    candidates = []
-    for density in (1, 2):
-        query = {"h": str(GALLERY_TILE_HEIGHT * density), "format": "auto"}
-        try:
-            spec, negotiated = parse_variant(query, "", settings.variants)
-        except InvalidField:  # a deployment whose variants are smaller than a tile
-            return None
-        name = spec.link_name(negotiated)
-        url, _ = signed_link(request, user_id, record.image_id, name, record.source_etag, seconds)
-        candidates.append(f"{url} {density}x")
-    return ", ".join(candidates)
 
 
 async def link_to(

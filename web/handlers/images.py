@@ -75,7 +75,7 @@ async def list_images(request: web.Request) -> web.Response:
         body = describe(request, user_id, record)
         if (link := await thumbnail_link(request, user_id, record)) is not None:
             body["thumbnail_url"] = link
-        if (srcset := thumbnail_srcset(request, user_id, record)) is not None:
+        if (srcset := await thumbnail_srcset(request, user_id, record)) is not None:
             body["thumbnail_srcset"] = srcset
         images.append(body)
     return web.json_response({"images": images, "next_cursor": cursor})

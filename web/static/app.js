@@ -7,6 +7,7 @@ const PAGE = 60;              // images per gallery page
 const POLL_MS = 1000;         // while anything is pending
 const PARALLEL_UPLOADS = 3;
 const LINK_SECONDS = 3600;
+const TILE_WIDTH = 256;       // CSS pixels a gallery tile's image takes at most (app.css)
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -71,6 +72,7 @@ async function signIn(key) {
 }
 
 function signOut(message) {
+  flushDeletes();  // deletes the user saw happen go out with the key they were made with
   state.key = "";
   sessionStorage.removeItem(KEY_STORE);
   clearTimeout(state.pollTimer);
@@ -354,10 +356,10 @@ function render(card) {
   }
 }
 
-// <img> cannot send the API key: the listing gives each ready image a signed thumbnail link, so
-// the gallery makes no request per image, and signed variant links exactly as high as the tile at
-// 1x and 2x (srcset: the browser picks by its pixel ratio). A variant that cannot be had (a rate
-// limit, say) falls back to the rendition; a link that fails is retried with the next listing's.
+// <img> cannot send the API key: the listing gives each ready image signed links to its stored
+// renditions, with their widths (srcset: the browser takes the smallest that fills the tile at
+// its pixel ratio), so the gallery makes no request per image and nothing is made or charged for
+// it. A link that fails is retried with the next listing's.
 function showThumbnail(card, url, srcset) {
   const img = document.createElement("img");
   img.alt = card.record.file_name || card.record.image_id;
@@ -366,7 +368,10 @@ function showThumbnail(card, url, srcset) {
     if (img.srcset) { img.removeAttribute("srcset"); return; }  // the plain src is tried next
     card.thumbFor = null;
   });
-  if (srcset) img.srcset = srcset;
+  if (srcset) {
+    img.sizes = `${TILE_WIDTH}px`;
+    img.srcset = srcset;
+  }
   img.src = url;
   card.thumb.classList.remove("loaded");
   card.thumb.replaceChildren(img);
@@ -539,21 +544,71 @@ async function copyEmbed(imageId) {
   }
 }
 
-async function removeImage(imageId) {
+// Deleting: asked first, naming the image; then the card goes at once and the request waits
+// UNDO_MS, so "Undo" only has to bring the card back. A page closed meanwhile sends it on its way
+// out (keepalive), so a delete the user saw happen is not lost.
+const UNDO_MS = 5000;
+const pendingDeletes = new Map();   // image_id -> {timer, card}
+
+function removeImage(imageId) {
   const card = state.cards.get(imageId);
-  if (card) card.li.classList.add("deleting");
+  const name = (card && card.record && (card.record.file_name || card.record.image_id)) || imageId;
+  const dialog = $("confirm-delete");
+  $("confirm-delete-name").textContent = name;
+  dialog.returnValue = "";
+  dialog.onclose = () => { if (dialog.returnValue === "delete") deleteLater(imageId, name); };
+  dialog.showModal();
+}
+
+function deleteLater(imageId, name) {
+  const card = state.cards.get(imageId);
+  if (card) card.li.hidden = true;
+  $("empty").hidden = [...state.cards.values()].some((c) => !c.li.hidden);
+  const timer = setTimeout(() => sendDelete(imageId), UNDO_MS);
+  pendingDeletes.set(imageId, { timer, card });
+  $("undo-text").textContent = `Deleted ${name}`;
+  $("undo").dataset.imageId = imageId;
+  $("undo").hidden = false;
+  clearTimeout(deleteLater.hide);
+  deleteLater.hide = setTimeout(() => { $("undo").hidden = true; }, UNDO_MS);
+}
+
+function undoDelete() {
+  const imageId = $("undo").dataset.imageId;
+  const pending = pendingDeletes.get(imageId);
+  $("undo").hidden = true;
+  if (!pending) return;
+  clearTimeout(pending.timer);
+  pendingDeletes.delete(imageId);
+  if (pending.card) pending.card.li.hidden = false;
+  $("empty").hidden = state.cards.size > 0;
+  toast("Not deleted");
+}
+
+async function sendDelete(imageId) {
+  const pending = pendingDeletes.get(imageId);
+  pendingDeletes.delete(imageId);
   try {
     await api(`/images/${encodeURIComponent(imageId)}`, { method: "DELETE" });
   } catch (error) {
-    if (card) card.li.classList.remove("deleting");
+    if (pending && pending.card) pending.card.li.hidden = false;
     toast(`Not deleted: ${error.message}`);
     return;
   }
-  if (card) card.li.remove();
+  if (pending && pending.card) pending.card.li.remove();
   state.cards.delete(imageId);
   $("empty").hidden = state.cards.size > 0;
-  toast("Deleted");
   schedulePoll();
+}
+
+function flushDeletes() {
+  for (const [imageId, pending] of pendingDeletes) {
+    clearTimeout(pending.timer);
+    fetch(`/images/${encodeURIComponent(imageId)}`, {
+      method: "DELETE", keepalive: true, headers: { Authorization: `Bearer ${state.key}` },
+    });
+  }
+  pendingDeletes.clear();
 }
 
 // Wiring ------------------------------------------------------------------------------------------
@@ -566,6 +621,8 @@ function wire() {
   $("sign-out").addEventListener("click", () => signOut(""));
   $("more").addEventListener("click", () => loadMore());
   $("builder-form").addEventListener("change", () => schedulePreview());
+  $("undo-button").addEventListener("click", undoDelete);
+  window.addEventListener("pagehide", flushDeletes);
   $("builder-copy").addEventListener("click", copyBuilt);
   $("builder").addEventListener("close", () => { builder.serial++; clearTimeout(builder.timer); });
   $("file-input").addEventListener("change", (event) => {
