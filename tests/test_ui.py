@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -204,6 +205,39 @@ async def test_sign_in_refuses_a_bad_key_then_accepts_the_right_one(session: Ses
     await page.reload()
     await expect(page.locator("#sign-in")).to_be_visible()
     await session.screenshot("ui-signed-out")
+
+
+async def test_sign_in_names_the_keys_file_takes_a_key_from_it_and_remembers_only_when_asked(
+    session: Session, tmp_path: Path
+) -> None:
+    page = session.page
+    await page.goto(session.url("/ui"))
+    where = session.api.server.app[SETTINGS].accounts.demo_keys_file.resolve()
+    await expect(page.locator("#demo-keys-file")).to_have_text(str(where))  # the data directory's
+    keys = tmp_path / "demo-keys.json"
+    keys.write_text(json.dumps({"keys": {"0" * 36: "isk_not_this_one", USER: session.key}}))
+    await page.set_input_files("#keys-file", str(keys))
+    await page.select_option("#key-pick", session.key)
+    assert await page.input_value("#api-key") == session.key
+    await session.screenshot("ui-sign-in-pick")
+    await page.click("#sign-in-form button[type=submit]")
+    await expect(page.locator("#app")).to_be_visible()
+    # Not remembered: another tab asks again.
+    other = await page.context.new_page()
+    await other.goto(session.url("/ui"))
+    await expect(other.locator("#sign-in")).to_be_visible()
+    # Remembered: another tab is signed in; signing out forgets it.
+    await page.click("#sign-out")
+    await page.fill("#api-key", session.key)
+    await page.check("#remember")
+    await page.click("#sign-in-form button[type=submit]")
+    await expect(page.locator("#app")).to_be_visible()
+    await other.reload()
+    await expect(other.locator("#app")).to_be_visible()
+    await other.click("#sign-out")
+    await page.reload()
+    await expect(page.locator("#sign-in")).to_be_visible()
+    assert session.script_errors() == []
 
 
 async def test_several_files_upload_with_progress_and_turn_ready_or_failed_live(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import mimetypes
 from collections.abc import Callable, Mapping
 from email.utils import formatdate
@@ -47,9 +48,13 @@ async def index(request: web.Request) -> web.Response:
         )
         headers = {**headers, "Content-Security-Policy": policy}
     # The upload modes the deployment offers, for the page to choose without a refused request.
-    modes = ",".join(sorted(request.app[SETTINGS].web.upload_modes))
-    meta = f'<meta name="upload-modes" content="{modes}">'.encode()
-    return await _static(request, "index.html", headers, lambda body: body.replace(MODES_META, meta))
+    settings = request.app[SETTINGS]
+    modes = ",".join(sorted(settings.web.upload_modes))
+    meta = f'<meta name="upload-modes" content="{modes}">'
+    if settings.aws.mode in ("embedded", "local"):  # where this process wrote the demo users' keys
+        where = html.escape(str(settings.accounts.demo_keys_file.resolve()), quote=True)
+        meta += f'\n  <meta name="demo-keys" content="{where}">'
+    return await _static(request, "index.html", headers, lambda body: body.replace(MODES_META, meta.encode()))
 
 
 async def _upload_origin(request: web.Request) -> str | None:

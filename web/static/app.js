@@ -11,7 +11,7 @@ const TILE_WIDTH = 256;       // CSS pixels a gallery tile's image takes at most
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  key: sessionStorage.getItem(KEY_STORE) || "",
+  key: sessionStorage.getItem(KEY_STORE) || localStorage.getItem(KEY_STORE) || "",
   cards: new Map(),           // image_id -> {li, record, thumbFor}; li.dataset.order sorts them
   cursor: null,
   pollTimer: null,
@@ -63,7 +63,9 @@ async function signIn(key) {
     showSignIn(message);
     return;
   }
-  sessionStorage.setItem(KEY_STORE, state.key);
+  // Kept in this tab only, unless the user asked to be remembered on this browser.
+  const remembered = $("remember").checked || localStorage.getItem(KEY_STORE) === state.key;
+  (remembered ? localStorage : sessionStorage).setItem(KEY_STORE, state.key);
   $("sign-in").hidden = true;
   $("app").hidden = false;
   $("whoami").hidden = false;
@@ -75,6 +77,7 @@ function signOut(message) {
   flushDeletes();  // deletes the user saw happen go out with the key they were made with
   state.key = "";
   sessionStorage.removeItem(KEY_STORE);
+  localStorage.removeItem(KEY_STORE);
   clearTimeout(state.pollTimer);
   state.cards.clear();
   $("gallery").replaceChildren();
@@ -611,6 +614,35 @@ function flushDeletes() {
   pendingDeletes.clear();
 }
 
+// The demo users' keys file (make run writes it; the page names where): picked here, read in the
+// browser, never sent anywhere; a user is chosen from it and its key fills the field.
+function showDemoKeys() {
+  const where = document.querySelector('meta[name="demo-keys"]')?.content;
+  if (!where) return;
+  $("demo-keys-file").textContent = where;
+  $("demo-keys").hidden = false;
+}
+
+async function pickKeys(file) {
+  const pick = $("key-pick");
+  let keys;
+  try {
+    keys = JSON.parse(await file.text()).keys;
+    if (!keys || typeof keys !== "object") throw new Error("no keys");
+  } catch (_) {
+    showSignIn("That file holds no demo keys.");
+    return;
+  }
+  pick.replaceChildren(...Object.entries(keys).map(([userId, key], n) => {
+    const option = document.createElement("option");
+    option.value = String(key);
+    option.textContent = `demo user ${n + 1} (${userId.slice(0, 8)}…)`;
+    return option;
+  }));
+  pick.hidden = false;
+  $("api-key").value = pick.value;
+}
+
 // Wiring ------------------------------------------------------------------------------------------
 
 function wire() {
@@ -622,6 +654,9 @@ function wire() {
   $("more").addEventListener("click", () => loadMore());
   $("builder-form").addEventListener("change", () => schedulePreview());
   $("undo-button").addEventListener("click", undoDelete);
+  $("keys-file").addEventListener("change", (event) => { if (event.target.files[0]) pickKeys(event.target.files[0]); });
+  $("key-pick").addEventListener("change", () => { $("api-key").value = $("key-pick").value; });
+  showDemoKeys();
   window.addEventListener("pagehide", flushDeletes);
   $("builder-copy").addEventListener("click", copyBuilt);
   $("builder").addEventListener("close", () => { builder.serial++; clearTimeout(builder.timer); });
