@@ -489,6 +489,7 @@ async def test_copy_a_signed_link_then_delete(session: Session) -> None:
     card = session.card("cat")
     await expect(card).to_have_attribute("data-status", "ready")
 
+    await expect(page.locator("#usage-text")).to_contain_text("1 image · 37.8 KB")
     await card.locator(".copy-link").click()
     link = page.locator("#link-output")
     await expect(link).not_to_have_value("")
@@ -511,6 +512,7 @@ async def test_copy_a_signed_link_then_delete(session: Session) -> None:
     await expect(card).to_be_hidden()
     await expect(page.locator("#undo")).to_contain_text("Deleted cat")
     await expect(card).to_have_count(0, timeout=15_000)  # sent once the undo's few seconds are over
+    await expect(page.locator("#usage-text")).to_contain_text("0 images")
     await expect(page.locator("#empty")).to_be_visible()
     gone = await session.api.get("/images/cat")
     assert gone.status == 404

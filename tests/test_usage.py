@@ -3,6 +3,7 @@ either backend; a dry run only reports the drift."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -70,3 +71,25 @@ def test_the_command_reports_json(tmp_path: Path) -> None:
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True)
     report = json.loads(done.stdout)
     assert report == {"dry_run": True, "users": report["users"], "drifted": []}
+
+
+async def test_the_caller_reads_their_usage_against_their_quotas(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    accounts = dataclasses.replace(backend.settings.accounts, quota_bytes=10_000_000, quota_images=5)
+    api = await make_client(dataclasses.replace(backend.settings, accounts=accounts))
+    empty = await api.get("/usage")
+    assert empty.status == 200
+    assert await empty.json() == {"images": 0, "bytes": 0, "quota_images": 5, "quota_bytes": 10_000_000}
+    photo = jpeg_bytes(300, 200)
+    assert (await api.put("/images/photo", data=photo)).status == 202
+    assert (await consume(backend)).get("ready") == 1
+    assert (await api.get("/images/photo/variant", params={"w": "100"})).status == 200
+    await api.server.app[VARIANTS].idle()
+    usage = await (await api.get("/usage")).json()
+    assert usage["images"] == 1 and usage["bytes"] > len(photo)  # the original and its variant
+    # Without quotas: null; without a key: 401.
+    unlimited = await make_client(backend.settings)
+    assert (await (await unlimited.get("/usage")).json())["quota_bytes"] is None
+    nobody = await make_client(backend.settings, user=None)
+    assert (await nobody.get("/usage")).status == 401

@@ -200,6 +200,16 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "Usage": {
+        "type": "object",
+        "required": ["images", "bytes", "quota_images", "quota_bytes"],
+        "properties": {
+            "images": {"type": "integer", "description": "images counted against the quota"},
+            "bytes": {"type": "integer", "description": "originals' and variants' bytes"},
+            "quota_images": {"type": ["integer", "null"], "description": "null: no limit"},
+            "quota_bytes": {"type": ["integer", "null"], "description": "null: no limit"},
+        },
+    },
     "Watermark": {
         "type": "object",
         "required": ["format", "width", "height", "bytes", "digest"],
@@ -605,6 +615,14 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 "summary": "Stop sending events (idempotent)",
                 "responses": {"204": {"description": "removed"}, **_errors(*AUTH_ERRORS)},
             },
+        },
+        "/usage": {
+            "get": {
+                "operationId": "usage.get_usage",
+                "summary": "What the caller stores against their quotas",
+                "parameters": [USER_Q],
+                "responses": {"200": _json(_ref("Usage"), "the caller's usage"), **_errors(*AUTH_ERRORS)},
+            }
         },
         "/watermark": {
             "get": {

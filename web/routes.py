@@ -15,6 +15,7 @@ from web.handlers import (
     public,
     ui,
     upload,
+    usage,
     variants,
     watermark,
     webhook,
@@ -22,7 +23,7 @@ from web.handlers import (
 from web.keys import SETTINGS
 from web.middlewares import error_response
 
-HANDLERS = (download, health, images, links, presigned, public, upload, variants, watermark, webhook)
+HANDLERS = (download, health, images, links, presigned, public, upload, usage, variants, watermark, webhook)
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

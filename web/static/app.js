@@ -251,10 +251,32 @@ function setCursor(cursor) {
   $("more").hidden = !cursor;
 }
 
+// What the user stores against their quotas, beside the gallery's title: read with the gallery
+// and whenever the images change (an upload finished, a delete sent).
+async function showUsage() {
+  let usage;
+  try {
+    usage = await api("/usage");
+  } catch (_) {
+    return;  // the gallery works without it
+  }
+  const images = `${usage.images} image${usage.images === 1 ? "" : "s"}`;
+  const of = usage.quota_bytes ? ` of ${formatBytes(usage.quota_bytes)}` : "";
+  const count = usage.quota_images ? ` (at most ${usage.quota_images})` : "";
+  $("usage-text").textContent = `${images}${count} · ${formatBytes(usage.bytes)}${of}`;
+  const bar = $("usage-bar");
+  bar.hidden = !usage.quota_bytes;
+  if (usage.quota_bytes) {
+    bar.max = usage.quota_bytes;
+    bar.value = Math.min(usage.bytes, usage.quota_bytes);
+  }
+}
+
 function schedulePoll() {
   clearTimeout(state.pollTimer);
   const waiting = ["pending", "awaiting_upload"];
   const pending = [...state.cards.values()].filter((c) => waiting.includes(c.record.status)).length;
+  if (!pending && state.key) showUsage();  // once things settle, not on every poll
   $("live").textContent = pending ? `${pending} processing…` : "";
   if (pending && state.key) state.pollTimer = setTimeout(poll, POLL_MS);
 }
