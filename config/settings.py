@@ -144,14 +144,16 @@ class AwsSettings:
     #: only where nobody untrusted can reach it (tests, a single-user machine).
     embedded_trusted: Annotated[bool, Var()] = False
     #: An S3-compatible store for the objects alone (MinIO, R2, SeaweedFS, Garage): its endpoint and
-    #: the key it knows the service by. Queues and tables stay where `endpoint_url` (or AWS) is;
-    #: empty, S3 is there too, with the same credentials.
+    #: the key it knows the service by. Queues and tables stay where `endpoint_url` (or AWS) is,
+    #: or in the data directory (mode "local"); empty, S3 is there too, with the same credentials
+    #: (with a data directory: the objects are there too).
     s3_endpoint_url: Annotated[str, Var()] = ""
     s3_access_key_id: Annotated[str, Var()] = ""
     s3_secret_access_key: Annotated[str, Var()] = field(default="", repr=False)
     #: Whether the object store sends ObjectCreated events to the queue (S3 and MinIO can; R2
     #: and SeaweedFS cannot): false, the service announces the originals it writes itself, and
-    #: presigned uploads (which it never sees) are refused at start.
+    #: presigned uploads (which it never sees) are refused at start. With a data directory the
+    #: service always announces them (no store reaches its queue), so this is not read there.
     s3_notifications: Annotated[bool, Var()] = True
     embedded_host: Annotated[str, Var()] = "127.0.0.1"
     embedded_port: Annotated[int, Var(0, 65535)] = 4566
@@ -548,7 +550,8 @@ class Settings:
                 " must name four different queues"
             )
         web = env.section(WebSettings, defaults={"run_consumer": mode in ("embedded", "local")})
-        if "presigned" in web.upload_modes and not aws.s3_notifications:
+        # The local backend's presigned uploads come through its own routes, whatever the store.
+        if "presigned" in web.upload_modes and not aws.s3_notifications and mode != "local":
             raise ConfigError(
                 f"{PREFIX}UPLOAD_MODES: presigned uploads go to the store without the service, which "
                 f"learns of them from the store's notifications; {PREFIX}S3_NOTIFICATIONS=false says "

@@ -5,11 +5,13 @@ to its ports; only this module knows which clients or files are behind them.
 
 May import: `config`, `pipeline.core` and both backends, `pipeline.aws` and `pipeline.local`, each
 lazily: an AWS process never loads the local backend, and a process on a data directory never
-loads aiobotocore, botocore and boto3 (tens of MB in every serving process and worker).
+loads aiobotocore, botocore and boto3 (tens of MB in every serving process and worker) unless
+its objects are in an S3-compatible store (`IMGSVC_S3_ENDPOINT_URL`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -21,6 +23,7 @@ from pipeline.core.ports import Backend
 
 if TYPE_CHECKING:
     from pipeline.aws.clients import AwsClients
+    from pipeline.local.backend import ObjectsElsewhere
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +59,43 @@ async def aws_backend(clients: AwsClients, settings: Settings) -> Backend:
 
 
 @asynccontextmanager
+async def _objects_in_s3(settings: Settings, *, provision: bool) -> AsyncIterator[ObjectsElsewhere]:
+    """The local backend's objects in an S3-compatible store (`IMGSVC_S3_ENDPOINT_URL`), its
+    buckets made if need be with `provision` (the serving process and `pipeline provision`; not
+    every short command). Whatever the store's notifications, none can reach the local queue,
+    so the service announces the originals it writes (`AnnouncingStorage`), its own presigned
+    upload routes included (they write through it)."""
+    from pipeline.aws.announcing import AnnouncingStorage
+    from pipeline.aws.clients import open_s3
+    from pipeline.aws.provision import provision_buckets
+
+    async with open_s3(settings.aws) as s3:
+        if provision:
+            await provision_buckets(s3, settings)
+        yield functools.partial(AnnouncingStorage, s3, settings.aws)
+
+
+@asynccontextmanager
 async def open_backend(
     settings: Settings, *, provision_first: bool = False, maintain: bool = False
 ) -> AsyncIterator[Backend]:
     """The backend `settings` name, open for the block. `provision_first` creates its resources
-    (embedded and local only: against AWS, provisioning is an explicit command); `maintain`
+    (embedded and local only: against AWS, provisioning is an explicit command; the local
+    backend provisions its data directory on every open, and its S3 store's buckets only when
+    asked); `maintain`
     clears what an interrupted write left on the local backend (the serving process does it)."""
     if settings.local.data_dir is not None:
         from pipeline.local.backend import open_local  # the local backend is not imported on AWS
 
+        if settings.aws.s3_endpoint_url:
+            from pipeline.aws.originals import prepare_reads
+
+            objects_in_s3 = _objects_in_s3(settings, provision=provision_first)
+            async with objects_in_s3 as objects, open_local(settings, objects=objects) as backend:
+                yield dataclasses.replace(
+                    backend, prepare_reads=functools.partial(prepare_reads, settings.aws)
+                )
+            return
         async with open_local(settings, sweep=maintain) as backend:
             yield backend
         return

@@ -8,6 +8,7 @@ import gc
 import itertools
 import os
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from config.settings import Settings
 from pipeline.aws.clients import AwsClients, open_clients
+from pipeline.backends import open_backend
 from pipeline.local.backend import open_local
 from tests.support import ministack, seaweedfs
 from tests.support.backends import Backend, aws_stack, provision_with_users, provisioned
@@ -120,6 +122,14 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         objects = seaweedfs.settings_env(request.getfixturevalue("seaweedfs_endpoint"))
         async with aws_stack("seaweedfs", request.getfixturevalue("moto_endpoint"), **objects) as stack:
             yield stack
+        return
+    if request.param == "seaweedfs-local":  # its objects there, the rest in a data directory
+        tag = uuid.uuid4().hex[:10]
+        objects = seaweedfs.settings_env(request.getfixturevalue("seaweedfs_endpoint"), notifications=None)
+        buckets = {"IMGSVC_SOURCE_BUCKET": f"src-{tag}", "IMGSVC_DEST_BUCKET": f"dst-{tag}"}
+        settings = local_settings(tmp_path / "data", **objects, **buckets)
+        async with open_backend(settings, provision_first=True) as ports:
+            yield Backend(request.param, settings, ports.storage, ports.main, ports.dlq, ports.tables, ports)
         return
     settings = local_settings(tmp_path / "data")
     async with open_local(settings) as ports:

@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import AsyncIterator
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.errors import (
@@ -160,7 +160,9 @@ async def test_any_key_round_trips_through_the_event(backend: Backend, key: str)
     """Keys are URL-encoded in S3 events (moto escapes a slash too, MiniStack and AWS do not);
     whatever a key holds, the consumer reads it back. Each example's bytes are its own (a JPEG
     ends at its end marker), so its event is told from a late one of the example before:
-    MiniStack sends them after the PUT has been answered."""
+    MiniStack sends them after the PUT has been answered. SeaweedFS refuses a `.` or `..` path
+    segment (`tests/test_emulator_gaps.py`); the service never makes one (ids have no dots)."""
+    assume(not (backend.name.startswith("seaweedfs") and {".", ".."} & set(key.split("/"))))
     etag = (await upload(backend, key, IMAGE + key.encode())).strip('"')
     found = None
     async with asyncio.timeout(10):

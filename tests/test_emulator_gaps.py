@@ -19,7 +19,11 @@ MIB = 1024 * 1024
 
 
 def target(name: str, *, gap: str | None = None) -> Any:
-    marks: list[Any] = [pytest.mark.moto if name == "aws" else pytest.mark.ministack]
+    marks: list[Any] = {
+        "aws": [pytest.mark.moto],
+        "ministack": [pytest.mark.ministack],
+        "seaweedfs": [pytest.mark.seaweedfs, pytest.mark.moto],
+    }[name]
     if gap is not None:
         marks.append(pytest.mark.xfail(reason=gap, strict=True))
     return pytest.param(name, marks=marks)
@@ -91,3 +95,18 @@ async def test_a_request_signed_with_the_wrong_secret_is_refused(backend: Backen
         with pytest.raises(ClientError) as refused:
             await forged.list_objects_v2(Bucket=backend.settings.aws.source_bucket)
     assert refused.value.response["Error"]["Code"] in ("SignatureDoesNotMatch", "InvalidAccessKeyId")
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [target("aws"), target("seaweedfs", gap="SeaweedFS refuses a key with a . or .. segment (a filer path)")],
+    indirect=True,
+)
+async def test_a_key_with_a_dot_segment_is_stored_as_named(backend: Backend) -> None:
+    """S3 keys are names, not paths: `a/./b` and `a/../b` are keys of their own. The service's
+    own keys have no dots (ids are `[A-Za-z0-9_-]`); an object put by other means may."""
+    bucket = backend.settings.aws.dest_bucket
+    for key in ("a/./b", "a/../b", "."):
+        await backend.storage.put(bucket, key, key.encode(), "text/plain")
+    listed = [o.key async for page in backend.storage.list_objects(bucket) for o in page]
+    assert sorted(listed) == [".", "a/../b", "a/./b"]

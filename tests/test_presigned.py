@@ -76,6 +76,16 @@ async def dead_letter_reasons(backend: Backend) -> list[str]:
     return [reason_of(m)["error_code"] for m in messages]
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("aws", marks=pytest.mark.moto),
+        "local",
+        # The local backend's upload routes, its objects in an S3-compatible store.
+        pytest.param("seaweedfs-local", marks=pytest.mark.seaweedfs),
+    ],
+    indirect=True,
+)
 async def test_an_upload_url_takes_the_bytes_straight_to_storage_and_the_consumer_completes_it(
     backend: Backend, make_client: ClientFactory
 ) -> None:

@@ -173,3 +173,6 @@ def test_a_store_without_notifications_refuses_presigned_uploads_at_start() -> N
     assert Settings.from_env(env).aws.s3_notifications is False
     with pytest.raises(ConfigError, match="IMGSVC_UPLOAD_MODES: presigned uploads go to the store"):
         Settings.from_env({**env, "IMGSVC_UPLOAD_MODES": "api,presigned"})
+    # The local backend's presigned uploads come through its own routes: it announces them.
+    local = {"IMGSVC_DATA_DIR": "/tmp/imgsvc-unused", "IMGSVC_UPLOAD_MODES": "api,presigned"}
+    assert "presigned" in Settings.from_env({**env, **local}).web.upload_modes

@@ -1,6 +1,7 @@
 """Events for an object store that sends none (`IMGSVC_S3_NOTIFICATIONS=false`: R2, SeaweedFS,
-MinIO without a notification target): the service announces each original it stores itself,
-as the local backend does, with the event S3 would have sent (`object_created`).
+MinIO without a notification target), and for any store holding the local backend's objects
+(whose queue no store can reach): the service announces each original it stores itself, as the
+local backend does, with the event S3 would have sent (`object_created`).
 
 Only what the service writes is announced: presigned uploads, which go to the store without it,
 need the store's own notifications (refused at start without them), and an object put into the
@@ -15,17 +16,17 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from config.settings import AwsSettings
-from pipeline.aws.queue import Queue
 from pipeline.aws.storage import Storage
 from pipeline.core.events import object_created
 from pipeline.core.objects import StoredUpload
+from pipeline.core.ports import MessageQueue
 
 
 class AnnouncingStorage(Storage):
-    """`Storage` that sends the main queue an ObjectCreated event for each object it writes into
-    the source bucket."""
+    """`Storage` that sends the main queue (SQS, or the local backend's) an ObjectCreated event
+    for each object it writes into the source bucket."""
 
-    def __init__(self, s3: Any, aws: AwsSettings, queue: Queue) -> None:
+    def __init__(self, s3: Any, aws: AwsSettings, queue: MessageQueue) -> None:
         super().__init__(s3, aws)
         self._announced = aws.source_bucket
         self._queue = queue

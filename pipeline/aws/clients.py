@@ -88,14 +88,20 @@ async def open_clients(settings: AwsSettings) -> AsyncIterator[AwsClients]:
     session = get_session()
     kwargs = client_kwargs(settings)
     async with AsyncExitStack() as stack:
-        # SigV4 for S3 too: a presigned PUT then signs its length, type and metadata (SigV2
-        # query signing, botocore's choice with a custom endpoint, signs no length).
-        s3_config = kwargs["config"].merge(AioConfig(signature_version="s3v4"))
-        s3_kwargs = s3_client_kwargs(settings) | {"config": s3_config}
-        s3 = await stack.enter_async_context(session.create_client("s3", **s3_kwargs))
+        s3 = await stack.enter_async_context(open_s3(settings, session))
         sqs = await stack.enter_async_context(session.create_client("sqs", **kwargs))
         dynamodb = await stack.enter_async_context(session.create_client("dynamodb", **kwargs))
         yield AwsClients(s3=s3, sqs=sqs, dynamodb=dynamodb)
+
+
+def open_s3(settings: AwsSettings, session: Any = None) -> Any:
+    """The S3 client alone, as a context manager (also what the local backend keeps its objects
+    with when `s3_endpoint_url` names a store: `pipeline.backends`)."""
+    kwargs = s3_client_kwargs(settings)
+    # SigV4 for S3 too: a presigned PUT then signs its length, type and metadata (SigV2
+    # query signing, botocore's choice with a custom endpoint, signs no length).
+    kwargs["config"] = kwargs["config"].merge(AioConfig(signature_version="s3v4"))
+    return (session or get_session()).create_client("s3", **kwargs)
 
 
 def sync_s3_client(settings: AwsSettings) -> Any:

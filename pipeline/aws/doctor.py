@@ -43,6 +43,32 @@ async def diagnose(
     then the permissions of each process in `roles`. Without `wiring`, the permissions alone:
     a service role may not read the wiring (notifications, policies, tables' descriptions)."""
     findings: list[Finding] = []
+    check = _checker(findings)
+    if wiring:
+        await _wiring(clients, settings, check)
+    for role in roles:
+        await check(f"permissions of the {role}", functools.partial(_permissions, clients, settings, role))
+    return findings
+
+
+async def diagnose_objects(s3: Any, settings: Settings) -> list[Finding]:
+    """The buckets and the clock of a store that holds the local backend's objects alone
+    (`IMGSVC_S3_ENDPOINT_URL` with a data directory): no queue or table of its own to check."""
+    findings: list[Finding] = []
+    check = _checker(findings)
+    clients = AwsClients(s3=s3, sqs=None, dynamodb=None)
+    plan = topology(settings)
+    for bucket in (plan.source_bucket, plan.dest_bucket):
+        await check(f"bucket {bucket}", functools.partial(_bucket, clients, bucket))
+    await check("clock", lambda: _clock(clients, plan.dest_bucket))
+    return findings
+
+
+Check = Callable[[str, Callable[[], Awaitable[str]]], Awaitable[None]]
+
+
+def _checker(findings: list[Finding]) -> Check:
+    """A check's runner: its finding, a failure's included, appended to `findings`."""
 
     async def check(name: str, step: Callable[[], Awaitable[str]]) -> None:
         try:
@@ -57,14 +83,7 @@ async def diagnose(
         except Exception as exc:  # an answer of a shape not foreseen: this check's finding, not a crash
             findings.append(Finding(name, False, f"could not be checked: {type(exc).__name__}: {exc}"))
 
-    if wiring:
-        await _wiring(clients, settings, check)
-    for role in roles:
-        await check(f"permissions of the {role}", functools.partial(_permissions, clients, settings, role))
-    return findings
-
-
-Check = Callable[[str, Callable[[], Awaitable[str]]], Awaitable[None]]
+    return check
 
 
 async def _wiring(clients: AwsClients, settings: Settings, check: Check) -> None:

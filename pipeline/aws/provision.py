@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 from botocore.exceptions import ClientError
 
@@ -50,8 +51,7 @@ async def provision(clients: AwsClients, settings: Settings) -> Provisioned:
     aws = settings.aws
     plan = topology(settings)
     await provision_tables(clients.dynamodb, aws)
-    for bucket in (plan.source_bucket, plan.dest_bucket):
-        await _bucket(clients, bucket, aws.region)
+    await provision_buckets(clients.s3, settings)
     urls: dict[str, str] = {}
     arns: dict[str, str] = {}
     for spec in plan.queues:  # dead-letter queues first: the others' redrive policies name them
@@ -116,19 +116,27 @@ def _s3_may_send(queue_arn: str, bucket_arn: str) -> dict[str, object]:
     }
 
 
-async def _bucket(clients: AwsClients, bucket: str, region: str) -> None:
+async def provision_buckets(s3: Any, settings: Settings) -> None:
+    """The source and destination buckets, hardened where the store allows: all that a store
+    holding the objects alone needs (the local backend with `IMGSVC_S3_ENDPOINT_URL`)."""
+    plan = topology(settings)
+    for bucket in (plan.source_bucket, plan.dest_bucket):
+        await _bucket(s3, bucket, settings.aws.region)
+
+
+async def _bucket(s3: Any, bucket: str, region: str) -> None:
     kwargs: dict[str, object] = {"Bucket": bucket}
     if region != "us-east-1":
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
     try:
         with aws_errors(StorageUnavailable, NotFound):
-            await clients.s3.head_bucket(Bucket=bucket)
+            await s3.head_bucket(Bucket=bucket)
     except NotFound:
         with aws_errors(StorageUnavailable):
-            await clients.s3.create_bucket(**kwargs)
+            await s3.create_bucket(**kwargs)
     await _where_supported(
         "public access blocks",
-        clients.s3.put_public_access_block(
+        s3.put_public_access_block(
             Bucket=bucket,
             PublicAccessBlockConfiguration={
                 "BlockPublicAcls": True,
@@ -142,7 +150,7 @@ async def _bucket(clients: AwsClients, bucket: str, region: str) -> None:
     # `python -m pipeline gc` does, where a store has no lifecycle rules).
     await _where_supported(
         "lifecycle rules",
-        clients.s3.put_bucket_lifecycle_configuration(
+        s3.put_bucket_lifecycle_configuration(
             Bucket=bucket,
             LifecycleConfiguration={
                 "Rules": [

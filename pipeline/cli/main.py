@@ -199,7 +199,7 @@ async def run_consumer(settings: Settings, burst: bool) -> int:
 
 async def run_provision(settings: Settings) -> int:
     if settings.local.data_dir is not None:  # opening a data directory provisions it
-        async with open_backend(settings):
+        async with open_backend(settings, provision_first=True):  # and the store's buckets, if any
             print(json.dumps({"data_dir": str(settings.local.data_dir)}))
         return 0
     async with open_clients(settings.aws) as clients:
@@ -214,6 +214,12 @@ async def run_doctor(settings: Settings, role: str = "all") -> int:
         from pipeline.local.doctor import diagnose as diagnose_local
 
         findings = diagnose_local(settings.local.data_dir, settings.local.min_free_bytes)
+        if settings.aws.s3_endpoint_url:  # the objects are in an S3-compatible store
+            from pipeline.aws.clients import open_s3
+            from pipeline.aws.doctor import diagnose_objects
+
+            async with open_s3(settings.aws) as s3:
+                findings += await diagnose_objects(s3, settings)
     else:
         from pipeline.aws.doctor import diagnose
 
@@ -227,7 +233,7 @@ async def run_doctor(settings: Settings, role: str = "all") -> int:
         f"{len(findings) - failed} ok, {failed} failed"
         + (
             ": `python -m pipeline provision` fixes what it made"
-            if failed and settings.local.data_dir is None
+            if failed and (settings.local.data_dir is None or settings.aws.s3_endpoint_url)
             else ""
         )
     )
@@ -361,7 +367,8 @@ async def run_migrate(settings: Settings, from_dir: Path) -> int:
 
 def run_backup(settings: Settings, out: Path) -> int:
     """Backups are the local backend's: on AWS, S3 versioning and DynamoDB's point-in-time
-    recovery keep the history (docs/operations.md)."""
+    recovery keep the history (docs/operations.md). With its objects in an S3-compatible store,
+    the backup holds the data directory alone; the store keeps (and backs up) the objects."""
     if settings.local.data_dir is None:
         print("error: backup needs the data directory to back up: --data-dir DIR", file=sys.stderr)
         return 2
@@ -372,7 +379,10 @@ def run_backup(settings: Settings, out: Path) -> int:
     except BackupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"backup": str(out), **dataclasses.asdict(report)}, indent=2))
+    answer: dict[str, object] = {"backup": str(out), **dataclasses.asdict(report)}
+    if settings.aws.s3_endpoint_url:
+        answer["objects_not_included"] = f"the images' bytes are in {settings.aws.s3_endpoint_url}"
+    print(json.dumps(answer, indent=2))
     return 0
 
 

@@ -45,12 +45,14 @@ CONTRACT_TARGETS = pytest.mark.parametrize(
 )
 
 #: The storage contract's targets and the API's, end to end: those, and SeaweedFS for the
-#: objects (queues and tables on moto), an S3-compatible store that is not AWS and sends no events.
+#: objects, an S3-compatible store that is not AWS and sends no events, with queues and tables
+#: on moto ("seaweedfs") or in the local backend's data directory ("seaweedfs-local").
 STORAGE_TARGETS = pytest.mark.parametrize(
     "backend",
     [
         *CONTRACT_TARGETS.args[1],
         pytest.param("seaweedfs", marks=[pytest.mark.seaweedfs, pytest.mark.moto]),
+        pytest.param("seaweedfs-local", marks=pytest.mark.seaweedfs),
     ],
     indirect=True,
 )

@@ -30,14 +30,17 @@ def available() -> bool:
     return EXECUTABLE.exists()
 
 
-def settings_env(endpoint: str) -> dict[str, str]:
-    """What makes a stack keep its objects on this SeaweedFS (`IMGSVC_S3_*`)."""
-    return {
+def settings_env(endpoint: str, *, notifications: str | None = "false") -> dict[str, str]:
+    """What makes a stack keep its objects on this SeaweedFS (`IMGSVC_S3_*`); `notifications`
+    None leaves `IMGSVC_S3_NOTIFICATIONS` unset (the local backend does not read it)."""
+    env = {
         "IMGSVC_S3_ENDPOINT_URL": endpoint,
         "IMGSVC_S3_ACCESS_KEY_ID": ACCESS_KEY,
         "IMGSVC_S3_SECRET_ACCESS_KEY": SECRET_KEY,
-        "IMGSVC_S3_NOTIFICATIONS": "false",
     }
+    if notifications is not None:
+        env["IMGSVC_S3_NOTIFICATIONS"] = notifications
+    return env
 
 
 def _ports(count: int) -> list[int]:
