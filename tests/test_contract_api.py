@@ -85,3 +85,28 @@ async def test_quotas_and_keys_hold(backend: Backend, make_client: ClientFactory
     assert nobody.status == 401 and (await nobody.json())["error"] == "invalid_credentials"
     not_image = await api.put("/images/first", data=b"hello, I am text" * 10)
     assert not_image.status == 415 and (await not_image.json())["error"] == "not_an_image"
+
+
+async def test_listing_in_each_order_and_filtered_pages_through(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """By id the table's own key is the order (no index), so its cursor is a key of another shape."""
+    api: Client = await make_client(backend.settings)
+    for image_id in ("b", "c", "a"):
+        assert (await api.put(f"/images/{image_id}", data=jpeg_bytes(32, 32))).status == 202
+
+    async def every(**query: str) -> list[str]:
+        ids: list[str] = []
+        cursor = None
+        while True:
+            params = {**query, "limit": "2", **({"cursor": cursor} if cursor else {})}
+            page = await (await api.get("/images", params=params)).json()
+            ids += [i["image_id"] for i in page["images"]]
+            if (cursor := page["next_cursor"]) is None:
+                return ids
+
+    assert await every() == ["a", "c", "b"]
+    assert await every(sort="id") == ["a", "b", "c"]
+    assert await every(sort="id", order="desc") == ["c", "b", "a"]
+    assert await every(sort="created", order="asc", q="C", status="pending") == ["c"]
+    assert await every(status="ready") == []

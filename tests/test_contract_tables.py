@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.core.digests import DIGEST_PREFIX
 from pipeline.core.errors import NotFound
 from pipeline.core.items import (
     Add,
@@ -34,6 +35,7 @@ from pipeline.core.items import (
     TransactionRefused,
     UpdateItem,
 )
+from pipeline.core.layout import IMAGE_IDS_ABOVE
 from pipeline.local.database import Database, _Reader
 from pipeline.local.storage import LocalStorage, create_bucket
 from pipeline.local.tables import LocalTables
@@ -196,6 +198,19 @@ async def test_index_pages_cover_everything_once_in_order(backend: Backend) -> N
         assert seen == expected
     everything, last = await images.query(owner)
     assert last is None and sorted(i["image_id"] for i in everything) == [f"img{i}" for i in range(7)]
+    # A key condition on the range: what sorts at or before `above` is never read.
+    await images.put({"user_id": owner, "image_id": "#note"})
+    for forward in (True, False):
+        seen, start = [], None
+        while True:
+            page, start = await images.query(owner, forward=forward, limit=1, above="img4", start=start)
+            seen += [item["image_id"] for item in page]
+            if start is None:
+                break
+        assert seen == (["img5", "img6"] if forward else ["img6", "img5"])
+    ids, _ = await images.query(owner, above=IMAGE_IDS_ABOVE)
+    assert "#note" not in [i["image_id"] for i in ids] and len(ids) == 7
+    assert DIGEST_PREFIX + "f" * 64 < IMAGE_IDS_ABOVE < min("0", "A", "a")
 
 
 @CONTRACT_TARGETS

@@ -534,8 +534,16 @@ async def test_image_queries(target: Target, request: tuple[str, dict[str, str]]
 @FUZZ
 @given(
     params=mutated(
-        {"limit": "1", "user_id": "", "cursor": "<cursor>"},
-        {"limit": st.sampled_from(["1", "2", "100"]) | numbers, "cursor": cursors, "user_id": user_ids},
+        {"limit": "1", "user_id": "", "cursor": "<cursor>", "sort": "created", "q": "a"},
+        {
+            "limit": st.sampled_from(["1", "2", "100"]) | numbers,
+            "cursor": cursors,
+            "user_id": user_ids,
+            "sort": st.sampled_from(["created", "id"]) | value,
+            "order": st.sampled_from(["asc", "desc"]) | value,
+            "status": st.sampled_from(["ready", "pending", "failed", "awaiting_upload"]) | value,
+            "q": value,
+        },
     )
 )
 @example(params={"limit": "\u0661\u0660"})

@@ -110,11 +110,112 @@ async def test_listing_is_newest_first_and_pages_hold_under_concurrent_inserts(
         ({"limit": "ten"}, "invalid_field"),
         ({"cursor": "not a cursor"}, "invalid_field"),
         ({"cursor": "WyJ4IiwgInkiLCAieiJd"}, "invalid_field"),  # another user's key, base64
+        ({"sort": "size"}, "invalid_field"),
+        ({"order": "up"}, "invalid_field"),
+        ({"status": "lost"}, "invalid_field"),
+        ({"q": "x" * 101}, "invalid_field"),
     ],
 )
 async def test_bad_listing_parameters(api: Client, query: dict[str, str], code: str) -> None:
     response = await api.get("/images", params=query)
     assert response.status == 400 and (await response.json())["error"] == code
+
+
+#: (id, file name, processed): what the listing tests hold, oldest first (the processed first:
+#: a consumer run processes everything waiting).
+LISTED = [
+    ("beach-1", "Beach at dawn.jpg", True),
+    ("cat", "cat.jpg", True),
+    ("zebra", "beach ball.jpeg", True),
+    ("m0", "", True),
+    ("Beach-2", "IMG_0002.JPG", False),
+    ("a-dog", "dog.jpg", False),
+    ("beach-3", "x.jpg", False),
+]
+
+
+async def listed(api: Client, **query: str) -> tuple[list[str], int]:
+    """Every id the listing gives, page after page, and how many requests that took."""
+    ids: list[str] = []
+    cursor, requests = None, 0
+    while True:
+        page = await listing(api, **query, **({"cursor": cursor} if cursor else {}))
+        requests += 1
+        ids += [i["image_id"] for i in page["images"]]
+        assert len(page["images"]) <= int(query.get("limit", "20"))
+        if (cursor := page["next_cursor"]) is None:
+            return ids, requests
+
+
+async def test_listing_sorts_by_date_or_id_and_filters_by_status_and_name(
+    api: Client, settings: Settings
+) -> None:
+    for processed in (True, False):
+        for image_id, file_name, done in LISTED:
+            if done == processed:
+                params = {"file_name": file_name} if file_name else {}
+                sent = await api.put(f"/images/{image_id}", params=params, data=jpeg_bytes(20, 20))
+                assert sent.status == 202
+        if processed:
+            assert (await drain(settings)).get("ready") == 4
+    state = {i: "ready" if done else "pending" for i, _, done in LISTED}
+    names = {i: n for i, n, _ in LISTED}
+    oldest_first = [i for i, _, _ in LISTED]
+    by_id = sorted(oldest_first)
+    for sort, order, expected in [
+        (None, None, oldest_first[::-1]),
+        ("created", "asc", oldest_first),
+        ("id", None, by_id),
+        ("id", "desc", by_id[::-1]),
+    ]:
+        query = {k: v for k, v in (("sort", sort), ("order", order)) if v}
+        for status in (None, "ready", "pending", "failed"):
+            for q in (None, "beach", "CAT", "-", "nothing"):
+
+                def kept(image_id: str, status: str | None = status, q: str | None = q) -> bool:
+                    text = q.casefold() if q else ""
+                    return (status is None or state[image_id] == status) and (
+                        text in image_id.casefold() or text in names[image_id].casefold()
+                    )
+
+                want = [i for i in expected if kept(i)]
+                filters = {k: v for k, v in (("status", status), ("q", q)) if v}
+                for limit in ("2", "100"):
+                    got, _ = await listed(api, **query, **filters, limit=limit)
+                    assert got == want, (query, filters, limit)
+
+
+async def test_a_filtered_page_reads_a_bounded_number_of_records_and_says_where_to_go_on(
+    api: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search through many images is many short requests, never one long one: each reads at
+    most `SCAN_BUDGET` records (here 4, two at a time) and ends with a cursor to go on from."""
+    from pipeline.core import records
+
+    monkeypatch.setattr(records, "SCAN_BUDGET", 4)
+    monkeypatch.setattr(records, "SCAN_CHUNK", 2)
+    for i in range(10):
+        assert (await api.put(f"/images/n{i}", data=jpeg_bytes(16, 16))).status == 202
+    first = await listing(api, q="n0", limit="5")
+    assert first["images"] == [] and first["next_cursor"] is not None  # read n9..n6, found nothing
+    ids, requests = await listed(api, q="n0", limit="5")
+    assert ids == ["n0"] and requests == 3  # 4 + 4 + 2 records read
+    ids, requests = await listed(api, q="N", limit="3")  # a full page ends a request early
+    assert ids == [f"n{i}" for i in range(9, -1, -1)] and requests == 4
+
+
+async def test_a_cursor_works_only_in_the_order_it_was_made_for(api: Client) -> None:
+    for i in range(3):
+        assert (await api.put(f"/images/c{i}", data=jpeg_bytes(16, 16))).status == 202
+    by_id = await listing(api, sort="id", limit="1")
+    assert [i["image_id"] for i in by_id["images"]] == ["c0"]
+    refused = await api.get("/images", params={"cursor": by_id["next_cursor"], "limit": "1"})
+    assert refused.status == 400 and "another order" in (await refused.json())["message"]
+    # A filter is not an order: the cursor of a filtered page works unfiltered too.
+    assert [
+        i["image_id"]
+        for i in (await listing(api, sort="id", limit="1", cursor=by_id["next_cursor"]))["images"]
+    ] == ["c1"]
 
 
 async def test_delete_removes_everything_and_is_idempotent(api: Client, settings: Settings) -> None:

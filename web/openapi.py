@@ -18,6 +18,7 @@ from aiohttp import web
 
 from config.settings import ImagingSettings, VariantSettings
 from pipeline.core.layout import IMAGE_ID_RE, USER_ID_RE
+from pipeline.core.listing import MAX_TEXT, SCAN_BUDGET, SORTS, STATES
 from pipeline.imaging.variants import CROPS, FITS, FORMATS
 
 # The same patterns the handlers enforce (pipeline.core.layout), so the document cannot drift from them.
@@ -198,6 +199,21 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "the caller's image made from the same bytes, whose renditions were copied",
             },
+            "focal_point": {
+                "type": "object",
+                "description": "where crop=focal centres its cut: x and y, fractions of the width and height",
+            },
+            "variants": {
+                "type": "object",
+                "description": "the variants stored for the current original: how many, their bytes "
+                "(counted in the owner's usage) and their canonical names (null for records older "
+                "than names)",
+                "properties": {
+                    "count": {"type": "integer"},
+                    "bytes": {"type": "integer"},
+                    "names": {"type": ["array", "null"], "items": {"type": "string"}},
+                },
+            },
         },
     },
     "Usage": {
@@ -351,10 +367,30 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
         "/images": {
             "get": {
                 "operationId": "images.list_images",
-                "summary": "The caller's images, newest first",
+                "summary": "The caller's images, newest first, or in another order, filtered",
                 "parameters": [
                     _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100}),
-                    _param("cursor", "query", {"type": "string"}, text="next_cursor of the previous page"),
+                    _param(
+                        "cursor",
+                        "query",
+                        {"type": "string"},
+                        text="next_cursor of the previous page (same order)",
+                    ),
+                    _param("sort", "query", {"enum": list(SORTS)}, text="by creation (default) or by id"),
+                    _param(
+                        "order",
+                        "query",
+                        {"enum": ["asc", "desc"]},
+                        text="default: newest first by creation, A first by id",
+                    ),
+                    _param("status", "query", {"enum": list(STATES)}, text="only images in this state"),
+                    _param(
+                        "q",
+                        "query",
+                        {"type": "string", "maxLength": MAX_TEXT},
+                        text="only images whose id or file name holds this text (any case); a filtered "
+                        f"page reads at most {SCAN_BUDGET} images, so it may be short, with a cursor",
+                    ),
                     USER_Q,
                 ],
                 "responses": {"200": _json(_ref("ImageList"), "one page"), **_errors(*AUTH_ERRORS)},

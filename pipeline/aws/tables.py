@@ -139,12 +139,15 @@ class Table:
         forward: bool = True,
         limit: int | None = None,
         start: Mapping[str, Any] | None = None,
+        above: str | None = None,
     ) -> tuple[list[Item], Item | None]:
         """One page of the items under `hash_value` (of the table, or of `index`), in range
-        order, and the key to continue from (None at the end)."""
-        attribute = (self._spec.indexes[index] if index else self._spec.key)[0]
+        order, and the key to continue from (None at the end); `above`: only range keys after it."""
+        key = self._spec.indexes[index] if index else self._spec.key
         expression = _Expression()
-        condition = f"{expression.name(attribute)} = {expression.value(hash_value)}"
+        condition = f"{expression.name(key[0])} = {expression.value(hash_value)}"
+        if above is not None:
+            condition += f" AND {expression.name(key[1])} > {expression.value(above)}"
         kwargs: dict[str, Any] = expression.kwargs()
         kwargs.update(TableName=self.name, KeyConditionExpression=condition, ScanIndexForward=forward)
         if index:

@@ -140,6 +140,13 @@ class ImageRecord:
             "expires_at": epoch_iso(item.get("expires_at")),
             "public": self.public_nonce is not None,
         }
+        if self.variant_count:
+            names = self.variant_names
+            body["variants"] = {
+                "count": self.variant_count,
+                "bytes": self.variant_bytes,
+                "names": sorted(names) if names is not None else None,
+            }
         if self.state == "ready":
             info = item.get("info", {})
             body.update({k: info[k] for k in ("format", "width", "height") if k in info})

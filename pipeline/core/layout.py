@@ -12,6 +12,9 @@ from config.settings import RenditionSpec
 
 USER_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 IMAGE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: A key between the images table's other items (digest notes, `#sha256:...`) and every image id
+#: (a letter or digit first): a query by id for images alone asks for keys above it.
+IMAGE_IDS_ABOVE = "$"
 
 
 def valid_user_id(value: str) -> bool:

@@ -172,7 +172,11 @@ class ItemTable(Protocol):
         forward: bool = True,
         limit: int | None = None,
         start: Mapping[str, Any] | None = None,
-    ) -> tuple[list[Item], Item | None]: ...
+        above: str | None = None,
+    ) -> tuple[list[Item], Item | None]:
+        """One page of the items under `hash_value`, in range order; `above`: only those whose
+        range key sorts after it (a key condition: what it leaves out is never read)."""
+        ...
 
     async def scan_all(self) -> list[Item]: ...
 

@@ -49,7 +49,8 @@ from pipeline.core.items import (
     UpdateItem,
     Write,
 )
-from pipeline.core.layout import ImageRef
+from pipeline.core.layout import IMAGE_IDS_ABOVE, ImageRef
+from pipeline.core.listing import SCAN_BUDGET, SCAN_CHUNK, Listing
 from pipeline.core.ports import ItemTable
 from pipeline.core.results import RenditionResult
 from pipeline.core.timing import now_iso
@@ -424,21 +425,47 @@ class RecordStore:
         self._changes.notify(ref.source_key)
         return True
 
-    async def page(self, owner: str, limit: int, cursor: str | None) -> tuple[list[ImageRecord], str | None]:
-        """One page of an owner's images, newest first, and the cursor of the next page.
+    async def page(
+        self, owner: str, limit: int, cursor: str | None, listing: Listing | None = None
+    ) -> tuple[list[ImageRecord], str | None]:
+        """One page of an owner's images in `listing`'s order and the cursor of the next page.
 
-        Ordered by (creation time, id), which never changes for an image (a re-upload keeps its
-        place), so pages stay consistent while new images arrive: they sort before page one.
+        By creation, the order is (creation time, id), which never changes for an image (a
+        re-upload keeps its place), so pages stay consistent while new images arrive: they sort
+        before page one. A filtered listing reads at most `SCAN_BUDGET` records a request
+        (`pipeline.core.listing`): its page may be short, with a cursor to go on from.
         """
-        items, last = await self._table.query(
-            owner,
-            index="by_created",
-            forward=False,
-            limit=limit,
-            start=decode_cursor(cursor, owner) if cursor else None,
-        )
-        records = [ImageRecord(owner, str(i["image_id"]), i) for i in items]
-        return records, encode_cursor(last) if last else None
+        listing = listing or Listing()
+        index = "by_created" if listing.sort == "created" else None
+        start = decode_cursor(cursor, owner, listing.order) if cursor else None
+        if start is not None and index is None:  # the table's own key: no index attribute
+            start = {"user_id": start["user_id"], "image_id": start["image_id"]}
+        found: list[ImageRecord] = []
+        scanned = 0
+        while True:
+            chunk = limit if not listing.filtered else min(SCAN_CHUNK, SCAN_BUDGET - scanned)
+            items, last = await self._table.query(
+                owner,
+                index=index,
+                forward=not listing.descending,
+                limit=chunk,
+                start=start,
+                above=None if index else IMAGE_IDS_ABOVE,  # by id: never the digest notes
+            )
+            scanned += len(items)
+            for position, item in enumerate(items):
+                record = ImageRecord(owner, str(item["image_id"]), item)
+                if not listing.matches(record):
+                    continue
+                found.append(record)
+                if len(found) == limit:
+                    at_end = last is None and position == len(items) - 1
+                    return found, None if at_end else encode_cursor(item, listing.order)
+            if last is None:
+                return found, None
+            if scanned >= SCAN_BUDGET:  # a short page: the caller goes on from here
+                return found, encode_cursor(items[-1], listing.order)
+            start = last
 
     async def _with_usage(
         self,

@@ -157,14 +157,18 @@ class LocalTable:
         forward: bool = True,
         limit: int | None = None,
         start: Mapping[str, Any] | None = None,
+        above: str | None = None,
     ) -> tuple[list[Item], Item | None]:
         """One page of the items under `hash_value` (of the table, or of its index), in range
-        order, and the key to continue from (None at the end)."""
+        order, and the key to continue from (None at the end); `above`: only range keys after it."""
         if index is not None and (self._index is None or index != self._index[0]):
             raise ValueError(f"table {self.name} has no index {index!r}")
         hash_column, order = ("ix_hash", "ix_range, hash, range") if index else ("hash", "range")
         sql = f"SELECT doc FROM items WHERE tbl = ? AND {hash_column} = ?"
         args: list[Any] = [self.name, hash_value]
+        if above is not None:
+            sql += f" AND {'ix_range' if index else 'range'} > ?"
+            args.append(above)
         if start is not None:
             sql += f" AND ({order}) {'>' if forward else '<'} ({', '.join('?' * len(order.split(',')))})"
             args += self._position(start, bool(index))

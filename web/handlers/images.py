@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from pipeline.core.errors import ImageNotFound, InvalidField
+from pipeline.core.listing import Listing
 from pipeline.core.removal import remove_image
 from pipeline.core.untrusted import ascii_int, ascii_number
 from web.identity import resolve_user
@@ -66,10 +67,14 @@ async def image_info(request: web.Request) -> web.Response:
 
 
 async def list_images(request: web.Request) -> web.Response:
-    """`GET /images[?limit=&cursor=]`: the caller's images, newest first, with an opaque cursor."""
+    """`GET /images[?limit=&cursor=&sort=&order=&status=&q=]`: the caller's images, newest first
+    unless `sort`/`order` say otherwise, filtered by `status` and `q` (`pipeline.core.listing`),
+    with an opaque cursor."""
     user_id = await resolve_user(request)
     limit = _limit(request.query.get("limit", "20"))
-    records, cursor = await request.app[RECORDS].page(user_id, limit, request.query.get("cursor") or None)
+    query = request.query
+    listing = Listing.parse(query.get("sort"), query.get("order"), query.get("status"), query.get("q"))
+    records, cursor = await request.app[RECORDS].page(user_id, limit, query.get("cursor") or None, listing)
     images = []
     for record in records:
         body = describe(request, user_id, record)
