@@ -67,12 +67,19 @@ coverage: $(STAMP)
 	rm -f .coverage .coverage.*
 	$(PY) -m pytest $(FAST) --cov=pipeline --cov=web --cov=config --cov-report=term:skip-covered
 
-# The browser tests drive Debian's Chromium through Playwright; install it when it is missing.
+# The browser tests drive Debian's Chromium through Playwright and check the page with axe-core
+# (npm, pinned by tests/browser/package-lock.json); install what is missing.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing Debian's chromium for the browser tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "installing Debian's npm for the accessibility checks"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq npm >/dev/null; }
+	@[ -f tests/browser/node_modules/axe-core/axe.min.js ] || \
+		npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 
 # The CDN test puts Debian's nginx in front of the service; install it when it is missing.
 nginx:

@@ -23,6 +23,7 @@ from pipeline.backends import open_backend
 from pipeline.local.backend import open_local
 from tests.support import ministack, seaweedfs
 from tests.support.backends import Backend, aws_stack, provision_with_users, provisioned
+from tests.support.browser import browser, make_session, ui_session  # noqa: F401 (the browser tier's fixtures)
 from tests.support.clients import ClientFactory, bearer, issue_key
 from tests.support.consumers import close_pools, shared_pool
 from tests.support.servers import GuardedTestServer
