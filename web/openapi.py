@@ -289,6 +289,39 @@ SCHEMAS: dict[str, Any] = {
             },
         ]
     },
+    "MultipartUpload": {
+        "allOf": [
+            _ref("Image"),
+            {
+                "type": "object",
+                "required": ["upload_id", "content_length", "part_size", "method", "parts", "complete_url"],
+                "properties": {
+                    "upload_id": {"type": "string"},
+                    "content_length": {"type": "integer"},
+                    "part_size": {"type": "integer", "description": "every part's length but the last's"},
+                    "method": {"enum": ["PUT"]},
+                    "parts": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["number", "length", "url", "received"],
+                            "properties": {
+                                "number": {"type": "integer", "minimum": 1},
+                                "length": {"type": "integer", "description": "exactly, as Content-Length"},
+                                "url": {"type": "string", "description": "PUT the part here, no key"},
+                                "received": {"type": "boolean"},
+                                "etag": {"type": "string", "description": "the received part's"},
+                            },
+                        },
+                    },
+                    "urls_expire_at": {"type": "string", "description": "ask upload-parts for fresh ones"},
+                    "expires_at": {"type": "string", "description": "when the reservation is released"},
+                    "complete_url": {"type": "string"},
+                    "parts_url": {"type": "string"},
+                },
+            },
+        ]
+    },
     "ImageList": {
         "type": "object",
         "required": ["images", "next_cursor"],
@@ -426,11 +459,19 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                         "file_name": {"type": "string"},
                         "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 36500},
                         "public": {"type": "boolean"},
+                        "multipart": {
+                            "type": "boolean",
+                            "description": "resumable: the bytes go in parts, each to its own URL, "
+                            "then upload-complete joins them",
+                        },
                     },
                     ["content_length", "content_type"],
                 ),
                 "responses": {
-                    "201": _json(_ref("UploadUrl"), "reserved: PUT the bytes to `url`"),
+                    "201": _json(
+                        {"anyOf": [_ref("UploadUrl"), _ref("MultipartUpload")]},
+                        "reserved: PUT the bytes to `url`, or each part to its URL",
+                    ),
                     **_errors(*AUTH_ERRORS, 409, 413, 415),
                 },
             }
@@ -451,6 +492,72 @@ def document(imaging: ImagingSettings, variants: VariantSettings) -> dict[str, A
                 "responses": {
                     "200": {"description": "stored; the consumer completes the image"},
                     **_errors(400, 403, 404, 408, 410, 413, 415, 422, 503),
+                },
+            }
+        },
+        "/images/{image_id}/upload-parts": {
+            "parameters": [IMAGE_P],
+            "get": {
+                "operationId": "multipart.upload_parts",
+                "summary": "A resumable upload's parts: which arrived, and fresh URLs for each",
+                "parameters": [USER_Q],
+                "responses": {
+                    "200": _json(_ref("MultipartUpload"), "the upload's state"),
+                    **_errors(*AUTH_ERRORS, 404, 410),
+                },
+            },
+        },
+        "/images/{image_id}/upload-complete": {
+            "parameters": [IMAGE_P],
+            "post": {
+                "operationId": "multipart.upload_complete",
+                "summary": "Join a resumable upload's parts into the image's original",
+                "description": "Every part must have arrived with its exact length; `parts` (optional) "
+                "names each part's ETag, checked against what arrived. Answered again after success.",
+                "parameters": [USER_Q],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "parts": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["number", "etag"],
+                                            "properties": {
+                                                "number": {"type": "integer", "minimum": 1},
+                                                "etag": {"type": "string"},
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"202": image, **_errors(*AUTH_ERRORS, 404, 410, 422)},
+            },
+        },
+        "/uploads/{user_id}/{image_id}/parts/{number}": {
+            "put": {
+                "operationId": "multipart.put_part",
+                "summary": "Take a part of a resumable upload (the local backend's stand-in for S3; no key)",
+                "security": [],
+                "parameters": [
+                    _param("user_id", "path", {"type": "string"}, True),
+                    _param("image_id", "path", {"type": "string"}, True),
+                    _param("number", "path", {"type": "string"}, True),
+                    _param("token", "query", {"type": "string"}),
+                    _param("expires", "query", {"type": "string"}),
+                    _param("sig", "query", {"type": "string"}),
+                ],
+                "requestBody": {"required": True, "content": BINARY["content"]},
+                "responses": {
+                    "200": {"description": "stored, its ETag in the header"},
+                    **_errors(400, 403, 404, 408, 410, 413, 422, 503),
                 },
             }
         },

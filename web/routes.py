@@ -11,6 +11,7 @@ from web.handlers import (
     health,
     images,
     links,
+    multipart,
     presigned,
     public,
     ui,
@@ -23,7 +24,20 @@ from web.handlers import (
 from web.keys import SETTINGS
 from web.middlewares import error_response
 
-HANDLERS = (download, health, images, links, presigned, public, upload, usage, variants, watermark, webhook)
+HANDLERS = (
+    download,
+    health,
+    images,
+    links,
+    multipart,
+    presigned,
+    public,
+    upload,
+    usage,
+    variants,
+    watermark,
+    webhook,
+)
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

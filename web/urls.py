@@ -5,8 +5,9 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 
-def status_url(user_id: str, image_id: str) -> str:
-    return f"/images/{image_id}?{urlencode({'user_id': user_id})}"
+def status_url(user_id: str, image_id: str, then: str = "") -> str:
+    """The image's own URL, or (`then`: "/upload-parts", ...) one of its sub-resources'."""
+    return f"/images/{image_id}{then}?{urlencode({'user_id': user_id})}"
 
 
 def original_url(user_id: str, image_id: str) -> str:

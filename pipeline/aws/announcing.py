@@ -12,13 +12,13 @@ gap, closed the same way; the upload's client sees the failure and may send it a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from config.settings import AwsSettings
 from pipeline.aws.storage import Storage
 from pipeline.core.events import object_created
-from pipeline.core.objects import StoredUpload
+from pipeline.core.objects import Part, StoredUpload
 from pipeline.core.ports import MessageQueue
 
 
@@ -57,6 +57,11 @@ class AnnouncingStorage(Storage):
         if bucket == self._announced:
             meta = await self.head(bucket, key)
             await self._announce(bucket, key, meta.size, meta.etag)
+
+    async def complete_parts(self, bucket: str, key: str, upload_id: str, parts: Sequence[Part]) -> str:
+        etag = await super().complete_parts(bucket, key, upload_id, parts)
+        await self._announce(bucket, key, sum(p.size for p in parts), etag)
+        return etag
 
     async def _announce(self, bucket: str, key: str, size: int, etag: str) -> None:
         if bucket == self._announced:

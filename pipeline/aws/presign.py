@@ -42,3 +42,22 @@ class S3Presigner:
             )
         headers = {"Content-Type": content_type} | {f"x-amz-meta-{k}": v for k, v in metadata.items()}
         return url, headers
+
+    async def presign_part(
+        self, bucket: str, key: str, upload_id: str, number: int, length: int, expires: int
+    ) -> str:
+        """A presigned URL for part `number` of a multipart upload, signed for exactly `length`
+        bytes (S3 refuses a body of another length)."""
+        with aws_errors(StorageUnavailable):
+            url: str = await self.clients.s3.generate_presigned_url(
+                "upload_part",
+                Params={
+                    "Bucket": bucket,
+                    "Key": key,
+                    "UploadId": upload_id,
+                    "PartNumber": number,
+                    "ContentLength": length,
+                },
+                ExpiresIn=expires,
+            )
+        return url

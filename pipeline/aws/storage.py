@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from pipeline.core.errors import (
     ServiceError,
     StorageUnavailable,
     TooLarge,
+    UploadMismatch,
 )
 from pipeline.core.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
 from pipeline.core.objects import (
@@ -28,6 +29,7 @@ from pipeline.core.objects import (
     ListedObject,
     ObjectMeta,
     OversizeObject,
+    Part,
     StoredUpload,
     object_meta,
 )
@@ -216,6 +218,58 @@ class Storage(JsonDocuments):
             if upload.upload_id is not None:
                 await self._abort(bucket, key, upload.upload_id)
             raise
+
+    # -- resumable uploads (S3's multipart uploads; clients send the parts to presigned URLs) ----
+
+    async def start_parts(self, bucket: str, key: str, content_type: str, metadata: Mapping[str, str]) -> str:
+        with aws_errors(StorageUnavailable):
+            created = await self._s3.create_multipart_upload(
+                Bucket=bucket, Key=key, ContentType=content_type, Metadata=dict(metadata)
+            )
+        return str(created["UploadId"])
+
+    async def put_part(
+        self, bucket: str, key: str, upload_id: str, number: int, chunks: AsyncIterator[bytes], length: int
+    ) -> str:
+        """A part sent through this process (a store its clients cannot reach: the local backend
+        beside an S3-compatible store), held whole for the one request: at most a part's size."""
+        body = bytearray()
+        async for chunk in chunks:
+            if len(body) + len(chunk) > length:
+                raise UploadMismatch(f"part {number} must have {length} bytes")
+            body += chunk
+        if len(body) != length:
+            raise UploadMismatch(f"part {number} has {len(body)} bytes; it must have {length}")
+        with aws_errors(StorageUnavailable, NotFound):
+            sent = await self._s3.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(body)
+            )
+        return str(sent["ETag"])
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
+        parts: list[Part] = []
+        paginator = self._s3.get_paginator("list_parts")
+        with aws_errors(StorageUnavailable, NotFound):
+            async for page in paginator.paginate(Bucket=bucket, Key=key, UploadId=upload_id):
+                parts += [
+                    Part(int(p["PartNumber"]), str(p["ETag"]), int(p["Size"])) for p in page.get("Parts", [])
+                ]
+        return sorted(parts, key=lambda p: p.number)
+
+    async def complete_parts(self, bucket: str, key: str, upload_id: str, parts: Sequence[Part]) -> str:
+        listing = {"Parts": [{"PartNumber": p.number, "ETag": p.etag} for p in parts]}
+        with aws_errors(StorageUnavailable, NotFound):
+            done = await self._s3.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload=listing
+            )
+        return str(done["ETag"])
+
+    async def abort_parts(self, bucket: str, key: str, upload_id: str) -> None:
+        try:
+            with aws_errors(StorageUnavailable, NotFound):
+                await self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except NotFound:
+            pass  # completed or aborted already
 
     async def _abort(self, bucket: str, key: str, upload_id: str) -> None:
         try:

@@ -70,6 +70,15 @@ class ListedObject:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One part of a multipart (resumable) upload, as the store holds it."""
+
+    number: int
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
 class StoredUpload:
     """The result of a completed upload."""
 

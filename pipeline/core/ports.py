@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pipeline.core.changes import Changes
 from pipeline.core.items import Change, Condition, Item, Write
-from pipeline.core.objects import ListedObject, ObjectMeta, StoredUpload
+from pipeline.core.objects import ListedObject, ObjectMeta, Part, StoredUpload
 
 if TYPE_CHECKING:
     from pipeline.core.originals import Original
@@ -38,7 +38,36 @@ class Message:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
 
-class ObjectStore(Protocol):
+class MultipartStore(Protocol):
+    """Resumable uploads into an object store, as S3's multipart uploads: begun, sent a part at a
+    time (each may be sent again), listed, then completed into one object or aborted. Completing
+    one into the source bucket announces it as any upload is."""
+
+    async def start_parts(self, bucket: str, key: str, content_type: str, metadata: Mapping[str, str]) -> str:
+        """A new multipart upload to `key`: its id."""
+        ...
+
+    async def put_part(
+        self, bucket: str, key: str, upload_id: str, number: int, chunks: AsyncIterator[bytes], length: int
+    ) -> str:
+        """Part `number`, exactly `length` bytes (else `UploadMismatch`), through this process
+        (the local backend's part URLs); its ETag. `NotFound`: no such upload."""
+        ...
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
+        """The parts received, by number. `NotFound`: no such upload (completed or aborted)."""
+        ...
+
+    async def complete_parts(self, bucket: str, key: str, upload_id: str, parts: Sequence[Part]) -> str:
+        """The object made of `parts`, in order: its ETag. `NotFound`: no such upload."""
+        ...
+
+    async def abort_parts(self, bucket: str, key: str, upload_id: str) -> None:
+        """Drop the upload and its parts; idempotent."""
+        ...
+
+
+class ObjectStore(MultipartStore, Protocol):
     """Buckets of objects: originals in the source bucket, renditions in the destination."""
 
     async def head(self, bucket: str, key: str) -> ObjectMeta: ...
@@ -217,6 +246,10 @@ class Presigner(Protocol):
         self, bucket: str, key: str, expires: int, content_type: str, length: int, metadata: dict[str, str]
     ) -> tuple[str, dict[str, str]]: ...
 
+    async def presign_part(
+        self, bucket: str, key: str, upload_id: str, number: int, length: int, expires: int
+    ) -> str: ...
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -247,6 +280,15 @@ class Backend:
         if self.presigner is None:
             return None
         return await self.presigner.presign_get(bucket, key, expires, **params)
+
+    async def presign_part(
+        self, bucket: str, key: str, upload_id: str, number: int, length: int, expires: int
+    ) -> str | None:
+        """A presigned URL for one part of a multipart upload, of exactly `length` bytes; None
+        on the local backend (its API takes the parts)."""
+        if self.presigner is None:
+            return None
+        return await self.presigner.presign_part(bucket, key, upload_id, number, length, expires)
 
     async def presign_put(
         self, bucket: str, key: str, expires: int, content_type: str, length: int, metadata: dict[str, str]

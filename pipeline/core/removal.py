@@ -7,6 +7,7 @@ from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef, source_key_of
 from pipeline.core.ports import ObjectStore
 from pipeline.core.records import RecordStore
+from pipeline.core.reservations import Reservation
 
 
 def stale_derivative(key: str, current_etag: str | None) -> bool:
@@ -55,6 +56,9 @@ async def remove_image(
     # A variant stored and counted while this ran was put after the listing above and before
     # the record went; once it has gone no variant can be counted, so a second look is the last.
     await drop_variants(storage, settings, ref)
+    reserved = Reservation.of(old.item) if old is not None else None
+    if reserved is not None and reserved.upload_id is not None:  # a resumable upload, aborted
+        await storage.abort_parts(settings.aws.source_bucket, ref.source_key, reserved.upload_id)
     return old
 
 

@@ -42,13 +42,29 @@ class Reservation:
     content_type: str
     #: When the URL stops working (epoch seconds).
     expires_at: int
+    #: A resumable upload's: the store's multipart upload id and the size of each part but the
+    #: last (None: one PUT).
+    upload_id: str | None = None
+    part_size: int | None = None
 
     @property
     def format(self) -> str:
         return self.content_type.removeprefix("image/")
 
+    @property
+    def part_count(self) -> int:
+        """How many parts the upload is in (1 for one PUT)."""
+        return -(-self.content_length // self.part_size) if self.part_size else 1
+
+    def part_length(self, number: int) -> int | None:
+        """The exact length part `number` must have; None for a number outside the upload."""
+        if not 1 <= number <= self.part_count:
+            return None
+        size = self.part_size or self.content_length
+        return min(size, self.content_length - (number - 1) * size)
+
     def as_item(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def of(cls, item: Mapping[str, Any], field: str = FIELD) -> Reservation | None:
@@ -56,11 +72,14 @@ class Reservation:
         held = item.get(field)
         if not isinstance(held, Mapping):
             return None
+        upload_id, part_size = held.get("upload_id"), held.get("part_size")
         return cls(
             str(held.get("token", "")),
             int(held.get("content_length", 0)),
             str(held.get("content_type", "")),
             int(held.get("expires_at", 0)),
+            str(upload_id) if upload_id else None,
+            int(part_size) if part_size else None,
         )
 
     @classmethod

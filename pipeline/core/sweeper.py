@@ -136,4 +136,10 @@ async def release_unused(
     ref = ImageRef.of(record.owner, record.image_id)
     if await storage.etag_of(bucket, ref.source_key) is not None:
         return False
-    return dry_run or await records.delete_if(ref, int(record.item.get("revision", 0)))
+    if dry_run:
+        return True
+    if not await records.delete_if(ref, int(record.item.get("revision", 0))):
+        return False
+    if reserved.upload_id is not None:  # a resumable upload's parts go with it
+        await storage.abort_parts(bucket, ref.source_key, reserved.upload_id)
+    return True

@@ -24,7 +24,7 @@ import sqlite3
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from pipeline.core.errors import (
     RangeNotSatisfiable,
     StorageUnavailable,
     TooLarge,
+    UploadMismatch,
 )
 from pipeline.core.events import object_created
 from pipeline.core.formats import CONTENT_TYPES, MAGIC_BYTES_NEEDED, check_format
@@ -45,12 +46,14 @@ from pipeline.core.objects import (
     ListedObject,
     ObjectMeta,
     OversizeObject,
+    Part,
     StoredUpload,
     one_chunk,
 )
 from pipeline.core.originals import FileOriginal, Original
 from pipeline.local.database import Database
 from pipeline.local.files import DIR_MODE, FILE_MODE, FULL, UNWRITABLE, Space
+from pipeline.local.parts import Parts
 from pipeline.local.queue import enqueue
 
 if TYPE_CHECKING:
@@ -146,6 +149,7 @@ class LocalStorage(JsonDocuments):
         self._small_blobs = SmallBlobs(SMALL_BLOBS_BYTES)
         for folder in (root, self._blobs, self._tmp):
             folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        self._parts = Parts(root / "parts")
 
     async def check_space(self, *, probe: bool = False) -> str:
         """`ok`, `disk_low` or `storage_unwritable` (`pipeline.local.files.Space`); without `probe`, from
@@ -376,6 +380,50 @@ class LocalStorage(JsonDocuments):
             await asyncio.to_thread(_unlink, self._blobs / replaced)
         self._db.changes.notify_all()
 
+    # -- resumable uploads (`pipeline.local.parts`) ------------------------------------------
+
+    async def start_parts(self, bucket: str, key: str, content_type: str, metadata: Mapping[str, str]) -> str:
+        await self.check_bucket(bucket)
+        with disk_errors(self._space):
+            return await asyncio.to_thread(self._parts.start, bucket, key, content_type, metadata)
+
+    async def put_part(
+        self, bucket: str, key: str, upload_id: str, number: int, chunks: AsyncIterator[bytes], length: int
+    ) -> str:
+        folder, _ = await asyncio.to_thread(self._parts.upload, bucket, key, upload_id)
+        with disk_errors(self._space):
+            return await self._parts.write(folder, number, chunks, length)
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:
+        folder, _ = await asyncio.to_thread(self._parts.upload, bucket, key, upload_id)
+        return await asyncio.to_thread(Parts.listed, folder)
+
+    async def complete_parts(self, bucket: str, key: str, upload_id: str, parts: Sequence[Part]) -> str:
+        """The parts, in order, copied into one blob, committed as any object (announced on the
+        source bucket's queue in the same transaction); then the parts go."""
+        folder, described = await asyncio.to_thread(self._parts.upload, bucket, key, upload_id)
+        held = {p.number: p for p in await asyncio.to_thread(Parts.listed, folder)}
+        if any(held.get(p.number) != p for p in parts):
+            raise UploadMismatch("a part named is not the one received: list the parts again")
+        blob = _Blob(self._tmp, self._space)
+        try:
+            source = Parts.chunks(folder, list(parts))
+            while chunk := await asyncio.to_thread(next, source, b""):
+                await blob.write(chunk)
+            metadata = {str(k): str(v) for k, v in described.get("metadata", {}).items()}
+            etag = await self._commit(bucket, key, blob, str(described["content_type"]), metadata)
+        finally:
+            blob.discard()
+        await asyncio.to_thread(Parts.drop, folder)
+        return etag
+
+    async def abort_parts(self, bucket: str, key: str, upload_id: str) -> None:
+        try:
+            folder, _ = await asyncio.to_thread(self._parts.upload, bucket, key, upload_id)
+        except NotFound:
+            return
+        await asyncio.to_thread(Parts.drop, folder)
+
     async def delete_many(self, bucket: str, keys: list[str]) -> None:
         """Idempotent: keys that do not exist are not an error (S3 semantics)."""
         if not keys:
@@ -415,11 +463,12 @@ class LocalStorage(JsonDocuments):
 
     async def abort_stale_uploads(self, bucket: str, older_than: datetime, *, dry_run: bool = False) -> int:
         """Remove the temporary files of uploads begun before `older_than` and never finished
-        (a crash mid-upload); they belong to no bucket, so the source bucket's call does it."""
+        (a crash mid-upload; they belong to no bucket, so any bucket's call does it), and the
+        bucket's resumable uploads begun before it and never completed."""
         cutoff = older_than.timestamp()
 
         def stale() -> int:
-            found = 0
+            found = self._parts.stale(bucket, cutoff, dry_run=dry_run)
             for path in self._tmp.glob("*"):
                 try:
                     stale = path.is_file() and path.stat().st_mtime < cutoff

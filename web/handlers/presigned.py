@@ -9,6 +9,7 @@ completes the record from the object's event (`pipeline.core.reservations`).
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 from typing import Any
@@ -38,9 +39,10 @@ from pipeline.core.untrusted import utf8_text
 from pipeline.core.uploads import PURGE_AFTER, upload_metadata
 from web import urls
 from web.bodies import json_object
+from web.handlers.multipart import part_size_for, parts_answer
 from web.idempotency import fingerprint, once
 from web.identity import resolve_user
-from web.keys import BACKEND, IDEMPOTENCY, LINKS, RECORDS, SETTINGS, SWEEPER, UPLOADER, USAGE
+from web.keys import BACKEND, IDEMPOTENCY, LINKS, RECORDS, SETTINGS, STORAGE, SWEEPER, UPLOADER, USAGE
 from web.uploading import expiry_from, parse_public, upload_charge, visibility_facts
 from web.views import describe, public_base
 
@@ -76,10 +78,13 @@ async def create_upload_url(request: web.Request) -> web.Response:
     expires_at = expiry_from(request, body.get("expires_in_days"))
     public = body.get("public")
     parse_public(public)  # a bad value is a 400 before anything is reserved
+    multipart = body.get("multipart", False)
+    if not isinstance(multipart, bool):
+        raise InvalidField("multipart must be true or false")
 
     async def reserve() -> tuple[web.Response, str]:
         answer = await _reserve(
-            request, user_id, image_id, length, content_type, file_name, expires_at, public
+            request, user_id, image_id, length, content_type, file_name, expires_at, public, multipart
         )
         return answer, ""
 
@@ -87,7 +92,10 @@ async def create_upload_url(request: web.Request) -> web.Response:
         return ""  # the fingerprint holds the whole request
 
     # Without an image id one is made here: the same request, retried, must get the same answer.
-    shape = [str(body.get(k)) for k in ("image_id", "content_length", "content_type", "file_name", "public")]
+    shape = [
+        str(body.get(k))
+        for k in ("image_id", "content_length", "content_type", "file_name", "public", "multipart")
+    ]
     route = fingerprint(request.method, request.path, *shape, str(body.get("expires_in_days")))
     return await once(request, request.app[IDEMPOTENCY], user_id, route, reserve, nothing_more)
 
@@ -101,6 +109,7 @@ async def _reserve(
     file_name: str,
     expires_at: int | None,
     public: object = None,
+    multipart: bool = False,
 ) -> web.Response:
     app, settings = request.app, request.app[SETTINGS]
     # Its header is not seen before its bytes reach S3: an upload URL costs its user one
@@ -108,7 +117,7 @@ async def _reserve(
     upload_charge(request, user_id)(1.0)
     usage = app[USAGE]
     user = await usage.check(user_id, new_image=True, incoming=length, replaced_bytes=0)
-    seconds = settings.web.upload_url_seconds
+    seconds = settings.web.multipart_upload_seconds if multipart else settings.web.upload_url_seconds
     reservation = Reservation(
         secrets.token_hex(_TOKEN_BYTES), length, content_type, int(time.time()) + seconds
     )
@@ -122,6 +131,8 @@ async def _reserve(
         **visibility_facts(request, public, user, None),
     }
     metadata = upload_metadata(user_id, file_name, **{METADATA_KEY: reservation.token})
+    if multipart:
+        return await _reserve_parts(request, ref, reservation, facts, metadata)
     presigned = await app[BACKEND].presign_put(
         settings.aws.source_bucket, ref.source_key, seconds, content_type, length, metadata
     )
@@ -149,6 +160,40 @@ async def _reserve(
         "method": "PUT",
         "headers": headers,
         "expires_at": epoch_iso(reservation.expires_at),
+    }
+    response = web.json_response(answer, status=201)
+    response.headers["Location"] = answer["status_url"]
+    return response
+
+
+async def _reserve_parts(
+    request: web.Request,
+    ref: ImageRef,
+    reservation: Reservation,
+    facts: UploadFacts,
+    metadata: dict[str, str],
+) -> web.Response:
+    """A resumable upload (`web.handlers.multipart`): begun in the store first, so the
+    reservation names it; aborted if the reservation is refused."""
+    app, settings = request.app, request.app[SETTINGS]
+    bucket, (user_id, image_id) = settings.aws.source_bucket, ref.owner_and_id
+    upload_id = await app[STORAGE].start_parts(bucket, ref.source_key, reservation.content_type, metadata)
+    reservation = dataclasses.replace(
+        reservation, upload_id=upload_id, part_size=part_size_for(reservation.content_length)
+    )
+    try:
+        record = await app[RECORDS].reserve(ref, reservation, facts, limit=app[USAGE].limit)
+    except BaseException as exc:
+        await app[STORAGE].abort_parts(bucket, ref.source_key, upload_id)
+        if isinstance(exc, ImageTaken):
+            raise (UploadPending() if exc.held is not None else ImageExistsError()) from None
+        if isinstance(exc, UsageRefused):
+            raise await app[USAGE].refusal(user_id, 1) from None
+        raise
+    app[SWEEPER].watch(ref, reservation)
+    answer = {
+        **describe(request, user_id, record),
+        **await parts_answer(request, user_id, image_id, reservation, []),
     }
     response = web.json_response(answer, status=201)
     response.headers["Location"] = answer["status_url"]
