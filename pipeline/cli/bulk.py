@@ -1,8 +1,9 @@
 """`python -m pipeline upload PATH...`: bulk upload of files and folders through the HTTP API.
 
 Concurrent streamed uploads with a progress bar: straight to S3 where the API offers presigned
-uploads (`POST /images/upload-url`, then a PUT to the URL it answers), else, and for a file that
-replaces an image, `PUT /images/{id}` through the API. Every finished file is
+uploads (`POST /images/upload-url`, then a PUT to the URL it answers; files of 16 MiB and more
+as resumable uploads, a part at a time, retried and resumed: `pipeline.cli.resumable`), else,
+and for a file that replaces an image, `PUT /images/{id}` through the API. Every finished file is
 appended to a state file (JSON lines), so an interrupted run started again skips what is done
 (same path, size and modification time) and goes on with the rest. Image ids come from the
 file's path relative to the folder given, made safe for the id pattern and suffixed with a short
@@ -25,11 +26,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 from tqdm import tqdm
 
+from pipeline.cli.resumable import MULTIPART_FROM, Failure, Upload, append, journal_line, load_started
 from pipeline.core.formats import detect_format
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -154,6 +156,7 @@ def load_done(state: Path, target: Target) -> set[tuple[str, str]]:
             continue
         if (
             isinstance(record, dict)
+            and not record.get("in_progress")  # a resumable upload begun (`resumable`), not done
             and record.get("api") == target.api
             and record.get("account") == target.account
             and isinstance(record.get("fingerprint"), str)
@@ -235,6 +238,10 @@ class _Route:
 
     storage: aiohttp.ClientSession
     presigned: bool = True
+    #: Resumable uploads the journal says were begun: fingerprint -> (image id, upload id).
+    started: dict[str, tuple[str, str]] = field(default_factory=dict)
+    target: Target | None = None
+    journal: IO[str] | None = None
 
 
 async def _send_one(session: aiohttp.ClientSession, route: _Route, api: str, item: Item) -> None:
@@ -256,6 +263,8 @@ async def _put_presigned(session: aiohttp.ClientSession, route: _Route, api: str
         "content_type": f"image/{fmt}",
         "file_name": item.path.name,
     }
+    if item.size >= MULTIPART_FROM:
+        return await _put_in_parts(session, route, api, item, body)
     try:
         async with session.post(f"{api}/images/upload-url", json=body) as response:
             if response.status != 201:
@@ -281,6 +290,37 @@ async def _put_presigned(session: aiohttp.ClientSession, route: _Route, api: str
                 raise await _http_refusal(response)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _transport_refusal(exc, where) from None
+    return True
+
+
+async def _put_in_parts(
+    session: aiohttp.ClientSession, route: _Route, api: str, item: Item, body: dict[str, Any]
+) -> bool:
+    """A large file as a resumable upload (`pipeline.cli.resumable`): resumed if the journal
+    says one was begun and the API still holds it, else begun (and journaled). False when the
+    API should take it instead (the id names an image already: a replacement)."""
+    upload = Upload(session, route.storage, api, item.path)
+    try:
+        answer = None
+        begun = route.started.get(item.fingerprint)
+        if begun is not None and begun[0] == item.image_id:
+            answer = await upload.state(item.image_id)
+        if answer is None:
+            answer = await upload.begin(body)
+            if answer is None:
+                return False
+            if route.journal is not None and route.target is not None:
+                base = {
+                    "fingerprint": item.fingerprint,
+                    "api": route.target.api,
+                    "account": route.target.account,
+                }
+                append(route.journal, journal_line(base, item.image_id, str(answer["upload_id"])))
+        await upload.finish(answer, lambda _: None)
+    except Failure as failure:
+        raise _Refused(failure.code, failure.reason) from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _transport_refusal(exc, api) from None
     return True
 
 
@@ -314,7 +354,7 @@ async def upload(
         aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}, timeout=timeout) as session,
         aiohttp.ClientSession(timeout=timeout) as storage,
     ):
-        route = _Route(storage)
+        route = _Route(storage, started=load_started(state, target.api, target.account), target=target)
         try:
             present = await _listed(session, target.api, candidates)
         except _Refused as refused:
@@ -347,6 +387,7 @@ async def _send(
     # The bar counts uploaded bytes only: a run where files fail never shows 100%.
     bar = tqdm(total=sum(i.size for i in todo), unit="B", unit_scale=True, disable=not progress)
     with state.open("a") as journal:
+        route.journal = journal
 
         async def worker() -> None:
             while summary.stopped is None and not queue.empty():

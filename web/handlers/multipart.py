@@ -86,6 +86,7 @@ async def parts_answer(
             part["etag"] = done.etag  # type: ignore[union-attr]
         parts.append(part)
     return {
+        "image_id": image_id,
         "upload_id": held.upload_id,
         "content_length": held.content_length,
         "part_size": held.part_size,
@@ -98,25 +99,18 @@ async def parts_answer(
     }
 
 
-async def _held(request: web.Request) -> tuple[str, str, ImageRef, Reservation]:
-    """The caller's image and the resumable upload its record holds (410 if none: uploaded,
-    released or never begun as one)."""
+async def upload_parts(request: web.Request) -> web.Response:
+    """`GET /images/{image_id}/upload-parts`: the image, which parts arrived, and URLs for every
+    part (410 if it awaits no resumable upload: it arrived, or was never begun as one)."""
     user_id, image_id, ref = await image_ref(request, request.match_info["image_id"])
     record = await request.app[RECORDS].read(ref)
-    held = Reservation.of(record.item) if record is not None else None
+    if record is None:
+        raise NotFound("no such image")
+    held = Reservation.of(record.item)
     if held is None or held.upload_id is None:
-        if record is None:
-            raise NotFound("no such image")
         raise UploadNotReserved(
             "this image awaits no resumable upload: it arrived, or was never begun as one"
         )
-    return user_id, image_id, ref, held
-
-
-async def upload_parts(request: web.Request) -> web.Response:
-    """`GET /images/{image_id}/upload-parts`: which parts arrived, and URLs for every part."""
-    user_id, image_id, ref, held = await _held(request)
-    assert held.upload_id is not None
     settings = request.app[SETTINGS]
     try:
         received = await request.app[STORAGE].list_parts(
@@ -124,7 +118,8 @@ async def upload_parts(request: web.Request) -> web.Response:
         )
     except NotFound:
         raise UploadNotReserved("the store has no such upload any more (aborted or completed)") from None
-    return web.json_response(await parts_answer(request, user_id, image_id, held, received))
+    parts = await parts_answer(request, user_id, image_id, held, received)
+    return web.json_response({**describe(request, user_id, record), **parts})
 
 
 async def upload_complete(request: web.Request) -> web.Response:

@@ -1,0 +1,208 @@
+"""`python -m pipeline upload` for large files: resumable uploads (`POST /images/upload-url` with
+`"multipart": true`), each part read from the file and sent on its own, again after a failure
+with a growing wait, and the whole upload picked up where it stopped by the next run.
+
+The journal (the upload's state file) gets a line when an upload is begun, naming its image and
+upload ids; a run that finds such a line for the same file (path, size, modification time),
+API and user asks which parts arrived (`GET /images/{id}/upload-parts`, with fresh URLs) and
+sends the rest. A part refused for its URL's age (403) is sent again with a fresh URL; one lost
+to the network, a timeout, a 5xx, 408 or 429 is sent again after 0.5 s, 1 s, 2 s... (at most 30 s,
+`ATTEMPTS` tries); anything else fails the file with the API's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+#: Files at least this large go up in parts (smaller ones in one PUT).
+MULTIPART_FROM = 16 * 1024 * 1024
+ATTEMPTS = 8
+FIRST_WAIT = 0.5
+LONGEST_WAIT = 30.0
+#: Answers worth the same request again: the server or the path to it was busy or broken.
+TRANSIENT = {408, 429, 500, 502, 503, 504}
+
+
+class Failure(Exception):
+    """A part or a join refused for good: `code` and a one-line reason."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def load_started(state: Path, api: str, account: str) -> dict[str, tuple[str, str]]:
+    """fingerprint -> (image id, upload id) of the resumable uploads the journal says were begun
+    at this API for this user (the last line of a file wins)."""
+    started: dict[str, tuple[str, str]] = {}
+    if not state.exists():
+        return started
+    for line in state.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if (
+            isinstance(record, dict)
+            and record.get("in_progress") is True
+            and (record.get("api"), record.get("account")) == (api, account)
+            and all(isinstance(record.get(k), str) for k in ("fingerprint", "image_id", "upload_id"))
+        ):
+            started[record["fingerprint"]] = (record["image_id"], record["upload_id"])
+    return started
+
+
+async def with_retries(attempt: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """`attempt()` until it succeeds, retrying transport failures and `TRANSIENT` answers
+    (`Retry` raised by it) with a doubling wait; `Failure` ends it at once."""
+    wait = FIRST_WAIT
+    for tries in range(1, ATTEMPTS + 1):
+        try:
+            return await attempt()
+        except (aiohttp.ClientError, TimeoutError, ConnectionError, Retry) as exc:
+            if tries == ATTEMPTS:
+                raise Failure(
+                    "gave_up", f"{what}: gave up after {ATTEMPTS} tries ({_one_line(exc)})"
+                ) from None
+        await asyncio.sleep(wait)
+        wait = min(wait * 2, LONGEST_WAIT)
+    raise AssertionError("unreachable")
+
+
+class Retry(Exception):
+    """A transient answer: the same request, later."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160] or type(exc).__name__
+
+
+async def _json(response: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
+    """The answer's JSON object; `Retry` for a transient status, `Failure` for another error."""
+    try:
+        body = await response.json(content_type=None)
+    except (ValueError, aiohttp.ClientPayloadError):
+        body = None
+    if response.status in TRANSIENT:
+        raise Retry(f"{response.status}")
+    if response.status >= 300 or not isinstance(body, dict):
+        code = (
+            str(body.get("error", f"http_{response.status}"))
+            if isinstance(body, dict)
+            else f"http_{response.status}"
+        )
+        message = body.get("message", "") if isinstance(body, dict) else ""
+        raise Failure(code, f"{what}: {response.status} {code}{': ' + str(message)[:160] if message else ''}")
+    return body
+
+
+def _read(path: Path, start: int, length: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(start)
+        return handle.read(length)
+
+
+class Upload:
+    """One file's resumable upload, begun here or resumed from the journal."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, storage: aiohttp.ClientSession, api: str, path: Path
+    ) -> None:
+        self.session, self.storage, self.api, self.path = session, storage, api, path
+
+    async def begin(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A new reservation; None if the API has the id already (`image_exists`)."""
+
+        async def ask() -> dict[str, Any]:
+            async with self.session.post(
+                f"{self.api}/images/upload-url", json={**body, "multipart": True}
+            ) as r:
+                return await _json(r, "upload-url")
+
+        try:
+            answer: dict[str, Any] = await with_retries(ask, "upload-url")
+        except Failure as failure:
+            if failure.code == "image_exists":
+                return None
+            raise
+        return answer
+
+    async def state(self, image_id: str) -> dict[str, Any] | None:
+        """The upload's parts and fresh URLs; None if the API no longer holds it."""
+
+        async def ask() -> dict[str, Any]:
+            async with self.session.get(f"{self.api}/images/{image_id}/upload-parts") as r:
+                return await _json(r, "upload-parts")
+
+        try:
+            answer: dict[str, Any] = await with_retries(ask, "upload-parts")
+        except Failure as failure:
+            if failure.code in (
+                "upload_not_reserved",
+                "image_not_found",
+                "not_found",
+                "http_404",
+                "http_410",
+            ):
+                return None
+            raise
+        return answer
+
+    async def finish(self, answer: dict[str, Any], sent: Callable[[int], None]) -> None:
+        """Every part not received yet, then the join."""
+        parts = {int(p["number"]): p for p in answer["parts"]}
+        for number in sorted(parts):
+            if parts[number].get("received"):
+                sent(int(parts[number]["length"]))
+                continue
+            await self._part(answer, parts, number)
+            sent(int(parts[number]["length"]))
+        image_id = answer["image_id"]
+
+        async def join() -> dict[str, Any]:
+            async with self.session.post(f"{self.api}/images/{image_id}/upload-complete", json={}) as r:
+                return await _json(r, "upload-complete")
+
+        await with_retries(join, "upload-complete")
+
+    async def _part(self, answer: dict[str, Any], parts: dict[int, dict[str, Any]], number: int) -> None:
+        part_size = int(answer["part_size"])
+        length = int(parts[number]["length"])
+        data = await asyncio.to_thread(_read, self.path, (number - 1) * part_size, length)
+
+        async def put() -> None:
+            url = str(parts[number]["url"])
+            async with self.storage.put(
+                url, data=io.BytesIO(data), headers={"Content-Length": str(length)}
+            ) as r:
+                if r.status == 403:  # its URL aged out (or the upload is gone): ask afresh
+                    fresh = await self.state(str(answer["image_id"]))
+                    if fresh is None:
+                        raise Failure("upload_not_reserved", "the upload is gone (released or deleted)")
+                    parts.update({int(p["number"]): p for p in fresh["parts"]})
+                    raise Retry("403: a fresh URL")
+                if r.status in TRANSIENT:
+                    raise Retry(str(r.status))
+                if r.status >= 300:
+                    text = (await r.text())[:200]
+                    raise Failure(f"http_{r.status}", f"part {number}: {r.status} {' '.join(text.split())}")
+
+        await with_retries(put, f"part {number}")
+
+
+def journal_line(base: dict[str, str], image_id: str, upload_id: str) -> str:
+    return json.dumps({**base, "image_id": image_id, "upload_id": upload_id, "in_progress": True}) + "\n"
+
+
+def append(journal: IO[str], line: str) -> None:
+    journal.write(line)
+    journal.flush()
+    os.fsync(journal.fileno())
