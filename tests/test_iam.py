@@ -52,6 +52,7 @@ CONSUMER_KEY_ID = "AKIAIMGSVCCONSUMER00"
 NOT_EXERCISED: dict[str, dict[str, str]] = {
     "api": {
         "s3:AbortMultipartUpload on source": "an upload larger than a part, cut off half way",
+        "s3:ListMultipartUploadParts on source": "a resumable upload (tests/test_multipart.py)",
     },
     "consumer": {
         "s3:DeleteObject on source": "bytes other than an upload URL allowed (tests/test_presigned.py)",
@@ -68,6 +69,7 @@ NOT_EXERCISED: dict[str, dict[str, str]] = {
         "s3:CreateMultipartUpload": "api: as above",
         "s3:UploadPart": "api: as above",
         "s3:ListMultipartUploads": "operator: gc of abandoned multipart uploads",
+        "s3:ListParts": "api, above",
         "sqs:ChangeMessageVisibility": "consumer, above",
         "sqs:PurgeQueue": "operator: `python -m pipeline dlq purge`",
         "dynamodb:Scan": "operator: usage recount, gc, reconcile",

@@ -67,10 +67,9 @@ async def begin(api: Client, data: bytes, **extra: Any) -> dict[str, Any]:
     return answer
 
 
-async def send(part: dict[str, Any], data: bytes) -> aiohttp.ClientResponse:
-    """PUT a part as a client holding only its URL would: no key."""
-    start = (part["number"] - 1) * part["length"] if part["number"] > 1 else 0
-    return await send_bytes(part["url"], data[start : start + part["length"]])
+async def send(answer: dict[str, Any], number: int, data: bytes) -> aiohttp.ClientResponse:
+    """PUT part `number` as a client holding only its URL would: no key."""
+    return await send_bytes(answer["parts"][number - 1]["url"], chunk(answer, data, number))
 
 
 async def send_bytes(url: str, body: bytes) -> aiohttp.ClientResponse:
@@ -164,7 +163,7 @@ async def test_deleting_the_image_aborts_the_upload_and_gives_the_quota_back(
     data = big_jpeg(9 * MIB)
     before = await usage(backend)
     answer = await begin(api, data)
-    assert (await send(answer["parts"][0], data)).status == 200
+    assert (await send(answer, 1, data)).status == 200
     assert (await api.delete(f"/images/{answer['image_id']}")).status == 204
     assert await usage(backend) == before
     key = ImageRef.of(USER, answer["image_id"]).source_key
@@ -184,7 +183,7 @@ async def test_a_reservation_released_unused_takes_its_parts_with_it(
     api = await make_client(resumable(backend.settings))
     data = big_jpeg(9 * MIB)
     answer = await begin(api, data)
-    assert (await send(answer["parts"][0], data)).status == 200
+    assert (await send(answer, 1, data)).status == 200
     records = RecordStore(backend.tables.images, backend.tables.users)
     ref = ImageRef.of(USER, answer["image_id"])
     record = await records.read(ref)
@@ -202,3 +201,25 @@ def test_the_part_size_keeps_within_s3s_ten_thousand_parts() -> None:
     huge = 5 * 1024**4  # S3's largest object
     size = part_size_for(huge)
     assert size % MIB == 0 and -(-huge // size) <= 10_000
+
+
+@BACKENDS
+async def test_its_bytes_are_noted_so_the_same_bytes_again_are_a_duplicate(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """As for any presigned upload, the API never sees the bytes, so the worker that makes the
+    renditions hashes them: the digest is noted then, and the same bytes uploaded again through
+    the API are found a duplicate (their renditions copied, nothing made again)."""
+    api = await make_client(resumable(backend.settings))
+    data = big_jpeg(9 * MIB)
+    answer = await begin(api, data)
+    for part in answer["parts"]:
+        assert (await send(answer, part["number"], data)).status == 200
+    assert (await api.post(answer["complete_url"], json={})).status == 202
+    await consume(backend)
+    assert (await api.put("/images/again", data=io.BytesIO(data))).status == 202
+    await consume(backend)
+    first = await (await api.get(f"/images/{answer['image_id']}")).json()
+    again = await (await api.get("/images/again")).json()
+    assert first["status"] == again["status"] == "ready" and "duplicate_of" not in first
+    assert again["duplicate_of"] == answer["image_id"] and again["sha256"] == first["sha256"]

@@ -54,9 +54,10 @@ _SHARED = (
 #: Per process, "action on kind": kinds are the buckets (`source`, `thumbnails`), the queues
 #: (`events`, `dlq`, `outbox`, `outbox-dlq`) and the tables by their suffix.
 NEEDS: dict[str, frozenset[str]] = {
-    # Uploads (streamed, multipart), listings, keys, idempotency, throttling, the signing secret.
+    # Uploads (streamed, multipart, resumable), listings, keys, idempotency, throttling, the
+    # signing secret.
     "api": _SHARED
-    | _each("s3:PutObject s3:AbortMultipartUpload", "source")
+    | _each("s3:PutObject s3:AbortMultipartUpload s3:ListMultipartUploadParts", "source")
     | _each("s3:ListBucket", "source thumbnails")
     | _each("dynamodb:Query", "images")
     | _each("dynamodb:GetItem", "keys")
@@ -185,6 +186,8 @@ async def _s3(clients: AwsClients, bucket: str, operation: str, key: str) -> Non
         await s3.list_objects_v2(Bucket=bucket, Prefix=PROBE_PREFIX, MaxKeys=1)
     elif operation == "AbortMultipartUpload":
         await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=ABSENT)
+    elif operation == "ListMultipartUploadParts":
+        await s3.list_parts(Bucket=bucket, Key=key, UploadId=ABSENT)
     elif operation == "PutObject":  # S3's conditional write: no object to match, nothing written
         await s3.put_object(Bucket=bucket, Key=key, Body=b"", IfMatch=NO_ETAG)
     else:
