@@ -4,6 +4,7 @@
 //   uploads.js  files going up, with progress        gallery.js  the listing, its cards, polling
 //   actions.js  links, visibility, delete and undo   bulk.js     several images at once
 //   viewer.js   one image's page                     builder.js  the link builder
+//   resumable.js  large files in parts, retried and resumed after a reload
 // The parts call each other only from event handlers, so the imports' cycles are harmless.
 
 import { session } from "./api.js";

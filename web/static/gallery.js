@@ -140,7 +140,9 @@ async function showUsage() {
   }
 }
 
-const WAITING = ["pending", "awaiting_upload"];
+// Processing, polled; an image awaiting its upload is upserted by the upload itself (one a
+// reload interrupted may wait for a day: not polled meanwhile).
+const WAITING = ["pending"];
 
 export function schedulePoll() {
   clearTimeout(gallery.pollTimer);

@@ -2,6 +2,7 @@
 
 import { $, KEY_STORE, api, session } from "./api.js";
 import { flushDeletes } from "./actions.js";
+import { showPaused } from "./resumable.js";
 import { loadGallery, resetGallery } from "./gallery.js";
 import { resetUploads } from "./uploads.js";
 
@@ -23,6 +24,7 @@ export async function signIn(key) {
   $("app").hidden = false;
   $("whoami").hidden = false;
   $("user-label").textContent = `key ${session.key.split("_").slice(0, 2).join("_")}…`;
+  showPaused();  // resumable uploads a reload interrupted
   await loadGallery();
 }
 

@@ -1,8 +1,9 @@
 // Uploading: files dropped or chosen go up a few at a time, each with its progress bar, straight
 // to storage where the deployment offers presigned uploads, else through the API.
 
-import { $, api, element, session } from "./api.js";
+import { $, api, button, element, session } from "./api.js";
 import { schedulePoll, upsert } from "./gallery.js";
+import { MULTIPART_FROM, uploadInParts } from "./resumable.js";
 
 const PARALLEL_UPLOADS = 3;
 
@@ -55,7 +56,30 @@ export function resetUploads() {
 
 // Straight to S3 where the deployment offers presigned uploads (the API only authorises them),
 // else through the API. `uploads.presigned` also turns false at an answer saying they are not offered.
+// Large files go up in parts, resumable (resumable.js).
 async function upload(item) {
+  if (uploads.presigned && item.file.size >= MULTIPART_FROM) {
+    const type = await sniffType(item.file);
+    if (type) {
+      try {
+        if (await uploadInParts(item, type)) return;
+      } catch (error) {
+        if (["upload_mode_disabled", "method_not_allowed"].includes(error.code) || error.status === 404) {
+          uploads.presigned = false;
+        } else {  // the parts that arrived stay: trying again sends the rest
+          uploadFailed(item.row, item.label, error.message);
+          const again = button("retry", "Try again", () => {
+            again.remove();
+            item.row.classList.remove("failed");
+            item.label.classList.remove("failed");
+            upload(item);
+          });
+          item.row.append(again);
+          return;
+        }
+      }
+    }
+  }
   if (uploads.presigned) {
     let reserved = null;
     try {
@@ -93,7 +117,7 @@ async function reserve(file) {
 }
 
 // The type the bytes are, as the service will decide it (a name or the browser's guess may lie).
-async function sniffType(file) {
+export async function sniffType(file) {
   const head = new Uint8Array(await file.slice(0, 12).arrayBuffer());
   const starts = (...bytes) => bytes.every((b, i) => head[i] === b);
   const text = (from, to) => String.fromCharCode(...head.slice(from, to));
@@ -151,7 +175,7 @@ function put({ file, bar, label, row }, method, url, headers, expected, reserved
 
 // A refused upload: its bar goes (the bytes were sent, but nothing was stored) and the API's reason
 // takes its place on one line, in full in the tooltip.
-function uploadFailed(row, label, reason) {
+export function uploadFailed(row, label, reason) {
   row.classList.add("failed");
   label.textContent = reason;
   label.title = reason;
