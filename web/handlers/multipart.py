@@ -126,7 +126,8 @@ async def upload_complete(request: web.Request) -> web.Response:
     """`POST /images/{image_id}/upload-complete` `{"parts": [{"number", "etag"}]}` (optional:
     without it, the parts that arrived): join the parts into the image's original. Every part
     must be there with its exact length (422 names the first that is not); 202 with the image
-    (awaiting its upload until the consumer takes the object's event). A retry after success answers the same."""
+    (awaiting its upload until the consumer takes the object's event). A retry after success
+    answers the same."""
     body = await json_object(request) if request.can_read_body else {}
     named = _named_parts(body["parts"]) if "parts" in body else {}  # bad: 400, whatever the state
     user_id, _, ref, held = await _held_or_done(request)
