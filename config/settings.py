@@ -380,7 +380,8 @@ class WebSettings:
     #: Seconds a resumable (multipart) upload may take, resumed as often as need be: its
     #: reservation holds that long (each part's URL works `upload_url_seconds`, and fresh ones
     #: are given on asking); a day matches the buckets' rule aborting incomplete uploads.
-    multipart_upload_seconds: Annotated[int, Var(60, 7 * 86_400)] = 86_400
+    #: At most a day: the buckets' lifecycle rule and gc's default abort older uploads.
+    multipart_upload_seconds: Annotated[int, Var(60, 86_400)] = 86_400
     #: Seconds between an API process's sweeps of every unused reservation that fell due (each
     #: process also releases the ones it made as they fall due); 0: only those.
     reservation_sweep_seconds: Annotated[int, Var(0, 7 * 86_400)] = 3600

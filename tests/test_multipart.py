@@ -7,6 +7,7 @@ aborts the upload. Quotas are charged once, at the reservation."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import io
@@ -253,3 +254,26 @@ async def test_gc_releases_a_reservation_run_out_and_aborts_uploads_left_behind(
     ):
         with pytest.raises(NotFound):
             await backend.storage.list_parts(bucket, key, upload_id)
+
+
+@BACKENDS
+async def test_two_joins_at_once_make_one_image_and_neither_fails(
+    backend: Backend, make_client: ClientFactory
+) -> None:
+    """A client retrying a join whose answer is slow: one request joins the parts, the other
+    answers the same or asks to be asked again (503 `upload_completing`), never an error of ours."""
+    api = await make_client(resumable(backend.settings))
+    data = big_jpeg(17 * MIB)
+    answer = await begin(api, data)
+    for part in answer["parts"]:
+        assert (await send(answer, part["number"], data)).status == 200
+    joins = await asyncio.gather(*(api.post(answer["complete_url"], json={}) for _ in range(3)))
+    statuses = sorted(j.status for j in joins)
+    assert 202 in statuses and set(statuses) <= {202, 503}, statuses
+    for join in joins:
+        if join.status == 503:
+            assert (await join.json())["error"] == "upload_completing" and join.headers["Retry-After"]
+    assert (await api.post(answer["complete_url"], json={})).status == 202
+    await consume(backend)
+    status = await (await api.get(answer["status_url"])).json()
+    assert status["status"] == "ready" and status["sha256"] == hashlib.sha256(data).hexdigest()

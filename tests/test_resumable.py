@@ -125,7 +125,7 @@ async def test_a_run_killed_half_way_is_finished_by_the_next_sending_only_the_re
     api = await make_client(settings)
     key = await issue_key(api.server.app, USER)
     image_id = image_id_for(Path(path.name))
-    async with cutting_proxy(str(api.make_url("")).rstrip("/"), cuts=0) as proxy:
+    async with cutting_proxy(str(api.make_url("")).rstrip("/"), cuts=0, pace=0.005) as proxy:  # ~13 MB/s
         first = await start_cli(proxy.url, key, path, state)
         async with asyncio.timeout(60):  # killed once two parts are in
             while True:
@@ -135,11 +135,16 @@ async def test_a_run_killed_half_way_is_finished_by_the_next_sending_only_the_re
                 await asyncio.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         await first.wait()
+        # What the killed run's socket still held drains through the proxy first: not counted.
+        settled = -1
+        while settled != proxy.sent:
+            settled = proxy.sent
+            await asyncio.sleep(0.5)
+        listed = await api.get(f"/images/{image_id}/upload-parts", headers=bearer(key))
         arrived = sum(p["received"] for p in (await listed.json())["parts"])
-        before = proxy.sent
-        summary = await run_cli(proxy.url, key, path, state)
-        resent = proxy.sent - before
+        summary = await run_cli(proxy.url, key, path, state)  # the same API: its journal line counts
+        resent = proxy.sent - settled
     assert summary["uploaded"] == 1, summary
-    assert resent <= len(data) - arrived * 8 * MIB + 2 * MIB  # the rest, and a little talk
+    assert 2 <= arrived < 6 and resent <= len(data) - arrived * 8 * MIB + MIB  # the rest, and talk
     status = await completed(api, key, settings, image_id)
     assert status["status"] == "ready" and status["sha256"] == hashlib.sha256(data).hexdigest()

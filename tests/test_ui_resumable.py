@@ -82,7 +82,7 @@ async def test_a_reload_half_way_then_the_same_file_sends_only_the_rest(
     path.write_bytes(data)
     session = await make_session(**RESUMABLE)
     page = session.page
-    async with cutting_proxy(session.url("").rstrip("/"), cuts=0) as proxy:
+    async with cutting_proxy(session.url("").rstrip("/"), cuts=0, pace=0.005) as proxy:  # ~13 MB/s
         await sign_in_at(session, proxy.url)
         await page.set_input_files("#file-input", str(path))
         card = page.locator("#gallery li.card")

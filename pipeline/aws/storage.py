@@ -229,10 +229,20 @@ class Storage(JsonDocuments):
         return str(created["UploadId"])
 
     async def put_part(
-        self, bucket: str, key: str, upload_id: str, number: int, chunks: AsyncIterator[bytes], length: int
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        chunks: AsyncIterator[bytes],
+        length: int,
+        lease: BufferLease | None = None,
     ) -> str:
         """A part sent through this process (a store its clients cannot reach: the local backend
-        beside an S3-compatible store), held whole for the one request: at most a part's size."""
+        beside an S3-compatible store), held whole for the one request: reserved from `lease`
+        first (the uploads' memory budget), and sent from the buffer as it is."""
+        if lease is not None:
+            await lease.grow_to(length)
         body = bytearray()
         async for chunk in chunks:
             if len(body) + len(chunk) > length:
@@ -240,9 +250,9 @@ class Storage(JsonDocuments):
             body += chunk
         if len(body) != length:
             raise UploadMismatch(f"part {number} has {len(body)} bytes; it must have {length}")
-        with aws_errors(StorageUnavailable, NotFound):
+        with aws_errors(StorageUnavailable, NotFound), _BufferReader(body) as reader:
             sent = await self._s3.upload_part(
-                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(body)
+                Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=reader
             )
         return str(sent["ETag"])
 

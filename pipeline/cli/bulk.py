@@ -31,7 +31,15 @@ from typing import IO, Any
 import aiohttp
 from tqdm import tqdm
 
-from pipeline.cli.resumable import MULTIPART_FROM, Failure, Upload, append, journal_line, load_started
+from pipeline.cli.resumable import (
+    MULTIPART_FROM,
+    Failure,
+    Upload,
+    append,
+    journal_line,
+    journal_records,
+    load_started,
+)
 from pipeline.core.formats import detect_format
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif"}
@@ -146,17 +154,10 @@ def load_done(state: Path, target: Target) -> set[tuple[str, str]]:
     Lines of other targets, of the older format without one, and lines cut short by an
     interruption do not count: at worst a file is uploaded again, replacing the same image.
     """
-    if not state.exists():
-        return set()
     done = set()
-    for line in state.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    for record in journal_records(state):
         if (
-            isinstance(record, dict)
-            and not record.get("in_progress")  # a resumable upload begun (`resumable`), not done
+            not record.get("in_progress")  # a resumable upload begun (`resumable`), not done
             and record.get("api") == target.api
             and record.get("account") == target.account
             and isinstance(record.get("fingerprint"), str)

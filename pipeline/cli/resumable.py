@@ -13,15 +13,19 @@ to the network, a timeout, a 5xx, 408 or 429 is sent again after 0.5 s, 1 s, 2 s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 
+#: This run, in the idempotency keys of the reservations it asks for.
+RUN = uuid.uuid4().hex
 #: Files at least this large go up in parts (smaller ones in one PUT).
 MULTIPART_FROM = 16 * 1024 * 1024
 ATTEMPTS = 8
@@ -39,20 +43,27 @@ class Failure(Exception):
         self.code, self.reason = code, reason
 
 
-def load_started(state: Path, api: str, account: str) -> dict[str, tuple[str, str]]:
-    """fingerprint -> (image id, upload id) of the resumable uploads the journal says were begun
-    at this API for this user (the last line of a file wins)."""
-    started: dict[str, tuple[str, str]] = {}
+def journal_records(state: Path) -> Iterator[dict[str, Any]]:
+    """The journal's records (JSON objects, a line each); a line cut short by an interruption,
+    or not an object, is passed over."""
     if not state.exists():
-        return started
+        return
     for line in state.read_text().splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
+        if isinstance(record, dict):
+            yield record
+
+
+def load_started(state: Path, api: str, account: str) -> dict[str, tuple[str, str]]:
+    """fingerprint -> (image id, upload id) of the resumable uploads the journal says were begun
+    at this API for this user (the last line of a file wins)."""
+    started: dict[str, tuple[str, str]] = {}
+    for record in journal_records(state):
         if (
-            isinstance(record, dict)
-            and record.get("in_progress") is True
+            record.get("in_progress") is True
             and (record.get("api"), record.get("account")) == (api, account)
             and all(isinstance(record.get(k), str) for k in ("fingerprint", "image_id", "upload_id"))
         ):
@@ -121,9 +132,15 @@ class Upload:
     async def begin(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """A new reservation; None if the API has the id already (`image_exists`)."""
 
+        # Asked again after a lost answer, the API answers the first reservation, not a 409 (in
+        # this run: the next resumes from the journal, or begins anew).
+        key = hashlib.sha256(f"{RUN}|{self.path.resolve()}|{sorted(body.items())}".encode()).hexdigest()[:40]
+
         async def ask() -> dict[str, Any]:
             async with self.session.post(
-                f"{self.api}/images/upload-url", json={**body, "multipart": True}
+                f"{self.api}/images/upload-url",
+                json={**body, "multipart": True},
+                headers={"Idempotency-Key": f"resumable-{key}"},
             ) as r:
                 return await _json(r, "upload-url")
 

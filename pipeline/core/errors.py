@@ -311,6 +311,13 @@ class StorageUnavailable(TransientError):
     default_message = "object storage is unavailable"
 
 
+class UploadCompleting(TransientError):
+    """Another request is joining this resumable upload's parts right now."""
+
+    code = "upload_completing"
+    default_message = "the upload's parts are being joined; ask again in a moment"
+
+
 class InsufficientStorage(TransientError):
     """The local data directory's disk is (nearly) full: retried later, and deletes still work."""
 

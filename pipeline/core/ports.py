@@ -48,10 +48,18 @@ class MultipartStore(Protocol):
         ...
 
     async def put_part(
-        self, bucket: str, key: str, upload_id: str, number: int, chunks: AsyncIterator[bytes], length: int
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        chunks: AsyncIterator[bytes],
+        length: int,
+        lease: BufferLease | None = None,
     ) -> str:
         """Part `number`, exactly `length` bytes (else `UploadMismatch`), through this process
-        (the local backend's part URLs); its ETag. `NotFound`: no such upload."""
+        (the local backend's part URLs); its ETag. `NotFound`: no such upload. A store that
+        must hold the part whole reserves it from `lease` first."""
         ...
 
     async def list_parts(self, bucket: str, key: str, upload_id: str) -> list[Part]:

@@ -88,10 +88,11 @@ class Parts:
 
     @staticmethod
     def _place(folder: Path, number: int, temporary: Path, digest: str) -> None:
-        if not folder.is_dir():
-            raise NotFound("no such upload")  # aborted or completed while the part came
         target = folder / f"{number:05d}-{digest}"
-        os.replace(temporary, target)
+        try:
+            os.replace(temporary, target)
+        except FileNotFoundError:  # joined, aborted or dropped while the part came
+            raise NotFound("no such upload") from None
         for older in folder.glob(f"{number:05d}-*"):
             if older != target:
                 older.unlink(missing_ok=True)
@@ -112,23 +113,47 @@ class Parts:
                 while chunk := source.read(COPY_CHUNK):
                     yield chunk
 
-    @staticmethod
-    def drop(folder: Path) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
+    def claim(self, folder: Path) -> Path:
+        """Take the upload for joining (a rename: one request wins; `NotFound` for the others).
+        A part sent meanwhile finds no upload (410)."""
+        claimed = self.root / f".joining-{folder.name}"
+        try:
+            os.rename(folder, claimed)
+        except FileNotFoundError:
+            raise NotFound("no such upload") from None
+        return claimed
+
+    def release(self, claimed: Path, folder: Path) -> None:
+        """Give a claimed upload back (its join failed: the client may ask again)."""
+        os.rename(claimed, folder)
+
+    def drop(self, folder: Path) -> None:
+        """Renamed away first, so no part lands in it while it goes."""
+        gone = self.root / f".gone-{uuid.uuid4().hex}"
+        try:
+            os.rename(folder, gone)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(gone, ignore_errors=True)
 
     def stale(self, bucket: str, older_than: float, *, dry_run: bool) -> int:
-        """Drop uploads of `bucket` begun before `older_than` (epoch seconds) and never finished."""
+        """Drop uploads of `bucket` begun before `older_than` (epoch seconds) and never finished,
+        and, by its age alone, a folder with no description (a crash as it began, or a removal
+        cut short)."""
         found = 0
         for folder in self.root.iterdir():
             described = folder / UPLOAD_FILE
             try:
-                if (
-                    described.stat().st_mtime >= older_than
-                    or json.loads(described.read_text())["bucket"] != bucket
-                ):
+                if described.stat().st_mtime >= older_than:
+                    continue
+                if json.loads(described.read_text())["bucket"] != bucket:
                     continue
             except (OSError, ValueError, KeyError):
-                continue
+                try:
+                    if folder.stat().st_mtime >= older_than:
+                        continue
+                except OSError:
+                    continue
             found += 1
             if not dry_run:
                 self.drop(folder)

@@ -388,8 +388,16 @@ class LocalStorage(JsonDocuments):
             return await asyncio.to_thread(self._parts.start, bucket, key, content_type, metadata)
 
     async def put_part(
-        self, bucket: str, key: str, upload_id: str, number: int, chunks: AsyncIterator[bytes], length: int
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        number: int,
+        chunks: AsyncIterator[bytes],
+        length: int,
+        lease: BufferLease | None = None,
     ) -> str:
+        """Streamed to its file as it comes: no buffer beyond a chunk, so `lease` never grows."""
         folder, _ = await asyncio.to_thread(self._parts.upload, bucket, key, upload_id)
         with disk_errors(self._space):
             return await self._parts.write(folder, number, chunks, length)
@@ -402,19 +410,23 @@ class LocalStorage(JsonDocuments):
         """The parts, in order, copied into one blob, committed as any object (announced on the
         source bucket's queue in the same transaction); then the parts go."""
         folder, described = await asyncio.to_thread(self._parts.upload, bucket, key, upload_id)
-        held = {p.number: p for p in await asyncio.to_thread(Parts.listed, folder)}
-        if any(held.get(p.number) != p for p in parts):
-            raise UploadMismatch("a part named is not the one received: list the parts again")
+        claimed = await asyncio.to_thread(self._parts.claim, folder)  # one join at a time
         blob = _Blob(self._tmp, self._space)
         try:
-            source = Parts.chunks(folder, list(parts))
+            held = {p.number: p for p in await asyncio.to_thread(Parts.listed, claimed)}
+            if any(held.get(p.number) != p for p in parts):
+                raise UploadMismatch("a part named is not the one received: list the parts again")
+            source = Parts.chunks(claimed, list(parts))
             while chunk := await asyncio.to_thread(next, source, b""):
                 await blob.write(chunk)
             metadata = {str(k): str(v) for k, v in described.get("metadata", {}).items()}
             etag = await self._commit(bucket, key, blob, str(described["content_type"]), metadata)
+        except BaseException:
+            await asyncio.to_thread(self._parts.release, claimed, folder)
+            raise
         finally:
             blob.discard()
-        await asyncio.to_thread(Parts.drop, folder)
+        await asyncio.to_thread(self._parts.drop, claimed)
         return etag
 
     async def abort_parts(self, bucket: str, key: str, upload_id: str) -> None:
@@ -422,7 +434,7 @@ class LocalStorage(JsonDocuments):
             folder, _ = await asyncio.to_thread(self._parts.upload, bucket, key, upload_id)
         except NotFound:
             return
-        await asyncio.to_thread(Parts.drop, folder)
+        await asyncio.to_thread(self._parts.drop, folder)
 
     async def delete_many(self, bucket: str, keys: list[str]) -> None:
         """Idempotent: keys that do not exist are not an error (S3 semantics)."""

@@ -1,6 +1,7 @@
 """A TCP proxy on 127.0.0.1 that drops connections mid-request, as a flaky network does: each
 connection that has carried more than `after` bytes from client to server is cut (both sides
-closed at once, the request half sent) until `cuts` connections have been; the rest pass."""
+closed at once, the request half sent) until `cuts` connections have been; the rest pass.
+`pace`: seconds each 64 KiB waits on its way up (a slow link, so a test can act mid-upload)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ class CuttingProxy:
     target: str  # http://host:port
     cuts: int = 3
     after: int = 2 * 1024 * 1024
+    pace: float = 0.0
     cut: int = 0
     #: Bytes that went from clients to the target, over every connection.
     sent: int = 0
@@ -48,6 +50,8 @@ class CuttingProxy:
                     self.cut += 1
                     close()
                     return
+                if self.pace:
+                    await asyncio.sleep(self.pace)
                 upstream_writer.write(chunk)
                 await upstream_writer.drain()
             upstream_writer.write_eof()
@@ -65,9 +69,9 @@ class CuttingProxy:
 
 @contextlib.asynccontextmanager
 async def cutting_proxy(
-    target: str, cuts: int = 3, after: int = 2 * 1024 * 1024
+    target: str, cuts: int = 3, after: int = 2 * 1024 * 1024, pace: float = 0.0
 ) -> AsyncIterator[CuttingProxy]:
-    proxy = CuttingProxy(target, cuts, after)
+    proxy = CuttingProxy(target, cuts, after, pace)
     server = await asyncio.start_server(proxy._serve, "127.0.0.1", 0)
     proxy.port = server.sockets[0].getsockname()[1]
     proxy._server = server

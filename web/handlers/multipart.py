@@ -25,6 +25,7 @@ from pipeline.core.errors import (
     InvalidField,
     InvalidLink,
     NotFound,
+    UploadCompleting,
     UploadMismatch,
     UploadNotReserved,
 )
@@ -136,6 +137,8 @@ async def upload_complete(request: web.Request) -> web.Response:
         assert record is not None
         return web.json_response(describe(request, user_id, record), status=202)
     assert held.upload_id is not None
+    if held.released_by(time.time()):
+        raise UploadNotReserved("the upload's time ran out: its reservation is being released")
     settings, storage = request.app[SETTINGS], request.app[STORAGE]
     bucket = settings.aws.source_bucket
     try:
@@ -154,7 +157,11 @@ async def upload_complete(request: web.Request) -> web.Response:
         parts.append(part)
     if extra := sorted(set(received) - set(range(1, held.part_count + 1))):
         raise UploadMismatch(f"part {extra[0]} is beyond the upload's {held.part_count} parts")
-    await storage.complete_parts(bucket, ref.source_key, held.upload_id, parts)
+    try:
+        await storage.complete_parts(bucket, ref.source_key, held.upload_id, parts)
+    except NotFound:  # another request joined it, or is joining it now
+        if await storage.etag_of(bucket, ref.source_key) is None:
+            raise UploadCompleting(headers={"Retry-After": "1"}) from None
     record = await request.app[RECORDS].read(ref)
     assert record is not None
     return web.json_response(describe(request, user_id, record), status=202)
@@ -224,7 +231,7 @@ async def put_part(request: web.Request) -> web.Response:
     if request.content_length != length:
         raise UploadMismatch(f"part {number} takes exactly {length} bytes (a Content-Length header)")
     uploads = app[UPLOADER]
-    async with uploads.admitted(user_id):
+    async with uploads.admitted(user_id) as lease:
         try:
             etag = await app[STORAGE].put_part(
                 app[SETTINGS].aws.source_bucket,
@@ -233,6 +240,7 @@ async def put_part(request: web.Request) -> web.Response:
                 number,
                 request.content.iter_chunked(256 * 1024),
                 length,
+                lease,
             )
         except NotFound:
             raise UploadNotReserved("this URL's upload is gone: completed, deleted or released") from None

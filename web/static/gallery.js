@@ -18,6 +18,7 @@ export const gallery = {
   cards: new Map(),           // image_id -> {li, record, thumbFor, ...}; li.dataset.order sorts them
   cursor: null,
   serial: 0,                  // a newer listing makes an older one's answer stale
+  query: null,                // the listing shown (its order and filters), its cursors' own
   loading: false,
   pollTimer: null,
   searchTimer: null,
@@ -40,14 +41,17 @@ export async function loadGallery() {
   const serial = ++gallery.serial;
   gallery.cursor = null;
   gallery.shortPages = 0;
+  gallery.query = listing();  // what the cursors of this listing belong to
   clear();
-  await loadPage(serial, listing());
+  await loadPage(serial, gallery.query);
   schedulePoll();
 }
 
+// The next page of the listing shown, whatever the toolbar says meanwhile (a search being typed
+// reloads the listing once it settles).
 export async function loadMore() {
   if (!gallery.cursor || gallery.loading) return;
-  const query = listing();
+  const query = new URLSearchParams(gallery.query);
   query.set("cursor", gallery.cursor);
   await loadPage(gallery.serial, query);
 }
@@ -172,8 +176,19 @@ async function poll() {
   schedulePoll();
 }
 
+// Images whose bytes this tab sent: their record says `awaiting_upload` until the consumer takes
+// the store's event, but they are being made (shown, and polled, as pending).
+const arrived = new Set();
+
+export function markArrived(imageId) {
+  arrived.add(imageId);
+}
+
 export function upsert(record) {
   if (isBeingDeleted(record.image_id)) return;  // its card waits, hidden, for the undo to run out
+  if (record.status === "awaiting_upload" && arrived.has(record.image_id)) {
+    record = Object.assign({}, record, { status: "pending" });
+  }
   let card = gallery.cards.get(record.image_id);
   if (!card) {
     card = buildCard(record.image_id);

@@ -5,7 +5,7 @@
 // file again sends only the parts that had not arrived.
 
 import { $, api, element, send as sendJson, session } from "./api.js";
-import { schedulePoll, upsert } from "./gallery.js";
+import { markArrived, schedulePoll, upsert } from "./gallery.js";
 
 export const MULTIPART_FROM = 16 * 1024 * 1024;
 const STORE = "imgsvc.resumable";
@@ -92,7 +92,8 @@ export async function uploadInParts({ file, bar, label, row }, type) {
   bar.value = 100;
   label.textContent = "uploaded";
   label.classList.add("done");
-  upsert(Object.assign({}, record, { status: "pending" }));  // its bytes are in: being made
+  markArrived(answer.image_id);  // its bytes are in: being made
+  upsert(record);
   schedulePoll();
   return true;
 }

@@ -2,7 +2,7 @@
 // to storage where the deployment offers presigned uploads, else through the API.
 
 import { $, api, button, element, session } from "./api.js";
-import { schedulePoll, upsert } from "./gallery.js";
+import { markArrived, schedulePoll, upsert } from "./gallery.js";
 import { MULTIPART_FROM, uploadInParts } from "./resumable.js";
 
 const PARALLEL_UPLOADS = 3;
@@ -151,8 +151,9 @@ function put({ file, bar, label, row }, method, url, headers, expected, reserved
     xhr.onload = () => {
       let body = null;
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
-      const image = reserved ? Object.assign({}, reserved, { status: "pending" }) : body;
+      const image = reserved || body;
       if (xhr.status === expected && image) {
+        if (reserved) markArrived(reserved.image_id);  // in the store: being made
         bar.value = 100;
         label.textContent = "uploaded";
         label.classList.add("done");
