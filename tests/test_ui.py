@@ -397,6 +397,12 @@ async def test_the_link_builder_previews_operations_and_copies_their_url(session
     await page.click("#builder-copy")
     await expect(page.locator("#builder-status")).to_have_text("URL copied")
     assert await page.evaluate("navigator.clipboard.readText()") == url
+    # The same picture at its width and twice it, for screens of two device pixels a CSS pixel.
+    await page.click("#builder-srcset")
+    await expect(page.locator("#builder-status")).to_have_text("Srcset copied")
+    srcset = await page.evaluate("navigator.clipboard.readText()")
+    assert srcset.startswith('<img src="') and " 200w, " in srcset and " 400w" in srcset, srcset
+    assert 'sizes="200px" alt="cat"' in srcset
     async with aiohttp.ClientSession() as anonymous, anonymous.get(url) as response:  # no key
         made = decode(await response.read())
         assert response.status == 200 and made.format == "PNG" and made.size == (200, 301)

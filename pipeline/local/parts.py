@@ -99,10 +99,14 @@ class Parts:
 
     @staticmethod
     def listed(folder: Path) -> list[Part]:
+        """The parts received; `NotFound` once the upload is claimed for joining, or dropped."""
         parts = []
-        for path in folder.iterdir():
-            if found := _PART.fullmatch(path.name):
-                parts.append(Part(int(found[1]), f'"{found[2]}"', path.stat().st_size))
+        try:
+            for path in folder.iterdir():
+                if found := _PART.fullmatch(path.name):
+                    parts.append(Part(int(found[1]), f'"{found[2]}"', path.stat().st_size))
+        except FileNotFoundError:
+            raise NotFound("no such upload") from None
         return sorted(parts, key=lambda p: p.number)
 
     @staticmethod

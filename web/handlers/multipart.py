@@ -15,6 +15,7 @@ rule and `python -m pipeline gc`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +30,7 @@ from pipeline.core.errors import (
     UploadMismatch,
     UploadNotReserved,
 )
+from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.core.objects import Part
 from pipeline.core.reservations import Reservation
@@ -36,6 +38,7 @@ from pipeline.core.timing import epoch_iso
 from pipeline.core.untrusted import ascii_int
 from web import urls
 from web.bodies import json_object
+from web.identity import resolve_user
 from web.keys import BACKEND, LINKS, RECORDS, SETTINGS, STORAGE, UPLOADER
 from web.serving import image_ref
 from web.views import describe, public_base
@@ -131,11 +134,27 @@ async def upload_complete(request: web.Request) -> web.Response:
     answers the same."""
     body = await json_object(request) if request.can_read_body else {}
     named = _named_parts(body["parts"]) if "parts" in body else {}  # bad: 400, whatever the state
+    # One join of an image at a time in this process: a store's listing read during another's
+    # join (S3's, SeaweedFS's) may lack parts. Across processes the local backend's claim holds;
+    # on S3 the loser's listing may be short (422) and its retry answers 202.
+    key = f"{await resolve_user(request)}/{request.match_info['image_id']}"
+    lock = _joins.setdefault(key, asyncio.Lock())
+    try:
+        async with lock:
+            return await _join(request, named)
+    finally:
+        if not lock.locked() and _joins.get(key) is lock:
+            del _joins[key]
+
+
+#: The joins under way in this process, by image.
+_joins: dict[str, asyncio.Lock] = {}
+
+
+async def _join(request: web.Request, named: dict[int, str]) -> web.Response:
     user_id, _, ref, held = await _held_or_done(request)
     if held is None:  # completed already: the consumer has, or will have, the object's event
-        record = await request.app[RECORDS].read(ref)
-        assert record is not None
-        return web.json_response(describe(request, user_id, record), status=202)
+        return web.json_response(describe(request, user_id, await _record(request, ref)), status=202)
     assert held.upload_id is not None
     if held.released_by(time.time()):
         raise UploadNotReserved("the upload's time ran out: its reservation is being released")
@@ -143,8 +162,10 @@ async def upload_complete(request: web.Request) -> web.Response:
     bucket = settings.aws.source_bucket
     try:
         received = {p.number: p for p in await storage.list_parts(bucket, ref.source_key, held.upload_id)}
-    except NotFound:
-        raise UploadNotReserved("the store has no such upload any more (aborted or completed)") from None
+    except NotFound:  # joined meanwhile, or being joined by another request
+        if await storage.etag_of(bucket, ref.source_key) is None:
+            raise UploadCompleting(headers={"Retry-After": "1"}) from None
+        return web.json_response(describe(request, user_id, await _record(request, ref)), status=202)
     parts = []
     for number in range(1, held.part_count + 1):
         part, length = received.get(number), held.part_length(number)
@@ -162,9 +183,15 @@ async def upload_complete(request: web.Request) -> web.Response:
     except NotFound:  # another request joined it, or is joining it now
         if await storage.etag_of(bucket, ref.source_key) is None:
             raise UploadCompleting(headers={"Retry-After": "1"}) from None
+    return web.json_response(describe(request, user_id, await _record(request, ref)), status=202)
+
+
+async def _record(request: web.Request, ref: ImageRef) -> ImageRecord:
+    """The image's record as it is now (gone only if deleted this instant: 404)."""
     record = await request.app[RECORDS].read(ref)
-    assert record is not None
-    return web.json_response(describe(request, user_id, record), status=202)
+    if record is None:
+        raise NotFound("no such image")
+    return record
 
 
 async def _held_or_done(request: web.Request) -> tuple[str, str, ImageRef, Reservation | None]:
