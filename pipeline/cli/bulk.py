@@ -31,9 +31,9 @@ from typing import IO, Any
 import aiohttp
 from tqdm import tqdm
 
+from pipeline.cli.answers import Refused, refusal, short
 from pipeline.cli.resumable import (
     MULTIPART_FROM,
-    Failure,
     Upload,
     append,
     journal_line,
@@ -120,14 +120,6 @@ class Summary:
         return lines
 
 
-class _Refused(Exception):
-    """A request that did not succeed, with a short reason fit for one line."""
-
-    def __init__(self, code: str, reason: str, *, fatal: bool = False) -> None:
-        super().__init__(reason)
-        self.code, self.reason, self.fatal = code, reason, fatal
-
-
 def image_id_for(relative: Path) -> str:
     """A valid, stable id: the path's readable part plus 8 hex of its hash."""
     digest = hashlib.sha256(relative.as_posix().encode()).hexdigest()[:8]
@@ -167,39 +159,14 @@ def load_done(state: Path, target: Target) -> set[tuple[str, str]]:
     return done
 
 
-def _short(text: object, limit: int = 200) -> str:
-    """One line, bounded: a reason may come from any server `--api` points at."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def _transport_refusal(exc: BaseException, api: str) -> _Refused:
+def _transport_refusal(exc: BaseException, api: str) -> Refused:
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
         detail = "connection refused" if isinstance(os_error, ConnectionRefusedError) else os_error.strerror
-        return _Refused(
-            "cannot_connect", f"cannot connect to {api} ({_short(detail or os_error)})", fatal=True
-        )
+        return Refused("cannot_connect", f"cannot connect to {api} ({short(detail or os_error)})", fatal=True)
     if isinstance(exc, TimeoutError):
-        return _Refused("timeout", f"no answer from {api} in time")
-    return _Refused("connection_error", f"connection to {api} failed ({_short(exc) or type(exc).__name__})")
-
-
-async def _http_refusal(response: aiohttp.ClientResponse) -> _Refused:
-    try:
-        body = await response.json(content_type=None)
-    except (ValueError, aiohttp.ClientError):
-        body = None
-    status = response.status
-    if isinstance(body, dict) and body.get("error"):
-        code = _short(body["error"], 60)
-        message = f": {_short(body['message'])}" if body.get("message") else ""
-        reason = f"{status} {code}{message}"
-    else:
-        code, reason = f"http_{status}", f"{status} {_short(response.reason or 'error')}"
-    # Once the key is refused every later upload is too, and each refusal counts against the
-    # address's failed-attempt limit: stop rather than lock the address out.
-    return _Refused(code, reason, fatal=status == 401 or code == "too_many_failed_attempts")
+        return Refused("timeout", f"no answer from {api} in time")
+    return Refused("connection_error", f"connection to {api} failed ({short(exc) or type(exc).__name__})")
 
 
 async def _listed(session: aiohttp.ClientSession, api: str, wanted: set[str]) -> set[str]:
@@ -211,14 +178,14 @@ async def _listed(session: aiohttp.ClientSession, api: str, wanted: set[str]) ->
         try:
             async with session.get(f"{api}/images", params=query) as response:
                 if response.status != 200:
-                    raise await _http_refusal(response)
+                    raise await refusal(response)
                 page = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _transport_refusal(exc, api) from None
         except ValueError:
-            raise _Refused("bad_answer", f"{api}/images did not answer JSON", fatal=True) from None
+            raise Refused("bad_answer", f"{api}/images did not answer JSON", fatal=True) from None
         if not isinstance(page, dict) or not isinstance(page.get("images"), list):
-            raise _Refused("bad_answer", f"{api}/images answered an unexpected document", fatal=True)
+            raise Refused("bad_answer", f"{api}/images answered an unexpected document", fatal=True)
         found |= {str(i.get("image_id")) for i in page["images"] if isinstance(i, dict)} & wanted
         cursor = page.get("next_cursor")
         if found == wanted or not isinstance(cursor, str) or not cursor:
@@ -269,18 +236,18 @@ async def _put_presigned(session: aiohttp.ClientSession, route: _Route, api: str
     try:
         async with session.post(f"{api}/images/upload-url", json=body) as response:
             if response.status != 201:
-                refusal = await _http_refusal(response)
-                if refusal.code in _NOT_OFFERED:
+                refused = await refusal(response)
+                if refused.code in _NOT_OFFERED:
                     route.presigned = False
                     return False
-                if refusal.code == "image_exists":
+                if refused.code == "image_exists":
                     return False
-                raise refusal
+                raise refused
             answer = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _transport_refusal(exc, api) from None
     except ValueError:
-        raise _Refused("bad_answer", f"{api}/images/upload-url did not answer JSON") from None
+        raise Refused("bad_answer", f"{api}/images/upload-url did not answer JSON") from None
     url, headers = str(answer.get("url", "")), answer.get("headers") or {}
     where = url.split("?", 1)[0]
     try:
@@ -288,7 +255,7 @@ async def _put_presigned(session: aiohttp.ClientSession, route: _Route, api: str
             url, data=_chunks(item.path), headers={**headers, "Content-Length": str(item.size)}
         ) as response:
             if response.status >= 300:
-                raise await _http_refusal(response)
+                raise await refusal(response)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _transport_refusal(exc, where) from None
     return True
@@ -318,8 +285,6 @@ async def _put_in_parts(
                 }
                 append(route.journal, journal_line(base, item.image_id, str(answer["upload_id"])))
         await upload.finish(answer, lambda _: None)
-    except Failure as failure:
-        raise _Refused(failure.code, failure.reason) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _transport_refusal(exc, api) from None
     return True
@@ -336,7 +301,7 @@ async def _put(session: aiohttp.ClientSession, api: str, item: Item) -> None:
             f"{api}/images/{item.image_id}", data=_chunks(item.path), headers=headers
         ) as response:
             if response.status != 202:
-                raise await _http_refusal(response)
+                raise await refusal(response)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _transport_refusal(exc, api) from None
 
@@ -358,7 +323,7 @@ async def upload(
         route = _Route(storage, started=load_started(state, target.api, target.account), target=target)
         try:
             present = await _listed(session, target.api, candidates)
-        except _Refused as refused:
+        except Refused as refused:
             summary.stopped, present = refused.reason, set()
         todo = [i for i in items if i.image_id not in present or (i.fingerprint, i.image_id) not in journaled]
         summary.skipped = len(items) - len(todo)
@@ -395,7 +360,7 @@ async def _send(
                 item = queue.get_nowait()
                 try:
                     await _send_one(session, route, target.api, item)
-                except _Refused as refused:
+                except Refused as refused:
                     summary.fail(item, refused.code, refused.reason)
                     if refused.fatal:
                         summary.stopped = refused.reason

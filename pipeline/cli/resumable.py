@@ -24,6 +24,8 @@ from typing import IO, Any
 
 import aiohttp
 
+from pipeline.cli.answers import Refused, refusal, short
+
 #: This run, in the idempotency keys of the reservations it asks for.
 RUN = uuid.uuid4().hex
 #: Files at least this large go up in parts (smaller ones in one PUT).
@@ -33,14 +35,6 @@ FIRST_WAIT = 0.5
 LONGEST_WAIT = 30.0
 #: Answers worth the same request again: the server or the path to it was busy or broken.
 TRANSIENT = {408, 429, 500, 502, 503, 504}
-
-
-class Failure(Exception):
-    """A part or a join refused for good: `code` and a one-line reason."""
-
-    def __init__(self, code: str, reason: str) -> None:
-        super().__init__(reason)
-        self.code, self.reason = code, reason
 
 
 def journal_records(state: Path) -> Iterator[dict[str, Any]]:
@@ -73,16 +67,15 @@ def load_started(state: Path, api: str, account: str) -> dict[str, tuple[str, st
 
 async def with_retries(attempt: Callable[[], Awaitable[Any]], what: str) -> Any:
     """`attempt()` until it succeeds, retrying transport failures and `TRANSIENT` answers
-    (`Retry` raised by it) with a doubling wait; `Failure` ends it at once."""
+    (`Retry` raised by it) with a doubling wait; `Refused` ends it at once."""
     wait = FIRST_WAIT
     for tries in range(1, ATTEMPTS + 1):
         try:
             return await attempt()
         except (aiohttp.ClientError, TimeoutError, ConnectionError, Retry) as exc:
             if tries == ATTEMPTS:
-                raise Failure(
-                    "gave_up", f"{what}: gave up after {ATTEMPTS} tries ({_one_line(exc)})"
-                ) from None
+                detail = short(exc, 160) or type(exc).__name__
+                raise Refused("gave_up", f"{what}: gave up after {ATTEMPTS} tries ({detail})") from None
         await asyncio.sleep(wait)
         wait = min(wait * 2, LONGEST_WAIT)
     raise AssertionError("unreachable")
@@ -92,26 +85,19 @@ class Retry(Exception):
     """A transient answer: the same request, later."""
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:160] or type(exc).__name__
-
-
 async def _json(response: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
-    """The answer's JSON object; `Retry` for a transient status, `Failure` for another error."""
+    """The answer's JSON object; `Retry` for a transient status, `Refused` for another error."""
+    if response.status in TRANSIENT:
+        raise Retry(f"{response.status}")
+    if response.status >= 300:
+        refused = await refusal(response)
+        raise Refused(refused.code, f"{what}: {refused.reason}", fatal=refused.fatal)
     try:
         body = await response.json(content_type=None)
     except (ValueError, aiohttp.ClientPayloadError):
         body = None
-    if response.status in TRANSIENT:
-        raise Retry(f"{response.status}")
-    if response.status >= 300 or not isinstance(body, dict):
-        code = (
-            str(body.get("error", f"http_{response.status}"))
-            if isinstance(body, dict)
-            else f"http_{response.status}"
-        )
-        message = body.get("message", "") if isinstance(body, dict) else ""
-        raise Failure(code, f"{what}: {response.status} {code}{': ' + str(message)[:160] if message else ''}")
+    if not isinstance(body, dict):
+        raise Refused("bad_answer", f"{what} did not answer a JSON object")
     return body
 
 
@@ -146,7 +132,7 @@ class Upload:
 
         try:
             answer: dict[str, Any] = await with_retries(ask, "upload-url")
-        except Failure as failure:
+        except Refused as failure:
             if failure.code == "image_exists":
                 return None
             raise
@@ -161,7 +147,7 @@ class Upload:
 
         try:
             answer: dict[str, Any] = await with_retries(ask, "upload-parts")
-        except Failure as failure:
+        except Refused as failure:
             if failure.code in (
                 "upload_not_reserved",
                 "image_not_found",
@@ -203,14 +189,14 @@ class Upload:
                 if r.status == 403:  # its URL aged out (or the upload is gone): ask afresh
                     fresh = await self.state(str(answer["image_id"]))
                     if fresh is None:
-                        raise Failure("upload_not_reserved", "the upload is gone (released or deleted)")
+                        raise Refused("upload_not_reserved", "the upload is gone (released or deleted)")
                     parts.update({int(p["number"]): p for p in fresh["parts"]})
                     raise Retry("403: a fresh URL")
                 if r.status in TRANSIENT:
                     raise Retry(str(r.status))
                 if r.status >= 300:
-                    text = (await r.text())[:200]
-                    raise Failure(f"http_{r.status}", f"part {number}: {r.status} {' '.join(text.split())}")
+                    detail = short(await r.text(), 160)
+                    raise Refused(f"http_{r.status}", f"part {number}: {r.status} {detail}")
 
         await with_retries(put, f"part {number}")
 
