@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from pipeline.core.errors import (
+    ImageNotFound,
     InvalidField,
     InvalidLink,
     NotFound,
@@ -33,12 +34,11 @@ from pipeline.core.errors import (
 from pipeline.core.image_record import ImageRecord
 from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.core.objects import Part
-from pipeline.core.reservations import Reservation
+from pipeline.core.reservations import USED, Reservation
 from pipeline.core.timing import epoch_iso
 from pipeline.core.untrusted import ascii_int
 from web import urls
 from web.bodies import json_object
-from web.identity import resolve_user
 from web.keys import BACKEND, LINKS, RECORDS, SETTINGS, STORAGE, UPLOADER
 from web.serving import image_ref
 from web.views import describe, public_base
@@ -107,9 +107,7 @@ async def upload_parts(request: web.Request) -> web.Response:
     """`GET /images/{image_id}/upload-parts`: the image, which parts arrived, and URLs for every
     part (410 if it awaits no resumable upload: it arrived, or was never begun as one)."""
     user_id, image_id, ref = await image_ref(request, request.match_info["image_id"])
-    record = await request.app[RECORDS].read(ref)
-    if record is None:
-        raise NotFound("no such image")
+    record = await _record(request, ref)
     held = Reservation.of(record.item)
     if held is None or held.upload_id is None:
         raise UploadNotReserved(
@@ -134,38 +132,34 @@ async def upload_complete(request: web.Request) -> web.Response:
     answers the same."""
     body = await json_object(request) if request.can_read_body else {}
     named = _named_parts(body["parts"]) if "parts" in body else {}  # bad: 400, whatever the state
+    user_id, _, ref = await image_ref(request, request.match_info["image_id"])
     # One join of an image at a time in this process: a store's listing read during another's
     # join (S3's, SeaweedFS's) may lack parts. Across processes the local backend's claim holds;
     # on S3 the loser's listing may be short (422) and its retry answers 202.
-    key = f"{await resolve_user(request)}/{request.match_info['image_id']}"
-    lock = _joins.setdefault(key, asyncio.Lock())
+    lock = _joins.setdefault(ref.source_key, asyncio.Lock())
     try:
         async with lock:
-            return await _join(request, named)
+            return await _join(request, user_id, ref, named)
     finally:
-        if not lock.locked() and _joins.get(key) is lock:
-            del _joins[key]
+        if not lock.locked() and _joins.get(ref.source_key) is lock:
+            del _joins[ref.source_key]
 
 
 #: The joins under way in this process, by image.
 _joins: dict[str, asyncio.Lock] = {}
 
 
-async def _join(request: web.Request, named: dict[int, str]) -> web.Response:
-    user_id, _, ref, held = await _held_or_done(request)
-    if held is None:  # completed already: the consumer has, or will have, the object's event
-        return web.json_response(describe(request, user_id, await _record(request, ref)), status=202)
-    assert held.upload_id is not None
+async def _join(request: web.Request, user_id: str, ref: ImageRef, named: dict[int, str]) -> web.Response:
+    held = await _awaited(request, ref)
+    if held is None or held.upload_id is None:  # joined already: the object's event is on its way
+        return await _accepted(request, user_id, ref)
     if held.released_by(time.time()):
         raise UploadNotReserved("the upload's time ran out: its reservation is being released")
-    settings, storage = request.app[SETTINGS], request.app[STORAGE]
-    bucket = settings.aws.source_bucket
+    storage, bucket = request.app[STORAGE], request.app[SETTINGS].aws.source_bucket
     try:
         received = {p.number: p for p in await storage.list_parts(bucket, ref.source_key, held.upload_id)}
-    except NotFound:  # joined meanwhile, or being joined by another request
-        if await storage.etag_of(bucket, ref.source_key) is None:
-            raise UploadCompleting(headers={"Retry-After": "1"}) from None
-        return web.json_response(describe(request, user_id, await _record(request, ref)), status=202)
+    except NotFound:
+        return await _joined_elsewhere(request, user_id, ref)
     parts = []
     for number in range(1, held.part_count + 1):
         part, length = received.get(number), held.part_length(number)
@@ -180,34 +174,44 @@ async def _join(request: web.Request, named: dict[int, str]) -> web.Response:
         raise UploadMismatch(f"part {extra[0]} is beyond the upload's {held.part_count} parts")
     try:
         await storage.complete_parts(bucket, ref.source_key, held.upload_id, parts)
-    except NotFound:  # another request joined it, or is joining it now
-        if await storage.etag_of(bucket, ref.source_key) is None:
-            raise UploadCompleting(headers={"Retry-After": "1"}) from None
+    except NotFound:
+        return await _joined_elsewhere(request, user_id, ref)
+    return await _accepted(request, user_id, ref)
+
+
+async def _awaited(request: web.Request, ref: ImageRef) -> Reservation | None:
+    """The resumable upload the image awaits; None if it was joined already (its original is in
+    the bucket, or its reservation used). 410 for an image that never awaited one."""
+    record = await _record(request, ref)
+    held = Reservation.of(record.item)
+    if held is not None and held.upload_id is not None:
+        app = request.app
+        joined = await app[STORAGE].etag_of(app[SETTINGS].aws.source_bucket, ref.source_key)
+        return None if joined is not None else held
+    if held is None and Reservation.of(record.item, USED) is not None:
+        return None
+    raise UploadNotReserved("this image awaits no resumable upload: it was never begun as one")
+
+
+async def _joined_elsewhere(request: web.Request, user_id: str, ref: ImageRef) -> web.Response:
+    """The store has no such upload: another request joined it (202, as for this one), or is
+    joining it now (503 `upload_completing`: ask again)."""
+    app = request.app
+    if await app[STORAGE].etag_of(app[SETTINGS].aws.source_bucket, ref.source_key) is None:
+        raise UploadCompleting(headers={"Retry-After": "1"})
+    return await _accepted(request, user_id, ref)
+
+
+async def _accepted(request: web.Request, user_id: str, ref: ImageRef) -> web.Response:
     return web.json_response(describe(request, user_id, await _record(request, ref)), status=202)
 
 
 async def _record(request: web.Request, ref: ImageRef) -> ImageRecord:
-    """The image's record as it is now (gone only if deleted this instant: 404)."""
+    """The image's record as it is now (404 if there is none)."""
     record = await request.app[RECORDS].read(ref)
     if record is None:
-        raise NotFound("no such image")
+        raise ImageNotFound()
     return record
-
-
-async def _held_or_done(request: web.Request) -> tuple[str, str, ImageRef, Reservation | None]:
-    """`_held`, or None for the reservation of an upload completed already (its original is in
-    the bucket, or its reservation used)."""
-    user_id, image_id, ref = await image_ref(request, request.match_info["image_id"])
-    record = await request.app[RECORDS].read(ref)
-    if record is None:
-        raise NotFound("no such image")
-    held = Reservation.of(record.item)
-    if held is not None and held.upload_id is not None:
-        etag = await request.app[STORAGE].etag_of(request.app[SETTINGS].aws.source_bucket, ref.source_key)
-        return user_id, image_id, ref, None if etag is not None else held
-    if held is None and Reservation.of(record.item, "presigned_upload") is not None:
-        return user_id, image_id, ref, None
-    raise UploadNotReserved("this image awaits no resumable upload: it was never begun as one")
 
 
 def _named_parts(value: object) -> dict[int, str]:

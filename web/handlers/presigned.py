@@ -30,7 +30,7 @@ from pipeline.core.errors import (
     UploadPending,
 )
 from pipeline.core.errors import ImageExists as ImageExistsError
-from pipeline.core.image_record import UploadFacts
+from pipeline.core.image_record import ImageRecord, UploadFacts
 from pipeline.core.layout import ImageRef, valid_image_id, valid_user_id
 from pipeline.core.records import ImageTaken, UsageRefused
 from pipeline.core.reservations import METADATA_KEY, Reservation
@@ -145,25 +145,15 @@ async def _reserve(
         )
     url, headers = presigned
     # Signed first (local computation, but it may fail): a reservation is never left without a URL.
-    try:
-        record = await app[RECORDS].reserve(ref, reservation, facts, limit=usage.limit)
-    except ImageTaken as exc:
-        if exc.held is not None:
-            raise UploadPending() from None
-        raise ImageExistsError() from None
-    except UsageRefused:
-        raise await usage.refusal(user_id, 1) from None
-    app[SWEEPER].watch(ref, reservation)
-    answer: dict[str, Any] = {
+    record = await _hold(request, ref, reservation, facts)
+    answer = {
         **describe(request, user_id, record),
         "url": url,
         "method": "PUT",
         "headers": headers,
         "expires_at": epoch_iso(reservation.expires_at),
     }
-    response = web.json_response(answer, status=201)
-    response.headers["Location"] = answer["status_url"]
-    return response
+    return _created(answer)
 
 
 async def _reserve_parts(
@@ -182,19 +172,36 @@ async def _reserve_parts(
         reservation, upload_id=upload_id, part_size=part_size_for(reservation.content_length)
     )
     try:
-        record = await app[RECORDS].reserve(ref, reservation, facts, limit=app[USAGE].limit)
-    except BaseException as exc:
+        record = await _hold(request, ref, reservation, facts)
+    except BaseException:
         await app[STORAGE].abort_parts(bucket, ref.source_key, upload_id)
-        if isinstance(exc, ImageTaken):
-            raise (UploadPending() if exc.held is not None else ImageExistsError()) from None
-        if isinstance(exc, UsageRefused):
-            raise await app[USAGE].refusal(user_id, 1) from None
         raise
-    app[SWEEPER].watch(ref, reservation)
     answer = {
         **describe(request, user_id, record),
         **await parts_answer(request, user_id, image_id, reservation, []),
     }
+    return _created(answer)
+
+
+async def _hold(
+    request: web.Request, ref: ImageRef, reservation: Reservation, facts: UploadFacts
+) -> ImageRecord:
+    """Write the reservation (the owner's quota charged with it) and watch it fall due: 409 for
+    an id in use or held, the usage refusal over quota."""
+    app = request.app
+    try:
+        record = await app[RECORDS].reserve(ref, reservation, facts, limit=app[USAGE].limit)
+    except ImageTaken as exc:
+        if exc.held is not None:
+            raise UploadPending() from None
+        raise ImageExistsError() from None
+    except UsageRefused:
+        raise await app[USAGE].refusal(ref.owner_and_id[0], 1) from None
+    app[SWEEPER].watch(ref, reservation)
+    return record
+
+
+def _created(answer: dict[str, Any]) -> web.Response:
     response = web.json_response(answer, status=201)
     response.headers["Location"] = answer["status_url"]
     return response
