@@ -43,27 +43,29 @@ def describe(request: web.Request, user_id: str, record: ImageRecord) -> dict[st
     return body
 
 
-async def thumbnail_link(request: web.Request, user_id: str, record: ImageRecord) -> str | None:
-    """A link to the image's first rendition that needs no key, or None before it is made.
+async def thumbnail_links(request: web.Request, user_id: str, record: ImageRecord) -> dict[str, str]:
+    """Links that need no key to the image's stored renditions, each signed once (none before
+    they are made): `thumbnail_url`, the first rendition's, and `thumbnail_srcset`, every one
+    with its width (the browser takes the smallest that fills its tile at its pixel ratio).
 
-    `<img>` cannot send the key; with this in the listing a gallery needs no request per image.
-    The link is the one `GET /images/{id}/url` makes (`link_to`).
-    """
-    settings = request.app[SETTINGS]
-    return await _rendition_link(request, user_id, record, settings.imaging.renditions[0].name)
-
-
-async def thumbnail_srcset(request: web.Request, user_id: str, record: ImageRecord) -> str | None:
-    """Links to every stored rendition of the image, with its width, as an `<img srcset>` (the
-    browser takes the smallest that fills its tile at its pixel ratio); None before it is ready.
-    Only what is stored: a gallery makes and charges nothing (a variant per tile, made on its
-    first view and counted against its owner, was what it asked for before)."""
+    `<img>` cannot send the key; with these in the listing a gallery needs no request per image,
+    and makes and charges nothing (a variant per tile, made on its first view and counted against
+    its owner, was what it asked for before). Each link is the one `GET /images/{id}/url` makes
+    (`link_to`)."""
+    links: dict[str, str] = {}
     candidates = []
-    for spec in request.app[SETTINGS].imaging.renditions:
-        width = record.renditions.get(spec.name, {}).get("width")
-        if isinstance(width, int) and (url := await _rendition_link(request, user_id, record, spec.name)):
+    for position, spec in enumerate(request.app[SETTINGS].imaging.renditions):
+        url = await _rendition_link(request, user_id, record, spec.name)
+        if url is None:
+            continue
+        if position == 0:
+            links["thumbnail_url"] = url
+        width = record.renditions[spec.name].get("width")
+        if isinstance(width, int):
             candidates.append(f"{url} {width}w")
-    return ", ".join(candidates) or None
+    if candidates:
+        links["thumbnail_srcset"] = ", ".join(candidates)
+    return links
 
 
 async def _rendition_link(

@@ -11,7 +11,7 @@ from pipeline.core.untrusted import ascii_int, ascii_number
 from web.identity import resolve_user
 from web.keys import RECORDS, SETTINGS, STORAGE, WAITS
 from web.serving import image_ref, not_ready
-from web.views import describe, thumbnail_link, thumbnail_srcset
+from web.views import describe, thumbnail_links
 
 MAX_WAIT = 20.0
 MAX_PAGE = 100
@@ -77,12 +77,7 @@ async def list_images(request: web.Request) -> web.Response:
     records, cursor = await request.app[RECORDS].page(user_id, limit, query.get("cursor") or None, listing)
     images = []
     for record in records:
-        body = describe(request, user_id, record)
-        if (link := await thumbnail_link(request, user_id, record)) is not None:
-            body["thumbnail_url"] = link
-        if (srcset := await thumbnail_srcset(request, user_id, record)) is not None:
-            body["thumbnail_srcset"] = srcset
-        images.append(body)
+        images.append(describe(request, user_id, record) | await thumbnail_links(request, user_id, record))
     return web.json_response({"images": images, "next_cursor": cursor})
 
 
