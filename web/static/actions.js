@@ -1,6 +1,6 @@
 // What can be done to images, one or several: links, visibility, embed code, delete with undo.
 
-import { $, LINK_SECONDS, api, copy, imagePath, nameOf, send, session, toast } from "./api.js";
+import { $, LINK_SECONDS, api, copy, escapeHtml, imagePath, nameOf, send, session, toast } from "./api.js";
 import { gallery, render, schedulePoll, showEmpty } from "./gallery.js";
 
 export async function copyLink(imageId) {
@@ -48,16 +48,15 @@ export async function toggleVisibility(imageId) {
 // An <img> of the image's public URLs: its stored renditions as a srcset, with their widths.
 export function embedCode(record) {
   const urls = record.public_urls || {};
-  const escape = (text) => String(text).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
   const renditions = Object.entries(record.renditions || {})
     .filter(([name, r]) => urls[name] && r.width)
     .sort(([, a], [, b]) => a.width - b.width);
   const src = urls["256"] || (renditions.length ? urls[renditions[0][0]] : urls.original);
   const srcset = renditions.length > 1
-    ? ` srcset="${renditions.map(([name, r]) => `${escape(urls[name])} ${r.width}w`).join(", ")}" sizes="(max-width: 600px) 100vw, 600px"`
+    ? ` srcset="${renditions.map(([name, r]) => `${escapeHtml(urls[name])} ${r.width}w`).join(", ")}" sizes="(max-width: 600px) 100vw, 600px"`
     : "";
   const size = record.width && record.height ? ` width="${record.width}" height="${record.height}"` : "";
-  return `<img src="${escape(src)}"${srcset} alt="${escape(nameOf(record))}" loading="lazy"${size}>`;
+  return `<img src="${escapeHtml(src)}"${srcset} alt="${escapeHtml(nameOf(record))}" loading="lazy"${size}>`;
 }
 
 export async function copyEmbed(imageId) {

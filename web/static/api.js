@@ -83,6 +83,10 @@ export function formatBytes(n) {
   return `${(n / 1024 / 1024).toFixed(1)} MB`;
 }
 
+// Text made safe inside HTML (an attribute's quotes included), for the code the UI lets people
+// copy (embed code, srcsets); the page itself only ever sets textContent.
+export const escapeHtml = (text) => String(text).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+
 export const nameOf = (record, imageId = "") => (record && (record.file_name || record.image_id)) || imageId;
 
 // `when` (ISO 8601) as the reader's locale writes a date and time.

@@ -3,7 +3,7 @@
 // first request, counted like any): it is asked for once a field is changed and left alone for a
 // moment, never while typing, and a newer one replaces it.
 
-import { $, LINK_SECONDS, api, copy, formatBytes, imagePath, nameOf } from "./api.js";
+import { $, LINK_SECONDS, api, copy, escapeHtml, formatBytes, imagePath, nameOf } from "./api.js";
 import { gallery } from "./gallery.js";
 
 const PREVIEW_DELAY_MS = 400;
@@ -118,7 +118,7 @@ async function copySrcset() {
     return;
   }
   const [one, two] = links.map((l) => new URL(l.url, location.origin).href);
-  const alt = $("builder-name").textContent.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+  const alt = escapeHtml($("builder-name").textContent);
   const code = `<img src="${one}" srcset="${one} ${width}w, ${two} ${width * 2}w" sizes="${width}px" alt="${alt}">`;
   await copy(code, "Srcset", { status: $("builder-status") });
 }

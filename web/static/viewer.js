@@ -2,7 +2,7 @@
 // its renditions and variants, its links and embed code, its visibility, and its focal point,
 // set by clicking the image (or with the arrow keys).
 
-import { $, LINK_SECONDS, api, button, copy, element, formatBytes, formatDate, imagePath, nameOf, send } from "./api.js";
+import { $, LINK_SECONDS, api, button, copy, element, escapeHtml, formatBytes, formatDate, imagePath, nameOf, send } from "./api.js";
 import { embedCode, removeImages, setVisibility } from "./actions.js";
 import { openBuilder } from "./builder.js";
 import { gallery, upsert } from "./gallery.js";
@@ -134,7 +134,7 @@ async function copySrcset() {
     await copy(embedCode(r), "Srcset", { status: $("viewer-status") });
     return;
   }
-  const alt = nameOf(r).replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+  const alt = escapeHtml(nameOf(r));
   const code = `<img src="${r.thumbnail_url}" srcset="${r.thumbnail_srcset || r.thumbnail_url}" sizes="256px" alt="${alt}">`;
   await copy(code, "Srcset", { status: $("viewer-status") });
 }
